@@ -1,0 +1,178 @@
+//! The one error type of `ca-core`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `ca-core`.
+///
+/// Variants carry the context an operator needs (which token, which key, which field) and keep
+/// the underlying error reachable through [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The PKCS#11 module could not be loaded or initialised.
+    #[error("HSM unavailable: cannot load PKCS#11 module {module}: {source}")]
+    HsmUnavailable {
+        /// Path of the module.
+        module: PathBuf,
+        /// What cryptoki reported.
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// No initialised token carries this label.
+    #[error("HSM token {label:?} not found (is the token initialised and SOFTHSM2_CONF set?)")]
+    TokenNotFound {
+        /// Token label that was looked for.
+        label: String,
+    },
+    /// The token has no private key (or public key) with this label.
+    #[error("key {label:?} not found in HSM token {token:?}")]
+    KeyNotFound {
+        /// Token label.
+        token: String,
+        /// Key label.
+        label: String,
+    },
+    /// A key with this label already exists; key generation refuses to shadow it.
+    #[error("key {label:?} already exists in HSM token {token:?}; refusing to create a second one")]
+    KeyExists {
+        /// Token label.
+        token: String,
+        /// Key label.
+        label: String,
+    },
+    /// The PIN was refused by the token.
+    #[error("HSM token {token:?} refused the PIN ({reason})")]
+    BadPin {
+        /// Token label.
+        token: String,
+        /// `incorrect`, `locked`, ...
+        reason: &'static str,
+    },
+    /// The PIN source could not be read.
+    #[error("cannot read HSM PIN from {source_name}: {reason}")]
+    PinSource {
+        /// `env CA_HSM_PIN`, `file /path`, ...
+        source_name: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Any other PKCS#11 failure during an operation.
+    #[error("HSM operation {op} failed: {source}")]
+    Hsm {
+        /// The operation (sign, find key, generate key, ...).
+        op: &'static str,
+        /// What cryptoki reported.
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// The HSM returned data of an unexpected shape.
+    #[error("HSM returned unexpected data for {what}")]
+    HsmData {
+        /// What was being read.
+        what: &'static str,
+    },
+    /// The key algorithm is not supported (or not by this token).
+    #[error("unsupported key algorithm: {0}")]
+    UnsupportedAlgorithm(String),
+    /// A signature produced by the CA did not verify with the CA's public key.
+    #[error("signature produced by the HSM did not verify with the issuer public key; nothing was issued")]
+    SignatureCheckFailed,
+    /// The CSR could not be parsed.
+    #[error("malformed CSR: {0}")]
+    MalformedCsr(String),
+    /// The CSR's self-signature (proof of possession) is invalid.
+    #[error("CSR signature does not verify (no proof of possession of the key)")]
+    CsrSignature,
+    /// The requested key is too weak or of an unsupported kind.
+    #[error("weak or unsupported key: {0}")]
+    WeakKey(String),
+    /// The CSR asks for an extension the profile does not allow.
+    #[error("CSR requests extension {oid} which profile {profile:?} does not allow")]
+    ExtensionNotAllowed {
+        /// OID of the extension.
+        oid: String,
+        /// Profile name.
+        profile: String,
+    },
+    /// A name in the request is not allowed by the profile or the identity binding.
+    #[error("name not allowed: {name} ({reason})")]
+    NameNotAllowed {
+        /// The offending name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The named profile does not exist.
+    #[error("unknown profile {0:?}")]
+    UnknownProfile(String),
+    /// A profile or configuration value is invalid.
+    #[error("invalid configuration at {path}: {reason}")]
+    Config {
+        /// Field path, e.g. `profiles.client.validity`.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The issuer certificate cannot be used.
+    #[error("issuer certificate unusable: {0}")]
+    Issuer(String),
+    /// The issuer certificate expires before any useful validity could be granted.
+    #[error("issuer certificate expires at {not_after}; cannot issue a certificate now")]
+    IssuerExpired {
+        /// The issuer's notAfter.
+        not_after: chrono::DateTime<chrono::Utc>,
+    },
+    /// rcgen could not build the certificate.
+    #[error("certificate building failed: {0}")]
+    Build(#[from] rcgen::Error),
+    /// DER encoding or decoding failed.
+    #[error("DER error: {0}")]
+    Der(#[from] der::Error),
+    /// The store failed.
+    #[error("store error during {op}: {source}")]
+    Store {
+        /// The store operation.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A record in the store could not be decoded (corruption or version skew).
+    #[error("store record corrupt: {0}")]
+    Corrupt(String),
+    /// A serial collided with an existing certificate too many times (CSPRNG failure?).
+    #[error("could not allocate a unique serial number")]
+    SerialExhausted,
+    /// The certificate is not known to this CA.
+    #[error("certificate serial {0} not found")]
+    CertNotFound(String),
+    /// The enrollment token is unknown, expired or already used.
+    #[error("enrollment token rejected: {0}")]
+    TokenRejected(&'static str),
+    /// The audit log chain is broken.
+    #[error("audit log tampered or corrupt at sequence {seq}: {reason}")]
+    AuditChain {
+        /// Sequence number of the first bad event.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error (PIN file, config file, ...).
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn store<E: std::error::Error + Send + Sync + 'static>(op: &'static str, e: E) -> Self {
+        Error::Store { op, source: Box::new(e) }
+    }
+}
+
+/// Result alias for `ca-core`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

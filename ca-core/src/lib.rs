@@ -1,0 +1,32 @@
+//! Core of the internal certificate authority.
+//!
+//! No network code lives here. The pieces:
+//!
+//! - [`signer`]: the [`signer::Signer`] abstraction and its PKCS#11 implementation (keys stay in
+//!   the HSM), plus software signature verification.
+//! - [`profile`]: certificate profiles (validity, key usage, names) as configuration data.
+//! - [`csr`]: parsing and vetting PKCS#10 requests (proof of possession, weak keys, extensions).
+//! - [`issuance`]: the issuing CA; `prepare()` checks a request, `issue()` signs, verifies and
+//!   stores it.
+//! - [`store`]: the [`store::Store`] trait and its sled implementation.
+//! - [`audit`]: hash-chained audit events.
+//!
+//! ```no_run
+//! use ca_core::signer::pkcs11::{HsmConfig, PinSource};
+//! let token = HsmConfig::new("ca-token", PinSource::Env("CA_HSM_PIN".into())).open()?;
+//! let signer = token.signer("issuing-ca")?;
+//! # Ok::<(), ca_core::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod clock;
+pub mod csr;
+pub mod error;
+pub mod issuance;
+pub mod profile;
+pub mod signer;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,103 @@
+//! The PKCS#11 signer against a real SoftHSM2 token.
+
+use ca_core::signer::{pkcs11::PinSource, verify, KeyAlgorithm, Signer};
+use ca_core::Error;
+use hsm_sim::TestToken;
+use std::sync::Arc;
+
+#[test]
+fn every_algorithm_generates_in_hsm_signs_and_verifies() {
+    let t = TestToken::new().unwrap();
+    let token = t.hsm_config().open().unwrap();
+    for alg in KeyAlgorithm::ALL {
+        let label = format!("key-{alg}");
+        let spki = token.generate_key(&label, alg).unwrap();
+        assert_eq!(KeyAlgorithm::from_spki(&spki).unwrap(), alg);
+        let signer = token.signer(&label).unwrap();
+        assert_eq!(signer.algorithm(), alg);
+        assert_eq!(signer.spki_der(), &spki[..]);
+        let sig = signer.sign(b"hello").unwrap();
+        verify(&spki, b"hello", &sig).unwrap();
+        assert!(matches!(verify(&spki, b"hellp", &sig), Err(Error::SignatureCheckFailed)), "{alg}: tampered message verified");
+        let p = token.key_protection(&label).unwrap();
+        assert!(p.sensitive && !p.extractable && p.always_sensitive && p.never_extractable && p.persistent, "{alg}: {p:?}");
+    }
+}
+
+#[test]
+fn key_generation_refuses_existing_label() {
+    let t = TestToken::new().unwrap();
+    let token = t.hsm_config().open().unwrap();
+    token.generate_key("k", KeyAlgorithm::P256).unwrap();
+    assert!(matches!(token.generate_key("k", KeyAlgorithm::P384), Err(Error::KeyExists { .. })));
+}
+
+#[test]
+fn typed_errors_for_missing_token_missing_key_and_bad_pin() {
+    let t = TestToken::new().unwrap();
+    let mut cfg = t.hsm_config();
+    cfg.token_label = "no-such-token".into();
+    assert!(matches!(cfg.open().unwrap().signer("k"), Err(Error::TokenNotFound { .. })));
+
+    let token = t.hsm_config().open().unwrap();
+    assert!(matches!(token.signer("absent"), Err(Error::KeyNotFound { .. })));
+
+    let mut cfg = t.hsm_config();
+    cfg.pin = PinSource::Value("wrong-pin".to_string().into());
+    assert!(matches!(cfg.open().unwrap().signer("k"), Err(Error::BadPin { reason: "incorrect", .. })));
+
+    let mut cfg = t.hsm_config();
+    cfg.pin = PinSource::Env("HSM_SIM_TEST_UNSET_PIN_VAR".into());
+    assert!(matches!(cfg.open().unwrap().signer("k"), Err(Error::PinSource { .. })));
+}
+
+#[test]
+fn pin_from_file() {
+    let t = TestToken::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pin_file = dir.path().join("pin");
+    t.write_pin_file(&pin_file).unwrap();
+    let mut cfg = t.hsm_config();
+    cfg.pin = PinSource::File(pin_file);
+    let token = cfg.open().unwrap();
+    token.generate_key("k", KeyAlgorithm::P256).unwrap();
+    assert!(token.signer("k").unwrap().sign(b"x").is_ok());
+}
+
+#[test]
+fn concurrent_signing_from_many_threads() {
+    let t = TestToken::new().unwrap();
+    let mut cfg = t.hsm_config();
+    cfg.sessions = 4;
+    let token = cfg.open().unwrap();
+    let spki = token.generate_key("k", KeyAlgorithm::P256).unwrap();
+    let signer = Arc::new(token.signer("k").unwrap());
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let s = signer.clone();
+            let spki = spki.clone();
+            std::thread::spawn(move || {
+                for j in 0..25 {
+                    let msg = format!("{i}-{j}");
+                    let sig = s.sign(msg.as_bytes()).unwrap();
+                    verify(&spki, msg.as_bytes(), &sig).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn signer_recovers_after_hsm_logout_fault() {
+    let t = TestToken::new().unwrap();
+    let token = t.hsm_config().open().unwrap();
+    let spki = token.generate_key("k", KeyAlgorithm::P256).unwrap();
+    let signer = token.signer("k").unwrap();
+    signer.sign(b"before").unwrap();
+    t.inject_logout().unwrap();
+    let sig = signer.sign(b"after").expect("signer should re-login after the fault");
+    verify(&spki, b"after", &sig).unwrap();
+}
