@@ -146,6 +146,14 @@ pub enum Error {
     /// The certificate is not known to this CA.
     #[error("certificate serial {0} not found")]
     CertNotFound(String),
+    /// The certificate is already revoked (and the change is not to keyCompromise).
+    #[error("certificate serial {serial} is already revoked ({reason})")]
+    AlreadyRevoked {
+        /// Serial (hex).
+        serial: String,
+        /// The existing reason.
+        reason: crate::revocation::RevocationReason,
+    },
     /// The enrollment token is unknown, expired or already used.
     #[error("enrollment token rejected: {0}")]
     TokenRejected(&'static str),

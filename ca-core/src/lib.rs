@@ -26,6 +26,7 @@ pub mod csr;
 pub mod error;
 pub mod issuance;
 pub mod profile;
+pub mod revocation;
 pub mod signer;
 pub mod store;
 

@@ -1,1 +1,226 @@
-//! store
+//! Persistent state behind one trait: certificates, revocations, enrollment tokens, CRL
+//! numbers, pre-signed OCSP responses and the audit log.
+//!
+//! Only [`sled_store`] knows sled (DESIGN invariant 6). Every write method returns after the
+//! data is durable (flushed), so callers may acknowledge once it returns (invariant 2).
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use crate::audit::{AuditEvent, NewAuditEvent};
+use crate::error::Result;
+use crate::revocation::{CertStatus, RevocationReason, RevokedEntry};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Who asked for a certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "id")]
+pub enum Requester {
+    /// Enrollment with the token of this id.
+    Token(String),
+    /// Renewal authenticated by the certificate with this serial (hex).
+    Renewal(String),
+    /// An administrator (certificate subject) or the server itself.
+    Admin(String),
+}
+
+/// Revocation state stored with a certificate. Expiry is derived from `not_after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum RecordStatus {
+    /// Not revoked.
+    Valid,
+    /// Revoked at `at` for `reason`.
+    Revoked {
+        /// Revocation time.
+        at: DateTime<Utc>,
+        /// RFC 5280 reason.
+        reason: RevocationReason,
+    },
+}
+
+/// A certificate issued by this CA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Serial number, big-endian magnitude (16 random bytes, positive).
+    #[serde(with = "hex_bytes")]
+    pub serial: Vec<u8>,
+    /// Subject DN (RFC 4514 string).
+    pub subject: String,
+    /// Subject alternative names, typed: `dns:`, `uri:`, `ip:`, `email:`.
+    pub sans: Vec<String>,
+    /// Canonical identity used for lookups and renewal (CN, else first SAN).
+    pub identity: String,
+    /// Profile name.
+    pub profile: String,
+    /// Validity start.
+    pub not_before: DateTime<Utc>,
+    /// Validity end.
+    pub not_after: DateTime<Utc>,
+    /// When the CA issued it.
+    pub issued_at: DateTime<Utc>,
+    /// Who asked.
+    pub requester: Requester,
+    /// SHA-256 of the SubjectPublicKeyInfo (hex), to refuse key reuse on renewal.
+    pub spki_sha256: String,
+    /// The certificate.
+    #[serde(with = "b64_bytes")]
+    pub der: Vec<u8>,
+    /// Revocation state.
+    pub status: RecordStatus,
+}
+
+impl CertRecord {
+    /// Serial as lowercase hex.
+    pub fn serial_hex(&self) -> String {
+        hex::encode(&self.serial)
+    }
+
+    /// OCSP/CRL view of this record.
+    pub fn cert_status(&self) -> CertStatus {
+        match &self.status {
+            RecordStatus::Valid => CertStatus::Good,
+            RecordStatus::Revoked { at, reason } => CertStatus::Revoked { at: *at, reason: *reason },
+        }
+    }
+
+    /// Whether the record is revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self.status, RecordStatus::Revoked { .. })
+    }
+}
+
+/// Which names an enrollment token lets its holder ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityBinding {
+    /// The subject CN the certificate must carry (if any).
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// The SANs the CSR may ask for (typed, e.g. `dns:web1.example.com`); the CSR must not
+    /// ask for any other. Empty means "only the CN".
+    #[serde(default)]
+    pub sans: Vec<String>,
+}
+
+/// A one-time enrollment token, stored by hash only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id (for audit and listing; not a secret).
+    pub id: String,
+    /// SHA-256 of the secret token (hex).
+    pub hash: String,
+    /// Names the holder may request.
+    pub identity: IdentityBinding,
+    /// Profile to issue under.
+    pub profile: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was used (single use), if it was.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// A pre-signed OCSP response kept across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOcspResponse {
+    /// Serial of the certificate answered for.
+    #[serde(with = "hex_bytes")]
+    pub serial: Vec<u8>,
+    /// The DER OCSPResponse.
+    #[serde(with = "b64_bytes")]
+    pub der: Vec<u8>,
+    /// thisUpdate of the response.
+    pub this_update: DateTime<Utc>,
+    /// nextUpdate of the response.
+    pub next_update: DateTime<Utc>,
+}
+
+/// Filter for listing certificates.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CertFilter {
+    /// Only this identity.
+    pub identity: Option<String>,
+    /// Only revoked (`Some(true)`) or only not revoked (`Some(false)`).
+    pub revoked: Option<bool>,
+    /// Only certificates whose notAfter is before this time.
+    pub expiring_before: Option<DateTime<Utc>>,
+    /// Only certificates whose notAfter is after this time (i.e. unexpired at that time).
+    pub valid_at: Option<DateTime<Utc>>,
+    /// At most this many (newest serial order is not implied).
+    pub limit: Option<usize>,
+}
+
+/// The CA's persistent state. Implementations must be durable on return of every write.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Insert a new certificate; `Ok(false)` if the serial is taken (nothing written).
+    fn insert_cert(&self, rec: &CertRecord) -> Result<bool>;
+    /// Whether a serial has been used.
+    fn serial_exists(&self, serial: &[u8]) -> Result<bool>;
+    /// Look up a certificate.
+    fn get_cert(&self, serial: &[u8]) -> Result<Option<CertRecord>>;
+    /// Certificates matching a filter.
+    fn list_certs(&self, filter: &CertFilter) -> Result<Vec<CertRecord>>;
+    /// Visit every certificate (for OCSP warm-up), without loading all at once.
+    fn for_each_cert(&self, f: &mut dyn FnMut(CertRecord) -> Result<()>) -> Result<()>;
+    /// Revoke. Errors: unknown serial (`CertNotFound`); already revoked (`AlreadyRevoked`),
+    /// except that a revocation may be changed to keyCompromise (RFC 5280 5.3.1).
+    fn revoke(&self, serial: &[u8], at: DateTime<Utc>, reason: RevocationReason) -> Result<CertRecord>;
+    /// Visit revoked entries in serial order, streaming (CRL building).
+    fn for_each_revoked(&self, f: &mut dyn FnMut(RevokedEntry) -> Result<()>) -> Result<()>;
+    /// Allocate the next CRL number; strictly greater than every number returned before.
+    fn next_crl_number(&self) -> Result<u64>;
+    /// Store a new enrollment token (by hash).
+    fn insert_token(&self, tok: &TokenRecord) -> Result<()>;
+    /// Atomically consume the token with this hash: succeeds once; later or concurrent
+    /// attempts fail with `TokenRejected`.
+    fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> Result<TokenRecord>;
+    /// List tokens (for admins).
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Keep a pre-signed OCSP response.
+    fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()>;
+    /// Visit all kept OCSP responses.
+    fn for_each_ocsp_response(&self, f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>) -> Result<()>;
+    /// Append an audit event to the hash chain; returns the sealed event.
+    fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent>;
+    /// Audit events with `seq >= from`, at most `limit`.
+    fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>>;
+    /// Check the whole audit chain; returns the number of events.
+    fn verify_audit(&self) -> Result<u64>;
+    /// Check the store answers (readiness).
+    fn health(&self) -> Result<()>;
+}
+
+/// Serde helper: bytes as lowercase hex.
+pub mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    /// Serialize.
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    /// Deserialize.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde helper: bytes as standard base64.
+pub mod b64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+    /// Serialize.
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    /// Deserialize.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
