@@ -33,7 +33,9 @@ pub enum Error {
         label: String,
     },
     /// A key with this label already exists; key generation refuses to shadow it.
-    #[error("key {label:?} already exists in HSM token {token:?}; refusing to create a second one")]
+    #[error(
+        "key {label:?} already exists in HSM token {token:?}; refusing to create a second one"
+    )]
     KeyExists {
         /// Token label.
         token: String,
@@ -102,6 +104,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A renewal asked to keep the same public key, which the profile forbids.
+    #[error("renewal must use a new key (the CSR carries the current certificate's public key)")]
+    KeyReuse,
     /// The named profile does not exist.
     #[error("unknown profile {0:?}")]
     UnknownProfile(String),
@@ -177,8 +182,14 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn store<E: std::error::Error + Send + Sync + 'static>(op: &'static str, e: E) -> Self {
-        Error::Store { op, source: Box::new(e) }
+    pub(crate) fn store<E: std::error::Error + Send + Sync + 'static>(
+        op: &'static str,
+        e: E,
+    ) -> Self {
+        Error::Store {
+            op,
+            source: Box::new(e),
+        }
     }
 }
 

@@ -1,1 +1,614 @@
-//! issuance
+//! The issuing CA: checks a request against policy, signs in the HSM, verifies, stores.
+//!
+//! The safe path is the only path: [`Ca::prepare`] turns a parsed CSR and its context
+//! (enrollment token, renewal, or administrator) into a [`Prepared`] certificate that passed
+//! every policy check; [`Prepared::issue`] consumes it, signs it with the HSM key, verifies the
+//! signature with the issuer's public key, and stores the record durably before returning it
+//! (DESIGN invariants 2 and 3).
+
+use crate::clock::{to_offset, Clock};
+use crate::csr::CsrRequest;
+use crate::error::{Error, Result};
+use crate::profile::{Profile, Profiles, San};
+use crate::signer::{self, PublicKey, RcgenKey, Signer};
+use crate::store::{CertRecord, IdentityBinding, RecordStatus, Requester, Store, TokenRecord};
+use chrono::{DateTime, Utc};
+use der::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use x509_cert::ext::pkix::{name::GeneralName, AccessDescription, AuthorityInfoAccessSyntax};
+
+/// URLs written into issued certificates; they must match what the status listener serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerUrls {
+    /// OCSP responder (AIA id-ad-ocsp), e.g. `http://ca.example.com/ocsp`.
+    #[serde(default)]
+    pub ocsp: Option<String>,
+    /// Issuer certificate (AIA id-ad-caIssuers), e.g. `http://ca.example.com/ca.crt`.
+    #[serde(default)]
+    pub ca_issuers: Option<String>,
+    /// CRL distribution point, e.g. `http://ca.example.com/crl`.
+    #[serde(default)]
+    pub crl: Option<String>,
+}
+
+/// Why a certificate is being issued, which decides its names and profile.
+#[derive(Clone, Copy, Debug)]
+pub enum IssueContext<'a> {
+    /// First enrollment with a (already consumed) one-time token.
+    Enrollment {
+        /// The token record: identity binding and profile.
+        token: &'a TokenRecord,
+    },
+    /// Renewal authenticated by the current certificate: same identity, same profile.
+    Renewal {
+        /// The certificate being renewed.
+        previous: &'a CertRecord,
+    },
+    /// Issued on an administrator's (or the server's own) authority.
+    Admin {
+        /// Profile to use.
+        profile: &'a str,
+        /// Who.
+        actor: &'a str,
+        /// Names to impose (if `None`, the CSR's names, checked against the profile).
+        binding: Option<&'a IdentityBinding>,
+    },
+}
+
+/// The issuing CA.
+pub struct Ca {
+    signer: Arc<dyn Signer>,
+    cert_der: Vec<u8>,
+    chain: Vec<Vec<u8>>,
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+    profiles: Profiles,
+    urls: IssuerUrls,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("signer", &self.signer)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn x509_time(t: x509_cert::time::Time) -> DateTime<Utc> {
+    let secs = t.to_unix_duration().as_secs() as i64;
+    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Validity window of a DER certificate.
+pub fn validity(cert_der: &[u8]) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let cert = x509_cert::Certificate::from_der(cert_der)?;
+    let v = &cert.tbs_certificate.validity;
+    Ok((x509_time(v.not_before), x509_time(v.not_after)))
+}
+
+impl Ca {
+    /// Assemble the CA. `chain` is the issuing certificate's chain above it (intermediates, then
+    /// the root), DER. Fails closed if the HSM key does not match the issuer certificate, or the
+    /// certificate is not a CA allowed to sign certificates.
+    pub fn new(
+        signer: Arc<dyn Signer>,
+        cert_der: Vec<u8>,
+        chain: Vec<Vec<u8>>,
+        profiles: Profiles,
+        urls: IssuerUrls,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        profiles.validate()?;
+        let cert = x509_cert::Certificate::from_der(&cert_der)
+            .map_err(|e| Error::Issuer(format!("cannot parse: {e}")))?;
+        let spki = cert.tbs_certificate.subject_public_key_info.to_der()?;
+        if spki != signer.spki_der() {
+            return Err(Error::Issuer(
+                "the HSM key's public key does not match the issuer certificate".into(),
+            ));
+        }
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| Error::Issuer(e.to_string()))?;
+        let is_ca = parsed
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        if !is_ca {
+            return Err(Error::Issuer(
+                "certificate is not a CA (basicConstraints cA=TRUE missing)".into(),
+            ));
+        }
+        if let Ok(Some(ku)) = parsed.key_usage() {
+            if !ku.value.key_cert_sign() {
+                return Err(Error::Issuer(
+                    "certificate lacks keyUsage keyCertSign".into(),
+                ));
+            }
+        }
+        let (not_before, not_after) = validity(&cert_der)?;
+        Ok(Ca {
+            signer,
+            cert_der,
+            chain,
+            not_before,
+            not_after,
+            profiles,
+            urls,
+            store,
+            clock,
+        })
+    }
+
+    /// The issuing certificate (DER).
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The chain above the issuing certificate (DER), root last.
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// The issuing certificate followed by its chain.
+    pub fn full_chain(&self) -> Vec<Vec<u8>> {
+        std::iter::once(self.cert_der.clone())
+            .chain(self.chain.iter().cloned())
+            .collect()
+    }
+
+    /// The HSM signer.
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The profiles.
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    /// The URLs written into certificates.
+    pub fn urls(&self) -> &IssuerUrls {
+        &self.urls
+    }
+
+    /// The issuer's notAfter.
+    pub fn not_after(&self) -> DateTime<Utc> {
+        self.not_after
+    }
+
+    /// Check a request against policy and build the certificate to sign.
+    pub fn prepare<'a>(&'a self, csr: &CsrRequest, ctx: IssueContext<'_>) -> Result<Prepared<'a>> {
+        let (profile_name, requester) = match ctx {
+            IssueContext::Enrollment { token } => {
+                (token.profile.clone(), Requester::Token(token.id.clone()))
+            }
+            IssueContext::Renewal { previous } => (
+                previous.profile.clone(),
+                Requester::Renewal(previous.serial_hex()),
+            ),
+            IssueContext::Admin { profile, actor, .. } => {
+                (profile.to_string(), Requester::Admin(actor.to_string()))
+            }
+        };
+        let profile = self.profiles.get(&profile_name)?;
+        check_key_and_extensions(csr, profile, &profile_name)?;
+        let spki_sha256 = signer::sha256_hex(csr.public_key.spki_der());
+
+        let (common_name, sans) = match ctx {
+            IssueContext::Enrollment { token } => names_from_binding(csr, &token.identity)?,
+            IssueContext::Admin {
+                binding: Some(b), ..
+            } => names_from_binding(csr, b)?,
+            IssueContext::Admin { binding: None, .. } => {
+                (csr.common_name.clone(), csr.sans.clone())
+            }
+            IssueContext::Renewal { previous } => {
+                if previous.spki_sha256 == spki_sha256 && !profile.allow_key_reuse {
+                    return Err(Error::KeyReuse);
+                }
+                names_for_renewal(csr, previous)?
+            }
+        };
+        check_names(&common_name, &sans, profile)?;
+
+        let now = self.clock.now();
+        if now >= self.not_after {
+            return Err(Error::IssuerExpired {
+                not_after: self.not_after,
+            });
+        }
+        let not_before = (now - profile.backdate.0).max(self.not_before);
+        let not_after = (now + profile.validity.0).min(self.not_after);
+
+        let mut params = rcgen::CertificateParams::default();
+        params.not_before = to_offset(not_before);
+        params.not_after = to_offset(not_after);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = &common_name {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn.as_str());
+        }
+        params.subject_alt_names = sans.iter().map(San::rcgen).collect::<Result<_>>()?;
+        // RFC 5280 4.2.1.9: end-entity certificates say cA=FALSE.
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = profile.key_usage.iter().map(|k| k.rcgen()).collect();
+        params.extended_key_usages = profile
+            .extended_key_usage
+            .iter()
+            .map(|k| k.rcgen())
+            .collect();
+        // RFC 5280 4.2.1.1: AKI in every certificate issued by a CA; SKI per 4.2.1.2.
+        params.use_authority_key_identifier_extension = true;
+        if let Some(crl) = &self.urls.crl {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![crl.clone()],
+            }];
+        }
+        if let Some(aia) = self.aia_extension()? {
+            params.custom_extensions.push(aia);
+        }
+        let identity = common_name
+            .clone()
+            .or_else(|| sans.first().map(|s| s.to_string()))
+            .ok_or_else(|| Error::NameNotAllowed {
+                name: "(none)".into(),
+                reason: "a certificate needs a commonName or at least one SAN".into(),
+            })?;
+        Ok(Prepared {
+            ca: self,
+            params,
+            public_key: csr.public_key.clone(),
+            subject: common_name.map(|cn| format!("CN={cn}")).unwrap_or_default(),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            identity,
+            profile: profile_name,
+            not_before,
+            not_after,
+            issued_at: now,
+            requester,
+            spki_sha256,
+        })
+    }
+
+    /// RFC 5280 4.2.2.1 Authority Information Access: OCSP and caIssuers URLs.
+    fn aia_extension(&self) -> Result<Option<rcgen::CustomExtension>> {
+        let mut descs = Vec::new();
+        let uri = |u: &str| -> Result<GeneralName> {
+            Ok(GeneralName::UniformResourceIdentifier(
+                der::asn1::Ia5String::new(u)?,
+            ))
+        };
+        if let Some(ocsp) = &self.urls.ocsp {
+            descs.push(AccessDescription {
+                access_method: const_oid::db::rfc5280::ID_AD_OCSP,
+                access_location: uri(ocsp)?,
+            });
+        }
+        if let Some(ca) = &self.urls.ca_issuers {
+            descs.push(AccessDescription {
+                access_method: const_oid::db::rfc5280::ID_AD_CA_ISSUERS,
+                access_location: uri(ca)?,
+            });
+        }
+        if descs.is_empty() {
+            return Ok(None);
+        }
+        let der = AuthorityInfoAccessSyntax(descs).to_der()?;
+        Ok(Some(rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+            der,
+        )))
+    }
+}
+
+fn check_key_and_extensions(csr: &CsrRequest, profile: &Profile, profile_name: &str) -> Result<()> {
+    let not_allowed = |oid: &str| Error::ExtensionNotAllowed {
+        oid: oid.to_string(),
+        profile: profile_name.to_string(),
+    };
+    if let Some(types) = &profile.key_types {
+        let alg = csr.public_key.algorithm();
+        if !types.contains(&alg) {
+            return Err(Error::WeakKey(format!(
+                "{alg} keys are not allowed by profile {profile_name:?}"
+            )));
+        }
+    }
+    if csr.requests_ca {
+        return Err(not_allowed("2.5.29.19 (basicConstraints cA=TRUE)"));
+    }
+    if let Some(ku) = &csr.key_usage {
+        if csr.key_usage_other || ku.iter().any(|k| !profile.key_usage.contains(k)) {
+            return Err(not_allowed("2.5.29.15 (keyUsage beyond the profile)"));
+        }
+    }
+    if let Some(eku) = &csr.extended_key_usage {
+        if !csr.extended_key_usage_other.is_empty()
+            || eku.iter().any(|k| !profile.extended_key_usage.contains(k))
+        {
+            return Err(not_allowed(
+                "2.5.29.37 (extendedKeyUsage beyond the profile)",
+            ));
+        }
+    }
+    for oid in &csr.other_extensions {
+        if !profile.tolerated_csr_extensions.contains(oid) {
+            return Err(not_allowed(oid));
+        }
+    }
+    Ok(())
+}
+
+fn parse_bound(binding: &IdentityBinding) -> Result<Vec<San>> {
+    binding.sans.iter().map(|s| s.parse()).collect()
+}
+
+/// Names for an enrollment: the CSR may only ask for names the token binds.
+fn names_from_binding(
+    csr: &CsrRequest,
+    binding: &IdentityBinding,
+) -> Result<(Option<String>, Vec<San>)> {
+    let bound = parse_bound(binding)?;
+    let cn = match (&binding.common_name, &csr.common_name) {
+        (Some(b), Some(c)) if b != c => {
+            return Err(Error::NameNotAllowed {
+                name: format!("CN={c}"),
+                reason: format!("the token is bound to CN={b}"),
+            })
+        }
+        (Some(b), _) => Some(b.clone()),
+        (None, Some(c)) => {
+            if !bound
+                .iter()
+                .any(|s| matches!(s, San::Dns(d) if d.eq_ignore_ascii_case(c)))
+            {
+                return Err(Error::NameNotAllowed {
+                    name: format!("CN={c}"),
+                    reason: "the token binds no commonName".into(),
+                });
+            }
+            Some(c.clone())
+        }
+        (None, None) => None,
+    };
+    let mut allowed = bound.clone();
+    if let Some(cn) = &cn {
+        if let Ok(s) = format!("dns:{cn}").parse::<San>() {
+            allowed.push(s);
+        }
+    }
+    for san in &csr.sans {
+        if !allowed.contains(san) {
+            return Err(Error::NameNotAllowed {
+                name: san.to_string(),
+                reason: "not among the names the token is bound to".into(),
+            });
+        }
+    }
+    let sans = if csr.sans.is_empty() {
+        bound
+    } else {
+        csr.sans.clone()
+    };
+    Ok((cn, sans))
+}
+
+/// Names for a renewal: exactly the previous certificate's identity; the CSR cannot add any.
+fn names_for_renewal(
+    csr: &CsrRequest,
+    previous: &CertRecord,
+) -> Result<(Option<String>, Vec<San>)> {
+    let prev_cn = previous.subject.strip_prefix("CN=").map(str::to_string);
+    if let Some(c) = &csr.common_name {
+        if Some(c) != prev_cn.as_ref() {
+            return Err(Error::NameNotAllowed {
+                name: format!("CN={c}"),
+                reason: "renewal cannot change the commonName".into(),
+            });
+        }
+    }
+    let prev_sans: Vec<San> = previous
+        .sans
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_>>()?;
+    for san in &csr.sans {
+        if !prev_sans.contains(san) {
+            return Err(Error::NameNotAllowed {
+                name: san.to_string(),
+                reason: "renewal cannot add names".into(),
+            });
+        }
+    }
+    Ok((prev_cn, prev_sans))
+}
+
+fn check_names(cn: &Option<String>, sans: &[San], profile: &Profile) -> Result<()> {
+    if cn.is_some() && !profile.names.common_name {
+        return Err(Error::NameNotAllowed {
+            name: format!("CN={}", cn.as_deref().unwrap_or_default()),
+            reason: "profile forbids a commonName".into(),
+        });
+    }
+    if sans.len() > profile.names.max_sans {
+        return Err(Error::NameNotAllowed {
+            name: format!("{} SANs", sans.len()),
+            reason: format!("profile allows at most {}", profile.names.max_sans),
+        });
+    }
+    for san in sans {
+        san.check_syntax()?;
+        if !profile.names.allows(san) {
+            return Err(Error::NameNotAllowed {
+                name: san.to_string(),
+                reason: "not allowed by the profile's name policy".into(),
+            });
+        }
+    }
+    if cn.is_none() && sans.is_empty() {
+        return Err(Error::NameNotAllowed {
+            name: "(none)".into(),
+            reason: "a certificate needs a commonName or at least one SAN".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A certificate that passed every policy check, ready to be signed exactly once.
+#[must_use = "a prepared certificate does nothing until issued"]
+pub struct Prepared<'a> {
+    ca: &'a Ca,
+    params: rcgen::CertificateParams,
+    public_key: PublicKey,
+    subject: String,
+    sans: Vec<String>,
+    identity: String,
+    profile: String,
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+    issued_at: DateTime<Utc>,
+    requester: Requester,
+    spki_sha256: String,
+}
+
+impl std::fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("identity", &self.identity)
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many fresh serials to try when one collides (a collision of 127 random bits means the
+/// CSPRNG is broken; fail closed rather than loop).
+const SERIAL_ATTEMPTS: usize = 3;
+
+/// A fresh serial: 16 bytes from the OS CSPRNG, positive (RFC 5280 4.1.2.2), first byte
+/// non-zero so the DER INTEGER is exactly 16 bytes.
+pub fn random_serial() -> Vec<u8> {
+    use rand::RngCore;
+    let mut s = [0u8; 16];
+    loop {
+        rand::rngs::OsRng.fill_bytes(&mut s);
+        s[0] &= 0x7f;
+        if s[0] != 0 {
+            return s.to_vec();
+        }
+    }
+}
+
+impl Prepared<'_> {
+    /// The identity the certificate will carry.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Sign in the HSM, verify, store durably, return.
+    pub fn issue(mut self) -> Result<Issued> {
+        let ca = self.ca;
+        let key = RcgenKey::new(ca.signer.as_ref());
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.as_slice().into(), &key)
+            .map_err(Error::Build)?;
+        for _ in 0..SERIAL_ATTEMPTS {
+            let serial = random_serial();
+            if ca.store.serial_exists(&serial)? {
+                continue;
+            }
+            self.params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+            let cert = self
+                .params
+                .signed_by(&self.public_key, &issuer)
+                .map_err(|e| key.map_err(e))?;
+            let der = cert.der().to_vec();
+            self.check_signed(&der, &serial)?;
+            let record = CertRecord {
+                serial,
+                subject: self.subject.clone(),
+                sans: self.sans.clone(),
+                identity: self.identity.clone(),
+                profile: self.profile.clone(),
+                not_before: self.not_before,
+                not_after: self.not_after,
+                issued_at: self.issued_at,
+                requester: self.requester.clone(),
+                spki_sha256: self.spki_sha256.clone(),
+                der,
+                status: RecordStatus::Valid,
+            };
+            if ca.store.insert_cert(&record)? {
+                return Ok(Issued {
+                    record,
+                    chain: ca.full_chain(),
+                });
+            }
+        }
+        Err(Error::SerialExhausted)
+    }
+
+    /// Invariant 3: never return a certificate whose signature the CA did not verify, or that
+    /// does not carry the requested key and serial.
+    fn check_signed(&self, der: &[u8], serial: &[u8]) -> Result<()> {
+        let cert = x509_cert::Certificate::from_der(der)?;
+        let tbs = cert.tbs_certificate.to_der()?;
+        let sig = cert
+            .signature
+            .as_bytes()
+            .ok_or(Error::SignatureCheckFailed)?;
+        signer::verify(self.ca.signer.spki_der(), &tbs, sig)?;
+        if cert.tbs_certificate.subject_public_key_info.to_der()? != self.public_key.spki_der() {
+            return Err(Error::Issuer(
+                "issued certificate does not carry the requested public key".into(),
+            ));
+        }
+        if cert.tbs_certificate.serial_number.as_bytes() != serial {
+            return Err(Error::Issuer(
+                "issued certificate does not carry the chosen serial".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An issued, verified and stored certificate.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The stored record (DER inside).
+    pub record: CertRecord,
+    /// The issuing certificate and its chain (DER), root last.
+    pub chain: Vec<Vec<u8>>,
+}
+
+impl Issued {
+    /// The certificate as PEM.
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", &self.record.der)
+    }
+    /// The chain as concatenated PEM (issuing CA first).
+    pub fn chain_pem(&self) -> String {
+        self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect()
+    }
+}
+
+/// PEM-encode DER with a label.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    der::pem::encode_string(label, der::pem::LineEnding::LF, der).unwrap_or_default()
+}

@@ -84,7 +84,10 @@ pub enum Error {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn ck(op: &'static str) -> impl FnOnce(cryptoki::error::Error) -> Error {
@@ -93,7 +96,9 @@ fn ck(op: &'static str) -> impl FnOnce(cryptoki::error::Error) -> Error {
 
 /// Locate libsofthsm2.so (`$PKCS11_MODULE` first), or explain what to install.
 pub fn module_path() -> Result<PathBuf, Error> {
-    find_softhsm_module().filter(|p| p.exists()).ok_or(Error::ModuleMissing)
+    find_softhsm_module()
+        .filter(|p| p.exists())
+        .ok_or(Error::ModuleMissing)
 }
 
 /// Write a SoftHSM2 configuration whose token directory is `tokens`.
@@ -112,7 +117,9 @@ fn init_token(ctx: &Pkcs11, label: &str, pin: &str, so_pin: &str) -> Result<(), 
     let mut free = None;
     for slot in slots {
         // A slot may be mid-change (another thread initialising it): skip what cannot be read.
-        let Ok(info) = ctx.get_token_info(slot) else { continue };
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
         if info.token_initialized() {
             if info.label().trim_end() == label {
                 return Err(Error::LabelTaken(label.to_string()));
@@ -122,17 +129,26 @@ fn init_token(ctx: &Pkcs11, label: &str, pin: &str, so_pin: &str) -> Result<(), 
         }
     }
     let slot = free.ok_or(Error::NoFreeSlot)?;
-    ctx.init_token(slot, &AuthPin::from(so_pin), label).map_err(ck("C_InitToken"))?;
+    ctx.init_token(slot, &AuthPin::from(so_pin), label)
+        .map_err(ck("C_InitToken"))?;
     // SoftHSM moves an initialised token to a new slot id: find it again by label.
     let slot = ctx
         .get_all_slots()
         .map_err(ck("list slots"))?
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).map(|i| i.token_initialized() && i.label().trim_end() == label).unwrap_or(false))
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| i.token_initialized() && i.label().trim_end() == label)
+                .unwrap_or(false)
+        })
         .ok_or(Error::NoFreeSlot)?;
     let session = ctx.open_rw_session(slot).map_err(ck("open session"))?;
-    session.login(UserType::So, Some(&AuthPin::from(so_pin))).map_err(ck("SO login"))?;
-    session.init_pin(&AuthPin::from(pin)).map_err(ck("C_InitPIN"))?;
+    session
+        .login(UserType::So, Some(&AuthPin::from(so_pin)))
+        .map_err(ck("SO login"))?;
+    session
+        .init_pin(&AuthPin::from(pin))
+        .map_err(ck("C_InitPIN"))?;
     session.logout().map_err(ck("logout"))?;
     Ok(())
 }
@@ -161,17 +177,32 @@ impl Provisioned {
     /// the PIN file.
     pub fn exports(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "export SOFTHSM2_CONF={}", shell_quote(&self.conf.display().to_string()));
-        let _ = writeln!(s, "export {MODULE_ENV}={}", shell_quote(&self.module.display().to_string()));
+        let _ = writeln!(
+            s,
+            "export SOFTHSM2_CONF={}",
+            shell_quote(&self.conf.display().to_string())
+        );
+        let _ = writeln!(
+            s,
+            "export {MODULE_ENV}={}",
+            shell_quote(&self.module.display().to_string())
+        );
         let _ = writeln!(s, "export HSM_TOKEN_LABEL={}", shell_quote(&self.label));
-        let _ = writeln!(s, "export HSM_PIN_FILE={}", shell_quote(&self.pin_file.display().to_string()));
+        let _ = writeln!(
+            s,
+            "export HSM_PIN_FILE={}",
+            shell_quote(&self.pin_file.display().to_string())
+        );
         s
     }
 }
 
 /// Quote a value for POSIX sh.
 pub fn shell_quote(v: &str) -> String {
-    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=+,@".contains(c)) {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=+,@".contains(c))
+    {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\'', "'\\''"))
@@ -183,7 +214,12 @@ pub fn shell_quote(v: &str) -> String {
 /// Sets `SOFTHSM2_CONF` for this process (SoftHSM reads it at initialisation), so call it
 /// before anything else in the process loads SoftHSM. Refuses a directory that already holds a
 /// configuration.
-pub fn provision(dir: &Path, label: &str, pin: Option<&str>, so_pin: Option<&str>) -> Result<Provisioned, Error> {
+pub fn provision(
+    dir: &Path,
+    label: &str,
+    pin: Option<&str>,
+    so_pin: Option<&str>,
+) -> Result<Provisioned, Error> {
     let module = module_path()?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let dir = dir.canonicalize().map_err(io(dir))?;
@@ -200,14 +236,24 @@ pub fn provision(dir: &Path, label: &str, pin: Option<&str>, so_pin: Option<&str
     let pin_file = dir.join("user.pin");
     write_secret(&pin_file, &pin.0)?;
     write_secret(&dir.join("so.pin"), &so_pin.0)?;
-    Ok(Provisioned { conf, module, label: label.to_string(), pin_file })
+    Ok(Provisioned {
+        conf,
+        module,
+        label: label.to_string(),
+        pin_file,
+    })
 }
 
 /// Write a file readable by the owner only.
 pub fn write_secret(path: &Path, value: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
     f.write_all(value.as_bytes()).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
@@ -224,17 +270,29 @@ fn process_hsm() -> Result<&'static ProcessHsm, Error> {
     let r = HSM.get_or_init(|| {
         let setup = || -> Result<ProcessHsm, Error> {
             let module = module_path()?;
-            let base = tempfile::Builder::new().prefix("hsm-sim-").tempdir().map_err(io(Path::new("/tmp")))?.keep();
+            let base = tempfile::Builder::new()
+                .prefix("hsm-sim-")
+                .tempdir()
+                .map_err(io(Path::new("/tmp")))?
+                .keep();
             let conf = base.join("softhsm2.conf");
             let tokens = base.join("tokens");
             write_conf(&conf, &tokens)?;
             std::env::set_var("SOFTHSM2_CONF", &conf);
             open_module(&module)?;
-            Ok(ProcessHsm { base, conf, tokens, module })
+            Ok(ProcessHsm {
+                base,
+                conf,
+                tokens,
+                module,
+            })
         };
         setup().map_err(|e| e.to_string())
     });
-    r.as_ref().map_err(|e| Error::Io { path: PathBuf::from("hsm-sim"), source: std::io::Error::other(e.clone()) })
+    r.as_ref().map_err(|e| Error::Io {
+        path: PathBuf::from("hsm-sim"),
+        source: std::io::Error::other(e.clone()),
+    })
 }
 
 /// A fresh SoftHSM2 token for one test, removed from disk when dropped.
@@ -269,8 +327,17 @@ impl TestToken {
         let pin = Secret(random_pin());
         let so_pin = Secret(random_pin());
         init_token(&ctx, label, &pin.0, &so_pin.0)?;
-        let token_dir = list_dir(&hsm.tokens).into_iter().find(|p| !before.contains(p));
-        Ok(TestToken { label: label.to_string(), pin, so_pin, conf: hsm.conf.clone(), module: hsm.module.clone(), token_dir })
+        let token_dir = list_dir(&hsm.tokens)
+            .into_iter()
+            .find(|p| !before.contains(p));
+        Ok(TestToken {
+            label: label.to_string(),
+            pin,
+            so_pin,
+            conf: hsm.conf.clone(),
+            module: hsm.module.clone(),
+            token_dir,
+        })
     }
 
     /// The user PIN (tests only).
@@ -324,10 +391,202 @@ impl Drop for TestToken {
 }
 
 fn list_dir(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
 }
 
 /// Base directory of this process's shared SoftHSM configuration (for diagnostics).
 pub fn process_dir() -> Option<PathBuf> {
     process_hsm().ok().map(|h| h.base.clone())
+}
+
+/// A throwaway two-level PKI for tests: a root and an issuing CA whose keys live in a fresh
+/// SoftHSM token, plus a sled store in a temporary directory and a ready [`ca_core::issuance::Ca`].
+pub mod pki {
+    use super::TestToken;
+    use ca_core::clock::{to_offset, Clock, SystemClock};
+    use ca_core::issuance::{pem, Ca, IssuerUrls};
+    use ca_core::profile::{ExtKeyUsage, NamePolicy, Profile, Profiles};
+    use ca_core::signer::pkcs11::Pkcs11Signer;
+    use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
+    use ca_core::store::{SledStore, Store};
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    /// Label of the root key in the test token.
+    pub const ROOT_KEY: &str = "root-ca";
+    /// Label of the issuing key in the test token.
+    pub const ISSUING_KEY: &str = "issuing-ca";
+
+    /// The test PKI.
+    pub struct TestPki {
+        /// The token (dropped last).
+        pub token: TestToken,
+        /// Temporary directory holding the store and PEM files.
+        pub dir: tempfile::TempDir,
+        /// Root certificate (DER).
+        pub root_der: Vec<u8>,
+        /// Issuing CA certificate (DER).
+        pub issuing_der: Vec<u8>,
+        /// Root signer (HSM).
+        pub root_signer: Arc<Pkcs11Signer>,
+        /// Issuing signer (HSM).
+        pub issuing_signer: Arc<Pkcs11Signer>,
+        /// The store.
+        pub store: Arc<SledStore>,
+        /// The issuing CA.
+        pub ca: Ca,
+    }
+
+    /// Profiles for tests: `client` (clientAuth), `server` (serverAuth), `mtls` (both); all
+    /// allow DNS names under `.test`, `spiffe://test/` URIs, `@test` emails and 127.0.0.0/8.
+    pub fn test_profiles() -> Profiles {
+        let names = NamePolicy {
+            dns: vec![".test".into(), "localhost".into()],
+            uri: vec!["spiffe://test/".into()],
+            email: vec!["@test".into()],
+            ip: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            common_name: true,
+            max_sans: 10,
+        };
+        let client = Profile::client(names.clone());
+        let mut server = Profile::client(names.clone());
+        server.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
+        let mut mtls = Profile::client(names);
+        mtls.extended_key_usage = vec![ExtKeyUsage::ClientAuth, ExtKeyUsage::ServerAuth];
+        Profiles(
+            [
+                ("client".to_string(), client),
+                ("server".to_string(), server),
+                ("mtls".to_string(), mtls),
+            ]
+            .into_iter()
+            .collect(),
+        )
+    }
+
+    impl TestPki {
+        /// Root and issuing keys of `alg`, default profiles, URLs under `http://127.0.0.1:8080`.
+        pub fn new(alg: KeyAlgorithm) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+            Self::with(
+                alg,
+                test_profiles(),
+                IssuerUrls::default(),
+                Arc::new(SystemClock),
+            )
+        }
+
+        /// Full control over profiles, URLs and clock.
+        pub fn with(
+            alg: KeyAlgorithm,
+            profiles: Profiles,
+            urls: IssuerUrls,
+            clock: Arc<dyn Clock>,
+        ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+            let token = TestToken::new()?;
+            let hsm = token.hsm_config().open()?;
+            hsm.generate_key(ROOT_KEY, alg)?;
+            hsm.generate_key(ISSUING_KEY, alg)?;
+            let root_signer = Arc::new(hsm.signer(ROOT_KEY)?);
+            let issuing_signer = Arc::new(hsm.signer(ISSUING_KEY)?);
+            let now = clock.now();
+
+            let mut root_params = rcgen::CertificateParams::default();
+            root_params.distinguished_name = rcgen::DistinguishedName::new();
+            root_params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "hsm-sim Test Root CA");
+            root_params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "hsm-sim");
+            root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            root_params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            root_params.not_before = to_offset(now - chrono::Duration::hours(1));
+            root_params.not_after = to_offset(now + chrono::Duration::days(3650));
+            root_params.serial_number = Some(rcgen::SerialNumber::from_slice(
+                &ca_core::issuance::random_serial(),
+            ));
+            let root_key = RcgenKey::new(root_signer.as_ref() as &dyn Signer);
+            let root_cert = root_params.self_signed(&root_key)?;
+            let root_der = root_cert.der().to_vec();
+
+            let mut int_params = rcgen::CertificateParams::default();
+            int_params.distinguished_name = rcgen::DistinguishedName::new();
+            int_params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "hsm-sim Test Issuing CA");
+            int_params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "hsm-sim");
+            int_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            int_params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            int_params.not_before = to_offset(now - chrono::Duration::hours(1));
+            int_params.not_after = to_offset(now + chrono::Duration::days(365));
+            int_params.use_authority_key_identifier_extension = true;
+            int_params.serial_number = Some(rcgen::SerialNumber::from_slice(
+                &ca_core::issuance::random_serial(),
+            ));
+            let root_issuer =
+                rcgen::Issuer::from_ca_cert_der(&root_der.as_slice().into(), &root_key)?;
+            let int_key = RcgenKey::new(issuing_signer.as_ref() as &dyn Signer);
+            let int_cert = int_params.signed_by(&int_key, &root_issuer)?;
+            let issuing_der = int_cert.der().to_vec();
+
+            let dir = tempfile::tempdir()?;
+            std::fs::write(dir.path().join("root.pem"), pem("CERTIFICATE", &root_der))?;
+            std::fs::write(
+                dir.path().join("issuing.pem"),
+                pem("CERTIFICATE", &issuing_der),
+            )?;
+            std::fs::write(
+                dir.path().join("chain.pem"),
+                format!(
+                    "{}{}",
+                    pem("CERTIFICATE", &issuing_der),
+                    pem("CERTIFICATE", &root_der)
+                ),
+            )?;
+            let store = Arc::new(SledStore::open(&dir.path().join("store"))?);
+            let ca = Ca::new(
+                issuing_signer.clone(),
+                issuing_der.clone(),
+                vec![root_der.clone()],
+                profiles,
+                urls,
+                store.clone() as Arc<dyn Store>,
+                clock,
+            )?;
+            Ok(TestPki {
+                token,
+                dir,
+                root_der,
+                issuing_der,
+                root_signer,
+                issuing_signer,
+                store,
+                ca,
+            })
+        }
+
+        /// `DIR/root.pem`
+        pub fn root_pem_path(&self) -> PathBuf {
+            self.dir.path().join("root.pem")
+        }
+        /// `DIR/issuing.pem`
+        pub fn issuing_pem_path(&self) -> PathBuf {
+            self.dir.path().join("issuing.pem")
+        }
+        /// `DIR/chain.pem` (issuing, then root)
+        pub fn chain_pem_path(&self) -> PathBuf {
+            self.dir.path().join("chain.pem")
+        }
+    }
 }

@@ -52,15 +52,26 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Init { dir, label, pin, so_pin } => {
+        Cmd::Init {
+            dir,
+            label,
+            pin,
+            so_pin,
+        } => {
             let p = hsm_sim::provision(&dir, &label, pin.as_deref(), so_pin.as_deref())
                 .with_context(|| format!("provisioning a SoftHSM2 token in {}", dir.display()))?;
             print!("{}", p.exports());
         }
-        Cmd::Genkey { token, pin_file, label, alg } => {
+        Cmd::Genkey {
+            token,
+            pin_file,
+            label,
+            alg,
+        } => {
             let token = HsmConfig::new(token, PinSource::File(pin_file)).open()?;
             let spki = token.generate_key(&label, alg)?;
-            let pem = der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &spki).map_err(|e| anyhow::anyhow!("PEM encoding: {e}"))?;
+            let pem = der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &spki)
+                .map_err(|e| anyhow::anyhow!("PEM encoding: {e}"))?;
             print!("{pem}");
         }
     }
