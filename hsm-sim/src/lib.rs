@@ -244,6 +244,52 @@ pub fn provision(
     })
 }
 
+/// Add a second (third, ...) token labelled `label` to a directory made by [`provision`].
+///
+/// The token lives in the same SoftHSM configuration (`dir/softhsm2.conf`), which must be the
+/// one this process loaded: SoftHSM reads `SOFTHSM2_CONF` once per process, so a token added
+/// under another configuration would land in the wrong place. The user PIN is written to
+/// `dir/{label}.pin` and the security officer PIN to `dir/{label}.so.pin` (both mode 0600);
+/// random PINs are used when none are given.
+pub fn add_token(
+    dir: &Path,
+    label: &str,
+    pin: Option<&str>,
+    so_pin: Option<&str>,
+) -> Result<Provisioned, Error> {
+    let module = module_path()?;
+    let dir = dir.canonicalize().map_err(io(dir))?;
+    let conf = dir.join("softhsm2.conf");
+    let loaded = std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from);
+    if !conf.exists() || loaded.as_deref() != Some(conf.as_path()) {
+        return Err(Error::Io {
+            path: conf,
+            source: std::io::Error::other(
+                "not the SoftHSM configuration this process loaded; call provision() on this directory first, in this process",
+            ),
+        });
+    }
+    let pin_file = dir.join(format!("{label}.pin"));
+    let so_pin_file = dir.join(format!("{label}.so.pin"));
+    for f in [&pin_file, &so_pin_file] {
+        if f.exists() {
+            return Err(Error::AlreadyProvisioned(f.clone()));
+        }
+    }
+    let pin = Secret(pin.map(str::to_string).unwrap_or_else(random_pin));
+    let so_pin = Secret(so_pin.map(str::to_string).unwrap_or_else(random_pin));
+    let ctx = open_module(&module)?;
+    init_token(&ctx, label, &pin.0, &so_pin.0)?;
+    write_secret(&pin_file, &pin.0)?;
+    write_secret(&so_pin_file, &so_pin.0)?;
+    Ok(Provisioned {
+        conf,
+        module,
+        label: label.to_string(),
+        pin_file,
+    })
+}
+
 /// Write a file readable by the owner only.
 pub fn write_secret(path: &Path, value: &str) -> Result<(), Error> {
     use std::io::Write;
