@@ -76,7 +76,21 @@ fn tx_err(op: &'static str, e: TransactionError<Error>) -> Error {
 impl SledStore {
     /// Open (or create) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir).open().map_err(|e| Error::store("open", e))?;
+        // sled releases its file lock from a background thread shortly after the previous
+        // handle is dropped (e.g. a restart in the same process): retry briefly on that only.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(Error::store("open", e)),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(|e| Error::store("open tree", e));
         Ok(SledStore {
             certs: tree("certs")?,
@@ -150,11 +164,17 @@ impl Store for SledStore {
     }
 
     fn serial_exists(&self, serial: &[u8]) -> Result<bool> {
-        self.certs.contains_key(serial).map_err(|e| Error::store("lookup serial", e))
+        self.certs
+            .contains_key(serial)
+            .map_err(|e| Error::store("lookup serial", e))
     }
 
     fn get_cert(&self, serial: &[u8]) -> Result<Option<CertRecord>> {
-        match self.certs.get(serial).map_err(|e| Error::store("get certificate", e))? {
+        match self
+            .certs
+            .get(serial)
+            .map_err(|e| Error::store("get certificate", e))?
+        {
             Some(v) => Ok(Some(self.decode_cert(&v)?)),
             None => Ok(None),
         }
@@ -213,27 +233,44 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn revoke(&self, serial: &[u8], at: DateTime<Utc>, reason: RevocationReason) -> Result<CertRecord> {
+    fn revoke(
+        &self,
+        serial: &[u8],
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<CertRecord> {
         let rec = (&self.certs, &self.revoked)
             .transaction(|(certs, revoked)| {
                 let abort = |e| ConflictableTransactionError::Abort(e);
-                let v = certs.get(serial)?.ok_or_else(|| abort(Error::CertNotFound(hex::encode(serial))))?;
+                let v = certs
+                    .get(serial)?
+                    .ok_or_else(|| abort(Error::CertNotFound(hex::encode(serial))))?;
                 let mut rec: CertRecord = dec("certificate", &v).map_err(abort)?;
                 let at = match &rec.status {
                     RecordStatus::Valid => at,
                     // RFC 5280 5.3.1: a revocation may be changed to keyCompromise, keeping the
                     // original revocation date.
-                    RecordStatus::Revoked { at: first, reason: old }
-                        if reason == RevocationReason::KeyCompromise && *old != RevocationReason::KeyCompromise =>
+                    RecordStatus::Revoked {
+                        at: first,
+                        reason: old,
+                    } if reason == RevocationReason::KeyCompromise
+                        && *old != RevocationReason::KeyCompromise =>
                     {
                         *first
                     }
                     RecordStatus::Revoked { reason: old, .. } => {
-                        return Err(abort(Error::AlreadyRevoked { serial: hex::encode(serial), reason: *old }))
+                        return Err(abort(Error::AlreadyRevoked {
+                            serial: hex::encode(serial),
+                            reason: *old,
+                        }))
                     }
                 };
                 rec.status = RecordStatus::Revoked { at, reason };
-                let entry = RevokedEntry { serial: serial.to_vec(), revoked_at: at, reason };
+                let entry = RevokedEntry {
+                    serial: serial.to_vec(),
+                    revoked_at: at,
+                    reason,
+                };
                 certs.insert(serial, enc(&rec).map_err(abort)?)?;
                 revoked.insert(serial, enc(&entry).map_err(abort)?)?;
                 Ok(rec)
@@ -255,7 +292,10 @@ impl Store for SledStore {
         let v = self
             .meta
             .update_and_fetch(META_CRL_NUMBER, |old| {
-                let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
                 Some((n + 1).to_be_bytes().to_vec())
             })
             .map_err(|e| Error::store("next CRL number", e))?
@@ -278,8 +318,13 @@ impl Store for SledStore {
 
     fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> Result<TokenRecord> {
         loop {
-            let current = self.tokens.get(hash.as_bytes()).map_err(|e| Error::store("get token", e))?;
-            let Some(current) = current else { return Err(Error::TokenRejected("unknown token")) };
+            let current = self
+                .tokens
+                .get(hash.as_bytes())
+                .map_err(|e| Error::store("get token", e))?;
+            let Some(current) = current else {
+                return Err(Error::TokenRejected("unknown token"));
+            };
             let mut tok: TokenRecord = dec("token", &current)?;
             if tok.used_at.is_some() {
                 return Err(Error::TokenRejected("token already used"));
@@ -311,11 +356,16 @@ impl Store for SledStore {
     }
 
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()> {
-        self.ocsp.insert(resp.serial.as_slice(), enc(resp)?).map_err(|e| Error::store("put OCSP response", e))?;
+        self.ocsp
+            .insert(resp.serial.as_slice(), enc(resp)?)
+            .map_err(|e| Error::store("put OCSP response", e))?;
         self.durable()
     }
 
-    fn for_each_ocsp_response(&self, f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>) -> Result<()> {
+    fn for_each_ocsp_response(
+        &self,
+        f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
+    ) -> Result<()> {
         for kv in self.ocsp.iter() {
             let (_, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
             f(dec("OCSP response", &v)?)?;
@@ -325,7 +375,11 @@ impl Store for SledStore {
 
     fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
         let _serial = self.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (prev_seq, prev_hash) = match self.meta.get(META_AUDIT_HEAD).map_err(|e| Error::store("audit head", e))? {
+        let (prev_seq, prev_hash) = match self
+            .meta
+            .get(META_AUDIT_HEAD)
+            .map_err(|e| Error::store("audit head", e))?
+        {
             Some(v) => dec::<(u64, String)>("audit head", &v)?,
             None => (0, audit::GENESIS.to_string()),
         };
@@ -362,28 +416,51 @@ impl Store for SledStore {
         }
         let n = audit::verify_chain(events)?;
         // The head must point at the last event: truncating the log is tampering too.
-        if let Some(v) = self.meta.get(META_AUDIT_HEAD).map_err(|e| Error::store("audit head", e))? {
+        if let Some(v) = self
+            .meta
+            .get(META_AUDIT_HEAD)
+            .map_err(|e| Error::store("audit head", e))?
+        {
             let (seq, _) = dec::<(u64, String)>("audit head", &v)?;
             if seq != n {
-                return Err(Error::AuditChain { seq: n + 1, reason: format!("log ends at {n} but head says {seq} (events removed)") });
+                return Err(Error::AuditChain {
+                    seq: n + 1,
+                    reason: format!("log ends at {n} but head says {seq} (events removed)"),
+                });
             }
         }
         Ok(n)
     }
 
     fn health(&self) -> Result<()> {
-        self.meta.get(b"health").map(|_| ()).map_err(|e| Error::store("health", e))
+        self.meta
+            .get(b"health")
+            .map(|_| ())
+            .map_err(|e| Error::store("health", e))
     }
 }
 
 impl SledStore {
     /// Testing hook: overwrite a raw audit record (to prove tampering is detected).
     #[doc(hidden)]
-    pub fn tamper_audit_for_test(&self, seq: u64, f: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
-        let v = self.audit.get(seq.to_be_bytes()).map_err(|e| Error::store("audit", e))?.ok_or(Error::AuditChain { seq, reason: "missing".into() })?;
+    pub fn tamper_audit_for_test(
+        &self,
+        seq: u64,
+        f: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<()> {
+        let v = self
+            .audit
+            .get(seq.to_be_bytes())
+            .map_err(|e| Error::store("audit", e))?
+            .ok_or(Error::AuditChain {
+                seq,
+                reason: "missing".into(),
+            })?;
         let mut json: serde_json::Value = dec("audit", &v)?;
         f(&mut json);
-        self.audit.insert(seq.to_be_bytes(), enc(&json)?).map_err(|e| Error::store("audit", e))?;
+        self.audit
+            .insert(seq.to_be_bytes(), enc(&json)?)
+            .map_err(|e| Error::store("audit", e))?;
         Ok(())
     }
 }
