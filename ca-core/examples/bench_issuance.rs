@@ -1,0 +1,143 @@
+//! Issuance throughput against SoftHSM, side by side with the raw PKCS#11 signing rate of the
+//! same token in the same run. Run through `bench/issuance.sh` (release build).
+//!
+//! "Threads" is the number of HSM signing sessions (one signer per core, as the server runs):
+//! the raw case signs with that many threads, one session each; the issuance case gives the CA
+//! a session pool of that size and drives it with 8 concurrent requesters, the way concurrent
+//! HTTP requests reach it, so group commit can batch the store flushes.
+//!
+//! Usage: `bench_issuance [SECONDS_PER_CASE]` (default 5). Prints a Markdown table.
+
+use ca_core::csr;
+use ca_core::issuance::IssueContext;
+use ca_core::signer::KeyAlgorithm;
+use ca_core::store::{IdentityBinding, TokenRecord};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use hsm_sim::pki::{TestPki, ISSUING_KEY};
+use sha2::Digest;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Concurrent requesters driving the CA in the issuance case.
+const REQUESTERS: usize = 8;
+
+fn run_threads(threads: usize, secs: u64, work: impl Fn() + Send + Sync + 'static) -> f64 {
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (work, stop, count) = (work.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    work();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().expect("bench thread panicked");
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let secs: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let pki = Arc::new(TestPki::new(KeyAlgorithm::P256)?);
+
+    // Raw PKCS#11: one logged-in session per thread, CKM_ECDSA over a SHA-256 digest, nothing else.
+    let module = pki.token.module.clone();
+    let label = pki.token.label.clone();
+    let pin = pki.token.pin().to_string();
+    let raw = |threads: usize| {
+        let (module, label, pin) = (module.clone(), label.clone(), pin.clone());
+        let ctx = ca_core::signer::pkcs11::open_module(&module).expect("module");
+        let slot = ctx
+            .get_all_slots()
+            .expect("slots")
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).map(|i| i.label().trim_end() == label).unwrap_or(false))
+            .expect("token");
+        let sessions: Vec<_> = (0..threads)
+            .map(|_| {
+                let s = ctx.open_rw_session(slot).expect("session");
+                let _ = s.login(UserType::User, Some(&AuthPin::from(pin.as_str())));
+                let key = s
+                    .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(ISSUING_KEY.as_bytes().to_vec())])
+                    .expect("find")[0];
+                std::sync::Mutex::new((s, key))
+            })
+            .collect();
+        let sessions = Arc::new(sessions);
+        let next = Arc::new(AtomicU64::new(0));
+        let digest = sha2::Sha256::digest(b"benchmark tbs").to_vec();
+        run_threads(threads, secs, move || {
+            // Each thread sticks to one session (index by a thread-local slot).
+            thread_local!(static IDX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) });
+            let i = IDX.with(|c| {
+                if c.get().is_none() {
+                    c.set(Some(next.fetch_add(1, Ordering::Relaxed) as usize));
+                }
+                c.get().unwrap_or(0)
+            });
+            let guard = sessions[i % sessions.len()].lock().expect("lock");
+            guard.0.sign(&Mechanism::Ecdsa, guard.1, &digest).expect("sign");
+        })
+    };
+
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec!["bench.test".to_string()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "bench.test");
+    let csr_der = params.serialize_request(&kp)?.der().to_vec();
+    let req = Arc::new(csr::parse_der(&csr_der)?);
+    let now = chrono::Utc::now();
+    let tok = Arc::new(TokenRecord {
+        id: "bench".into(),
+        hash: "bench".into(),
+        identity: IdentityBinding { common_name: Some("bench.test".into()), sans: vec!["dns:bench.test".into()] },
+        profile: "client".into(),
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        created_by: "bench".into(),
+        used_at: None,
+    });
+    let issue = |sessions: usize| {
+        let mut cfg = pki.token.hsm_config();
+        cfg.sessions = sessions;
+        let signer = Arc::new(cfg.open().expect("token").signer(ISSUING_KEY).expect("signer"));
+        let ca = Arc::new(
+            ca_core::issuance::Ca::new(
+                signer,
+                pki.issuing_der.clone(),
+                vec![pki.root_der.clone()],
+                hsm_sim::pki::test_profiles(),
+                Default::default(),
+                pki.store.clone(),
+                Arc::new(ca_core::clock::SystemClock),
+            )
+            .expect("ca"),
+        );
+        let (req, tok) = (req.clone(), tok.clone());
+        run_threads(REQUESTERS, secs, move || {
+            ca.prepare(&req, IssueContext::Enrollment { token: &tok }).expect("prepare").issue().expect("issue");
+        })
+    };
+
+    println!("| HSM sessions | raw PKCS#11 ECDSA P-256 signs/s | ca-core issuances/s (sign + verify + durable store, 8 requesters) | ratio |");
+    println!("|---|---|---|---|");
+    for threads in [1, 2] {
+        let r = raw(threads);
+        let i = issue(threads);
+        println!("| {threads} | {r:.0} | {i:.0} | {:.2} |", i / r);
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install what the tests need (SoftHSM2, OpenSSL, nginx, curl, wrk) and run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh test
+cargo test --workspace --locked "$@"
