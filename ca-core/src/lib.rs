@@ -19,12 +19,14 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
 pub mod clock;
 pub mod csr;
 pub mod error;
 pub mod issuance;
+pub mod ocsp;
 pub mod profile;
 pub mod revocation;
 pub mod signer;

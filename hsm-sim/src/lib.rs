@@ -20,6 +20,7 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use ca_core::signer::pkcs11::{find_softhsm_module, open_module, HsmConfig, PinSource, MODULE_ENV};
 use cryptoki::context::Pkcs11;
