@@ -30,12 +30,33 @@ pub struct NewAuditEvent {
 
 impl NewAuditEvent {
     /// A successful event.
-    pub fn ok(actor: impl Into<String>, action: impl Into<String>, object: impl Into<String>) -> Self {
-        NewAuditEvent { actor: actor.into(), action: action.into(), object: object.into(), result: "ok".into(), detail: serde_json::Value::Null }
+    pub fn ok(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        object: impl Into<String>,
+    ) -> Self {
+        NewAuditEvent {
+            actor: actor.into(),
+            action: action.into(),
+            object: object.into(),
+            result: "ok".into(),
+            detail: serde_json::Value::Null,
+        }
     }
     /// A failed event with an error code.
-    pub fn failed(actor: impl Into<String>, action: impl Into<String>, object: impl Into<String>, code: impl Into<String>) -> Self {
-        NewAuditEvent { actor: actor.into(), action: action.into(), object: object.into(), result: code.into(), detail: serde_json::Value::Null }
+    pub fn failed(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        object: impl Into<String>,
+        code: impl Into<String>,
+    ) -> Self {
+        NewAuditEvent {
+            actor: actor.into(),
+            action: action.into(),
+            object: object.into(),
+            result: code.into(),
+            detail: serde_json::Value::Null,
+        }
     }
     /// Attach detail.
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
@@ -69,9 +90,19 @@ struct Hashed<'a> {
 }
 
 /// Compute the hash of an event from its fields and the previous hash.
-pub fn event_hash(seq: u64, time: &DateTime<Utc>, event: &NewAuditEvent, prev_hash: &str) -> Result<String> {
-    let bytes = serde_json::to_vec(&Hashed { seq, time, event, prev_hash })
-        .map_err(|e| Error::Corrupt(format!("audit event not serialisable: {e}")))?;
+pub fn event_hash(
+    seq: u64,
+    time: &DateTime<Utc>,
+    event: &NewAuditEvent,
+    prev_hash: &str,
+) -> Result<String> {
+    let bytes = serde_json::to_vec(&Hashed {
+        seq,
+        time,
+        event,
+        prev_hash,
+    })
+    .map_err(|e| Error::Corrupt(format!("audit event not serialisable: {e}")))?;
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(&bytes);
@@ -79,10 +110,21 @@ pub fn event_hash(seq: u64, time: &DateTime<Utc>, event: &NewAuditEvent, prev_ha
 }
 
 /// Seal an event onto a chain whose last event has `prev_seq` and `prev_hash`.
-pub fn seal(prev_seq: u64, prev_hash: &str, time: DateTime<Utc>, event: NewAuditEvent) -> Result<AuditEvent> {
+pub fn seal(
+    prev_seq: u64,
+    prev_hash: &str,
+    time: DateTime<Utc>,
+    event: NewAuditEvent,
+) -> Result<AuditEvent> {
     let seq = prev_seq + 1;
     let hash = event_hash(seq, &time, &event, prev_hash)?;
-    Ok(AuditEvent { seq, time, event, prev_hash: prev_hash.to_string(), hash })
+    Ok(AuditEvent {
+        seq,
+        time,
+        event,
+        prev_hash: prev_hash.to_string(),
+        hash,
+    })
 }
 
 /// Check a sequence of events, starting at the genesis. Returns the number of events.
@@ -91,14 +133,23 @@ pub fn verify_chain<I: IntoIterator<Item = AuditEvent>>(events: I) -> Result<u64
     let mut expected_seq = 1;
     for ev in events {
         if ev.seq != expected_seq {
-            return Err(Error::AuditChain { seq: ev.seq, reason: format!("expected sequence {expected_seq}") });
+            return Err(Error::AuditChain {
+                seq: ev.seq,
+                reason: format!("expected sequence {expected_seq}"),
+            });
         }
         if ev.prev_hash != prev_hash {
-            return Err(Error::AuditChain { seq: ev.seq, reason: "previous-hash link broken".into() });
+            return Err(Error::AuditChain {
+                seq: ev.seq,
+                reason: "previous-hash link broken".into(),
+            });
         }
         let h = event_hash(ev.seq, &ev.time, &ev.event, &ev.prev_hash)?;
         if h != ev.hash {
-            return Err(Error::AuditChain { seq: ev.seq, reason: "event content does not match its hash".into() });
+            return Err(Error::AuditChain {
+                seq: ev.seq,
+                reason: "event content does not match its hash".into(),
+            });
         }
         prev_hash = ev.hash;
         expected_seq += 1;

@@ -47,5 +47,6 @@ pub fn truncate(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The one place chrono time becomes `time` (rcgen's time type).
 pub fn to_offset(t: DateTime<Utc>) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(t.timestamp()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    time::OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }

@@ -18,9 +18,22 @@ fn every_algorithm_generates_in_hsm_signs_and_verifies() {
         assert_eq!(signer.spki_der(), &spki[..]);
         let sig = signer.sign(b"hello").unwrap();
         verify(&spki, b"hello", &sig).unwrap();
-        assert!(matches!(verify(&spki, b"hellp", &sig), Err(Error::SignatureCheckFailed)), "{alg}: tampered message verified");
+        assert!(
+            matches!(
+                verify(&spki, b"hellp", &sig),
+                Err(Error::SignatureCheckFailed)
+            ),
+            "{alg}: tampered message verified"
+        );
         let p = token.key_protection(&label).unwrap();
-        assert!(p.sensitive && !p.extractable && p.always_sensitive && p.never_extractable && p.persistent, "{alg}: {p:?}");
+        assert!(
+            p.sensitive
+                && !p.extractable
+                && p.always_sensitive
+                && p.never_extractable
+                && p.persistent,
+            "{alg}: {p:?}"
+        );
     }
 }
 
@@ -29,7 +42,10 @@ fn key_generation_refuses_existing_label() {
     let t = TestToken::new().unwrap();
     let token = t.hsm_config().open().unwrap();
     token.generate_key("k", KeyAlgorithm::P256).unwrap();
-    assert!(matches!(token.generate_key("k", KeyAlgorithm::P384), Err(Error::KeyExists { .. })));
+    assert!(matches!(
+        token.generate_key("k", KeyAlgorithm::P384),
+        Err(Error::KeyExists { .. })
+    ));
 }
 
 #[test]
@@ -37,18 +53,33 @@ fn typed_errors_for_missing_token_missing_key_and_bad_pin() {
     let t = TestToken::new().unwrap();
     let mut cfg = t.hsm_config();
     cfg.token_label = "no-such-token".into();
-    assert!(matches!(cfg.open().unwrap().signer("k"), Err(Error::TokenNotFound { .. })));
+    assert!(matches!(
+        cfg.open().unwrap().signer("k"),
+        Err(Error::TokenNotFound { .. })
+    ));
 
     let token = t.hsm_config().open().unwrap();
-    assert!(matches!(token.signer("absent"), Err(Error::KeyNotFound { .. })));
+    assert!(matches!(
+        token.signer("absent"),
+        Err(Error::KeyNotFound { .. })
+    ));
 
     let mut cfg = t.hsm_config();
     cfg.pin = PinSource::Value("wrong-pin".to_string().into());
-    assert!(matches!(cfg.open().unwrap().signer("k"), Err(Error::BadPin { reason: "incorrect", .. })));
+    assert!(matches!(
+        cfg.open().unwrap().signer("k"),
+        Err(Error::BadPin {
+            reason: "incorrect",
+            ..
+        })
+    ));
 
     let mut cfg = t.hsm_config();
     cfg.pin = PinSource::Env("HSM_SIM_TEST_UNSET_PIN_VAR".into());
-    assert!(matches!(cfg.open().unwrap().signer("k"), Err(Error::PinSource { .. })));
+    assert!(matches!(
+        cfg.open().unwrap().signer("k"),
+        Err(Error::PinSource { .. })
+    ));
 }
 
 #[test]
@@ -98,6 +129,8 @@ fn signer_recovers_after_hsm_logout_fault() {
     let signer = token.signer("k").unwrap();
     signer.sign(b"before").unwrap();
     t.inject_logout().unwrap();
-    let sig = signer.sign(b"after").expect("signer should re-login after the fault");
+    let sig = signer
+        .sign(b"after")
+        .expect("signer should re-login after the fault");
     verify(&spki, b"after", &sig).unwrap();
 }

@@ -71,7 +71,9 @@ impl KeyAlgorithm {
         match self {
             KeyAlgorithm::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyAlgorithm::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => &rcgen::PKCS_RSA_SHA256,
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                &rcgen::PKCS_RSA_SHA256
+            }
             KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
         }
     }
@@ -80,9 +82,18 @@ impl KeyAlgorithm {
     /// explicit NULL parameter (RFC 4055 5); ECDSA and Ed25519 carry none.
     pub fn signature_algorithm_id(self) -> AlgorithmIdentifierOwned {
         match self {
-            KeyAlgorithm::P256 => AlgorithmIdentifierOwned { oid: rfc5912::ECDSA_WITH_SHA_256, parameters: None },
-            KeyAlgorithm::P384 => AlgorithmIdentifierOwned { oid: rfc5912::ECDSA_WITH_SHA_384, parameters: None },
-            KeyAlgorithm::Ed25519 => AlgorithmIdentifierOwned { oid: rfc8410::ID_ED_25519, parameters: None },
+            KeyAlgorithm::P256 => AlgorithmIdentifierOwned {
+                oid: rfc5912::ECDSA_WITH_SHA_256,
+                parameters: None,
+            },
+            KeyAlgorithm::P384 => AlgorithmIdentifierOwned {
+                oid: rfc5912::ECDSA_WITH_SHA_384,
+                parameters: None,
+            },
+            KeyAlgorithm::Ed25519 => AlgorithmIdentifierOwned {
+                oid: rfc8410::ID_ED_25519,
+                parameters: None,
+            },
             _ => AlgorithmIdentifierOwned {
                 oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
                 parameters: Some(der::asn1::Null.into()),
@@ -118,21 +129,29 @@ impl KeyAlgorithm {
             } else if curve == rfc5912::SECP_384_R_1 {
                 Ok(KeyAlgorithm::P384)
             } else {
-                Err(Error::WeakKey(format!("EC curve {curve} is not allowed (use P-256 or P-384)")))
+                Err(Error::WeakKey(format!(
+                    "EC curve {curve} is not allowed (use P-256 or P-384)"
+                )))
             }
         } else if oid == rfc5912::RSA_ENCRYPTION {
             let bits = rsa_modulus_bits(spki.subject_public_key.raw_bytes())?;
             match bits {
-                0..=2047 => Err(Error::WeakKey(format!("RSA key of {bits} bits is too small (minimum 2048)"))),
+                0..=2047 => Err(Error::WeakKey(format!(
+                    "RSA key of {bits} bits is too small (minimum 2048)"
+                ))),
                 2048..=3071 => Ok(KeyAlgorithm::Rsa2048),
                 3072..=4095 => Ok(KeyAlgorithm::Rsa3072),
                 4096..=8192 => Ok(KeyAlgorithm::Rsa4096),
-                _ => Err(Error::WeakKey(format!("RSA key of {bits} bits is too large (maximum 8192)"))),
+                _ => Err(Error::WeakKey(format!(
+                    "RSA key of {bits} bits is too large (maximum 8192)"
+                ))),
             }
         } else if oid == rfc8410::ID_ED_25519 {
             Ok(KeyAlgorithm::Ed25519)
         } else {
-            Err(Error::WeakKey(format!("public key algorithm {oid} is not supported")))
+            Err(Error::WeakKey(format!(
+                "public key algorithm {oid} is not supported"
+            )))
         }
     }
 }
@@ -191,10 +210,16 @@ struct EcdsaSigValue<'a> {
 /// Convert a raw PKCS#11 ECDSA signature (r || s) to the DER form X.509 uses.
 pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     if raw.is_empty() || raw.len() % 2 != 0 {
-        return Err(Error::HsmData { what: "ECDSA signature (r||s)" });
+        return Err(Error::HsmData {
+            what: "ECDSA signature (r||s)",
+        });
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    Ok(EcdsaSigValue { r: der::asn1::UintRef::new(r)?, s: der::asn1::UintRef::new(s)? }.to_der()?)
+    Ok(EcdsaSigValue {
+        r: der::asn1::UintRef::new(r)?,
+        s: der::asn1::UintRef::new(s)?,
+    }
+    .to_der()?)
 }
 
 /// Build a SubjectPublicKeyInfo from the algorithm and the subjectPublicKey contents.
@@ -208,18 +233,32 @@ pub fn spki_der(alg: KeyAlgorithm, public_key_bits: &[u8]) -> Result<Vec<u8>> {
             oid: rfc5912::ID_EC_PUBLIC_KEY,
             parameters: Some((&rfc5912::SECP_384_R_1).into()),
         },
-        KeyAlgorithm::Ed25519 => AlgorithmIdentifierOwned { oid: rfc8410::ID_ED_25519, parameters: None },
-        _ => AlgorithmIdentifierOwned { oid: rfc5912::RSA_ENCRYPTION, parameters: Some(der::asn1::Null.into()) },
+        KeyAlgorithm::Ed25519 => AlgorithmIdentifierOwned {
+            oid: rfc8410::ID_ED_25519,
+            parameters: None,
+        },
+        _ => AlgorithmIdentifierOwned {
+            oid: rfc5912::RSA_ENCRYPTION,
+            parameters: Some(der::asn1::Null.into()),
+        },
     };
-    Ok(SubjectPublicKeyInfoOwned { algorithm, subject_public_key: BitString::from_bytes(public_key_bits)? }.to_der()?)
+    Ok(SubjectPublicKeyInfoOwned {
+        algorithm,
+        subject_public_key: BitString::from_bytes(public_key_bits)?,
+    }
+    .to_der()?)
 }
 
 /// Verify `signature` (X.509 encoding) over `msg` with the key in `spki_der`.
 pub fn verify(spki_der: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
     let alg = KeyAlgorithm::from_spki(spki_der)?;
     let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)?;
-    let key = ring::signature::UnparsedPublicKey::new(alg.ring_verify(), spki.subject_public_key.raw_bytes());
-    key.verify(msg, signature).map_err(|_| Error::SignatureCheckFailed)
+    let key = ring::signature::UnparsedPublicKey::new(
+        alg.ring_verify(),
+        spki.subject_public_key.raw_bytes(),
+    );
+    key.verify(msg, signature)
+        .map_err(|_| Error::SignatureCheckFailed)
 }
 
 /// A private key that signs without revealing itself (an HSM key, in production).
@@ -246,13 +285,21 @@ pub struct RcgenKey<'a> {
 impl<'a> RcgenKey<'a> {
     /// Wrap a signer.
     pub fn new(signer: &'a dyn Signer) -> Self {
-        RcgenKey { signer, last_error: Mutex::new(None) }
+        RcgenKey {
+            signer,
+            last_error: Mutex::new(None),
+        }
     }
 
     /// Map an rcgen error to ours, recovering the HSM error if the signer failed.
     pub fn map_err(&self, e: rcgen::Error) -> Error {
         if let rcgen::Error::RemoteKeyError = e {
-            if let Some(inner) = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(inner) = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
                 return inner;
             }
         }
@@ -292,7 +339,11 @@ impl PublicKey {
     pub fn from_spki(spki_der: &[u8]) -> Result<Self> {
         let alg = KeyAlgorithm::from_spki(spki_der)?;
         let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)?;
-        Ok(PublicKey { alg, spki: spki_der.to_vec(), bits: spki.subject_public_key.raw_bytes().to_vec() })
+        Ok(PublicKey {
+            alg,
+            spki: spki_der.to_vec(),
+            bits: spki.subject_public_key.raw_bytes().to_vec(),
+        })
     }
     /// The key algorithm.
     pub fn algorithm(&self) -> KeyAlgorithm {

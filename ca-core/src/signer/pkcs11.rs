@@ -58,7 +58,10 @@ pub fn open_module(path: &Path) -> Result<Pkcs11> {
     if let Some(ctx) = modules.get(path) {
         return Ok(ctx.clone());
     }
-    let unavailable = |source| Error::HsmUnavailable { module: path.to_path_buf(), source };
+    let unavailable = |source| Error::HsmUnavailable {
+        module: path.to_path_buf(),
+        source,
+    };
     let ctx = Pkcs11::new(path).map_err(unavailable)?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -95,18 +98,27 @@ impl PinSource {
     /// Read the PIN.
     pub fn read(&self) -> Result<Zeroizing<String>> {
         match self {
-            PinSource::Env(name) => std::env::var(name).map(Zeroizing::new).map_err(|_| Error::PinSource {
-                source_name: format!("environment variable {name}"),
-                reason: "not set or not UTF-8".into(),
-            }),
+            PinSource::Env(name) => {
+                std::env::var(name)
+                    .map(Zeroizing::new)
+                    .map_err(|_| Error::PinSource {
+                        source_name: format!("environment variable {name}"),
+                        reason: "not set or not UTF-8".into(),
+                    })
+            }
             PinSource::File(path) => {
-                let s = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::PinSource {
-                    source_name: format!("file {}", path.display()),
-                    reason: e.to_string(),
+                let s = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    Error::PinSource {
+                        source_name: format!("file {}", path.display()),
+                        reason: e.to_string(),
+                    }
                 })?);
                 let trimmed = s.trim_end_matches(['\r', '\n']);
                 if trimmed.is_empty() {
-                    return Err(Error::PinSource { source_name: format!("file {}", path.display()), reason: "empty".into() });
+                    return Err(Error::PinSource {
+                        source_name: format!("file {}", path.display()),
+                        reason: "empty".into(),
+                    });
                 }
                 Ok(Zeroizing::new(trimmed.to_string()))
             }
@@ -116,7 +128,10 @@ impl PinSource {
 }
 
 fn default_sessions() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
 }
 
 /// Which token to use and how to log in.
@@ -138,7 +153,12 @@ pub struct HsmConfig {
 impl HsmConfig {
     /// A config for `token_label` on the default module.
     pub fn new(token_label: impl Into<String>, pin: PinSource) -> Self {
-        HsmConfig { module: None, token_label: token_label.into(), pin, sessions: default_sessions() }
+        HsmConfig {
+            module: None,
+            token_label: token_label.into(),
+            pin,
+            sessions: default_sessions(),
+        }
     }
 
     /// The module path to load.
@@ -155,7 +175,12 @@ impl HsmConfig {
     /// Open the token (loads the module if needed; does not log in yet).
     pub fn open(&self) -> Result<Token> {
         let ctx = open_module(&self.module_path()?)?;
-        Ok(Token { ctx, label: self.token_label.clone(), pin: self.pin.clone(), sessions: self.sessions.max(1) })
+        Ok(Token {
+            ctx,
+            label: self.token_label.clone(),
+            pin: self.pin.clone(),
+            sessions: self.sessions.max(1),
+        })
     }
 }
 
@@ -189,7 +214,9 @@ pub struct Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("label", &self.label).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
     }
 }
 
@@ -203,7 +230,10 @@ impl Token {
     pub fn slot(&self) -> Result<Slot> {
         // get_all_slots, not get_slots_with_initialized_token: the latter fails as a whole when
         // any one slot cannot report its token (e.g. a removed SoftHSM token directory).
-        let slots = self.ctx.get_all_slots().map_err(|source| Error::Hsm { op: "list slots", source })?;
+        let slots = self.ctx.get_all_slots().map_err(|source| Error::Hsm {
+            op: "list slots",
+            source,
+        })?;
         for slot in slots {
             if let Ok(info) = self.ctx.get_token_info(slot) {
                 if info.token_initialized() && info.label().trim_end() == self.label {
@@ -211,34 +241,71 @@ impl Token {
                 }
             }
         }
-        Err(Error::TokenNotFound { label: self.label.clone() })
+        Err(Error::TokenNotFound {
+            label: self.label.clone(),
+        })
     }
 
     /// The token's serial number (for ceremony transcripts).
     pub fn serial_number(&self) -> Result<String> {
-        let info = self.ctx.get_token_info(self.slot()?).map_err(|source| Error::Hsm { op: "token info", source })?;
+        let info = self
+            .ctx
+            .get_token_info(self.slot()?)
+            .map_err(|source| Error::Hsm {
+                op: "token info",
+                source,
+            })?;
         Ok(info.serial_number().trim().to_string())
     }
 
     /// Open a read-write session logged in as the user.
     pub fn login(&self) -> Result<Session> {
         let slot = self.slot()?;
-        let session = self.ctx.open_rw_session(slot).map_err(|source| Error::Hsm { op: "open session", source })?;
+        let session = self
+            .ctx
+            .open_rw_session(slot)
+            .map_err(|source| Error::Hsm {
+                op: "open session",
+                source,
+            })?;
         let pin = self.pin.read()?;
         let auth = AuthPin::from(pin.as_str());
         match session.login(UserType::User, Some(&auth)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::BadPin { token: self.label.clone(), reason: "incorrect" }),
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::BadPin { token: self.label.clone(), reason: "locked" }),
-            Err(CkError::Pkcs11(RvError::PinLenRange, _)) => Err(Error::BadPin { token: self.label.clone(), reason: "wrong length" }),
-            Err(source) => Err(Error::Hsm { op: "login", source }),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::BadPin {
+                token: self.label.clone(),
+                reason: "incorrect",
+            }),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::BadPin {
+                token: self.label.clone(),
+                reason: "locked",
+            }),
+            Err(CkError::Pkcs11(RvError::PinLenRange, _)) => Err(Error::BadPin {
+                token: self.label.clone(),
+                reason: "wrong length",
+            }),
+            Err(source) => Err(Error::Hsm {
+                op: "login",
+                source,
+            }),
         }
     }
 
-    fn find_one(&self, session: &Session, class: ObjectClass, label: &str) -> Result<Option<ObjectHandle>> {
+    fn find_one(
+        &self,
+        session: &Session,
+        class: ObjectClass,
+        label: &str,
+    ) -> Result<Option<ObjectHandle>> {
         let found = session
-            .find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])
-            .map_err(|source| Error::Hsm { op: "find key", source })?;
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(|source| Error::Hsm {
+                op: "find key",
+                source,
+            })?;
         Ok(found.into_iter().next())
     }
 
@@ -249,14 +316,28 @@ impl Token {
     }
 
     fn public_key_in(&self, session: &Session, key_label: &str) -> Result<(KeyAlgorithm, Vec<u8>)> {
-        let not_found = || Error::KeyNotFound { token: self.label.clone(), label: key_label.to_string() };
-        let handle = self.find_one(session, ObjectClass::PUBLIC_KEY, key_label)?.ok_or_else(not_found)?;
+        let not_found = || Error::KeyNotFound {
+            token: self.label.clone(),
+            label: key_label.to_string(),
+        };
+        let handle = self
+            .find_one(session, ObjectClass::PUBLIC_KEY, key_label)?
+            .ok_or_else(not_found)?;
         let attrs = session
             .get_attributes(
                 handle,
-                &[AttributeType::KeyType, AttributeType::EcParams, AttributeType::EcPoint, AttributeType::Modulus, AttributeType::PublicExponent],
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::EcParams,
+                    AttributeType::EcPoint,
+                    AttributeType::Modulus,
+                    AttributeType::PublicExponent,
+                ],
             )
-            .map_err(|source| Error::Hsm { op: "read public key", source })?;
+            .map_err(|source| Error::Hsm {
+                op: "read public key",
+                source,
+            })?;
         let mut key_type = None;
         let (mut params, mut point, mut modulus, mut exponent) = (None, None, None, None);
         for a in attrs {
@@ -269,13 +350,19 @@ impl Token {
                 _ => {}
             }
         }
-        let key_type = key_type.ok_or(Error::HsmData { what: "CKA_KEY_TYPE" })?;
+        let key_type = key_type.ok_or(Error::HsmData {
+            what: "CKA_KEY_TYPE",
+        })?;
         let unwrap_point = |p: Vec<u8>| -> Vec<u8> {
             // CKA_EC_POINT is a DER OCTET STRING around the point (PKCS#11 2.40 2.3.3).
-            der::asn1::OctetString::from_der(&p).map(|o| o.into_bytes()).unwrap_or(p)
+            der::asn1::OctetString::from_der(&p)
+                .map(|o| o.into_bytes())
+                .unwrap_or(p)
         };
         if key_type == KeyType::RSA {
-            let (m, e) = modulus.zip(exponent).ok_or(Error::HsmData { what: "RSA modulus/exponent" })?;
+            let (m, e) = modulus.zip(exponent).ok_or(Error::HsmData {
+                what: "RSA modulus/exponent",
+            })?;
             let bits = rsa_public_key_der(&m, &e)?;
             let alg = match m.len() * 8 {
                 2048 => KeyAlgorithm::Rsa2048,
@@ -285,25 +372,43 @@ impl Token {
             };
             Ok((alg, spki_der(alg, &bits)?))
         } else if key_type == KeyType::EC {
-            let params = params.ok_or(Error::HsmData { what: "CKA_EC_PARAMS" })?;
-            let curve = der::asn1::ObjectIdentifier::from_der(&params).map_err(|_| Error::HsmData { what: "CKA_EC_PARAMS" })?;
+            let params = params.ok_or(Error::HsmData {
+                what: "CKA_EC_PARAMS",
+            })?;
+            let curve =
+                der::asn1::ObjectIdentifier::from_der(&params).map_err(|_| Error::HsmData {
+                    what: "CKA_EC_PARAMS",
+                })?;
             let alg = if curve == rfc5912::SECP_256_R_1 {
                 KeyAlgorithm::P256
             } else if curve == rfc5912::SECP_384_R_1 {
                 KeyAlgorithm::P384
             } else {
-                return Err(Error::UnsupportedAlgorithm(format!("EC curve {curve} in HSM")));
+                return Err(Error::UnsupportedAlgorithm(format!(
+                    "EC curve {curve} in HSM"
+                )));
             };
-            let point = unwrap_point(point.ok_or(Error::HsmData { what: "CKA_EC_POINT" })?);
+            let point = unwrap_point(point.ok_or(Error::HsmData {
+                what: "CKA_EC_POINT",
+            })?);
             Ok((alg, spki_der(alg, &point)?))
         } else if key_type == KeyType::EC_EDWARDS {
-            let point = unwrap_point(point.ok_or(Error::HsmData { what: "CKA_EC_POINT" })?);
+            let point = unwrap_point(point.ok_or(Error::HsmData {
+                what: "CKA_EC_POINT",
+            })?);
             if point.len() != 32 {
-                return Err(Error::UnsupportedAlgorithm("EdDSA key other than Ed25519 in HSM".into()));
+                return Err(Error::UnsupportedAlgorithm(
+                    "EdDSA key other than Ed25519 in HSM".into(),
+                ));
             }
-            Ok((KeyAlgorithm::Ed25519, spki_der(KeyAlgorithm::Ed25519, &point)?))
+            Ok((
+                KeyAlgorithm::Ed25519,
+                spki_der(KeyAlgorithm::Ed25519, &point)?,
+            ))
         } else {
-            Err(Error::UnsupportedAlgorithm(format!("key type {key_type} in HSM")))
+            Err(Error::UnsupportedAlgorithm(format!(
+                "key type {key_type} in HSM"
+            )))
         }
     }
 
@@ -312,14 +417,27 @@ impl Token {
     /// Returns the public key as SubjectPublicKeyInfo DER.
     pub fn generate_key(&self, key_label: &str, alg: KeyAlgorithm) -> Result<Vec<u8>> {
         let session = self.login()?;
-        if self.find_one(&session, ObjectClass::PRIVATE_KEY, key_label)?.is_some()
-            || self.find_one(&session, ObjectClass::PUBLIC_KEY, key_label)?.is_some()
+        if self
+            .find_one(&session, ObjectClass::PRIVATE_KEY, key_label)?
+            .is_some()
+            || self
+                .find_one(&session, ObjectClass::PUBLIC_KEY, key_label)?
+                .is_some()
         {
-            return Err(Error::KeyExists { token: self.label.clone(), label: key_label.to_string() });
+            return Err(Error::KeyExists {
+                token: self.label.clone(),
+                label: key_label.to_string(),
+            });
         }
         let id: [u8; 16] = rand::random();
         let label = Attribute::Label(key_label.as_bytes().to_vec());
-        let mut public = vec![Attribute::Token(true), Attribute::Private(false), Attribute::Verify(true), label.clone(), Attribute::Id(id.to_vec())];
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            label.clone(),
+            Attribute::Id(id.to_vec()),
+        ];
         let private = vec![
             Attribute::Token(true),
             Attribute::Private(true),
@@ -331,7 +449,11 @@ impl Token {
         ];
         let mechanism = match alg {
             KeyAlgorithm::P256 | KeyAlgorithm::P384 => {
-                let curve = if alg == KeyAlgorithm::P256 { rfc5912::SECP_256_R_1 } else { rfc5912::SECP_384_R_1 };
+                let curve = if alg == KeyAlgorithm::P256 {
+                    rfc5912::SECP_256_R_1
+                } else {
+                    rfc5912::SECP_384_R_1
+                };
                 public.push(Attribute::EcParams(curve.to_der()?));
                 Mechanism::EccKeyPairGen
             }
@@ -348,7 +470,10 @@ impl Token {
         };
         session
             .generate_key_pair(&mechanism, &public, &private)
-            .map_err(|source| Error::Hsm { op: "generate key pair", source })?;
+            .map_err(|source| Error::Hsm {
+                op: "generate key pair",
+                source,
+            })?;
         Ok(self.public_key_in(&session, key_label)?.1)
     }
 
@@ -357,13 +482,25 @@ impl Token {
         let session = self.login()?;
         let handle = self
             .find_one(&session, ObjectClass::PRIVATE_KEY, key_label)?
-            .ok_or_else(|| Error::KeyNotFound { token: self.label.clone(), label: key_label.to_string() })?;
+            .ok_or_else(|| Error::KeyNotFound {
+                token: self.label.clone(),
+                label: key_label.to_string(),
+            })?;
         let attrs = session
             .get_attributes(
                 handle,
-                &[AttributeType::Sensitive, AttributeType::Extractable, AttributeType::AlwaysSensitive, AttributeType::NeverExtractable, AttributeType::Token],
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Token,
+                ],
             )
-            .map_err(|source| Error::Hsm { op: "read key attributes", source })?;
+            .map_err(|source| Error::Hsm {
+                op: "read key attributes",
+                source,
+            })?;
         let mut p = KeyProtection::default();
         for a in attrs {
             match a {
@@ -443,18 +580,32 @@ impl Pkcs11Signer {
         let (alg, spki) = token.public_key_in(&session, key_label)?;
         let key = token
             .find_one(&session, ObjectClass::PRIVATE_KEY, key_label)?
-            .ok_or_else(|| Error::KeyNotFound { token: token.label.clone(), label: key_label.to_string() })?;
-        let bits = spki::SubjectPublicKeyInfoOwned::from_der(&spki)?.subject_public_key.raw_bytes().to_vec();
+            .ok_or_else(|| Error::KeyNotFound {
+                token: token.label.clone(),
+                label: key_label.to_string(),
+            })?;
+        let bits = spki::SubjectPublicKeyInfoOwned::from_der(&spki)?
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
         let signer = Pkcs11Signer {
             token,
             key_label: key_label.to_string(),
             alg,
             spki,
             bits,
-            pool: Mutex::new(Pool { idle: Vec::new(), open: 1, generation: 0 }),
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                open: 1,
+                generation: 0,
+            }),
             freed: Condvar::new(),
         };
-        signer.checkin(PooledSession { session, key, generation: 0 });
+        signer.checkin(PooledSession {
+            session,
+            key,
+            generation: 0,
+        });
         Ok(signer)
     }
 
@@ -501,8 +652,15 @@ impl Pkcs11Signer {
         let key = self
             .token
             .find_one(&session, ObjectClass::PRIVATE_KEY, &self.key_label)?
-            .ok_or_else(|| Error::KeyNotFound { token: self.token.label.clone(), label: self.key_label.clone() })?;
-        Ok(PooledSession { session, key, generation })
+            .ok_or_else(|| Error::KeyNotFound {
+                token: self.token.label.clone(),
+                label: self.key_label.clone(),
+            })?;
+        Ok(PooledSession {
+            session,
+            key,
+            generation,
+        })
     }
 
     fn checkin(&self, s: PooledSession) {
@@ -531,11 +689,19 @@ impl Pkcs11Signer {
     fn sign_once(&self, s: &PooledSession, msg: &[u8]) -> std::result::Result<Vec<u8>, CkError> {
         use sha2::Digest;
         match self.alg {
-            KeyAlgorithm::P256 => s.session.sign(&Mechanism::Ecdsa, s.key, &sha2::Sha256::digest(msg)),
-            KeyAlgorithm::P384 => s.session.sign(&Mechanism::Ecdsa, s.key, &sha2::Sha384::digest(msg)),
-            KeyAlgorithm::Ed25519 => {
-                s.session.sign(&Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)), s.key, msg)
+            KeyAlgorithm::P256 => {
+                s.session
+                    .sign(&Mechanism::Ecdsa, s.key, &sha2::Sha256::digest(msg))
             }
+            KeyAlgorithm::P384 => {
+                s.session
+                    .sign(&Mechanism::Ecdsa, s.key, &sha2::Sha384::digest(msg))
+            }
+            KeyAlgorithm::Ed25519 => s.session.sign(
+                &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                s.key,
+                msg,
+            ),
             _ => s.session.sign(&Mechanism::Sha256RsaPkcs, s.key, msg),
         }
     }
@@ -567,13 +733,19 @@ impl Signer for Pkcs11Signer {
                     tracing::warn!(token = %self.token.label, key = %self.key_label, error = %e, retried, "HSM session fault; reopening sessions");
                     self.discard_all(s);
                     if retried {
-                        return Err(Error::Hsm { op: "sign", source: e });
+                        return Err(Error::Hsm {
+                            op: "sign",
+                            source: e,
+                        });
                     }
                     retried = true;
                 }
                 Err(e) => {
                     self.checkin(s);
-                    return Err(Error::Hsm { op: "sign", source: e });
+                    return Err(Error::Hsm {
+                        op: "sign",
+                        source: e,
+                    });
                 }
             }
         }

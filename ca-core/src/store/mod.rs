@@ -82,7 +82,10 @@ impl CertRecord {
     pub fn cert_status(&self) -> CertStatus {
         match &self.status {
             RecordStatus::Valid => CertStatus::Good,
-            RecordStatus::Revoked { at, reason } => CertStatus::Revoked { at: *at, reason: *reason },
+            RecordStatus::Revoked { at, reason } => CertStatus::Revoked {
+                at: *at,
+                reason: *reason,
+            },
         }
     }
 
@@ -170,7 +173,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn for_each_cert(&self, f: &mut dyn FnMut(CertRecord) -> Result<()>) -> Result<()>;
     /// Revoke. Errors: unknown serial (`CertNotFound`); already revoked (`AlreadyRevoked`),
     /// except that a revocation may be changed to keyCompromise (RFC 5280 5.3.1).
-    fn revoke(&self, serial: &[u8], at: DateTime<Utc>, reason: RevocationReason) -> Result<CertRecord>;
+    fn revoke(
+        &self,
+        serial: &[u8],
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<CertRecord>;
     /// Visit revoked entries in serial order, streaming (CRL building).
     fn for_each_revoked(&self, f: &mut dyn FnMut(RevokedEntry) -> Result<()>) -> Result<()>;
     /// Allocate the next CRL number; strictly greater than every number returned before.
@@ -185,7 +193,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Keep a pre-signed OCSP response.
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()>;
     /// Visit all kept OCSP responses.
-    fn for_each_ocsp_response(&self, f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>) -> Result<()>;
+    fn for_each_ocsp_response(
+        &self,
+        f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
+    ) -> Result<()>;
     /// Append an audit event to the hash chain; returns the sealed event.
     fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent>;
     /// Audit events with `seq >= from`, at most `limit`.
@@ -221,6 +232,8 @@ pub mod b64_bytes {
     /// Deserialize.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
     }
 }
