@@ -96,7 +96,11 @@ impl FromStr for RevocationReason {
     /// Accepts the RFC name in any case, with or without dashes/underscores
     /// (`keyCompromise`, `key-compromise`, `key_compromise`), or the numeric code.
     fn from_str(s: &str) -> Result<Self, String> {
-        let norm: String = s.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_lowercase();
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
         if let Ok(code) = norm.parse::<u8>() {
             return Self::from_code(code).ok_or_else(|| format!("unknown reason code {code}"));
         }
@@ -132,4 +136,60 @@ pub enum CertStatus {
     },
     /// Never issued by this CA.
     Unknown,
+}
+
+/// Revoke a certificate and make every relying party able to see it before returning
+/// (DESIGN invariant 2):
+///
+/// 1. the store records the revocation durably ([`Store::revoke`](crate::store::Store::revoke):
+///    unknown serial is `CertNotFound`, a second revocation is `AlreadyRevoked` unless it
+///    changes the reason to keyCompromise, RFC 5280 5.3.1);
+/// 2. the OCSP response is re-signed, persisted and served
+///    ([`Responder::on_revoked`](crate::ocsp::Responder::on_revoked));
+/// 3. the event is appended to the audit log (invariant 4).
+///
+/// `at` is truncated to whole seconds. If step 2 fails the revocation stays recorded, the old
+/// OCSP response is withdrawn (the serial is then answered live or with `tryLater`, never
+/// `good`), the failure is audited and returned: do not acknowledge, retry (a retry with
+/// keyCompromise or a restart re-signs). The CRL is rebuilt by its publisher
+/// ([`crate::crl::CrlPublisher::regenerate`]) afterwards.
+pub fn revoke(
+    store: &dyn crate::store::Store,
+    responder: &crate::ocsp::Responder,
+    serial: &[u8],
+    reason: RevocationReason,
+    at: DateTime<Utc>,
+    actor: &str,
+) -> crate::Result<crate::store::CertRecord> {
+    use crate::audit::NewAuditEvent;
+    let at = crate::clock::truncate(at);
+    let object = hex::encode(serial);
+    let rec = match store.revoke(serial, at, reason) {
+        Ok(rec) => rec,
+        Err(e) => {
+            let code = match &e {
+                crate::Error::CertNotFound(_) => "cert_not_found",
+                crate::Error::AlreadyRevoked { .. } => "already_revoked",
+                _ => "store_error",
+            };
+            // Best effort: the store may be what failed.
+            let _ = store.append_audit(NewAuditEvent::failed(actor, "revoke", &object, code).with_detail(serde_json::json!({ "reason": reason.name() })));
+            return Err(e);
+        }
+    };
+    let detail = serde_json::json!({ "reason": reason.name(), "revoked_at": rec_time(&rec) });
+    if let Err(e) = responder.on_revoked(&rec) {
+        tracing::error!(serial = %object, error = %e, "revocation stored but OCSP re-signing failed");
+        store.append_audit(NewAuditEvent::failed(actor, "revoke", &object, "ocsp_resign_failed").with_detail(detail))?;
+        return Err(e);
+    }
+    store.append_audit(NewAuditEvent::ok(actor, "revoke", &object).with_detail(detail))?;
+    Ok(rec)
+}
+
+fn rec_time(rec: &crate::store::CertRecord) -> Option<String> {
+    match &rec.status {
+        crate::store::RecordStatus::Revoked { at, .. } => Some(at.to_rfc3339()),
+        crate::store::RecordStatus::Valid => None,
+    }
 }

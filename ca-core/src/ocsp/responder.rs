@@ -1,0 +1,866 @@
+//! The pre-signed OCSP responder: one signed response per certificate, in memory, answered
+//! without touching the HSM (DESIGN "Performance shape"; RFC 5019 2.2.1).
+
+use super::build::{error_response, from_gtime, from_ocsp_status, key_hash, nonce_extension, parse_response, responder_cert, sign_basic, single};
+use super::request::{parse_request, ParsedRequest, RequestedCert};
+use super::{serial_magnitude, HashAlg, OcspIssuer};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::revocation::CertStatus;
+use crate::signer::{verify, Signer};
+use crate::store::{CertRecord, Store, StoredOcspResponse};
+use chrono::{DateTime, Duration, Utc};
+use der::{Decode, Encode};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+use x509_cert::Certificate;
+use x509_ocsp::{OcspResponseStatus, ResponderId, SingleResponse};
+
+/// The hash algorithms of the CertIDs every pre-signed response carries (RFC 5019 2.1.1 SHA-1
+/// for today's clients, SHA-256 per RFC 9919).
+const PRESIGNED_ALGS: [HashAlg; 2] = [HashAlg::Sha1, HashAlg::Sha256];
+const SHARDS: usize = 16;
+const SIGN_LOCKS: usize = 64;
+
+/// Responder settings. Defaults suit short-lived mTLS certificates.
+#[derive(Clone, Debug)]
+pub struct ResponderConfig {
+    /// nextUpdate - thisUpdate of every signed response (default 24 hours).
+    pub validity: Duration,
+    /// Re-sign a response when less than this is left before its nextUpdate (default 12 hours).
+    /// Must be shorter than `validity`.
+    pub refresh_before: Duration,
+    /// Most CertIDs answered in one request (default 16); more is `malformedRequest`.
+    pub max_certs_per_request: usize,
+    /// Live signatures per second (unknown serials, several CertIDs, nonce echo, CertIDs
+    /// hashed with SHA-384/512). Default 20.
+    pub live_signing_rate: u32,
+    /// Burst allowance for live signing. Default 50.
+    pub live_signing_burst: u32,
+    /// Sign live and echo the nonce when a request carries one (RFC 8954), within the
+    /// live-signing rate. Off by default: pre-signed responses ignore nonces (RFC 5019 2.2.1).
+    pub echo_nonce: bool,
+    /// Most signed `unknown` responses kept in memory (default 10 000; oldest dropped first).
+    pub unknown_cache_size: usize,
+}
+
+impl Default for ResponderConfig {
+    fn default() -> Self {
+        ResponderConfig {
+            validity: Duration::hours(24),
+            refresh_before: Duration::hours(12),
+            max_certs_per_request: 16,
+            live_signing_rate: 20,
+            live_signing_burst: 50,
+            echo_nonce: false,
+            unknown_cache_size: 10_000,
+        }
+    }
+}
+
+impl ResponderConfig {
+    /// Check the settings; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |path: &str, reason: &str| Err(Error::Config { path: format!("ocsp.{path}"), reason: reason.into() });
+        if self.validity <= Duration::zero() {
+            return bad("validity", "must be positive");
+        }
+        if self.refresh_before <= Duration::zero() || self.refresh_before >= self.validity {
+            return bad("refresh_before", "must be positive and shorter than ocsp.validity");
+        }
+        if self.max_certs_per_request == 0 {
+            return bad("max_certs_per_request", "must be at least 1");
+        }
+        if self.live_signing_burst == 0 && self.live_signing_rate > 0 {
+            return bad("live_signing_burst", "must be at least 1 when live signing is enabled");
+        }
+        Ok(())
+    }
+}
+
+/// The key that signs responses: the CA's own key, or a delegated OCSP-signing certificate's.
+#[derive(Clone)]
+pub struct ResponderKey {
+    signer: Arc<dyn Signer>,
+    cert: Option<Certificate>,
+}
+
+impl std::fmt::Debug for ResponderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponderKey").field("signer", &self.signer).field("delegated", &self.cert.is_some()).finish()
+    }
+}
+
+impl ResponderKey {
+    /// Sign with the CA's own key (RFC 6960 4.2.2.2, first case).
+    pub fn ca(signer: Arc<dyn Signer>) -> Self {
+        ResponderKey { signer, cert: None }
+    }
+
+    /// Sign with a delegated responder: `cert_der` must hold `signer`'s key (checked here);
+    /// [`Responder::new`] checks that the issuer signed it and that it carries
+    /// id-kp-OCSPSigning.
+    pub fn delegated(signer: Arc<dyn Signer>, cert_der: &[u8]) -> Result<Self> {
+        let cert = responder_cert(signer.as_ref(), cert_der)?;
+        Ok(ResponderKey { signer, cert: Some(cert) })
+    }
+
+    /// The signer.
+    pub fn signer(&self) -> &dyn Signer {
+        self.signer.as_ref()
+    }
+}
+
+/// What kind of response an [`OcspAnswer`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// A signed `successful` response.
+    Signed {
+        /// Status of the (first) certificate asked about.
+        status: CertStatus,
+        /// producedAt.
+        produced_at: DateTime<Utc>,
+        /// thisUpdate.
+        this_update: DateTime<Utc>,
+        /// nextUpdate.
+        next_update: DateTime<Utc>,
+        /// Whether HTTP caches may keep it (false when it echoes a nonce).
+        cacheable: bool,
+    },
+    /// An unsigned error response (`malformedRequest`, `unauthorized`, `tryLater`,
+    /// `internalError`).
+    Error(OcspResponseStatus),
+}
+
+/// A DER OCSPResponse ready to send, with what the HTTP layer needs for RFC 5019 6.2 headers.
+#[derive(Clone, Debug)]
+pub struct OcspAnswer {
+    /// The DER OCSPResponse.
+    pub der: Vec<u8>,
+    /// What it is.
+    pub kind: AnswerKind,
+    /// A strong entity tag (quoted), derived from the DER.
+    pub etag: String,
+}
+
+impl AsRef<[u8]> for OcspAnswer {
+    fn as_ref(&self) -> &[u8] {
+        &self.der
+    }
+}
+
+impl OcspAnswer {
+    fn new(der: Vec<u8>, kind: AnswerKind) -> Self {
+        let etag = format!("\"{}\"", &crate::signer::sha256_hex(&der)[..32]);
+        OcspAnswer { der, kind, etag }
+    }
+
+    fn error(status: OcspResponseStatus) -> Arc<Self> {
+        Arc::new(Self::new(error_response(status), AnswerKind::Error(status)))
+    }
+
+    /// The status of the certificate asked about, for signed responses.
+    pub fn cert_status(&self) -> Option<&CertStatus> {
+        match &self.kind {
+            AnswerKind::Signed { status, .. } => Some(status),
+            AnswerKind::Error(_) => None,
+        }
+    }
+
+    /// nextUpdate, for signed responses.
+    pub fn next_update(&self) -> Option<DateTime<Utc>> {
+        match &self.kind {
+            AnswerKind::Signed { next_update, .. } => Some(*next_update),
+            AnswerKind::Error(_) => None,
+        }
+    }
+
+    fn fresh(&self, now: DateTime<Utc>) -> bool {
+        self.next_update().is_some_and(|n| n > now)
+    }
+}
+
+/// The result of [`Responder::lookup`].
+#[derive(Debug)]
+pub enum Lookup {
+    /// Answer with this, now.
+    Ready(Arc<OcspAnswer>),
+    /// The request needs a live signature (or a store read): call [`Responder::answer_live`]
+    /// off the async executor (e.g. in `spawn_blocking`).
+    Live(LiveRequest),
+}
+
+/// A parsed request that [`Responder::lookup`] could not answer from memory.
+#[derive(Debug)]
+pub struct LiveRequest {
+    parsed: ParsedRequest,
+}
+
+/// A response for another issuer's certificate, loaded from a file (e.g. the intermediate's
+/// status signed by the root in a key ceremony) and served as is.
+#[derive(Clone, Debug)]
+pub struct ExternalResponse {
+    /// DER (or PEM) OCSPResponse file; re-read when its modification time changes.
+    pub path: PathBuf,
+    /// Certificate of the key that signed it, or of the CA that issued the delegated responder
+    /// certificate embedded in it (normally the root). The signature is checked at load.
+    pub signer_cert_der: Vec<u8>,
+}
+
+/// What [`Responder::load`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Stored responses taken into memory.
+    pub loaded: usize,
+    /// Stored responses ignored (other responder key or issuer, undecodable).
+    pub discarded: usize,
+    /// Responses signed because none was stored, it was stale, or the status had changed.
+    pub signed: usize,
+}
+
+/// What [`Responder::refresh_due`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefreshStats {
+    /// Responses re-signed.
+    pub refreshed: usize,
+    /// Responses dropped (certificate expired and response stale, or certificate gone).
+    pub dropped: usize,
+    /// Re-signing failures (logged; retried on the next pass).
+    pub failed: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ExternalKey {
+    alg: Vec<u8>,
+    name_hash: Vec<u8>,
+    key_hash: Vec<u8>,
+    serial: Vec<u8>,
+}
+
+impl ExternalKey {
+    fn of(id: &x509_ocsp::CertId) -> Self {
+        ExternalKey {
+            alg: id.hash_algorithm.oid.as_bytes().to_vec(),
+            name_hash: id.issuer_name_hash.as_bytes().to_vec(),
+            key_hash: id.issuer_key_hash.as_bytes().to_vec(),
+            serial: serial_magnitude(id.serial_number.as_bytes()).to_vec(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct External {
+    sources: Vec<(ExternalResponse, Option<SystemTime>, HashMap<ExternalKey, Arc<OcspAnswer>>)>,
+}
+
+#[derive(Default)]
+struct UnknownCache {
+    map: HashMap<Vec<u8>, Arc<OcspAnswer>>,
+    order: VecDeque<Vec<u8>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The OCSP responder for one issuing CA. Thread-safe; share it in an `Arc`.
+pub struct Responder {
+    issuer: OcspIssuer,
+    key: ResponderKey,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: ResponderConfig,
+    shards: Vec<RwLock<HashMap<Vec<u8>, Arc<OcspAnswer>>>>,
+    sign_locks: Vec<Mutex<()>>,
+    unknown: RwLock<UnknownCache>,
+    external: RwLock<External>,
+    bucket: Mutex<Bucket>,
+    malformed: Arc<OcspAnswer>,
+    unauthorized: Arc<OcspAnswer>,
+    try_later: Arc<OcspAnswer>,
+    internal_error: Arc<OcspAnswer>,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder").field("key", &self.key).field("cached", &self.len()).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn same_status(a: &CertStatus, b: &CertStatus) -> bool {
+    match (a, b) {
+        (CertStatus::Revoked { at: t1, reason: r1 }, CertStatus::Revoked { at: t2, reason: r2 }) => {
+            t1.timestamp() == t2.timestamp() && r1 == r2
+        }
+        _ => a == b,
+    }
+}
+
+fn bucket_index(serial: &[u8], n: usize) -> usize {
+    // Serials are random (DESIGN "Data"), so their last bytes spread evenly.
+    let mut h: usize = 0;
+    for b in serial.iter().rev().take(4) {
+        h = (h << 8) | usize::from(*b);
+    }
+    h % n
+}
+
+impl Responder {
+    /// A responder for certificates issued by `issuer_cert_der`, signing with `key`.
+    ///
+    /// Checks (fail closed): a CA key must be the issuer's key; a delegated certificate must be
+    /// signed by the issuer and carry id-kp-OCSPSigning (RFC 6960 4.2.2.2). Call [`load`] next
+    /// to fill the cache.
+    ///
+    /// [`load`]: Responder::load
+    pub fn new(
+        issuer_cert_der: &[u8],
+        key: ResponderKey,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: ResponderConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        let issuer = OcspIssuer::from_cert_der(issuer_cert_der)?;
+        match &key.cert {
+            None => {
+                if key.signer.public_key_bits() != issuer.public_key_bits() {
+                    return Err(Error::Issuer(
+                        "OCSP signing key is not the issuer's key; configure a delegated responder certificate".into(),
+                    ));
+                }
+            }
+            Some(cert) => check_delegated(cert, &issuer)?,
+        }
+        let live_burst = f64::from(config.live_signing_burst);
+        Ok(Responder {
+            issuer,
+            key,
+            store,
+            clock,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
+            unknown: RwLock::new(UnknownCache::default()),
+            external: RwLock::new(External::default()),
+            bucket: Mutex::new(Bucket { tokens: live_burst, last: Instant::now() }),
+            malformed: OcspAnswer::error(OcspResponseStatus::MalformedRequest),
+            unauthorized: OcspAnswer::error(OcspResponseStatus::Unauthorized),
+            try_later: OcspAnswer::error(OcspResponseStatus::TryLater),
+            internal_error: OcspAnswer::error(OcspResponseStatus::InternalError),
+            config,
+        })
+    }
+
+    /// The issuer this responder answers for.
+    pub fn issuer(&self) -> &OcspIssuer {
+        &self.issuer
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ResponderConfig {
+        &self.config
+    }
+
+    /// Number of certificates with a response in memory.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum()
+    }
+
+    /// Whether no response is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pre-signed response for `serial`, if one is in memory.
+    pub fn cached(&self, serial: &[u8]) -> Option<Arc<OcspAnswer>> {
+        let serial = serial_magnitude(serial);
+        read(self.shard(serial)).get(serial).cloned()
+    }
+
+    fn shard(&self, serial: &[u8]) -> &RwLock<HashMap<Vec<u8>, Arc<OcspAnswer>>> {
+        &self.shards[bucket_index(serial, SHARDS)]
+    }
+
+    fn sign_lock(&self, serial: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.sign_locks[bucket_index(serial, SIGN_LOCKS)])
+    }
+
+    /// Fill the cache at start: take the stored responses that this key signed for this
+    /// issuer, then sign what is missing, stale (within `refresh_before` of nextUpdate) or out
+    /// of date with the store (revoked since), for every unexpired certificate. A restart
+    /// therefore signs only what changed.
+    pub fn load(&self) -> Result<LoadStats> {
+        let mut stats = LoadStats::default();
+        let own_key_hash = key_hash(self.key.signer.public_key_bits());
+        self.store.for_each_ocsp_response(&mut |stored| {
+            match self.check_stored(&stored, &own_key_hash) {
+                Some(answer) => {
+                    let serial = serial_magnitude(&stored.serial).to_vec();
+                    write(self.shard(&serial)).insert(serial, answer);
+                    stats.loaded += 1;
+                }
+                None => stats.discarded += 1,
+            }
+            Ok(())
+        })?;
+        let now = self.clock.now();
+        let mut todo = Vec::new();
+        self.store.for_each_cert(&mut |rec| {
+            if rec.not_after <= now {
+                return Ok(());
+            }
+            let status = rec.cert_status();
+            let up_to_date = self.cached(&rec.serial).is_some_and(|a| {
+                a.next_update().is_some_and(|n| n - now > self.config.refresh_before)
+                    && a.cert_status().is_some_and(|s| same_status(s, &status))
+            });
+            if !up_to_date {
+                todo.push(rec.serial);
+            }
+            Ok(())
+        })?;
+        for serial in todo {
+            let _g = self.sign_lock(serial_magnitude(&serial));
+            // Re-read under the lock: a revocation may have happened meanwhile.
+            if let Some(rec) = self.store.get_cert(&serial)? {
+                self.sign_and_install(&rec.serial, &rec.cert_status())?;
+                stats.signed += 1;
+            }
+        }
+        tracing::info!(loaded = stats.loaded, discarded = stats.discarded, signed = stats.signed, "OCSP responder loaded");
+        Ok(stats)
+    }
+
+    fn check_stored(&self, stored: &StoredOcspResponse, own_key_hash: &[u8]) -> Option<Arc<OcspAnswer>> {
+        let parsed = parse_response(&stored.der).ok()?;
+        let basic = parsed.basic.as_ref()?;
+        match &basic.tbs_response_data.responder_id {
+            ResponderId::ByKey(h) if h.as_bytes() == own_key_hash => {}
+            _ => return None,
+        }
+        let first = parsed.singles().first()?;
+        if self.issuer.matches(&first.cert_id).is_none()
+            || serial_magnitude(first.cert_id.serial_number.as_bytes()) != serial_magnitude(&stored.serial)
+        {
+            return None;
+        }
+        Some(Arc::new(OcspAnswer::new(
+            stored.der.clone(),
+            AnswerKind::Signed {
+                status: from_ocsp_status(&first.cert_status),
+                produced_at: parsed.produced_at()?,
+                this_update: from_gtime(&first.this_update),
+                next_update: parsed.next_update()?,
+                cacheable: true,
+            },
+        )))
+    }
+
+    /// Sign the response for a certificate just issued (status good), persist it and keep it
+    /// in memory. The issuance engine calls this after the certificate is stored.
+    pub fn on_issued(&self, rec: &CertRecord) -> Result<()> {
+        let _g = self.sign_lock(serial_magnitude(&rec.serial));
+        self.sign_and_install(&rec.serial, &rec.cert_status())
+    }
+
+    /// Re-sign the response of a certificate just revoked (`rec` as the store returned it),
+    /// persist it and serve it from now on. On failure the old response is withdrawn from
+    /// memory, so that no `good` answer outlives the revocation (fail closed: the certificate
+    /// is then answered live, or `tryLater`).
+    pub fn on_revoked(&self, rec: &CertRecord) -> Result<()> {
+        let serial = serial_magnitude(&rec.serial).to_vec();
+        let _g = self.sign_lock(&serial);
+        let r = self.sign_and_install(&rec.serial, &rec.cert_status());
+        if r.is_err() {
+            write(self.shard(&serial)).remove(&serial);
+        }
+        r
+    }
+
+    /// Re-sign every response within `refresh_before` of its nextUpdate, with the status the
+    /// store holds now; drop responses of expired certificates once they are stale; re-read
+    /// external response files that changed. Call it periodically (e.g. every minute).
+    pub fn refresh_due(&self) -> Result<RefreshStats> {
+        let now = self.clock.now();
+        let mut stats = RefreshStats::default();
+        let mut due = Vec::new();
+        for shard in &self.shards {
+            for (serial, a) in read(shard).iter() {
+                if a.next_update().is_none_or(|n| n - now <= self.config.refresh_before) {
+                    due.push(serial.clone());
+                }
+            }
+        }
+        for serial in due {
+            let _g = self.sign_lock(&serial);
+            let stale = self.cached(&serial).is_none_or(|a| !a.fresh(now));
+            match self.store.get_cert(&serial) {
+                Ok(Some(rec)) if rec.not_after > now => match self.sign_and_install(&rec.serial, &rec.cert_status()) {
+                    Ok(()) => stats.refreshed += 1,
+                    Err(e) => {
+                        tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response failed");
+                        stats.failed += 1;
+                    }
+                },
+                Ok(Some(_)) if !stale => {}
+                Ok(_) => {
+                    write(self.shard(&serial)).remove(&serial);
+                    stats.dropped += 1;
+                }
+                Err(e) => {
+                    tracing::error!(serial = %hex::encode(&serial), error = %e, "store lookup for OCSP refresh failed");
+                    stats.failed += 1;
+                }
+            }
+        }
+        {
+            let mut u = write(&self.unknown);
+            u.map.retain(|_, a| a.fresh(now));
+            let UnknownCache { map, order } = &mut *u;
+            order.retain(|k| map.contains_key(k));
+        }
+        stats.failed += self.reload_external();
+        Ok(stats)
+    }
+
+    fn sign_canonical(&self, serial: &[u8], status: &CertStatus) -> Result<Arc<OcspAnswer>> {
+        let now = self.clock.now();
+        let next = now + self.config.validity;
+        let mut singles = Vec::with_capacity(PRESIGNED_ALGS.len());
+        for alg in PRESIGNED_ALGS {
+            singles.push(single(self.issuer.cert_id(alg, serial)?, status, now, next)?);
+        }
+        let der = sign_basic(self.key.signer.as_ref(), self.key.cert.as_ref(), singles, now, None)?;
+        Ok(Arc::new(OcspAnswer::new(
+            der,
+            AnswerKind::Signed { status: status.clone(), produced_at: now, this_update: now, next_update: next, cacheable: true },
+        )))
+    }
+
+    /// Sign, persist, then serve (the caller holds the serial's sign lock).
+    fn sign_and_install(&self, serial: &[u8], status: &CertStatus) -> Result<()> {
+        let serial = serial_magnitude(serial).to_vec();
+        let answer = self.sign_canonical(&serial, status)?;
+        let (this_update, next_update) = match &answer.kind {
+            AnswerKind::Signed { this_update, next_update, .. } => (*this_update, *next_update),
+            AnswerKind::Error(_) => return Err(Error::Corrupt("signed OCSP answer without validity".into())),
+        };
+        self.store.put_ocsp_response(&StoredOcspResponse { serial: serial.clone(), der: answer.der.clone(), this_update, next_update })?;
+        write(self.shard(&serial)).insert(serial.clone(), answer);
+        let mut u = write(&self.unknown);
+        if u.map.remove(&serial).is_some() {
+            u.order.retain(|k| *k != serial);
+        }
+        Ok(())
+    }
+
+    /// Answer from memory: the pre-signed response, a cached `unknown`, a loaded external
+    /// response, or a precomputed error. Performs no HSM operation and no I/O. Returns
+    /// [`Lookup::Live`] when a signature is needed (see [`answer_live`]).
+    ///
+    /// [`answer_live`]: Responder::answer_live
+    pub fn lookup(&self, request_der: &[u8]) -> Lookup {
+        let parsed = match parse_request(request_der, self.config.max_certs_per_request) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed OCSP request");
+                return Lookup::Ready(self.malformed.clone());
+            }
+        };
+        let [rc] = parsed.certs.as_slice() else {
+            // Several CertIDs: one signature over all of them (RFC 6960 4.2.2.3).
+            return Lookup::Live(LiveRequest { parsed });
+        };
+        let Some(alg) = self.issuer.matches(&rc.cert_id) else {
+            return Lookup::Ready(self.external_answer(rc));
+        };
+        if self.config.echo_nonce && parsed.nonce.is_some() {
+            return Lookup::Live(LiveRequest { parsed });
+        }
+        if PRESIGNED_ALGS.contains(&alg) {
+            let now = self.clock.now();
+            if let Some(a) = self.cached(&rc.serial).filter(|a| a.fresh(now)) {
+                return Lookup::Ready(a);
+            }
+            if let Some(a) = read(&self.unknown).map.get(&rc.serial).filter(|a| a.fresh(now)) {
+                return Lookup::Ready(a.clone());
+            }
+        }
+        Lookup::Live(LiveRequest { parsed })
+    }
+
+    fn external_answer(&self, rc: &RequestedCert) -> Arc<OcspAnswer> {
+        let key = ExternalKey::of(&rc.cert_id);
+        let ext = read(&self.external);
+        for (src, _, map) in &ext.sources {
+            if let Some(a) = map.get(&key) {
+                if a.fresh(self.clock.now()) {
+                    return a.clone();
+                }
+                tracing::error!(path = %src.path.display(), "loaded OCSP response is past its nextUpdate; run the OCSP ceremony again");
+            }
+        }
+        self.unauthorized.clone()
+    }
+
+    /// Answer a request that needs a signature or a store read. Blocking (HSM, store): call it
+    /// off the async executor. Live signatures are rate limited
+    /// ([`ResponderConfig::live_signing_rate`]); over the limit, an unknown serial gets
+    /// `unauthorized` (RFC 5019 2.2.3), a nonce is ignored in favour of the pre-signed
+    /// response, and other requests get `tryLater`.
+    pub fn answer_live(&self, live: LiveRequest) -> Arc<OcspAnswer> {
+        let parsed = live.parsed;
+        let now = self.clock.now();
+        let nonce = if self.config.echo_nonce { parsed.nonce.clone() } else { None };
+        if parsed.certs.iter().any(|rc| self.issuer.matches(&rc.cert_id).is_none()) {
+            return self.unauthorized.clone();
+        }
+        let [rc] = parsed.certs.as_slice() else {
+            if !self.take_token() {
+                return self.try_later.clone();
+            }
+            return self.sign_exact(&parsed.certs, nonce.as_deref(), now);
+        };
+        let cached = self.cached(&rc.serial).filter(|a| a.fresh(now));
+        let canonical = rc.hash_alg.is_some_and(|a| PRESIGNED_ALGS.contains(&a));
+        if nonce.is_none() && canonical {
+            if let Some(a) = cached {
+                return a;
+            }
+        }
+        if !self.take_token() {
+            return match cached {
+                Some(a) if canonical => a,
+                _ => self.unauthorized.clone(),
+            };
+        }
+        if nonce.is_some() || !canonical {
+            return self.sign_exact(&parsed.certs, nonce.as_deref(), now);
+        }
+        // A cache miss on a SHA-1/SHA-256 CertID: a certificate this process has not signed
+        // for yet (issued elsewhere, expired and dropped) or a serial never issued.
+        let _g = self.sign_lock(&rc.serial);
+        match self.store.get_cert(&rc.serial) {
+            Ok(Some(rec)) => match self.sign_and_install(&rec.serial, &rec.cert_status()) {
+                Ok(()) => self.cached(&rc.serial).unwrap_or_else(|| self.internal_error.clone()),
+                Err(e) => {
+                    tracing::error!(error = %e, "signing OCSP response failed");
+                    self.try_later.clone()
+                }
+            },
+            Ok(None) => match self.sign_canonical(&rc.serial, &CertStatus::Unknown) {
+                Ok(a) => {
+                    let mut u = write(&self.unknown);
+                    while u.map.len() >= self.config.unknown_cache_size.max(1) {
+                        let Some(old) = u.order.pop_front() else { break };
+                        u.map.remove(&old);
+                    }
+                    if self.config.unknown_cache_size > 0 {
+                        u.order.push_back(rc.serial.clone());
+                        u.map.insert(rc.serial.clone(), a.clone());
+                    }
+                    a
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "signing OCSP unknown response failed");
+                    self.try_later.clone()
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "store lookup for OCSP failed");
+                self.internal_error.clone()
+            }
+        }
+    }
+
+    /// Sign a response for exactly these CertIDs, echoed as sent, with the nonce if given.
+    fn sign_exact(&self, certs: &[RequestedCert], nonce: Option<&[u8]>, now: DateTime<Utc>) -> Arc<OcspAnswer> {
+        let next = now + self.config.validity;
+        let mut singles: Vec<SingleResponse> = Vec::with_capacity(certs.len());
+        let mut first_status = None;
+        for rc in certs {
+            let status = match self.cached(&rc.serial).and_then(|a| a.cert_status().cloned()) {
+                Some(s) => s,
+                None => match self.store.get_cert(&rc.serial) {
+                    Ok(Some(rec)) => rec.cert_status(),
+                    Ok(None) => CertStatus::Unknown,
+                    Err(e) => {
+                        tracing::error!(error = %e, "store lookup for OCSP failed");
+                        return self.internal_error.clone();
+                    }
+                },
+            };
+            match single(rc.cert_id.clone(), &status, now, next) {
+                Ok(s) => singles.push(s),
+                Err(_) => return self.internal_error.clone(),
+            }
+            first_status.get_or_insert(status);
+        }
+        let ext = match nonce.map(nonce_extension).transpose() {
+            Ok(e) => e.map(|e| vec![e]),
+            Err(_) => return self.malformed.clone(),
+        };
+        match sign_basic(self.key.signer.as_ref(), self.key.cert.as_ref(), singles, now, ext) {
+            Ok(der) => Arc::new(OcspAnswer::new(
+                der,
+                AnswerKind::Signed {
+                    status: first_status.unwrap_or(CertStatus::Unknown),
+                    produced_at: now,
+                    this_update: now,
+                    next_update: next,
+                    cacheable: nonce.is_none(),
+                },
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "live OCSP signing failed");
+                self.try_later.clone()
+            }
+        }
+    }
+
+    fn take_token(&self) -> bool {
+        let rate = f64::from(self.config.live_signing_rate);
+        if rate <= 0.0 {
+            return false;
+        }
+        let mut b = lock(&self.bucket);
+        let now = Instant::now();
+        let burst = f64::from(self.config.live_signing_burst);
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Answer a request completely (blocking when a live signature is needed).
+    pub fn respond(&self, request_der: &[u8]) -> Arc<OcspAnswer> {
+        match self.lookup(request_der) {
+            Lookup::Ready(a) => a,
+            Lookup::Live(l) => self.answer_live(l),
+        }
+    }
+
+    /// The precomputed `malformedRequest` response (for transport-level errors such as a bad
+    /// base64 path or an oversized body).
+    pub fn malformed_request(&self) -> Arc<OcspAnswer> {
+        self.malformed.clone()
+    }
+
+    /// Serve a response loaded from a file for the CertIDs it contains (another issuer's
+    /// certificates: normally the intermediate, signed by the root). The file is read and its
+    /// signature checked now (fail closed), and re-read by [`refresh_due`] when it changes.
+    /// Returns the number of CertIDs it answers.
+    ///
+    /// [`refresh_due`]: Responder::refresh_due
+    pub fn add_external(&self, source: ExternalResponse) -> Result<usize> {
+        let (mtime, map) = load_external(&source)?;
+        let n = map.len();
+        write(&self.external).sources.push((source, mtime, map));
+        Ok(n)
+    }
+
+    /// Re-read external response files whose modification time changed; returns how many
+    /// failed (those keep their previous response).
+    fn reload_external(&self) -> usize {
+        let mut failed = 0;
+        let mut ext = write(&self.external);
+        for (src, mtime, map) in ext.sources.iter_mut() {
+            let current = std::fs::metadata(&src.path).and_then(|m| m.modified()).ok();
+            if current.is_some() && current == *mtime {
+                continue;
+            }
+            match load_external(src) {
+                Ok((t, m)) => {
+                    tracing::info!(path = %src.path.display(), "reloaded OCSP response file");
+                    *mtime = t;
+                    *map = m;
+                }
+                Err(e) => {
+                    tracing::error!(path = %src.path.display(), error = %e, "cannot reload OCSP response file; keeping the previous one");
+                    failed += 1;
+                }
+            }
+        }
+        failed
+    }
+}
+
+fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, HashMap<ExternalKey, Arc<OcspAnswer>>)> {
+    let io = |e| Error::Io { path: src.path.clone(), source: e };
+    let mtime = std::fs::metadata(&src.path).and_then(|m| m.modified()).ok();
+    let bytes = std::fs::read(&src.path).map_err(io)?;
+    let der = if bytes.starts_with(b"-----BEGIN") {
+        der::pem::decode_vec(&bytes).map_err(|e| Error::Der(e.into()))?.1
+    } else {
+        bytes
+    };
+    let parsed = parse_response(&der)?;
+    if parsed.status != OcspResponseStatus::Successful {
+        return Err(Error::Config {
+            path: src.path.display().to_string(),
+            reason: format!("OCSP response status is {:?}, not successful", parsed.status),
+        });
+    }
+    let signer = Certificate::from_der(&src.signer_cert_der)
+        .map_err(|e| Error::Issuer(format!("cannot parse the signer certificate for {}: {e}", src.path.display())))?;
+    parsed.verify_signature(&signer.tbs_certificate.subject_public_key_info.to_der()?).map_err(|_| Error::Config {
+        path: src.path.display().to_string(),
+        reason: "OCSP response signature does not verify with the configured signer certificate".into(),
+    })?;
+    let produced_at = parsed.produced_at().unwrap_or_default();
+    let mut map = HashMap::new();
+    for s in parsed.singles() {
+        let Some(next_update) = s.next_update.as_ref().map(from_gtime) else { continue };
+        map.insert(
+            ExternalKey::of(&s.cert_id),
+            Arc::new(OcspAnswer::new(
+                der.clone(),
+                AnswerKind::Signed {
+                    status: from_ocsp_status(&s.cert_status),
+                    produced_at,
+                    this_update: from_gtime(&s.this_update),
+                    next_update,
+                    cacheable: true,
+                },
+            )),
+        );
+    }
+    Ok((mtime, map))
+}
+
+/// RFC 6960 4.2.2.2: a delegated responder certificate is issued directly by the CA and
+/// carries id-kp-OCSPSigning.
+fn check_delegated(cert: &Certificate, issuer: &OcspIssuer) -> Result<()> {
+    let tbs = cert.tbs_certificate.to_der()?;
+    let sig = cert.signature.as_bytes().ok_or(Error::SignatureCheckFailed)?;
+    verify(issuer.spki_der(), &tbs, sig)
+        .map_err(|_| Error::Issuer("the OCSP responder certificate is not signed by the issuing CA".into()))?;
+    let eku = cert
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE)
+        .and_then(|e| x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok());
+    if !eku.is_some_and(|k| k.0.contains(&const_oid::db::rfc5280::ID_KP_OCSP_SIGNING)) {
+        return Err(Error::Issuer("the OCSP responder certificate lacks extended key usage id-kp-OCSPSigning".into()));
+    }
+    Ok(())
+}

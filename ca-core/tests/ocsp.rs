@@ -1,0 +1,303 @@
+//! OCSP responses signed through a real SoftHSM token, checked with the openssl CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ocsp_fixture;
+
+use ca_core::clock::{Clock, FixedClock, SystemClock};
+use ca_core::ocsp::{parse_response, sign_response, AnswerKind, Lookup, Responder, ResponderConfig, ResponderKey};
+use ca_core::revocation::{CertStatus, RevocationReason};
+use ca_core::signer::Signer;
+use ca_core::store::Store;
+use chrono::{Duration, Utc};
+use ocsp_fixture::{openssl, run, TestCa};
+use std::path::Path;
+use std::sync::Arc;
+
+/// `openssl ocsp -respin` status check (see CRATES.md: no -reqin with -cert).
+fn openssl_status(resp: &Path, ca: &TestCa, cert: &Path, extra: &[&str]) -> String {
+    let (ok, out) = run(openssl()
+        .args(["ocsp", "-no_nonce", "-respin"])
+        .arg(resp)
+        .args(extra)
+        .arg("-issuer")
+        .arg(&ca.cert_pem)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-CAfile")
+        .arg(&ca.cert_pem));
+    assert!(ok, "openssl ocsp failed: {out}");
+    assert!(out.contains("Response verify OK"), "{out}");
+    out
+}
+
+fn write(path: &Path, der: &[u8]) {
+    std::fs::write(path, der).unwrap();
+}
+
+#[test]
+fn sign_response_with_ca_key_verifies_in_openssl() {
+    let ca = TestCa::new("Test Root");
+    let good = ca.issue_leaf("good");
+    let revoked = ca.issue_leaf("revoked");
+    let now = Utc::now();
+    let at = ca_core::clock::truncate(now - Duration::minutes(5));
+    let der = sign_response(
+        ca.signer.as_ref(),
+        None,
+        &ca.cert_der,
+        &[
+            (good.record.serial.clone(), CertStatus::Good),
+            (revoked.record.serial.clone(), CertStatus::Revoked { at, reason: RevocationReason::KeyCompromise }),
+        ],
+        now,
+        now + Duration::hours(1),
+        Some(b"0123456789abcdef"),
+    )
+    .unwrap();
+    let p = ca.path("resp.der");
+    write(&p, &der);
+    let out = openssl_status(&p, &ca, &good.cert_pem, &[]);
+    assert!(out.contains(&format!("{}: good", good.cert_pem.display())), "{out}");
+    let out = openssl_status(&p, &ca, &revoked.cert_pem, &[]);
+    assert!(out.contains(": revoked"), "{out}");
+    assert!(out.contains("Reason: keyCompromise"), "{out}");
+
+    let parsed = parse_response(&der).unwrap();
+    assert_eq!(parsed.singles().len(), 2);
+    assert!(parsed.basic.as_ref().unwrap().certs.is_none());
+    parsed.verify_signature(ca.signer.spki_der()).unwrap();
+    assert_eq!(parsed.basic.unwrap().nonce().unwrap().0.as_bytes(), b"0123456789abcdef");
+}
+
+#[test]
+fn sign_response_with_delegated_responder_embeds_its_certificate() {
+    let ca = TestCa::new("Test Root");
+    let leaf = ca.issue_leaf("leaf");
+    let (rsigner, rcert, _rpem) = ca.ocsp_responder("ocsp");
+    let now = Utc::now();
+    let der = sign_response(rsigner.as_ref(), Some(&rcert), &ca.cert_der, &[(leaf.record.serial.clone(), CertStatus::Good)], now, now + Duration::hours(1), None).unwrap();
+    let p = ca.path("resp.der");
+    write(&p, &der);
+    let out = openssl_status(&p, &ca, &leaf.cert_pem, &[]);
+    assert!(out.contains(": good"), "{out}");
+    let parsed = parse_response(&der).unwrap();
+    assert_eq!(parsed.basic.as_ref().unwrap().certs.as_ref().unwrap().len(), 1);
+
+    // A key that is neither the issuer's nor backed by a responder certificate is refused.
+    assert!(sign_response(rsigner.as_ref(), None, &ca.cert_der, &[(leaf.record.serial.clone(), CertStatus::Good)], now, now + Duration::hours(1), None).is_err());
+    // A nonce over 32 bytes is refused (RFC 8954).
+    assert!(sign_response(ca.signer.as_ref(), None, &ca.cert_der, &[(leaf.record.serial.clone(), CertStatus::Good)], now, now + Duration::hours(1), Some(&[7u8; 33])).is_err());
+}
+
+/// Build an OCSP request with openssl (SHA-1 CertID by default, or `-sha256`).
+fn openssl_request(ca: &TestCa, certs: &[&Path], name: &str, extra: &[&str]) -> Vec<u8> {
+    let out = ca.path(name);
+    let mut cmd = openssl();
+    cmd.arg("ocsp").args(extra).arg("-issuer").arg(&ca.cert_pem);
+    for c in certs {
+        cmd.arg("-cert").arg(c);
+    }
+    cmd.arg("-reqout").arg(&out);
+    let (ok, text) = run(&mut cmd);
+    assert!(ok, "{text}");
+    std::fs::read(out).unwrap()
+}
+
+fn responder(ca: &TestCa, key: ResponderKey, clock: Arc<dyn Clock>, config: ResponderConfig) -> Responder {
+    Responder::new(&ca.cert_der, key, ca.store.clone(), clock, config).unwrap()
+}
+
+#[test]
+fn responder_presigns_at_issuance_and_resigns_at_revocation() {
+    let ca = TestCa::new("Test Root");
+    let leaf = ca.issue_leaf_with("leaf", true);
+    let other = ca.issue_leaf_with("other", false);
+    let (rsigner, rcert, _) = ca.ocsp_responder("ocsp");
+    let r = responder(&ca, ResponderKey::delegated(rsigner, &rcert).unwrap(), Arc::new(SystemClock), ResponderConfig::default());
+    assert_eq!(r.load().unwrap().signed, 2, "both stored certificates signed at start");
+    let before = ca.store.get_cert(&leaf.record.serial).unwrap().unwrap();
+
+    for (alg, name) in [(&[][..], "sha1"), (&["-sha256"][..], "sha256")] {
+        let req = openssl_request(&ca, &[&leaf.cert_pem], &format!("req-{name}.der"), &[&["-no_nonce"][..], alg].concat());
+        let Lookup::Ready(a) = r.lookup(&req) else { panic!("{name}: pre-signed answer expected") };
+        let p = ca.path(&format!("resp-{name}.der"));
+        write(&p, &a.der);
+        let out = openssl_status(&p, &ca, &leaf.cert_pem, alg);
+        assert!(out.contains(": good"), "{name}: {out}");
+    }
+
+    let rec = ca_core::revocation::revoke(ca.store.as_ref(), &r, &before.serial, RevocationReason::Superseded, Utc::now(), "test").unwrap();
+    assert!(rec.is_revoked());
+    let req = openssl_request(&ca, &[&leaf.cert_pem], "req2.der", &["-no_nonce"]);
+    let Lookup::Ready(a) = r.lookup(&req) else { panic!("pre-signed answer expected after revocation") };
+    assert!(matches!(a.cert_status(), Some(CertStatus::Revoked { reason: RevocationReason::Superseded, .. })));
+    let p = ca.path("resp2.der");
+    write(&p, &a.der);
+    let out = openssl_status(&p, &ca, &leaf.cert_pem, &[]);
+    assert!(out.contains(": revoked") && out.contains("Reason: superseded"), "{out}");
+
+    // Clear errors for unknown and already-revoked serials.
+    let e = ca_core::revocation::revoke(ca.store.as_ref(), &r, &[1, 2, 3], RevocationReason::KeyCompromise, Utc::now(), "test").unwrap_err();
+    assert!(matches!(e, ca_core::Error::CertNotFound(_)), "{e}");
+    let e = ca_core::revocation::revoke(ca.store.as_ref(), &r, &before.serial, RevocationReason::Superseded, Utc::now(), "test").unwrap_err();
+    assert!(matches!(e, ca_core::Error::AlreadyRevoked { .. }), "{e}");
+    // ... but a change to keyCompromise is allowed (RFC 5280 5.3.1) and re-signed at once.
+    ca_core::revocation::revoke(ca.store.as_ref(), &r, &before.serial, RevocationReason::KeyCompromise, Utc::now(), "test").unwrap();
+    assert!(matches!(r.cached(&before.serial).unwrap().cert_status(), Some(CertStatus::Revoked { reason: RevocationReason::KeyCompromise, .. })));
+
+    // The other certificate is untouched.
+    assert_eq!(r.cached(&other.record.serial).unwrap().cert_status(), Some(&CertStatus::Good));
+}
+
+#[test]
+fn restart_reloads_stored_responses_without_resigning() {
+    let ca = TestCa::new("Test Root");
+    for i in 0..5 {
+        ca.issue_leaf(&format!("leaf{i}"));
+    }
+    let key = ResponderKey::ca(ca.signer_dyn());
+    let r = responder(&ca, key.clone(), Arc::new(SystemClock), ResponderConfig::default());
+    assert_eq!(r.load().unwrap().signed, 5);
+    drop(r);
+    let r = responder(&ca, key.clone(), Arc::new(SystemClock), ResponderConfig::default());
+    let stats = r.load().unwrap();
+    assert_eq!((stats.loaded, stats.signed, stats.discarded), (5, 0, 0), "{stats:?}");
+
+    // A revocation the responder did not see (e.g. a crash between store and OCSP) is caught
+    // at start: the stored status disagrees with the store.
+    let mut serial = None;
+    ca.store.for_each_cert(&mut |rec| {
+        serial.get_or_insert(rec.serial);
+        Ok(())
+    }).unwrap();
+    let serial = serial.unwrap();
+    ca.store.revoke(&serial, ca_core::clock::truncate(Utc::now()), RevocationReason::CessationOfOperation).unwrap();
+    let r = responder(&ca, key, Arc::new(SystemClock), ResponderConfig::default());
+    let stats = r.load().unwrap();
+    assert_eq!((stats.loaded, stats.signed), (5, 1), "{stats:?}");
+    assert!(matches!(r.cached(&serial).unwrap().cert_status(), Some(CertStatus::Revoked { .. })));
+}
+
+#[test]
+fn refresh_resigns_before_staleness_with_injected_clock() {
+    let ca = TestCa::new("Test Root");
+    let leaf = ca.issue_leaf("leaf");
+    let t0 = Utc::now();
+    let clock = Arc::new(FixedClock::new(t0));
+    let config = ResponderConfig { validity: Duration::hours(4), refresh_before: Duration::hours(2), ..Default::default() };
+    let r = responder(&ca, ResponderKey::ca(ca.signer_dyn()), clock.clone(), config);
+    r.load().unwrap();
+    let first = r.cached(&leaf.record.serial).unwrap();
+    clock.set(t0 + Duration::hours(1));
+    assert_eq!(r.refresh_due().unwrap().refreshed, 0, "not due yet");
+    clock.set(t0 + Duration::hours(2) + Duration::seconds(1));
+    assert_eq!(r.refresh_due().unwrap().refreshed, 1);
+    let second = r.cached(&leaf.record.serial).unwrap();
+    assert!(second.next_update().unwrap() > first.next_update().unwrap());
+    let AnswerKind::Signed { this_update, .. } = second.kind else { panic!() };
+    assert_eq!(this_update, ca_core::clock::truncate(t0 + Duration::hours(2) + Duration::seconds(1)));
+    // Persisted: a restart serves the refreshed response.
+    let mut stored = Vec::new();
+    ca.store.for_each_ocsp_response(&mut |s| {
+        stored.push(s);
+        Ok(())
+    }).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].der, second.der);
+}
+
+#[test]
+fn unknown_serials_are_signed_lazily_cached_and_rate_limited() {
+    let ca = TestCa::new("Test Root");
+    let _leaf = ca.issue_leaf("leaf");
+    let config = ResponderConfig { live_signing_rate: 1, live_signing_burst: 2, ..Default::default() };
+    let r = responder(&ca, ResponderKey::ca(ca.signer_dyn()), Arc::new(SystemClock), config);
+    r.load().unwrap();
+    let ghosts: Vec<_> = (0..3).map(|i| ca.unissued_leaf(&format!("ghost{i}"))).collect();
+    let req0 = openssl_request(&ca, &[&ghosts[0]], "g0.der", &["-no_nonce"]);
+    let Lookup::Live(live) = r.lookup(&req0) else { panic!("unknown serial needs a live signature") };
+    let a = r.answer_live(live);
+    assert_eq!(a.cert_status(), Some(&CertStatus::Unknown));
+    let p = ca.path("g0-resp.der");
+    write(&p, &a.der);
+    let out = openssl_status(&p, &ca, &ghosts[0], &[]);
+    assert!(out.contains(": unknown"), "{out}");
+    // Cached now: no second signature.
+    assert!(matches!(r.lookup(&req0), Lookup::Ready(_)));
+    // Budget: burst 2, so the second new serial is signed, the third gets `unauthorized`.
+    let req1 = openssl_request(&ca, &[&ghosts[1]], "g1.der", &["-no_nonce"]);
+    assert_eq!(r.respond(&req1).cert_status(), Some(&CertStatus::Unknown));
+    let req2 = openssl_request(&ca, &[&ghosts[2]], "g2.der", &["-no_nonce"]);
+    let a = r.respond(&req2);
+    assert_eq!(a.kind, AnswerKind::Error(x509_ocsp::OcspResponseStatus::Unauthorized));
+}
+
+#[test]
+fn several_cert_ids_and_nonce_echo_are_signed_live() {
+    let ca = TestCa::new("Test Root");
+    let a = ca.issue_leaf("a");
+    let b = ca.issue_leaf("b");
+    let config = ResponderConfig { echo_nonce: true, ..Default::default() };
+    let r = responder(&ca, ResponderKey::ca(ca.signer_dyn()), Arc::new(SystemClock), config);
+    r.load().unwrap();
+    ca_core::revocation::revoke(ca.store.as_ref(), &r, &b.record.serial, RevocationReason::AffiliationChanged, Utc::now(), "t").unwrap();
+    // Two certificates and a nonce: one live response, nonce echoed, verified by openssl
+    // (-reqin/-respin alone checks the nonce, CRATES.md).
+    let req = openssl_request(&ca, &[&a.cert_pem, &b.cert_pem], "multi.der", &[]);
+    let answer = r.respond(&req);
+    let resp = ca.path("multi-resp.der");
+    write(&resp, &answer.der);
+    let (ok, out) = run(openssl().args(["ocsp", "-reqin"]).arg(ca.path("multi.der")).arg("-respin").arg(&resp).arg("-CAfile").arg(&ca.cert_pem).arg("-VAfile").arg(&ca.cert_pem));
+    assert!(ok && out.contains("Response verify OK") && !out.contains("nonce"), "{out}");
+    let (ok, out) = run(openssl()
+        .args(["ocsp", "-no_nonce", "-respin"])
+        .arg(&resp)
+        .arg("-issuer")
+        .arg(&ca.cert_pem)
+        .arg("-cert")
+        .arg(&a.cert_pem)
+        .arg("-cert")
+        .arg(&b.cert_pem)
+        .arg("-CAfile")
+        .arg(&ca.cert_pem));
+    assert!(ok && out.contains("a.pem: good") && out.contains("b.pem: revoked") && out.contains("affiliationChanged"), "{out}");
+}
+
+#[test]
+fn other_issuers_get_unauthorized_and_loaded_files_are_served() {
+    let root = TestCa::new("Test Root");
+    let inter = root.intermediate("Test Issuing CA");
+    let leaf = inter.issue_leaf("leaf");
+    let r = responder(&inter, ResponderKey::ca(inter.signer_dyn()), Arc::new(SystemClock), ResponderConfig::default());
+    r.load().unwrap();
+    // The intermediate's own status is the root's business: unauthorized until a file is loaded.
+    let inter_pem = inter.cert_pem.clone();
+    let req = openssl_request(&root, &[&inter_pem], "inter-req.der", &["-no_nonce"]);
+    let Lookup::Ready(a) = r.lookup(&req) else { panic!() };
+    assert_eq!(a.kind, AnswerKind::Error(x509_ocsp::OcspResponseStatus::Unauthorized));
+
+    let now = Utc::now();
+    let inter_serial = x509_parser_serial(&inter.cert_der);
+    let der = sign_response(root.signer.as_ref(), None, &root.cert_der, &[(inter_serial, CertStatus::Good)], now, now + Duration::days(7), None).unwrap();
+    let file = inter.path("intermediate.ocsp.der");
+    write(&file, &der);
+    // Wrong signer certificate: refused at load (fail closed).
+    assert!(r.add_external(ca_core::ocsp::ExternalResponse { path: file.clone(), signer_cert_der: inter.cert_der.clone() }).is_err());
+    assert_eq!(r.add_external(ca_core::ocsp::ExternalResponse { path: file.clone(), signer_cert_der: root.cert_der.clone() }).unwrap(), 1);
+    let Lookup::Ready(a) = r.lookup(&req) else { panic!() };
+    assert_eq!(a.der, der);
+    let p = inter.path("inter-resp.der");
+    write(&p, &a.der);
+    let out = openssl_status(&p, &root, &inter_pem, &[]);
+    assert!(out.contains(": good"), "{out}");
+
+    // The leaf is still answered from the responder's own cache.
+    let req = openssl_request(&inter, &[&leaf.cert_pem], "leaf-req.der", &["-no_nonce"]);
+    assert!(matches!(r.lookup(&req), Lookup::Ready(a) if a.cert_status() == Some(&CertStatus::Good)));
+}
+
+fn x509_parser_serial(der: &[u8]) -> Vec<u8> {
+    use der::Decode;
+    let c = x509_cert::Certificate::from_der(der).unwrap();
+    c.tbs_certificate.serial_number.as_bytes().to_vec()
+}
