@@ -1,0 +1,42 @@
+//! Key ceremonies for the internal CA, driven by reviewed configuration files, with the root
+//! token's PIN held by a quorum of officers and a signed, hash-chained transcript of every step.
+//!
+//! Ceremony kinds ([`config::Kind`]): `root` (root key and self-signed certificate, quorum
+//! PIN), `key` (issuing key in the online token, public key exported), `intermediate` (root
+//! signs the issuing CA, pathLen 0), `ocsp-signer` (delegated OCSP signing certificate),
+//! `crl` (root CRL) and `ocsp-response` (root-signed OCSP response about the intermediate).
+//!
+//! The pieces:
+//!
+//! - [`config`]: the strict TOML schema; [`plan`]: validation into a checked [`plan::Plan`]
+//!   before anything touches the HSM.
+//! - [`quorum`]: Shamir shares of the PIN with integrity checks, reassembled before login.
+//! - [`history`] and [`transcript`]: the signed transcripts, verified and chained.
+//! - [`run`]: the runner (plan, confirmations, HSM steps, outputs, transcript).
+//! - [`dev`]: the full rehearsal behind `ceremony dev` and `ca-server dev`.
+//!
+//! ```no_run
+//! use ceremonies::run::{run, Console, Outcome, RunOptions};
+//! let stdin = std::io::stdin();
+//! let mut ui = Console::new(stdin.lock(), std::io::stdout());
+//! if let Outcome::Done(done) = run("root.toml".as_ref(), &RunOptions::default(), &mut ui)? {
+//!     println!("transcript: {}", done.transcript.display());
+//! }
+//! # Ok::<(), ceremonies::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod history;
+pub mod hsm;
+pub mod output;
+pub mod plan;
+pub mod quorum;
+pub mod run;
+pub mod transcript;
+pub mod x509;
+
+pub use error::{Error, QuorumError, TranscriptFault};
