@@ -23,6 +23,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod crl;
 pub mod csr;
 pub mod error;
 pub mod issuance;

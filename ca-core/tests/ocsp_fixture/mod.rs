@@ -208,6 +208,15 @@ impl TestCa {
         (signer, der, path)
     }
 
+    /// Close the sled store and open it again (a restart). Every other handle must be gone.
+    pub fn reopen_store(&mut self) {
+        let scratch = Arc::new(SledStore::open(&self.dir.path().join(format!("scratch-{}", rand::random::<u32>()))).unwrap());
+        let old = std::mem::replace(&mut self.store, scratch);
+        assert_eq!(Arc::strong_count(&old), 1, "store still in use");
+        drop(old);
+        self.store = Arc::new(SledStore::open(&self.store_dir).unwrap());
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

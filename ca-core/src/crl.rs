@@ -1,0 +1,268 @@
+//! Certificate revocation lists (RFC 5280 5), signed by the issuing key in the HSM.
+//!
+//! [`build_crl`] makes one CRL: version 2, the issuer's name, thisUpdate/nextUpdate, one entry
+//! per revoked certificate (serial, revocation date, reason code except for `unspecified`,
+//! RFC 5280 5.3.1), the authority key identifier (the issuer's subject key identifier,
+//! RFC 5280 5.2.1) and a CRL number from [`Store::next_crl_number`], so numbers only ever
+//! increase, across regenerations and restarts (RFC 5280 5.2.3). Entries are streamed from
+//! [`Store::for_each_revoked`]: memory grows with revoked entries, not with all certificates.
+//! The signature is verified before the CRL is returned (fail closed).
+//!
+//! [`CrlPublisher`] keeps the current CRL in memory for the status listener and rebuilds it
+//! when it is due ([`CrlPublisher::regenerate_if_due`]) and after each revocation
+//! ([`CrlPublisher::regenerate`]).
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn f(store: Arc<dyn ca_core::store::Store>, signer: Arc<dyn ca_core::signer::Signer>, issuer_der: Vec<u8>) -> ca_core::Result<()> {
+//! use ca_core::crl::{CrlConfig, CrlPublisher};
+//! let crls = CrlPublisher::new(store, signer, issuer_der, Arc::new(ca_core::clock::SystemClock), CrlConfig::default())?;
+//! let crl = crls.regenerate()?;
+//! println!("CRL #{} with {} entries", crl.number, crl.entries);
+//! # Ok(()) }
+//! ```
+
+use crate::clock::{to_offset, Clock};
+use crate::error::{Error, Result};
+use crate::revocation::RevocationReason;
+use crate::signer::{verify, RcgenKey, Signer};
+use crate::store::Store;
+use chrono::{DateTime, Duration, Utc};
+use der::{Decode, Encode};
+use std::sync::{Arc, Mutex, RwLock};
+use x509_cert::crl::CertificateList;
+use x509_cert::Certificate;
+
+/// CRL settings.
+#[derive(Clone, Debug)]
+pub struct CrlConfig {
+    /// nextUpdate - thisUpdate (default 24 hours).
+    pub validity: Duration,
+    /// Rebuild when less than this is left before nextUpdate (default 12 hours). Must be
+    /// shorter than `validity`.
+    pub refresh_before: Duration,
+    /// The URL the CRL is published at, written as the issuing distribution point
+    /// (RFC 5280 5.2.5) when set. It must then equal the CRL distribution point in the
+    /// certificates, or verifiers reject the CRL for them. Default: none.
+    pub distribution_point: Option<String>,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig { validity: Duration::hours(24), refresh_before: Duration::hours(12), distribution_point: None }
+    }
+}
+
+impl CrlConfig {
+    /// Check the settings; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.validity <= Duration::zero() {
+            return Err(Error::Config { path: "crl.validity".into(), reason: "must be positive".into() });
+        }
+        if self.refresh_before <= Duration::zero() || self.refresh_before >= self.validity {
+            return Err(Error::Config {
+                path: "crl.refresh_before".into(),
+                reason: "must be positive and shorter than crl.validity".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A signed CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCrl {
+    /// DER CertificateList.
+    pub der: Vec<u8>,
+    /// cRLNumber.
+    pub number: u64,
+    /// thisUpdate.
+    pub this_update: DateTime<Utc>,
+    /// nextUpdate.
+    pub next_update: DateTime<Utc>,
+    /// Number of revoked certificates listed.
+    pub entries: usize,
+}
+
+impl AsRef<[u8]> for SignedCrl {
+    fn as_ref(&self) -> &[u8] {
+        &self.der
+    }
+}
+
+fn rcgen_reason(r: RevocationReason) -> Option<rcgen::RevocationReason> {
+    use rcgen::RevocationReason as R;
+    Some(match r {
+        // RFC 5280 5.3.1: unspecified SHOULD be expressed by omitting the reason code.
+        RevocationReason::Unspecified => return None,
+        RevocationReason::KeyCompromise => R::KeyCompromise,
+        RevocationReason::CaCompromise => R::CaCompromise,
+        RevocationReason::AffiliationChanged => R::AffiliationChanged,
+        RevocationReason::Superseded => R::Superseded,
+        RevocationReason::CessationOfOperation => R::CessationOfOperation,
+        RevocationReason::CertificateHold => R::CertificateHold,
+        RevocationReason::RemoveFromCrl => R::RemoveFromCrl,
+        RevocationReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+        RevocationReason::AaCompromise => R::AaCompromise,
+    })
+}
+
+/// The issuer's subjectKeyIdentifier, which the CRL's authorityKeyIdentifier must repeat
+/// (RFC 5280 5.2.1, 4.2.1.1).
+fn subject_key_id(issuer: &Certificate) -> Option<Vec<u8>> {
+    let ext = issuer
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)?;
+    let ski = x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(ext.extn_value.as_bytes()).ok()?;
+    Some(ski.0.as_bytes().to_vec())
+}
+
+/// Build and sign a CRL of every revocation in `store`, numbered with the store's next CRL
+/// number, signed by `signer` (the key of `issuer_cert_der`), with the given validity
+/// (whole seconds). Without an issuing distribution point; see [`build_crl_with`].
+pub fn build_crl(
+    store: &dyn Store,
+    signer: &dyn Signer,
+    issuer_cert_der: &[u8],
+    this_update: DateTime<Utc>,
+    next_update: DateTime<Utc>,
+) -> Result<SignedCrl> {
+    build_crl_with(store, signer, issuer_cert_der, this_update, next_update, None)
+}
+
+/// [`build_crl`] with an optional issuing distribution point URL (RFC 5280 5.2.5).
+pub fn build_crl_with(
+    store: &dyn Store,
+    signer: &dyn Signer,
+    issuer_cert_der: &[u8],
+    this_update: DateTime<Utc>,
+    next_update: DateTime<Utc>,
+    distribution_point: Option<&str>,
+) -> Result<SignedCrl> {
+    let this_update = crate::clock::truncate(this_update);
+    let next_update = crate::clock::truncate(next_update);
+    if next_update <= this_update {
+        return Err(Error::Config { path: "crl.next_update".into(), reason: "nextUpdate must be after thisUpdate".into() });
+    }
+    let issuer = Certificate::from_der(issuer_cert_der).map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
+    let issuer_spki = issuer.tbs_certificate.subject_public_key_info.to_der()?;
+    if issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes() != signer.public_key_bits() {
+        return Err(Error::Issuer("the CRL signing key is not the issuer certificate's key".into()));
+    }
+    let mut revoked = Vec::new();
+    store.for_each_revoked(&mut |e| {
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(&e.serial)),
+            revocation_time: to_offset(e.revoked_at),
+            reason_code: rcgen_reason(e.reason),
+            invalidity_date: None,
+        });
+        Ok(())
+    })?;
+    let entries = revoked.len();
+    let number = store.next_crl_number()?;
+    let key_identifier_method = match subject_key_id(&issuer) {
+        Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+        None => rcgen::KeyIdMethod::Sha256,
+    };
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: to_offset(this_update),
+        next_update: to_offset(next_update),
+        crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: distribution_point.map(|url| rcgen::CrlIssuingDistributionPoint {
+            distribution_point: rcgen::CrlDistributionPoint { uris: vec![url.to_string()] },
+            scope: None,
+        }),
+        revoked_certs: revoked,
+        key_identifier_method,
+    };
+    let key = RcgenKey::new(signer);
+    let rc_issuer = rcgen::Issuer::from_ca_cert_der(&issuer_cert_der.to_vec().into(), &key).map_err(|e| key.map_err(e))?;
+    let crl = params.signed_by(&rc_issuer).map_err(|e| key.map_err(e))?;
+    let der = crl.der().to_vec();
+    // Fail closed: never publish a CRL whose signature the issuer key does not verify.
+    let parsed = CertificateList::from_der(&der)?;
+    let tbs = parsed.tbs_cert_list.to_der()?;
+    let sig = parsed.signature.as_bytes().ok_or(Error::SignatureCheckFailed)?;
+    verify(&issuer_spki, &tbs, sig)?;
+    tracing::info!(number, entries, "CRL signed");
+    Ok(SignedCrl { der, number, this_update, next_update, entries })
+}
+
+/// Keeps the current CRL and rebuilds it when due or asked. Thread-safe.
+pub struct CrlPublisher {
+    store: Arc<dyn Store>,
+    signer: Arc<dyn Signer>,
+    issuer_cert_der: Vec<u8>,
+    clock: Arc<dyn Clock>,
+    config: CrlConfig,
+    current: RwLock<Option<Arc<SignedCrl>>>,
+    building: Mutex<()>,
+}
+
+impl std::fmt::Debug for CrlPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrlPublisher").field("config", &self.config).field("current", &self.current()).finish()
+    }
+}
+
+impl CrlPublisher {
+    /// A publisher for the CA `issuer_cert_der` whose key `signer` holds. No CRL is built yet:
+    /// call [`regenerate`](Self::regenerate) (or `regenerate_if_due`).
+    pub fn new(
+        store: Arc<dyn Store>,
+        signer: Arc<dyn Signer>,
+        issuer_cert_der: Vec<u8>,
+        clock: Arc<dyn Clock>,
+        config: CrlConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        let issuer = Certificate::from_der(&issuer_cert_der).map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
+        if issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes() != signer.public_key_bits() {
+            return Err(Error::Issuer("the CRL signing key is not the issuer certificate's key".into()));
+        }
+        Ok(CrlPublisher {
+            store,
+            signer,
+            issuer_cert_der,
+            clock,
+            config,
+            current: RwLock::new(None),
+            building: Mutex::new(()),
+        })
+    }
+
+    /// The current CRL, if one was built.
+    pub fn current(&self) -> Option<Arc<SignedCrl>> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Build a new CRL now (new number) and make it current.
+    pub fn regenerate(&self) -> Result<Arc<SignedCrl>> {
+        let _g = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        let crl = Arc::new(build_crl_with(
+            self.store.as_ref(),
+            self.signer.as_ref(),
+            &self.issuer_cert_der,
+            now,
+            now + self.config.validity,
+            self.config.distribution_point.as_deref(),
+        )?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(crl.clone());
+        Ok(crl)
+    }
+
+    /// Rebuild if there is no CRL yet or the current one is within `refresh_before` of its
+    /// nextUpdate; returns the new CRL if one was built.
+    pub fn regenerate_if_due(&self) -> Result<Option<Arc<SignedCrl>>> {
+        let now = self.clock.now();
+        match self.current() {
+            Some(c) if c.next_update - now > self.config.refresh_before => Ok(None),
+            _ => self.regenerate().map(Some),
+        }
+    }
+}
