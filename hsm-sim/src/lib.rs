@@ -280,7 +280,12 @@ pub fn add_token(
     let pin = Secret(pin.map(str::to_string).unwrap_or_else(random_pin));
     let so_pin = Secret(so_pin.map(str::to_string).unwrap_or_else(random_pin));
     let ctx = open_module(&module)?;
-    init_token(&ctx, label, &pin.0, &so_pin.0)?;
+    {
+        // One token initialisation at a time: parallel callers would race for the free slot.
+        static ADD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = ADD.lock().unwrap_or_else(|p| p.into_inner());
+        init_token(&ctx, label, &pin.0, &so_pin.0)?;
+    }
     write_secret(&pin_file, &pin.0)?;
     write_secret(&so_pin_file, &so_pin.0)?;
     Ok(Provisioned {
