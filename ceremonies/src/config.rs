@@ -75,7 +75,10 @@ impl Kind {
 
     /// Whether the ceremony uses the root key (and so the quorum PIN of the root token).
     pub fn uses_root_token(self) -> bool {
-        matches!(self, Kind::Root | Kind::Intermediate | Kind::Crl | Kind::OcspResponse)
+        matches!(
+            self,
+            Kind::Root | Kind::Intermediate | Kind::Crl | Kind::OcspResponse
+        )
     }
 }
 
@@ -416,7 +419,11 @@ fn de_opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>,
     };
     DateTime::parse_from_rfc3339(&text)
         .map(|t| Some(t.with_timezone(&Utc)))
-        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time with offset ({e})")))
+        .map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not an RFC 3339 time with offset ({e})"
+            ))
+        })
 }
 
 impl Config {
@@ -443,9 +450,18 @@ impl Config {
             let inner = e.into_inner();
             let line = inner
                 .span()
-                .map(|s| format!(" (line {})", text[..s.start.min(text.len())].matches('\n').count() + 1))
+                .map(|s| {
+                    format!(
+                        " (line {})",
+                        text[..s.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
                 .unwrap_or_default();
-            Error::Config { file: file.to_path_buf(), path, reason: format!("{}{line}", inner.message()) }
+            Error::Config {
+                file: file.to_path_buf(),
+                path,
+                reason: format!("{}{line}", inner.message()),
+            }
         })
     }
 }

@@ -19,10 +19,19 @@ use std::path::{Path, PathBuf};
 pub const EXAMPLES: [(&str, &str); 6] = [
     ("root.toml", include_str!("../examples/root.toml")),
     ("key.toml", include_str!("../examples/key.toml")),
-    ("intermediate.toml", include_str!("../examples/intermediate.toml")),
-    ("ocsp-signer.toml", include_str!("../examples/ocsp-signer.toml")),
+    (
+        "intermediate.toml",
+        include_str!("../examples/intermediate.toml"),
+    ),
+    (
+        "ocsp-signer.toml",
+        include_str!("../examples/ocsp-signer.toml"),
+    ),
     ("crl.toml", include_str!("../examples/crl.toml")),
-    ("ocsp-response.toml", include_str!("../examples/ocsp-response.toml")),
+    (
+        "ocsp-response.toml",
+        include_str!("../examples/ocsp-response.toml"),
+    ),
 ];
 
 /// Label of the rehearsal's root token.
@@ -80,23 +89,38 @@ pub struct DevOptions {
 
 impl Default for DevOptions {
     fn default() -> Self {
-        DevOptions { algorithm: KeyAlgorithm::P256, status_base_url: "http://127.0.0.1:8080".into() }
+        DevOptions {
+            algorithm: KeyAlgorithm::P256,
+            status_base_url: "http://127.0.0.1:8080".into(),
+        }
     }
 }
 
 fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut t = table;
     for p in parents {
-        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(next) = entry else { return };
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
         t = next;
     }
     t.insert(last.to_string(), value);
 }
 
 /// Write the example configuration `name` into `out`, adjusted for this rehearsal.
-fn write_config(out: &Path, name: &str, text: &str, module: &Path, opts: &DevOptions) -> Result<PathBuf, Error> {
+fn write_config(
+    out: &Path,
+    name: &str,
+    text: &str,
+    module: &Path,
+    opts: &DevOptions,
+) -> Result<PathBuf, Error> {
     let path = out.join(name);
     let mut table: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
         file: PathBuf::from(format!("examples/{name}")),
@@ -106,7 +130,8 @@ fn write_config(out: &Path, name: &str, text: &str, module: &Path, opts: &DevOpt
     let module = toml::Value::String(module.display().to_string());
     let alg = toml::Value::String(opts.algorithm.name().to_string());
     let base = opts.status_base_url.trim_end_matches('/');
-    let urls = |suffix: &str| toml::Value::Array(vec![toml::Value::String(format!("{base}{suffix}"))]);
+    let urls =
+        |suffix: &str| toml::Value::Array(vec![toml::Value::String(format!("{base}{suffix}"))]);
     for token in ["root_token", "online_token"] {
         if table.contains_key(token) {
             set(&mut table, &[token, "module"], module.clone());
@@ -120,7 +145,11 @@ fn write_config(out: &Path, name: &str, text: &str, module: &Path, opts: &DevOpt
         }
         "ocsp-signer.toml" => {
             set(&mut table, &["ocsp_signer", "algorithm"], alg);
-            set(&mut table, &["ocsp_signer", "issuing_key_label"], ISSUING_KEY.into());
+            set(
+                &mut table,
+                &["ocsp_signer", "issuing_key_label"],
+                ISSUING_KEY.into(),
+            );
             set(&mut table, &["ocsp_signer", "key_label"], OCSP_KEY.into());
         }
         "intermediate.toml" => {
@@ -140,28 +169,46 @@ fn write_config(out: &Path, name: &str, text: &str, module: &Path, opts: &DevOpt
 /// Run the complete rehearsal in `out` (created if needed; must be empty).
 pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
     let base = opts.status_base_url.trim_end_matches('/');
-    if !(base.starts_with("http://") || base.starts_with("https://")) || base.contains(char::is_whitespace) {
+    if !(base.starts_with("http://") || base.starts_with("https://"))
+        || base.contains(char::is_whitespace)
+    {
         return Err(Error::Config {
             file: PathBuf::from("ceremony dev"),
             path: "status_base_url".into(),
-            reason: format!("{:?} is not an http:// or https:// URL", opts.status_base_url),
+            reason: format!(
+                "{:?} is not an http:// or https:// URL",
+                opts.status_base_url
+            ),
         });
     }
     if out.exists() {
         let non_empty = std::fs::read_dir(out)
-            .map_err(|source| Error::Read { what: "output directory", path: out.to_path_buf(), source })?
+            .map_err(|source| Error::Read {
+                what: "output directory",
+                path: out.to_path_buf(),
+                source,
+            })?
             .next()
             .is_some();
         if non_empty {
             return Err(Error::OutputExists(out.to_path_buf()));
         }
     }
-    std::fs::create_dir_all(out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
-    let out = out.canonicalize().map_err(|source| Error::Read { what: "output directory", path: out.to_path_buf(), source })?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let out = out.canonicalize().map_err(|source| Error::Read {
+        what: "output directory",
+        path: out.to_path_buf(),
+        source,
+    })?;
 
     let hsm_dir = out.join("hsm");
     let root = hsm_sim::provision(&hsm_dir, ROOT_TOKEN, None, None)?;
-    let tokens_here = std::fs::read_dir(hsm_dir.join("tokens")).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let tokens_here = std::fs::read_dir(hsm_dir.join("tokens"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     if !tokens_here {
         return Err(Error::Input {
             what: "rehearsal HSM",
@@ -182,7 +229,10 @@ pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
             // the provisioning PIN file is stale, remove it so nobody mistakes it for the PIN.
             let _ = std::fs::remove_file(&root.pin_file);
         }
-        let options = RunOptions { rehearsal: true, ..RunOptions::default() };
+        let options = RunOptions {
+            rehearsal: true,
+            ..RunOptions::default()
+        };
         match run(&config, &options, &mut Rehearsal(std::io::sink()))? {
             Outcome::Done(done) => {
                 tracing::info!(ceremony = %name, transcript = %done.transcript.display(), "rehearsal ceremony done");
@@ -191,7 +241,10 @@ pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
             Outcome::Planned { .. } => {}
         }
     }
-    let transcript = last.ok_or_else(|| Error::History { dir: out.join("transcripts"), reason: "no transcript was written".into() })?;
+    let transcript = last.ok_or_else(|| Error::History {
+        dir: out.join("transcripts"),
+        reason: "no transcript was written".into(),
+    })?;
     let root_cert = out.join("root.pem");
     let root_fingerprint = crate::x509::read_cert_pem("root certificate", &root_cert)?.sha256;
     Ok(DevArtifacts {

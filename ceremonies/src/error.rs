@@ -251,7 +251,9 @@ pub enum QuorumError {
         found: String,
     },
     /// The share's officer is not among the ceremony's officers.
-    #[error("PIN share {file} belongs to {officer:?}, who is not listed as an officer of this ceremony")]
+    #[error(
+        "PIN share {file} belongs to {officer:?}, who is not listed as an officer of this ceremony"
+    )]
     OfficerNotListed {
         /// The share file.
         file: String,

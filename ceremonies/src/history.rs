@@ -36,17 +36,26 @@ pub struct History {
 fn seq_of(name: &str) -> Option<u32> {
     let stem = name.strip_suffix(".json")?;
     let (digits, rest) = stem.split_once('-')?;
-    (!rest.is_empty() && digits.len() >= 3 && digits.chars().all(|c| c.is_ascii_digit())).then(|| digits.parse().ok())?
+    (!rest.is_empty() && digits.len() >= 3 && digits.chars().all(|c| c.is_ascii_digit()))
+        .then(|| digits.parse().ok())?
 }
 
 impl History {
     /// Load and verify every transcript in `dir` (a missing directory is an empty history).
     pub fn load(dir: &Path) -> Result<History, Error> {
-        let fail = |reason: String| Error::History { dir: dir.to_path_buf(), reason };
+        let fail = |reason: String| Error::History {
+            dir: dir.to_path_buf(),
+            reason,
+        };
         let mut records = Vec::new();
         let listing = match std::fs::read_dir(dir) {
             Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History { dir: dir.to_path_buf(), records }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(History {
+                    dir: dir.to_path_buf(),
+                    records,
+                })
+            }
             Err(e) => return Err(fail(format!("cannot list: {e}"))),
         };
         for entry in listing {
@@ -54,9 +63,16 @@ impl History {
             let name = entry.file_name().to_string_lossy().to_string();
             let Some(seq) = seq_of(&name) else { continue };
             let path = entry.path();
-            let bytes = std::fs::read(&path).map_err(|e| fail(format!("cannot read {name}: {e}")))?;
-            let transcript = verify_bytes(&bytes, None).map_err(|f| fail(format!("{name} does not verify: {f}")))?;
-            records.push(Record { seq, path, sha256: sha256_hex(&bytes), transcript });
+            let bytes =
+                std::fs::read(&path).map_err(|e| fail(format!("cannot read {name}: {e}")))?;
+            let transcript = verify_bytes(&bytes, None)
+                .map_err(|f| fail(format!("{name} does not verify: {f}")))?;
+            records.push(Record {
+                seq,
+                path,
+                sha256: sha256_hex(&bytes),
+                transcript,
+            });
         }
         records.sort_by_key(|r| r.seq);
         for pair in records.windows(2) {
@@ -76,7 +92,10 @@ impl History {
             }
             prev = Some(r);
         }
-        Ok(History { dir: dir.to_path_buf(), records })
+        Ok(History {
+            dir: dir.to_path_buf(),
+            records,
+        })
     }
 
     /// Sequence number for the next transcript.
@@ -91,9 +110,18 @@ impl History {
 
     /// The latest root ceremony for this token label, with its share set.
     pub fn root_ceremony(&self, token_label: &str) -> Option<(&Record, &ShareSet)> {
-        self.records.iter().rev().filter(|r| r.transcript.kind == Kind::Root).find_map(|r| {
-            r.transcript.facts.share_set.as_ref().filter(|s| s.token_label == token_label).map(|s| (r, s))
-        })
+        self.records
+            .iter()
+            .rev()
+            .filter(|r| r.transcript.kind == Kind::Root)
+            .find_map(|r| {
+                r.transcript
+                    .facts
+                    .share_set
+                    .as_ref()
+                    .filter(|s| s.token_label == token_label)
+                    .map(|s| (r, s))
+            })
     }
 
     /// The highest CRL number issued so far by the key with this SPKI SHA-256 (0 if none).
@@ -109,12 +137,24 @@ impl History {
 
     /// Which transcript recorded a key with this SPKI SHA-256 (for the plan display).
     pub fn key_origin(&self, spki_sha256: &str) -> Option<&Record> {
-        self.records.iter().find(|r| r.transcript.facts.keys.iter().any(|k| k.spki_sha256 == spki_sha256))
+        self.records.iter().find(|r| {
+            r.transcript
+                .facts
+                .keys
+                .iter()
+                .any(|k| k.spki_sha256 == spki_sha256)
+        })
     }
 
     /// Which transcript recorded a certificate with this fingerprint.
     pub fn certificate_origin(&self, sha256: &str) -> Option<&Record> {
-        self.records.iter().find(|r| r.transcript.facts.certificates.iter().any(|c| c.sha256 == sha256))
+        self.records.iter().find(|r| {
+            r.transcript
+                .facts
+                .certificates
+                .iter()
+                .any(|c| c.sha256 == sha256)
+        })
     }
 }
 

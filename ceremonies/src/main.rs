@@ -57,21 +57,41 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run { file, dry_run, rehearsing, shares } => {
-            let opts = RunOptions { dry_run, rehearsal: rehearsing, shares, ..RunOptions::default() };
+        Cmd::Run {
+            file,
+            dry_run,
+            rehearsing,
+            shares,
+        } => {
+            let opts = RunOptions {
+                dry_run,
+                rehearsal: rehearsing,
+                shares,
+                ..RunOptions::default()
+            };
             let outcome = if rehearsing {
                 run(&file, &opts, &mut Rehearsal(std::io::stdout()))
             } else {
                 let stdin = std::io::stdin();
-                run(&file, &opts, &mut Console::new(stdin.lock(), std::io::stdout()))
+                run(
+                    &file,
+                    &opts,
+                    &mut Console::new(stdin.lock(), std::io::stdout()),
+                )
             }
             .with_context(|| format!("ceremony {} failed", file.display()))?;
             if let Outcome::Planned { .. } = outcome {
                 println!("Dry run: the configuration is valid; nothing was done.");
             }
         }
-        Cmd::VerifyTranscript { file, expect_signer } => {
-            let expected = expect_signer.as_deref().map(ceremonies::transcript::signer_fingerprint).transpose()?;
+        Cmd::VerifyTranscript {
+            file,
+            expect_signer,
+        } => {
+            let expected = expect_signer
+                .as_deref()
+                .map(ceremonies::transcript::signer_fingerprint)
+                .transpose()?;
             let t = ceremonies::transcript::verify_file(&file, expected.as_deref())?;
             println!(
                 "OK: {} transcript {} ({} steps, {}{}), signed by key {:?} in token {:?} serial {}, public key SHA-256 {}",
@@ -89,9 +109,19 @@ fn main() -> anyhow::Result<()> {
                 println!("Note: pass --expect-signer to check the signer is the key you expect.");
             }
         }
-        Cmd::Dev { out, algorithm, status_base_url } => {
-            let a = ceremonies::dev::rehearse(&out, &ceremonies::dev::DevOptions { algorithm, status_base_url })
-                .with_context(|| format!("rehearsal in {} failed", out.display()))?;
+        Cmd::Dev {
+            out,
+            algorithm,
+            status_base_url,
+        } => {
+            let a = ceremonies::dev::rehearse(
+                &out,
+                &ceremonies::dev::DevOptions {
+                    algorithm,
+                    status_base_url,
+                },
+            )
+            .with_context(|| format!("rehearsal in {} failed", out.display()))?;
             println!("Rehearsal complete in {}", out.display());
             println!("  root certificate      {}", a.root_cert.display());
             println!("  root SHA-256          {}", a.root_fingerprint);
@@ -99,11 +129,21 @@ fn main() -> anyhow::Result<()> {
             println!("  chain                 {}", a.chain.display());
             println!("  OCSP signer           {}", a.ocsp_signer_cert.display());
             println!("  root CRL              {}", a.root_crl.display());
-            println!("  intermediate OCSP     {}", a.intermediate_ocsp_response.display());
+            println!(
+                "  intermediate OCSP     {}",
+                a.intermediate_ocsp_response.display()
+            );
             println!("  transcript            {}", a.transcript.display());
             println!("  SOFTHSM2_CONF         {}", a.softhsm_conf.display());
-            println!("  online token          {} (PIN file {})", a.online_token, a.online_pin_file.display());
-            println!("  keys                  {}, {}", a.issuing_key_label, a.ocsp_key_label);
+            println!(
+                "  online token          {} (PIN file {})",
+                a.online_token,
+                a.online_pin_file.display()
+            );
+            println!(
+                "  keys                  {}, {}",
+                a.issuing_key_label, a.ocsp_key_label
+            );
         }
     }
     Ok(())

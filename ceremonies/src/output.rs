@@ -12,17 +12,25 @@ pub const SECRET: u32 = 0o600;
 
 /// Create `path` (and its parent directories) with `bytes`; fails if it exists.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    let werr = |source| Error::Write { path: path.to_path_buf(), source };
+    let werr = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(werr)?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::OutputExists(path.to_path_buf())
-        } else {
-            werr(e)
-        }
-    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::OutputExists(path.to_path_buf())
+            } else {
+                werr(e)
+            }
+        })?;
     f.write_all(bytes).map_err(werr)?;
     f.sync_all().map_err(werr)
 }

@@ -1,9 +1,7 @@
 //! Validation: a [`Config`] becomes a [`Plan`] only if every field, input file and output path
 //! is acceptable. Nothing here touches the HSM; errors name the field path.
 
-use crate::config::{
-    Config, Kind, NameConstraintsSpec, Period, StatusSpec, Subject, Validity,
-};
+use crate::config::{Config, Kind, NameConstraintsSpec, Period, StatusSpec, Subject, Validity};
 use crate::error::Error;
 use crate::x509::{check_certificate, parse_serial, read_cert_pem, read_public_key_pem, CertInfo};
 use ca_core::revocation::{CertStatus, RevocationReason, RevokedEntry};
@@ -219,7 +217,11 @@ struct V<'a> {
 
 impl V<'_> {
     fn err(&self, path: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::Config { file: self.file.to_path_buf(), path: path.into(), reason: reason.into() }
+        Error::Config {
+            file: self.file.to_path_buf(),
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     fn path(&self, p: &Path) -> PathBuf {
@@ -242,7 +244,10 @@ impl V<'_> {
             return Err(Error::OutputExists(full));
         }
         if seen.contains(&full) {
-            return Err(self.err(path, format!("{} is also used for another output", full.display())));
+            return Err(self.err(
+                path,
+                format!("{} is also used for another output", full.display()),
+            ));
         }
         seen.push(full.clone());
         Ok(full)
@@ -277,7 +282,10 @@ impl V<'_> {
         self.non_empty(&format!("{path}.common_name"), &s.common_name)?;
         if let Some(c) = &s.country {
             if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
-                return Err(self.err(format!("{path}.country"), format!("{c:?} is not a two-letter ISO 3166 code (e.g. \"US\")")));
+                return Err(self.err(
+                    format!("{path}.country"),
+                    format!("{c:?} is not a two-letter ISO 3166 code (e.g. \"US\")"),
+                ));
             }
         }
         for (field, v) in [
@@ -293,20 +301,35 @@ impl V<'_> {
         Ok(())
     }
 
-    fn validity(&self, path: &str, v: &Validity, start: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>), Error> {
+    fn validity(
+        &self,
+        path: &str,
+        v: &Validity,
+        start: DateTime<Utc>,
+    ) -> Result<(DateTime<Utc>, DateTime<Utc>), Error> {
         let not_before = v.not_before.unwrap_or(start);
         let not_after = match (v.not_after, v.days, v.hours) {
             (Some(t), None, None) => t,
             (None, Some(d), None) if d > 0 => not_before + Duration::days(d.into()),
             (None, None, Some(h)) if h > 0 => not_before + Duration::hours(h.into()),
-            (None, Some(_), None) | (None, None, Some(_)) => return Err(self.err(path, "the lifetime must be positive")),
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err(self.err(path, "the lifetime must be positive"))
+            }
             _ => return Err(self.err(path, "give exactly one of not_after, days, hours")),
         };
         if not_after <= not_before {
-            return Err(self.err(path, format!("not_after {not_after} is not after not_before {not_before}")));
+            return Err(self.err(
+                path,
+                format!("not_after {not_after} is not after not_before {not_before}"),
+            ));
         }
         if not_after <= start {
-            return Err(self.err(path, format!("the certificate would already be expired at the ceremony's start ({start})")));
+            return Err(self.err(
+                path,
+                format!(
+                    "the certificate would already be expired at the ceremony's start ({start})"
+                ),
+            ));
         }
         Ok((not_before, not_after))
     }
@@ -315,7 +338,9 @@ impl V<'_> {
         let d = match (p.days, p.hours) {
             (Some(d), None) if d > 0 => Duration::days(d.into()),
             (None, Some(h)) if h > 0 => Duration::hours(h.into()),
-            (Some(_), None) | (None, Some(_)) => return Err(self.err(path, "the period must be positive")),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(self.err(path, "the period must be positive"))
+            }
             _ => return Err(self.err(path, "give exactly one of days, hours")),
         };
         if d > Duration::days(max_days) {
@@ -344,13 +369,28 @@ impl V<'_> {
         Ok(())
     }
 
-    fn ca_cert(&self, path: &str, what: &'static str, p: &Path, start: DateTime<Utc>) -> Result<CertInfo, Error> {
+    fn ca_cert(
+        &self,
+        path: &str,
+        what: &'static str,
+        p: &Path,
+        start: DateTime<Utc>,
+    ) -> Result<CertInfo, Error> {
         let c = read_cert_pem(what, &self.path(p))?;
         if !c.is_ca {
-            return Err(self.err(path, format!("{} is not a CA certificate (basicConstraints cA is not set)", c.path.display())));
+            return Err(self.err(
+                path,
+                format!(
+                    "{} is not a CA certificate (basicConstraints cA is not set)",
+                    c.path.display()
+                ),
+            ));
         }
         if c.not_after <= start {
-            return Err(self.err(path, format!("{} expired at {}", c.path.display(), c.not_after)));
+            return Err(self.err(
+                path,
+                format!("{} expired at {}", c.path.display(), c.not_after),
+            ));
         }
         Ok(c)
     }
@@ -362,7 +402,10 @@ impl V<'_> {
                 && u.is_ascii()
                 && !u.chars().any(|c| c.is_whitespace());
             if !ok {
-                return Err(self.err(format!("{path}[{i}]"), format!("{u:?} is not an http:// or https:// URL")));
+                return Err(self.err(
+                    format!("{path}[{i}]"),
+                    format!("{u:?} is not an http:// or https:// URL"),
+                ));
             }
         }
         Ok(())
@@ -384,7 +427,11 @@ fn cidr(s: &str) -> Option<rcgen::CidrSubnet> {
     (prefix <= max).then(|| rcgen::CidrSubnet::from_addr_prefix(addr, prefix))
 }
 
-fn name_constraints(v: &V<'_>, path: &str, nc: &NameConstraintsSpec) -> Result<rcgen::NameConstraints, Error> {
+fn name_constraints(
+    v: &V<'_>,
+    path: &str,
+    nc: &NameConstraintsSpec,
+) -> Result<rcgen::NameConstraints, Error> {
     use rcgen::GeneralSubtree;
     let dns = |field: &str, list: &[String]| -> Result<Vec<GeneralSubtree>, Error> {
         list.iter()
@@ -392,7 +439,12 @@ fn name_constraints(v: &V<'_>, path: &str, nc: &NameConstraintsSpec) -> Result<r
             .map(|(i, d)| {
                 let ok = !d.is_empty() && d.is_ascii() && !d.contains(['*', ' ', '/']);
                 ok.then(|| GeneralSubtree::DnsName(d.clone()))
-                    .ok_or_else(|| v.err(format!("{path}.{field}[{i}]"), format!("{d:?} is not a DNS name constraint (e.g. \"example.com\")")))
+                    .ok_or_else(|| {
+                        v.err(
+                            format!("{path}.{field}[{i}]"),
+                            format!("{d:?} is not a DNS name constraint (e.g. \"example.com\")"),
+                        )
+                    })
             })
             .collect()
     };
@@ -400,9 +452,12 @@ fn name_constraints(v: &V<'_>, path: &str, nc: &NameConstraintsSpec) -> Result<r
         list.iter()
             .enumerate()
             .map(|(i, c)| {
-                cidr(c)
-                    .map(GeneralSubtree::IpAddress)
-                    .ok_or_else(|| v.err(format!("{path}.{field}[{i}]"), format!("{c:?} is not a CIDR range (e.g. \"10.0.0.0/8\")")))
+                cidr(c).map(GeneralSubtree::IpAddress).ok_or_else(|| {
+                    v.err(
+                        format!("{path}.{field}[{i}]"),
+                        format!("{c:?} is not a CIDR range (e.g. \"10.0.0.0/8\")"),
+                    )
+                })
             })
             .collect()
     };
@@ -410,19 +465,32 @@ fn name_constraints(v: &V<'_>, path: &str, nc: &NameConstraintsSpec) -> Result<r
     permitted.extend(ips("permitted_ip", &nc.permitted_ip)?);
     for (i, e) in nc.permitted_email.iter().enumerate() {
         if e.is_empty() || !e.is_ascii() || e.contains(' ') {
-            return Err(v.err(format!("{path}.permitted_email[{i}]"), format!("{e:?} is not an email name constraint")));
+            return Err(v.err(
+                format!("{path}.permitted_email[{i}]"),
+                format!("{e:?} is not an email name constraint"),
+            ));
         }
         permitted.push(GeneralSubtree::Rfc822Name(e.clone()));
     }
     let mut excluded = dns("excluded_dns", &nc.excluded_dns)?;
     excluded.extend(ips("excluded_ip", &nc.excluded_ip)?);
     if permitted.is_empty() && excluded.is_empty() {
-        return Err(v.err(path, "name constraints with no subtree; remove the section or list permitted/excluded names"));
+        return Err(v.err(
+            path,
+            "name constraints with no subtree; remove the section or list permitted/excluded names",
+        ));
     }
-    Ok(rcgen::NameConstraints { permitted_subtrees: permitted, excluded_subtrees: excluded })
+    Ok(rcgen::NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: excluded,
+    })
 }
 
-fn eku(v: &V<'_>, path: &str, list: &[String]) -> Result<Vec<rcgen::ExtendedKeyUsagePurpose>, Error> {
+fn eku(
+    v: &V<'_>,
+    path: &str,
+    list: &[String],
+) -> Result<Vec<rcgen::ExtendedKeyUsagePurpose>, Error> {
     use rcgen::ExtendedKeyUsagePurpose as E;
     list.iter()
         .enumerate()
@@ -448,14 +516,21 @@ impl Plan {
         start: DateTime<Utc>,
         extra_shares: &[PathBuf],
     ) -> Result<Plan, Error> {
-        let base = file.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        let base = file
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
         let v = V { file, base: &base };
         let kind = config.kind;
         v.non_empty("name", &config.name)?;
 
         // Officers and operator.
         if config.officers.is_empty() {
-            return Err(v.err("officers", "no officer listed; every ceremony needs at least one officer to confirm it"));
+            return Err(v.err(
+                "officers",
+                "no officer listed; every ceremony needs at least one officer to confirm it",
+            ));
         }
         let mut officers: Vec<String> = Vec::new();
         for (i, o) in config.officers.iter().enumerate() {
@@ -468,7 +543,10 @@ impl Plan {
         }
         let operator = match &config.operator {
             Some(op) if !officers.contains(op) => {
-                return Err(v.err("operator", format!("{op:?} is not one of the listed officers")));
+                return Err(v.err(
+                    "operator",
+                    format!("{op:?} is not one of the listed officers"),
+                ));
             }
             Some(op) => op.clone(),
             None => officers[0].clone(),
@@ -483,13 +561,24 @@ impl Plan {
             ("crl", config.crl.is_some()),
             ("ocsp_response", config.ocsp_response.is_some()),
         ];
-        for (section, present) in sections {
-            if section == kind.section() && !present {
-                return Err(v.err(section, format!("missing: a {kind} ceremony needs a [{section}] section")));
-            }
-            if section != kind.section() && present {
-                return Err(v.err(section, format!("not used by a {kind} ceremony; remove it")));
-            }
+        if sections
+            .iter()
+            .any(|(section, present)| *section == kind.section() && !present)
+        {
+            let section = kind.section();
+            return Err(v.err(
+                section,
+                format!("missing: a {kind} ceremony needs a [{section}] section"),
+            ));
+        }
+        if let Some((section, _)) = sections
+            .iter()
+            .find(|(section, present)| *section != kind.section() && *present)
+        {
+            return Err(v.err(
+                *section,
+                format!("not used by a {kind} ceremony; remove it"),
+            ));
         }
 
         // Tokens.
@@ -499,32 +588,78 @@ impl Plan {
                 v.non_empty("root_token.key_label", &t.key_label)?;
                 match (kind, &t.so_pin) {
                     (Kind::Root, None) => {
-                        return Err(v.err("root_token.so_pin", "required in a root ceremony, to set the quorum PIN on the token"))
+                        return Err(v.err(
+                            "root_token.so_pin",
+                            "required in a root ceremony, to set the quorum PIN on the token",
+                        ))
                     }
                     (Kind::Root, Some(_)) => {}
-                    (_, Some(_)) => return Err(v.err("root_token.so_pin", format!("not used by a {kind} ceremony; remove it"))),
+                    (_, Some(_)) => {
+                        return Err(v.err(
+                            "root_token.so_pin",
+                            format!("not used by a {kind} ceremony; remove it"),
+                        ))
+                    }
                     (_, None) => {}
                 }
-                Some((TokenRef { module: v.module("root_token.module", &t.module)?, label: t.label.clone() }, t))
+                Some((
+                    TokenRef {
+                        module: v.module("root_token.module", &t.module)?,
+                        label: t.label.clone(),
+                    },
+                    t,
+                ))
             }
-            (None, true) => return Err(v.err("root_token", format!("missing: a {kind} ceremony uses the root key"))),
-            (Some(_), false) => return Err(v.err("root_token", format!("not used by a {kind} ceremony; remove it"))),
+            (None, true) => {
+                return Err(v.err(
+                    "root_token",
+                    format!("missing: a {kind} ceremony uses the root key"),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(v.err(
+                    "root_token",
+                    format!("not used by a {kind} ceremony; remove it"),
+                ))
+            }
             (None, false) => None,
         };
-        let online_token = match (&config.online_token, matches!(kind, Kind::Key | Kind::OcspSigner)) {
+        let online_token = match (
+            &config.online_token,
+            matches!(kind, Kind::Key | Kind::OcspSigner),
+        ) {
             (Some(t), true) => {
                 v.non_empty("online_token.label", &t.label)?;
                 let pin = v.pin("online_token.pin", &t.pin)?;
-                Some((TokenRef { module: v.module("online_token.module", &t.module)?, label: t.label.clone() }, pin))
+                Some((
+                    TokenRef {
+                        module: v.module("online_token.module", &t.module)?,
+                        label: t.label.clone(),
+                    },
+                    pin,
+                ))
             }
-            (None, true) => return Err(v.err("online_token", format!("missing: a {kind} ceremony uses the online token"))),
-            (Some(_), false) => return Err(v.err("online_token", format!("not used by a {kind} ceremony; remove it"))),
+            (None, true) => {
+                return Err(v.err(
+                    "online_token",
+                    format!("missing: a {kind} ceremony uses the online token"),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(v.err(
+                    "online_token",
+                    format!("not used by a {kind} ceremony; remove it"),
+                ))
+            }
             (None, false) => None,
         };
 
         // Quorum and shares.
         if kind != Kind::Root && config.quorum.is_some() {
-            return Err(v.err("quorum", "only a root ceremony sets the quorum; later ceremonies take it from the shares"));
+            return Err(v.err(
+                "quorum",
+                "only a root ceremony sets the quorum; later ceremonies take it from the shares",
+            ));
         }
         let mut outputs: Vec<PathBuf> = Vec::new();
         let mut share_inputs = Vec::new();
@@ -533,9 +668,18 @@ impl Plan {
             let Some(share) = &o.share else { continue };
             let path = format!("officers[{i}].share");
             match kind {
-                Kind::Root => shareholders.push((o.name.clone(), v.output(&path, share, &mut outputs)?)),
+                Kind::Root => {
+                    shareholders.push((o.name.clone(), v.output(&path, share, &mut outputs)?))
+                }
                 k if k.uses_root_token() => share_inputs.push(v.path(share)),
-                _ => return Err(v.err(path, format!("not used by a {kind} ceremony (no quorum PIN is needed); remove it"))),
+                _ => {
+                    return Err(v.err(
+                        path,
+                        format!(
+                            "not used by a {kind} ceremony (no quorum PIN is needed); remove it"
+                        ),
+                    ))
+                }
             }
         }
         if !extra_shares.is_empty() && !(kind.uses_root_token() && kind != Kind::Root) {
@@ -549,20 +693,34 @@ impl Plan {
 
         let transcripts = v.path(&config.transcripts);
         if transcripts.exists() && !transcripts.is_dir() {
-            return Err(v.err("transcripts", format!("{} is not a directory", transcripts.display())));
+            return Err(v.err(
+                "transcripts",
+                format!("{} is not a directory", transcripts.display()),
+            ));
         }
 
         let task = match kind {
             Kind::Root => {
                 let (token, t) = root_token.ok_or_else(|| v.err("root_token", "missing"))?;
-                let spec = config.root.as_ref().ok_or_else(|| v.err("root", "missing"))?;
-                let so_pin = v.pin("root_token.so_pin", t.so_pin.as_ref().ok_or_else(|| v.err("root_token.so_pin", "missing"))?)?;
+                let spec = config
+                    .root
+                    .as_ref()
+                    .ok_or_else(|| v.err("root", "missing"))?;
+                let so_pin = v.pin(
+                    "root_token.so_pin",
+                    t.so_pin
+                        .as_ref()
+                        .ok_or_else(|| v.err("root_token.so_pin", "missing"))?,
+                )?;
                 let quorum = config.quorum.as_ref().ok_or_else(|| {
                     v.err("quorum", "missing: a root ceremony splits the token PIN among the officers; add [quorum] threshold = m")
                 })?;
                 let n = shareholders.len();
                 if quorum.threshold < 2 {
-                    return Err(v.err("quorum.threshold", "at least 2: with 1 a single officer would hold the whole PIN"));
+                    return Err(v.err(
+                        "quorum.threshold",
+                        "at least 2: with 1 a single officer would hold the whole PIN",
+                    ));
                 }
                 if n > 255 {
                     return Err(v.err("officers", "at most 255 share holders"));
@@ -605,26 +763,53 @@ impl Plan {
             }
             Kind::Intermediate => {
                 let (token, t) = root_token.ok_or_else(|| v.err("root_token", "missing"))?;
-                let spec = config.intermediate.as_ref().ok_or_else(|| v.err("intermediate", "missing"))?;
-                let root = v.ca_cert("intermediate.root_certificate", "root certificate", &spec.root_certificate, start)?;
+                let spec = config
+                    .intermediate
+                    .as_ref()
+                    .ok_or_else(|| v.err("intermediate", "missing"))?;
+                let root = v.ca_cert(
+                    "intermediate.root_certificate",
+                    "root certificate",
+                    &spec.root_certificate,
+                    start,
+                )?;
                 let public_key_path = v.path(&spec.public_key);
                 let public_key = read_public_key_pem("issuing public key", &public_key_path)?;
                 if public_key.spki_der() == root.spki_der.as_slice() {
-                    return Err(v.err("intermediate.public_key", "this is the root's own key; give the issuing key from the key ceremony"));
+                    return Err(v.err(
+                        "intermediate.public_key",
+                        "this is the root's own key; give the issuing key from the key ceremony",
+                    ));
                 }
                 v.subject("intermediate.subject", &spec.subject)?;
                 let validity = v.validity("intermediate.validity", &spec.validity, start)?;
                 v.within_issuer("intermediate.validity", "root certificate", validity, &root)?;
                 if spec.crl_urls.is_empty() {
-                    return Err(v.err("intermediate.crl_urls", "at least one URL where the root CRL is published (RFC 5280 4.2.1.13)"));
+                    return Err(v.err(
+                        "intermediate.crl_urls",
+                        "at least one URL where the root CRL is published (RFC 5280 4.2.1.13)",
+                    ));
                 }
                 v.urls("intermediate.crl_urls", &spec.crl_urls)?;
                 v.urls("intermediate.ocsp_urls", &spec.ocsp_urls)?;
                 v.urls("intermediate.ca_issuers_urls", &spec.ca_issuers_urls)?;
-                let nc = spec.name_constraints.as_ref().map(|nc| name_constraints(&v, "intermediate.name_constraints", nc)).transpose()?;
-                let extended_key_usage = eku(&v, "intermediate.extended_key_usage", &spec.extended_key_usage)?;
-                let certificate = v.output("intermediate.certificate", &spec.certificate, &mut outputs)?;
-                let chain = spec.chain.as_ref().map(|c| v.output("intermediate.chain", c, &mut outputs)).transpose()?;
+                let nc = spec
+                    .name_constraints
+                    .as_ref()
+                    .map(|nc| name_constraints(&v, "intermediate.name_constraints", nc))
+                    .transpose()?;
+                let extended_key_usage = eku(
+                    &v,
+                    "intermediate.extended_key_usage",
+                    &spec.extended_key_usage,
+                )?;
+                let certificate =
+                    v.output("intermediate.certificate", &spec.certificate, &mut outputs)?;
+                let chain = spec
+                    .chain
+                    .as_ref()
+                    .map(|c| v.output("intermediate.chain", c, &mut outputs))
+                    .transpose()?;
                 Task::Intermediate(IntermediateTask {
                     token,
                     key_label: t.key_label.clone(),
@@ -645,12 +830,23 @@ impl Plan {
             }
             Kind::OcspSigner => {
                 let (token, pin) = online_token.ok_or_else(|| v.err("online_token", "missing"))?;
-                let spec = config.ocsp_signer.as_ref().ok_or_else(|| v.err("ocsp_signer", "missing"))?;
-                let issuer = v.ca_cert("ocsp_signer.issuer_certificate", "issuing CA certificate", &spec.issuer_certificate, start)?;
+                let spec = config
+                    .ocsp_signer
+                    .as_ref()
+                    .ok_or_else(|| v.err("ocsp_signer", "missing"))?;
+                let issuer = v.ca_cert(
+                    "ocsp_signer.issuer_certificate",
+                    "issuing CA certificate",
+                    &spec.issuer_certificate,
+                    start,
+                )?;
                 v.non_empty("ocsp_signer.issuing_key_label", &spec.issuing_key_label)?;
                 v.non_empty("ocsp_signer.key_label", &spec.key_label)?;
                 if spec.key_label == spec.issuing_key_label {
-                    return Err(v.err("ocsp_signer.key_label", "must differ from issuing_key_label: the OCSP signer gets its own key"));
+                    return Err(v.err(
+                        "ocsp_signer.key_label",
+                        "must differ from issuing_key_label: the OCSP signer gets its own key",
+                    ));
                 }
                 v.subject("ocsp_signer.subject", &spec.subject)?;
                 let validity = v.validity("ocsp_signer.validity", &spec.validity, start)?;
@@ -660,7 +856,12 @@ impl Plan {
                         format!("at most {MAX_SHORT_LIVED_DAYS} days: an ocsp-nocheck certificate cannot be revoked, so it must be short-lived (RFC 6960 4.2.2.2.1)"),
                     ));
                 }
-                v.within_issuer("ocsp_signer.validity", "issuing CA certificate", validity, &issuer)?;
+                v.within_issuer(
+                    "ocsp_signer.validity",
+                    "issuing CA certificate",
+                    validity,
+                    &issuer,
+                )?;
                 Task::OcspSigner(OcspSignerTask {
                     token,
                     pin,
@@ -671,18 +872,34 @@ impl Plan {
                     subject: spec.subject.clone(),
                     not_before: validity.0,
                     not_after: validity.1,
-                    certificate: v.output("ocsp_signer.certificate", &spec.certificate, &mut outputs)?,
+                    certificate: v.output(
+                        "ocsp_signer.certificate",
+                        &spec.certificate,
+                        &mut outputs,
+                    )?,
                 })
             }
             Kind::Crl => {
                 let (token, t) = root_token.ok_or_else(|| v.err("root_token", "missing"))?;
                 let spec = config.crl.as_ref().ok_or_else(|| v.err("crl", "missing"))?;
-                let root = v.ca_cert("crl.root_certificate", "root certificate", &spec.root_certificate, start)?;
-                let next_update = start + v.period("crl.next_update", &spec.next_update, MAX_SHORT_LIVED_DAYS)?;
+                let root = v.ca_cert(
+                    "crl.root_certificate",
+                    "root certificate",
+                    &spec.root_certificate,
+                    start,
+                )?;
+                let next_update =
+                    start + v.period("crl.next_update", &spec.next_update, MAX_SHORT_LIVED_DAYS)?;
                 let mut revoked: Vec<RevokedEntry> = Vec::new();
                 for (i, r) in spec.revoked.iter().enumerate() {
                     let serial = parse_serial(&r.serial).ok_or_else(|| {
-                        v.err(format!("crl.revoked[{i}].serial"), format!("{:?} is not a certificate serial in hex (1 to 20 bytes)", r.serial))
+                        v.err(
+                            format!("crl.revoked[{i}].serial"),
+                            format!(
+                                "{:?} is not a certificate serial in hex (1 to 20 bytes)",
+                                r.serial
+                            ),
+                        )
                     })?;
                     if revoked.iter().any(|e| e.serial == serial) {
                         return Err(v.err(format!("crl.revoked[{i}].serial"), "listed twice"));
@@ -692,7 +909,11 @@ impl Plan {
                         return Err(v.err(format!("crl.revoked[{i}].revoked_at"), "in the future"));
                     }
                     let reason = v.reason(&format!("crl.revoked[{i}].reason"), &r.reason)?;
-                    revoked.push(RevokedEntry { serial, revoked_at: ca_core::clock::truncate(revoked_at), reason });
+                    revoked.push(RevokedEntry {
+                        serial,
+                        revoked_at: ca_core::clock::truncate(revoked_at),
+                        reason,
+                    });
                 }
                 Task::Crl(CrlTask {
                     token,
@@ -707,23 +928,58 @@ impl Plan {
             }
             Kind::OcspResponse => {
                 let (token, t) = root_token.ok_or_else(|| v.err("root_token", "missing"))?;
-                let spec = config.ocsp_response.as_ref().ok_or_else(|| v.err("ocsp_response", "missing"))?;
-                let root = v.ca_cert("ocsp_response.root_certificate", "root certificate", &spec.root_certificate, start)?;
-                let subject_cert = read_cert_pem("intermediate certificate", &v.path(&spec.certificate))?;
-                check_certificate("intermediate certificate", &subject_cert.der, &root.spki_der).map_err(|_| {
-                    v.err("ocsp_response.certificate", format!("{} was not issued by the root certificate's key", subject_cert.path.display()))
+                let spec = config
+                    .ocsp_response
+                    .as_ref()
+                    .ok_or_else(|| v.err("ocsp_response", "missing"))?;
+                let root = v.ca_cert(
+                    "ocsp_response.root_certificate",
+                    "root certificate",
+                    &spec.root_certificate,
+                    start,
+                )?;
+                let subject_cert =
+                    read_cert_pem("intermediate certificate", &v.path(&spec.certificate))?;
+                check_certificate(
+                    "intermediate certificate",
+                    &subject_cert.der,
+                    &root.spki_der,
+                )
+                .map_err(|_| {
+                    v.err(
+                        "ocsp_response.certificate",
+                        format!(
+                            "{} was not issued by the root certificate's key",
+                            subject_cert.path.display()
+                        ),
+                    )
                 })?;
-                let next_update = start + v.period("ocsp_response.validity", &spec.validity, MAX_SHORT_LIVED_DAYS)?;
+                let next_update = start
+                    + v.period(
+                        "ocsp_response.validity",
+                        &spec.validity,
+                        MAX_SHORT_LIVED_DAYS,
+                    )?;
                 if next_update > root.not_after {
-                    return Err(v.err("ocsp_response.validity", format!("nextUpdate {next_update} is after the root expires ({})", root.not_after)));
+                    return Err(v.err(
+                        "ocsp_response.validity",
+                        format!(
+                            "nextUpdate {next_update} is after the root expires ({})",
+                            root.not_after
+                        ),
+                    ));
                 }
                 let status = match spec.status {
                     StatusSpec::Good => {
                         if spec.reason.is_some() {
-                            return Err(v.err("ocsp_response.reason", "only for status = \"revoked\""));
+                            return Err(
+                                v.err("ocsp_response.reason", "only for status = \"revoked\"")
+                            );
                         }
                         if spec.revoked_at.is_some() {
-                            return Err(v.err("ocsp_response.revoked_at", "only for status = \"revoked\""));
+                            return Err(
+                                v.err("ocsp_response.revoked_at", "only for status = \"revoked\"")
+                            );
                         }
                         CertStatus::Good
                     }
@@ -781,6 +1037,9 @@ impl Plan {
 
     /// A path relative to the configuration's directory, for display and transcripts.
     pub fn rel(&self, p: &Path) -> String {
-        p.strip_prefix(&self.base).unwrap_or(p).display().to_string()
+        p.strip_prefix(&self.base)
+            .unwrap_or(p)
+            .display()
+            .to_string()
     }
 }

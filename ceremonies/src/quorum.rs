@@ -87,7 +87,9 @@ impl ShareFile {
     /// The JSON text written to the file.
     pub fn to_json(&self) -> String {
         // Serialising plain strings and integers cannot fail.
-        serde_json::to_string_pretty(self).map(|s| s + "\n").unwrap_or_default()
+        serde_json::to_string_pretty(self)
+            .map(|s| s + "\n")
+            .unwrap_or_default()
     }
 }
 
@@ -118,9 +120,15 @@ pub fn split(
     threshold: u8,
     officers: &[String],
 ) -> Result<(ShareSet, Vec<ShareFile>), QuorumError> {
-    let total = u8::try_from(officers.len()).map_err(|_| QuorumError::NotEnoughShares { have: 255, need: officers.len() })?;
+    let total = u8::try_from(officers.len()).map_err(|_| QuorumError::NotEnoughShares {
+        have: 255,
+        need: officers.len(),
+    })?;
     if threshold < 1 || threshold > total {
-        return Err(QuorumError::NotEnoughShares { have: total as usize, need: threshold as usize });
+        return Err(QuorumError::NotEnoughShares {
+            have: total as usize,
+            need: threshold as usize,
+        });
     }
     let set = ShareSet {
         ceremony_id: ceremony_id.to_string(),
@@ -150,9 +158,21 @@ pub fn split(
         .collect();
     let t = threshold as usize;
     for subset in [&files[..t], &files[files.len() - t..]] {
-        let loaded: Vec<LoadedShare> =
-            subset.iter().map(|f| LoadedShare { file: PathBuf::from(format!("share {}", f.index)), share: f.clone() }).collect();
-        let (again, _) = reassemble(&loaded, &Expect { token_label, ceremony: None, officers })?;
+        let loaded: Vec<LoadedShare> = subset
+            .iter()
+            .map(|f| LoadedShare {
+                file: PathBuf::from(format!("share {}", f.index)),
+                share: f.clone(),
+            })
+            .collect();
+        let (again, _) = reassemble(
+            &loaded,
+            &Expect {
+                token_label,
+                ceremony: None,
+                officers,
+            },
+        )?;
         if again.as_str() != pin {
             return Err(QuorumError::PinMismatch);
         }
@@ -171,11 +191,19 @@ pub struct LoadedShare {
 
 /// Read and check one share file (format and checksum).
 pub fn read_share(path: &Path) -> Result<LoadedShare, QuorumError> {
-    let corrupt = |reason: String| QuorumError::CorruptShare { file: path.display().to_string(), reason };
-    let text = std::fs::read_to_string(path).map_err(|e| corrupt(format!("cannot read it: {e}")))?;
-    let share: ShareFile = serde_json::from_str(&text).map_err(|e| corrupt(format!("not a share file: {e}")))?;
+    let corrupt = |reason: String| QuorumError::CorruptShare {
+        file: path.display().to_string(),
+        reason,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| corrupt(format!("cannot read it: {e}")))?;
+    let share: ShareFile =
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("not a share file: {e}")))?;
     if share.format != SHARE_FORMAT {
-        return Err(corrupt(format!("unknown format {:?} (expected {SHARE_FORMAT})", share.format)));
+        return Err(corrupt(format!(
+            "unknown format {:?} (expected {SHARE_FORMAT})",
+            share.format
+        )));
     }
     if share.compute_checksum() != share.checksum {
         return Err(corrupt("checksum does not match its content".into()));
@@ -184,7 +212,10 @@ pub fn read_share(path: &Path) -> Result<LoadedShare, QuorumError> {
     if bytes.len() < 2 || bytes[0] != share.index || share.index == 0 {
         return Err(corrupt("share bytes do not match the share index".into()));
     }
-    Ok(LoadedShare { file: path.to_path_buf(), share })
+    Ok(LoadedShare {
+        file: path.to_path_buf(),
+        share,
+    })
 }
 
 /// What the shares must match.
@@ -200,12 +231,17 @@ pub struct Expect<'a> {
 
 /// Check the shares against each other and `expect`, and reassemble the PIN. Errors name the
 /// offending file. No HSM is involved.
-pub fn reassemble(shares: &[LoadedShare], expect: &Expect<'_>) -> Result<(Zeroizing<String>, ShareSet), QuorumError> {
+pub fn reassemble(
+    shares: &[LoadedShare],
+    expect: &Expect<'_>,
+) -> Result<(Zeroizing<String>, ShareSet), QuorumError> {
     let first = shares.first().ok_or(QuorumError::NoShares)?;
     let set = &first.share.set;
     let name = |s: &LoadedShare| s.file.display().to_string();
     for s in shares {
-        if s.share.set.ceremony_id != set.ceremony_id || s.share.set.pin_commitment != set.pin_commitment {
+        if s.share.set.ceremony_id != set.ceremony_id
+            || s.share.set.pin_commitment != set.pin_commitment
+        {
             return Err(QuorumError::MixedShares {
                 file: name(s),
                 first: name(first),
@@ -216,7 +252,8 @@ pub fn reassemble(shares: &[LoadedShare], expect: &Expect<'_>) -> Result<(Zeroiz
         if s.share.set != *set {
             return Err(QuorumError::CorruptShare {
                 file: name(s),
-                reason: "its quorum parameters differ from the other shares of the same ceremony".into(),
+                reason: "its quorum parameters differ from the other shares of the same ceremony"
+                    .into(),
             });
         }
     }
@@ -230,35 +267,54 @@ pub fn reassemble(shares: &[LoadedShare], expect: &Expect<'_>) -> Result<(Zeroiz
         }
     }
     if set.token_label != expect.token_label {
-        return Err(QuorumError::WrongToken { expected: expect.token_label.to_string(), found: set.token_label.clone() });
+        return Err(QuorumError::WrongToken {
+            expected: expect.token_label.to_string(),
+            found: set.token_label.clone(),
+        });
     }
     let mut seen: Vec<(u8, &LoadedShare)> = Vec::new();
     for s in shares {
         if !expect.officers.iter().any(|o| *o == s.share.officer) {
-            return Err(QuorumError::OfficerNotListed { file: name(s), officer: s.share.officer.clone() });
+            return Err(QuorumError::OfficerNotListed {
+                file: name(s),
+                officer: s.share.officer.clone(),
+            });
         }
         if let Some((_, other)) = seen.iter().find(|(i, _)| *i == s.share.index) {
-            return Err(QuorumError::DuplicateShare { file: name(s), other: name(other), index: s.share.index });
+            return Err(QuorumError::DuplicateShare {
+                file: name(s),
+                other: name(other),
+                index: s.share.index,
+            });
         }
         seen.push((s.share.index, s));
     }
     if seen.len() < set.threshold as usize {
-        return Err(QuorumError::NotEnoughShares { have: seen.len(), need: set.threshold as usize });
+        return Err(QuorumError::NotEnoughShares {
+            have: seen.len(),
+            need: set.threshold as usize,
+        });
     }
     let parsed = shares
         .iter()
         .map(|s| {
             let bytes = Zeroizing::new(hex::decode(&s.share.share).unwrap_or_default());
-            blahaj::Share::try_from(bytes.as_slice())
-                .map_err(|e| QuorumError::CorruptShare { file: name(s), reason: e.to_string() })
+            blahaj::Share::try_from(bytes.as_slice()).map_err(|e| QuorumError::CorruptShare {
+                file: name(s),
+                reason: e.to_string(),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let secret = Zeroizing::new(
         blahaj::Sharks(set.threshold)
             .recover(parsed.iter())
-            .map_err(|_| QuorumError::NotEnoughShares { have: seen.len(), need: set.threshold as usize })?,
+            .map_err(|_| QuorumError::NotEnoughShares {
+                have: seen.len(),
+                need: set.threshold as usize,
+            })?,
     );
-    let pin = Zeroizing::new(String::from_utf8(secret.to_vec()).map_err(|_| QuorumError::PinMismatch)?);
+    let pin =
+        Zeroizing::new(String::from_utf8(secret.to_vec()).map_err(|_| QuorumError::PinMismatch)?);
     if pin_commitment(&set.ceremony_id, &pin) != set.pin_commitment {
         return Err(QuorumError::PinMismatch);
     }
@@ -274,11 +330,21 @@ mod tests {
     }
 
     fn loaded(files: &[ShareFile]) -> Vec<LoadedShare> {
-        files.iter().map(|f| LoadedShare { file: PathBuf::from(format!("{}.share", f.officer)), share: f.clone() }).collect()
+        files
+            .iter()
+            .map(|f| LoadedShare {
+                file: PathBuf::from(format!("{}.share", f.officer)),
+                share: f.clone(),
+            })
+            .collect()
     }
 
     fn expect(o: &[String]) -> Expect<'_> {
-        Expect { token_label: "root", ceremony: None, officers: o }
+        Expect {
+            token_label: "root",
+            ceremony: None,
+            officers: o,
+        }
     }
 
     #[test]
@@ -306,7 +372,10 @@ mod tests {
         bytes[3] ^= 0x01;
         all[1].share.share = hex::encode(bytes);
         all[1].share.checksum = all[1].share.compute_checksum();
-        assert_eq!(reassemble(&all[..2], &expect(&o)).unwrap_err(), QuorumError::PinMismatch);
+        assert_eq!(
+            reassemble(&all[..2], &expect(&o)).unwrap_err(),
+            QuorumError::PinMismatch
+        );
     }
 
     #[test]
@@ -320,13 +389,33 @@ mod tests {
             reassemble(&[a[0].clone(), a[0].clone()], &expect(&o)),
             Err(QuorumError::DuplicateShare { index: 1, .. })
         ));
-        assert!(matches!(reassemble(&[a[0].clone(), b[1].clone()], &expect(&o)), Err(QuorumError::MixedShares { .. })));
-        let e = Expect { token_label: "root", ceremony: Some(("ceremony-a", &a[0].share.set.pin_commitment)), officers: &o };
-        assert!(matches!(reassemble(&b[..2], &e), Err(QuorumError::WrongCeremony { .. })));
-        let e = Expect { token_label: "other", ceremony: None, officers: &o };
-        assert!(matches!(reassemble(&a[..2], &e), Err(QuorumError::WrongToken { .. })));
+        assert!(matches!(
+            reassemble(&[a[0].clone(), b[1].clone()], &expect(&o)),
+            Err(QuorumError::MixedShares { .. })
+        ));
+        let e = Expect {
+            token_label: "root",
+            ceremony: Some(("ceremony-a", &a[0].share.set.pin_commitment)),
+            officers: &o,
+        };
+        assert!(matches!(
+            reassemble(&b[..2], &e),
+            Err(QuorumError::WrongCeremony { .. })
+        ));
+        let e = Expect {
+            token_label: "other",
+            ceremony: None,
+            officers: &o,
+        };
+        assert!(matches!(
+            reassemble(&a[..2], &e),
+            Err(QuorumError::WrongToken { .. })
+        ));
         let fewer = officers(1);
-        assert!(matches!(reassemble(&a[..2], &expect(&fewer)), Err(QuorumError::OfficerNotListed { .. })));
+        assert!(matches!(
+            reassemble(&a[..2], &expect(&fewer)),
+            Err(QuorumError::OfficerNotListed { .. })
+        ));
     }
 
     #[test]
@@ -335,8 +424,15 @@ mod tests {
         let (_, files) = split(&random_pin(), "c", "root", "s", 2, &o).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.share");
-        std::fs::write(&p, files[0].to_json().replace("\"officer 0\"", "\"officer 9\"")).unwrap();
-        assert!(matches!(read_share(&p), Err(QuorumError::CorruptShare { .. })));
+        std::fs::write(
+            &p,
+            files[0].to_json().replace("\"officer 0\"", "\"officer 9\""),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_share(&p),
+            Err(QuorumError::CorruptShare { .. })
+        ));
         let p2 = dir.path().join("b.share");
         std::fs::write(&p2, files[1].to_json()).unwrap();
         assert_eq!(read_share(&p2).unwrap().share.index, files[1].index);

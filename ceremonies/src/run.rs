@@ -9,7 +9,10 @@ use crate::hsm;
 use crate::output::{write_new, PUBLIC, SECRET};
 use crate::plan::{Plan, Task, TokenRef};
 use crate::quorum::{self, LoadedShare, ShareSet};
-use crate::transcript::{CertFact, CrlFact, Facts, FileFact, OcspFact, Recorder, TokenId, Transcript, TranscriptSignature};
+use crate::transcript::{
+    CertFact, CrlFact, Facts, FileFact, OcspFact, Recorder, TokenId, Transcript,
+    TranscriptSignature,
+};
 use crate::x509;
 use ca_core::clock::{to_offset, Clock, SystemClock};
 use ca_core::revocation::{CertStatus, RevocationReason};
@@ -52,12 +55,16 @@ impl<R: BufRead, W: Write> Ui for Console<R, W> {
         let _ = self.out.flush();
         let mut line = String::new();
         match self.input.read_line(&mut line) {
-            Ok(0) | Err(_) => Err(Error::NoConfirmationInput { officer: officer.to_string() }),
+            Ok(0) | Err(_) => Err(Error::NoConfirmationInput {
+                officer: officer.to_string(),
+            }),
             Ok(_) if line.trim() == officer => {
                 let _ = writeln!(self.out, "  confirmed by {officer}");
                 Ok(())
             }
-            Ok(_) => Err(Error::NotConfirmed { officer: officer.to_string() }),
+            Ok(_) => Err(Error::NotConfirmed {
+                officer: officer.to_string(),
+            }),
         }
     }
 }
@@ -91,7 +98,12 @@ pub struct RunOptions<'a> {
 
 impl Default for RunOptions<'_> {
     fn default() -> Self {
-        RunOptions { dry_run: false, rehearsal: false, shares: Vec::new(), clock: &SYSTEM_CLOCK }
+        RunOptions {
+            dry_run: false,
+            rehearsal: false,
+            shares: Vec::new(),
+            clock: &SYSTEM_CLOCK,
+        }
     }
 }
 
@@ -128,12 +140,19 @@ pub struct Done {
 impl Done {
     /// Text for the operator: outputs and fingerprints.
     pub fn summary(&self) -> String {
-        let mut s = format!("Ceremony {} ({}) complete.\n\nOutputs (SHA-256 of each file):\n", self.ceremony_id, self.kind);
+        let mut s = format!(
+            "Ceremony {} ({}) complete.\n\nOutputs (SHA-256 of each file):\n",
+            self.ceremony_id, self.kind
+        );
         for f in &self.files {
             let _ = writeln!(s, "  {:<22} {}  {}", f.role, f.sha256, f.path.display());
         }
         for c in &self.certificates {
-            let _ = writeln!(s, "\n{} certificate {}\n  SHA-256 fingerprint (DER): {}", c.role, c.subject, c.sha256);
+            let _ = writeln!(
+                s,
+                "\n{} certificate {}\n  SHA-256 fingerprint (DER): {}",
+                c.role, c.subject, c.sha256
+            );
         }
         let _ = writeln!(
             s,
@@ -177,7 +196,11 @@ fn unlock(plan: &Plan, history: &History, token: &TokenRef) -> Result<Unlock, Er
     if plan.share_inputs.is_empty() {
         return Err(QuorumError::NoShares.into());
     }
-    let loaded = plan.share_inputs.iter().map(|p| quorum::read_share(p)).collect::<Result<Vec<_>, _>>()?;
+    let loaded = plan
+        .share_inputs
+        .iter()
+        .map(|p| quorum::read_share(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let (pin, set) = quorum::reassemble(
         &loaded,
         &quorum::Expect {
@@ -186,7 +209,11 @@ fn unlock(plan: &Plan, history: &History, token: &TokenRef) -> Result<Unlock, Er
             officers: &plan.officers,
         },
     )?;
-    Ok(Unlock { pin, set, used: loaded })
+    Ok(Unlock {
+        pin,
+        set,
+        used: loaded,
+    })
 }
 
 /// Run the ceremony described by `file`.
@@ -223,7 +250,10 @@ pub fn run(file: &Path, opts: &RunOptions<'_>, ui: &mut dyn Ui) -> Result<Outcom
         "config-validated",
         Some(&plan.operator),
         None,
-        &[("config", plan.rel(&plan.file)), ("config_sha256", plan.config_sha256.clone())],
+        &[
+            ("config", plan.rel(&plan.file)),
+            ("config_sha256", plan.config_sha256.clone()),
+        ],
         &[],
     );
     ctx.rec.record(
@@ -234,7 +264,10 @@ pub fn run(file: &Path, opts: &RunOptions<'_>, ui: &mut dyn Ui) -> Result<Outcom
         &[("transcripts", plan.rel(&plan.transcripts))],
         &[
             ("transcripts_verified", history.records.len().to_string()),
-            ("previous_transcript_sha256", history.head_sha256().unwrap_or_else(|| "none".into())),
+            (
+                "previous_transcript_sha256",
+                history.head_sha256().unwrap_or_else(|| "none".into()),
+            ),
         ],
     );
     for officer in &plan.officers {
@@ -244,7 +277,14 @@ pub fn run(file: &Path, opts: &RunOptions<'_>, ui: &mut dyn Ui) -> Result<Outcom
             ui.confirm(officer)?;
             "typed their name"
         };
-        ctx.rec.record(ctx.now(), "officer-confirmed", Some(officer), None, &[("plan_config_sha256", plan.config_sha256.clone())], &[("confirmation", mode.into())]);
+        ctx.rec.record(
+            ctx.now(),
+            "officer-confirmed",
+            Some(officer),
+            None,
+            &[("plan_config_sha256", plan.config_sha256.clone())],
+            &[("confirmation", mode.into())],
+        );
     }
     if let Some(u) = &unlock {
         for s in &u.used {
@@ -254,7 +294,11 @@ pub fn run(file: &Path, opts: &RunOptions<'_>, ui: &mut dyn Ui) -> Result<Outcom
                 "share-presented",
                 Some(&s.share.officer),
                 None,
-                &[("share_file", plan.rel(&s.file)), ("share_file_sha256", sha256_hex(&bytes)), ("share_index", s.share.index.to_string())],
+                &[
+                    ("share_file", plan.rel(&s.file)),
+                    ("share_file_sha256", sha256_hex(&bytes)),
+                    ("share_index", s.share.index.to_string()),
+                ],
                 &[],
             );
         }
@@ -263,7 +307,10 @@ pub fn run(file: &Path, opts: &RunOptions<'_>, ui: &mut dyn Ui) -> Result<Outcom
             "pin-reassembled",
             Some(&plan.operator),
             None,
-            &[("share_set_ceremony", u.set.ceremony_id.clone()), ("threshold", u.set.threshold.to_string())],
+            &[
+                ("share_set_ceremony", u.set.ceremony_id.clone()),
+                ("threshold", u.set.threshold.to_string()),
+            ],
             &[("pin_commitment", "matches".into())],
         );
     }
@@ -297,19 +344,51 @@ impl Ctx<'_> {
         self.clock.now()
     }
 
-    fn step(&mut self, step: &str, token: Option<&TokenId>, inputs: &[(&str, String)], outputs: &[(&str, String)]) {
+    fn step(
+        &mut self,
+        step: &str,
+        token: Option<&TokenId>,
+        inputs: &[(&str, String)],
+        outputs: &[(&str, String)],
+    ) {
         let now = self.now();
-        self.rec.record(now, step, Some(&self.plan.operator), token, inputs, outputs);
+        self.rec
+            .record(now, step, Some(&self.plan.operator), token, inputs, outputs);
     }
 
-    fn write(&mut self, role: &str, path: &Path, bytes: &[u8], mode: u32, officer: Option<&str>) -> Result<String, Error> {
+    fn write(
+        &mut self,
+        role: &str,
+        path: &Path,
+        bytes: &[u8],
+        mode: u32,
+        officer: Option<&str>,
+    ) -> Result<String, Error> {
         write_new(path, bytes, mode)?;
         let sha256 = sha256_hex(bytes);
         let now = self.now();
         let officer = officer.unwrap_or(&self.plan.operator).to_string();
-        self.rec.record(now, "output-written", Some(&officer), None, &[("what", role.to_string())], &[("file", self.plan.rel(path)), ("file_sha256", sha256.clone())]);
-        self.facts.files.push(FileFact { role: role.to_string(), path: self.plan.rel(path), sha256: sha256.clone() });
-        self.files.push(WrittenFile { role: role.to_string(), path: path.to_path_buf(), sha256: sha256.clone() });
+        self.rec.record(
+            now,
+            "output-written",
+            Some(&officer),
+            None,
+            &[("what", role.to_string())],
+            &[
+                ("file", self.plan.rel(path)),
+                ("file_sha256", sha256.clone()),
+            ],
+        );
+        self.facts.files.push(FileFact {
+            role: role.to_string(),
+            path: self.plan.rel(path),
+            sha256: sha256.clone(),
+        });
+        self.files.push(WrittenFile {
+            role: role.to_string(),
+            path: path.to_path_buf(),
+            sha256: sha256.clone(),
+        });
         Ok(sha256)
     }
 
@@ -327,25 +406,55 @@ impl Ctx<'_> {
         self.step(
             "certificate-signed",
             None,
-            &[("role", role.to_string()), ("subject", fact.subject.clone())],
-            &[("serial", fact.serial.clone()), ("sha256_fingerprint", fact.sha256.clone()), ("signature", "verified with the issuer key".into())],
+            &[
+                ("role", role.to_string()),
+                ("subject", fact.subject.clone()),
+            ],
+            &[
+                ("serial", fact.serial.clone()),
+                ("sha256_fingerprint", fact.sha256.clone()),
+                ("signature", "verified with the issuer key".into()),
+            ],
         );
         self.facts.certificates.push(fact);
-        self.write(&format!("{role} certificate"), path, x509::pem("CERTIFICATE", der)?.as_bytes(), PUBLIC, None)?;
+        self.write(
+            &format!("{role} certificate"),
+            path,
+            x509::pem("CERTIFICATE", der)?.as_bytes(),
+            PUBLIC,
+            None,
+        )?;
         Ok(())
     }
 
     /// Open the root token with the reassembled PIN: the token's serial is checked against the
     /// share set before the login that opening the signer performs.
-    fn open_root(&mut self, token_ref: &TokenRef, key_label: &str, root_spki: &[u8], unlock: Option<&Unlock>) -> Result<Authority, Error> {
+    fn open_root(
+        &mut self,
+        token_ref: &TokenRef,
+        key_label: &str,
+        root_spki: &[u8],
+        unlock: Option<&Unlock>,
+    ) -> Result<Authority, Error> {
         let u = unlock.ok_or(Error::Quorum(QuorumError::NoShares))?;
         let token = hsm::open(token_ref, PinSource::Value(u.pin.clone()))?;
         let id = hsm::identify(&token)?;
         if id.serial != u.set.token_serial {
-            return Err(Error::TokenMismatch { label: id.label, expected: u.set.token_serial.clone(), found: id.serial });
+            return Err(Error::TokenMismatch {
+                label: id.label,
+                expected: u.set.token_serial.clone(),
+                found: id.serial,
+            });
         }
-        self.step("token-opened", Some(&id), &[("module", token_ref.module.display().to_string())], &[("serial", id.serial.clone())]);
-        let signer = token.signer(key_label).map_err(Error::core("logging in and opening the root key"))?;
+        self.step(
+            "token-opened",
+            Some(&id),
+            &[("module", token_ref.module.display().to_string())],
+            &[("serial", id.serial.clone())],
+        );
+        let signer = token
+            .signer(key_label)
+            .map_err(Error::core("logging in and opening the root key"))?;
         if signer.spki_der() != root_spki {
             return Err(Error::KeyMismatch {
                 what: format!("key {key_label:?} in token {:?}", id.label),
@@ -356,14 +465,23 @@ impl Ctx<'_> {
             "key-opened",
             Some(&id),
             &[("key_label", key_label.to_string())],
-            &[("spki_sha256", sha256_hex(signer.spki_der())), ("matches", "root certificate".into())],
+            &[
+                ("spki_sha256", sha256_hex(signer.spki_der())),
+                ("matches", "root certificate".into()),
+            ],
         );
         Ok(Authority { signer, token: id })
     }
 }
 
-fn sign_err<'a>(key: &'a RcgenKey<'_>, op: &'static str) -> impl FnOnce(rcgen::Error) -> Error + 'a {
-    move |e| Error::Core { op, source: key.map_err(e) }
+fn sign_err<'a>(
+    key: &'a RcgenKey<'_>,
+    op: &'static str,
+) -> impl FnOnce(rcgen::Error) -> Error + 'a {
+    move |e| Error::Core {
+        op,
+        source: key.map_err(e),
+    }
 }
 
 fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Error> {
@@ -373,29 +491,63 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             let pin = quorum::random_pin();
             let token = hsm::open(&t.token, PinSource::Value(pin.clone()))?;
             let id = hsm::identify(&token)?;
-            ctx.step("token-opened", Some(&id), &[("module", t.token.module.display().to_string())], &[("serial", id.serial.clone())]);
+            ctx.step(
+                "token-opened",
+                Some(&id),
+                &[("module", t.token.module.display().to_string())],
+                &[("serial", id.serial.clone())],
+            );
             let holders: Vec<String> = t.shares.iter().map(|(o, _)| o.clone()).collect();
-            let (set, files) = quorum::split(&pin, ctx.ceremony_id, &id.label, &id.serial, t.threshold, &holders)?;
+            let (set, files) = quorum::split(
+                &pin,
+                ctx.ceremony_id,
+                &id.label,
+                &id.serial,
+                t.threshold,
+                &holders,
+            )?;
             ctx.step(
                 "pin-split",
                 Some(&id),
-                &[("threshold", t.threshold.to_string()), ("shares", holders.len().to_string())],
-                &[("pin_commitment", set.pin_commitment.clone()), ("reassembly", "checked before use".into())],
+                &[
+                    ("threshold", t.threshold.to_string()),
+                    ("shares", holders.len().to_string()),
+                ],
+                &[
+                    ("pin_commitment", set.pin_commitment.clone()),
+                    ("reassembly", "checked before use".into()),
+                ],
             );
             // The shares are on disk before the token gets the PIN, so the PIN is never set
             // without a way to reassemble it.
             for ((officer, path), share) in t.shares.iter().zip(&files) {
-                ctx.write("PIN share", path, share.to_json().as_bytes(), SECRET, Some(officer))?;
+                ctx.write(
+                    "PIN share",
+                    path,
+                    share.to_json().as_bytes(),
+                    SECRET,
+                    Some(officer),
+                )?;
             }
             hsm::set_user_pin(&t.token, &token, &t.so_pin, &pin)?;
-            ctx.step("user-pin-set", Some(&id), &[("by", "security officer (C_InitPIN)".into())], &[("pin_commitment", set.pin_commitment.clone())]);
+            ctx.step(
+                "user-pin-set",
+                Some(&id),
+                &[("by", "security officer (C_InitPIN)".into())],
+                &[("pin_commitment", set.pin_commitment.clone())],
+            );
             ctx.facts.share_set = Some(set);
             let (spki, fact) = hsm::generate_protected_key(&token, &id, &t.key_label, t.algorithm)?;
             key_step(ctx, &id, &fact);
             ctx.facts.keys.push(fact);
-            let signer = token.signer(&t.key_label).map_err(Error::core("logging in with the new PIN and opening the root key"))?;
+            let signer = token.signer(&t.key_label).map_err(Error::core(
+                "logging in with the new PIN and opening the root key",
+            ))?;
             if signer.spki_der() != spki.as_slice() {
-                return Err(Error::KeyMismatch { what: format!("key {:?}", t.key_label), reason: "the token returned another public key".into() });
+                return Err(Error::KeyMismatch {
+                    what: format!("key {:?}", t.key_label),
+                    reason: "the token returned another public key".into(),
+                });
             }
             let mut params = rcgen::CertificateParams::default();
             params.distinguished_name = x509::distinguished_name(&t.subject);
@@ -404,9 +556,14 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             params.serial_number = Some(rcgen::SerialNumber::from_slice(&x509::random_serial()));
             // RFC 5280 4.2.1.9 and 4.2.1.3: a CA, signing certificates and CRLs; no EKU.
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
             let key = RcgenKey::new(&signer);
-            let cert = params.self_signed(&key).map_err(sign_err(&key, "signing the root certificate"))?;
+            let cert = params
+                .self_signed(&key)
+                .map_err(sign_err(&key, "signing the root certificate"))?;
             x509::check_certificate("root certificate", cert.der(), &spki)?;
             ctx.certificate("root", &t.certificate, cert.der())?;
             Ok(Authority { signer, token: id })
@@ -414,15 +571,31 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
         Task::Key(t) => {
             let token = hsm::open(&t.token, t.pin.clone())?;
             let id = hsm::identify(&token)?;
-            ctx.step("token-opened", Some(&id), &[("module", t.token.module.display().to_string())], &[("serial", id.serial.clone())]);
+            ctx.step(
+                "token-opened",
+                Some(&id),
+                &[("module", t.token.module.display().to_string())],
+                &[("serial", id.serial.clone())],
+            );
             let (spki, fact) = hsm::generate_protected_key(&token, &id, &t.key_label, t.algorithm)?;
             key_step(ctx, &id, &fact);
             ctx.facts.keys.push(fact);
-            let signer = token.signer(&t.key_label).map_err(Error::core("opening the new key"))?;
+            let signer = token
+                .signer(&t.key_label)
+                .map_err(Error::core("opening the new key"))?;
             if signer.spki_der() != spki.as_slice() {
-                return Err(Error::KeyMismatch { what: format!("key {:?}", t.key_label), reason: "the token returned another public key".into() });
+                return Err(Error::KeyMismatch {
+                    what: format!("key {:?}", t.key_label),
+                    reason: "the token returned another public key".into(),
+                });
             }
-            ctx.write("issuing public key", &t.public_key, x509::pem("PUBLIC KEY", &spki)?.as_bytes(), PUBLIC, None)?;
+            ctx.write(
+                "issuing public key",
+                &t.public_key,
+                x509::pem("PUBLIC KEY", &spki)?.as_bytes(),
+                PUBLIC,
+                None,
+            )?;
             Ok(Authority { signer, token: id })
         }
         Task::Intermediate(t) => {
@@ -441,7 +614,9 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             ];
             params.extended_key_usages = t.extended_key_usage.clone();
             params.name_constraints = t.name_constraints.clone();
-            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: t.crl_urls.clone() }];
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: t.crl_urls.clone(),
+            }];
             params.use_authority_key_identifier_extension = true;
             if let Some(aia) = x509::authority_info_access(&t.ocsp_urls, &t.ca_issuers_urls)? {
                 params.custom_extensions.push(aia);
@@ -449,36 +624,59 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             let key = RcgenKey::new(&auth.signer);
             let issuer = rcgen::Issuer::from_ca_cert_der(&t.root.der.as_slice().into(), &key)
                 .map_err(Error::build("issuer from the root certificate"))?;
-            let cert = params.signed_by(&t.public_key, &issuer).map_err(sign_err(&key, "signing the intermediate certificate"))?;
+            let cert = params
+                .signed_by(&t.public_key, &issuer)
+                .map_err(sign_err(&key, "signing the intermediate certificate"))?;
             x509::check_certificate("intermediate certificate", cert.der(), &t.root.spki_der)?;
             ctx.certificate("intermediate", &t.certificate, cert.der())?;
             if let Some(chain) = &t.chain {
-                let text = x509::pem("CERTIFICATE", cert.der())? + &x509::pem("CERTIFICATE", &t.root.der)?;
-                ctx.write("chain (intermediate, root)", chain, text.as_bytes(), PUBLIC, None)?;
+                let text =
+                    x509::pem("CERTIFICATE", cert.der())? + &x509::pem("CERTIFICATE", &t.root.der)?;
+                ctx.write(
+                    "chain (intermediate, root)",
+                    chain,
+                    text.as_bytes(),
+                    PUBLIC,
+                    None,
+                )?;
             }
             Ok(auth)
         }
         Task::OcspSigner(t) => {
             let token = hsm::open(&t.token, t.pin.clone())?;
             let id = hsm::identify(&token)?;
-            ctx.step("token-opened", Some(&id), &[("module", t.token.module.display().to_string())], &[("serial", id.serial.clone())]);
-            let signer = token.signer(&t.issuing_key_label).map_err(Error::core("opening the issuing key"))?;
+            ctx.step(
+                "token-opened",
+                Some(&id),
+                &[("module", t.token.module.display().to_string())],
+                &[("serial", id.serial.clone())],
+            );
+            let signer = token
+                .signer(&t.issuing_key_label)
+                .map_err(Error::core("opening the issuing key"))?;
             if signer.spki_der() != t.issuer.spki_der.as_slice() {
                 return Err(Error::KeyMismatch {
                     what: format!("key {:?} in token {:?}", t.issuing_key_label, id.label),
-                    reason: format!("its public key is not the one in {}", t.issuer.path.display()),
+                    reason: format!(
+                        "its public key is not the one in {}",
+                        t.issuer.path.display()
+                    ),
                 });
             }
             ctx.step(
                 "key-opened",
                 Some(&id),
                 &[("key_label", t.issuing_key_label.clone())],
-                &[("spki_sha256", sha256_hex(signer.spki_der())), ("matches", "issuing CA certificate".into())],
+                &[
+                    ("spki_sha256", sha256_hex(signer.spki_der())),
+                    ("matches", "issuing CA certificate".into()),
+                ],
             );
             let (spki, fact) = hsm::generate_protected_key(&token, &id, &t.key_label, t.algorithm)?;
             key_step(ctx, &id, &fact);
             ctx.facts.keys.push(fact);
-            let public = PublicKey::from_spki(&spki).map_err(Error::core("reading the OCSP signing public key"))?;
+            let public = PublicKey::from_spki(&spki)
+                .map_err(Error::core("reading the OCSP signing public key"))?;
             let mut params = rcgen::CertificateParams::default();
             params.distinguished_name = x509::distinguished_name(&t.subject);
             params.not_before = to_offset(t.not_before);
@@ -494,7 +692,9 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             let key = RcgenKey::new(&signer);
             let issuer = rcgen::Issuer::from_ca_cert_der(&t.issuer.der.as_slice().into(), &key)
                 .map_err(Error::build("issuer from the issuing CA certificate"))?;
-            let cert = params.signed_by(&public, &issuer).map_err(sign_err(&key, "signing the OCSP signer certificate"))?;
+            let cert = params
+                .signed_by(&public, &issuer)
+                .map_err(sign_err(&key, "signing the OCSP signer certificate"))?;
             x509::check_certificate("OCSP signer certificate", cert.der(), &t.issuer.spki_der)?;
             ctx.certificate("ocsp-signer", &t.certificate, cert.der())?;
             Ok(Authority { signer, token: id })
@@ -525,15 +725,27 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             let key = RcgenKey::new(&auth.signer);
             let issuer = rcgen::Issuer::from_ca_cert_der(&t.root.der.as_slice().into(), &key)
                 .map_err(Error::build("issuer from the root certificate"))?;
-            let crl = params.signed_by(&issuer).map_err(sign_err(&key, "signing the root CRL"))?;
+            let crl = params
+                .signed_by(&issuer)
+                .map_err(sign_err(&key, "signing the root CRL"))?;
             x509::check_crl(crl.der(), &t.root.spki_der)?;
-            let revoked: Vec<String> = t.revoked.iter().map(|r| x509::serial_hex(&r.serial)).collect();
+            let revoked: Vec<String> = t
+                .revoked
+                .iter()
+                .map(|r| x509::serial_hex(&r.serial))
+                .collect();
             let sha256 = sha256_hex(crl.der());
             ctx.step(
                 "crl-signed",
                 Some(&auth.token),
-                &[("crl_number", t.number.to_string()), ("revoked", revoked.join(","))],
-                &[("sha256", sha256.clone()), ("signature", "verified with the root key".into())],
+                &[
+                    ("crl_number", t.number.to_string()),
+                    ("revoked", revoked.join(",")),
+                ],
+                &[
+                    ("sha256", sha256.clone()),
+                    ("signature", "verified with the root key".into()),
+                ],
             );
             ctx.facts.crl = Some(CrlFact {
                 issuer_spki_sha256: sha256_hex(&t.root.spki_der),
@@ -567,8 +779,14 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             ctx.step(
                 "ocsp-response-signed",
                 Some(&auth.token),
-                &[("serial", x509::serial_hex(&t.subject_cert.serial)), ("status", status.clone())],
-                &[("sha256", sha256.clone()), ("next_update", t.next_update.to_rfc3339())],
+                &[
+                    ("serial", x509::serial_hex(&t.subject_cert.serial)),
+                    ("status", status.clone()),
+                ],
+                &[
+                    ("sha256", sha256.clone()),
+                    ("next_update", t.next_update.to_rfc3339()),
+                ],
             );
             ctx.facts.ocsp_response = Some(OcspFact {
                 serial: x509::serial_hex(&t.subject_cert.serial),
@@ -587,7 +805,10 @@ fn key_step(ctx: &mut Ctx<'_>, id: &TokenId, fact: &crate::transcript::KeyFact) 
     ctx.step(
         "key-generated",
         Some(id),
-        &[("key_label", fact.key_label.clone()), ("algorithm", fact.algorithm.to_string())],
+        &[
+            ("key_label", fact.key_label.clone()),
+            ("algorithm", fact.algorithm.to_string()),
+        ],
         &[
             ("spki_sha256", fact.spki_sha256.clone()),
             ("sensitive", fact.sensitive.to_string()),
@@ -621,10 +842,19 @@ fn rcgen_reason(r: RevocationReason) -> rcgen::RevocationReason {
 
 fn transcript_names(plan: &Plan, history: &History) -> (PathBuf, PathBuf) {
     let stem = format!("{:03}-{}", history.next_seq(), plan.kind.name());
-    (plan.transcripts.join(format!("{stem}.json")), plan.transcripts.join(format!("{stem}.md")))
+    (
+        plan.transcripts.join(format!("{stem}.json")),
+        plan.transcripts.join(format!("{stem}.md")),
+    )
 }
 
-fn finish(ctx: Ctx<'_>, history: &History, auth: Authority, rehearsal: bool, ui: &mut dyn Ui) -> Result<Outcome, Error> {
+fn finish(
+    ctx: Ctx<'_>,
+    history: &History,
+    auth: Authority,
+    rehearsal: bool,
+    ui: &mut dyn Ui,
+) -> Result<Outcome, Error> {
     let plan = ctx.plan;
     let finished_at = ctx.now();
     let key_label = auth.signer.key_label().to_string();
@@ -658,8 +888,17 @@ fn finish(ctx: Ctx<'_>, history: &History, auth: Authority, rehearsal: bool, ui:
     let (json, md) = transcript_names(plan, history);
     let bytes = transcript.canonical_bytes();
     write_new(&json, &bytes, PUBLIC)?;
-    let json_name = json.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    write_new(&md, transcript.markdown(&sha256_hex(&bytes), &json_name).as_bytes(), PUBLIC)?;
+    let json_name = json
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    write_new(
+        &md,
+        transcript
+            .markdown(&sha256_hex(&bytes), &json_name)
+            .as_bytes(),
+        PUBLIC,
+    )?;
     let done = Done {
         ceremony_id: transcript.ceremony_id.clone(),
         kind: plan.kind,
@@ -687,7 +926,12 @@ fn failure_report(ctx: &Ctx<'_>, history: &History, error: &Error) {
         error
     );
     for e in ctx.rec.entries() {
-        let outputs = e.outputs.iter().map(|(k, v)| format!("{k}: `{v}`")).collect::<Vec<_>>().join("<br>");
+        let outputs = e
+            .outputs
+            .iter()
+            .map(|(k, v)| format!("{k}: `{v}`"))
+            .collect::<Vec<_>>()
+            .join("<br>");
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",
@@ -695,7 +939,10 @@ fn failure_report(ctx: &Ctx<'_>, history: &History, error: &Error) {
             e.time.to_rfc3339(),
             e.step,
             e.officer.as_deref().unwrap_or(""),
-            e.token.as_ref().map(|t| format!("{} ({})", t.label, t.serial)).unwrap_or_default(),
+            e.token
+                .as_ref()
+                .map(|t| format!("{} ({})", t.label, t.serial))
+                .unwrap_or_default(),
             outputs
         );
     }
@@ -709,9 +956,19 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "=== Key ceremony: {} ===", plan.name);
     let _ = writeln!(s, "Kind:            {}", plan.kind);
-    let _ = writeln!(s, "Configuration:   {} (SHA-256 {})", plan.file.display(), plan.config_sha256);
+    let _ = writeln!(
+        s,
+        "Configuration:   {} (SHA-256 {})",
+        plan.file.display(),
+        plan.config_sha256
+    );
     let _ = writeln!(s, "Start:           {}", plan.start.to_rfc3339());
-    let _ = writeln!(s, "Officers:        {} (HSM operator: {})", plan.officers.join(", "), plan.operator);
+    let _ = writeln!(
+        s,
+        "Officers:        {} (HSM operator: {})",
+        plan.officers.join(", "),
+        plan.operator
+    );
     let (json, _) = transcript_names(plan, history);
     let _ = writeln!(
         s,
@@ -739,16 +996,41 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
         n += 1;
         let _ = writeln!(s, "  {n}. {text}");
     };
-    let validity = |nb: &chrono::DateTime<chrono::Utc>, na: &chrono::DateTime<chrono::Utc>| format!("{} to {}", nb.to_rfc3339(), na.to_rfc3339());
+    let validity = |nb: &chrono::DateTime<chrono::Utc>, na: &chrono::DateTime<chrono::Utc>| {
+        format!("{} to {}", nb.to_rfc3339(), na.to_rfc3339())
+    };
     match &plan.task {
         Task::Root(t) => {
-            step(&mut s, format!("Open token {:?} ({})", t.token.label, t.token.module.display()));
-            step(&mut s, format!("Generate a random user PIN and split it into {} shares, {} needed:", t.shares.len(), t.threshold));
+            step(
+                &mut s,
+                format!(
+                    "Open token {:?} ({})",
+                    t.token.label,
+                    t.token.module.display()
+                ),
+            );
+            step(
+                &mut s,
+                format!(
+                    "Generate a random user PIN and split it into {} shares, {} needed:",
+                    t.shares.len(),
+                    t.threshold
+                ),
+            );
             for (o, p) in &t.shares {
                 let _ = writeln!(s, "       {o}: {}", p.display());
             }
-            step(&mut s, "Set the user PIN as the security officer (C_InitPIN)".into());
-            step(&mut s, format!("Generate {} root key {:?} in the token (sensitive, not extractable)", t.algorithm, t.key_label));
+            step(
+                &mut s,
+                "Set the user PIN as the security officer (C_InitPIN)".into(),
+            );
+            step(
+                &mut s,
+                format!(
+                    "Generate {} root key {:?} in the token (sensitive, not extractable)",
+                    t.algorithm, t.key_label
+                ),
+            );
             step(
                 &mut s,
                 format!(
@@ -760,15 +1042,47 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
             );
         }
         Task::Key(t) => {
-            step(&mut s, format!("Open online token {:?} ({})", t.token.label, t.token.module.display()));
-            step(&mut s, format!("Generate {} issuing key {:?} (sensitive, not extractable)", t.algorithm, t.key_label));
-            step(&mut s, format!("Export its public key -> {}", t.public_key.display()));
+            step(
+                &mut s,
+                format!(
+                    "Open online token {:?} ({})",
+                    t.token.label,
+                    t.token.module.display()
+                ),
+            );
+            step(
+                &mut s,
+                format!(
+                    "Generate {} issuing key {:?} (sensitive, not extractable)",
+                    t.algorithm, t.key_label
+                ),
+            );
+            step(
+                &mut s,
+                format!("Export its public key -> {}", t.public_key.display()),
+            );
         }
         Task::Intermediate(t) => {
             let key_sha = sha256_hex(t.public_key.spki_der());
-            let origin = history.key_origin(&key_sha).map(|r| format!(" (generated in {})", r.path.display())).unwrap_or_default();
-            step(&mut s, format!("Open token {:?} with the quorum PIN; check its serial; open root key {:?}", t.token.label, t.key_label));
-            step(&mut s, format!("Check the key matches root certificate {} (SHA-256 {})", t.root.path.display(), t.root.sha256));
+            let origin = history
+                .key_origin(&key_sha)
+                .map(|r| format!(" (generated in {})", r.path.display()))
+                .unwrap_or_default();
+            step(
+                &mut s,
+                format!(
+                    "Open token {:?} with the quorum PIN; check its serial; open root key {:?}",
+                    t.token.label, t.key_label
+                ),
+            );
+            step(
+                &mut s,
+                format!(
+                    "Check the key matches root certificate {} (SHA-256 {})",
+                    t.root.path.display(),
+                    t.root.sha256
+                ),
+            );
             step(
                 &mut s,
                 format!(
@@ -781,11 +1095,35 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
                     if t.name_constraints.is_some() { ", name constraints" } else { "" }
                 ),
             );
-            step(&mut s, format!("Write {}{}", t.certificate.display(), t.chain.as_ref().map(|c| format!(" and {}", c.display())).unwrap_or_default()));
+            step(
+                &mut s,
+                format!(
+                    "Write {}{}",
+                    t.certificate.display(),
+                    t.chain
+                        .as_ref()
+                        .map(|c| format!(" and {}", c.display()))
+                        .unwrap_or_default()
+                ),
+            );
         }
         Task::OcspSigner(t) => {
-            step(&mut s, format!("Open online token {:?}; open issuing key {:?} and check it matches {}", t.token.label, t.issuing_key_label, t.issuer.path.display()));
-            step(&mut s, format!("Generate {} OCSP signing key {:?}", t.algorithm, t.key_label));
+            step(
+                &mut s,
+                format!(
+                    "Open online token {:?}; open issuing key {:?} and check it matches {}",
+                    t.token.label,
+                    t.issuing_key_label,
+                    t.issuer.path.display()
+                ),
+            );
+            step(
+                &mut s,
+                format!(
+                    "Generate {} OCSP signing key {:?}",
+                    t.algorithm, t.key_label
+                ),
+            );
             step(
                 &mut s,
                 format!(
@@ -797,7 +1135,13 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
             );
         }
         Task::Crl(t) => {
-            step(&mut s, format!("Open token {:?} with the quorum PIN; check its serial; open root key {:?}", t.token.label, t.key_label));
+            step(
+                &mut s,
+                format!(
+                    "Open token {:?} with the quorum PIN; check its serial; open root key {:?}",
+                    t.token.label, t.key_label
+                ),
+            );
             step(
                 &mut s,
                 format!(
@@ -812,7 +1156,13 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
             );
         }
         Task::OcspResponse(t) => {
-            step(&mut s, format!("Open token {:?} with the quorum PIN; check its serial; open root key {:?}", t.token.label, t.key_label));
+            step(
+                &mut s,
+                format!(
+                    "Open token {:?} with the quorum PIN; check its serial; open root key {:?}",
+                    t.token.label, t.key_label
+                ),
+            );
             step(
                 &mut s,
                 format!(
@@ -830,6 +1180,9 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
             );
         }
     }
-    step(&mut s, format!("Write the signed transcript {}", json.display()));
+    step(
+        &mut s,
+        format!("Write the signed transcript {}", json.display()),
+    );
     s
 }

@@ -259,7 +259,10 @@ pub type Pairs<'a> = &'a [(&'a str, String)];
 impl Recorder {
     /// Start a transcript for ceremony `ceremony_id`.
     pub fn new(ceremony_id: &str) -> Self {
-        Recorder { ceremony_id: ceremony_id.to_string(), entries: Vec::new() }
+        Recorder {
+            ceremony_id: ceremony_id.to_string(),
+            entries: Vec::new(),
+        }
     }
 
     /// Append a step.
@@ -272,15 +275,25 @@ impl Recorder {
         inputs: Pairs<'_>,
         outputs: Pairs<'_>,
     ) {
-        let prev_hash = self.entries.last().map(|e| e.hash.clone()).unwrap_or_else(|| genesis(&self.ceremony_id));
+        let prev_hash = self
+            .entries
+            .last()
+            .map(|e| e.hash.clone())
+            .unwrap_or_else(|| genesis(&self.ceremony_id));
         let mut e = Entry {
             seq: self.entries.len() as u64,
             time,
             step: step.to_string(),
             officer: officer.map(str::to_string),
             token: token.cloned(),
-            inputs: inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-            outputs: outputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            outputs: outputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             prev_hash,
             hash: String::new(),
         };
@@ -315,7 +328,12 @@ impl Transcript {
     }
 
     /// Sign the transcript with `signer` (sets `signature`).
-    pub fn sign(&mut self, signer: &dyn Signer, token: TokenId, key_label: &str) -> Result<(), Error> {
+    pub fn sign(
+        &mut self,
+        signer: &dyn Signer,
+        token: TokenId,
+        key_label: &str,
+    ) -> Result<(), Error> {
         self.signature = TranscriptSignature {
             algorithm: signer.algorithm(),
             token,
@@ -324,9 +342,14 @@ impl Transcript {
             spki_sha256: sha256_hex(signer.spki_der()),
             value: String::new(),
         };
-        let sig = signer.sign(&self.signed_bytes()).map_err(Error::core("signing the transcript"))?;
+        let sig = signer
+            .sign(&self.signed_bytes())
+            .map_err(Error::core("signing the transcript"))?;
         self.signature.value = B64.encode(sig);
-        verify_parsed(self).map_err(|fault| Error::SelfCheck { what: "transcript", reason: fault.to_string() })
+        verify_parsed(self).map_err(|fault| Error::SelfCheck {
+            what: "transcript",
+            reason: fault.to_string(),
+        })
     }
 
     /// The readable Markdown report.
@@ -345,11 +368,19 @@ impl Transcript {
         row(&mut s, "Started", &self.started_at.to_rfc3339());
         row(&mut s, "Finished", &self.finished_at.to_rfc3339());
         row(&mut s, "Operator", &self.operator);
-        row(&mut s, "Configuration", &format!("`{}` (SHA-256 `{}`)", self.config_file, self.config_sha256));
+        row(
+            &mut s,
+            "Configuration",
+            &format!("`{}` (SHA-256 `{}`)", self.config_file, self.config_sha256),
+        );
         row(
             &mut s,
             "Previous transcript",
-            &self.previous_transcript_sha256.as_ref().map(|h| format!("SHA-256 `{h}`")).unwrap_or_else(|| "none (first ceremony)".into()),
+            &self
+                .previous_transcript_sha256
+                .as_ref()
+                .map(|h| format!("SHA-256 `{h}`"))
+                .unwrap_or_else(|| "none (first ceremony)".into()),
         );
         row(
             &mut s,
@@ -363,7 +394,11 @@ impl Transcript {
                 self.signature.spki_sha256
             ),
         );
-        row(&mut s, "Transcript", &format!("`{json_name}` (SHA-256 `{json_sha256}`)"));
+        row(
+            &mut s,
+            "Transcript",
+            &format!("`{json_name}` (SHA-256 `{json_sha256}`)"),
+        );
         let _ = writeln!(s, "\n## Officers\n");
         for o in &self.officers {
             let when = self
@@ -376,7 +411,11 @@ impl Transcript {
         }
         let _ = writeln!(s, "\n## Steps\n\n| # | Time | Step | Officer | Token | Inputs | Outputs |\n|---|---|---|---|---|---|---|");
         let pairs = |m: &BTreeMap<String, String>| {
-            m.iter().map(|(k, v)| format!("{k}: `{v}`")).collect::<Vec<_>>().join("<br>").replace('|', "\\|")
+            m.iter()
+                .map(|(k, v)| format!("{k}: `{v}`"))
+                .collect::<Vec<_>>()
+                .join("<br>")
+                .replace('|', "\\|")
         };
         for e in &self.entries {
             let _ = writeln!(
@@ -386,13 +425,19 @@ impl Transcript {
                 e.time.to_rfc3339(),
                 e.step,
                 e.officer.as_deref().unwrap_or(""),
-                e.token.as_ref().map(|t| format!("{} ({})", t.label, t.serial)).unwrap_or_default(),
+                e.token
+                    .as_ref()
+                    .map(|t| format!("{} ({})", t.label, t.serial))
+                    .unwrap_or_default(),
                 pairs(&e.inputs),
                 pairs(&e.outputs)
             );
         }
         if !self.facts.files.is_empty() {
-            let _ = writeln!(s, "\n## Outputs\n\n| What | File | SHA-256 of the file |\n|---|---|---|");
+            let _ = writeln!(
+                s,
+                "\n## Outputs\n\n| What | File | SHA-256 of the file |\n|---|---|---|"
+            );
             for f in &self.facts.files {
                 let _ = writeln!(s, "| {} | `{}` | `{}` |", f.role, f.path, f.sha256);
             }
@@ -463,33 +508,53 @@ impl Transcript {
 /// Check a parsed transcript: canonical form aside, its chain and its signature.
 fn verify_parsed(t: &Transcript) -> Result<(), TranscriptFault> {
     if t.format != FORMAT {
-        return Err(TranscriptFault::Malformed(format!("unknown format {:?}", t.format)));
+        return Err(TranscriptFault::Malformed(format!(
+            "unknown format {:?}",
+            t.format
+        )));
     }
     let mut prev = genesis(&t.ceremony_id);
     for (i, e) in t.entries.iter().enumerate() {
         if e.seq != i as u64 {
-            return Err(TranscriptFault::Chain { seq: e.seq, reason: format!("entry {i} is numbered {}", e.seq) });
+            return Err(TranscriptFault::Chain {
+                seq: e.seq,
+                reason: format!("entry {i} is numbered {}", e.seq),
+            });
         }
         if e.prev_hash != prev {
-            return Err(TranscriptFault::Chain { seq: e.seq, reason: "does not link to the previous entry".into() });
+            return Err(TranscriptFault::Chain {
+                seq: e.seq,
+                reason: "does not link to the previous entry".into(),
+            });
         }
         if entry_hash(e) != e.hash {
-            return Err(TranscriptFault::Chain { seq: e.seq, reason: "content does not match its hash".into() });
+            return Err(TranscriptFault::Chain {
+                seq: e.seq,
+                reason: "content does not match its hash".into(),
+            });
         }
         prev = e.hash.clone();
     }
-    let spki = B64.decode(&t.signature.spki).map_err(|_| TranscriptFault::Malformed("signature.spki is not base64".into()))?;
+    let spki = B64
+        .decode(&t.signature.spki)
+        .map_err(|_| TranscriptFault::Malformed("signature.spki is not base64".into()))?;
     if sha256_hex(&spki) != t.signature.spki_sha256 {
         return Err(TranscriptFault::KeyFingerprint);
     }
-    let sig = B64.decode(&t.signature.value).map_err(|_| TranscriptFault::Malformed("signature.value is not base64".into()))?;
+    let sig = B64
+        .decode(&t.signature.value)
+        .map_err(|_| TranscriptFault::Malformed("signature.value is not base64".into()))?;
     ca_core::signer::verify(&spki, &t.signed_bytes(), &sig).map_err(|_| TranscriptFault::Signature)
 }
 
 /// Verify transcript bytes: exact canonical form, hash chain, signature, and (optionally) that
 /// the signer's SubjectPublicKeyInfo has SHA-256 `expect_signer`.
-pub fn verify_bytes(bytes: &[u8], expect_signer: Option<&str>) -> Result<Transcript, TranscriptFault> {
-    let t: Transcript = serde_json::from_slice(bytes).map_err(|e| TranscriptFault::Malformed(e.to_string()))?;
+pub fn verify_bytes(
+    bytes: &[u8],
+    expect_signer: Option<&str>,
+) -> Result<Transcript, TranscriptFault> {
+    let t: Transcript =
+        serde_json::from_slice(bytes).map_err(|e| TranscriptFault::Malformed(e.to_string()))?;
     if t.canonical_bytes() != bytes {
         return Err(TranscriptFault::NotCanonical);
     }
@@ -497,7 +562,10 @@ pub fn verify_bytes(bytes: &[u8], expect_signer: Option<&str>) -> Result<Transcr
     if let Some(expected) = expect_signer {
         let expected = expected.to_ascii_lowercase().replace(':', "");
         if expected != t.signature.spki_sha256 {
-            return Err(TranscriptFault::UnexpectedSigner { expected, found: t.signature.spki_sha256.clone() });
+            return Err(TranscriptFault::UnexpectedSigner {
+                expected,
+                found: t.signature.spki_sha256.clone(),
+            });
         }
     }
     Ok(t)
@@ -505,8 +573,15 @@ pub fn verify_bytes(bytes: &[u8], expect_signer: Option<&str>) -> Result<Transcr
 
 /// Verify a transcript file (see [`verify_bytes`]).
 pub fn verify_file(path: &Path, expect_signer: Option<&str>) -> Result<Transcript, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { what: "transcript", path: path.to_path_buf(), source })?;
-    verify_bytes(&bytes, expect_signer).map_err(|fault| Error::Transcript { file: path.to_path_buf(), fault })
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        what: "transcript",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    verify_bytes(&bytes, expect_signer).map_err(|fault| Error::Transcript {
+        file: path.to_path_buf(),
+        fault,
+    })
 }
 
 /// The SHA-256 of a certificate's or public key's SubjectPublicKeyInfo, for `--expect-signer`:
@@ -514,12 +589,20 @@ pub fn verify_file(path: &Path, expect_signer: Option<&str>) -> Result<Transcrip
 pub fn signer_fingerprint(arg: &str) -> Result<String, Error> {
     let p = Path::new(arg);
     if p.exists() {
-        let text = std::fs::read(p).map_err(|source| Error::Read { what: "expected signer", path: p.to_path_buf(), source })?;
+        let text = std::fs::read(p).map_err(|source| Error::Read {
+            what: "expected signer",
+            path: p.to_path_buf(),
+            source,
+        })?;
         let s = String::from_utf8_lossy(&text);
         if s.contains("BEGIN CERTIFICATE") {
-            return Ok(sha256_hex(&crate::x509::read_cert_pem("expected signer certificate", p)?.spki_der));
+            return Ok(sha256_hex(
+                &crate::x509::read_cert_pem("expected signer certificate", p)?.spki_der,
+            ));
         }
-        return Ok(sha256_hex(crate::x509::read_public_key_pem("expected signer public key", p)?.spki_der()));
+        return Ok(sha256_hex(
+            crate::x509::read_public_key_pem("expected signer public key", p)?.spki_der(),
+        ));
     }
     let hexed = arg.to_ascii_lowercase().replace(':', "");
     if hexed.len() == 64 && hexed.chars().all(|c| c.is_ascii_hexdigit()) {

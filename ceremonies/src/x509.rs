@@ -9,7 +9,9 @@ use const_oid::db::rfc5280;
 use der::{Decode, Encode};
 use std::path::{Path, PathBuf};
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax, BasicConstraints, SubjectKeyIdentifier};
+use x509_cert::ext::pkix::{
+    AccessDescription, AuthorityInfoAccessSyntax, BasicConstraints, SubjectKeyIdentifier,
+};
 
 /// A certificate read from a PEM file, with what the ceremonies need from it.
 #[derive(Debug, Clone)]
@@ -37,11 +39,19 @@ pub struct CertInfo {
 }
 
 fn input<'a>(what: &'static str, path: &'a Path) -> impl Fn(String) -> Error + 'a {
-    move |reason| Error::Input { what, path: path.to_path_buf(), reason }
+    move |reason| Error::Input {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Read { what, path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| Error::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Decode one PEM block with the given label.
@@ -49,13 +59,16 @@ fn pem_block(what: &'static str, path: &Path, bytes: &[u8], label: &str) -> Resu
     let bad = input(what, path);
     let text = std::str::from_utf8(bytes).map_err(|_| bad("not a PEM text file".into()))?;
     // The first block only: chain files are not inputs here.
-    let start = text.find("-----BEGIN ").ok_or_else(|| bad(format!("no PEM block (expected {label})")))?;
+    let start = text
+        .find("-----BEGIN ")
+        .ok_or_else(|| bad(format!("no PEM block (expected {label})")))?;
     let end_marker = format!("-----END {label}-----");
     let end = text[start..]
         .find(&end_marker)
         .map(|i| start + i + end_marker.len())
         .ok_or_else(|| bad(format!("no complete {label} PEM block")))?;
-    let (found, der) = der::pem::decode_vec(text[start..end].as_bytes()).map_err(|e| bad(format!("bad PEM: {e}")))?;
+    let (found, der) = der::pem::decode_vec(text[start..end].as_bytes())
+        .map_err(|e| bad(format!("bad PEM: {e}")))?;
     if found != label {
         return Err(bad(format!("PEM block is {found}, expected {label}")));
     }
@@ -65,10 +78,12 @@ fn pem_block(what: &'static str, path: &Path, bytes: &[u8], label: &str) -> Resu
 /// Parse a certificate's DER into [`CertInfo`].
 pub fn cert_info(what: &'static str, path: &Path, der: Vec<u8>) -> Result<CertInfo, Error> {
     let bad = input(what, path);
-    let cert = x509_cert::Certificate::from_der(&der).map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    let cert = x509_cert::Certificate::from_der(&der)
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
     let tbs = &cert.tbs_certificate;
     let time = |t: x509_cert::time::Time| {
-        DateTime::from_timestamp(t.to_unix_duration().as_secs() as i64, 0).ok_or_else(|| bad("validity out of range".into()))
+        DateTime::from_timestamp(t.to_unix_duration().as_secs() as i64, 0)
+            .ok_or_else(|| bad("validity out of range".into()))
     };
     let ski = tbs
         .get::<SubjectKeyIdentifier>()
@@ -82,7 +97,10 @@ pub fn cert_info(what: &'static str, path: &Path, der: Vec<u8>) -> Result<CertIn
     Ok(CertInfo {
         path: path.to_path_buf(),
         sha256: ca_core::signer::sha256_hex(&der),
-        spki_der: tbs.subject_public_key_info.to_der().map_err(Error::der(what))?,
+        spki_der: tbs
+            .subject_public_key_info
+            .to_der()
+            .map_err(Error::der(what))?,
         subject: tbs.subject.to_string(),
         serial: magnitude(tbs.serial_number.as_bytes()),
         not_before: time(tbs.validity.not_before)?,
@@ -95,7 +113,10 @@ pub fn cert_info(what: &'static str, path: &Path, der: Vec<u8>) -> Result<CertIn
 
 /// Strip the sign octet of a DER INTEGER's contents (serials are positive).
 fn magnitude(b: &[u8]) -> Vec<u8> {
-    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len().saturating_sub(1));
+    let first = b
+        .iter()
+        .position(|x| *x != 0)
+        .unwrap_or(b.len().saturating_sub(1));
     b[first..].to_vec()
 }
 
@@ -115,7 +136,10 @@ pub fn read_public_key_pem(what: &'static str, path: &Path) -> Result<PublicKey,
 
 /// PEM text for DER.
 pub fn pem(label: &'static str, der: &[u8]) -> Result<String, Error> {
-    der::pem::encode_string(label, der::pem::LineEnding::LF, der).map_err(|e| Error::Der { what: label_what(label), source: e.into() })
+    der::pem::encode_string(label, der::pem::LineEnding::LF, der).map_err(|e| Error::Der {
+        what: label_what(label),
+        source: e.into(),
+    })
 }
 
 fn label_what(label: &str) -> &'static str {
@@ -158,14 +182,21 @@ pub fn random_serial() -> Vec<u8> {
 }
 
 /// Authority information access (RFC 5280 4.2.2.1), which rcgen cannot encode.
-pub fn authority_info_access(ocsp: &[String], ca_issuers: &[String]) -> Result<Option<rcgen::CustomExtension>, Error> {
+pub fn authority_info_access(
+    ocsp: &[String],
+    ca_issuers: &[String],
+) -> Result<Option<rcgen::CustomExtension>, Error> {
     let mut descriptions = Vec::new();
-    for (method, urls) in [(rfc5280::ID_AD_OCSP, ocsp), (rfc5280::ID_AD_CA_ISSUERS, ca_issuers)] {
+    for (method, urls) in [
+        (rfc5280::ID_AD_OCSP, ocsp),
+        (rfc5280::ID_AD_CA_ISSUERS, ca_issuers),
+    ] {
         for url in urls {
             descriptions.push(AccessDescription {
                 access_method: method,
                 access_location: GeneralName::UniformResourceIdentifier(
-                    der::asn1::Ia5String::new(url).map_err(Error::der("authority information access URL"))?,
+                    der::asn1::Ia5String::new(url)
+                        .map_err(Error::der("authority information access URL"))?,
                 ),
             });
         }
@@ -173,14 +204,24 @@ pub fn authority_info_access(ocsp: &[String], ca_issuers: &[String]) -> Result<O
     if descriptions.is_empty() {
         return Ok(None);
     }
-    let value = AuthorityInfoAccessSyntax(descriptions).to_der().map_err(Error::der("authority information access"))?;
-    Ok(Some(rcgen::CustomExtension::from_oid_content(&oid_arcs(&rfc5280::ID_PE_AUTHORITY_INFO_ACCESS), value)))
+    let value = AuthorityInfoAccessSyntax(descriptions)
+        .to_der()
+        .map_err(Error::der("authority information access"))?;
+    Ok(Some(rcgen::CustomExtension::from_oid_content(
+        &oid_arcs(&rfc5280::ID_PE_AUTHORITY_INFO_ACCESS),
+        value,
+    )))
 }
 
 /// id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1): the extension value is NULL.
 pub fn ocsp_nocheck() -> Result<rcgen::CustomExtension, Error> {
-    let value = der::asn1::Null.to_der().map_err(Error::der("ocsp-nocheck extension"))?;
-    Ok(rcgen::CustomExtension::from_oid_content(&oid_arcs(&const_oid::db::rfc6960::ID_PKIX_OCSP_NOCHECK), value))
+    let value = der::asn1::Null
+        .to_der()
+        .map_err(Error::der("ocsp-nocheck extension"))?;
+    Ok(rcgen::CustomExtension::from_oid_content(
+        &oid_arcs(&const_oid::db::rfc6960::ID_PKIX_OCSP_NOCHECK),
+        value,
+    ))
 }
 
 fn oid_arcs(oid: &der::asn1::ObjectIdentifier) -> Vec<u64> {
@@ -192,8 +233,14 @@ fn oid_arcs(oid: &der::asn1::ObjectIdentifier) -> Vec<u64> {
 pub fn check_certificate(what: &'static str, der: &[u8], issuer_spki: &[u8]) -> Result<(), Error> {
     let cert = x509_cert::Certificate::from_der(der).map_err(Error::der(what))?;
     let tbs = cert.tbs_certificate.to_der().map_err(Error::der(what))?;
-    let sig = cert.signature.as_bytes().ok_or_else(|| Error::SelfCheck { what, reason: "signature has unused bits".into() })?;
-    verify(issuer_spki, &tbs, sig).map_err(|e| Error::SelfCheck { what, reason: e.to_string() })
+    let sig = cert.signature.as_bytes().ok_or_else(|| Error::SelfCheck {
+        what,
+        reason: "signature has unused bits".into(),
+    })?;
+    verify(issuer_spki, &tbs, sig).map_err(|e| Error::SelfCheck {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 /// Check a freshly signed CRL the same way.
@@ -201,8 +248,14 @@ pub fn check_crl(der: &[u8], issuer_spki: &[u8]) -> Result<(), Error> {
     let what = "root CRL";
     let crl = x509_cert::crl::CertificateList::from_der(der).map_err(Error::der(what))?;
     let tbs = crl.tbs_cert_list.to_der().map_err(Error::der(what))?;
-    let sig = crl.signature.as_bytes().ok_or_else(|| Error::SelfCheck { what, reason: "signature has unused bits".into() })?;
-    verify(issuer_spki, &tbs, sig).map_err(|e| Error::SelfCheck { what, reason: e.to_string() })
+    let sig = crl.signature.as_bytes().ok_or_else(|| Error::SelfCheck {
+        what,
+        reason: "signature has unused bits".into(),
+    })?;
+    verify(issuer_spki, &tbs, sig).map_err(|e| Error::SelfCheck {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 /// Parse a hex serial (colons and spaces allowed) into big-endian magnitude bytes.
@@ -212,7 +265,11 @@ pub fn parse_serial(s: &str) -> Option<Vec<u8>> {
     if clean.is_empty() {
         return None;
     }
-    let padded = if clean.len() % 2 == 1 { format!("0{clean}") } else { clean.to_string() };
+    let padded = if clean.len() % 2 == 1 {
+        format!("0{clean}")
+    } else {
+        clean.to_string()
+    };
     let mut bytes = hex::decode(padded).ok()?;
     while bytes.len() > 1 && bytes[0] == 0 {
         bytes.remove(0);

@@ -52,8 +52,14 @@ fn m_of_n_unlock_and_refusals_happen_before_login() {
     shares_from_cli(&ws);
 
     // The detector works: a wrong PIN raises the flag, a right one clears it.
-    assert!(matches!(ws.root_token("wrong-pin").public_key("root-ca"), Err(ca_core::Error::BadPin { .. })));
-    assert!(failed_login_flag(&ws), "SoftHSM did not flag the failed login; the no-login checks below would prove nothing");
+    assert!(matches!(
+        ws.root_token("wrong-pin").public_key("root-ca"),
+        Err(ca_core::Error::BadPin { .. })
+    ));
+    assert!(
+        failed_login_flag(&ws),
+        "SoftHSM did not flag the failed login; the no-login checks below would prove nothing"
+    );
     ws.root_token(&ws.root_pin()).public_key("root-ca").unwrap();
     assert!(!failed_login_flag(&ws));
 
@@ -61,7 +67,10 @@ fn m_of_n_unlock_and_refusals_happen_before_login() {
     for pair in [["alice", "bob"], ["alice", "carol"], ["bob", "carol"]] {
         let shares = pair.iter().map(|o| share(&ws, o)).collect();
         match ws.run_with("intermediate.toml", shares, true) {
-            Ok(Outcome::Planned { plan }) => assert!(plan.contains("reassemble the PIN") && plan.contains(": checked"), "{plan}"),
+            Ok(Outcome::Planned { plan }) => assert!(
+                plan.contains("reassemble the PIN") && plan.contains(": checked"),
+                "{plan}"
+            ),
             other => panic!("{pair:?}: {other:?}"),
         }
     }
@@ -71,16 +80,32 @@ fn m_of_n_unlock_and_refusals_happen_before_login() {
     let before = ws.files();
     let refused: Vec<(&str, Vec<PathBuf>, QuorumError)> = vec![
         ("no share", vec![], QuorumError::NoShares),
-        ("m-1 shares", vec![share(&ws, "carol")], QuorumError::NotEnoughShares { have: 1, need: 2 }),
-        ("one file given twice", vec![share(&ws, "carol"), share(&ws, "carol")], QuorumError::NotEnoughShares { have: 1, need: 2 }),
+        (
+            "m-1 shares",
+            vec![share(&ws, "carol")],
+            QuorumError::NotEnoughShares { have: 1, need: 2 },
+        ),
+        (
+            "one file given twice",
+            vec![share(&ws, "carol"), share(&ws, "carol")],
+            QuorumError::NotEnoughShares { have: 1, need: 2 },
+        ),
         (
             "the same share twice",
             vec![share(&ws, "bob"), bob_copy.clone()],
-            QuorumError::DuplicateShare { file: bob_copy.display().to_string(), other: share(&ws, "bob").display().to_string(), index: 2 },
+            QuorumError::DuplicateShare {
+                file: bob_copy.display().to_string(),
+                other: share(&ws, "bob").display().to_string(),
+                index: 2,
+            },
         ),
     ];
     for (what, shares, expected) in refused {
-        assert_eq!(quorum_err(ws.run_with("intermediate.toml", shares, false)), expected, "{what}");
+        assert_eq!(
+            quorum_err(ws.run_with("intermediate.toml", shares, false)),
+            expected,
+            "{what}"
+        );
     }
 
     // A share with one flipped hex digit: its checksum names it.
@@ -89,8 +114,16 @@ fn m_of_n_unlock_and_refusals_happen_before_login() {
     let f: ShareFile = serde_json::from_str(&text).unwrap();
     let mut flipped = f.share.clone().into_bytes();
     flipped[10] = if flipped[10] == b'0' { b'1' } else { b'0' };
-    std::fs::write(&damaged, text.replace(&f.share, std::str::from_utf8(&flipped).unwrap())).unwrap();
-    match quorum_err(ws.run_with("intermediate.toml", vec![share(&ws, "alice"), damaged.clone()], false)) {
+    std::fs::write(
+        &damaged,
+        text.replace(&f.share, std::str::from_utf8(&flipped).unwrap()),
+    )
+    .unwrap();
+    match quorum_err(ws.run_with(
+        "intermediate.toml",
+        vec![share(&ws, "alice"), damaged.clone()],
+        false,
+    )) {
         QuorumError::CorruptShare { file, .. } => assert_eq!(file, damaged.display().to_string()),
         other => panic!("{other:?}"),
     }
@@ -100,14 +133,28 @@ fn m_of_n_unlock_and_refusals_happen_before_login() {
     forged.checksum = forged.compute_checksum();
     let forged_path = ws.path("forged.share");
     std::fs::write(&forged_path, forged.to_json()).unwrap();
-    assert!(read_share(&forged_path).is_ok(), "the forged share must pass its own checksum for this test to mean anything");
-    assert_eq!(quorum_err(ws.run_with("intermediate.toml", vec![share(&ws, "alice"), forged_path], false)), QuorumError::PinMismatch);
+    assert!(
+        read_share(&forged_path).is_ok(),
+        "the forged share must pass its own checksum for this test to mean anything"
+    );
+    assert_eq!(
+        quorum_err(ws.run_with(
+            "intermediate.toml",
+            vec![share(&ws, "alice"), forged_path],
+            false
+        )),
+        QuorumError::PinMismatch
+    );
 
     // A share of an officer who is not present.
     ws.derive("intermediate.toml", "intermediate-two.toml", |t| {
         let mut o = toml::Table::new();
         o.insert("name".into(), "Alice Adams".into());
-        set(t, "officers", toml::Value::Array(vec![toml::Value::Table(o)]));
+        set(
+            t,
+            "officers",
+            toml::Value::Array(vec![toml::Value::Table(o)]),
+        );
     });
     assert!(matches!(
         quorum_err(ws.run_with("intermediate-two.toml", vec![share(&ws, "alice"), share(&ws, "bob")], false)),
@@ -115,11 +162,25 @@ fn m_of_n_unlock_and_refusals_happen_before_login() {
     ));
 
     // None of that logged in to the token or wrote anything.
-    assert!(!failed_login_flag(&ws), "a refused quorum reached the HSM login");
-    assert_eq!(ws.files().len(), before.len() + 3, "only the test's own share files were added");
+    assert!(
+        !failed_login_flag(&ws),
+        "a refused quorum reached the HSM login"
+    );
+    assert_eq!(
+        ws.files().len(),
+        before.len() + 3,
+        "only the test's own share files were added"
+    );
 
     // m of n really unlocks: the ceremony runs with Alice's and Carol's shares.
-    match ws.run_with("intermediate.toml", vec![share(&ws, "alice"), share(&ws, "carol")], false).unwrap() {
+    match ws
+        .run_with(
+            "intermediate.toml",
+            vec![share(&ws, "alice"), share(&ws, "carol")],
+            false,
+        )
+        .unwrap()
+    {
         Outcome::Done(d) => assert!(d.files.iter().any(|f| f.path.ends_with("intermediate.pem"))),
         other => panic!("{other:?}"),
     }
@@ -134,17 +195,33 @@ fn shares_of_another_ceremony_are_refused_before_login() {
     shares_from_cli(&a);
 
     // Mixed: one share from each ceremony.
-    match quorum_err(a.run_with("intermediate.toml", vec![share(&a, "alice"), share(&b, "bob")], false)) {
-        QuorumError::MixedShares { expected, found, .. } => assert_ne!(expected, found),
+    match quorum_err(a.run_with(
+        "intermediate.toml",
+        vec![share(&a, "alice"), share(&b, "bob")],
+        false,
+    )) {
+        QuorumError::MixedShares {
+            expected, found, ..
+        } => assert_ne!(expected, found),
         other => panic!("{other:?}"),
     }
     // A full set from the other ceremony: not the share set recorded for this token.
-    let a_root = &ceremonies::history::History::load(&a.path("transcripts")).unwrap().records[0].transcript;
-    match quorum_err(a.run_with("intermediate.toml", vec![share(&b, "alice"), share(&b, "bob")], false)) {
+    let a_root = &ceremonies::history::History::load(&a.path("transcripts"))
+        .unwrap()
+        .records[0]
+        .transcript;
+    match quorum_err(a.run_with(
+        "intermediate.toml",
+        vec![share(&b, "alice"), share(&b, "bob")],
+        false,
+    )) {
         QuorumError::WrongCeremony { expected, .. } => assert_eq!(expected, a_root.ceremony_id),
         other => panic!("{other:?}"),
     }
-    assert!(!failed_login_flag(&a), "foreign shares reached the HSM login");
+    assert!(
+        !failed_login_flag(&a),
+        "foreign shares reached the HSM login"
+    );
     assert!(!a.path("intermediate.pem").exists());
 }
 
@@ -153,7 +230,9 @@ fn shares_for_a_token_whose_serial_differs_are_refused_before_login() {
     let ws = Workspace::new();
     ws.root_and_key();
     // A token label the history knows no root ceremony for: the shares cannot be checked.
-    ws.derive("intermediate.toml", "intermediate-other.toml", |t| set(t, "root_token.label", "no-root-ceremony-here"));
+    ws.derive("intermediate.toml", "intermediate-other.toml", |t| {
+        set(t, "root_token.label", "no-root-ceremony-here")
+    });
     let r = ws.run("intermediate-other.toml");
     assert!(matches!(r, Err(Error::History { .. })), "{r:?}");
     // The history and the shares agree, but the token under the label is not the one the
@@ -170,5 +249,8 @@ fn shares_for_a_token_whose_serial_differs_are_refused_before_login() {
         Err(Error::TokenMismatch { expected, .. }) => assert_eq!(expected, "0000000000000000"),
         other => panic!("expected TokenMismatch, got {other:?}"),
     }
-    assert!(!failed_login_flag(&ws), "the serial check let a login through");
+    assert!(
+        !failed_login_flag(&ws),
+        "the serial check let a login through"
+    );
 }

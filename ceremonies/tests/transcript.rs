@@ -14,15 +14,24 @@ fn verify_passes_and_every_changed_byte_fails() {
     let ws = Workspace::new();
     let root = ws.done("root.toml");
     let bytes = std::fs::read(&root.transcript).unwrap();
-    let root_key = ceremonies::transcript::signer_fingerprint(ws.path("root.pem").to_str().unwrap()).unwrap();
+    let root_key =
+        ceremonies::transcript::signer_fingerprint(ws.path("root.pem").to_str().unwrap()).unwrap();
     let t = verify_bytes(&bytes, Some(&root_key)).unwrap();
     assert_eq!(t.kind, ceremonies::config::Kind::Root);
     assert!(t.rehearsal);
-    assert!(t.entries.iter().any(|e| e.step == "key-generated" && e.token.as_ref().is_some_and(|tok| tok.label == ws.root_label)));
-    assert_eq!(t.config_sha256, ca_core::signer::sha256_hex(&std::fs::read(ws.path("root.toml")).unwrap()));
+    assert!(t.entries.iter().any(|e| e.step == "key-generated"
+        && e.token
+            .as_ref()
+            .is_some_and(|tok| tok.label == ws.root_label)));
+    assert_eq!(
+        t.config_sha256,
+        ca_core::signer::sha256_hex(&std::fs::read(ws.path("root.toml")).unwrap())
+    );
 
     // Flip one bit of every byte in turn (split over the cores: thousands of verifications).
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let faults: std::collections::BTreeSet<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|k| {
@@ -33,7 +42,10 @@ fn verify_passes_and_every_changed_byte_fails() {
                         let mut copy = bytes.clone();
                         copy[i] ^= 0x01;
                         match verify_bytes(&copy, None) {
-                            Ok(_) => panic!("byte {i} ({:?}) changed and the transcript still verifies", bytes[i] as char),
+                            Ok(_) => panic!(
+                                "byte {i} ({:?}) changed and the transcript still verifies",
+                                bytes[i] as char
+                            ),
                             Err(f) => kinds.insert(format!("{:?}", std::mem::discriminant(&f))),
                         };
                     }
@@ -41,15 +53,27 @@ fn verify_passes_and_every_changed_byte_fails() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
-    assert!(faults.len() >= 3, "expected parse, chain and signature failures among the flips: {faults:?}");
+    assert!(
+        faults.len() >= 3,
+        "expected parse, chain and signature failures among the flips: {faults:?}"
+    );
 
     // Whitespace-only edits keep the JSON meaning but not the exact form.
     let text = String::from_utf8(bytes.clone()).unwrap();
     let reindented = text.replacen("\n  \"", "\n\t\"", 1);
-    assert_eq!(verify_bytes(reindented.as_bytes(), None).unwrap_err(), TranscriptFault::NotCanonical);
-    assert_eq!(verify_bytes(format!("{text}\n").as_bytes(), None).unwrap_err(), TranscriptFault::NotCanonical);
+    assert_eq!(
+        verify_bytes(reindented.as_bytes(), None).unwrap_err(),
+        TranscriptFault::NotCanonical
+    );
+    assert_eq!(
+        verify_bytes(format!("{text}\n").as_bytes(), None).unwrap_err(),
+        TranscriptFault::NotCanonical
+    );
 
     // The CLI agrees.
     let cli = |path: &std::path::Path, expect: Option<&str>| {
@@ -60,14 +84,25 @@ fn verify_passes_and_every_changed_byte_fails() {
         }
         c.output().unwrap()
     };
-    let out = cli(&root.transcript, Some(ws.path("root.pem").to_str().unwrap()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        &root.transcript,
+        Some(ws.path("root.pem").to_str().unwrap()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: root transcript"));
     let tampered = ws.path("tampered.json");
     std::fs::write(&tampered, text.replacen("Alice Adams", "Alice Adamz", 1)).unwrap();
     let out = cli(&tampered, None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("failed verification"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed verification"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -84,11 +119,26 @@ fn a_transcript_re_signed_with_another_key_fails_when_the_signer_is_pinned() {
     );
     online.module = Some(hsm_sim::module_path().unwrap());
     let signer = online.open().unwrap().signer("issuing-ca").unwrap();
-    t.sign(&signer, TokenId { label: ws.root_label.clone(), serial: t.signature.token.serial.clone() }, "root-ca").unwrap();
+    t.sign(
+        &signer,
+        TokenId {
+            label: ws.root_label.clone(),
+            serial: t.signature.token.serial.clone(),
+        },
+        "root-ca",
+    )
+    .unwrap();
     let forged = t.canonical_bytes();
-    assert!(verify_bytes(&forged, None).is_ok(), "self-consistent forgery");
-    let root_key = ceremonies::transcript::signer_fingerprint(ws.path("root.pem").to_str().unwrap()).unwrap();
-    assert!(matches!(verify_bytes(&forged, Some(&root_key)), Err(TranscriptFault::UnexpectedSigner { .. })));
+    assert!(
+        verify_bytes(&forged, None).is_ok(),
+        "self-consistent forgery"
+    );
+    let root_key =
+        ceremonies::transcript::signer_fingerprint(ws.path("root.pem").to_str().unwrap()).unwrap();
+    assert!(matches!(
+        verify_bytes(&forged, Some(&root_key)),
+        Err(TranscriptFault::UnexpectedSigner { .. })
+    ));
 }
 
 #[test]
@@ -106,7 +156,9 @@ fn later_ceremonies_refuse_a_tampered_or_broken_history() {
     changed[at] ^= 0x01;
     std::fs::write(&key.transcript, &changed).unwrap();
     match dry(&ws) {
-        Err(Error::History { reason, .. }) => assert!(reason.contains("002-key.json does not verify"), "{reason}"),
+        Err(Error::History { reason, .. }) => {
+            assert!(reason.contains("002-key.json does not verify"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     std::fs::write(&key.transcript, &original).unwrap();
@@ -116,7 +168,10 @@ fn later_ceremonies_refuse_a_tampered_or_broken_history() {
     let aside = ws.path("001-root.json.aside");
     std::fs::rename(&root.transcript, &aside).unwrap();
     match dry(&ws) {
-        Err(Error::History { reason, .. }) => assert!(reason.contains("chain of transcripts is broken"), "{reason}"),
+        Err(Error::History { reason, .. }) => assert!(
+            reason.contains("chain of transcripts is broken"),
+            "{reason}"
+        ),
         other => panic!("{other:?}"),
     }
     std::fs::rename(&aside, &root.transcript).unwrap();

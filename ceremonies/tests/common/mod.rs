@@ -4,7 +4,10 @@
 //!
 //! SoftHSM reads its configuration once per process, so every test of one binary shares one
 //! provisioned directory and gets its own tokens in it (distinct labels).
-#![allow(dead_code, reason = "each test binary uses a different part of the fixture")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the fixture"
+)]
 
 use ca_core::clock::SystemClock;
 use ceremonies::run::{run, Outcome, Rehearsal, RunOptions};
@@ -26,7 +29,10 @@ fn process_hsm() -> &'static ProcessHsm {
         let dir = tempfile::tempdir().unwrap();
         let hsm_dir = dir.path().join("hsm");
         hsm_sim::provision(&hsm_dir, "fixture-base", None, None).unwrap();
-        ProcessHsm { _dir: dir, hsm_dir: hsm_dir.canonicalize().unwrap() }
+        ProcessHsm {
+            _dir: dir,
+            hsm_dir: hsm_dir.canonicalize().unwrap(),
+        }
     })
 }
 
@@ -89,7 +95,8 @@ impl Workspace {
 
     /// Change a configuration in place.
     pub fn edit(&self, name: &str, f: impl FnOnce(&mut toml::Table)) {
-        let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(self.path(name)).unwrap()).unwrap();
+        let mut table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(self.path(name)).unwrap()).unwrap();
         f(&mut table);
         std::fs::write(self.path(name), toml::to_string(&table).unwrap()).unwrap();
     }
@@ -105,9 +112,19 @@ impl Workspace {
         self.run_with(name, Vec::new(), false)
     }
 
-    pub fn run_with(&self, name: &str, shares: Vec<PathBuf>, dry_run: bool) -> Result<Outcome, Error> {
+    pub fn run_with(
+        &self,
+        name: &str,
+        shares: Vec<PathBuf>,
+        dry_run: bool,
+    ) -> Result<Outcome, Error> {
         let clock = SystemClock;
-        let opts = RunOptions { dry_run, rehearsal: true, shares, clock: &clock };
+        let opts = RunOptions {
+            dry_run,
+            rehearsal: true,
+            shares,
+            clock: &clock,
+        };
         run(&self.path(name), &opts, &mut Rehearsal(std::io::sink()))
     }
 
@@ -146,11 +163,20 @@ impl Workspace {
     pub fn root_pin(&self) -> String {
         let shares: Vec<_> = ["alice", "bob"]
             .iter()
-            .map(|o| ceremonies::quorum::read_share(&self.path(&format!("shares/{o}.share"))).unwrap())
+            .map(|o| {
+                ceremonies::quorum::read_share(&self.path(&format!("shares/{o}.share"))).unwrap()
+            })
             .collect();
         let officers = vec!["Alice Adams".to_string(), "Bob Brown".to_string()];
-        let expect = ceremonies::quorum::Expect { token_label: &self.root_label, ceremony: None, officers: &officers };
-        ceremonies::quorum::reassemble(&shares, &expect).unwrap().0.to_string()
+        let expect = ceremonies::quorum::Expect {
+            token_label: &self.root_label,
+            ceremony: None,
+            officers: &officers,
+        };
+        ceremonies::quorum::reassemble(&shares, &expect)
+            .unwrap()
+            .0
+            .to_string()
     }
 
     pub fn root_token(&self, pin: &str) -> ca_core::signer::pkcs11::Token {
@@ -175,15 +201,30 @@ pub fn set(table: &mut toml::Table, path: &str, value: impl Into<toml::Value>) {
     let (last, parents) = parts.split_last().unwrap();
     let mut t = table;
     for p in parents {
-        t = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().unwrap();
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap();
     }
     t.insert(last.to_string(), value.into());
 }
 
 /// Run openssl; return (success, stdout + stderr).
 pub fn openssl(args: &[&str], cwd: &Path) -> (bool, String) {
-    let out = Command::new("openssl").args(args).current_dir(cwd).output().expect("openssl CLI");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("openssl CLI");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// Run openssl and require success.
