@@ -682,7 +682,8 @@ impl Plan {
                 }
             }
         }
-        if !extra_shares.is_empty() && !(kind.uses_root_token() && kind != Kind::Root) {
+        let reads_shares = kind.uses_root_token() && kind != Kind::Root;
+        if !extra_shares.is_empty() && !reads_shares {
             return Err(v.err("--share", format!("a {kind} ceremony reads no PIN shares")));
         }
         for s in extra_shares {

@@ -274,7 +274,7 @@ pub fn reassemble(
     }
     let mut seen: Vec<(u8, &LoadedShare)> = Vec::new();
     for s in shares {
-        if !expect.officers.iter().any(|o| *o == s.share.officer) {
+        if !expect.officers.contains(&s.share.officer) {
             return Err(QuorumError::OfficerNotListed {
                 file: name(s),
                 officer: s.share.officer.clone(),
@@ -298,11 +298,14 @@ pub fn reassemble(
     let parsed = shares
         .iter()
         .map(|s| {
-            let bytes = Zeroizing::new(hex::decode(&s.share.share).unwrap_or_default());
-            blahaj::Share::try_from(bytes.as_slice()).map_err(|e| QuorumError::CorruptShare {
+            let corrupt = |reason: String| QuorumError::CorruptShare {
                 file: name(s),
-                reason: e.to_string(),
-            })
+                reason,
+            };
+            let bytes = Zeroizing::new(
+                hex::decode(&s.share.share).map_err(|_| corrupt("share is not hex".into()))?,
+            );
+            blahaj::Share::try_from(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let secret = Zeroizing::new(

@@ -288,7 +288,11 @@ pub fn run(file: &Path, opts: &RunOptions<'_>, ui: &mut dyn Ui) -> Result<Outcom
     }
     if let Some(u) = &unlock {
         for s in &u.used {
-            let bytes = std::fs::read(&s.file).unwrap_or_default();
+            let bytes = std::fs::read(&s.file).map_err(|source| Error::Read {
+                what: "PIN share",
+                path: s.file.clone(),
+                source,
+            })?;
             ctx.rec.record(
                 ctx.now(),
                 "share-presented",

@@ -346,7 +346,7 @@ impl Transcript {
             .sign(&self.signed_bytes())
             .map_err(Error::core("signing the transcript"))?;
         self.signature.value = B64.encode(sig);
-        verify_parsed(self).map_err(|fault| Error::SelfCheck {
+        verify_parsed(self, None).map_err(|fault| Error::SelfCheck {
             what: "transcript",
             reason: fault.to_string(),
         })
@@ -505,8 +505,24 @@ impl Transcript {
     }
 }
 
+/// The signed message. Taken from the verified canonical file bytes when given (saves a
+/// serialisation): they end with the signature value, the document's last field, which the
+/// signed form leaves empty. Falls back to serialising.
+fn signed_message(t: &Transcript, canonical: Option<&[u8]>) -> Vec<u8> {
+    if let Some(bytes) = canonical {
+        let tail = format!("\"value\": \"{}\"\n  }}\n}}\n", t.signature.value);
+        if let Some(prefix) = bytes.strip_suffix(tail.as_bytes()) {
+            let mut v = prefix.to_vec();
+            v.extend_from_slice(b"\"value\": \"\"\n  }\n}\n");
+            return v;
+        }
+    }
+    t.signed_bytes()
+}
+
 /// Check a parsed transcript: canonical form aside, its chain and its signature.
-fn verify_parsed(t: &Transcript) -> Result<(), TranscriptFault> {
+/// `canonical` are its canonical bytes, if the caller has them.
+fn verify_parsed(t: &Transcript, canonical: Option<&[u8]>) -> Result<(), TranscriptFault> {
     if t.format != FORMAT {
         return Err(TranscriptFault::Malformed(format!(
             "unknown format {:?}",
@@ -544,7 +560,8 @@ fn verify_parsed(t: &Transcript) -> Result<(), TranscriptFault> {
     let sig = B64
         .decode(&t.signature.value)
         .map_err(|_| TranscriptFault::Malformed("signature.value is not base64".into()))?;
-    ca_core::signer::verify(&spki, &t.signed_bytes(), &sig).map_err(|_| TranscriptFault::Signature)
+    ca_core::signer::verify(&spki, &signed_message(t, canonical), &sig)
+        .map_err(|_| TranscriptFault::Signature)
 }
 
 /// Verify transcript bytes: exact canonical form, hash chain, signature, and (optionally) that
@@ -558,7 +575,7 @@ pub fn verify_bytes(
     if t.canonical_bytes() != bytes {
         return Err(TranscriptFault::NotCanonical);
     }
-    verify_parsed(&t)?;
+    verify_parsed(&t, Some(bytes))?;
     if let Some(expected) = expect_signer {
         let expected = expected.to_ascii_lowercase().replace(':', "");
         if expected != t.signature.spki_sha256 {
@@ -613,5 +630,46 @@ pub fn signer_fingerprint(arg: &str) -> Result<String, Error> {
             path: p.to_path_buf(),
             reason: "neither a PEM file nor a SHA-256 fingerprint (64 hex digits)".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_message_from_canonical_bytes_equals_the_serialised_form() {
+        let t = Transcript {
+            format: FORMAT.into(),
+            ceremony_id: "c".into(),
+            kind: Kind::Root,
+            name: "n \"quoted\"".into(),
+            rehearsal: true,
+            tool: "t".into(),
+            config_file: "f".into(),
+            config_sha256: "h".into(),
+            config: "a = 1\n".into(),
+            previous_transcript_sha256: None,
+            started_at: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            finished_at: DateTime::from_timestamp(1, 0).unwrap_or_default(),
+            officers: vec!["o".into()],
+            operator: "o".into(),
+            entries: Vec::new(),
+            facts: Facts::default(),
+            signature: TranscriptSignature {
+                algorithm: KeyAlgorithm::P256,
+                token: TokenId {
+                    label: "l".into(),
+                    serial: "s".into(),
+                },
+                key_label: "k".into(),
+                spki: "AAAA".into(),
+                spki_sha256: "x".into(),
+                value: "MEUCIQ+/=".into(),
+            },
+        };
+        let canonical = t.canonical_bytes();
+        assert_eq!(signed_message(&t, Some(&canonical)), t.signed_bytes());
+        assert_ne!(signed_message(&t, Some(&canonical)), canonical);
     }
 }

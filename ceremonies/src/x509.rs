@@ -67,7 +67,7 @@ fn pem_block(what: &'static str, path: &Path, bytes: &[u8], label: &str) -> Resu
         .find(&end_marker)
         .map(|i| start + i + end_marker.len())
         .ok_or_else(|| bad(format!("no complete {label} PEM block")))?;
-    let (found, der) = der::pem::decode_vec(text[start..end].as_bytes())
+    let (found, der) = der::pem::decode_vec(&text.as_bytes()[start..end])
         .map_err(|e| bad(format!("bad PEM: {e}")))?;
     if found != label {
         return Err(bad(format!("PEM block is {found}, expected {label}")));

@@ -335,6 +335,32 @@ fn root_key_intermediate_ocsp_signer_crl_and_ocsp_response() {
         );
     }
 
+    // A ceremony that fails on the HSM (the key label exists) writes nothing but an unsigned
+    // failure report, and the history stays valid.
+    ws.derive("key.toml", "key-again.toml", |t| {
+        set(t, "key.public_key", "issuing-ca-2.pub.pem")
+    });
+    match ws.run("key-again.toml") {
+        Err(ceremonies::Error::Core {
+            source: ca_core::Error::KeyExists { label, .. },
+            ..
+        }) => assert_eq!(label, "issuing-ca"),
+        other => panic!("expected KeyExists, got {other:?}"),
+    }
+    assert!(!ws.path("issuing-ca-2.pub.pem").exists());
+    let failed: Vec<_> = std::fs::read_dir(ws.path("transcripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let report = std::fs::read_to_string(&failed[0]).unwrap();
+    assert!(
+        report.contains("already exists") && report.contains("token-opened"),
+        "{report}"
+    );
+    ceremonies::history::History::load(&ws.path("transcripts")).unwrap();
+
     // Outputs are never overwritten: a second root ceremony is refused before the HSM.
     let before = ws.files();
     match ws.run("root.toml") {
