@@ -209,7 +209,7 @@ struct EcdsaSigValue<'a> {
 
 /// Convert a raw PKCS#11 ECDSA signature (r || s) to the DER form X.509 uses.
 pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(Error::HsmData {
             what: "ECDSA signature (r||s)",
         });
