@@ -1,0 +1,235 @@
+//! OCSP: fetch the status of the current certificate (RFC 6960), check the response, and keep
+//! it as a staple file (nginx `ssl_stapling_file`).
+
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use der::{Decode, Encode};
+use std::time::Duration;
+use x509_cert::Certificate;
+use x509_ocsp::{
+    builder::OcspRequestBuilder, BasicOcspResponse, CertStatus, OcspRequest, OcspResponse,
+    OcspResponseStatus, Request, ResponderId, Version,
+};
+
+/// Status of the certificate according to the responder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Not revoked.
+    Good,
+    /// Revoked at this time, for this reason (RFC 5280 5.3.1 name).
+    Revoked {
+        /// Revocation time.
+        at: DateTime<Utc>,
+        /// Reason, when given.
+        reason: Option<String>,
+    },
+    /// The responder does not know the certificate.
+    Unknown,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Good => f.write_str("good"),
+            Status::Unknown => f.write_str("unknown"),
+            Status::Revoked { .. } => f.write_str("revoked"),
+        }
+    }
+}
+
+/// A checked OCSP response for one certificate.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The whole DER `OCSPResponse`, as stapled.
+    pub der: Vec<u8>,
+    /// Certificate status.
+    pub status: Status,
+    /// thisUpdate.
+    pub this_update: DateTime<Utc>,
+    /// nextUpdate, when given.
+    pub next_update: Option<DateTime<Utc>>,
+}
+
+impl Checked {
+    /// When to fetch a fresh response: halfway through the validity window (or in an hour when
+    /// the responder gives no nextUpdate).
+    pub fn refresh_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self.next_update {
+            Some(next) => {
+                let half = (next - self.this_update) / 2;
+                (self.this_update + half).max(now + chrono::Duration::seconds(30))
+            }
+            None => now + chrono::Duration::hours(1),
+        }
+    }
+}
+
+fn gt(t: &x509_ocsp::OcspGeneralizedTime) -> DateTime<Utc> {
+    let secs = t.0.to_unix_duration().as_secs() as i64;
+    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Ocsp(msg.into())
+}
+
+/// Build the DER request for `cert` issued by `issuer` (SHA-1 CertID, RFC 5019 2.1.1).
+pub fn request_der(cert_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>> {
+    let cert = Certificate::from_der(cert_der).map_err(|e| err(format!("certificate: {e}")))?;
+    let issuer = Certificate::from_der(issuer_der).map_err(|e| err(format!("issuer: {e}")))?;
+    let req = Request::from_cert::<sha1::Sha1>(&issuer, &cert)
+        .map_err(|e| err(format!("cannot build the request: {e}")))?;
+    let ocsp: OcspRequest = OcspRequestBuilder::new(Version::V1).with_request(req).build();
+    ocsp.to_der().map_err(|e| err(format!("cannot encode the request: {e}")))
+}
+
+/// Check a DER OCSP response for `cert_der`: successful, signed by the issuer or by a responder
+/// certificate the issuer delegated (id-kp-OCSPSigning, RFC 6960 4.2.2.2), about this serial,
+/// and current.
+pub fn check(resp_der: &[u8], cert_der: &[u8], issuer_der: &[u8], now: DateTime<Utc>) -> Result<Checked> {
+    let resp = OcspResponse::from_der(resp_der).map_err(|e| err(format!("not an OCSP response: {e}")))?;
+    if resp.response_status != OcspResponseStatus::Successful {
+        return Err(err(format!("responder answered {:?}", resp.response_status)));
+    }
+    let bytes = resp
+        .response_bytes
+        .ok_or_else(|| err("successful response without responseBytes"))?;
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
+        .map_err(|e| err(format!("not a basic OCSP response: {e}")))?;
+    let cert = Certificate::from_der(cert_der).map_err(|e| err(format!("certificate: {e}")))?;
+    let issuer = Certificate::from_der(issuer_der).map_err(|e| err(format!("issuer: {e}")))?;
+    let issuer_spki = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| err(e.to_string()))?;
+
+    // Who signed: the issuer itself, or a delegated responder certificate.
+    let issuer_key_hash = {
+        use sha1::Digest;
+        sha1::Sha1::digest(
+            issuer
+                .tbs_certificate
+                .subject_public_key_info
+                .subject_public_key
+                .raw_bytes(),
+        )
+        .to_vec()
+    };
+    let is_issuer = match &basic.tbs_response_data.responder_id {
+        ResponderId::ByName(n) => *n == issuer.tbs_certificate.subject,
+        ResponderId::ByKey(k) => k.as_bytes() == issuer_key_hash.as_slice(),
+    };
+    let signer_spki = if is_issuer {
+        issuer_spki.clone()
+    } else {
+        let certs = basic.certs.as_deref().unwrap_or_default();
+        let responder = certs
+            .iter()
+            .find(|c| match &basic.tbs_response_data.responder_id {
+                ResponderId::ByName(n) => c.tbs_certificate.subject == *n,
+                ResponderId::ByKey(k) => {
+                    use sha1::Digest;
+                    sha1::Sha1::digest(
+                        c.tbs_certificate
+                            .subject_public_key_info
+                            .subject_public_key
+                            .raw_bytes(),
+                    )
+                    .as_slice()
+                        == k.as_bytes()
+                }
+            })
+            .ok_or_else(|| err("response signed by an unknown responder"))?;
+        // The responder certificate must be issued (signed) by the certificate's issuer...
+        let tbs = responder
+            .tbs_certificate
+            .to_der()
+            .map_err(|e| err(e.to_string()))?;
+        ca_core::signer::verify(&issuer_spki, &tbs, responder.signature.raw_bytes())
+            .map_err(|_| err("responder certificate is not signed by the issuer"))?;
+        // ...and carry id-kp-OCSPSigning (RFC 6960 4.2.2.2).
+        let rder = responder.to_der().map_err(|e| err(e.to_string()))?;
+        let (_, parsed) = <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+            '_,
+            x509_parser::error::X509Error,
+        >>::from_der(&rder)
+        .map_err(|e| err(format!("responder certificate: {e}")))?;
+        let ocsp_signing = parsed
+            .extended_key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.value.ocsp_signing);
+        if !ocsp_signing {
+            return Err(err("responder certificate lacks id-kp-OCSPSigning"));
+        }
+        let v = &responder.tbs_certificate.validity;
+        let (nb, na) = (
+            v.not_before.to_unix_duration().as_secs() as i64,
+            v.not_after.to_unix_duration().as_secs() as i64,
+        );
+        if now.timestamp() < nb || now.timestamp() > na {
+            return Err(err("responder certificate is not valid now"));
+        }
+        responder
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| err(e.to_string()))?
+    };
+    let tbs = basic
+        .tbs_response_data
+        .to_der()
+        .map_err(|e| err(e.to_string()))?;
+    ca_core::signer::verify(&signer_spki, &tbs, basic.signature.raw_bytes())
+        .map_err(|_| err("response signature does not verify"))?;
+
+    let single = basic
+        .tbs_response_data
+        .responses
+        .iter()
+        .find(|r| r.cert_id.serial_number == cert.tbs_certificate.serial_number)
+        .ok_or_else(|| err("response does not cover this certificate's serial"))?;
+    let this_update = gt(&single.this_update);
+    let next_update = single.next_update.as_ref().map(gt);
+    // RFC 5019 4: reject responses from the future (with skew) or past their nextUpdate.
+    if this_update > now + chrono::Duration::minutes(5) {
+        return Err(err("response thisUpdate is in the future"));
+    }
+    if let Some(n) = next_update {
+        if n < now {
+            return Err(err("response is stale (nextUpdate passed)"));
+        }
+    }
+    let status = match &single.cert_status {
+        CertStatus::Good(_) => Status::Good,
+        CertStatus::Unknown(_) => Status::Unknown,
+        CertStatus::Revoked(info) => Status::Revoked {
+            at: gt(&info.revocation_time),
+            reason: info.revocation_reason.map(|r| format!("{r:?}")),
+        },
+    };
+    Ok(Checked {
+        der: resp_der.to_vec(),
+        status,
+        this_update,
+        next_update,
+    })
+}
+
+/// Fetch and check the status of `cert_der` from `url` (POST, RFC 6960 A.1).
+pub async fn fetch(url: &str, cert_der: &[u8], issuer_der: &[u8], timeout: Duration) -> Result<Checked> {
+    let req = request_der(cert_der, issuer_der)?;
+    let resp = crate::http::plain_http(
+        url,
+        http::Method::POST,
+        Some("application/ocsp-request"),
+        req,
+        timeout,
+    )
+    .await?;
+    if resp.status != 200 {
+        return Err(crate::http::api_error(url, &resp));
+    }
+    check(&resp.body, cert_der, issuer_der, Utc::now())
+}
