@@ -1,4 +1,35 @@
 //! The CA service: HTTPS API (enrollment, renewal, admin, EST) and the plain-HTTP status
 //! listener (OCSP, CRL, issuer certificate).
+//!
+//! - [`config`]: the TOML configuration, strict.
+//! - [`service`]: shared state and the CA operations (issue, revoke, audit).
+//! - [`api`]: the axum routes; [`error`]: the one error type with stable codes.
+//! - [`auth`]: client-certificate identity and admin roles; [`tls`]: rustls (ring) with
+//!   optional client certificates.
+//! - [`ratelimit`], [`metrics`]: protection and observability.
+//! - [`server`]: listeners, the server's own certificate, graceful shutdown.
+//! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let cfg = ca_server::config::ServerConfig::load(std::path::Path::new("ca.toml"))?;
+//! let running = ca_server::server::start_from_config(&cfg).await?;
+//! running.wait_for_signal().await;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod metrics;
+pub mod ratelimit;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod tls;

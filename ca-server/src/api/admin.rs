@@ -1,0 +1,425 @@
+//! Admin routes (mTLS with an `_admin` certificate whose role allows the route): enrollment
+//! tokens, revocation, certificate search, audit log.
+
+use super::types::*;
+use super::{json, peer_of};
+use crate::auth::{self, Peer, Permission, Role};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::ratelimit::Class;
+use crate::service::{token_hash, AppState, ADMIN_PROFILE, SERVER_TLS_PROFILE};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::{Extension, Json};
+use ca_core::audit::NewAuditEvent;
+use ca_core::profile::{San, Span};
+use ca_core::revocation::RevocationReason;
+use ca_core::store::{CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Authenticate an admin for a route, after the admin rate limit.
+async fn admin(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    perm: Permission,
+    route: &str,
+) -> ApiResult<auth::Admin> {
+    let key = match peer.cert.as_ref().and_then(|c| auth::cert_serial(c)) {
+        Some(s) => format!("cert:{}", hex::encode(s)),
+        None => peer.ip_key(),
+    };
+    state.limits.check(Class::Admin, &key)?;
+    auth::require(state, peer, perm, route).await
+}
+
+/// A fresh token secret (256 bits, base64url) and a public id.
+fn new_token() -> (String, String) {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let mut id = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    (
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+        format!("tok_{}", hex::encode(id)),
+    )
+}
+
+/// `POST /v1/admin/tokens`.
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<TokenCreateResponse>> {
+    const ROUTE: &str = "/v1/admin/tokens";
+    let peer = peer_of(peer);
+    let admin = admin(&state, &peer, Permission::CreateToken, ROUTE).await?;
+    let result = create_token_checked(&state, &peer, &admin, &headers, body).await;
+    if let Err(e) = &result {
+        state
+            .audit(
+                NewAuditEvent::failed(admin.actor(), "token.create", ROUTE, e.code.as_str())
+                    .with_detail(serde_json::json!({ "message": e.message })),
+            )
+            .await;
+    }
+    result.map(Json)
+}
+
+async fn create_token_checked(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    admin: &auth::Admin,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<TokenCreateResponse> {
+    const ROUTE: &str = "/v1/admin/tokens";
+    let req: TokenCreateRequest = json(headers, body)?;
+    let profile_name = req.profile.clone().unwrap_or_else(|| "client".into());
+    if profile_name == SERVER_TLS_PROFILE {
+        return Err(ApiError::bad_request(format!(
+            "profile {profile_name:?} is internal to the server"
+        )));
+    }
+    if profile_name == ADMIN_PROFILE
+        && !admin
+            .roles
+            .iter()
+            .any(|r| r.allows(Permission::CreateAdminToken))
+    {
+        let e = ApiError::new(
+            Code::Forbidden,
+            "only a security officer may create tokens for administrator certificates",
+        );
+        auth::audit_auth_failure(state, peer, admin.actor(), ROUTE, &e).await;
+        return Err(e);
+    }
+    let profile = state.ca.profiles().get(&profile_name).map_err(|_| {
+        ApiError::bad_request(format!("unknown profile {profile_name:?}"))
+    })?;
+    let ttl = match &req.ttl {
+        Some(t) => Span::parse(t).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?.0,
+        None => state.settings.token_default_ttl,
+    };
+    if ttl <= chrono::Duration::zero() || ttl > state.settings.token_max_ttl {
+        return Err(ApiError::bad_request(format!(
+            "ttl must be positive and at most {}",
+            Span(state.settings.token_max_ttl)
+        )));
+    }
+    let mut sans = Vec::new();
+    for s in &req.sans {
+        let san: San = s.parse().map_err(ApiError::from)?;
+        if !profile.names.allows(&san) {
+            return Err(ApiError::new(
+                Code::NameNotAllowed,
+                format!("{san} is not allowed by profile {profile_name:?}"),
+            ));
+        }
+        sans.push(san.to_string());
+    }
+    if let Some(cn) = &req.common_name {
+        if cn.is_empty() || cn.chars().count() > 64 || cn.chars().any(char::is_control) {
+            return Err(ApiError::bad_request("common_name must be 1-64 printable characters"));
+        }
+        if !profile.names.common_name {
+            return Err(ApiError::new(
+                Code::NameNotAllowed,
+                format!("profile {profile_name:?} does not allow a commonName"),
+            ));
+        }
+    }
+    if req.common_name.is_none() && sans.is_empty() {
+        return Err(ApiError::bad_request(
+            "a token must bind a common_name or at least one SAN",
+        ));
+    }
+    if profile_name == ADMIN_PROFILE {
+        let roles: Vec<Role> = sans
+            .iter()
+            .filter_map(|s| s.strip_prefix("uri:"))
+            .filter_map(|u| u.strip_prefix(auth::ROLE_URI_PREFIX))
+            .map(|r| {
+                Role::parse(r).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "unknown role {r:?} (security-officer, operator, auditor)"
+                    ))
+                })
+            })
+            .collect::<ApiResult<_>>()?;
+        if roles.is_empty() || req.common_name.is_none() {
+            return Err(ApiError::bad_request(
+                "an administrator token needs a common_name and a role SAN such as uri:urn:ca:role:operator",
+            ));
+        }
+    }
+    let (secret, id) = new_token();
+    let now = state.clock.now();
+    let record = TokenRecord {
+        id: id.clone(),
+        hash: token_hash(&secret),
+        identity: IdentityBinding {
+            common_name: req.common_name.clone(),
+            sans: sans.clone(),
+        },
+        profile: profile_name.clone(),
+        created_at: now,
+        expires_at: now + ttl,
+        created_by: admin.actor(),
+        used_at: None,
+    };
+    let store = state.store.clone();
+    let rec = record.clone();
+    tokio::task::spawn_blocking(move || store.insert_token(&rec))
+        .await
+        .map_err(ApiError::internal)??;
+    state.metrics.token_created();
+    state
+        .audit(
+            NewAuditEvent::ok(admin.actor(), "token.create", &id).with_detail(serde_json::json!({
+                "profile": profile_name,
+                "common_name": req.common_name,
+                "sans": sans,
+                "expires_at": record.expires_at.to_rfc3339(),
+            })),
+        )
+        .await;
+    tracing::info!(token_id = %id, profile = %record.profile, "enrollment token created");
+    Ok(TokenCreateResponse {
+        token: secret,
+        id,
+        expires_at: record.expires_at.to_rfc3339(),
+    })
+}
+
+/// Parse a serial given as hex, with or without colons or a `0x` prefix.
+pub fn parse_serial(s: &str) -> ApiResult<Vec<u8>> {
+    let clean: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let bytes = hex::decode(&clean)
+        .map_err(|_| ApiError::bad_request(format!("serial {s:?} is not hex")))?;
+    if bytes.is_empty() || bytes.len() > 20 {
+        return Err(ApiError::bad_request(format!(
+            "serial {s:?} must be 1 to 20 bytes (RFC 5280 4.1.2.2)"
+        )));
+    }
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+    Ok(bytes[first..].to_vec())
+}
+
+/// `POST /v1/admin/revoke`.
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RevokeResponse>> {
+    const ROUTE: &str = "/v1/admin/revoke";
+    let peer = peer_of(peer);
+    let admin = admin(&state, &peer, Permission::Revoke, ROUTE).await?;
+    let parsed = json::<RevokeRequest>(&headers, body).and_then(|req| {
+        let serial = parse_serial(&req.serial)?;
+        let reason = match &req.reason {
+            Some(r) => r
+                .parse::<RevocationReason>()
+                .map_err(ApiError::bad_request)?,
+            None => RevocationReason::Unspecified,
+        };
+        Ok((serial, reason))
+    });
+    let (serial, reason) = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            state
+                .audit(
+                    NewAuditEvent::failed(admin.actor(), "revoke", ROUTE, e.code.as_str())
+                        .with_detail(serde_json::json!({ "message": e.message })),
+                )
+                .await;
+            return Err(e);
+        }
+    };
+    let serial_hex = hex::encode(&serial);
+    // The revocation hook records, publishes (OCSP) and audits the revocation.
+    let rec = state.revoke(serial, reason, admin.actor()).await?;
+    let (at, reason) = match &rec.status {
+        RecordStatus::Revoked { at, reason } => (*at, *reason),
+        RecordStatus::Valid => (state.clock.now(), reason),
+    };
+    state.metrics.revoked(reason.name());
+    tracing::info!(serial = %serial_hex, reason = %reason, "revoked");
+    Ok(Json(RevokeResponse {
+        serial: serial_hex,
+        revoked_at: at.to_rfc3339(),
+        reason: reason.name().to_string(),
+    }))
+}
+
+/// Query of `GET /v1/admin/certs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertsQuery {
+    /// Only this identity.
+    pub identity: Option<String>,
+    /// `valid`, `revoked` or `expired`.
+    pub status: Option<String>,
+    /// Unexpired certificates whose notAfter is within this span (`24h`).
+    pub expiring_within: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Summary of a record as of `now`.
+pub fn summary(rec: &CertRecord, now: chrono::DateTime<chrono::Utc>) -> CertSummary {
+    let (status, revoked_at, reason) = match &rec.status {
+        RecordStatus::Revoked { at, reason } => (
+            "revoked",
+            Some(at.to_rfc3339()),
+            Some(reason.name().to_string()),
+        ),
+        RecordStatus::Valid if rec.not_after <= now => ("expired", None, None),
+        RecordStatus::Valid => ("valid", None, None),
+    };
+    CertSummary {
+        serial: rec.serial_hex(),
+        identity: rec.identity.clone(),
+        subject: rec.subject.clone(),
+        sans: rec.sans.clone(),
+        profile: rec.profile.clone(),
+        status: status.into(),
+        not_before: rec.not_before.to_rfc3339(),
+        not_after: rec.not_after.to_rfc3339(),
+        issued_at: rec.issued_at.to_rfc3339(),
+        revoked_at,
+        revocation_reason: reason,
+        requester: match &rec.requester {
+            Requester::Token(id) => format!("token:{id}"),
+            Requester::Renewal(s) => format!("renewal:{s}"),
+            Requester::Admin(a) => format!("admin:{a}"),
+        },
+    }
+}
+
+fn query<T: serde::de::DeserializeOwned + Default>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("query parameters: {}", e.body_text())))
+}
+
+/// `GET /v1/admin/certs`.
+pub async fn list_certs(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    q: Result<Query<CertsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<CertsResponse>> {
+    let peer = peer_of(peer);
+    admin(&state, &peer, Permission::ReadCerts, "/v1/admin/certs").await?;
+    let q = query(q)?;
+    let now = state.clock.now();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut filter = CertFilter {
+        identity: q.identity.clone().filter(|s| !s.is_empty()),
+        ..CertFilter::default()
+    };
+    match q.status.as_deref() {
+        None | Some("") | Some("all") => {}
+        Some("valid") => {
+            filter.revoked = Some(false);
+            filter.valid_at = Some(now);
+        }
+        Some("revoked") => filter.revoked = Some(true),
+        Some("expired") => {
+            filter.revoked = Some(false);
+            filter.expiring_before = Some(now + chrono::Duration::seconds(1));
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "status {other:?}: expected valid, revoked or expired"
+            )))
+        }
+    }
+    if let Some(w) = &q.expiring_within {
+        let span = Span::parse(w).map_err(|e| ApiError::bad_request(format!("expiring_within: {e}")))?;
+        filter.valid_at = Some(now);
+        filter.expiring_before = Some(now + span.0);
+    }
+    filter.limit = Some(limit);
+    let store = state.store.clone();
+    let recs = tokio::task::spawn_blocking(move || store.list_certs(&filter))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(CertsResponse {
+        certs: recs.iter().map(|r| summary(r, now)).collect(),
+    }))
+}
+
+/// `GET /v1/admin/audit?from=&limit=`.
+pub async fn audit_show(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<AuditResponse>> {
+    let peer = peer_of(peer);
+    admin(&state, &peer, Permission::ReadAudit, "/v1/admin/audit").await?;
+    let q = query(q)?;
+    let num = |k: &str, default: u64| -> ApiResult<u64> {
+        match q.get(k).map(String::as_str) {
+            None | Some("") => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("{k}={v:?} is not a number"))),
+        }
+    };
+    for k in q.keys() {
+        if k != "from" && k != "limit" {
+            return Err(ApiError::bad_request(format!("unknown query parameter {k:?}")));
+        }
+    }
+    let from = num("from", 1)?;
+    let limit = num("limit", 100)?.clamp(1, 1000) as usize;
+    let store = state.store.clone();
+    let events = tokio::task::spawn_blocking(move || store.audit_events(from, limit))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(AuditResponse { events }))
+}
+
+/// `GET /v1/admin/audit/verify`.
+pub async fn audit_verify(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+) -> ApiResult<Json<AuditVerifyResponse>> {
+    let peer = peer_of(peer);
+    let admin = admin(&state, &peer, Permission::ReadAudit, "/v1/admin/audit/verify").await?;
+    let store = state.store.clone();
+    let r = tokio::task::spawn_blocking(move || store.verify_audit())
+        .await
+        .map_err(ApiError::internal)?;
+    match r {
+        Ok(n) => Ok(Json(AuditVerifyResponse { ok: true, events: n })),
+        Err(e) => {
+            tracing::error!(error = %e, "audit log verification failed");
+            let err = ApiError::new(Code::AuditTampered, e.to_string());
+            // Record that the check failed (appending continues the chain from its head).
+            state
+                .audit(NewAuditEvent::failed(
+                    admin.actor(),
+                    "audit.verify",
+                    "/v1/admin/audit/verify",
+                    err.code.as_str(),
+                ))
+                .await;
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `POST /v1/enroll` (one-time token) and `POST /v1/renew` (mTLS).
+
+use super::types::{EnrollRequest, IssuedResponse, RenewRequest};
+use super::{json, peer_of};
+use crate::auth::{self, cert_actor, Peer};
+use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::Class;
+use crate::service::{token_hash, AppState, Outcome, Request};
+use ca_core::audit::NewAuditEvent;
+use ca_core::csr::CsrRequest;
+use ca_core::store::CertRecord;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::{Extension, Json};
+use std::sync::Arc;
+
+/// The `Issued` JSON of an outcome.
+pub fn issued_response(o: &Outcome) -> IssuedResponse {
+    let rec = &o.issued.record;
+    IssuedResponse {
+        certificate: o.issued.cert_pem(),
+        chain: o.issued.chain_pem(),
+        serial: rec.serial_hex(),
+        not_before: rec.not_before.to_rfc3339(),
+        not_after: rec.not_after.to_rfc3339(),
+    }
+}
+
+/// Enroll with a token: shared by `/v1/enroll` and EST simpleenroll. Audits either way.
+pub(crate) async fn enroll_with_token(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    route: &str,
+    token: &str,
+    csr: ApiResult<CsrRequest>,
+) -> ApiResult<Outcome> {
+    let result = match csr {
+        Ok(csr) => {
+            state
+                .issue(
+                    csr,
+                    Request::Enrollment {
+                        token_hash: token_hash(token),
+                    },
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(o) => {
+            let rec = &o.issued.record;
+            let token_id = o.token.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+            state.metrics.issued(&rec.profile);
+            state
+                .audit(
+                    NewAuditEvent::ok(format!("token:{token_id}"), "enroll", rec.serial_hex())
+                        .with_detail(serde_json::json!({
+                            "route": route,
+                            "identity": rec.identity,
+                            "sans": rec.sans,
+                            "profile": rec.profile,
+                            "token_id": token_id,
+                            "peer": peer.addr.ip().to_string(),
+                        })),
+                )
+                .await;
+            tracing::info!(serial = %rec.serial_hex(), identity = %rec.identity, %token_id, "enrolled");
+        }
+        Err(e) => {
+            state
+                .audit(
+                    NewAuditEvent::failed(peer.ip_key(), "enroll", route, e.code.as_str())
+                        .with_detail(serde_json::json!({ "message": e.message })),
+                )
+                .await;
+        }
+    }
+    result
+}
+
+/// Renew with the current certificate: shared by `/v1/renew` and EST simplereenroll.
+pub(crate) async fn renew_with_cert(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    route: &str,
+    previous: CertRecord,
+    csr: ApiResult<CsrRequest>,
+) -> ApiResult<Outcome> {
+    let actor = cert_actor(&previous);
+    let result = match csr {
+        Ok(csr) => state.issue(csr, Request::Renewal(previous.clone())).await,
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(o) => {
+            let rec = &o.issued.record;
+            state.metrics.renewed(&rec.profile);
+            state
+                .audit(
+                    NewAuditEvent::ok(actor, "renew", rec.serial_hex()).with_detail(
+                        serde_json::json!({
+                            "route": route,
+                            "previous": previous.serial_hex(),
+                            "identity": rec.identity,
+                            "profile": rec.profile,
+                            "peer": peer.addr.ip().to_string(),
+                        }),
+                    ),
+                )
+                .await;
+            tracing::info!(serial = %rec.serial_hex(), previous = %previous.serial_hex(), "renewed");
+        }
+        Err(e) => {
+            state
+                .audit(
+                    NewAuditEvent::failed(actor, "renew", route, e.code.as_str())
+                        .with_detail(serde_json::json!({ "message": e.message })),
+                )
+                .await;
+        }
+    }
+    result
+}
+
+/// Authenticate the renewing certificate (audited on refusal) after the rate limit.
+pub(crate) async fn renewing_cert(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    route: &str,
+) -> ApiResult<CertRecord> {
+    let key = match peer.cert.as_ref().and_then(|c| auth::cert_serial(c)) {
+        Some(s) => format!("cert:{}", hex::encode(s)),
+        None => peer.ip_key(),
+    };
+    state.limits.check(Class::Renew, &key)?;
+    match auth::check_client_cert(state, peer) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            auth::audit_auth_failure(state, peer, peer.ip_key(), route, &e).await;
+            Err(e)
+        }
+    }
+}
+
+/// `POST /v1/enroll`.
+pub async fn enroll(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<IssuedResponse>> {
+    let peer = peer_of(peer);
+    state.limits.check(Class::Enroll, &peer.ip_key())?;
+    let req: EnrollRequest = match json(&headers, body) {
+        Ok(r) => r,
+        Err(e) => {
+            audit_refusal(&state, &peer, "enroll", "/v1/enroll", &e).await;
+            return Err(e);
+        }
+    };
+    let csr = ca_core::csr::parse_pem_or_der(req.csr.as_bytes()).map_err(ApiError::from);
+    let o = enroll_with_token(&state, &peer, "/v1/enroll", &req.token, csr).await?;
+    Ok(Json(issued_response(&o)))
+}
+
+/// `POST /v1/renew`.
+pub async fn renew(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<IssuedResponse>> {
+    let peer = peer_of(peer);
+    let previous = renewing_cert(&state, &peer, "/v1/renew").await?;
+    let req: RenewRequest = match json(&headers, body) {
+        Ok(r) => r,
+        Err(e) => {
+            audit_refusal(&state, &peer, "renew", "/v1/renew", &e).await;
+            return Err(e);
+        }
+    };
+    let csr = ca_core::csr::parse_pem_or_der(req.csr.as_bytes()).map_err(ApiError::from);
+    let o = renew_with_cert(&state, &peer, "/v1/renew", previous, csr).await?;
+    Ok(Json(issued_response(&o)))
+}
+
+/// Audit a request refused before it reached the CA (bad body, wrong type).
+pub(crate) async fn audit_refusal(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    action: &str,
+    route: &str,
+    e: &ApiError,
+) {
+    state
+        .audit(
+            NewAuditEvent::failed(peer.ip_key(), action, route, e.code.as_str())
+                .with_detail(serde_json::json!({ "message": e.message })),
+        )
+        .await;
+}

@@ -1,0 +1,174 @@
+//! The HTTPS API router: enrollment, renewal, admin, EST, health and metrics.
+//!
+//! Every route answers errors as [`crate::error::ApiError`] JSON. Body size and request time
+//! are bounded; failures are counted by code in the metrics.
+
+pub mod admin;
+pub mod enroll;
+pub mod est;
+pub mod types;
+
+use crate::auth::Peer;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::service::AppState;
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tower::ServiceBuilder;
+
+/// The HTTPS API (all routes).
+pub fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.settings.request_timeout;
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/v1/chain", get(chain))
+        .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/renew", post(enroll::renew))
+        .route("/v1/admin/tokens", post(admin::create_token))
+        .route("/v1/admin/revoke", post(admin::revoke))
+        .route("/v1/admin/certs", get(admin::list_certs))
+        .route("/v1/admin/audit", get(admin::audit_show))
+        .route("/v1/admin/audit/verify", get(admin::audit_verify))
+        .route("/.well-known/est/cacerts", get(est::cacerts))
+        .route("/.well-known/est/simpleenroll", post(est::simpleenroll))
+        .route("/.well-known/est/simplereenroll", post(est::simplereenroll))
+        .merge(health_routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::new(Code::RequestTimeout, "the request took too long")
+                }))
+                .timeout(timeout),
+        )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// `/healthz`, `/readyz`, `/metrics` (also served on the status listener).
+pub fn health_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Health routes as a stand-alone router (for the plain-HTTP status listener).
+pub fn health_router(state: Arc<AppState>) -> Router {
+    health_routes().with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(Code::NotFound, "no such route")
+}
+
+/// Count failures by code; log each request without bodies (no tokens, no keys).
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if let Some(code) = resp.extensions().get::<Code>() {
+        state.metrics.failure(code.as_str());
+        tracing::info!(%method, %path, status = status.as_u16(), code = code.as_str(),
+            ms = start.elapsed().as_millis() as u64, "request refused");
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(),
+            ms = start.elapsed().as_millis() as u64, "request");
+    }
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn chain(State(state): State<Arc<AppState>>) -> Json<types::ChainResponse> {
+    Json(types::ChainResponse {
+        chain_pem: state.chain_pem(),
+        root_fingerprint: state.root_fingerprint(),
+    })
+}
+
+/// The peer of a request; a request that did not come through the TLS listener (tests that
+/// call the router directly) is an anonymous local peer.
+pub(crate) fn peer_of(peer: Option<Extension<Peer>>) -> Peer {
+    peer.map(|Extension(p)| p).unwrap_or(Peer {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cert: None,
+    })
+}
+
+/// The body, or `payload_too_large` / `bad_request`.
+pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    b.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(Code::PayloadTooLarge, "request body over the size limit")
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {r}"))
+        }
+    })
+}
+
+/// Refuse a body whose Content-Type is not one of `allowed`.
+pub(crate) fn content_type(headers: &HeaderMap, allowed: &[&str]) -> ApiResult<()> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if allowed.iter().any(|a| *a == essence) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            format!(
+                "Content-Type {:?} is not accepted here; send {}",
+                ct,
+                allowed.join(" or ")
+            ),
+        ))
+    }
+}
+
+/// Parse a JSON body (Content-Type application/json).
+pub(crate) fn json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
+    let bytes = body(b)?;
+    content_type(headers, &["application/json"])?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("request body is not the expected JSON: {e}")))
+}

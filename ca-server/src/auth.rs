@@ -1,0 +1,233 @@
+//! Who is calling: the client certificate presented at the TLS handshake (a request
+//! extension), checked per request against the store; and what an administrator may do.
+//!
+//! # Roles
+//!
+//! Administrator certificates are issued under the internal profile `_admin` and carry their
+//! role as a URI SAN `urn:ca:role:<role>`, one of `security-officer`, `operator`, `auditor`.
+//! A role URI counts only in a certificate of the `_admin` profile, so no enrollment profile
+//! can mint an administrator.
+//!
+//! | permission | security-officer | operator | auditor |
+//! |---|---|---|---|
+//! | create enrollment tokens | yes | yes | no |
+//! | create tokens for admin certificates (`_admin`) | yes | no | no |
+//! | revoke | yes | yes | no |
+//! | list certificates | yes | no | yes |
+//! | read and verify the audit log | yes | no | yes |
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::service::{AppState, ADMIN_PROFILE};
+use ca_core::audit::NewAuditEvent;
+use ca_core::store::CertRecord;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// URI SAN prefix that carries an administrator's role.
+pub const ROLE_URI_PREFIX: &str = "urn:ca:role:";
+
+/// The TLS peer of a request (inserted by the HTTPS listener).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The client certificate (DER) that passed the handshake, if any.
+    pub cert: Option<Arc<Vec<u8>>>,
+}
+
+impl Peer {
+    /// Rate-limit / audit key when no certificate identifies the caller.
+    pub fn ip_key(&self) -> String {
+        format!("ip:{}", self.addr.ip())
+    }
+}
+
+/// Administrator roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, including minting administrator certificates.
+    SecurityOfficer,
+    /// Create tokens, revoke.
+    Operator,
+    /// Read certificates and the audit log.
+    Auditor,
+}
+
+impl Role {
+    /// The role's name in `urn:ca:role:<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::SecurityOfficer => "security-officer",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// Parse a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::SecurityOfficer, Role::Operator, Role::Auditor]
+            .into_iter()
+            .find(|r| r.name() == s)
+    }
+
+    /// The SAN that carries this role (`uri:urn:ca:role:<name>`).
+    pub fn san(self) -> String {
+        format!("uri:{ROLE_URI_PREFIX}{}", self.name())
+    }
+
+    /// Whether the role grants a permission.
+    pub fn allows(self, p: Permission) -> bool {
+        match self {
+            Role::SecurityOfficer => true,
+            Role::Operator => matches!(p, Permission::CreateToken | Permission::Revoke),
+            Role::Auditor => matches!(p, Permission::ReadCerts | Permission::ReadAudit),
+        }
+    }
+}
+
+/// What an admin route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    /// `POST /v1/admin/tokens` for enrollment profiles.
+    CreateToken,
+    /// `POST /v1/admin/tokens` for the `_admin` profile.
+    CreateAdminToken,
+    /// `POST /v1/admin/revoke`.
+    Revoke,
+    /// `GET /v1/admin/certs`.
+    ReadCerts,
+    /// `GET /v1/admin/audit*`.
+    ReadAudit,
+}
+
+/// Roles carried by a stored certificate record (only `_admin` certificates carry any).
+pub fn roles_of(record: &CertRecord) -> Vec<Role> {
+    if record.profile != ADMIN_PROFILE {
+        return Vec::new();
+    }
+    record
+        .sans
+        .iter()
+        .filter_map(|s| s.strip_prefix("uri:"))
+        .filter_map(|u| u.strip_prefix(ROLE_URI_PREFIX))
+        .filter_map(Role::parse)
+        .collect()
+}
+
+/// Serial (big-endian magnitude) of a DER certificate.
+pub fn cert_serial(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.tbs_certificate.raw_serial().to_vec())
+}
+
+/// Audit actor for a certificate holder.
+pub fn cert_actor(record: &CertRecord) -> String {
+    format!("{} (serial {})", record.identity, record.serial_hex())
+}
+
+/// The certificate presented must be one this CA issued (same DER as stored), not revoked and
+/// not expired by the CA's clock. Refusals are audited and counted by the caller's route.
+pub fn check_client_cert(state: &AppState, peer: &Peer) -> ApiResult<CertRecord> {
+    let der = peer.cert.as_ref().ok_or_else(|| {
+        ApiError::new(
+            Code::ClientCertRequired,
+            "this route needs a client certificate issued by this CA (mTLS)",
+        )
+    })?;
+    let unknown = || ApiError::new(Code::CertUnknown, "client certificate was not issued by this CA");
+    let serial = cert_serial(der).ok_or_else(unknown)?;
+    let serial = strip_sign_byte(&serial);
+    let record = state.store.get_cert(serial)?.ok_or_else(unknown)?;
+    if record.der.as_slice() != der.as_slice() {
+        return Err(unknown());
+    }
+    if record.is_revoked() {
+        return Err(ApiError::new(
+            Code::CertRevoked,
+            format!("client certificate {} is revoked", record.serial_hex()),
+        ));
+    }
+    let now = state.clock.now();
+    if record.not_after <= now {
+        return Err(ApiError::new(
+            Code::CertExpired,
+            format!(
+                "client certificate {} expired at {}; enroll again with a new token",
+                record.serial_hex(),
+                record.not_after.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(record)
+}
+
+/// DER INTEGERs carry a leading zero byte when the top bit is set; the store keys by magnitude.
+fn strip_sign_byte(serial: &[u8]) -> &[u8] {
+    match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        s => s,
+    }
+}
+
+/// An authenticated administrator.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// The admin's certificate record.
+    pub record: CertRecord,
+    /// Its roles.
+    pub roles: Vec<Role>,
+}
+
+impl Admin {
+    /// Audit actor.
+    pub fn actor(&self) -> String {
+        cert_actor(&self.record)
+    }
+}
+
+/// Authenticate an administrator and check the permission; refusals are audited.
+pub async fn require(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    perm: Permission,
+    route: &str,
+) -> ApiResult<Admin> {
+    let record = match check_client_cert(state, peer) {
+        Ok(r) => r,
+        Err(e) => {
+            audit_auth_failure(state, peer, peer.ip_key(), route, &e).await;
+            return Err(e);
+        }
+    };
+    let roles = roles_of(&record);
+    if roles.iter().any(|r| r.allows(perm)) {
+        return Ok(Admin { record, roles });
+    }
+    let held = if roles.is_empty() {
+        "no administrator role".to_string()
+    } else {
+        roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
+    };
+    let e = ApiError::new(
+        Code::Forbidden,
+        format!("{route} is not allowed for this certificate ({held})"),
+    );
+    audit_auth_failure(state, peer, cert_actor(&record), route, &e).await;
+    Err(e)
+}
+
+/// Append an `auth.fail` audit event.
+pub async fn audit_auth_failure(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    actor: String,
+    route: &str,
+    e: &ApiError,
+) {
+    state
+        .audit(
+            NewAuditEvent::failed(actor, "auth.fail", route, e.code.as_str())
+                .with_detail(serde_json::json!({ "peer": peer.addr.ip().to_string() })),
+        )
+        .await;
+}

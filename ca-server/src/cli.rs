@@ -1,0 +1,537 @@
+//! The `ca-server` command line: `serve`, `dev`, and the admin client commands (`token
+//! create`, `revoke`, `certs list`, `audit show|verify`, `admin-cert create`) that talk to the
+//! HTTPS API with an administrator certificate (flags, or the variables of `dev.env`).
+
+use crate::api::types::*;
+use crate::client::{ApiClient, ClientError};
+use crate::config::ServerConfig;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The internal CA server and its admin client.
+#[derive(Debug, Parser)]
+#[command(name = "ca-server", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log as JSON lines (default: human-readable).
+    #[arg(long, global = true, env = "CA_LOG_JSON")]
+    pub log_json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CA from a configuration file.
+    Serve {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Development CA: on an empty DIR, rehearse the key ceremonies on SoftHSM, write a config
+    /// and an admin certificate, then serve; on an existing DIR, reuse it. Writes DIR/dev.env.
+    Dev {
+        /// Data directory.
+        #[arg(long, default_value = "ca-data")]
+        data: PathBuf,
+        /// HTTPS listener address (port 0: any free port; the bound address goes to dev.env).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Status (OCSP/CRL) listener address.
+        #[arg(long)]
+        status_listen: Option<SocketAddr>,
+    },
+    /// Enrollment tokens.
+    Token {
+        /// Token commands.
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Revoke a certificate.
+    Revoke(RevokeArgs),
+    /// Certificates.
+    Certs {
+        /// Certificate commands.
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// The audit log.
+    Audit {
+        /// Audit commands.
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Administrator certificates (security officer only).
+    AdminCert {
+        /// Admin certificate commands.
+        #[command(subcommand)]
+        cmd: AdminCertCmd,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// How the admin client reaches the API.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// API base URL.
+    #[arg(long, env = "CA_URL", default_value = "https://127.0.0.1:8443")]
+    pub url: String,
+    /// Root certificate to verify the server with (PEM).
+    #[arg(long, env = "CA_ROOT")]
+    pub root: PathBuf,
+    /// Admin certificate (PEM).
+    #[arg(long, env = "CA_ADMIN_CERT")]
+    pub cert: PathBuf,
+    /// Admin private key (PEM).
+    #[arg(long, env = "CA_ADMIN_KEY")]
+    pub key: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Conn {
+    /// Build the client.
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
+        };
+        let root = read(&self.root, "root certificate (--root / CA_ROOT)")?;
+        let cert = read(&self.cert, "admin certificate (--cert / CA_ADMIN_CERT)")?;
+        let key = read(&self.key, "admin key (--key / CA_ADMIN_KEY)")?;
+        Ok(ApiClient::new(&self.url, &root, Some((&cert, &key)))?)
+    }
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a one-time enrollment token bound to an identity and a profile.
+    Create {
+        /// Subject commonName the certificate will carry.
+        #[arg(long)]
+        cn: Option<String>,
+        /// A SAN the holder may request (repeatable): dns:NAME, uri:URI, ip:ADDR, email:ADDR.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Profile.
+        #[arg(long, default_value = "client")]
+        profile: String,
+        /// Lifetime (e.g. 30m, 1h, 2d; default from the server, 1h).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `revoke` arguments.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Serial number (hex).
+    pub serial: String,
+    /// RFC 5280 reason: unspecified, keyCompromise, superseded, cessationOfOperation, ...
+    #[arg(long, default_value = "unspecified")]
+    pub reason: String,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// `certs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// List or search certificates.
+    List {
+        /// Only this identity (CN, else first SAN).
+        #[arg(long)]
+        identity: Option<String>,
+        /// valid, revoked or expired.
+        #[arg(long)]
+        status: Option<String>,
+        /// Unexpired certificates that expire within this span (e.g. 24h).
+        #[arg(long)]
+        expiring_within: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Show audit events.
+    Show {
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Verify the hash chain of the whole log (exit 1 if it was tampered with).
+    Verify {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `admin-cert` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCertCmd {
+    /// Create an administrator certificate: a token for profile `_admin` with the role, then
+    /// an enrollment with a key generated here. Writes NAME.crt and NAME.key into --out.
+    Create {
+        /// Role: security-officer, operator or auditor.
+        #[arg(long)]
+        role: String,
+        /// Name (commonName) of the administrator.
+        #[arg(long)]
+        name: String,
+        /// Output directory.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Print rows as an aligned table.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Set up tracing: `RUST_LOG` wins, else `level` (default info); JSON lines with `json`.
+pub fn init_logging(json: bool, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Command::Serve { config } => {
+            let cfg = ServerConfig::load(&config)?;
+            init_logging(cli.log_json || cfg.log.json, cfg.log.level.as_deref());
+            let running = crate::server::start_from_config(&cfg).await?;
+            println!(
+                "ca-server listening: API https://{} status http://{}",
+                running.api_addr,
+                running
+                    .status_addr
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            running.wait_for_signal().await;
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            ServerConfig::load(&config)?;
+            println!("{}: OK", config.display());
+            Ok(())
+        }
+        Command::Dev {
+            data,
+            listen,
+            status_listen,
+        } => {
+            init_logging(cli.log_json, None);
+            crate::dev::run(crate::dev::DevOptions {
+                data,
+                listen,
+                status_listen,
+            })
+            .await
+        }
+        Command::Token {
+            cmd:
+                TokenCmd::Create {
+                    cn,
+                    sans,
+                    profile,
+                    ttl,
+                    conn,
+                },
+        } => {
+            let client = conn.client()?;
+            let req = TokenCreateRequest {
+                common_name: cn,
+                sans,
+                profile: Some(profile),
+                ttl,
+            };
+            let resp: TokenCreateResponse = client.post_json("/v1/admin/tokens", &req).await?;
+            if conn.json {
+                print_json(&resp)
+            } else {
+                println!("{}", resp.token);
+                eprintln!("token id {} expires at {} (shown once; single use)", resp.id, resp.expires_at);
+                Ok(())
+            }
+        }
+        Command::Revoke(args) => {
+            let client = args.conn.client()?;
+            let req = RevokeRequest {
+                serial: args.serial,
+                reason: Some(args.reason),
+            };
+            let resp: RevokeResponse = client.post_json("/v1/admin/revoke", &req).await?;
+            if args.conn.json {
+                print_json(&resp)
+            } else {
+                println!(
+                    "revoked {} at {} ({})",
+                    resp.serial, resp.revoked_at, resp.reason
+                );
+                Ok(())
+            }
+        }
+        Command::Certs {
+            cmd:
+                CertsCmd::List {
+                    identity,
+                    status,
+                    expiring_within,
+                    limit,
+                    conn,
+                },
+        } => {
+            let client = conn.client()?;
+            let mut q = vec![format!("limit={limit}")];
+            let enc = |s: &str| -> String {
+                s.bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect()
+            };
+            if let Some(i) = identity {
+                q.push(format!("identity={}", enc(&i)));
+            }
+            if let Some(s) = status {
+                q.push(format!("status={}", enc(&s)));
+            }
+            if let Some(e) = expiring_within {
+                q.push(format!("expiring_within={}", enc(&e)));
+            }
+            let resp: CertsResponse = client
+                .get_json(&format!("/v1/admin/certs?{}", q.join("&")))
+                .await?;
+            if conn.json {
+                return print_json(&resp);
+            }
+            let rows: Vec<Vec<String>> = resp
+                .certs
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.serial.clone(),
+                        c.identity.clone(),
+                        c.profile.clone(),
+                        c.status.clone(),
+                        c.not_after.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["SERIAL", "IDENTITY", "PROFILE", "STATUS", "NOT AFTER"], &rows)
+            );
+            Ok(())
+        }
+        Command::Audit {
+            cmd: AuditCmd::Show { from, limit, conn },
+        } => {
+            let client = conn.client()?;
+            let resp: AuditResponse = client
+                .get_json(&format!("/v1/admin/audit?from={from}&limit={limit}"))
+                .await?;
+            if conn.json {
+                return print_json(&resp);
+            }
+            let rows: Vec<Vec<String>> = resp
+                .events
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        e.time.to_rfc3339(),
+                        e.event.actor.clone(),
+                        e.event.action.clone(),
+                        e.event.object.clone(),
+                        e.event.result.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["SEQ", "TIME", "ACTOR", "ACTION", "OBJECT", "RESULT"], &rows)
+            );
+            Ok(())
+        }
+        Command::Audit {
+            cmd: AuditCmd::Verify { conn },
+        } => {
+            let client = conn.client()?;
+            match client
+                .get_json::<AuditVerifyResponse>("/v1/admin/audit/verify")
+                .await
+            {
+                Ok(r) => {
+                    if conn.json {
+                        print_json(&r)
+                    } else {
+                        println!("audit log OK: {} events, hash chain intact", r.events);
+                        Ok(())
+                    }
+                }
+                Err(e @ ClientError::Api { .. }) if e.code() == Some("audit_tampered") => {
+                    if conn.json {
+                        print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
+                    }
+                    Err(anyhow::anyhow!("audit log verification FAILED: {e}"))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::AdminCert {
+            cmd:
+                AdminCertCmd::Create {
+                    role,
+                    name,
+                    out,
+                    conn,
+                },
+        } => {
+            let role = crate::auth::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("unknown role {role:?} (security-officer, operator, auditor)")
+            })?;
+            let client = conn.client()?;
+            let (cert, key) = create_admin_cert(&client, &conn.root, &name, role).await?;
+            std::fs::create_dir_all(&out)?;
+            let key_path = out.join(format!("{name}.key"));
+            let cert_path = out.join(format!("{name}.crt"));
+            if key_path.exists() || cert_path.exists() {
+                anyhow::bail!("{} or {} exists; refusing to overwrite", key_path.display(), cert_path.display());
+            }
+            crate::dev::write_atomic(&key_path, key.as_bytes(), 0o600)?;
+            crate::dev::write_atomic(&cert_path, cert.certificate.as_bytes(), 0o644)?;
+            if conn.json {
+                print_json(&serde_json::json!({
+                    "serial": cert.serial, "role": role.name(),
+                    "certificate": cert_path, "key": key_path, "not_after": cert.not_after,
+                }))
+            } else {
+                println!(
+                    "administrator {name} ({}) serial {} until {}\n  certificate {}\n  key         {}",
+                    role.name(),
+                    cert.serial,
+                    cert.not_after,
+                    cert_path.display(),
+                    key_path.display()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Create an administrator certificate through the API: a `_admin` token carrying the role,
+/// then an enrollment with a fresh P-256 key. Returns the issued certificate and the key PEM.
+pub async fn create_admin_cert(
+    client: &ApiClient,
+    root: &Path,
+    name: &str,
+    role: crate::auth::Role,
+) -> anyhow::Result<(IssuedResponse, String)> {
+    let tok: TokenCreateResponse = client
+        .post_json(
+            "/v1/admin/tokens",
+            &TokenCreateRequest {
+                common_name: Some(name.into()),
+                sans: vec![role.san()],
+                profile: Some(crate::service::ADMIN_PROFILE.into()),
+                ttl: Some("10m".into()),
+            },
+        )
+        .await?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?.pem()?;
+    let root_pem = std::fs::read(root)?;
+    let anon = ApiClient::new(client.url(), &root_pem, None)?;
+    let issued: IssuedResponse = anon
+        .post_json(
+            "/v1/enroll",
+            &EnrollRequest {
+                token: tok.token,
+                csr,
+            },
+        )
+        .await?;
+    Ok((issued, key.serialize_pem()))
+}

@@ -1,0 +1,510 @@
+//! The server configuration file (TOML), strict: unknown keys are errors, and every error
+//! names the key that is wrong.
+//!
+//! ```toml
+//! data_dir = "/var/lib/ca"
+//!
+//! [listen]
+//! api = "0.0.0.0:8443"
+//! status = "0.0.0.0:8080"
+//!
+//! [hsm]
+//! token_label = "online"
+//! pin = { file = "/etc/ca/hsm.pin" }      # or { env = "CA_HSM_PIN" }
+//! issuing_key = "issuing-ca"
+//!
+//! [ca]
+//! certificate = "/etc/ca/intermediate.pem"
+//! chain = "/etc/ca/root.pem"                # certificates above the issuing CA, root last
+//!
+//! [tls]
+//! names = ["dns:ca.example.com"]
+//!
+//! [profiles.client]
+//! validity = "24h"
+//! names = { dns = [".svc.example.com"] }
+//! ```
+
+use ca_core::issuance::IssuerUrls;
+use ca_core::profile::{Profiles, Span};
+use ca_core::signer::pkcs11::PinSource;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// What can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error, or an unknown key.
+    #[error("config file {path}: at `{key}`: {message}")]
+    Parse {
+        /// Path.
+        path: PathBuf,
+        /// Key path (`limits.enroll.burst`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is syntactically fine but not acceptable.
+    #[error("config: `{key}`: {message}")]
+    Invalid {
+        /// Key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Directory for the store (`DATA/store`).
+    pub data_dir: PathBuf,
+    /// Listener addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// The HSM holding the issuing key.
+    pub hsm: HsmSection,
+    /// Issuing CA certificate and chain.
+    pub ca: CaSection,
+    /// URLs written into certificates (AIA, CRL DP).
+    #[serde(default)]
+    pub urls: IssuerUrls,
+    /// The server's own TLS certificate.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// Administrator certificates.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Enrollment tokens.
+    #[serde(default)]
+    pub tokens: TokenSection,
+    /// Rate, body and time limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+    /// OCSP responder settings (status listener).
+    #[serde(default)]
+    pub ocsp: OcspSection,
+    /// CRL settings (status listener).
+    #[serde(default)]
+    pub crl: CrlSection,
+    /// Certificate profiles agents can enroll under. Names starting with `_` are reserved for
+    /// the server's internal profiles (`_admin`, `_server-tls`).
+    pub profiles: Profiles,
+}
+
+/// Listener addresses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// HTTPS API (default 127.0.0.1:8443).
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// Plain-HTTP status listener (default 127.0.0.1:8080).
+    #[serde(default = "default_status")]
+    pub status: SocketAddr,
+}
+
+fn default_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_status() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            api: default_api(),
+            status: default_status(),
+        }
+    }
+}
+
+/// The HSM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmSection {
+    /// PKCS#11 module (default: `$PKCS11_MODULE` or SoftHSM2).
+    #[serde(default)]
+    pub module: Option<PathBuf>,
+    /// Token label.
+    pub token_label: String,
+    /// PIN source: `{ env = "VAR" }` or `{ file = "/path" }`; never the PIN itself.
+    pub pin: PinSource,
+    /// Label of the issuing CA key.
+    #[serde(default = "default_issuing_key")]
+    pub issuing_key: String,
+    /// Signing session pool size (default: cores, at least 2).
+    #[serde(default)]
+    pub sessions: Option<usize>,
+    /// SoftHSM configuration file to use (sets `SOFTHSM2_CONF` before the module loads).
+    #[serde(default)]
+    pub softhsm_conf: Option<PathBuf>,
+}
+
+fn default_issuing_key() -> String {
+    "issuing-ca".into()
+}
+
+/// Issuing CA certificate and chain.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    /// The issuing CA certificate (PEM).
+    pub certificate: PathBuf,
+    /// The certificates above it (PEM, intermediates then root; root last).
+    pub chain: PathBuf,
+}
+
+/// The server's TLS certificate, issued by the CA itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Names in the server certificate (`dns:ca.example.com`, `ip:127.0.0.1`).
+    #[serde(default = "default_tls_names")]
+    pub names: Vec<String>,
+    /// Lifetime of the server certificate (default 7d); renewed at 2/3 of it.
+    #[serde(default = "default_tls_validity")]
+    pub validity: Span,
+}
+
+fn default_tls_names() -> Vec<String> {
+    vec!["dns:localhost".into(), "ip:127.0.0.1".into()]
+}
+fn default_tls_validity() -> Span {
+    Span(chrono::Duration::days(7))
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            names: default_tls_names(),
+            validity: default_tls_validity(),
+        }
+    }
+}
+
+/// Administrator certificates (profile `_admin`, role in a `urn:ca:role:` URI SAN).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Lifetime of admin certificates (default 90d).
+    #[serde(default = "default_admin_validity")]
+    pub validity: Span,
+}
+
+fn default_admin_validity() -> Span {
+    Span(chrono::Duration::days(90))
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            validity: default_admin_validity(),
+        }
+    }
+}
+
+/// Enrollment tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// Lifetime when the request names none (default 1h).
+    #[serde(default = "default_token_ttl")]
+    pub default_ttl: Span,
+    /// Longest lifetime an operator may ask for (default 7d).
+    #[serde(default = "default_token_max_ttl")]
+    pub max_ttl: Span,
+}
+
+fn default_token_ttl() -> Span {
+    Span(chrono::Duration::hours(1))
+}
+fn default_token_max_ttl() -> Span {
+    Span(chrono::Duration::days(7))
+}
+
+impl Default for TokenSection {
+    fn default() -> Self {
+        TokenSection {
+            default_ttl: default_token_ttl(),
+            max_ttl: default_token_max_ttl(),
+        }
+    }
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: u32,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// Protection limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body (default 64 KiB).
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// Time a request may take (default 30s).
+    #[serde(default = "default_timeout")]
+    pub request_timeout: Span,
+    /// Time a TLS handshake may take (default 10s).
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout: Span,
+    /// Enrollment (and EST simpleenroll) per client IP.
+    #[serde(default = "default_enroll_rate")]
+    pub enroll: Rate,
+    /// Renewal (and EST simplereenroll) per client certificate.
+    #[serde(default = "default_renew_rate")]
+    pub renew: Rate,
+    /// Admin routes per admin certificate (or IP when none).
+    #[serde(default = "default_admin_rate")]
+    pub admin: Rate,
+}
+
+fn default_body() -> usize {
+    64 * 1024
+}
+fn default_timeout() -> Span {
+    Span(chrono::Duration::seconds(30))
+}
+fn default_handshake() -> Span {
+    Span(chrono::Duration::seconds(10))
+}
+fn default_enroll_rate() -> Rate {
+    Rate {
+        per_second: 100,
+        burst: 200,
+    }
+}
+fn default_renew_rate() -> Rate {
+    Rate {
+        per_second: 2,
+        burst: 10,
+    }
+}
+fn default_admin_rate() -> Rate {
+    Rate {
+        per_second: 20,
+        burst: 50,
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_body(),
+            request_timeout: default_timeout(),
+            handshake_timeout: default_handshake(),
+            enroll: default_enroll_rate(),
+            renew: default_renew_rate(),
+            admin: default_admin_rate(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// JSON lines instead of human-readable text.
+    #[serde(default)]
+    pub json: bool,
+    /// `tracing` filter (default `info`; `RUST_LOG` wins).
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// OCSP responder settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcspSection {
+    /// HSM key label of the delegated OCSP signer (default: sign with the issuing key).
+    #[serde(default)]
+    pub signer_key: Option<String>,
+    /// Its certificate (PEM), issued by the issuing CA with id-kp-OCSPSigning.
+    #[serde(default)]
+    pub signer_cert: Option<PathBuf>,
+    /// Validity of pre-signed responses (default set by the responder).
+    #[serde(default)]
+    pub validity: Option<Span>,
+    /// Pre-signed responses about other issuers (e.g. the root-signed response about the
+    /// intermediate), DER files.
+    #[serde(default)]
+    pub external_responses: Vec<PathBuf>,
+}
+
+/// CRL settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlSection {
+    /// Interval between thisUpdate and nextUpdate (default set by the CRL builder).
+    #[serde(default)]
+    pub validity: Option<Span>,
+}
+
+impl ServerConfig {
+    /// Read, parse and validate a configuration file. Relative paths are resolved against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { key, message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                key,
+                message,
+            },
+            other => other,
+        })?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_paths(base);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text (no validation, no path resolution).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                path: PathBuf::new(),
+                key: if key == "." { "(top level)".into() } else { key },
+                message: inner.message().to_string(),
+            }
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.ca.certificate);
+        fix(&mut self.ca.chain);
+        if let PinSource::File(p) = &mut self.hsm.pin {
+            fix(p);
+        }
+        if let Some(p) = &mut self.hsm.softhsm_conf {
+            fix(p);
+        }
+        if let Some(p) = &mut self.ocsp.signer_cert {
+            fix(p);
+        }
+        for p in &mut self.ocsp.external_responses {
+            fix(p);
+        }
+    }
+
+    /// Check values; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for name in self.profiles.0.keys() {
+            if name.starts_with('_') {
+                return Err(invalid(
+                    &format!("profiles.{name}"),
+                    "profile names starting with `_` are reserved for the server",
+                ));
+            }
+        }
+        self.profiles.validate().map_err(|e| match e {
+            ca_core::Error::Config { path, reason } => invalid(&path, reason),
+            other => invalid("profiles", other.to_string()),
+        })?;
+        if self.tls.names.is_empty() {
+            return Err(invalid("tls.names", "at least one name is needed"));
+        }
+        for (i, n) in self.tls.names.iter().enumerate() {
+            n.parse::<ca_core::profile::San>()
+                .map_err(|e| invalid(&format!("tls.names[{i}]"), e.to_string()))?;
+        }
+        let pos = |key: &str, s: &Span| {
+            if s.0 <= chrono::Duration::zero() {
+                Err(invalid(key, "must be positive"))
+            } else {
+                Ok(())
+            }
+        };
+        pos("tls.validity", &self.tls.validity)?;
+        pos("admin.validity", &self.admin.validity)?;
+        pos("tokens.default_ttl", &self.tokens.default_ttl)?;
+        pos("tokens.max_ttl", &self.tokens.max_ttl)?;
+        pos("limits.request_timeout", &self.limits.request_timeout)?;
+        pos("limits.handshake_timeout", &self.limits.handshake_timeout)?;
+        if self.tls.validity.0 > chrono::Duration::days(398) {
+            return Err(invalid("tls.validity", "at most 398d"));
+        }
+        if self.admin.validity.0 > chrono::Duration::days(398) {
+            return Err(invalid("admin.validity", "at most 398d"));
+        }
+        if self.tokens.default_ttl.0 > self.tokens.max_ttl.0 {
+            return Err(invalid(
+                "tokens.default_ttl",
+                "longer than tokens.max_ttl",
+            ));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(invalid("limits.max_body_bytes", "at least 1024"));
+        }
+        for (key, r) in [
+            ("limits.enroll", self.limits.enroll),
+            ("limits.renew", self.limits.renew),
+            ("limits.admin", self.limits.admin),
+        ] {
+            if r.per_second == 0 {
+                return Err(invalid(&format!("{key}.per_second"), "must be at least 1"));
+            }
+            if r.burst == 0 {
+                return Err(invalid(&format!("{key}.burst"), "must be at least 1"));
+            }
+        }
+        if self.ocsp.signer_key.is_some() != self.ocsp.signer_cert.is_some() {
+            return Err(invalid(
+                "ocsp.signer_cert",
+                "ocsp.signer_key and ocsp.signer_cert go together",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialise (for `ca-server dev`, which writes the config it uses).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| invalid("(serialise)", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

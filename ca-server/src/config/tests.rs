@@ -1,0 +1,62 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+data_dir = "data"
+[hsm]
+token_label = "online"
+pin = { env = "CA_HSM_PIN" }
+[ca]
+certificate = "issuing.pem"
+chain = "root.pem"
+[profiles.client]
+validity = "24h"
+"#;
+
+#[test]
+fn minimal_config_parses_with_defaults() {
+    let cfg = ServerConfig::parse(MINIMAL).expect("parses");
+    cfg.validate().expect("valid");
+    assert_eq!(cfg.listen.api.port(), 8443);
+    assert_eq!(cfg.limits.max_body_bytes, 64 * 1024);
+    assert_eq!(cfg.tokens.default_ttl.0, chrono::Duration::hours(1));
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let text = format!("{MINIMAL}\n[limits]\nbody = 3\n");
+    let err = ServerConfig::parse(&text).expect_err("unknown key");
+    let msg = err.to_string();
+    assert!(msg.contains("limits"), "{msg}");
+    assert!(msg.contains("body"), "{msg}");
+}
+
+#[test]
+fn bad_value_names_the_key() {
+    let text = MINIMAL.replace("validity = \"24h\"", "validity = \"forever\"");
+    let err = ServerConfig::parse(&text).expect_err("bad span");
+    assert!(err.to_string().contains("profiles.client.validity"), "{err}");
+
+    let text = format!("{MINIMAL}\n[limits.enroll]\nper_second = 0\nburst = 1\n");
+    let err = ServerConfig::parse(&text)
+        .expect("parses")
+        .validate()
+        .expect_err("zero rate");
+    assert!(err.to_string().contains("limits.enroll.per_second"), "{err}");
+}
+
+#[test]
+fn reserved_profile_names_are_refused() {
+    let text = format!("{MINIMAL}\n[profiles._admin]\nvalidity = \"1h\"\n");
+    let err = ServerConfig::parse(&text)
+        .expect("parses")
+        .validate()
+        .expect_err("reserved");
+    assert!(err.to_string().contains("profiles._admin"), "{err}");
+}
+
+#[test]
+fn plain_pin_in_config_is_refused() {
+    let text = MINIMAL.replace("pin = { env = \"CA_HSM_PIN\" }", "pin = \"1234\"");
+    let err = ServerConfig::parse(&text).expect_err("pin as string");
+    assert!(err.to_string().contains("hsm.pin"), "{err}");
+}

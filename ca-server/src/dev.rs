@@ -1,0 +1,400 @@
+//! `ca-server dev`: the quick start. On an empty data directory it rehearses the key
+//! ceremonies on throwaway SoftHSM tokens ([`ceremonies::dev::rehearse`]: root, issuing key,
+//! intermediate, OCSP signer, root CRL), writes a server configuration and an administrator
+//! certificate (role security-officer), then serves. On a directory it made before it reuses
+//! everything. It writes `DIR/dev.env` (`export` lines for the admin CLI and the agent) once
+//! the listeners are bound, with the actual addresses (port 0 is allowed).
+//!
+//! Layout of `DIR`: `pki/` (ceremony artifacts, `hsm/` inside), `config.toml`, `store/`,
+//! `admin/admin.crt` + `admin/admin.key`, `dev.env`.
+
+use crate::auth::Role;
+use crate::config::{
+    CaSection, HsmSection, Listen, OcspSection, ServerConfig,
+};
+use crate::metrics::Metrics;
+use crate::server::{self, Running};
+use crate::service::{AppState, Request, ADMIN_PROFILE};
+use anyhow::Context;
+use ca_core::issuance::{pem, IssuerUrls};
+use ca_core::profile::{ExtKeyUsage, NamePolicy, Profile, Profiles};
+use ca_core::signer::pkcs11::PinSource;
+use ca_core::store::IdentityBinding;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Options of `ca-server dev`.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    /// Data directory (default `./ca-data`).
+    pub data: PathBuf,
+    /// HTTPS listener (default 127.0.0.1:8443; port 0 picks a free port).
+    pub listen: Option<SocketAddr>,
+    /// Status listener (default 127.0.0.1:8080; port 0 picks a free port).
+    pub status_listen: Option<SocketAddr>,
+}
+
+/// What `dev` prints and writes to `dev.env`.
+#[derive(Clone, Debug)]
+pub struct DevInfo {
+    /// `https://ADDR`
+    pub ca_url: String,
+    /// `http://ADDR`
+    pub status_url: String,
+    /// Root certificate (PEM).
+    pub root: PathBuf,
+    /// SHA-256 of the root (hex).
+    pub fingerprint: String,
+    /// Admin certificate (PEM).
+    pub admin_cert: PathBuf,
+    /// Admin key (PEM, mode 0600).
+    pub admin_key: PathBuf,
+    /// SoftHSM configuration of the dev tokens.
+    pub softhsm_conf: PathBuf,
+}
+
+impl DevInfo {
+    /// `export` lines for a POSIX shell.
+    pub fn env_lines(&self) -> String {
+        let q = |p: &Path| hsm_sim::shell_quote(&p.display().to_string());
+        format!(
+            "export CA_URL={}\nexport CA_STATUS_URL={}\nexport CA_ROOT={}\nexport CA_FINGERPRINT={}\nexport CA_ADMIN_CERT={}\nexport CA_ADMIN_KEY={}\nexport SOFTHSM2_CONF={}\n",
+            hsm_sim::shell_quote(&self.ca_url),
+            hsm_sim::shell_quote(&self.status_url),
+            q(&self.root),
+            self.fingerprint,
+            q(&self.admin_cert),
+            q(&self.admin_key),
+            q(&self.softhsm_conf),
+        )
+    }
+}
+
+/// Profiles of the dev CA: `client` (clientAuth), `server` (serverAuth), `mtls` (both), any
+/// name (the token's binding decides the names).
+pub fn dev_profiles() -> Profiles {
+    let names = NamePolicy {
+        dns: vec!["*".into()],
+        uri: vec!["*".into()],
+        email: vec!["*".into()],
+        ip: vec!["0.0.0.0/0".into(), "::/0".into()],
+        common_name: true,
+        max_sans: 10,
+    };
+    let client = Profile::client(names.clone());
+    let mut server = Profile::client(names.clone());
+    server.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
+    let mut mtls = Profile::client(names);
+    mtls.extended_key_usage = vec![ExtKeyUsage::ClientAuth, ExtKeyUsage::ServerAuth];
+    Profiles(
+        [
+            ("client".to_string(), client),
+            ("server".to_string(), server),
+            ("mtls".to_string(), mtls),
+        ]
+        .into_iter()
+        .collect(),
+    )
+}
+
+/// The PKI of a dev directory, however it was made.
+#[derive(Clone, Debug)]
+pub struct DevPki {
+    /// SoftHSM configuration.
+    pub softhsm_conf: PathBuf,
+    /// PKCS#11 module.
+    pub module: PathBuf,
+    /// Token holding the issuing and OCSP keys.
+    pub token: String,
+    /// Its PIN file.
+    pub pin_file: PathBuf,
+    /// Issuing key label.
+    pub issuing_key: String,
+    /// OCSP signer key label and certificate (PEM).
+    pub ocsp: Option<(String, PathBuf)>,
+    /// Root certificate (PEM).
+    pub root: PathBuf,
+    /// Issuing CA certificate (PEM).
+    pub intermediate: PathBuf,
+    /// Root-signed OCSP response about the intermediate (DER), if any.
+    pub intermediate_ocsp: Option<PathBuf>,
+}
+
+/// Make the dev PKI in `dir/pki` by rehearsing the key ceremonies. Must run before anything
+/// loads SoftHSM in this process (SoftHSM reads `SOFTHSM2_CONF` once).
+pub fn bootstrap(dir: &Path, status_url: &str) -> anyhow::Result<DevPki> {
+    let opts = ceremonies::dev::DevOptions {
+        status_base_url: status_url.to_string(),
+        ..ceremonies::dev::DevOptions::default()
+    };
+    let a = ceremonies::dev::rehearse(&dir.join("pki"), &opts)
+        .context("rehearsing the dev key ceremonies")?;
+    Ok(DevPki {
+        softhsm_conf: a.softhsm_conf,
+        module: a.module,
+        token: a.online_token,
+        pin_file: a.online_pin_file,
+        issuing_key: a.issuing_key_label,
+        ocsp: Some((a.ocsp_key_label, a.ocsp_signer_cert)),
+        root: a.root_cert,
+        intermediate: a.intermediate_cert,
+        intermediate_ocsp: Some(a.intermediate_ocsp_response),
+    })
+}
+
+/// The server configuration for a dev PKI (paths relative to `dir`).
+pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
+    let rel = |p: &Path| p.strip_prefix(dir).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+    let mut cfg = ServerConfig {
+        data_dir: PathBuf::from("."),
+        listen,
+        hsm: HsmSection {
+            module: Some(pki.module.clone()),
+            token_label: pki.token.clone(),
+            pin: PinSource::File(rel(&pki.pin_file)),
+            issuing_key: pki.issuing_key.clone(),
+            sessions: None,
+            softhsm_conf: Some(rel(&pki.softhsm_conf)),
+        },
+        ca: CaSection {
+            certificate: rel(&pki.intermediate),
+            chain: rel(&pki.root),
+        },
+        urls: IssuerUrls::default(),
+        tls: Default::default(),
+        admin: Default::default(),
+        tokens: Default::default(),
+        limits: Default::default(),
+        log: Default::default(),
+        ocsp: OcspSection::default(),
+        crl: Default::default(),
+        profiles: dev_profiles(),
+    };
+    if let Some((key, cert)) = &pki.ocsp {
+        cfg.ocsp.signer_key = Some(key.clone());
+        cfg.ocsp.signer_cert = Some(rel(cert));
+    }
+    if let Some(resp) = &pki.intermediate_ocsp {
+        cfg.ocsp.external_responses = vec![rel(resp)];
+    }
+    cfg.tls.names = vec![
+        "dns:localhost".into(),
+        "ip:127.0.0.1".into(),
+        "ip:::1".into(),
+    ];
+    cfg
+}
+
+fn urls_for(status: SocketAddr) -> IssuerUrls {
+    IssuerUrls {
+        ocsp: Some(format!("http://{status}/ocsp")),
+        ca_issuers: Some(format!("http://{status}/ca.crt")),
+        crl: Some(format!("http://{status}/crl")),
+    }
+}
+
+/// Write a file atomically (temp file, fsync, rename), with `mode`.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Issue an administrator certificate with `role` for `name`; returns (cert PEM, key PEM).
+pub async fn issue_admin_cert(
+    state: &Arc<AppState>,
+    name: &str,
+    role: Role,
+    actor: &str,
+) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?;
+    let csr = ca_core::csr::parse_der(csr.der())?;
+    let outcome = state
+        .issue(
+            csr,
+            Request::Admin {
+                profile: ADMIN_PROFILE.into(),
+                actor: actor.into(),
+                binding: IdentityBinding {
+                    common_name: Some(name.into()),
+                    sans: vec![role.san()],
+                },
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("issuing the admin certificate: {e}"))?;
+    let rec = &outcome.issued.record;
+    state.metrics.issued(&rec.profile);
+    state
+        .audit(
+            ca_core::audit::NewAuditEvent::ok(actor, "issue", rec.serial_hex()).with_detail(
+                serde_json::json!({ "profile": rec.profile, "identity": rec.identity, "role": role.name() }),
+            ),
+        )
+        .await;
+    Ok((pem("CERTIFICATE", &rec.der), key.serialize_pem()))
+}
+
+/// Run `ca-server dev` until SIGINT/SIGTERM.
+pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    let running = start(&opts).await?;
+    running.wait_for_signal().await;
+    Ok(())
+}
+
+/// Prepare (or reuse) the directory, start the server, write `dev.env`; returns the running
+/// server.
+pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
+    let dir = &opts.data;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let env_file = dir.join("dev.env");
+    let _ = std::fs::remove_file(&env_file);
+    let config_path = dir.join("config.toml");
+    let fresh = !config_path.exists();
+    if fresh {
+        let non_empty = std::fs::read_dir(&dir)?.next().is_some();
+        if non_empty {
+            anyhow::bail!(
+                "{} is not empty and has no config.toml: not a ca-server dev directory (use an empty or new directory)",
+                dir.display()
+            );
+        }
+    }
+    let previous = if fresh {
+        None
+    } else {
+        Some(ServerConfig::load(&config_path).context("reading the dev config.toml")?)
+    };
+    let api_addr = opts
+        .listen
+        .or(previous.as_ref().map(|c| c.listen.api))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+    let status_addr = opts
+        .status_listen
+        .or(previous.as_ref().map(|c| c.listen.status))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let api = TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("binding {api_addr} (use --listen)"))?;
+    let status = TcpListener::bind(status_addr)
+        .await
+        .with_context(|| format!("binding {status_addr} (use --status-listen)"))?;
+    let api_addr = api.local_addr()?;
+    let status_addr = status.local_addr()?;
+    let status_url = format!("http://{status_addr}");
+
+    let mut cfg = match previous {
+        Some(c) => c,
+        None => {
+            println!("Creating a development CA in {} ...", dir.display());
+            let d = dir.clone();
+            let url = status_url.clone();
+            let pki = tokio::task::spawn_blocking(move || bootstrap(&d, &url)).await??;
+            let cfg = dev_config(
+                &dir,
+                &pki,
+                Listen {
+                    api: opts.listen.unwrap_or(api_addr),
+                    status: opts.status_listen.unwrap_or(status_addr),
+                },
+            );
+            let text = format!(
+                "# Written by `ca-server dev`. Paths are relative to this file.\n{}",
+                cfg.to_toml()?
+            );
+            write_atomic(&config_path, text.as_bytes(), 0o644)?;
+            ServerConfig::load(&config_path)?
+        }
+    };
+    // Certificates point at the status listener actually bound.
+    cfg.urls = urls_for(status_addr);
+    cfg.listen = Listen {
+        api: api_addr,
+        status: status_addr,
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let c = cfg.clone();
+    let parts = tokio::task::spawn_blocking(move || server::parts_from_config(&c, metrics))
+        .await??;
+    let status_parts = server::status_integration(&cfg.ocsp, &cfg.crl, &parts)?;
+    let state = server::build_state(&parts, status_parts.hooks)?;
+
+    let admin_dir = dir.join("admin");
+    std::fs::create_dir_all(&admin_dir)?;
+    let admin_cert = admin_dir.join("admin.crt");
+    let admin_key = admin_dir.join("admin.key");
+    let needs_admin = match std::fs::read(&admin_cert) {
+        Ok(pem_bytes) => {
+            let soon = state.clock.now() + chrono::Duration::days(7);
+            rustls_pemfile::certs(&mut pem_bytes.as_slice())
+                .next()
+                .and_then(|c| c.ok())
+                .and_then(|c| crate::tls::leaf_not_after(&c))
+                .is_none_or(|na| (na as i64) < soon.timestamp())
+        }
+        Err(_) => true,
+    };
+    if needs_admin {
+        let (cert, key) =
+            issue_admin_cert(&state, "dev-admin", Role::SecurityOfficer, "ca-server dev").await?;
+        write_atomic(&admin_key, key.as_bytes(), 0o600)?;
+        write_atomic(&admin_cert, cert.as_bytes(), 0o644)?;
+    }
+
+    let running = server::start(
+        state.clone(),
+        parts.tls_names.clone(),
+        api,
+        Some((status, status_parts.router)),
+    )
+    .await?;
+
+    let info = DevInfo {
+        ca_url: format!("https://{api_addr}"),
+        status_url,
+        root: dir.join(&cfg.ca.chain),
+        fingerprint: state.root_fingerprint(),
+        admin_cert,
+        admin_key,
+        softhsm_conf: cfg
+            .hsm
+            .softhsm_conf
+            .clone()
+            .unwrap_or_default(),
+    };
+    write_atomic(&env_file, info.env_lines().as_bytes(), 0o644)?;
+    println!(
+        "\nDevelopment CA ready.\n  API (HTTPS):       {}\n  Status (HTTP):     {}\n  Root certificate:  {}\n  Root SHA-256:      {}\n  Admin certificate: {}\n  Admin key:         {}\n\nIn another shell:\n  . {}\n  ca-server token create --cn web1.example.com --san dns:web1.example.com\n",
+        info.ca_url,
+        info.status_url,
+        info.root.display(),
+        info.fingerprint,
+        info.admin_cert.display(),
+        info.admin_key.display(),
+        env_file.display(),
+    );
+    Ok(running)
+}

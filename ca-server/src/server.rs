@@ -1,0 +1,566 @@
+//! Listeners and lifecycle: the HTTPS API (tokio-rustls accept, client certificate into a
+//! request extension, hyper-util auto HTTP/1.1 + HTTP/2), the plain-HTTP status listener, the
+//! server's own certificate (issued by the CA, renewed at 2/3 of its lifetime), graceful
+//! shutdown (stop accepting, let in-flight requests finish).
+
+use crate::api;
+use crate::auth::Peer;
+use crate::config::{Limits, ServerConfig, TokenSection};
+use crate::error::{ApiError, Code};
+use crate::metrics::{Metrics, TimedSigner};
+use crate::ratelimit::{Class, RateLimits};
+use crate::service::{
+    with_internal_profiles, AppState, HealthCheck, Request, Settings, StatusHooks, StoreOnly,
+    SERVER_TLS_PROFILE,
+};
+use crate::tls::{self, ClientVerifier, LiveConfig};
+use anyhow::Context;
+use axum::Router;
+use ca_core::audit::NewAuditEvent;
+use ca_core::clock::{Clock, SystemClock};
+use ca_core::issuance::{Ca, IssuerUrls};
+use ca_core::profile::{Profiles, Span};
+use ca_core::signer::pkcs11::{HsmConfig, Pkcs11Signer};
+use ca_core::signer::Signer;
+use ca_core::store::{IdentityBinding, SledStore, Store};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+/// How long in-flight requests get to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything a server is made of, however it was obtained (config file, `dev`, tests).
+pub struct ServerParts {
+    /// The issuing key in the HSM.
+    pub signer: Arc<Pkcs11Signer>,
+    /// The issuing CA certificate (DER).
+    pub issuing_der: Vec<u8>,
+    /// Certificates above it (DER), root last.
+    pub chain_der: Vec<Vec<u8>>,
+    /// Enrollment profiles (internal ones are added).
+    pub profiles: Profiles,
+    /// URLs written into certificates.
+    pub urls: IssuerUrls,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Names of the server certificate.
+    pub tls_names: Vec<String>,
+    /// Lifetime of the server certificate.
+    pub tls_validity: Span,
+    /// Lifetime of admin certificates.
+    pub admin_validity: Span,
+    /// Limits.
+    pub limits: Limits,
+    /// Token settings.
+    pub tokens: TokenSection,
+    /// Metrics registry (shared with the status listener).
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ServerParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerParts").finish_non_exhaustive()
+    }
+}
+
+/// Build the CA and the shared state. `hooks` is the status listener's revocation/issuance
+/// hook (see [`status_integration`]); `None` means store-only revocation.
+pub fn build_state(
+    parts: &ServerParts,
+    hooks: Option<Arc<dyn StatusHooks>>,
+) -> anyhow::Result<Arc<AppState>> {
+    let profiles = with_internal_profiles(
+        parts.profiles.clone(),
+        parts.admin_validity,
+        parts.tls_validity,
+    );
+    let signer: Arc<dyn Signer> = Arc::new(TimedSigner::new(
+        parts.signer.clone(),
+        parts.metrics.clone(),
+    ));
+    let ca = Ca::new(
+        signer,
+        parts.issuing_der.clone(),
+        parts.chain_der.clone(),
+        profiles,
+        parts.urls.clone(),
+        parts.store.clone(),
+        parts.clock.clone(),
+    )
+    .context("assembling the issuing CA")?;
+    let root_der = parts
+        .chain_der
+        .last()
+        .cloned()
+        .unwrap_or_else(|| parts.issuing_der.clone());
+    let health_signer = parts.signer.clone();
+    let hsm_health: HealthCheck = Arc::new(move || health_signer.health_check());
+    let hooks = hooks.unwrap_or_else(|| Arc::new(StoreOnly(parts.store.clone())));
+    Ok(Arc::new(AppState {
+        ca: Arc::new(ca),
+        store: parts.store.clone(),
+        clock: parts.clock.clone(),
+        metrics: parts.metrics.clone(),
+        limits: RateLimits::new(&parts.limits),
+        hooks,
+        hsm_health,
+        settings: Settings {
+            token_default_ttl: parts.tokens.default_ttl.0,
+            token_max_ttl: parts.tokens.max_ttl.0,
+            max_body_bytes: parts.limits.max_body_bytes,
+            request_timeout: parts.limits.request_timeout.0.to_std().unwrap_or(Duration::from_secs(30)),
+            handshake_timeout: parts
+                .limits
+                .handshake_timeout
+                .0
+                .to_std()
+                .unwrap_or(Duration::from_secs(10)),
+        },
+        root_der,
+    }))
+}
+
+/// The status listener's pieces: its router (OCSP, CRL, `/ca.crt`) and its hooks.
+pub struct StatusParts {
+    /// Routes for the plain-HTTP listener (health routes are added by [`start`]).
+    pub router: Router,
+    /// Issuance/revocation hooks (pre-signed OCSP).
+    pub hooks: Option<Arc<dyn StatusHooks>>,
+}
+
+/// Integration point with the status listener (`ca-server/src/status.rs`, owned by the status
+/// work): build its router and hooks from the configuration. Until that module lands, the
+/// status listener serves only `/healthz`, `/readyz` and `/metrics`, and revocation goes to the
+/// store only.
+pub fn status_integration(
+    _ocsp: &crate::config::OcspSection,
+    _crl: &crate::config::CrlSection,
+    _parts: &ServerParts,
+) -> anyhow::Result<StatusParts> {
+    Ok(StatusParts {
+        router: Router::new(),
+        hooks: None,
+    })
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound HTTPS address.
+    pub api_addr: SocketAddr,
+    /// Bound status address.
+    pub status_addr: Option<SocketAddr>,
+    /// The shared state.
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (up to [`SHUTDOWN_GRACE`]), return.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("server stopped");
+    }
+
+    /// Serve until SIGINT or SIGTERM, then shut down gracefully.
+    pub async fn wait_for_signal(self) {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+        self.shutdown().await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// The server's own TLS identity.
+struct ServerIdentity {
+    config: rustls::ServerConfig,
+    lifetime: chrono::Duration,
+    not_after: chrono::DateTime<chrono::Utc>,
+}
+
+/// Issue a fresh server certificate (new P-256 key, in memory only) and build the TLS config.
+async fn server_identity(
+    state: &Arc<AppState>,
+    names: &[String],
+    verifier: Arc<ClientVerifier>,
+) -> anyhow::Result<ServerIdentity> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .context("generating the server TLS key")?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .context("building the server CSR")?;
+    let csr = ca_core::csr::parse_der(csr.der()).context("parsing the server CSR")?;
+    let outcome = state
+        .issue(
+            csr,
+            Request::Admin {
+                profile: SERVER_TLS_PROFILE.into(),
+                actor: "ca-server".into(),
+                binding: IdentityBinding {
+                    common_name: None,
+                    sans: names.to_vec(),
+                },
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("issuing the server certificate: {e}"))?;
+    let rec = &outcome.issued.record;
+    state.metrics.issued(&rec.profile);
+    state
+        .audit(
+            NewAuditEvent::ok("ca-server", "issue", rec.serial_hex())
+                .with_detail(serde_json::json!({ "profile": rec.profile, "sans": rec.sans })),
+        )
+        .await;
+    let mut chain = vec![CertificateDer::from(rec.der.clone())];
+    chain.extend(
+        outcome
+            .issued
+            .chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone())),
+    );
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let config = tls::server_config(tls::provider(), verifier, chain, key)?;
+    tracing::info!(serial = %rec.serial_hex(), not_after = %rec.not_after, "server certificate issued");
+    Ok(ServerIdentity {
+        config,
+        lifetime: rec.not_after - rec.not_before,
+        not_after: rec.not_after,
+    })
+}
+
+/// Start both listeners. `status` is the plain-HTTP listener and its extra routes.
+pub async fn start(
+    state: Arc<AppState>,
+    tls_names: Vec<String>,
+    api_listener: TcpListener,
+    status: Option<(TcpListener, Router)>,
+) -> anyhow::Result<Running> {
+    let verifier = Arc::new(ClientVerifier::new(
+        &state.ca.full_chain(),
+        &tls::provider(),
+    )?);
+    let identity = server_identity(&state, &tls_names, verifier.clone()).await?;
+    let live = Arc::new(LiveConfig::new(identity.config));
+    let (tx, rx) = watch::channel(false);
+    let api_addr = api_listener.local_addr()?;
+    let mut tasks = Vec::new();
+
+    // Renew the server certificate at 2/3 of its lifetime.
+    {
+        let state = state.clone();
+        let live = live.clone();
+        let mut rx = rx.clone();
+        let mut lifetime = identity.lifetime;
+        let mut not_after = identity.not_after;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let renew_at = not_after - lifetime / 3;
+                let wait = (renew_at - state.clock.now())
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = rx.changed() => return,
+                }
+                match server_identity(&state, &tls_names, verifier.clone()).await {
+                    Ok(id) => {
+                        live.swap(id.config);
+                        lifetime = id.lifetime;
+                        not_after = id.not_after;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "server certificate renewal failed; retrying in 60 s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                            _ = rx.changed() => return,
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    // Forget idle rate-limit buckets.
+    {
+        let state = state.clone();
+        let mut rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => state.limits.retain_recent(),
+                    _ = rx.changed() => return,
+                }
+            }
+        }));
+    }
+
+    let router = api::router(state.clone());
+    tasks.push(tokio::spawn(accept_loop(
+        api_listener,
+        live,
+        router,
+        state.clone(),
+        rx.clone(),
+    )));
+
+    let mut status_addr = None;
+    if let Some((listener, extra)) = status {
+        status_addr = Some(listener.local_addr()?);
+        let router = extra.merge(api::health_router(state.clone()));
+        let mut rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "status listener failed");
+            }
+        }));
+    }
+    tracing::info!(%api_addr, ?status_addr, "listening");
+    Ok(Running {
+        api_addr,
+        status_addr,
+        state,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    live: Arc<LiveConfig>,
+    router: Router,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.settings.handshake_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(live.current());
+        let watcher = graceful.watcher();
+        let router = router.clone();
+        let state = state.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                state.settings.handshake_timeout,
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    handshake_failed(&state, addr, &e).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(c.to_vec()));
+            let peer = Peer { addr, cert };
+            let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                router.clone().oneshot(req)
+            });
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(tls),
+                TowerToHyperService::new(svc),
+            );
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight connections did not finish within the grace period");
+    }
+}
+
+/// A handshake that failed on the client certificate is an authentication failure: audit it
+/// (rate-limited per IP so a scanner cannot flood the log).
+async fn handshake_failed(state: &Arc<AppState>, addr: SocketAddr, e: &std::io::Error) {
+    let rustls_err = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_err {
+        Some(rustls::Error::InvalidCertificate(ce)) => {
+            tracing::info!(%addr, error = %ce, "client certificate refused at the handshake");
+            let err = ApiError::new(Code::CertUnknown, ce.to_string());
+            state.metrics.failure(err.code.as_str());
+            if state
+                .limits
+                .check(Class::Admin, &format!("tls-fail:{}", addr.ip()))
+                .is_ok()
+            {
+                state
+                    .audit(
+                        NewAuditEvent::failed(
+                            format!("ip:{}", addr.ip()),
+                            "auth.fail",
+                            "tls-handshake",
+                            err.code.as_str(),
+                        )
+                        .with_detail(serde_json::json!({ "message": ce.to_string() })),
+                    )
+                    .await;
+            }
+        }
+        _ => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// Read PEM certificates from a file.
+pub fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut data.as_slice())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// Open the HSM, the store and the certificates named by a configuration.
+pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::Result<ServerParts> {
+    if let Some(conf) = &cfg.hsm.softhsm_conf {
+        // SoftHSM reads SOFTHSM2_CONF once, when the module is first loaded in this process.
+        std::env::set_var("SOFTHSM2_CONF", conf);
+    }
+    let mut hsm = HsmConfig::new(&cfg.hsm.token_label, cfg.hsm.pin.clone());
+    hsm.module = cfg.hsm.module.clone();
+    if let Some(n) = cfg.hsm.sessions {
+        hsm.sessions = n;
+    }
+    let token = hsm.open().context("opening the HSM token (hsm.*)")?;
+    let signer = Arc::new(
+        token
+            .signer(&cfg.hsm.issuing_key)
+            .with_context(|| format!("opening HSM key {:?} (hsm.issuing_key)", cfg.hsm.issuing_key))?,
+    );
+    let issuing = read_pem_certs(&cfg.ca.certificate).context("ca.certificate")?;
+    let chain = read_pem_certs(&cfg.ca.chain).context("ca.chain")?;
+    let store_dir = cfg.data_dir.join("store");
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&store_dir)
+            .with_context(|| format!("opening the store in {}", store_dir.display()))?,
+    );
+    Ok(ServerParts {
+        signer,
+        issuing_der: issuing[0].clone(),
+        chain_der: chain,
+        profiles: cfg.profiles.clone(),
+        urls: cfg.urls.clone(),
+        store,
+        clock: Arc::new(SystemClock),
+        tls_names: cfg.tls.names.clone(),
+        tls_validity: cfg.tls.validity,
+        admin_validity: cfg.admin.validity,
+        limits: cfg.limits.clone(),
+        tokens: cfg.tokens.clone(),
+        metrics,
+    })
+}
+
+/// `ca-server serve`: everything from a configuration, listeners bound as configured.
+pub async fn start_from_config(cfg: &ServerConfig) -> anyhow::Result<Running> {
+    let api = TcpListener::bind(cfg.listen.api)
+        .await
+        .with_context(|| format!("binding listen.api {}", cfg.listen.api))?;
+    let status = TcpListener::bind(cfg.listen.status)
+        .await
+        .with_context(|| format!("binding listen.status {}", cfg.listen.status))?;
+    start_with_listeners(cfg, api, status).await
+}
+
+/// Like [`start_from_config`] with listeners already bound (port 0 in tests and `dev`).
+pub async fn start_with_listeners(
+    cfg: &ServerConfig,
+    api: TcpListener,
+    status: TcpListener,
+) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let owned = cfg.clone();
+    let parts = tokio::task::spawn_blocking(move || parts_from_config(&owned, metrics))
+        .await
+        .context("opening the HSM and the store")??;
+    let status_parts = status_integration(&cfg.ocsp, &cfg.crl, &parts)?;
+    let state = build_state(&parts, status_parts.hooks)?;
+    start(state, parts.tls_names.clone(), api, Some((status, status_parts.router))).await
+}

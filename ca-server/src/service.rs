@@ -1,0 +1,350 @@
+//! The state every route shares, and the operations that change it: issuing (enrollment,
+//! renewal, the server's own and administrators' certificates), revoking, auditing.
+//!
+//! CA operations block (HSM signature, store flush), so they run on tokio's blocking pool.
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
+use ca_core::audit::NewAuditEvent;
+use ca_core::clock::Clock;
+use ca_core::csr::CsrRequest;
+use ca_core::issuance::{pem, Ca, IssueContext, Issued};
+use ca_core::profile::{ExtKeyUsage, KeyUsage, NamePolicy, Profile, Profiles, Span};
+use ca_core::revocation::RevocationReason;
+use ca_core::store::{CertRecord, IdentityBinding, Store, TokenRecord};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Internal profile of administrator certificates (role in a `urn:ca:role:` URI SAN).
+pub const ADMIN_PROFILE: &str = "_admin";
+/// Internal profile of the server's own TLS certificate.
+pub const SERVER_TLS_PROFILE: &str = "_server-tls";
+
+/// Add the server's internal profiles (`_admin`, `_server-tls`) to the configured ones.
+pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) -> Profiles {
+    let mut admin_profile = Profile::client(NamePolicy {
+        uri: vec![crate::auth::ROLE_URI_PREFIX.into()],
+        common_name: true,
+        max_sans: 3,
+        ..NamePolicy::default()
+    });
+    admin_profile.validity = admin;
+    let mut tls_profile = Profile::client(NamePolicy {
+        dns: vec!["*".into()],
+        ip: vec!["0.0.0.0/0".into(), "::/0".into()],
+        common_name: true,
+        max_sans: 20,
+        ..NamePolicy::default()
+    });
+    tls_profile.validity = tls;
+    tls_profile.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
+    tls_profile.key_usage = vec![KeyUsage::DigitalSignature];
+    profiles.0.insert(ADMIN_PROFILE.into(), admin_profile);
+    profiles.0.insert(SERVER_TLS_PROFILE.into(), tls_profile);
+    profiles
+}
+
+/// What the status listener (OCSP, CRL) needs to hear about, and how a revocation is made.
+///
+/// [`StoreOnly`] records revocations in the store; [`ResponderHooks`] also re-signs the OCSP
+/// response before the revocation is acknowledged (DESIGN invariant 2). Either way `revoke`
+/// appends the `revoke` audit event (success or failure) itself.
+pub trait StatusHooks: Send + Sync + std::fmt::Debug {
+    /// A certificate was issued and stored.
+    fn on_issued(&self, record: &CertRecord);
+    /// Revoke durably, publish, audit; return the updated record.
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> ca_core::Result<CertRecord>;
+}
+
+/// Revocation in the store only (no OCSP responder attached).
+#[derive(Debug)]
+pub struct StoreOnly(pub Arc<dyn Store>);
+
+impl StatusHooks for StoreOnly {
+    fn on_issued(&self, _record: &CertRecord) {}
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> ca_core::Result<CertRecord> {
+        let object = hex::encode(serial);
+        match self.0.revoke(serial, ca_core::clock::truncate(at), reason) {
+            Ok(rec) => {
+                self.0.append_audit(
+                    NewAuditEvent::ok(actor, "revoke", &object)
+                        .with_detail(serde_json::json!({ "reason": reason.name() })),
+                )?;
+                Ok(rec)
+            }
+            Err(e) => {
+                let code = crate::error::ApiError::from_core_code(&e);
+                let _ = self.0.append_audit(
+                    NewAuditEvent::failed(actor, "revoke", &object, code)
+                        .with_detail(serde_json::json!({ "reason": reason.name() })),
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Hooks backed by the pre-signed OCSP responder: sign at issuance, re-sign at revocation
+/// before acknowledging ([`ca_core::revocation::revoke`]).
+#[derive(Debug)]
+pub struct ResponderHooks {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The responder.
+    pub responder: Arc<ca_core::ocsp::Responder>,
+}
+
+impl StatusHooks for ResponderHooks {
+    fn on_issued(&self, record: &CertRecord) {
+        if let Err(e) = self.responder.on_issued(record) {
+            // The certificate is valid and stored; the responder signs it on its next refresh
+            // or answers live meanwhile.
+            tracing::error!(serial = %record.serial_hex(), error = %e, "OCSP pre-signing at issuance failed");
+        }
+    }
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> ca_core::Result<CertRecord> {
+        ca_core::revocation::revoke(self.store.as_ref(), &self.responder, serial, reason, at, actor)
+    }
+}
+
+/// Readiness probe of the HSM signer.
+pub type HealthCheck = Arc<dyn Fn() -> ca_core::Result<()> + Send + Sync>;
+
+/// Settings routes need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Token lifetime when none is asked for.
+    pub token_default_ttl: chrono::Duration,
+    /// Longest token lifetime.
+    pub token_max_ttl: chrono::Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Per-request time limit.
+    pub request_timeout: Duration,
+    /// TLS handshake time limit.
+    pub handshake_timeout: Duration,
+}
+
+/// The shared state.
+pub struct AppState {
+    /// The issuing CA.
+    pub ca: Arc<Ca>,
+    /// The store (same as the CA's).
+    pub store: Arc<dyn Store>,
+    /// The clock (same as the CA's).
+    pub clock: Arc<dyn Clock>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Rate limiters.
+    pub limits: RateLimits,
+    /// Status listener hooks.
+    pub hooks: Arc<dyn StatusHooks>,
+    /// HSM readiness probe.
+    pub hsm_health: HealthCheck,
+    /// Settings.
+    pub settings: Settings,
+    /// The root certificate (DER).
+    pub root_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a certificate is issued, owned so it can move to the blocking pool.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Enrollment with the token whose SHA-256 is this hash.
+    Enrollment {
+        /// SHA-256 (hex) of the presented token.
+        token_hash: String,
+    },
+    /// Renewal of this certificate.
+    Renewal(CertRecord),
+    /// The server's or an administrator's own authority.
+    Admin {
+        /// Profile.
+        profile: String,
+        /// Who.
+        actor: String,
+        /// Names imposed.
+        binding: IdentityBinding,
+    },
+}
+
+/// A successful issuance and the token it used, if any.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The certificate.
+    pub issued: Issued,
+    /// The token record (enrollment).
+    pub token: Option<TokenRecord>,
+}
+
+/// SHA-256 of a token secret (hex): tokens are stored by hash only.
+pub fn token_hash(secret: &str) -> String {
+    ca_core::signer::sha256_hex(secret.as_bytes())
+}
+
+impl AppState {
+    /// The chain served to clients: issuing CA then root (PEM).
+    pub fn chain_pem(&self) -> String {
+        self.ca
+            .full_chain()
+            .iter()
+            .map(|c| pem("CERTIFICATE", c))
+            .collect()
+    }
+
+    /// SHA-256 fingerprint of the root (hex).
+    pub fn root_fingerprint(&self) -> String {
+        ca_core::signer::sha256_hex(&self.root_der)
+    }
+
+    /// Append an audit event; a failure is logged (and counted), never hidden.
+    pub async fn audit(&self, ev: NewAuditEvent) {
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || store.append_audit(ev)).await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit append failed");
+                self.metrics.failure("audit_append");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit task failed");
+                self.metrics.failure("audit_append");
+            }
+        }
+    }
+
+    /// Check, sign, verify and store a certificate; runs on the blocking pool.
+    ///
+    /// An enrollment token is looked up first and consumed only after the request passed
+    /// every policy check, so a refused request leaves the token usable; consumption is
+    /// atomic, so of concurrent uses exactly one proceeds to signing.
+    pub async fn issue(self: &Arc<Self>, csr: CsrRequest, req: Request) -> ApiResult<Outcome> {
+        let me = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || me.issue_blocking(&csr, req))
+            .await
+            .map_err(ApiError::internal)??;
+        self.hooks.on_issued(&outcome.issued.record);
+        Ok(outcome)
+    }
+
+    fn issue_blocking(&self, csr: &CsrRequest, req: Request) -> ApiResult<Outcome> {
+        match req {
+            Request::Enrollment { token_hash } => {
+                let now = self.clock.now();
+                let token = self.find_token(&token_hash)?;
+                if token.used_at.is_some() {
+                    return Err(ca_core::Error::TokenRejected("token already used").into());
+                }
+                if now >= token.expires_at {
+                    return Err(ca_core::Error::TokenRejected("token expired").into());
+                }
+                let prepared = self
+                    .ca
+                    .prepare(csr, IssueContext::Enrollment { token: &token })?;
+                let token = self.store.consume_token(&token_hash, now)?;
+                let issued = prepared.issue()?;
+                Ok(Outcome {
+                    issued,
+                    token: Some(token),
+                })
+            }
+            Request::Renewal(previous) => {
+                let issued = self
+                    .ca
+                    .prepare(csr, IssueContext::Renewal { previous: &previous })?
+                    .issue()?;
+                Ok(Outcome {
+                    issued,
+                    token: None,
+                })
+            }
+            Request::Admin {
+                profile,
+                actor,
+                binding,
+            } => {
+                let issued = self
+                    .ca
+                    .prepare(
+                        csr,
+                        IssueContext::Admin {
+                            profile: &profile,
+                            actor: &actor,
+                            binding: Some(&binding),
+                        },
+                    )?
+                    .issue()?;
+                Ok(Outcome {
+                    issued,
+                    token: None,
+                })
+            }
+        }
+    }
+
+    /// The token with this hash.
+    fn find_token(&self, hash: &str) -> ApiResult<TokenRecord> {
+        // Integration point: a `Store::get_token(hash)` would make this O(1).
+        self.store
+            .list_tokens()?
+            .into_iter()
+            .find(|t| t.hash == hash)
+            .ok_or_else(|| ca_core::Error::TokenRejected("unknown token").into())
+    }
+
+    /// Revoke through the status hooks (store, then OCSP), on the blocking pool.
+    pub async fn revoke(
+        self: &Arc<Self>,
+        serial: Vec<u8>,
+        reason: RevocationReason,
+        actor: String,
+    ) -> ApiResult<CertRecord> {
+        let me = self.clone();
+        let at = self.clock.now();
+        let rec = tokio::task::spawn_blocking(move || me.hooks.revoke(&serial, reason, at, &actor))
+            .await
+            .map_err(ApiError::internal)??;
+        Ok(rec)
+    }
+
+    /// Whether the HSM and the store answer.
+    pub async fn ready(&self) -> Result<(), String> {
+        let hsm = self.hsm_health.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.health().map_err(|e| format!("store: {e}"))?;
+            hsm().map_err(|e| format!("hsm: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}

@@ -1,0 +1,548 @@
+//! The plain-HTTP status listener: OCSP (RFC 6960 appendix A, RFC 5019), the CRL and the
+//! issuer certificate, as TLS endpoints fetch them.
+//!
+//! # Routes
+//!
+//! | Route | Answer |
+//! |---|---|
+//! | `GET /ocsp/{base64}` | `application/ocsp-response`; the base64 DER request may be URL-encoded and contain `/` (RFC 6960 A.1); RFC 5019 6.2 caching headers |
+//! | `POST /ocsp` (also `/ocsp/`) | body `application/ocsp-request` -> `application/ocsp-response`, not cacheable |
+//! | `GET /crl` | current CRL, DER, `application/pkix-crl` |
+//! | `GET /ca.crt` | issuing CA certificate, DER, `application/pkix-cert` (AIA caIssuers) |
+//! | `GET /root.crl` | root CRL file from the key ceremony, when configured |
+//!
+//! Malformed input never panics: undecodable requests (bad base64, garbage, truncated DER, too
+//! many CertIDs, bad nonce) get the OCSP `malformedRequest` response; a body over
+//! [`StatusConfig::max_request_bytes`] gets HTTP 413, a POST with another content type 415.
+//!
+//! Answers come from [`ca_core::ocsp::Responder`]'s memory without any HSM operation; the few
+//! requests that need a live signature (unknown serials, several CertIDs, nonce echo when
+//! enabled) run on tokio's blocking pool, rate limited by the responder.
+//!
+//! # Caching headers (GET, signed responses)
+//!
+//! `Cache-Control: max-age=N, public, no-transform, must-revalidate` with N the time left
+//! until nextUpdate, capped by [`StatusConfig::max_age`] (default 60 s, so that HTTP caches
+//! between relying parties and the responder do not hide a revocation for long);
+//! `Last-Modified` = thisUpdate; `Expires` = nextUpdate; a strong `ETag`; `If-None-Match` is
+//! answered with 304. The CRL carries the same headers with its own thisUpdate/nextUpdate.
+//!
+//! # Public API
+//!
+//! - [`StatusState::build`] (blocking: loads the responder, signs what is missing, loads
+//!   external responses, builds the first CRL) from a [`StatusSetup`].
+//! - [`router`] gives the axum `Router` for the listener (add health routes as you like).
+//! - [`serve`] runs the router on a bound listener with graceful shutdown, together with the
+//!   maintenance task ([`StatusState::spawn_maintenance`]: re-sign due OCSP responses, rebuild
+//!   the CRL when due and right after each revocation).
+//! - [`StatusState`] implements [`crate::service::StatusHooks`]: `on_issued` pre-signs,
+//!   `revoke` goes through [`ca_core::revocation::revoke`] (store, then OCSP, then audit) and
+//!   schedules a CRL rebuild.
+//!
+//! ```no_run
+//! # async fn f(setup: ca_server::status::StatusSetup) -> anyhow::Result<()> {
+//! use ca_server::status;
+//! let state = tokio::task::spawn_blocking(move || status::StatusState::build(setup)).await??;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! status::serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use ca_core::clock::Clock;
+use ca_core::crl::{CrlConfig, CrlPublisher, SignedCrl};
+use ca_core::ocsp::{AnswerKind, ExternalResponse, Lookup, OcspAnswer, Responder, ResponderConfig, ResponderKey};
+use ca_core::revocation::RevocationReason;
+use ca_core::signer::Signer;
+use ca_core::store::{CertRecord, Store};
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use ca_core::ocsp::OcspResponseStatus;
+
+const OCSP_RESPONSE: &str = "application/ocsp-response";
+const OCSP_REQUEST: &str = "application/ocsp-request";
+const PKIX_CRL: &str = "application/pkix-crl";
+const PKIX_CERT: &str = "application/pkix-cert";
+
+/// HTTP-side settings of the status listener.
+#[derive(Clone, Debug)]
+pub struct StatusConfig {
+    /// Largest OCSP request accepted, as POST body or decoded GET path (default 8 KiB).
+    pub max_request_bytes: usize,
+    /// Cap on `Cache-Control: max-age` for OCSP responses and the CRL (default 60 s).
+    pub max_age: Duration,
+    /// How often the maintenance task re-signs due responses and checks the CRL (default 60 s).
+    pub maintenance_interval: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            max_request_bytes: 8 * 1024,
+            max_age: Duration::from_secs(60),
+            maintenance_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything [`StatusState::build`] needs.
+#[derive(Debug)]
+pub struct StatusSetup {
+    /// The issuing CA certificate (DER): served at `/ca.crt`, issuer of the CRL and of the
+    /// certificates the responder answers for.
+    pub issuer_cert_der: Vec<u8>,
+    /// The issuing key (signs the CRL).
+    pub issuing_signer: Arc<dyn Signer>,
+    /// The OCSP signing key: [`ResponderKey::ca`] or [`ResponderKey::delegated`].
+    pub ocsp_key: ResponderKey,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Responder settings.
+    pub responder: ResponderConfig,
+    /// CRL settings.
+    pub crl: CrlConfig,
+    /// Pre-signed responses about other issuers, loaded from files (the root-signed response
+    /// about the intermediate from the OCSP ceremony).
+    pub external_responses: Vec<ExternalResponse>,
+    /// The root CRL file from the key ceremony, served at `/root.crl` (DER or PEM).
+    pub root_crl: Option<PathBuf>,
+    /// HTTP settings.
+    pub http: StatusConfig,
+}
+
+/// Observer told the outcome of every OCSP request (`good`, `revoked`, `unknown`,
+/// `malformed`, `unauthorized`, `try_later`, `internal_error`), e.g. to count it in metrics.
+pub type AnswerObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// Shared state of the status listener.
+pub struct StatusState {
+    responder: Arc<Responder>,
+    crls: Arc<CrlPublisher>,
+    store: Arc<dyn Store>,
+    ca_cert: Bytes,
+    root_crl: Option<PathBuf>,
+    config: StatusConfig,
+    crl_dirty: Arc<Notify>,
+    observer: Option<AnswerObserver>,
+}
+
+impl std::fmt::Debug for StatusState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusState")
+            .field("responder", &self.responder)
+            .field("crls", &self.crls)
+            .field("root_crl", &self.root_crl)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl StatusState {
+    /// Assemble the status listener's state. Blocking (HSM, store): run it before the runtime
+    /// starts or in `spawn_blocking`. Fails closed on a bad key, certificate or external
+    /// response file, or when the first CRL cannot be signed.
+    pub fn build(setup: StatusSetup) -> ca_core::Result<Arc<Self>> {
+        let responder = Arc::new(Responder::new(
+            &setup.issuer_cert_der,
+            setup.ocsp_key,
+            setup.store.clone(),
+            setup.clock.clone(),
+            setup.responder,
+        )?);
+        responder.load()?;
+        for ext in setup.external_responses {
+            let path = ext.path.clone();
+            let n = responder.add_external(ext)?;
+            tracing::info!(path = %path.display(), cert_ids = n, "serving OCSP responses from file");
+        }
+        let crls = Arc::new(CrlPublisher::new(
+            setup.store.clone(),
+            setup.issuing_signer,
+            setup.issuer_cert_der.clone(),
+            setup.clock,
+            setup.crl,
+        )?);
+        crls.regenerate()?;
+        Ok(Arc::new(Self::new(responder, crls, setup.store, setup.issuer_cert_der, setup.root_crl, setup.http)))
+    }
+
+    /// Assemble from parts already built (the responder loaded, the CRL publisher ready).
+    pub fn new(
+        responder: Arc<Responder>,
+        crls: Arc<CrlPublisher>,
+        store: Arc<dyn Store>,
+        issuer_cert_der: Vec<u8>,
+        root_crl: Option<PathBuf>,
+        config: StatusConfig,
+    ) -> Self {
+        StatusState {
+            responder,
+            crls,
+            store,
+            ca_cert: Bytes::from(issuer_cert_der),
+            root_crl,
+            config,
+            crl_dirty: Arc::new(Notify::new()),
+            observer: None,
+        }
+    }
+
+    /// Report every OCSP outcome to `observer` (metrics).
+    pub fn with_observer(mut self, observer: AnswerObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The OCSP responder.
+    pub fn responder(&self) -> &Arc<Responder> {
+        &self.responder
+    }
+
+    /// The CRL publisher.
+    pub fn crls(&self) -> &Arc<CrlPublisher> {
+        &self.crls
+    }
+
+    /// Revoke (blocking): store, OCSP re-signed, audit ([`ca_core::revocation::revoke`]); then
+    /// a CRL rebuild is scheduled on the maintenance task.
+    pub fn revoke_blocking(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> ca_core::Result<CertRecord> {
+        let r = ca_core::revocation::revoke(self.store.as_ref(), &self.responder, serial, reason, at, actor);
+        if r.is_ok() {
+            self.crl_dirty.notify_one();
+        }
+        r
+    }
+
+    /// [`revoke_blocking`](Self::revoke_blocking) on the blocking pool.
+    pub async fn revoke(
+        self: &Arc<Self>,
+        serial: Vec<u8>,
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+        actor: String,
+    ) -> ca_core::Result<CertRecord> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.revoke_blocking(&serial, reason, at, &actor))
+            .await
+            .map_err(|e| ca_core::Error::Store { op: "revoke task", source: Box::new(e) })?
+    }
+
+    /// One maintenance pass (blocking): re-sign due OCSP responses, reload changed external
+    /// response files, rebuild the CRL if due.
+    pub fn maintain_blocking(&self) {
+        match self.responder.refresh_due() {
+            Ok(s) if s.refreshed + s.dropped + s.failed > 0 => {
+                tracing::info!(refreshed = s.refreshed, dropped = s.dropped, failed = s.failed, "OCSP refresh pass");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "OCSP refresh pass failed"),
+        }
+        if let Err(e) = self.crls.regenerate_if_due() {
+            tracing::error!(error = %e, "CRL rebuild failed; serving the previous CRL");
+        }
+    }
+
+    /// Start the maintenance task: a pass every [`StatusConfig::maintenance_interval`], and a
+    /// CRL rebuild right after each revocation (coalesced). The task holds only a weak
+    /// reference and ends once the state is dropped; abort it to stop it sooner.
+    pub fn spawn_maintenance(self: &Arc<Self>) -> JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let dirty = self.crl_dirty.clone();
+        let interval = self.config.maintenance_interval;
+        tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now() + interval;
+            loop {
+                let timer = tokio::select! {
+                    _ = tokio::time::sleep_until(next) => true,
+                    _ = dirty.notified() => false,
+                };
+                let Some(me) = weak.upgrade() else { break };
+                let job = tokio::task::spawn_blocking(move || {
+                    if timer {
+                        me.maintain_blocking();
+                    } else if let Err(e) = me.crls.regenerate() {
+                        tracing::error!(error = %e, "CRL rebuild after revocation failed; retrying at the next pass");
+                    }
+                });
+                if let Err(e) = job.await {
+                    tracing::error!(error = %e, "status maintenance task failed");
+                }
+                if timer {
+                    next = tokio::time::Instant::now() + interval;
+                }
+            }
+        })
+    }
+
+    fn observe(&self, a: &OcspAnswer) {
+        if let Some(o) = &self.observer {
+            o(outcome(a));
+        }
+    }
+}
+
+impl crate::service::StatusHooks for StatusState {
+    fn on_issued(&self, record: &CertRecord) {
+        if let Err(e) = self.responder.on_issued(record) {
+            // The certificate is stored and valid; a cache miss signs it live, the next
+            // refresh pass or restart signs it otherwise.
+            tracing::error!(serial = %record.serial_hex(), error = %e, "OCSP pre-signing at issuance failed");
+        }
+    }
+
+    fn revoke(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> ca_core::Result<CertRecord> {
+        self.revoke_blocking(serial, reason, at, actor)
+    }
+}
+
+/// Metric label of an answer.
+fn outcome(a: &OcspAnswer) -> &'static str {
+    match &a.kind {
+        AnswerKind::Signed { status, .. } => match status {
+            ca_core::revocation::CertStatus::Good => "good",
+            ca_core::revocation::CertStatus::Revoked { .. } => "revoked",
+            ca_core::revocation::CertStatus::Unknown => "unknown",
+        },
+        AnswerKind::Error(OcspResponseStatus::MalformedRequest) => "malformed",
+        AnswerKind::Error(OcspResponseStatus::Unauthorized) => "unauthorized",
+        AnswerKind::Error(OcspResponseStatus::TryLater) => "try_later",
+        AnswerKind::Error(_) => "internal_error",
+    }
+}
+
+/// The status listener's routes.
+pub fn router(state: Arc<StatusState>) -> Router {
+    let limit = state.config.max_request_bytes;
+    Router::new()
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
+        .route("/crl", get(crl))
+        .route("/ca.crt", get(ca_cert))
+        .route("/root.crl", get(root_crl))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serve the status routes on `listener` until `shutdown` resolves (then finish in-flight
+/// requests), running the maintenance task alongside.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<StatusState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let maintenance = state.spawn_maintenance();
+    let r = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    maintenance.abort();
+    r
+}
+
+/// Zero-copy body over a shared answer.
+struct Shared<T>(Arc<T>);
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Shared<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref().as_ref()
+    }
+}
+
+fn shared_body<T: AsRef<[u8]> + Send + Sync + 'static>(v: Arc<T>) -> Body {
+    Body::from(Bytes::from_owner(Shared(v)))
+}
+
+/// HTTP-date (RFC 9110 5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(t: DateTime<Utc>) -> HeaderValue {
+    HeaderValue::from_str(&t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
+/// RFC 5019 6.2 caching headers for a response valid from `this_update` to `next_update`.
+fn cache_headers(h: &mut HeaderMap, cap: Duration, this_update: DateTime<Utc>, next_update: DateTime<Utc>, etag: &str) {
+    let left = (next_update - Utc::now()).num_seconds().max(0);
+    let max_age = u64::try_from(left).unwrap_or(0).min(cap.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}, public, no-transform, must-revalidate")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    h.insert(header::LAST_MODIFIED, http_date(this_update));
+    h.insert(header::EXPIRES, http_date(next_update));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+fn not_modified(req: &HeaderMap, etag: &str) -> bool {
+    req.get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == etag || t.trim() == "*")
+}
+
+fn ocsp_http(state: &StatusState, a: Arc<OcspAnswer>, cacheable_get: bool, req: &HeaderMap) -> Response {
+    state.observe(&a);
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE));
+    if let AnswerKind::Signed { this_update, next_update, cacheable: true, .. } = &a.kind {
+        if cacheable_get {
+            cache_headers(&mut h, state.config.max_age, *this_update, *next_update, &a.etag);
+            if not_modified(req, &a.etag) {
+                return (StatusCode::NOT_MODIFIED, h).into_response();
+            }
+        }
+    }
+    (StatusCode::OK, h, shared_body(a)).into_response()
+}
+
+async fn answer(state: &Arc<StatusState>, der: &[u8], get: bool, req: &HeaderMap) -> Response {
+    let a = match state.responder.lookup(der) {
+        Lookup::Ready(a) => a,
+        Lookup::Live(live) => {
+            let responder = state.responder.clone();
+            match tokio::task::spawn_blocking(move || responder.answer_live(live)).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "live OCSP task failed");
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+            }
+        }
+    };
+    ocsp_http(state, a, get, req)
+}
+
+/// Decode the base64 of an RFC 6960 A.1 GET path (already percent-decoded by the router):
+/// standard or URL-safe alphabet, padding optional, stray leading slashes (from a responder URL
+/// ending in `/`) ignored. A DER request starts with 0x30, i.e. base64 `M`, never `/`.
+fn decode_get_path(p: &str) -> Option<Vec<u8>> {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+    const CFG: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CFG);
+    const URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CFG);
+    let p = p.trim_start_matches('/');
+    if p.contains(['-', '_']) {
+        URL.decode(p).ok()
+    } else {
+        STD.decode(p).ok()
+    }
+}
+
+async fn ocsp_get(State(state): State<Arc<StatusState>>, Path(request): Path<String>, headers: HeaderMap) -> Response {
+    // base64 is 4/3 of the DER: refuse before decoding anything oversized.
+    if request.len() > state.config.max_request_bytes.saturating_mul(4) / 3 + 4 {
+        return (StatusCode::URI_TOO_LONG, "OCSP request too large\n").into_response();
+    }
+    match decode_get_path(&request) {
+        Some(der) => answer(&state, &der, true, &headers).await,
+        None => ocsp_http(&state, state.responder.malformed_request(), false, &headers),
+    }
+}
+
+async fn ocsp_post(State(state): State<Arc<StatusState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case(OCSP_REQUEST) {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/ocsp-request\n").into_response();
+    }
+    answer(&state, &body, false, &headers).await
+}
+
+fn crl_http(crl: Arc<SignedCrl>, cap: Duration, req: &HeaderMap) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PKIX_CRL));
+    let etag = format!("\"crl-{}\"", crl.number);
+    cache_headers(&mut h, cap, crl.this_update, crl.next_update, &etag);
+    if not_modified(req, &etag) {
+        return (StatusCode::NOT_MODIFIED, h).into_response();
+    }
+    (StatusCode::OK, h, shared_body(crl)).into_response()
+}
+
+async fn crl(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Response {
+    match state.crls.current() {
+        Some(c) => crl_http(c, state.config.max_age, &headers),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no CRL has been built yet\n").into_response(),
+    }
+}
+
+async fn ca_cert(State(state): State<Arc<StatusState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, PKIX_CERT), (header::CACHE_CONTROL, "max-age=3600, public, no-transform")],
+        state.ca_cert.clone(),
+    )
+        .into_response()
+}
+
+async fn root_crl(State(state): State<Arc<StatusState>>) -> Response {
+    let Some(path) = state.root_crl.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let der = if bytes.starts_with(b"-----BEGIN") {
+                match der::pem::decode_vec(&bytes) {
+                    Ok((_, d)) => d,
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "root CRL file is not valid PEM");
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                }
+            } else {
+                bytes
+            };
+            ([(header::CONTENT_TYPE, PKIX_CRL), (header::CACHE_CONTROL, "max-age=300, public, no-transform")], der)
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the root CRL file");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_path_decoding_is_lenient_but_total() {
+        assert_eq!(decode_get_path("MAo="), Some(vec![0x30, 0x0a]));
+        assert_eq!(decode_get_path("MAo"), Some(vec![0x30, 0x0a]));
+        assert_eq!(decode_get_path("//MAo="), Some(vec![0x30, 0x0a]));
+        assert_eq!(decode_get_path("-_8"), Some(vec![0xfb, 0xff]));
+        assert_eq!(decode_get_path("+/8="), Some(vec![0xfb, 0xff]));
+        assert_eq!(decode_get_path("!!!"), None);
+        assert_eq!(decode_get_path("M"), None);
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        let t = DateTime::from_timestamp(784_111_777, 0).unwrap_or_default();
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+}
