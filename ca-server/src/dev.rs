@@ -258,6 +258,8 @@ pub async fn issue_admin_cert(
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let running = start(&opts).await?;
     running.wait_for_signal().await;
+    // The addresses in dev.env are stale once the server is gone.
+    let _ = std::fs::remove_file(opts.data.join("dev.env"));
     Ok(())
 }
 

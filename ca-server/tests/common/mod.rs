@@ -1,0 +1,245 @@
+//! Shared fixture: a real server (SoftHSM issuing key, sled store, rustls on an ephemeral
+//! 127.0.0.1 port) over `hsm_sim::pki::TestPki`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use ca_core::clock::{Clock, SystemClock};
+use ca_core::issuance::IssuerUrls;
+use ca_core::profile::{Profiles, Span};
+use ca_core::signer::KeyAlgorithm;
+use ca_core::store::Store;
+use ca_server::api::types::*;
+use ca_server::auth::Role;
+use ca_server::client::ApiClient;
+use ca_server::config::{Limits, TokenSection};
+use ca_server::metrics::Metrics;
+use ca_server::server::{self, Running, ServerParts};
+use hsm_sim::pki::{test_profiles, TestPki};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// PEM certificate + key.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub cert: String,
+    pub key: String,
+}
+
+pub struct TestServer {
+    pub pki: TestPki,
+    pub running: Option<Running>,
+    pub url: String,
+    pub status_url: String,
+    pub root_pem: String,
+    pub so: Identity,
+    pub operator: Identity,
+    pub auditor: Identity,
+}
+
+pub struct Options {
+    pub limits: Limits,
+    pub profiles: Profiles,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let mut profiles = test_profiles();
+        // A profile whose certificates expire after 2 seconds (expiry tests).
+        let mut short = profiles.0["client"].clone();
+        short.validity = Span(chrono::Duration::seconds(2));
+        short.backdate = Span(chrono::Duration::zero());
+        profiles.0.insert("short".into(), short);
+        let mut limits = Limits::default();
+        limits.renew.per_second = 100;
+        limits.renew.burst = 100;
+        limits.admin.per_second = 100;
+        limits.admin.burst = 200;
+        Options {
+            limits,
+            profiles,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> Self {
+        let clock = opts.clock.clone();
+        let pki = tokio::task::spawn_blocking(move || {
+            TestPki::with(KeyAlgorithm::P256, test_profiles(), IssuerUrls::default(), clock)
+                .expect("test PKI")
+        })
+        .await
+        .unwrap();
+        let parts = ServerParts {
+            signer: pki.issuing_signer.clone(),
+            issuing_der: pki.issuing_der.clone(),
+            chain_der: vec![pki.root_der.clone()],
+            profiles: opts.profiles,
+            urls: IssuerUrls::default(),
+            store: pki.store.clone() as Arc<dyn Store>,
+            clock: opts.clock,
+            tls_names: vec!["dns:localhost".into(), "ip:127.0.0.1".into()],
+            tls_validity: Span(chrono::Duration::days(1)),
+            admin_validity: Span(chrono::Duration::days(30)),
+            limits: opts.limits,
+            tokens: TokenSection::default(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let state = server::build_state(&parts, None).expect("state");
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let status = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mk = |role| {
+            let state = state.clone();
+            async move {
+                let (cert, key) = ca_server::dev::issue_admin_cert(
+                    &state,
+                    &format!("test-{}", Role::name(role)),
+                    role,
+                    "test",
+                )
+                .await
+                .unwrap();
+                Identity { cert, key }
+            }
+        };
+        let so = mk(Role::SecurityOfficer).await;
+        let operator = mk(Role::Operator).await;
+        let auditor = mk(Role::Auditor).await;
+        let running = server::start(
+            state,
+            parts.tls_names.clone(),
+            api,
+            Some((status, axum::Router::new())),
+        )
+        .await
+        .expect("server starts");
+        let url = format!("https://{}", running.api_addr);
+        let status_url = format!("http://{}", running.status_addr.unwrap());
+        let root_pem = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
+        TestServer {
+            pki,
+            running: Some(running),
+            url,
+            status_url,
+            root_pem,
+            so,
+            operator,
+            auditor,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<ca_server::service::AppState> {
+        &self.running.as_ref().unwrap().state
+    }
+
+    pub fn client(&self, id: Option<&Identity>) -> ApiClient {
+        ApiClient::new(
+            &self.url,
+            self.root_pem.as_bytes(),
+            id.map(|i| (i.cert.as_bytes(), i.key.as_bytes())),
+        )
+        .unwrap()
+    }
+
+    pub fn anon(&self) -> ApiClient {
+        self.client(None)
+    }
+
+    pub async fn token(&self, cn: &str, sans: &[&str], profile: &str) -> String {
+        let resp: TokenCreateResponse = self
+            .client(Some(&self.operator))
+            .post_json(
+                "/v1/admin/tokens",
+                &TokenCreateRequest {
+                    common_name: Some(cn.into()),
+                    sans: sans.iter().map(|s| s.to_string()).collect(),
+                    profile: Some(profile.into()),
+                    ttl: None,
+                },
+            )
+            .await
+            .expect("token create");
+        resp.token
+    }
+
+    /// Enroll with a fresh P-256 key; returns the identity and the response.
+    pub async fn enroll(&self, token: &str, cn: &str, sans: &[&str]) -> (Identity, IssuedResponse) {
+        let (key, csr) = csr(cn, sans);
+        let issued: IssuedResponse = self
+            .anon()
+            .post_json("/v1/enroll", &EnrollRequest { token: token.into(), csr })
+            .await
+            .expect("enroll");
+        (
+            Identity {
+                cert: issued.certificate.clone(),
+                key,
+            },
+            issued,
+        )
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.pki.dir.path().to_path_buf()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn audit_count(&self) -> usize {
+        self.pki.store.audit_events(1, usize::MAX).unwrap().len()
+    }
+
+    pub fn cert_count(&self) -> usize {
+        self.pki
+            .store
+            .list_certs(&ca_core::store::CertFilter::default())
+            .unwrap()
+            .len()
+    }
+}
+
+/// A fresh P-256 key (PEM) and a CSR (PEM) for `cn` and `sans` (`dns:`/`uri:`/`ip:` prefixes).
+pub fn csr(cn: &str, sans: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    (key.serialize_pem(), csr_with_key(&key, cn, sans))
+}
+
+pub fn csr_with_key(key: &rcgen::KeyPair, cn: &str, sans: &[&str]) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if !cn.is_empty() {
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    }
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| {
+            let (kind, v) = s.split_once(':').unwrap_or(("dns", s));
+            match kind {
+                "dns" => rcgen::SanType::DnsName(v.to_string().try_into().unwrap()),
+                "uri" => rcgen::SanType::URI(v.to_string().try_into().unwrap()),
+                "ip" => rcgen::SanType::IpAddress(v.parse().unwrap()),
+                _ => panic!("san kind {kind}"),
+            }
+        })
+        .collect();
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+pub fn serial_of(pem: &str) -> String {
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    hex::encode(cert.tbs_certificate.raw_serial())
+}
