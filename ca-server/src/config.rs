@@ -352,9 +352,12 @@ pub struct OcspSection {
     /// Its certificate (PEM), issued by the issuing CA with id-kp-OCSPSigning.
     #[serde(default)]
     pub signer_cert: Option<PathBuf>,
-    /// Validity of pre-signed responses (default set by the responder).
+    /// Validity of pre-signed responses (default 24h; re-signed at half of it).
     #[serde(default)]
     pub validity: Option<Span>,
+    /// Cap on `Cache-Control: max-age` of OCSP responses and the CRL (default 60s).
+    #[serde(default)]
+    pub max_age: Option<Span>,
     /// Pre-signed responses about other issuers (e.g. the root-signed response about the
     /// intermediate), DER files.
     #[serde(default)]
@@ -365,9 +368,12 @@ pub struct OcspSection {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrlSection {
-    /// Interval between thisUpdate and nextUpdate (default set by the CRL builder).
+    /// Interval between thisUpdate and nextUpdate (default 24h; rebuilt at half of it).
     #[serde(default)]
     pub validity: Option<Span>,
+    /// The root CRL from the key ceremony (DER or PEM), served at `/root.crl`.
+    #[serde(default)]
+    pub root_crl: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -426,6 +432,9 @@ impl ServerConfig {
             fix(p);
         }
         for p in &mut self.ocsp.external_responses {
+            fix(p);
+        }
+        if let Some(p) = &mut self.crl.root_crl {
             fix(p);
         }
     }
@@ -490,6 +499,15 @@ impl ServerConfig {
             if r.burst == 0 {
                 return Err(invalid(&format!("{key}.burst"), "must be at least 1"));
             }
+        }
+        if let Some(v) = &self.ocsp.validity {
+            pos("ocsp.validity", v)?;
+        }
+        if let Some(v) = &self.ocsp.max_age {
+            pos("ocsp.max_age", v)?;
+        }
+        if let Some(v) = &self.crl.validity {
+            pos("crl.validity", v)?;
         }
         if self.ocsp.signer_key.is_some() != self.ocsp.signer_cert.is_some() {
             return Err(invalid(

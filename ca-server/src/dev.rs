@@ -120,6 +120,8 @@ pub struct DevPki {
     pub intermediate: PathBuf,
     /// Root-signed OCSP response about the intermediate (DER), if any.
     pub intermediate_ocsp: Option<PathBuf>,
+    /// Root CRL (DER), if any.
+    pub root_crl: Option<PathBuf>,
 }
 
 /// Make the dev PKI in `dir/pki` by rehearsing the key ceremonies. Must run before anything
@@ -141,6 +143,7 @@ pub fn bootstrap(dir: &Path, status_url: &str) -> anyhow::Result<DevPki> {
         root: a.root_cert,
         intermediate: a.intermediate_cert,
         intermediate_ocsp: Some(a.intermediate_ocsp_response),
+        root_crl: Some(a.root_crl),
     })
 }
 
@@ -179,6 +182,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
     if let Some(resp) = &pki.intermediate_ocsp {
         cfg.ocsp.external_responses = vec![rel(resp)];
     }
+    cfg.crl.root_crl = pki.root_crl.as_deref().map(rel);
     cfg.tls.names = vec![
         "dns:localhost".into(),
         "ip:127.0.0.1".into(),
@@ -341,7 +345,10 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
     let c = cfg.clone();
     let parts = tokio::task::spawn_blocking(move || server::parts_from_config(&c, metrics))
         .await??;
-    let status_parts = server::status_integration(&cfg.ocsp, &cfg.crl, &parts)?;
+    let p = parts.clone();
+    let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
+    let status_parts =
+        tokio::task::spawn_blocking(move || server::status_integration(&ocsp, &crl, &p)).await??;
     let state = server::build_state(&parts, status_parts.hooks)?;
 
     let admin_dir = dir.join("admin");
@@ -366,13 +373,16 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
         write_atomic(&admin_cert, cert.as_bytes(), 0o644)?;
     }
 
-    let running = server::start(
+    let mut running = server::start(
         state.clone(),
         parts.tls_names.clone(),
         api,
         Some((status, status_parts.router)),
     )
     .await?;
+    if let Some(m) = status_parts.maintenance {
+        running.abort_on_shutdown(m);
+    }
 
     let info = DevInfo {
         ca_url: format!("https://{api_addr}"),

@@ -41,6 +41,7 @@ use tower::ServiceExt;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Everything a server is made of, however it was obtained (config file, `dev`, tests).
+#[derive(Clone)]
 pub struct ServerParts {
     /// The issuing key in the HSM.
     pub signer: Arc<Pkcs11Signer>,
@@ -133,26 +134,102 @@ pub fn build_state(
     }))
 }
 
-/// The status listener's pieces: its router (OCSP, CRL, `/ca.crt`) and its hooks.
+/// The status listener's pieces: its router (OCSP, CRL, `/ca.crt`), its hooks and its
+/// maintenance task.
 pub struct StatusParts {
     /// Routes for the plain-HTTP listener (health routes are added by [`start`]).
     pub router: Router,
-    /// Issuance/revocation hooks (pre-signed OCSP).
+    /// Issuance/revocation hooks (pre-signed OCSP, CRL rebuild).
     pub hooks: Option<Arc<dyn StatusHooks>>,
+    /// OCSP refresh and CRL rebuild task, aborted at shutdown.
+    pub maintenance: Option<JoinHandle<()>>,
 }
 
-/// Integration point with the status listener (`ca-server/src/status.rs`, owned by the status
-/// work): build its router and hooks from the configuration. Until that module lands, the
-/// status listener serves only `/healthz`, `/readyz` and `/metrics`, and revocation goes to the
-/// store only.
+impl std::fmt::Debug for StatusParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusParts").finish_non_exhaustive()
+    }
+}
+
+/// Build the status listener ([`crate::status`]): OCSP responder (delegated signer when
+/// `ocsp.signer_key` is set, else the issuing key), CRL publisher, external OCSP responses,
+/// the root CRL, OCSP outcome metrics. Blocking (HSM, store): call it from `spawn_blocking`.
+/// Needs a tokio runtime (it spawns the maintenance task).
 pub fn status_integration(
-    _ocsp: &crate::config::OcspSection,
-    _crl: &crate::config::CrlSection,
-    _parts: &ServerParts,
+    ocsp: &crate::config::OcspSection,
+    crl: &crate::config::CrlSection,
+    parts: &ServerParts,
 ) -> anyhow::Result<StatusParts> {
+    use ca_core::ocsp::{ExternalResponse, ResponderConfig, ResponderKey};
+    use crate::status::{StatusConfig, StatusSetup, StatusState};
+    let issuing: Arc<dyn Signer> = Arc::new(TimedSigner::new(
+        parts.signer.clone(),
+        parts.metrics.clone(),
+    ));
+    let ocsp_key = match (&ocsp.signer_key, &ocsp.signer_cert) {
+        (Some(label), Some(cert)) => {
+            let signer = parts
+                .signer
+                .token()
+                .signer(label)
+                .with_context(|| format!("opening the OCSP signing key {label:?} (ocsp.signer_key)"))?;
+            let cert = read_pem_certs(cert).context("ocsp.signer_cert")?;
+            let signer: Arc<dyn Signer> =
+                Arc::new(TimedSigner::new(Arc::new(signer), parts.metrics.clone()));
+            ResponderKey::delegated(signer, &cert[0]).context("ocsp.signer_cert")?
+        }
+        _ => ResponderKey::ca(issuing.clone()),
+    };
+    let mut responder = ResponderConfig::default();
+    if let Some(v) = ocsp.validity {
+        responder.validity = v.0;
+        responder.refresh_before = v.0 / 2;
+    }
+    let mut crl_config = ca_core::crl::CrlConfig::default();
+    if let Some(v) = crl.validity {
+        crl_config.validity = v.0;
+        crl_config.refresh_before = v.0 / 2;
+    }
+    crl_config.distribution_point = parts.urls.crl.clone();
+    let root_der = parts
+        .chain_der
+        .last()
+        .cloned()
+        .unwrap_or_else(|| parts.issuing_der.clone());
+    let mut http = StatusConfig::default();
+    if let Some(m) = ocsp.max_age {
+        http.max_age = m.0.to_std().unwrap_or(http.max_age);
+    }
+    let setup = StatusSetup {
+        issuer_cert_der: parts.issuing_der.clone(),
+        issuing_signer: issuing,
+        ocsp_key,
+        store: parts.store.clone(),
+        clock: parts.clock.clone(),
+        responder,
+        crl: crl_config,
+        external_responses: ocsp
+            .external_responses
+            .iter()
+            .map(|p| ExternalResponse {
+                path: p.clone(),
+                signer_cert_der: root_der.clone(),
+            })
+            .collect(),
+        root_crl: crl.root_crl.clone(),
+        http,
+    };
+    let state = StatusState::build(setup).context("starting the OCSP responder and CRL publisher")?;
+    let metrics = parts.metrics.clone();
+    let state = match Arc::try_unwrap(state) {
+        Ok(s) => Arc::new(s.with_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)))),
+        Err(shared) => shared,
+    };
+    let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
-        router: Router::new(),
-        hooks: None,
+        router: crate::status::router(state.clone()),
+        hooks: Some(state as Arc<dyn StatusHooks>),
+        maintenance: Some(maintenance),
     })
 }
 
@@ -167,14 +244,23 @@ pub struct Running {
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    aborts: Vec<JoinHandle<()>>,
 }
 
 impl Running {
+    /// A background task to abort once the listeners have stopped (e.g. status maintenance).
+    pub fn abort_on_shutdown(&mut self, task: JoinHandle<()>) {
+        self.aborts.push(task);
+    }
+
     /// Stop accepting, let in-flight requests finish (up to [`SHUTDOWN_GRACE`]), return.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        for t in self.aborts {
+            t.abort();
         }
         tracing::info!("server stopped");
     }
@@ -368,6 +454,7 @@ pub async fn start(
         state,
         shutdown: tx,
         tasks,
+        aborts: Vec::new(),
     })
 }
 
@@ -560,7 +647,21 @@ pub async fn start_with_listeners(
     let parts = tokio::task::spawn_blocking(move || parts_from_config(&owned, metrics))
         .await
         .context("opening the HSM and the store")??;
-    let status_parts = status_integration(&cfg.ocsp, &cfg.crl, &parts)?;
+    let p = parts.clone();
+    let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
+    let status_parts = tokio::task::spawn_blocking(move || status_integration(&ocsp, &crl, &p))
+        .await
+        .context("starting the status listener")??;
     let state = build_state(&parts, status_parts.hooks)?;
-    start(state, parts.tls_names.clone(), api, Some((status, status_parts.router))).await
+    let mut running = start(
+        state,
+        parts.tls_names.clone(),
+        api,
+        Some((status, status_parts.router)),
+    )
+    .await?;
+    if let Some(m) = status_parts.maintenance {
+        running.abort_on_shutdown(m);
+    }
+    Ok(running)
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use ca_server::api::types::RevokeRequest;
+use ca_server::api::types::RevokeResponse;
 use common::TestServer;
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
@@ -297,5 +299,70 @@ async fn est_with_curl_and_openssl() {
     )
     .await;
     assert_eq!((status, json_field(&resp, "code").as_str()), (415, "unsupported_media_type"));
+    srv.stop().await;
+}
+
+/// With the status listener attached: a new certificate is `good` in OCSP at once, and the
+/// revocation is visible in OCSP by the time the API acknowledged it; the CRL lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_and_crl_follow_issuance_and_revocation() {
+    let mut srv = TestServer::with(common::Options {
+        status: true,
+        ..common::Options::default()
+    })
+    .await;
+    let f = Files { dir: srv.tmp() };
+    let issuer = f.write(
+        "issuing.pem",
+        ca_core::issuance::pem("CERTIFICATE", &srv.pki.issuing_der),
+    );
+    let root = f.write("root.pem", &srv.root_pem);
+    let token = srv.token("ocsp.test", &[], "client").await;
+    let (_, issued) = srv.enroll(&token, "ocsp.test", &[]).await;
+    let leaf = f.write("leaf.pem", &issued.certificate);
+    let ocsp = |f: &Files| {
+        let args: Vec<String> = vec![
+            "ocsp".into(), "-issuer".into(), issuer.display().to_string(),
+            "-cert".into(), leaf.display().to_string(),
+            "-url".into(), format!("{}/ocsp", srv.status_url),
+            "-CAfile".into(), root.display().to_string(),
+            "-verify_other".into(), issuer.display().to_string(),
+            "-no_nonce".into(),
+        ];
+        let _ = f;
+        args
+    };
+    let args = ocsp(&f);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = run("openssl", &a).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(ok, "{err} {out}");
+    assert!(out.contains(": good"), "{out} {err}");
+
+    let _: RevokeResponse = srv
+        .client(Some(&srv.operator))
+        .post_json(
+            "/v1/admin/revoke",
+            &RevokeRequest { serial: issued.serial.clone(), reason: Some("keyCompromise".into()) },
+        )
+        .await
+        .unwrap();
+    let (ok, out, err) = run("openssl", &a).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(ok, "{err} {out}");
+    assert!(out.contains(": revoked"), "{out} {err}");
+    assert!(out.contains("Reason: keyCompromise"), "{out}");
+
+    // OCSP outcomes are counted in the shared metrics registry.
+    let body = f.path("metrics");
+    let (status, metrics) = curl(&format!("{}/metrics", srv.status_url), &[], &body).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ca_ocsp_requests_total{status=\"good\"} 1"), "{metrics}");
+    assert!(metrics.contains("ca_ocsp_requests_total{status=\"revoked\"} 1"), "{metrics}");
+    // /ca.crt is the issuing CA.
+    let crt = f.path("ca.crt");
+    let (status, _) = curl(&format!("{}/ca.crt", srv.status_url), &[], &crt).await;
+    assert_eq!(status, 200);
+    assert_eq!(std::fs::read(&crt).unwrap(), srv.pki.issuing_der);
     srv.stop().await;
 }

@@ -85,6 +85,21 @@ fn dev_starts_writes_env_serves_cli_and_restarts() {
     assert_eq!(vars["CA_FINGERPRINT"], ca_core::signer::sha256_hex(&root_der));
     let admin_cert = std::fs::read(&vars["CA_ADMIN_CERT"]).unwrap();
 
+    // The status listener serves the CRL, the root CRL and the issuer certificate.
+    for (path, what) in [("/crl", "crl"), ("/root.crl", "crl"), ("/ca.crt", "x509")] {
+        let file = tmp.path().join("fetched");
+        let out = Command::new("curl")
+            .args(["-sSf", "-o", file.to_str().unwrap(), &format!("{}{path}", vars["CA_STATUS_URL"])])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args([what, "-inform", "DER", "-in", file.to_str().unwrap(), "-noout"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     // Admin CLI with the dev.env variables: token create (text and JSON), certs list, audit.
     let (ok, out, err) = cli(&vars, &["token", "create", "--cn", "web1.example.com", "--san", "dns:web1.example.com"]);
     assert!(ok, "{err}");

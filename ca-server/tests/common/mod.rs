@@ -37,6 +37,8 @@ pub struct TestServer {
 }
 
 pub struct Options {
+    /// Attach the status listener (OCSP responder, CRL) as in production.
+    pub status: bool,
     pub limits: Limits,
     pub profiles: Profiles,
     pub clock: Arc<dyn Clock>,
@@ -56,6 +58,7 @@ impl Default for Options {
         limits.admin.per_second = 100;
         limits.admin.burst = 200;
         Options {
+            status: false,
             limits,
             profiles,
             clock: Arc::new(SystemClock),
@@ -91,7 +94,23 @@ impl TestServer {
             tokens: TokenSection::default(),
             metrics: Arc::new(Metrics::new()),
         };
-        let state = server::build_state(&parts, None).expect("state");
+        let (hooks, status_router, maintenance) = if opts.status {
+            let p = parts.clone();
+            let sp = tokio::task::spawn_blocking(move || {
+                server::status_integration(
+                    &ca_server::config::OcspSection::default(),
+                    &ca_server::config::CrlSection::default(),
+                    &p,
+                )
+            })
+            .await
+            .unwrap()
+            .expect("status listener");
+            (sp.hooks, sp.router, sp.maintenance)
+        } else {
+            (None, axum::Router::new(), None)
+        };
+        let state = server::build_state(&parts, hooks).expect("state");
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let status = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mk = |role| {
@@ -111,14 +130,17 @@ impl TestServer {
         let so = mk(Role::SecurityOfficer).await;
         let operator = mk(Role::Operator).await;
         let auditor = mk(Role::Auditor).await;
-        let running = server::start(
+        let mut running = server::start(
             state,
             parts.tls_names.clone(),
             api,
-            Some((status, axum::Router::new())),
+            Some((status, status_router)),
         )
         .await
         .expect("server starts");
+        if let Some(m) = maintenance {
+            running.abort_on_shutdown(m);
+        }
         let url = format!("https://{}", running.api_addr);
         let status_url = format!("http://{}", running.status_addr.unwrap());
         let root_pem = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
