@@ -44,6 +44,9 @@ mod request;
 mod responder;
 
 pub use build::{parse_response, sign_response, ParsedResponse};
+pub use x509_ocsp::OcspResponseStatus;
+/// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.
+pub use x509_ocsp;
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
     AnswerKind, ExternalResponse, LiveRequest, LoadStats, Lookup, OcspAnswer, RefreshStats, Responder,

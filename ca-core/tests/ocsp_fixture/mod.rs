@@ -1,11 +1,13 @@
 //! Test PKI for the OCSP and CRL tests: a CA whose key is in a fresh SoftHSM token, leaves
 //! signed by it with rcgen, records in a real sled store on disk, files for openssl.
+//! Shared with ca-server's status tests (`#[path]`), so it uses only crates both have.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use ca_core::signer::pkcs11::Pkcs11Signer;
 use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
 use ca_core::store::{CertRecord, RecordStatus, Requester, SledStore, Store};
-use chrono::{DateTime, Duration, Utc};
+use ca_core::clock::to_offset;
+use chrono::{Duration, Utc};
 use hsm_sim::TestToken;
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -31,10 +33,6 @@ pub struct Leaf {
     pub record: CertRecord,
     pub cert_pem: PathBuf,
     pub key_pem: PathBuf,
-}
-
-pub fn to_offset(t: DateTime<Utc>) -> time::OffsetDateTime {
-    ca_core::clock::to_offset(t)
 }
 
 fn random_serial(high_bit: bool) -> Vec<u8> {
