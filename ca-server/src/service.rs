@@ -313,11 +313,8 @@ impl AppState {
 
     /// The token with this hash.
     fn find_token(&self, hash: &str) -> ApiResult<TokenRecord> {
-        // Integration point: a `Store::get_token(hash)` would make this O(1).
         self.store
-            .list_tokens()?
-            .into_iter()
-            .find(|t| t.hash == hash)
+            .get_token(hash)?
             .ok_or_else(|| ca_core::Error::TokenRejected("unknown token").into())
     }
 

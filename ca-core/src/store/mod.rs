@@ -190,6 +190,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> Result<TokenRecord>;
     /// List tokens (for admins).
     fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// The token stored under this hash, used or not (to check a request against its binding
+    /// before consuming it). The default scans [`Store::list_tokens`]; stores override it.
+    fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        Ok(self.list_tokens()?.into_iter().find(|t| t.hash == hash))
+    }
     /// Keep a pre-signed OCSP response.
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()>;
     /// Visit all kept OCSP responses.

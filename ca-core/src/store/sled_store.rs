@@ -345,6 +345,17 @@ impl Store for SledStore {
         }
     }
 
+    fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        match self
+            .tokens
+            .get(hash.as_bytes())
+            .map_err(|e| Error::store("get token", e))?
+        {
+            Some(v) => Ok(Some(dec("token", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         self.tokens
             .iter()
