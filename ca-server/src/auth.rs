@@ -134,7 +134,12 @@ pub fn check_client_cert(state: &AppState, peer: &Peer) -> ApiResult<CertRecord>
             "this route needs a client certificate issued by this CA (mTLS)",
         )
     })?;
-    let unknown = || ApiError::new(Code::CertUnknown, "client certificate was not issued by this CA");
+    let unknown = || {
+        ApiError::new(
+            Code::CertUnknown,
+            "client certificate was not issued by this CA",
+        )
+    };
     let serial = cert_serial(der).ok_or_else(unknown)?;
     let serial = strip_sign_byte(&serial);
     let record = state.store.get_cert(serial)?.ok_or_else(unknown)?;
@@ -206,7 +211,11 @@ pub async fn require(
     let held = if roles.is_empty() {
         "no administrator role".to_string()
     } else {
-        roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
+        roles
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let e = ApiError::new(
         Code::Forbidden,

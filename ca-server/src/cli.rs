@@ -321,7 +321,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&resp)
             } else {
                 println!("{}", resp.token);
-                eprintln!("token id {} expires at {} (shown once; single use)", resp.id, resp.expires_at);
+                eprintln!(
+                    "token id {} expires at {} (shown once; single use)",
+                    resp.id, resp.expires_at
+                );
                 Ok(())
             }
         }
@@ -395,7 +398,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             print!(
                 "{}",
-                table(&["SERIAL", "IDENTITY", "PROFILE", "STATUS", "NOT AFTER"], &rows)
+                table(
+                    &["SERIAL", "IDENTITY", "PROFILE", "STATUS", "NOT AFTER"],
+                    &rows
+                )
             );
             Ok(())
         }
@@ -425,7 +431,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             print!(
                 "{}",
-                table(&["SEQ", "TIME", "ACTOR", "ACTION", "OBJECT", "RESULT"], &rows)
+                table(
+                    &["SEQ", "TIME", "ACTOR", "ACTION", "OBJECT", "RESULT"],
+                    &rows
+                )
             );
             Ok(())
         }
@@ -472,7 +481,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let key_path = out.join(format!("{name}.key"));
             let cert_path = out.join(format!("{name}.crt"));
             if key_path.exists() || cert_path.exists() {
-                anyhow::bail!("{} or {} exists; refusing to overwrite", key_path.display(), cert_path.display());
+                anyhow::bail!(
+                    "{} or {} exists; refusing to overwrite",
+                    key_path.display(),
+                    cert_path.display()
+                );
             }
             crate::dev::write_atomic(&key_path, key.as_bytes(), 0o600)?;
             crate::dev::write_atomic(&cert_path, cert.certificate.as_bytes(), 0o644)?;

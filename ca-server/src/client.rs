@@ -113,7 +113,9 @@ impl ApiClient {
         root_pem: &[u8],
         identity: Option<(&[u8], &[u8])>,
     ) -> Result<Self, ClientError> {
-        let uri: http::Uri = url.parse().map_err(|e| setup(format!("URL {url:?}: {e}")))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| setup(format!("URL {url:?}: {e}")))?;
         if uri.scheme_str() != Some("https") {
             return Err(setup(format!("URL {url:?} must start with https://")));
         }
@@ -128,8 +130,8 @@ impl ApiClient {
             .authority()
             .map(|a| a.to_string())
             .unwrap_or_else(|| host.clone());
-        let server_name = ServerName::try_from(host.clone())
-            .map_err(|e| setup(format!("host {host:?}: {e}")))?;
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|e| setup(format!("host {host:?}: {e}")))?;
         let mut roots = RootCertStore::empty();
         let anchors: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &root_pem[..])
             .collect::<Result<_, _>>()
@@ -248,10 +250,7 @@ impl ApiClient {
             return Err(resp.error());
         }
         serde_json::from_slice(&resp.body).map_err(|e| {
-            ClientError::Protocol(format!(
-                "{e} in {:?}",
-                String::from_utf8_lossy(&resp.body)
-            ))
+            ClientError::Protocol(format!("{e} in {:?}", String::from_utf8_lossy(&resp.body)))
         })
     }
 

@@ -407,7 +407,11 @@ impl ServerConfig {
             let inner = e.into_inner();
             ConfigError::Parse {
                 path: PathBuf::new(),
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message: inner.message().to_string(),
             }
         })
@@ -480,10 +484,7 @@ impl ServerConfig {
             return Err(invalid("admin.validity", "at most 398d"));
         }
         if self.tokens.default_ttl.0 > self.tokens.max_ttl.0 {
-            return Err(invalid(
-                "tokens.default_ttl",
-                "longer than tokens.max_ttl",
-            ));
+            return Err(invalid("tokens.default_ttl", "longer than tokens.max_ttl"));
         }
         if self.limits.max_body_bytes < 1024 {
             return Err(invalid("limits.max_body_bytes", "at least 1024"));

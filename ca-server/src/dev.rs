@@ -9,9 +9,7 @@
 //! `admin/admin.crt` + `admin/admin.key`, `dev.env`.
 
 use crate::auth::Role;
-use crate::config::{
-    CaSection, HsmSection, Listen, OcspSection, ServerConfig,
-};
+use crate::config::{CaSection, HsmSection, Listen, OcspSection, ServerConfig};
 use crate::metrics::Metrics;
 use crate::server::{self, Running};
 use crate::service::{AppState, Request, ADMIN_PROFILE};
@@ -149,7 +147,11 @@ pub fn bootstrap(dir: &Path, status_url: &str) -> anyhow::Result<DevPki> {
 
 /// The server configuration for a dev PKI (paths relative to `dir`).
 pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
-    let rel = |p: &Path| p.strip_prefix(dir).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+    let rel = |p: &Path| {
+        p.strip_prefix(dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
     let mut cfg = ServerConfig {
         data_dir: PathBuf::from("."),
         listen,
@@ -343,8 +345,8 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
 
     let metrics = Arc::new(Metrics::new());
     let c = cfg.clone();
-    let parts = tokio::task::spawn_blocking(move || server::parts_from_config(&c, metrics))
-        .await??;
+    let parts =
+        tokio::task::spawn_blocking(move || server::parts_from_config(&c, metrics)).await??;
     let p = parts.clone();
     let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
     let status_parts =
@@ -391,11 +393,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
         fingerprint: state.root_fingerprint(),
         admin_cert,
         admin_key,
-        softhsm_conf: cfg
-            .hsm
-            .softhsm_conf
-            .clone()
-            .unwrap_or_default(),
+        softhsm_conf: cfg.hsm.softhsm_conf.clone().unwrap_or_default(),
     };
     write_atomic(&env_file, info.env_lines().as_bytes(), 0o644)?;
     println!(

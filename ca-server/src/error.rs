@@ -190,26 +190,26 @@ impl ApiError {
 fn core_code(e: &ca_core::Error) -> Code {
     use ca_core::Error as E;
     match e {
-            E::MalformedCsr(_) => Code::MalformedCsr,
-            E::CsrSignature => Code::CsrSignature,
-            E::WeakKey(_) | E::UnsupportedAlgorithm(_) => Code::WeakKey,
-            E::ExtensionNotAllowed { .. } => Code::ExtensionNotAllowed,
-            E::NameNotAllowed { .. } => Code::NameNotAllowed,
-            E::KeyReuse => Code::KeyReuse,
-            E::UnknownProfile(_) => Code::BadRequest,
-            E::TokenRejected(_) => Code::TokenRejected,
-            E::CertNotFound(_) => Code::NotFound,
-            E::AlreadyRevoked { .. } => Code::AlreadyRevoked,
-            E::AuditChain { .. } => Code::AuditTampered,
-            E::HsmUnavailable { .. }
-            | E::TokenNotFound { .. }
-            | E::KeyNotFound { .. }
-            | E::BadPin { .. }
-            | E::PinSource { .. }
-            | E::Hsm { .. }
-            | E::HsmData { .. } => Code::HsmUnavailable,
-            E::Store { .. } => Code::StoreUnavailable,
-            _ => Code::Internal,
+        E::MalformedCsr(_) => Code::MalformedCsr,
+        E::CsrSignature => Code::CsrSignature,
+        E::WeakKey(_) | E::UnsupportedAlgorithm(_) => Code::WeakKey,
+        E::ExtensionNotAllowed { .. } => Code::ExtensionNotAllowed,
+        E::NameNotAllowed { .. } => Code::NameNotAllowed,
+        E::KeyReuse => Code::KeyReuse,
+        E::UnknownProfile(_) => Code::BadRequest,
+        E::TokenRejected(_) => Code::TokenRejected,
+        E::CertNotFound(_) => Code::NotFound,
+        E::AlreadyRevoked { .. } => Code::AlreadyRevoked,
+        E::AuditChain { .. } => Code::AuditTampered,
+        E::HsmUnavailable { .. }
+        | E::TokenNotFound { .. }
+        | E::KeyNotFound { .. }
+        | E::BadPin { .. }
+        | E::PinSource { .. }
+        | E::Hsm { .. }
+        | E::HsmData { .. } => Code::HsmUnavailable,
+        E::Store { .. } => Code::StoreUnavailable,
+        _ => Code::Internal,
     }
 }
 

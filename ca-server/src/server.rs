@@ -122,7 +122,12 @@ pub fn build_state(
             token_default_ttl: parts.tokens.default_ttl.0,
             token_max_ttl: parts.tokens.max_ttl.0,
             max_body_bytes: parts.limits.max_body_bytes,
-            request_timeout: parts.limits.request_timeout.0.to_std().unwrap_or(Duration::from_secs(30)),
+            request_timeout: parts
+                .limits
+                .request_timeout
+                .0
+                .to_std()
+                .unwrap_or(Duration::from_secs(30)),
             handshake_timeout: parts
                 .limits
                 .handshake_timeout
@@ -160,19 +165,17 @@ pub fn status_integration(
     crl: &crate::config::CrlSection,
     parts: &ServerParts,
 ) -> anyhow::Result<StatusParts> {
-    use ca_core::ocsp::{ExternalResponse, ResponderConfig, ResponderKey};
     use crate::status::{StatusConfig, StatusSetup, StatusState};
+    use ca_core::ocsp::{ExternalResponse, ResponderConfig, ResponderKey};
     let issuing: Arc<dyn Signer> = Arc::new(TimedSigner::new(
         parts.signer.clone(),
         parts.metrics.clone(),
     ));
     let ocsp_key = match (&ocsp.signer_key, &ocsp.signer_cert) {
         (Some(label), Some(cert)) => {
-            let signer = parts
-                .signer
-                .token()
-                .signer(label)
-                .with_context(|| format!("opening the OCSP signing key {label:?} (ocsp.signer_key)"))?;
+            let signer = parts.signer.token().signer(label).with_context(|| {
+                format!("opening the OCSP signing key {label:?} (ocsp.signer_key)")
+            })?;
             let cert = read_pem_certs(cert).context("ocsp.signer_cert")?;
             let signer: Arc<dyn Signer> =
                 Arc::new(TimedSigner::new(Arc::new(signer), parts.metrics.clone()));
@@ -219,7 +222,8 @@ pub fn status_integration(
         root_crl: crl.root_crl.clone(),
         http,
     };
-    let state = StatusState::build(setup).context("starting the OCSP responder and CRL publisher")?;
+    let state =
+        StatusState::build(setup).context("starting the OCSP responder and CRL publisher")?;
     let metrics = parts.metrics.clone();
     let state = match Arc::try_unwrap(state) {
         Ok(s) => Arc::new(s.with_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)))),
@@ -491,22 +495,20 @@ async fn accept_loop(
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                state.settings.handshake_timeout,
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    handshake_failed(&state, addr, &e).await;
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%addr, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(state.settings.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        handshake_failed(&state, addr, &e).await;
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let cert = tls
                 .get_ref()
                 .1
@@ -518,10 +520,8 @@ async fn accept_loop(
                 req.extensions_mut().insert(peer.clone());
                 router.clone().oneshot(req)
             });
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(tls),
-                TowerToHyperService::new(svc),
-            );
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");
             }
@@ -594,11 +594,12 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
         hsm.sessions = n;
     }
     let token = hsm.open().context("opening the HSM token (hsm.*)")?;
-    let signer = Arc::new(
-        token
-            .signer(&cfg.hsm.issuing_key)
-            .with_context(|| format!("opening HSM key {:?} (hsm.issuing_key)", cfg.hsm.issuing_key))?,
-    );
+    let signer = Arc::new(token.signer(&cfg.hsm.issuing_key).with_context(|| {
+        format!(
+            "opening HSM key {:?} (hsm.issuing_key)",
+            cfg.hsm.issuing_key
+        )
+    })?);
     let issuing = read_pem_certs(&cfg.ca.certificate).context("ca.certificate")?;
     let chain = read_pem_certs(&cfg.ca.chain).context("ca.chain")?;
     let store_dir = cfg.data_dir.join("store");

@@ -123,7 +123,14 @@ impl StatusHooks for ResponderHooks {
         at: DateTime<Utc>,
         actor: &str,
     ) -> ca_core::Result<CertRecord> {
-        ca_core::revocation::revoke(self.store.as_ref(), &self.responder, serial, reason, at, actor)
+        ca_core::revocation::revoke(
+            self.store.as_ref(),
+            &self.responder,
+            serial,
+            reason,
+            at,
+            actor,
+        )
     }
 }
 
@@ -280,7 +287,12 @@ impl AppState {
             Request::Renewal(previous) => {
                 let issued = self
                     .ca
-                    .prepare(csr, IssueContext::Renewal { previous: &previous })?
+                    .prepare(
+                        csr,
+                        IssueContext::Renewal {
+                            previous: &previous,
+                        },
+                    )?
                     .issue()?;
                 Ok(Outcome {
                     issued,

@@ -14,7 +14,9 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use webpki::{ExtendedKeyUsageValidator, KeyPurposeIdIter};
@@ -86,8 +88,9 @@ impl ClientVerifier {
     ) -> Result<(), rustls::Error> {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| rustls::Error::InvalidCertificate(pki_error(e)))?;
-        let not_after = leaf_not_after(end_entity)
-            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let not_after = leaf_not_after(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
         // An expired certificate is checked as of its last valid second: the chain must still
         // verify; the route answers `cert_expired`.
         let at = if now.as_secs() > not_after {

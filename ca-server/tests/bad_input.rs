@@ -40,11 +40,23 @@ fn pem_csr(der: &[u8]) -> String {
 
 fn openssl_csr(args: &[&str]) -> String {
     let out = std::process::Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-keyout", "/dev/null", "-subj", "/CN=bad.test"])
+        .args([
+            "req",
+            "-new",
+            "-nodes",
+            "-keyout",
+            "/dev/null",
+            "-subj",
+            "/CN=bad.test",
+        ])
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -69,8 +81,12 @@ async fn bad_input_table() {
     bad_sig[n - 5] ^= 0x55;
     let weak = openssl_csr(&["-newkey", "rsa:1024"]);
     let ca_true = openssl_csr(&[
-        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
     ]);
     let (_, outside) = csr("bad.test", &["dns:other.test"]);
     let (_, renew_csr) = csr("leaf.test", &[]);
@@ -88,46 +104,283 @@ async fn bad_input_table() {
         audited,
     };
     let mut rows = vec![
-        row("malformed JSON", Method::POST, "/v1/enroll", json, b"{\"token\": ".to_vec(), Who::Anonymous, 400, "bad_request", true),
-        row("unknown JSON field", Method::POST, "/v1/enroll", json,
-            br#"{"token":"t","csr":"c","admin":true}"#.to_vec(), Who::Anonymous, 400, "bad_request", true),
-        row("wrong content type", Method::POST, "/v1/enroll", Some("text/plain"),
-            enroll_body(&token, &good_csr), Who::Anonymous, 415, "unsupported_media_type", true),
-        row("oversized body", Method::POST, "/v1/enroll", json, vec![b' '; 70 * 1024], Who::Anonymous, 413, "payload_too_large", true),
-        row("CSR not PEM or DER", Method::POST, "/v1/enroll", json, enroll_body(&token, "hello"), Who::Anonymous, 400, "malformed_csr", true),
-        row("CSR truncated", Method::POST, "/v1/enroll", json,
-            enroll_body(&token, &pem_csr(&der_of(&good_csr)[..40])), Who::Anonymous, 400, "malformed_csr", true),
-        row("CSR signature invalid", Method::POST, "/v1/enroll", json,
-            enroll_body(&token, &pem_csr(&bad_sig)), Who::Anonymous, 400, "csr_signature", true),
-        row("weak key (RSA 1024)", Method::POST, "/v1/enroll", json, enroll_body(&token, &weak), Who::Anonymous, 400, "weak_key", true),
-        row("CSR asks for CA:TRUE", Method::POST, "/v1/enroll", json, enroll_body(&token, &ca_true), Who::Anonymous, 400, "extension_not_allowed", true),
-        row("name outside the token", Method::POST, "/v1/enroll", json, enroll_body(&token, &outside), Who::Anonymous, 403, "name_not_allowed", true),
-        row("unknown token", Method::POST, "/v1/enroll", json, enroll_body("not-a-token", &good_csr), Who::Anonymous, 401, "token_rejected", true),
-        row("renew without client certificate", Method::POST, "/v1/renew", json,
-            serde_json::to_vec(&RenewRequest { csr: renew_csr.clone() }).unwrap(), Who::Anonymous, 401, "client_cert_required", true),
-        row("renew with garbage CSR", Method::POST, "/v1/renew", json,
-            serde_json::to_vec(&RenewRequest { csr: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into() }).unwrap(),
-            Who::Leaf, 400, "malformed_csr", true),
-        row("EST body not base64", Method::POST, "/.well-known/est/simpleenroll", Some("application/pkcs10"),
-            b"%%%".to_vec(), Who::Anonymous, 400, "malformed_csr", true),
-        row("revoke unknown serial", Method::POST, "/v1/admin/revoke", json,
-            br#"{"serial":"0badc0de"}"#.to_vec(), Who::Operator, 404, "not_found", true),
-        row("revoke serial not hex", Method::POST, "/v1/admin/revoke", json,
-            br#"{"serial":"zz"}"#.to_vec(), Who::Operator, 400, "bad_request", true),
-        row("revoke unknown reason", Method::POST, "/v1/admin/revoke", json,
-            format!(r#"{{"serial":"{}","reason":"boredom"}}"#, issued_leaf.serial).into_bytes(), Who::Operator, 400, "bad_request", true),
-        row("token for unknown profile", Method::POST, "/v1/admin/tokens", json,
-            br#"{"common_name":"x.test","profile":"nope"}"#.to_vec(), Who::Operator, 400, "bad_request", true),
-        row("token TTL over the maximum", Method::POST, "/v1/admin/tokens", json,
-            br#"{"common_name":"x.test","ttl":"30d"}"#.to_vec(), Who::Operator, 400, "bad_request", true),
-        row("token name outside the profile", Method::POST, "/v1/admin/tokens", json,
-            br#"{"common_name":"x.test","sans":["dns:example.com"]}"#.to_vec(), Who::Operator, 403, "name_not_allowed", true),
-        row("token binds nothing", Method::POST, "/v1/admin/tokens", json, b"{}".to_vec(), Who::Operator, 400, "bad_request", true),
-        row("operator may not list certificates", Method::GET, "/v1/admin/certs?limit=many", None, vec![], Who::Operator, 403, "forbidden", true),
-        row("unknown route", Method::GET, "/v1/nothing", None, vec![], Who::Anonymous, 404, "not_found", false),
+        row(
+            "malformed JSON",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            b"{\"token\": ".to_vec(),
+            Who::Anonymous,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
+            "unknown JSON field",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            br#"{"token":"t","csr":"c","admin":true}"#.to_vec(),
+            Who::Anonymous,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
+            "wrong content type",
+            Method::POST,
+            "/v1/enroll",
+            Some("text/plain"),
+            enroll_body(&token, &good_csr),
+            Who::Anonymous,
+            415,
+            "unsupported_media_type",
+            true,
+        ),
+        row(
+            "oversized body",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            vec![b' '; 70 * 1024],
+            Who::Anonymous,
+            413,
+            "payload_too_large",
+            true,
+        ),
+        row(
+            "CSR not PEM or DER",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            enroll_body(&token, "hello"),
+            Who::Anonymous,
+            400,
+            "malformed_csr",
+            true,
+        ),
+        row(
+            "CSR truncated",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            enroll_body(&token, &pem_csr(&der_of(&good_csr)[..40])),
+            Who::Anonymous,
+            400,
+            "malformed_csr",
+            true,
+        ),
+        row(
+            "CSR signature invalid",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            enroll_body(&token, &pem_csr(&bad_sig)),
+            Who::Anonymous,
+            400,
+            "csr_signature",
+            true,
+        ),
+        row(
+            "weak key (RSA 1024)",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            enroll_body(&token, &weak),
+            Who::Anonymous,
+            400,
+            "weak_key",
+            true,
+        ),
+        row(
+            "CSR asks for CA:TRUE",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            enroll_body(&token, &ca_true),
+            Who::Anonymous,
+            400,
+            "extension_not_allowed",
+            true,
+        ),
+        row(
+            "name outside the token",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            enroll_body(&token, &outside),
+            Who::Anonymous,
+            403,
+            "name_not_allowed",
+            true,
+        ),
+        row(
+            "unknown token",
+            Method::POST,
+            "/v1/enroll",
+            json,
+            enroll_body("not-a-token", &good_csr),
+            Who::Anonymous,
+            401,
+            "token_rejected",
+            true,
+        ),
+        row(
+            "renew without client certificate",
+            Method::POST,
+            "/v1/renew",
+            json,
+            serde_json::to_vec(&RenewRequest {
+                csr: renew_csr.clone(),
+            })
+            .unwrap(),
+            Who::Anonymous,
+            401,
+            "client_cert_required",
+            true,
+        ),
+        row(
+            "renew with garbage CSR",
+            Method::POST,
+            "/v1/renew",
+            json,
+            serde_json::to_vec(&RenewRequest {
+                csr:
+                    "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                        .into(),
+            })
+            .unwrap(),
+            Who::Leaf,
+            400,
+            "malformed_csr",
+            true,
+        ),
+        row(
+            "EST body not base64",
+            Method::POST,
+            "/.well-known/est/simpleenroll",
+            Some("application/pkcs10"),
+            b"%%%".to_vec(),
+            Who::Anonymous,
+            400,
+            "malformed_csr",
+            true,
+        ),
+        row(
+            "revoke unknown serial",
+            Method::POST,
+            "/v1/admin/revoke",
+            json,
+            br#"{"serial":"0badc0de"}"#.to_vec(),
+            Who::Operator,
+            404,
+            "not_found",
+            true,
+        ),
+        row(
+            "revoke serial not hex",
+            Method::POST,
+            "/v1/admin/revoke",
+            json,
+            br#"{"serial":"zz"}"#.to_vec(),
+            Who::Operator,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
+            "revoke unknown reason",
+            Method::POST,
+            "/v1/admin/revoke",
+            json,
+            format!(
+                r#"{{"serial":"{}","reason":"boredom"}}"#,
+                issued_leaf.serial
+            )
+            .into_bytes(),
+            Who::Operator,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
+            "token for unknown profile",
+            Method::POST,
+            "/v1/admin/tokens",
+            json,
+            br#"{"common_name":"x.test","profile":"nope"}"#.to_vec(),
+            Who::Operator,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
+            "token TTL over the maximum",
+            Method::POST,
+            "/v1/admin/tokens",
+            json,
+            br#"{"common_name":"x.test","ttl":"30d"}"#.to_vec(),
+            Who::Operator,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
+            "token name outside the profile",
+            Method::POST,
+            "/v1/admin/tokens",
+            json,
+            br#"{"common_name":"x.test","sans":["dns:example.com"]}"#.to_vec(),
+            Who::Operator,
+            403,
+            "name_not_allowed",
+            true,
+        ),
+        row(
+            "token binds nothing",
+            Method::POST,
+            "/v1/admin/tokens",
+            json,
+            b"{}".to_vec(),
+            Who::Operator,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
+            "operator may not list certificates",
+            Method::GET,
+            "/v1/admin/certs?limit=many",
+            None,
+            vec![],
+            Who::Operator,
+            403,
+            "forbidden",
+            true,
+        ),
+        row(
+            "unknown route",
+            Method::GET,
+            "/v1/nothing",
+            None,
+            vec![],
+            Who::Anonymous,
+            404,
+            "not_found",
+            false,
+        ),
     ];
-    let mut est_no_auth = row("EST without credentials", Method::POST, "/.well-known/est/simpleenroll",
-        Some("application/pkcs10"), b"AAAA".to_vec(), Who::Anonymous, 401, "token_rejected", true);
+    let mut est_no_auth = row(
+        "EST without credentials",
+        Method::POST,
+        "/.well-known/est/simpleenroll",
+        Some("application/pkcs10"),
+        b"AAAA".to_vec(),
+        Who::Anonymous,
+        401,
+        "token_rejected",
+        true,
+    );
     est_no_auth.headers = vec![];
     rows.push(est_no_auth);
     for r in rows.iter_mut() {
@@ -162,11 +415,28 @@ async fn bad_input_table() {
             "row {:?}: {err}",
             r.class
         );
-        assert_eq!(srv.cert_count(), certs_before, "row {:?} issued something", r.class);
+        assert_eq!(
+            srv.cert_count(),
+            certs_before,
+            "row {:?} issued something",
+            r.class
+        );
         if r.audited {
-            assert!(srv.audit_count() > audit_before, "row {:?} was not audited", r.class);
-            let last = srv.pki.store.audit_events(audit_before as u64 + 1, 10).unwrap();
-            assert!(last.iter().any(|e| e.event.result == r.code), "row {:?}: {last:#?}", r.class);
+            assert!(
+                srv.audit_count() > audit_before,
+                "row {:?} was not audited",
+                r.class
+            );
+            let last = srv
+                .pki
+                .store
+                .audit_events(audit_before as u64 + 1, 10)
+                .unwrap();
+            assert!(
+                last.iter().any(|e| e.event.result == r.code),
+                "row {:?}: {last:#?}",
+                r.class
+            );
         }
         let tok = srv
             .pki
@@ -180,6 +450,9 @@ async fn bad_input_table() {
     }
     // After all that, the token still works, once.
     srv.enroll(&token, "bad.test", &["dns:bad.test"]).await;
-    assert_eq!(srv.pki.store.verify_audit().unwrap() as usize, srv.audit_count());
+    assert_eq!(
+        srv.pki.store.verify_audit().unwrap() as usize,
+        srv.audit_count()
+    );
     srv.stop().await;
 }

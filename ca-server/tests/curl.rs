@@ -46,12 +46,26 @@ async fn curl(url: &str, extra: &[&str], out: &Path) -> (u16, String) {
 }
 
 /// openssl-made key and CSR (PEM, and DER base64 for EST).
-async fn openssl_csr(f: &Files, name: &str, cn: &str, san: Option<&str>) -> (PathBuf, PathBuf, PathBuf) {
+async fn openssl_csr(
+    f: &Files,
+    name: &str,
+    cn: &str,
+    san: Option<&str>,
+) -> (PathBuf, PathBuf, PathBuf) {
     let key = f.path(&format!("{name}.key"));
     let csr = f.path(&format!("{name}.csr"));
     let mut args = vec![
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", key.to_str().unwrap(), "-out", csr.to_str().unwrap(),
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
     ];
     let subj = format!("/CN={cn}");
     args.extend_from_slice(&["-subj", &subj]);
@@ -65,7 +79,15 @@ async fn openssl_csr(f: &Files, name: &str, cn: &str, san: Option<&str>) -> (Pat
     let der = f.path(&format!("{name}.csr.der"));
     let (ok, _, err) = run(
         "openssl",
-        &["req", "-in", csr.to_str().unwrap(), "-outform", "DER", "-out", der.to_str().unwrap()],
+        &[
+            "req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(ok, "{err}");
@@ -80,13 +102,27 @@ async fn print_certs(p7_b64: &Path, f: &Files, name: &str) -> String {
     let der = f.path(&format!("{name}.p7.der"));
     let (ok, _, err) = run(
         "openssl",
-        &["base64", "-d", "-in", p7_b64.to_str().unwrap(), "-out", der.to_str().unwrap()],
+        &[
+            "base64",
+            "-d",
+            "-in",
+            p7_b64.to_str().unwrap(),
+            "-out",
+            der.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(ok, "{err}");
     let (ok, stdout, err) = run(
         "openssl",
-        &["pkcs7", "-inform", "DER", "-in", der.to_str().unwrap(), "-print_certs"],
+        &[
+            "pkcs7",
+            "-inform",
+            "DER",
+            "-in",
+            der.to_str().unwrap(),
+            "-print_certs",
+        ],
     )
     .await;
     assert!(ok, "openssl pkcs7: {err}");
@@ -95,7 +131,10 @@ async fn print_certs(p7_b64: &Path, f: &Files, name: &str) -> String {
 
 fn json_field(body: &str, field: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    v[field].as_str().unwrap_or_else(|| panic!("{field} in {body}")).to_string()
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {body}"))
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,17 +146,25 @@ async fn curl_enroll_renew_revoke() {
     let op_key = f.write("op.key", &srv.operator.key);
     let tls = |crt: &Path, key: &Path| -> Vec<String> {
         vec![
-            "--cacert".into(), root.display().to_string(),
-            "--cert".into(), crt.display().to_string(),
-            "--key".into(), key.display().to_string(),
+            "--cacert".into(),
+            root.display().to_string(),
+            "--cert".into(),
+            crt.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
         ]
     };
     let body = f.path("body");
 
     // Operator creates a token.
     let mut args: Vec<String> = tls(&op_crt, &op_key);
-    args.extend(["-H".into(), "Content-Type: application/json".into(), "-d".into(),
-        r#"{"common_name":"curl.test","sans":["dns:curl.test"],"profile":"client","ttl":"30m"}"#.into()]);
+    args.extend([
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "-d".into(),
+        r#"{"common_name":"curl.test","sans":["dns:curl.test"],"profile":"client","ttl":"30m"}"#
+            .into(),
+    ]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let (status, resp) = curl(&format!("{}/v1/admin/tokens", srv.url), &a, &body).await;
     assert_eq!(status, 200, "{resp}");
@@ -130,7 +177,14 @@ async fn curl_enroll_renew_revoke() {
     let data = format!("@{}", req_file.display());
     let (status, resp) = curl(
         &format!("{}/v1/enroll", srv.url),
-        &["--cacert", root.to_str().unwrap(), "-H", "Content-Type: application/json", "--data-binary", &data],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &data,
+        ],
         &body,
     )
     .await;
@@ -141,8 +195,16 @@ async fn curl_enroll_renew_revoke() {
     // openssl verifies the leaf against the chain the server returned.
     let (ok, out, err) = run(
         "openssl",
-        &["verify", "-CAfile", root.to_str().unwrap(), "-untrusted", chain.to_str().unwrap(),
-          "-purpose", "sslclient", cert.to_str().unwrap()],
+        &[
+            "verify",
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            chain.to_str().unwrap(),
+            "-purpose",
+            "sslclient",
+            cert.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(ok, "{err} {}", String::from_utf8_lossy(&out));
@@ -150,11 +212,21 @@ async fn curl_enroll_renew_revoke() {
     // The same token again: refused.
     let (status, resp) = curl(
         &format!("{}/v1/enroll", srv.url),
-        &["--cacert", root.to_str().unwrap(), "-H", "Content-Type: application/json", "--data-binary", &data],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &data,
+        ],
         &body,
     )
     .await;
-    assert_eq!((status, json_field(&resp, "code").as_str()), (401, "token_rejected"));
+    assert_eq!(
+        (status, json_field(&resp, "code").as_str()),
+        (401, "token_rejected")
+    );
 
     // Renew over mTLS with a new openssl key.
     let (key2, csr2, _) = openssl_csr(&f, "agent2", "curl.test", None).await;
@@ -162,7 +234,12 @@ async fn curl_enroll_renew_revoke() {
     let renew_file = f.write("renew.json", req.to_string());
     let renew_data = format!("@{}", renew_file.display());
     let mut args = tls(&cert, &key);
-    args.extend(["-H".into(), "Content-Type: application/json".into(), "--data-binary".into(), renew_data.clone()]);
+    args.extend([
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "--data-binary".into(),
+        renew_data.clone(),
+    ]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let (status, resp) = curl(&format!("{}/v1/renew", srv.url), &a, &body).await;
     assert_eq!(status, 200, "{resp}");
@@ -173,16 +250,31 @@ async fn curl_enroll_renew_revoke() {
     // Renewal without a client certificate.
     let (status, resp) = curl(
         &format!("{}/v1/renew", srv.url),
-        &["--cacert", root.to_str().unwrap(), "-H", "Content-Type: application/json", "--data-binary", &renew_data],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &renew_data,
+        ],
         &body,
     )
     .await;
-    assert_eq!((status, json_field(&resp, "code").as_str()), (401, "client_cert_required"));
+    assert_eq!(
+        (status, json_field(&resp, "code").as_str()),
+        (401, "client_cert_required")
+    );
 
     // Operator revokes the renewed certificate; renewing with it is refused.
     let mut args = tls(&op_crt, &op_key);
     let rev = format!(r#"{{"serial":"{serial2}","reason":"superseded"}}"#);
-    args.extend(["-H".into(), "Content-Type: application/json".into(), "-d".into(), rev]);
+    args.extend([
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "-d".into(),
+        rev,
+    ]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let (status, resp) = curl(&format!("{}/v1/admin/revoke", srv.url), &a, &body).await;
     assert_eq!(status, 200, "{resp}");
@@ -191,30 +283,80 @@ async fn curl_enroll_renew_revoke() {
     let req = serde_json::json!({ "csr": std::fs::read_to_string(&csr3).unwrap() });
     let f3 = f.write("renew3.json", req.to_string());
     let mut args = tls(&cert2, &key2);
-    args.extend(["-H".into(), "Content-Type: application/json".into(), "--data-binary".into(), format!("@{}", f3.display())]);
+    args.extend([
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "--data-binary".into(),
+        format!("@{}", f3.display()),
+    ]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let (status, resp) = curl(&format!("{}/v1/renew", srv.url), &a, &body).await;
-    assert_eq!((status, json_field(&resp, "code").as_str()), (403, "cert_revoked"));
+    assert_eq!(
+        (status, json_field(&resp, "code").as_str()),
+        (403, "cert_revoked")
+    );
 
     // Oversized body.
     let big = f.write("big.json", vec![b'x'; 100 * 1024]);
     let (status, resp) = curl(
         &format!("{}/v1/enroll", srv.url),
-        &["--cacert", root.to_str().unwrap(), "-H", "Content-Type: application/json", "--data-binary", &format!("@{}", big.display())],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", big.display()),
+        ],
         &body,
     )
     .await;
-    assert_eq!((status, json_field(&resp, "code").as_str()), (413, "payload_too_large"));
+    assert_eq!(
+        (status, json_field(&resp, "code").as_str()),
+        (413, "payload_too_large")
+    );
 
     // A client certificate from another CA fails the handshake (curl exits non-zero).
-    let (ok, _, _) = run("openssl", &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f.path("self.key").to_str().unwrap(), "-out", f.path("self.crt").to_str().unwrap(),
-        "-subj", "/CN=intruder", "-days", "1"]).await;
+    let (ok, _, _) = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            f.path("self.key").to_str().unwrap(),
+            "-out",
+            f.path("self.crt").to_str().unwrap(),
+            "-subj",
+            "/CN=intruder",
+            "-days",
+            "1",
+        ],
+    )
+    .await;
     assert!(ok);
-    let (ok, _, _) = run("curl", &["-sS", "--cacert", root.to_str().unwrap(),
-        "--cert", f.path("self.crt").to_str().unwrap(), "--key", f.path("self.key").to_str().unwrap(),
-        "-H", "Content-Type: application/json", "--data-binary", &renew_data,
-        &format!("{}/v1/renew", srv.url)]).await;
+    let (ok, _, _) = run(
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            root.to_str().unwrap(),
+            "--cert",
+            f.path("self.crt").to_str().unwrap(),
+            "--key",
+            f.path("self.key").to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &renew_data,
+            &format!("{}/v1/renew", srv.url),
+        ],
+    )
+    .await;
     assert!(!ok, "a foreign client certificate must fail the handshake");
     srv.stop().await;
 }
@@ -246,22 +388,51 @@ async fn est_with_curl_and_openssl() {
     let data = format!("@{}", b64.display());
     let (status, resp) = curl(
         &format!("{}/.well-known/est/simpleenroll", srv.url),
-        &["--cacert", root.to_str().unwrap(), "-u", &user, "-H", "Content-Type: application/pkcs10", "--data-binary", &data],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "-u",
+            &user,
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data,
+        ],
         &body,
     )
     .await;
     assert_eq!(status, 200, "{resp}");
     let leaf = print_certs(&body, &f, "enroll").await;
-    assert!(leaf.contains("CN = est.test") || leaf.contains("CN=est.test"), "{leaf}");
+    assert!(
+        leaf.contains("CN = est.test") || leaf.contains("CN=est.test"),
+        "{leaf}"
+    );
     let leaf_pem = f.write("est.crt", &leaf);
 
     // Replaying the token over EST: refused with a challenge.
-    let (ok, stdout, _) = run("curl", &["-sS", "-i", "--cacert", root.to_str().unwrap(), "-u", &user,
-        "-H", "Content-Type: application/pkcs10", "--data-binary", &data,
-        &format!("{}/.well-known/est/simpleenroll", srv.url)]).await;
+    let (ok, stdout, _) = run(
+        "curl",
+        &[
+            "-sS",
+            "-i",
+            "--cacert",
+            root.to_str().unwrap(),
+            "-u",
+            &user,
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data,
+            &format!("{}/.well-known/est/simpleenroll", srv.url),
+        ],
+    )
+    .await;
     assert!(ok);
     let text = String::from_utf8_lossy(&stdout);
-    assert!(text.starts_with("HTTP/1.1 401") || text.starts_with("HTTP/2 401"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 401") || text.starts_with("HTTP/2 401"),
+        "{text}"
+    );
     assert!(text.contains("token_rejected"), "{text}");
 
     // Bearer works too.
@@ -270,8 +441,16 @@ async fn est_with_curl_and_openssl() {
     let bearer = format!("Authorization: Bearer {token2}");
     let (status, resp) = curl(
         &format!("{}/.well-known/est/simpleenroll", srv.url),
-        &["--cacert", root.to_str().unwrap(), "-H", &bearer, "-H", "Content-Type: application/pkcs10",
-          "--data-binary", &format!("@{}", b64_2.display())],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "-H",
+            &bearer,
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &format!("@{}", b64_2.display()),
+        ],
         &body,
     )
     .await;
@@ -281,8 +460,18 @@ async fn est_with_curl_and_openssl() {
     let (_, _, b64_3) = openssl_csr(&f, "est3", "est.test", None).await;
     let (status, resp) = curl(
         &format!("{}/.well-known/est/simplereenroll", srv.url),
-        &["--cacert", root.to_str().unwrap(), "--cert", leaf_pem.to_str().unwrap(), "--key", key.to_str().unwrap(),
-          "-H", "Content-Type: application/pkcs10", "--data-binary", &format!("@{}", b64_3.display())],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "--cert",
+            leaf_pem.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &format!("@{}", b64_3.display()),
+        ],
         &body,
     )
     .await;
@@ -293,12 +482,25 @@ async fn est_with_curl_and_openssl() {
     // Wrong content type.
     let (status, resp) = curl(
         &format!("{}/.well-known/est/simplereenroll", srv.url),
-        &["--cacert", root.to_str().unwrap(), "--cert", leaf_pem.to_str().unwrap(), "--key", key.to_str().unwrap(),
-          "-H", "Content-Type: text/plain", "--data-binary", &format!("@{}", b64_3.display())],
+        &[
+            "--cacert",
+            root.to_str().unwrap(),
+            "--cert",
+            leaf_pem.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            &format!("@{}", b64_3.display()),
+        ],
         &body,
     )
     .await;
-    assert_eq!((status, json_field(&resp, "code").as_str()), (415, "unsupported_media_type"));
+    assert_eq!(
+        (status, json_field(&resp, "code").as_str()),
+        (415, "unsupported_media_type")
+    );
     srv.stop().await;
 }
 
@@ -322,11 +524,17 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
     let leaf = f.write("leaf.pem", &issued.certificate);
     let ocsp = |f: &Files| {
         let args: Vec<String> = vec![
-            "ocsp".into(), "-issuer".into(), issuer.display().to_string(),
-            "-cert".into(), leaf.display().to_string(),
-            "-url".into(), format!("{}/ocsp", srv.status_url),
-            "-CAfile".into(), root.display().to_string(),
-            "-verify_other".into(), issuer.display().to_string(),
+            "ocsp".into(),
+            "-issuer".into(),
+            issuer.display().to_string(),
+            "-cert".into(),
+            leaf.display().to_string(),
+            "-url".into(),
+            format!("{}/ocsp", srv.status_url),
+            "-CAfile".into(),
+            root.display().to_string(),
+            "-verify_other".into(),
+            issuer.display().to_string(),
             "-no_nonce".into(),
         ];
         let _ = f;
@@ -343,7 +551,10 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
         .client(Some(&srv.operator))
         .post_json(
             "/v1/admin/revoke",
-            &RevokeRequest { serial: issued.serial.clone(), reason: Some("keyCompromise".into()) },
+            &RevokeRequest {
+                serial: issued.serial.clone(),
+                reason: Some("keyCompromise".into()),
+            },
         )
         .await
         .unwrap();
@@ -357,8 +568,14 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
     let body = f.path("metrics");
     let (status, metrics) = curl(&format!("{}/metrics", srv.status_url), &[], &body).await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("ca_ocsp_requests_total{status=\"good\"} 1"), "{metrics}");
-    assert!(metrics.contains("ca_ocsp_requests_total{status=\"revoked\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ca_ocsp_requests_total{status=\"good\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ca_ocsp_requests_total{status=\"revoked\"} 1"),
+        "{metrics}"
+    );
     // /ca.crt is the issuing CA.
     let crt = f.path("ca.crt");
     let (status, _) = curl(&format!("{}/ca.crt", srv.status_url), &[], &crt).await;

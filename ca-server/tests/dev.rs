@@ -21,7 +21,15 @@ impl Drop for Dev {
 
 fn start_dev(dir: &Path) -> (Dev, HashMap<String, String>) {
     let child = Command::new(BIN)
-        .args(["dev", "--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"])
+        .args([
+            "dev",
+            "--data",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--status-listen",
+            "127.0.0.1:0",
+        ])
         .env_remove("SOFTHSM2_CONF")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -59,7 +67,11 @@ fn cli(vars: &HashMap<String, String>, args: &[&str]) -> (bool, String, String) 
 
 fn sigterm(dev: &mut Dev) -> bool {
     let pid = dev.0.id().to_string();
-    let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -76,35 +88,88 @@ fn dev_starts_writes_env_serves_cli_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca-data");
     let (mut dev, vars) = start_dev(&dir);
-    for k in ["CA_URL", "CA_STATUS_URL", "CA_ROOT", "CA_FINGERPRINT", "CA_ADMIN_CERT", "CA_ADMIN_KEY"] {
+    for k in [
+        "CA_URL",
+        "CA_STATUS_URL",
+        "CA_ROOT",
+        "CA_FINGERPRINT",
+        "CA_ADMIN_CERT",
+        "CA_ADMIN_KEY",
+    ] {
         assert!(vars.contains_key(k), "{k} missing from dev.env: {vars:?}");
     }
     assert!(!vars["CA_URL"].ends_with(":0"));
     // The fingerprint is the root's.
-    let root_der = der::pem::decode_vec(std::fs::read(&vars["CA_ROOT"]).unwrap().as_slice()).unwrap().1;
-    assert_eq!(vars["CA_FINGERPRINT"], ca_core::signer::sha256_hex(&root_der));
+    let root_der = der::pem::decode_vec(std::fs::read(&vars["CA_ROOT"]).unwrap().as_slice())
+        .unwrap()
+        .1;
+    assert_eq!(
+        vars["CA_FINGERPRINT"],
+        ca_core::signer::sha256_hex(&root_der)
+    );
     let admin_cert = std::fs::read(&vars["CA_ADMIN_CERT"]).unwrap();
 
     // The status listener serves the CRL, the root CRL and the issuer certificate.
     for (path, what) in [("/crl", "crl"), ("/root.crl", "crl"), ("/ca.crt", "x509")] {
         let file = tmp.path().join("fetched");
         let out = Command::new("curl")
-            .args(["-sSf", "-o", file.to_str().unwrap(), &format!("{}{path}", vars["CA_STATUS_URL"])])
+            .args([
+                "-sSf",
+                "-o",
+                file.to_str().unwrap(),
+                &format!("{}{path}", vars["CA_STATUS_URL"]),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = Command::new("openssl")
-            .args([what, "-inform", "DER", "-in", file.to_str().unwrap(), "-noout"])
+            .args([
+                what,
+                "-inform",
+                "DER",
+                "-in",
+                file.to_str().unwrap(),
+                "-noout",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // Admin CLI with the dev.env variables: token create (text and JSON), certs list, audit.
-    let (ok, out, err) = cli(&vars, &["token", "create", "--cn", "web1.example.com", "--san", "dns:web1.example.com"]);
+    let (ok, out, err) = cli(
+        &vars,
+        &[
+            "token",
+            "create",
+            "--cn",
+            "web1.example.com",
+            "--san",
+            "dns:web1.example.com",
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.trim().len() >= 40, "{out}");
-    let (ok, out, err) = cli(&vars, &["token", "create", "--cn", "web2.example.com", "--ttl", "10m", "--json"]);
+    let (ok, out, err) = cli(
+        &vars,
+        &[
+            "token",
+            "create",
+            "--cn",
+            "web2.example.com",
+            "--ttl",
+            "10m",
+            "--json",
+        ],
+    );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["id"].as_str().unwrap().starts_with("tok_"));
@@ -112,7 +177,10 @@ fn dev_starts_writes_env_serves_cli_and_restarts() {
     assert!(ok, "{err}");
     assert!(out.starts_with("SERIAL"), "{out}");
     assert!(out.contains("dev-admin"), "{out}");
-    let (ok, out, err) = cli(&vars, &["certs", "list", "--json", "--identity", "dev-admin"]);
+    let (ok, out, err) = cli(
+        &vars,
+        &["certs", "list", "--json", "--identity", "dev-admin"],
+    );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let serial = v["certs"][0]["serial"].as_str().unwrap().to_string();
@@ -124,11 +192,29 @@ fn dev_starts_writes_env_serves_cli_and_restarts() {
     assert!(out.contains("audit log OK"), "{out}");
 
     // An operator certificate made through the API, then used for a revocation.
-    let (ok, out, err) = cli(&vars, &["admin-cert", "create", "--role", "operator", "--name", "op1", "--out", tmp.path().to_str().unwrap()]);
+    let (ok, out, err) = cli(
+        &vars,
+        &[
+            "admin-cert",
+            "create",
+            "--role",
+            "operator",
+            "--name",
+            "op1",
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{err} {out}");
     let mut op = vars.clone();
-    op.insert("CA_ADMIN_CERT".into(), tmp.path().join("op1.crt").display().to_string());
-    op.insert("CA_ADMIN_KEY".into(), tmp.path().join("op1.key").display().to_string());
+    op.insert(
+        "CA_ADMIN_CERT".into(),
+        tmp.path().join("op1.crt").display().to_string(),
+    );
+    op.insert(
+        "CA_ADMIN_KEY".into(),
+        tmp.path().join("op1.key").display().to_string(),
+    );
     let (ok, _, err) = cli(&op, &["certs", "list"]);
     assert!(!ok, "operators may not list certificates");
     assert!(err.contains("forbidden"), "{err}");
@@ -145,7 +231,11 @@ fn dev_starts_writes_env_serves_cli_and_restarts() {
     assert!(!dir.join("dev.env").exists(), "dev.env removed on shutdown");
     let (_dev2, vars2) = start_dev(&dir);
     assert_eq!(vars2["CA_FINGERPRINT"], vars["CA_FINGERPRINT"]);
-    assert_eq!(std::fs::read(&vars2["CA_ADMIN_CERT"]).unwrap(), admin_cert, "admin certificate reused");
+    assert_eq!(
+        std::fs::read(&vars2["CA_ADMIN_CERT"]).unwrap(),
+        admin_cert,
+        "admin certificate reused"
+    );
     let (ok, out, err) = cli(&vars2, &["audit", "verify", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -163,13 +253,27 @@ fn bad_config_names_the_key_and_cli_errors_exit_nonzero() {
         "data_dir = \"d\"\n[hsm]\ntoken_label = \"t\"\npin = { env = \"P\" }\n[ca]\ncertificate = \"a\"\nchain = \"b\"\n[limits]\nmax_body = 1\n[profiles.client]\n",
     )
     .unwrap();
-    let out = Command::new(BIN).args(["serve", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits") && err.contains("max_body"), "{err}");
 
     let out = Command::new(BIN)
-        .args(["token", "create", "--cn", "x", "--root", "/nonexistent", "--cert", "/x", "--key", "/y"])
+        .args([
+            "token",
+            "create",
+            "--cn",
+            "x",
+            "--root",
+            "/nonexistent",
+            "--cert",
+            "/x",
+            "--key",
+            "/y",
+        ])
         .env_remove("CA_URL")
         .output()
         .unwrap();

@@ -81,7 +81,10 @@ async fn enroll_renew_revoke_then_renewal_refused() {
 
     // Metrics count what happened.
     let metrics = reqwest_like_get(&srv.status_url, "/metrics").await;
-    assert!(metrics.contains("ca_certificates_issued_total{profile=\"client\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ca_certificates_issued_total{profile=\"client\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("ca_certificates_renewed_total{profile=\"client\"} 1"));
     assert!(metrics.contains("ca_certificates_revoked_total{reason=\"keyCompromise\"} 1"));
     assert!(metrics.contains("ca_api_failures_total{code=\"cert_revoked\"} 1"));
@@ -94,10 +97,9 @@ async fn reqwest_like_get(base: &str, path: &str) -> String {
     use http_body_util::{BodyExt, Empty};
     let addr = base.trim_start_matches("http://").to_string();
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut tx, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header("host", addr)
@@ -112,8 +114,15 @@ async fn reqwest_like_get(base: &str, path: &str) -> String {
 async fn health_and_readiness() {
     let mut srv = TestServer::start().await;
     assert_eq!(reqwest_like_get(&srv.status_url, "/healthz").await, "ok\n");
-    assert_eq!(reqwest_like_get(&srv.status_url, "/readyz").await, "ready\n");
-    let r = srv.anon().raw(Method::GET, "/readyz", None, &[]).await.unwrap();
+    assert_eq!(
+        reqwest_like_get(&srv.status_url, "/readyz").await,
+        "ready\n"
+    );
+    let r = srv
+        .anon()
+        .raw(Method::GET, "/readyz", None, &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK);
     let chain: ChainResponse = srv.anon().get_json("/v1/chain").await.unwrap();
     assert_eq!(
@@ -150,11 +159,17 @@ async fn token_replay_refused_and_concurrent_use_has_one_winner() {
     let (_, c) = csr("once.test", &[]);
     let err = srv
         .anon()
-        .post_json::<_, IssuedResponse>("/v1/enroll", &EnrollRequest { token: token.clone(), csr: c })
+        .post_json::<_, IssuedResponse>(
+            "/v1/enroll",
+            &EnrollRequest {
+                token: token.clone(),
+                csr: c,
+            },
+        )
         .await
         .expect_err("replay");
     assert_eq!(code(&err), "token_rejected");
-    assert_eq!(err.to_string().contains("401"), true);
+    assert!(err.to_string().contains("401"));
 
     // 8 concurrent attempts with one fresh token: exactly one certificate.
     let token = srv.token("race.test", &[], "client").await;
@@ -195,14 +210,23 @@ async fn name_outside_binding_refused_token_kept() {
     let (_, c) = csr("bound.test", &["dns:bound.test", "dns:evil.test"]);
     let err = srv
         .anon()
-        .post_json::<_, IssuedResponse>("/v1/enroll", &EnrollRequest { token: token.clone(), csr: c })
+        .post_json::<_, IssuedResponse>(
+            "/v1/enroll",
+            &EnrollRequest {
+                token: token.clone(),
+                csr: c,
+            },
+        )
         .await
         .expect_err("extra name");
     assert_eq!(code(&err), "name_not_allowed");
     assert_eq!(srv.cert_count(), before_certs);
     assert_eq!(srv.audit_count(), before_audit + 1);
     let last = srv.pki.store.audit_events(1, 1000).unwrap().pop().unwrap();
-    assert_eq!((last.event.action.as_str(), last.event.result.as_str()), ("enroll", "name_not_allowed"));
+    assert_eq!(
+        (last.event.action.as_str(), last.event.result.as_str()),
+        ("enroll", "name_not_allowed")
+    );
     // The refused request did not use up the token.
     srv.enroll(&token, "bound.test", &["dns:bound.test"]).await;
     srv.stop().await;
@@ -216,7 +240,13 @@ async fn renewal_cannot_add_names_or_reuse_the_key() {
     let c = common::csr_with_key(&key, "r.test", &["dns:r.test"]);
     let issued: IssuedResponse = srv
         .anon()
-        .post_json("/v1/enroll", &EnrollRequest { token, csr: c.clone() })
+        .post_json(
+            "/v1/enroll",
+            &EnrollRequest {
+                token,
+                csr: c.clone(),
+            },
+        )
         .await
         .unwrap();
     let id = Identity {
@@ -288,10 +318,18 @@ async fn each_role_reaches_exactly_its_routes() {
     // A plain (non-admin) client certificate, valid for renewal only. Its SAN asks for a
     // role URI, which counts for nothing outside the `_admin` profile.
     let t = srv
-        .token("leaf.test", &["uri:spiffe://test/urn:ca:role:security-officer"], "client")
+        .token(
+            "leaf.test",
+            &["uri:spiffe://test/urn:ca:role:security-officer"],
+            "client",
+        )
         .await;
     let (leaf, _) = srv
-        .enroll(&t, "leaf.test", &["uri:spiffe://test/urn:ca:role:security-officer"])
+        .enroll(
+            &t,
+            "leaf.test",
+            &["uri:spiffe://test/urn:ca:role:security-officer"],
+        )
         .await;
     // Target certificates to revoke.
     let mut victims = Vec::new();
@@ -380,7 +418,10 @@ async fn each_role_reaches_exactly_its_routes() {
             .iter()
             .filter(|e| e.event.action == "auth.fail")
             .count();
-        assert_eq!(failures, refusals, "audited refusals for {name}: {events:#?}");
+        assert_eq!(
+            failures, refusals,
+            "audited refusals for {name}: {events:#?}"
+        );
     }
     srv.stop().await;
 }
@@ -403,7 +444,10 @@ async fn admin_lists_and_filters_certificates() {
         .await
         .unwrap();
     assert!(r.certs.iter().any(|c| c.serial == issued.serial));
-    let r: CertsResponse = auditor.get_json("/v1/admin/certs?status=revoked").await.unwrap();
+    let r: CertsResponse = auditor
+        .get_json("/v1/admin/certs?status=revoked")
+        .await
+        .unwrap();
     assert!(r.certs.is_empty());
     let err = auditor
         .get_json::<CertsResponse>("/v1/admin/certs?status=bogus")
@@ -493,9 +537,20 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
         }
     }
     for serial in &acknowledged {
-        let rec = srv.pki.store.get_cert(&hex::decode(serial).unwrap()).unwrap();
-        assert!(rec.is_some(), "acknowledged {serial} missing from the store");
+        let rec = srv
+            .pki
+            .store
+            .get_cert(&hex::decode(serial).unwrap())
+            .unwrap();
+        assert!(
+            rec.is_some(),
+            "acknowledged {serial} missing from the store"
+        );
     }
     // After shutdown the port is closed.
-    assert!(srv.anon().get_json::<ChainResponse>("/v1/chain").await.is_err());
+    assert!(srv
+        .anon()
+        .get_json::<ChainResponse>("/v1/chain")
+        .await
+        .is_err());
 }

@@ -15,7 +15,9 @@ use axum::{Extension, Json};
 use ca_core::audit::NewAuditEvent;
 use ca_core::profile::{San, Span};
 use ca_core::revocation::RevocationReason;
-use ca_core::store::{CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord};
+use ca_core::store::{
+    CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord,
+};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,11 +101,17 @@ async fn create_token_checked(
         auth::audit_auth_failure(state, peer, admin.actor(), ROUTE, &e).await;
         return Err(e);
     }
-    let profile = state.ca.profiles().get(&profile_name).map_err(|_| {
-        ApiError::bad_request(format!("unknown profile {profile_name:?}"))
-    })?;
+    let profile = state
+        .ca
+        .profiles()
+        .get(&profile_name)
+        .map_err(|_| ApiError::bad_request(format!("unknown profile {profile_name:?}")))?;
     let ttl = match &req.ttl {
-        Some(t) => Span::parse(t).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?.0,
+        Some(t) => {
+            Span::parse(t)
+                .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?
+                .0
+        }
         None => state.settings.token_default_ttl,
     };
     if ttl <= chrono::Duration::zero() || ttl > state.settings.token_max_ttl {
@@ -125,7 +133,9 @@ async fn create_token_checked(
     }
     if let Some(cn) = &req.common_name {
         if cn.is_empty() || cn.chars().count() > 64 || cn.chars().any(char::is_control) {
-            return Err(ApiError::bad_request("common_name must be 1-64 printable characters"));
+            return Err(ApiError::bad_request(
+                "common_name must be 1-64 printable characters",
+            ));
         }
         if !profile.names.common_name {
             return Err(ApiError::new(
@@ -212,7 +222,10 @@ pub fn parse_serial(s: &str) -> ApiResult<Vec<u8>> {
             "serial {s:?} must be 1 to 20 bytes (RFC 5280 4.1.2.2)"
         )));
     }
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len() - 1);
     Ok(bytes[first..].to_vec())
 }
 
@@ -349,7 +362,8 @@ pub async fn list_certs(
         }
     }
     if let Some(w) = &q.expiring_within {
-        let span = Span::parse(w).map_err(|e| ApiError::bad_request(format!("expiring_within: {e}")))?;
+        let span =
+            Span::parse(w).map_err(|e| ApiError::bad_request(format!("expiring_within: {e}")))?;
         filter.valid_at = Some(now);
         filter.expiring_before = Some(now + span.0);
     }
@@ -382,7 +396,9 @@ pub async fn audit_show(
     };
     for k in q.keys() {
         if k != "from" && k != "limit" {
-            return Err(ApiError::bad_request(format!("unknown query parameter {k:?}")));
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {k:?}"
+            )));
         }
     }
     let from = num("from", 1)?;
@@ -400,13 +416,22 @@ pub async fn audit_verify(
     peer: Option<Extension<Peer>>,
 ) -> ApiResult<Json<AuditVerifyResponse>> {
     let peer = peer_of(peer);
-    let admin = admin(&state, &peer, Permission::ReadAudit, "/v1/admin/audit/verify").await?;
+    let admin = admin(
+        &state,
+        &peer,
+        Permission::ReadAudit,
+        "/v1/admin/audit/verify",
+    )
+    .await?;
     let store = state.store.clone();
     let r = tokio::task::spawn_blocking(move || store.verify_audit())
         .await
         .map_err(ApiError::internal)?;
     match r {
-        Ok(n) => Ok(Json(AuditVerifyResponse { ok: true, events: n })),
+        Ok(n) => Ok(Json(AuditVerifyResponse {
+            ok: true,
+            events: n,
+        })),
         Err(e) => {
             tracing::error!(error = %e, "audit log verification failed");
             let err = ApiError::new(Code::AuditTampered, e.to_string());

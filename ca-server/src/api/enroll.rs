@@ -6,14 +6,14 @@ use crate::auth::{self, cert_actor, Peer};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Class;
 use crate::service::{token_hash, AppState, Outcome, Request};
-use ca_core::audit::NewAuditEvent;
-use ca_core::csr::CsrRequest;
-use ca_core::store::CertRecord;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
+use ca_core::audit::NewAuditEvent;
+use ca_core::csr::CsrRequest;
+use ca_core::store::CertRecord;
 use std::sync::Arc;
 
 /// The `Issued` JSON of an outcome.

@@ -49,7 +49,10 @@ fn pkcs7_response(certs: &[Vec<u8>]) -> ApiResult<Response> {
     let der = certs_only_der(certs)?;
     let mut resp = base64_mime(&der).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PKCS7_CERTS_ONLY));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PKCS7_CERTS_ONLY),
+    );
     h.insert(
         "content-transfer-encoding",
         HeaderValue::from_static("base64"),
@@ -82,7 +85,9 @@ fn token_from(headers: &HeaderMap) -> ApiResult<String> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| challenge("EST enrollment needs the token as HTTP Basic password or Bearer"))?;
+        .ok_or_else(|| {
+            challenge("EST enrollment needs the token as HTTP Basic password or Bearer")
+        })?;
     let (scheme, rest) = value
         .split_once(' ')
         .ok_or_else(|| challenge("malformed Authorization header"))?;
@@ -93,13 +98,16 @@ fn token_from(headers: &HeaderMap) -> ApiResult<String> {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(rest.trim())
             .map_err(|_| challenge("malformed Basic credentials"))?;
-        let text = String::from_utf8(decoded).map_err(|_| challenge("malformed Basic credentials"))?;
+        let text =
+            String::from_utf8(decoded).map_err(|_| challenge("malformed Basic credentials"))?;
         let (_, password) = text
             .split_once(':')
             .ok_or_else(|| challenge("malformed Basic credentials"))?;
         return Ok(password.to_string());
     }
-    Err(challenge("unsupported Authorization scheme (use Basic or Bearer)"))
+    Err(challenge(
+        "unsupported Authorization scheme (use Basic or Bearer)",
+    ))
 }
 
 /// `GET /.well-known/est/cacerts`: the issuing CA and the root.
@@ -126,7 +134,7 @@ pub async fn simpleenroll(
     };
     let csr = parse_csr(&headers, b);
     let o = enroll_with_token(&state, &peer, ROUTE, &token, csr).await?;
-    pkcs7_response(&[o.issued.record.der.clone()])
+    pkcs7_response(std::slice::from_ref(&o.issued.record.der))
 }
 
 /// `POST /.well-known/est/simplereenroll`.
@@ -141,5 +149,5 @@ pub async fn simplereenroll(
     let previous = renewing_cert(&state, &peer, ROUTE).await?;
     let csr = parse_csr(&headers, b);
     let o = renew_with_cert(&state, &peer, ROUTE, previous, csr).await?;
-    pkcs7_response(&[o.issued.record.der.clone()])
+    pkcs7_response(std::slice::from_ref(&o.issued.record.der))
 }

@@ -147,7 +147,12 @@ pub(crate) fn content_type(headers: &HeaderMap, allowed: &[&str]) -> ApiResult<(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if allowed.iter().any(|a| *a == essence) {
         Ok(())
     } else {

@@ -34,14 +34,20 @@ fn unknown_key_is_named() {
 fn bad_value_names_the_key() {
     let text = MINIMAL.replace("validity = \"24h\"", "validity = \"forever\"");
     let err = ServerConfig::parse(&text).expect_err("bad span");
-    assert!(err.to_string().contains("profiles.client.validity"), "{err}");
+    assert!(
+        err.to_string().contains("profiles.client.validity"),
+        "{err}"
+    );
 
     let text = format!("{MINIMAL}\n[limits.enroll]\nper_second = 0\nburst = 1\n");
     let err = ServerConfig::parse(&text)
         .expect("parses")
         .validate()
         .expect_err("zero rate");
-    assert!(err.to_string().contains("limits.enroll.per_second"), "{err}");
+    assert!(
+        err.to_string().contains("limits.enroll.per_second"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -74,8 +74,13 @@ impl TestServer {
     pub async fn with(opts: Options) -> Self {
         let clock = opts.clock.clone();
         let pki = tokio::task::spawn_blocking(move || {
-            TestPki::with(KeyAlgorithm::P256, test_profiles(), IssuerUrls::default(), clock)
-                .expect("test PKI")
+            TestPki::with(
+                KeyAlgorithm::P256,
+                test_profiles(),
+                IssuerUrls::default(),
+                clock,
+            )
+            .expect("test PKI")
         })
         .await
         .unwrap();
@@ -195,7 +200,13 @@ impl TestServer {
         let (key, csr) = csr(cn, sans);
         let issued: IssuedResponse = self
             .anon()
-            .post_json("/v1/enroll", &EnrollRequest { token: token.into(), csr })
+            .post_json(
+                "/v1/enroll",
+                &EnrollRequest {
+                    token: token.into(),
+                    csr,
+                },
+            )
             .await
             .expect("enroll");
         (
@@ -240,7 +251,9 @@ pub fn csr_with_key(key: &rcgen::KeyPair, cn: &str, sans: &[&str]) -> String {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     if !cn.is_empty() {
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
     }
     params.subject_alt_names = sans
         .iter()
