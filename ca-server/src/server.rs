@@ -355,7 +355,8 @@ async fn server_identity(
     tracing::info!(serial = %rec.serial_hex(), not_after = %rec.not_after, "server certificate issued");
     Ok(ServerIdentity {
         config,
-        lifetime: rec.not_after - rec.not_before,
+        // From issuance, not from the back-dated notBefore.
+        lifetime: rec.not_after - rec.issued_at,
         not_after: rec.not_after,
     })
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use ca_core::store::Store;
 use ca_server::api::types::RevokeRequest;
 use ca_server::api::types::RevokeResponse;
 use common::TestServer;
@@ -581,5 +582,58 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
     let (status, _) = curl(&format!("{}/ca.crt", srv.status_url), &[], &crt).await;
     assert_eq!(status, 200);
     assert_eq!(std::fs::read(&crt).unwrap(), srv.pki.issuing_der);
+    srv.stop().await;
+}
+
+/// The serial of the certificate the server presents, as `openssl s_client` sees it, after
+/// verifying the chain it sends against the root.
+async fn server_cert_serial(srv: &TestServer, root: &Path) -> String {
+    let addr = srv.url.trim_start_matches("https://").to_string();
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-servername",
+            "localhost",
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-verify_return_error",
+            "-showcerts",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let pem_start = text.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let pem_end =
+        text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    common::serial_of(&text[pem_start..pem_end])
+}
+
+/// The server's own certificate is issued by the CA and renewed before it expires, without a
+/// restart; clients pinning the root verify the chain the server sends (leaf, issuing, root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_is_renewed_by_the_server() {
+    let mut srv = TestServer::with(common::Options {
+        tls_validity: ca_core::profile::Span(chrono::Duration::seconds(3)),
+        ..common::Options::default()
+    })
+    .await;
+    let f = Files { dir: srv.tmp() };
+    let root = f.write("root.pem", &srv.root_pem);
+    let first = server_cert_serial(&srv, &root).await;
+    let rec = srv
+        .pki
+        .store
+        .get_cert(&hex::decode(&first).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.profile, "_server-tls");
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let second = server_cert_serial(&srv, &root).await;
+    assert_ne!(first, second, "server certificate was not renewed");
     srv.stop().await;
 }

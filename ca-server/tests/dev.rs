@@ -229,7 +229,7 @@ fn dev_starts_writes_env_serves_cli_and_restarts() {
     // Graceful stop on SIGTERM, then a restart reuses the directory.
     assert!(sigterm(&mut dev), "dev exits 0 on SIGTERM");
     assert!(!dir.join("dev.env").exists(), "dev.env removed on shutdown");
-    let (_dev2, vars2) = start_dev(&dir);
+    let (mut dev2, vars2) = start_dev(&dir);
     assert_eq!(vars2["CA_FINGERPRINT"], vars["CA_FINGERPRINT"]);
     assert_eq!(
         std::fs::read(&vars2["CA_ADMIN_CERT"]).unwrap(),
@@ -242,6 +242,36 @@ fn dev_starts_writes_env_serves_cli_and_restarts() {
     assert_eq!(v["ok"], true);
     let (ok, out, _) = cli(&vars2, &["certs", "list", "--identity", "dev-admin"]);
     assert!(ok && out.contains(&serial), "store reused: {out}");
+    assert!(sigterm(&mut dev2));
+
+    // The same directory served by `serve --config` (the config dev wrote).
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+        ])
+        .env_remove("SOFTHSM2_CONF")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut serve = Dev(child);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    let mut v3 = vars.clone();
+    v3.insert("CA_URL".into(), url);
+    let (ok, out, err) = cli(&v3, &["certs", "list", "--identity", "dev-admin"]);
+    assert!(ok && out.contains(&serial), "serve: {out} {err}");
+    assert!(sigterm(&mut serve));
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub struct TestServer {
 pub struct Options {
     /// Attach the status listener (OCSP responder, CRL) as in production.
     pub status: bool,
+    /// Lifetime of the server's own TLS certificate.
+    pub tls_validity: Span,
     pub limits: Limits,
     pub profiles: Profiles,
     pub clock: Arc<dyn Clock>,
@@ -59,6 +61,7 @@ impl Default for Options {
         limits.admin.burst = 200;
         Options {
             status: false,
+            tls_validity: Span(chrono::Duration::days(1)),
             limits,
             profiles,
             clock: Arc::new(SystemClock),
@@ -93,7 +96,7 @@ impl TestServer {
             store: pki.store.clone() as Arc<dyn Store>,
             clock: opts.clock,
             tls_names: vec!["dns:localhost".into(), "ip:127.0.0.1".into()],
-            tls_validity: Span(chrono::Duration::days(1)),
+            tls_validity: opts.tls_validity,
             admin_validity: Span(chrono::Duration::days(30)),
             limits: opts.limits,
             tokens: TokenSection::default(),
