@@ -554,3 +554,71 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
         .await
         .is_err());
 }
+
+/// A request in flight when shutdown starts (headers and half the body sent) still completes,
+/// and its certificate is in the store; new connections are refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_request_finishes_during_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut srv = TestServer::start().await;
+    let token = srv.token("late.test", &[], "client").await;
+    let (_, c) = csr("late.test", &[]);
+    let body = serde_json::to_vec(&EnrollRequest { token, csr: c }).unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            srv.pki.root_der.clone(),
+        ))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(ca_server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = srv.url.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/enroll HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    tls.write_all(first).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let running = srv.running.take().unwrap();
+    let store = srv.pki.store.clone();
+    let shutdown = tokio::spawn(running.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The listener is closed: a new connection fails.
+    assert!(srv
+        .anon()
+        .get_json::<ChainResponse>("/v1/chain")
+        .await
+        .is_err());
+
+    tls.write_all(rest).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tls.read_to_end(&mut resp),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let json = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let json = &json[json.find('{').unwrap()..=json.rfind('}').unwrap()];
+    let issued: IssuedResponse = serde_json::from_str(json).unwrap();
+    shutdown.await.unwrap();
+    assert!(store
+        .get_cert(&hex::decode(&issued.serial).unwrap())
+        .unwrap()
+        .is_some());
+}
