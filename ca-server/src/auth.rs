@@ -240,3 +240,51 @@ pub async fn audit_auth_failure(
         )
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ca_core::store::{RecordStatus, Requester};
+
+    fn record(profile: &str, sans: &[&str]) -> CertRecord {
+        let now = chrono::Utc::now();
+        CertRecord {
+            serial: vec![1],
+            subject: "CN=x".into(),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            identity: "x".into(),
+            profile: profile.into(),
+            not_before: now,
+            not_after: now,
+            issued_at: now,
+            requester: Requester::Admin("t".into()),
+            spki_sha256: String::new(),
+            der: Vec::new(),
+            status: RecordStatus::Valid,
+        }
+    }
+
+    #[test]
+    fn roles_count_only_in_admin_certificates() {
+        let admin = record(ADMIN_PROFILE, &["uri:urn:ca:role:operator"]);
+        assert_eq!(roles_of(&admin), vec![Role::Operator]);
+        let leaf = record("client", &["uri:urn:ca:role:security-officer"]);
+        assert!(roles_of(&leaf).is_empty());
+        let unknown = record(ADMIN_PROFILE, &["uri:urn:ca:role:root"]);
+        assert!(roles_of(&unknown).is_empty());
+    }
+
+    #[test]
+    fn permission_matrix() {
+        use Permission::*;
+        let all = [CreateToken, CreateAdminToken, Revoke, ReadCerts, ReadAudit];
+        let allowed = |r: Role| all.iter().filter(|p| r.allows(**p)).count();
+        assert_eq!(allowed(Role::SecurityOfficer), 5);
+        assert!(Role::Operator.allows(CreateToken) && Role::Operator.allows(Revoke));
+        assert_eq!(allowed(Role::Operator), 2);
+        assert!(Role::Auditor.allows(ReadCerts) && Role::Auditor.allows(ReadAudit));
+        assert_eq!(allowed(Role::Auditor), 2);
+        assert_eq!(Role::parse("auditor"), Some(Role::Auditor));
+        assert_eq!(Role::Operator.san(), "uri:urn:ca:role:operator");
+    }
+}

@@ -262,3 +262,51 @@ impl IntoResponse for ApiError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_errors_map_to_stable_codes() {
+        let cases: Vec<(ca_core::Error, &str, u16)> = vec![
+            (
+                ca_core::Error::MalformedCsr("x".into()),
+                "malformed_csr",
+                400,
+            ),
+            (ca_core::Error::CsrSignature, "csr_signature", 400),
+            (ca_core::Error::WeakKey("x".into()), "weak_key", 400),
+            (ca_core::Error::KeyReuse, "key_reuse", 400),
+            (
+                ca_core::Error::TokenRejected("token already used"),
+                "token_rejected",
+                401,
+            ),
+            (ca_core::Error::CertNotFound("00".into()), "not_found", 404),
+            (
+                ca_core::Error::AuditChain {
+                    seq: 2,
+                    reason: "x".into(),
+                },
+                "audit_tampered",
+                500,
+            ),
+            (ca_core::Error::SignatureCheckFailed, "internal", 500),
+        ];
+        for (e, code, status) in cases {
+            let api = ApiError::from(e);
+            assert_eq!(
+                (api.code.as_str(), api.code.status().as_u16()),
+                (code, status)
+            );
+        }
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let api = ApiError::from(ca_core::Error::Corrupt("secret path /var/x".into()));
+        assert_eq!(api.code, Code::Internal);
+        assert!(!api.message.contains("/var/x"));
+    }
+}
