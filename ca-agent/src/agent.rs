@@ -352,7 +352,14 @@ impl Agent {
                     };
                     return self.fail(c, st, e, condition, Some(fix));
                 }
-                self.fail(c, st, e, Condition::RenewalFailing, None)
+                let fix = (e.api_code() == Some("cert_unknown")).then(|| {
+                    format!(
+                        "the CA does not know certificate {} (was the CA re-provisioned?): {}",
+                        disk.cert.serial,
+                        revoked_fix(c, &identity)
+                    )
+                });
+                self.fail(c, st, e, Condition::RenewalFailing, fix)
             }
         }
     }

@@ -453,6 +453,15 @@ mod tests {
         assert!(cert.probe.is_some());
     }
 
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../examples/agent.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.certificates.len(), 2);
+        assert_eq!(c.certificates[0].key_mode, Some(0o640));
+        assert!(c.certificates[0].probe.is_some());
+    }
+
     /// One row per class of bad input, each with the field path the error must name.
     #[test]
     fn bad_configs_name_the_field() {

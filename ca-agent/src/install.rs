@@ -183,6 +183,22 @@ fn resolve_ownership(cfg: &CertConfig) -> Result<Ownership> {
     Ok(Ownership { uid, gid })
 }
 
+/// Fault injection for the kill test: with `CA_AGENT_DANGER_INSTALL_STEP_DELAY_MS` set, every
+/// install step is followed by a pause, so a test can kill the agent between any two steps.
+/// Never set it in production.
+fn danger_step_pause() {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("CA_AGENT_DANGER_INSTALL_STEP_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
+    }
+}
+
 fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
@@ -203,7 +219,9 @@ fn write_file(path: &Path, data: &[u8], mode: u32, own: Ownership) -> Result<()>
     // The umask may have cut the mode at creation; set it exactly.
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io("chmod", path))?;
-    f.sync_all().map_err(io("fsync", path))
+    f.sync_all().map_err(io("fsync", path))?;
+    danger_step_pause();
+    Ok(())
 }
 
 fn mkdir_p(dir: &Path) -> Result<()> {
@@ -224,11 +242,14 @@ fn swap_link(link: &Path, target: &Path) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.ca-agent-tmp-{}", random_suffix()));
     std::os::unix::fs::symlink(target, &tmp).map_err(io("symlink", &tmp))?;
+    danger_step_pause();
     if let Err(e) = fs::rename(&tmp, link) {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io("rename", link, e));
     }
-    fsync_dir(dir)
+    fsync_dir(dir)?;
+    danger_step_pause();
+    Ok(())
 }
 
 fn link_target(link: &Path) -> Option<PathBuf> {
@@ -448,6 +469,7 @@ fn write_version(cfg: &CertConfig, m: &Material, (key_mode, cert_mode): (u32, u3
     let dest = store.join(&name);
     fs::rename(&tmp, &dest).map_err(io("rename", &dest))?;
     fsync_dir(&store)?;
+    danger_step_pause();
     Ok(name)
 }
 
