@@ -320,14 +320,16 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
             let d = dir.clone();
             let url = status_url.clone();
             let pki = tokio::task::spawn_blocking(move || bootstrap(&d, &url)).await??;
-            let cfg = dev_config(
-                &dir,
-                &pki,
-                Listen {
-                    api: opts.listen.unwrap_or(api_addr),
-                    status: opts.status_listen.unwrap_or(status_addr),
-                },
-            );
+            let listen = Listen {
+                api: opts.listen.unwrap_or(api_addr),
+                status: opts.status_listen.unwrap_or(status_addr),
+            };
+            let fixed_status = listen.status.port() != 0;
+            let mut cfg = dev_config(&dir, &pki, listen);
+            if fixed_status {
+                // `serve --config` on this directory then writes the same URLs.
+                cfg.urls = urls_for(status_addr);
+            }
             let text = format!(
                 "# Written by `ca-server dev`. Paths are relative to this file.\n{}",
                 cfg.to_toml()?
