@@ -637,3 +637,30 @@ async fn server_certificate_is_renewed_by_the_server() {
     assert_ne!(first, second, "server certificate was not renewed");
     srv.stop().await;
 }
+
+/// TLS 1.2 and 1.3 are accepted, anything older is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tls12_and_tls13() {
+    let mut srv = TestServer::start().await;
+    let f = Files { dir: srv.tmp() };
+    let root = f.write("root.pem", &srv.root_pem);
+    let url = format!("{}/v1/chain", srv.url);
+    for (args, expect_ok) in [
+        (vec!["--tlsv1.3"], true),
+        (vec!["--tlsv1.2", "--tls-max", "1.2"], true),
+        (vec!["--tlsv1.1", "--tls-max", "1.1"], false),
+    ] {
+        let mut a = vec![
+            "-sSf",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            root.to_str().unwrap(),
+        ];
+        a.extend(args.iter());
+        a.push(&url);
+        let (ok, _, err) = run("curl", &a).await;
+        assert_eq!(ok, expect_ok, "curl {args:?}: {err}");
+    }
+    srv.stop().await;
+}
