@@ -301,13 +301,23 @@ async fn client_cert_from_another_ca_is_refused_and_audited() {
         .await
         .expect_err("foreign CA");
     assert!(matches!(err, ClientError::Connect { .. }), "{err}");
-    // Let the server finish auditing the handshake failure.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let events = srv.pki.store.audit_events(1, 1000).unwrap();
-    assert!(events.len() > before);
-    assert!(events
-        .iter()
-        .any(|e| e.event.action == "auth.fail" && e.event.object == "tls-handshake"));
+    // The server audits the handshake failure in the connection task: poll for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events = srv.pki.store.audit_events(1, 1000).unwrap();
+        if events
+            .iter()
+            .any(|e| e.event.action == "auth.fail" && e.event.object == "tls-handshake")
+        {
+            assert!(events.len() > before);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handshake failure not audited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     srv.stop().await;
 }
 
