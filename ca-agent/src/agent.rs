@@ -340,6 +340,7 @@ impl Agent {
                     _ => None,
                 };
                 if let Some((state, condition)) = state {
+                    let code = e.api_code().map(str::to_string);
                     if let Some(out) = self.try_token(c, st, state).await {
                         return out;
                     }
@@ -350,7 +351,10 @@ impl Agent {
                         state,
                         fix: fix.clone(),
                     };
-                    return self.fail(c, st, e, condition, Some(fix));
+                    let out = self.fail(c, st, e, condition, Some(fix));
+                    // Keep the CA's code: it is what monitoring keys on.
+                    st.last_error_code = code;
+                    return out;
                 }
                 let fix = (e.api_code() == Some("cert_unknown")).then(|| {
                     format!(
@@ -481,15 +485,19 @@ impl Agent {
         st.not_before = Some(leaf.not_before);
         st.not_after = Some(leaf.not_after);
         st.next_renewal = Some(leaf.renewal_point(c.renew_at, c.jitter));
-        st.last_renewal = Some(now);
-        st.renewals += 1;
         // A staple for the new certificate before the service reloads it.
         let _ = self.refresh_staple(c, st, true).await;
         if reload {
             if let Err(e) = self.activate(c, st, &leaf.serial).await {
-                return self.fail(c, st, e, Condition::ReloadFailed, None);
+                let fix = format!(
+                    "make the reload actions of {} take effect (pidfile, signal, command) and check                      the probe address; `ca-agent renew --force` tries again at once",
+                    c.name
+                );
+                return self.fail(c, st, e, Condition::ReloadFailed, Some(fix));
             }
         }
+        st.last_renewal = Some(now);
+        st.renewals += 1;
         st.clear_error();
         st.last_error = None;
         st.last_error_code = None;

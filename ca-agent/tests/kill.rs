@@ -8,23 +8,46 @@ use common::*;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
-const ROUNDS: usize = 16;
-const STEP_DELAY_MS: &str = "25";
+const ROUNDS: usize = 20;
+const STEP_DELAY_MS: &str = "60";
+
+fn count(d: &std::path::Path, f: impl Fn(&str) -> bool) -> usize {
+    std::fs::read_dir(d)
+        .map(|rd| rd.flatten().filter(|e| f(&e.file_name().to_string_lossy())).count())
+        .unwrap_or(0)
+}
 
 fn leftovers(store: &std::path::Path, tls: &std::path::Path) -> usize {
-    let count = |d: &std::path::Path| {
-        std::fs::read_dir(d)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| {
-                        let n = e.file_name().to_string_lossy().to_string();
-                        n.starts_with(".tmp-") || n.contains(".ca-agent-tmp-")
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    count(store) + count(tls)
+    let tmp = |n: &str| n.starts_with(".tmp-") || n.contains(".ca-agent-tmp-");
+    count(store, tmp) + count(tls, tmp)
+}
+
+/// Where the kill landed, from what it left on disk (before the next run cleans up).
+fn classify(store: &std::path::Path, tls: &std::path::Path, changed: bool) -> &'static str {
+    if count(store, |n| n.starts_with(".tmp-")) > 0 {
+        return "while writing the new version's files";
+    }
+    if count(store, |n| n.contains(".ca-agent-tmp-")) + count(tls, |n| n.contains(".ca-agent-tmp-")) > 0 {
+        return "in the middle of a link swap";
+    }
+    let current: u64 = std::fs::read_link(store.join("current"))
+        .ok()
+        .and_then(|t| t.to_string_lossy().trim_start_matches('v').parse().ok())
+        .unwrap_or(0);
+    let newest = std::fs::read_dir(store)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix('v').and_then(|n| n.parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0);
+    if newest > current {
+        return "after the new version was complete, before the switch";
+    }
+    if changed {
+        "after the switch"
+    } else {
+        "before the install began"
+    }
 }
 
 #[test]
@@ -51,6 +74,7 @@ fn killing_the_agent_during_install_never_leaves_a_mismatched_pair() {
 
     let mut rng = rand::thread_rng();
     let (mut interrupted, mut changed, mut unchanged) = (0, 0, 0);
+    let mut places = std::collections::BTreeMap::new();
     for round in 0..ROUNDS {
         let before = openssl_serial(&cert);
         let mut p = Proc::spawn(
@@ -61,38 +85,45 @@ fn killing_the_agent_during_install_never_leaves_a_mismatched_pair() {
             &dir.join(format!("kill-{round}.log")),
         );
         // Kill anywhere in the pass, weighted towards its second half where the install is.
-        let at = full_pass.mul_f64(rng.gen_range(0.2..1.1));
+        let at = full_pass.mul_f64(rng.gen_range(0.15..1.0));
         std::thread::sleep(at);
-        let pid = p.pid();
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        if let Some(pid) = p.try_pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         p.stop(Duration::from_secs(5));
+        let after = openssl_serial(&cert);
         let left = leftovers(&store, &tls);
-        if left > 0 {
+        let place = classify(&store, &tls, after != before);
+        if place != "before the install began" && place != "after the switch" {
             interrupted += 1;
         }
+        *places.entry(place).or_insert(0) += 1;
         // At rest after the kill: the pair on disk matches, and so does the fullchain's leaf.
         assert!(
             openssl_pair_matches(&cert, &key),
             "round {round}: key and cert mismatch after kill at {at:?}"
         );
         assert_eq!(openssl_serial(&full), openssl_serial(&cert), "round {round}: fullchain");
-        let after = openssl_serial(&cert);
         if after == before {
             unchanged += 1;
         } else {
             changed += 1;
         }
         eprintln!(
-            "round {round}: killed at {:>4}ms, leftovers {left}, serial {}",
+            "round {round}: killed at {:>4}ms {place}, leftovers {left}, serial {}",
             at.as_millis(),
             if after == before { "kept" } else { "new" }
         );
     }
     eprintln!(
-        "{ROUNDS} kill rounds: {interrupted} interrupted mid-install (temp files left), \
+        "{ROUNDS} kill rounds: {interrupted} interrupted inside the install, \
          {changed} ended with the new pair, {unchanged} with the old one; pair always matched"
     );
-    assert!(interrupted >= 3, "too few kills landed inside an install ({interrupted})");
+    eprintln!("kill points: {places:?}");
+    assert!(interrupted >= 3, "too few kills landed inside an install ({interrupted}): {places:?}");
 
     // The next run recovers: leftovers removed, state consistent, renewals work.
     let out = run(&agent_bin(), &args, &[]);

@@ -74,19 +74,23 @@ impl Proc {
         }
     }
 
+    /// pid of the real process (child of `timeout`), if it is still running.
+    pub fn try_pid(&self) -> Option<i32> {
+        let tpid = self.child.as_ref()?.id();
+        // `timeout` runs the command as its only child.
+        for _ in 0..50 {
+            let s = std::fs::read_to_string(format!("/proc/{tpid}/task/{tpid}/children")).ok()?;
+            if let Some(p) = s.split_whitespace().next() {
+                return p.parse().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// pid of the real process (child of `timeout`).
     pub fn pid(&self) -> i32 {
-        let tpid = self.child.as_ref().unwrap().id();
-        // `timeout` runs the command as its only child.
-        for _ in 0..100 {
-            if let Ok(s) = std::fs::read_to_string(format!("/proc/{tpid}/task/{tpid}/children")) {
-                if let Some(p) = s.split_whitespace().next() {
-                    return p.parse().unwrap();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no child of timeout {tpid}");
+        self.try_pid().unwrap_or_else(|| panic!("{} is not running", self.name))
     }
 
     pub fn signal(&self, sig: &str) {
@@ -230,7 +234,9 @@ impl Ca {
         self.starts += 1;
         let listen = format!("127.0.0.1:{}", self.api_port);
         let status = format!("127.0.0.1:{}", self.status_port);
-        let log = self.data.join(format!("server-{}.log", self.starts));
+        let log = self
+            .data
+            .with_file_name(format!("ca-server-{}.log", self.starts));
         let data = self.data.display().to_string();
         let p = Proc::spawn(
             "ca-server",
