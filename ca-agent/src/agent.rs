@@ -192,7 +192,10 @@ impl Agent {
                 return self.fail(c, st, e, Condition::Missing, Some(fix));
             }
             Err(e @ Error::KeyMismatch { .. }) => {
-                if let Some(out) = self.try_token(c, st, "key and certificate do not match").await {
+                if let Some(out) = self
+                    .try_token(c, st, "key and certificate do not match")
+                    .await
+                {
                     return out;
                 }
                 let fix = format!(
@@ -261,7 +264,10 @@ impl Agent {
             }
             if matches!(
                 st.condition,
-                Condition::Revoked | Condition::Expired | Condition::Missing | Condition::KeyMismatch
+                Condition::Revoked
+                    | Condition::Expired
+                    | Condition::Missing
+                    | Condition::KeyMismatch
             ) {
                 st.clear_error();
             }
@@ -287,9 +293,10 @@ impl Agent {
         let now = Utc::now();
         st.consecutive_failures = st.consecutive_failures.saturating_add(1);
         let delay = match condition {
-            Condition::Revoked | Condition::Expired | Condition::Missing | Condition::KeyMismatch => {
-                std_duration(self.cfg.check_interval)
-            }
+            Condition::Revoked
+            | Condition::Expired
+            | Condition::Missing
+            | Condition::KeyMismatch => std_duration(self.cfg.check_interval),
             _ => backoff::delay(
                 st.consecutive_failures,
                 std_duration(self.cfg.retry_min),
@@ -444,7 +451,14 @@ impl Agent {
         let checked = (|| {
             let leaf = CertInfo::from_pem(issued.certificate.as_bytes(), "new certificate")?;
             let chain = certs::pem_certs(issued.chain.as_bytes(), "chain of the new certificate")?;
-            certs::verify_issued(&leaf, &chain, &key, expected, &self.cfg.root_fingerprint, now)?;
+            certs::verify_issued(
+                &leaf,
+                &chain,
+                &key,
+                expected,
+                &self.cfg.root_fingerprint,
+                now,
+            )?;
             if certs::normalize_serial(&issued.serial) != leaf.serial {
                 return Err(Error::Verify(format!(
                     "the CA said serial {} but the certificate has {}",
@@ -566,7 +580,12 @@ impl Agent {
 
     /// Fetch a fresh OCSP response when due (or `now`), write the staple, and notice revocation.
     /// Returns an outcome only when the certificate turned out revoked.
-    async fn refresh_staple(&self, c: &CertConfig, st: &mut CertState, now_: bool) -> Option<Outcome> {
+    async fn refresh_staple(
+        &self,
+        c: &CertConfig,
+        st: &mut CertState,
+        now_: bool,
+    ) -> Option<Outcome> {
         let staple_path = c.ocsp_staple.as_ref()?;
         let disk = install::read_current(c).ok().flatten()?;
         let now = Utc::now();
@@ -590,7 +609,14 @@ impl Agent {
             tracing::warn!(cert = %c.name, "no issuer certificate in the chain; cannot ask for OCSP");
             return None;
         };
-        match ocsp::fetch(&url, &disk.cert.der, &issuer, std_duration(self.cfg.request_timeout)).await {
+        match ocsp::fetch(
+            &url,
+            &disk.cert.der,
+            &issuer,
+            std_duration(self.cfg.request_timeout),
+        )
+        .await
+        {
             Ok(checked) => {
                 let refresh_at = checked.refresh_at(now);
                 st.staple = Some(StapleState {
@@ -622,7 +648,9 @@ impl Agent {
             }
             Err(e) => {
                 tracing::warn!(cert = %c.name, error = %e, "OCSP fetch failed; keeping the old staple");
-                let retry = now + chrono::Duration::from_std(std_duration(self.cfg.retry_min) * 6).unwrap_or_default();
+                let retry = now
+                    + chrono::Duration::from_std(std_duration(self.cfg.retry_min) * 6)
+                        .unwrap_or_default();
                 let s = st.staple.get_or_insert_with(StapleState::default);
                 s.refresh_at = Some(retry);
                 None

@@ -43,8 +43,9 @@ mod tests {
             assert_eq!(ra, Duration::from_secs(120));
         }
         // Jitter: not all equal.
-        let v: std::collections::BTreeSet<_> =
-            (0..20).map(|_| delay(3, min, max, None, &mut rng)).collect();
+        let v: std::collections::BTreeSet<_> = (0..20)
+            .map(|_| delay(3, min, max, None, &mut rng))
+            .collect();
         assert!(v.len() > 1);
     }
 }

@@ -99,12 +99,14 @@ impl CertInfo {
                             GeneralName::URI(u) => San::Uri(u.to_string()),
                             GeneralName::RFC822Name(m) => San::Email(m.to_string()),
                             GeneralName::IPAddress(ip) => San::Ip(match ip.len() {
-                                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*ip).map_err(
-                                    |_| bad("bad IPv4 SAN".into()),
-                                )?),
-                                16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*ip).map_err(
-                                    |_| bad("bad IPv6 SAN".into()),
-                                )?),
+                                4 => std::net::IpAddr::from(
+                                    <[u8; 4]>::try_from(*ip)
+                                        .map_err(|_| bad("bad IPv4 SAN".into()))?,
+                                ),
+                                16 => std::net::IpAddr::from(
+                                    <[u8; 16]>::try_from(*ip)
+                                        .map_err(|_| bad("bad IPv6 SAN".into()))?,
+                                ),
                                 _ => return Err(bad("iPAddress SAN of odd length".into())),
                             }),
                             other => return Err(bad(format!("unsupported SAN {other:?}"))),
@@ -225,9 +227,8 @@ pub fn verify_chain(leaf: &[u8], chain: &[Vec<u8>], pin: &str, now: DateTime<Utc
     let leaf_der = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf_der)
         .map_err(|e| Error::Verify(format!("cannot parse the new certificate: {e}")))?;
-    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-        now.timestamp().max(0) as u64,
-    ));
+    let time =
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.timestamp().max(0) as u64));
     let anchors = [anchor];
     let mut last = None;
     for usage in [

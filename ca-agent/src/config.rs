@@ -205,7 +205,9 @@ pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
     let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .map_err(|_| format!("{s:?} is not an octal mode like \"0640\""))?;
     if m > 0o777 {
-        return Err(format!("{s:?}: only permission bits (at most 0777) are allowed"));
+        return Err(format!(
+            "{s:?}: only permission bits (at most 0777) are allowed"
+        ));
     }
     Ok(m)
 }

@@ -23,8 +23,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let reload = Arc::new(AtomicBool::new(false));
     let reload_notify = Arc::new(Notify::new());
     {
-        let (stop, stop_notify, reload, reload_notify) =
-            (stop.clone(), stop_notify.clone(), reload.clone(), reload_notify.clone());
+        let (stop, stop_notify, reload, reload_notify) = (
+            stop.clone(),
+            stop_notify.clone(),
+            reload.clone(),
+            reload_notify.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::select! {

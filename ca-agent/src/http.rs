@@ -77,7 +77,10 @@ fn split_url(url: &str, default_port: u16) -> Result<(String, String, u16, Strin
         url: url.to_string(),
         reason: "URL has no host".into(),
     })?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(default_port);
     let scheme = uri.scheme_str().unwrap_or("http").to_string();
     let path = uri
@@ -157,7 +160,10 @@ impl CaClient {
                 .method(method)
                 .uri(path)
                 .header(http::header::HOST, format!("{}:{}", self.host, self.port))
-                .header(http::header::USER_AGENT, concat!("ca-agent/", env!("CARGO_PKG_VERSION")));
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("ca-agent/", env!("CARGO_PKG_VERSION")),
+                );
             if json.is_some() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
             }
@@ -193,7 +199,9 @@ impl CaClient {
             ));
         }
         if let Some(fp) = ans.root_fingerprint {
-            if crate::config::normalize_fingerprint(&fp, "root_fingerprint").ok().as_deref()
+            if crate::config::normalize_fingerprint(&fp, "root_fingerprint")
+                .ok()
+                .as_deref()
                 != Some(self.pin.as_str())
             {
                 return Err(untrusted(format!("the server names root {fp}")));
@@ -257,7 +265,10 @@ pub fn api_error(url: &str, resp: &Response) -> Error {
         Ok(b) => (b.code, b.message),
         Err(_) => (
             format!("http_{}", resp.status),
-            String::from_utf8_lossy(&resp.body).chars().take(200).collect(),
+            String::from_utf8_lossy(&resp.body)
+                .chars()
+                .take(200)
+                .collect(),
         ),
     };
     Error::Api {
@@ -377,7 +388,10 @@ mod tests {
     #[test]
     fn urls_split() {
         let (s, h, p, path) = split_url("http://127.0.0.1:8080/ocsp", 80).unwrap();
-        assert_eq!((s.as_str(), h.as_str(), p, path.as_str()), ("http", "127.0.0.1", 8080, "/ocsp"));
+        assert_eq!(
+            (s.as_str(), h.as_str(), p, path.as_str()),
+            ("http", "127.0.0.1", 8080, "/ocsp")
+        );
         let (_, h, p, _) = split_url("https://[::1]/", 443).unwrap();
         assert_eq!((h.as_str(), p), ("::1", 443));
     }

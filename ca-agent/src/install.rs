@@ -408,8 +408,7 @@ fn import_plain_files(cfg: &CertConfig) -> Result<()> {
     if let Some(v) = &current {
         // Already identical to the current version (e.g. links were removed by hand).
         let same = fs::read(store.join(v).join(CERT)).ok().as_deref() == Some(&disk.cert_pem[..])
-            && fs::read(store.join(v).join(KEY)).ok().as_deref()
-                == Some(disk.key.pem().as_bytes());
+            && fs::read(store.join(v).join(KEY)).ok().as_deref() == Some(disk.key.pem().as_bytes());
         if same {
             return ensure_links(cfg);
         }
@@ -434,12 +433,18 @@ fn import_plain_files(cfg: &CertConfig) -> Result<()> {
 }
 
 fn file_mode(path: &Path) -> Option<u32> {
-    fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
+    fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
 }
 
 /// Write a complete version directory and return its name. The pair is re-read from the temp
 /// directory and checked before the directory gets its final name.
-fn write_version(cfg: &CertConfig, m: &Material, (key_mode, cert_mode): (u32, u32)) -> Result<String> {
+fn write_version(
+    cfg: &CertConfig,
+    m: &Material,
+    (key_mode, cert_mode): (u32, u32),
+) -> Result<String> {
     let store = cfg.store_dir();
     mkdir_p(&store)?;
     let own = resolve_ownership(cfg)?;
@@ -489,8 +494,14 @@ fn switch_to(store: &Path, version: &str) -> Result<Option<String>> {
 pub fn install(cfg: &CertConfig, m: &Material) -> Result<Installed> {
     recover(cfg)?;
     let store = cfg.store_dir();
-    let key_mode = cfg.key_mode.or_else(|| file_mode(&cfg.key)).unwrap_or(0o600);
-    let cert_mode = cfg.cert_mode.or_else(|| file_mode(&cfg.cert)).unwrap_or(0o644);
+    let key_mode = cfg
+        .key_mode
+        .or_else(|| file_mode(&cfg.key))
+        .unwrap_or(0o600);
+    let cert_mode = cfg
+        .cert_mode
+        .or_else(|| file_mode(&cfg.cert))
+        .unwrap_or(0o644);
     let version = write_version(cfg, m, (key_mode, cert_mode))?;
     let previous = switch_to(&store, &version)?;
     ensure_links(cfg)?;
@@ -517,7 +528,11 @@ pub fn restore_previous(cfg: &CertConfig) -> Result<String> {
     }
     // The new prev is the newest version older than the restored one, if any.
     let prev_n = version_number(&prev).unwrap_or(0);
-    match versions(&store)?.into_iter().rev().find(|(n, _)| *n < prev_n) {
+    match versions(&store)?
+        .into_iter()
+        .rev()
+        .find(|(n, _)| *n < prev_n)
+    {
         Some((_, older)) => swap_link(&store.join(PREV), Path::new(&older))?,
         None => {
             let p = store.join(PREV);
@@ -534,10 +549,13 @@ pub fn restore_previous(cfg: &CertConfig) -> Result<String> {
 /// Keep `current`, `prev`, one older version (so a restore still leaves a `prev`), and the most
 /// recent failed version.
 fn garbage_collect(store: &Path) -> Result<()> {
-    let keep: Vec<String> = [current_version(store, CURRENT), current_version(store, PREV)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let keep: Vec<String> = [
+        current_version(store, CURRENT),
+        current_version(store, PREV),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let all = versions(store)?;
     let mut older_kept = 0;
     for (_, name) in all.iter().rev() {

@@ -124,7 +124,10 @@ mod tests {
     fn every_supported_type_generates_reloads_and_makes_a_csr() {
         let ident = Identity {
             common_name: Some("web.svc".into()),
-            sans: vec!["dns:web.svc".parse().unwrap(), "ip:10.0.0.1".parse().unwrap()],
+            sans: vec![
+                "dns:web.svc".parse().unwrap(),
+                "ip:10.0.0.1".parse().unwrap(),
+            ],
         };
         for alg in [
             KeyAlgorithm::P256,

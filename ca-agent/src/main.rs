@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ca-agent", version, about = "Certificate agent: enroll, renew, install, reload")]
+#[command(
+    name = "ca-agent",
+    version,
+    about = "Certificate agent: enroll, renew, install, reload"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -22,18 +26,26 @@ struct Cli {
 enum Cmd {
     /// Enroll once with a one-time token: pin the CA root, generate a key locally, get and
     /// install the certificate.
-    Enroll(EnrollArgs),
+    Enroll(Box<EnrollArgs>),
     /// Run the renewal daemon (SIGHUP re-reads the config, SIGTERM stops).
     Run {
         /// Config file.
-        #[arg(long, env = "CA_AGENT_CONFIG", default_value = "/etc/ca-agent/agent.toml")]
+        #[arg(
+            long,
+            env = "CA_AGENT_CONFIG",
+            default_value = "/etc/ca-agent/agent.toml"
+        )]
         config: PathBuf,
     },
     /// One renewal pass over every certificate, then exit (0 when nothing failed, including when
     /// nothing was due).
     Renew {
         /// Config file.
-        #[arg(long, env = "CA_AGENT_CONFIG", default_value = "/etc/ca-agent/agent.toml")]
+        #[arg(
+            long,
+            env = "CA_AGENT_CONFIG",
+            default_value = "/etc/ca-agent/agent.toml"
+        )]
         config: PathBuf,
         /// Renew now, even if not due (ignores backoff).
         #[arg(long)]
@@ -46,7 +58,11 @@ enum Cmd {
     /// any certificate needs attention).
     Status {
         /// Config file.
-        #[arg(long, env = "CA_AGENT_CONFIG", default_value = "/etc/ca-agent/agent.toml")]
+        #[arg(
+            long,
+            env = "CA_AGENT_CONFIG",
+            default_value = "/etc/ca-agent/agent.toml"
+        )]
         config: PathBuf,
         /// JSON output.
         #[arg(long)]
@@ -161,7 +177,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Cmd::Enroll(args) => enroll(args).await,
+        Cmd::Enroll(args) => enroll(*args).await,
     }
 }
 
@@ -186,7 +202,11 @@ async fn renew(config: &Path, force: bool, name: Option<&str>) -> anyhow::Result
         }
     }
     if matched == 0 {
-        bail!("no certificate named {:?} in {}", name.unwrap_or(""), config.display());
+        bail!(
+            "no certificate named {:?} in {}",
+            name.unwrap_or(""),
+            config.display()
+        );
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -224,7 +244,13 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
                 .map(|s| {
                     s.to_string_lossy()
                         .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
                         .collect::<String>()
                 })
                 .unwrap_or_else(|| "cert".into());

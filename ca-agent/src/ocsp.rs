@@ -79,17 +79,29 @@ pub fn request_der(cert_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>> {
     let issuer = Certificate::from_der(issuer_der).map_err(|e| err(format!("issuer: {e}")))?;
     let req = Request::from_cert::<sha1::Sha1>(&issuer, &cert)
         .map_err(|e| err(format!("cannot build the request: {e}")))?;
-    let ocsp: OcspRequest = OcspRequestBuilder::new(Version::V1).with_request(req).build();
-    ocsp.to_der().map_err(|e| err(format!("cannot encode the request: {e}")))
+    let ocsp: OcspRequest = OcspRequestBuilder::new(Version::V1)
+        .with_request(req)
+        .build();
+    ocsp.to_der()
+        .map_err(|e| err(format!("cannot encode the request: {e}")))
 }
 
 /// Check a DER OCSP response for `cert_der`: successful, signed by the issuer or by a responder
 /// certificate the issuer delegated (id-kp-OCSPSigning, RFC 6960 4.2.2.2), about this serial,
 /// and current.
-pub fn check(resp_der: &[u8], cert_der: &[u8], issuer_der: &[u8], now: DateTime<Utc>) -> Result<Checked> {
-    let resp = OcspResponse::from_der(resp_der).map_err(|e| err(format!("not an OCSP response: {e}")))?;
+pub fn check(
+    resp_der: &[u8],
+    cert_der: &[u8],
+    issuer_der: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Checked> {
+    let resp =
+        OcspResponse::from_der(resp_der).map_err(|e| err(format!("not an OCSP response: {e}")))?;
     if resp.response_status != OcspResponseStatus::Successful {
-        return Err(err(format!("responder answered {:?}", resp.response_status)));
+        return Err(err(format!(
+            "responder answered {:?}",
+            resp.response_status
+        )));
     }
     let bytes = resp
         .response_bytes
@@ -150,11 +162,12 @@ pub fn check(resp_der: &[u8], cert_der: &[u8], issuer_der: &[u8], now: DateTime<
             .map_err(|_| err("responder certificate is not signed by the issuer"))?;
         // ...and carry id-kp-OCSPSigning (RFC 6960 4.2.2.2).
         let rder = responder.to_der().map_err(|e| err(e.to_string()))?;
-        let (_, parsed) = <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
-            '_,
-            x509_parser::error::X509Error,
-        >>::from_der(&rder)
-        .map_err(|e| err(format!("responder certificate: {e}")))?;
+        let (_, parsed) =
+            <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+                '_,
+                x509_parser::error::X509Error,
+            >>::from_der(&rder)
+            .map_err(|e| err(format!("responder certificate: {e}")))?;
         let ocsp_signing = parsed
             .extended_key_usage()
             .ok()
@@ -218,7 +231,12 @@ pub fn check(resp_der: &[u8], cert_der: &[u8], issuer_der: &[u8], now: DateTime<
 }
 
 /// Fetch and check the status of `cert_der` from `url` (POST, RFC 6960 A.1).
-pub async fn fetch(url: &str, cert_der: &[u8], issuer_der: &[u8], timeout: Duration) -> Result<Checked> {
+pub async fn fetch(
+    url: &str,
+    cert_der: &[u8],
+    issuer_der: &[u8],
+    timeout: Duration,
+) -> Result<Checked> {
     let req = request_der(cert_der, issuer_der)?;
     let resp = crate::http::plain_http(
         url,

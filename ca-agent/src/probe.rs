@@ -61,7 +61,10 @@ pub async fn served_serial(probe: &ProbeConfig) -> Result<String> {
 
 /// Poll until the service serves `want`, up to the probe's timeout. On failure returns the last
 /// serial (or error) seen.
-pub async fn wait_for_serial(probe: &ProbeConfig, want: &str) -> std::result::Result<Duration, String> {
+pub async fn wait_for_serial(
+    probe: &ProbeConfig,
+    want: &str,
+) -> std::result::Result<Duration, String> {
     let start = Instant::now();
     let timeout = crate::config::std_duration(probe.timeout);
     loop {
@@ -88,7 +91,10 @@ mod tests {
             Some(("127.0.0.1".into(), 443))
         );
         assert_eq!(split_host_port("[::1]:8443"), Some(("::1".into(), 8443)));
-        assert_eq!(split_host_port("svc.local:1"), Some(("svc.local".into(), 1)));
+        assert_eq!(
+            split_host_port("svc.local:1"),
+            Some(("svc.local".into(), 1))
+        );
         assert_eq!(split_host_port("nohost"), None);
         assert_eq!(split_host_port(":443"), None);
         assert_eq!(split_host_port("h:0"), None);

@@ -84,7 +84,9 @@ async fn run_one(cfg: &CertConfig, action: &ReloadConfig, ctx: &ReloadContext) -
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
-            let child = cmd.spawn().map_err(|e| fail(format!("cannot start: {e}")))?;
+            let child = cmd
+                .spawn()
+                .map_err(|e| fail(format!("cannot start: {e}")))?;
             let timeout = crate::config::std_duration(action.timeout);
             let out = tokio::time::timeout(timeout, child.wait_with_output())
                 .await
@@ -143,7 +145,9 @@ mod tests {
         run_all(&c, &ctx()).await.unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "abcd");
 
-        let c = cfg("[[certificate.reload]]\ncommand = [\"/bin/sh\", \"-c\", \"echo boom >&2; exit 3\"]\n");
+        let c = cfg(
+            "[[certificate.reload]]\ncommand = [\"/bin/sh\", \"-c\", \"echo boom >&2; exit 3\"]\n",
+        );
         let e = run_all(&c, &ctx()).await.unwrap_err().to_string();
         assert!(e.contains("boom") && e.contains("3"), "{e}");
 
@@ -157,7 +161,10 @@ mod tests {
     #[tokio::test]
     async fn signal_to_pidfile() {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pidfile = dir.path().join("p.pid");
         std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
         let c = cfg(&format!(

@@ -83,7 +83,10 @@ pub fn collect(cfg: &Config) -> Vec<CertStatus> {
                 Ok(Some(d)) => {
                     if st.serial.as_deref() != Some(d.cert.serial.as_str()) {
                         // Installed by someone else since the agent last looked.
-                        if matches!(s.condition, Condition::Revoked | Condition::Expired | Condition::Missing) {
+                        if matches!(
+                            s.condition,
+                            Condition::Revoked | Condition::Expired | Condition::Missing
+                        ) {
                             s.condition = Condition::Ok;
                             s.fix = None;
                         }
@@ -134,9 +137,15 @@ fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
                 format!("{secs}s")
             };
             if sign.is_empty() {
-                format!("{} (in {rel})", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                format!(
+                    "{} (in {rel})",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
             } else {
-                format!("{} ({rel} ago)", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                format!(
+                    "{} ({rel} ago)",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
             }
         }
     }
@@ -153,12 +162,21 @@ pub fn render(list: &[CertStatus]) -> String {
             .unwrap_or_default();
         out.push_str(&format!("{}: {cond}\n", s.name));
         out.push_str(&format!("  certificate:   {}\n", s.cert));
-        out.push_str(&format!("  identity:      {}\n", s.identity.as_deref().unwrap_or("-")));
-        out.push_str(&format!("  serial:        {}\n", s.serial.as_deref().unwrap_or("-")));
+        out.push_str(&format!(
+            "  identity:      {}\n",
+            s.identity.as_deref().unwrap_or("-")
+        ));
+        out.push_str(&format!(
+            "  serial:        {}\n",
+            s.serial.as_deref().unwrap_or("-")
+        ));
         out.push_str(&format!("  expires:       {}\n", when(s.not_after, now)));
         out.push_str(&format!("  next renewal:  {}\n", when(s.next_renewal, now)));
         out.push_str(&format!("  last renewal:  {}\n", when(s.last_renewal, now)));
-        out.push_str(&format!("  renewals:      {} (reloads {})\n", s.renewals, s.reloads));
+        out.push_str(&format!(
+            "  renewals:      {} (reloads {})\n",
+            s.renewals, s.reloads
+        ));
         if let Some(st) = &s.staple {
             out.push_str(&format!(
                 "  ocsp staple:   {} (next fetch {})\n",
@@ -172,7 +190,10 @@ pub fn render(list: &[CertStatus]) -> String {
                 if let Some(code) = &s.last_error_code {
                     out.push_str(&format!("  error code:    {code}\n"));
                 }
-                out.push_str(&format!("  error at:      {}\n", when(s.last_error_at, now)));
+                out.push_str(&format!(
+                    "  error at:      {}\n",
+                    when(s.last_error_at, now)
+                ));
                 if s.consecutive_failures > 0 {
                     out.push_str(&format!(
                         "  failures:      {} (next attempt {})\n",

@@ -78,9 +78,10 @@ impl ServerCertVerifier for PinnedRootVerifier {
         roots
             .add(root.clone().into_owned())
             .map_err(|e| self.fail(format!("pinned root is not a usable trust anchor: {e}")))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| self.fail(format!("cannot build verifier: {e}")))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| self.fail(format!("cannot build verifier: {e}")))?;
         let rest: Vec<CertificateDer<'_>> = intermediates
             .iter()
             .filter(|c| c.as_ref() != root.as_ref())
@@ -150,10 +151,11 @@ impl ClientIdentity {
     /// From PEM texts (certificate file may hold the chain too; key is PKCS#8).
     pub fn from_pem(cert_pem: &[u8], chain_pem: &[u8], key_pem: &[u8]) -> Result<ClientIdentity> {
         use rustls::pki_types::pem::PemObject;
-        let mut chain: Vec<CertificateDer<'static>> = crate::certs::pem_certs(cert_pem, "client certificate")?
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
+        let mut chain: Vec<CertificateDer<'static>> =
+            crate::certs::pem_certs(cert_pem, "client certificate")?
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
         // Intermediates only: the root is not sent (RFC 8446 4.4.2 allows omitting it).
         for c in crate::certs::pem_certs(chain_pem, "client chain")? {
             let info = crate::certs::CertInfo::parse(&c, "client chain")?;

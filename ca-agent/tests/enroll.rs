@@ -48,7 +48,11 @@ fn enroll_pins_the_root_then_revocation_is_reported_and_fixed_by_reenrollment() 
     let out = run(&agent_bin(), &args, &[]);
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not trusted") && err.contains("pinned"), "{}", text(&out));
+    assert!(
+        err.contains("not trusted") && err.contains("pinned"),
+        "{}",
+        text(&out)
+    );
     assert!(err.contains("no credential was sent"), "{}", text(&out));
     assert!(!cert.exists() && !key.exists());
 
@@ -56,7 +60,14 @@ fn enroll_pins_the_root_then_revocation_is_reported_and_fixed_by_reenrollment() 
     //    single use, so a token that reached the server would now be refused).
     let args = base(&fp);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["--cn", "svc.test", "--san", "dns:svc.test", "--san", "ip:127.0.0.1"]);
+    args.extend([
+        "--cn",
+        "svc.test",
+        "--san",
+        "dns:svc.test",
+        "--san",
+        "ip:127.0.0.1",
+    ]);
     let out = run(&agent_bin(), &args, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("enrolled svc"));
@@ -80,12 +91,24 @@ fn enroll_pins_the_root_then_revocation_is_reported_and_fixed_by_reenrollment() 
     // The used token is refused now (single use), and a second enroll needs --force.
     let out = run(&agent_bin(), &args, &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{}",
+        text(&out)
+    );
     args.push("--force");
     let out = run(&agent_bin(), &args, &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("token_rejected"), "{}", text(&out));
-    assert_eq!(openssl_serial(&cert), serial, "a failed enroll leaves the pair alone");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token_rejected"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        openssl_serial(&cert),
+        serial,
+        "a failed enroll leaves the pair alone"
+    );
 
     // Token from the environment (not in shell history) works too.
     let env_token = ca.token("svc.test", "mtls");
@@ -112,37 +135,74 @@ fn enroll_pins_the_root_then_revocation_is_reported_and_fixed_by_reenrollment() 
     let st = status_json(&cfg);
     assert_eq!(st[0]["serial"], serial.as_str(), "{st}");
     ca.revoke(&serial);
-    let out = run(&agent_bin(), &["renew", "--force", "--config", cfg.to_str().unwrap()], &[]);
+    let out = run(
+        &agent_bin(),
+        &["renew", "--force", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked"),
+        "{}",
+        text(&out)
+    );
     let st = status_json(&cfg);
     assert_eq!(st[0]["condition"], "revoked", "{st}");
     assert_eq!(st[0]["last_error_code"], "cert_revoked", "{st}");
     let fix = st[0]["fix"].as_str().unwrap();
-    assert!(fix.contains("enrollment token") && fix.contains(reenroll.to_str().unwrap()), "{fix}");
-    let out = run(&agent_bin(), &["status", "--config", cfg.to_str().unwrap()], &[]);
-    assert!(!out.status.success(), "status exits 1 when a certificate needs attention");
+    assert!(
+        fix.contains("enrollment token") && fix.contains(reenroll.to_str().unwrap()),
+        "{fix}"
+    );
+    let out = run(
+        &agent_bin(),
+        &["status", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        !out.status.success(),
+        "status exits 1 when a certificate needs attention"
+    );
     let human = String::from_utf8_lossy(&out.stdout);
-    assert!(human.contains("REVOKED") && human.contains("FIX:"), "{human}");
+    assert!(
+        human.contains("REVOKED") && human.contains("FIX:"),
+        "{human}"
+    );
     eprintln!("status of a revoked certificate:\n{human}");
     // The working (revoked) pair is kept: nothing is deleted.
     assert_eq!(openssl_serial(&cert), serial);
 
     // 4. The operator drops a re-enrollment token into the configured file: the next pass uses it.
     std::fs::write(&reenroll, ca.token("svc.test", "mtls")).unwrap();
-    let out = run(&agent_bin(), &["renew", "--config", cfg.to_str().unwrap()], &[]);
+    let out = run(
+        &agent_bin(),
+        &["renew", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let new_serial = openssl_serial(&cert);
     assert_ne!(new_serial, serial);
     assert!(openssl_pair_matches(&cert, &key));
-    assert_eq!(std::fs::read_to_string(&reenroll).unwrap(), "", "used token is forgotten");
+    assert_eq!(
+        std::fs::read_to_string(&reenroll).unwrap(),
+        "",
+        "used token is forgotten"
+    );
     let st = status_json(&cfg);
     assert_eq!(st[0]["condition"], "ok", "{st}");
     assert_eq!(st[0]["serial"], new_serial.as_str());
 
     // 5. Nothing due: a one-shot pass exits 0 and changes nothing.
-    let out = run(&agent_bin(), &["renew", "--config", cfg.to_str().unwrap()], &[]);
+    let out = run(
+        &agent_bin(),
+        &["renew", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not due"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not due"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(openssl_serial(&cert), new_serial);
 }

@@ -13,7 +13,11 @@ const STEP_DELAY_MS: &str = "60";
 
 fn count(d: &std::path::Path, f: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir(d)
-        .map(|rd| rd.flatten().filter(|e| f(&e.file_name().to_string_lossy())).count())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| f(&e.file_name().to_string_lossy()))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -27,7 +31,9 @@ fn classify(store: &std::path::Path, tls: &std::path::Path, changed: bool) -> &'
     if count(store, |n| n.starts_with(".tmp-")) > 0 {
         return "while writing the new version's files";
     }
-    if count(store, |n| n.contains(".ca-agent-tmp-")) + count(tls, |n| n.contains(".ca-agent-tmp-")) > 0 {
+    if count(store, |n| n.contains(".ca-agent-tmp-")) + count(tls, |n| n.contains(".ca-agent-tmp-"))
+        > 0
+    {
         return "in the middle of a link swap";
     }
     let current: u64 = std::fs::read_link(store.join("current"))
@@ -37,7 +43,12 @@ fn classify(store: &std::path::Path, tls: &std::path::Path, changed: bool) -> &'
     let newest = std::fs::read_dir(store)
         .unwrap()
         .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix('v').and_then(|n| n.parse::<u64>().ok()))
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix('v')
+                .and_then(|n| n.parse::<u64>().ok())
+        })
         .max()
         .unwrap_or(0);
     if newest > current {
@@ -59,9 +70,16 @@ fn killing_the_agent_during_install_never_leaves_a_mismatched_pair() {
     let out = enroll(&cfg, &ca, "svc.test", "mtls");
     assert!(out.status.success(), "{}", text(&out));
     let tls = dir.join("tls");
-    let (cert, key, full) = (tls.join("svc.crt"), tls.join("svc.key"), tls.join("fullchain.pem"));
+    let (cert, key, full) = (
+        tls.join("svc.crt"),
+        tls.join("svc.key"),
+        tls.join("fullchain.pem"),
+    );
     let store = tls.join(".ca-agent").join("svc");
-    let env = [("CA_AGENT_DANGER_INSTALL_STEP_DELAY_MS", STEP_DELAY_MS.to_string())];
+    let env = [(
+        "CA_AGENT_DANGER_INSTALL_STEP_DELAY_MS",
+        STEP_DELAY_MS.to_string(),
+    )];
     let cfg_s = cfg.to_str().unwrap().to_string();
     let args = ["renew", "--force", "--config", cfg_s.as_str()];
 
@@ -106,7 +124,11 @@ fn killing_the_agent_during_install_never_leaves_a_mismatched_pair() {
             openssl_pair_matches(&cert, &key),
             "round {round}: key and cert mismatch after kill at {at:?}"
         );
-        assert_eq!(openssl_serial(&full), openssl_serial(&cert), "round {round}: fullchain");
+        assert_eq!(
+            openssl_serial(&full),
+            openssl_serial(&cert),
+            "round {round}: fullchain"
+        );
         if after == before {
             unchanged += 1;
         } else {
@@ -123,14 +145,20 @@ fn killing_the_agent_during_install_never_leaves_a_mismatched_pair() {
          {changed} ended with the new pair, {unchanged} with the old one; pair always matched"
     );
     eprintln!("kill points: {places:?}");
-    assert!(interrupted >= 3, "too few kills landed inside an install ({interrupted}): {places:?}");
+    assert!(
+        interrupted >= 3,
+        "too few kills landed inside an install ({interrupted}): {places:?}"
+    );
 
     // The next run recovers: leftovers removed, state consistent, renewals work.
     let out = run(&agent_bin(), &args, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(leftovers(&store, &tls), 0);
     assert!(openssl_pair_matches(&cert, &key));
-    assert!(openssl_pair_matches(&tls.join("svc.crt.prev"), &tls.join("svc.key.prev")));
+    assert!(openssl_pair_matches(
+        &tls.join("svc.crt.prev"),
+        &tls.join("svc.key.prev")
+    ));
     let st = status_json(&cfg);
     assert_eq!(st[0]["condition"], "ok", "{st}");
 }

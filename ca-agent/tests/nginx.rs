@@ -33,13 +33,26 @@ fn nginx_conf(dir: &Path, port: u16) -> std::path::PathBuf {
 }
 
 /// curl in a loop until `stop`: (requests, failures).
-fn curl_loop(port: u16, root: std::path::PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, u32, Vec<String>)> {
+fn curl_loop(
+    port: u16,
+    root: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u32, u32, Vec<String>)> {
     std::thread::spawn(move || {
         let (mut total, mut failed, mut errors) = (0, 0, Vec::new());
         let start = Instant::now();
         while !stop.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
             let out = Command::new("curl")
-                .args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                ])
                 .arg(&root)
                 .arg(format!("https://127.0.0.1:{port}/"))
                 .output()
@@ -62,9 +75,7 @@ fn nginx_reload_is_proven_and_an_ineffective_reload_is_rolled_back() {
     let dir = tmp.path().join("agent");
     let port = free_port();
     let pidfile = dir.join("nginx.pid");
-    let probe = format!(
-        "[certificate.probe]\naddress = \"127.0.0.1:{port}\"\ntimeout = \"20s\"\n"
-    );
+    let probe = format!("[certificate.probe]\naddress = \"127.0.0.1:{port}\"\ntimeout = \"20s\"\n");
     let cfg = agent_config(
         &dir,
         &ca,
@@ -95,7 +106,11 @@ fn nginx_reload_is_proven_and_an_ineffective_reload_is_rolled_back() {
         &dir.join("logs/nginx.out"),
     );
     wait_for("nginx serving", Duration::from_secs(20), || {
-        assert!(nginx.is_running(), "nginx exited: {}", std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default());
+        assert!(
+            nginx.is_running(),
+            "nginx exited: {}",
+            std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
+        );
         s_client_serial(port, &ca.root()).filter(|_| pidfile.exists())
     });
     assert_eq!(s_client_serial(port, &ca.root()).unwrap(), first);
@@ -147,20 +162,41 @@ fn nginx_reload_is_proven_and_an_ineffective_reload_is_rolled_back() {
         &["renew", "--force", "--config", cfg.to_str().unwrap()],
         &[],
     );
-    assert!(!out.status.success(), "a reload that did not take effect fails the pass: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a reload that did not take effect fails the pass: {}",
+        text(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("did not take effect") && stdout.contains("restored"), "{}", text(&out));
+    assert!(
+        stdout.contains("did not take effect") && stdout.contains("restored"),
+        "{}",
+        text(&out)
+    );
     // The pair in place is the one nginx serves, the failed one is not installed.
     assert_eq!(openssl_serial(&tls.join("svc.crt")), second);
-    assert!(openssl_pair_matches(&tls.join("svc.crt"), &tls.join("svc.key")));
+    assert!(openssl_pair_matches(
+        &tls.join("svc.crt"),
+        &tls.join("svc.key")
+    ));
     assert_eq!(openssl_serial(&tls.join("svc.crt.prev")), first);
     assert_eq!(s_client_serial(port, &ca.root()).unwrap(), second);
     let st = status_json(&cfg);
     assert_eq!(st[0]["condition"], "reload_failed", "{st}");
-    assert!(st[0]["last_error"].as_str().unwrap().contains("restored"), "{st}");
-    let human = run(&agent_bin(), &["status", "--config", cfg.to_str().unwrap()], &[]);
+    assert!(
+        st[0]["last_error"].as_str().unwrap().contains("restored"),
+        "{st}"
+    );
+    let human = run(
+        &agent_bin(),
+        &["status", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
     assert!(!human.status.success());
-    eprintln!("status after an ineffective reload:\n{}", String::from_utf8_lossy(&human.stdout));
+    eprintln!(
+        "status after an ineffective reload:\n{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
 
     nginx.stop(Duration::from_secs(10));
 }

@@ -15,7 +15,10 @@ fn disk_pair(dir: &std::path::Path) -> Option<(String, String)> {
     let key = std::fs::read_to_string(tls.join("svc.key")).ok()?;
     let info = ca_agent::certs::CertInfo::from_pem(&cert, "t").ok()?;
     let k = ca_agent::keys::PrivateKey::from_pem(&key).ok()?;
-    assert!(info.matches_key(&k), "key and certificate on disk must match");
+    assert!(
+        info.matches_key(&k),
+        "key and certificate on disk must match"
+    );
     Some((info.serial, hex::encode(k.public_key_raw())))
 }
 
@@ -51,7 +54,8 @@ fn daemon_renews_on_its_own_and_rides_out_a_ca_outage() {
     );
 
     // Watch the pair on disk until two renewals happened on their own.
-    let mut seen: Vec<(String, String, Instant)> = vec![(first_serial.clone(), first_key, Instant::now())];
+    let mut seen: Vec<(String, String, Instant)> =
+        vec![(first_serial.clone(), first_key, Instant::now())];
     let start = Instant::now();
     while seen.len() < 3 {
         assert!(agent.is_running(), "agent died:\n{}", agent.log_text());
@@ -74,7 +78,7 @@ fn daemon_renews_on_its_own_and_rides_out_a_ca_outage() {
     // A reload ran for each renewal, with the new serial.
     let reloaded = wait_for("reload log", Duration::from_secs(20), || {
         let t = std::fs::read_to_string(&reloads).unwrap_or_default();
-        let lines: Vec<String> = t.lines().map(|l| normalize(l)).collect();
+        let lines: Vec<String> = t.lines().map(normalize).collect();
         (lines.len() >= 2).then_some(lines)
     });
     assert_eq!(reloaded[0], seen[1].0);
@@ -127,7 +131,10 @@ fn daemon_renews_on_its_own_and_rides_out_a_ca_outage() {
         (st["consecutive_failures"].as_u64().unwrap_or(0) >= 3).then_some(st)
     });
     assert_eq!(st["condition"], "renewal_failing", "{st}");
-    assert!(st["last_error"].as_str().unwrap().contains("cannot reach"), "{st}");
+    assert!(
+        st["last_error"].as_str().unwrap().contains("cannot reach"),
+        "{st}"
+    );
     // The working certificate is kept, untouched.
     assert_eq!(disk_pair(&dir).unwrap(), before_outage);
     let status = status_json(&cfg);
@@ -137,14 +144,22 @@ fn daemon_renews_on_its_own_and_rides_out_a_ca_outage() {
     let attempts = agent.log_text().matches("attempt failed").count();
     let elapsed = outage_start.elapsed().as_secs();
     eprintln!("{attempts} failed attempts during {elapsed}s of outage");
-    assert!(attempts <= 3 + elapsed as usize / 2, "too many attempts: {attempts} in {elapsed}s");
+    assert!(
+        attempts <= 3 + elapsed as usize / 2,
+        "too many attempts: {attempts} in {elapsed}s"
+    );
 
     ca.restart();
     let back = Instant::now();
-    let after = wait_for("renewal after the CA is back", Duration::from_secs(60), || {
-        disk_pair(&dir).filter(|p| p.0 != before_outage.0)
-    });
-    eprintln!("renewed {:.1}s after the CA came back", back.elapsed().as_secs_f64());
+    let after = wait_for(
+        "renewal after the CA is back",
+        Duration::from_secs(60),
+        || disk_pair(&dir).filter(|p| p.0 != before_outage.0),
+    );
+    eprintln!(
+        "renewed {:.1}s after the CA came back",
+        back.elapsed().as_secs_f64()
+    );
     assert_ne!(after.1, before_outage.1);
     let st = wait_for("state ok", Duration::from_secs(20), || {
         let st = state(&dir);
@@ -154,15 +169,25 @@ fn daemon_renews_on_its_own_and_rides_out_a_ca_outage() {
 
     // SIGHUP re-reads the config; a broken config is refused and the running one kept.
     let good = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, good.replace("check_interval = \"20s\"", "check_interval = \"30s\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace("check_interval = \"20s\"", "check_interval = \"30s\""),
+    )
+    .unwrap();
     agent.signal("HUP");
     wait_for("config re-read", Duration::from_secs(20), || {
-        agent.log_text().contains("configuration re-read").then_some(())
+        agent
+            .log_text()
+            .contains("configuration re-read")
+            .then_some(())
     });
     std::fs::write(&cfg, "this is not toml [").unwrap();
     agent.signal("HUP");
     wait_for("bad config refused", Duration::from_secs(20), || {
-        agent.log_text().contains("new configuration refused").then_some(())
+        agent
+            .log_text()
+            .contains("new configuration refused")
+            .then_some(())
     });
     assert!(agent.is_running());
     std::fs::write(&cfg, good).unwrap();
@@ -172,9 +197,14 @@ fn daemon_renews_on_its_own_and_rides_out_a_ca_outage() {
     let status = agent.stop(Duration::from_secs(30)).unwrap();
     assert!(t.elapsed() < Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
-    assert!(std::fs::read_to_string(&log).unwrap().contains("ca-agent stopped"));
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("ca-agent stopped"));
     let (s, _) = disk_pair(&dir).unwrap();
-    assert!(openssl_pair_matches(&dir.join("tls/svc.crt"), &dir.join("tls/svc.key")));
+    assert!(openssl_pair_matches(
+        &dir.join("tls/svc.crt"),
+        &dir.join("tls/svc.key")
+    ));
     eprintln!("final serial {s}");
 }
 

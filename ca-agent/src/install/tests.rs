@@ -31,7 +31,9 @@ fn material(cn: &str) -> (Material, String) {
 }
 
 fn serial_at(path: &Path) -> String {
-    CertInfo::from_pem(&fs::read(path).unwrap(), "t").unwrap().serial
+    CertInfo::from_pem(&fs::read(path).unwrap(), "t")
+        .unwrap()
+        .serial
 }
 
 #[test]
@@ -41,7 +43,10 @@ fn install_links_through_current_and_keeps_prev() {
     let (m1, s1) = material("a.test");
     let i1 = install(&c, &m1).unwrap();
     assert_eq!(i1.previous, None);
-    assert!(fs::symlink_metadata(&c.key).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&c.key)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(
         fs::read_link(&c.key).unwrap(),
         PathBuf::from(".ca-agent/web/current/key.pem")
@@ -63,10 +68,13 @@ fn install_links_through_current_and_keeps_prev() {
     assert_eq!(i2.previous.as_deref(), Some(i1.version.as_str()));
     assert_eq!(read_current(&c).unwrap().unwrap().cert.serial, s2);
     assert_eq!(serial_at(&with_suffix(&c.cert, ".prev")), s1);
-    let prev_key = PrivateKey::from_pem(&fs::read_to_string(with_suffix(&c.key, ".prev")).unwrap()).unwrap();
-    assert!(CertInfo::from_pem(&fs::read(with_suffix(&c.cert, ".prev")).unwrap(), "p")
-        .unwrap()
-        .matches_key(&prev_key));
+    let prev_key =
+        PrivateKey::from_pem(&fs::read_to_string(with_suffix(&c.key, ".prev")).unwrap()).unwrap();
+    assert!(
+        CertInfo::from_pem(&fs::read(with_suffix(&c.cert, ".prev")).unwrap(), "p")
+            .unwrap()
+            .matches_key(&prev_key)
+    );
     // fullchain starts with the leaf
     assert_eq!(serial_at(c.fullchain.as_ref().unwrap()), s2);
 }
@@ -126,7 +134,10 @@ fn plain_files_are_imported_without_changing_what_readers_see() {
     fs::set_permissions(&c.key, fs::Permissions::from_mode(0o640)).unwrap();
     fs::write(&c.cert, &m1.cert_pem).unwrap();
     recover(&c).unwrap();
-    assert!(fs::symlink_metadata(&c.key).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&c.key)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(read_current(&c).unwrap().unwrap().cert.serial, s1);
     // the operator's mode is kept
     assert_eq!(
@@ -142,7 +153,10 @@ fn plain_files_are_imported_without_changing_what_readers_see() {
     fs::rename(&tmpk, &c.key).unwrap();
     fs::rename(&tmpc, &c.cert).unwrap();
     recover(&c).unwrap();
-    assert!(fs::symlink_metadata(&c.cert).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&c.cert)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(read_current(&c).unwrap().unwrap().cert.serial, s2);
     assert_eq!(serial_at(&with_suffix(&c.cert, ".prev")), s1);
 }
@@ -190,5 +204,8 @@ fn mismatched_pair_on_disk_is_reported() {
     assert!(matches!(read_current(&c), Err(Error::KeyMismatch { .. })));
     // recover does not import a mismatched pair
     recover(&c).unwrap();
-    assert!(!fs::symlink_metadata(&c.key).unwrap().file_type().is_symlink());
+    assert!(!fs::symlink_metadata(&c.key)
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }

@@ -53,11 +53,21 @@ pub struct Proc {
 
 impl Proc {
     /// Start `cmd args` under `timeout`, output to `log`.
-    pub fn spawn(name: &str, cmd: &Path, args: &[&str], envs: &[(&str, String)], log: &Path) -> Proc {
+    pub fn spawn(
+        name: &str,
+        cmd: &Path,
+        args: &[&str],
+        envs: &[(&str, String)],
+        log: &Path,
+    ) -> Proc {
         let out = std::fs::File::create(log).unwrap();
         let err = out.try_clone().unwrap();
         let mut c = Command::new("timeout");
-        c.arg("-s").arg("KILL").arg(CHILD_LIMIT_SECS.to_string()).arg(cmd).args(args);
+        c.arg("-s")
+            .arg("KILL")
+            .arg(CHILD_LIMIT_SECS.to_string())
+            .arg(cmd)
+            .args(args);
         for (k, v) in envs {
             c.env(k, v);
         }
@@ -90,11 +100,14 @@ impl Proc {
 
     /// pid of the real process (child of `timeout`).
     pub fn pid(&self) -> i32 {
-        self.try_pid().unwrap_or_else(|| panic!("{} is not running", self.name))
+        self.try_pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status();
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL.
@@ -200,7 +213,12 @@ fn parse_env(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|l| l.strip_prefix("export "))
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').trim_matches('"').to_string()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.trim_matches('\'').trim_matches('"').to_string(),
+            )
+        })
         .collect()
 }
 
@@ -241,7 +259,15 @@ impl Ca {
         let p = Proc::spawn(
             "ca-server",
             &server_bin(),
-            &["dev", "--data", &data, "--listen", &listen, "--status-listen", &status],
+            &[
+                "dev",
+                "--data",
+                &data,
+                "--listen",
+                &listen,
+                "--status-listen",
+                &status,
+            ],
             &[("RUST_LOG", "info".into())],
             &log,
         );
@@ -252,11 +278,19 @@ impl Ca {
                     panic!("ca-server exited:\n{}", p.log_text());
                 }
             }
-            std::fs::read_to_string(&env_file).ok().filter(|t| t.contains("CA_FINGERPRINT"))
+            std::fs::read_to_string(&env_file)
+                .ok()
+                .filter(|t| t.contains("CA_FINGERPRINT"))
         });
         self.env = parse_env(&env);
         let port = |k: &str| -> u16 {
-            self.env[k].rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
+            self.env[k]
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .parse()
+                .unwrap()
         };
         self.api_port = port("CA_URL");
         self.status_port = port("CA_STATUS_URL");
@@ -306,7 +340,18 @@ impl Ca {
         let san = format!("dns:{cn}");
         let out = run(
             &server_bin(),
-            &["token", "create", "--cn", cn, "--san", &san, "--san", "ip:127.0.0.1", "--profile", profile],
+            &[
+                "token",
+                "create",
+                "--cn",
+                cn,
+                "--san",
+                &san,
+                "--san",
+                "ip:127.0.0.1",
+                "--profile",
+                profile,
+            ],
             &self.admin_env(),
         );
         assert!(out.status.success(), "token create: {}", text(&out));
@@ -357,7 +402,13 @@ pub fn enroll(cfg: &Path, ca: &Ca, cn: &str, profile: &str) -> Output {
     std::fs::write(&tok, ca.token(cn, profile)).unwrap();
     let out = run(
         &agent_bin(),
-        &["enroll", "--config", cfg.to_str().unwrap(), "--token-file", tok.to_str().unwrap()],
+        &[
+            "enroll",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--token-file",
+            tok.to_str().unwrap(),
+        ],
         &[],
     );
     let _ = std::fs::remove_file(&tok);
@@ -372,7 +423,11 @@ pub fn openssl_serial(cert: &Path) -> String {
         .output()
         .unwrap();
     assert!(out.status.success(), "openssl x509: {}", text(&out));
-    normalize(String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("serial="))
+    normalize(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_start_matches("serial="),
+    )
 }
 
 pub fn normalize(hex: &str) -> String {
@@ -386,8 +441,16 @@ pub fn normalize(hex: &str) -> String {
 
 /// Public key of a certificate and of a private key, with openssl: equal when they match.
 pub fn openssl_pair_matches(cert: &Path, key: &Path) -> bool {
-    let a = Command::new("openssl").args(["x509", "-noout", "-pubkey", "-in"]).arg(cert).output().unwrap();
-    let b = Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(key).output().unwrap();
+    let a = Command::new("openssl")
+        .args(["x509", "-noout", "-pubkey", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    let b = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(key)
+        .output()
+        .unwrap();
     a.status.success() && b.status.success() && a.stdout == b.stdout
 }
 
@@ -416,8 +479,13 @@ pub fn s_client_serial(port: u16, root: &Path) -> Option<String> {
 
 /// `ca-agent status --json --config CFG`.
 pub fn status_json(cfg: &Path) -> serde_json::Value {
-    let out = run(&agent_bin(), &["status", "--json", "--config", cfg.to_str().unwrap()], &[]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status json: {e}: {}", text(&out)))
+    let out = run(
+        &agent_bin(),
+        &["status", "--json", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status json: {e}: {}", text(&out)))
 }
 
 /// The state file of certificate `svc`.
