@@ -9,8 +9,8 @@
 use crate::clock::{to_offset, Clock};
 use crate::csr::CsrRequest;
 use crate::error::{Error, Result};
-use crate::profile::{Profile, Profiles, San};
-use crate::signer::{self, PublicKey, RcgenKey, Signer};
+use crate::profile::{KeyUsage, Profile, Profiles, San};
+use crate::signer::{self, KeyAlgorithm, PublicKey, RcgenKey, Signer};
 use crate::store::{CertRecord, IdentityBinding, RecordStatus, Requester, Store, TokenRecord};
 use chrono::{DateTime, Utc};
 use der::{Decode, Encode};
@@ -249,14 +249,20 @@ impl Ca {
         params.subject_alt_names = sans.iter().map(San::rcgen).collect::<Result<_>>()?;
         // RFC 5280 4.2.1.9: end-entity certificates say cA=FALSE.
         params.is_ca = rcgen::IsCa::ExplicitNoCa;
-        params.key_usages = profile.key_usage.iter().map(|k| k.rcgen()).collect();
+        params.key_usages = key_usages_for(profile, &profile_name, csr.public_key.algorithm())?
+            .into_iter()
+            .map(KeyUsage::rcgen)
+            .collect();
         params.extended_key_usages = profile
             .extended_key_usage
             .iter()
             .map(|k| k.rcgen())
             .collect();
-        // RFC 5280 4.2.1.1: AKI in every certificate issued by a CA; SKI per 4.2.1.2.
+        // RFC 5280 4.2.1.1: AKI in every certificate issued by a CA; SKI per 4.2.1.2, derived
+        // from the public key as RFC 7093 2 method 1 describes.
         params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method =
+            rcgen::KeyIdMethod::PreSpecified(key_identifier(csr.public_key.spki_der())?);
         if let Some(crl) = &self.urls.crl {
             params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
                 uris: vec![crl.clone()],
@@ -317,6 +323,31 @@ impl Ca {
             der,
         )))
     }
+}
+
+/// The profile's key usage bits that an end-entity certificate for a key of `alg` may carry:
+/// RFC 3279 2.3.1 (RSA: digitalSignature, keyEncipherment, ...; not keyAgreement), RFC 5480 3
+/// (EC: digitalSignature, keyAgreement, ...; not keyEncipherment) and RFC 8410 5 (Ed25519:
+/// digitalSignature, ...; neither). Bits the key type cannot use are dropped; a profile
+/// that leaves none for this key type refuses it.
+fn key_usages_for(
+    profile: &Profile,
+    profile_name: &str,
+    alg: KeyAlgorithm,
+) -> Result<Vec<KeyUsage>> {
+    let fits = |k: &KeyUsage| match k {
+        KeyUsage::DigitalSignature => true,
+        KeyUsage::KeyEncipherment => alg.rsa_bits().is_some(),
+        KeyUsage::KeyAgreement => matches!(alg, KeyAlgorithm::P256 | KeyAlgorithm::P384),
+    };
+    let usages: Vec<KeyUsage> = profile.key_usage.iter().copied().filter(fits).collect();
+    if usages.is_empty() {
+        return Err(Error::WeakKey(format!(
+            "{alg} keys can have none of the key usages of profile {profile_name:?} \
+             (RFC 3279 2.3.1, RFC 5480 3, RFC 8410 5)"
+        )));
+    }
+    Ok(usages)
 }
 
 fn check_key_and_extensions(csr: &CsrRequest, profile: &Profile, profile_name: &str) -> Result<()> {
@@ -442,11 +473,21 @@ fn names_for_renewal(
 }
 
 fn check_names(cn: &Option<String>, sans: &[San], profile: &Profile) -> Result<()> {
-    if cn.is_some() && !profile.names.common_name {
-        return Err(Error::NameNotAllowed {
-            name: format!("CN={}", cn.as_deref().unwrap_or_default()),
-            reason: "profile forbids a commonName".into(),
-        });
+    if let Some(c) = cn {
+        if !profile.names.common_name {
+            return Err(Error::NameNotAllowed {
+                name: format!("CN={c}"),
+                reason: "profile forbids a commonName".into(),
+            });
+        }
+        // RFC 5280 Appendix A: ub-common-name = 64. A token binding can name one the CSR
+        // parser never saw.
+        if c.is_empty() || c.chars().count() > 64 || c.chars().any(char::is_control) {
+            return Err(Error::NameNotAllowed {
+                name: format!("CN={c}"),
+                reason: "commonName must be 1-64 printable characters".into(),
+            });
+        }
     }
     if sans.len() > profile.names.max_sans {
         return Err(Error::NameNotAllowed {
@@ -496,6 +537,18 @@ impl std::fmt::Debug for Prepared<'_> {
             .field("profile", &self.profile)
             .finish_non_exhaustive()
     }
+}
+
+/// The key identifier of a public key (`spki_der`: a DER SubjectPublicKeyInfo): the leftmost
+/// 160 bits of the SHA-256 hash of the subjectPublicKey BIT STRING value, without tag, length
+/// and unused-bits octet (RFC 7093 2, method 1). RFC 5280 4.2.1.2 accepts any method that
+/// yields unique values; this is one that other CAs and linters recognise (rcgen's default
+/// hashes the whole SubjectPublicKeyInfo, which matches no published method).
+pub fn key_identifier(spki_der: &[u8]) -> Result<Vec<u8>> {
+    use sha2::Digest;
+    let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der)?;
+    let digest = sha2::Sha256::digest(spki.subject_public_key.raw_bytes());
+    Ok(digest[..20].to_vec())
 }
 
 /// How many fresh serials to try when one collides (a collision of 127 random bits means the

@@ -171,7 +171,9 @@ pub struct Profile {
     /// How far notBefore is back-dated to absorb clock skew (default 5m).
     #[serde(default = "default_backdate")]
     pub backdate: Span,
-    /// Key usage (default digital_signature; RSA keys also get key_encipherment).
+    /// Key usage (default digital_signature). A certificate carries the bits its subject key
+    /// type can use: key_encipherment only for RSA keys (RFC 3279 2.3.1), key_agreement only
+    /// for EC keys (RFC 5480 3), neither for Ed25519 (RFC 8410 5).
     #[serde(default = "default_ku")]
     pub key_usage: Vec<KeyUsage>,
     /// Extended key usage (default client_auth).
@@ -411,10 +413,12 @@ impl San {
                 Ok(())
             }
             San::Uri(u) => {
+                // RFC 5280 4.2.1.6: an absolute URI (RFC 3986) with a scheme and a
+                // scheme-specific part; one with an authority names its host.
                 let Some((scheme, rest)) = u.split_once(':') else {
                     return bad("URI without scheme");
                 };
-                if scheme.is_empty()
+                if !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
                     || !scheme
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
@@ -425,16 +429,53 @@ impl San {
                 if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return bad("URI contains whitespace");
                 }
+                if !uri_chars_ok(u) {
+                    return bad(
+                        "URI contains characters RFC 3986 does not allow (percent-encode them)",
+                    );
+                }
+                if let Some(after) = rest.strip_prefix("//") {
+                    let authority = after.split(['/', '?', '#']).next().unwrap_or_default();
+                    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                    let host_ok = match host_port.strip_prefix('[') {
+                        Some(v6) => v6
+                            .split_once(']')
+                            .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok()),
+                        None => {
+                            let host = host_port.split(':').next().unwrap_or_default();
+                            host.parse::<std::net::Ipv4Addr>().is_ok() || dns_name_ok(host)
+                        }
+                    };
+                    if !host_ok {
+                        return bad("a URI with an authority must name a DNS host or an IP address (RFC 5280 4.2.1.6)");
+                    }
+                }
                 Ok(())
             }
-            San::Email(e) => match e.rsplit_once('@') {
-                Some((local, domain))
-                    if !local.is_empty() && !domain.is_empty() && e.is_ascii() =>
+            San::Email(e) => {
+                // RFC 5280 4.2.1.6: a Mailbox as RFC 2821 4.1.2 defines it. Its Domain is
+                // `sub-domain 1*("." sub-domain)`: at least two labels. Quoted local parts and
+                // address literals are not issued.
+                let Some((local, domain)) = e.rsplit_once('@') else {
+                    return bad("malformed email address");
+                };
+                let atext =
+                    |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+                if local.is_empty()
+                    || local.len() > 64
+                    || local
+                        .split('.')
+                        .any(|atom| atom.is_empty() || !atom.chars().all(atext))
                 {
-                    Ok(())
+                    return bad("malformed email address (local part)");
                 }
-                _ => bad("malformed email address"),
-            },
+                if !dns_name_ok(domain) || !domain.contains('.') {
+                    return bad(
+                        "the email domain must be a DNS name of at least two labels (RFC 2821 4.1.2)",
+                    );
+                }
+                Ok(())
+            }
             San::Ip(_) => Ok(()),
         }
     }
@@ -453,6 +494,42 @@ impl San {
             San::Ip(v) => rcgen::SanType::IpAddress(*v),
         })
     }
+}
+
+/// A DNS name in the preferred name syntax (RFC 1034 3.5, RFC 1123 2.1): 1-253 characters,
+/// labels of 1-63 letters, digits and hyphens, not starting or ending with a hyphen.
+fn dns_name_ok(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Only characters RFC 3986 2 allows in a URI (unreserved, reserved, `%` followed by two hex
+/// digits).
+fn uri_chars_ok(u: &str) -> bool {
+    let b = u.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            match (b.get(i + 1), b.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return false,
+            }
+            continue;
+        }
+        if !(c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&c)) {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 impl NamePolicy {
@@ -478,6 +555,53 @@ impl NamePolicy {
                 .iter()
                 .filter_map(|n| parse_cidr(n).ok())
                 .any(|n| ip_in(*ip, n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::San;
+
+    /// RFC 5280 4.2.1.6 syntax: one row per class of name.
+    #[test]
+    fn san_syntax() {
+        for ok in [
+            "dns:svc1.example.com",
+            "dns:localhost",
+            "uri:spiffe://example.com/ns/prod/sa/web",
+            "uri:spiffe://test/urn:ca:role:security-officer",
+            "uri:https://[::1]:8443/x?y=%20#z",
+            "uri:https://user@10.0.0.1:8443/",
+            "uri:urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66",
+            "email:svc1@example.com",
+            "email:first.last+tag@mail.example.com",
+            "ip:10.0.0.1",
+            "ip:::1",
+        ] {
+            assert!(ok.parse::<San>().is_ok(), "{ok} must be accepted");
+        }
+        for bad in [
+            "dns:-bad.example.com",
+            "dns:under_score.example.com",
+            "dns:*.example.com",
+            "uri:1http://example.com/",
+            "uri:spiffe:",
+            "uri:https://exa mple.com/",
+            "uri:https://example.com/<script>",
+            "uri:https://example.com/%zz",
+            "uri:https:///path-without-host",
+            "uri:https://bad_host.example.com/",
+            "uri:https://[not-v6]/",
+            // RFC 2821 4.1.2: Domain = sub-domain 1*("." sub-domain).
+            "email:svc1@test",
+            "email:@example.com",
+            "email:a..b@example.com",
+            "email:\"quoted\"@example.com",
+            "email:svc1@-example.com",
+            "email:svc1@[10.0.0.1]",
+        ] {
+            assert!(bad.parse::<San>().is_err(), "{bad} must be refused");
         }
     }
 }

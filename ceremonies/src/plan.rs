@@ -279,7 +279,6 @@ impl V<'_> {
     }
 
     fn subject(&self, path: &str, s: &Subject) -> Result<(), Error> {
-        self.non_empty(&format!("{path}.common_name"), &s.common_name)?;
         if let Some(c) = &s.country {
             if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
                 return Err(self.err(
@@ -288,14 +287,23 @@ impl V<'_> {
                 ));
             }
         }
-        for (field, v) in [
-            ("organization", &s.organization),
-            ("organizational_unit", &s.organizational_unit),
-            ("state", &s.state),
-            ("locality", &s.locality),
+        // RFC 5280 Appendix A upper bounds: ub-common-name, ub-organization-name and
+        // ub-organizational-unit-name are 64, ub-state-name and ub-locality-name 128.
+        for (field, v, max) in [
+            ("common_name", Some(&s.common_name), 64),
+            ("organization", s.organization.as_ref(), 64),
+            ("organizational_unit", s.organizational_unit.as_ref(), 64),
+            ("state", s.state.as_ref(), 128),
+            ("locality", s.locality.as_ref(), 128),
         ] {
             if let Some(v) = v {
                 self.non_empty(&format!("{path}.{field}"), v)?;
+                if v.chars().count() > max {
+                    return Err(self.err(
+                        format!("{path}.{field}"),
+                        format!("longer than {max} characters (RFC 5280 Appendix A upper bound)"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -412,10 +420,19 @@ impl V<'_> {
     }
 
     fn reason(&self, path: &str, r: &Option<String>) -> Result<RevocationReason, Error> {
-        match r {
-            None => Ok(RevocationReason::Unspecified),
-            Some(s) => s.parse().map_err(|e: String| self.err(path, e)),
+        let reason = match r {
+            None => RevocationReason::Unspecified,
+            Some(s) => s.parse().map_err(|e: String| self.err(path, e))?,
+        };
+        // RFC 5280 5.3.1: "The removeFromCRL (8) reasonCode value may only appear in delta
+        // CRLs"; the root CRL is a complete CRL, and an OCSP response cannot say it either.
+        if reason == RevocationReason::RemoveFromCrl {
+            return Err(self.err(
+                path,
+                "removeFromCRL only appears in delta CRLs (RFC 5280 5.3.1); to un-revoke, leave the serial out",
+            ));
         }
+        Ok(reason)
     }
 }
 

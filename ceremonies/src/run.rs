@@ -554,7 +554,7 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
                 });
             }
             let mut params = rcgen::CertificateParams::default();
-            params.distinguished_name = x509::distinguished_name(&t.subject);
+            params.distinguished_name = x509::distinguished_name(&t.subject)?;
             params.not_before = to_offset(t.not_before);
             params.not_after = to_offset(t.not_after);
             params.serial_number = Some(rcgen::SerialNumber::from_slice(&x509::random_serial()));
@@ -564,6 +564,7 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
                 rcgen::KeyUsagePurpose::KeyCertSign,
                 rcgen::KeyUsagePurpose::CrlSign,
             ];
+            params.key_identifier_method = x509::key_identifier(&spki)?;
             let key = RcgenKey::new(&signer);
             let cert = params
                 .self_signed(&key)
@@ -605,7 +606,7 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
         Task::Intermediate(t) => {
             let auth = ctx.open_root(&t.token, &t.key_label, &t.root.spki_der, unlock)?;
             let mut params = rcgen::CertificateParams::default();
-            params.distinguished_name = x509::distinguished_name(&t.subject);
+            params.distinguished_name = x509::distinguished_name(&t.subject)?;
             params.not_before = to_offset(t.not_before);
             params.not_after = to_offset(t.not_after);
             params.serial_number = Some(rcgen::SerialNumber::from_slice(&x509::random_serial()));
@@ -622,6 +623,7 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
                 uris: t.crl_urls.clone(),
             }];
             params.use_authority_key_identifier_extension = true;
+            params.key_identifier_method = x509::key_identifier(t.public_key.spki_der())?;
             if let Some(aia) = x509::authority_info_access(&t.ocsp_urls, &t.ca_issuers_urls)? {
                 params.custom_extensions.push(aia);
             }
@@ -682,7 +684,7 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             let public = PublicKey::from_spki(&spki)
                 .map_err(Error::core("reading the OCSP signing public key"))?;
             let mut params = rcgen::CertificateParams::default();
-            params.distinguished_name = x509::distinguished_name(&t.subject);
+            params.distinguished_name = x509::distinguished_name(&t.subject)?;
             params.not_before = to_offset(t.not_before);
             params.not_after = to_offset(t.not_after);
             params.serial_number = Some(rcgen::SerialNumber::from_slice(&x509::random_serial()));
@@ -693,6 +695,7 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
             params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
             params.custom_extensions.push(x509::ocsp_nocheck()?);
             params.use_authority_key_identifier_extension = true;
+            params.key_identifier_method = x509::key_identifier(&spki)?;
             let key = RcgenKey::new(&signer);
             let issuer = rcgen::Issuer::from_ca_cert_der(&t.issuer.der.as_slice().into(), &key)
                 .map_err(Error::build("issuer from the issuing CA certificate"))?;
@@ -716,7 +719,7 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
                     .map(|r| rcgen::RevokedCertParams {
                         serial_number: rcgen::SerialNumber::from_slice(&r.serial),
                         revocation_time: to_offset(r.revoked_at),
-                        reason_code: Some(rcgen_reason(r.reason)),
+                        reason_code: rcgen_reason(r.reason),
                         invalidity_date: None,
                     })
                     .collect(),
@@ -828,10 +831,13 @@ fn crl_number_bytes(n: u64) -> Vec<u8> {
     b[first..].to_vec()
 }
 
-fn rcgen_reason(r: RevocationReason) -> rcgen::RevocationReason {
+/// The CRL entry reason code; none for `unspecified`, which RFC 5280 5.3.1 says to express by
+/// omitting the extension ("SHOULD be absent instead of using the unspecified (0) reasonCode
+/// value").
+fn rcgen_reason(r: RevocationReason) -> Option<rcgen::RevocationReason> {
     use rcgen::RevocationReason as R;
-    match r {
-        RevocationReason::Unspecified => R::Unspecified,
+    Some(match r {
+        RevocationReason::Unspecified => return None,
         RevocationReason::KeyCompromise => R::KeyCompromise,
         RevocationReason::CaCompromise => R::CaCompromise,
         RevocationReason::AffiliationChanged => R::AffiliationChanged,
@@ -841,7 +847,7 @@ fn rcgen_reason(r: RevocationReason) -> rcgen::RevocationReason {
         RevocationReason::RemoveFromCrl => R::RemoveFromCrl,
         RevocationReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
         RevocationReason::AaCompromise => R::AaCompromise,
-    }
+    })
 }
 
 fn transcript_names(plan: &Plan, history: &History) -> (PathBuf, PathBuf) {

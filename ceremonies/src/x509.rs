@@ -151,11 +151,17 @@ fn label_what(label: &str) -> &'static str {
 }
 
 /// The rcgen distinguished name for a configured subject.
-pub fn distinguished_name(s: &Subject) -> rcgen::DistinguishedName {
-    use rcgen::DnType;
+///
+/// RFC 5280 Appendix A: `X520countryName ::= PrintableString (SIZE (2))`, so the country is a
+/// PrintableString; the other attributes are DirectoryStrings, written as UTF8String
+/// (RFC 5280 4.1.2.4: "CAs MUST use either the PrintableString or UTF8String encoding").
+pub fn distinguished_name(s: &Subject) -> Result<rcgen::DistinguishedName, Error> {
+    use rcgen::{DnType, DnValue};
     let mut dn = rcgen::DistinguishedName::new();
     if let Some(v) = &s.country {
-        dn.push(DnType::CountryName, v.as_str());
+        let country = rcgen::string::PrintableString::try_from(v.as_str())
+            .map_err(Error::build("subject country (PrintableString)"))?;
+        dn.push(DnType::CountryName, DnValue::PrintableString(country));
     }
     if let Some(v) = &s.state {
         dn.push(DnType::StateOrProvinceName, v.as_str());
@@ -170,7 +176,7 @@ pub fn distinguished_name(s: &Subject) -> rcgen::DistinguishedName {
         dn.push(DnType::OrganizationalUnitName, v.as_str());
     }
     dn.push(DnType::CommonName, s.common_name.as_str());
-    dn
+    Ok(dn)
 }
 
 /// A random positive 16-byte serial number (RFC 5280 4.1.2.2: positive, at most 20 octets;
@@ -179,6 +185,15 @@ pub fn random_serial() -> Vec<u8> {
     let mut b: [u8; 16] = rand::random();
     b[0] = (b[0] & 0x7f) | 0x40;
     b.to_vec()
+}
+
+/// The subject key identifier method for a certificate of the key `spki_der` (RFC 5280
+/// 4.2.1.2; RFC 7093 2 method 1, see [`ca_core::issuance::key_identifier`]). The
+/// authorityKeyIdentifier of what that certificate signs repeats it.
+pub fn key_identifier(spki_der: &[u8]) -> Result<rcgen::KeyIdMethod, Error> {
+    ca_core::issuance::key_identifier(spki_der)
+        .map(rcgen::KeyIdMethod::PreSpecified)
+        .map_err(Error::core("deriving the subject key identifier"))
 }
 
 /// Authority information access (RFC 5280 4.2.2.1), which rcgen cannot encode.

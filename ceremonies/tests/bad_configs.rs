@@ -309,6 +309,18 @@ fn every_class_of_bad_configuration_is_refused_with_its_field_path() {
             "root.subject.common_name",
         ),
         (
+            "common name over the RFC 5280 upper bound",
+            "root.toml",
+            |t| set(t, "root.subject.common_name", "x".repeat(65)),
+            "root.subject.common_name",
+        ),
+        (
+            "locality over the RFC 5280 upper bound",
+            "intermediate.toml",
+            |t| set(t, "intermediate.subject.locality", "x".repeat(129)),
+            "intermediate.subject.locality",
+        ),
+        (
             "no CRL URL",
             "intermediate.toml",
             |t| set(t, "intermediate.crl_urls", toml::Value::Array(vec![])),
@@ -377,6 +389,21 @@ fn every_class_of_bad_configuration_is_refused_with_its_field_path() {
                 let mut r = toml::Table::new();
                 r.insert("serial".into(), "01".into());
                 r.insert("reason".into(), "because".into());
+                set(
+                    t,
+                    "crl.revoked",
+                    toml::Value::Array(vec![toml::Value::Table(r)]),
+                );
+            },
+            "crl.revoked[0].reason",
+        ),
+        (
+            "removeFromCRL in a complete CRL",
+            "crl.toml",
+            |t| {
+                let mut r = toml::Table::new();
+                r.insert("serial".into(), "01".into());
+                r.insert("reason".into(), "removeFromCRL".into());
                 set(
                     t,
                     "crl.revoked",

@@ -82,6 +82,17 @@ pub enum Error {
     /// ca-core error (module loading).
     #[error(transparent)]
     Core(#[from] ca_core::Error),
+    /// A pkilint command is not installed where [`pkilint`] looks for it.
+    #[error(
+        "pkilint's `{tool}` is not installed (looked in {searched}); install it with \
+         `scripts/deps.sh test` (PyPI package pkilint into .venv-lint) or `python3 -m pip install pkilint`"
+    )]
+    LinterMissing {
+        /// The command looked for, e.g. `lint_pkix_cert`.
+        tool: &'static str,
+        /// Where it was looked for.
+        searched: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -453,6 +464,424 @@ pub fn process_dir() -> Option<PathBuf> {
     process_hsm().ok().map(|h| h.base.clone())
 }
 
+/// DigiCert's pkilint (PyPI package `pkilint`) as an independent RFC 5280 / RFC 6960 linter of
+/// artifacts written to files.
+///
+/// Each [`Check`] runs one pkilint command with `--severity WARNING`: pkilint prints the
+/// findings at or above that severity and exits with their number (0 when clean). The commands
+/// are looked up in `$PKILINT_DIR`, then in the workspace's `.venv-lint/bin` (where
+/// `scripts/deps.sh test` installs them), then on `PATH`. A missing linter is an error
+/// ([`Error::LinterMissing`]), never a silent pass.
+///
+/// ```no_run
+/// use hsm_sim::pkilint::{self, Check};
+/// let reports = pkilint::run(&[Check::certificate("leaf", std::path::Path::new("leaf.pem"))])?;
+/// if let Some(findings) = pkilint::failures(&reports, &[]) {
+///     panic!("{findings}");
+/// }
+/// # Ok::<(), hsm_sim::Error>(())
+/// ```
+pub mod pkilint {
+    use super::Error;
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// Environment variable naming a directory that holds the pkilint commands.
+    pub const DIR_ENV: &str = "PKILINT_DIR";
+
+    /// The workspace's linter virtual environment (`scripts/deps.sh test` creates it).
+    pub fn venv_bin() -> PathBuf {
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        crate_dir
+            .parent()
+            .unwrap_or(crate_dir)
+            .join(".venv-lint")
+            .join("bin")
+    }
+
+    /// Where `tool` is: `$PKILINT_DIR/tool`, `.venv-lint/bin/tool`, or `tool` on `PATH`.
+    pub fn tool_path(tool: &'static str) -> Result<PathBuf, Error> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if let Some(d) = std::env::var_os(DIR_ENV) {
+            dirs.push(PathBuf::from(d));
+        }
+        dirs.push(venv_bin());
+        if let Some(path) = std::env::var_os("PATH") {
+            dirs.extend(std::env::split_paths(&path));
+        }
+        dirs.iter()
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::LinterMissing {
+                tool,
+                searched: format!("${DIR_ENV}, {} and PATH", venv_bin().display()),
+            })
+    }
+
+    /// One artifact and the pkilint command that checks it.
+    #[derive(Clone, Debug)]
+    pub struct Check {
+        /// Name of the artifact in reports.
+        pub artifact: String,
+        /// The pkilint command.
+        pub tool: &'static str,
+        args: Vec<OsString>,
+    }
+
+    impl Check {
+        fn new(
+            artifact: impl Into<String>,
+            tool: &'static str,
+            args: &[&std::ffi::OsStr],
+        ) -> Check {
+            let mut all: Vec<OsString> = vec!["lint".into(), "--severity".into(), "WARNING".into()];
+            all.extend(args.iter().map(|a| a.to_os_string()));
+            Check {
+                artifact: artifact.into(),
+                tool,
+                args: all,
+            }
+        }
+
+        /// A certificate (PEM or DER) against RFC 5280: `lint_pkix_cert`.
+        pub fn certificate(artifact: impl Into<String>, file: &Path) -> Check {
+            Check::new(artifact, "lint_pkix_cert", &[file.as_os_str()])
+        }
+
+        /// A complete CRL (PEM or DER) against RFC 5280: `lint_crl --type CRL --profile PKIX`.
+        pub fn crl(artifact: impl Into<String>, file: &Path) -> Check {
+            Check::new(
+                artifact,
+                "lint_crl",
+                &[
+                    "--type".as_ref(),
+                    "CRL".as_ref(),
+                    "--profile".as_ref(),
+                    "PKIX".as_ref(),
+                    file.as_os_str(),
+                ],
+            )
+        }
+
+        /// An OCSP response (DER) against RFC 6960: `lint_ocsp_response`.
+        pub fn ocsp_response(artifact: impl Into<String>, file: &Path) -> Check {
+            Check::new(artifact, "lint_ocsp_response", &[file.as_os_str()])
+        }
+
+        /// A certificate with its issuer (names, key identifiers, signature algorithms):
+        /// `lint_pkix_signer_signee_cert_chain`.
+        pub fn issued_by(artifact: impl Into<String>, issuer: &Path, subject: &Path) -> Check {
+            Check::new(
+                artifact,
+                "lint_pkix_signer_signee_cert_chain",
+                &[issuer.as_os_str(), subject.as_os_str()],
+            )
+        }
+    }
+
+    /// pkilint findings that are not violations of the RFCs, each with the RFC text.
+    pub const FALSE_POSITIVES: &[FalsePositive] = &[
+        FalsePositive {
+            code: "pkix.invalid_uri_syntax",
+            message_contains: "\"spiffe://",
+            why: "pkilint checks URIs with python-validators' url(), which accepts only a fixed \
+                  list of schemes (http, https, ftp, ...). RFC 5280 4.2.1.6 asks only that the \
+                  name \"MUST follow the URI syntax and encoding rules specified in [RFC3986]. \
+                  The name MUST include both a scheme (e.g., \"http\" or \"ftp\") and a \
+                  scheme-specific-part\", which SPIFFE IDs (spiffe://trust-domain/path) do.",
+        },
+        FalsePositive {
+            code: "pkix.invalid_domain_name_syntax",
+            message_contains: "\"localhost\"",
+            why: "pkilint checks dNSNames with python-validators' domain(), which requires a \
+                  top-level domain. RFC 5280 4.2.1.6 asks for the preferred name syntax of \
+                  RFC 1034 3.5 (as modified by RFC 1123 2.1), where \
+                  <subdomain> ::= <label> | <subdomain> \".\" <label>: a single label such as \
+                  localhost is a valid name.",
+        },
+    ];
+
+    /// One pkilint finding.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Finding {
+        /// The validator that reported it, e.g. `GeneralNameUriSyntaxValidator`.
+        pub validator: String,
+        /// Where in the document, e.g. `certificate.tbsCertificate.extensions.1.extnValue...`.
+        pub node: String,
+        /// The finding code, e.g. `pkix.invalid_uri_syntax`.
+        pub code: String,
+        /// FATAL, ERROR or WARNING (the checks ask for nothing below WARNING).
+        pub severity: String,
+        /// The message, when pkilint gives one.
+        pub message: String,
+    }
+
+    impl std::fmt::Display for Finding {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{} ({}) at {}", self.code, self.severity, self.node)?;
+            if !self.message.is_empty() {
+                write!(f, ": {}", self.message)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// A finding known to be a false positive of pkilint, with the reason (the RFC text) in
+    /// `why`. It matches a finding with this code whose message contains `message_contains`.
+    #[derive(Clone, Copy, Debug)]
+    pub struct FalsePositive {
+        /// The finding code.
+        pub code: &'static str,
+        /// A part of the message that pins the finding to one value.
+        pub message_contains: &'static str,
+        /// Why it is not a violation.
+        pub why: &'static str,
+    }
+
+    impl FalsePositive {
+        fn matches(&self, f: &Finding) -> bool {
+            f.code == self.code && f.message.contains(self.message_contains)
+        }
+    }
+
+    /// The outcome of one [`Check`].
+    #[derive(Clone, Debug)]
+    pub struct Report {
+        /// Name of the artifact.
+        pub artifact: String,
+        /// The pkilint command.
+        pub tool: &'static str,
+        /// pkilint's exit status: the number of findings (0: none), or 1 with nothing parsed
+        /// when the artifact did not load.
+        pub exit_code: Option<i32>,
+        /// The findings pkilint printed.
+        pub findings: Vec<Finding>,
+        /// What pkilint printed (stdout, then stderr).
+        pub output: String,
+    }
+
+    impl Report {
+        /// Whether pkilint found nothing at all.
+        pub fn clean(&self) -> bool {
+            self.exit_code == Some(0)
+        }
+
+        /// The findings that are not listed in `known`, or, when pkilint failed without
+        /// printing findings it could be checked against (the artifact did not load, or the
+        /// output format changed), one pseudo-finding that says so.
+        pub fn unexpected(&self, known: &[FalsePositive]) -> Vec<Finding> {
+            if self.clean() {
+                return Vec::new();
+            }
+            // pkilint exits with the number of findings (clamped to 255).
+            let count_matches = self.exit_code.is_some_and(|c| {
+                usize::try_from(c).is_ok_and(|c| c == self.findings.len() || c == 255)
+            });
+            if self.findings.is_empty() || !count_matches {
+                return vec![Finding {
+                    validator: self.tool.to_string(),
+                    node: String::new(),
+                    code: "pkilint.failed".into(),
+                    severity: "FATAL".into(),
+                    message: format!(
+                        "exit status {:?} with {} parsed findings: {}",
+                        self.exit_code,
+                        self.findings.len(),
+                        self.output.trim()
+                    ),
+                }];
+            }
+            self.findings
+                .iter()
+                .filter(|f| !known.iter().any(|k| k.matches(f)))
+                .cloned()
+                .collect()
+        }
+    }
+
+    /// Parse pkilint's TEXT report: `Validator @ node` lines, each followed by indented
+    /// `code (SEVERITY)` or `code (SEVERITY): message` lines.
+    fn parse_findings(stdout: &str) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        let (mut validator, mut node) = (String::new(), String::new());
+        for line in stdout.lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if !line.starts_with(' ') {
+                if let Some((v, n)) = line.split_once(" @ ") {
+                    validator = v.trim().to_string();
+                    node = n.trim().to_string();
+                }
+                continue;
+            }
+            let line = line.trim();
+            let Some((code, rest)) = line.split_once(" (") else {
+                continue;
+            };
+            let Some((severity, message)) = rest.split_once(')') else {
+                continue;
+            };
+            findings.push(Finding {
+                validator: validator.clone(),
+                node: node.clone(),
+                code: code.to_string(),
+                severity: severity.to_string(),
+                message: message.trim_start_matches(':').trim().to_string(),
+            });
+        }
+        findings
+    }
+
+    fn run_one(check: &Check) -> Result<Report, Error> {
+        let tool = tool_path(check.tool)?;
+        let out = Command::new(&tool)
+            .args(&check.args)
+            .output()
+            .map_err(|source| Error::Io {
+                path: tool.clone(),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        Ok(Report {
+            artifact: check.artifact.clone(),
+            tool: check.tool,
+            exit_code: out.status.code(),
+            findings: parse_findings(&stdout),
+            output: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+
+    /// Run every check, as many at once as there are cores (pkilint is a Python process per
+    /// artifact). Fails only if a linter cannot be run; findings are in the reports.
+    pub fn run(checks: &[Check]) -> Result<Vec<Report>, Error> {
+        for c in checks {
+            tool_path(c.tool)?;
+        }
+        let workers = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2)
+            .max(1);
+        let chunk = checks.len().div_ceil(workers).max(1);
+        let results: Vec<Result<Vec<Report>, Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = checks
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().map(run_one).collect()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Io {
+                            path: PathBuf::from("pkilint"),
+                            source: std::io::Error::other("a linter thread panicked"),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut reports = Vec::with_capacity(checks.len());
+        for r in results {
+            reports.extend(r?);
+        }
+        Ok(reports)
+    }
+
+    /// `None` when no report has a finding outside `known`; otherwise every such finding, by
+    /// artifact, for an assertion message.
+    pub fn failures(reports: &[Report], known: &[FalsePositive]) -> Option<String> {
+        let mut s = String::new();
+        let mut bad = 0;
+        for r in reports {
+            let unexpected = r.unexpected(known);
+            if unexpected.is_empty() {
+                continue;
+            }
+            bad += 1;
+            s.push_str(&format!("--- {} ({}):\n", r.artifact, r.tool));
+            for f in unexpected {
+                s.push_str(&format!("    {f}\n"));
+            }
+        }
+        (bad > 0).then(|| {
+            format!(
+                "{bad} of {} artifacts have pkilint findings of severity WARNING or above:\n{s}",
+                reports.len()
+            )
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const TEXT: &str = "\
+NameDecodingValidator @ certificate.tbsCertificate.subject.rdnSequence.0.0
+    itu.invalid_asn1_syntax (FATAL): ASN.1 decoding failure (schema \"X520countryName\")
+KeyUsagePresenceValidator @ certificate.tbsCertificate.extensions
+    pkix.ca_certificate_no_ku_extension (ERROR)
+GeneralNameUriSyntaxValidator @ certificate.tbsCertificate.extensions.1.extnValue.subjectAltName.0.uniformResourceIdentifier
+    pkix.invalid_uri_syntax (ERROR): Invalid URI syntax: \"spiffe://test/x\"
+
+";
+
+        fn report(exit_code: i32) -> Report {
+            Report {
+                artifact: "a".into(),
+                tool: "lint_pkix_cert",
+                exit_code: Some(exit_code),
+                findings: parse_findings(TEXT),
+                output: TEXT.into(),
+            }
+        }
+
+        #[test]
+        fn text_report_is_parsed_and_false_positives_are_set_aside() {
+            let r = report(3);
+            assert_eq!(r.findings.len(), 3);
+            assert_eq!(r.findings[0].code, "itu.invalid_asn1_syntax");
+            assert_eq!(r.findings[0].severity, "FATAL");
+            assert!(r.findings[0]
+                .message
+                .starts_with("ASN.1 decoding failure (schema"));
+            assert_eq!(r.findings[1].severity, "ERROR");
+            assert_eq!(r.findings[1].message, "");
+            assert_eq!(r.findings[1].node, "certificate.tbsCertificate.extensions");
+            let unexpected = r.unexpected(FALSE_POSITIVES);
+            let codes: Vec<&str> = unexpected.iter().map(|f| f.code.as_str()).collect();
+            assert_eq!(
+                codes,
+                [
+                    "itu.invalid_asn1_syntax",
+                    "pkix.ca_certificate_no_ku_extension"
+                ]
+            );
+        }
+
+        #[test]
+        fn failures_that_cannot_be_matched_to_findings_are_never_clean() {
+            // The exit status says 5 findings but 3 were printed: the format changed.
+            let r = report(5);
+            assert_eq!(r.unexpected(FALSE_POSITIVES)[0].code, "pkilint.failed");
+            // A file that did not load: exit 1, nothing parsed.
+            let r = Report {
+                findings: Vec::new(),
+                output: "Failed to load certificate: bad".into(),
+                ..report(1)
+            };
+            assert_eq!(r.unexpected(FALSE_POSITIVES)[0].code, "pkilint.failed");
+            assert!(failures(&[r], FALSE_POSITIVES).is_some());
+            let clean = Report {
+                exit_code: Some(0),
+                findings: Vec::new(),
+                ..report(0)
+            };
+            assert!(failures(&[clean], FALSE_POSITIVES).is_none());
+        }
+    }
+}
+
 /// A throwaway two-level PKI for tests: a root and an issuing CA whose keys live in a fresh
 /// SoftHSM token, plus a sled store in a temporary directory and a ready [`ca_core::issuance::Ca`].
 pub mod pki {
@@ -492,12 +921,13 @@ pub mod pki {
     }
 
     /// Profiles for tests: `client` (clientAuth), `server` (serverAuth), `mtls` (both); all
-    /// allow DNS names under `.test`, `spiffe://test/` URIs, `@test` emails and 127.0.0.0/8.
+    /// allow DNS names under `.test` and `localhost`, `spiffe://test/` URIs, emails at
+    /// `example.test`, 127.0.0.0/8 and ::1.
     pub fn test_profiles() -> Profiles {
         let names = NamePolicy {
             dns: vec![".test".into(), "localhost".into()],
             uri: vec!["spiffe://test/".into()],
-            email: vec!["@test".into()],
+            email: vec!["@example.test".into()],
             ip: vec!["127.0.0.0/8".into(), "::1/128".into()],
             common_name: true,
             max_sans: 10,
@@ -562,6 +992,9 @@ pub mod pki {
             root_params.serial_number = Some(rcgen::SerialNumber::from_slice(
                 &ca_core::issuance::random_serial(),
             ));
+            root_params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
+                ca_core::issuance::key_identifier(root_signer.spki_der())?,
+            );
             let root_key = RcgenKey::new(root_signer.as_ref() as &dyn Signer);
             let root_cert = root_params.self_signed(&root_key)?;
             let root_der = root_cert.der().to_vec();
@@ -583,6 +1016,9 @@ pub mod pki {
             int_params.not_before = to_offset(now - chrono::Duration::hours(1));
             int_params.not_after = to_offset(now + chrono::Duration::days(365));
             int_params.use_authority_key_identifier_extension = true;
+            int_params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
+                ca_core::issuance::key_identifier(issuing_signer.spki_der())?,
+            );
             int_params.serial_number = Some(rcgen::SerialNumber::from_slice(
                 &ca_core::issuance::random_serial(),
             ));
@@ -626,6 +1062,55 @@ pub mod pki {
                 store,
                 ca,
             })
+        }
+
+        /// A delegated OCSP responder for the issuing CA (RFC 6960 4.2.2.2): a key of `alg`
+        /// generated in the test token under `label`, and a 30-day certificate for it issued by
+        /// the issuing CA with keyUsage digitalSignature, id-kp-OCSPSigning and
+        /// id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1). Returns the signer and the DER.
+        pub fn ocsp_responder(
+            &self,
+            label: &str,
+            alg: KeyAlgorithm,
+        ) -> Result<(Arc<Pkcs11Signer>, Vec<u8>), Box<dyn std::error::Error + Send + Sync>>
+        {
+            let hsm = self.token.hsm_config().open()?;
+            hsm.generate_key(label, alg)?;
+            let signer = Arc::new(hsm.signer(label)?);
+            let now = chrono::Utc::now();
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "hsm-sim Test OCSP Responder");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "hsm-sim");
+            params.is_ca = rcgen::IsCa::ExplicitNoCa;
+            params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
+            // id-pkix-ocsp-nocheck, value NULL.
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+                    vec![0x05, 0x00],
+                ));
+            params.use_authority_key_identifier_extension = true;
+            params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
+                ca_core::issuance::key_identifier(signer.spki_der())?,
+            );
+            params.not_before = to_offset(now - chrono::Duration::hours(1));
+            params.not_after = to_offset(now + chrono::Duration::days(30));
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(
+                &ca_core::issuance::random_serial(),
+            ));
+            let issuing_key = RcgenKey::new(self.issuing_signer.as_ref() as &dyn Signer);
+            let issuer =
+                rcgen::Issuer::from_ca_cert_der(&self.issuing_der.as_slice().into(), &issuing_key)?;
+            let key = RcgenKey::new(signer.as_ref() as &dyn Signer);
+            let der = params.signed_by(&key, &issuer)?.der().to_vec();
+            Ok((signer, der))
         }
 
         /// `DIR/root.pem`
