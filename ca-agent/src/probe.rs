@@ -76,7 +76,7 @@ pub async fn wait_for_serial(
         if start.elapsed() >= timeout {
             return Err(last);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
