@@ -138,6 +138,7 @@ pub struct StatusState {
     config: StatusConfig,
     crl_dirty: Arc<Notify>,
     observer: Option<AnswerObserver>,
+    max_age: MaxAge,
 }
 
 impl std::fmt::Debug for StatusState {
@@ -195,6 +196,7 @@ impl StatusState {
             store,
             ca_cert: Bytes::from(issuer_cert_der),
             root_crl,
+            max_age: MaxAge::new(config.max_age),
             config,
             crl_dirty: Arc::new(Notify::new()),
             observer: None,
@@ -382,17 +384,55 @@ fn http_date(t: DateTime<Utc>) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
-/// RFC 5019 6.2 caching headers for a response valid from `this_update` to `next_update`.
-fn cache_headers(h: &mut HeaderMap, cap: Duration, this_update: DateTime<Utc>, next_update: DateTime<Utc>, etag: &str) {
-    let left = (next_update - Utc::now()).num_seconds().max(0);
-    let max_age = u64::try_from(left).unwrap_or(0).min(cap.as_secs());
-    if let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}, public, no-transform, must-revalidate")) {
-        h.insert(header::CACHE_CONTROL, v);
+/// The fixed part of the RFC 5019 6.2 headers of one response, formatted once.
+struct CacheMeta {
+    next_update: DateTime<Utc>,
+    last_modified: HeaderValue,
+    expires: HeaderValue,
+    etag: Option<HeaderValue>,
+}
+
+impl CacheMeta {
+    fn new(this_update: DateTime<Utc>, next_update: DateTime<Utc>, etag: &str) -> Self {
+        CacheMeta {
+            next_update,
+            last_modified: http_date(this_update),
+            expires: http_date(next_update),
+            etag: HeaderValue::from_str(etag).ok(),
+        }
     }
-    h.insert(header::LAST_MODIFIED, http_date(this_update));
-    h.insert(header::EXPIRES, http_date(next_update));
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        h.insert(header::ETAG, v);
+
+    /// RFC 5019 6.2: `max-age` is the time left until nextUpdate, capped.
+    fn apply(&self, h: &mut HeaderMap, cap: &MaxAge) {
+        let left = u64::try_from((self.next_update - Utc::now()).num_seconds().max(0)).unwrap_or(0);
+        let cc = if left >= cap.secs {
+            cap.full.clone()
+        } else {
+            HeaderValue::from_str(&format!("max-age={left}, public, no-transform, must-revalidate"))
+                .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+        };
+        h.insert(header::CACHE_CONTROL, cc);
+        h.insert(header::LAST_MODIFIED, self.last_modified.clone());
+        h.insert(header::EXPIRES, self.expires.clone());
+        if let Some(e) = &self.etag {
+            h.insert(header::ETAG, e.clone());
+        }
+    }
+}
+
+/// The configured `max-age` cap and its preformatted Cache-Control value.
+#[derive(Clone, Debug)]
+struct MaxAge {
+    secs: u64,
+    full: HeaderValue,
+}
+
+impl MaxAge {
+    fn new(cap: Duration) -> Self {
+        let secs = cap.as_secs();
+        let full = HeaderValue::from_str(&format!("max-age={secs}, public, no-transform, must-revalidate"))
+            .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
+        MaxAge { secs, full }
     }
 }
 
@@ -410,7 +450,10 @@ fn ocsp_http(state: &StatusState, a: Arc<OcspAnswer>, cacheable_get: bool, req: 
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE));
     if let AnswerKind::Signed { this_update, next_update, cacheable: true, .. } = &a.kind {
         if cacheable_get {
-            cache_headers(&mut h, state.config.max_age, *this_update, *next_update, &a.etag);
+            match a.transport.get_or_init(|| CacheMeta::new(*this_update, *next_update, &a.etag)) {
+                Some(meta) => meta.apply(&mut h, &state.max_age),
+                None => CacheMeta::new(*this_update, *next_update, &a.etag).apply(&mut h, &state.max_age),
+            }
             if not_modified(req, &a.etag) {
                 return (StatusCode::NOT_MODIFIED, h).into_response();
             }
@@ -472,11 +515,11 @@ async fn ocsp_post(State(state): State<Arc<StatusState>>, headers: HeaderMap, bo
     answer(&state, &body, false, &headers).await
 }
 
-fn crl_http(crl: Arc<SignedCrl>, cap: Duration, req: &HeaderMap) -> Response {
+fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Response {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PKIX_CRL));
     let etag = format!("\"crl-{}\"", crl.number);
-    cache_headers(&mut h, cap, crl.this_update, crl.next_update, &etag);
+    CacheMeta::new(crl.this_update, crl.next_update, &etag).apply(&mut h, cap);
     if not_modified(req, &etag) {
         return (StatusCode::NOT_MODIFIED, h).into_response();
     }
@@ -485,7 +528,7 @@ fn crl_http(crl: Arc<SignedCrl>, cap: Duration, req: &HeaderMap) -> Response {
 
 async fn crl(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Response {
     match state.crls.current() {
-        Some(c) => crl_http(c, state.config.max_age, &headers),
+        Some(c) => crl_http(c, &state.max_age, &headers),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no CRL has been built yet\n").into_response(),
     }
 }

@@ -50,7 +50,7 @@ pub use x509_ocsp;
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
     AnswerKind, ExternalResponse, LiveRequest, LoadStats, Lookup, OcspAnswer, RefreshStats, Responder,
-    ResponderConfig, ResponderKey,
+    ResponderConfig, ResponderKey, TransportCache,
 };
 
 use crate::error::{Error, Result};

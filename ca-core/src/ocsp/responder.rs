@@ -143,6 +143,33 @@ pub struct OcspAnswer {
     pub kind: AnswerKind,
     /// A strong entity tag (quoted), derived from the DER.
     pub etag: String,
+    /// Data the transport derives once per answer (e.g. formatted HTTP headers).
+    pub transport: TransportCache,
+}
+
+/// A write-once slot in which the transport keeps what it derives from an answer, so that the
+/// hot path does not recompute it per request. Cloning an answer leaves the clone's slot empty.
+#[derive(Default)]
+pub struct TransportCache(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl TransportCache {
+    /// The value of type `T` in the slot, computed by `init` on first use. `None` if the slot
+    /// already holds a value of another type.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(init())).downcast_ref::<T>()
+    }
+}
+
+impl Clone for TransportCache {
+    fn clone(&self) -> Self {
+        TransportCache::default()
+    }
+}
+
+impl std::fmt::Debug for TransportCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "TransportCache(set)" } else { "TransportCache(empty)" })
+    }
 }
 
 impl AsRef<[u8]> for OcspAnswer {
@@ -154,7 +181,7 @@ impl AsRef<[u8]> for OcspAnswer {
 impl OcspAnswer {
     fn new(der: Vec<u8>, kind: AnswerKind) -> Self {
         let etag = format!("\"{}\"", &crate::signer::sha256_hex(&der)[..32]);
-        OcspAnswer { der, kind, etag }
+        OcspAnswer { der, kind, etag, transport: TransportCache::default() }
     }
 
     fn error(status: OcspResponseStatus) -> Arc<Self> {
