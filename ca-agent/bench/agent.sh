@@ -43,11 +43,12 @@ TOML
   "$agent" enroll --config "$d/agent.toml" --token-file "$d/token" >/dev/null 2>&1
   : >"$d/times"
   for _ in $(seq 1 "$n"); do
-    { /usr/bin/time -f "%U %S %e %M" "$agent" renew --force --config "$d/agent.toml" >/dev/null 2>/dev/null; } 2>&1 | tail -1 >>"$d/times"
+    /usr/bin/time -a -o "$d/times" -f "%U %S %e %M" "$agent" renew --force --config "$d/agent.toml" >/dev/null 2>&1
     sleep 0.6  # stay under the CA's per-certificate renewal rate limit
   done
   awk -v kt="$kt" '{cpu += $1 + $2; wall += $3; if ($4 > rss) rss = $4}
-    END {printf "| %s | %.0f ms | %.0f ms | %.1f MiB |\n", kt, 1000*cpu/NR, 1000*wall/NR, rss/1024}' "$d/times"
+    END {c = 1000*cpu/NR; cs = (c < 10) ? "< 10 ms (time(1) resolution)" : sprintf("%.0f ms", c);
+         printf "| %s | %s | %.0f ms | %.1f MiB |\n", kt, cs, 1000*wall/NR, rss/1024}' "$d/times"
 done
 
 # Idle daemon: four certificates managed, none due.
