@@ -49,7 +49,11 @@ pub struct CrlConfig {
 
 impl Default for CrlConfig {
     fn default() -> Self {
-        CrlConfig { validity: Duration::hours(24), refresh_before: Duration::hours(12), distribution_point: None }
+        CrlConfig {
+            validity: Duration::hours(24),
+            refresh_before: Duration::hours(12),
+            distribution_point: None,
+        }
     }
 }
 
@@ -57,7 +61,10 @@ impl CrlConfig {
     /// Check the settings; errors name the field.
     pub fn validate(&self) -> Result<()> {
         if self.validity <= Duration::zero() {
-            return Err(Error::Config { path: "crl.validity".into(), reason: "must be positive".into() });
+            return Err(Error::Config {
+                path: "crl.validity".into(),
+                reason: "must be positive".into(),
+            });
         }
         if self.refresh_before <= Duration::zero() || self.refresh_before >= self.validity {
             return Err(Error::Config {
@@ -116,7 +123,8 @@ fn subject_key_id(issuer: &Certificate) -> Option<Vec<u8>> {
         .iter()
         .flatten()
         .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)?;
-    let ski = x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(ext.extn_value.as_bytes()).ok()?;
+    let ski =
+        x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(ext.extn_value.as_bytes()).ok()?;
     Some(ski.0.as_bytes().to_vec())
 }
 
@@ -130,7 +138,14 @@ pub fn build_crl(
     this_update: DateTime<Utc>,
     next_update: DateTime<Utc>,
 ) -> Result<SignedCrl> {
-    build_crl_with(store, signer, issuer_cert_der, this_update, next_update, None)
+    build_crl_with(
+        store,
+        signer,
+        issuer_cert_der,
+        this_update,
+        next_update,
+        None,
+    )
 }
 
 /// [`build_crl`] with an optional issuing distribution point URL (RFC 5280 5.2.5).
@@ -145,17 +160,31 @@ pub fn build_crl_with(
     let this_update = crate::clock::truncate(this_update);
     let next_update = crate::clock::truncate(next_update);
     if next_update <= this_update {
-        return Err(Error::Config { path: "crl.next_update".into(), reason: "nextUpdate must be after thisUpdate".into() });
+        return Err(Error::Config {
+            path: "crl.next_update".into(),
+            reason: "nextUpdate must be after thisUpdate".into(),
+        });
     }
-    let issuer = Certificate::from_der(issuer_cert_der).map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
+    let issuer = Certificate::from_der(issuer_cert_der)
+        .map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
     let issuer_spki = issuer.tbs_certificate.subject_public_key_info.to_der()?;
-    if issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes() != signer.public_key_bits() {
-        return Err(Error::Issuer("the CRL signing key is not the issuer certificate's key".into()));
+    if issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        != signer.public_key_bits()
+    {
+        return Err(Error::Issuer(
+            "the CRL signing key is not the issuer certificate's key".into(),
+        ));
     }
     let mut revoked = Vec::new();
     store.for_each_revoked(&mut |e| {
         revoked.push(rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(&e.serial)),
+            serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
+                &e.serial,
+            )),
             revocation_time: to_offset(e.revoked_at),
             reason_code: rcgen_reason(e.reason),
             invalidity_date: None,
@@ -172,24 +201,38 @@ pub fn build_crl_with(
         this_update: to_offset(this_update),
         next_update: to_offset(next_update),
         crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
-        issuing_distribution_point: distribution_point.map(|url| rcgen::CrlIssuingDistributionPoint {
-            distribution_point: rcgen::CrlDistributionPoint { uris: vec![url.to_string()] },
-            scope: None,
+        issuing_distribution_point: distribution_point.map(|url| {
+            rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec![url.to_string()],
+                },
+                scope: None,
+            }
         }),
         revoked_certs: revoked,
         key_identifier_method,
     };
     let key = RcgenKey::new(signer);
-    let rc_issuer = rcgen::Issuer::from_ca_cert_der(&issuer_cert_der.to_vec().into(), &key).map_err(|e| key.map_err(e))?;
+    let rc_issuer = rcgen::Issuer::from_ca_cert_der(&issuer_cert_der.to_vec().into(), &key)
+        .map_err(|e| key.map_err(e))?;
     let crl = params.signed_by(&rc_issuer).map_err(|e| key.map_err(e))?;
     let der = crl.der().to_vec();
     // Fail closed: never publish a CRL whose signature the issuer key does not verify.
     let parsed = CertificateList::from_der(&der)?;
     let tbs = parsed.tbs_cert_list.to_der()?;
-    let sig = parsed.signature.as_bytes().ok_or(Error::SignatureCheckFailed)?;
+    let sig = parsed
+        .signature
+        .as_bytes()
+        .ok_or(Error::SignatureCheckFailed)?;
     verify(&issuer_spki, &tbs, sig)?;
     tracing::info!(number, entries, "CRL signed");
-    Ok(SignedCrl { der, number, this_update, next_update, entries })
+    Ok(SignedCrl {
+        der,
+        number,
+        this_update,
+        next_update,
+        entries,
+    })
 }
 
 /// Keeps the current CRL and rebuilds it when due or asked. Thread-safe.
@@ -205,7 +248,10 @@ pub struct CrlPublisher {
 
 impl std::fmt::Debug for CrlPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CrlPublisher").field("config", &self.config).field("current", &self.current()).finish()
+        f.debug_struct("CrlPublisher")
+            .field("config", &self.config)
+            .field("current", &self.current())
+            .finish()
     }
 }
 
@@ -220,9 +266,18 @@ impl CrlPublisher {
         config: CrlConfig,
     ) -> Result<Self> {
         config.validate()?;
-        let issuer = Certificate::from_der(&issuer_cert_der).map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
-        if issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes() != signer.public_key_bits() {
-            return Err(Error::Issuer("the CRL signing key is not the issuer certificate's key".into()));
+        let issuer = Certificate::from_der(&issuer_cert_der)
+            .map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
+        if issuer
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes()
+            != signer.public_key_bits()
+        {
+            return Err(Error::Issuer(
+                "the CRL signing key is not the issuer certificate's key".into(),
+            ));
         }
         Ok(CrlPublisher {
             store,
@@ -237,7 +292,10 @@ impl CrlPublisher {
 
     /// The current CRL, if one was built.
     pub fn current(&self) -> Option<Arc<SignedCrl>> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Build a new CRL now (new number) and make it current.

@@ -173,14 +173,20 @@ pub fn revoke(
                 _ => "store_error",
             };
             // Best effort: the store may be what failed.
-            let _ = store.append_audit(NewAuditEvent::failed(actor, "revoke", &object, code).with_detail(serde_json::json!({ "reason": reason.name() })));
+            let _ = store.append_audit(
+                NewAuditEvent::failed(actor, "revoke", &object, code)
+                    .with_detail(serde_json::json!({ "reason": reason.name() })),
+            );
             return Err(e);
         }
     };
     let detail = serde_json::json!({ "reason": reason.name(), "revoked_at": rec_time(&rec) });
     if let Err(e) = responder.on_revoked(&rec) {
         tracing::error!(serial = %object, error = %e, "revocation stored but OCSP re-signing failed");
-        store.append_audit(NewAuditEvent::failed(actor, "revoke", &object, "ocsp_resign_failed").with_detail(detail))?;
+        store.append_audit(
+            NewAuditEvent::failed(actor, "revoke", &object, "ocsp_resign_failed")
+                .with_detail(detail),
+        )?;
         return Err(e);
     }
     store.append_audit(NewAuditEvent::ok(actor, "revoke", &object).with_detail(detail))?;

@@ -19,28 +19,55 @@ fn crl_verifies_and_openssl_rejects_revoked_accepts_good() {
     let bad = ca.issue_leaf_with("bad", true);
     let unspec = ca.issue_leaf("unspec");
     let at = ca_core::clock::truncate(Utc::now() - Duration::minutes(10));
-    ca.store.revoke(&bad.record.serial, at, RevocationReason::KeyCompromise).unwrap();
-    ca.store.revoke(&unspec.record.serial, at, RevocationReason::Unspecified).unwrap();
+    ca.store
+        .revoke(&bad.record.serial, at, RevocationReason::KeyCompromise)
+        .unwrap();
+    ca.store
+        .revoke(&unspec.record.serial, at, RevocationReason::Unspecified)
+        .unwrap();
     let now = Utc::now();
-    let crl = build_crl(ca.store.as_ref(), ca.signer.as_ref(), &ca.cert_der, now, now + Duration::hours(6)).unwrap();
+    let crl = build_crl(
+        ca.store.as_ref(),
+        ca.signer.as_ref(),
+        &ca.cert_der,
+        now,
+        now + Duration::hours(6),
+    )
+    .unwrap();
     assert_eq!(crl.entries, 2);
     let der_path = ca.path("crl.der");
     std::fs::write(&der_path, &crl.der).unwrap();
     let pem_path = ca.path("crl.pem");
     write_pem(&pem_path, "X509 CRL", &crl.der);
 
-    let (ok, out) = run(openssl().args(["crl", "-inform", "DER", "-in"]).arg(&der_path).arg("-CAfile").arg(&ca.cert_pem).args(["-verify", "-noout", "-text"]));
+    let (ok, out) = run(openssl()
+        .args(["crl", "-inform", "DER", "-in"])
+        .arg(&der_path)
+        .arg("-CAfile")
+        .arg(&ca.cert_pem)
+        .args(["-verify", "-noout", "-text"]));
     assert!(ok && out.contains("verify OK"), "{out}");
     assert!(out.contains("Version 2"), "{out}");
-    assert!(out.contains("X509v3 CRL Number") && out.contains("X509v3 Authority Key Identifier"), "{out}");
+    assert!(
+        out.contains("X509v3 CRL Number") && out.contains("X509v3 Authority Key Identifier"),
+        "{out}"
+    );
     assert!(out.contains("Key Compromise"), "{out}");
     // RFC 5280 5.3.1: unspecified is expressed by omitting the reason code: one reason only.
     assert_eq!(out.matches("X509v3 CRL Reason Code").count(), 1, "{out}");
     let bad_hex = hex::encode_upper(&bad.record.serial);
-    assert!(out.replace(['\n', ' '], "").contains(&bad_hex), "serial {bad_hex} missing: {out}");
+    assert!(
+        out.replace(['\n', ' '], "").contains(&bad_hex),
+        "serial {bad_hex} missing: {out}"
+    );
 
     let verify = |cert: &std::path::Path| {
-        run(openssl().args(["verify", "-crl_check", "-CAfile"]).arg(&ca.cert_pem).arg("-CRLfile").arg(&pem_path).arg(cert))
+        run(openssl()
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(&ca.cert_pem)
+            .arg("-CRLfile")
+            .arg(&pem_path)
+            .arg(cert))
     };
     let (ok, out) = verify(&good.cert_pem);
     assert!(ok && out.contains(": OK"), "{out}");
@@ -55,9 +82,22 @@ fn crl_number_increases_across_regenerations_and_restarts() {
     let mut ca = TestCa::new("Test Root");
     let leaf = ca.issue_leaf("leaf");
     let numbers = {
-        let p = CrlPublisher::new(ca.store.clone(), ca.signer_dyn(), ca.cert_der.clone(), Arc::new(SystemClock), CrlConfig::default()).unwrap();
+        let p = CrlPublisher::new(
+            ca.store.clone(),
+            ca.signer_dyn(),
+            ca.cert_der.clone(),
+            Arc::new(SystemClock),
+            CrlConfig::default(),
+        )
+        .unwrap();
         let a = p.regenerate().unwrap();
-        ca.store.revoke(&leaf.record.serial, Utc::now(), RevocationReason::Superseded).unwrap();
+        ca.store
+            .revoke(
+                &leaf.record.serial,
+                Utc::now(),
+                RevocationReason::Superseded,
+            )
+            .unwrap();
         let b = p.regenerate().unwrap();
         assert_eq!((a.entries, b.entries), (0, 1));
         assert!(b.number > a.number, "{} then {}", a.number, b.number);
@@ -65,15 +105,34 @@ fn crl_number_increases_across_regenerations_and_restarts() {
         vec![a.number, b.number]
     };
     ca.reopen_store();
-    let p = CrlPublisher::new(ca.store.clone(), ca.signer_dyn(), ca.cert_der.clone(), Arc::new(SystemClock), CrlConfig::default()).unwrap();
+    let p = CrlPublisher::new(
+        ca.store.clone(),
+        ca.signer_dyn(),
+        ca.cert_der.clone(),
+        Arc::new(SystemClock),
+        CrlConfig::default(),
+    )
+    .unwrap();
     let c = p.regenerate().unwrap();
-    assert!(c.number > numbers[1], "after restart {} <= {}", c.number, numbers[1]);
+    assert!(
+        c.number > numbers[1],
+        "after restart {} <= {}",
+        c.number,
+        numbers[1]
+    );
     assert_eq!(c.entries, 1, "revocation survived the restart");
     let path = ca.path("crl3.der");
     std::fs::write(&path, &c.der).unwrap();
-    let (ok, out) = run(openssl().args(["crl", "-inform", "DER", "-noout", "-crlnumber", "-in"]).arg(&path));
+    let (ok, out) = run(openssl()
+        .args(["crl", "-inform", "DER", "-noout", "-crlnumber", "-in"])
+        .arg(&path));
     assert!(ok, "{out}");
-    assert!(out.trim().ends_with(&format!("{:02X}", c.number)) || out.contains(&format!("{:X}", c.number)), "{out} vs {}", c.number);
+    assert!(
+        out.trim().ends_with(&format!("{:02X}", c.number))
+            || out.contains(&format!("{:X}", c.number)),
+        "{out} vs {}",
+        c.number
+    );
 }
 
 #[test]
@@ -81,8 +140,19 @@ fn publisher_rebuilds_only_when_due() {
     let ca = TestCa::new("Test Root");
     let t0 = Utc::now();
     let clock = Arc::new(FixedClock::new(t0));
-    let config = CrlConfig { validity: Duration::hours(10), refresh_before: Duration::hours(4), distribution_point: Some("http://127.0.0.1:8080/crl".into()) };
-    let p = CrlPublisher::new(ca.store.clone(), ca.signer_dyn(), ca.cert_der.clone(), clock.clone(), config).unwrap();
+    let config = CrlConfig {
+        validity: Duration::hours(10),
+        refresh_before: Duration::hours(4),
+        distribution_point: Some("http://127.0.0.1:8080/crl".into()),
+    };
+    let p = CrlPublisher::new(
+        ca.store.clone(),
+        ca.signer_dyn(),
+        ca.cert_der.clone(),
+        clock.clone(),
+        config,
+    )
+    .unwrap();
     let first = p.regenerate_if_due().unwrap().expect("no CRL yet: built");
     assert_eq!(first.next_update - first.this_update, Duration::hours(10));
     clock.set(t0 + Duration::hours(5));
@@ -92,8 +162,14 @@ fn publisher_rebuilds_only_when_due() {
     assert!(second.number > first.number);
     let path = ca.path("idp.der");
     std::fs::write(&path, &second.der).unwrap();
-    let (ok, out) = run(openssl().args(["crl", "-inform", "DER", "-noout", "-text", "-in"]).arg(&path));
-    assert!(ok && out.contains("Issuing Distribution Point") && out.contains("http://127.0.0.1:8080/crl"), "{out}");
+    let (ok, out) = run(openssl()
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&path));
+    assert!(
+        ok && out.contains("Issuing Distribution Point")
+            && out.contains("http://127.0.0.1:8080/crl"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -101,7 +177,31 @@ fn wrong_key_is_refused() {
     let ca = TestCa::new("Test Root");
     let other = TestCa::new("Other");
     let now = Utc::now();
-    assert!(build_crl(ca.store.as_ref(), other.signer.as_ref(), &ca.cert_der, now, now + Duration::hours(1)).is_err());
-    assert!(CrlPublisher::new(ca.store.clone(), other.signer_dyn(), ca.cert_der.clone(), Arc::new(SystemClock), CrlConfig::default()).is_err());
-    assert!(build_crl(ca.store.as_ref(), ca.signer.as_ref(), &ca.cert_der, now, now).is_err(), "nextUpdate must follow thisUpdate");
+    assert!(build_crl(
+        ca.store.as_ref(),
+        other.signer.as_ref(),
+        &ca.cert_der,
+        now,
+        now + Duration::hours(1)
+    )
+    .is_err());
+    assert!(CrlPublisher::new(
+        ca.store.clone(),
+        other.signer_dyn(),
+        ca.cert_der.clone(),
+        Arc::new(SystemClock),
+        CrlConfig::default()
+    )
+    .is_err());
+    assert!(
+        build_crl(
+            ca.store.as_ref(),
+            ca.signer.as_ref(),
+            &ca.cert_der,
+            now,
+            now
+        )
+        .is_err(),
+        "nextUpdate must follow thisUpdate"
+    );
 }

@@ -4,7 +4,9 @@
 mod ocsp_fixture;
 
 use ca_core::clock::{Clock, FixedClock, SystemClock};
-use ca_core::ocsp::{parse_response, sign_response, AnswerKind, Lookup, Responder, ResponderConfig, ResponderKey};
+use ca_core::ocsp::{
+    parse_response, sign_response, AnswerKind, Lookup, Responder, ResponderConfig, ResponderKey,
+};
 use ca_core::revocation::{CertStatus, RevocationReason};
 use ca_core::signer::Signer;
 use ca_core::store::Store;
@@ -47,7 +49,13 @@ fn sign_response_with_ca_key_verifies_in_openssl() {
         &ca.cert_der,
         &[
             (good.record.serial.clone(), CertStatus::Good),
-            (revoked.record.serial.clone(), CertStatus::Revoked { at, reason: RevocationReason::KeyCompromise }),
+            (
+                revoked.record.serial.clone(),
+                CertStatus::Revoked {
+                    at,
+                    reason: RevocationReason::KeyCompromise,
+                },
+            ),
         ],
         now,
         now + Duration::hours(1),
@@ -57,7 +65,10 @@ fn sign_response_with_ca_key_verifies_in_openssl() {
     let p = ca.path("resp.der");
     write(&p, &der);
     let out = openssl_status(&p, &ca, &good.cert_pem, &[]);
-    assert!(out.contains(&format!("{}: good", good.cert_pem.display())), "{out}");
+    assert!(
+        out.contains(&format!("{}: good", good.cert_pem.display())),
+        "{out}"
+    );
     let out = openssl_status(&p, &ca, &revoked.cert_pem, &[]);
     assert!(out.contains(": revoked"), "{out}");
     assert!(out.contains("Reason: keyCompromise"), "{out}");
@@ -66,7 +77,10 @@ fn sign_response_with_ca_key_verifies_in_openssl() {
     assert_eq!(parsed.singles().len(), 2);
     assert!(parsed.basic.as_ref().unwrap().certs.is_none());
     parsed.verify_signature(ca.signer.spki_der()).unwrap();
-    assert_eq!(parsed.basic.unwrap().nonce().unwrap().0.as_bytes(), b"0123456789abcdef");
+    assert_eq!(
+        parsed.basic.unwrap().nonce().unwrap().0.as_bytes(),
+        b"0123456789abcdef"
+    );
 }
 
 #[test]
@@ -75,18 +89,48 @@ fn sign_response_with_delegated_responder_embeds_its_certificate() {
     let leaf = ca.issue_leaf("leaf");
     let (rsigner, rcert, _rpem) = ca.ocsp_responder("ocsp");
     let now = Utc::now();
-    let der = sign_response(rsigner.as_ref(), Some(&rcert), &ca.cert_der, &[(leaf.record.serial.clone(), CertStatus::Good)], now, now + Duration::hours(1), None).unwrap();
+    let der = sign_response(
+        rsigner.as_ref(),
+        Some(&rcert),
+        &ca.cert_der,
+        &[(leaf.record.serial.clone(), CertStatus::Good)],
+        now,
+        now + Duration::hours(1),
+        None,
+    )
+    .unwrap();
     let p = ca.path("resp.der");
     write(&p, &der);
     let out = openssl_status(&p, &ca, &leaf.cert_pem, &[]);
     assert!(out.contains(": good"), "{out}");
     let parsed = parse_response(&der).unwrap();
-    assert_eq!(parsed.basic.as_ref().unwrap().certs.as_ref().unwrap().len(), 1);
+    assert_eq!(
+        parsed.basic.as_ref().unwrap().certs.as_ref().unwrap().len(),
+        1
+    );
 
     // A key that is neither the issuer's nor backed by a responder certificate is refused.
-    assert!(sign_response(rsigner.as_ref(), None, &ca.cert_der, &[(leaf.record.serial.clone(), CertStatus::Good)], now, now + Duration::hours(1), None).is_err());
+    assert!(sign_response(
+        rsigner.as_ref(),
+        None,
+        &ca.cert_der,
+        &[(leaf.record.serial.clone(), CertStatus::Good)],
+        now,
+        now + Duration::hours(1),
+        None
+    )
+    .is_err());
     // A nonce over 32 bytes is refused (RFC 8954).
-    assert!(sign_response(ca.signer.as_ref(), None, &ca.cert_der, &[(leaf.record.serial.clone(), CertStatus::Good)], now, now + Duration::hours(1), Some(&[7u8; 33])).is_err());
+    assert!(sign_response(
+        ca.signer.as_ref(),
+        None,
+        &ca.cert_der,
+        &[(leaf.record.serial.clone(), CertStatus::Good)],
+        now,
+        now + Duration::hours(1),
+        Some(&[7u8; 33])
+    )
+    .is_err());
 }
 
 /// Build an OCSP request with openssl (SHA-1 CertID by default, or `-sha256`).
@@ -103,7 +147,12 @@ fn openssl_request(ca: &TestCa, certs: &[&Path], name: &str, extra: &[&str]) -> 
     std::fs::read(out).unwrap()
 }
 
-fn responder(ca: &TestCa, key: ResponderKey, clock: Arc<dyn Clock>, config: ResponderConfig) -> Responder {
+fn responder(
+    ca: &TestCa,
+    key: ResponderKey,
+    clock: Arc<dyn Clock>,
+    config: ResponderConfig,
+) -> Responder {
     Responder::new(&ca.cert_der, key, ca.store.clone(), clock, config).unwrap()
 }
 
@@ -113,40 +162,108 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     let leaf = ca.issue_leaf_with("leaf", true);
     let other = ca.issue_leaf_with("other", false);
     let (rsigner, rcert, _) = ca.ocsp_responder("ocsp");
-    let r = responder(&ca, ResponderKey::delegated(rsigner, &rcert).unwrap(), Arc::new(SystemClock), ResponderConfig::default());
-    assert_eq!(r.load().unwrap().signed, 2, "both stored certificates signed at start");
+    let r = responder(
+        &ca,
+        ResponderKey::delegated(rsigner, &rcert).unwrap(),
+        Arc::new(SystemClock),
+        ResponderConfig::default(),
+    );
+    assert_eq!(
+        r.load().unwrap().signed,
+        2,
+        "both stored certificates signed at start"
+    );
     let before = ca.store.get_cert(&leaf.record.serial).unwrap().unwrap();
 
     for (alg, name) in [(&[][..], "sha1"), (&["-sha256"][..], "sha256")] {
-        let req = openssl_request(&ca, &[&leaf.cert_pem], &format!("req-{name}.der"), &[&["-no_nonce"][..], alg].concat());
-        let Lookup::Ready(a) = r.lookup(&req) else { panic!("{name}: pre-signed answer expected") };
+        let req = openssl_request(
+            &ca,
+            &[&leaf.cert_pem],
+            &format!("req-{name}.der"),
+            &[&["-no_nonce"][..], alg].concat(),
+        );
+        let Lookup::Ready(a) = r.lookup(&req) else {
+            panic!("{name}: pre-signed answer expected")
+        };
         let p = ca.path(&format!("resp-{name}.der"));
         write(&p, &a.der);
         let out = openssl_status(&p, &ca, &leaf.cert_pem, alg);
         assert!(out.contains(": good"), "{name}: {out}");
     }
 
-    let rec = ca_core::revocation::revoke(ca.store.as_ref(), &r, &before.serial, RevocationReason::Superseded, Utc::now(), "test").unwrap();
+    let rec = ca_core::revocation::revoke(
+        ca.store.as_ref(),
+        &r,
+        &before.serial,
+        RevocationReason::Superseded,
+        Utc::now(),
+        "test",
+    )
+    .unwrap();
     assert!(rec.is_revoked());
     let req = openssl_request(&ca, &[&leaf.cert_pem], "req2.der", &["-no_nonce"]);
-    let Lookup::Ready(a) = r.lookup(&req) else { panic!("pre-signed answer expected after revocation") };
-    assert!(matches!(a.cert_status(), Some(CertStatus::Revoked { reason: RevocationReason::Superseded, .. })));
+    let Lookup::Ready(a) = r.lookup(&req) else {
+        panic!("pre-signed answer expected after revocation")
+    };
+    assert!(matches!(
+        a.cert_status(),
+        Some(CertStatus::Revoked {
+            reason: RevocationReason::Superseded,
+            ..
+        })
+    ));
     let p = ca.path("resp2.der");
     write(&p, &a.der);
     let out = openssl_status(&p, &ca, &leaf.cert_pem, &[]);
-    assert!(out.contains(": revoked") && out.contains("Reason: superseded"), "{out}");
+    assert!(
+        out.contains(": revoked") && out.contains("Reason: superseded"),
+        "{out}"
+    );
 
     // Clear errors for unknown and already-revoked serials.
-    let e = ca_core::revocation::revoke(ca.store.as_ref(), &r, &[1, 2, 3], RevocationReason::KeyCompromise, Utc::now(), "test").unwrap_err();
+    let e = ca_core::revocation::revoke(
+        ca.store.as_ref(),
+        &r,
+        &[1, 2, 3],
+        RevocationReason::KeyCompromise,
+        Utc::now(),
+        "test",
+    )
+    .unwrap_err();
     assert!(matches!(e, ca_core::Error::CertNotFound(_)), "{e}");
-    let e = ca_core::revocation::revoke(ca.store.as_ref(), &r, &before.serial, RevocationReason::Superseded, Utc::now(), "test").unwrap_err();
+    let e = ca_core::revocation::revoke(
+        ca.store.as_ref(),
+        &r,
+        &before.serial,
+        RevocationReason::Superseded,
+        Utc::now(),
+        "test",
+    )
+    .unwrap_err();
     assert!(matches!(e, ca_core::Error::AlreadyRevoked { .. }), "{e}");
     // ... but a change to keyCompromise is allowed (RFC 5280 5.3.1) and re-signed at once.
-    ca_core::revocation::revoke(ca.store.as_ref(), &r, &before.serial, RevocationReason::KeyCompromise, Utc::now(), "test").unwrap();
-    assert!(matches!(r.cached(&before.serial).unwrap().cert_status(), Some(CertStatus::Revoked { reason: RevocationReason::KeyCompromise, .. })));
+    ca_core::revocation::revoke(
+        ca.store.as_ref(),
+        &r,
+        &before.serial,
+        RevocationReason::KeyCompromise,
+        Utc::now(),
+        "test",
+    )
+    .unwrap();
+    assert!(matches!(
+        r.cached(&before.serial).unwrap().cert_status(),
+        Some(CertStatus::Revoked {
+            reason: RevocationReason::KeyCompromise,
+            ..
+        })
+    ));
 
     // The other certificate is untouched.
-    assert_eq!(r.cached(&other.record.serial).unwrap().cert_status(), Some(&CertStatus::Good));
+    assert_eq!(
+        r.cached(&other.record.serial).unwrap().cert_status(),
+        Some(&CertStatus::Good)
+    );
 }
 
 #[test]
@@ -156,26 +273,51 @@ fn restart_reloads_stored_responses_without_resigning() {
         ca.issue_leaf(&format!("leaf{i}"));
     }
     let key = ResponderKey::ca(ca.signer_dyn());
-    let r = responder(&ca, key.clone(), Arc::new(SystemClock), ResponderConfig::default());
+    let r = responder(
+        &ca,
+        key.clone(),
+        Arc::new(SystemClock),
+        ResponderConfig::default(),
+    );
     assert_eq!(r.load().unwrap().signed, 5);
     drop(r);
-    let r = responder(&ca, key.clone(), Arc::new(SystemClock), ResponderConfig::default());
+    let r = responder(
+        &ca,
+        key.clone(),
+        Arc::new(SystemClock),
+        ResponderConfig::default(),
+    );
     let stats = r.load().unwrap();
-    assert_eq!((stats.loaded, stats.signed, stats.discarded), (5, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.loaded, stats.signed, stats.discarded),
+        (5, 0, 0),
+        "{stats:?}"
+    );
 
     // A revocation the responder did not see (e.g. a crash between store and OCSP) is caught
     // at start: the stored status disagrees with the store.
     let mut serial = None;
-    ca.store.for_each_cert(&mut |rec| {
-        serial.get_or_insert(rec.serial);
-        Ok(())
-    }).unwrap();
+    ca.store
+        .for_each_cert(&mut |rec| {
+            serial.get_or_insert(rec.serial);
+            Ok(())
+        })
+        .unwrap();
     let serial = serial.unwrap();
-    ca.store.revoke(&serial, ca_core::clock::truncate(Utc::now()), RevocationReason::CessationOfOperation).unwrap();
+    ca.store
+        .revoke(
+            &serial,
+            ca_core::clock::truncate(Utc::now()),
+            RevocationReason::CessationOfOperation,
+        )
+        .unwrap();
     let r = responder(&ca, key, Arc::new(SystemClock), ResponderConfig::default());
     let stats = r.load().unwrap();
     assert_eq!((stats.loaded, stats.signed), (5, 1), "{stats:?}");
-    assert!(matches!(r.cached(&serial).unwrap().cert_status(), Some(CertStatus::Revoked { .. })));
+    assert!(matches!(
+        r.cached(&serial).unwrap().cert_status(),
+        Some(CertStatus::Revoked { .. })
+    ));
 }
 
 #[test]
@@ -184,8 +326,17 @@ fn refresh_resigns_before_staleness_with_injected_clock() {
     let leaf = ca.issue_leaf("leaf");
     let t0 = Utc::now();
     let clock = Arc::new(FixedClock::new(t0));
-    let config = ResponderConfig { validity: Duration::hours(4), refresh_before: Duration::hours(2), ..Default::default() };
-    let r = responder(&ca, ResponderKey::ca(ca.signer_dyn()), clock.clone(), config);
+    let config = ResponderConfig {
+        validity: Duration::hours(4),
+        refresh_before: Duration::hours(2),
+        ..Default::default()
+    };
+    let r = responder(
+        &ca,
+        ResponderKey::ca(ca.signer_dyn()),
+        clock.clone(),
+        config,
+    );
     r.load().unwrap();
     let first = r.cached(&leaf.record.serial).unwrap();
     clock.set(t0 + Duration::hours(1));
@@ -194,14 +345,21 @@ fn refresh_resigns_before_staleness_with_injected_clock() {
     assert_eq!(r.refresh_due().unwrap().refreshed, 1);
     let second = r.cached(&leaf.record.serial).unwrap();
     assert!(second.next_update().unwrap() > first.next_update().unwrap());
-    let AnswerKind::Signed { this_update, .. } = second.kind else { panic!() };
-    assert_eq!(this_update, ca_core::clock::truncate(t0 + Duration::hours(2) + Duration::seconds(1)));
+    let AnswerKind::Signed { this_update, .. } = second.kind else {
+        panic!()
+    };
+    assert_eq!(
+        this_update,
+        ca_core::clock::truncate(t0 + Duration::hours(2) + Duration::seconds(1))
+    );
     // Persisted: a restart serves the refreshed response.
     let mut stored = Vec::new();
-    ca.store.for_each_ocsp_response(&mut |s| {
-        stored.push(s);
-        Ok(())
-    }).unwrap();
+    ca.store
+        .for_each_ocsp_response(&mut |s| {
+            stored.push(s);
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].der, second.der);
 }
@@ -210,12 +368,25 @@ fn refresh_resigns_before_staleness_with_injected_clock() {
 fn unknown_serials_are_signed_lazily_cached_and_rate_limited() {
     let ca = TestCa::new("Test Root");
     let _leaf = ca.issue_leaf("leaf");
-    let config = ResponderConfig { live_signing_rate: 1, live_signing_burst: 2, ..Default::default() };
-    let r = responder(&ca, ResponderKey::ca(ca.signer_dyn()), Arc::new(SystemClock), config);
+    let config = ResponderConfig {
+        live_signing_rate: 1,
+        live_signing_burst: 2,
+        ..Default::default()
+    };
+    let r = responder(
+        &ca,
+        ResponderKey::ca(ca.signer_dyn()),
+        Arc::new(SystemClock),
+        config,
+    );
     r.load().unwrap();
-    let ghosts: Vec<_> = (0..3).map(|i| ca.unissued_leaf(&format!("ghost{i}"))).collect();
+    let ghosts: Vec<_> = (0..3)
+        .map(|i| ca.unissued_leaf(&format!("ghost{i}")))
+        .collect();
     let req0 = openssl_request(&ca, &[&ghosts[0]], "g0.der", &["-no_nonce"]);
-    let Lookup::Live(live) = r.lookup(&req0) else { panic!("unknown serial needs a live signature") };
+    let Lookup::Live(live) = r.lookup(&req0) else {
+        panic!("unknown serial needs a live signature")
+    };
     let a = r.answer_live(live);
     assert_eq!(a.cert_status(), Some(&CertStatus::Unknown));
     let p = ca.path("g0-resp.der");
@@ -229,7 +400,10 @@ fn unknown_serials_are_signed_lazily_cached_and_rate_limited() {
     assert_eq!(r.respond(&req1).cert_status(), Some(&CertStatus::Unknown));
     let req2 = openssl_request(&ca, &[&ghosts[2]], "g2.der", &["-no_nonce"]);
     let a = r.respond(&req2);
-    assert_eq!(a.kind, AnswerKind::Error(x509_ocsp::OcspResponseStatus::Unauthorized));
+    assert_eq!(
+        a.kind,
+        AnswerKind::Error(x509_ocsp::OcspResponseStatus::Unauthorized)
+    );
 }
 
 #[test]
@@ -237,18 +411,45 @@ fn several_cert_ids_and_nonce_echo_are_signed_live() {
     let ca = TestCa::new("Test Root");
     let a = ca.issue_leaf("a");
     let b = ca.issue_leaf("b");
-    let config = ResponderConfig { echo_nonce: true, ..Default::default() };
-    let r = responder(&ca, ResponderKey::ca(ca.signer_dyn()), Arc::new(SystemClock), config);
+    let config = ResponderConfig {
+        echo_nonce: true,
+        ..Default::default()
+    };
+    let r = responder(
+        &ca,
+        ResponderKey::ca(ca.signer_dyn()),
+        Arc::new(SystemClock),
+        config,
+    );
     r.load().unwrap();
-    ca_core::revocation::revoke(ca.store.as_ref(), &r, &b.record.serial, RevocationReason::AffiliationChanged, Utc::now(), "t").unwrap();
+    ca_core::revocation::revoke(
+        ca.store.as_ref(),
+        &r,
+        &b.record.serial,
+        RevocationReason::AffiliationChanged,
+        Utc::now(),
+        "t",
+    )
+    .unwrap();
     // Two certificates and a nonce: one live response, nonce echoed, verified by openssl
     // (-reqin/-respin alone checks the nonce, CRATES.md).
     let req = openssl_request(&ca, &[&a.cert_pem, &b.cert_pem], "multi.der", &[]);
     let answer = r.respond(&req);
     let resp = ca.path("multi-resp.der");
     write(&resp, &answer.der);
-    let (ok, out) = run(openssl().args(["ocsp", "-reqin"]).arg(ca.path("multi.der")).arg("-respin").arg(&resp).arg("-CAfile").arg(&ca.cert_pem).arg("-VAfile").arg(&ca.cert_pem));
-    assert!(ok && out.contains("Response verify OK") && !out.contains("nonce"), "{out}");
+    let (ok, out) = run(openssl()
+        .args(["ocsp", "-reqin"])
+        .arg(ca.path("multi.der"))
+        .arg("-respin")
+        .arg(&resp)
+        .arg("-CAfile")
+        .arg(&ca.cert_pem)
+        .arg("-VAfile")
+        .arg(&ca.cert_pem));
+    assert!(
+        ok && out.contains("Response verify OK") && !out.contains("nonce"),
+        "{out}"
+    );
     let (ok, out) = run(openssl()
         .args(["ocsp", "-no_nonce", "-respin"])
         .arg(&resp)
@@ -260,7 +461,12 @@ fn several_cert_ids_and_nonce_echo_are_signed_live() {
         .arg(&b.cert_pem)
         .arg("-CAfile")
         .arg(&ca.cert_pem));
-    assert!(ok && out.contains("a.pem: good") && out.contains("b.pem: revoked") && out.contains("affiliationChanged"), "{out}");
+    assert!(
+        ok && out.contains("a.pem: good")
+            && out.contains("b.pem: revoked")
+            && out.contains("affiliationChanged"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -268,23 +474,56 @@ fn other_issuers_get_unauthorized_and_loaded_files_are_served() {
     let root = TestCa::new("Test Root");
     let inter = root.intermediate("Test Issuing CA");
     let leaf = inter.issue_leaf("leaf");
-    let r = responder(&inter, ResponderKey::ca(inter.signer_dyn()), Arc::new(SystemClock), ResponderConfig::default());
+    let r = responder(
+        &inter,
+        ResponderKey::ca(inter.signer_dyn()),
+        Arc::new(SystemClock),
+        ResponderConfig::default(),
+    );
     r.load().unwrap();
     // The intermediate's own status is the root's business: unauthorized until a file is loaded.
     let inter_pem = inter.cert_pem.clone();
     let req = openssl_request(&root, &[&inter_pem], "inter-req.der", &["-no_nonce"]);
-    let Lookup::Ready(a) = r.lookup(&req) else { panic!() };
-    assert_eq!(a.kind, AnswerKind::Error(x509_ocsp::OcspResponseStatus::Unauthorized));
+    let Lookup::Ready(a) = r.lookup(&req) else {
+        panic!()
+    };
+    assert_eq!(
+        a.kind,
+        AnswerKind::Error(x509_ocsp::OcspResponseStatus::Unauthorized)
+    );
 
     let now = Utc::now();
     let inter_serial = x509_parser_serial(&inter.cert_der);
-    let der = sign_response(root.signer.as_ref(), None, &root.cert_der, &[(inter_serial, CertStatus::Good)], now, now + Duration::days(7), None).unwrap();
+    let der = sign_response(
+        root.signer.as_ref(),
+        None,
+        &root.cert_der,
+        &[(inter_serial, CertStatus::Good)],
+        now,
+        now + Duration::days(7),
+        None,
+    )
+    .unwrap();
     let file = inter.path("intermediate.ocsp.der");
     write(&file, &der);
     // Wrong signer certificate: refused at load (fail closed).
-    assert!(r.add_external(ca_core::ocsp::ExternalResponse { path: file.clone(), signer_cert_der: inter.cert_der.clone() }).is_err());
-    assert_eq!(r.add_external(ca_core::ocsp::ExternalResponse { path: file.clone(), signer_cert_der: root.cert_der.clone() }).unwrap(), 1);
-    let Lookup::Ready(a) = r.lookup(&req) else { panic!() };
+    assert!(r
+        .add_external(ca_core::ocsp::ExternalResponse {
+            path: file.clone(),
+            signer_cert_der: inter.cert_der.clone()
+        })
+        .is_err());
+    assert_eq!(
+        r.add_external(ca_core::ocsp::ExternalResponse {
+            path: file.clone(),
+            signer_cert_der: root.cert_der.clone()
+        })
+        .unwrap(),
+        1
+    );
+    let Lookup::Ready(a) = r.lookup(&req) else {
+        panic!()
+    };
     assert_eq!(a.der, der);
     let p = inter.path("inter-resp.der");
     write(&p, &a.der);
@@ -293,7 +532,9 @@ fn other_issuers_get_unauthorized_and_loaded_files_are_served() {
 
     // The leaf is still answered from the responder's own cache.
     let req = openssl_request(&inter, &[&leaf.cert_pem], "leaf-req.der", &["-no_nonce"]);
-    assert!(matches!(r.lookup(&req), Lookup::Ready(a) if a.cert_status() == Some(&CertStatus::Good)));
+    assert!(
+        matches!(r.lookup(&req), Lookup::Ready(a) if a.cert_status() == Some(&CertStatus::Good))
+    );
 }
 
 fn x509_parser_serial(der: &[u8]) -> Vec<u8> {

@@ -29,7 +29,10 @@ use ca_core::store::{CertRecord, RecordStatus, Requester, SledStore, Store};
 use ca_server::status::{StatusConfig, StatusSetup, StatusState};
 use chrono::{Duration, Utc};
 use der::Encode;
-use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber};
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -38,8 +41,15 @@ use tokio::io::AsyncReadExt;
 
 fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let body: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", body.join("\n"))
+    let body: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        body.join("\n")
+    )
 }
 
 fn serial() -> Vec<u8> {
@@ -55,9 +65,15 @@ fn openssl_time(t: chrono::DateTime<Utc>) -> String {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("load") {
-        return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(load(&args[1..]));
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(load(&args[1..]));
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(args))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
 }
 
 async fn load(args: &[String]) -> anyhow::Result<()> {
@@ -69,9 +85,16 @@ async fn load(args: &[String]) -> anyhow::Result<()> {
     let mut reqs = Vec::new();
     for line in std::fs::read_to_string(list)?.lines() {
         let mut parts = line.split(' ');
-        let (_kind, file, get) = (parts.next(), parts.next().context("file")?, parts.next().context("path")?);
+        let (_kind, file, get) = (
+            parts.next(),
+            parts.next().context("file")?,
+            parts.next().context("path")?,
+        );
         reqs.push(if method == "POST" {
-            (format!("{url}{post_path}"), Some(Bytes::from(std::fs::read(file)?)))
+            (
+                format!("{url}{post_path}"),
+                Some(Bytes::from(std::fs::read(file)?)),
+            )
         } else {
             (format!("{url}{get_prefix}{get}"), None)
         });
@@ -92,14 +115,23 @@ async fn load(args: &[String]) -> anyhow::Result<()> {
                 let (uri, body) = &reqs[i];
                 let mut b = axum::http::Request::builder().uri(uri.as_str());
                 if body.is_some() {
-                    b = b.method("POST").header(header::CONTENT_TYPE, "application/ocsp-request");
+                    b = b
+                        .method("POST")
+                        .header(header::CONTENT_TYPE, "application/ocsp-request");
                 }
-                let Ok(req) = b.body(http_body_util::Full::new(body.clone().unwrap_or_default())) else { errors += 1; continue };
+                let Ok(req) = b.body(http_body_util::Full::new(body.clone().unwrap_or_default()))
+                else {
+                    errors += 1;
+                    continue;
+                };
                 let t = std::time::Instant::now();
                 match client.request(req).await {
                     Ok(resp) => {
                         let ok = resp.status() == 200;
-                        if http_body_util::BodyExt::collect(resp.into_body()).await.is_err() {
+                        if http_body_util::BodyExt::collect(resp.into_body())
+                            .await
+                            .is_err()
+                        {
                             errors += 1;
                             continue;
                         }
@@ -123,7 +155,11 @@ async fn load(args: &[String]) -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "RESULT rps={:.0} p50_us={} p99_us={} errors={errors} non200={non200}",
         lat.len() as f64 / elapsed,
@@ -148,9 +184,15 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     let now = Utc::now();
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "Bench Issuing CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Bench Issuing CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca_params.not_before = to_offset(now - Duration::days(1));
     ca_params.not_after = to_offset(now + Duration::days(365));
     ca_params.serial_number = Some(SerialNumber::from_slice(&serial()));
@@ -165,17 +207,32 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
         p.distinguished_name.push(DnType::CommonName, cn);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
-        p.custom_extensions = vec![CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 48, 1, 5], vec![0x05, 0x00])];
+        p.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+            vec![0x05, 0x00],
+        )];
         p.not_before = to_offset(now - Duration::hours(1));
         p.not_after = to_offset(now + Duration::days(30));
         p.serial_number = Some(SerialNumber::from_slice(&serial()));
         Ok(p)
     };
-    let ours_der = responder_params("Bench OCSP responder")?.signed_by(&RcgenKey::new(ocsp_signer.as_ref()), &issuer)?.der().to_vec();
+    let ours_der = responder_params("Bench OCSP responder")?
+        .signed_by(&RcgenKey::new(ocsp_signer.as_ref()), &issuer)?
+        .der()
+        .to_vec();
     let openssl_key = KeyPair::generate()?;
-    let openssl_der = responder_params("OpenSSL OCSP responder")?.signed_by(&openssl_key, &issuer)?.der().to_vec();
-    std::fs::write(dir.join("openssl-responder.pem"), pem("CERTIFICATE", &openssl_der))?;
-    std::fs::write(dir.join("openssl-responder.key"), openssl_key.serialize_pem())?;
+    let openssl_der = responder_params("OpenSSL OCSP responder")?
+        .signed_by(&openssl_key, &issuer)?
+        .der()
+        .to_vec();
+    std::fs::write(
+        dir.join("openssl-responder.pem"),
+        pem("CERTIFICATE", &openssl_der),
+    )?;
+    std::fs::write(
+        dir.join("openssl-responder.key"),
+        openssl_key.serialize_pem(),
+    )?;
 
     // Certificates: one leaf key for all (only the serial matters here), 20% revoked.
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"))?);
@@ -185,7 +242,8 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     for i in 0..n {
         let s = serial();
         let mut p = CertificateParams::new(vec![format!("host{i}.bench")])?;
-        p.distinguished_name.push(DnType::CommonName, format!("host{i}"));
+        p.distinguished_name
+            .push(DnType::CommonName, format!("host{i}"));
         p.serial_number = Some(SerialNumber::from_slice(&s));
         let not_after = truncate(now + Duration::days(30));
         p.not_before = to_offset(now - Duration::hours(1));
@@ -201,7 +259,9 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
             not_after,
             issued_at: truncate(now),
             requester: Requester::Admin("bench".into()),
-            spki_sha256: ca_core::signer::sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(&leaf_key)),
+            spki_sha256: ca_core::signer::sha256_hex(
+                &rcgen::PublicKeyData::subject_public_key_info(&leaf_key),
+            ),
             der,
             status: RecordStatus::Valid,
         };
@@ -210,10 +270,19 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
         if i % 5 == 4 {
             let at = truncate(now - Duration::minutes(5));
             store.revoke(&s, at, RevocationReason::KeyCompromise)?;
-            let _ = writeln!(index, "R\t{}\t{},keyCompromise\t{hex}\tunknown\t/CN=host{i}", openssl_time(not_after), openssl_time(at));
+            let _ = writeln!(
+                index,
+                "R\t{}\t{},keyCompromise\t{hex}\tunknown\t/CN=host{i}",
+                openssl_time(not_after),
+                openssl_time(at)
+            );
             revoked.push(s);
         } else {
-            let _ = writeln!(index, "V\t{}\t\t{hex}\tunknown\t/CN=host{i}", openssl_time(not_after));
+            let _ = writeln!(
+                index,
+                "V\t{}\t\t{hex}\tunknown\t/CN=host{i}",
+                openssl_time(not_after)
+            );
             good.push(s);
         }
     }
@@ -239,7 +308,10 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     // The request mix: 60 good, 20 revoked, 20 unknown, SHA-1 CertIDs as OpenSSL and nginx send.
     let ocsp_issuer = OcspIssuer::from_cert_der(&ca_der)?;
     let mut list = String::new();
-    let mix = good.iter().take(60).map(|s| ("good", s.clone()))
+    let mix = good
+        .iter()
+        .take(60)
+        .map(|s| ("good", s.clone()))
         .chain(revoked.iter().take(20).map(|s| ("revoked", s.clone())))
         .chain((0..20).map(|_| ("unknown", serial())));
     for (i, (kind, s)) in mix.enumerate() {
@@ -247,7 +319,10 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
             tbs_request: TbsRequest {
                 version: Default::default(),
                 requestor_name: None,
-                request_list: vec![Request { req_cert: ocsp_issuer.cert_id(HashAlg::Sha1, &s)?, single_request_extensions: None }],
+                request_list: vec![Request {
+                    req_cert: ocsp_issuer.cert_id(HashAlg::Sha1, &s)?,
+                    single_request_extensions: None,
+                }],
                 request_extensions: None,
             },
             optional_signature: None,
@@ -255,12 +330,19 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
         .to_der()?;
         let file = dir.join("requests").join(format!("{i:03}-{kind}.der"));
         std::fs::write(&file, &req)?;
-        let get = base64::engine::general_purpose::STANDARD.encode(&req).replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        let get = base64::engine::general_purpose::STANDARD
+            .encode(&req)
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
         let _ = writeln!(list, "{kind} {} {get}", file.display());
     }
     std::fs::write(dir.join("requests.txt"), list)?;
 
-    let sample = state.responder().cached(&good[0]).context("no pre-signed response")?;
+    let sample = state
+        .responder()
+        .cached(&good[0])
+        .context("no pre-signed response")?;
     std::fs::write(dir.join("static-response.der"), &sample.der)?;
     let fixed = Bytes::from(sample.der.clone());
 
@@ -276,8 +358,16 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     let bare_port = bare.local_addr()?.port();
     let (f1, f2) = (fixed.clone(), fixed.clone());
     let app = Router::new()
-        .route("/ocsp", post(move |_body: Bytes| async move { ([(header::CONTENT_TYPE, "application/ocsp-response")], f1) }))
-        .route("/ocsp/{*r}", get(move || async move { ([(header::CONTENT_TYPE, "application/ocsp-response")], f2) }));
+        .route(
+            "/ocsp",
+            post(move |_body: Bytes| async move {
+                ([(header::CONTENT_TYPE, "application/ocsp-response")], f1)
+            }),
+        )
+        .route(
+            "/ocsp/{*r}",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/ocsp-response")], f2) }),
+        );
     let mut rx2 = stop_rx.clone();
     let bare_task = tokio::spawn(async move {
         axum::serve(bare, app)
@@ -292,16 +382,21 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     let get_path = format!(
         "/ocsp/{}",
         base64::engine::general_purpose::STANDARD
-            .encode(OcspRequest {
-                tbs_request: TbsRequest {
-                    version: Default::default(),
-                    requestor_name: None,
-                    request_list: vec![Request { req_cert: ocsp_issuer.cert_id(HashAlg::Sha1, &victim)?, single_request_extensions: None }],
-                    request_extensions: None,
-                },
-                optional_signature: None,
-            }
-            .to_der()?)
+            .encode(
+                OcspRequest {
+                    tbs_request: TbsRequest {
+                        version: Default::default(),
+                        requestor_name: None,
+                        request_list: vec![Request {
+                            req_cert: ocsp_issuer.cert_id(HashAlg::Sha1, &victim)?,
+                            single_request_extensions: None
+                        }],
+                        request_extensions: None,
+                    },
+                    optional_signature: None,
+                }
+                .to_der()?
+            )
             .replace('+', "%2B")
             .replace('/', "%2F")
             .replace('=', "%3D")
@@ -309,17 +404,34 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<Bytes>>();
     let t0 = std::time::Instant::now();
-    state.revoke(victim, RevocationReason::KeyCompromise, Utc::now(), "bench".into()).await?;
+    state
+        .revoke(
+            victim,
+            RevocationReason::KeyCompromise,
+            Utc::now(),
+            "bench".into(),
+        )
+        .await?;
     let acked = t0.elapsed();
     let visible = loop {
         let uri: axum::http::Uri = format!("http://127.0.0.1:{ours_port}{get_path}").parse()?;
         let resp = client.get(uri).await?;
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await?.to_bytes();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await?
+            .to_bytes();
         let parsed = ca_core::ocsp::parse_response(&body)?;
-        if parsed.singles().first().is_some_and(|s| matches!(s.cert_status, ca_core::ocsp::x509_ocsp::CertStatus::Revoked(_))) {
+        if parsed.singles().first().is_some_and(|s| {
+            matches!(
+                s.cert_status,
+                ca_core::ocsp::x509_ocsp::CertStatus::Revoked(_)
+            )
+        }) {
             break t0.elapsed();
         }
-        anyhow::ensure!(t0.elapsed() < std::time::Duration::from_secs(5), "revocation not visible after 5 s");
+        anyhow::ensure!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "revocation not visible after 5 s"
+        );
     };
 
     let mut out = std::io::stdout().lock();

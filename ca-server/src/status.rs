@@ -58,7 +58,10 @@ use axum::Router;
 use base64::Engine;
 use ca_core::clock::Clock;
 use ca_core::crl::{CrlConfig, CrlPublisher, SignedCrl};
-use ca_core::ocsp::{AnswerKind, ExternalResponse, Lookup, OcspAnswer, Responder, ResponderConfig, ResponderKey};
+use ca_core::ocsp::OcspResponseStatus;
+use ca_core::ocsp::{
+    AnswerKind, ExternalResponse, Lookup, OcspAnswer, Responder, ResponderConfig, ResponderKey,
+};
 use ca_core::revocation::RevocationReason;
 use ca_core::signer::Signer;
 use ca_core::store::{CertRecord, Store};
@@ -69,7 +72,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use ca_core::ocsp::OcspResponseStatus;
 
 const OCSP_RESPONSE: &str = "application/ocsp-response";
 const OCSP_REQUEST: &str = "application/ocsp-request";
@@ -178,7 +180,14 @@ impl StatusState {
             setup.crl,
         )?);
         crls.regenerate()?;
-        Ok(Arc::new(Self::new(responder, crls, setup.store, setup.issuer_cert_der, setup.root_crl, setup.http)))
+        Ok(Arc::new(Self::new(
+            responder,
+            crls,
+            setup.store,
+            setup.issuer_cert_der,
+            setup.root_crl,
+            setup.http,
+        )))
     }
 
     /// Assemble from parts already built (the responder loaded, the CRL publisher ready).
@@ -228,7 +237,14 @@ impl StatusState {
         at: DateTime<Utc>,
         actor: &str,
     ) -> ca_core::Result<CertRecord> {
-        let r = ca_core::revocation::revoke(self.store.as_ref(), &self.responder, serial, reason, at, actor);
+        let r = ca_core::revocation::revoke(
+            self.store.as_ref(),
+            &self.responder,
+            serial,
+            reason,
+            at,
+            actor,
+        );
         if r.is_ok() {
             self.crl_dirty.notify_one();
         }
@@ -246,7 +262,10 @@ impl StatusState {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.revoke_blocking(&serial, reason, at, &actor))
             .await
-            .map_err(|e| ca_core::Error::Store { op: "revoke task", source: Box::new(e) })?
+            .map_err(|e| ca_core::Error::Store {
+                op: "revoke task",
+                source: Box::new(e),
+            })?
     }
 
     /// One maintenance pass (blocking): re-sign due OCSP responses, reload changed external
@@ -254,7 +273,12 @@ impl StatusState {
     pub fn maintain_blocking(&self) {
         match self.responder.refresh_due() {
             Ok(s) if s.refreshed + s.dropped + s.failed > 0 => {
-                tracing::info!(refreshed = s.refreshed, dropped = s.dropped, failed = s.failed, "OCSP refresh pass");
+                tracing::info!(
+                    refreshed = s.refreshed,
+                    dropped = s.dropped,
+                    failed = s.failed,
+                    "OCSP refresh pass"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "OCSP refresh pass failed"),
@@ -360,7 +384,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let maintenance = state.spawn_maintenance();
-    let r = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let r = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
     maintenance.abort();
     r
 }
@@ -408,8 +434,10 @@ impl CacheMeta {
         let cc = if left >= cap.secs {
             cap.full.clone()
         } else {
-            HeaderValue::from_str(&format!("max-age={left}, public, no-transform, must-revalidate"))
-                .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+            HeaderValue::from_str(&format!(
+                "max-age={left}, public, no-transform, must-revalidate"
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
         };
         h.insert(header::CACHE_CONTROL, cc);
         h.insert(header::LAST_MODIFIED, self.last_modified.clone());
@@ -430,8 +458,10 @@ struct MaxAge {
 impl MaxAge {
     fn new(cap: Duration) -> Self {
         let secs = cap.as_secs();
-        let full = HeaderValue::from_str(&format!("max-age={secs}, public, no-transform, must-revalidate"))
-            .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
+        let full = HeaderValue::from_str(&format!(
+            "max-age={secs}, public, no-transform, must-revalidate"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
         MaxAge { secs, full }
     }
 }
@@ -444,15 +474,33 @@ fn not_modified(req: &HeaderMap, etag: &str) -> bool {
         .any(|t| t.trim() == etag || t.trim() == "*")
 }
 
-fn ocsp_http(state: &StatusState, a: Arc<OcspAnswer>, cacheable_get: bool, req: &HeaderMap) -> Response {
+fn ocsp_http(
+    state: &StatusState,
+    a: Arc<OcspAnswer>,
+    cacheable_get: bool,
+    req: &HeaderMap,
+) -> Response {
     state.observe(&a);
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE));
-    if let AnswerKind::Signed { this_update, next_update, cacheable: true, .. } = &a.kind {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(OCSP_RESPONSE),
+    );
+    if let AnswerKind::Signed {
+        this_update,
+        next_update,
+        cacheable: true,
+        ..
+    } = &a.kind
+    {
         if cacheable_get {
-            match a.transport.get_or_init(|| CacheMeta::new(*this_update, *next_update, &a.etag)) {
+            match a
+                .transport
+                .get_or_init(|| CacheMeta::new(*this_update, *next_update, &a.etag))
+            {
                 Some(meta) => meta.apply(&mut h, &state.max_age),
-                None => CacheMeta::new(*this_update, *next_update, &a.etag).apply(&mut h, &state.max_age),
+                None => CacheMeta::new(*this_update, *next_update, &a.etag)
+                    .apply(&mut h, &state.max_age),
             }
             if not_modified(req, &a.etag) {
                 return (StatusCode::NOT_MODIFIED, h).into_response();
@@ -483,8 +531,11 @@ async fn answer(state: &Arc<StatusState>, der: &[u8], get: bool, req: &HeaderMap
 /// standard or URL-safe alphabet, padding optional, stray leading slashes (from a responder URL
 /// ending in `/`) ignored. A DER request starts with 0x30, i.e. base64 `M`, never `/`.
 fn decode_get_path(p: &str) -> Option<Vec<u8>> {
-    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
-    const CFG: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    use base64::engine::{
+        general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig,
+    };
+    const CFG: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     const STD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CFG);
     const URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CFG);
     let p = p.trim_start_matches('/');
@@ -495,7 +546,11 @@ fn decode_get_path(p: &str) -> Option<Vec<u8>> {
     }
 }
 
-async fn ocsp_get(State(state): State<Arc<StatusState>>, Path(request): Path<String>, headers: HeaderMap) -> Response {
+async fn ocsp_get(
+    State(state): State<Arc<StatusState>>,
+    Path(request): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     // base64 is 4/3 of the DER: refuse before decoding anything oversized.
     if request.len() > state.config.max_request_bytes.saturating_mul(4) / 3 + 4 {
         return (StatusCode::URI_TOO_LONG, "OCSP request too large\n").into_response();
@@ -506,11 +561,22 @@ async fn ocsp_get(State(state): State<Arc<StatusState>>, Path(request): Path<Str
     }
 }
 
-async fn ocsp_post(State(state): State<Arc<StatusState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+async fn ocsp_post(
+    State(state): State<Arc<StatusState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case(OCSP_REQUEST) {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/ocsp-request\n").into_response();
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/ocsp-request\n",
+        )
+            .into_response();
     }
     answer(&state, &body, false, &headers).await
 }
@@ -529,13 +595,20 @@ fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Response {
 async fn crl(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Response {
     match state.crls.current() {
         Some(c) => crl_http(c, &state.max_age, &headers),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "no CRL has been built yet\n").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no CRL has been built yet\n",
+        )
+            .into_response(),
     }
 }
 
 async fn ca_cert(State(state): State<Arc<StatusState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, PKIX_CERT), (header::CACHE_CONTROL, "max-age=3600, public, no-transform")],
+        [
+            (header::CONTENT_TYPE, PKIX_CERT),
+            (header::CACHE_CONTROL, "max-age=3600, public, no-transform"),
+        ],
         state.ca_cert.clone(),
     )
         .into_response()
@@ -558,7 +631,13 @@ async fn root_crl(State(state): State<Arc<StatusState>>) -> Response {
             } else {
                 bytes
             };
-            ([(header::CONTENT_TYPE, PKIX_CRL), (header::CACHE_CONTROL, "max-age=300, public, no-transform")], der)
+            (
+                [
+                    (header::CONTENT_TYPE, PKIX_CRL),
+                    (header::CACHE_CONTROL, "max-age=300, public, no-transform"),
+                ],
+                der,
+            )
                 .into_response()
         }
         Err(e) => {

@@ -10,7 +10,9 @@ use ca_core::revocation::{CertStatus, RevocationReason};
 use ca_core::store::Store;
 use chrono::{Duration, Utc};
 use status_support::fixture::{write_pem, TestCa};
-use status_support::{curl_client_cert, free_port, openssl, openssl_ocsp, run_async, start, Nginx, Options};
+use status_support::{
+    curl_client_cert, free_port, openssl, openssl_ocsp, run_async, start, Nginx, Options,
+};
 use std::process::Command;
 use std::time::Instant;
 
@@ -24,23 +26,62 @@ async fn openssl_ocsp_good_then_revoked_and_unknown_over_http() {
     // Default openssl request carries a nonce: pre-signed answers ignore it (RFC 5019), openssl
     // warns and still verifies.
     let (ok, out) = openssl_ocsp(&l, &ca.cert_pem, &leaf.cert_pem, &ca.cert_pem, &[]).await;
-    assert!(ok && out.contains("Response verify OK") && out.contains("alice.pem: good"), "{out}");
-    let (ok, out) = openssl_ocsp(&l, &ca.cert_pem, &leaf.cert_pem, &ca.cert_pem, &["-no_nonce", "-sha256"]).await;
-    assert!(ok && out.contains("Response verify OK") && out.contains("alice.pem: good"), "SHA-256 CertID: {out}");
+    assert!(
+        ok && out.contains("Response verify OK") && out.contains("alice.pem: good"),
+        "{out}"
+    );
+    let (ok, out) = openssl_ocsp(
+        &l,
+        &ca.cert_pem,
+        &leaf.cert_pem,
+        &ca.cert_pem,
+        &["-no_nonce", "-sha256"],
+    )
+    .await;
+    assert!(
+        ok && out.contains("Response verify OK") && out.contains("alice.pem: good"),
+        "SHA-256 CertID: {out}"
+    );
 
     let t0 = Instant::now();
-    l.state.revoke(leaf.record.serial.clone(), RevocationReason::KeyCompromise, Utc::now(), "test".into()).await.unwrap();
-    let (ok, out) = openssl_ocsp(&l, &ca.cert_pem, &leaf.cert_pem, &ca.cert_pem, &["-no_nonce"]).await;
+    l.state
+        .revoke(
+            leaf.record.serial.clone(),
+            RevocationReason::KeyCompromise,
+            Utc::now(),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+    let (ok, out) = openssl_ocsp(
+        &l,
+        &ca.cert_pem,
+        &leaf.cert_pem,
+        &ca.cert_pem,
+        &["-no_nonce"],
+    )
+    .await;
     assert!(ok && out.contains("Response verify OK"), "{out}");
-    assert!(out.contains("alice.pem: revoked") && out.contains("Reason: keyCompromise"), "{out}");
+    assert!(
+        out.contains("alice.pem: revoked") && out.contains("Reason: keyCompromise"),
+        "{out}"
+    );
     eprintln!("revocation visible over OCSP after {:?}", t0.elapsed());
 
     let (ok, out) = openssl_ocsp(&l, &ca.cert_pem, &ghost, &ca.cert_pem, &["-no_nonce"]).await;
-    assert!(ok && out.contains("Response verify OK") && out.contains("ghost.pem: unknown"), "{out}");
+    assert!(
+        ok && out.contains("Response verify OK") && out.contains("ghost.pem: unknown"),
+        "{out}"
+    );
 
     // The audit log recorded the revocation.
     let events = ca.store.audit_events(0, 100).unwrap();
-    assert!(events.iter().any(|e| e.event.action == "revoke" && e.event.result == "ok"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event.action == "revoke" && e.event.result == "ok"),
+        "{events:?}"
+    );
     l.stop().await;
 }
 
@@ -48,12 +89,32 @@ async fn openssl_ocsp_good_then_revoked_and_unknown_over_http() {
 async fn ca_signed_responses_and_nonce_echo() {
     let ca = TestCa::new("Test Issuing CA");
     let leaf = ca.issue_leaf("bob");
-    let opts = Options { delegated: false, responder: ResponderConfig { echo_nonce: true, ..Default::default() }, ..Default::default() };
+    let opts = Options {
+        delegated: false,
+        responder: ResponderConfig {
+            echo_nonce: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let l = start(&ca, opts).await;
     // CA-signed: the signer is the issuer itself; -VAfile names it explicitly.
-    let (ok, out) = openssl_ocsp(&l, &ca.cert_pem, &leaf.cert_pem, &ca.cert_pem, &["-VAfile", ca.cert_pem.to_str().unwrap()]).await;
-    assert!(ok && out.contains("Response verify OK") && out.contains("bob.pem: good"), "{out}");
-    assert!(!out.contains("nonce"), "nonce echoed, no warning expected: {out}");
+    let (ok, out) = openssl_ocsp(
+        &l,
+        &ca.cert_pem,
+        &leaf.cert_pem,
+        &ca.cert_pem,
+        &["-VAfile", ca.cert_pem.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        ok && out.contains("Response verify OK") && out.contains("bob.pem: good"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("nonce"),
+        "nonce echoed, no warning expected: {out}"
+    );
     l.stop().await;
 }
 
@@ -72,43 +133,83 @@ async fn get_with_url_encoded_base64_has_rfc5019_headers() {
     let req_path = ca.path("req.der");
     let (ok, out) = run_async({
         let mut c = openssl();
-        c.args(["ocsp", "-no_nonce", "-issuer"]).arg(&ca.cert_pem).arg("-cert").arg(&leaf.cert_pem).arg("-reqout").arg(&req_path);
+        c.args(["ocsp", "-no_nonce", "-issuer"])
+            .arg(&ca.cert_pem)
+            .arg("-cert")
+            .arg(&leaf.cert_pem)
+            .arg("-reqout")
+            .arg(&req_path);
         c
     })
     .await;
     assert!(ok, "{out}");
     let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req_path).unwrap());
     // RFC 6960 A.1: url-encoding of base64; also the raw form with '/' and '+' in the path.
-    let encoded = b64.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+    let encoded = b64
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
     for (name, path) in [("encoded", encoded), ("raw", b64.clone())] {
         let resp = ca.path(&format!("resp-{name}.der"));
         let hdrs = ca.path(&format!("hdrs-{name}.txt"));
         let mut c = Command::new("curl");
-        c.args(["-sS", "--fail", "-o"]).arg(&resp).arg("-D").arg(&hdrs).arg(l.url(&format!("/ocsp/{path}")));
+        c.args(["-sS", "--fail", "-o"])
+            .arg(&resp)
+            .arg("-D")
+            .arg(&hdrs)
+            .arg(l.url(&format!("/ocsp/{path}")));
         let (ok, out) = run_async(c).await;
         assert!(ok, "{name}: {out}");
         let h = std::fs::read_to_string(&hdrs).unwrap();
-        assert_eq!(header(&h, "content-type"), Some("application/ocsp-response"), "{h}");
+        assert_eq!(
+            header(&h, "content-type"),
+            Some("application/ocsp-response"),
+            "{h}"
+        );
         let cc = header(&h, "cache-control").unwrap_or_default();
-        assert!(cc.starts_with("max-age=") && cc.contains("public") && cc.contains("no-transform") && cc.contains("must-revalidate"), "{h}");
-        let max_age: u64 = cc.trim_start_matches("max-age=").split(',').next().unwrap().parse().unwrap();
+        assert!(
+            cc.starts_with("max-age=")
+                && cc.contains("public")
+                && cc.contains("no-transform")
+                && cc.contains("must-revalidate"),
+            "{h}"
+        );
+        let max_age: u64 = cc
+            .trim_start_matches("max-age=")
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(max_age > 0 && max_age <= 60, "{h}");
         for name in ["expires", "last-modified", "etag", "date"] {
             assert!(header(&h, name).is_some(), "missing {name}: {h}");
         }
         let (ok, out) = run_async({
             let mut c = openssl();
-            c.args(["ocsp", "-no_nonce", "-respin"]).arg(&resp).arg("-issuer").arg(&ca.cert_pem).arg("-cert").arg(&leaf.cert_pem).arg("-CAfile").arg(&ca.cert_pem);
+            c.args(["ocsp", "-no_nonce", "-respin"])
+                .arg(&resp)
+                .arg("-issuer")
+                .arg(&ca.cert_pem)
+                .arg("-cert")
+                .arg(&leaf.cert_pem)
+                .arg("-CAfile")
+                .arg(&ca.cert_pem);
             c
         })
         .await;
-        assert!(ok && out.contains("Response verify OK") && out.contains("carol.pem: good"), "{name}: {out}");
+        assert!(
+            ok && out.contains("Response verify OK") && out.contains("carol.pem: good"),
+            "{name}: {out}"
+        );
     }
     // Conditional GET: 304 for the same ETag.
     let h = std::fs::read_to_string(ca.path("hdrs-raw.txt")).unwrap();
     let etag = header(&h, "etag").unwrap().to_string();
     let mut c = Command::new("curl");
-    c.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"]).arg(format!("If-None-Match: {etag}")).arg(l.url(&format!("/ocsp/{b64}")));
+    c.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("If-None-Match: {etag}"))
+        .arg(l.url(&format!("/ocsp/{b64}")));
     let (_, out) = run_async(c).await;
     assert_eq!(out.trim(), "304");
     l.stop().await;
@@ -121,32 +222,58 @@ async fn crl_and_issuer_certificate_over_http() {
     let bad = ca.issue_leaf("bad");
     let root_crl = ca.path("root.crl");
     std::fs::write(&root_crl, b"not really a CRL, served as is").unwrap();
-    let l = start(&ca, Options { root_crl: Some(root_crl), ..Default::default() }).await;
+    let l = start(
+        &ca,
+        Options {
+            root_crl: Some(root_crl),
+            ..Default::default()
+        },
+    )
+    .await;
 
     let fetch = |path: &str, out: std::path::PathBuf| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--fail", "-D", "-", "-o"]).arg(out).arg(l.url(path));
+        c.args(["-sS", "--fail", "-D", "-", "-o"])
+            .arg(out)
+            .arg(l.url(path));
         run_async(c)
     };
     let (ok, hdrs) = fetch("/ca.crt", ca.path("ca.der")).await;
-    assert!(ok && header(&hdrs, "content-type") == Some("application/pkix-cert"), "{hdrs}");
+    assert!(
+        ok && header(&hdrs, "content-type") == Some("application/pkix-cert"),
+        "{hdrs}"
+    );
     assert_eq!(std::fs::read(ca.path("ca.der")).unwrap(), ca.cert_der);
     let (ok, hdrs) = fetch("/root.crl", ca.path("root-fetched.crl")).await;
-    assert!(ok && header(&hdrs, "content-type") == Some("application/pkix-crl"), "{hdrs}");
+    assert!(
+        ok && header(&hdrs, "content-type") == Some("application/pkix-crl"),
+        "{hdrs}"
+    );
 
     let (ok, hdrs) = fetch("/crl", ca.path("crl1.der")).await;
-    assert!(ok && header(&hdrs, "content-type") == Some("application/pkix-crl") && header(&hdrs, "expires").is_some(), "{hdrs}");
+    assert!(
+        ok && header(&hdrs, "content-type") == Some("application/pkix-crl")
+            && header(&hdrs, "expires").is_some(),
+        "{hdrs}"
+    );
     let first = l.state.crls().current().unwrap().number;
     let verify = |cert: std::path::PathBuf, crl: std::path::PathBuf| {
         let crl_pem = crl.with_extension("pem");
         write_pem(&crl_pem, "X509 CRL", &std::fs::read(&crl).unwrap());
         let mut c = openssl();
-        c.args(["verify", "-crl_check", "-CAfile"]).arg(&ca.cert_pem).arg("-CRLfile").arg(crl_pem).arg(cert);
+        c.args(["verify", "-crl_check", "-CAfile"])
+            .arg(&ca.cert_pem)
+            .arg("-CRLfile")
+            .arg(crl_pem)
+            .arg(cert);
         run_async(c)
     };
     let (ok, out) = run_async({
         let mut c = openssl();
-        c.args(["crl", "-inform", "DER", "-noout", "-verify", "-in"]).arg(ca.path("crl1.der")).arg("-CAfile").arg(&ca.cert_pem);
+        c.args(["crl", "-inform", "DER", "-noout", "-verify", "-in"])
+            .arg(ca.path("crl1.der"))
+            .arg("-CAfile")
+            .arg(&ca.cert_pem);
         c
     })
     .await;
@@ -154,11 +281,22 @@ async fn crl_and_issuer_certificate_over_http() {
     let (ok, out) = verify(bad.cert_pem.clone(), ca.path("crl1.der")).await;
     assert!(ok, "not revoked yet: {out}");
 
-    l.state.revoke(bad.record.serial.clone(), RevocationReason::CessationOfOperation, Utc::now(), "test".into()).await.unwrap();
+    l.state
+        .revoke(
+            bad.record.serial.clone(),
+            RevocationReason::CessationOfOperation,
+            Utc::now(),
+            "test".into(),
+        )
+        .await
+        .unwrap();
     // The CRL is rebuilt by the maintenance task right after the revocation.
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while l.state.crls().current().unwrap().number == first {
-        assert!(Instant::now() < deadline, "CRL not rebuilt after revocation");
+        assert!(
+            Instant::now() < deadline,
+            "CRL not rebuilt after revocation"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let (ok, _) = fetch("/crl", ca.path("crl2.der")).await;
@@ -170,7 +308,13 @@ async fn crl_and_issuer_certificate_over_http() {
     l.stop().await;
 }
 
-fn nginx_server_block(port: u16, server: &status_support::fixture::Leaf, client_ca: &std::path::Path, ocsp: &str, responder: &str) -> String {
+fn nginx_server_block(
+    port: u16,
+    server: &status_support::fixture::Leaf,
+    client_ca: &std::path::Path,
+    ocsp: &str,
+    responder: &str,
+) -> String {
     format!(
         "  server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name server.test;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
          ssl_client_certificate {};\n    ssl_verify_client on;\n    ssl_verify_depth 3;\n    ssl_ocsp {ocsp};\n    ssl_ocsp_responder {responder};\n    \
@@ -188,17 +332,50 @@ async fn nginx_ssl_ocsp_leaf_accepts_good_and_rejects_revoked() {
     let client = ca.issue_leaf("client");
     let l = start(&ca, Options::default()).await;
     let port = free_port();
-    let nginx = Nginx::start(port, &nginx_server_block(port, &server, &ca.cert_pem, "leaf", &l.url("/ocsp")));
+    let nginx = Nginx::start(
+        port,
+        &nginx_server_block(port, &server, &ca.cert_pem, "leaf", &l.url("/ocsp")),
+    );
 
-    let (code, out) = curl_client_cert(port, "server.test", &ca.cert_pem, &client.cert_pem, &client.key_pem).await;
-    assert_eq!(code, 200, "good client certificate refused: {out}\n{}", nginx.error_log());
+    let (code, out) = curl_client_cert(
+        port,
+        "server.test",
+        &ca.cert_pem,
+        &client.cert_pem,
+        &client.key_pem,
+    )
+    .await;
+    assert_eq!(
+        code,
+        200,
+        "good client certificate refused: {out}\n{}",
+        nginx.error_log()
+    );
     assert!(out.contains("hello CN=client"), "{out}");
 
-    l.state.revoke(client.record.serial.clone(), RevocationReason::KeyCompromise, Utc::now(), "test".into()).await.unwrap();
-    let (code, out) = curl_client_cert(port, "server.test", &ca.cert_pem, &client.cert_pem, &client.key_pem).await;
+    l.state
+        .revoke(
+            client.record.serial.clone(),
+            RevocationReason::KeyCompromise,
+            Utc::now(),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+    let (code, out) = curl_client_cert(
+        port,
+        "server.test",
+        &ca.cert_pem,
+        &client.cert_pem,
+        &client.key_pem,
+    )
+    .await;
     assert_ne!(code, 200, "revoked client certificate accepted: {out}");
     let log = nginx.error_log();
-    assert!(log.contains("revoked"), "nginx should log the OCSP verdict: {log}");
+    assert!(
+        log.contains("revoked"),
+        "nginx should log the OCSP verdict: {log}"
+    );
     l.stop().await;
 }
 
@@ -211,13 +388,37 @@ async fn nginx_ssl_ocsp_on_checks_the_whole_chain_with_a_root_signed_file() {
     // The intermediate's status, signed by the root in a ceremony, loaded from a file.
     let inter_serial = {
         use der::Decode;
-        x509_cert::Certificate::from_der(&inter.cert_der).unwrap().tbs_certificate.serial_number.as_bytes().to_vec()
+        x509_cert::Certificate::from_der(&inter.cert_der)
+            .unwrap()
+            .tbs_certificate
+            .serial_number
+            .as_bytes()
+            .to_vec()
     };
     let now = Utc::now();
     let file = inter.path("intermediate-ocsp.der");
-    let der = sign_response(root.signer.as_ref(), None, &root.cert_der, &[(inter_serial.clone(), CertStatus::Good)], now, now + Duration::days(7), None).unwrap();
+    let der = sign_response(
+        root.signer.as_ref(),
+        None,
+        &root.cert_der,
+        &[(inter_serial.clone(), CertStatus::Good)],
+        now,
+        now + Duration::days(7),
+        None,
+    )
+    .unwrap();
     std::fs::write(&file, der).unwrap();
-    let l = start(&inter, Options { external: vec![ExternalResponse { path: file.clone(), signer_cert_der: root.cert_der.clone() }], ..Default::default() }).await;
+    let l = start(
+        &inter,
+        Options {
+            external: vec![ExternalResponse {
+                path: file.clone(),
+                signer_cert_der: root.cert_der.clone(),
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
 
     // nginx trusts the root only; the client sends leaf + intermediate; the server's chain too.
     let client_chain = inter.path("client-chain.pem");
@@ -227,40 +428,116 @@ async fn nginx_ssl_ocsp_on_checks_the_whole_chain_with_a_root_signed_file() {
         pem.push_str(&std::fs::read_to_string(&inter.cert_pem).unwrap());
         std::fs::write(chain, pem).unwrap();
     }
-    let server_view = status_support::fixture::Leaf { record: server.record.clone(), cert_pem: server_chain.clone(), key_pem: server.key_pem.clone() };
+    let server_view = status_support::fixture::Leaf {
+        record: server.record.clone(),
+        cert_pem: server_chain.clone(),
+        key_pem: server.key_pem.clone(),
+    };
     let port = free_port();
-    let nginx = Nginx::start(port, &nginx_server_block(port, &server_view, &root.cert_pem, "on", &l.url("/ocsp")));
+    let nginx = Nginx::start(
+        port,
+        &nginx_server_block(port, &server_view, &root.cert_pem, "on", &l.url("/ocsp")),
+    );
 
-    let (code, out) = curl_client_cert(port, "server.test", &root.cert_pem, &client_chain, &client.key_pem).await;
-    assert_eq!(code, 200, "good chain refused: {out}\n{}", nginx.error_log());
+    let (code, out) = curl_client_cert(
+        port,
+        "server.test",
+        &root.cert_pem,
+        &client_chain,
+        &client.key_pem,
+    )
+    .await;
+    assert_eq!(
+        code,
+        200,
+        "good chain refused: {out}\n{}",
+        nginx.error_log()
+    );
 
     // Revoking the leaf is seen through the responder.
-    l.state.revoke(client.record.serial.clone(), RevocationReason::Superseded, Utc::now(), "test".into()).await.unwrap();
-    let (code, out) = curl_client_cert(port, "server.test", &root.cert_pem, &client_chain, &client.key_pem).await;
+    l.state
+        .revoke(
+            client.record.serial.clone(),
+            RevocationReason::Superseded,
+            Utc::now(),
+            "test".into(),
+        )
+        .await
+        .unwrap();
+    let (code, out) = curl_client_cert(
+        port,
+        "server.test",
+        &root.cert_pem,
+        &client_chain,
+        &client.key_pem,
+    )
+    .await;
     assert_ne!(code, 200, "revoked leaf accepted: {out}");
-    assert_eq!(nginx.error_log().matches("certificate revoked").count(), 1, "{}", nginx.error_log());
+    assert_eq!(
+        nginx.error_log().matches("certificate revoked").count(),
+        1,
+        "{}",
+        nginx.error_log()
+    );
 
     // A fresh leaf is good again; then the next ceremony revokes the intermediate, and the
     // refreshed file makes nginx refuse the whole chain.
     let client2 = inter.issue_leaf("client2");
     let state = l.state.clone();
     let rec = client2.record.clone();
-    tokio::task::spawn_blocking(move || ca_server::service::StatusHooks::on_issued(state.as_ref(), &rec)).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        ca_server::service::StatusHooks::on_issued(state.as_ref(), &rec)
+    })
+    .await
+    .unwrap();
     let chain2 = inter.path("client2-chain.pem");
     let mut pem = std::fs::read_to_string(&client2.cert_pem).unwrap();
     pem.push_str(&std::fs::read_to_string(&inter.cert_pem).unwrap());
     std::fs::write(&chain2, pem).unwrap();
-    let (code, out) = curl_client_cert(port, "server.test", &root.cert_pem, &chain2, &client2.key_pem).await;
+    let (code, out) = curl_client_cert(
+        port,
+        "server.test",
+        &root.cert_pem,
+        &chain2,
+        &client2.key_pem,
+    )
+    .await;
     assert_eq!(code, 200, "{out}\n{}", nginx.error_log());
 
     std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct file mtime
-    let revoked = CertStatus::Revoked { at: ca_core::clock::truncate(Utc::now()), reason: RevocationReason::CaCompromise };
-    let der = sign_response(root.signer.as_ref(), None, &root.cert_der, &[(inter_serial, revoked)], Utc::now(), Utc::now() + Duration::days(7), None).unwrap();
+    let revoked = CertStatus::Revoked {
+        at: ca_core::clock::truncate(Utc::now()),
+        reason: RevocationReason::CaCompromise,
+    };
+    let der = sign_response(
+        root.signer.as_ref(),
+        None,
+        &root.cert_der,
+        &[(inter_serial, revoked)],
+        Utc::now(),
+        Utc::now() + Duration::days(7),
+        None,
+    )
+    .unwrap();
     std::fs::write(&file, der).unwrap();
     let state = l.state.clone();
-    tokio::task::spawn_blocking(move || state.maintain_blocking()).await.unwrap();
-    let (code, out) = curl_client_cert(port, "server.test", &root.cert_pem, &chain2, &client2.key_pem).await;
+    tokio::task::spawn_blocking(move || state.maintain_blocking())
+        .await
+        .unwrap();
+    let (code, out) = curl_client_cert(
+        port,
+        "server.test",
+        &root.cert_pem,
+        &chain2,
+        &client2.key_pem,
+    )
+    .await;
     assert_ne!(code, 200, "revoked intermediate accepted: {out}");
-    assert_eq!(nginx.error_log().matches("certificate revoked").count(), 2, "{}", nginx.error_log());
+    assert_eq!(
+        nginx.error_log().matches("certificate revoked").count(),
+        2,
+        "{}",
+        nginx.error_log()
+    );
     l.stop().await;
 }

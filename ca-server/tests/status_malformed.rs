@@ -35,7 +35,10 @@ enum Expect {
 }
 
 enum Send {
-    Post { content_type: Option<&'static str>, body: Vec<u8> },
+    Post {
+        content_type: Option<&'static str>,
+        body: Vec<u8>,
+    },
     Get(String),
 }
 
@@ -65,7 +68,13 @@ fn request(certs: Vec<x509_ocsp::CertId>, extensions: Option<Vec<Extension>>) ->
         tbs_request: TbsRequest {
             version: Default::default(),
             requestor_name: None,
-            request_list: certs.into_iter().map(|c| Request { req_cert: c, single_request_extensions: None }).collect(),
+            request_list: certs
+                .into_iter()
+                .map(|c| Request {
+                    req_cert: c,
+                    single_request_extensions: None,
+                })
+                .collect(),
             request_extensions: extensions,
         },
         optional_signature: None,
@@ -78,7 +87,8 @@ fn nonce_ext(len: usize) -> Extension {
     Extension {
         extn_id: const_oid_nonce(),
         critical: false,
-        extn_value: OctetString::new(Nonce::new(vec![7u8; len]).unwrap().to_der().unwrap()).unwrap(),
+        extn_value: OctetString::new(Nonce::new(vec![7u8; len]).unwrap().to_der().unwrap())
+            .unwrap(),
     }
 }
 
@@ -87,11 +97,20 @@ fn const_oid_nonce() -> der::asn1::ObjectIdentifier {
 }
 
 fn post(body: Vec<u8>) -> Send {
-    Send::Post { content_type: Some("application/ocsp-request"), body }
+    Send::Post {
+        content_type: Some("application/ocsp-request"),
+        body,
+    }
 }
 
 fn get_b64(der: &[u8]) -> Send {
-    Send::Get(base64::engine::general_purpose::STANDARD.encode(der).replace('/', "%2F").replace('+', "%2B").replace('=', "%3D"))
+    Send::Get(
+        base64::engine::general_purpose::STANDARD
+            .encode(der)
+            .replace('/', "%2F")
+            .replace('+', "%2B")
+            .replace('=', "%3D"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +119,21 @@ async fn malformed_requests_get_malformed_request_or_4xx() {
     let leaf = ca.issue_leaf("leaf");
     let l = start(&ca, Options::default()).await;
     let issuer = OcspIssuer::from_cert_der(&ca.cert_der).unwrap();
-    let good = request(vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()], None);
-    let many: Vec<_> = (1..=17u8).map(|i| issuer.cert_id(HashAlg::Sha1, &[i]).unwrap()).collect();
+    let good = request(
+        vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()],
+        None,
+    );
+    let many: Vec<_> = (1..=17u8)
+        .map(|i| issuer.cert_id(HashAlg::Sha1, &[i]).unwrap())
+        .collect();
     let sha512_unissued = issuer.cert_id(HashAlg::Sha512, &[0x42; 16]).unwrap();
     let mut md5 = issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap();
     md5.hash_algorithm.oid = der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.2.5");
-    let critical = Extension { extn_id: der::asn1::ObjectIdentifier::new_unwrap("1.2.3.4"), critical: true, extn_value: OctetString::new(vec![5, 0]).unwrap() };
+    let critical = Extension {
+        extn_id: der::asn1::ObjectIdentifier::new_unwrap("1.2.3.4"),
+        critical: true,
+        extn_value: OctetString::new(vec![5, 0]).unwrap(),
+    };
     let long_serial = {
         let id = issuer.cert_id(HashAlg::Sha1, &[1]).unwrap();
         RawOcspRequest {
@@ -125,31 +153,146 @@ async fn malformed_requests_get_malformed_request_or_4xx() {
     };
 
     let rows: Vec<(&str, Send, Expect)> = vec![
-        ("control: good request, POST", post(good.clone()), Expect::Successful),
-        ("control: good request, GET", get_b64(&good), Expect::Successful),
-        ("control: SHA-512 CertID, unissued serial", post(request(vec![sha512_unissued], None)), Expect::Successful),
-        ("garbage", post(b"hello, responder".to_vec()), Expect::Malformed),
+        (
+            "control: good request, POST",
+            post(good.clone()),
+            Expect::Successful,
+        ),
+        (
+            "control: good request, GET",
+            get_b64(&good),
+            Expect::Successful,
+        ),
+        (
+            "control: SHA-512 CertID, unissued serial",
+            post(request(vec![sha512_unissued], None)),
+            Expect::Successful,
+        ),
+        (
+            "garbage",
+            post(b"hello, responder".to_vec()),
+            Expect::Malformed,
+        ),
         ("empty body", post(vec![]), Expect::Malformed),
-        ("truncated DER", post(good[..good.len() / 2].to_vec()), Expect::Malformed),
-        ("trailing bytes", post([good.clone(), vec![0]].concat()), Expect::Malformed),
-        ("wrong outer tag", post([vec![0x31], good[1..].to_vec()].concat()), Expect::Malformed),
-        ("absurd length", post(vec![0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x30]), Expect::Malformed),
-        ("serial longer than RFC 5280 allows", post(long_serial), Expect::Malformed),
-        ("empty requestList", post(request(vec![], None)), Expect::Malformed),
-        ("too many CertIDs", post(request(many, None)), Expect::Malformed),
-        ("nonce over 32 bytes", post(request(vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()], Some(vec![nonce_ext(33)]))), Expect::Malformed),
-        ("empty nonce", post(request(vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()], Some(vec![Extension { extn_id: const_oid_nonce(), critical: false, extn_value: OctetString::new(vec![0x04, 0x00]).unwrap() }]))), Expect::Malformed),
-        ("unknown critical extension", post(request(vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()], Some(vec![critical]))), Expect::Malformed),
-        ("unsupported CertID hash (MD5)", post(request(vec![md5], None)), Expect::Unauthorized),
-        ("oversized body", post(vec![0x30; 64 * 1024]), Expect::Http(413)),
-        ("wrong content type", Send::Post { content_type: Some("text/plain"), body: good.clone() }, Expect::Http(415)),
-        ("no content type", Send::Post { content_type: None, body: good.clone() }, Expect::Http(415)),
-        ("bad base64 in GET", Send::Get("!!!notbase64***".into()), Expect::Malformed),
-        ("base64 of garbage in GET", Send::Get("aGVsbG8gd29ybGQ%3D".into()), Expect::Malformed),
-        ("truncated base64 in GET", Send::Get("M".into()), Expect::Malformed),
-        ("bad percent-encoding in GET", Send::Get("%ZZ%C3%28".into()), Expect::Http(400)),
-        ("oversized GET", Send::Get("A".repeat(40 * 1024)), Expect::Http(414)),
-        ("GET without a request", Send::Get(String::new()), Expect::Http(405)),
+        (
+            "truncated DER",
+            post(good[..good.len() / 2].to_vec()),
+            Expect::Malformed,
+        ),
+        (
+            "trailing bytes",
+            post([good.clone(), vec![0]].concat()),
+            Expect::Malformed,
+        ),
+        (
+            "wrong outer tag",
+            post([vec![0x31], good[1..].to_vec()].concat()),
+            Expect::Malformed,
+        ),
+        (
+            "absurd length",
+            post(vec![0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x30]),
+            Expect::Malformed,
+        ),
+        (
+            "serial longer than RFC 5280 allows",
+            post(long_serial),
+            Expect::Malformed,
+        ),
+        (
+            "empty requestList",
+            post(request(vec![], None)),
+            Expect::Malformed,
+        ),
+        (
+            "too many CertIDs",
+            post(request(many, None)),
+            Expect::Malformed,
+        ),
+        (
+            "nonce over 32 bytes",
+            post(request(
+                vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()],
+                Some(vec![nonce_ext(33)]),
+            )),
+            Expect::Malformed,
+        ),
+        (
+            "empty nonce",
+            post(request(
+                vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()],
+                Some(vec![Extension {
+                    extn_id: const_oid_nonce(),
+                    critical: false,
+                    extn_value: OctetString::new(vec![0x04, 0x00]).unwrap(),
+                }]),
+            )),
+            Expect::Malformed,
+        ),
+        (
+            "unknown critical extension",
+            post(request(
+                vec![issuer.cert_id(HashAlg::Sha1, &leaf.record.serial).unwrap()],
+                Some(vec![critical]),
+            )),
+            Expect::Malformed,
+        ),
+        (
+            "unsupported CertID hash (MD5)",
+            post(request(vec![md5], None)),
+            Expect::Unauthorized,
+        ),
+        (
+            "oversized body",
+            post(vec![0x30; 64 * 1024]),
+            Expect::Http(413),
+        ),
+        (
+            "wrong content type",
+            Send::Post {
+                content_type: Some("text/plain"),
+                body: good.clone(),
+            },
+            Expect::Http(415),
+        ),
+        (
+            "no content type",
+            Send::Post {
+                content_type: None,
+                body: good.clone(),
+            },
+            Expect::Http(415),
+        ),
+        (
+            "bad base64 in GET",
+            Send::Get("!!!notbase64***".into()),
+            Expect::Malformed,
+        ),
+        (
+            "base64 of garbage in GET",
+            Send::Get("aGVsbG8gd29ybGQ%3D".into()),
+            Expect::Malformed,
+        ),
+        (
+            "truncated base64 in GET",
+            Send::Get("M".into()),
+            Expect::Malformed,
+        ),
+        (
+            "bad percent-encoding in GET",
+            Send::Get("%ZZ%C3%28".into()),
+            Expect::Http(400),
+        ),
+        (
+            "oversized GET",
+            Send::Get("A".repeat(40 * 1024)),
+            Expect::Http(414),
+        ),
+        (
+            "GET without a request",
+            Send::Get(String::new()),
+            Expect::Http(405),
+        ),
     ];
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -163,28 +306,53 @@ async fn malformed_requests_get_malformed_request_or_4xx() {
                 }
                 b.body(Full::new(Bytes::from(body))).unwrap()
             }
-            Send::Get(path) => http::Request::get(l.url(&format!("/ocsp/{path}"))).body(Full::new(Bytes::new())).unwrap(),
+            Send::Get(path) => http::Request::get(l.url(&format!("/ocsp/{path}")))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
         };
-        let resp = client.request(req).await.unwrap_or_else(|e| panic!("{name}: connection failed: {e}"));
+        let resp = client
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: connection failed: {e}"));
         let status = resp.status().as_u16();
-        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let ok = match expect {
-            Expect::Malformed => status == 200 && ct == "application/ocsp-response" && body.as_ref() == MALFORMED,
+            Expect::Malformed => {
+                status == 200 && ct == "application/ocsp-response" && body.as_ref() == MALFORMED
+            }
             Expect::Unauthorized => status == 200 && body.as_ref() == UNAUTHORIZED,
             Expect::Successful => {
-                status == 200 && ca_core::ocsp::parse_response(&body).map(|p| p.status == ca_core::ocsp::OcspResponseStatus::Successful).unwrap_or(false)
+                status == 200
+                    && ca_core::ocsp::parse_response(&body)
+                        .map(|p| p.status == ca_core::ocsp::OcspResponseStatus::Successful)
+                        .unwrap_or(false)
             }
             Expect::Http(code) => status == code,
         };
         if !ok {
-            failures.push(format!("{name}: expected {expect:?}, got HTTP {status} {ct} {:02x?}", &body[..body.len().min(16)]));
+            failures.push(format!(
+                "{name}: expected {expect:?}, got HTTP {status} {ct} {:02x?}",
+                &body[..body.len().min(16)]
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Still alive and answering after all of that.
-    let (ok, out) = status_support::openssl_ocsp(&l, &ca.cert_pem, &leaf.cert_pem, &ca.cert_pem, &["-no_nonce"]).await;
+    let (ok, out) = status_support::openssl_ocsp(
+        &l,
+        &ca.cert_pem,
+        &leaf.cert_pem,
+        &ca.cert_pem,
+        &["-no_nonce"],
+    )
+    .await;
     assert!(ok && out.contains(": good"), "{out}");
     l.stop().await;
 }

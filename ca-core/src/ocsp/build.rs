@@ -11,14 +11,19 @@ use x509_cert::ext::pkix::CrlReason;
 use x509_cert::ext::Extension;
 use x509_cert::Certificate;
 use x509_ocsp::{
-    BasicOcspResponse, CertId, OcspGeneralizedTime, OcspResponse, OcspResponseStatus, ResponderId, ResponseData,
-    RevokedInfo, SingleResponse, Version,
+    BasicOcspResponse, CertId, OcspGeneralizedTime, OcspResponse, OcspResponseStatus, ResponderId,
+    ResponseData, RevokedInfo, SingleResponse, Version,
 };
 
 /// chrono time to OCSP GeneralizedTime (whole seconds; RFC 6960 4.2.2.1 uses GeneralizedTime).
 pub(crate) fn gtime(t: DateTime<Utc>) -> Result<OcspGeneralizedTime> {
-    let secs = u64::try_from(t.timestamp()).map_err(|_| Error::Config { path: "ocsp.time".into(), reason: format!("{t} is before 1970") })?;
-    Ok(OcspGeneralizedTime(GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(secs))?))
+    let secs = u64::try_from(t.timestamp()).map_err(|_| Error::Config {
+        path: "ocsp.time".into(),
+        reason: format!("{t} is before 1970"),
+    })?;
+    Ok(OcspGeneralizedTime(GeneralizedTime::from_unix_duration(
+        std::time::Duration::from_secs(secs),
+    )?))
 }
 
 /// OCSP GeneralizedTime to chrono.
@@ -65,7 +70,8 @@ pub(crate) fn ocsp_status(s: &CertStatus) -> Result<x509_ocsp::CertStatus> {
         CertStatus::Unknown => x509_ocsp::CertStatus::unknown(),
         CertStatus::Revoked { at, reason } => x509_ocsp::CertStatus::revoked(RevokedInfo {
             revocation_time: gtime(*at)?,
-            revocation_reason: (*reason != RevocationReason::Unspecified).then(|| crl_reason(*reason)),
+            revocation_reason: (*reason != RevocationReason::Unspecified)
+                .then(|| crl_reason(*reason)),
         }),
     })
 }
@@ -77,7 +83,10 @@ pub(crate) fn from_ocsp_status(s: &x509_ocsp::CertStatus) -> CertStatus {
         x509_ocsp::CertStatus::Unknown(_) => CertStatus::Unknown,
         x509_ocsp::CertStatus::Revoked(info) => CertStatus::Revoked {
             at: from_gtime(&info.revocation_time),
-            reason: info.revocation_reason.map(from_crl_reason).unwrap_or(RevocationReason::Unspecified),
+            reason: info
+                .revocation_reason
+                .map(from_crl_reason)
+                .unwrap_or(RevocationReason::Unspecified),
         },
     }
 }
@@ -92,7 +101,13 @@ pub(crate) fn key_hash(public_key_bits: &[u8]) -> Vec<u8> {
 pub(crate) fn responder_cert(signer: &dyn Signer, cert_der: &[u8]) -> Result<Certificate> {
     let cert = Certificate::from_der(cert_der)
         .map_err(|e| Error::Issuer(format!("cannot parse OCSP responder certificate: {e}")))?;
-    if cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes() != signer.public_key_bits() {
+    if cert
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        != signer.public_key_bits()
+    {
         return Err(Error::Issuer(
             "the OCSP responder certificate does not hold the responder signing key; re-issue it for this key".into(),
         ));
@@ -174,30 +189,52 @@ pub fn sign_response(
     nonce: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
     let issuer = OcspIssuer::from_cert_der(issuer_cert_der)?;
-    let responder = responder_cert_der.map(|d| responder_cert(signer, d)).transpose()?;
+    let responder = responder_cert_der
+        .map(|d| responder_cert(signer, d))
+        .transpose()?;
     if responder.is_none() && signer.public_key_bits() != issuer.public_key_bits() {
         return Err(Error::Issuer(
             "the OCSP signing key is neither the issuer's key nor given a delegated responder certificate".into(),
         ));
     }
     if answers.is_empty() {
-        return Err(Error::Config { path: "ocsp.answers".into(), reason: "at least one certificate status is needed".into() });
+        return Err(Error::Config {
+            path: "ocsp.answers".into(),
+            reason: "at least one certificate status is needed".into(),
+        });
     }
     if next_update <= this_update {
-        return Err(Error::Config { path: "ocsp.next_update".into(), reason: "nextUpdate must be after thisUpdate".into() });
+        return Err(Error::Config {
+            path: "ocsp.next_update".into(),
+            reason: "nextUpdate must be after thisUpdate".into(),
+        });
     }
     let mut responses = Vec::with_capacity(answers.len());
     for (serial, status) in answers {
-        responses.push(single(issuer.cert_id(HashAlg::Sha1, serial)?, status, this_update, next_update)?);
+        responses.push(single(
+            issuer.cert_id(HashAlg::Sha1, serial)?,
+            status,
+            this_update,
+            next_update,
+        )?);
     }
     let extensions = match nonce {
         None => None,
         Some(n) if n.is_empty() || n.len() > super::request::MAX_NONCE_LEN => {
-            return Err(Error::Config { path: "ocsp.nonce".into(), reason: "a nonce has 1 to 32 bytes (RFC 8954 2.1)".into() })
+            return Err(Error::Config {
+                path: "ocsp.nonce".into(),
+                reason: "a nonce has 1 to 32 bytes (RFC 8954 2.1)".into(),
+            })
         }
         Some(n) => Some(vec![nonce_extension(n)?]),
     };
-    sign_basic(signer, responder.as_ref(), responses, crate::clock::truncate(this_update), extensions)
+    sign_basic(
+        signer,
+        responder.as_ref(),
+        responses,
+        crate::clock::truncate(this_update),
+        extensions,
+    )
 }
 
 /// The id-pkix-ocsp-nonce extension with `Nonce ::= OCTET STRING` inside (RFC 8954 2.1).
@@ -221,7 +258,10 @@ pub struct ParsedResponse {
 impl ParsedResponse {
     /// The SingleResponses (empty for an error response).
     pub fn singles(&self) -> &[SingleResponse] {
-        self.basic.as_ref().map(|b| b.tbs_response_data.responses.as_slice()).unwrap_or(&[])
+        self.basic
+            .as_ref()
+            .map(|b| b.tbs_response_data.responses.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Earliest nextUpdate over all SingleResponses (`None` if any lacks one, or none exist).
@@ -236,12 +276,17 @@ impl ParsedResponse {
 
     /// Latest thisUpdate over all SingleResponses.
     pub fn this_update(&self) -> Option<DateTime<Utc>> {
-        self.singles().iter().map(|s| from_gtime(&s.this_update)).max()
+        self.singles()
+            .iter()
+            .map(|s| from_gtime(&s.this_update))
+            .max()
     }
 
     /// producedAt.
     pub fn produced_at(&self) -> Option<DateTime<Utc>> {
-        self.basic.as_ref().map(|b| from_gtime(&b.tbs_response_data.produced_at))
+        self.basic
+            .as_ref()
+            .map(|b| from_gtime(&b.tbs_response_data.produced_at))
     }
 
     /// Verify the signature with the public key in `spki_der`, or, when the response embeds a
@@ -249,13 +294,19 @@ impl ParsedResponse {
     pub fn verify_signature(&self, spki_der: &[u8]) -> Result<()> {
         let basic = self.basic.as_ref().ok_or(Error::SignatureCheckFailed)?;
         let tbs = basic.tbs_response_data.to_der()?;
-        let sig = basic.signature.as_bytes().ok_or(Error::SignatureCheckFailed)?;
+        let sig = basic
+            .signature
+            .as_bytes()
+            .ok_or(Error::SignatureCheckFailed)?;
         if verify(spki_der, &tbs, sig).is_ok() {
             return Ok(());
         }
         for cert in basic.certs.iter().flatten() {
             let cert_tbs = cert.tbs_certificate.to_der()?;
-            let cert_sig = cert.signature.as_bytes().ok_or(Error::SignatureCheckFailed)?;
+            let cert_sig = cert
+                .signature
+                .as_bytes()
+                .ok_or(Error::SignatureCheckFailed)?;
             if verify(spki_der, &cert_tbs, cert_sig).is_ok() {
                 let delegated = cert.tbs_certificate.subject_public_key_info.to_der()?;
                 return verify(&delegated, &tbs, sig);
@@ -275,18 +326,28 @@ pub fn parse_response(der: &[u8]) -> Result<ParsedResponse> {
         Some(rb) => {
             return Err(Error::Config {
                 path: "ocsp.response".into(),
-                reason: format!("response type {} is not id-pkix-ocsp-basic", rb.response_type),
+                reason: format!(
+                    "response type {} is not id-pkix-ocsp-basic",
+                    rb.response_type
+                ),
             })
         }
         None => None,
     };
-    Ok(ParsedResponse { status: resp.response_status, basic })
+    Ok(ParsedResponse {
+        status: resp.response_status,
+        basic,
+    })
 }
 
 /// DER of an unsigned error response (RFC 6960 4.2.1: no responseBytes).
 pub(crate) fn error_response(status: OcspResponseStatus) -> Vec<u8> {
-    let resp = OcspResponse { response_status: status, response_bytes: None };
+    let resp = OcspResponse {
+        response_status: status,
+        response_bytes: None,
+    };
     // Encoding a two-field SEQUENCE with an ENUMERATED cannot fail; fall back to the known
     // bytes of malformedRequest just in case.
-    resp.to_der().unwrap_or_else(|_| vec![0x30, 0x03, 0x0a, 0x01, 0x01])
+    resp.to_der()
+        .unwrap_or_else(|_| vec![0x30, 0x03, 0x0a, 0x01, 0x01])
 }

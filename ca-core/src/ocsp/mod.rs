@@ -44,14 +44,14 @@ mod request;
 mod responder;
 
 pub use build::{parse_response, sign_response, ParsedResponse};
-pub use x509_ocsp::OcspResponseStatus;
-/// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.
-pub use x509_ocsp;
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
-    AnswerKind, ExternalResponse, LiveRequest, LoadStats, Lookup, OcspAnswer, RefreshStats, Responder,
-    ResponderConfig, ResponderKey, TransportCache,
+    AnswerKind, ExternalResponse, LiveRequest, LoadStats, Lookup, OcspAnswer, RefreshStats,
+    Responder, ResponderConfig, ResponderKey, TransportCache,
 };
+/// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.
+pub use x509_ocsp;
+pub use x509_ocsp::OcspResponseStatus;
 
 use crate::error::{Error, Result};
 use const_oid::db::rfc5912;
@@ -76,7 +76,12 @@ pub enum HashAlg {
 
 impl HashAlg {
     /// All supported algorithms.
-    pub const ALL: [HashAlg; 4] = [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
+    pub const ALL: [HashAlg; 4] = [
+        HashAlg::Sha1,
+        HashAlg::Sha256,
+        HashAlg::Sha384,
+        HashAlg::Sha512,
+    ];
 
     /// The algorithm's object identifier.
     pub fn oid(self) -> ObjectIdentifier {
@@ -129,12 +134,22 @@ pub struct OcspIssuer {
 impl OcspIssuer {
     /// Take the issuer from its DER certificate.
     pub fn from_cert_der(cert_der: &[u8]) -> Result<Self> {
-        let cert = Certificate::from_der(cert_der).map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
+        let cert = Certificate::from_der(cert_der)
+            .map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
         let name = cert.tbs_certificate.subject.to_der()?;
         let spki_der = cert.tbs_certificate.subject_public_key_info.to_der()?;
-        let key = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
+        let key = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes();
         let hashes = HashAlg::ALL.map(|a| (a.digest(&name), a.digest(key)));
-        Ok(OcspIssuer { cert_der: cert_der.to_vec(), spki_der, key_bits: key.to_vec(), hashes })
+        Ok(OcspIssuer {
+            cert_der: cert_der.to_vec(),
+            spki_der,
+            key_bits: key.to_vec(),
+            hashes,
+        })
     }
 
     /// The issuer certificate (DER).
@@ -169,7 +184,8 @@ impl OcspIssuer {
     pub fn matches(&self, cert_id: &x509_ocsp::CertId) -> Option<HashAlg> {
         let alg = HashAlg::from_oid(&cert_id.hash_algorithm.oid)?;
         let (n, k) = self.hashes(alg);
-        (cert_id.issuer_name_hash.as_bytes() == n && cert_id.issuer_key_hash.as_bytes() == k).then_some(alg)
+        (cert_id.issuer_name_hash.as_bytes() == n && cert_id.issuer_key_hash.as_bytes() == k)
+            .then_some(alg)
     }
 
     /// The CertID of `serial` (big-endian magnitude) under `alg`. The hash AlgorithmIdentifier
@@ -177,7 +193,10 @@ impl OcspIssuer {
     pub fn cert_id(&self, alg: HashAlg, serial: &[u8]) -> Result<x509_ocsp::CertId> {
         let (n, k) = self.hashes(alg);
         Ok(x509_ocsp::CertId {
-            hash_algorithm: spki::AlgorithmIdentifierOwned { oid: alg.oid(), parameters: Some(der::asn1::Null.into()) },
+            hash_algorithm: spki::AlgorithmIdentifierOwned {
+                oid: alg.oid(),
+                parameters: Some(der::asn1::Null.into()),
+            },
             issuer_name_hash: der::asn1::OctetString::new(n)?,
             issuer_key_hash: der::asn1::OctetString::new(k)?,
             serial_number: x509_cert::serial_number::SerialNumber::new(serial_magnitude(serial))?,
@@ -189,7 +208,10 @@ impl OcspIssuer {
 /// one byte). Certificates encode positive serials with a leading 0x00 when the high bit is
 /// set; stores and requests may or may not carry it, so keys are normalised with this.
 pub fn serial_magnitude(serial: &[u8]) -> &[u8] {
-    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len().saturating_sub(1));
+    let start = serial
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(serial.len().saturating_sub(1));
     &serial[start.min(serial.len())..]
 }
 

@@ -38,13 +38,20 @@ impl fmt::Display for OcspRequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OcspRequestError::Der(e) => write!(f, "not a DER OCSP request: {e}"),
-            OcspRequestError::NoCertificates => f.write_str("OCSP request asks about no certificate"),
+            OcspRequestError::NoCertificates => {
+                f.write_str("OCSP request asks about no certificate")
+            }
             OcspRequestError::TooManyCertificates { count, max } => {
                 write!(f, "OCSP request asks about {count} certificates; at most {max} are answered per request")
             }
-            OcspRequestError::BadNonce { len } => write!(f, "OCSP nonce of {len} bytes (RFC 8954 allows 1 to 32)"),
+            OcspRequestError::BadNonce { len } => {
+                write!(f, "OCSP nonce of {len} bytes (RFC 8954 allows 1 to 32)")
+            }
             OcspRequestError::UnsupportedCriticalExtension(oid) => {
-                write!(f, "OCSP request carries unsupported critical extension {oid}")
+                write!(
+                    f,
+                    "OCSP request carries unsupported critical extension {oid}"
+                )
             }
         }
     }
@@ -81,20 +88,32 @@ pub fn parse_request(der: &[u8], max_certs: usize) -> Result<ParsedRequest, Ocsp
         return Err(OcspRequestError::NoCertificates);
     }
     if list.len() > max_certs {
-        return Err(OcspRequestError::TooManyCertificates { count: list.len(), max: max_certs });
+        return Err(OcspRequestError::TooManyCertificates {
+            count: list.len(),
+            max: max_certs,
+        });
     }
     let mut nonce = None;
     for ext in req.tbs_request.request_extensions.iter().flatten() {
         if ext.extn_id == const_oid::db::rfc6960::ID_PKIX_OCSP_NONCE {
             nonce = Some(nonce_value(ext.extn_value.as_bytes())?);
         } else if ext.critical {
-            return Err(OcspRequestError::UnsupportedCriticalExtension(ext.extn_id.to_string()));
+            return Err(OcspRequestError::UnsupportedCriticalExtension(
+                ext.extn_id.to_string(),
+            ));
         }
     }
     let mut certs = Vec::with_capacity(list.len());
     for r in list {
-        if let Some(ext) = r.single_request_extensions.iter().flatten().find(|e| e.critical) {
-            return Err(OcspRequestError::UnsupportedCriticalExtension(ext.extn_id.to_string()));
+        if let Some(ext) = r
+            .single_request_extensions
+            .iter()
+            .flatten()
+            .find(|e| e.critical)
+        {
+            return Err(OcspRequestError::UnsupportedCriticalExtension(
+                ext.extn_id.to_string(),
+            ));
         }
         certs.push(RequestedCert {
             hash_alg: HashAlg::from_oid(&r.req_cert.hash_algorithm.oid),

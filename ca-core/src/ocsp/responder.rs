@@ -1,7 +1,10 @@
 //! The pre-signed OCSP responder: one signed response per certificate, in memory, answered
 //! without touching the HSM (DESIGN "Performance shape"; RFC 5019 2.2.1).
 
-use super::build::{error_response, from_gtime, from_ocsp_status, key_hash, nonce_extension, parse_response, responder_cert, sign_basic, single};
+use super::build::{
+    error_response, from_gtime, from_ocsp_status, key_hash, nonce_extension, parse_response,
+    responder_cert, sign_basic, single,
+};
 use super::request::{parse_request, ParsedRequest, RequestedCert};
 use super::{serial_magnitude, HashAlg, OcspIssuer};
 use crate::clock::Clock;
@@ -63,18 +66,29 @@ impl Default for ResponderConfig {
 impl ResponderConfig {
     /// Check the settings; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |path: &str, reason: &str| Err(Error::Config { path: format!("ocsp.{path}"), reason: reason.into() });
+        let bad = |path: &str, reason: &str| {
+            Err(Error::Config {
+                path: format!("ocsp.{path}"),
+                reason: reason.into(),
+            })
+        };
         if self.validity <= Duration::zero() {
             return bad("validity", "must be positive");
         }
         if self.refresh_before <= Duration::zero() || self.refresh_before >= self.validity {
-            return bad("refresh_before", "must be positive and shorter than ocsp.validity");
+            return bad(
+                "refresh_before",
+                "must be positive and shorter than ocsp.validity",
+            );
         }
         if self.max_certs_per_request == 0 {
             return bad("max_certs_per_request", "must be at least 1");
         }
         if self.live_signing_burst == 0 && self.live_signing_rate > 0 {
-            return bad("live_signing_burst", "must be at least 1 when live signing is enabled");
+            return bad(
+                "live_signing_burst",
+                "must be at least 1 when live signing is enabled",
+            );
         }
         Ok(())
     }
@@ -89,7 +103,10 @@ pub struct ResponderKey {
 
 impl std::fmt::Debug for ResponderKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponderKey").field("signer", &self.signer).field("delegated", &self.cert.is_some()).finish()
+        f.debug_struct("ResponderKey")
+            .field("signer", &self.signer)
+            .field("delegated", &self.cert.is_some())
+            .finish()
     }
 }
 
@@ -104,7 +121,10 @@ impl ResponderKey {
     /// id-kp-OCSPSigning.
     pub fn delegated(signer: Arc<dyn Signer>, cert_der: &[u8]) -> Result<Self> {
         let cert = responder_cert(signer.as_ref(), cert_der)?;
-        Ok(ResponderKey { signer, cert: Some(cert) })
+        Ok(ResponderKey {
+            signer,
+            cert: Some(cert),
+        })
     }
 
     /// The signer.
@@ -155,7 +175,10 @@ pub struct TransportCache(std::sync::OnceLock<Box<dyn std::any::Any + Send + Syn
 impl TransportCache {
     /// The value of type `T` in the slot, computed by `init` on first use. `None` if the slot
     /// already holds a value of another type.
-    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> T,
+    ) -> Option<&T> {
         self.0.get_or_init(|| Box::new(init())).downcast_ref::<T>()
     }
 }
@@ -168,7 +191,11 @@ impl Clone for TransportCache {
 
 impl std::fmt::Debug for TransportCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "TransportCache(set)" } else { "TransportCache(empty)" })
+        f.write_str(if self.0.get().is_some() {
+            "TransportCache(set)"
+        } else {
+            "TransportCache(empty)"
+        })
     }
 }
 
@@ -181,7 +208,12 @@ impl AsRef<[u8]> for OcspAnswer {
 impl OcspAnswer {
     fn new(der: Vec<u8>, kind: AnswerKind) -> Self {
         let etag = format!("\"{}\"", &crate::signer::sha256_hex(&der)[..32]);
-        OcspAnswer { der, kind, etag, transport: TransportCache::default() }
+        OcspAnswer {
+            der,
+            kind,
+            etag,
+            transport: TransportCache::default(),
+        }
     }
 
     fn error(status: OcspResponseStatus) -> Arc<Self> {
@@ -277,9 +309,12 @@ impl ExternalKey {
     }
 }
 
+/// Answers loaded from one file, by CertID.
+type ExternalMap = HashMap<ExternalKey, Arc<OcspAnswer>>;
+
 #[derive(Default)]
 struct External {
-    sources: Vec<(ExternalResponse, Option<SystemTime>, HashMap<ExternalKey, Arc<OcspAnswer>>)>,
+    sources: Vec<(ExternalResponse, Option<SystemTime>, ExternalMap)>,
 }
 
 #[derive(Default)]
@@ -313,7 +348,10 @@ pub struct Responder {
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Responder").field("key", &self.key).field("cached", &self.len()).finish()
+        f.debug_struct("Responder")
+            .field("key", &self.key)
+            .field("cached", &self.len())
+            .finish()
     }
 }
 
@@ -329,9 +367,10 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 fn same_status(a: &CertStatus, b: &CertStatus) -> bool {
     match (a, b) {
-        (CertStatus::Revoked { at: t1, reason: r1 }, CertStatus::Revoked { at: t2, reason: r2 }) => {
-            t1.timestamp() == t2.timestamp() && r1 == r2
-        }
+        (
+            CertStatus::Revoked { at: t1, reason: r1 },
+            CertStatus::Revoked { at: t2, reason: r2 },
+        ) => t1.timestamp() == t2.timestamp() && r1 == r2,
         _ => a == b,
     }
 }
@@ -382,7 +421,10 @@ impl Responder {
             sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
             unknown: RwLock::new(UnknownCache::default()),
             external: RwLock::new(External::default()),
-            bucket: Mutex::new(Bucket { tokens: live_burst, last: Instant::now() }),
+            bucket: Mutex::new(Bucket {
+                tokens: live_burst,
+                last: Instant::now(),
+            }),
             malformed: OcspAnswer::error(OcspResponseStatus::MalformedRequest),
             unauthorized: OcspAnswer::error(OcspResponseStatus::Unauthorized),
             try_later: OcspAnswer::error(OcspResponseStatus::TryLater),
@@ -451,7 +493,8 @@ impl Responder {
             }
             let status = rec.cert_status();
             let up_to_date = self.cached(&rec.serial).is_some_and(|a| {
-                a.next_update().is_some_and(|n| n - now > self.config.refresh_before)
+                a.next_update()
+                    .is_some_and(|n| n - now > self.config.refresh_before)
                     && a.cert_status().is_some_and(|s| same_status(s, &status))
             });
             if !up_to_date {
@@ -467,11 +510,20 @@ impl Responder {
                 stats.signed += 1;
             }
         }
-        tracing::info!(loaded = stats.loaded, discarded = stats.discarded, signed = stats.signed, "OCSP responder loaded");
+        tracing::info!(
+            loaded = stats.loaded,
+            discarded = stats.discarded,
+            signed = stats.signed,
+            "OCSP responder loaded"
+        );
         Ok(stats)
     }
 
-    fn check_stored(&self, stored: &StoredOcspResponse, own_key_hash: &[u8]) -> Option<Arc<OcspAnswer>> {
+    fn check_stored(
+        &self,
+        stored: &StoredOcspResponse,
+        own_key_hash: &[u8],
+    ) -> Option<Arc<OcspAnswer>> {
         let parsed = parse_response(&stored.der).ok()?;
         let basic = parsed.basic.as_ref()?;
         match &basic.tbs_response_data.responder_id {
@@ -480,7 +532,8 @@ impl Responder {
         }
         let first = parsed.singles().first()?;
         if self.issuer.matches(&first.cert_id).is_none()
-            || serial_magnitude(first.cert_id.serial_number.as_bytes()) != serial_magnitude(&stored.serial)
+            || serial_magnitude(first.cert_id.serial_number.as_bytes())
+                != serial_magnitude(&stored.serial)
         {
             return None;
         }
@@ -526,7 +579,9 @@ impl Responder {
         let mut due = Vec::new();
         for shard in &self.shards {
             for (serial, a) in read(shard).iter() {
-                if a.next_update().is_none_or(|n| n - now <= self.config.refresh_before) {
+                if a.next_update()
+                    .is_none_or(|n| n - now <= self.config.refresh_before)
+                {
                     due.push(serial.clone());
                 }
             }
@@ -535,13 +590,15 @@ impl Responder {
             let _g = self.sign_lock(&serial);
             let stale = self.cached(&serial).is_none_or(|a| !a.fresh(now));
             match self.store.get_cert(&serial) {
-                Ok(Some(rec)) if rec.not_after > now => match self.sign_and_install(&rec.serial, &rec.cert_status()) {
-                    Ok(()) => stats.refreshed += 1,
-                    Err(e) => {
-                        tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response failed");
-                        stats.failed += 1;
+                Ok(Some(rec)) if rec.not_after > now => {
+                    match self.sign_and_install(&rec.serial, &rec.cert_status()) {
+                        Ok(()) => stats.refreshed += 1,
+                        Err(e) => {
+                            tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response failed");
+                            stats.failed += 1;
+                        }
                     }
-                },
+                }
                 Ok(Some(_)) if !stale => {}
                 Ok(_) => {
                     write(self.shard(&serial)).remove(&serial);
@@ -568,12 +625,29 @@ impl Responder {
         let next = now + self.config.validity;
         let mut singles = Vec::with_capacity(PRESIGNED_ALGS.len());
         for alg in PRESIGNED_ALGS {
-            singles.push(single(self.issuer.cert_id(alg, serial)?, status, now, next)?);
+            singles.push(single(
+                self.issuer.cert_id(alg, serial)?,
+                status,
+                now,
+                next,
+            )?);
         }
-        let der = sign_basic(self.key.signer.as_ref(), self.key.cert.as_ref(), singles, now, None)?;
+        let der = sign_basic(
+            self.key.signer.as_ref(),
+            self.key.cert.as_ref(),
+            singles,
+            now,
+            None,
+        )?;
         Ok(Arc::new(OcspAnswer::new(
             der,
-            AnswerKind::Signed { status: status.clone(), produced_at: now, this_update: now, next_update: next, cacheable: true },
+            AnswerKind::Signed {
+                status: status.clone(),
+                produced_at: now,
+                this_update: now,
+                next_update: next,
+                cacheable: true,
+            },
         )))
     }
 
@@ -582,10 +656,21 @@ impl Responder {
         let serial = serial_magnitude(serial).to_vec();
         let answer = self.sign_canonical(&serial, status)?;
         let (this_update, next_update) = match &answer.kind {
-            AnswerKind::Signed { this_update, next_update, .. } => (*this_update, *next_update),
-            AnswerKind::Error(_) => return Err(Error::Corrupt("signed OCSP answer without validity".into())),
+            AnswerKind::Signed {
+                this_update,
+                next_update,
+                ..
+            } => (*this_update, *next_update),
+            AnswerKind::Error(_) => {
+                return Err(Error::Corrupt("signed OCSP answer without validity".into()))
+            }
         };
-        self.store.put_ocsp_response(&StoredOcspResponse { serial: serial.clone(), der: answer.der.clone(), this_update, next_update })?;
+        self.store.put_ocsp_response(&StoredOcspResponse {
+            serial: serial.clone(),
+            der: answer.der.clone(),
+            this_update,
+            next_update,
+        })?;
         write(self.shard(&serial)).insert(serial.clone(), answer);
         let mut u = write(&self.unknown);
         if u.map.remove(&serial).is_some() {
@@ -622,7 +707,11 @@ impl Responder {
             if let Some(a) = self.cached(&rc.serial).filter(|a| a.fresh(now)) {
                 return Lookup::Ready(a);
             }
-            if let Some(a) = read(&self.unknown).map.get(&rc.serial).filter(|a| a.fresh(now)) {
+            if let Some(a) = read(&self.unknown)
+                .map
+                .get(&rc.serial)
+                .filter(|a| a.fresh(now))
+            {
                 return Lookup::Ready(a.clone());
             }
         }
@@ -651,8 +740,16 @@ impl Responder {
     pub fn answer_live(&self, live: LiveRequest) -> Arc<OcspAnswer> {
         let parsed = live.parsed;
         let now = self.clock.now();
-        let nonce = if self.config.echo_nonce { parsed.nonce.clone() } else { None };
-        if parsed.certs.iter().any(|rc| self.issuer.matches(&rc.cert_id).is_none()) {
+        let nonce = if self.config.echo_nonce {
+            parsed.nonce.clone()
+        } else {
+            None
+        };
+        if parsed
+            .certs
+            .iter()
+            .any(|rc| self.issuer.matches(&rc.cert_id).is_none())
+        {
             return self.unauthorized.clone();
         }
         let [rc] = parsed.certs.as_slice() else {
@@ -682,7 +779,9 @@ impl Responder {
         let _g = self.sign_lock(&rc.serial);
         match self.store.get_cert(&rc.serial) {
             Ok(Some(rec)) => match self.sign_and_install(&rec.serial, &rec.cert_status()) {
-                Ok(()) => self.cached(&rc.serial).unwrap_or_else(|| self.internal_error.clone()),
+                Ok(()) => self
+                    .cached(&rc.serial)
+                    .unwrap_or_else(|| self.internal_error.clone()),
                 Err(e) => {
                     tracing::error!(error = %e, "signing OCSP response failed");
                     self.try_later.clone()
@@ -692,7 +791,9 @@ impl Responder {
                 Ok(a) => {
                     let mut u = write(&self.unknown);
                     while u.map.len() >= self.config.unknown_cache_size.max(1) {
-                        let Some(old) = u.order.pop_front() else { break };
+                        let Some(old) = u.order.pop_front() else {
+                            break;
+                        };
                         u.map.remove(&old);
                     }
                     if self.config.unknown_cache_size > 0 {
@@ -714,12 +815,20 @@ impl Responder {
     }
 
     /// Sign a response for exactly these CertIDs, echoed as sent, with the nonce if given.
-    fn sign_exact(&self, certs: &[RequestedCert], nonce: Option<&[u8]>, now: DateTime<Utc>) -> Arc<OcspAnswer> {
+    fn sign_exact(
+        &self,
+        certs: &[RequestedCert],
+        nonce: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Arc<OcspAnswer> {
         let next = now + self.config.validity;
         let mut singles: Vec<SingleResponse> = Vec::with_capacity(certs.len());
         let mut first_status = None;
         for rc in certs {
-            let status = match self.cached(&rc.serial).and_then(|a| a.cert_status().cloned()) {
+            let status = match self
+                .cached(&rc.serial)
+                .and_then(|a| a.cert_status().cloned())
+            {
                 Some(s) => s,
                 None => match self.store.get_cert(&rc.serial) {
                     Ok(Some(rec)) => rec.cert_status(),
@@ -740,7 +849,13 @@ impl Responder {
             Ok(e) => e.map(|e| vec![e]),
             Err(_) => return self.malformed.clone(),
         };
-        match sign_basic(self.key.signer.as_ref(), self.key.cert.as_ref(), singles, now, ext) {
+        match sign_basic(
+            self.key.signer.as_ref(),
+            self.key.cert.as_ref(),
+            singles,
+            now,
+            ext,
+        ) {
             Ok(der) => Arc::new(OcspAnswer::new(
                 der,
                 AnswerKind::Signed {
@@ -829,12 +944,19 @@ impl Responder {
     }
 }
 
-fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, HashMap<ExternalKey, Arc<OcspAnswer>>)> {
-    let io = |e| Error::Io { path: src.path.clone(), source: e };
+fn load_external(
+    src: &ExternalResponse,
+) -> Result<(Option<SystemTime>, ExternalMap)> {
+    let io = |e| Error::Io {
+        path: src.path.clone(),
+        source: e,
+    };
     let mtime = std::fs::metadata(&src.path).and_then(|m| m.modified()).ok();
     let bytes = std::fs::read(&src.path).map_err(io)?;
     let der = if bytes.starts_with(b"-----BEGIN") {
-        der::pem::decode_vec(&bytes).map_err(|e| Error::Der(e.into()))?.1
+        der::pem::decode_vec(&bytes)
+            .map_err(|e| Error::Der(e.into()))?
+            .1
     } else {
         bytes
     };
@@ -842,19 +964,32 @@ fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, HashMap<
     if parsed.status != OcspResponseStatus::Successful {
         return Err(Error::Config {
             path: src.path.display().to_string(),
-            reason: format!("OCSP response status is {:?}, not successful", parsed.status),
+            reason: format!(
+                "OCSP response status is {:?}, not successful",
+                parsed.status
+            ),
         });
     }
-    let signer = Certificate::from_der(&src.signer_cert_der)
-        .map_err(|e| Error::Issuer(format!("cannot parse the signer certificate for {}: {e}", src.path.display())))?;
-    parsed.verify_signature(&signer.tbs_certificate.subject_public_key_info.to_der()?).map_err(|_| Error::Config {
-        path: src.path.display().to_string(),
-        reason: "OCSP response signature does not verify with the configured signer certificate".into(),
+    let signer = Certificate::from_der(&src.signer_cert_der).map_err(|e| {
+        Error::Issuer(format!(
+            "cannot parse the signer certificate for {}: {e}",
+            src.path.display()
+        ))
     })?;
+    parsed
+        .verify_signature(&signer.tbs_certificate.subject_public_key_info.to_der()?)
+        .map_err(|_| Error::Config {
+            path: src.path.display().to_string(),
+            reason:
+                "OCSP response signature does not verify with the configured signer certificate"
+                    .into(),
+        })?;
     let produced_at = parsed.produced_at().unwrap_or_default();
     let mut map = HashMap::new();
     for s in parsed.singles() {
-        let Some(next_update) = s.next_update.as_ref().map(from_gtime) else { continue };
+        let Some(next_update) = s.next_update.as_ref().map(from_gtime) else {
+            continue;
+        };
         map.insert(
             ExternalKey::of(&s.cert_id),
             Arc::new(OcspAnswer::new(
@@ -876,18 +1011,26 @@ fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, HashMap<
 /// carries id-kp-OCSPSigning.
 fn check_delegated(cert: &Certificate, issuer: &OcspIssuer) -> Result<()> {
     let tbs = cert.tbs_certificate.to_der()?;
-    let sig = cert.signature.as_bytes().ok_or(Error::SignatureCheckFailed)?;
-    verify(issuer.spki_der(), &tbs, sig)
-        .map_err(|_| Error::Issuer("the OCSP responder certificate is not signed by the issuing CA".into()))?;
+    let sig = cert
+        .signature
+        .as_bytes()
+        .ok_or(Error::SignatureCheckFailed)?;
+    verify(issuer.spki_der(), &tbs, sig).map_err(|_| {
+        Error::Issuer("the OCSP responder certificate is not signed by the issuing CA".into())
+    })?;
     let eku = cert
         .tbs_certificate
         .extensions
         .iter()
         .flatten()
         .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE)
-        .and_then(|e| x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok());
+        .and_then(|e| {
+            x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok()
+        });
     if !eku.is_some_and(|k| k.0.contains(&const_oid::db::rfc5280::ID_KP_OCSP_SIGNING)) {
-        return Err(Error::Issuer("the OCSP responder certificate lacks extended key usage id-kp-OCSPSigning".into()));
+        return Err(Error::Issuer(
+            "the OCSP responder certificate lacks extended key usage id-kp-OCSPSigning".into(),
+        ));
     }
     Ok(())
 }

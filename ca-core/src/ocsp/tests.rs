@@ -20,6 +20,9 @@ fn hash_algorithms_round_trip_their_oids() {
 #[test]
 fn garbage_is_malformed() {
     for bad in [&b""[..], b"\x30", b"\x30\x03\x02\x01\x01", b"hello world"] {
-        assert!(matches!(parse_request(bad, 4), Err(OcspRequestError::Der(_))), "{bad:?}");
+        assert!(
+            matches!(parse_request(bad, 4), Err(OcspRequestError::Der(_))),
+            "{bad:?}"
+        );
     }
 }

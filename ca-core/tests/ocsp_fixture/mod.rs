@@ -3,15 +3,15 @@
 //! Shared with ca-server's status tests (`#[path]`), so it uses only crates both have.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use ca_core::clock::to_offset;
 use ca_core::signer::pkcs11::Pkcs11Signer;
 use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
 use ca_core::store::{CertRecord, RecordStatus, Requester, SledStore, Store};
-use ca_core::clock::to_offset;
 use chrono::{Duration, Utc};
 use hsm_sim::TestToken;
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -74,7 +74,11 @@ impl TestCa {
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.serial_number = Some(SerialNumber::from_slice(&random_serial(false)));
         let now = Utc::now();
         params.not_before = to_offset(now - Duration::days(1));
@@ -85,13 +89,29 @@ impl TestCa {
         Self::finish(token, hsm, signer, cert_der, name)
     }
 
-    fn finish(token: TestToken, hsm: ca_core::signer::pkcs11::Token, signer: Arc<Pkcs11Signer>, cert_der: Vec<u8>, name: &str) -> TestCa {
+    fn finish(
+        token: TestToken,
+        hsm: ca_core::signer::pkcs11::Token,
+        signer: Arc<Pkcs11Signer>,
+        cert_der: Vec<u8>,
+        name: &str,
+    ) -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         let cert_pem = dir.path().join("ca.pem");
         write_pem(&cert_pem, "CERTIFICATE", &cert_der);
         let store_dir = dir.path().join("store");
         let store = Arc::new(SledStore::open(&store_dir).unwrap());
-        TestCa { token, hsm, signer, cert_der, cert_pem, dir, store, store_dir, name: name.to_string() }
+        TestCa {
+            token,
+            hsm,
+            signer,
+            cert_der,
+            cert_pem,
+            dir,
+            store,
+            store_dir,
+            name: name.to_string(),
+        }
     }
 
     /// An intermediate CA signed by `self`, with its key in the same token (label `label`).
@@ -106,7 +126,11 @@ impl TestCa {
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.serial_number = Some(SerialNumber::from_slice(&random_serial(true)));
         params.use_authority_key_identifier_extension = true;
         let now = Utc::now();
@@ -138,7 +162,10 @@ impl TestCa {
         params.distinguished_name.push(DnType::CommonName, cn);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.use_authority_key_identifier_extension = true;
         let now = Utc::now();
@@ -157,7 +184,9 @@ impl TestCa {
             not_after,
             issued_at: ca_core::clock::truncate(now),
             requester: Requester::Admin("test".into()),
-            spki_sha256: ca_core::signer::sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(&key)),
+            spki_sha256: ca_core::signer::sha256_hex(
+                &rcgen::PublicKeyData::subject_public_key_info(&key),
+            ),
             der: der.clone(),
             status: RecordStatus::Valid,
         };
@@ -166,7 +195,11 @@ impl TestCa {
         let key_pem = self.dir.path().join(format!("{cn}.key"));
         write_pem(&cert_pem, "CERTIFICATE", &der);
         std::fs::write(&key_pem, key.serialize_pem()).unwrap();
-        Leaf { record, cert_pem, key_pem }
+        Leaf {
+            record,
+            cert_pem,
+            key_pem,
+        }
     }
 
     /// A leaf signed by this CA but never stored (a serial this CA "never issued").
@@ -189,12 +222,17 @@ impl TestCa {
         let signer = Arc::new(self.hsm.signer(label).unwrap());
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, format!("{} OCSP responder", self.name));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{} OCSP responder", self.name));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
         // id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1), value NULL.
-        params.custom_extensions = vec![CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 48, 1, 5], vec![0x05, 0x00])];
+        params.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+            vec![0x05, 0x00],
+        )];
         params.serial_number = Some(SerialNumber::from_slice(&random_serial(false)));
         params.use_authority_key_identifier_extension = true;
         let now = Utc::now();
@@ -208,7 +246,15 @@ impl TestCa {
 
     /// Close the sled store and open it again (a restart). Every other handle must be gone.
     pub fn reopen_store(&mut self) {
-        let scratch = Arc::new(SledStore::open(&self.dir.path().join(format!("scratch-{}", rand::random::<u32>()))).unwrap());
+        let scratch = Arc::new(
+            SledStore::open(
+                &self
+                    .dir
+                    .path()
+                    .join(format!("scratch-{}", rand::random::<u32>())),
+            )
+            .unwrap(),
+        );
         let old = std::mem::replace(&mut self.store, scratch);
         assert_eq!(Arc::strong_count(&old), 1, "store still in use");
         drop(old);
@@ -226,8 +272,14 @@ impl TestCa {
 
 /// Run a command, returning (success, stdout+stderr).
 pub fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 

@@ -58,7 +58,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { delegated: true, responder: ResponderConfig::default(), external: vec![], root_crl: None }
+        Options {
+            delegated: true,
+            responder: ResponderConfig::default(),
+            external: vec![],
+            root_crl: None,
+        }
     }
 }
 
@@ -82,32 +87,63 @@ pub async fn start(ca: &TestCa, opts: Options) -> Listener {
         root_crl: opts.root_crl,
         http: StatusConfig::default(),
     };
-    let state = tokio::task::spawn_blocking(move || StatusState::build(setup)).await.unwrap().unwrap();
+    let state = tokio::task::spawn_blocking(move || StatusState::build(setup))
+        .await
+        .unwrap()
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ca_server::status::serve(listener, state.clone(), async move {
-        let _ = rx.await;
-    }));
-    Listener { addr, state, stop: Some(tx), task: Some(task) }
+    let task = tokio::spawn(ca_server::status::serve(
+        listener,
+        state.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Listener {
+        addr,
+        state,
+        stop: Some(tx),
+        task: Some(task),
+    }
 }
 
 /// Run a blocking command off the async executor.
 pub async fn run_async(mut cmd: Command) -> (bool, String) {
-    tokio::task::spawn_blocking(move || run(&mut cmd)).await.unwrap()
+    tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .unwrap()
 }
 
 /// `openssl ocsp -issuer -cert -url` against the listener; returns (success, output).
-pub async fn openssl_ocsp(l: &Listener, issuer: &Path, cert: &Path, ca_file: &Path, extra: &[&str]) -> (bool, String) {
+pub async fn openssl_ocsp(
+    l: &Listener,
+    issuer: &Path,
+    cert: &Path,
+    ca_file: &Path,
+    extra: &[&str],
+) -> (bool, String) {
     let mut cmd = openssl();
-    cmd.arg("ocsp").args(extra).arg("-issuer").arg(issuer).arg("-cert").arg(cert).arg("-url").arg(l.url("/ocsp"));
+    cmd.arg("ocsp")
+        .args(extra)
+        .arg("-issuer")
+        .arg(issuer)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-url")
+        .arg(l.url("/ocsp"));
     cmd.arg("-CAfile").arg(ca_file).args(["-timeout", "10"]);
     run_async(cmd).await
 }
 
 /// A free loopback port (bound and released; nginx binds it next).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// nginx from /usr/sbin/nginx under a generated configuration, killed when dropped.
@@ -153,7 +189,11 @@ impl Nginx {
             if let Ok(Some(status)) = n.child.try_wait() {
                 panic!("nginx exited with {status}: {}", n.error_log());
             }
-            assert!(Instant::now() < deadline, "nginx did not start: {}", n.error_log());
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                n.error_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         n
@@ -173,18 +213,35 @@ impl Drop for Nginx {
 
 /// curl with a client certificate; returns the HTTP status code (0 when the TLS handshake or
 /// the connection failed) and the body.
-pub async fn curl_client_cert(port: u16, host: &str, ca: &Path, cert: &Path, key: &Path) -> (u16, String) {
+pub async fn curl_client_cert(
+    port: u16,
+    host: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", "--cacert"])
-        .arg(ca)
-        .arg("--resolve")
-        .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key)
-        .arg(format!("https://{host}:{port}/"));
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(ca)
+    .arg("--resolve")
+    .arg(format!("{host}:{port}:127.0.0.1"))
+    .arg("--cert")
+    .arg(cert)
+    .arg("--key")
+    .arg(key)
+    .arg(format!("https://{host}:{port}/"));
     let (_, out) = run_async(cmd).await;
-    let code = out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    let code = out
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
     (code, out)
 }
