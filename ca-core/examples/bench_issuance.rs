@@ -6,7 +6,9 @@
 //! a session pool of that size and drives it with 8 concurrent requesters, the way concurrent
 //! HTTP requests reach it, so group commit can batch the store flushes.
 //!
-//! Usage: `bench_issuance [SECONDS_PER_CASE]` (default 5). Prints a Markdown table.
+//! Usage: `bench_issuance [SECONDS_PER_CASE] [--only raw|issue] [--sessions N]` (default 5 s,
+//! both cases, 1 and 2 sessions). Prints a Markdown table. `--only` and `--sessions` exist for
+//! profiling one case (`perf record`, `valgrind --tool=callgrind`).
 
 use ca_core::csr;
 use ca_core::issuance::IssueContext;
@@ -50,7 +52,17 @@ fn run_threads(threads: usize, secs: u64, work: impl Fn() + Send + Sync + 'stati
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let secs: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let mut secs: u64 = 5;
+    let mut only: Option<String> = None;
+    let mut session_counts = vec![1, 2];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--only" => only = args.next(),
+            "--sessions" => session_counts = vec![args.next().ok_or("--sessions N")?.parse()?],
+            s => secs = s.parse()?,
+        }
+    }
     let pki = Arc::new(TestPki::new(KeyAlgorithm::P256)?);
 
     // Raw PKCS#11: one logged-in session per thread, CKM_ECDSA over a SHA-256 digest, nothing else.
@@ -64,14 +76,21 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .get_all_slots()
             .expect("slots")
             .into_iter()
-            .find(|s| ctx.get_token_info(*s).map(|i| i.label().trim_end() == label).unwrap_or(false))
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .map(|i| i.label().trim_end() == label)
+                    .unwrap_or(false)
+            })
             .expect("token");
         let sessions: Vec<_> = (0..threads)
             .map(|_| {
                 let s = ctx.open_rw_session(slot).expect("session");
                 let _ = s.login(UserType::User, Some(&AuthPin::from(pin.as_str())));
                 let key = s
-                    .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(ISSUING_KEY.as_bytes().to_vec())])
+                    .find_objects(&[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        Attribute::Label(ISSUING_KEY.as_bytes().to_vec()),
+                    ])
                     .expect("find")[0];
                 std::sync::Mutex::new((s, key))
             })
@@ -89,21 +108,29 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 c.get().unwrap_or(0)
             });
             let guard = sessions[i % sessions.len()].lock().expect("lock");
-            guard.0.sign(&Mechanism::Ecdsa, guard.1, &digest).expect("sign");
+            guard
+                .0
+                .sign(&Mechanism::Ecdsa, guard.1, &digest)
+                .expect("sign");
         })
     };
 
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(vec!["bench.test".to_string()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "bench.test");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench.test");
     let csr_der = params.serialize_request(&kp)?.der().to_vec();
     let req = Arc::new(csr::parse_der(&csr_der)?);
     let now = chrono::Utc::now();
     let tok = Arc::new(TokenRecord {
         id: "bench".into(),
         hash: "bench".into(),
-        identity: IdentityBinding { common_name: Some("bench.test".into()), sans: vec!["dns:bench.test".into()] },
+        identity: IdentityBinding {
+            common_name: Some("bench.test".into()),
+            sans: vec!["dns:bench.test".into()],
+        },
         profile: "client".into(),
         created_at: now,
         expires_at: now + chrono::Duration::hours(1),
@@ -113,7 +140,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let issue = |sessions: usize| {
         let mut cfg = pki.token.hsm_config();
         cfg.sessions = sessions;
-        let signer = Arc::new(cfg.open().expect("token").signer(ISSUING_KEY).expect("signer"));
+        let signer = Arc::new(
+            cfg.open()
+                .expect("token")
+                .signer(ISSUING_KEY)
+                .expect("signer"),
+        );
         let ca = Arc::new(
             ca_core::issuance::Ca::new(
                 signer,
@@ -128,15 +160,26 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         );
         let (req, tok) = (req.clone(), tok.clone());
         run_threads(REQUESTERS, secs, move || {
-            ca.prepare(&req, IssueContext::Enrollment { token: &tok }).expect("prepare").issue().expect("issue");
+            ca.prepare(&req, IssueContext::Enrollment { token: &tok })
+                .expect("prepare")
+                .issue()
+                .expect("issue");
         })
     };
 
     println!("| HSM sessions | raw PKCS#11 ECDSA P-256 signs/s | ca-core issuances/s (sign + verify + durable store, 8 requesters) | ratio |");
     println!("|---|---|---|---|");
-    for threads in [1, 2] {
-        let r = raw(threads);
-        let i = issue(threads);
+    for threads in session_counts {
+        let r = if only.as_deref() == Some("issue") {
+            f64::NAN
+        } else {
+            raw(threads)
+        };
+        let i = if only.as_deref() == Some("raw") {
+            f64::NAN
+        } else {
+            issue(threads)
+        };
         println!("| {threads} | {r:.0} | {i:.0} | {:.2} |", i / r);
     }
     Ok(())

@@ -944,9 +944,7 @@ impl Responder {
     }
 }
 
-fn load_external(
-    src: &ExternalResponse,
-) -> Result<(Option<SystemTime>, ExternalMap)> {
+fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, ExternalMap)> {
     let io = |e| Error::Io {
         path: src.path.clone(),
         source: e,
