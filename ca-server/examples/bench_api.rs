@@ -1,0 +1,530 @@
+//! Load generator for `bench/api.sh`: certificates per second through the HTTPS API.
+//!
+//! Untimed setup: mint one enrollment token per enrollment through the admin API, generate a
+//! fresh P-256 key and CSR for every request. Timed: `POST /v1/enroll` with those tokens over
+//! `--conns` keep-alive TLS connections (default 16), then `POST /v1/renew` over as many mTLS
+//! connections, each authenticated by one of the certificates just enrolled (a new key per
+//! renewal, as the API requires). Every answer must be `200` with a certificate for the
+//! requested name; serials must all differ.
+//!
+//! Reports per phase: certificates/s, p50/p99/max latency, errors, the generator's own CPU
+//! (user+sys from `/proc/self/stat`) as a share of the machine (wall time x cores), and the
+//! server's when `--server-pid` is given.
+//!
+//! Usage: `bench_api --url https://127.0.0.1:PORT --root ROOT.pem --admin-cert C --admin-key K
+//! [--enroll N] [--renew N] [--conns 16] [--server-pid PID]`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use anyhow::{bail, Context};
+use ca_server::api::types::{IssuedResponse, TokenCreateRequest, TokenCreateResponse};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Args {
+    url: String,
+    root: String,
+    admin_cert: String,
+    admin_key: String,
+    enroll: usize,
+    renew: usize,
+    conns: usize,
+    server_pid: Option<u32>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        url: String::new(),
+        root: String::new(),
+        admin_cert: String::new(),
+        admin_key: String::new(),
+        enroll: 10_000,
+        renew: 10_000,
+        conns: 16,
+        server_pid: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--url" => a.url = v()?,
+            "--root" => a.root = v()?,
+            "--admin-cert" => a.admin_cert = v()?,
+            "--admin-key" => a.admin_key = v()?,
+            "--enroll" => a.enroll = v()?.parse()?,
+            "--renew" => a.renew = v()?.parse()?,
+            "--conns" => a.conns = v()?.parse()?,
+            "--server-pid" => a.server_pid = Some(v()?.parse()?),
+            _ => bail!("unknown argument {k}"),
+        }
+    }
+    if a.url.is_empty() || a.root.is_empty() || a.admin_cert.is_empty() || a.admin_key.is_empty() {
+        bail!("usage: bench_api --url URL --root PEM --admin-cert PEM --admin-key PEM [--enroll N] [--renew N] [--conns N] [--server-pid PID]");
+    }
+    Ok(a)
+}
+
+/// user+sys CPU seconds of a process, from /proc/PID/stat (fields 14 and 15, clock ticks).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may contain spaces; fields after it start past the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64
+}
+
+fn tls_config(
+    root_pem: &[u8],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &root_pem[..]) {
+        roots.add(c?)?;
+    }
+    let b = ClientConfig::builder_with_provider(ca_server::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    Ok(Arc::new(match identity {
+        Some((chain, key)) => b.with_client_auth_cert(chain, key)?,
+        None => b.with_no_client_auth(),
+    }))
+}
+
+struct Target {
+    host: String,
+    port: u16,
+    authority: String,
+}
+
+async fn connect(t: &Target, tls: Arc<ClientConfig>) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(t.host.clone())?;
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn post(
+    s: &mut SendRequest<Full<Bytes>>,
+    t: &Target,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    s.ready().await?;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::HOST, &t.authority)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
+    let resp = s.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// A P-256 key and a CSR for `cn` (PEM), made before the timed part.
+fn key_and_csr(cn: &str) -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+/// Run `f` over items on 2 threads (setup only).
+fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let n = items.len();
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    let half = n / 2;
+    let (a, b) = slots.split_at_mut(half);
+    let (ra, rb) = std::thread::scope(|s| {
+        let f = &f;
+        let ha = s.spawn(move || {
+            a.iter_mut()
+                .map(|x| f(x.take().unwrap()))
+                .collect::<Vec<_>>()
+        });
+        let hb = s.spawn(move || {
+            b.iter_mut()
+                .map(|x| f(x.take().unwrap()))
+                .collect::<Vec<_>>()
+        });
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    ra.into_iter().chain(rb).collect()
+}
+
+struct Job {
+    body: Bytes,
+}
+
+struct PhaseResult {
+    done: usize,
+    errors: Vec<String>,
+    secs: f64,
+    lat_us: Vec<u32>,
+    gen_cpu: f64,
+    server_cpu: Option<f64>,
+    serials: Vec<String>,
+    issued: Vec<(usize, IssuedResponse)>,
+}
+
+/// Send every job over `senders` (one task per connection, each taking the next job), timed.
+async fn run_phase(
+    target: Arc<Target>,
+    senders: Vec<SendRequest<Full<Bytes>>>,
+    path: &'static str,
+    jobs: Arc<Vec<Job>>,
+    jobs_of: Option<Arc<Vec<Vec<usize>>>>,
+    keep: usize,
+    server_pid: Option<u32>,
+) -> anyhow::Result<PhaseResult> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let gen0 = cpu_seconds("self");
+    let srv0 = server_pid.map(|p| cpu_seconds(&p.to_string()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (ci, mut s) in senders.into_iter().enumerate() {
+        let (target, jobs, next, jobs_of) =
+            (target.clone(), jobs.clone(), next.clone(), jobs_of.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = Vec::new();
+            let mut serials = Vec::new();
+            let mut issued = Vec::new();
+            let mut own = 0usize;
+            loop {
+                // Enrollment: any connection takes the next job; renewal: a connection's own
+                // jobs (its certificate's identity).
+                let i = match &jobs_of {
+                    None => next.fetch_add(1, Ordering::Relaxed),
+                    Some(per) => match per[ci].get(own) {
+                        Some(&i) => {
+                            own += 1;
+                            i
+                        }
+                        None => break,
+                    },
+                };
+                let Some(job) = jobs.get(i) else { break };
+                let t0 = Instant::now();
+                match post(&mut s, &target, path, job.body.clone()).await {
+                    Ok((StatusCode::OK, body)) => {
+                        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        match serde_json::from_slice::<IssuedResponse>(&body) {
+                            Ok(r) => {
+                                serials.push(r.serial.clone());
+                                if i < keep {
+                                    issued.push((i, r));
+                                }
+                            }
+                            Err(e) => errors.push(format!("bad JSON answer: {e}")),
+                        }
+                    }
+                    Ok((status, body)) => {
+                        errors.push(format!("{status} {}", String::from_utf8_lossy(&body)))
+                    }
+                    Err(e) => {
+                        errors.push(format!("connection: {e}"));
+                        break;
+                    }
+                }
+            }
+            (lat, errors, serials, issued)
+        }));
+    }
+    let mut r = PhaseResult {
+        done: 0,
+        errors: Vec::new(),
+        secs: 0.0,
+        lat_us: Vec::new(),
+        gen_cpu: 0.0,
+        server_cpu: None,
+        serials: Vec::new(),
+        issued: Vec::new(),
+    };
+    for t in tasks {
+        let (lat, errors, serials, issued) = t.await?;
+        r.lat_us.extend(lat);
+        r.errors.extend(errors);
+        r.serials.extend(serials);
+        r.issued.extend(issued);
+    }
+    r.secs = start.elapsed().as_secs_f64();
+    r.gen_cpu = cpu_seconds("self") - gen0;
+    r.server_cpu = server_pid
+        .zip(srv0)
+        .map(|(p, s0)| cpu_seconds(&p.to_string()) - s0);
+    r.done = r.lat_us.len();
+    r.lat_us.sort_unstable();
+    Ok(r)
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+fn report(name: &str, conns: usize, r: &PhaseResult) {
+    let wall_cores = r.secs * cores();
+    let srv = r
+        .server_cpu
+        .map(|c| format!("{:.0}%", 100.0 * c / wall_cores))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "| {name} | {conns} | {} | {:.1} | **{:.0}** | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {srv} |",
+        r.done,
+        r.secs,
+        r.done as f64 / r.secs,
+        pct(&r.lat_us, 0.50),
+        pct(&r.lat_us, 0.99),
+        pct(&r.lat_us, 1.0),
+        r.errors.len(),
+        100.0 * r.gen_cpu / wall_cores,
+    );
+    for e in r.errors.iter().take(5) {
+        eprintln!("{name} error: {e}");
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let uri: http::Uri = a.url.parse()?;
+    let host = uri
+        .host()
+        .context("URL host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let target = Arc::new(Target {
+        port: uri.port_u16().unwrap_or(443),
+        authority: uri.authority().context("URL")?.to_string(),
+        host,
+    });
+    let root_pem = std::fs::read(&a.root)?;
+    let admin_chain: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut &std::fs::read(&a.admin_cert)?[..]).collect::<Result<_, _>>()?;
+    let admin_key = rustls_pemfile::private_key(&mut &std::fs::read(&a.admin_key)?[..])?
+        .context("admin key")?;
+    let admin_tls = tls_config(&root_pem, Some((admin_chain, admin_key)))?;
+    let plain_tls = tls_config(&root_pem, None)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let run_id: u32 = rand::random();
+
+    // ---- Setup (untimed): tokens and CSRs.
+    eprintln!(
+        "setup: minting {} tokens, generating {} enrollment and {} renewal keys/CSRs",
+        a.enroll, a.enroll, a.renew
+    );
+    let names: Vec<String> = (0..a.enroll)
+        .map(|i| format!("e{i}-{run_id:08x}.bench.example"))
+        .collect();
+    let tokens: Vec<String> = rt.block_on(async {
+        let next = Arc::new(AtomicUsize::new(0));
+        let names = Arc::new(names.clone());
+        let mut tasks = Vec::new();
+        for _ in 0..a.conns {
+            let (target, tls, next, names) = (
+                target.clone(),
+                admin_tls.clone(),
+                next.clone(),
+                names.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut s = connect(&target, tls).await?;
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(cn) = names.get(i) else { break };
+                    let body = serde_json::to_vec(&TokenCreateRequest {
+                        common_name: Some(cn.clone()),
+                        sans: vec![format!("dns:{cn}")],
+                        profile: Some("client".into()),
+                        ttl: Some("2h".into()),
+                    })?;
+                    let (status, body) =
+                        post(&mut s, &target, "/v1/admin/tokens", body.into()).await?;
+                    if status != StatusCode::OK {
+                        bail!("token create: {status} {}", String::from_utf8_lossy(&body));
+                    }
+                    let t: TokenCreateResponse = serde_json::from_slice(&body)?;
+                    out.push((i, t.token));
+                }
+                Ok::<_, anyhow::Error>(out)
+            }));
+        }
+        let mut all = vec![String::new(); names.len()];
+        for t in tasks {
+            for (i, tok) in t.await?? {
+                all[i] = tok;
+            }
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    let enroll_keys = par_map(names.clone(), |cn| key_and_csr(&cn));
+    let enroll_jobs: Vec<Job> = enroll_keys
+        .iter()
+        .zip(&tokens)
+        .map(|((_, csr), token)| Job {
+            body: serde_json::to_vec(&serde_json::json!({ "token": token, "csr": csr }))
+                .unwrap()
+                .into(),
+        })
+        .collect();
+    let renew_conns = a.conns.min(a.enroll);
+    // Renewal j is sent by connection j % renew_conns, authenticated by enrolled cert j % renew_conns.
+    let renew_inputs: Vec<(usize, String)> = (0..a.renew)
+        .map(|j| (j % renew_conns, names[j % renew_conns].clone()))
+        .collect();
+    let renew_csrs = par_map(renew_inputs, |(c, cn)| (c, key_and_csr(&cn).1));
+
+    // ---- Timed: enrollment.
+    let enroll_jobs = Arc::new(enroll_jobs);
+    let senders = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..a.conns {
+            v.push(connect(&target, plain_tls.clone()).await?);
+        }
+        Ok::<_, anyhow::Error>(v)
+    })?;
+    eprintln!("enroll: {} requests over {} connections", a.enroll, a.conns);
+    let er = rt.block_on(run_phase(
+        target.clone(),
+        senders,
+        "/v1/enroll",
+        enroll_jobs.clone(),
+        None,
+        renew_conns,
+        a.server_pid,
+    ))?;
+
+    println!("| phase | connections | certificates | seconds | certificates/s | p50 ms | p99 ms | max ms | errors | generator CPU (share of {} cores) | server CPU (share) |", cores());
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    report("enroll", a.conns, &er);
+
+    // ---- Timed: renewal over mTLS with the first enrolled certificates.
+    let mut rr = None;
+    if a.renew > 0 {
+        let mut issued = er.issued.clone();
+        issued.sort_by_key(|(i, _)| *i);
+        if issued.len() < renew_conns {
+            bail!(
+                "only {} of the first {renew_conns} enrollments succeeded; cannot renew",
+                issued.len()
+            );
+        }
+        let mut configs = Vec::new();
+        for (i, r) in issued.iter().take(renew_conns) {
+            let chain: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut r.certificate.as_bytes()).collect::<Result<_, _>>()?;
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(enroll_keys[*i].0.serialize_der()));
+            configs.push(tls_config(&root_pem, Some((chain, key)))?);
+        }
+        let mut per_conn = vec![Vec::new(); renew_conns];
+        let jobs: Vec<Job> = renew_csrs
+            .into_iter()
+            .enumerate()
+            .map(|(j, (c, csr))| {
+                per_conn[c].push(j);
+                Job {
+                    body: serde_json::to_vec(&serde_json::json!({ "csr": csr }))
+                        .unwrap()
+                        .into(),
+                }
+            })
+            .collect();
+        let senders = rt.block_on(async {
+            let mut v = Vec::new();
+            for c in &configs {
+                v.push(connect(&target, c.clone()).await?);
+            }
+            Ok::<_, anyhow::Error>(v)
+        })?;
+        eprintln!(
+            "renew: {} requests over {} mTLS connections",
+            a.renew, renew_conns
+        );
+        let r = rt.block_on(run_phase(
+            target.clone(),
+            senders,
+            "/v1/renew",
+            Arc::new(jobs),
+            Some(Arc::new(per_conn)),
+            0,
+            a.server_pid,
+        ))?;
+        report("renew (mTLS)", renew_conns, &r);
+        rr = Some(r);
+    }
+
+    // ---- Checks (untimed): every serial distinct, the kept certificates carry their names.
+    let mut seen = HashSet::new();
+    let all = er
+        .serials
+        .iter()
+        .chain(rr.iter().flat_map(|r| r.serials.iter()));
+    let mut total = 0;
+    for s in all {
+        total += 1;
+        if !seen.insert(s.clone()) {
+            bail!("serial {s} issued twice");
+        }
+    }
+    for (i, r) in &er.issued {
+        let der = rustls_pemfile::certs(&mut r.certificate.as_bytes())
+            .next()
+            .context("no cert")??;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .unwrap_or("");
+        if cn != names[*i] {
+            bail!(
+                "enrollment {i}: certificate for {cn:?}, expected {:?}",
+                names[*i]
+            );
+        }
+    }
+    let errors = er.errors.len() + rr.as_ref().map_or(0, |r| r.errors.len());
+    eprintln!("checked: {total} distinct serials, {errors} errors");
+    if errors > 0 {
+        bail!("{errors} requests failed");
+    }
+    Ok(())
+}
