@@ -7,11 +7,13 @@
 # namespace (`unshare -rn`), since `openssl ocsp -port` listens on all addresses.
 #
 # Usage: bench/ocsp.sh [DURATION] [CONNECTIONS] [CERTS]   (defaults 8s 16 2000)
+#        ROUNDS=3 (each case runs once per round, rounds interleave; medians reported)
 # Writes bench/results/ocsp.md. Needs wrk, nginx, openssl, unshare, SoftHSM2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur="${1:-8s}"; conns="${2:-16}"; certs="${3:-2000}"
 threads="${THREADS:-1}"
+rounds="${ROUNDS:-3}"
 
 if [ -z "${OCSP_BENCH_NETNS:-}" ]; then
   for t in wrk nginx openssl unshare curl; do
@@ -22,6 +24,7 @@ if [ -z "${OCSP_BENCH_NETNS:-}" ]; then
 fi
 
 ip link set lo up
+loadavg="$(cut -d' ' -f1-3 /proc/loadavg)"
 target="${CARGO_TARGET_DIR:-target}"
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 work="$(mktemp -d)"
@@ -115,7 +118,8 @@ load() { # name port method post-path get-prefix
 }
 
 results="$work/results.txt"
-{
+for round in $(seq 1 "$rounds"); do
+  echo "round $round/$rounds" >&2
   run ours "$OURS_PORT" GET /ocsp /ocsp/
   run ours "$OURS_PORT" POST /ocsp /ocsp/
   run axum "$AXUM_PORT" GET /ocsp /ocsp/
@@ -129,25 +133,30 @@ results="$work/results.txt"
   load ours-loadgen "$OURS_PORT" POST /ocsp /ocsp/
   load openssl "$OPENSSL_PORT" GET / /
   load openssl "$OPENSSL_PORT" POST / /
-} | tee "$results" >&2
+done | tee "$results" >&2
 
-val() { awk -v n="$1" -v m="$2" -v k="$3" '$1==n && $2==m { for (i=3;i<=NF;i++) { split($i,a,"="); if (a[1]==k) print a[2] } }' "$results"; }
+# Median over the rounds (the cases of a round run back to back, rounds interleave them, so
+# a burst of other work on the machine hits one sample of each case, not one case).
+val() {
+  awk -v n="$1" -v m="$2" -v k="$3" '$1==n && $2==m { for (i=3;i<=NF;i++) { split($i,a,"="); if (a[1]==k) print a[2] } }' "$results" \
+    | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 mkdir -p bench/results
 out=bench/results/ocsp.md
 {
-  echo "### OCSP responder ($(date -u +%Y-%m-%d), wrk -t$threads -c$conns -d$dur, keep-alive, loopback)"
+  echo "### OCSP responder ($(date -u +%Y-%m-%d), wrk -t$threads -c$conns -d$dur, keep-alive, loopback, median of $rounds rounds)"
   echo
-  echo "Command: \`bench/ocsp.sh $dur $conns $certs\`. Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(openssl version | cut -d' ' -f1-2), nginx $("$nginx_bin" -v 2>&1 | sed 's|.*/||')."
+  echo "Command: \`bench/ocsp.sh $dur $conns $certs\`. Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(openssl version | cut -d' ' -f1-2), nginx $("$nginx_bin" -v 2>&1 | sed 's|.*/||'). Load average at start: $loadavg (other work on the machine skews absolute numbers; compare rows of one run)."
   echo "Store: $CERTS certificates (20% revoked), pre-signed at start in ${PRESIGN_MS} ms; request mix 60 good / 20 revoked / 20 unknown, SHA-1 CertIDs, no nonce; response ${RESPONSE_BYTES} B (delegated responder, certificate included)."
   echo
   echo "| Server | Method | req/s | p50 (ms) | p99 (ms) | errors |"
   echo "|---|---|---:|---:|---:|---:|"
-  while read -r name method _ rest; do
+  awk '{ print $1, $2 }' "$results" | awk '!seen[$0]++' | while read -r name method; do
     rps="$(val "$name" "$method" rps)"; p50="$(val "$name" "$method" p50_us)"; p99="$(val "$name" "$method" p99_us)"; err="$(val "$name" "$method" errors)"
     printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$method" "$rps" "$(awk -v v="$p50" 'BEGIN{printf "%.3f", v/1000}')" "$(awk -v v="$p99" 'BEGIN{printf "%.3f", v/1000}')" "$err"
-  done <"$results"
+  done
   echo
   echo "Rows \`ours\`, \`axum\`, \`nginx-static\`: wrk. Rows \`ours-loadgen\`, \`openssl\`: the Rust load generator (\`bench_status load\`, one thread, same connections and duration)."
   echo

@@ -49,9 +49,10 @@
 //! ```
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::State;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -364,7 +365,6 @@ fn outcome(a: &OcspAnswer) -> &'static str {
 
 /// The status listener's routes.
 pub fn router(state: Arc<StatusState>) -> Router {
-    let limit = state.config.max_request_bytes;
     Router::new()
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/", post(ocsp_post))
@@ -372,7 +372,6 @@ pub fn router(state: Arc<StatusState>) -> Router {
         .route("/crl", get(crl))
         .route("/ca.crt", get(ca_cert))
         .route("/root.crl", get(root_crl))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -481,33 +480,40 @@ fn ocsp_http(
     req: &HeaderMap,
 ) -> Response {
     state.observe(&a);
-    let mut h = HeaderMap::new();
+    let get_meta = match &a.kind {
+        AnswerKind::Signed {
+            this_update,
+            next_update,
+            cacheable: true,
+            ..
+        } if cacheable_get => Some((*this_update, *next_update)),
+        _ => None,
+    };
+    let not_mod = get_meta.is_some() && not_modified(req, &a.etag);
+    // Build the response in place: no intermediate header map to merge.
+    let mut resp = if not_mod {
+        Response::new(Body::empty())
+    } else {
+        Response::new(shared_body(a.clone()))
+    };
+    if not_mod {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    }
+    let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(OCSP_RESPONSE),
     );
-    if let AnswerKind::Signed {
-        this_update,
-        next_update,
-        cacheable: true,
-        ..
-    } = &a.kind
-    {
-        if cacheable_get {
-            match a
-                .transport
-                .get_or_init(|| CacheMeta::new(*this_update, *next_update, &a.etag))
-            {
-                Some(meta) => meta.apply(&mut h, &state.max_age),
-                None => CacheMeta::new(*this_update, *next_update, &a.etag)
-                    .apply(&mut h, &state.max_age),
-            }
-            if not_modified(req, &a.etag) {
-                return (StatusCode::NOT_MODIFIED, h).into_response();
-            }
+    if let Some((this_update, next_update)) = get_meta {
+        match a
+            .transport
+            .get_or_init(|| CacheMeta::new(this_update, next_update, &a.etag))
+        {
+            Some(meta) => meta.apply(h, &state.max_age),
+            None => CacheMeta::new(this_update, next_update, &a.etag).apply(h, &state.max_age),
         }
     }
-    (StatusCode::OK, h, shared_body(a)).into_response()
+    resp
 }
 
 async fn answer(state: &Arc<StatusState>, der: &[u8], get: bool, req: &HeaderMap) -> Response {
@@ -527,10 +533,10 @@ async fn answer(state: &Arc<StatusState>, der: &[u8], get: bool, req: &HeaderMap
     ocsp_http(state, a, get, req)
 }
 
-/// Decode the base64 of an RFC 6960 A.1 GET path (already percent-decoded by the router):
-/// standard or URL-safe alphabet, padding optional, stray leading slashes (from a responder URL
-/// ending in `/`) ignored. A DER request starts with 0x30, i.e. base64 `M`, never `/`.
-fn decode_get_path(p: &str) -> Option<Vec<u8>> {
+/// Decode an RFC 6960 A.1 GET path: percent-decoding (clients encode `+`, `/`, `=`), then
+/// base64 in the standard or URL-safe alphabet, padding optional; stray leading slashes (from a
+/// responder URL ending in `/`) are ignored: a DER request starts with 0x30, base64 `M`.
+fn decode_get_path(raw: &str) -> Option<Vec<u8>> {
     use base64::engine::{
         general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig,
     };
@@ -538,25 +544,32 @@ fn decode_get_path(p: &str) -> Option<Vec<u8>> {
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     const STD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CFG);
     const URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CFG);
-    let p = p.trim_start_matches('/');
-    if p.contains(['-', '_']) {
-        URL.decode(p).ok()
+    let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode_str(raw).into();
+    let start = decoded
+        .iter()
+        .position(|b| *b != b'/')
+        .unwrap_or(decoded.len());
+    let b64 = &decoded[start..];
+    if b64.iter().any(|b| *b == b'-' || *b == b'_') {
+        URL.decode(b64).ok()
     } else {
-        STD.decode(p).ok()
+        STD.decode(b64).ok()
     }
 }
 
-async fn ocsp_get(
-    State(state): State<Arc<StatusState>>,
-    Path(request): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    // base64 is 4/3 of the DER: refuse before decoding anything oversized.
-    if request.len() > state.config.max_request_bytes.saturating_mul(4) / 3 + 4 {
+async fn ocsp_get(State(state): State<Arc<StatusState>>, uri: Uri, headers: HeaderMap) -> Response {
+    // The raw path, not a `Path` extractor: one percent-decoding pass, no String.
+    let raw = uri.path().strip_prefix("/ocsp/").unwrap_or("");
+    // base64 is 4/3 of the DER and percent-encoding at most triples it: refuse before
+    // decoding anything oversized.
+    if raw.len() > state.config.max_request_bytes.saturating_mul(4) + 16 {
         return (StatusCode::URI_TOO_LONG, "OCSP request too large\n").into_response();
     }
-    match decode_get_path(&request) {
-        Some(der) => answer(&state, &der, true, &headers).await,
+    match decode_get_path(raw) {
+        Some(der) if der.len() <= state.config.max_request_bytes => {
+            answer(&state, &der, true, &headers).await
+        }
+        Some(_) => (StatusCode::URI_TOO_LONG, "OCSP request too large\n").into_response(),
         None => ocsp_http(&state, state.responder.malformed_request(), false, &headers),
     }
 }
@@ -564,7 +577,7 @@ async fn ocsp_get(
 async fn ocsp_post(
     State(state): State<Arc<StatusState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -578,7 +591,18 @@ async fn ocsp_post(
         )
             .into_response();
     }
-    answer(&state, &body, false, &headers).await
+    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, "OCSP request too large\n").into_response();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.config.max_request_bytes) {
+        return too_large();
+    }
+    match axum::body::to_bytes(body, state.config.max_request_bytes).await {
+        Ok(bytes) => answer(&state, &bytes, false, &headers).await,
+        Err(_) => too_large(),
+    }
 }
 
 fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Response {
@@ -658,6 +682,8 @@ mod tests {
         assert_eq!(decode_get_path("//MAo="), Some(vec![0x30, 0x0a]));
         assert_eq!(decode_get_path("-_8"), Some(vec![0xfb, 0xff]));
         assert_eq!(decode_get_path("+/8="), Some(vec![0xfb, 0xff]));
+        assert_eq!(decode_get_path("%2F%2FMAo%3D"), Some(vec![0x30, 0x0a]));
+        assert_eq!(decode_get_path("%ZZ"), None);
         assert_eq!(decode_get_path("!!!"), None);
         assert_eq!(decode_get_path("M"), None);
     }

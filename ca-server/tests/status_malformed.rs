@@ -281,7 +281,7 @@ async fn malformed_requests_get_malformed_request_or_4xx() {
         (
             "bad percent-encoding in GET",
             Send::Get("%ZZ%C3%28".into()),
-            Expect::Http(400),
+            Expect::Malformed,
         ),
         (
             "oversized GET",
