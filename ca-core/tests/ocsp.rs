@@ -202,6 +202,9 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     .unwrap();
     assert!(rec.is_revoked());
     let req = openssl_request(&ca, &[&leaf.cert_pem], "req2.der", &["-no_nonce"]);
+    // The very bytes answered `good` before (the responder memoises request -> serial, never
+    // the status).
+    assert_eq!(req, std::fs::read(ca.path("req-sha1.der")).unwrap());
     let Lookup::Ready(a) = r.lookup(&req) else {
         panic!("pre-signed answer expected after revocation")
     };

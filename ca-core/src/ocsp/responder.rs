@@ -26,6 +26,8 @@ use x509_ocsp::{OcspResponseStatus, ResponderId, SingleResponse};
 const PRESIGNED_ALGS: [HashAlg; 2] = [HashAlg::Sha1, HashAlg::Sha256];
 const SHARDS: usize = 16;
 const SIGN_LOCKS: usize = 64;
+/// Most entries in the request memo (request bytes -> serial); it is emptied when full.
+const MEMO_MAX: usize = 65_536;
 
 /// Responder settings. Defaults suit short-lived mTLS certificates.
 #[derive(Clone, Debug)]
@@ -339,6 +341,9 @@ pub struct Responder {
     sign_locks: Vec<Mutex<()>>,
     unknown: RwLock<UnknownCache>,
     external: RwLock<External>,
+    /// Request DER -> serial, for requests already decoded once (RFC 5019 clients send the
+    /// same bytes again and again). Holds no status: the answer always comes from the caches.
+    memo: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
     bucket: Mutex<Bucket>,
     malformed: Arc<OcspAnswer>,
     unauthorized: Arc<OcspAnswer>,
@@ -421,6 +426,7 @@ impl Responder {
             sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
             unknown: RwLock::new(UnknownCache::default()),
             external: RwLock::new(External::default()),
+            memo: RwLock::new(HashMap::new()),
             bucket: Mutex::new(Bucket {
                 tokens: live_burst,
                 last: Instant::now(),
@@ -685,6 +691,10 @@ impl Responder {
     ///
     /// [`answer_live`]: Responder::answer_live
     pub fn lookup(&self, request_der: &[u8]) -> Lookup {
+        // Fast path: bytes seen before map to a serial without decoding them again.
+        if let Some(a) = self.memo_answer(request_der) {
+            return Lookup::Ready(a);
+        }
         let parsed = match parse_request(request_der, self.config.max_certs_per_request) {
             Ok(p) => p,
             Err(e) => {
@@ -703,19 +713,41 @@ impl Responder {
             return Lookup::Live(LiveRequest { parsed });
         }
         if PRESIGNED_ALGS.contains(&alg) {
-            let now = self.clock.now();
-            if let Some(a) = self.cached(&rc.serial).filter(|a| a.fresh(now)) {
-                return Lookup::Ready(a);
+            if parsed.nonce.is_none() {
+                let mut memo = write(&self.memo);
+                if memo.len() >= MEMO_MAX {
+                    memo.clear();
+                }
+                memo.insert(request_der.to_vec(), rc.serial.clone());
             }
-            if let Some(a) = read(&self.unknown)
-                .map
-                .get(&rc.serial)
-                .filter(|a| a.fresh(now))
-            {
-                return Lookup::Ready(a.clone());
+            if let Some(a) = self.presigned(&rc.serial, self.clock.now()) {
+                return Lookup::Ready(a);
             }
         }
         Lookup::Live(LiveRequest { parsed })
+    }
+
+    /// A fresh pre-signed answer (or cached `unknown`) for a serial.
+    fn presigned(&self, serial: &[u8], now: DateTime<Utc>) -> Option<Arc<OcspAnswer>> {
+        if let Some(a) = read(self.shard(serial))
+            .get(serial)
+            .filter(|a| a.fresh(now))
+        {
+            return Some(a.clone());
+        }
+        read(&self.unknown)
+            .map
+            .get(serial)
+            .filter(|a| a.fresh(now))
+            .cloned()
+    }
+
+    /// The answer for request bytes decoded before: only single-CertID requests for this
+    /// issuer, with a SHA-1/SHA-256 CertID and no nonce, are memoised.
+    fn memo_answer(&self, request_der: &[u8]) -> Option<Arc<OcspAnswer>> {
+        let memo = read(&self.memo);
+        let serial = memo.get(request_der)?;
+        self.presigned(serial, self.clock.now())
     }
 
     fn external_answer(&self, rc: &RequestedCert) -> Arc<OcspAnswer> {
