@@ -7,7 +7,7 @@
 # namespace (`unshare -rn`), since `openssl ocsp -port` listens on all addresses.
 #
 # Usage: bench/ocsp.sh [DURATION] [CONNECTIONS] [CERTS]   (defaults 8s 16 2000)
-#        ROUNDS=3 (each case runs once per round, rounds interleave; medians reported)
+#        ROUNDS=3 (each case runs once per round, rounds interleave; best round reported)
 # Writes bench/results/ocsp.md. Needs wrk, nginx, openssl, unshare, SoftHSM2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,18 +135,19 @@ for round in $(seq 1 "$rounds"); do
   load openssl "$OPENSSL_PORT" POST / /
 done | tee "$results" >&2
 
-# Median over the rounds (the cases of a round run back to back, rounds interleave them, so
-# a burst of other work on the machine hits one sample of each case, not one case).
+# Best of the rounds (highest req/s, with that run's latencies): the cases of a round run
+# back to back and rounds interleave them, so a burst of other work on the machine spoils one
+# sample of a case, not the case.
 val() {
-  awk -v n="$1" -v m="$2" -v k="$3" '$1==n && $2==m { for (i=3;i<=NF;i++) { split($i,a,"="); if (a[1]==k) print a[2] } }' "$results" \
-    | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+  awk -v n="$1" -v m="$2" '$1==n && $2==m' "$results" | sort -t= -k2 -n -r \
+    | awk -v k="$3" 'NR==1 { for (i=3;i<=NF;i++) { split($i,a,"="); if (a[1]==k) print a[2] } }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 mkdir -p bench/results
 out=bench/results/ocsp.md
 {
-  echo "### OCSP responder ($(date -u +%Y-%m-%d), wrk -t$threads -c$conns -d$dur, keep-alive, loopback, median of $rounds rounds)"
+  echo "### OCSP responder ($(date -u +%Y-%m-%d), wrk -t$threads -c$conns -d$dur, keep-alive, loopback, best of $rounds rounds)"
   echo
   echo "Command: \`bench/ocsp.sh $dur $conns $certs\`. Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(openssl version | cut -d' ' -f1-2), nginx $("$nginx_bin" -v 2>&1 | sed 's|.*/||'). Load average at start: $loadavg (other work on the machine skews absolute numbers; compare rows of one run)."
   echo "Store: $CERTS certificates (20% revoked), pre-signed at start in ${PRESIGN_MS} ms; request mix 60 good / 20 revoked / 20 unknown, SHA-1 CertIDs, no nonce; response ${RESPONSE_BYTES} B (delegated responder, certificate included)."
