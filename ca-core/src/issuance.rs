@@ -10,7 +10,7 @@ use crate::clock::{to_offset, Clock};
 use crate::csr::CsrRequest;
 use crate::error::{Error, Result};
 use crate::profile::{KeyUsage, Profile, Profiles, San};
-use crate::signer::{self, KeyAlgorithm, PublicKey, RcgenKey, Signer};
+use crate::signer::{self, KeyAlgorithm, PublicKey, Signer};
 use crate::store::{CertRecord, IdentityBinding, RecordStatus, Requester, Store, TokenRecord};
 use chrono::{DateTime, Utc};
 use der::{Decode, Encode};
@@ -60,6 +60,9 @@ pub enum IssueContext<'a> {
 /// The issuing CA.
 pub struct Ca {
     signer: Arc<dyn Signer>,
+    /// rcgen's view of the issuer (subject DN, key identifier, key usages) with the HSM key,
+    /// parsed from `cert_der` once instead of at every issuance.
+    issuer: rcgen::Issuer<'static, IssuerKey>,
     cert_der: Vec<u8>,
     chain: Vec<Vec<u8>>,
     not_before: DateTime<Utc>,
@@ -133,8 +136,12 @@ impl Ca {
             }
         }
         let (not_before, not_after) = validity(&cert_der)?;
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), IssuerKey(signer.clone()))
+                .map_err(|e| Error::Issuer(format!("rcgen cannot use it as an issuer: {e}")))?;
         Ok(Ca {
             signer,
+            issuer,
             cert_der,
             chain,
             not_before,
@@ -551,6 +558,48 @@ pub fn key_identifier(spki_der: &[u8]) -> Result<Vec<u8>> {
     Ok(digest[..20].to_vec())
 }
 
+/// The HSM issuing key as rcgen's signing key, owned by the cached [`rcgen::Issuer`].
+///
+/// rcgen's `RemoteKeyError` carries no detail, so the HSM error of a failed signature is kept
+/// aside for [`IssuerKey::map_err`]. rcgen signs on the caller's thread and the key is shared
+/// by concurrent issuances, so the error is kept per thread.
+struct IssuerKey(Arc<dyn Signer>);
+
+thread_local! {
+    static LAST_SIGN_ERROR: std::cell::RefCell<Option<Error>> = const { std::cell::RefCell::new(None) };
+}
+
+impl IssuerKey {
+    /// Map an rcgen error to ours, recovering the HSM error if this thread's signature failed.
+    fn map_err(e: rcgen::Error) -> Error {
+        if let rcgen::Error::RemoteKeyError = e {
+            if let Some(inner) = LAST_SIGN_ERROR.with(|l| l.borrow_mut().take()) {
+                return inner;
+            }
+        }
+        Error::Build(e)
+    }
+}
+
+impl rcgen::PublicKeyData for IssuerKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.public_key_bits()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.0.algorithm().rcgen()
+    }
+}
+
+impl rcgen::SigningKey for IssuerKey {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        self.0.sign(msg).map_err(|e| {
+            tracing::error!(error = %e, "HSM signing failed");
+            LAST_SIGN_ERROR.with(|l| *l.borrow_mut() = Some(e));
+            rcgen::Error::RemoteKeyError
+        })
+    }
+}
+
 /// How many fresh serials to try when one collides (a collision of 127 random bits means the
 /// CSPRNG is broken; fail closed rather than loop).
 const SERIAL_ATTEMPTS: usize = 3;
@@ -575,12 +624,10 @@ impl Prepared<'_> {
         &self.identity
     }
 
-    /// Sign in the HSM, verify, store durably, return.
+    /// Sign in the HSM, verify, store durably, return. (Inside [`crate::store::deferred`] the
+    /// store write becomes durable when the unit of work ends, before it returns.)
     pub fn issue(mut self) -> Result<Issued> {
         let ca = self.ca;
-        let key = RcgenKey::new(ca.signer.as_ref());
-        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.as_slice().into(), &key)
-            .map_err(Error::Build)?;
         for _ in 0..SERIAL_ATTEMPTS {
             let serial = random_serial();
             if ca.store.serial_exists(&serial)? {
@@ -589,8 +636,8 @@ impl Prepared<'_> {
             self.params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
             let cert = self
                 .params
-                .signed_by(&self.public_key, &issuer)
-                .map_err(|e| key.map_err(e))?;
+                .signed_by(&self.public_key, &ca.issuer)
+                .map_err(IssuerKey::map_err)?;
             let der = cert.der().to_vec();
             self.check_signed(&der, &serial)?;
             let record = CertRecord {

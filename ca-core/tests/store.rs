@@ -82,6 +82,88 @@ fn records_survive_reopen_and_indexes_answer() {
 }
 
 #[test]
+fn refused_duplicate_serial_leaves_the_indexes_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let by = |identity: &str| {
+        s.list_certs(&CertFilter {
+            identity: Some(identity.into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .len()
+    };
+    assert!(s.insert_cert(&record(1, "a.test")).unwrap());
+    // Same serial, other identity: refused, and its index entries are withdrawn.
+    assert!(!s.insert_cert(&record(1, "b.test")).unwrap());
+    assert_eq!(by("b.test"), 0);
+    // Same serial, same identity and expiry: refused, the original keeps its entries.
+    assert!(!s.insert_cert(&record(1, "a.test")).unwrap());
+    assert_eq!(by("a.test"), 1);
+    let expiring = s
+        .list_certs(&CertFilter {
+            expiring_before: Some(Utc::now() + Duration::hours(3)),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(expiring.len(), 1);
+    assert_eq!(expiring[0].identity, "a.test");
+}
+
+#[test]
+fn deferred_writes_share_one_flush_and_keep_what_a_failed_unit_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        s.insert_token(&token("h1", Duration::hours(1))).unwrap();
+        let r: Result<(), Error> = ca_core::store::deferred(&s, || {
+            s.consume_token("h1", Utc::now())?;
+            // Nested units flush once, at the outermost end.
+            ca_core::store::deferred(&s, || {
+                assert!(s.insert_cert(&record(1, "a.test"))?);
+                s.append_audit(NewAuditEvent::ok("t", "enroll", "11 01"))
+            })?;
+            // Visible inside the unit already.
+            assert!(s.get_cert(&[0x11, 1])?.is_some());
+            Err(Error::SerialExhausted)
+        });
+        assert!(matches!(r, Err(Error::SerialExhausted)));
+        // Outside a unit, writes flush on their own again.
+        assert!(s.insert_cert(&record(2, "a.test")).unwrap());
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    assert!(matches!(
+        s.consume_token("h1", Utc::now()),
+        Err(Error::TokenRejected("token already used"))
+    ));
+    assert!(s.get_cert(&[0x11, 1]).unwrap().is_some());
+    assert!(s.get_cert(&[0x11, 2]).unwrap().is_some());
+    assert_eq!(s.verify_audit().unwrap(), 1);
+}
+
+#[test]
+fn audit_head_one_event_behind_is_completed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        for i in 0..3 {
+            s.append_audit(NewAuditEvent::ok("alice", "issue", format!("serial-{i}")))
+                .unwrap();
+        }
+        // A crash between the event write and the head write of append 3.
+        s.rewind_audit_head_for_test().unwrap();
+        assert!(matches!(s.verify_audit(), Err(Error::AuditChain { .. })));
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.verify_audit().unwrap(), 3);
+    let ev = s
+        .append_audit(NewAuditEvent::ok("alice", "issue", "serial-3"))
+        .unwrap();
+    assert_eq!(ev.seq, 4);
+    assert_eq!(s.verify_audit().unwrap(), 4);
+}
+
+#[test]
 fn tokens_are_single_use_even_under_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(SledStore::open(dir.path()).unwrap());
@@ -233,9 +315,16 @@ fn crash_child_writer() {
                 for i in 0u32.. {
                     let mut r = record(0, "crash.test");
                     r.serial = [vec![t], i.to_be_bytes().to_vec()].concat();
-                    assert!(s.insert_cert(&r).unwrap());
-                    s.append_audit(NewAuditEvent::ok("child", "issue", hex::encode(&r.serial)))
-                        .unwrap();
+                    let write = || {
+                        assert!(s.insert_cert(&r)?);
+                        s.append_audit(NewAuditEvent::ok("child", "issue", hex::encode(&r.serial)))
+                    };
+                    // Half the writers flush per write, half per unit of work (as the server).
+                    if t % 2 == 0 {
+                        write().unwrap();
+                    } else {
+                        ca_core::store::deferred(s.as_ref(), write).unwrap();
+                    }
                     use std::io::Write;
                     let mut o = out.lock().unwrap();
                     writeln!(o, "ACK {}", hex::encode(&r.serial)).unwrap();
@@ -284,10 +373,24 @@ fn kill9_under_load_loses_nothing_acknowledged() {
         child.wait().unwrap();
         assert!(acked.len() >= target, "child stopped early");
         let s = SledStore::open(dir.path()).expect("store must reopen after kill -9");
+        let indexed: std::collections::HashSet<Vec<u8>> = s
+            .list_certs(&CertFilter {
+                identity: Some("crash.test".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.serial)
+            .collect();
         for serial in &acked {
             assert!(
                 s.get_cert(serial).unwrap().is_some(),
                 "round {round}: acknowledged serial {} lost",
+                hex::encode(serial)
+            );
+            assert!(
+                indexed.contains(serial),
+                "round {round}: acknowledged serial {} missing from the identity index",
                 hex::encode(serial)
             );
         }

@@ -134,6 +134,9 @@ impl StatusHooks for ResponderHooks {
     }
 }
 
+/// The audit event of a successful issuance, built from its outcome.
+pub type SuccessAudit = Box<dyn FnOnce(&Outcome) -> NewAuditEvent + Send>;
+
 /// Readiness probe of the HSM signer.
 pub type HealthCheck = Arc<dyn Fn() -> ca_core::Result<()> + Send + Sync>;
 
@@ -232,6 +235,14 @@ impl AppState {
         ca_core::signer::sha256_hex(&self.root_der)
     }
 
+    /// [`AppState::audit`] on the calling (blocking) thread.
+    fn audit_blocking(&self, ev: NewAuditEvent) {
+        if let Err(e) = self.store.append_audit(ev) {
+            tracing::error!(error = %e, "audit append failed");
+            self.metrics.failure("audit_append");
+        }
+    }
+
     /// Append an audit event; a failure is logged (and counted), never hidden.
     pub async fn audit(&self, ev: NewAuditEvent) {
         let store = self.store.clone();
@@ -255,12 +266,48 @@ impl AppState {
     /// every policy check, so a refused request leaves the token usable; consumption is
     /// atomic, so of concurrent uses exactly one proceeds to signing.
     pub async fn issue(self: &Arc<Self>, csr: CsrRequest, req: Request) -> ApiResult<Outcome> {
+        self.issue_unit(csr, req, None).await
+    }
+
+    /// [`AppState::issue`], and on success the audit event `audit` builds from the outcome,
+    /// appended in the same unit of work (failures are the caller's to audit).
+    pub async fn issue_audited(
+        self: &Arc<Self>,
+        csr: CsrRequest,
+        req: Request,
+        audit: impl FnOnce(&Outcome) -> NewAuditEvent + Send + 'static,
+    ) -> ApiResult<Outcome> {
+        self.issue_unit(csr, req, Some(Box::new(audit))).await
+    }
+
+    /// One issuance as one unit of work on the blocking pool: token check and consumption,
+    /// signing, verification and storage of the certificate, the OCSP response pre-signed at
+    /// issuance (status hooks), the audit event. Their store writes share **one**
+    /// group-committed flush at the end ([`ca_core::store::deferred`]) instead of one each, and
+    /// the outcome is returned only after that flush: nothing is acknowledged before it is
+    /// durable (DESIGN invariant 2). A certificate whose serial nobody has been told yet may be
+    /// answered `good` by the OCSP responder a moment before the flush completes; if the
+    /// process dies meanwhile, the certificate, its response and the token use are all lost
+    /// together and the client, which got no answer, retries.
+    async fn issue_unit(
+        self: &Arc<Self>,
+        csr: CsrRequest,
+        req: Request,
+        audit: Option<SuccessAudit>,
+    ) -> ApiResult<Outcome> {
         let me = self.clone();
-        let outcome = tokio::task::spawn_blocking(move || me.issue_blocking(&csr, req))
-            .await
-            .map_err(ApiError::internal)??;
-        self.hooks.on_issued(&outcome.issued.record);
-        Ok(outcome)
+        tokio::task::spawn_blocking(move || {
+            ca_core::store::deferred(me.store.as_ref(), || {
+                let outcome = me.issue_blocking(&csr, req)?;
+                me.hooks.on_issued(&outcome.issued.record);
+                if let Some(audit) = audit {
+                    me.audit_blocking(audit(&outcome));
+                }
+                Ok::<_, ApiError>(outcome)
+            })
+        })
+        .await
+        .map_err(ApiError::internal)?
     }
 
     fn issue_blocking(&self, csr: &CsrRequest, req: Request) -> ApiResult<Outcome> {

@@ -210,6 +210,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn verify_audit(&self) -> Result<u64>;
     /// Check the store answers (readiness).
     fn health(&self) -> Result<()>;
+    /// Start deferring the flushes of writes made **on this thread** (nestable): until the
+    /// matching [`Store::end_deferred`], write methods return once the write is applied, before
+    /// it is durable. Use [`deferred`], which pairs the two calls; the default (a store whose
+    /// writes are always durable on return) does nothing.
+    fn begin_deferred(&self) {}
+    /// End a deferral begun on this thread; when the outermost one ends, make every write made
+    /// so far durable (one group-committed flush) before returning.
+    fn end_deferred(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Run `f` with the flushes of the writes it makes on this thread deferred to **one**
+/// group-committed flush when it returns (DESIGN "Performance shape": batched store flushes).
+///
+/// The result is returned only after that flush, so a caller that acknowledges on return still
+/// acknowledges only durable writes (DESIGN invariant 2); nothing inside `f` may acknowledge
+/// anything. The flush happens whether `f` succeeded or failed, so a failed unit of work leaves
+/// its writes durable exactly as if each write had flushed. A flush failure replaces `f`'s
+/// success with the store error. Writes made on other threads are not deferred.
+///
+/// ```
+/// # fn f(store: &dyn ca_core::store::Store, tok: &ca_core::store::TokenRecord) -> ca_core::Result<()> {
+/// use ca_core::audit::NewAuditEvent;
+/// ca_core::store::deferred(store, || {
+///     store.insert_token(tok)?;
+///     store.append_audit(NewAuditEvent::ok("admin", "token.create", &tok.id))?;
+///     Ok::<_, ca_core::Error>(())
+/// })?; // both durable here, after one flush
+/// # Ok(()) }
+/// ```
+pub fn deferred<T, E: From<crate::Error>>(
+    store: &dyn Store,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    /// Ends the deferral even if `f` panics (the flush error is then moot).
+    struct End<'a>(Option<&'a dyn Store>);
+    impl Drop for End<'_> {
+        fn drop(&mut self) {
+            if let Some(s) = self.0.take() {
+                let _ = s.end_deferred();
+            }
+        }
+    }
+    store.begin_deferred();
+    let mut end = End(Some(store));
+    let r = f();
+    end.0 = None;
+    let flushed = store.end_deferred();
+    let v = r?;
+    flushed?;
+    Ok(v)
 }
 
 /// Serde helper: bytes as lowercase hex.

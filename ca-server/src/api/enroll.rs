@@ -38,35 +38,33 @@ pub(crate) async fn enroll_with_token(
 ) -> ApiResult<Outcome> {
     let result = match csr {
         Ok(csr) => {
-            state
-                .issue(
-                    csr,
-                    Request::Enrollment {
-                        token_hash: token_hash(token),
-                    },
-                )
-                .await
+            let (route, peer_ip) = (route.to_string(), peer.addr.ip().to_string());
+            // The success event is appended with the issuance (one store flush for both).
+            let audit = move |o: &Outcome| {
+                let rec = &o.issued.record;
+                let token_id = o.token.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+                NewAuditEvent::ok(format!("token:{token_id}"), "enroll", rec.serial_hex())
+                    .with_detail(serde_json::json!({
+                        "route": route,
+                        "identity": rec.identity,
+                        "sans": rec.sans,
+                        "profile": rec.profile,
+                        "token_id": token_id,
+                        "peer": peer_ip,
+                    }))
+            };
+            let req = Request::Enrollment {
+                token_hash: token_hash(token),
+            };
+            state.issue_audited(csr, req, audit).await
         }
         Err(e) => Err(e),
     };
     match &result {
         Ok(o) => {
             let rec = &o.issued.record;
-            let token_id = o.token.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+            let token_id = o.token.as_ref().map(|t| t.id.as_str()).unwrap_or_default();
             state.metrics.issued(&rec.profile);
-            state
-                .audit(
-                    NewAuditEvent::ok(format!("token:{token_id}"), "enroll", rec.serial_hex())
-                        .with_detail(serde_json::json!({
-                            "route": route,
-                            "identity": rec.identity,
-                            "sans": rec.sans,
-                            "profile": rec.profile,
-                            "token_id": token_id,
-                            "peer": peer.addr.ip().to_string(),
-                        })),
-                )
-                .await;
             tracing::info!(serial = %rec.serial_hex(), identity = %rec.identity, %token_id, "enrolled");
         }
         Err(e) => {
@@ -91,26 +89,30 @@ pub(crate) async fn renew_with_cert(
 ) -> ApiResult<Outcome> {
     let actor = cert_actor(&previous);
     let result = match csr {
-        Ok(csr) => state.issue(csr, Request::Renewal(previous.clone())).await,
+        Ok(csr) => {
+            let (actor, route) = (actor.clone(), route.to_string());
+            let (previous_hex, peer_ip) = (previous.serial_hex(), peer.addr.ip().to_string());
+            // The success event is appended with the issuance (one store flush for both).
+            let audit = move |o: &Outcome| {
+                let rec = &o.issued.record;
+                NewAuditEvent::ok(actor, "renew", rec.serial_hex()).with_detail(serde_json::json!({
+                    "route": route,
+                    "previous": previous_hex,
+                    "identity": rec.identity,
+                    "profile": rec.profile,
+                    "peer": peer_ip,
+                }))
+            };
+            state
+                .issue_audited(csr, Request::Renewal(previous.clone()), audit)
+                .await
+        }
         Err(e) => Err(e),
     };
     match &result {
         Ok(o) => {
             let rec = &o.issued.record;
             state.metrics.renewed(&rec.profile);
-            state
-                .audit(
-                    NewAuditEvent::ok(actor, "renew", rec.serial_hex()).with_detail(
-                        serde_json::json!({
-                            "route": route,
-                            "previous": previous.serial_hex(),
-                            "identity": rec.identity,
-                            "profile": rec.profile,
-                            "peer": peer.addr.ip().to_string(),
-                        }),
-                    ),
-                )
-                .await;
             tracing::info!(serial = %rec.serial_hex(), previous = %previous.serial_hex(), "renewed");
         }
         Err(e) => {
