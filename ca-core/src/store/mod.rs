@@ -4,6 +4,7 @@
 //! Only [`sled_store`] knows sled (DESIGN invariant 6). Every write method returns after the
 //! data is durable (flushed), so callers may acknowledge once it returns (invariant 2).
 
+mod codec;
 mod sled_store;
 
 pub use sled_store::SledStore;

@@ -12,6 +12,7 @@
 //! recovers a prefix of its log, so the write that makes a record visible is the last one
 //! (see [`SledStore::insert_cert`] and [`SledStore::append_audit`]).
 
+use super::codec;
 use super::{CertFilter, CertRecord, RecordStatus, Store, StoredOcspResponse, TokenRecord};
 use crate::audit::{self, AuditEvent, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -222,7 +223,7 @@ impl SledStore {
     }
 
     fn decode_cert(&self, v: &[u8]) -> Result<CertRecord> {
-        dec("certificate", v)
+        codec::decode_cert(v)
     }
 }
 
@@ -232,7 +233,7 @@ impl Store for SledStore {
     /// its index entries; an index entry without its record (a crash in between, or a lost
     /// race on the serial) is skipped by every lookup.
     fn insert_cert(&self, rec: &CertRecord) -> Result<bool> {
-        let value = enc(rec)?;
+        let value = codec::encode_cert(rec)?;
         let ik = identity_key(&rec.identity, &rec.serial);
         let ek = expiry_key(rec.not_after, &rec.serial);
         let err = |e| Error::store("insert certificate", e);
@@ -360,7 +361,7 @@ impl Store for SledStore {
                 let v = certs
                     .get(serial)?
                     .ok_or_else(|| abort(Error::CertNotFound(hex::encode(serial))))?;
-                let mut rec: CertRecord = dec("certificate", &v).map_err(abort)?;
+                let mut rec = codec::decode_cert(&v).map_err(abort)?;
                 let at = match &rec.status {
                     RecordStatus::Valid => at,
                     // RFC 5280 5.3.1: a revocation may be changed to keyCompromise, keeping the
@@ -386,7 +387,7 @@ impl Store for SledStore {
                     revoked_at: at,
                     reason,
                 };
-                certs.insert(serial, enc(&rec).map_err(abort)?)?;
+                certs.insert(serial, codec::encode_cert(&rec).map_err(abort)?)?;
                 revoked.insert(serial, enc(&entry).map_err(abort)?)?;
                 Ok(rec)
             })
@@ -483,7 +484,7 @@ impl Store for SledStore {
 
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()> {
         self.ocsp
-            .insert(resp.serial.as_slice(), enc(resp)?)
+            .insert(resp.serial.as_slice(), codec::encode_ocsp(resp)?)
             .map_err(|e| Error::store("put OCSP response", e))?;
         self.durable()
     }
@@ -494,7 +495,7 @@ impl Store for SledStore {
     ) -> Result<()> {
         for kv in self.ocsp.iter() {
             let (_, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
-            f(dec("OCSP response", &v)?)?;
+            f(codec::decode_ocsp(&v)?)?;
         }
         Ok(())
     }
