@@ -5,13 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
+target="${CARGO_TARGET_DIR:-target}"
 mkdir -p bench/results
 cargo build --release --locked -p ca-core --example bench_issuance >&2
 out=bench/results/issuance.md
 {
-  echo "### Issuance vs raw PKCS#11 signing ($(date -u +%Y-%m-%d), ${secs}s per case)"
+  echo "### Issuance vs raw PKCS#11 signing ($(date -u +%Y-%m-%d\ %H:%M\ UTC), ${secs}s per case)"
   echo
-  echo "Command: \`bench/issuance.sh ${secs}\`. Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '?')."
+  echo "Command: \`bench/issuance.sh ${secs}\` at $(git rev-parse --short HEAD). Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '?'). Load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  target/release/examples/bench_issuance "$secs"
+  "$target/release/examples/bench_issuance" "$secs"
+  echo
+  echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$out"
