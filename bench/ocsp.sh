@@ -8,6 +8,9 @@
 #
 # Usage: bench/ocsp.sh [DURATION] [CONNECTIONS] [CERTS]   (defaults 8s 16 2000)
 #        ROUNDS=3 (each case runs once per round, rounds interleave; best round reported)
+#        PIN=1 (default on 2+ cores): every server runs on CPU 0 and every load generator on
+#        CPU 1 (taskset), so client and server never compete for a core and each server gets
+#        the same single core; PIN=0 lets the scheduler place them.
 # Writes bench/results/ocsp.md. Needs wrk, nginx, openssl, unshare, SoftHSM2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,10 @@ if [ -z "${OCSP_BENCH_NETNS:-}" ]; then
 fi
 
 ip link set lo up
+srv=(); cli=()
+if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  srv=(taskset -c 0); cli=(taskset -c 1)
+fi
 loadavg="$(cut -d' ' -f1-3 /proc/loadavg)"
 target="${CARGO_TARGET_DIR:-target}"
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
@@ -40,7 +47,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # 1. The CA, its certificates and our responder (plus the bare axum ceiling).
 mkfifo "$work/in"
-"$target/release/examples/bench_status" "$work" "$certs" <"$work/in" >"$work/ours.env" 2>"$work/ours.log" &
+"${srv[@]}" "$target/release/examples/bench_status" "$work" "$certs" <"$work/in" >"$work/ours.env" 2>"$work/ours.log" &
 pids+=($!)
 exec 3>"$work/in"  # keeps the responder's stdin open until we exit
 for _ in $(seq 1 600); do grep -q '^READY=1' "$work/ours.env" 2>/dev/null && break; sleep 0.1; done
@@ -50,7 +57,7 @@ grep -q '^READY=1' "$work/ours.env" || { cat "$work/ours.log" >&2; exit 1; }
 
 # 2. OpenSSL's responder on the same CA, index and requests (delegated signer, software key).
 OPENSSL_PORT="$(free_port)"
-openssl ocsp -index "$work/index.txt" -port "$OPENSSL_PORT" -CA "$work/ca.pem" \
+"${srv[@]}" openssl ocsp -index "$work/index.txt" -port "$OPENSSL_PORT" -CA "$work/ca.pem" \
   -rsigner "$work/openssl-responder.pem" -rkey "$work/openssl-responder.key" -nmin 60 \
   >"$work/openssl.log" 2>&1 &
 pids+=($!)
@@ -79,7 +86,7 @@ http {
   }
 }
 CONF
-"$nginx_bin" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf" &
+"${srv[@]}" "$nginx_bin" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf" &
 pids+=($!)
 
 wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 not up" >&2; return 1; }
@@ -107,13 +114,13 @@ done <"$work/requests.txt"
 
 run() { # name port method post-path get-prefix
   local name="$1" port="$2" method="$3" line
-  line="$(METHOD="$method" POST_PATH="$4" GET_PREFIX="$5" REQUESTS="$work/requests.txt" wrk -t"$threads" -c"$conns" -d"$dur" --latency \
+  line="$(METHOD="$method" POST_PATH="$4" GET_PREFIX="$5" REQUESTS="$work/requests.txt" "${cli[@]}" wrk -t"$threads" -c"$conns" -d"$dur" --latency \
     -s bench/ocsp.lua "http://127.0.0.1:$port" | grep '^RESULT')"
   echo "$name $method $line"
 }
 load() { # name port method post-path get-prefix
   local name="$1" port="$2" method="$3" line
-  line="$("$target/release/examples/bench_status" load "http://127.0.0.1:$port" "$method" "$work/requests.txt" "$conns" "$dur" "$4" "$5" | grep '^RESULT')"
+  line="$("${cli[@]}" "$target/release/examples/bench_status" load "http://127.0.0.1:$port" "$method" "$work/requests.txt" "$conns" "$dur" "$4" "$5" | grep '^RESULT')"
   echo "$name $method $line"
 }
 
@@ -149,7 +156,7 @@ out=bench/results/ocsp.md
 {
   echo "### OCSP responder ($(date -u +%Y-%m-%d), wrk -t$threads -c$conns -d$dur, keep-alive, loopback, best of $rounds rounds)"
   echo
-  echo "Command: \`bench/ocsp.sh $dur $conns $certs\`. Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(openssl version | cut -d' ' -f1-2), nginx $("$nginx_bin" -v 2>&1 | sed 's|.*/||'). Load average at start: $loadavg (other work on the machine skews absolute numbers; compare rows of one run)."
+  echo "Command: \`bench/ocsp.sh $dur $conns $certs\`. Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(openssl version | cut -d' ' -f1-2), nginx $("$nginx_bin" -v 2>&1 | sed 's|.*/||'). Placement: $([ ${#srv[@]} -gt 0 ] && echo 'each server pinned to CPU 0, each load generator to CPU 1 (taskset)' || echo 'unpinned'). Load average at start: $loadavg (other work on the machine skews absolute numbers; compare rows of one run)."
   echo "Store: $CERTS certificates (20% revoked), pre-signed at start in ${PRESIGN_MS} ms; request mix 60 good / 20 revoked / 20 unknown, SHA-1 CertIDs, no nonce; response ${RESPONSE_BYTES} B (delegated responder, certificate included)."
   echo
   echo "| Server | Method | req/s | p50 (ms) | p99 (ms) | errors |"

@@ -159,6 +159,10 @@ pub enum Error {
         /// The existing reason.
         reason: crate::revocation::RevocationReason,
     },
+    /// The revocation reason cannot be used here (removeFromCRL only appears in delta CRLs,
+    /// RFC 5280 5.3.1; this CA issues complete CRLs, and a revocation is never undone).
+    #[error("revocation reason {0} is not allowed: {1}")]
+    ReasonNotAllowed(crate::revocation::RevocationReason, &'static str),
     /// The enrollment token is unknown, expired or already used.
     #[error("enrollment token rejected: {0}")]
     TokenRejected(&'static str),

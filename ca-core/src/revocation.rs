@@ -148,6 +148,7 @@ pub enum CertStatus {
 ///    ([`Responder::on_revoked`](crate::ocsp::Responder::on_revoked));
 /// 3. the event is appended to the audit log (invariant 4).
 ///
+/// removeFromCRL is refused with [`crate::Error::ReasonNotAllowed`] before anything changes.
 /// `at` is truncated to whole seconds. If step 2 fails the revocation stays recorded, the old
 /// OCSP response is withdrawn (the serial is then answered live or with `tryLater`, never
 /// `good`), the failure is audited and returned: do not acknowledge, retry (a retry with
@@ -164,12 +165,14 @@ pub fn revoke(
     use crate::audit::NewAuditEvent;
     let at = crate::clock::truncate(at);
     let object = hex::encode(serial);
-    let rec = match store.revoke(serial, at, reason) {
+    let checked = check_reason(reason).and_then(|()| store.revoke(serial, at, reason));
+    let rec = match checked {
         Ok(rec) => rec,
         Err(e) => {
             let code = match &e {
                 crate::Error::CertNotFound(_) => "cert_not_found",
                 crate::Error::AlreadyRevoked { .. } => "already_revoked",
+                crate::Error::ReasonNotAllowed(..) => "reason_not_allowed",
                 _ => "store_error",
             };
             // Best effort: the store may be what failed.
@@ -191,6 +194,20 @@ pub fn revoke(
     }
     store.append_audit(NewAuditEvent::ok(actor, "revoke", &object).with_detail(detail))?;
     Ok(rec)
+}
+
+/// Refuse reasons a revocation cannot carry. removeFromCRL (8) "may only appear in delta CRLs
+/// and indicates that a certificate is to be removed from a CRL" (RFC 5280 5.3.1): this CA
+/// publishes complete CRLs only and never un-revokes, so it would make the CRL non-conforming
+/// and the OCSP answer meaningless.
+pub fn check_reason(reason: RevocationReason) -> crate::Result<()> {
+    if reason == RevocationReason::RemoveFromCrl {
+        return Err(crate::Error::ReasonNotAllowed(
+            reason,
+            "removeFromCRL only appears in delta CRLs (RFC 5280 5.3.1), and a revocation is never undone",
+        ));
+    }
+    Ok(())
 }
 
 fn rec_time(rec: &crate::store::CertRecord) -> Option<String> {

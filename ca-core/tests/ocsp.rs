@@ -267,6 +267,50 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
         r.cached(&other.record.serial).unwrap().cert_status(),
         Some(&CertStatus::Good)
     );
+
+    // removeFromCRL belongs to delta CRLs only (RFC 5280 5.3.1): refused, nothing changes, and
+    // the refusal is audited.
+    let audit_before = ca.store.audit_events(0, usize::MAX).unwrap().len();
+    let e = ca_core::revocation::revoke(
+        ca.store.as_ref(),
+        &r,
+        &other.record.serial,
+        RevocationReason::RemoveFromCrl,
+        Utc::now(),
+        "test",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ca_core::Error::ReasonNotAllowed(RevocationReason::RemoveFromCrl, _)
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        ca.store
+            .get_cert(&other.record.serial)
+            .unwrap()
+            .unwrap()
+            .cert_status(),
+        CertStatus::Good
+    );
+    assert_eq!(
+        r.cached(&other.record.serial).unwrap().cert_status(),
+        Some(&CertStatus::Good)
+    );
+    let events = ca.store.audit_events(0, usize::MAX).unwrap();
+    assert_eq!(events.len(), audit_before + 1);
+    assert_eq!(events.last().unwrap().event.result, "reason_not_allowed");
+    // The store refuses it too, for callers that go around `revoke`.
+    assert!(matches!(
+        ca.store.revoke(
+            &other.record.serial,
+            Utc::now(),
+            RevocationReason::RemoveFromCrl
+        ),
+        Err(ca_core::Error::ReasonNotAllowed(..))
+    ));
 }
 
 #[test]

@@ -196,7 +196,7 @@ fn core_code(e: &ca_core::Error) -> Code {
         E::ExtensionNotAllowed { .. } => Code::ExtensionNotAllowed,
         E::NameNotAllowed { .. } => Code::NameNotAllowed,
         E::KeyReuse => Code::KeyReuse,
-        E::UnknownProfile(_) => Code::BadRequest,
+        E::UnknownProfile(_) | E::ReasonNotAllowed(..) => Code::BadRequest,
         E::TokenRejected(_) => Code::TokenRejected,
         E::CertNotFound(_) => Code::NotFound,
         E::AlreadyRevoked { .. } => Code::AlreadyRevoked,
@@ -284,6 +284,14 @@ mod tests {
                 401,
             ),
             (ca_core::Error::CertNotFound("00".into()), "not_found", 404),
+            (
+                ca_core::Error::ReasonNotAllowed(
+                    ca_core::revocation::RevocationReason::RemoveFromCrl,
+                    "x",
+                ),
+                "bad_request",
+                400,
+            ),
             (
                 ca_core::Error::AuditChain {
                     seq: 2,

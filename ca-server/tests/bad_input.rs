@@ -304,6 +304,21 @@ async fn bad_input_table() {
             true,
         ),
         row(
+            "revoke with removeFromCRL (delta CRLs only)",
+            Method::POST,
+            "/v1/admin/revoke",
+            json,
+            format!(
+                r#"{{"serial":"{}","reason":"removeFromCRL"}}"#,
+                issued_leaf.serial
+            )
+            .into_bytes(),
+            Who::Operator,
+            400,
+            "bad_request",
+            true,
+        ),
+        row(
             "token for unknown profile",
             Method::POST,
             "/v1/admin/tokens",

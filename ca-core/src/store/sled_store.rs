@@ -355,6 +355,7 @@ impl Store for SledStore {
         at: DateTime<Utc>,
         reason: RevocationReason,
     ) -> Result<CertRecord> {
+        crate::revocation::check_reason(reason)?;
         let rec = (&self.certs, &self.revoked)
             .transaction(|(certs, revoked)| {
                 let abort = |e| ConflictableTransactionError::Abort(e);
