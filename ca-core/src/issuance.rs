@@ -629,10 +629,10 @@ impl Prepared<'_> {
     pub fn issue(mut self) -> Result<Issued> {
         let ca = self.ca;
         for _ in 0..SERIAL_ATTEMPTS {
+            // Uniqueness is checked by the store's insert (a compare-and-swap on the serial),
+            // not by a lookup first: a collision of 127 random bits costs one wasted signature
+            // and a retry, and never happens; the lookup cost a store read on every issuance.
             let serial = random_serial();
-            if ca.store.serial_exists(&serial)? {
-                continue;
-            }
             self.params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
             let cert = self
                 .params
@@ -668,12 +668,13 @@ impl Prepared<'_> {
     /// does not carry the requested key and serial.
     fn check_signed(&self, der: &[u8], serial: &[u8]) -> Result<()> {
         let cert = x509_cert::Certificate::from_der(der)?;
-        let tbs = cert.tbs_certificate.to_der()?;
+        // The TBS exactly as signed: its bytes inside the certificate, not a re-encoding.
+        let tbs = tbs_bytes(der)?;
         let sig = cert
             .signature
             .as_bytes()
             .ok_or(Error::SignatureCheckFailed)?;
-        signer::verify(self.ca.signer.spki_der(), &tbs, sig)?;
+        signer::verify(self.ca.signer.spki_der(), tbs, sig)?;
         if cert.tbs_certificate.subject_public_key_info.to_der()? != self.public_key.spki_der() {
             return Err(Error::Issuer(
                 "issued certificate does not carry the requested public key".into(),
@@ -686,6 +687,23 @@ impl Prepared<'_> {
         }
         Ok(())
     }
+}
+
+/// The encoded tbsCertificate (or tbsCertList, tbsResponseData: any SIGNED{} structure) of a
+/// DER `SEQUENCE { tbs, algorithm, signature }`, as it appears in `der`.
+pub fn tbs_bytes(der: &[u8]) -> Result<&[u8]> {
+    use der::Reader;
+    let mut r = der::SliceReader::new(der)?;
+    let outer = der::Header::decode(&mut r)?;
+    if outer.tag != der::Tag::Sequence {
+        return Err(Error::Der(der::Error::from(
+            der::ErrorKind::TagUnexpected {
+                expected: Some(der::Tag::Sequence),
+                actual: outer.tag,
+            },
+        )));
+    }
+    Ok(r.tlv_bytes()?)
 }
 
 /// An issued, verified and stored certificate.

@@ -5,6 +5,7 @@ use ca_core::issuance::{IssueContext, IssuerUrls};
 use ca_core::signer::KeyAlgorithm;
 use ca_core::store::{CertFilter, IdentityBinding, Store, TokenRecord};
 use ca_core::Error;
+use der::{Decode, Encode};
 use hsm_sim::pki::{test_profiles, TestPki};
 use std::path::Path;
 use std::process::Command;
@@ -482,7 +483,23 @@ fn serials_are_unique_and_records_survive_reopen() {
             .issue()
             .unwrap()
             .record;
+        // The post-sign check verifies the TBS bytes as they are in the certificate.
+        let parsed = x509_cert::Certificate::from_der(&rec.der).unwrap();
+        assert_eq!(
+            ca_core::issuance::tbs_bytes(&rec.der).unwrap(),
+            parsed.tbs_certificate.to_der().unwrap().as_slice()
+        );
         assert!(serials.insert(rec.serial));
+    }
+    let any = serials.iter().next().unwrap();
+    let der = pki.store.get_cert(any).unwrap().unwrap().der;
+    for bad in [
+        &b""[..],
+        &b"\x30"[..],
+        &der[..der.len() / 2],
+        &b"\x31\x03\x02\x01\x00"[..],
+    ] {
+        assert!(ca_core::issuance::tbs_bytes(bad).is_err(), "{bad:?}");
     }
     let path = pki.dir.path().join("store");
     let TestPki { store, ca, .. } = pki;

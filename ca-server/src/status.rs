@@ -544,7 +544,7 @@ fn decode_get_path(raw: &str) -> Option<Vec<u8>> {
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     const STD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CFG);
     const URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CFG);
-    let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode_str(raw).into();
+    let decoded = percent_decode(raw.as_bytes());
     let start = decoded
         .iter()
         .position(|b| *b != b'/')
@@ -555,6 +555,41 @@ fn decode_get_path(raw: &str) -> Option<Vec<u8>> {
     } else {
         STD.decode(b64).ok()
     }
+}
+
+/// Percent-decoding (RFC 3986 2.1) in one pass, borrowing when there is nothing to decode;
+/// a `%` not followed by two hex digits stays as it is (as the `percent-encoding` crate does,
+/// but without its per-byte iterator: this runs on every OCSP GET).
+fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let Some(first) = raw.iter().position(|b| *b == b'%') else {
+        return std::borrow::Cow::Borrowed(raw);
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    out.extend_from_slice(&raw[..first]);
+    let mut i = first;
+    while let Some(&b) = raw.get(i) {
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 async fn ocsp_get(State(state): State<Arc<StatusState>>, uri: Uri, headers: HeaderMap) -> Response {
@@ -686,6 +721,35 @@ mod tests {
         assert_eq!(decode_get_path("%ZZ"), None);
         assert_eq!(decode_get_path("!!!"), None);
         assert_eq!(decode_get_path("M"), None);
+    }
+
+    #[test]
+    fn percent_decoding_matches_the_percent_encoding_crate() {
+        let alphabet = b"%%%0123456789abcdefABCDEFgzZ+/=-_";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..40 {
+            for _ in 0..200 {
+                let input: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        alphabet[(seed % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                let expected: Vec<u8> = percent_encoding::percent_decode(&input).collect();
+                assert_eq!(
+                    percent_decode(&input).as_ref(),
+                    expected.as_slice(),
+                    "{input:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            percent_decode(b"MAo="),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(percent_decode(b"%2b%2F%3d%4").as_ref(), b"+/=%4");
     }
 
     #[test]
