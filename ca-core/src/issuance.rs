@@ -667,20 +667,14 @@ impl Prepared<'_> {
     /// Invariant 3: never return a certificate whose signature the CA did not verify, or that
     /// does not carry the requested key and serial.
     fn check_signed(&self, der: &[u8], serial: &[u8]) -> Result<()> {
-        let cert = x509_cert::Certificate::from_der(der)?;
-        // The TBS exactly as signed: its bytes inside the certificate, not a re-encoding.
-        let tbs = tbs_bytes(der)?;
-        let sig = cert
-            .signature
-            .as_bytes()
-            .ok_or(Error::SignatureCheckFailed)?;
-        signer::verify(self.ca.signer.spki_der(), tbs, sig)?;
-        if cert.tbs_certificate.subject_public_key_info.to_der()? != self.public_key.spki_der() {
+        let parts = CertParts::parse(der)?;
+        signer::verify(self.ca.signer.spki_der(), parts.tbs, parts.signature)?;
+        if parts.spki != self.public_key.spki_der() {
             return Err(Error::Issuer(
                 "issued certificate does not carry the requested public key".into(),
             ));
         }
-        if cert.tbs_certificate.serial_number.as_bytes() != serial {
+        if parts.serial != serial {
             return Err(Error::Issuer(
                 "issued certificate does not carry the chosen serial".into(),
             ));
@@ -689,21 +683,78 @@ impl Prepared<'_> {
     }
 }
 
-/// The encoded tbsCertificate (or tbsCertList, tbsResponseData: any SIGNED{} structure) of a
-/// DER `SEQUENCE { tbs, algorithm, signature }`, as it appears in `der`.
-pub fn tbs_bytes(der: &[u8]) -> Result<&[u8]> {
-    use der::Reader;
-    let mut r = der::SliceReader::new(der)?;
-    let outer = der::Header::decode(&mut r)?;
-    if outer.tag != der::Tag::Sequence {
+/// The parts of a DER certificate that the post-sign check compares, as they appear in it
+/// (no re-encoding, no allocation): read field by field, without decoding names or extensions.
+struct CertParts<'a> {
+    /// tbsCertificate, the signed bytes.
+    tbs: &'a [u8],
+    /// serialNumber contents.
+    serial: &'a [u8],
+    /// subjectPublicKeyInfo, whole TLV.
+    spki: &'a [u8],
+    /// signatureValue contents (no unused bits).
+    signature: &'a [u8],
+}
+
+impl<'a> CertParts<'a> {
+    fn parse(der: &'a [u8]) -> Result<Self> {
+        use der::{Decode, Reader};
+        let (tbs, signature) = signed_parts(der)?;
+        let inner = der::asn1::AnyRef::from_der(tbs)?;
+        let mut t = der::SliceReader::new(inner.value())?;
+        // version [0] EXPLICIT, present in every v3 certificate.
+        if t.peek_tag()?
+            == (der::Tag::ContextSpecific {
+                constructed: true,
+                number: der::TagNumber::N0,
+            })
+        {
+            t.tlv_bytes()?;
+        }
+        let serial = der::asn1::IntRef::decode(&mut t)?.as_bytes();
+        for _ in 0..4 {
+            // signature algorithm, issuer, validity, subject
+            t.tlv_bytes()?;
+        }
+        let spki = t.tlv_bytes()?;
+        Ok(CertParts {
+            tbs,
+            serial,
+            spki,
+            signature,
+        })
+    }
+}
+
+/// The to-be-signed bytes and the signature of a DER `SIGNED{}` structure
+/// (`SEQUENCE { tbs, algorithm, BIT STRING }`: a certificate, CRL or OCSP basic response), as
+/// they appear in `der`. Trailing data, a non-SEQUENCE or a signature with unused bits is an
+/// error.
+fn signed_parts(der: &[u8]) -> Result<(&[u8], &[u8])> {
+    use der::{Decode, Reader, Tagged};
+    let outer = der::asn1::AnyRef::from_der(der)?;
+    if outer.tag() != der::Tag::Sequence {
         return Err(Error::Der(der::Error::from(
             der::ErrorKind::TagUnexpected {
                 expected: Some(der::Tag::Sequence),
-                actual: outer.tag,
+                actual: outer.tag(),
             },
         )));
     }
-    Ok(r.tlv_bytes()?)
+    let mut r = der::SliceReader::new(outer.value())?;
+    let tbs = r.tlv_bytes()?;
+    let _algorithm = r.tlv_bytes()?;
+    let signature = der::asn1::BitStringRef::decode(&mut r)?
+        .as_bytes()
+        .ok_or(Error::SignatureCheckFailed)?;
+    r.finish(())?;
+    Ok((tbs, signature))
+}
+
+/// The encoded tbsCertificate (or tbsCertList, tbsResponseData: any SIGNED{} structure) of a
+/// DER `SEQUENCE { tbs, algorithm, signature }`, as it appears in `der`.
+pub fn tbs_bytes(der: &[u8]) -> Result<&[u8]> {
+    Ok(signed_parts(der)?.0)
 }
 
 /// An issued, verified and stored certificate.
@@ -729,4 +780,47 @@ impl Issued {
 /// PEM-encode DER with a label.
 pub fn pem(label: &str, der: &[u8]) -> String {
     der::pem::encode_string(label, der::pem::LineEnding::LF, der).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Encode;
+
+    #[test]
+    fn cert_parts_match_a_full_decode_and_refuse_damage() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["parts.test".to_string()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42; 16]));
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let full = x509_cert::Certificate::from_der(&der).unwrap();
+        let parts = CertParts::parse(&der).unwrap();
+        assert_eq!(parts.tbs, full.tbs_certificate.to_der().unwrap().as_slice());
+        assert_eq!(parts.serial, full.tbs_certificate.serial_number.as_bytes());
+        assert_eq!(parts.serial, &[0x42; 16]);
+        assert_eq!(
+            parts.spki,
+            full.tbs_certificate
+                .subject_public_key_info
+                .to_der()
+                .unwrap()
+                .as_slice()
+        );
+        assert_eq!(parts.signature, full.signature.as_bytes().unwrap());
+        signer::verify(parts.spki, parts.tbs, parts.signature).unwrap();
+
+        let mut trailing = der.clone();
+        trailing.push(0);
+        let mut not_seq = der.clone();
+        not_seq[0] = 0x31;
+        for bad in [
+            &[][..],
+            &der[..1],
+            &der[..der.len() - 1],
+            &trailing,
+            &not_seq,
+        ] {
+            assert!(CertParts::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }
