@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issuance per second from ca-core against SoftHSM (ECDSA P-256, 1 and 2 threads), side by side
-# with the raw PKCS#11 signing rate of the same token in the same run.
+# with the raw PKCS#11 signing rate of the same token in the same run, measured two ways: with
+# the token key object, and with a session copy of it made in the HSM (what the signer uses).
 # Usage: bench/issuance.sh [SECONDS_PER_CASE]   (writes bench/results/issuance.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."

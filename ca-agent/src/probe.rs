@@ -67,18 +67,37 @@ pub async fn wait_for_serial(
 ) -> std::result::Result<Duration, String> {
     let start = Instant::now();
     let timeout = crate::config::std_duration(probe.timeout);
+    let mut in_a_row = 0;
     loop {
         let last = match served_serial(probe).await {
-            Ok(s) if s == want => return Ok(start.elapsed()),
-            Ok(s) => format!("serial {s}"),
-            Err(e) => e.to_string(),
+            Ok(s) if s == want => {
+                in_a_row += 1;
+                if in_a_row >= CONFIRMATIONS {
+                    return Ok(start.elapsed());
+                }
+                format!("serial {s}, {in_a_row} of {CONFIRMATIONS} handshakes")
+            }
+            Ok(s) => {
+                in_a_row = 0;
+                format!("serial {s}")
+            }
+            Err(e) => {
+                in_a_row = 0;
+                e.to_string()
+            }
         };
         if start.elapsed() >= timeout {
             return Err(last);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let pause = if in_a_row > 0 { 50 } else { 100 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
+
+/// Handshakes in a row, 50 ms apart, that must present the new certificate. One is not proof:
+/// right after a graceful reload (nginx SIGHUP) the old worker can still accept a connection
+/// with the old certificate while the new worker already serves the new one.
+const CONFIRMATIONS: u32 = 3;
 
 #[cfg(test)]
 mod tests {

@@ -134,3 +134,53 @@ fn signer_recovers_after_hsm_logout_fault() {
         .expect("signer should re-login after the fault");
     verify(&spki, b"after", &sig).unwrap();
 }
+
+#[test]
+fn signer_signs_with_a_sensitive_session_copy_made_in_the_hsm() {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let t = TestToken::new().unwrap();
+    let token = t.hsm_config().open().unwrap();
+    let spki = token.generate_key("copied", KeyAlgorithm::P256).unwrap();
+    let signer = token.signer("copied").unwrap();
+    let sig = signer.sign(b"with the copy").unwrap();
+    verify(&spki, b"with the copy", &sig).unwrap();
+
+    // Session objects are visible to every session of the process: the signer's copy is there,
+    // and it is as protected as the token key (sensitive, never extractable).
+    let session = token.login().unwrap();
+    let copies = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"copied".to_vec()),
+            Attribute::Token(false),
+        ])
+        .unwrap();
+    assert!(!copies.is_empty(), "no session copy of the key");
+    for c in copies {
+        let attrs = session
+            .get_attributes(
+                c,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Value,
+                ],
+            )
+            .unwrap();
+        assert!(attrs.contains(&Attribute::Sensitive(true)), "{attrs:?}");
+        assert!(attrs.contains(&Attribute::Extractable(false)), "{attrs:?}");
+        assert!(
+            attrs.contains(&Attribute::NeverExtractable(true)),
+            "{attrs:?}"
+        );
+        // CKA_VALUE of a sensitive key is not readable: not returned at all.
+        assert!(
+            !attrs.iter().any(|a| matches!(a, Attribute::Value(_))),
+            "{attrs:?}"
+        );
+    }
+    // Lookups by label still see the token key only, which stays persistent.
+    let p = token.key_protection("copied").unwrap();
+    assert!(p.persistent && p.sensitive && !p.extractable, "{p:?}");
+}
