@@ -10,6 +10,7 @@
 # 20/s per admin): a benchmark of the issuance path, not of the limiter.
 #
 # Usage: bench/api.sh [ENROLLMENTS] [RENEWALS] [CONNECTIONS]   (defaults 20000 20000 16)
+# BENCH_HSM_SESSIONS=N sets the HSM session pool size (default: one per core, at least 2).
 # Writes bench/results/api.md. BENCH_DIR picks where the store lives (default /var/tmp: a disk,
 # so that durability costs what it costs in production).
 set -euo pipefail
@@ -52,6 +53,9 @@ awk '
   { print }
 ' "$dir/config.toml" >"$dir/config.toml.new"
 mv "$dir/config.toml.new" "$dir/config.toml"
+if [ -n "${BENCH_HSM_SESSIONS:-}" ]; then  # experiment: HSM session pool size
+  sed -i "/^\[hsm\]/a sessions = $BENCH_HSM_SESSIONS" "$dir/config.toml"
+fi
 grep -A2 '^\[limits\.' "$dir/config.toml" >&2
 # 3. Serve it again and load it.
 start_server
