@@ -184,3 +184,59 @@ fn signer_signs_with_a_sensitive_session_copy_made_in_the_hsm() {
     let p = token.key_protection("copied").unwrap();
     assert!(p.persistent && p.sensitive && !p.extractable, "{p:?}");
 }
+
+#[test]
+fn a_key_the_token_will_not_copy_is_used_directly() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, ObjectClass};
+    use der::Encode;
+    let t = TestToken::new().unwrap();
+    let token = t.hsm_config().open().unwrap();
+    // A P-256 key pair with CKA_COPYABLE false, made the way a vendor policy would.
+    let session = token.login().unwrap();
+    let curve = const_oid::db::rfc5912::SECP_256_R_1.to_der().unwrap();
+    session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Verify(true),
+                Attribute::EcParams(curve),
+                Attribute::Label(b"nocopy".to_vec()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Copyable(false),
+                Attribute::Label(b"nocopy".to_vec()),
+            ],
+        )
+        .unwrap();
+    let key = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"nocopy".to_vec()),
+        ])
+        .unwrap()[0];
+    assert!(
+        session
+            .copy_object(key, &[Attribute::Token(false)])
+            .is_err(),
+        "SoftHSM copied a key with CKA_COPYABLE false"
+    );
+
+    let signer = token.signer("nocopy").unwrap();
+    let sig = signer.sign(b"no copy").unwrap();
+    verify(signer.spki_der(), b"no copy", &sig).unwrap();
+    let copies = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"nocopy".to_vec()),
+            Attribute::Token(false),
+        ])
+        .unwrap();
+    assert!(copies.is_empty(), "{copies:?}");
+}
