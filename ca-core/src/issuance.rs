@@ -668,7 +668,7 @@ impl Prepared<'_> {
     /// does not carry the requested key and serial.
     fn check_signed(&self, der: &[u8], serial: &[u8]) -> Result<()> {
         let parts = CertParts::parse(der)?;
-        signer::verify(self.ca.signer.spki_der(), parts.tbs, parts.signature)?;
+        signer::verify_own(self.ca.signer.as_ref(), parts.tbs, parts.signature)?;
         if parts.spki != self.public_key.spki_der() {
             return Err(Error::Issuer(
                 "issued certificate does not carry the requested public key".into(),

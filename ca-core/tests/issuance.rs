@@ -526,3 +526,100 @@ fn ca_refuses_an_hsm_key_that_does_not_match_its_certificate() {
     .unwrap_err();
     assert!(matches!(err, Error::Issuer(_)), "{err:?}");
 }
+
+/// Signs with the HSM, then damages the signature: what a faulty HSM or a fault attack gives.
+#[derive(Debug)]
+struct FaultySigner(Arc<ca_core::signer::pkcs11::Pkcs11Signer>);
+
+impl ca_core::signer::Signer for FaultySigner {
+    fn algorithm(&self) -> KeyAlgorithm {
+        self.0.algorithm()
+    }
+    fn spki_der(&self) -> &[u8] {
+        self.0.spki_der()
+    }
+    fn public_key_bits(&self) -> &[u8] {
+        self.0.public_key_bits()
+    }
+    fn sign(&self, msg: &[u8]) -> ca_core::Result<Vec<u8>> {
+        let mut sig = self.0.sign(msg)?;
+        // Flip a bit of s (the last byte of the DER ECDSA-Sig-Value): still well-formed DER.
+        if let Some(last) = sig.last_mut() {
+            *last ^= 1;
+        }
+        Ok(sig)
+    }
+}
+
+#[test]
+fn a_bad_signature_from_the_hsm_is_never_returned_or_stored() {
+    let pki = TestPki::new(KeyAlgorithm::P256).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let req = csr::parse_der(&openssl_csr(
+        work.path(),
+        "x",
+        &p256(),
+        "/CN=faulty.test",
+        &[],
+    ))
+    .unwrap();
+    let faulty: Arc<dyn ca_core::signer::Signer> =
+        Arc::new(FaultySigner(pki.issuing_signer.clone()));
+    let ca = ca_core::issuance::Ca::new(
+        faulty.clone(),
+        pki.issuing_der.clone(),
+        vec![pki.root_der.clone()],
+        test_profiles(),
+        urls(),
+        pki.store.clone(),
+        Arc::new(ca_core::clock::SystemClock),
+    )
+    .unwrap();
+    let tok = token(bind("faulty.test", &[]), "client");
+    let before = pki.store.list_certs(&CertFilter::default()).unwrap().len();
+    let err = ca
+        .prepare(&req, IssueContext::Enrollment { token: &tok })
+        .unwrap()
+        .issue()
+        .unwrap_err();
+    assert!(matches!(err, Error::SignatureCheckFailed), "{err:?}");
+    assert_eq!(
+        pki.store.list_certs(&CertFilter::default()).unwrap().len(),
+        before
+    );
+    // The same check guards OCSP responses signed with a faulty key.
+    let good = pki
+        .ca
+        .prepare(&req, IssueContext::Enrollment { token: &tok })
+        .unwrap()
+        .issue()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let resp = ca_core::ocsp::sign_response(
+        faulty.as_ref(),
+        None,
+        &pki.issuing_der,
+        &[(
+            good.record.serial.clone(),
+            ca_core::revocation::CertStatus::Good,
+        )],
+        now,
+        now + chrono::Duration::hours(1),
+        None,
+    );
+    assert!(matches!(resp, Err(Error::SignatureCheckFailed)), "{resp:?}");
+    // The unbroken signer signs the same response.
+    assert!(ca_core::ocsp::sign_response(
+        pki.issuing_signer.as_ref(),
+        None,
+        &pki.issuing_der,
+        &[(
+            good.record.serial.clone(),
+            ca_core::revocation::CertStatus::Good,
+        )],
+        now,
+        now + chrono::Duration::hours(1),
+        None,
+    )
+    .is_ok());
+}

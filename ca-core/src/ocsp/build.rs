@@ -134,7 +134,7 @@ pub(crate) fn sign_basic(
     };
     let tbs = tbs_response_data.to_der()?;
     let signature = signer.sign(&tbs)?;
-    verify(signer.spki_der(), &tbs, &signature)?;
+    crate::signer::verify_own(signer, &tbs, &signature)?;
     let basic = BasicOcspResponse {
         tbs_response_data,
         signature_algorithm: signer.algorithm().signature_algorithm_id(),

@@ -253,11 +253,18 @@ pub fn spki_der(alg: KeyAlgorithm, public_key_bits: &[u8]) -> Result<Vec<u8>> {
 pub fn verify(spki_der: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
     let alg = KeyAlgorithm::from_spki(spki_der)?;
     let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)?;
-    let key = ring::signature::UnparsedPublicKey::new(
-        alg.ring_verify(),
-        spki.subject_public_key.raw_bytes(),
-    );
-    key.verify(msg, signature)
+    verify_raw(alg, spki.subject_public_key.raw_bytes(), msg, signature)
+}
+
+/// Verify a signature of `signer`'s key with the algorithm and key bits it already holds
+/// (no SubjectPublicKeyInfo parsing): the check after every signature the CA makes.
+pub fn verify_own(signer: &dyn Signer, msg: &[u8], signature: &[u8]) -> Result<()> {
+    verify_raw(signer.algorithm(), signer.public_key_bits(), msg, signature)
+}
+
+fn verify_raw(alg: KeyAlgorithm, key_bits: &[u8], msg: &[u8], signature: &[u8]) -> Result<()> {
+    ring::signature::UnparsedPublicKey::new(alg.ring_verify(), key_bits)
+        .verify(msg, signature)
         .map_err(|_| Error::SignatureCheckFailed)
 }
 
