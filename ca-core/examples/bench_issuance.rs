@@ -70,6 +70,10 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             s => secs = s.parse()?,
         }
     }
+    let requesters: usize = std::env::var("BENCH_REQUESTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REQUESTERS);
     let pki = Arc::new(TestPki::new(KeyAlgorithm::P256)?);
 
     // Raw PKCS#11: one logged-in session per thread, CKM_ECDSA over a SHA-256 digest, nothing else.
@@ -172,10 +176,6 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .expect("ca"),
         );
         let (req, tok) = (req.clone(), tok.clone());
-        let requesters = std::env::var("BENCH_REQUESTERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(REQUESTERS);
         run_threads(requesters, secs, move || {
             ca.prepare(&req, IssueContext::Enrollment { token: &tok })
                 .expect("prepare")
@@ -184,7 +184,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
     };
 
-    println!("| HSM sessions | raw signs/s, token key object | raw signs/s, session copy of the key (what the signer uses) | ca-core issuances/s (sign + verify + durable store, 8 requesters) | ratio to token-object rate | ratio to session-copy rate |");
+    println!("| HSM sessions | raw signs/s, token key object | raw signs/s, session copy of the key (what the signer uses) | ca-core issuances/s (sign + verify + durable store, {requesters} requesters) | ratio to token-object rate | ratio to session-copy rate |");
     println!("|---|---|---|---|---|---|");
     for threads in session_counts {
         let (r, rc) = if only.as_deref() == Some("issue") {

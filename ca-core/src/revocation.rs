@@ -165,8 +165,8 @@ pub fn revoke(
     use crate::audit::NewAuditEvent;
     let at = crate::clock::truncate(at);
     let object = hex::encode(serial);
-    let checked = check_reason(reason).and_then(|()| store.revoke(serial, at, reason));
-    let rec = match checked {
+    // The store refuses reasons `check_reason` refuses (removeFromCRL) before changing anything.
+    let rec = match store.revoke(serial, at, reason) {
         Ok(rec) => rec,
         Err(e) => {
             let code = match &e {

@@ -57,6 +57,19 @@ fn p256() -> Vec<&'static str> {
     vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
 }
 
+/// A parsed CSR for a fresh P-256 key (openssl), subject CN only.
+fn p256_csr(cn: &str) -> csr::CsrRequest {
+    let work = tempfile::tempdir().unwrap();
+    csr::parse_der(&openssl_csr(
+        work.path(),
+        "x",
+        &p256(),
+        &format!("/CN={cn}"),
+        &[],
+    ))
+    .unwrap()
+}
+
 fn token(binding: IdentityBinding, profile: &str) -> TokenRecord {
     let now = chrono::Utc::now();
     TokenRecord {
@@ -435,15 +448,7 @@ fn validity_is_cut_at_the_issuer_not_after() {
     .unwrap();
     let issuer_end = pki.ca.not_after();
     clock.set(issuer_end - chrono::Duration::hours(2));
-    let work = tempfile::tempdir().unwrap();
-    let req = csr::parse_der(&openssl_csr(
-        work.path(),
-        "x",
-        &p256(),
-        "/CN=late.test",
-        &[],
-    ))
-    .unwrap();
+    let req = p256_csr("late.test");
     let tok = token(bind("late.test", &[]), "client");
     let rec = pki
         .ca
@@ -464,15 +469,7 @@ fn validity_is_cut_at_the_issuer_not_after() {
 #[test]
 fn serials_are_unique_and_records_survive_reopen() {
     let pki = TestPki::new(KeyAlgorithm::P256).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let req = csr::parse_der(&openssl_csr(
-        work.path(),
-        "x",
-        &p256(),
-        "/CN=many.test",
-        &[],
-    ))
-    .unwrap();
+    let req = p256_csr("many.test");
     let tok = token(bind("many.test", &[]), "client");
     let mut serials = std::collections::HashSet::new();
     for _ in 0..50 {
@@ -554,15 +551,7 @@ impl ca_core::signer::Signer for FaultySigner {
 #[test]
 fn a_bad_signature_from_the_hsm_is_never_returned_or_stored() {
     let pki = TestPki::new(KeyAlgorithm::P256).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let req = csr::parse_der(&openssl_csr(
-        work.path(),
-        "x",
-        &p256(),
-        "/CN=faulty.test",
-        &[],
-    ))
-    .unwrap();
+    let req = p256_csr("faulty.test");
     let faulty: Arc<dyn ca_core::signer::Signer> =
         Arc::new(FaultySigner(pki.issuing_signer.clone()));
     let ca = ca_core::issuance::Ca::new(
@@ -595,31 +584,22 @@ fn a_bad_signature_from_the_hsm_is_never_returned_or_stored() {
         .issue()
         .unwrap();
     let now = chrono::Utc::now();
-    let resp = ca_core::ocsp::sign_response(
-        faulty.as_ref(),
-        None,
-        &pki.issuing_der,
-        &[(
-            good.record.serial.clone(),
-            ca_core::revocation::CertStatus::Good,
-        )],
-        now,
-        now + chrono::Duration::hours(1),
-        None,
-    );
+    let sign_good = |signer: &dyn ca_core::signer::Signer| {
+        ca_core::ocsp::sign_response(
+            signer,
+            None,
+            &pki.issuing_der,
+            &[(
+                good.record.serial.clone(),
+                ca_core::revocation::CertStatus::Good,
+            )],
+            now,
+            now + chrono::Duration::hours(1),
+            None,
+        )
+    };
+    let resp = sign_good(faulty.as_ref());
     assert!(matches!(resp, Err(Error::SignatureCheckFailed)), "{resp:?}");
     // The unbroken signer signs the same response.
-    assert!(ca_core::ocsp::sign_response(
-        pki.issuing_signer.as_ref(),
-        None,
-        &pki.issuing_der,
-        &[(
-            good.record.serial.clone(),
-            ca_core::revocation::CertStatus::Good,
-        )],
-        now,
-        now + chrono::Duration::hours(1),
-        None,
-    )
-    .is_ok());
+    assert!(sign_good(pki.issuing_signer.as_ref()).is_ok());
 }

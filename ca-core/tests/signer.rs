@@ -135,9 +135,24 @@ fn signer_recovers_after_hsm_logout_fault() {
     verify(&spki, b"after", &sig).unwrap();
 }
 
+/// Session (not token) private-key objects with this label: the signer's copies.
+fn session_copies(
+    session: &cryptoki::session::Session,
+    label: &str,
+) -> Vec<cryptoki::object::ObjectHandle> {
+    use cryptoki::object::{Attribute, ObjectClass};
+    session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Token(false),
+        ])
+        .unwrap()
+}
+
 #[test]
 fn signer_signs_with_a_sensitive_session_copy_made_in_the_hsm() {
-    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    use cryptoki::object::{Attribute, AttributeType};
     let t = TestToken::new().unwrap();
     let token = t.hsm_config().open().unwrap();
     let spki = token.generate_key("copied", KeyAlgorithm::P256).unwrap();
@@ -148,13 +163,7 @@ fn signer_signs_with_a_sensitive_session_copy_made_in_the_hsm() {
     // Session objects are visible to every session of the process: the signer's copy is there,
     // and it is as protected as the token key (sensitive, never extractable).
     let session = token.login().unwrap();
-    let copies = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Label(b"copied".to_vec()),
-            Attribute::Token(false),
-        ])
-        .unwrap();
+    let copies = session_copies(&session, "copied");
     assert!(!copies.is_empty(), "no session copy of the key");
     for c in copies {
         let attrs = session
@@ -231,12 +240,6 @@ fn a_key_the_token_will_not_copy_is_used_directly() {
     let signer = token.signer("nocopy").unwrap();
     let sig = signer.sign(b"no copy").unwrap();
     verify(signer.spki_der(), b"no copy", &sig).unwrap();
-    let copies = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Label(b"nocopy".to_vec()),
-            Attribute::Token(false),
-        ])
-        .unwrap();
+    let copies = session_copies(&session, "nocopy");
     assert!(copies.is_empty(), "{copies:?}");
 }

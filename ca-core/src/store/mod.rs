@@ -173,7 +173,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Visit every certificate (for OCSP warm-up), without loading all at once.
     fn for_each_cert(&self, f: &mut dyn FnMut(CertRecord) -> Result<()>) -> Result<()>;
     /// Revoke. Errors: unknown serial (`CertNotFound`); already revoked (`AlreadyRevoked`),
-    /// except that a revocation may be changed to keyCompromise (RFC 5280 5.3.1).
+    /// except that a revocation may be changed to keyCompromise (RFC 5280 5.3.1); a reason
+    /// [`crate::revocation::check_reason`] refuses (`ReasonNotAllowed`), before anything changes.
     fn revoke(
         &self,
         serial: &[u8],
