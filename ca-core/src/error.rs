@@ -163,6 +163,10 @@ pub enum Error {
     /// RFC 5280 5.3.1; this CA issues complete CRLs, and a revocation is never undone).
     #[error("revocation reason {0} is not allowed: {1}")]
     ReasonNotAllowed(crate::revocation::RevocationReason, &'static str),
+    /// The OCSP response signed for a group of certificates at issuance failed (the message
+    /// is the error the caller that signed it got).
+    #[error("pre-signing the OCSP response at issuance failed: {0}")]
+    OcspPresign(String),
     /// The enrollment token is unknown, expired or already used.
     #[error("enrollment token rejected: {0}")]
     TokenRejected(&'static str),

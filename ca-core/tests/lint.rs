@@ -656,6 +656,32 @@ fn ocsp_responses_have_no_pkilint_findings() {
             format!("{alg} CA, responder pre-signed good"),
             &path,
         ));
+        // A response signed at issuance for a group of certificates (RFC 6960 4.2.2.3).
+        let (second, _) = leaf_for_revocation(&pki, &out, "good-second");
+        let grouped = Responder::new(
+            &pki.issuing_der,
+            ResponderKey::delegated(rsigner.clone(), &rcert).unwrap(),
+            pki.store.clone(),
+            Arc::new(ca_core::clock::SystemClock),
+            ResponderConfig::default(),
+        )
+        .unwrap();
+        let (a, b) = (
+            grouped.enqueue_issued(&good),
+            grouped.enqueue_issued(&second),
+        );
+        grouped.await_issued(a).unwrap();
+        grouped.await_issued(b).unwrap();
+        let der = &grouped.cached(&second.serial).unwrap().der;
+        assert_eq!(
+            ca_core::ocsp::parse_response(der).unwrap().singles().len(),
+            4
+        );
+        let path = out.write("responder-grouped.ocsp.der", der);
+        checks.push(Check::ocsp_response(
+            format!("{alg} CA, responder pre-signed for a group at issuance"),
+            &path,
+        ));
         keep.push((pki, out));
     }
     let reports = pkilint::run(&checks).unwrap_or_else(|e| panic!("{e}"));

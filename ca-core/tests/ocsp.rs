@@ -314,6 +314,142 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
 }
 
 #[test]
+fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<_> = (0..12)
+        .map(|i| ca.issue_leaf_with(&format!("group{i}"), i % 2 == 0))
+        .collect();
+    let (rsigner, rcert, _) = ca.ocsp_responder("ocsp");
+    let key = ResponderKey::delegated(rsigner, &rcert).unwrap();
+    let config = ResponderConfig {
+        issuance_batch_max: 8,
+        ..ResponderConfig::default()
+    };
+    let r = Arc::new(responder(
+        &ca,
+        key.clone(),
+        Arc::new(SystemClock),
+        config.clone(),
+    ));
+    // All twelve queued before anyone waits: the first to wait signs eight, the next four.
+    let tickets: Vec<_> = leaves.iter().map(|l| r.enqueue_issued(&l.record)).collect();
+    // A revocation that lands between queueing and signing keeps its own response.
+    let revoked = &leaves[5];
+    ca_core::revocation::revoke(
+        ca.store.as_ref(),
+        r.as_ref(),
+        &revoked.record.serial,
+        RevocationReason::KeyCompromise,
+        Utc::now(),
+        "test",
+    )
+    .unwrap();
+    let waiters: Vec<_> = tickets
+        .into_iter()
+        .rev()
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || r.await_issued(t))
+        })
+        .collect();
+    for w in waiters {
+        w.join().unwrap().unwrap();
+    }
+    let stats = r.issuance_signing_stats();
+    assert_eq!(
+        (stats.signatures, stats.certificates),
+        (2, 11),
+        "two signatures; the revoked certificate was skipped"
+    );
+
+    let mut sizes = std::collections::BTreeSet::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let req = openssl_request(&ca, &[&leaf.cert_pem], &format!("g{i}.req"), &["-no_nonce"]);
+        let Lookup::Ready(a) = r.lookup(&req) else {
+            panic!("leaf {i}: pre-signed answer expected")
+        };
+        let p = ca.path(&format!("g{i}.resp"));
+        write(&p, &a.der);
+        let out = openssl_status(&p, &ca, &leaf.cert_pem, &[]);
+        let singles = parse_response(&a.der).unwrap().singles().len();
+        if i == 5 {
+            assert!(out.contains(": revoked"), "leaf {i}: {out}");
+            assert_eq!(singles, 2, "the revocation's own response");
+        } else {
+            assert!(out.contains(": good"), "leaf {i}: {out}");
+            sizes.insert(singles);
+        }
+    }
+    // SHA-1 and SHA-256 CertIDs for each certificate of the group: 7 (8 minus the revoked
+    // one) and 4 certificates.
+    assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![8, 14]);
+
+    // Persisted: a restart loads all twelve without signing, each with its own status.
+    drop(r);
+    let r = responder(&ca, key.clone(), Arc::new(SystemClock), config);
+    let stats = r.load().unwrap();
+    assert_eq!(
+        (stats.loaded, stats.signed, stats.discarded),
+        (12, 0, 0),
+        "{stats:?}"
+    );
+    for (i, leaf) in leaves.iter().enumerate() {
+        let status = r
+            .cached(&leaf.record.serial)
+            .unwrap()
+            .cert_status()
+            .cloned();
+        if i == 5 {
+            assert!(
+                matches!(status, Some(CertStatus::Revoked { .. })),
+                "{status:?}"
+            );
+        } else {
+            assert_eq!(status, Some(CertStatus::Good), "leaf {i}");
+        }
+    }
+
+    // One certificate per response when grouping is off.
+    let more: Vec<_> = (0..3)
+        .map(|i| ca.issue_leaf(&format!("single{i}")))
+        .collect();
+    let r = responder(
+        &ca,
+        key,
+        Arc::new(SystemClock),
+        ResponderConfig {
+            issuance_batch_max: 1,
+            ..ResponderConfig::default()
+        },
+    );
+    let tickets: Vec<_> = more.iter().map(|l| r.enqueue_issued(&l.record)).collect();
+    for t in tickets {
+        r.await_issued(t).unwrap();
+    }
+    let stats = r.issuance_signing_stats();
+    assert_eq!((stats.signatures, stats.certificates), (3, 3));
+    for l in &more {
+        let a = r.cached(&l.record.serial).unwrap();
+        assert_eq!(parse_response(&a.der).unwrap().singles().len(), 2);
+    }
+
+    for bad in [0, 65] {
+        let e = Responder::new(
+            &ca.cert_der,
+            ResponderKey::ca(ca.signer_dyn()),
+            ca.store.clone(),
+            Arc::new(SystemClock),
+            ResponderConfig {
+                issuance_batch_max: bad,
+                ..ResponderConfig::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ocsp.issuance_batch_max"), "{e}");
+    }
+}
+
+#[test]
 fn restart_reloads_stored_responses_without_resigning() {
     let ca = TestCa::new("Test Root");
     for i in 0..5 {

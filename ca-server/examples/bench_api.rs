@@ -552,6 +552,31 @@ fn main() -> anyhow::Result<()> {
     }
     let errors = er.errors.len() + rr.as_ref().map_or(0, |r| r.errors.len());
     eprintln!("checked: {total} distinct serials, {errors} errors");
+    // How the OCSP responses signed at issuance were grouped (server metrics).
+    let metrics = rt.block_on(async {
+        let mut s = connect(&target, tls_config(&root_pem, None)?).await?;
+        let req = Request::builder()
+            .uri("/metrics")
+            .header(header::HOST, &target.authority)
+            .body(Full::new(Bytes::new()))?;
+        let body = s.send_request(req).await?.into_body().collect().await?;
+        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+    })?;
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    if let (Some(sigs), Some(certs)) = (
+        counter("ca_ocsp_issuance_signatures_total "),
+        counter("ca_ocsp_issuance_certificates_total "),
+    ) {
+        println!();
+        println!(
+            "OCSP responses signed at issuance: {sigs:.0} for {certs:.0} certificates (mean group {:.2}).",
+            certs / sigs.max(1.0)
+        );
+    }
     if errors > 0 {
         bail!("{errors} requests failed");
     }

@@ -362,6 +362,10 @@ pub struct OcspSection {
     /// intermediate), DER files.
     #[serde(default)]
     pub external_responses: Vec<PathBuf>,
+    /// Most certificates one response signed at issuance covers (default 8, at most 64; 1
+    /// signs one response per certificate). See README "OCSP responses signed at issuance".
+    #[serde(default)]
+    pub issuance_batch_max: Option<usize>,
 }
 
 /// CRL settings.
@@ -510,6 +514,15 @@ impl ServerConfig {
         if let Some(v) = &self.crl.validity {
             pos("crl.validity", v)?;
         }
+        if let Some(n) = self.ocsp.issuance_batch_max {
+            if !(1..=64).contains(&n) {
+                return Err(invalid(
+                    "ocsp.issuance_batch_max",
+                    "must be between 1 and 64",
+                ));
+            }
+        }
+
         if self.ocsp.signer_key.is_some() != self.ocsp.signer_cert.is_some() {
             return Err(invalid(
                 "ocsp.signer_cert",

@@ -188,3 +188,52 @@ impl Signer for TimedSigner {
         r
     }
 }
+
+/// A counter read from the OCSP responder at each scrape: responses signed at issuance, or
+/// the certificates they covered (their ratio is the mean group size).
+#[derive(Debug)]
+pub struct PresignCounter {
+    responder: Arc<ca_core::ocsp::Responder>,
+    certificates: bool,
+}
+
+impl PresignCounter {
+    /// Register both counters for `responder`.
+    pub fn register(metrics: &Metrics, responder: &Arc<ca_core::ocsp::Responder>) {
+        metrics.register(
+            "ca_ocsp_issuance_signatures",
+            "OCSP responses signed at issuance (one may cover several certificates)",
+            PresignCounter {
+                responder: responder.clone(),
+                certificates: false,
+            },
+        );
+        metrics.register(
+            "ca_ocsp_issuance_certificates",
+            "Certificates covered by the OCSP responses signed at issuance",
+            PresignCounter {
+                responder: responder.clone(),
+                certificates: true,
+            },
+        );
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for PresignCounter {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let s = self.responder.issuance_signing_stats();
+        let v = if self.certificates {
+            s.certificates
+        } else {
+            s.signatures
+        };
+        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&v, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}

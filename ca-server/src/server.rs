@@ -188,6 +188,9 @@ pub fn status_integration(
         responder.validity = v.0;
         responder.refresh_before = v.0 / 2;
     }
+    if let Some(n) = ocsp.issuance_batch_max {
+        responder.issuance_batch_max = n;
+    }
     let mut crl_config = ca_core::crl::CrlConfig::default();
     if let Some(v) = crl.validity {
         crl_config.validity = v.0;
@@ -229,6 +232,7 @@ pub fn status_integration(
         Ok(s) => Arc::new(s.with_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)))),
         Err(shared) => shared,
     };
+    crate::metrics::PresignCounter::register(&parts.metrics, state.responder());
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),

@@ -329,12 +329,8 @@ impl StatusState {
 }
 
 impl crate::service::StatusHooks for StatusState {
-    fn on_issued(&self, record: &CertRecord) {
-        if let Err(e) = self.responder.on_issued(record) {
-            // The certificate is stored and valid; a cache miss signs it live, the next
-            // refresh pass or restart signs it otherwise.
-            tracing::error!(serial = %record.serial_hex(), error = %e, "OCSP pre-signing at issuance failed");
-        }
+    fn on_issued(&self, record: &CertRecord) -> crate::service::IssuedFollowUp {
+        crate::service::IssuedFollowUp::ocsp(&self.responder, record)
     }
 
     fn revoke(

@@ -46,8 +46,8 @@ mod responder;
 pub use build::{parse_response, sign_response, ParsedResponse};
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
-    AnswerKind, ExternalResponse, LiveRequest, LoadStats, Lookup, OcspAnswer, RefreshStats,
-    Responder, ResponderConfig, ResponderKey, TransportCache,
+    AnswerKind, ExternalResponse, IssuanceSigningStats, IssuedTicket, LiveRequest, LoadStats,
+    Lookup, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey, TransportCache,
 };
 /// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.
 pub use x509_ocsp;

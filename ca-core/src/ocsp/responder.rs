@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use der::{Decode, Encode};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 use x509_cert::Certificate;
 use x509_ocsp::{OcspResponseStatus, ResponderId, SingleResponse};
@@ -28,6 +28,8 @@ const SHARDS: usize = 16;
 const SIGN_LOCKS: usize = 64;
 /// Most entries in the request memo (request bytes -> serial); it is emptied when full.
 const MEMO_MAX: usize = 65_536;
+/// Upper bound of [`ResponderConfig::issuance_batch_max`] (a response stays a few kilobytes).
+const ISSUANCE_BATCH_LIMIT: usize = 64;
 
 /// Responder settings. Defaults suit short-lived mTLS certificates.
 #[derive(Clone, Debug)]
@@ -49,6 +51,13 @@ pub struct ResponderConfig {
     pub echo_nonce: bool,
     /// Most signed `unknown` responses kept in memory (default 10 000; oldest dropped first).
     pub unknown_cache_size: usize,
+    /// Most certificates one response pre-signed at issuance covers (default 8; 1 gives every
+    /// certificate its own). Certificates issued while the previous response is being signed
+    /// share the next signature: one response carries a SingleResponse pair for each of them,
+    /// which RFC 6960 4.2.2.3 and RFC 5019 2.2.1 allow for pre-generation performance.
+    /// Without concurrent issuance every response covers one certificate. The refresh pass
+    /// re-signs one response per certificate.
+    pub issuance_batch_max: usize,
 }
 
 impl Default for ResponderConfig {
@@ -61,6 +70,7 @@ impl Default for ResponderConfig {
             live_signing_burst: 50,
             echo_nonce: false,
             unknown_cache_size: 10_000,
+            issuance_batch_max: 8,
         }
     }
 }
@@ -85,6 +95,9 @@ impl ResponderConfig {
         }
         if self.max_certs_per_request == 0 {
             return bad("max_certs_per_request", "must be at least 1");
+        }
+        if !(1..=ISSUANCE_BATCH_LIMIT).contains(&self.issuance_batch_max) {
+            return bad("issuance_batch_max", "must be between 1 and 64");
         }
         if self.live_signing_burst == 0 && self.live_signing_rate > 0 {
             return bad(
@@ -330,6 +343,46 @@ struct Bucket {
     last: Instant,
 }
 
+/// Group signing of responses at issuance: callers queue their certificate; one of them (the
+/// leader) signs one response for everything queued, the others wait for it.
+#[derive(Default)]
+struct IssuedQueue {
+    /// (ticket, certificate), in ticket order.
+    pending: VecDeque<(u64, CertRecord)>,
+    next_ticket: u64,
+    /// Every ticket below this one is finished (batches complete in ticket order).
+    done: u64,
+    /// A leader is gathering or signing a group.
+    signing: bool,
+    /// Tickets whose batch failed, with the error message.
+    failed: HashMap<u64, String>,
+    /// Responses signed at issuance, and certificates they covered.
+    signatures: u64,
+    certificates: u64,
+}
+
+/// A certificate queued by [`Responder::enqueue_issued`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "await the ticket before handing the certificate out"]
+pub struct IssuedTicket(u64);
+
+/// Whether a response must be durable when [`Responder::install`] returns.
+#[derive(Clone, Copy, Debug)]
+enum Persist {
+    Durable,
+    /// Written, made durable by a later flush ([`Store::put_ocsp_response_lazy`]).
+    Lazy,
+}
+
+/// What the responses pre-signed at issuance have cost so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IssuanceSigningStats {
+    /// Responses signed.
+    pub signatures: u64,
+    /// Certificates covered by them.
+    pub certificates: u64,
+}
+
 /// The OCSP responder for one issuing CA. Thread-safe; share it in an `Arc`.
 pub struct Responder {
     issuer: OcspIssuer,
@@ -345,6 +398,9 @@ pub struct Responder {
     /// same bytes again and again). Holds no status: the answer always comes from the caches.
     memo: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
     bucket: Mutex<Bucket>,
+    /// Certificates waiting for their response pre-signed at issuance (see `on_issued`).
+    issued: Mutex<IssuedQueue>,
+    issued_done: Condvar,
     malformed: Arc<OcspAnswer>,
     unauthorized: Arc<OcspAnswer>,
     try_later: Arc<OcspAnswer>,
@@ -431,6 +487,8 @@ impl Responder {
                 tokens: live_burst,
                 last: Instant::now(),
             }),
+            issued: Mutex::new(IssuedQueue::default()),
+            issued_done: Condvar::new(),
             malformed: OcspAnswer::error(OcspResponseStatus::MalformedRequest),
             unauthorized: OcspAnswer::error(OcspResponseStatus::Unauthorized),
             try_later: OcspAnswer::error(OcspResponseStatus::TryLater),
@@ -536,19 +594,18 @@ impl Responder {
             ResponderId::ByKey(h) if h.as_bytes() == own_key_hash => {}
             _ => return None,
         }
-        let first = parsed.singles().first()?;
-        if self.issuer.matches(&first.cert_id).is_none()
-            || serial_magnitude(first.cert_id.serial_number.as_bytes())
-                != serial_magnitude(&stored.serial)
-        {
-            return None;
-        }
+        // A response signed at issuance may cover several certificates: use this one's.
+        let mine = parsed.singles().iter().find(|s| {
+            self.issuer.matches(&s.cert_id).is_some()
+                && serial_magnitude(s.cert_id.serial_number.as_bytes())
+                    == serial_magnitude(&stored.serial)
+        })?;
         Some(Arc::new(OcspAnswer::new(
             stored.der.clone(),
             AnswerKind::Signed {
-                status: from_ocsp_status(&first.cert_status),
+                status: from_ocsp_status(&mine.cert_status),
                 produced_at: parsed.produced_at()?,
-                this_update: from_gtime(&first.this_update),
+                this_update: from_gtime(&mine.this_update),
                 next_update: parsed.next_update()?,
                 cacheable: true,
             },
@@ -556,10 +613,119 @@ impl Responder {
     }
 
     /// Sign the response for a certificate just issued (status good), persist it and keep it
-    /// in memory. The issuance engine calls this after the certificate is stored.
+    /// in memory: [`enqueue_issued`] then [`await_issued`].
+    ///
+    /// [`enqueue_issued`]: Responder::enqueue_issued
+    /// [`await_issued`]: Responder::await_issued
     pub fn on_issued(&self, rec: &CertRecord) -> Result<()> {
-        let _g = self.sign_lock(serial_magnitude(&rec.serial));
-        self.sign_and_install(&rec.serial, &rec.cert_status())
+        let ticket = self.enqueue_issued(rec);
+        self.await_issued(ticket)
+    }
+
+    /// Queue a certificate just stored for its first response (status good); cheap, signs
+    /// nothing. Pass the ticket to [`await_issued`] before the certificate is handed out.
+    ///
+    /// Responses at issuance are signed in groups: whoever awaits first signs one response
+    /// for everything queued by then (up to [`ResponderConfig::issuance_batch_max`]
+    /// certificates), and the others wait for it, as group commit does for flushes. Queue
+    /// early and await late (e.g. after the store flush), and certificates issued together
+    /// share a signature. Without concurrent issuance every response covers one certificate.
+    ///
+    /// [`await_issued`]: Responder::await_issued
+    pub fn enqueue_issued(&self, rec: &CertRecord) -> IssuedTicket {
+        let mut q = lock(&self.issued);
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.pending.push_back((ticket, rec.clone()));
+        IssuedTicket(ticket)
+    }
+
+    /// Wait until the certificate of `ticket` has its response in memory, signing the group
+    /// it belongs to if nobody else is. A certificate that already has a response when its
+    /// group is signed (it was revoked meanwhile) keeps that response.
+    ///
+    /// These responses are persisted without waiting for a flush: after a crash, [`load`]
+    /// signs again whatever is missing.
+    ///
+    /// [`load`]: Responder::load
+    pub fn await_issued(&self, ticket: IssuedTicket) -> Result<()> {
+        let ticket = ticket.0;
+        let mut q = lock(&self.issued);
+        loop {
+            if q.done > ticket {
+                return match q.failed.remove(&ticket) {
+                    None => Ok(()),
+                    Some(msg) => Err(Error::OcspPresign(msg)),
+                };
+            }
+            if q.signing {
+                q = self.issued_done.wait(q).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            q.signing = true;
+            let take = q.pending.len().min(self.config.issuance_batch_max);
+            let batch: Vec<(u64, CertRecord)> = q.pending.drain(..take).collect();
+            drop(q);
+            let recs: Vec<&CertRecord> = batch.iter().map(|(_, r)| r).collect();
+            let result = self.sign_issued_batch(&recs);
+            q = lock(&self.issued);
+            q.signing = false;
+            if let Some((last, _)) = batch.last() {
+                q.done = q.done.max(last + 1);
+            }
+            match result {
+                Ok(signed) => {
+                    if signed > 0 {
+                        q.signatures += 1;
+                        q.certificates += signed as u64;
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (t, _) in &batch {
+                        q.failed.insert(*t, msg.clone());
+                    }
+                }
+            }
+            self.issued_done.notify_all();
+        }
+    }
+
+    /// Responses signed at issuance so far, and the certificates they covered.
+    pub fn issuance_signing_stats(&self) -> IssuanceSigningStats {
+        let q = lock(&self.issued);
+        IssuanceSigningStats {
+            signatures: q.signatures,
+            certificates: q.certificates,
+        }
+    }
+
+    /// One response (status good) for every certificate of `recs` that has none yet; returns
+    /// how many it covered. Holds the sign locks of all their serials, taken in index order.
+    fn sign_issued_batch(&self, recs: &[&CertRecord]) -> Result<usize> {
+        let mut locks: Vec<usize> = recs
+            .iter()
+            .map(|r| bucket_index(serial_magnitude(&r.serial), SIGN_LOCKS))
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let _guards: Vec<_> = locks.iter().map(|&i| lock(&self.sign_locks[i])).collect();
+        let mut serials: Vec<Vec<u8>> = Vec::with_capacity(recs.len());
+        for r in recs {
+            let serial = serial_magnitude(&r.serial).to_vec();
+            if self.cached(&serial).is_none() && !serials.contains(&serial) {
+                serials.push(serial);
+            }
+        }
+        if serials.is_empty() {
+            return Ok(0);
+        }
+        let refs: Vec<&[u8]> = serials.iter().map(Vec::as_slice).collect();
+        let answer = self.sign_canonical_many(&refs, &CertStatus::Good)?;
+        for serial in &serials {
+            self.install(serial, answer.clone(), Persist::Lazy)?;
+        }
+        Ok(serials.len())
     }
 
     /// Re-sign the response of a certificate just revoked (`rec` as the store returned it),
@@ -627,16 +793,28 @@ impl Responder {
     }
 
     fn sign_canonical(&self, serial: &[u8], status: &CertStatus) -> Result<Arc<OcspAnswer>> {
+        self.sign_canonical_many(&[serial], status)
+    }
+
+    /// One response with a SingleResponse per (serial, CertID hash algorithm), all with
+    /// `status`.
+    fn sign_canonical_many(
+        &self,
+        serials: &[&[u8]],
+        status: &CertStatus,
+    ) -> Result<Arc<OcspAnswer>> {
         let now = self.clock.now();
         let next = now + self.config.validity;
-        let mut singles = Vec::with_capacity(PRESIGNED_ALGS.len());
-        for alg in PRESIGNED_ALGS {
-            singles.push(single(
-                self.issuer.cert_id(alg, serial)?,
-                status,
-                now,
-                next,
-            )?);
+        let mut singles = Vec::with_capacity(serials.len() * PRESIGNED_ALGS.len());
+        for serial in serials {
+            for alg in PRESIGNED_ALGS {
+                singles.push(single(
+                    self.issuer.cert_id(alg, serial)?,
+                    status,
+                    now,
+                    next,
+                )?);
+            }
         }
         let der = sign_basic(
             self.key.signer.as_ref(),
@@ -659,8 +837,14 @@ impl Responder {
 
     /// Sign, persist, then serve (the caller holds the serial's sign lock).
     fn sign_and_install(&self, serial: &[u8], status: &CertStatus) -> Result<()> {
-        let serial = serial_magnitude(serial).to_vec();
-        let answer = self.sign_canonical(&serial, status)?;
+        let serial = serial_magnitude(serial);
+        let answer = self.sign_canonical(serial, status)?;
+        self.install(serial, answer, Persist::Durable)
+    }
+
+    /// Persist `answer` as the response for `serial` (magnitude), then serve it (the caller
+    /// holds the serial's sign lock).
+    fn install(&self, serial: &[u8], answer: Arc<OcspAnswer>, persist: Persist) -> Result<()> {
         let (this_update, next_update) = match &answer.kind {
             AnswerKind::Signed {
                 this_update,
@@ -671,16 +855,20 @@ impl Responder {
                 return Err(Error::Corrupt("signed OCSP answer without validity".into()))
             }
         };
-        self.store.put_ocsp_response(&StoredOcspResponse {
-            serial: serial.clone(),
+        let stored = StoredOcspResponse {
+            serial: serial.to_vec(),
             der: answer.der.clone(),
             this_update,
             next_update,
-        })?;
-        write(self.shard(&serial)).insert(serial.clone(), answer);
+        };
+        match persist {
+            Persist::Durable => self.store.put_ocsp_response(&stored)?,
+            Persist::Lazy => self.store.put_ocsp_response_lazy(&stored)?,
+        }
+        write(self.shard(serial)).insert(serial.to_vec(), answer);
         let mut u = write(&self.unknown);
-        if u.map.remove(&serial).is_some() {
-            u.order.retain(|k| *k != serial);
+        if u.map.remove(serial).is_some() {
+            u.order.retain(|k| k != serial);
         }
         Ok(())
     }

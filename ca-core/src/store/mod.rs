@@ -199,6 +199,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Keep a pre-signed OCSP response.
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()>;
+    /// Keep a pre-signed OCSP response without waiting for it to be durable: the next flush
+    /// (any write's, or the store's periodic one) makes it so. Only for what can be rebuilt
+    /// after a crash: the responder signs missing responses again at start. The default is
+    /// [`Store::put_ocsp_response`].
+    fn put_ocsp_response_lazy(&self, resp: &StoredOcspResponse) -> Result<()> {
+        self.put_ocsp_response(resp)
+    }
     /// Visit all kept OCSP responses.
     fn for_each_ocsp_response(
         &self,

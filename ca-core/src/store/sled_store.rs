@@ -490,6 +490,13 @@ impl Store for SledStore {
         self.durable()
     }
 
+    fn put_ocsp_response_lazy(&self, resp: &StoredOcspResponse) -> Result<()> {
+        self.ocsp
+            .insert(resp.serial.as_slice(), codec::encode_ocsp(resp)?)
+            .map_err(|e| Error::store("put OCSP response", e))?;
+        Ok(())
+    }
+
     fn for_each_ocsp_response(
         &self,
         f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,

@@ -48,6 +48,20 @@ fn bad_value_names_the_key() {
         err.to_string().contains("limits.enroll.per_second"),
         "{err}"
     );
+
+    for n in [0, 65] {
+        let text = format!("{MINIMAL}\n[ocsp]\nissuance_batch_max = {n}\n");
+        let err = ServerConfig::parse(&text)
+            .expect("parses")
+            .validate()
+            .expect_err("batch size out of range");
+        assert!(err.to_string().contains("ocsp.issuance_batch_max"), "{err}");
+    }
+    let text = format!("{MINIMAL}\n[ocsp]\nissuance_batch_max = 1\n");
+    let cfg = ServerConfig::parse(&text).expect("parses");
+    cfg.validate()
+        .expect("one certificate per response is valid");
+    assert_eq!(cfg.ocsp.issuance_batch_max, Some(1));
 }
 
 #[test]
