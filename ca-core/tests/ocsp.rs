@@ -450,6 +450,85 @@ fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
 }
 
 #[test]
+fn issuance_signer_groups_queued_certificates_and_requests_wait_for_queued_ones() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<_> = (0..20).map(|i| ca.issue_leaf(&format!("bg{i}"))).collect();
+    let key = ResponderKey::ca(ca.signer_dyn());
+
+    // No signer thread: an OCSP request about a queued certificate signs its whole group.
+    let r = responder(
+        &ca,
+        key.clone(),
+        Arc::new(SystemClock),
+        ResponderConfig::default(),
+    );
+    for l in &leaves[..3] {
+        let _ = r.enqueue_issued(&l.record);
+    }
+    assert!(
+        r.cached(&leaves[1].record.serial).is_none(),
+        "queued, not signed yet"
+    );
+    let req = openssl_request(&ca, &[&leaves[1].cert_pem], "bg1.req", &["-no_nonce"]);
+    let a = match r.lookup(&req) {
+        Lookup::Ready(a) => a,
+        Lookup::Live(live) => r.answer_live(live),
+    };
+    let p = ca.path("bg1.resp");
+    write(&p, &a.der);
+    assert!(openssl_status(&p, &ca, &leaves[1].cert_pem, &[]).contains(": good"));
+    let stats = r.issuance_signing_stats();
+    assert_eq!(
+        (stats.signatures, stats.certificates),
+        (1, 3),
+        "one signature, whole group"
+    );
+    assert!(r.cached(&leaves[2].record.serial).is_some());
+
+    // With the signer thread: certificates queued within the window share a response, and
+    // nobody has to wait for it.
+    let r = Arc::new(responder(
+        &ca,
+        key,
+        Arc::new(SystemClock),
+        ResponderConfig::default(),
+    ));
+    let thread = r.start_issuance_signer().unwrap();
+    for l in &leaves[3..] {
+        let _ = r.enqueue_issued(&l.record);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while r.issuance_signing_stats().certificates < 17 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "signer did not sign the queue"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let stats = r.issuance_signing_stats();
+    assert_eq!(stats.certificates, 17);
+    assert!(
+        (3..=5).contains(&stats.signatures),
+        "17 certificates queued at once in groups of at most 8: {stats:?}"
+    );
+    for l in &leaves[3..] {
+        let a = r.cached(&l.record.serial).unwrap();
+        assert_eq!(a.cert_status(), Some(&CertStatus::Good));
+        let singles = parse_response(&a.der).unwrap().singles().len();
+        assert!((2..=16).contains(&singles), "{singles}");
+    }
+    // The thread ends once the responder is gone.
+    drop(r);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        thread.join().unwrap();
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("issuance signer thread still running after the responder was dropped");
+}
+
+#[test]
 fn restart_reloads_stored_responses_without_resigning() {
     let ca = TestCa::new("Test Root");
     for i in 0..5 {

@@ -366,6 +366,10 @@ pub struct OcspSection {
     /// signs one response per certificate). See README "OCSP responses signed at issuance".
     #[serde(default)]
     pub issuance_batch_max: Option<usize>,
+    /// Milliseconds the issuance signer gathers certificates before signing their response
+    /// (default 5, at most 100). Issuance never waits for it.
+    #[serde(default)]
+    pub issuance_batch_window_ms: Option<u64>,
 }
 
 /// CRL settings.
@@ -521,6 +525,13 @@ impl ServerConfig {
                     "must be between 1 and 64",
                 ));
             }
+        }
+        if self
+            .ocsp
+            .issuance_batch_window_ms
+            .is_some_and(|ms| ms > 100)
+        {
+            return Err(invalid("ocsp.issuance_batch_window_ms", "at most 100"));
         }
 
         if self.ocsp.signer_key.is_some() != self.ocsp.signer_cert.is_some() {

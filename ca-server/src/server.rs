@@ -191,6 +191,9 @@ pub fn status_integration(
     if let Some(n) = ocsp.issuance_batch_max {
         responder.issuance_batch_max = n;
     }
+    if let Some(ms) = ocsp.issuance_batch_window_ms {
+        responder.issuance_batch_window = std::time::Duration::from_millis(ms);
+    }
     let mut crl_config = ca_core::crl::CrlConfig::default();
     if let Some(v) = crl.validity {
         crl_config.validity = v.0;

@@ -52,9 +52,10 @@ pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) ->
 /// response before the revocation is acknowledged (DESIGN invariant 2). Either way `revoke`
 /// appends the `revoke` audit event (success or failure) itself.
 pub trait StatusHooks: Send + Sync + std::fmt::Debug {
-    /// A certificate was issued and stored (its flush may be pending): queue what it needs.
-    /// The returned follow-up is waited for before the certificate is handed out.
-    fn on_issued(&self, record: &CertRecord) -> IssuedFollowUp;
+    /// A certificate was issued and stored (its flush may be pending): queue its first OCSP
+    /// response, which the responder's issuance signer signs with the others queued in the
+    /// same few milliseconds ([`ca_core::ocsp::Responder::start_issuance_signer`]).
+    fn on_issued(&self, record: &CertRecord);
     /// Revoke durably, publish, audit; return the updated record.
     fn revoke(
         &self,
@@ -65,57 +66,12 @@ pub trait StatusHooks: Send + Sync + std::fmt::Debug {
     ) -> ca_core::Result<CertRecord>;
 }
 
-/// What must finish before an issued certificate is handed out (see
-/// [`StatusHooks::on_issued`]): its OCSP response, signed with the certificates issued
-/// alongside it.
-#[must_use = "wait for it before handing the certificate out"]
-pub struct IssuedFollowUp(
-    Option<(
-        Arc<ca_core::ocsp::Responder>,
-        ca_core::ocsp::IssuedTicket,
-        String,
-    )>,
-);
-
-impl IssuedFollowUp {
-    /// Nothing to wait for.
-    pub fn none() -> Self {
-        IssuedFollowUp(None)
-    }
-
-    /// The response for `record`, queued in `responder`.
-    pub fn ocsp(responder: &Arc<ca_core::ocsp::Responder>, record: &CertRecord) -> Self {
-        let ticket = responder.enqueue_issued(record);
-        IssuedFollowUp(Some((responder.clone(), ticket, record.serial_hex())))
-    }
-
-    /// Block until done. A failure is logged, not returned: the certificate is valid and
-    /// stored, and the responder signs it live or on its next refresh pass.
-    pub fn wait(self) {
-        if let Some((responder, ticket, serial)) = self.0 {
-            if let Err(e) = responder.await_issued(ticket) {
-                tracing::error!(%serial, error = %e, "OCSP pre-signing at issuance failed");
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for IssuedFollowUp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("IssuedFollowUp")
-            .field(&self.0.as_ref().map(|(_, t, _)| t))
-            .finish()
-    }
-}
-
 /// Revocation in the store only (no OCSP responder attached).
 #[derive(Debug)]
 pub struct StoreOnly(pub Arc<dyn Store>);
 
 impl StatusHooks for StoreOnly {
-    fn on_issued(&self, _record: &CertRecord) -> IssuedFollowUp {
-        IssuedFollowUp::none()
-    }
+    fn on_issued(&self, _record: &CertRecord) {}
     fn revoke(
         &self,
         serial: &[u8],
@@ -155,8 +111,8 @@ pub struct ResponderHooks {
 }
 
 impl StatusHooks for ResponderHooks {
-    fn on_issued(&self, record: &CertRecord) -> IssuedFollowUp {
-        IssuedFollowUp::ocsp(&self.responder, record)
+    fn on_issued(&self, record: &CertRecord) {
+        let _queued = self.responder.enqueue_issued(record);
     }
     fn revoke(
         &self,
@@ -328,11 +284,9 @@ impl AppState {
     /// instead of one each, and the outcome is returned only after that flush: nothing is
     /// acknowledged before it is durable (DESIGN invariant 2).
     ///
-    /// The certificate's OCSP response is queued during the unit and awaited after the flush,
-    /// so that the certificates of one flush group (and those queued while it was being
-    /// signed) share one signature ([`ca_core::ocsp::Responder::enqueue_issued`]). The
-    /// response is in the responder's memory before the certificate is returned, and is
-    /// never answered before the certificate is durable.
+    /// The certificate's first OCSP response is queued (status hooks) and signed by the
+    /// responder's issuance signer together with the others queued within a few
+    /// milliseconds; an OCSP request that arrives before that waits for it.
     async fn issue_unit(
         self: &Arc<Self>,
         csr: CsrRequest,
@@ -341,16 +295,14 @@ impl AppState {
     ) -> ApiResult<Outcome> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let (outcome, follow_up) = ca_core::store::deferred(me.store.as_ref(), || {
+            ca_core::store::deferred(me.store.as_ref(), || {
                 let outcome = me.issue_blocking(&csr, req)?;
-                let follow_up = me.hooks.on_issued(&outcome.issued.record);
+                me.hooks.on_issued(&outcome.issued.record);
                 if let Some(audit) = audit {
                     me.audit_blocking(audit(&outcome));
                 }
-                Ok::<_, ApiError>((outcome, follow_up))
-            })?;
-            follow_up.wait();
-            Ok(outcome)
+                Ok::<_, ApiError>(outcome)
+            })
         })
         .await
         .map_err(ApiError::internal)?

@@ -168,6 +168,12 @@ impl StatusState {
             setup.responder,
         )?);
         responder.load()?;
+        responder
+            .start_issuance_signer()
+            .map_err(|e| ca_core::Error::Io {
+                path: "(thread ocsp-issuance)".into(),
+                source: e,
+            })?;
         for ext in setup.external_responses {
             let path = ext.path.clone();
             let n = responder.add_external(ext)?;
@@ -329,8 +335,8 @@ impl StatusState {
 }
 
 impl crate::service::StatusHooks for StatusState {
-    fn on_issued(&self, record: &CertRecord) -> crate::service::IssuedFollowUp {
-        crate::service::IssuedFollowUp::ocsp(&self.responder, record)
+    fn on_issued(&self, record: &CertRecord) {
+        let _queued = self.responder.enqueue_issued(record);
     }
 
     fn revoke(

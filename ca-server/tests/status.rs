@@ -486,7 +486,7 @@ async fn nginx_ssl_ocsp_on_checks_the_whole_chain_with_a_root_signed_file() {
     let state = l.state.clone();
     let rec = client2.record.clone();
     tokio::task::spawn_blocking(move || {
-        ca_server::service::StatusHooks::on_issued(state.as_ref(), &rec).wait()
+        ca_server::service::StatusHooks::on_issued(state.as_ref(), &rec)
     })
     .await
     .unwrap();

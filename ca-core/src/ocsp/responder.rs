@@ -58,6 +58,10 @@ pub struct ResponderConfig {
     /// Without concurrent issuance every response covers one certificate. The refresh pass
     /// re-signs one response per certificate.
     pub issuance_batch_max: usize,
+    /// How long the issuance signer ([`Responder::start_issuance_signer`]) gathers queued
+    /// certificates before it signs their response (default 5 ms, at most 100 ms). Nobody's
+    /// issuance waits for it; an OCSP request for a certificate still queued does.
+    pub issuance_batch_window: std::time::Duration,
 }
 
 impl Default for ResponderConfig {
@@ -71,6 +75,7 @@ impl Default for ResponderConfig {
             echo_nonce: false,
             unknown_cache_size: 10_000,
             issuance_batch_max: 8,
+            issuance_batch_window: std::time::Duration::from_millis(5),
         }
     }
 }
@@ -98,6 +103,9 @@ impl ResponderConfig {
         }
         if !(1..=ISSUANCE_BATCH_LIMIT).contains(&self.issuance_batch_max) {
             return bad("issuance_batch_max", "must be between 1 and 64");
+        }
+        if self.issuance_batch_window > std::time::Duration::from_millis(100) {
+            return bad("issuance_batch_window", "at most 100ms");
         }
         if self.live_signing_burst == 0 && self.live_signing_rate > 0 {
             return bad(
@@ -354,7 +362,9 @@ struct IssuedQueue {
     done: u64,
     /// A leader is gathering or signing a group.
     signing: bool,
-    /// Tickets whose batch failed, with the error message.
+    /// Tickets someone waits for in [`Responder::await_issued`].
+    awaiting: std::collections::HashSet<u64>,
+    /// Awaited tickets whose group failed, with the error message.
     failed: HashMap<u64, String>,
     /// Responses signed at issuance, and certificates they covered.
     signatures: u64,
@@ -401,6 +411,7 @@ pub struct Responder {
     /// Certificates waiting for their response pre-signed at issuance (see `on_issued`).
     issued: Mutex<IssuedQueue>,
     issued_done: Condvar,
+    issued_arrival: Condvar,
     malformed: Arc<OcspAnswer>,
     unauthorized: Arc<OcspAnswer>,
     try_later: Arc<OcspAnswer>,
@@ -489,6 +500,7 @@ impl Responder {
             }),
             issued: Mutex::new(IssuedQueue::default()),
             issued_done: Condvar::new(),
+            issued_arrival: Condvar::new(),
             malformed: OcspAnswer::error(OcspResponseStatus::MalformedRequest),
             unauthorized: OcspAnswer::error(OcspResponseStatus::Unauthorized),
             try_later: OcspAnswer::error(OcspResponseStatus::TryLater),
@@ -623,20 +635,20 @@ impl Responder {
     }
 
     /// Queue a certificate just stored for its first response (status good); cheap, signs
-    /// nothing. Pass the ticket to [`await_issued`] before the certificate is handed out.
-    ///
-    /// Responses at issuance are signed in groups: whoever awaits first signs one response
-    /// for everything queued by then (up to [`ResponderConfig::issuance_batch_max`]
-    /// certificates), and the others wait for it, as group commit does for flushes. Queue
-    /// early and await late (e.g. after the store flush), and certificates issued together
-    /// share a signature. Without concurrent issuance every response covers one certificate.
+    /// nothing. Responses at issuance are signed in groups, one response for every
+    /// certificate queued (up to [`ResponderConfig::issuance_batch_max`]), by whoever comes
+    /// first: the issuance signer thread ([`start_issuance_signer`]), a caller of
+    /// [`await_issued`] with this ticket, or an OCSP request about one of them. Without
+    /// concurrent issuance every response covers one certificate.
     ///
     /// [`await_issued`]: Responder::await_issued
+    /// [`start_issuance_signer`]: Responder::start_issuance_signer
     pub fn enqueue_issued(&self, rec: &CertRecord) -> IssuedTicket {
         let mut q = lock(&self.issued);
         let ticket = q.next_ticket;
         q.next_ticket += 1;
         q.pending.push_back((ticket, rec.clone()));
+        self.issued_arrival.notify_one();
         IssuedTicket(ticket)
     }
 
@@ -651,8 +663,10 @@ impl Responder {
     pub fn await_issued(&self, ticket: IssuedTicket) -> Result<()> {
         let ticket = ticket.0;
         let mut q = lock(&self.issued);
+        q.awaiting.insert(ticket);
         loop {
             if q.done > ticket {
+                q.awaiting.remove(&ticket);
                 return match q.failed.remove(&ticket) {
                     None => Ok(()),
                     Some(msg) => Err(Error::OcspPresign(msg)),
@@ -662,33 +676,124 @@ impl Responder {
                 q = self.issued_done.wait(q).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            q.signing = true;
-            let take = q.pending.len().min(self.config.issuance_batch_max);
-            let batch: Vec<(u64, CertRecord)> = q.pending.drain(..take).collect();
-            drop(q);
-            let recs: Vec<&CertRecord> = batch.iter().map(|(_, r)| r).collect();
-            let result = self.sign_issued_batch(&recs);
-            q = lock(&self.issued);
-            q.signing = false;
-            if let Some((last, _)) = batch.last() {
-                q.done = q.done.max(last + 1);
+            q = self.lead_group(q);
+        }
+    }
+
+    /// Sign the next group of queued certificates, for a background signer: wait up to `idle`
+    /// for a first certificate, then up to `window` for the group to fill
+    /// ([`ResponderConfig::issuance_batch_max`]), then sign it. Returns how many certificates
+    /// were taken (0 if none came). Failures are logged; the certificates concerned are then
+    /// signed when asked about, or at the next start.
+    pub fn sign_issued_group(
+        &self,
+        window: std::time::Duration,
+        idle: std::time::Duration,
+    ) -> usize {
+        let mut q = lock(&self.issued);
+        if q.pending.is_empty() {
+            q = self
+                .issued_arrival
+                .wait_timeout(q, idle)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if q.pending.is_empty() {
+            return 0;
+        }
+        let deadline = Instant::now() + window;
+        while q.pending.len() < self.config.issuance_batch_max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            match result {
-                Ok(signed) => {
-                    if signed > 0 {
-                        q.signatures += 1;
-                        q.certificates += signed as u64;
-                    }
+            q = self
+                .issued_arrival
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        while q.signing {
+            q = self.issued_done.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        let before = q.done;
+        q = self.lead_group(q);
+        usize::try_from(q.done - before).unwrap_or(usize::MAX)
+    }
+
+    /// Run [`sign_issued_group`] on a thread of its own until the responder is dropped:
+    /// certificates queued by [`enqueue_issued`] get their response within about
+    /// [`ResponderConfig::issuance_batch_window`] (plus one signature) without their issuance
+    /// waiting for it, and one response covers every certificate queued within the window
+    /// (at most [`ResponderConfig::issuance_batch_max`]).
+    ///
+    /// [`sign_issued_group`]: Responder::sign_issued_group
+    /// [`enqueue_issued`]: Responder::enqueue_issued
+    pub fn start_issuance_signer(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let window = self.config.issuance_batch_window;
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("ocsp-issuance".into())
+            .spawn(move || {
+                while let Some(r) = weak.upgrade() {
+                    r.sign_issued_group(window, std::time::Duration::from_millis(200));
                 }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for (t, _) in &batch {
+            })
+    }
+
+    /// If `serial` is queued for its first response, wait for it (signing its group if
+    /// nobody is); whether it was queued.
+    fn await_queued(&self, serial: &[u8]) -> bool {
+        let ticket = lock(&self.issued)
+            .pending
+            .iter()
+            .find(|(_, r)| serial_magnitude(&r.serial) == serial)
+            .map(|(t, _)| IssuedTicket(*t));
+        match ticket {
+            Some(t) => {
+                let _ = self.await_issued(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Take the next group off the queue (the caller checked nobody else is signing), sign
+    /// it without holding the queue lock, record the outcome, wake the waiters.
+    fn lead_group<'a>(
+        &'a self,
+        mut q: std::sync::MutexGuard<'a, IssuedQueue>,
+    ) -> std::sync::MutexGuard<'a, IssuedQueue> {
+        q.signing = true;
+        let take = q.pending.len().min(self.config.issuance_batch_max);
+        let batch: Vec<(u64, CertRecord)> = q.pending.drain(..take).collect();
+        drop(q);
+        let recs: Vec<&CertRecord> = batch.iter().map(|(_, r)| r).collect();
+        let result = self.sign_issued_batch(&recs);
+        let mut q = lock(&self.issued);
+        q.signing = false;
+        if let Some((last, _)) = batch.last() {
+            q.done = q.done.max(last + 1);
+        }
+        match result {
+            Ok(signed) => {
+                if signed > 0 {
+                    q.signatures += 1;
+                    q.certificates += signed as u64;
+                }
+            }
+            Err(e) => {
+                tracing::error!(certificates = batch.len(), error = %e, "signing OCSP responses at issuance failed; they will be signed when asked for");
+                let msg = e.to_string();
+                for (t, _) in &batch {
+                    if q.awaiting.contains(t) {
                         q.failed.insert(*t, msg.clone());
                     }
                 }
             }
-            self.issued_done.notify_all();
         }
+        self.issued_done.notify_all();
+        q
     }
 
     /// Responses signed at issuance so far, and the certificates they covered.
@@ -978,7 +1083,11 @@ impl Responder {
             }
             return self.sign_exact(&parsed.certs, nonce.as_deref(), now);
         };
-        let cached = self.cached(&rc.serial).filter(|a| a.fresh(now));
+        let mut cached = self.cached(&rc.serial).filter(|a| a.fresh(now));
+        // A certificate just issued whose response is still queued: wait for it.
+        if cached.is_none() && self.await_queued(serial_magnitude(&rc.serial)) {
+            cached = self.cached(&rc.serial).filter(|a| a.fresh(now));
+        }
         let canonical = rc.hash_alg.is_some_and(|a| PRESIGNED_ALGS.contains(&a));
         if nonce.is_none() && canonical {
             if let Some(a) = cached {

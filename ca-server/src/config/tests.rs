@@ -57,6 +57,15 @@ fn bad_value_names_the_key() {
             .expect_err("batch size out of range");
         assert!(err.to_string().contains("ocsp.issuance_batch_max"), "{err}");
     }
+    let text = format!("{MINIMAL}\n[ocsp]\nissuance_batch_window_ms = 101\n");
+    let err = ServerConfig::parse(&text)
+        .expect("parses")
+        .validate()
+        .expect_err("window too long");
+    assert!(
+        err.to_string().contains("ocsp.issuance_batch_window_ms"),
+        "{err}"
+    );
     let text = format!("{MINIMAL}\n[ocsp]\nissuance_batch_max = 1\n");
     let cfg = ServerConfig::parse(&text).expect("parses");
     cfg.validate()
