@@ -384,17 +384,17 @@ fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
     // one) and 4 certificates.
     assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![8, 14]);
 
-    // Persisted: a restart loads all twelve without signing, each with its own status.
-    drop(r);
-    let r = responder(&ca, key.clone(), Arc::new(SystemClock), config);
-    let stats = r.load().unwrap();
+    // Persisted once per group, under its first serial: a restart loads all twelve without
+    // signing, each with its own status.
+    let r2 = responder(&ca, key.clone(), Arc::new(SystemClock), config.clone());
+    let stats = r2.load().unwrap();
     assert_eq!(
         (stats.loaded, stats.signed, stats.discarded),
         (12, 0, 0),
         "{stats:?}"
     );
     for (i, leaf) in leaves.iter().enumerate() {
-        let status = r
+        let status = r2
             .cached(&leaf.record.serial)
             .unwrap()
             .cert_status()
@@ -403,6 +403,45 @@ fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
             assert!(
                 matches!(status, Some(CertStatus::Revoked { .. })),
                 "{status:?}"
+            );
+        } else {
+            assert_eq!(status, Some(CertStatus::Good), "leaf {i}");
+        }
+    }
+    drop(r2);
+
+    // Revocations after the groups were signed: leaf 9's own record beats the group record of
+    // leaves 8-11 (stored under leaf 8); revoking leaf 0 replaces the record that held the
+    // first group, whose other members are signed again at the next start.
+    for i in [9, 0] {
+        ca_core::revocation::revoke(
+            ca.store.as_ref(),
+            r.as_ref(),
+            &leaves[i].record.serial,
+            RevocationReason::Superseded,
+            Utc::now(),
+            "test",
+        )
+        .unwrap();
+    }
+    drop(r);
+    let r = responder(&ca, key.clone(), Arc::new(SystemClock), config);
+    let stats = r.load().unwrap();
+    assert_eq!(
+        (stats.loaded, stats.signed, stats.discarded),
+        (6, 6, 0),
+        "loaded: 0, 5, 9 (own records) and 8, 10, 11 (group); signed: 1-4, 6, 7: {stats:?}"
+    );
+    for (i, leaf) in leaves.iter().enumerate() {
+        let status = r
+            .cached(&leaf.record.serial)
+            .unwrap()
+            .cert_status()
+            .cloned();
+        if [0, 5, 9].contains(&i) {
+            assert!(
+                matches!(status, Some(CertStatus::Revoked { .. })),
+                "leaf {i}: {status:?}"
             );
         } else {
             assert_eq!(status, Some(CertStatus::Good), "leaf {i}");

@@ -382,6 +382,8 @@ enum Persist {
     Durable,
     /// Written, made durable by a later flush ([`Store::put_ocsp_response_lazy`]).
     Lazy,
+    /// Not written: the group response stored under another serial covers it.
+    MemoryOnly,
 }
 
 /// What the responses pre-signed at issuance have cost so far.
@@ -550,14 +552,37 @@ impl Responder {
     pub fn load(&self) -> Result<LoadStats> {
         let mut stats = LoadStats::default();
         let own_key_hash = key_hash(self.key.signer.public_key_bits());
+        // Serials whose answer came from their own record: a record stored under a serial is
+        // the latest written for it, so it wins over a group response stored under another
+        // serial; between group responses the newer wins.
+        let mut own_records = std::collections::HashSet::new();
         self.store.for_each_ocsp_response(&mut |stored| {
-            match self.check_stored(&stored, &own_key_hash) {
-                Some(answer) => {
-                    let serial = serial_magnitude(&stored.serial).to_vec();
-                    write(self.shard(&serial)).insert(serial, answer);
-                    stats.loaded += 1;
+            let Some(answers) = self.check_stored(&stored, &own_key_hash) else {
+                stats.discarded += 1;
+                return Ok(());
+            };
+            let own = serial_magnitude(&stored.serial).to_vec();
+            for (serial, answer) in answers {
+                let mut shard = write(self.shard(&serial));
+                let replace = if serial == own {
+                    own_records.insert(serial.clone())
+                } else {
+                    !own_records.contains(&serial)
+                        && shard.get(&serial).is_none_or(|old| {
+                            fn this_update(a: &OcspAnswer) -> Option<DateTime<Utc>> {
+                                match &a.kind {
+                                    AnswerKind::Signed { this_update, .. } => Some(*this_update),
+                                    AnswerKind::Error(_) => None,
+                                }
+                            }
+                            this_update(old) < this_update(&answer)
+                        })
+                };
+                if replace {
+                    if shard.insert(serial, answer).is_none() {
+                        stats.loaded += 1;
+                    }
                 }
-                None => stats.discarded += 1,
             }
             Ok(())
         })?;
@@ -595,33 +620,47 @@ impl Responder {
         Ok(stats)
     }
 
+    /// The answers a stored response gives: one per serial of this issuer it covers (a
+    /// response signed at issuance for a group is stored once, under its first serial).
+    /// `None` if it is not ours (other key, undecodable) or does not cover its own serial.
     fn check_stored(
         &self,
         stored: &StoredOcspResponse,
         own_key_hash: &[u8],
-    ) -> Option<Arc<OcspAnswer>> {
+    ) -> Option<Vec<(Vec<u8>, Arc<OcspAnswer>)>> {
         let parsed = parse_response(&stored.der).ok()?;
         let basic = parsed.basic.as_ref()?;
         match &basic.tbs_response_data.responder_id {
             ResponderId::ByKey(h) if h.as_bytes() == own_key_hash => {}
             _ => return None,
         }
-        // A response signed at issuance may cover several certificates: use this one's.
-        let mine = parsed.singles().iter().find(|s| {
-            self.issuer.matches(&s.cert_id).is_some()
-                && serial_magnitude(s.cert_id.serial_number.as_bytes())
-                    == serial_magnitude(&stored.serial)
-        })?;
-        Some(Arc::new(OcspAnswer::new(
-            stored.der.clone(),
-            AnswerKind::Signed {
-                status: from_ocsp_status(&mine.cert_status),
-                produced_at: parsed.produced_at()?,
-                this_update: from_gtime(&mine.this_update),
-                next_update: parsed.next_update()?,
-                cacheable: true,
-            },
-        )))
+        let produced_at = parsed.produced_at()?;
+        let next_update = parsed.next_update()?;
+        let own = serial_magnitude(&stored.serial);
+        let mut answers: Vec<(Vec<u8>, Arc<OcspAnswer>)> = Vec::new();
+        for single in parsed.singles() {
+            if self.issuer.matches(&single.cert_id).is_none() {
+                continue;
+            }
+            let serial = serial_magnitude(single.cert_id.serial_number.as_bytes());
+            if answers.iter().any(|(s, _)| s == serial) {
+                continue;
+            }
+            answers.push((
+                serial.to_vec(),
+                Arc::new(OcspAnswer::new(
+                    stored.der.clone(),
+                    AnswerKind::Signed {
+                        status: from_ocsp_status(&single.cert_status),
+                        produced_at,
+                        this_update: from_gtime(&single.this_update),
+                        next_update,
+                        cacheable: true,
+                    },
+                )),
+            ));
+        }
+        answers.iter().any(|(s, _)| s == own).then_some(answers)
     }
 
     /// Sign the response for a certificate just issued (status good), persist it and keep it
@@ -656,8 +695,9 @@ impl Responder {
     /// it belongs to if nobody else is. A certificate that already has a response when its
     /// group is signed (it was revoked meanwhile) keeps that response.
     ///
-    /// These responses are persisted without waiting for a flush: after a crash, [`load`]
-    /// signs again whatever is missing.
+    /// A group's response is stored once, under its first serial, without waiting for a
+    /// flush; [`load`] gives it to every serial it covers, and after a crash signs again
+    /// whatever is missing.
     ///
     /// [`load`]: Responder::load
     pub fn await_issued(&self, ticket: IssuedTicket) -> Result<()> {
@@ -827,8 +867,14 @@ impl Responder {
         }
         let refs: Vec<&[u8]> = serials.iter().map(Vec::as_slice).collect();
         let answer = self.sign_canonical_many(&refs, &CertStatus::Good)?;
-        for serial in &serials {
-            self.install(serial, answer.clone(), Persist::Lazy)?;
+        // Stored once, under the first serial: `load` gives it to every serial it covers.
+        for (i, serial) in serials.iter().enumerate() {
+            let persist = if i == 0 {
+                Persist::Lazy
+            } else {
+                Persist::MemoryOnly
+            };
+            self.install(serial, answer.clone(), persist)?;
         }
         Ok(serials.len())
     }
@@ -960,15 +1006,16 @@ impl Responder {
                 return Err(Error::Corrupt("signed OCSP answer without validity".into()))
             }
         };
-        let stored = StoredOcspResponse {
+        let stored = || StoredOcspResponse {
             serial: serial.to_vec(),
             der: answer.der.clone(),
             this_update,
             next_update,
         };
         match persist {
-            Persist::Durable => self.store.put_ocsp_response(&stored)?,
-            Persist::Lazy => self.store.put_ocsp_response_lazy(&stored)?,
+            Persist::Durable => self.store.put_ocsp_response(&stored())?,
+            Persist::Lazy => self.store.put_ocsp_response_lazy(&stored())?,
+            Persist::MemoryOnly => {}
         }
         write(self.shard(serial)).insert(serial.to_vec(), answer);
         let mut u = write(&self.unknown);
