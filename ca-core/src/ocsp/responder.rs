@@ -578,10 +578,8 @@ impl Responder {
                             this_update(old) < this_update(&answer)
                         })
                 };
-                if replace {
-                    if shard.insert(serial, answer).is_none() {
-                        stats.loaded += 1;
-                    }
+                if replace && shard.insert(serial, answer).is_none() {
+                    stats.loaded += 1;
                 }
             }
             Ok(())
