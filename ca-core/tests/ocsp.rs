@@ -567,6 +567,87 @@ fn issuance_signer_groups_queued_certificates_and_requests_wait_for_queued_ones(
         .expect("issuance signer thread still running after the responder was dropped");
 }
 
+/// A signer that waits for a go-ahead before each signature (to hold a group mid-signature).
+#[derive(Debug)]
+struct GatedSigner {
+    inner: Arc<dyn Signer>,
+    started: std::sync::mpsc::SyncSender<()>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Signer for GatedSigner {
+    fn algorithm(&self) -> ca_core::signer::KeyAlgorithm {
+        self.inner.algorithm()
+    }
+    fn spki_der(&self) -> &[u8] {
+        self.inner.spki_der()
+    }
+    fn public_key_bits(&self) -> &[u8] {
+        self.inner.public_key_bits()
+    }
+    fn sign(&self, msg: &[u8]) -> ca_core::Result<Vec<u8>> {
+        let _ = self.started.send(());
+        let _ = self.go.lock().unwrap().recv();
+        self.inner.sign(msg)
+    }
+}
+
+#[test]
+fn a_request_about_a_certificate_whose_group_is_being_signed_waits_for_it() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<_> = (0..3).map(|i| ca.issue_leaf(&format!("fl{i}"))).collect();
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(4);
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let signer = Arc::new(GatedSigner {
+        inner: ca.signer_dyn(),
+        started: started_tx,
+        go: std::sync::Mutex::new(go_rx),
+    });
+    // No live signing at all: a request that is not served from the group gets `unauthorized`.
+    let config = ResponderConfig {
+        live_signing_rate: 0,
+        live_signing_burst: 0,
+        ..ResponderConfig::default()
+    };
+    let r = Arc::new(responder(
+        &ca,
+        ResponderKey::ca(signer),
+        Arc::new(SystemClock),
+        config,
+    ));
+    let tickets: Vec<_> = leaves.iter().map(|l| r.enqueue_issued(&l.record)).collect();
+    let leader = {
+        let (r, t) = (r.clone(), tickets[0]);
+        std::thread::spawn(move || r.await_issued(t))
+    };
+    started_rx.recv().unwrap(); // the group of three is now being signed
+    let req = openssl_request(&ca, &[&leaves[2].cert_pem], "fl2.req", &["-no_nonce"]);
+    let Lookup::Live(live) = r.lookup(&req) else {
+        panic!("nothing signed yet: the request must take the live path")
+    };
+    let asker = {
+        let r = r.clone();
+        std::thread::spawn(move || r.answer_live(live))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !asker.is_finished(),
+        "the request waits for the group being signed"
+    );
+    go_tx.send(()).unwrap();
+    leader.join().unwrap().unwrap();
+    let a = asker.join().unwrap();
+    assert_eq!(a.cert_status(), Some(&CertStatus::Good));
+    let p = ca.path("fl2.resp");
+    write(&p, &a.der);
+    assert!(openssl_status(&p, &ca, &leaves[2].cert_pem, &[]).contains(": good"));
+    let stats = r.issuance_signing_stats();
+    assert_eq!((stats.signatures, stats.certificates), (1, 3));
+    for t in &tickets[1..] {
+        r.await_issued(*t).unwrap();
+    }
+}
+
 #[test]
 fn restart_reloads_stored_responses_without_resigning() {
     let ca = TestCa::new("Test Root");

@@ -360,8 +360,10 @@ struct IssuedQueue {
     next_ticket: u64,
     /// Every ticket below this one is finished (batches complete in ticket order).
     done: u64,
-    /// A leader is gathering or signing a group.
+    /// A leader is signing a group.
     signing: bool,
+    /// The group being signed: (ticket, serial magnitude).
+    in_flight: Vec<(u64, Vec<u8>)>,
     /// Tickets someone waits for in [`Responder::await_issued`].
     awaiting: std::collections::HashSet<u64>,
     /// Awaited tickets whose group failed, with the error message.
@@ -373,7 +375,7 @@ struct IssuedQueue {
 
 /// A certificate queued by [`Responder::enqueue_issued`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use = "await the ticket before handing the certificate out"]
+#[must_use = "pass it to `await_issued`, or drop it when the issuance signer runs"]
 pub struct IssuedTicket(u64);
 
 /// Whether a response must be durable when [`Responder::install`] returns.
@@ -779,14 +781,22 @@ impl Responder {
             })
     }
 
-    /// If `serial` is queued for its first response, wait for it (signing its group if
-    /// nobody is); whether it was queued.
+    /// If `serial` is queued for its first response, or its group is being signed, wait for
+    /// it (signing its group if nobody is); whether it was.
     fn await_queued(&self, serial: &[u8]) -> bool {
-        let ticket = lock(&self.issued)
-            .pending
-            .iter()
-            .find(|(_, r)| serial_magnitude(&r.serial) == serial)
-            .map(|(t, _)| IssuedTicket(*t));
+        let ticket = {
+            let q = lock(&self.issued);
+            q.in_flight
+                .iter()
+                .find(|(_, s)| s.as_slice() == serial)
+                .map(|(t, _)| IssuedTicket(*t))
+                .or_else(|| {
+                    q.pending
+                        .iter()
+                        .find(|(_, r)| serial_magnitude(&r.serial) == serial)
+                        .map(|(t, _)| IssuedTicket(*t))
+                })
+        };
         match ticket {
             Some(t) => {
                 let _ = self.await_issued(t);
@@ -805,11 +815,16 @@ impl Responder {
         q.signing = true;
         let take = q.pending.len().min(self.config.issuance_batch_max);
         let batch: Vec<(u64, CertRecord)> = q.pending.drain(..take).collect();
+        q.in_flight = batch
+            .iter()
+            .map(|(t, r)| (*t, serial_magnitude(&r.serial).to_vec()))
+            .collect();
         drop(q);
         let recs: Vec<&CertRecord> = batch.iter().map(|(_, r)| r).collect();
         let result = self.sign_issued_batch(&recs);
         let mut q = lock(&self.issued);
         q.signing = false;
+        q.in_flight.clear();
         if let Some((last, _)) = batch.last() {
             q.done = q.done.max(last + 1);
         }
