@@ -577,6 +577,18 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
         metrics.contains("ca_ocsp_requests_total{status=\"revoked\"} 1"),
         "{metrics}"
     );
+    // The certificate's first response was signed at issuance, in a group of one or more.
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (sigs, certs) = (
+        counter("ca_ocsp_issuance_signatures_total "),
+        counter("ca_ocsp_issuance_certificates_total "),
+    );
+    assert!((1..=certs).contains(&sigs), "{metrics}");
     // /ca.crt is the issuing CA.
     let crt = f.path("ca.crt");
     let (status, _) = curl(&format!("{}/ca.crt", srv.status_url), &[], &crt).await;
