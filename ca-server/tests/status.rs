@@ -482,14 +482,39 @@ async fn nginx_ssl_ocsp_on_checks_the_whole_chain_with_a_root_signed_file() {
 
     // A fresh leaf is good again; then the next ceremony revokes the intermediate, and the
     // refreshed file makes nginx refuse the whole chain.
+    // It is issued together with another one, queued first: both share one response signed
+    // at issuance (a group) in which client2's SingleResponses come second, and nginx must
+    // find them.
     let client2 = inter.issue_leaf("client2");
+    let client3 = inter.issue_leaf("client3");
     let state = l.state.clone();
-    let rec = client2.record.clone();
+    let recs = [client3.record.clone(), client2.record.clone()];
     tokio::task::spawn_blocking(move || {
-        ca_server::service::StatusHooks::on_issued(state.as_ref(), &rec)
+        for rec in &recs {
+            ca_server::service::StatusHooks::on_issued(state.as_ref(), rec);
+        }
     })
     .await
     .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        if let Some(a) = l.state.responder().cached(&client2.record.serial) {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no response signed at issuance"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(
+        ca_core::ocsp::parse_response(&answer.der)
+            .unwrap()
+            .singles()
+            .len(),
+        4,
+        "client2 and client3 in one response (SHA-1 and SHA-256 CertIDs each)"
+    );
     let chain2 = inter.path("client2-chain.pem");
     let mut pem = std::fs::read_to_string(&client2.cert_pem).unwrap();
     pem.push_str(&std::fs::read_to_string(&inter.cert_pem).unwrap());
