@@ -627,14 +627,17 @@ fn ocsp_responses_have_no_pkilint_findings() {
         }
         // The responder's pre-signed response (SHA-1 and SHA-256 SingleResponses) to the
         // request openssl sends.
-        let responder = Responder::new(
-            &pki.issuing_der,
-            ResponderKey::delegated(rsigner.clone(), &rcert).unwrap(),
-            pki.store.clone(),
-            Arc::new(ca_core::clock::SystemClock),
-            ResponderConfig::default(),
-        )
-        .unwrap();
+        let new_responder = || {
+            Responder::new(
+                &pki.issuing_der,
+                ResponderKey::delegated(rsigner.clone(), &rcert).unwrap(),
+                pki.store.clone(),
+                Arc::new(ca_core::clock::SystemClock),
+                ResponderConfig::default(),
+            )
+            .unwrap()
+        };
+        let responder = new_responder();
         responder.on_issued(&good).unwrap();
         let req = out.dir.join("good.ocsp.req");
         let o = Command::new("openssl")
@@ -658,14 +661,7 @@ fn ocsp_responses_have_no_pkilint_findings() {
         ));
         // A response signed at issuance for a group of certificates (RFC 6960 4.2.2.3).
         let (second, _) = leaf_for_revocation(&pki, &out, "good-second");
-        let grouped = Responder::new(
-            &pki.issuing_der,
-            ResponderKey::delegated(rsigner.clone(), &rcert).unwrap(),
-            pki.store.clone(),
-            Arc::new(ca_core::clock::SystemClock),
-            ResponderConfig::default(),
-        )
-        .unwrap();
+        let grouped = new_responder();
         let (a, b) = (
             grouped.enqueue_issued(&good),
             grouped.enqueue_issued(&second),

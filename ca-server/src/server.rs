@@ -166,7 +166,7 @@ pub fn status_integration(
     parts: &ServerParts,
 ) -> anyhow::Result<StatusParts> {
     use crate::status::{StatusConfig, StatusSetup, StatusState};
-    use ca_core::ocsp::{ExternalResponse, ResponderConfig, ResponderKey};
+    use ca_core::ocsp::{ExternalResponse, ResponderKey};
     let issuing: Arc<dyn Signer> = Arc::new(TimedSigner::new(
         parts.signer.clone(),
         parts.metrics.clone(),
@@ -183,17 +183,7 @@ pub fn status_integration(
         }
         _ => ResponderKey::ca(issuing.clone()),
     };
-    let mut responder = ResponderConfig::default();
-    if let Some(v) = ocsp.validity {
-        responder.validity = v.0;
-        responder.refresh_before = v.0 / 2;
-    }
-    if let Some(n) = ocsp.issuance_batch_max {
-        responder.issuance_batch_max = n;
-    }
-    if let Some(ms) = ocsp.issuance_batch_window_ms {
-        responder.issuance_batch_window = std::time::Duration::from_millis(ms);
-    }
+    let responder = ocsp.responder_config();
     let mut crl_config = ca_core::crl::CrlConfig::default();
     if let Some(v) = crl.validity {
         crl_config.validity = v.0;

@@ -251,6 +251,14 @@ impl OcspAnswer {
         }
     }
 
+    /// thisUpdate, for signed responses.
+    pub fn this_update(&self) -> Option<DateTime<Utc>> {
+        match &self.kind {
+            AnswerKind::Signed { this_update, .. } => Some(*this_update),
+            AnswerKind::Error(_) => None,
+        }
+    }
+
     /// nextUpdate, for signed responses.
     pub fn next_update(&self) -> Option<DateTime<Utc>> {
         match &self.kind {
@@ -360,9 +368,7 @@ struct IssuedQueue {
     next_ticket: u64,
     /// Every ticket below this one is finished (batches complete in ticket order).
     done: u64,
-    /// A leader is signing a group.
-    signing: bool,
-    /// The group being signed: (ticket, serial magnitude).
+    /// The group a leader is signing, (ticket, serial magnitude); empty when nobody is.
     in_flight: Vec<(u64, Vec<u8>)>,
     /// Tickets someone waits for in [`Responder::await_issued`].
     awaiting: std::collections::HashSet<u64>,
@@ -570,15 +576,9 @@ impl Responder {
                     own_records.insert(serial.clone())
                 } else {
                     !own_records.contains(&serial)
-                        && shard.get(&serial).is_none_or(|old| {
-                            fn this_update(a: &OcspAnswer) -> Option<DateTime<Utc>> {
-                                match &a.kind {
-                                    AnswerKind::Signed { this_update, .. } => Some(*this_update),
-                                    AnswerKind::Error(_) => None,
-                                }
-                            }
-                            this_update(old) < this_update(&answer)
-                        })
+                        && shard
+                            .get(&serial)
+                            .is_none_or(|old| old.this_update() < answer.this_update())
                 };
                 if replace && shard.insert(serial, answer).is_none() {
                     stats.loaded += 1;
@@ -646,19 +646,27 @@ impl Responder {
             if answers.iter().any(|(s, _)| s == serial) {
                 continue;
             }
-            answers.push((
-                serial.to_vec(),
-                Arc::new(OcspAnswer::new(
+            let status = from_ocsp_status(&single.cert_status);
+            let this_update = from_gtime(&single.this_update);
+            // The serials of a group share one answer (same bytes, status and times).
+            let shared = answers.iter().map(|(_, a)| a).find(|a| {
+                a.this_update() == Some(this_update)
+                    && a.cert_status().is_some_and(|s| *s == status)
+            });
+            let answer = match shared {
+                Some(a) => a.clone(),
+                None => Arc::new(OcspAnswer::new(
                     stored.der.clone(),
                     AnswerKind::Signed {
-                        status: from_ocsp_status(&single.cert_status),
+                        status,
                         produced_at,
-                        this_update: from_gtime(&single.this_update),
+                        this_update,
                         next_update,
                         cacheable: true,
                     },
                 )),
-            ));
+            };
+            answers.push((serial.to_vec(), answer));
         }
         answers.iter().any(|(s, _)| s == own).then_some(answers)
     }
@@ -712,7 +720,7 @@ impl Responder {
                     Some(msg) => Err(Error::OcspPresign(msg)),
                 };
             }
-            if q.signing {
+            if !q.in_flight.is_empty() {
                 q = self.issued_done.wait(q).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
@@ -722,14 +730,9 @@ impl Responder {
 
     /// Sign the next group of queued certificates, for a background signer: wait up to `idle`
     /// for a first certificate, then up to `window` for the group to fill
-    /// ([`ResponderConfig::issuance_batch_max`]), then sign it. Returns how many certificates
-    /// were taken (0 if none came). Failures are logged; the certificates concerned are then
-    /// signed when asked about, or at the next start.
-    pub fn sign_issued_group(
-        &self,
-        window: std::time::Duration,
-        idle: std::time::Duration,
-    ) -> usize {
+    /// ([`ResponderConfig::issuance_batch_max`]), then sign it. Failures are logged; the
+    /// certificates concerned are then signed when asked about, or at the next start.
+    pub fn sign_issued_group(&self, window: std::time::Duration, idle: std::time::Duration) {
         let mut q = lock(&self.issued);
         if q.pending.is_empty() {
             q = self
@@ -739,7 +742,7 @@ impl Responder {
                 .0;
         }
         if q.pending.is_empty() {
-            return 0;
+            return;
         }
         let deadline = Instant::now() + window;
         while q.pending.len() < self.config.issuance_batch_max {
@@ -753,12 +756,12 @@ impl Responder {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        while q.signing {
+        while !q.in_flight.is_empty() {
             q = self.issued_done.wait(q).unwrap_or_else(|p| p.into_inner());
         }
-        let before = q.done;
-        q = self.lead_group(q);
-        usize::try_from(q.done - before).unwrap_or(usize::MAX)
+        if !q.pending.is_empty() {
+            drop(self.lead_group(q));
+        }
     }
 
     /// Run [`sign_issued_group`] on a thread of its own until the responder is dropped:
@@ -806,13 +809,13 @@ impl Responder {
         }
     }
 
-    /// Take the next group off the queue (the caller checked nobody else is signing), sign
-    /// it without holding the queue lock, record the outcome, wake the waiters.
+    /// Take the next group off the queue (the caller checked that nobody else is signing and
+    /// that something is queued), sign it without holding the queue lock, record the outcome,
+    /// wake the waiters.
     fn lead_group<'a>(
         &'a self,
         mut q: std::sync::MutexGuard<'a, IssuedQueue>,
     ) -> std::sync::MutexGuard<'a, IssuedQueue> {
-        q.signing = true;
         let take = q.pending.len().min(self.config.issuance_batch_max);
         let batch: Vec<(u64, CertRecord)> = q.pending.drain(..take).collect();
         q.in_flight = batch
@@ -823,7 +826,6 @@ impl Responder {
         let recs: Vec<&CertRecord> = batch.iter().map(|(_, r)| r).collect();
         let result = self.sign_issued_batch(&recs);
         let mut q = lock(&self.issued);
-        q.signing = false;
         q.in_flight.clear();
         if let Some((last, _)) = batch.last() {
             q.done = q.done.max(last + 1);

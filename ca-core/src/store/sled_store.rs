@@ -484,9 +484,7 @@ impl Store for SledStore {
     }
 
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()> {
-        self.ocsp
-            .insert(resp.serial.as_slice(), codec::encode_ocsp(resp)?)
-            .map_err(|e| Error::store("put OCSP response", e))?;
+        self.put_ocsp_response_lazy(resp)?;
         self.durable()
     }
 
