@@ -154,6 +154,26 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         created_by: "bench".into(),
         used_at: None,
     });
+    // The ceiling of any issuance that keeps invariant 3: the CA's own signer (its session pool
+    // and session copies) signing a certificate-sized message, then ring verifying the
+    // signature, with as many requesters as the issuance case and nothing else (no certificate
+    // building, no store).
+    let sign_verify = |sessions: usize| {
+        let mut cfg = pki.token.hsm_config();
+        cfg.sessions = sessions;
+        let signer = Arc::new(
+            cfg.open()
+                .expect("token")
+                .signer(ISSUING_KEY)
+                .expect("signer"),
+        );
+        let tbs = vec![0x5a_u8; 700];
+        run_threads(requesters, secs, move || {
+            use ca_core::signer::Signer;
+            let sig = signer.sign(&tbs).expect("sign");
+            ca_core::signer::verify_own(signer.as_ref(), &tbs, &sig).expect("verify");
+        })
+    };
     let issue = |sessions: usize| {
         let mut cfg = pki.token.hsm_config();
         cfg.sessions = sessions;
@@ -184,13 +204,17 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
     };
 
-    println!("| HSM sessions | raw signs/s, token key object | raw signs/s, session copy of the key (what the signer uses) | ca-core issuances/s (sign + verify + durable store, {requesters} requesters) | ratio to token-object rate | ratio to session-copy rate |");
-    println!("|---|---|---|---|---|---|");
+    println!("| HSM sessions | raw signs/s, token key object | raw signs/s, session copy of the key (what the signer uses) | CA signer sign + verify only, {requesters} requesters (the ceiling under invariant 3) | ca-core issuances/s (sign + verify + durable store, {requesters} requesters) | ratio to token-object rate | ratio to session-copy rate | ceiling's ratio to session-copy rate |");
+    println!("|---|---|---|---|---|---|---|---|");
     for threads in session_counts {
-        let (r, rc) = if only.as_deref() == Some("issue") {
-            (f64::NAN, f64::NAN)
+        let (r, rc, sv) = if only.as_deref() == Some("issue") {
+            (f64::NAN, f64::NAN, f64::NAN)
         } else {
-            (raw(threads, false), raw(threads, true))
+            (
+                raw(threads, false),
+                raw(threads, true),
+                sign_verify(threads),
+            )
         };
         let i = if only.as_deref() == Some("raw") {
             f64::NAN
@@ -198,9 +222,10 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             issue(threads)
         };
         println!(
-            "| {threads} | {r:.0} | {rc:.0} | {i:.0} | {:.2} | {:.2} |",
+            "| {threads} | {r:.0} | {rc:.0} | {sv:.0} | {i:.0} | {:.2} | {:.2} | {:.2} |",
             i / r,
-            i / rc
+            i / rc,
+            sv / rc
         );
     }
     Ok(())
