@@ -27,6 +27,8 @@ if [ "$kind" = test ]; then
   have curl || need+=(curl)
   { have nginx || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
   have wrk || need+=(wrk)
+  # Java's PKIX validator (ca-server/tests/java.rs) runs a single source file: a JDK, not a JRE.
+  { have java && have javac; } || need+=(jdk)
   if ! pkilint_present; then
     # Debian's python3 has no venv/ensurepip without python3-venv.
     if ! have python3 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -53,16 +55,16 @@ sudo_cmd=""
 [ "$(id -u)" -ne 0 ] && have sudo && sudo_cmd="sudo"
 if have apt-get; then
   pkgs=()
-  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm2);; *) pkgs+=("$n");; esac; done
+  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm2);; jdk) pkgs+=(default-jdk-headless);; *) pkgs+=("$n");; esac; done
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null
 elif have dnf; then
   pkgs=()
-  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; python3-venv) ;; *) pkgs+=("$n");; esac; done
+  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; jdk) pkgs+=(java-devel);; python3-venv) ;; *) pkgs+=("$n");; esac; done
   $sudo_cmd dnf install -y -q "${pkgs[@]}"
 elif have brew; then
   pkgs=()
-  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; python3) pkgs+=(python);; python3-venv) ;; *) pkgs+=("$n");; esac; done
+  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; jdk) pkgs+=(openjdk);; python3) pkgs+=(python);; python3-venv) ;; *) pkgs+=("$n");; esac; done
   brew install "${pkgs[@]}"
 else
   echo "cannot install ${need[*]}: no apt-get, dnf or brew; install them by hand" >&2
