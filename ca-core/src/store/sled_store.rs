@@ -3,11 +3,13 @@
 //! sled 0.34 makes writes durable only on `flush()`; every write here ends with a group
 //! commit: concurrent writers share one flush (one leader flushes everything written before
 //! it started, the others wait for it), so durability costs one fsync per batch, not per write.
+//! (The vendored sled ends each log write with `fdatasync`, not `sync_file_range`: see
+//! `vendor/README.md`.)
 //! Inside [`super::deferred`] a thread's writes skip their own flush and share one at the end.
 //!
 //! The hot paths (certificate insert, audit append, token use, OCSP response) use single-key
 //! operations, not sled transactions: in sled 0.34 every transaction or batch seals the log
-//! buffer twice (two extra log writes and `sync_file_range` calls on its thread pool), which
+//! buffer twice (two extra log writes and syncs on its thread pool), which
 //! cost more than the rest of an insert. Atomicity comes from write order instead: sled
 //! recovers a prefix of its log, so the write that makes a record visible is the last one
 //! (see [`SledStore::insert_cert`] and [`SledStore::append_audit`]).
