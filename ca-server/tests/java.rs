@@ -122,7 +122,18 @@ fn unrecorded(pki: &TestPki, urls: &IssuerUrls) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn java_pkix_checks_ocsp_and_crl_over_http() {
+async fn java_pkix_checks_ocsp_from_a_delegated_responder_and_the_crl() {
+    java_pkix_checks_ocsp_and_crl_over_http(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_pkix_checks_ocsp_signed_by_the_ca_itself_and_the_crl() {
+    java_pkix_checks_ocsp_and_crl_over_http(false).await;
+}
+
+/// `delegated`: responses signed by a delegated OCSP responder (its certificate in the
+/// response), else by the issuing CA's key.
+async fn java_pkix_checks_ocsp_and_crl_over_http(delegated: bool) {
     // The listener's port goes into the certificates, so bind it first.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -138,12 +149,16 @@ async fn java_pkix_checks_ocsp_and_crl_over_http() {
         Arc::new(SystemClock),
     )
     .unwrap();
-    let (responder_signer, responder_cert) =
-        pki.ocsp_responder("ocsp", KeyAlgorithm::P256).unwrap();
+    let ocsp_key = if delegated {
+        let (signer, cert) = pki.ocsp_responder("ocsp", KeyAlgorithm::P256).unwrap();
+        ResponderKey::delegated(signer, &cert).unwrap()
+    } else {
+        ResponderKey::ca(pki.issuing_signer.clone() as Arc<dyn Signer>)
+    };
     let setup = StatusSetup {
         issuer_cert_der: pki.issuing_der.clone(),
         issuing_signer: pki.issuing_signer.clone(),
-        ocsp_key: ResponderKey::delegated(responder_signer, &responder_cert).unwrap(),
+        ocsp_key,
         store: pki.store.clone(),
         clock: Arc::new(SystemClock),
         responder: ResponderConfig::default(),
