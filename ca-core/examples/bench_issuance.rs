@@ -154,19 +154,23 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         created_by: "bench".into(),
         used_at: None,
     });
+    // The CA's issuing signer with a pool of `sessions` HSM sessions.
+    let issuing_signer = |sessions: usize| {
+        let mut cfg = pki.token.hsm_config();
+        cfg.sessions = sessions;
+        Arc::new(
+            cfg.open()
+                .expect("token")
+                .signer(ISSUING_KEY)
+                .expect("signer"),
+        )
+    };
     // The ceiling of any issuance that keeps invariant 3: the CA's own signer (its session pool
     // and session copies) signing a certificate-sized message, then ring verifying the
     // signature, with as many requesters as the issuance case and nothing else (no certificate
     // building, no store).
     let sign_verify = |sessions: usize| {
-        let mut cfg = pki.token.hsm_config();
-        cfg.sessions = sessions;
-        let signer = Arc::new(
-            cfg.open()
-                .expect("token")
-                .signer(ISSUING_KEY)
-                .expect("signer"),
-        );
+        let signer = issuing_signer(sessions);
         let tbs = vec![0x5a_u8; 700];
         run_threads(requesters, secs, move || {
             use ca_core::signer::Signer;
@@ -175,14 +179,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
     };
     let issue = |sessions: usize| {
-        let mut cfg = pki.token.hsm_config();
-        cfg.sessions = sessions;
-        let signer = Arc::new(
-            cfg.open()
-                .expect("token")
-                .signer(ISSUING_KEY)
-                .expect("signer"),
-        );
+        let signer = issuing_signer(sessions);
         let ca = Arc::new(
             ca_core::issuance::Ca::new(
                 signer,

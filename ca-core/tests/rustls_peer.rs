@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ca_core::crl::build_crl_with;
-use ca_core::issuance::{IssueContext, Issued, IssuerUrls};
+use ca_core::issuance::{Issued, IssuerUrls};
 use ca_core::revocation::RevocationReason;
 use ca_core::signer::KeyAlgorithm;
 use ca_core::store::Store;
@@ -42,27 +42,7 @@ fn pki(alg: KeyAlgorithm) -> TestPki {
 
 /// A certificate from the CA's issuance path for a fresh P-256 software key.
 fn issue(pki: &TestPki, profile: &str, name: &str) -> (Issued, PrivateKeyDer<'static>) {
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let csr = params.serialize_request(&kp).unwrap();
-    let req = ca_core::csr::parse_der(csr.der()).unwrap();
-    let issued = pki
-        .ca
-        .prepare(
-            &req,
-            IssueContext::Admin {
-                profile,
-                actor: "test",
-                binding: None,
-            },
-        )
-        .unwrap()
-        .issue()
-        .unwrap();
+    let (issued, kp) = pki.issue_new_key(profile, name).unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kp.serialize_der()));
     (issued, key)
 }

@@ -6,7 +6,7 @@
 
 use ca_core::clock::SystemClock;
 use ca_core::crl::CrlConfig;
-use ca_core::issuance::{pem, IssueContext, IssuerUrls};
+use ca_core::issuance::{pem, IssuerUrls};
 use ca_core::ocsp::{ResponderConfig, ResponderKey};
 use ca_core::revocation::RevocationReason;
 use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
@@ -46,30 +46,9 @@ async fn pkix(mode: &str, root: &Path, chain: &Path) -> (i32, String) {
 /// A client certificate from the CA's issuance path for a fresh software key, written as a
 /// chain file (leaf, then the issuing CA).
 fn issue(pki: &TestPki, name: &str) -> (CertRecord, PathBuf) {
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let req = ca_core::csr::parse_der(params.serialize_request(&kp).unwrap().der()).unwrap();
-    let issued = pki
-        .ca
-        .prepare(
-            &req,
-            IssueContext::Admin {
-                profile: "client",
-                actor: "test",
-                binding: None,
-            },
-        )
-        .unwrap()
-        .issue()
-        .unwrap();
-    (
-        issued.record.clone(),
-        chain_file(pki, name, &issued.record.der),
-    )
+    let (issued, _) = pki.issue_new_key("client", name).unwrap();
+    let chain = chain_file(pki, name, &issued.record.der);
+    (issued.record, chain)
 }
 
 fn chain_file(pki: &TestPki, name: &str, leaf: &[u8]) -> PathBuf {

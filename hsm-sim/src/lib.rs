@@ -1064,6 +1064,38 @@ pub mod pki {
             })
         }
 
+        /// A certificate from the CA's issuance path under `profile` (on an administrator's
+        /// authority) for a fresh P-256 software key, named `name` (CN and DNS SAN). Returns it
+        /// with the key.
+        pub fn issue_new_key(
+            &self,
+            profile: &str,
+            name: &str,
+        ) -> Result<
+            (ca_core::issuance::Issued, rcgen::KeyPair),
+            Box<dyn std::error::Error + Send + Sync>,
+        > {
+            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let req = ca_core::csr::parse_der(params.serialize_request(&kp)?.der())?;
+            let issued = self
+                .ca
+                .prepare(
+                    &req,
+                    ca_core::issuance::IssueContext::Admin {
+                        profile,
+                        actor: "test",
+                        binding: None,
+                    },
+                )?
+                .issue()?;
+            Ok((issued, kp))
+        }
+
         /// A delegated OCSP responder for the issuing CA (RFC 6960 4.2.2.2): a key of `alg`
         /// generated in the test token under `label`, and a 30-day certificate for it issued by
         /// the issuing CA with keyUsage digitalSignature, id-kp-OCSPSigning and
