@@ -29,6 +29,7 @@ use crate::signer::{verify, RcgenKey, Signer};
 use crate::store::Store;
 use chrono::{DateTime, Duration, Utc};
 use der::{Decode, Encode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use x509_cert::crl::CertificateList;
 use x509_cert::Certificate;
@@ -244,6 +245,9 @@ pub struct CrlPublisher {
     config: CrlConfig,
     current: RwLock<Option<Arc<SignedCrl>>>,
     building: Mutex<()>,
+    /// The store changed since the current CRL was built (a revocation), or the last build
+    /// failed: the next [`CrlPublisher::regenerate_if_due`] rebuilds whatever the time.
+    stale: AtomicBool,
 }
 
 impl std::fmt::Debug for CrlPublisher {
@@ -287,6 +291,7 @@ impl CrlPublisher {
             config,
             current: RwLock::new(None),
             building: Mutex::new(()),
+            stale: AtomicBool::new(false),
         })
     }
 
@@ -298,28 +303,54 @@ impl CrlPublisher {
             .clone()
     }
 
-    /// Build a new CRL now (new number) and make it current.
+    /// Build a new CRL now (new number) and make it current. If it fails (the HSM is down),
+    /// the CRL is marked stale and the next [`regenerate_if_due`](Self::regenerate_if_due)
+    /// tries again.
     pub fn regenerate(&self) -> Result<Arc<SignedCrl>> {
         let _g = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        // Cleared before the store is read: a revocation during the build marks it again.
+        self.stale.store(false, Ordering::SeqCst);
         let now = self.clock.now();
-        let crl = Arc::new(build_crl_with(
+        let built = build_crl_with(
             self.store.as_ref(),
             self.signer.as_ref(),
             &self.issuer_cert_der,
             now,
             now + self.config.validity,
             self.config.distribution_point.as_deref(),
-        )?);
+        );
+        let crl = match built {
+            Ok(crl) => Arc::new(crl),
+            Err(e) => {
+                self.stale.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(crl.clone());
         Ok(crl)
     }
 
-    /// Rebuild if there is no CRL yet or the current one is within `refresh_before` of its
-    /// nextUpdate; returns the new CRL if one was built.
+    /// Note that the current CRL no longer reflects the store (call it after a revocation,
+    /// whether or not the rebuild it triggers succeeds).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the current CRL is known not to reflect the store (a revocation since, or a
+    /// failed build).
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
+    }
+
+    /// Rebuild if there is no CRL yet, the current one is within `refresh_before` of its
+    /// nextUpdate, or it is stale (a revocation since, or the last build failed); returns the
+    /// new CRL if one was built.
     pub fn regenerate_if_due(&self) -> Result<Option<Arc<SignedCrl>>> {
         let now = self.clock.now();
         match self.current() {
-            Some(c) if c.next_update - now > self.config.refresh_before => Ok(None),
+            Some(c) if c.next_update - now > self.config.refresh_before && !self.is_stale() => {
+                Ok(None)
+            }
             _ => self.regenerate().map(Some),
         }
     }

@@ -159,6 +159,17 @@ pub enum Error {
         /// The existing reason.
         reason: crate::revocation::RevocationReason,
     },
+    /// The revocation is stored, but its OCSP answer could not be signed (the HSM failed).
+    /// The previous answer is withdrawn (the certificate is answered `tryLater`, never
+    /// `good`); the responder's next refresh pass, or the same revocation repeated, signs it.
+    #[error("certificate serial {serial} is revoked in the store, but its OCSP answer could not be signed yet: {source}")]
+    RevocationPending {
+        /// Serial (hex).
+        serial: String,
+        /// The HSM's error.
+        #[source]
+        source: Box<Error>,
+    },
     /// The revocation reason cannot be used here (removeFromCRL only appears in delta CRLs,
     /// RFC 5280 5.3.1; this CA issues complete CRLs, and a revocation is never undone).
     #[error("revocation reason {0} is not allowed: {1}")]

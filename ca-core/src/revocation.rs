@@ -169,6 +169,13 @@ pub fn revoke(
     let rec = match store.revoke(serial, at, reason) {
         Ok(rec) => rec,
         Err(e) => {
+            // Revoked already, by a call whose OCSP re-signing failed (the HSM was down): the
+            // repeated command repairs the answer now rather than at the next refresh pass.
+            if matches!(e, crate::Error::AlreadyRevoked { .. }) {
+                if let Some(Err(resign)) = responder.retry_resign(serial) {
+                    tracing::error!(serial = %object, error = %resign, "OCSP re-signing of an earlier revocation failed again");
+                }
+            }
             let code = match &e {
                 crate::Error::CertNotFound(_) => "cert_not_found",
                 crate::Error::AlreadyRevoked { .. } => "already_revoked",
@@ -190,7 +197,10 @@ pub fn revoke(
             NewAuditEvent::failed(actor, "revoke", &object, "ocsp_resign_failed")
                 .with_detail(detail),
         )?;
-        return Err(e);
+        return Err(crate::Error::RevocationPending {
+            serial: object,
+            source: Box::new(e),
+        });
     }
     store.append_audit(NewAuditEvent::ok(actor, "revoke", &object).with_detail(detail))?;
     Ok(rec)

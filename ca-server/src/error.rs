@@ -207,7 +207,8 @@ fn core_code(e: &ca_core::Error) -> Code {
         | E::BadPin { .. }
         | E::PinSource { .. }
         | E::Hsm { .. }
-        | E::HsmData { .. } => Code::HsmUnavailable,
+        | E::HsmData { .. }
+        | E::RevocationPending { .. } => Code::HsmUnavailable,
         E::Store { .. } => Code::StoreUnavailable,
         _ => Code::Internal,
     }
@@ -220,7 +221,15 @@ impl From<ca_core::Error> for ApiError {
             Code::Internal => ApiError::internal(&e),
             Code::HsmUnavailable => {
                 tracing::error!(error = %e, "HSM failure");
-                let mut err = ApiError::new(code, "the HSM is not reachable; retry later");
+                let message = if matches!(e, ca_core::Error::RevocationPending { .. }) {
+                    "the revocation is stored, but the HSM did not sign its OCSP answer: the \
+                     certificate is answered tryLater (never good) until it does, and OCSP and the \
+                     CRL catch up within a minute of the HSM's return; repeating the revocation \
+                     then signs it at once"
+                } else {
+                    "the HSM is not reachable; retry later"
+                };
+                let mut err = ApiError::new(code, message);
                 err.retry_after = Some(5);
                 err
             }

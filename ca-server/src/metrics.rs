@@ -237,3 +237,52 @@ impl prometheus_client::encoding::EncodeMetric for PresignCounter {
         prometheus_client::metrics::MetricType::Counter
     }
 }
+
+/// A gauge read at each scrape from the revocation machinery: serials whose OCSP response an
+/// HSM failure left unsigned (`ca_ocsp_resign_backlog`), and whether the served CRL is known to
+/// miss a revocation (`ca_crl_stale`, 0 or 1). Both go back to 0 once the HSM signs again
+/// (the next maintenance pass). Alert on either staying above 0.
+#[derive(Debug)]
+pub enum RevocationGauge {
+    /// `ca_ocsp_resign_backlog`.
+    ResignBacklog(Arc<ca_core::ocsp::Responder>),
+    /// `ca_crl_stale`.
+    CrlStale(Arc<ca_core::crl::CrlPublisher>),
+}
+
+impl RevocationGauge {
+    /// Register both gauges.
+    pub fn register(
+        metrics: &Metrics,
+        responder: &Arc<ca_core::ocsp::Responder>,
+        crls: &Arc<ca_core::crl::CrlPublisher>,
+    ) {
+        metrics.register(
+            "ca_ocsp_resign_backlog",
+            "Certificates whose status changed but whose OCSP response the HSM has not signed yet",
+            RevocationGauge::ResignBacklog(responder.clone()),
+        );
+        metrics.register(
+            "ca_crl_stale",
+            "1 while the served CRL is known to miss a revocation (its rebuild failed), else 0",
+            RevocationGauge::CrlStale(crls.clone()),
+        );
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for RevocationGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let v = match self {
+            RevocationGauge::ResignBacklog(r) => r.resign_backlog() as i64,
+            RevocationGauge::CrlStale(c) => i64::from(c.is_stale()),
+        };
+        encoder.encode_gauge(&v)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}

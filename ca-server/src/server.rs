@@ -226,6 +226,7 @@ pub fn status_integration(
         Err(shared) => shared,
     };
     crate::metrics::PresignCounter::register(&parts.metrics, state.responder());
+    crate::metrics::RevocationGauge::register(&parts.metrics, state.responder(), state.crls());
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),

@@ -252,7 +252,15 @@ impl StatusState {
             at,
             actor,
         );
-        if r.is_ok() {
+        // Rebuild the CRL unless nothing can have changed. After a failed OCSP re-signing the
+        // revocation is stored all the same, and after `already_revoked` an earlier attempt's
+        // rebuild may have failed: the CRL stays stale, and every maintenance pass retries,
+        // until a build succeeds.
+        if !matches!(
+            r,
+            Err(ca_core::Error::CertNotFound(_) | ca_core::Error::ReasonNotAllowed(..))
+        ) {
+            self.crls.mark_stale();
             self.crl_dirty.notify_one();
         }
         r
@@ -275,8 +283,9 @@ impl StatusState {
             })?
     }
 
-    /// One maintenance pass (blocking): re-sign due OCSP responses, reload changed external
-    /// response files, rebuild the CRL if due.
+    /// One maintenance pass (blocking): re-sign OCSP responses that are due or that an HSM
+    /// failure left unsigned, reload changed external response files, rebuild the CRL if due
+    /// or stale.
     pub fn maintain_blocking(&self) {
         match self.responder.refresh_due() {
             Ok(s) if s.refreshed + s.dropped + s.failed > 0 => {
@@ -313,7 +322,7 @@ impl StatusState {
                 let job = tokio::task::spawn_blocking(move || {
                     if timer {
                         me.maintain_blocking();
-                    } else if let Err(e) = me.crls.regenerate() {
+                    } else if let Err(e) = me.crls.regenerate_if_due() {
                         tracing::error!(error = %e, "CRL rebuild after revocation failed; retrying at the next pass");
                     }
                 });

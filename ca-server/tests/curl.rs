@@ -589,6 +589,12 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
         counter("ca_ocsp_issuance_certificates_total "),
     );
     assert!((1..=certs).contains(&sigs), "{metrics}");
+    // Nothing left unsigned by an HSM failure (hsm_outage_* in tests/status.rs for the rest).
+    assert!(
+        metrics.lines().any(|l| l == "ca_ocsp_resign_backlog 0")
+            && metrics.lines().any(|l| l == "ca_crl_stale 0"),
+        "{metrics}"
+    );
     // /ca.crt is the issuing CA.
     let crt = f.path("ca.crt");
     let (status, _) = curl(&format!("{}/ca.crt", srv.status_url), &[], &crt).await;

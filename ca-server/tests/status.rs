@@ -566,3 +566,120 @@ async fn nginx_ssl_ocsp_on_checks_the_whole_chain_with_a_root_signed_file() {
     );
     l.stop().await;
 }
+
+/// `openssl ocsp -no_nonce` about `leaf` against the listener.
+async fn ocsp_no_nonce(
+    l: &status_support::Listener,
+    ca: &TestCa,
+    leaf: &status_support::fixture::Leaf,
+) -> (bool, String) {
+    openssl_ocsp(
+        l,
+        &ca.cert_pem,
+        &leaf.cert_pem,
+        &ca.cert_pem,
+        &["-no_nonce"],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_outage_keeps_presigned_answers_fails_closed_on_revocation_and_heals() {
+    let ca = TestCa::new("Test Issuing CA");
+    let good = ca.issue_leaf("steady");
+    let first = ca.issue_leaf("leaked1");
+    let second = ca.issue_leaf("leaked2");
+    let l = start(&ca, Options::default()).await;
+    let (ok, out) = ocsp_no_nonce(&l, &ca, &first).await;
+    assert!(ok && out.contains("leaked1.pem: good"), "{out}");
+    let crl_before = l.state.crls().current().unwrap().number;
+    let revoke = |leaf: &status_support::fixture::Leaf| {
+        l.state.revoke(
+            leaf.record.serial.clone(),
+            RevocationReason::KeyCompromise,
+            Utc::now(),
+            "test".into(),
+        )
+    };
+
+    // The HSM refuses the CA's login from now on (PIN changed, sessions logged out).
+    ca.token.inject_login_refusal().unwrap();
+
+    // Pre-signed answers need no HSM: OCSP stays up.
+    let (ok, out) = ocsp_no_nonce(&l, &ca, &good).await;
+    assert!(
+        ok && out.contains("Response verify OK") && out.contains("steady.pem: good"),
+        "{out}"
+    );
+
+    // Revocations now are stored, but their OCSP answers cannot be signed: the calls fail,
+    // and the old `good` answers are withdrawn (tryLater), never served again.
+    for leaf in [&first, &second] {
+        let err = revoke(leaf)
+            .await
+            .expect_err("revocation acknowledged without its OCSP answer");
+        assert!(
+            matches!(&err, ca_core::Error::RevocationPending { source, .. }
+                if matches!(**source, ca_core::Error::Hsm { .. } | ca_core::Error::BadPin { .. })),
+            "{err:?}"
+        );
+        assert!(ca
+            .store
+            .get_cert(&leaf.record.serial)
+            .unwrap()
+            .unwrap()
+            .is_revoked());
+        let (_, out) = ocsp_no_nonce(&l, &ca, leaf).await;
+        assert!(
+            out.contains("trylater") && !out.contains(": good"),
+            "a revoked certificate must not be answered good: {out}"
+        );
+    }
+    assert_eq!(l.state.responder().resign_backlog(), 2);
+    // The CRL rebuild fails too: the previous CRL is still served, marked stale, and a
+    // maintenance pass during the outage changes nothing.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !l.state.crls().is_stale() {
+        assert!(Instant::now() < deadline, "CRL not marked stale");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let state = l.state.clone();
+    tokio::task::spawn_blocking(move || state.maintain_blocking())
+        .await
+        .unwrap();
+    assert_eq!(l.state.crls().current().unwrap().number, crl_before);
+    assert!(l.state.crls().is_stale());
+    assert_eq!(l.state.responder().resign_backlog(), 2);
+
+    // The HSM is back. The operator repeats the first revocation: `already revoked`, and its
+    // OCSP answer is signed at once.
+    ca.token.end_login_refusal().unwrap();
+    let err = revoke(&first).await.expect_err("revoked twice");
+    assert!(
+        matches!(err, ca_core::Error::AlreadyRevoked { .. }),
+        "{err:?}"
+    );
+    assert_eq!(l.state.responder().resign_backlog(), 1);
+    let (ok, out) = ocsp_no_nonce(&l, &ca, &first).await;
+    assert!(
+        ok && out.contains("Response verify OK")
+            && out.contains("leaked1.pem: revoked")
+            && out.contains("Reason: keyCompromise"),
+        "{out}"
+    );
+    // The next maintenance pass signs the rest and a CRL with both.
+    let state = l.state.clone();
+    tokio::task::spawn_blocking(move || state.maintain_blocking())
+        .await
+        .unwrap();
+    assert_eq!(l.state.responder().resign_backlog(), 0);
+    assert!(!l.state.crls().is_stale());
+    let crl = l.state.crls().current().unwrap();
+    assert!(crl.number > crl_before && crl.entries == 2, "{crl:?}");
+    let (ok, out) = ocsp_no_nonce(&l, &ca, &second).await;
+    assert!(
+        ok && out.contains("Response verify OK") && out.contains("leaked2.pem: revoked"),
+        "{out}"
+    );
+    l.stop().await;
+}

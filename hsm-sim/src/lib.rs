@@ -443,6 +443,45 @@ impl TestToken {
         let session = ctx.open_rw_session(slot).map_err(ck("open session"))?;
         session.logout().map_err(ck("logout"))
     }
+
+    /// The user PIN while [`TestToken::inject_login_refusal`] is in effect.
+    fn refused_pin(&self) -> String {
+        format!("{}-rotated", self.pin())
+    }
+
+    /// An HSM that refuses the CA: the user PIN is changed behind the CA's back and every
+    /// session is logged out, so signers fail (their re-login is refused) until
+    /// [`TestToken::end_login_refusal`]. A real token, a real failure: an operator rotating
+    /// the PIN, or an HSM that lost its login state and sees a wrong PIN.
+    pub fn inject_login_refusal(&self) -> Result<(), Error> {
+        self.change_pin(self.pin(), &self.refused_pin())
+    }
+
+    /// Undo [`TestToken::inject_login_refusal`]: the PIN the CA knows works again.
+    pub fn end_login_refusal(&self) -> Result<(), Error> {
+        self.change_pin(&self.refused_pin(), self.pin())
+    }
+
+    fn change_pin(&self, old: &str, new: &str) -> Result<(), Error> {
+        let ctx = open_module(&self.module)?;
+        let slot = self.hsm_config().open()?.slot()?;
+        let session = ctx.open_rw_session(slot).map_err(ck("open session"))?;
+        match session.login(UserType::User, Some(&AuthPin::from(old.to_string()))) {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
+            Err(e) => return Err(ck("login")(e)),
+        }
+        session
+            .set_pin(
+                &AuthPin::from(old.to_string()),
+                &AuthPin::from(new.to_string()),
+            )
+            .map_err(ck("set PIN"))?;
+        session.logout().map_err(ck("logout"))
+    }
 }
 
 impl Drop for TestToken {

@@ -422,6 +422,9 @@ pub struct Responder {
     issued: Mutex<IssuedQueue>,
     issued_done: Condvar,
     issued_arrival: Condvar,
+    /// Serials whose status changed but whose response could not be re-signed (the HSM
+    /// failed): retried by every [`Responder::refresh_due`] pass until signed.
+    resign_backlog: Mutex<std::collections::BTreeSet<Vec<u8>>>,
     malformed: Arc<OcspAnswer>,
     unauthorized: Arc<OcspAnswer>,
     try_later: Arc<OcspAnswer>,
@@ -511,6 +514,7 @@ impl Responder {
             issued: Mutex::new(IssuedQueue::default()),
             issued_done: Condvar::new(),
             issued_arrival: Condvar::new(),
+            resign_backlog: Mutex::new(Default::default()),
             malformed: OcspAnswer::error(OcspResponseStatus::MalformedRequest),
             unauthorized: OcspAnswer::error(OcspResponseStatus::Unauthorized),
             try_later: OcspAnswer::error(OcspResponseStatus::TryLater),
@@ -897,23 +901,78 @@ impl Responder {
     /// Re-sign the response of a certificate just revoked (`rec` as the store returned it),
     /// persist it and serve it from now on. On failure the old response is withdrawn from
     /// memory, so that no `good` answer outlives the revocation (fail closed: the certificate
-    /// is then answered live, or `tryLater`).
+    /// is then answered live, or `tryLater`), and the serial goes on the re-sign backlog that
+    /// every [`refresh_due`](Self::refresh_due) pass retries until it is signed.
     pub fn on_revoked(&self, rec: &CertRecord) -> Result<()> {
         let serial = serial_magnitude(&rec.serial).to_vec();
         let _g = self.sign_lock(&serial);
         let r = self.sign_and_install(&rec.serial, &rec.cert_status());
         if r.is_err() {
             write(self.shard(&serial)).remove(&serial);
+            lock(&self.resign_backlog).insert(serial);
+        } else {
+            lock(&self.resign_backlog).remove(&serial);
         }
         r
     }
 
-    /// Re-sign every response within `refresh_before` of its nextUpdate, with the status the
-    /// store holds now; drop responses of expired certificates once they are stale; re-read
-    /// external response files that changed. Call it periodically (e.g. every minute).
+    /// Serials whose response could not be re-signed after a status change (see
+    /// [`on_revoked`](Self::on_revoked)), waiting for the next refresh pass.
+    pub fn resign_backlog(&self) -> usize {
+        lock(&self.resign_backlog).len()
+    }
+
+    /// If `serial` is on the re-sign backlog, re-sign it now from the store's record (a
+    /// repeated revocation after an HSM failure repairs its OCSP answer at once). `None` if it
+    /// is not on the backlog.
+    pub fn retry_resign(&self, serial: &[u8]) -> Option<Result<()>> {
+        let serial = serial_magnitude(serial).to_vec();
+        if !lock(&self.resign_backlog).contains(&serial) {
+            return None;
+        }
+        Some(match self.store.get_cert(&serial) {
+            Ok(Some(rec)) => self.on_revoked(&rec),
+            Ok(None) => {
+                lock(&self.resign_backlog).remove(&serial);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Re-sign what is on the re-sign backlog (status changes the HSM failed to sign), then
+    /// every response within `refresh_before` of its nextUpdate, with the status the store
+    /// holds now; drop responses of expired certificates once they are stale; re-read external
+    /// response files that changed. Call it periodically (e.g. every minute).
     pub fn refresh_due(&self) -> Result<RefreshStats> {
         let now = self.clock.now();
         let mut stats = RefreshStats::default();
+        let backlog: Vec<Vec<u8>> = lock(&self.resign_backlog).iter().cloned().collect();
+        for serial in backlog {
+            let _g = self.sign_lock(&serial);
+            let done = match self.store.get_cert(&serial) {
+                Ok(Some(rec)) => match self.sign_and_install(&rec.serial, &rec.cert_status()) {
+                    Ok(()) => {
+                        stats.refreshed += 1;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response after a status change failed again");
+                        stats.failed += 1;
+                        false
+                    }
+                },
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::error!(serial = %hex::encode(&serial), error = %e, "store lookup for OCSP re-signing failed");
+                    stats.failed += 1;
+                    false
+                }
+            };
+            if done {
+                lock(&self.resign_backlog).remove(&serial);
+            }
+        }
         let mut due = Vec::new();
         for shard in &self.shards {
             for (serial, a) in read(shard).iter() {
