@@ -437,7 +437,7 @@ pub async fn start(
     let mut status_addr = None;
     if let Some((listener, extra)) = status {
         status_addr = Some(listener.local_addr()?);
-        let router = extra.merge(api::health_router(state.clone()));
+        let router = extra.merge(api::liveness_router(state.clone()));
         let mut rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             let r = axum::serve(listener, router)

@@ -383,7 +383,30 @@ pub fn router(state: Arc<StatusState>) -> Router {
         .route("/crl", get(crl))
         .route("/ca.crt", get(ca_cert))
         .route("/root.crl", get(root_crl))
+        .route("/readyz", get(ready))
         .with_state(state)
+}
+
+/// Readiness of the status listener: what serving OCSP and the CRL needs (the store readable,
+/// a CRL built). Not the HSM: pre-signed answers are served without it, so a load balancer
+/// keeps the responder in rotation through an HSM outage (the API listener's `/readyz` does
+/// check the HSM).
+async fn ready(State(state): State<Arc<StatusState>>) -> Response {
+    let store = state.store.clone();
+    let checked = tokio::task::spawn_blocking(move || store.health()).await;
+    let problem = match checked {
+        Ok(Ok(())) if state.crls.current().is_some() => None,
+        Ok(Ok(())) => Some("no CRL has been built yet".to_string()),
+        Ok(Err(e)) => Some(format!("store: {e}")),
+        Err(e) => Some(e.to_string()),
+    };
+    match problem {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(p) => {
+            tracing::warn!(problem = %p, "status listener not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {p}\n")).into_response()
+        }
+    }
 }
 
 /// Serve the status routes on `listener` until `shutdown` resolves (then finish in-flight

@@ -112,12 +112,38 @@ async fn reqwest_like_get(base: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
-    let mut srv = TestServer::start().await;
+    let mut srv = TestServer::with(common::Options {
+        status: true,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(reqwest_like_get(&srv.status_url, "/healthz").await, "ok\n");
     assert_eq!(
         reqwest_like_get(&srv.status_url, "/readyz").await,
         "ready\n"
     );
+    let r = srv
+        .anon()
+        .raw(Method::GET, "/readyz", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // The HSM refuses the CA: the API is not ready (it cannot issue), the status listener is
+    // (it serves pre-signed OCSP answers and the CRL without the HSM), so a load balancer keeps
+    // the responder in rotation. Both are ready again once the HSM is back.
+    srv.pki.token.inject_login_refusal().unwrap();
+    let r = srv
+        .anon()
+        .raw(Method::GET, "/readyz", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&r.body).contains("hsm"), "{r:?}");
+    assert_eq!(
+        reqwest_like_get(&srv.status_url, "/readyz").await,
+        "ready\n"
+    );
+    srv.pki.token.end_login_refusal().unwrap();
     let r = srv
         .anon()
         .raw(Method::GET, "/readyz", None, &[])

@@ -54,17 +54,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// `/healthz`, `/readyz`, `/metrics` (also served on the status listener).
+/// `/healthz`, `/readyz` (the HSM signs and the store reads), `/metrics`.
 pub fn health_routes() -> Router<Arc<AppState>> {
+    liveness_routes().route("/readyz", get(readyz))
+}
+
+/// `/healthz` and `/metrics`, also served on the status listener (whose `/readyz` is its own:
+/// it does not depend on the HSM).
+pub fn liveness_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
 }
 
-/// Health routes as a stand-alone router (for the plain-HTTP status listener).
-pub fn health_router(state: Arc<AppState>) -> Router {
-    health_routes().with_state(state)
+/// [`liveness_routes`] as a stand-alone router (for the plain-HTTP status listener).
+pub fn liveness_router(state: Arc<AppState>) -> Router {
+    liveness_routes().with_state(state)
 }
 
 async fn not_found() -> ApiError {
