@@ -915,3 +915,53 @@ fn x509_parser_serial(der: &[u8]) -> Vec<u8> {
     let c = x509_cert::Certificate::from_der(der).unwrap();
     c.tbs_certificate.serial_number.as_bytes().to_vec()
 }
+
+#[test]
+fn responses_the_hsm_failed_to_sign_at_issuance_are_signed_by_the_next_refresh_pass() {
+    let ca = TestCa::new("Test Root");
+    let r = responder(
+        &ca,
+        ResponderKey::ca(ca.signer_dyn()),
+        Arc::new(SystemClock),
+        ResponderConfig::default(),
+    );
+    assert_eq!(r.load().unwrap().signed, 0);
+    let a = ca.issue_leaf("issued-during-outage-a");
+    let b = ca.issue_leaf("issued-during-outage-b");
+
+    // The HSM refuses the CA's login: the group signed at issuance fails.
+    ca.token.inject_login_refusal().unwrap();
+    let _a = r.enqueue_issued(&a.record);
+    let _b = r.enqueue_issued(&b.record);
+    r.sign_issued_group(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_millis(5),
+    );
+    assert!(r.cached(&a.record.serial).is_none() && r.cached(&b.record.serial).is_none());
+    assert_eq!(r.resign_backlog(), 2);
+    // A pass during the outage changes nothing.
+    let stats = r.refresh_due().unwrap();
+    assert_eq!((stats.refreshed, stats.failed), (0, 2));
+    assert_eq!(r.resign_backlog(), 2);
+
+    // Back: the next pass signs both, with the status the store holds (one revoked meanwhile).
+    ca.token.end_login_refusal().unwrap();
+    let at = ca_core::clock::truncate(Utc::now() - Duration::minutes(1));
+    ca.store
+        .revoke(&b.record.serial, at, RevocationReason::Superseded)
+        .unwrap();
+    let stats = r.refresh_due().unwrap();
+    assert_eq!((stats.refreshed, stats.failed), (2, 0));
+    assert_eq!(r.resign_backlog(), 0);
+    assert!(matches!(
+        r.cached(&a.record.serial).unwrap().cert_status(),
+        Some(CertStatus::Good)
+    ));
+    assert!(matches!(
+        r.cached(&b.record.serial).unwrap().cert_status(),
+        Some(CertStatus::Revoked {
+            reason: RevocationReason::Superseded,
+            ..
+        })
+    ));
+}

@@ -259,7 +259,7 @@ impl RevocationGauge {
     ) {
         metrics.register(
             "ca_ocsp_resign_backlog",
-            "Certificates whose status changed but whose OCSP response the HSM has not signed yet",
+            "Certificates issued or revoked whose OCSP response the HSM has not signed yet",
             RevocationGauge::ResignBacklog(responder.clone()),
         );
         metrics.register(

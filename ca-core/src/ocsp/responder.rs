@@ -422,8 +422,8 @@ pub struct Responder {
     issued: Mutex<IssuedQueue>,
     issued_done: Condvar,
     issued_arrival: Condvar,
-    /// Serials whose status changed but whose response could not be re-signed (the HSM
-    /// failed): retried by every [`Responder::refresh_due`] pass until signed.
+    /// Serials whose response could not be signed at issuance or re-signed after a status
+    /// change (the HSM failed): retried by every [`Responder::refresh_due`] pass until signed.
     resign_backlog: Mutex<std::collections::BTreeSet<Vec<u8>>>,
     malformed: Arc<OcspAnswer>,
     unauthorized: Arc<OcspAnswer>,
@@ -829,6 +829,11 @@ impl Responder {
         drop(q);
         let recs: Vec<&CertRecord> = batch.iter().map(|(_, r)| r).collect();
         let result = self.sign_issued_batch(&recs);
+        if result.is_err() {
+            // Signed by the next refresh pass (or live, when asked for before that).
+            lock(&self.resign_backlog)
+                .extend(recs.iter().map(|r| serial_magnitude(&r.serial).to_vec()));
+        }
         let mut q = lock(&self.issued);
         q.in_flight.clear();
         if let Some((last, _)) = batch.last() {
@@ -842,7 +847,7 @@ impl Responder {
                 }
             }
             Err(e) => {
-                tracing::error!(certificates = batch.len(), error = %e, "signing OCSP responses at issuance failed; they will be signed when asked for");
+                tracing::error!(certificates = batch.len(), error = %e, "signing OCSP responses at issuance failed; the next refresh pass signs them (or a request for one before that)");
                 let msg = e.to_string();
                 for (t, _) in &batch {
                     if q.awaiting.contains(t) {
@@ -916,8 +921,8 @@ impl Responder {
         r
     }
 
-    /// Serials whose response could not be re-signed after a status change (see
-    /// [`on_revoked`](Self::on_revoked)), waiting for the next refresh pass.
+    /// Serials whose response could not be signed at issuance or re-signed after a status
+    /// change (see [`on_revoked`](Self::on_revoked)), waiting for the next refresh pass.
     pub fn resign_backlog(&self) -> usize {
         lock(&self.resign_backlog).len()
     }
@@ -940,7 +945,8 @@ impl Responder {
         })
     }
 
-    /// Re-sign what is on the re-sign backlog (status changes the HSM failed to sign), then
+    /// Sign what is on the re-sign backlog (issuances and status changes the HSM failed to
+    /// sign), then
     /// every response within `refresh_before` of its nextUpdate, with the status the store
     /// holds now; drop responses of expired certificates once they are stale; re-read external
     /// response files that changed. Call it periodically (e.g. every minute).
