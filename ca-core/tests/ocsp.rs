@@ -928,21 +928,25 @@ fn responses_the_hsm_failed_to_sign_at_issuance_are_signed_by_the_next_refresh_p
     assert_eq!(r.load().unwrap().signed, 0);
     let a = ca.issue_leaf("issued-during-outage-a");
     let b = ca.issue_leaf("issued-during-outage-b");
+    let c = ca.issue_leaf("issued-during-outage-c");
 
     // The HSM refuses the CA's login: the group signed at issuance fails.
     ca.token.inject_login_refusal().unwrap();
     let _a = r.enqueue_issued(&a.record);
     let _b = r.enqueue_issued(&b.record);
+    let _c = r.enqueue_issued(&c.record);
     r.sign_issued_group(
         std::time::Duration::from_millis(5),
         std::time::Duration::from_millis(5),
     );
-    assert!(r.cached(&a.record.serial).is_none() && r.cached(&b.record.serial).is_none());
-    assert_eq!(r.resign_backlog(), 2);
+    for leaf in [&a, &b, &c] {
+        assert!(r.cached(&leaf.record.serial).is_none());
+    }
+    assert_eq!(r.resign_backlog(), 3);
     // A pass during the outage changes nothing.
     let stats = r.refresh_due().unwrap();
-    assert_eq!((stats.refreshed, stats.failed), (0, 2));
-    assert_eq!(r.resign_backlog(), 2);
+    assert_eq!((stats.refreshed, stats.failed), (0, 3));
+    assert_eq!(r.resign_backlog(), 3);
 
     // Back: the next pass signs both, with the status the store holds (one revoked meanwhile).
     ca.token.end_login_refusal().unwrap();
@@ -951,12 +955,14 @@ fn responses_the_hsm_failed_to_sign_at_issuance_are_signed_by_the_next_refresh_p
         .revoke(&b.record.serial, at, RevocationReason::Superseded)
         .unwrap();
     let stats = r.refresh_due().unwrap();
-    assert_eq!((stats.refreshed, stats.failed), (2, 0));
+    assert_eq!((stats.refreshed, stats.failed), (3, 0));
     assert_eq!(r.resign_backlog(), 0);
-    assert!(matches!(
-        r.cached(&a.record.serial).unwrap().cert_status(),
-        Some(CertStatus::Good)
-    ));
+    // The two still good share one response (as at issuance), the revoked one has its own.
+    for leaf in [&a, &c] {
+        let answer = r.cached(&leaf.record.serial).unwrap();
+        assert!(matches!(answer.cert_status(), Some(CertStatus::Good)));
+        assert_eq!(parse_response(&answer.der).unwrap().singles().len(), 4);
+    }
     assert!(matches!(
         r.cached(&b.record.serial).unwrap().cert_status(),
         Some(CertStatus::Revoked {

@@ -954,20 +954,29 @@ impl Responder {
         let now = self.clock.now();
         let mut stats = RefreshStats::default();
         let backlog: Vec<Vec<u8>> = lock(&self.resign_backlog).iter().cloned().collect();
+        // Unrevoked ones (issuances whose signing failed) are signed in groups, as at
+        // issuance; revoked ones one by one, each with its own status.
+        let mut unrevoked: Vec<CertRecord> = Vec::new();
         for serial in backlog {
-            let _g = self.sign_lock(&serial);
             let done = match self.store.get_cert(&serial) {
-                Ok(Some(rec)) => match self.sign_and_install(&rec.serial, &rec.cert_status()) {
-                    Ok(()) => {
-                        stats.refreshed += 1;
-                        true
+                Ok(Some(rec)) if !rec.is_revoked() => {
+                    unrevoked.push(rec);
+                    continue;
+                }
+                Ok(Some(rec)) => {
+                    let _g = self.sign_lock(&serial);
+                    match self.sign_and_install(&rec.serial, &rec.cert_status()) {
+                        Ok(()) => {
+                            stats.refreshed += 1;
+                            true
+                        }
+                        Err(e) => {
+                            tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response after a status change failed again");
+                            stats.failed += 1;
+                            false
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response after a status change failed again");
-                        stats.failed += 1;
-                        false
-                    }
-                },
+                }
                 Ok(None) => true,
                 Err(e) => {
                     tracing::error!(serial = %hex::encode(&serial), error = %e, "store lookup for OCSP re-signing failed");
@@ -977,6 +986,22 @@ impl Responder {
             };
             if done {
                 lock(&self.resign_backlog).remove(&serial);
+            }
+        }
+        for group in unrevoked.chunks(self.config.issuance_batch_max.max(1)) {
+            let recs: Vec<&CertRecord> = group.iter().collect();
+            match self.sign_issued_batch(&recs) {
+                Ok(_) => {
+                    stats.refreshed += group.len();
+                    let mut backlog = lock(&self.resign_backlog);
+                    for r in group {
+                        backlog.remove(serial_magnitude(&r.serial));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(certificates = group.len(), error = %e, "signing OCSP responses left over from issuance failed again");
+                    stats.failed += group.len();
+                }
             }
         }
         let mut due = Vec::new();
