@@ -53,7 +53,11 @@ fn process_cpu_us() -> f64 {
     // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     // Linux reports these in USER_HZ, 100 per second on every common configuration.
     (ticks(11) + ticks(12)) * 10_000.0
 }
