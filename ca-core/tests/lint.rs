@@ -513,6 +513,11 @@ fn crls_have_no_pkilint_findings() {
             Some("http://127.0.0.1:8080/crl"),
         )
         .unwrap();
+        // Beside the CRLs, so that pyca/cryptography also verifies their signatures.
+        out.write(
+            "issuing.pem",
+            pem("CERTIFICATE", &pki.issuing_der).as_bytes(),
+        );
         for (name, crl) in [("empty", &empty), ("revoked", &full), ("idp", &idp)] {
             let path = out.write(&format!("{name}.crl"), &crl.der);
             checks.push(Check::crl(format!("{alg} CA, {name} CRL"), &path));
@@ -684,4 +689,57 @@ fn ocsp_responses_have_no_pkilint_findings() {
     if let Some(findings) = pkilint::failures(&reports, pkilint::FALSE_POSITIVES) {
         panic!("{findings}");
     }
+}
+
+/// The second reader run beside pkilint (pyca/cryptography, see `hsm_sim::pkilint::PYCA`) is
+/// installed, reads a good certificate, and refuses one whose signature was corrupted.
+#[test]
+fn pyca_cryptography_runs_and_refuses_a_corrupted_signature() {
+    let out = Out::new("pyca-self-check");
+    let key = out.dir.join("self.key");
+    let cert = out.dir.join("self.pem");
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=self-signed",
+            "-days",
+            "1",
+            "-outform",
+            "DER",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut der = std::fs::read(&cert).unwrap();
+    let last = der.len() - 1;
+    der[last] ^= 0x01; // inside the signature's s: still DER, no longer a valid signature
+    let bad = out.write("corrupted.der", &der);
+    let reports = pkilint::run(&[
+        Check::issued_by("self-signed", &cert, &cert),
+        Check::issued_by("corrupted signature", &cert, &bad),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pyca: Vec<_> = reports.iter().filter(|r| r.tool == pkilint::PYCA).collect();
+    assert_eq!(pyca.len(), 2, "{reports:?}");
+    assert!(pyca[0].clean(), "{}", pyca[0].output);
+    assert!(
+        !pyca[1].clean()
+            && pyca[1]
+                .unexpected(pkilint::FALSE_POSITIVES)
+                .iter()
+                .any(|f| f.code == "pyca.refused" && f.message.contains("InvalidSignature")),
+        "{:?}",
+        pyca[1]
+    );
 }

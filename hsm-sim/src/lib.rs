@@ -506,8 +506,10 @@ pub fn process_dir() -> Option<PathBuf> {
 /// DigiCert's pkilint (PyPI package `pkilint`) as an independent RFC 5280 / RFC 6960 linter of
 /// artifacts written to files.
 ///
-/// Each [`Check`] runs one pkilint command with `--severity WARNING`: pkilint prints the
-/// findings at or above that severity and exits with their number (0 when clean). The commands
+/// Each [`Check`](pkilint::Check) runs one pkilint command with `--severity WARNING`: pkilint prints the
+/// findings at or above that severity and exits with their number (0 when clean). pyca/
+/// cryptography, installed with pkilint, then reads the same artifacts as a second, independent
+/// reader ([`pkilint::PYCA`] reports, after pkilint's). The commands
 /// are looked up in `$PKILINT_DIR`, then in the workspace's `.venv-lint/bin` (where
 /// `scripts/deps.sh test` installs them), then on `PATH`. A missing linter is an error
 /// ([`Error::LinterMissing`]), never a silent pass.
@@ -566,26 +568,35 @@ pub mod pkilint {
         /// The pkilint command.
         pub tool: &'static str,
         args: Vec<OsString>,
+        /// What pyca/cryptography checks of it (see [`PYCA`]): its kind and files.
+        pyca: (&'static str, Vec<PathBuf>),
     }
 
     impl Check {
+        /// `tool lint --severity WARNING OPTIONS... FILES...`; pyca/cryptography reads the
+        /// same files as `pyca_kind`.
         fn new(
             artifact: impl Into<String>,
             tool: &'static str,
-            args: &[&std::ffi::OsStr],
+            options: &[&str],
+            files: &[&Path],
+            pyca_kind: &'static str,
         ) -> Check {
-            let mut all: Vec<OsString> = vec!["lint".into(), "--severity".into(), "WARNING".into()];
-            all.extend(args.iter().map(|a| a.to_os_string()));
+            let mut args: Vec<OsString> =
+                vec!["lint".into(), "--severity".into(), "WARNING".into()];
+            args.extend(options.iter().map(OsString::from));
+            args.extend(files.iter().map(|f| f.as_os_str().to_os_string()));
             Check {
                 artifact: artifact.into(),
                 tool,
-                args: all,
+                args,
+                pyca: (pyca_kind, files.iter().map(|f| f.to_path_buf()).collect()),
             }
         }
 
         /// A certificate (PEM or DER) against RFC 5280: `lint_pkix_cert`.
         pub fn certificate(artifact: impl Into<String>, file: &Path) -> Check {
-            Check::new(artifact, "lint_pkix_cert", &[file.as_os_str()])
+            Check::new(artifact, "lint_pkix_cert", &[], &[file], "cert")
         }
 
         /// A complete CRL (PEM or DER) against RFC 5280: `lint_crl --type CRL --profile PKIX`.
@@ -593,19 +604,15 @@ pub mod pkilint {
             Check::new(
                 artifact,
                 "lint_crl",
-                &[
-                    "--type".as_ref(),
-                    "CRL".as_ref(),
-                    "--profile".as_ref(),
-                    "PKIX".as_ref(),
-                    file.as_os_str(),
-                ],
+                &["--type", "CRL", "--profile", "PKIX"],
+                &[file],
+                "crl",
             )
         }
 
         /// An OCSP response (DER) against RFC 6960: `lint_ocsp_response`.
         pub fn ocsp_response(artifact: impl Into<String>, file: &Path) -> Check {
-            Check::new(artifact, "lint_ocsp_response", &[file.as_os_str()])
+            Check::new(artifact, "lint_ocsp_response", &[], &[file], "ocsp")
         }
 
         /// A certificate with its issuer (names, key identifiers, signature algorithms):
@@ -614,7 +621,9 @@ pub mod pkilint {
             Check::new(
                 artifact,
                 "lint_pkix_signer_signee_cert_chain",
-                &[issuer.as_os_str(), subject.as_os_str()],
+                &[],
+                &[issuer, subject],
+                "issued_by",
             )
         }
     }
@@ -820,11 +829,86 @@ pub mod pkilint {
                 })
                 .collect()
         });
-        let mut reports = Vec::with_capacity(checks.len());
+        let mut reports = Vec::with_capacity(2 * checks.len());
         for r in results {
             reports.extend(r?);
         }
+        reports.extend(run_pyca(checks)?);
         Ok(reports)
+    }
+
+    /// The pseudo-tool name of the pyca/cryptography reports.
+    pub const PYCA: &str = "pyca/cryptography";
+
+    /// pyca/cryptography (installed with pkilint) as a second, independent reader of the same
+    /// artifacts: strict DER parsing of every certificate, CRL and OCSP response, its own
+    /// verification of certificate signatures against their issuer, and of CRL and OCSP
+    /// signatures where the issuer's certificate lies beside the artifact (`issuing.pem`,
+    /// `ca.pem`, `root.pem`) or is embedded (delegated responder). One report per check,
+    /// after pkilint's, with one finding when pyca/cryptography refused the artifact.
+    fn run_pyca(checks: &[Check]) -> Result<Vec<Report>, Error> {
+        use std::io::Write as _;
+        let python = tool_path("python3")?;
+        let items: Vec<serde_json::Value> = checks
+            .iter()
+            .map(|c| {
+                let files: Vec<String> = c.pyca.1.iter().map(|f| f.display().to_string()).collect();
+                serde_json::json!({ "kind": c.pyca.0, "files": files })
+            })
+            .collect();
+        let input = serde_json::Value::Array(items).to_string();
+        let io = |source| Error::Io {
+            path: python.clone(),
+            source,
+        };
+        let mut child = Command::new(&python)
+            .arg("-c")
+            .arg(include_str!("pyca_check.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(io)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).map_err(io)?;
+        }
+        let out = child.wait_with_output().map_err(io)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let results: Vec<Option<String>> = serde_json::from_str(&stdout).map_err(|e| {
+            io(std::io::Error::other(format!(
+                "pyca/cryptography check did not run ({e}): {}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        })?;
+        if results.len() != checks.len() {
+            return Err(io(std::io::Error::other(
+                "pyca/cryptography check answered for another number of artifacts",
+            )));
+        }
+        Ok(checks
+            .iter()
+            .zip(results)
+            .map(|(c, r)| {
+                let findings: Vec<Finding> = r
+                    .iter()
+                    .map(|msg| Finding {
+                        validator: PYCA.to_string(),
+                        node: String::new(),
+                        code: "pyca.refused".into(),
+                        severity: "ERROR".into(),
+                        message: msg.clone(),
+                    })
+                    .collect();
+                Report {
+                    artifact: c.artifact.clone(),
+                    tool: PYCA,
+                    exit_code: Some(findings.len() as i32),
+                    output: r.unwrap_or_default(),
+                    findings,
+                }
+            })
+            .collect())
     }
 
     /// `None` when no report has a finding outside `known`; otherwise every such finding, by
