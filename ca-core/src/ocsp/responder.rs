@@ -953,57 +953,7 @@ impl Responder {
     pub fn refresh_due(&self) -> Result<RefreshStats> {
         let now = self.clock.now();
         let mut stats = RefreshStats::default();
-        let backlog: Vec<Vec<u8>> = lock(&self.resign_backlog).iter().cloned().collect();
-        // Unrevoked ones (issuances whose signing failed) are signed in groups, as at
-        // issuance; revoked ones one by one, each with its own status.
-        let mut unrevoked: Vec<CertRecord> = Vec::new();
-        for serial in backlog {
-            let done = match self.store.get_cert(&serial) {
-                Ok(Some(rec)) if !rec.is_revoked() => {
-                    unrevoked.push(rec);
-                    continue;
-                }
-                Ok(Some(rec)) => {
-                    let _g = self.sign_lock(&serial);
-                    match self.sign_and_install(&rec.serial, &rec.cert_status()) {
-                        Ok(()) => {
-                            stats.refreshed += 1;
-                            true
-                        }
-                        Err(e) => {
-                            tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response after a status change failed again");
-                            stats.failed += 1;
-                            false
-                        }
-                    }
-                }
-                Ok(None) => true,
-                Err(e) => {
-                    tracing::error!(serial = %hex::encode(&serial), error = %e, "store lookup for OCSP re-signing failed");
-                    stats.failed += 1;
-                    false
-                }
-            };
-            if done {
-                lock(&self.resign_backlog).remove(&serial);
-            }
-        }
-        for group in unrevoked.chunks(self.config.issuance_batch_max.max(1)) {
-            let recs: Vec<&CertRecord> = group.iter().collect();
-            match self.sign_issued_batch(&recs) {
-                Ok(_) => {
-                    stats.refreshed += group.len();
-                    let mut backlog = lock(&self.resign_backlog);
-                    for r in group {
-                        backlog.remove(serial_magnitude(&r.serial));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(certificates = group.len(), error = %e, "signing OCSP responses left over from issuance failed again");
-                    stats.failed += group.len();
-                }
-            }
-        }
+        self.sign_backlog(&mut stats);
         let mut due = Vec::new();
         for shard in &self.shards {
             for (serial, a) in read(shard).iter() {
@@ -1046,6 +996,51 @@ impl Responder {
         }
         stats.failed += self.reload_external();
         Ok(stats)
+    }
+
+    /// Sign what the HSM failed to sign (see [`resign_backlog`](Self::resign_backlog)):
+    /// unrevoked certificates (issuances) in groups, as at issuance; revoked ones each with
+    /// its own status, through [`on_revoked`](Self::on_revoked), which keeps the backlog.
+    fn sign_backlog(&self, stats: &mut RefreshStats) {
+        let backlog: Vec<Vec<u8>> = lock(&self.resign_backlog).iter().cloned().collect();
+        let mut unrevoked: Vec<CertRecord> = Vec::new();
+        for serial in backlog {
+            let signed = match self.store.get_cert(&serial) {
+                Ok(Some(rec)) if !rec.is_revoked() => {
+                    unrevoked.push(rec);
+                    continue;
+                }
+                Ok(Some(rec)) => self.on_revoked(&rec),
+                Ok(None) => {
+                    lock(&self.resign_backlog).remove(&serial);
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            match signed {
+                Ok(()) => stats.refreshed += 1,
+                Err(e) => {
+                    tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response after a status change failed again");
+                    stats.failed += 1;
+                }
+            }
+        }
+        for group in unrevoked.chunks(self.config.issuance_batch_max.max(1)) {
+            let recs: Vec<&CertRecord> = group.iter().collect();
+            match self.sign_issued_batch(&recs) {
+                Ok(_) => {
+                    stats.refreshed += group.len();
+                    let mut backlog = lock(&self.resign_backlog);
+                    for r in group {
+                        backlog.remove(serial_magnitude(&r.serial));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(certificates = group.len(), error = %e, "signing OCSP responses left over from issuance failed again");
+                    stats.failed += group.len();
+                }
+            }
+        }
     }
 
     fn sign_canonical(&self, serial: &[u8], status: &CertStatus) -> Result<Arc<OcspAnswer>> {
