@@ -385,14 +385,11 @@ fn key_usage_follows_the_subject_key_type() {
     }
 }
 
-/// The linter itself is there and does find things: a certificate with a known RFC 5280
-/// violation (a CA certificate without keyUsage, 4.2.1.3) is reported, so a clean result above
-/// means pkilint looked.
-#[test]
-fn pkilint_is_installed_and_reports_violations() {
-    let out = Out::new("linter-self-check");
-    let key = out.dir.join("bad.key");
-    let cert = out.dir.join("bad.pem");
+/// A one-day self-signed P-256 certificate made by `openssl req -x509` with `extra` arguments,
+/// written to `<name>.pem` in `out` (its key beside it).
+fn openssl_self_signed(out: &Out, name: &str, subject: &str, extra: &[&str]) -> PathBuf {
+    let key = out.dir.join(format!("{name}.key"));
+    let cert = out.dir.join(format!("{name}.pem"));
     let o = Command::new("openssl")
         .args([
             "req",
@@ -403,19 +400,33 @@ fn pkilint_is_installed_and_reports_violations() {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-subj",
-            "/CN=no key usage",
+            subject,
             "-days",
             "1",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-keyout",
         ])
+        .args(extra)
+        .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cert
+}
+
+/// The linter itself is there and does find things: a certificate with a known RFC 5280
+/// violation (a CA certificate without keyUsage, 4.2.1.3) is reported, so a clean result above
+/// means pkilint looked.
+#[test]
+fn pkilint_is_installed_and_reports_violations() {
+    let out = Out::new("linter-self-check");
+    let cert = openssl_self_signed(
+        &out,
+        "bad",
+        "/CN=no key usage",
+        &["-addext", "basicConstraints=critical,CA:TRUE"],
+    );
     let reports = pkilint::run(&[Check::certificate("CA without keyUsage", &cert)])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!reports[0].clean(), "{}", reports[0].output);
@@ -696,31 +707,7 @@ fn ocsp_responses_have_no_pkilint_findings() {
 #[test]
 fn pyca_cryptography_runs_and_refuses_a_corrupted_signature() {
     let out = Out::new("pyca-self-check");
-    let key = out.dir.join("self.key");
-    let cert = out.dir.join("self.pem");
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=self-signed",
-            "-days",
-            "1",
-            "-outform",
-            "DER",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cert = openssl_self_signed(&out, "self", "/CN=self-signed", &["-outform", "DER"]);
     let mut der = std::fs::read(&cert).unwrap();
     let last = der.len() - 1;
     der[last] ^= 0x01; // inside the signature's s: still DER, no longer a valid signature

@@ -122,21 +122,18 @@ async fn health_and_readiness() {
         reqwest_like_get(&srv.status_url, "/readyz").await,
         "ready\n"
     );
-    let r = srv
-        .anon()
-        .raw(Method::GET, "/readyz", None, &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::OK);
+    let api_ready = || async {
+        srv.anon()
+            .raw(Method::GET, "/readyz", None, &[])
+            .await
+            .unwrap()
+    };
+    assert_eq!(api_ready().await.status, StatusCode::OK);
     // The HSM refuses the CA: the API is not ready (it cannot issue), the status listener is
     // (it serves pre-signed OCSP answers and the CRL without the HSM), so a load balancer keeps
     // the responder in rotation. Both are ready again once the HSM is back.
     srv.pki.token.inject_login_refusal().unwrap();
-    let r = srv
-        .anon()
-        .raw(Method::GET, "/readyz", None, &[])
-        .await
-        .unwrap();
+    let r = api_ready().await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&r.body).contains("hsm"), "{r:?}");
     assert_eq!(
@@ -144,12 +141,7 @@ async fn health_and_readiness() {
         "ready\n"
     );
     srv.pki.token.end_login_refusal().unwrap();
-    let r = srv
-        .anon()
-        .raw(Method::GET, "/readyz", None, &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(api_ready().await.status, StatusCode::OK);
     let chain: ChainResponse = srv.anon().get_json("/v1/chain").await.unwrap();
     assert_eq!(
         chain.root_fingerprint,
