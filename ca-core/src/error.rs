@@ -181,6 +181,42 @@ pub enum Error {
     /// The enrollment token is unknown, expired or already used.
     #[error("enrollment token rejected: {0}")]
     TokenRejected(&'static str),
+    /// The certificate's lineage (the enrollment it descends from) is locked: a generation
+    /// was revoked for keyCompromise, the whole lineage was revoked, or a superseded
+    /// generation tried to renew. No renewal or re-enrollment; enroll again with a new token.
+    #[error("lineage {lineage} is locked ({reason}); renewal is refused: create a new enrollment token and enroll again")]
+    LineageLocked {
+        /// Lineage id (hex).
+        lineage: String,
+        /// Why it was locked.
+        reason: String,
+    },
+    /// A renewal was attempted with a certificate that has already been renewed (an older
+    /// generation of its lineage): a sign of a cloned key.
+    #[error("certificate serial {serial} is generation {generation} of lineage {lineage}, which has already renewed to generation {newest}; only the newest generation may renew")]
+    GenerationSuperseded {
+        /// Serial (hex) that tried to renew.
+        serial: String,
+        /// Lineage id (hex).
+        lineage: String,
+        /// Its generation.
+        generation: u32,
+        /// The lineage's newest generation.
+        newest: u32,
+    },
+    /// Certificates of this profile never renew through the API (administrator certificates,
+    /// the server's own TLS certificate): a security officer re-issues them.
+    #[error("certificates of profile {profile:?} cannot renew through the API; a security officer issues a new one")]
+    NotRenewable {
+        /// Profile name.
+        profile: String,
+    },
+    /// The name is reserved for the CA's own endpoints and is never issued to a subscriber.
+    #[error("name {name} is reserved for the CA's own endpoints and cannot be issued to a subscriber")]
+    NameReserved {
+        /// The reserved name.
+        name: String,
+    },
     /// The audit log chain is broken.
     #[error("audit log tampered or corrupt at sequence {seq}: {reason}")]
     AuditChain {

@@ -59,6 +59,19 @@ pub enum Code {
     RequestTimeout,
     /// Anything else.
     Internal,
+    /// The certificate's lineage is locked (keyCompromise, lineage revocation, or a renewal
+    /// attempt from a superseded generation): enroll again with a new token.
+    LineageLocked,
+    /// Renewal from a generation that has already renewed (a sign of a cloned key).
+    GenerationSuperseded,
+    /// Administrator and server TLS certificates never renew through the API.
+    NotRenewable,
+    /// The name is reserved for the CA's own endpoints.
+    NameReserved,
+    /// A number or duration in the request is outside its allowed range.
+    OutOfRange,
+    /// Revoking the last valid security-officer certificate is refused.
+    LastSecurityOfficer,
 }
 
 impl Code {
@@ -88,6 +101,12 @@ impl Code {
             Code::AuditTampered => "audit_tampered",
             Code::RequestTimeout => "request_timeout",
             Code::Internal => "internal",
+            Code::LineageLocked => "lineage_locked",
+            Code::GenerationSuperseded => "generation_superseded",
+            Code::NotRenewable => "not_renewable",
+            Code::NameReserved => "name_reserved",
+            Code::OutOfRange => "out_of_range",
+            Code::LastSecurityOfficer => "last_security_officer",
         }
     }
 
@@ -99,15 +118,20 @@ impl Code {
             | Code::CsrSignature
             | Code::WeakKey
             | Code::ExtensionNotAllowed
-            | Code::KeyReuse => StatusCode::BAD_REQUEST,
+            | Code::KeyReuse
+            | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::TokenRejected | Code::ClientCertRequired => StatusCode::UNAUTHORIZED,
             Code::NameNotAllowed
             | Code::CertRevoked
             | Code::CertExpired
             | Code::CertUnknown
-            | Code::Forbidden => StatusCode::FORBIDDEN,
+            | Code::Forbidden
+            | Code::LineageLocked
+            | Code::GenerationSuperseded
+            | Code::NotRenewable
+            | Code::NameReserved => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyRevoked => StatusCode::CONFLICT,
+            Code::AlreadyRevoked | Code::LastSecurityOfficer => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -196,6 +220,10 @@ fn core_code(e: &ca_core::Error) -> Code {
         E::ExtensionNotAllowed { .. } => Code::ExtensionNotAllowed,
         E::NameNotAllowed { .. } => Code::NameNotAllowed,
         E::KeyReuse => Code::KeyReuse,
+        E::LineageLocked { .. } => Code::LineageLocked,
+        E::GenerationSuperseded { .. } => Code::GenerationSuperseded,
+        E::NotRenewable { .. } => Code::NotRenewable,
+        E::NameReserved { .. } => Code::NameReserved,
         E::UnknownProfile(_) | E::ReasonNotAllowed(..) => Code::BadRequest,
         E::TokenRejected(_) => Code::TokenRejected,
         E::CertNotFound(_) => Code::NotFound,
