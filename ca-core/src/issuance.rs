@@ -215,6 +215,23 @@ impl Ca {
             }
         };
         let profile = self.profiles.get(&profile_name)?;
+        // The lineage the certificate joins: a renewal is the next generation of its
+        // predecessor's; anything else starts a lineage (its serial, set at issue).
+        let lineage = match ctx {
+            IssueContext::Renewal { previous } => {
+                if !profile.renewable {
+                    return Err(Error::NotRenewable {
+                        profile: profile_name,
+                    });
+                }
+                Some(Lineage {
+                    id: previous.lineage.clone(),
+                    generation: previous.generation.saturating_add(1),
+                    previous: Box::new(previous.clone()),
+                })
+            }
+            _ => None,
+        };
         check_key_and_extensions(csr, profile, &profile_name)?;
         let spki_sha256 = signer::sha256_hex(csr.public_key.spki_der());
 
@@ -298,6 +315,7 @@ impl Ca {
             issued_at: now,
             requester,
             spki_sha256,
+            lineage,
         })
     }
 
@@ -535,6 +553,15 @@ pub struct Prepared<'a> {
     issued_at: DateTime<Utc>,
     requester: Requester,
     spki_sha256: String,
+    /// For a renewal: the lineage it continues (checked again, atomically, by the store).
+    lineage: Option<Lineage>,
+}
+
+/// The lineage a renewal continues.
+struct Lineage {
+    id: Vec<u8>,
+    generation: u32,
+    previous: Box<CertRecord>,
 }
 
 impl std::fmt::Debug for Prepared<'_> {
@@ -640,6 +667,10 @@ impl Prepared<'_> {
                 .map_err(IssuerKey::map_err)?;
             let der = cert.der().to_vec();
             self.check_signed(&der, &serial)?;
+            let lineage = self
+                .lineage
+                .as_ref()
+                .map_or_else(|| serial.clone(), |l| l.id.clone());
             let record = CertRecord {
                 serial,
                 subject: self.subject.clone(),
@@ -653,8 +684,17 @@ impl Prepared<'_> {
                 spki_sha256: self.spki_sha256.clone(),
                 der,
                 status: RecordStatus::Valid,
+                lineage,
+                generation: self.lineage.as_ref().map_or(1, |l| l.generation),
             };
-            if ca.store.insert_cert(&record)? {
+            // A renewal is stored only if its predecessor is still the newest generation of
+            // an unlocked lineage, checked atomically with the insert (a generation renews at
+            // most once, even when two renewals race).
+            let inserted = match &self.lineage {
+                Some(l) => ca.store.insert_renewal(&record, &l.previous)?,
+                None => ca.store.insert_cert(&record)?,
+            };
+            if inserted {
                 return Ok(Issued {
                     record,
                     chain: ca.full_chain(),

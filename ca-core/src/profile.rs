@@ -191,6 +191,15 @@ pub struct Profile {
     /// OIDs of further CSR extensions that are tolerated (and ignored, never copied).
     #[serde(default)]
     pub tolerated_csr_extensions: Vec<String>,
+    /// Whether certificates of this profile may renew with themselves (mTLS renewal, EST
+    /// re-enroll). True for every configured profile; the server's internal profiles
+    /// (administrators, its own TLS certificate) set it false. Not configurable.
+    #[serde(skip, default = "renewable_default")]
+    pub renewable: bool,
+}
+
+fn renewable_default() -> bool {
+    true
 }
 
 impl Profile {
@@ -205,6 +214,7 @@ impl Profile {
             key_types: None,
             allow_key_reuse: false,
             tolerated_csr_extensions: Vec::new(),
+            renewable: true,
         }
     }
 

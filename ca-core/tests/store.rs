@@ -27,6 +27,8 @@ fn record(serial: u8, identity: &str) -> CertRecord {
         spki_sha256: "00".into(),
         der: vec![0x30, 0x00],
         status: RecordStatus::Valid,
+        lineage: vec![0x11, serial],
+        generation: 1,
     }
 }
 
@@ -399,4 +401,103 @@ fn kill9_under_load_loses_nothing_acknowledged() {
             "audit chain broken or short after crash"
         );
     }
+}
+
+/// A renewal of `prev`: the next generation of its lineage.
+fn renewal_of(prev: &CertRecord, serial: u8) -> CertRecord {
+    CertRecord {
+        requester: Requester::Renewal(prev.serial_hex()),
+        lineage: prev.lineage.clone(),
+        generation: prev.generation + 1,
+        ..record(serial, &prev.identity)
+    }
+}
+
+#[test]
+fn only_the_newest_generation_renews_and_a_locked_lineage_never_does() {
+    use ca_core::store::LineageLock;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let g1 = record(1, "l.test");
+    assert!(s.insert_cert(&g1).unwrap());
+    let g2 = renewal_of(&g1, 2);
+    assert!(s.insert_renewal(&g2, &g1).unwrap());
+    // Generation 1 has renewed: it can never renew again (a second child would be a clone's).
+    let clone = renewal_of(&g1, 3);
+    match s.insert_renewal(&clone, &g1) {
+        Err(Error::GenerationSuperseded {
+            generation, newest, ..
+        }) => assert_eq!((generation, newest), (1, 2)),
+        other => panic!("superseded generation renewed: {other:?}"),
+    }
+    assert!(
+        s.get_cert(&clone.serial).unwrap().is_none(),
+        "nothing written"
+    );
+    let g3 = renewal_of(&g2, 4);
+    assert!(s.insert_renewal(&g3, &g2).unwrap());
+    let lineage: Vec<u32> = s
+        .lineage_certs(&g1.serial)
+        .unwrap()
+        .iter()
+        .map(|c| c.generation)
+        .collect();
+    assert_eq!(lineage, vec![1, 2, 3]);
+    let listed = s
+        .list_certs(&CertFilter {
+            lineage: Some(g1.serial.clone()),
+            ..CertFilter::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+
+    let lock = LineageLock {
+        at: Utc::now(),
+        reason: "key_compromise".into(),
+        serial: g2.serial_hex(),
+        actor: "test".into(),
+    };
+    assert_eq!(s.lock_lineage(&g1.serial, &lock).unwrap(), lock);
+    let second = LineageLock {
+        reason: "lineage_revoked".into(),
+        ..lock.clone()
+    };
+    assert_eq!(
+        s.lock_lineage(&g1.serial, &second).unwrap(),
+        lock,
+        "first lock kept"
+    );
+    match s.insert_renewal(&renewal_of(&g3, 5), &g3) {
+        Err(Error::LineageLocked { reason, .. }) => assert_eq!(reason, "key_compromise"),
+        other => panic!("locked lineage renewed: {other:?}"),
+    }
+    drop(s);
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.lineage_lock(&g1.serial).unwrap(),
+        Some(lock),
+        "lock is durable"
+    );
+}
+
+#[test]
+fn racing_renewals_of_one_generation_store_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+    let g1 = record(1, "race.test");
+    assert!(s.insert_cert(&g1).unwrap());
+    let wins: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (s, g1) = (s.clone(), g1.clone());
+                scope.spawn(move || s.insert_renewal(&renewal_of(&g1, 10 + i), &g1).is_ok())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap() as usize)
+            .sum()
+    });
+    assert_eq!(wins, 1);
+    assert_eq!(s.lineage_certs(&g1.serial).unwrap().len(), 2);
 }

@@ -269,6 +269,8 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
             ),
             der,
             status: RecordStatus::Valid,
+            lineage: s.clone(),
+            generation: 1,
         };
         store.insert_cert(&rec)?;
         let hex = hex::encode_upper(&s);

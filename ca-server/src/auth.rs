@@ -261,6 +261,8 @@ mod tests {
             spki_sha256: String::new(),
             der: Vec::new(),
             status: RecordStatus::Valid,
+            lineage: vec![1],
+            generation: 1,
         }
     }
 

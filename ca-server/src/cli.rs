@@ -140,8 +140,14 @@ pub struct RevokeArgs {
     /// Serial number (hex).
     pub serial: String,
     /// RFC 5280 reason: unspecified, keyCompromise, superseded, cessationOfOperation, ...
+    /// keyCompromise also revokes every later generation of the certificate's lineage (its
+    /// renewals) and locks the lineage.
     #[arg(long, default_value = "unspecified")]
     pub reason: String,
+    /// Revoke the whole lineage of SERIAL (every generation renewed from the same enrollment)
+    /// for REASON, and lock it: no generation can renew or re-enroll any more.
+    #[arg(long)]
+    pub lineage: bool,
     /// Connection.
     #[command(flatten)]
     pub conn: Conn,
@@ -161,6 +167,10 @@ pub enum CertsCmd {
         /// Unexpired certificates that expire within this span (e.g. 24h).
         #[arg(long)]
         expiring_within: Option<String>,
+        /// Only the lineage of this serial (hex): every generation renewed from the same
+        /// enrollment, oldest first.
+        #[arg(long, value_name = "SERIAL")]
+        lineage: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -333,6 +343,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let req = RevokeRequest {
                 serial: args.serial,
                 reason: Some(args.reason),
+                lineage: args.lineage,
             };
             let resp: RevokeResponse = client.post_json("/v1/admin/revoke", &req).await?;
             if args.conn.json {
@@ -342,6 +353,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "revoked {} at {} ({})",
                     resp.serial, resp.revoked_at, resp.reason
                 );
+                for s in &resp.also_revoked {
+                    println!("revoked {s} with its lineage ({})", resp.reason);
+                }
+                if resp.lineage_locked {
+                    println!(
+                        "lineage {} locked: none of its certificates can renew; the host needs a new enrollment token",
+                        resp.lineage
+                    );
+                }
                 Ok(())
             }
         }
@@ -351,6 +371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     identity,
                     status,
                     expiring_within,
+                    lineage,
                     limit,
                     conn,
                 },
@@ -377,6 +398,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(e) = expiring_within {
                 q.push(format!("expiring_within={}", enc(&e)));
             }
+            if let Some(l) = lineage {
+                q.push(format!("lineage={}", enc(&l)));
+            }
             let resp: CertsResponse = client
                 .get_json(&format!("/v1/admin/certs?{}", q.join("&")))
                 .await?;
@@ -392,14 +416,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         c.identity.clone(),
                         c.profile.clone(),
                         c.status.clone(),
+                        c.generation.to_string(),
                         c.not_after.clone(),
+                        c.lineage.clone(),
                     ]
                 })
                 .collect();
             print!(
                 "{}",
                 table(
-                    &["SERIAL", "IDENTITY", "PROFILE", "STATUS", "NOT AFTER"],
+                    &[
+                        "SERIAL",
+                        "IDENTITY",
+                        "PROFILE",
+                        "STATUS",
+                        "GEN",
+                        "NOT AFTER",
+                        "LINEAGE"
+                    ],
                     &rows
                 )
             );

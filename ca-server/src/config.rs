@@ -97,6 +97,9 @@ pub struct ServerConfig {
     /// Enrollment tokens.
     #[serde(default)]
     pub tokens: TokenSection,
+    /// Renewal lineages.
+    #[serde(default)]
+    pub renewal: RenewalSection,
     /// Rate, body and time limits.
     #[serde(default)]
     pub limits: Limits,
@@ -202,6 +205,29 @@ impl Default for TlsSection {
         TlsSection {
             names: default_tls_names(),
             validity: default_tls_validity(),
+        }
+    }
+}
+
+/// Renewal lineages (README "Renewal lineage").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalSection {
+    /// Lock a lineage when a generation that has already renewed tries to renew again: two
+    /// holders of one key (a clone) renewing in turn (default true). The attempt is refused
+    /// and audited either way.
+    #[serde(default = "yes")]
+    pub lock_on_superseded: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for RenewalSection {
+    fn default() -> Self {
+        RenewalSection {
+            lock_on_superseded: true,
         }
     }
 }

@@ -171,6 +171,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
         tls: Default::default(),
         admin: Default::default(),
         tokens: Default::default(),
+        renewal: Default::default(),
         limits: Default::default(),
         log: Default::default(),
         ocsp: OcspSection::default(),

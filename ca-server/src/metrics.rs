@@ -26,6 +26,8 @@ pub struct Metrics {
     ocsp: Family<Labels, Counter>,
     tokens: Counter,
     hsm_sign: Histogram,
+    superseded: Counter,
+    lineage_locks: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,18 @@ impl Metrics {
         let failures = Family::<Labels, Counter>::default();
         let ocsp = Family::<Labels, Counter>::default();
         let tokens = Counter::default();
+        let superseded = Counter::default();
+        let lineage_locks = Family::<Labels, Counter>::default();
+        registry.register(
+            "ca_renewals_superseded",
+            "Renewal attempts by a certificate that had already renewed (a sign of a cloned key)",
+            superseded.clone(),
+        );
+        registry.register(
+            "ca_lineages_locked",
+            "Lineages locked, by reason (key_compromise, lineage_revoked, superseded_renewal)",
+            lineage_locks.clone(),
+        );
         // 0.25 ms .. ~4 s: SoftHSM signs in well under a millisecond, network HSMs in tens.
         let hsm_sign = Histogram::new(exponential_buckets(0.00025, 2.0, 15));
         registry.register(
@@ -90,6 +104,8 @@ impl Metrics {
             ocsp,
             tokens,
             hsm_sign,
+            superseded,
+            lineage_locks,
         }
     }
 
@@ -128,6 +144,18 @@ impl Metrics {
     /// A certificate was revoked.
     pub fn revoked(&self, reason: &str) {
         self.revoked
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc();
+    }
+
+    /// A superseded generation tried to renew.
+    pub fn renewal_superseded(&self) {
+        self.superseded.inc();
+    }
+
+    /// A lineage was locked.
+    pub fn lineage_locked(&self, reason: &str) {
+        self.lineage_locks
             .get_or_create(&vec![("reason".into(), reason.into())])
             .inc();
     }

@@ -5,7 +5,7 @@
 
 use crate::api;
 use crate::auth::Peer;
-use crate::config::{Limits, ServerConfig, TokenSection};
+use crate::config::{Limits, RenewalSection, ServerConfig, TokenSection};
 use crate::error::{ApiError, Code};
 use crate::metrics::{Metrics, TimedSigner};
 use crate::ratelimit::{Class, RateLimits};
@@ -67,6 +67,8 @@ pub struct ServerParts {
     pub limits: Limits,
     /// Token settings.
     pub tokens: TokenSection,
+    /// Renewal lineage settings.
+    pub renewal: RenewalSection,
     /// Metrics registry (shared with the status listener).
     pub metrics: Arc<Metrics>,
 }
@@ -134,6 +136,7 @@ pub fn build_state(
                 .0
                 .to_std()
                 .unwrap_or(Duration::from_secs(10)),
+            lock_on_superseded: parts.renewal.lock_on_superseded,
         },
         root_der,
     }))
@@ -621,6 +624,7 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
         admin_validity: cfg.admin.validity,
         limits: cfg.limits.clone(),
         tokens: cfg.tokens.clone(),
+        renewal: cfg.renewal.clone(),
         metrics,
     })
 }

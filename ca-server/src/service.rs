@@ -12,7 +12,7 @@ use ca_core::csr::CsrRequest;
 use ca_core::issuance::{pem, Ca, IssueContext, Issued};
 use ca_core::profile::{ExtKeyUsage, KeyUsage, NamePolicy, Profile, Profiles, Span};
 use ca_core::revocation::RevocationReason;
-use ca_core::store::{CertRecord, IdentityBinding, Store, TokenRecord};
+use ca_core::store::{CertRecord, IdentityBinding, LineageLock, Store, TokenRecord};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) ->
         ..NamePolicy::default()
     });
     admin_profile.validity = admin;
+    // A security officer re-issues administrator certificates; a stolen one cannot extend
+    // itself.
+    admin_profile.renewable = false;
     let mut tls_profile = Profile::client(NamePolicy {
         dns: vec!["*".into()],
         ip: vec!["0.0.0.0/0".into(), "::/0".into()],
@@ -39,6 +42,8 @@ pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) ->
         ..NamePolicy::default()
     });
     tls_profile.validity = tls;
+    // The server re-issues its own certificate on its own authority, never through /v1/renew.
+    tls_profile.renewable = false;
     tls_profile.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
     tls_profile.key_usage = vec![KeyUsage::DigitalSignature];
     profiles.0.insert(ADMIN_PROFILE.into(), admin_profile);
@@ -151,6 +156,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// TLS handshake time limit.
     pub handshake_timeout: Duration,
+    /// Lock a lineage when a superseded generation tries to renew (`[renewal]`).
+    pub lock_on_superseded: bool,
 }
 
 /// The shared state.
@@ -211,6 +218,18 @@ pub struct Outcome {
     pub issued: Issued,
     /// The token record (enrollment).
     pub token: Option<TokenRecord>,
+}
+
+/// What a revocation did: the certificate asked for, and the other generations of its lineage
+/// it revoked with it (keyCompromise, or a whole-lineage revocation).
+#[derive(Debug)]
+pub struct Revocation {
+    /// The certificate asked for, as revoked.
+    pub record: CertRecord,
+    /// Serials (hex) of the lineage's other certificates revoked with it.
+    pub also_revoked: Vec<String>,
+    /// Whether the lineage is now locked (no renewal, no re-enrollment).
+    pub lineage_locked: bool,
 }
 
 /// SHA-256 of a token secret (hex): tokens are stored by hash only.
@@ -330,19 +349,36 @@ impl AppState {
                 })
             }
             Request::Renewal(previous) => {
-                let issued = self
-                    .ca
-                    .prepare(
-                        csr,
-                        IssueContext::Renewal {
-                            previous: &previous,
-                        },
-                    )?
-                    .issue()?;
-                Ok(Outcome {
-                    issued,
-                    token: None,
-                })
+                // Before any HSM work: a locked lineage, or a generation that renewed already.
+                if let Some(lock) = self.store.lineage_lock(&previous.lineage)? {
+                    return Err(ca_core::Error::LineageLocked {
+                        lineage: previous.lineage_hex(),
+                        reason: lock.reason,
+                    }
+                    .into());
+                }
+                let newest = self.store.lineage_certs(&previous.lineage)?.pop();
+                if newest.is_some_and(|n| n.serial != previous.serial) {
+                    return self.superseded_renewal(csr, &previous);
+                }
+                let prepared = self.ca.prepare(
+                    csr,
+                    IssueContext::Renewal {
+                        previous: &previous,
+                    },
+                )?;
+                match prepared.issue() {
+                    Ok(issued) => Ok(Outcome {
+                        issued,
+                        token: None,
+                    }),
+                    // Another renewal of the same generation was stored first (the store
+                    // checks again, atomically with the insert).
+                    Err(ca_core::Error::GenerationSuperseded { .. }) => {
+                        self.superseded_renewal(csr, &previous)
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             Request::Admin {
                 profile,
@@ -368,6 +404,105 @@ impl AppState {
         }
     }
 
+    /// A renewal by `previous`, a generation that has already renewed.
+    ///
+    /// If the request proves possession of the key of `previous`'s own successor (the CSR
+    /// carries that certificate's public key, and the CSR's signature is the proof) and the
+    /// successor is still the newest generation, this is the same agent retrying a renewal
+    /// whose answer it lost: the successor is returned again, nothing is signed. Anything else
+    /// is two holders of one key renewing in turn (a cloned key): refused with
+    /// `generation_superseded`, audited as such, counted, and with `[renewal]
+    /// lock_on_superseded` (default) the lineage is locked.
+    fn superseded_renewal(&self, csr: &CsrRequest, previous: &CertRecord) -> ApiResult<Outcome> {
+        let lineage = self.store.lineage_certs(&previous.lineage)?;
+        let newest = lineage.last().map_or(previous.generation, |c| c.generation);
+        let successor = lineage.iter().find(|c| {
+            c.generation == previous.generation.saturating_add(1)
+                && c.requester == ca_core::store::Requester::Renewal(previous.serial_hex())
+        });
+        let csr_key = ca_core::signer::sha256_hex(csr.public_key.spki_der());
+        if let Some(s) = successor {
+            if s.generation == newest && !s.is_revoked() && s.spki_sha256 == csr_key {
+                self.audit_blocking(
+                    NewAuditEvent::ok(
+                        crate::auth::cert_actor(previous),
+                        "renew.replay",
+                        s.serial_hex(),
+                    )
+                    .with_detail(serde_json::json!({
+                        "previous": previous.serial_hex(),
+                        "lineage": previous.lineage_hex(),
+                        "generation": s.generation,
+                    })),
+                );
+                return Ok(Outcome {
+                    issued: Issued {
+                        record: s.clone(),
+                        chain: self.ca.full_chain(),
+                    },
+                    token: None,
+                });
+            }
+        }
+        self.metrics.renewal_superseded();
+        tracing::warn!(
+            serial = %previous.serial_hex(),
+            lineage = %previous.lineage_hex(),
+            generation = previous.generation,
+            newest,
+            "renewal by a superseded generation: a cloned key?"
+        );
+        let locked = if self.settings.lock_on_superseded {
+            self.lock_lineage_blocking(previous, "superseded_renewal", "ca")?;
+            true
+        } else {
+            false
+        };
+        self.audit_blocking(
+            NewAuditEvent::failed(
+                crate::auth::cert_actor(previous),
+                "renew.superseded",
+                previous.serial_hex(),
+                "generation_superseded",
+            )
+            .with_detail(serde_json::json!({
+                "lineage": previous.lineage_hex(),
+                "generation": previous.generation,
+                "newest": newest,
+                "lineage_locked": locked,
+                "signal": "a generation that already renewed tried to renew again: the key may be cloned",
+            })),
+        );
+        Err(ca_core::Error::GenerationSuperseded {
+            serial: previous.serial_hex(),
+            lineage: previous.lineage_hex(),
+            generation: previous.generation,
+            newest,
+        }
+        .into())
+    }
+
+    /// Lock `rec`'s lineage (audited and counted once, when it is newly locked).
+    fn lock_lineage_blocking(&self, rec: &CertRecord, reason: &str, actor: &str) -> ApiResult<()> {
+        let lock = LineageLock {
+            at: self.clock.now(),
+            reason: reason.into(),
+            serial: rec.serial_hex(),
+            actor: actor.into(),
+        };
+        let kept = self.store.lock_lineage(&rec.lineage, &lock)?;
+        if kept == lock {
+            self.metrics.lineage_locked(reason);
+            tracing::warn!(lineage = %rec.lineage_hex(), %reason, "lineage locked");
+            self.audit_blocking(
+                NewAuditEvent::ok(actor, "lineage.lock", rec.lineage_hex()).with_detail(
+                    serde_json::json!({ "reason": reason, "serial": rec.serial_hex() }),
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// The token with this hash.
     fn find_token(&self, hash: &str) -> ApiResult<TokenRecord> {
         self.store
@@ -376,18 +511,128 @@ impl AppState {
     }
 
     /// Revoke through the status hooks (store, then OCSP), on the blocking pool.
+    ///
+    /// keyCompromise also locks the certificate's lineage and revokes every later generation
+    /// (a thief who renewed with the stolen key loses the renewed certificates too). With
+    /// `whole_lineage` (`revoke --lineage`), every certificate of the lineage is revoked for
+    /// `reason` and the lineage locked, whatever the reason.
     pub async fn revoke(
         self: &Arc<Self>,
         serial: Vec<u8>,
         reason: RevocationReason,
         actor: String,
-    ) -> ApiResult<CertRecord> {
+        whole_lineage: bool,
+    ) -> ApiResult<Revocation> {
         let me = self.clone();
-        let at = self.clock.now();
-        let rec = tokio::task::spawn_blocking(move || me.hooks.revoke(&serial, reason, at, &actor))
-            .await
-            .map_err(ApiError::internal)??;
-        Ok(rec)
+        tokio::task::spawn_blocking(move || {
+            if whole_lineage {
+                me.revoke_lineage_blocking(&serial, reason, &actor)
+            } else {
+                me.revoke_blocking(&serial, reason, &actor)
+            }
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    fn revoke_blocking(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        actor: &str,
+    ) -> ApiResult<Revocation> {
+        let record = self.hooks.revoke(serial, reason, self.clock.now(), actor)?;
+        if reason != RevocationReason::KeyCompromise {
+            return Ok(Revocation {
+                record,
+                also_revoked: Vec::new(),
+                lineage_locked: false,
+            });
+        }
+        // Lock first: once the lock is stored no renewal of the lineage can be, so the list
+        // below is complete.
+        self.lock_lineage_blocking(&record, "key_compromise", actor)?;
+        let later: Vec<CertRecord> = self
+            .store
+            .lineage_certs(&record.lineage)?
+            .into_iter()
+            .filter(|c| c.generation > record.generation)
+            .collect();
+        let also_revoked = self.revoke_all(&record, later, reason, actor)?;
+        Ok(Revocation {
+            record,
+            also_revoked,
+            lineage_locked: true,
+        })
+    }
+
+    fn revoke_lineage_blocking(
+        &self,
+        serial: &[u8],
+        reason: RevocationReason,
+        actor: &str,
+    ) -> ApiResult<Revocation> {
+        ca_core::revocation::check_reason(reason)?;
+        let named = self
+            .store
+            .get_cert(serial)?
+            .ok_or_else(|| ca_core::Error::CertNotFound(hex::encode(serial)))?;
+        self.lock_lineage_blocking(&named, "lineage_revoked", actor)?;
+        let certs = self.store.lineage_certs(&named.lineage)?;
+        let also_revoked = self.revoke_all(&named, certs, reason, actor)?;
+        self.audit_blocking(
+            NewAuditEvent::ok(actor, "lineage.revoke", named.lineage_hex()).with_detail(
+                serde_json::json!({
+                    "serial": named.serial_hex(),
+                    "reason": reason.name(),
+                    "revoked": also_revoked,
+                }),
+            ),
+        );
+        let record = self.store.get_cert(serial)?.unwrap_or(named);
+        Ok(Revocation {
+            record,
+            also_revoked: also_revoked
+                .into_iter()
+                .filter(|s| *s != hex::encode(serial))
+                .collect(),
+            lineage_locked: true,
+        })
+    }
+
+    /// Revoke each of `certs` not revoked yet (each through the hooks, so each is published
+    /// and audited); returns their serials. A failure (the HSM could not sign an OCSP answer:
+    /// the revocation itself is stored) does not stop the others; the first is returned.
+    fn revoke_all(
+        &self,
+        cause: &CertRecord,
+        certs: Vec<CertRecord>,
+        reason: RevocationReason,
+        actor: &str,
+    ) -> ApiResult<Vec<String>> {
+        let mut revoked = Vec::new();
+        let mut first_error = None;
+        for c in certs.into_iter().filter(|c| !c.is_revoked()) {
+            match self
+                .hooks
+                .revoke(&c.serial, reason, self.clock.now(), actor)
+            {
+                Ok(_) => {
+                    self.metrics.revoked(reason.name());
+                    tracing::warn!(serial = %c.serial_hex(), lineage = %cause.lineage_hex(), %reason, "revoked with its lineage");
+                    revoked.push(c.serial_hex());
+                }
+                Err(ca_core::Error::AlreadyRevoked { .. }) => {}
+                Err(e) => {
+                    tracing::error!(serial = %c.serial_hex(), error = %e, "revoking a lineage member failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(revoked),
+        }
     }
 
     /// Whether the HSM and the store answer.

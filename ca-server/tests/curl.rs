@@ -555,6 +555,7 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
             &RevokeRequest {
                 serial: issued.serial.clone(),
                 reason: Some("keyCompromise".into()),
+                lineage: false,
             },
         )
         .await

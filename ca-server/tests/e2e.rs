@@ -52,6 +52,7 @@ async fn enroll_renew_revoke_then_renewal_refused() {
             &RevokeRequest {
                 serial: issued2.serial.clone(),
                 reason: Some("keyCompromise".into()),
+                lineage: false,
             },
         )
         .await
@@ -408,6 +409,7 @@ async fn each_role_reaches_exactly_its_routes() {
                 &RevokeRequest {
                     serial,
                     reason: None,
+                    lineage: false,
                 },
             )
             .await;

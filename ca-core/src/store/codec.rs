@@ -14,6 +14,8 @@
 //!   profile:str not_before:time not_after:time issued_at:time requester:(u8 kind: 0 token,
 //!   1 renewal, 2 admin; str) spki_sha256:str der:bytes status:(u8: 0 valid, 1 revoked; if
 //!   revoked: at:time reason:u8 RFC 5280 code)
+//!   Version 2 (`02`) appends lineage:bytes generation:(u32); version 1 records read as
+//!   their own lineage, generation 1.
 //! - OCSP response: `01` serial:bytes der:bytes this_update:time next_update:time
 
 use super::{CertRecord, RecordStatus, Requester, StoredOcspResponse};
@@ -22,6 +24,8 @@ use crate::revocation::RevocationReason;
 use chrono::{DateTime, Utc};
 
 const V1: u8 = 1;
+/// Certificate records with lineage and generation.
+const V2: u8 = 2;
 
 struct W(Vec<u8>);
 
@@ -104,7 +108,7 @@ fn json<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
 /// Encode a certificate record.
 pub(super) fn encode_cert(rec: &CertRecord) -> Result<Vec<u8>> {
     let mut w = W(Vec::with_capacity(256 + rec.der.len()));
-    w.u8(V1);
+    w.u8(V2);
     w.bytes(&rec.serial)?;
     w.str(&rec.subject)?;
     w.u32(rec.sans.len())?;
@@ -133,17 +137,19 @@ pub(super) fn encode_cert(rec: &CertRecord) -> Result<Vec<u8>> {
             w.u8(reason.code());
         }
     }
+    w.bytes(&rec.lineage)?;
+    w.u32(rec.generation as usize)?;
     Ok(w.0)
 }
 
 /// Decode a certificate record (version 1, or the JSON of earlier versions).
 pub(super) fn decode_cert(b: &[u8]) -> Result<CertRecord> {
     const WHAT: &str = "certificate";
-    match b.first() {
-        Some(b'{') => return json(WHAT, b),
-        Some(&V1) => {}
+    let version = match b.first() {
+        Some(b'{') => return json::<CertRecord>(WHAT, b).map(CertRecord::with_lineage_defaults),
+        Some(&v) if v == V1 || v == V2 => v,
         _ => return Err(Error::Corrupt(format!("{WHAT} record: unknown encoding"))),
-    }
+    };
     let mut r = R {
         what: WHAT,
         b: &b[1..],
@@ -178,6 +184,13 @@ pub(super) fn decode_cert(b: &[u8]) -> Result<CertRecord> {
         },
         _ => return Err(r.bad("unknown status")),
     };
+    let (lineage, generation) = if version == V2 {
+        let lineage = r.bytes()?;
+        let generation = u32::try_from(r.u32()?).map_err(|_| r.bad("generation out of range"))?;
+        (lineage, generation)
+    } else {
+        (Vec::new(), 0)
+    };
     r.end()?;
     Ok(CertRecord {
         serial,
@@ -192,7 +205,10 @@ pub(super) fn decode_cert(b: &[u8]) -> Result<CertRecord> {
         spki_sha256,
         der,
         status,
-    })
+        lineage,
+        generation,
+    }
+    .with_lineage_defaults())
 }
 
 /// Encode a stored OCSP response.
@@ -248,7 +264,31 @@ mod tests {
             spki_sha256: "ab".repeat(32),
             der: vec![0x30, 0x03, 1, 2, 3],
             status,
+            lineage: vec![0x55, 9],
+            generation: 3,
         }
+    }
+
+    #[test]
+    fn version_1_records_read_as_their_own_lineage() {
+        let rec = record(RecordStatus::Valid, Requester::Token("t".into()));
+        let bin = encode_cert(&rec).unwrap();
+        // Version 1 is version 2 without the lineage tail (u32 length + bytes, u32 generation).
+        let mut v1 = bin[..bin.len() - (4 + rec.lineage.len() + 4)].to_vec();
+        v1[0] = V1;
+        let old = decode_cert(&v1).unwrap();
+        assert_eq!(
+            (old.lineage.as_slice(), old.generation),
+            (rec.serial.as_slice(), 1)
+        );
+        let mut json: serde_json::Value = serde_json::to_value(&rec).unwrap();
+        json.as_object_mut().unwrap().remove("lineage");
+        json.as_object_mut().unwrap().remove("generation");
+        let old = decode_cert(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(
+            (old.lineage.as_slice(), old.generation),
+            (rec.serial.as_slice(), 1)
+        );
     }
 
     #[test]

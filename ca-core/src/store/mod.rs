@@ -71,6 +71,16 @@ pub struct CertRecord {
     pub der: Vec<u8>,
     /// Revocation state.
     pub status: RecordStatus,
+    /// The lineage this certificate descends from: the serial of generation 1, the
+    /// certificate of the enrollment (token or administrator) that started it. A renewal
+    /// keeps its predecessor's lineage. Records of earlier versions read as their own
+    /// lineage, generation 1.
+    #[serde(default, with = "hex_bytes")]
+    pub lineage: Vec<u8>,
+    /// 1 for the enrollment's certificate, +1 at each renewal. Only the newest generation of
+    /// a lineage may renew.
+    #[serde(default)]
+    pub generation: u32,
 }
 
 impl CertRecord {
@@ -94,6 +104,37 @@ impl CertRecord {
     pub fn is_revoked(&self) -> bool {
         matches!(self.status, RecordStatus::Revoked { .. })
     }
+
+    /// Lineage as lowercase hex (the serial of its generation 1).
+    pub fn lineage_hex(&self) -> String {
+        hex::encode(&self.lineage)
+    }
+
+    /// Give a record of an earlier version (no lineage) its own lineage, generation 1.
+    pub(crate) fn with_lineage_defaults(mut self) -> Self {
+        if self.lineage.is_empty() {
+            self.lineage = self.serial.clone();
+        }
+        if self.generation == 0 {
+            self.generation = 1;
+        }
+        self
+    }
+}
+
+/// Why a lineage is locked: no generation of it may renew or re-enroll any more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineageLock {
+    /// When it was locked.
+    pub at: DateTime<Utc>,
+    /// `key_compromise` (a generation was revoked for keyCompromise), `lineage_revoked`
+    /// (`revoke --lineage`), or `superseded_renewal` (a superseded generation tried to renew:
+    /// a cloned key).
+    pub reason: String,
+    /// The serial (hex) whose event locked it.
+    pub serial: String,
+    /// Who locked it (administrator, or `ca` for an automatic lock).
+    pub actor: String,
 }
 
 /// Which names an enrollment token lets its holder ask for.
@@ -156,6 +197,9 @@ pub struct CertFilter {
     pub expiring_before: Option<DateTime<Utc>>,
     /// Only certificates whose notAfter is after this time (i.e. unexpired at that time).
     pub valid_at: Option<DateTime<Utc>>,
+    /// Only this lineage (the serial of its generation 1).
+    #[serde(default)]
+    pub lineage: Option<Vec<u8>>,
     /// At most this many (newest serial order is not implied).
     pub limit: Option<usize>,
 }
@@ -164,6 +208,21 @@ pub struct CertFilter {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Insert a new certificate; `Ok(false)` if the serial is taken (nothing written).
     fn insert_cert(&self, rec: &CertRecord) -> Result<bool>;
+    /// Insert a renewal, atomically with the lineage checks: `rec` (generation n + 1 of
+    /// `rec.lineage`) is stored only if its lineage is not locked and `previous` (the
+    /// renewing certificate, generation n) is the lineage's newest stored generation. So a
+    /// generation renews at most once, even when two renewals race. Errors:
+    /// [`crate::Error::LineageLocked`], [`crate::Error::GenerationSuperseded`] (nothing
+    /// written); `Ok(false)` if the serial is taken.
+    fn insert_renewal(&self, rec: &CertRecord, previous: &CertRecord) -> Result<bool>;
+    /// The lineage's certificates, oldest generation first.
+    fn lineage_certs(&self, lineage: &[u8]) -> Result<Vec<CertRecord>>;
+    /// Lock a lineage (no renewal, no re-enrollment from any of its generations). Locking a
+    /// locked lineage keeps the first lock and returns it. Once this returns, no renewal of
+    /// the lineage can be stored.
+    fn lock_lineage(&self, lineage: &[u8], lock: &LineageLock) -> Result<LineageLock>;
+    /// The lineage's lock, if it is locked.
+    fn lineage_lock(&self, lineage: &[u8]) -> Result<Option<LineageLock>>;
     /// Whether a serial has been used.
     fn serial_exists(&self, serial: &[u8]) -> Result<bool>;
     /// Look up a certificate.

@@ -15,7 +15,9 @@
 //! (see [`SledStore::insert_cert`] and [`SledStore::append_audit`]).
 
 use super::codec;
-use super::{CertFilter, CertRecord, RecordStatus, Store, StoredOcspResponse, TokenRecord};
+use super::{
+    CertFilter, CertRecord, LineageLock, RecordStatus, Store, StoredOcspResponse, TokenRecord,
+};
 use crate::audit::{self, AuditEvent, NewAuditEvent};
 use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
@@ -62,6 +64,13 @@ pub struct SledStore {
     audit: sled::Tree,
     meta: sled::Tree,
     ocsp: sled::Tree,
+    /// Lineage index: `len(lineage) lineage generation(u32 BE) serial` -> empty.
+    by_lineage: sled::Tree,
+    /// Locked lineages: lineage -> [`LineageLock`] (JSON).
+    lineage_locks: sled::Tree,
+    /// Serialises renewal inserts and lineage locks, so the newest-generation check and the
+    /// insert are one step (the store is one process: sled locks the database).
+    lineage_guard: Mutex<()>,
     /// Serialises audit appends; holds the chain head `(seq, hash)` once read (the store is
     /// the only writer of the audit trees: sled locks the database to one process).
     audit_head: Mutex<Option<(u64, String)>>,
@@ -94,6 +103,22 @@ fn identity_key(identity: &str, serial: &[u8]) -> Vec<u8> {
 fn expiry_key(not_after: DateTime<Utc>, serial: &[u8]) -> Vec<u8> {
     let mut k = (not_after.timestamp().max(0) as u64).to_be_bytes().to_vec();
     k.extend_from_slice(serial);
+    k
+}
+
+fn lineage_prefix(lineage: &[u8]) -> Vec<u8> {
+    // Serials and lineages are at most 20 bytes (RFC 5280 4.1.2.2); the length byte keeps one
+    // lineage's prefix from being another's.
+    let mut k = Vec::with_capacity(1 + lineage.len() + 4 + 20);
+    k.push(lineage.len().min(255) as u8);
+    k.extend_from_slice(lineage);
+    k
+}
+
+fn lineage_key(rec: &CertRecord) -> Vec<u8> {
+    let mut k = lineage_prefix(&rec.lineage);
+    k.extend_from_slice(&rec.generation.to_be_bytes());
+    k.extend_from_slice(&rec.serial);
     k
 }
 
@@ -132,6 +157,9 @@ impl SledStore {
             audit: tree("audit")?,
             meta: tree("meta")?,
             ocsp: tree("ocsp")?,
+            by_lineage: tree("by_lineage")?,
+            lineage_locks: tree("lineage_locks")?,
+            lineage_guard: Mutex::new(()),
             db,
             audit_head: Mutex::new(None),
             commit: Mutex::new(CommitState::default()),
@@ -249,6 +277,12 @@ impl Store for SledStore {
             .insert(ek.as_slice(), &[])
             .map_err(err)?
             .is_none();
+        let lk = lineage_key(rec);
+        let new_lk = self
+            .by_lineage
+            .insert(lk.as_slice(), &[])
+            .map_err(err)?
+            .is_none();
         let swapped = self
             .certs
             .compare_and_swap(rec.serial.as_slice(), None as Option<&[u8]>, Some(value))
@@ -262,23 +296,103 @@ impl Store for SledStore {
                 // The serial belongs to another record: withdraw the entries this call added,
                 // unless that record has the very same ones.
                 let other = taken.current.map(|v| self.decode_cert(&v)).transpose()?;
-                let (other_ik, other_ek) = other
-                    .map(|o| {
-                        (
-                            identity_key(&o.identity, &o.serial),
-                            expiry_key(o.not_after, &o.serial),
-                        )
-                    })
-                    .unzip();
+                let (other_ik, other_ek, other_lk) = match other {
+                    Some(o) => (
+                        Some(identity_key(&o.identity, &o.serial)),
+                        Some(expiry_key(o.not_after, &o.serial)),
+                        Some(lineage_key(&o)),
+                    ),
+                    None => (None, None, None),
+                };
                 if new_ik && other_ik.as_ref() != Some(&ik) {
                     self.by_identity.remove(ik.as_slice()).map_err(err)?;
                 }
                 if new_ek && other_ek.as_ref() != Some(&ek) {
                     self.by_expiry.remove(ek.as_slice()).map_err(err)?;
                 }
+                if new_lk && other_lk.as_ref() != Some(&lk) {
+                    self.by_lineage.remove(lk.as_slice()).map_err(err)?;
+                }
                 Ok(false)
             }
         }
+    }
+
+    fn insert_renewal(&self, rec: &CertRecord, previous: &CertRecord) -> Result<bool> {
+        let _guard = self.lineage_guard.lock().unwrap_or_else(|p| p.into_inner());
+        let lineage = hex::encode(&rec.lineage);
+        if let Some(lock) = self.lineage_lock(&rec.lineage)? {
+            return Err(Error::LineageLocked {
+                lineage,
+                reason: lock.reason,
+            });
+        }
+        // The newest stored generation; none for a lineage whose only certificate predates
+        // lineages (it then renews as generation 1).
+        let newest = self
+            .lineage_certs(&rec.lineage)?
+            .pop()
+            .map(|c| (c.serial, c.generation));
+        let newest_is_previous = match &newest {
+            Some((serial, _)) => *serial == previous.serial,
+            None => previous.generation == 1,
+        };
+        if !newest_is_previous || rec.generation != previous.generation.saturating_add(1) {
+            return Err(Error::GenerationSuperseded {
+                serial: previous.serial_hex(),
+                lineage,
+                generation: previous.generation,
+                newest: newest.map_or(previous.generation, |(_, g)| g),
+            });
+        }
+        self.insert_cert(rec)
+    }
+
+    fn lineage_certs(&self, lineage: &[u8]) -> Result<Vec<CertRecord>> {
+        let prefix = lineage_prefix(lineage);
+        let mut out = Vec::new();
+        for kv in self.by_lineage.scan_prefix(&prefix) {
+            let (k, _) = kv.map_err(|e| Error::store("scan lineage index", e))?;
+            let Some(serial) = k.get(prefix.len() + 4..) else {
+                continue;
+            };
+            // An index entry without its record (a crash, or a lost race on the serial) is
+            // skipped, as for the other indexes.
+            if let Some(rec) = self.get_cert(serial)? {
+                if rec.lineage == lineage {
+                    out.push(rec);
+                }
+            }
+        }
+        if out.is_empty() {
+            // A certificate stored before lineages existed is its own lineage, unindexed.
+            if let Some(rec) = self.get_cert(lineage)? {
+                if rec.lineage == lineage {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn lock_lineage(&self, lineage: &[u8], lock: &LineageLock) -> Result<LineageLock> {
+        let _guard = self.lineage_guard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = self.lineage_lock(lineage)? {
+            return Ok(existing);
+        }
+        self.lineage_locks
+            .insert(lineage, enc(lock)?)
+            .map_err(|e| Error::store("lock lineage", e))?;
+        self.durable()?;
+        Ok(lock.clone())
+    }
+
+    fn lineage_lock(&self, lineage: &[u8]) -> Result<Option<LineageLock>> {
+        self.lineage_locks
+            .get(lineage)
+            .map_err(|e| Error::store("get lineage lock", e))?
+            .map(|v| dec("lineage lock", &v))
+            .transpose()
     }
 
     fn serial_exists(&self, serial: &[u8]) -> Result<bool> {
@@ -303,6 +417,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         let mut consider = |rec: CertRecord| {
             let keep = filter.identity.as_ref().is_none_or(|i| &rec.identity == i)
+                && filter.lineage.as_ref().is_none_or(|l| &rec.lineage == l)
                 && filter.revoked.is_none_or(|r| rec.is_revoked() == r)
                 && filter.expiring_before.is_none_or(|t| rec.not_after < t)
                 && filter.valid_at.is_none_or(|t| rec.not_after > t);
@@ -311,7 +426,13 @@ impl Store for SledStore {
             }
             out.len() >= limit
         };
-        if let Some(identity) = &filter.identity {
+        if let Some(lineage) = &filter.lineage {
+            for rec in self.lineage_certs(lineage)? {
+                if consider(rec) {
+                    break;
+                }
+            }
+        } else if let Some(identity) = &filter.identity {
             let mut prefix = identity.as_bytes().to_vec();
             prefix.push(0);
             for kv in self.by_identity.scan_prefix(&prefix) {

@@ -175,7 +175,7 @@ impl TestCa {
         params.not_after = to_offset(not_after);
         let der = self.sign(&params, &key);
         let record = CertRecord {
-            serial,
+            serial: serial.clone(),
             subject: format!("CN={cn}"),
             sans: vec![format!("dns:{cn}.test")],
             identity: cn.to_string(),
@@ -189,6 +189,8 @@ impl TestCa {
             ),
             der: der.clone(),
             status: RecordStatus::Valid,
+            lineage: serial.clone(),
+            generation: 1,
         };
         assert!(self.store.insert_cert(&record).unwrap());
         let cert_pem = self.dir.path().join(format!("{cn}.pem"));

@@ -247,9 +247,9 @@ pub async fn revoke(
                 .map_err(ApiError::bad_request)?,
             None => RevocationReason::Unspecified,
         };
-        Ok((serial, reason))
+        Ok((serial, reason, req.lineage))
     });
-    let (serial, reason) = match parsed {
+    let (serial, reason, whole_lineage) = match parsed {
         Ok(v) => v,
         Err(e) => {
             state
@@ -262,18 +262,28 @@ pub async fn revoke(
         }
     };
     let serial_hex = hex::encode(&serial);
-    // The revocation hook records, publishes (OCSP) and audits the revocation.
-    let rec = state.revoke(serial, reason, admin.actor()).await?;
+    // The revocation hook records, publishes (OCSP) and audits each revocation; keyCompromise
+    // and `lineage` also lock the lineage and revoke its other generations.
+    let done = state
+        .revoke(serial, reason, admin.actor(), whole_lineage)
+        .await?;
+    let rec = &done.record;
     let (at, reason) = match &rec.status {
         RecordStatus::Revoked { at, reason } => (*at, *reason),
         RecordStatus::Valid => (state.clock.now(), reason),
     };
-    state.metrics.revoked(reason.name());
-    tracing::info!(serial = %serial_hex, reason = %reason, "revoked");
+    if !whole_lineage {
+        // The named certificate; a lineage's certificates are counted as they are revoked.
+        state.metrics.revoked(reason.name());
+    }
+    tracing::info!(serial = %serial_hex, reason = %reason, also = done.also_revoked.len(), "revoked");
     Ok(Json(RevokeResponse {
         serial: serial_hex,
         revoked_at: at.to_rfc3339(),
         reason: reason.name().to_string(),
+        lineage: rec.lineage_hex(),
+        also_revoked: done.also_revoked,
+        lineage_locked: done.lineage_locked,
     }))
 }
 
@@ -287,6 +297,8 @@ pub struct CertsQuery {
     pub status: Option<String>,
     /// Unexpired certificates whose notAfter is within this span (`24h`).
     pub expiring_within: Option<String>,
+    /// Only this lineage: the serial (hex) of any of its certificates.
+    pub lineage: Option<String>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<usize>,
 }
@@ -319,6 +331,8 @@ pub fn summary(rec: &CertRecord, now: chrono::DateTime<chrono::Utc>) -> CertSumm
             Requester::Renewal(s) => format!("renewal:{s}"),
             Requester::Admin(a) => format!("admin:{a}"),
         },
+        lineage: rec.lineage_hex(),
+        generation: rec.generation,
     }
 }
 
@@ -368,10 +382,23 @@ pub async fn list_certs(
         filter.expiring_before = Some(now + span.0);
     }
     filter.limit = Some(limit);
+    let lineage_of = match q.lineage.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(parse_serial(s)?),
+        None => None,
+    };
     let store = state.store.clone();
-    let recs = tokio::task::spawn_blocking(move || store.list_certs(&filter))
-        .await
-        .map_err(ApiError::internal)??;
+    let recs = tokio::task::spawn_blocking(move || {
+        // `--lineage` takes the serial of any generation: its lineage is looked up.
+        if let Some(serial) = lineage_of {
+            let rec = store
+                .get_cert(&serial)?
+                .ok_or_else(|| ca_core::Error::CertNotFound(hex::encode(&serial)))?;
+            filter.lineage = Some(rec.lineage);
+        }
+        store.list_certs(&filter)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     Ok(Json(CertsResponse {
         certs: recs.iter().map(|r| summary(r, now)).collect(),
     }))

@@ -50,6 +50,8 @@ pub(crate) async fn enroll_with_token(
                         "sans": rec.sans,
                         "profile": rec.profile,
                         "token_id": token_id,
+                        "lineage": rec.lineage_hex(),
+                        "generation": rec.generation,
                         "peer": peer_ip,
                     }))
             };
@@ -100,6 +102,8 @@ pub(crate) async fn renew_with_cert(
                     "previous": previous_hex,
                     "identity": rec.identity,
                     "profile": rec.profile,
+                    "lineage": rec.lineage_hex(),
+                    "generation": rec.generation,
                     "peer": peer_ip,
                 }))
             };
@@ -133,14 +137,17 @@ pub(crate) async fn renewing_cert(
     peer: &Peer,
     route: &str,
 ) -> ApiResult<CertRecord> {
-    let key = match peer.cert.as_ref().and_then(|c| auth::cert_serial(c)) {
-        Some(s) => format!("cert:{}", hex::encode(s)),
-        None => peer.ip_key(),
-    };
-    state.limits.check(Class::Renew, &key)?;
     match auth::check_client_cert(state, peer) {
-        Ok(r) => Ok(r),
+        Ok(r) => {
+            // Keyed by lineage (the identity), not by serial: each renewal would otherwise
+            // start a fresh bucket.
+            state
+                .limits
+                .check(Class::Renew, &format!("lineage:{}", r.lineage_hex()))?;
+            Ok(r)
+        }
         Err(e) => {
+            state.limits.check(Class::Renew, &peer.ip_key())?;
             auth::audit_auth_failure(state, peer, peer.ip_key(), route, &e).await;
             Err(e)
         }

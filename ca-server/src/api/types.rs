@@ -82,6 +82,9 @@ pub struct RevokeRequest {
     /// RFC 5280 reason name (default `unspecified`).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Revoke every certificate of the serial's lineage and lock the lineage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage: bool,
 }
 
 /// Answer to `POST /v1/admin/revoke`.
@@ -93,6 +96,16 @@ pub struct RevokeResponse {
     pub revoked_at: String,
     /// RFC 5280 reason name.
     pub reason: String,
+    /// The certificate's lineage (serial of its generation 1, hex).
+    #[serde(default)]
+    pub lineage: String,
+    /// Other certificates of the lineage revoked with it (keyCompromise revokes the later
+    /// generations; `lineage` revokes all).
+    #[serde(default)]
+    pub also_revoked: Vec<String>,
+    /// Whether the lineage is now locked: none of its generations can renew or re-enroll.
+    #[serde(default)]
+    pub lineage_locked: bool,
 }
 
 /// One certificate in `GET /v1/admin/certs`.
@@ -124,6 +137,12 @@ pub struct CertSummary {
     pub revocation_reason: Option<String>,
     /// `token:<id>`, `renewal:<serial>` or `admin:<actor>`.
     pub requester: String,
+    /// Lineage: the serial (hex) of the first certificate of the enrollment it descends from.
+    #[serde(default)]
+    pub lineage: String,
+    /// Generation within the lineage (1 = the enrollment's certificate).
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// Answer to `GET /v1/admin/certs`.

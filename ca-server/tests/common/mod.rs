@@ -44,6 +44,7 @@ pub struct Options {
     pub limits: Limits,
     pub profiles: Profiles,
     pub clock: Arc<dyn Clock>,
+    pub renewal: ca_server::config::RenewalSection,
 }
 
 impl Default for Options {
@@ -65,6 +66,7 @@ impl Default for Options {
             limits,
             profiles,
             clock: Arc::new(SystemClock),
+            renewal: Default::default(),
         }
     }
 }
@@ -100,6 +102,7 @@ impl TestServer {
             admin_validity: Span(chrono::Duration::days(30)),
             limits: opts.limits,
             tokens: TokenSection::default(),
+            renewal: opts.renewal,
             metrics: Arc::new(Metrics::new()),
         };
         let (hooks, status_router, maintenance) = if opts.status {
