@@ -30,6 +30,25 @@ impl Identity {
     pub fn is_empty(&self) -> bool {
         self.common_name.is_none() && self.sans.is_empty()
     }
+
+    /// Whether a certificate for `self` answers a request for `requested`: the same names, or
+    /// the same names plus the requested commonName as a SAN (the CA adds a commonName that is
+    /// a DNS name or IP address to the SANs when it is not among them, CA/B Forum BR 7.1.4.3).
+    pub fn answers(&self, requested: &Identity) -> bool {
+        if self == requested {
+            return true;
+        }
+        let Some(cn) = &requested.common_name else {
+            return false;
+        };
+        let as_san = match cn.parse::<std::net::IpAddr>() {
+            Ok(ip) => San::Ip(ip),
+            Err(_) => San::Dns(cn.to_ascii_lowercase()),
+        };
+        let mut sans = requested.sans.clone();
+        sans.push(as_san);
+        *self == Identity::new(requested.common_name.clone(), sans)
+    }
 }
 
 impl std::fmt::Display for Identity {
@@ -271,7 +290,7 @@ pub fn verify_issued(
         )));
     }
     if let Some(want) = expected {
-        if &leaf.identity != want {
+        if !leaf.identity.answers(want) {
             return Err(Error::Verify(format!(
                 "certificate {} is for [{}], expected [{}]",
                 leaf.serial, leaf.identity, want

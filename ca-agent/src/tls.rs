@@ -1,9 +1,12 @@
 //! TLS client configuration: the CA server is trusted only through the pinned root.
 //!
 //! [`PinnedRootVerifier`] accepts a server whose presented chain contains a certificate with the
-//! pinned SHA-256 fingerprint, and whose leaf then verifies (webpki, name check included) with that
-//! certificate as the only trust anchor. Nothing is sent to the server (no token, no CSR) before
-//! the handshake, and so this check, has passed.
+//! pinned SHA-256 fingerprint, whose leaf then verifies (webpki, name check included) with that
+//! certificate as the only trust anchor, and whose leaf carries the extended key usage
+//! id-kp-caServerIdentity that only the CA server's own certificate has
+//! ([`ca_core::ca_identity`]): a subscriber's certificate for the CA's host name is refused.
+//! Nothing is sent to the server (no token, no CSR) before the handshake, and so this check,
+//! has passed.
 
 use crate::error::{Error, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -87,13 +90,24 @@ impl ServerCertVerifier for PinnedRootVerifier {
             .filter(|c| c.as_ref() != root.as_ref())
             .cloned()
             .collect();
-        inner
+        let verified = inner
             .verify_server_cert(end_entity, &rest, server_name, ocsp_response, now)
             .map_err(|e| {
                 self.fail(format!(
                     "server certificate does not verify under the pinned root: {e}"
                 ))
-            })
+            })?;
+        // Every certificate of this CA chains to the pinned root; only the CA server's own
+        // carries id-kp-caServerIdentity (ca_core::ca_identity).
+        if !ca_core::ca_identity::has_ca_server_identity(end_entity.as_ref()) {
+            return Err(self.fail(format!(
+                "the server's certificate chains to the pinned root but is not the CA server's \
+                 own (it lacks the extended key usage id-kp-caServerIdentity {}): another \
+                 certificate holder is answering for the CA; nothing was sent",
+                ca_core::ca_identity::ID_KP_CA_SERVER_IDENTITY
+            )));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

@@ -37,9 +37,62 @@ pub struct CsrRequest {
     pub extended_key_usage_other: Vec<String>,
     /// Whether the CSR asked for CA:TRUE.
     pub requests_ca: bool,
-    /// OIDs of requested extensions other than SAN, KU, EKU and basicConstraints.
+    /// OIDs of requested extensions other than SAN, KU, EKU, basicConstraints and those in
+    /// [`IGNORED_EXTENSIONS`].
     pub other_extensions: Vec<String>,
+    /// OIDs of requested extensions that were ignored ([`IGNORED_EXTENSIONS`]).
+    pub ignored_extensions: Vec<String>,
 }
+
+/// Extensions a CSR may ask for that the CA ignores, as Boulder and step-ca do: values the CA
+/// computes itself (key identifiers, its own URLs) and descriptions that change nothing about
+/// what the certificate allows. JDK keytool, Go, Bouncy Castle, Windows certreq and OpenSSL
+/// put some of these in CSRs by default. Nothing from a CSR is ever copied into a certificate
+/// but its names; everything else comes from the profile.
+pub const IGNORED_EXTENSIONS: &[(&str, &str)] = &[
+    (
+        "2.5.29.14",
+        "subjectKeyIdentifier (computed from the key, RFC 5280 4.2.1.2)",
+    ),
+    (
+        "2.5.29.35",
+        "authorityKeyIdentifier (the CA's, RFC 5280 4.2.1.1)",
+    ),
+    ("2.5.29.31", "cRLDistributionPoints (the CA's own)"),
+    ("2.5.29.46", "freshestCRL (the CA's own)"),
+    ("1.3.6.1.5.5.7.1.1", "authorityInfoAccess (the CA's own)"),
+    ("1.3.6.1.5.5.7.1.11", "subjectInfoAccess"),
+    (
+        "1.2.840.113549.1.9.15",
+        "S/MIME capabilities (Windows certreq)",
+    ),
+    (
+        "1.3.6.1.4.1.311.20.2",
+        "Microsoft certificate template name (certreq)",
+    ),
+    (
+        "1.3.6.1.4.1.311.21.7",
+        "Microsoft certificate template (certreq)",
+    ),
+    ("2.16.840.1.113730.1.13", "Netscape comment"),
+];
+
+/// Extensions that would change what a certificate means if they were honoured; a CSR that
+/// asks for one is refused (and no profile may tolerate them). basicConstraints cA=TRUE,
+/// keyUsage and extendedKeyUsage beyond the profile are refused by their own checks.
+pub const MEANINGFUL_EXTENSIONS: &[(&str, &str)] = &[
+    ("2.5.29.30", "nameConstraints"),
+    ("2.5.29.32", "certificatePolicies"),
+    ("2.5.29.33", "policyMappings"),
+    ("2.5.29.36", "policyConstraints"),
+    ("2.5.29.54", "inhibitAnyPolicy"),
+    ("2.5.29.9", "subjectDirectoryAttributes"),
+    ("1.3.6.1.5.5.7.1.24", "TLS feature (must-staple)"),
+    ("1.3.6.1.5.5.7.48.1.5", "OCSP no-check"),
+    ("1.3.6.1.4.1.11129.2.4.3", "certificate transparency poison"),
+    ("1.3.6.1.4.1.311.21.10", "Microsoft application policies"),
+    ("2.16.840.1.113730.1.1", "Netscape certificate type"),
+];
 
 /// Parse a PEM (`-----BEGIN CERTIFICATE REQUEST-----`) or DER CSR.
 pub fn parse_pem_or_der(input: &[u8]) -> Result<CsrRequest> {
@@ -116,11 +169,20 @@ pub fn parse_der(der: &[u8]) -> Result<CsrRequest> {
         extended_key_usage_other: Vec::new(),
         requests_ca: false,
         other_extensions: Vec::new(),
+        ignored_extensions: Vec::new(),
     };
+    let mut seen = std::collections::BTreeSet::new();
     for attr in info.iter_attributes() {
         match attr.parsed_attribute() {
             ParsedCriAttribute::ExtensionRequest(ext_req) => {
                 for ext in &ext_req.extensions {
+                    // RFC 5280 4.2: an extension appears at most once.
+                    if !seen.insert(ext.oid.as_bytes().to_vec()) {
+                        return Err(Error::MalformedCsr(format!(
+                            "extension {} requested twice",
+                            ext.oid.to_id_string()
+                        )));
+                    }
                     classify_extension(&mut req, ext)?;
                 }
             }
@@ -221,7 +283,14 @@ fn classify_extension(
                 ext.oid.to_id_string()
             )));
         }
-        _ => req.other_extensions.push(ext.oid.to_id_string()),
+        _ => {
+            let oid = ext.oid.to_id_string();
+            if IGNORED_EXTENSIONS.iter().any(|(o, _)| *o == oid) {
+                req.ignored_extensions.push(oid);
+            } else {
+                req.other_extensions.push(oid);
+            }
+        }
     }
     Ok(())
 }

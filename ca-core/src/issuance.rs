@@ -6,6 +6,7 @@
 //! signature with the issuer's public key, and stores the record durably before returning it
 //! (DESIGN invariants 2 and 3).
 
+use crate::ca_identity::ReservedNames;
 use crate::clock::{to_offset, Clock};
 use crate::csr::CsrRequest;
 use crate::error::{Error, Result};
@@ -69,6 +70,8 @@ pub struct Ca {
     not_after: DateTime<Utc>,
     profiles: Profiles,
     urls: IssuerUrls,
+    /// Names of the CA's own endpoints, never issued to a subscriber.
+    reserved: ReservedNames,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
 }
@@ -148,9 +151,59 @@ impl Ca {
             not_after,
             profiles,
             urls,
+            reserved: ReservedNames::none(),
             store,
             clock,
         })
+    }
+
+    /// Reserve the names of the CA's own endpoints: no profile but the CA server's own
+    /// ([`Profile::ca_server_tls`]) issues them, at issuance and in [`Ca::check_identity`].
+    pub fn with_reserved_names(mut self, reserved: ReservedNames) -> Self {
+        self.reserved = reserved;
+        self
+    }
+
+    /// The reserved names.
+    pub fn reserved_names(&self) -> &ReservedNames {
+        &self.reserved
+    }
+
+    /// Check an identity (commonName and SANs) against a profile as issuance will: syntax,
+    /// name policy (the commonName included), reserved names. For enrollment tokens, so that
+    /// a token that could never be redeemed is refused when it is created.
+    pub fn check_identity(
+        &self,
+        profile_name: &str,
+        common_name: Option<&str>,
+        sans: &[San],
+    ) -> Result<()> {
+        let profile = self.profiles.get(profile_name)?;
+        self.vet_names(profile, common_name.map(str::to_string), sans.to_vec())
+            .map(|_| ())
+    }
+
+    /// The names a certificate under `profile` will carry, or why it cannot: the commonName
+    /// settled ([`settle_common_name`]), reserved names refused, the name policy applied.
+    fn vet_names(
+        &self,
+        profile: &Profile,
+        common_name: Option<String>,
+        mut sans: Vec<San>,
+    ) -> Result<(Option<String>, Vec<San>)> {
+        if let Some(cn) = &common_name {
+            settle_common_name(cn, &mut sans, profile)?;
+        }
+        if !profile.is_ca_server_identity() {
+            if let Some(cn) = &common_name {
+                self.reserved.check_common_name(cn)?;
+            }
+            for san in &sans {
+                self.reserved.check(san)?;
+            }
+        }
+        check_names(&common_name, &sans, profile)?;
+        Ok((common_name, sans))
     }
 
     /// The issuing certificate (DER).
@@ -250,7 +303,7 @@ impl Ca {
                 names_for_renewal(csr, previous)?
             }
         };
-        check_names(&common_name, &sans, profile)?;
+        let (common_name, sans) = self.vet_names(profile, common_name, sans)?;
 
         let now = self.clock.now();
         if now >= self.not_after {
@@ -277,11 +330,21 @@ impl Ca {
             .into_iter()
             .map(KeyUsage::rcgen)
             .collect();
-        params.extended_key_usages = profile
-            .extended_key_usage
-            .iter()
-            .map(|k| k.rcgen())
-            .collect();
+        if profile.is_ca_server_identity() {
+            // The mark of the CA server's own certificate (crate::ca_identity); no other
+            // profile can write it.
+            params
+                .custom_extensions
+                .push(crate::ca_identity::server_tls_eku_extension(
+                    &profile.extended_key_usage,
+                ));
+        } else {
+            params.extended_key_usages = profile
+                .extended_key_usage
+                .iter()
+                .map(|k| k.rcgen())
+                .collect();
+        }
         // RFC 5280 4.2.1.1: AKI in every certificate issued by a CA; SKI per 4.2.1.2, derived
         // from the public key as RFC 7093 2 method 1 describes.
         params.use_authority_key_identifier_extension = true;
@@ -406,6 +469,12 @@ fn check_key_and_extensions(csr: &CsrRequest, profile: &Profile, profile_name: &
         }
     }
     for oid in &csr.other_extensions {
+        if let Some((_, name)) = crate::csr::MEANINGFUL_EXTENSIONS
+            .iter()
+            .find(|(o, _)| o == oid)
+        {
+            return Err(not_allowed(&format!("{oid} ({name})")));
+        }
         if !profile.tolerated_csr_extensions.contains(oid) {
             return Err(not_allowed(oid));
         }
@@ -495,6 +564,50 @@ fn names_for_renewal(
         }
     }
     Ok((prev_cn, prev_sans))
+}
+
+/// The commonName is a name like the others (CA/B Forum BR 7.1.4.3 for server certificates):
+/// it must be one of the certificate's DNS names or IP addresses. A commonName that is a DNS
+/// name or an IP address but not yet among the SANs is added as one (so a CN-only request
+/// gets its CN as a SAN, which the name policy then allows or refuses). In profiles without
+/// serverAuth, a commonName matching `names.common_name_patterns` may stand alone (a user or
+/// service label). Anything else is refused.
+fn settle_common_name(cn: &str, sans: &mut Vec<San>, profile: &Profile) -> Result<()> {
+    let refuse = |reason: String| Error::NameNotAllowed {
+        name: format!("CN={cn}"),
+        reason,
+    };
+    if !profile.names.common_name {
+        return Err(refuse("profile forbids a commonName".into()));
+    }
+    let as_san = match cn.parse::<std::net::IpAddr>() {
+        Ok(ip) => Some(San::Ip(ip)),
+        Err(_) => {
+            let d = San::Dns(cn.to_ascii_lowercase());
+            d.check_syntax().is_ok().then_some(d)
+        }
+    };
+    if as_san.as_ref().is_some_and(|s| sans.contains(s)) {
+        return Ok(());
+    }
+    if !profile.server_auth() && profile.names.allows_common_name_label(cn) {
+        return Ok(());
+    }
+    match as_san {
+        Some(san) => {
+            sans.push(san);
+            Ok(())
+        }
+        None => Err(refuse(if profile.server_auth() {
+            "the commonName of a server certificate must be one of its DNS names or IP \
+             addresses (CA/B Forum BR 7.1.4.3)"
+                .into()
+        } else {
+            "the commonName must be a DNS name or IP address the profile allows, or match \
+             names.common_name_patterns"
+                .into()
+        })),
+    }
 }
 
 fn check_names(cn: &Option<String>, sans: &[San], profile: &Profile) -> Result<()> {

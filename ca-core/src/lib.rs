@@ -4,6 +4,8 @@
 //!
 //! - [`signer`]: the [`signer::Signer`] abstraction and its PKCS#11 implementation (keys stay in
 //!   the HSM), plus software signature verification.
+//! - [`ca_identity`]: the CA's own identity: reserved endpoint names, and the extended key
+//!   usage that marks the CA server's TLS certificate.
 //! - [`profile`]: certificate profiles (validity, key usage, names) as configuration data.
 //! - [`csr`]: parsing and vetting PKCS#10 requests (proof of possession, weak keys, extensions).
 //! - [`issuance`]: the issuing CA; `prepare()` checks a request, `issue()` signs, verifies and
@@ -22,6 +24,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
+pub mod ca_identity;
 pub mod clock;
 pub mod crl;
 pub mod csr;

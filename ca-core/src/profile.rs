@@ -113,11 +113,19 @@ impl ExtKeyUsage {
 
 /// Which names certificates under a profile may carry. Each list holds patterns:
 /// - `dns`: `"*"` any; `".example.com"` any name below example.com; `"host.example.com"` exactly.
-/// - `uri`: `"*"` any; otherwise a prefix such as `"spiffe://example.com/"`.
+/// - `uri`: `"*"` any; otherwise a URI such as `"spiffe://example.com/ns"`, matched on the parsed
+///   URI: the scheme and the authority exactly, the path as a prefix on segment boundaries
+///   (`/ns` allows `/ns` and `/ns/...`, not `/nsevil`; an empty path allows every path). Without
+///   an authority (`urn:ca:role:`) the rest is a prefix on `:` or `/` boundaries.
 /// - `email`: `"*"` any; `"@example.com"` any address at that domain; or an exact address.
 /// - `ip`: CIDR networks such as `"10.0.0.0/8"`, `"::/0"`.
 ///
 /// An empty list forbids that name type.
+///
+/// The subject commonName is a name like the others: it must be one of the certificate's DNS
+/// names or IP addresses (a CN-only request gets its CN added as a dNSName or iPAddress SAN,
+/// which the patterns above then allow or refuse), or, in profiles without `server_auth`, match
+/// `common_name_patterns` (CA/B Forum BR 7.1.4.3 for server certificates).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamePolicy {
@@ -139,6 +147,12 @@ pub struct NamePolicy {
     /// Maximum number of SANs (default 10).
     #[serde(default = "ten")]
     pub max_sans: usize,
+    /// commonName values allowed that are not one of the certificate's DNS names or IP
+    /// addresses (a user or service label in a client certificate): `"*"` any, `".suffix"`,
+    /// or an exact value (case-insensitive). Profiles with `server_auth` cannot have any.
+    /// Default: none.
+    #[serde(default)]
+    pub common_name_patterns: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -196,6 +210,10 @@ pub struct Profile {
     /// (administrators, its own TLS certificate) set it false. Not configurable.
     #[serde(skip, default = "renewable_default")]
     pub renewable: bool,
+    /// Whether certificates under this profile carry id-kp-caServerIdentity and may name the
+    /// CA's reserved endpoints: only [`Profile::ca_server_tls`] sets it; configuration cannot.
+    #[serde(skip)]
+    ca_server_identity: bool,
 }
 
 fn renewable_default() -> bool {
@@ -215,7 +233,29 @@ impl Profile {
             allow_key_reuse: false,
             tolerated_csr_extensions: Vec::new(),
             renewable: true,
+            ca_server_identity: false,
         }
+    }
+
+    /// The profile of the CA server's own TLS certificate (the server's internal
+    /// `_server-tls`): serverAuth plus id-kp-caServerIdentity
+    /// ([`crate::ca_identity::ID_KP_CA_SERVER_IDENTITY`]), and the only profile that may name
+    /// the CA's reserved endpoints. Never used for a subscriber.
+    pub fn ca_server_tls(names: NamePolicy) -> Self {
+        let mut p = Profile::client(names);
+        p.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
+        p.ca_server_identity = true;
+        p
+    }
+
+    /// Whether this is the CA server's own TLS profile ([`Profile::ca_server_tls`]).
+    pub fn is_ca_server_identity(&self) -> bool {
+        self.ca_server_identity
+    }
+
+    /// Whether certificates under this profile are TLS server certificates.
+    pub fn server_auth(&self) -> bool {
+        self.extended_key_usage.contains(&ExtKeyUsage::ServerAuth)
     }
 
     /// Check the profile; errors name the field under `path`.
@@ -256,6 +296,25 @@ impl Profile {
                 ));
             }
         }
+        for (i, p) in self.names.uri.iter().enumerate() {
+            check_uri_pattern(p).map_err(|r| err(&format!("names.uri[{i}]"), r))?;
+        }
+        if !self.names.common_name_patterns.is_empty() && self.server_auth() {
+            return Err(err(
+                "names.common_name_patterns",
+                "a server_auth profile's commonName must be one of its DNS names or IP \
+                 addresses (CA/B Forum BR 7.1.4.3); remove the patterns"
+                    .into(),
+            ));
+        }
+        for (i, p) in self.names.common_name_patterns.iter().enumerate() {
+            if p.is_empty() || p.chars().any(char::is_control) {
+                return Err(err(
+                    &format!("names.common_name_patterns[{i}]"),
+                    format!("{p:?} is not a pattern"),
+                ));
+            }
+        }
         for (i, oid) in self.tolerated_csr_extensions.iter().enumerate() {
             oid.parse::<const_oid::ObjectIdentifier>().map_err(|e| {
                 err(
@@ -263,6 +322,15 @@ impl Profile {
                     format!("{oid:?}: {e}"),
                 )
             })?;
+            if let Some((_, name)) = crate::csr::MEANINGFUL_EXTENSIONS
+                .iter()
+                .find(|(o, _)| o == oid)
+            {
+                return Err(err(
+                    &format!("tolerated_csr_extensions[{i}]"),
+                    format!("{oid} ({name}) would change what the certificate means; it cannot be tolerated"),
+                ));
+            }
         }
         if self.names.max_sans == 0
             && self.names.dns.len()
@@ -405,20 +473,13 @@ impl San {
                 if d.is_empty() || d.len() > 253 {
                     return bad("DNS name empty or longer than 253 characters");
                 }
-                for (i, label) in d.split('.').enumerate() {
-                    let wildcard = i == 0 && label == "*";
-                    if !wildcard
-                        && (label.is_empty()
-                            || label.len() > 63
-                            || label.starts_with('-')
-                            || label.ends_with('-')
-                            || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-                    {
-                        return bad("not a valid DNS name");
-                    }
-                }
-                if d.starts_with("*.") {
+                // `*`, `*.example.com`, `a*.example.com`: no wildcard form is issued, whatever
+                // the policy says (a `*` pattern in a profile means "any name", not "a `*`").
+                if d.contains('*') {
                     return bad("wildcard names are not issued");
+                }
+                if !dns_name_ok(d) {
+                    return bad("not a valid DNS name");
                 }
                 Ok(())
             }
@@ -444,16 +505,49 @@ impl San {
                         "URI contains characters RFC 3986 does not allow (percent-encode them)",
                     );
                 }
-                if let Some(after) = rest.strip_prefix("//") {
-                    let authority = after.split(['/', '?', '#']).next().unwrap_or_default();
-                    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-                    let host_ok = match host_port.strip_prefix('[') {
-                        Some(v6) => v6
-                            .split_once(']')
-                            .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok()),
+                if u.contains('*') {
+                    return bad("`*` is not issued in a URI (it reads as a wildcard)");
+                }
+                let lower = u.to_ascii_lowercase();
+                // Encoded separators and dots, and encoded `%` (double encoding): a relying
+                // party that decodes before matching would see another path (RFC 3986 2.4).
+                if ["%2f", "%5c", "%2e", "%25", "%00"]
+                    .iter()
+                    .any(|e| lower.contains(e))
+                {
+                    return bad("URI contains a percent-encoded separator, dot or percent sign");
+                }
+                let Some(parts) = UriParts::split(u) else {
+                    return bad("malformed URI");
+                };
+                // RFC 3986 5.2.4: `.` and `..` segments are resolved away by relying parties.
+                if parts.path.split('/').any(|seg| seg == "." || seg == "..") {
+                    return bad("URI path contains a dot segment (`.` or `..`)");
+                }
+                if let Some(authority) = parts.authority {
+                    // RFC 3986 3.2.1: userinfo is deprecated, and `host@evil` reads as `evil`.
+                    if authority.contains('@') {
+                        return bad("URI with userinfo (`user@host`) is not issued");
+                    }
+                    // RFC 3986 3.2.3: port = *DIGIT.
+                    let port_ok = |p: Option<&str>| {
+                        p.is_none_or(|p| {
+                            p.strip_prefix(':')
+                                .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                        })
+                    };
+                    let host_ok = match authority.strip_prefix('[') {
+                        Some(v6) => v6.split_once(']').is_some_and(|(a, rest)| {
+                            a.parse::<std::net::Ipv6Addr>().is_ok()
+                                && port_ok((!rest.is_empty()).then_some(rest))
+                        }),
                         None => {
-                            let host = host_port.split(':').next().unwrap_or_default();
-                            host.parse::<std::net::Ipv4Addr>().is_ok() || dns_name_ok(host)
+                            let (host, port) = match authority.find(':') {
+                                Some(i) => (&authority[..i], Some(&authority[i..])),
+                                None => (authority, None),
+                            };
+                            (host.parse::<std::net::Ipv4Addr>().is_ok() || dns_name_ok(host))
+                                && port_ok(port)
                         }
                     };
                     if !host_ok {
@@ -471,6 +565,9 @@ impl San {
                 };
                 let atext =
                     |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+                if e.contains('*') {
+                    return bad("`*` is not issued in an email address (it reads as a wildcard)");
+                }
                 if local.is_empty()
                     || local.len() > 64
                     || local
@@ -542,7 +639,98 @@ fn uri_chars_ok(u: &str) -> bool {
     true
 }
 
+/// A URI split as RFC 3986 3 does: `scheme ":" ["//" authority] path ["?" query] ["#" fragment]`.
+struct UriParts<'a> {
+    scheme: &'a str,
+    authority: Option<&'a str>,
+    path: &'a str,
+    query: Option<&'a str>,
+    fragment: Option<&'a str>,
+}
+
+impl<'a> UriParts<'a> {
+    fn split(u: &'a str) -> Option<UriParts<'a>> {
+        let (scheme, rest) = u.split_once(':')?;
+        if scheme.is_empty() {
+            return None;
+        }
+        let (rest, fragment) = match rest.split_once('#') {
+            Some((r, f)) => (r, Some(f)),
+            None => (rest, None),
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.strip_prefix("//") {
+            Some(after) => match after.find('/') {
+                Some(i) => (Some(&after[..i]), &after[i..]),
+                None => (Some(after), ""),
+            },
+            None => (None, rest),
+        };
+        Some(UriParts {
+            scheme,
+            authority,
+            path,
+            query,
+            fragment,
+        })
+    }
+}
+
+/// Whether the URI policy pattern `pattern` allows `uri` (both already syntax-checked): scheme
+/// and authority equal (case-insensitive), no query or fragment, and the pattern's path a prefix
+/// of the URI's on a segment boundary (`/`; also `:` for URIs without an authority, as URNs).
+fn uri_matches(pattern: &str, uri: &str) -> bool {
+    let (Some(p), Some(u)) = (UriParts::split(pattern), UriParts::split(uri)) else {
+        return false;
+    };
+    if !p.scheme.eq_ignore_ascii_case(u.scheme) || u.query.is_some() || u.fragment.is_some() {
+        return false;
+    }
+    let seps: &[char] = match (p.authority, u.authority) {
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => &['/'],
+        (None, None) => &['/', ':'],
+        _ => return false,
+    };
+    if p.path.is_empty() || u.path == p.path {
+        return true;
+    }
+    match u.path.strip_prefix(p.path) {
+        Some(rest) => p.path.ends_with(seps) || rest.starts_with(seps),
+        None => false,
+    }
+}
+
+/// A `names.uri` pattern: `*`, or a URI (RFC 3986) without userinfo, query or fragment.
+fn check_uri_pattern(p: &str) -> std::result::Result<(), String> {
+    if p == "*" {
+        return Ok(());
+    }
+    San::Uri(p.to_string())
+        .check_syntax()
+        .map_err(|e| format!("{p:?}: {e}"))?;
+    match UriParts::split(p) {
+        Some(parts) if parts.query.is_none() && parts.fragment.is_none() => Ok(()),
+        _ => Err(format!(
+            "{p:?}: a URI pattern is a scheme, an authority and a path prefix (no query or fragment)"
+        )),
+    }
+}
+
 impl NamePolicy {
+    /// Whether `cn` matches `common_name_patterns`.
+    pub fn allows_common_name_label(&self, cn: &str) -> bool {
+        self.common_name_patterns.iter().any(|p| {
+            p == "*"
+                || (p.starts_with('.')
+                    && cn.len() > p.len()
+                    && cn.to_ascii_lowercase().ends_with(&p.to_ascii_lowercase()))
+                || cn.eq_ignore_ascii_case(p)
+        })
+    }
+
     /// Whether the profile allows this name.
     pub fn allows(&self, san: &San) -> bool {
         match san {
@@ -550,10 +738,7 @@ impl NamePolicy {
                 let p = p.to_ascii_lowercase();
                 p == "*" || (p.starts_with('.') && d.ends_with(&p) && d.len() > p.len()) || *d == p
             }),
-            San::Uri(u) => self
-                .uri
-                .iter()
-                .any(|p| p == "*" || u.starts_with(p.as_str())),
+            San::Uri(u) => self.uri.iter().any(|p| p == "*" || uri_matches(p, u)),
             San::Email(e) => self.email.iter().any(|p| {
                 p == "*"
                     || (p.starts_with('@')
@@ -582,7 +767,7 @@ mod tests {
             "uri:spiffe://example.com/ns/prod/sa/web",
             "uri:spiffe://test/urn:ca:role:security-officer",
             "uri:https://[::1]:8443/x?y=%20#z",
-            "uri:https://user@10.0.0.1:8443/",
+            "uri:https://10.0.0.1:8443/",
             "uri:urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66",
             "email:svc1@example.com",
             "email:first.last+tag@mail.example.com",
@@ -610,8 +795,181 @@ mod tests {
             "email:\"quoted\"@example.com",
             "email:svc1@-example.com",
             "email:svc1@[10.0.0.1]",
+            // Wildcards in any form, whatever the policy.
+            "dns:*",
+            "*",
+            "dns:a*.example.com",
+            "dns:*.*.example.com",
+            "uri:spiffe://example.com/*",
+            "email:*@example.com",
+            // URIs a relying party could read differently from the policy check.
+            "uri:spiffe://example.com@evil.test/ns",
+            "uri:https://user:pw@10.0.0.1:8443/",
+            "uri:spiffe://example.com/ns/../admin",
+            "uri:spiffe://example.com/ns/./x",
+            "uri:spiffe://example.com/..",
+            "uri:spiffe://example.com/ns%2fadmin",
+            "uri:spiffe://example.com/ns%2Fadmin",
+            "uri:spiffe://example.com/%2e%2e/admin",
+            "uri:spiffe://example.com/ns%5cadmin",
+            "uri:spiffe://example.com/ns%252fadmin",
+            "uri:spiffe://example.com:evil/ns",
         ] {
             assert!(bad.parse::<San>().is_err(), "{bad} must be refused");
         }
+    }
+
+    /// URI policy patterns match the parsed URI: one row per way a string prefix misleads.
+    #[test]
+    fn uri_policy_matches_parsed_uris() {
+        let policy = |p: &[&str]| super::NamePolicy {
+            uri: p.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let allows = |p: &[&str], u: &str| {
+            let san: San = u.parse().unwrap();
+            policy(p).allows(&san)
+        };
+        let rows: &[(&[&str], &str, bool)] = &[
+            (
+                &["spiffe://example.com"],
+                "uri:spiffe://example.com/ns/prod",
+                true,
+            ),
+            (&["spiffe://example.com"], "uri:spiffe://example.com", true),
+            (
+                &["spiffe://example.com"],
+                "uri:spiffe://example.com.evil/ns",
+                false,
+            ),
+            (
+                &["spiffe://example.com"],
+                "uri:spiffe://example.com:8443/ns",
+                false,
+            ),
+            (
+                &["spiffe://example.com"],
+                "uri:SPIFFE://EXAMPLE.com/ns",
+                true,
+            ),
+            (
+                &["spiffe://example.com"],
+                "uri:https://example.com/ns",
+                false,
+            ),
+            (
+                &["spiffe://example.com"],
+                "uri:spiffe://example.com/ns?x=1",
+                false,
+            ),
+            (
+                &["spiffe://example.com"],
+                "uri:spiffe://example.com/ns#frag",
+                false,
+            ),
+            (
+                &["spiffe://example.com/ns"],
+                "uri:spiffe://example.com/ns",
+                true,
+            ),
+            (
+                &["spiffe://example.com/ns"],
+                "uri:spiffe://example.com/ns/a",
+                true,
+            ),
+            (
+                &["spiffe://example.com/ns"],
+                "uri:spiffe://example.com/nsevil",
+                false,
+            ),
+            (
+                &["spiffe://example.com/ns"],
+                "uri:spiffe://example.com/NS/a",
+                false,
+            ),
+            (
+                &["spiffe://example.com/ns/"],
+                "uri:spiffe://example.com/ns/a",
+                true,
+            ),
+            (
+                &["spiffe://example.com/ns/"],
+                "uri:spiffe://example.com/ns",
+                false,
+            ),
+            (
+                &["spiffe://example.com/"],
+                "uri:spiffe://example.com/a",
+                true,
+            ),
+            (&["urn:ca:role:"], "uri:urn:ca:role:operator", true),
+            (&["urn:example:a"], "uri:urn:example:a:b", true),
+            (&["urn:example:a"], "uri:urn:example:ab", false),
+            (&["urn:example:a"], "uri:spiffe://urn/example:a", false),
+            (&["*"], "uri:https://anything.test/x?y", true),
+            (&[], "uri:spiffe://example.com/ns", false),
+        ];
+        for (patterns, uri, expected) in rows {
+            assert_eq!(allows(patterns, uri), *expected, "{patterns:?} vs {uri}");
+        }
+    }
+
+    /// Bad profile fields, one row per class, each naming the field.
+    #[test]
+    fn profile_validation_table() {
+        use super::{ExtKeyUsage, NamePolicy, Profile};
+        let rows: Vec<(Profile, &str)> = vec![
+            (
+                Profile::client(NamePolicy {
+                    uri: vec!["spiffe://user@example.com/".into()],
+                    ..Default::default()
+                }),
+                "names.uri[0]",
+            ),
+            (
+                Profile::client(NamePolicy {
+                    uri: vec!["spiffe://example.com/ns?x".into()],
+                    ..Default::default()
+                }),
+                "names.uri[0]",
+            ),
+            (
+                {
+                    let mut p = Profile::client(NamePolicy {
+                        common_name_patterns: vec!["*".into()],
+                        ..Default::default()
+                    });
+                    p.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
+                    p
+                },
+                "names.common_name_patterns",
+            ),
+            (
+                {
+                    let mut p = Profile::client(NamePolicy::default());
+                    p.tolerated_csr_extensions = vec!["2.5.29.30".into()];
+                    p
+                },
+                "tolerated_csr_extensions[0]",
+            ),
+        ];
+        for (profile, field) in rows {
+            match profile.validate("profiles.p") {
+                Err(crate::Error::Config { path, .. }) => {
+                    assert_eq!(path, format!("profiles.p.{field}"))
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    /// Configuration cannot make a profile that carries the CA server's mark.
+    #[test]
+    fn configuration_cannot_set_the_ca_server_identity() {
+        let with = r#"{"extended_key_usage": ["server_auth"], "ca_server_identity": true}"#;
+        assert!(serde_json::from_str::<super::Profile>(with).is_err());
+        let p: super::Profile =
+            serde_json::from_str(r#"{"extended_key_usage": ["server_auth"]}"#).unwrap();
+        assert!(!p.is_ca_server_identity());
     }
 }

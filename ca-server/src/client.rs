@@ -1,6 +1,6 @@
 //! A small HTTPS client for the API (admin CLI, tests): rustls with the ring provider, the
-//! server verified against a pinned root, optional client certificate, one HTTP/1.1 request per
-//! connection.
+//! server verified against a pinned root and required to carry the CA server's mark
+//! (id-kp-caServerIdentity), optional client certificate, one HTTP/1.1 request per connection.
 
 use crate::error::ErrorBody;
 use http::{header, Method, StatusCode};
@@ -90,6 +90,62 @@ impl RawResponse {
     }
 }
 
+/// The server is the CA only if its certificate verifies under the root (webpki, host name
+/// included) **and** carries id-kp-caServerIdentity ([`ca_core::ca_identity`]): any holder of
+/// a certificate from this CA could pass the first check. Checked during the handshake, so no
+/// request (and no admin credential beyond the TLS handshake itself) reaches an impostor.
+#[derive(Debug)]
+struct CaServerVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for CaServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if !ca_core::ca_identity::has_ca_server_identity(end_entity.as_ref()) {
+            return Err(rustls::Error::General(format!(
+                "the server's certificate chains to the CA root but is not the CA server's own \
+                 (no extended key usage id-kp-caServerIdentity {}): refusing to talk to it",
+                ca_core::ca_identity::ID_KP_CA_SERVER_IDENTITY
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// A client for one CA.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
@@ -142,10 +198,18 @@ impl ApiClient {
         for a in anchors {
             roots.add(a).map_err(setup)?;
         }
-        let builder = ClientConfig::builder_with_provider(crate::tls::provider())
+        let provider = crate::tls::provider();
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(setup)?;
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(setup)?
-            .with_root_certificates(roots);
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(CaServerVerifier(webpki)));
         let tls = match identity {
             Some((cert_pem, key_pem)) => {
                 let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])

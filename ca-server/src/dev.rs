@@ -80,8 +80,13 @@ pub fn dev_profiles() -> Profiles {
         ip: vec!["0.0.0.0/0".into(), "::/0".into()],
         common_name: true,
         max_sans: 10,
+        common_name_patterns: Vec::new(),
     };
-    let client = Profile::client(names.clone());
+    // A client certificate's commonName may be any label (a user or service name).
+    let client = Profile::client(NamePolicy {
+        common_name_patterns: vec!["*".into()],
+        ..names.clone()
+    });
     let mut server = Profile::client(names.clone());
     server.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
     let mut mtls = Profile::client(names);

@@ -17,6 +17,7 @@ use crate::tls::{self, ClientVerifier, LiveConfig};
 use anyhow::Context;
 use axum::Router;
 use ca_core::audit::NewAuditEvent;
+use ca_core::ca_identity::ReservedNames;
 use ca_core::clock::{Clock, SystemClock};
 use ca_core::issuance::{Ca, IssuerUrls};
 use ca_core::profile::{Profiles, Span};
@@ -103,7 +104,8 @@ pub fn build_state(
         parts.store.clone(),
         parts.clock.clone(),
     )
-    .context("assembling the issuing CA")?;
+    .context("assembling the issuing CA")?
+    .with_reserved_names(reserved_names(parts)?);
     let root_der = parts
         .chain_der
         .last()
@@ -140,6 +142,22 @@ pub fn build_state(
         },
         root_der,
     }))
+}
+
+/// The names of the CA's own endpoints (`[tls] names`, the hosts of `[urls]`): never issued
+/// to a subscriber ([`ca_core::ca_identity`]).
+pub fn reserved_names(parts: &ServerParts) -> anyhow::Result<ReservedNames> {
+    let mut reserved =
+        ReservedNames::from_names(&parts.tls_names).context("reserving the [tls] names")?;
+    for url in [&parts.urls.ocsp, &parts.urls.ca_issuers, &parts.urls.crl]
+        .into_iter()
+        .flatten()
+    {
+        reserved
+            .add_url_host(url)
+            .with_context(|| format!("reserving the host of {url}"))?;
+    }
+    Ok(reserved)
 }
 
 /// The status listener's pieces: its router (OCSP, CRL, `/ca.crt`), its hooks and its

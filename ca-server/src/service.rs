@@ -10,7 +10,7 @@ use ca_core::audit::NewAuditEvent;
 use ca_core::clock::Clock;
 use ca_core::csr::CsrRequest;
 use ca_core::issuance::{pem, Ca, IssueContext, Issued};
-use ca_core::profile::{ExtKeyUsage, KeyUsage, NamePolicy, Profile, Profiles, Span};
+use ca_core::profile::{KeyUsage, NamePolicy, Profile, Profiles, Span};
 use ca_core::revocation::RevocationReason;
 use ca_core::store::{CertRecord, IdentityBinding, LineageLock, Store, TokenRecord};
 use chrono::{DateTime, Utc};
@@ -24,17 +24,21 @@ pub const SERVER_TLS_PROFILE: &str = "_server-tls";
 
 /// Add the server's internal profiles (`_admin`, `_server-tls`) to the configured ones.
 pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) -> Profiles {
+    // The commonName of an administrator certificate is the administrator's name, bound by a
+    // security officer's token.
     let mut admin_profile = Profile::client(NamePolicy {
         uri: vec![crate::auth::ROLE_URI_PREFIX.into()],
         common_name: true,
         max_sans: 3,
+        common_name_patterns: vec!["*".into()],
         ..NamePolicy::default()
     });
     admin_profile.validity = admin;
     // A security officer re-issues administrator certificates; a stolen one cannot extend
     // itself.
     admin_profile.renewable = false;
-    let mut tls_profile = Profile::client(NamePolicy {
+    // serverAuth + id-kp-caServerIdentity; the only profile that may name the reserved names.
+    let mut tls_profile = Profile::ca_server_tls(NamePolicy {
         dns: vec!["*".into()],
         ip: vec!["0.0.0.0/0".into(), "::/0".into()],
         common_name: true,
@@ -44,7 +48,6 @@ pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) ->
     tls_profile.validity = tls;
     // The server re-issues its own certificate on its own authority, never through /v1/renew.
     tls_profile.renewable = false;
-    tls_profile.extended_key_usage = vec![ExtKeyUsage::ServerAuth];
     tls_profile.key_usage = vec![KeyUsage::DigitalSignature];
     profiles.0.insert(ADMIN_PROFILE.into(), admin_profile);
     profiles.0.insert(SERVER_TLS_PROFILE.into(), tls_profile);

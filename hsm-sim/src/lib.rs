@@ -1054,6 +1054,7 @@ pub mod pki {
             ip: vec!["127.0.0.0/8".into(), "::1/128".into()],
             common_name: true,
             max_sans: 10,
+            common_name_patterns: Vec::new(),
         };
         let client = Profile::client(names.clone());
         let mut server = Profile::client(names.clone());

@@ -342,14 +342,56 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
-    /// Parse (and vet) a SubjectPublicKeyInfo.
+    /// Parse (and vet) a SubjectPublicKeyInfo, and re-encode it canonically: the key is never
+    /// copied as it came. The algorithm parameters are those RFC 3279 2.3.1 (RSA: NULL; an
+    /// absent NULL is repaired), RFC 5480 2.1.1 (EC: namedCurve only; explicit curve
+    /// parameters are refused) and RFC 8410 3 (Ed25519: absent) prescribe; the key itself is
+    /// re-encoded from its parsed parts (RSA modulus and exponent as minimal INTEGERs; EC as
+    /// an uncompressed point of the curve's size; Ed25519 as 32 octets). So two encodings of
+    /// one key are the same [`PublicKey`], and key-reuse checks compare the canonical form.
     pub fn from_spki(spki_der: &[u8]) -> Result<Self> {
         let alg = KeyAlgorithm::from_spki(spki_der)?;
         let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)?;
+        let weak = |r: &str| Error::WeakKey(r.to_string());
+        let raw = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| weak("subjectPublicKey has unused bits"))?;
+        let params = spki.algorithm.parameters.as_ref();
+        let bits = match alg {
+            KeyAlgorithm::P256 | KeyAlgorithm::P384 => {
+                // from_spki already required a namedCurve OID as the parameters.
+                let len = if alg == KeyAlgorithm::P256 { 65 } else { 97 };
+                if raw.len() != len || raw[0] != 0x04 {
+                    return Err(weak(
+                        "EC public key must be an uncompressed point of the curve's size (RFC 5480 2.2)",
+                    ));
+                }
+                raw.to_vec()
+            }
+            KeyAlgorithm::Ed25519 => {
+                if params.is_some() {
+                    return Err(weak("Ed25519 key with parameters (RFC 8410 3: absent)"));
+                }
+                if raw.len() != 32 {
+                    return Err(weak("Ed25519 public key must be 32 octets (RFC 8410 4)"));
+                }
+                raw.to_vec()
+            }
+            _ => {
+                use der::Tagged;
+                if params.is_some_and(|p| p.tag() != der::Tag::Null || !p.value().is_empty()) {
+                    return Err(weak("RSA key parameters must be NULL (RFC 3279 2.3.1)"));
+                }
+                let key = RsaPublicKey::from_der(raw)
+                    .map_err(|e| weak(&format!("cannot parse RSA public key: {e}")))?;
+                rsa_public_key_der(key.modulus.as_bytes(), key.public_exponent.as_bytes())?
+            }
+        };
         Ok(PublicKey {
             alg,
-            spki: spki_der.to_vec(),
-            bits: spki.subject_public_key.raw_bytes().to_vec(),
+            spki: self::spki_der(alg, &bits)?,
+            bits,
         })
     }
     /// The key algorithm.

@@ -101,7 +101,7 @@ async fn create_token_checked(
         auth::audit_auth_failure(state, peer, admin.actor(), ROUTE, &e).await;
         return Err(e);
     }
-    let profile = state
+    state
         .ca
         .profiles()
         .get(&profile_name)
@@ -120,27 +120,17 @@ async fn create_token_checked(
             Span(state.settings.token_max_ttl)
         )));
     }
-    let mut sans = Vec::new();
-    for s in &req.sans {
-        let san: San = s.parse().map_err(ApiError::from)?;
-        if !profile.names.allows(&san) {
-            return Err(ApiError::new(
-                Code::NameNotAllowed,
-                format!("{san} is not allowed by profile {profile_name:?}"),
-            ));
-        }
-        sans.push(san.to_string());
-    }
+    let parsed: Vec<San> = req
+        .sans
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::from)?;
+    let sans: Vec<String> = parsed.iter().map(San::to_string).collect();
     if let Some(cn) = &req.common_name {
         if cn.is_empty() || cn.chars().count() > 64 || cn.chars().any(char::is_control) {
             return Err(ApiError::bad_request(
                 "common_name must be 1-64 printable characters",
-            ));
-        }
-        if !profile.names.common_name {
-            return Err(ApiError::new(
-                Code::NameNotAllowed,
-                format!("profile {profile_name:?} does not allow a commonName"),
             ));
         }
     }
@@ -149,6 +139,12 @@ async fn create_token_checked(
             "a token must bind a common_name or at least one SAN",
         ));
     }
+    // The same checks issuance makes (name policy, the commonName included; names reserved
+    // for the CA's own endpoints): a token that could never be redeemed is not created.
+    state
+        .ca
+        .check_identity(&profile_name, req.common_name.as_deref(), &parsed)
+        .map_err(ApiError::from)?;
     if profile_name == ADMIN_PROFILE {
         let roles: Vec<Role> = sans
             .iter()
