@@ -212,7 +212,9 @@ pub enum Error {
         profile: String,
     },
     /// The name is reserved for the CA's own endpoints and is never issued to a subscriber.
-    #[error("name {name} is reserved for the CA's own endpoints and cannot be issued to a subscriber")]
+    #[error(
+        "name {name} is reserved for the CA's own endpoints and cannot be issued to a subscriber"
+    )]
     NameReserved {
         /// The reserved name.
         name: String,

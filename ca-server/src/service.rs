@@ -323,11 +323,24 @@ impl AppState {
                     .ca
                     .prepare(csr, IssueContext::Enrollment { token: &token })?;
                 let token = self.store.consume_token(&token_hash, now)?;
-                let issued = prepared.issue()?;
-                Ok(Outcome {
-                    issued,
-                    token: Some(token),
-                })
+                match prepared.issue() {
+                    Ok(issued) => Ok(Outcome {
+                        issued,
+                        token: Some(token),
+                    }),
+                    Err(e) => {
+                        // `issue` returns an error only before the certificate record is
+                        // inserted (the insert is its last step, and inside this unit of work
+                        // the insert does not flush), so no certificate exists for this token:
+                        // give the token back so it works once the fault (HSM down, store
+                        // error) is gone. The release is a compare-and-swap on the `used_at`
+                        // this call wrote, so concurrent uses still yield one certificate. A
+                        // failure of the unit's final flush is not undone here: the
+                        // certificate may then be durable, and the token stays used.
+                        self.release_token(&token, &e);
+                        Err(e.into())
+                    }
+                }
             }
             Request::Renewal(previous) => {
                 let issued = self
@@ -364,6 +377,31 @@ impl AppState {
                     issued,
                     token: None,
                 })
+            }
+        }
+    }
+
+    /// Give back a token consumed for an issuance that failed before storing anything.
+    fn release_token(&self, token: &TokenRecord, cause: &ca_core::Error) {
+        let Some(used_at) = token.used_at else {
+            return;
+        };
+        match self.store.release_token(&token.hash, used_at) {
+            Ok(true) => {
+                tracing::warn!(token_id = %token.id, error = %cause,
+                    "issuance failed after the token was checked; the token stays usable");
+                self.audit_blocking(
+                    NewAuditEvent::ok("ca-server", "token.release", &token.id).with_detail(
+                        serde_json::json!({ "cause": crate::error::ApiError::from_core_code(cause) }),
+                    ),
+                );
+            }
+            Ok(false) => {
+                tracing::error!(token_id = %token.id, "token changed while its issuance failed; not released");
+            }
+            Err(e) => {
+                tracing::error!(token_id = %token.id, error = %e, "could not release the token of a failed issuance");
+                self.metrics.failure("token_release");
             }
         }
     }

@@ -37,18 +37,19 @@ async fn admin(
     auth::require(state, peer, perm, route).await
 }
 
-/// A fresh token secret (256 bits, base64url) and a public id.
+/// A fresh token secret (256 bits as 64 lowercase hex digits) and a public id.
+///
+/// Hex, not base64url: a base64url secret starts with `-` one time in 64, and a command line
+/// then takes `--token -abc...` for an option; hex has no `-`, `_` or any character a shell
+/// treats specially, so a token can be pasted anywhere. Tokens are stored by hash, so tokens
+/// issued in the old form stay valid.
 fn new_token() -> (String, String) {
-    use base64::Engine;
     use rand::RngCore;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let mut id = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut id);
-    (
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-        format!("tok_{}", hex::encode(id)),
-    )
+    (hex::encode(secret), format!("tok_{}", hex::encode(id)))
 }
 
 /// `POST /v1/admin/tokens`.
