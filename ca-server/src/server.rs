@@ -136,6 +136,7 @@ pub fn build_state(
                 .unwrap_or(Duration::from_secs(10)),
         },
         root_der,
+        revocations: Default::default(),
     }))
 }
 

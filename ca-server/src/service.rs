@@ -173,6 +173,8 @@ pub struct AppState {
     pub settings: Settings,
     /// The root certificate (DER).
     pub root_der: Vec<u8>,
+    /// Serialises revocations on an administrator's authority ([`crate::auth::check_revocation_allowed`]).
+    pub revocations: crate::auth::RevocationLock,
 }
 
 impl std::fmt::Debug for AppState {
@@ -426,6 +428,48 @@ impl AppState {
             .await
             .map_err(ApiError::internal)??;
         Ok(rec)
+    }
+
+    /// Revoke on an administrator's authority: [`crate::auth::check_revocation_allowed`] and
+    /// the revocation under one [`crate::auth::RevocationLock`] guard, on the blocking pool.
+    /// A refusal is audited (`revoke`, with its code) here; the revocation itself is audited
+    /// by the status hooks.
+    pub async fn revoke_as(
+        self: &Arc<Self>,
+        actor_roles: Vec<crate::auth::Role>,
+        serial: Vec<u8>,
+        reason: RevocationReason,
+        actor: String,
+    ) -> ApiResult<CertRecord> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let held = me.revocations.lock();
+            // An unknown serial goes on to the hooks, which answer and audit `not_found`.
+            if let Some(target) = me.store.get_cert(&serial)? {
+                if let Err(e) =
+                    crate::auth::check_revocation_allowed(&me, &held, &actor_roles, &target)
+                {
+                    me.audit_blocking(
+                        NewAuditEvent::failed(
+                            &actor,
+                            "revoke",
+                            target.serial_hex(),
+                            e.code.as_str(),
+                        )
+                        .with_detail(serde_json::json!({
+                            "reason": reason.name(),
+                            "profile": target.profile,
+                            "message": e.message,
+                        })),
+                    );
+                    return Err(e);
+                }
+            }
+            let at = me.clock.now();
+            Ok(me.hooks.revoke(&serial, reason, at, &actor)?)
+        })
+        .await
+        .map_err(ApiError::internal)?
     }
 
     /// Whether the HSM and the store answer.

@@ -263,8 +263,11 @@ pub async fn revoke(
         }
     };
     let serial_hex = hex::encode(&serial);
-    // The revocation hook records, publishes (OCSP) and audits the revocation.
-    let rec = state.revoke(serial, reason, admin.actor()).await?;
+    // Segregation of duties first (refusals audited); then the revocation hook records,
+    // publishes (OCSP) and audits the revocation.
+    let rec = state
+        .revoke_as(admin.roles.clone(), serial, reason, admin.actor())
+        .await?;
     let (at, reason) = match &rec.status {
         RecordStatus::Revoked { at, reason } => (*at, *reason),
         RecordStatus::Valid => (state.clock.now(), reason),
