@@ -125,8 +125,9 @@ pub enum TokenCmd {
         /// Profile.
         #[arg(long, default_value = "client")]
         profile: String,
-        /// Lifetime (e.g. 30m, 1h, 2d; default from the server, 1h).
-        #[arg(long)]
+        /// Lifetime (e.g. 30m, 1h, 2d; 1s to 365d, and at most the server's tokens.max_ttl;
+        /// default from the server, 1h).
+        #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::flag("--ttl", crate::duration::TOKEN_TTL_FLAG))]
         ttl: Option<String>,
         /// Connection.
         #[command(flatten)]
@@ -158,8 +159,8 @@ pub enum CertsCmd {
         /// valid, revoked or expired.
         #[arg(long)]
         status: Option<String>,
-        /// Unexpired certificates that expire within this span (e.g. 24h).
-        #[arg(long)]
+        /// Unexpired certificates that expire within this span (e.g. 24h; 1s to 36500d).
+        #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::flag("--expiring-within", crate::duration::EXPIRING_WITHIN))]
         expiring_within: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]

@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use ca_core::audit::NewAuditEvent;
-use ca_core::profile::{San, Span};
+use ca_core::profile::San;
 use ca_core::revocation::RevocationReason;
 use ca_core::store::{
     CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord,
@@ -109,18 +109,15 @@ async fn create_token_checked(
         .map_err(|_| ApiError::bad_request(format!("unknown profile {profile_name:?}")))?;
     let ttl = match &req.ttl {
         Some(t) => {
-            Span::parse(t)
-                .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?
-                .0
+            crate::duration::parse(
+                "ttl",
+                t,
+                crate::duration::Range::up_to(state.settings.token_max_ttl),
+            )?
+            .0
         }
         None => state.settings.token_default_ttl,
     };
-    if ttl <= chrono::Duration::zero() || ttl > state.settings.token_max_ttl {
-        return Err(ApiError::bad_request(format!(
-            "ttl must be positive and at most {}",
-            Span(state.settings.token_max_ttl)
-        )));
-    }
     let mut sans = Vec::new();
     for s in &req.sans {
         let san: San = s.parse().map_err(ApiError::from)?;
@@ -366,8 +363,7 @@ pub async fn list_certs(
         }
     }
     if let Some(w) = &q.expiring_within {
-        let span =
-            Span::parse(w).map_err(|e| ApiError::bad_request(format!("expiring_within: {e}")))?;
+        let span = crate::duration::parse("expiring_within", w, crate::duration::EXPIRING_WITHIN)?;
         filter.valid_at = Some(now);
         filter.expiring_before = Some(now + span.0);
     }
