@@ -9,7 +9,8 @@
 //! - [`ratelimit`], [`metrics`]: protection and observability; [`duration`]: durations from
 //!   requests and flags, range-checked.
 //! - [`server`]: listeners, the server's own certificate, graceful shutdown.
-//! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI.
+//! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
+//!   offline administrator certificate for recovery.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod breakglass;
 pub mod cli;
 pub mod client;
 pub mod config;
