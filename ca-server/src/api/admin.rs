@@ -448,3 +448,18 @@ pub async fn audit_verify(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_secrets_never_start_with_a_dash_and_are_hex() {
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let (secret, id) = super::new_token();
+            assert!(!secret.starts_with('-'), "{secret}");
+            assert_eq!(secret.len(), 64);
+            assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+            assert!(ids.insert(id));
+        }
+    }
+}
