@@ -47,6 +47,33 @@ async fn token_survives_an_hsm_outage_during_issuance_and_is_still_single_use() 
             "the failed issuance burned the token"
         );
     }
+    // EST simpleenroll takes the same path.
+    let (_, pem_csr) = csr("outage.test", &["dns:outage.test"]);
+    let b64: String = pem_csr
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let auth = format!("Bearer {token}");
+    let resp = srv
+        .anon()
+        .raw(
+            http::Method::POST,
+            "/.well-known/est/simpleenroll",
+            Some(("application/pkcs10", b64.into_bytes())),
+            &[("authorization", auth.as_str())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status.as_u16(), 503, "{}", resp.error());
+    assert_eq!(resp.error().code(), Some("hsm_unavailable"));
+    assert!(srv
+        .pki
+        .store
+        .get_token(&hash)
+        .unwrap()
+        .unwrap()
+        .used_at
+        .is_none());
     assert_eq!(srv.cert_count(), certs_before);
     let events = srv.pki.store.audit_events(1, usize::MAX).unwrap();
     assert!(
