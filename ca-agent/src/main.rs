@@ -85,7 +85,12 @@ struct EnrollArgs {
     #[arg(long)]
     fingerprint: Option<String>,
     /// The one-time token (prefer --token-file or CA_AGENT_TOKEN: not in shell history).
-    #[arg(long, env = "CA_AGENT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CA_AGENT_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: Option<String>,
     /// File holding the token.
     #[arg(long)]

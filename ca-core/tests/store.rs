@@ -196,6 +196,35 @@ fn tokens_are_single_use_even_under_concurrency() {
 }
 
 #[test]
+fn a_released_token_is_usable_again_and_only_by_its_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+    s.insert_token(&token("h1", Duration::hours(1))).unwrap();
+    let t1 = ca_core::clock::truncate(Utc::now());
+    let used = s.consume_token("h1", t1).unwrap();
+    assert_eq!(used.used_at, Some(t1));
+    // A release that names another consumption changes nothing.
+    assert!(!s.release_token("h1", t1 + Duration::seconds(1)).unwrap());
+    assert!(!s.release_token("nope", t1).unwrap());
+    assert!(s.get_token("h1").unwrap().unwrap().used_at.is_some());
+    // The consumer's release makes it usable again, once.
+    assert!(s.release_token("h1", t1).unwrap());
+    assert!(!s.release_token("h1", t1).unwrap());
+    assert!(s.get_token("h1").unwrap().unwrap().used_at.is_none());
+    // Still exactly one winner among concurrent uses after a release.
+    let winners: usize = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || s.consume_token("h1", Utc::now()).is_ok())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| usize::from(h.join().unwrap()))
+        .sum();
+    assert_eq!(winners, 1);
+}
+
+#[test]
 fn revocation_rules_follow_rfc5280() {
     let dir = tempfile::tempdir().unwrap();
     let s = SledStore::open(dir.path()).unwrap();

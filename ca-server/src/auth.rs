@@ -12,12 +12,17 @@
 //! |---|---|---|---|
 //! | create enrollment tokens | yes | yes | no |
 //! | create tokens for admin certificates (`_admin`) | yes | no | no |
-//! | revoke | yes | yes | no |
+//! | revoke subscriber certificates | yes | yes | no |
+//! | revoke administrator (`_admin`) and server TLS (`_server-tls`) certificates | yes | no | no |
 //! | list certificates | yes | no | yes |
 //! | read and verify the audit log | yes | no | yes |
+//!
+//! Whoever asks, the last valid (unrevoked, unexpired) security-officer certificate is never
+//! revoked ([`check_revocation_allowed`]); when none is left, `ca-server admin-cert create
+//! --offline` (break-glass, on the CA host) mints one.
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::service::{AppState, ADMIN_PROFILE};
+use crate::service::{AppState, ADMIN_PROFILE, SERVER_TLS_PROFILE};
 use ca_core::audit::NewAuditEvent;
 use ca_core::store::CertRecord;
 use std::net::SocketAddr;
@@ -172,6 +177,89 @@ fn strip_sign_byte(serial: &[u8]) -> &[u8] {
         [0, rest @ ..] if !rest.is_empty() => rest,
         s => s,
     }
+}
+
+/// Serialises revocations made on an administrator's authority, so that the last-officer rule
+/// of [`check_revocation_allowed`] and the revocation it allows are one step: two officers
+/// revoking each other's certificates at the same moment cannot leave none. One per process:
+/// the store (sled) is opened by one process only, so one server node; a store shared by
+/// several nodes would need this lock in the store instead.
+#[derive(Debug, Default)]
+pub struct RevocationLock(std::sync::Mutex<()>);
+
+/// Proof that [`RevocationLock`] is held.
+#[derive(Debug)]
+pub struct RevocationGuard<'a>(
+    #[allow(dead_code, reason = "held, not read")] std::sync::MutexGuard<'a, ()>,
+);
+
+impl RevocationLock {
+    /// Wait for the lock (blocking: call from the blocking pool).
+    pub fn lock(&self) -> RevocationGuard<'_> {
+        // A panic while held leaves no partial state behind (the check only reads).
+        RevocationGuard(self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Whether `rec` is a security-officer certificate that can still authenticate at `now`.
+pub fn is_valid_security_officer(rec: &CertRecord, now: chrono::DateTime<chrono::Utc>) -> bool {
+    !rec.is_revoked() && rec.not_after > now && roles_of(rec).contains(&Role::SecurityOfficer)
+}
+
+/// Segregation of duties for one revocation: may an administrator holding `actor_roles`
+/// revoke `target`? Call it for every certificate revoked on an administrator's authority
+/// (single revocation, lineage revocation), holding the [`RevocationLock`] (`_held`) until the
+/// revocation is stored. Blocking (reads the store).
+///
+/// - Administrator certificates (`_admin`) and the server's TLS certificate (`_server-tls`):
+///   only a security officer (`forbidden` otherwise), so an operator cannot lock out the
+///   officers or take the server's identity down.
+/// - The last valid security-officer certificate: nobody (`last_security_officer`), not even
+///   its holder; issue another one first, or use break-glass.
+pub fn check_revocation_allowed(
+    state: &AppState,
+    _held: &RevocationGuard<'_>,
+    actor_roles: &[Role],
+    target: &CertRecord,
+) -> ApiResult<()> {
+    let what = match target.profile.as_str() {
+        ADMIN_PROFILE => Some("an administrator certificate"),
+        SERVER_TLS_PROFILE => Some("the server's TLS certificate"),
+        _ => None,
+    };
+    if let Some(what) = what {
+        if !actor_roles.contains(&Role::SecurityOfficer) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!(
+                    "certificate {} is {what}: only a security officer may revoke it",
+                    target.serial_hex()
+                ),
+            ));
+        }
+    }
+    let now = state.clock.now();
+    if is_valid_security_officer(target, now) {
+        let mut others = 0usize;
+        state.store.for_each_cert(&mut |r| {
+            if r.serial != target.serial && is_valid_security_officer(&r, now) {
+                others += 1;
+            }
+            Ok(())
+        })?;
+        if others == 0 {
+            return Err(ApiError::new(
+                Code::LastSecurityOfficer,
+                format!(
+                    "certificate {} is the last valid security-officer certificate: issue another \
+                     one first (ca-server admin-cert create --role security-officer), then revoke \
+                     this one",
+                    target.serial_hex()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An authenticated administrator.

@@ -84,15 +84,15 @@ pub struct Conn {
     /// API base URL.
     #[arg(long, env = "CA_URL", default_value = "https://127.0.0.1:8443")]
     pub url: String,
-    /// Root certificate to verify the server with (PEM).
+    /// Root certificate to verify the server with (PEM; required).
     #[arg(long, env = "CA_ROOT")]
-    pub root: PathBuf,
-    /// Admin certificate (PEM).
+    pub root: Option<PathBuf>,
+    /// Admin certificate (PEM; required).
     #[arg(long, env = "CA_ADMIN_CERT")]
-    pub cert: PathBuf,
-    /// Admin private key (PEM).
+    pub cert: Option<PathBuf>,
+    /// Admin private key (PEM; required).
     #[arg(long, env = "CA_ADMIN_KEY")]
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -101,13 +101,23 @@ pub struct Conn {
 impl Conn {
     /// Build the client.
     pub fn client(&self) -> anyhow::Result<ApiClient> {
-        let read = |p: &Path, what: &str| {
+        let read = |p: &Option<PathBuf>, what: &str| {
+            let p = p
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("the {what} is required"))?;
             std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
         };
         let root = read(&self.root, "root certificate (--root / CA_ROOT)")?;
         let cert = read(&self.cert, "admin certificate (--cert / CA_ADMIN_CERT)")?;
         let key = read(&self.key, "admin key (--key / CA_ADMIN_KEY)")?;
         Ok(ApiClient::new(&self.url, &root, Some((&cert, &key)))?)
+    }
+
+    /// The root certificate path (`--root` / `CA_ROOT`).
+    pub fn root_path(&self) -> anyhow::Result<&Path> {
+        self.root
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("the root certificate (--root / CA_ROOT) is required"))
     }
 }
 
@@ -125,8 +135,9 @@ pub enum TokenCmd {
         /// Profile.
         #[arg(long, default_value = "client")]
         profile: String,
-        /// Lifetime (e.g. 30m, 1h, 2d; default from the server, 1h).
-        #[arg(long)]
+        /// Lifetime (e.g. 30m, 1h, 2d; 1s to 365d, and at most the server's tokens.max_ttl;
+        /// default from the server, 1h).
+        #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::flag("--ttl", crate::duration::TOKEN_TTL_FLAG))]
         ttl: Option<String>,
         /// Connection.
         #[command(flatten)]
@@ -164,8 +175,8 @@ pub enum CertsCmd {
         /// valid, revoked or expired.
         #[arg(long)]
         status: Option<String>,
-        /// Unexpired certificates that expire within this span (e.g. 24h).
-        #[arg(long)]
+        /// Unexpired certificates that expire within this span (e.g. 24h; 1s to 36500d).
+        #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::flag("--expiring-within", crate::duration::EXPIRING_WITHIN))]
         expiring_within: Option<String>,
         /// Only the lineage of this serial (hex): every generation renewed from the same
         /// enrollment, oldest first.
@@ -208,6 +219,17 @@ pub enum AuditCmd {
 pub enum AdminCertCmd {
     /// Create an administrator certificate: a token for profile `_admin` with the role, then
     /// an enrollment with a key generated here. Writes NAME.crt and NAME.key into --out.
+    ///
+    /// Online (default): through the API, with a security officer's certificate.
+    ///
+    /// Break-glass (--offline --config FILE): when no security officer is left (certificates
+    /// revoked or expired, keys lost). Run on the CA host, as the user that runs the server,
+    /// with the server STOPPED (the store is locked while it runs; the command refuses then).
+    /// It opens the HSM (PIN from the configuration) and the store directly, issues through
+    /// the normal path (profile _admin, same checks), records `admin_cert.create` (mode
+    /// break-glass, OS user, host) in the audit log, and writes NAME.crt and NAME.key (0600).
+    /// Then start the server again.
+    #[command(verbatim_doc_comment)]
     Create {
         /// Role: security-officer, operator or auditor.
         #[arg(long)]
@@ -218,7 +240,13 @@ pub enum AdminCertCmd {
         /// Output directory.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// Connection.
+        /// Break-glass: issue offline from the HSM and store of --config (server stopped).
+        #[arg(long, requires = "config")]
+        offline: bool,
+        /// The server's TOML configuration (with --offline).
+        #[arg(long, short, requires = "offline")]
+        config: Option<PathBuf>,
+        /// Connection (online only).
         #[command(flatten)]
         conn: Conn,
     },
@@ -503,14 +531,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     role,
                     name,
                     out,
+                    offline,
+                    config,
                     conn,
                 },
         } => {
             let role = crate::auth::Role::parse(&role).ok_or_else(|| {
                 anyhow::anyhow!("unknown role {role:?} (security-officer, operator, auditor)")
             })?;
+            if let (true, Some(config)) = (offline, config) {
+                init_logging(cli.log_json, Some("warn"));
+                let m = crate::breakglass::create(&config, role, &name, &out).await?;
+                return if conn.json {
+                    print_json(&m)
+                } else {
+                    println!(
+                        "BREAK-GLASS: administrator {name} ({}) serial {} until {}\n  certificate {}\n  key         {}\n  valid security-officer certificates before: {}\nRecorded in the audit log (admin_cert.create, mode break-glass). Start the server again.",
+                        m.role,
+                        m.serial,
+                        m.not_after,
+                        m.certificate.display(),
+                        m.key.display(),
+                        m.security_officers_before
+                    );
+                    Ok(())
+                };
+            }
             let client = conn.client()?;
-            let (cert, key) = create_admin_cert(&client, &conn.root, &name, role).await?;
+            let (cert, key) = create_admin_cert(&client, conn.root_path()?, &name, role).await?;
             std::fs::create_dir_all(&out)?;
             let key_path = out.join(format!("{name}.key"));
             let cert_path = out.join(format!("{name}.crt"));

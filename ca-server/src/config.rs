@@ -535,6 +535,9 @@ impl ServerConfig {
         if self.admin.validity.0 > chrono::Duration::days(398) {
             return Err(invalid("admin.validity", "at most 398d"));
         }
+        if self.tokens.max_ttl.0.num_seconds() > crate::duration::TOKEN_TTL_CEILING {
+            return Err(invalid("tokens.max_ttl", "at most 365d"));
+        }
         if self.tokens.default_ttl.0 > self.tokens.max_ttl.0 {
             return Err(invalid("tokens.default_ttl", "longer than tokens.max_ttl"));
         }

@@ -6,9 +6,11 @@
 //! - [`api`]: the axum routes; [`error`]: the one error type with stable codes.
 //! - [`auth`]: client-certificate identity and admin roles; [`tls`]: rustls (ring) with
 //!   optional client certificates.
-//! - [`ratelimit`], [`metrics`]: protection and observability.
+//! - [`ratelimit`], [`metrics`]: protection and observability; [`duration`]: durations from
+//!   requests and flags, range-checked.
 //! - [`server`]: listeners, the server's own certificate, graceful shutdown.
-//! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI.
+//! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
+//!   offline administrator certificate for recovery.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -22,10 +24,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod breakglass;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod duration;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;

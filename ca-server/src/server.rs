@@ -141,6 +141,7 @@ pub fn build_state(
             lock_on_superseded: parts.renewal.lock_on_superseded,
         },
         root_der,
+        revocations: Default::default(),
     }))
 }
 

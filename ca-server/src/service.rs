@@ -183,6 +183,8 @@ pub struct AppState {
     pub settings: Settings,
     /// The root certificate (DER).
     pub root_der: Vec<u8>,
+    /// Serialises revocations on an administrator's authority ([`crate::auth::check_revocation_allowed`]).
+    pub revocations: crate::auth::RevocationLock,
 }
 
 impl std::fmt::Debug for AppState {
@@ -233,6 +235,13 @@ pub struct Revocation {
     pub also_revoked: Vec<String>,
     /// Whether the lineage is now locked (no renewal, no re-enrollment).
     pub lineage_locked: bool,
+}
+
+/// Who revokes: the administrator, their roles, and the held revocation lock.
+struct Revoker<'a> {
+    held: &'a crate::auth::RevocationGuard<'a>,
+    roles: &'a [crate::auth::Role],
+    actor: &'a str,
 }
 
 /// SHA-256 of a token secret (hex): tokens are stored by hash only.
@@ -345,11 +354,24 @@ impl AppState {
                     .ca
                     .prepare(csr, IssueContext::Enrollment { token: &token })?;
                 let token = self.store.consume_token(&token_hash, now)?;
-                let issued = prepared.issue()?;
-                Ok(Outcome {
-                    issued,
-                    token: Some(token),
-                })
+                match prepared.issue() {
+                    Ok(issued) => Ok(Outcome {
+                        issued,
+                        token: Some(token),
+                    }),
+                    Err(e) => {
+                        // `issue` returns an error only before the certificate record is
+                        // inserted (the insert is its last step, and inside this unit of work
+                        // the insert does not flush), so no certificate exists for this token:
+                        // give the token back so it works once the fault (HSM down, store
+                        // error) is gone. The release is a compare-and-swap on the `used_at`
+                        // this call wrote, so concurrent uses still yield one certificate. A
+                        // failure of the unit's final flush is not undone here: the
+                        // certificate may then be durable, and the token stays used.
+                        self.release_token(&token, &e);
+                        Err(e.into())
+                    }
+                }
             }
             Request::Renewal(previous) => {
                 // Before any HSM work: a locked lineage, or a generation that renewed already.
@@ -506,6 +528,31 @@ impl AppState {
         Ok(())
     }
 
+    /// Give back a token consumed for an issuance that failed before storing anything.
+    fn release_token(&self, token: &TokenRecord, cause: &ca_core::Error) {
+        let Some(used_at) = token.used_at else {
+            return;
+        };
+        match self.store.release_token(&token.hash, used_at) {
+            Ok(true) => {
+                tracing::warn!(token_id = %token.id, error = %cause,
+                    "issuance failed after the token was checked; the token stays usable");
+                self.audit_blocking(
+                    NewAuditEvent::ok("ca-server", "token.release", &token.id).with_detail(
+                        serde_json::json!({ "cause": crate::error::ApiError::from_core_code(cause) }),
+                    ),
+                );
+            }
+            Ok(false) => {
+                tracing::error!(token_id = %token.id, "token changed while its issuance failed; not released");
+            }
+            Err(e) => {
+                tracing::error!(token_id = %token.id, error = %e, "could not release the token of a failed issuance");
+                self.metrics.failure("token_release");
+            }
+        }
+    }
+
     /// The token with this hash.
     fn find_token(&self, hash: &str) -> ApiResult<TokenRecord> {
         self.store
@@ -513,14 +560,19 @@ impl AppState {
             .ok_or_else(|| ca_core::Error::TokenRejected("unknown token").into())
     }
 
-    /// Revoke through the status hooks (store, then OCSP), on the blocking pool.
+    /// Revoke on an administrator's authority, on the blocking pool: segregation of duties
+    /// ([`crate::auth::check_revocation_allowed`], for every certificate revoked, refusals
+    /// audited) and the revocations under one [`crate::auth::RevocationLock`] guard; each
+    /// revocation goes through the status hooks (store, then OCSP, then audit).
     ///
     /// keyCompromise also locks the certificate's lineage and revokes every later generation
     /// (a thief who renewed with the stolen key loses the renewed certificates too). With
     /// `whole_lineage` (`revoke --lineage`), every certificate of the lineage is revoked for
-    /// `reason` and the lineage locked, whatever the reason.
+    /// `reason` and the lineage locked, whatever the reason; if any of them may not be revoked
+    /// by this actor, nothing is.
     pub async fn revoke(
         self: &Arc<Self>,
+        actor_roles: Vec<crate::auth::Role>,
         serial: Vec<u8>,
         reason: RevocationReason,
         actor: String,
@@ -528,23 +580,54 @@ impl AppState {
     ) -> ApiResult<Revocation> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
+            let held = me.revocations.lock();
+            let who = Revoker {
+                held: &held,
+                roles: &actor_roles,
+                actor: &actor,
+            };
             if whole_lineage {
-                me.revoke_lineage_blocking(&serial, reason, &actor)
+                me.revoke_lineage_blocking(&who, &serial, reason)
             } else {
-                me.revoke_blocking(&serial, reason, &actor)
+                me.revoke_blocking(&who, &serial, reason)
             }
         })
         .await
         .map_err(ApiError::internal)?
     }
 
+    /// Segregation of duties for one certificate; a refusal is audited (`revoke`, its code).
+    fn may_revoke(
+        &self,
+        who: &Revoker<'_>,
+        target: &CertRecord,
+        reason: RevocationReason,
+    ) -> ApiResult<()> {
+        crate::auth::check_revocation_allowed(self, who.held, who.roles, target).inspect_err(|e| {
+            self.audit_blocking(
+                NewAuditEvent::failed(who.actor, "revoke", target.serial_hex(), e.code.as_str())
+                    .with_detail(serde_json::json!({
+                        "reason": reason.name(),
+                        "profile": target.profile,
+                        "message": e.message,
+                    })),
+            );
+        })
+    }
+
     fn revoke_blocking(
         &self,
+        who: &Revoker<'_>,
         serial: &[u8],
         reason: RevocationReason,
-        actor: &str,
     ) -> ApiResult<Revocation> {
-        let record = self.hooks.revoke(serial, reason, self.clock.now(), actor)?;
+        // An unknown serial goes on to the hooks, which answer and audit `not_found`.
+        if let Some(target) = self.store.get_cert(serial)? {
+            self.may_revoke(who, &target, reason)?;
+        }
+        let record = self
+            .hooks
+            .revoke(serial, reason, self.clock.now(), who.actor)?;
         if reason != RevocationReason::KeyCompromise {
             return Ok(Revocation {
                 record,
@@ -554,14 +637,14 @@ impl AppState {
         }
         // Lock first: once the lock is stored no renewal of the lineage can be, so the list
         // below is complete.
-        self.lock_lineage_blocking(&record, "key_compromise", actor)?;
+        self.lock_lineage_blocking(&record, "key_compromise", who.actor)?;
         let later: Vec<CertRecord> = self
             .store
             .lineage_certs(&record.lineage)?
             .into_iter()
             .filter(|c| c.generation > record.generation)
             .collect();
-        let also_revoked = self.revoke_all(&record, later, reason, actor)?;
+        let also_revoked = self.revoke_all(who, &record, later, reason)?;
         Ok(Revocation {
             record,
             also_revoked,
@@ -571,20 +654,24 @@ impl AppState {
 
     fn revoke_lineage_blocking(
         &self,
+        who: &Revoker<'_>,
         serial: &[u8],
         reason: RevocationReason,
-        actor: &str,
     ) -> ApiResult<Revocation> {
         ca_core::revocation::check_reason(reason)?;
         let named = self
             .store
             .get_cert(serial)?
             .ok_or_else(|| ca_core::Error::CertNotFound(hex::encode(serial)))?;
-        self.lock_lineage_blocking(&named, "lineage_revoked", actor)?;
         let certs = self.store.lineage_certs(&named.lineage)?;
-        let also_revoked = self.revoke_all(&named, certs, reason, actor)?;
+        // All or nothing: every certificate the actor would revoke must be theirs to revoke.
+        for c in certs.iter().filter(|c| !c.is_revoked()) {
+            self.may_revoke(who, c, reason)?;
+        }
+        self.lock_lineage_blocking(&named, "lineage_revoked", who.actor)?;
+        let also_revoked = self.revoke_all(who, &named, certs, reason)?;
         self.audit_blocking(
-            NewAuditEvent::ok(actor, "lineage.revoke", named.lineage_hex()).with_detail(
+            NewAuditEvent::ok(who.actor, "lineage.revoke", named.lineage_hex()).with_detail(
                 serde_json::json!({
                     "serial": named.serial_hex(),
                     "reason": reason.name(),
@@ -608,17 +695,21 @@ impl AppState {
     /// the revocation itself is stored) does not stop the others; the first is returned.
     fn revoke_all(
         &self,
+        who: &Revoker<'_>,
         cause: &CertRecord,
         certs: Vec<CertRecord>,
         reason: RevocationReason,
-        actor: &str,
     ) -> ApiResult<Vec<String>> {
         let mut revoked = Vec::new();
-        let mut first_error = None;
+        let mut first_error: Option<ApiError> = None;
         for c in certs.into_iter().filter(|c| !c.is_revoked()) {
+            if let Err(e) = self.may_revoke(who, &c, reason) {
+                first_error.get_or_insert(e);
+                continue;
+            }
             match self
                 .hooks
-                .revoke(&c.serial, reason, self.clock.now(), actor)
+                .revoke(&c.serial, reason, self.clock.now(), who.actor)
             {
                 Ok(_) => {
                     self.metrics.revoked(reason.name());
@@ -628,12 +719,12 @@ impl AppState {
                 Err(ca_core::Error::AlreadyRevoked { .. }) => {}
                 Err(e) => {
                     tracing::error!(serial = %c.serial_hex(), error = %e, "revoking a lineage member failed");
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(e.into());
                 }
             }
         }
         match first_error {
-            Some(e) => Err(e.into()),
+            Some(e) => Err(e),
             None => Ok(revoked),
         }
     }

@@ -337,7 +337,7 @@ async fn bad_input_table() {
             br#"{"common_name":"x.test","ttl":"30d"}"#.to_vec(),
             Who::Operator,
             400,
-            "bad_request",
+            "out_of_range",
             true,
         ),
         row(

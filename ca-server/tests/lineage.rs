@@ -483,3 +483,28 @@ async fn ocsp_status(srv: &TestServer, serial: &str) -> String {
     .await
     .unwrap()
 }
+
+/// Segregation of duties holds for lineage revocation too: an operator cannot revoke an
+/// administrator's certificate by naming its lineage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_cannot_revoke_an_administrator_lineage() {
+    let mut srv = TestServer::start().await;
+    let auditor = common::serial_of(&srv.auditor.cert);
+    let err = srv
+        .client(Some(&srv.operator))
+        .post_json::<_, RevokeResponse>(
+            "/v1/admin/revoke",
+            &RevokeRequest {
+                serial: auditor.clone(),
+                reason: Some("keyCompromise".into()),
+                lineage: true,
+            },
+        )
+        .await
+        .expect_err("operator revoked an administrator lineage");
+    assert_eq!(code(&err), "forbidden");
+    let rec = record(&srv, &auditor);
+    assert!(!rec.is_revoked());
+    assert!(srv.pki.store.lineage_lock(&rec.lineage).unwrap().is_none());
+    srv.stop().await;
+}

@@ -249,6 +249,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Atomically consume the token with this hash: succeeds once; later or concurrent
     /// attempts fail with `TokenRejected`.
     fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> Result<TokenRecord>;
+    /// Undo [`Store::consume_token`] when the issuance it was consumed for failed before any
+    /// certificate was stored (HSM down, store error): atomically mark the token unused again,
+    /// only if it is still marked used at exactly `used_at` (the value `consume_token` wrote).
+    /// `Ok(false)` if it is not (unknown, unused, or used at another time): nothing changes.
+    fn release_token(&self, hash: &str, used_at: DateTime<Utc>) -> Result<bool>;
     /// List tokens (for admins).
     fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
     /// The token stored under this hash, used or not (to check a request against its binding

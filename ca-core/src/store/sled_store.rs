@@ -585,6 +585,32 @@ impl Store for SledStore {
         }
     }
 
+    fn release_token(&self, hash: &str, used_at: DateTime<Utc>) -> Result<bool> {
+        loop {
+            let current = self
+                .tokens
+                .get(hash.as_bytes())
+                .map_err(|e| Error::store("get token", e))?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            let mut tok: TokenRecord = dec("token", &current)?;
+            if tok.used_at != Some(used_at) {
+                return Ok(false);
+            }
+            tok.used_at = None;
+            let swapped = self
+                .tokens
+                .compare_and_swap(hash.as_bytes(), Some(current), Some(enc(&tok)?))
+                .map_err(|e| Error::store("release token", e))?;
+            if swapped.is_ok() {
+                self.durable()?;
+                return Ok(true);
+            }
+            // The record changed under us: re-read and decide again.
+        }
+    }
+
     fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         match self
             .tokens

@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use ca_core::audit::NewAuditEvent;
-use ca_core::profile::{San, Span};
+use ca_core::profile::San;
 use ca_core::revocation::RevocationReason;
 use ca_core::store::{
     CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord,
@@ -37,18 +37,19 @@ async fn admin(
     auth::require(state, peer, perm, route).await
 }
 
-/// A fresh token secret (256 bits, base64url) and a public id.
+/// A fresh token secret (256 bits as 64 lowercase hex digits) and a public id.
+///
+/// Hex, not base64url: a base64url secret starts with `-` one time in 64, and a command line
+/// then takes `--token -abc...` for an option; hex has no `-`, `_` or any character a shell
+/// treats specially, so a token can be pasted anywhere. Tokens are stored by hash, so tokens
+/// issued in the old form stay valid.
 fn new_token() -> (String, String) {
-    use base64::Engine;
     use rand::RngCore;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let mut id = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut id);
-    (
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-        format!("tok_{}", hex::encode(id)),
-    )
+    (hex::encode(secret), format!("tok_{}", hex::encode(id)))
 }
 
 /// `POST /v1/admin/tokens`.
@@ -108,18 +109,15 @@ async fn create_token_checked(
         .map_err(|_| ApiError::bad_request(format!("unknown profile {profile_name:?}")))?;
     let ttl = match &req.ttl {
         Some(t) => {
-            Span::parse(t)
-                .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?
-                .0
+            crate::duration::parse(
+                "ttl",
+                t,
+                crate::duration::Range::up_to(state.settings.token_max_ttl),
+            )?
+            .0
         }
         None => state.settings.token_default_ttl,
     };
-    if ttl <= chrono::Duration::zero() || ttl > state.settings.token_max_ttl {
-        return Err(ApiError::bad_request(format!(
-            "ttl must be positive and at most {}",
-            Span(state.settings.token_max_ttl)
-        )));
-    }
     let parsed: Vec<San> = req
         .sans
         .iter()
@@ -258,10 +256,17 @@ pub async fn revoke(
         }
     };
     let serial_hex = hex::encode(&serial);
-    // The revocation hook records, publishes (OCSP) and audits each revocation; keyCompromise
-    // and `lineage` also lock the lineage and revoke its other generations.
+    // Segregation of duties first (refusals audited); the revocation hook records, publishes
+    // (OCSP) and audits each revocation; keyCompromise and `lineage` also lock the lineage and
+    // revoke its other generations.
     let done = state
-        .revoke(serial, reason, admin.actor(), whole_lineage)
+        .revoke(
+            admin.roles.clone(),
+            serial,
+            reason,
+            admin.actor(),
+            whole_lineage,
+        )
         .await?;
     let rec = &done.record;
     let (at, reason) = match &rec.status {
@@ -372,8 +377,7 @@ pub async fn list_certs(
         }
     }
     if let Some(w) = &q.expiring_within {
-        let span =
-            Span::parse(w).map_err(|e| ApiError::bad_request(format!("expiring_within: {e}")))?;
+        let span = crate::duration::parse("expiring_within", w, crate::duration::EXPIRING_WITHIN)?;
         filter.valid_at = Some(now);
         filter.expiring_before = Some(now + span.0);
     }
@@ -468,6 +472,21 @@ pub async fn audit_verify(
                 ))
                 .await;
             Err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_secrets_never_start_with_a_dash_and_are_hex() {
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let (secret, id) = super::new_token();
+            assert!(!secret.starts_with('-'), "{secret}");
+            assert_eq!(secret.len(), 64);
+            assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+            assert!(ids.insert(id));
         }
     }
 }

@@ -43,6 +43,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(health_routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -90,6 +94,124 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     } else {
         tracing::debug!(%method, %path, status = status.as_u16(),
             ms = start.elapsed().as_millis() as u64, "request");
+    }
+    resp
+}
+
+/// Most bytes of an oversized body read and discarded so that the client, still sending,
+/// receives the 413 instead of a connection reset: a server that closes a connection with
+/// unread data makes the kernel send a TCP reset, which destroys the answer in flight (the
+/// reason for nginx's lingering close).
+pub const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Refuse a body over `limits.max_body_bytes` before any route reads it, with a `413` the client
+/// receives:
+///
+/// - declared `Content-Length` over the limit and `Expect: 100-continue`: answer at once (the
+///   client has not sent the body and will not);
+/// - declared over the limit, without it: read and discard the body (up to [`DRAIN_LIMIT`];
+///   beyond that, answer at once: the client may then see a reset), then answer;
+/// - no declared length (chunked, HTTP/2 without `content-length`): read up to the limit here;
+///   past it, drain the rest the same way, then answer.
+///
+/// HTTP/1.1 answers carry `Connection: close`. Refusals are audited (`request`, rate-limited
+/// per client IP so that cheap requests cannot flood the log) and counted.
+async fn refuse_oversized(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use http_body_util::BodyExt;
+    let limit = state.settings.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(n) = declared {
+        if n <= limit as u64 {
+            // hyper holds the body to its declared length; the route's own limit applies.
+            return next.run(req).await;
+        }
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (parts, body) = req.into_parts();
+        if !expects_continue && n <= DRAIN_LIMIT {
+            drain(body, DRAIN_LIMIT).await;
+        }
+        return too_large(&state, &parts, limit).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        drain(body, DRAIN_LIMIT.saturating_sub(buf.len() as u64)).await;
+                        return too_large(&state, &parts, limit).await;
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Err(e) => {
+                return ApiError::bad_request(format!("cannot read the request body: {e}"))
+                    .into_response()
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
+        .await
+}
+
+/// Read and discard up to `max` bytes of a body (the client is still sending it).
+async fn drain(mut body: axum::body::Body, max: u64) {
+    use http_body_util::BodyExt;
+    let mut seen = 0u64;
+    while seen <= max {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                }
+            }
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+async fn too_large(state: &Arc<AppState>, parts: &http::request::Parts, limit: usize) -> Response {
+    let err = ApiError::new(
+        Code::PayloadTooLarge,
+        format!("request body over the size limit of {limit} bytes (limits.max_body_bytes)"),
+    );
+    let peer = peer_of(parts.extensions.get::<Peer>().cloned().map(Extension));
+    if state
+        .limits
+        .check(
+            crate::ratelimit::Class::Admin,
+            &format!("too-large:{}", peer.addr.ip()),
+        )
+        .is_ok()
+    {
+        state
+            .audit(
+                ca_core::audit::NewAuditEvent::failed(
+                    peer.ip_key(),
+                    "request",
+                    parts.uri.path(),
+                    err.code.as_str(),
+                )
+                .with_detail(serde_json::json!({ "method": parts.method.as_str() })),
+            )
+            .await;
+    }
+    let mut resp = err.into_response();
+    if parts.version <= http::Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     resp
 }

@@ -89,3 +89,18 @@ fn plain_pin_in_config_is_refused() {
     let err = ServerConfig::parse(&text).expect_err("pin as string");
     assert!(err.to_string().contains("hsm.pin"), "{err}");
 }
+
+#[test]
+fn token_max_ttl_is_at_most_365_days() {
+    let text = format!("{MINIMAL}\n[tokens]\nmax_ttl = \"100000000d\"\n");
+    let err = ServerConfig::parse(&text)
+        .expect("parses")
+        .validate()
+        .expect_err("huge max_ttl");
+    assert!(
+        err.to_string().contains("tokens.max_ttl") && err.to_string().contains("365d"),
+        "{err}"
+    );
+    let text = format!("{MINIMAL}\n[tokens]\nmax_ttl = \"365d\"\n");
+    ServerConfig::parse(&text).unwrap().validate().unwrap();
+}
