@@ -115,9 +115,46 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Read the key and certificate at the configured paths (following the links). `None` when
-/// either is missing; [`Error::KeyMismatch`] when they do not belong together.
+/// Refuse a configured path that is a symbolic link leading out of its own directory and out of
+/// the agent's store. Someone with write access to the directory could otherwise plant
+/// `server.key -> /etc/shadow`, or links to another service's key and certificate, and have the
+/// agent read them, copy them into its store (owned and moded as configured here) and renew
+/// that other identity. The agent's own links (into `.ca-agent/<name>/current/`) and an
+/// operator's links within the directory are fine. A missing or dangling path is left to the
+/// caller (it reads as missing).
+fn check_link_stays_inside(cfg: &CertConfig, path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("inspect", path, e)),
+    }
+    let target = match fs::canonicalize(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("resolve", path, e)),
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("/"));
+    let allowed: Vec<PathBuf> = [dir.to_path_buf(), cfg.store_dir()]
+        .iter()
+        .filter_map(|d| fs::canonicalize(d).ok())
+        .collect();
+    if allowed.iter().any(|d| target.starts_with(d)) {
+        return Ok(());
+    }
+    Err(Error::UnsafeLink {
+        path: path.to_path_buf(),
+        target,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Read the key and certificate at the configured paths (following the links, but never out of
+/// their directory or the store: [`Error::UnsafeLink`]). `None` when either is missing;
+/// [`Error::KeyMismatch`] when they do not belong together.
 pub fn read_current(cfg: &CertConfig) -> Result<Option<OnDisk>> {
+    check_link_stays_inside(cfg, &cfg.key)?;
+    check_link_stays_inside(cfg, &cfg.cert)?;
     let (Some(key_pem), Some(cert_pem)) = (read_opt(&cfg.key)?, read_opt(&cfg.cert)?) else {
         return Ok(None);
     };
@@ -381,6 +418,7 @@ pub fn recover(cfg: &CertConfig) -> Result<()> {
         }
     }
     import_plain_files(cfg)?;
+    tighten_key_modes(cfg)?;
     if current_version(&store, CURRENT).is_some() {
         ensure_links(cfg)?;
     }
@@ -423,13 +461,64 @@ fn import_plain_files(cfg: &CertConfig) -> Result<()> {
         cert_pem: String::from_utf8_lossy(&disk.cert_pem).to_string(),
         chain_pem: String::from_utf8_lossy(&disk.chain_pem).to_string(),
     };
+    // The certificate keeps the operator's mode; the key never does (a 0644 key is a leak).
     let modes = (
-        file_mode(&cfg.key).or(cfg.key_mode).unwrap_or(0o600),
+        key_mode(cfg),
         file_mode(&cfg.cert).or(cfg.cert_mode).unwrap_or(0o644),
     );
     let version = write_version(cfg, &material, modes)?;
     switch_to(&store, &version)?;
     ensure_links(cfg)
+}
+
+/// The mode every key file gets: the configured one if it keeps the key private (config
+/// validation refuses any other), else `0600`. Never the mode of a file being replaced.
+fn key_mode(cfg: &CertConfig) -> u32 {
+    cfg.key_mode
+        .filter(|m| crate::config::check_key_mode(*m).is_ok())
+        .unwrap_or(0o600)
+}
+
+/// Key files of every version kept in the store (`current`, `prev`, older and failed ones)
+/// get no more than the key mode: versions written by an older agent may have copied the mode
+/// of a world-readable key they replaced. The file is opened without following links.
+fn tighten_key_modes(cfg: &CertConfig) -> Result<()> {
+    let store = cfg.store_dir();
+    let want = key_mode(cfg);
+    let rd = match fs::read_dir(&store) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", &store, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(io("list", &store))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let is_version = version_number(&name).is_some()
+            || name
+                .strip_prefix("failed-")
+                .is_some_and(|n| version_number(n).is_some());
+        if !is_version || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let key = entry.path().join(KEY);
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&key)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("open", &key, e)),
+        };
+        let meta = f.metadata().map_err(io("inspect", &key))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & !want != 0 {
+            tracing::warn!(key = %key.display(), mode = format!("{mode:04o}"), "key file readable by others; setting {want:04o}");
+            f.set_permissions(fs::Permissions::from_mode(want))
+                .map_err(io("chmod", &key))?;
+        }
+    }
+    Ok(())
 }
 
 fn file_mode(path: &Path) -> Option<u32> {
@@ -494,10 +583,7 @@ fn switch_to(store: &Path, version: &str) -> Result<Option<String>> {
 pub fn install(cfg: &CertConfig, m: &Material) -> Result<Installed> {
     recover(cfg)?;
     let store = cfg.store_dir();
-    let key_mode = cfg
-        .key_mode
-        .or_else(|| file_mode(&cfg.key))
-        .unwrap_or(0o600);
+    let key_mode = key_mode(cfg);
     let cert_mode = cfg
         .cert_mode
         .or_else(|| file_mode(&cfg.cert))

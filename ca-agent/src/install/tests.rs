@@ -139,10 +139,10 @@ fn plain_files_are_imported_without_changing_what_readers_see() {
         .file_type()
         .is_symlink());
     assert_eq!(read_current(&c).unwrap().unwrap().cert.serial, s1);
-    // the operator's mode is kept
+    // the operator's 0640 is not copied: a key is 0600 whatever it replaced
     assert_eq!(
         fs::metadata(&c.key).unwrap().permissions().mode() & 0o777,
-        0o640
+        0o600
     );
     // An operator replaces both files by hand (mv over the links): imported as a new version.
     let (m2, s2) = material("a.test");
