@@ -251,7 +251,11 @@ fn every_kind_is_pinned_to_the_key_its_history_records() {
                 "{:?}: {reason}",
                 t.kind
             ),
-            other => panic!("{:?}: a re-signed transcript was accepted: {other:?}", t.kind),
+            other => panic!(
+                "{:?}: a re-signed transcript was accepted: {:?}",
+                t.kind,
+                other.map(|h| h.records.len())
+            ),
         }
         cli_refuses(&path, &stranger, &ws.path("root.pem"));
     }
