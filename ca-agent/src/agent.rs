@@ -404,8 +404,7 @@ impl Agent {
             }
             Err(e) => {
                 let identity = disk.cert.identity.to_string();
-                if let Some(Refusal { state, condition }) = e.api_code().and_then(renewal_refusal)
-                {
+                if let Some(Refusal { state, condition }) = e.api_code().and_then(renewal_refusal) {
                     let code = e.api_code().map(str::to_string);
                     if let Some(out) = self.try_token(c, st, state).await {
                         return out;
@@ -753,7 +752,8 @@ mod tests {
     fn final_renewal_refusals_map_to_a_condition_and_a_fix() {
         let cfg = config();
         let c = &cfg.certificates[0];
-        let rows: &[(&str, Option<(&str, Condition)>, &[&str])] = &[
+        type Row<'a> = (&'a str, Option<(&'a str, Condition)>, &'a [&'a str]);
+        let rows: &[Row<'_>] = &[
             (
                 "cert_revoked",
                 Some(("revoked", Condition::Revoked)),

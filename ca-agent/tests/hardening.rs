@@ -62,7 +62,11 @@ fn assert_all_keys_private(tls: &Path, store: &Path, when: &str) {
         assert_eq!(mode(&prev), 0o600, "{when}: {}", prev.display());
     }
     let keys = version_keys(store);
-    assert!(!keys.is_empty(), "{when}: no versions in {}", store.display());
+    assert!(
+        !keys.is_empty(),
+        "{when}: no versions in {}",
+        store.display()
+    );
     for k in keys {
         assert_eq!(mode(&k), 0o600, "{when}: {}", k.display());
     }
@@ -125,7 +129,10 @@ fn the_key_is_private_whatever_it_replaces_and_a_readable_key_mode_is_refused() 
         &[],
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(openssl_pair_matches(&tls.join("svc.crt"), &tls.join("svc.key")));
+    assert!(openssl_pair_matches(
+        &tls.join("svc.crt"),
+        &tls.join("svc.key")
+    ));
     assert_all_keys_private(&tls, &store, "after enrolling over a 0666 file");
 
     // 3. Someone loosens the installed key (chmod through the link): the renewed key is 0600,
@@ -258,7 +265,10 @@ fn links_planted_out_of_the_directory_are_neither_read_nor_imported() {
     }
     let out = run(&agent_bin(), &enroll_args, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(openssl_pair_matches(&tls.join("svc.crt"), &tls.join("svc.key")));
+    assert!(openssl_pair_matches(
+        &tls.join("svc.crt"),
+        &tls.join("svc.key")
+    ));
     assert_ne!(std::fs::read(tls.join("svc.key")).unwrap(), other_key_pem);
 }
 

@@ -44,7 +44,8 @@ fn a_response_about_the_same_serial_under_another_issuer_is_refused() {
         "good-by-issuer.der",
         "good-sha256.der",
     ] {
-        let c = check(&read(&dir, name), &leaf, &ca1, now).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let c =
+            check(&read(&dir, name), &leaf, &ca1, now).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(c.status, Status::Good, "{name}");
     }
 
@@ -54,7 +55,9 @@ fn a_response_about_the_same_serial_under_another_issuer_is_refused() {
     for name in ["other-issuer-delegated.der", "other-issuer-by-ca1.der"] {
         let e = check(&read(&dir, name), &leaf, &ca1, now)
             .err()
-            .unwrap_or_else(|| panic!("{name}: a response about another issuer's certificate was accepted"));
+            .unwrap_or_else(|| {
+                panic!("{name}: a response about another issuer's certificate was accepted")
+            });
         assert!(e.to_string().contains("another issuer"), "{name}: {e}");
     }
     // CA Two answering about its own certificate is refused as well (it is not our issuer).

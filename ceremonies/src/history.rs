@@ -325,7 +325,10 @@ pub fn pinned_signer(earlier: &[Record], t: &Transcript) -> Result<SignerPin, St
             }
             Ok(SignerPin {
                 spki_sha256: k.spki_sha256.clone(),
-                source: format!("the key this {} ceremony generated ({:?})", t.kind, k.key_label),
+                source: format!(
+                    "the key this {} ceremony generated ({:?})",
+                    t.kind, k.key_label
+                ),
             })
         }
         Kind::Intermediate | Kind::Crl | Kind::OcspResponse => from(Kind::Root, "root key"),

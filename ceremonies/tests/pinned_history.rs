@@ -51,7 +51,11 @@ impl Signer for Stranger {
 /// `original` with `edit` applied, its entry hashes and links recomputed, signed by `stranger`
 /// under the original's token and key label: only the signer (and the edit) differ, and the
 /// forgery verifies on its own.
-fn forge(original: &Transcript, stranger: &Stranger, edit: impl FnOnce(&mut Transcript)) -> Vec<u8> {
+fn forge(
+    original: &Transcript,
+    stranger: &Stranger,
+    edit: impl FnOnce(&mut Transcript),
+) -> Vec<u8> {
     let mut t = original.clone();
     edit(&mut t);
     let mut rec = Recorder::new(&t.ceremony_id);
@@ -62,7 +66,14 @@ fn forge(original: &Transcript, stranger: &Stranger, edit: impl FnOnce(&mut Tran
         let (i, o) = (pairs(&e.inputs), pairs(&e.outputs));
         let i: Vec<(&str, String)> = i.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let o: Vec<(&str, String)> = o.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        rec.record(e.time, &e.step, e.officer.as_deref(), e.token.as_ref(), &i, &o);
+        rec.record(
+            e.time,
+            &e.step,
+            e.officer.as_deref(),
+            e.token.as_ref(),
+            &i,
+            &o,
+        );
     }
     t.entries = rec.into_entries();
     let (token, label) = (t.signature.token.clone(), t.signature.key_label.clone());
@@ -161,7 +172,18 @@ fn a_root_crl_number_rolled_back_under_a_stranger_signature_is_refused() {
     std::fs::write(&crl2.transcript, &genuine).unwrap();
     ws.done("crl3.toml");
     let h = History::load(&ws.path("transcripts")).unwrap();
-    assert_eq!(h.records.last().unwrap().transcript.facts.crl.as_ref().unwrap().number, 3);
+    assert_eq!(
+        h.records
+            .last()
+            .unwrap()
+            .transcript
+            .facts
+            .crl
+            .as_ref()
+            .unwrap()
+            .number,
+        3
+    );
 }
 
 #[test]
