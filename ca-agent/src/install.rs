@@ -153,8 +153,13 @@ fn check_link_stays_inside(cfg: &CertConfig, path: &Path) -> Result<()> {
 /// their directory or the store: [`Error::UnsafeLink`]). `None` when either is missing;
 /// [`Error::KeyMismatch`] when they do not belong together.
 pub fn read_current(cfg: &CertConfig) -> Result<Option<OnDisk>> {
-    check_link_stays_inside(cfg, &cfg.key)?;
-    check_link_stays_inside(cfg, &cfg.cert)?;
+    // The chain too: an import copies it into the store with the certificate's (public) mode.
+    for p in [Some(&cfg.key), Some(&cfg.cert), cfg.chain.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        check_link_stays_inside(cfg, p)?;
+    }
     let (Some(key_pem), Some(cert_pem)) = (read_opt(&cfg.key)?, read_opt(&cfg.cert)?) else {
         return Ok(None);
     };
