@@ -135,8 +135,13 @@ fn check_link_stays_inside(cfg: &CertConfig, path: &Path) -> Result<()> {
         Err(e) => return Err(Error::io("resolve", path, e)),
     };
     let dir = path.parent().unwrap_or_else(|| Path::new("/"));
-    let allowed: Vec<PathBuf> = [dir.to_path_buf(), cfg.store_dir()]
-        .iter()
+    // The store counts only while it is the agent's own directory: a `.ca-agent` or
+    // `.ca-agent/<name>` replaced by a link to another service's store is not.
+    let store = cfg.store_dir();
+    let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let store_is_ours = real_dir(&store) && store.parent().is_none_or(real_dir);
+    let allowed: Vec<PathBuf> = std::iter::once(dir.to_path_buf())
+        .chain(store_is_ours.then_some(store))
         .filter_map(|d| fs::canonicalize(d).ok())
         .collect();
     if allowed.iter().any(|d| target.starts_with(d)) {
@@ -398,6 +403,19 @@ fn ensure_links(cfg: &CertConfig) -> Result<()> {
 /// Safe to run at any time; run at start-up and before each install.
 pub fn recover(cfg: &CertConfig) -> Result<()> {
     let store = cfg.store_dir();
+    // Never work in a store that was swapped for a link (to another service's store).
+    for p in [Some(store.as_path()), store.parent()]
+        .into_iter()
+        .flatten()
+    {
+        if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::UnsafeLink {
+                path: p.to_path_buf(),
+                target: fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
+                dir: p.parent().unwrap_or_else(|| Path::new("/")).to_path_buf(),
+            });
+        }
+    }
     if store.is_dir() {
         for entry in fs::read_dir(&store).map_err(io("list", &store))? {
             let entry = entry.map_err(io("list", &store))?;

@@ -255,3 +255,34 @@ fn links_out_of_the_directory_are_refused_before_anything_is_read() {
     recover(&c).unwrap();
     assert!(read_current(&c).unwrap().is_some());
 }
+
+/// The same through the store: `.ca-agent/<name>` replaced by a link to another service's
+/// store makes the agent's own links lead there. Refused.
+#[test]
+fn a_store_replaced_by_a_link_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (m1, _) = material("a.test");
+    install(&c, &m1).unwrap();
+    // Another service's store, elsewhere.
+    let other = {
+        let mut o = cfg(&dir.path().join("other"));
+        o.name = "other".into();
+        o
+    };
+    let (m2, _) = material("other.test");
+    install(&other, &m2).unwrap();
+    let store = c.store_dir();
+    fs::rename(&store, dir.path().join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(other.store_dir(), &store).unwrap();
+    assert!(matches!(read_current(&c), Err(Error::UnsafeLink { .. })));
+    assert!(matches!(
+        install(&c, &material("a.test").0),
+        Err(Error::UnsafeLink { .. })
+    ));
+    assert_eq!(
+        versions(&other.store_dir()).unwrap().len(),
+        1,
+        "nothing written there"
+    );
+}
