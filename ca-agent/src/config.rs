@@ -217,9 +217,14 @@ pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
 /// The most a key file's mode may allow: read and write by its owner.
 pub const KEY_MODE_MAX: u32 = 0o600;
 
-/// A private key's mode must not let anyone but the owner read it (nor execute it): `0600`,
-/// `0400`, or stricter.
+/// A private key's mode must let its owner read it and nobody else (nor execute it): `0600`
+/// or `0400`.
 pub fn check_key_mode(m: u32) -> std::result::Result<(), String> {
+    if m & 0o400 == 0 {
+        return Err(format!(
+            "{m:04o} does not let the owner read the private key; use \"0600\" or \"0400\""
+        ));
+    }
     if m & !KEY_MODE_MAX != 0 {
         return Err(format!(
             "{m:04o} lets {} the private key; use \"0600\" (or \"0400\") and give the service \
@@ -501,6 +506,8 @@ mod tests {
             ("key_mode = \"0604\"\n", "certificate[0].key_mode"),
             ("key_mode = \"0660\"\n", "certificate[0].key_mode"),
             ("key_mode = \"0700\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0200\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0000\"\n", "certificate[0].key_mode"),
             ("renew_at = 0.99\n", "certificate[0].renew_at"),
             ("jitter = 0.5\n", "certificate[0].jitter"),
             ("key_type = \"rsa4096\"\n", "certificate[0].key_type"),
