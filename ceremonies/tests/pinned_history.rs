@@ -282,3 +282,49 @@ fn every_kind_is_pinned_to_the_key_its_history_records() {
         cli_refuses(&path, &stranger, &ws.path("root.pem"));
     }
 }
+
+/// A transcript handed out alone (an auditor's copy): `root` and `key` are pinned by themselves;
+/// the others need --expect-signer, and a stranger's signature is refused with the real root.
+#[test]
+fn a_transcript_alone_needs_its_anchor() {
+    let ws = Workspace::new();
+    let stranger = Stranger::new();
+    let root = ws.done("root.toml");
+    ws.done("key.toml");
+    let crl = ws.done("crl.toml");
+    let alone = ws.path("auditor");
+    std::fs::create_dir_all(&alone).unwrap();
+    let copy = |from: &Path| {
+        let to = alone.join(from.file_name().unwrap());
+        for e in std::fs::read_dir(&alone).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+    let root_pem = ws.path("root.pem");
+    let root_pem = root_pem.to_str().unwrap();
+
+    let r = copy(&root.transcript);
+    assert!(verify_cli(&r, None).status.success());
+    assert!(verify_cli(&r, Some(root_pem)).status.success());
+    assert!(!verify_cli(&r, Some(&stranger.fingerprint()))
+        .status
+        .success());
+
+    let c = copy(&crl.transcript);
+    let out = verify_cli(&c, None);
+    assert!(!out.status.success(), "{}", out_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--expect-signer"),
+        "{}",
+        out_text(&out)
+    );
+    let out = verify_cli(&c, Some(root_pem));
+    assert!(out.status.success(), "{}", out_text(&out));
+
+    let t = verify_file(&crl.transcript, None).unwrap();
+    std::fs::write(&c, forge(&t, &stranger, |_| {})).unwrap();
+    assert!(!verify_cli(&c, Some(root_pem)).status.success());
+    assert!(!verify_cli(&c, None).status.success());
+}
