@@ -227,7 +227,10 @@ impl Agent {
         let disk = match install::read_current(c) {
             Ok(Some(d)) => d,
             Ok(None) => {
-                if let Some(out) = self.try_token(c, st, "no certificate on disk").await {
+                if let Some(out) = self
+                    .try_token(c, st, "no certificate on disk", Condition::Missing)
+                    .await
+                {
                     return out;
                 }
                 let e = Error::Io {
@@ -247,7 +250,12 @@ impl Agent {
             }
             Err(e @ Error::KeyMismatch { .. }) => {
                 if let Some(out) = self
-                    .try_token(c, st, "key and certificate do not match")
+                    .try_token(
+                        c,
+                        st,
+                        "key and certificate do not match",
+                        Condition::KeyMismatch,
+                    )
                     .await
                 {
                     return out;
@@ -265,7 +273,10 @@ impl Agent {
         let identity = disk.cert.identity.to_string();
 
         if disk.cert.not_after <= now {
-            if let Some(out) = self.try_token(c, st, "certificate expired").await {
+            if let Some(out) = self
+                .try_token(c, st, "certificate expired", Condition::Expired)
+                .await
+            {
                 return out;
             }
             let e = Error::NeedsEnrollment {
@@ -284,7 +295,8 @@ impl Agent {
             } else {
                 "not renewable"
             };
-            if let Some(out) = self.try_token(c, st, state).await {
+            let condition = st.condition;
+            if let Some(out) = self.try_token(c, st, state, condition).await {
                 return out;
             }
             // Keep saying so; nothing else can be done without an operator.
@@ -308,7 +320,10 @@ impl Agent {
 
         // OCSP: keep the staple fresh and notice revocation early.
         if let Some(out) = self.refresh_staple(c, st, false).await {
-            if let Some(out) = self.try_token(c, st, "OCSP says revoked").await {
+            if let Some(out) = self
+                .try_token(c, st, "OCSP says revoked", Condition::Revoked)
+                .await
+            {
                 return out;
             }
             return out;
@@ -406,7 +421,7 @@ impl Agent {
                 let identity = disk.cert.identity.to_string();
                 if let Some(Refusal { state, condition }) = e.api_code().and_then(renewal_refusal) {
                     let code = e.api_code().map(str::to_string);
-                    if let Some(out) = self.try_token(c, st, state).await {
+                    if let Some(out) = self.try_token(c, st, state, condition).await {
                         return out;
                     }
                     let fix = refusal_fix(c, &identity, code.as_deref().unwrap_or_default());
@@ -433,8 +448,17 @@ impl Agent {
         }
     }
 
-    /// Use the re-enrollment token, if the config names a token file holding one.
-    async fn try_token(&self, c: &CertConfig, st: &mut CertState, why: &str) -> Option<Outcome> {
+    /// Use the re-enrollment token, if the config names a token file holding one. When the
+    /// token does not work for good (refused, not a transient failure), the certificate keeps
+    /// `refused`, the condition that sent the agent here: a final refusal of the CA is never
+    /// turned into a retried one by a bad token.
+    async fn try_token(
+        &self,
+        c: &CertConfig,
+        st: &mut CertState,
+        why: &str,
+        refused: Condition,
+    ) -> Option<Outcome> {
         let path = c.reenroll_token_file.as_ref()?;
         let token = std::fs::read_to_string(path).ok()?.trim().to_string();
         if token.is_empty() {
@@ -465,7 +489,7 @@ impl Agent {
                 let cond = if e.is_transient() {
                     Condition::RenewalFailing
                 } else {
-                    st.condition
+                    refused
                 };
                 Some(self.fail(c, st, e, cond, fix))
             }
