@@ -56,11 +56,65 @@ pub struct EnrollRequest {
     pub key_type: Option<ca_core::signer::KeyAlgorithm>,
 }
 
+/// A refusal of the CA that no retry can change: the agent stops renewing this certificate and
+/// says what the operator must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// What the certificate is, for the message: `revoked`, `expired` or `not renewable`.
+    pub state: &'static str,
+    /// The condition recorded (and shown by `ca-agent status`).
+    pub condition: Condition,
+}
+
+/// Map the CA's error code for a refused renewal (docs/API.md) to a final refusal, or `None`
+/// when a later retry may work.
+///
+/// - `cert_revoked`, `lineage_locked` (the lineage was revoked, e.g. for keyCompromise) and
+///   `generation_superseded` (a newer certificate of the lineage exists: a copy of this key
+///   renewed elsewhere) are all `revoked`: only a new enrollment helps.
+/// - `cert_expired` is `expired`.
+/// - `not_renewable` (administrator and CA server certificates never renew through the API)
+///   is `not renewable`: a security officer re-issues them.
+pub fn renewal_refusal(code: &str) -> Option<Refusal> {
+    let (state, condition) = match code {
+        "cert_revoked" | "lineage_locked" | "generation_superseded" => {
+            ("revoked", Condition::Revoked)
+        }
+        "cert_expired" => ("expired", Condition::Expired),
+        "not_renewable" => ("not renewable", Condition::NotRenewable),
+        _ => return None,
+    };
+    Some(Refusal { state, condition })
+}
+
+/// The FIX line for a refusal with CA code `code`.
+pub fn refusal_fix(c: &CertConfig, identity: &str, code: &str) -> String {
+    match code {
+        "lineage_locked" => format!(
+            "the CA locked this certificate's lineage (a certificate of it was revoked for key \
+             compromise, or the whole lineage was revoked): it will never renew again. {}",
+            revoked_fix(c, identity)
+        ),
+        "generation_superseded" => format!(
+            "a newer certificate of this lineage exists, so this key was renewed elsewhere (a copy \
+             of it on another host?); the CA treats that as a cloned key. Find out who else holds \
+             this key, then: {}",
+            revoked_fix(c, identity)
+        ),
+        "not_renewable" => format!(
+            "{identity} is an administrator or CA server certificate, which never renews through \
+             /v1/renew: a security officer re-issues it (ca-server admin-cert create); remove it \
+             from agent.toml"
+        ),
+        _ => revoked_fix(c, identity),
+    }
+}
+
 fn revoked_fix(c: &CertConfig, identity: &str) -> String {
     format!(
-        "an operator must issue a new enrollment token for {identity} (ca-server token create, or \
+        "an operator must create a new enrollment token for {identity} (ca-server token create, or \
          POST /v1/admin/tokens), then either run `ca-agent enroll --config <agent.toml> --name {} \
-         --token-file <file>` or write the token to {}; the agent uses it on its next cycle",
+         --token-file <file> --force` or write the token to {}; the agent uses it on its next cycle",
         c.name,
         c.reenroll_token_file
             .as_ref()
@@ -173,7 +227,10 @@ impl Agent {
         let disk = match install::read_current(c) {
             Ok(Some(d)) => d,
             Ok(None) => {
-                if let Some(out) = self.try_token(c, st, "no certificate on disk").await {
+                if let Some(out) = self
+                    .try_token(c, st, "no certificate on disk", Condition::Missing)
+                    .await
+                {
                     return out;
                 }
                 let e = Error::Io {
@@ -193,7 +250,12 @@ impl Agent {
             }
             Err(e @ Error::KeyMismatch { .. }) => {
                 if let Some(out) = self
-                    .try_token(c, st, "key and certificate do not match")
+                    .try_token(
+                        c,
+                        st,
+                        "key and certificate do not match",
+                        Condition::KeyMismatch,
+                    )
                     .await
                 {
                     return out;
@@ -211,7 +273,10 @@ impl Agent {
         let identity = disk.cert.identity.to_string();
 
         if disk.cert.not_after <= now {
-            if let Some(out) = self.try_token(c, st, "certificate expired").await {
+            if let Some(out) = self
+                .try_token(c, st, "certificate expired", Condition::Expired)
+                .await
+            {
                 return out;
             }
             let e = Error::NeedsEnrollment {
@@ -223,17 +288,25 @@ impl Agent {
             let fix = revoked_fix(c, &identity);
             return self.fail(c, st, e, Condition::Expired, Some(fix));
         }
-        if st.condition == Condition::Revoked && !force {
-            if let Some(out) = self.try_token(c, st, "certificate revoked").await {
+        // A final refusal is never retried on a timer (only `--force` or a new pair on disk).
+        if matches!(st.condition, Condition::Revoked | Condition::NotRenewable) && !force {
+            let state = if st.condition == Condition::Revoked {
+                "revoked"
+            } else {
+                "not renewable"
+            };
+            let condition = st.condition;
+            if let Some(out) = self.try_token(c, st, state, condition).await {
                 return out;
             }
             // Keep saying so; nothing else can be done without an operator.
             st.retry_at = Some(now + self.cfg.check_interval.0);
+            let code = st.last_error_code.clone().unwrap_or_default();
             return Outcome::Failed(Error::NeedsEnrollment {
                 serial: disk.cert.serial.clone(),
                 identity: identity.clone(),
-                state: "revoked",
-                fix: revoked_fix(c, &identity),
+                state,
+                fix: refusal_fix(c, &identity, &code),
             });
         }
 
@@ -247,7 +320,10 @@ impl Agent {
 
         // OCSP: keep the staple fresh and notice revocation early.
         if let Some(out) = self.refresh_staple(c, st, false).await {
-            if let Some(out) = self.try_token(c, st, "OCSP says revoked").await {
+            if let Some(out) = self
+                .try_token(c, st, "OCSP says revoked", Condition::Revoked)
+                .await
+            {
                 return out;
             }
             return out;
@@ -265,6 +341,7 @@ impl Agent {
             if matches!(
                 st.condition,
                 Condition::Revoked
+                    | Condition::NotRenewable
                     | Condition::Expired
                     | Condition::Missing
                     | Condition::KeyMismatch
@@ -294,6 +371,7 @@ impl Agent {
         st.consecutive_failures = st.consecutive_failures.saturating_add(1);
         let delay = match condition {
             Condition::Revoked
+            | Condition::NotRenewable
             | Condition::Expired
             | Condition::Missing
             | Condition::KeyMismatch => std_duration(self.cfg.check_interval),
@@ -341,17 +419,12 @@ impl Agent {
             }
             Err(e) => {
                 let identity = disk.cert.identity.to_string();
-                let state = match e.api_code() {
-                    Some("cert_revoked") => Some(("revoked", Condition::Revoked)),
-                    Some("cert_expired") => Some(("expired", Condition::Expired)),
-                    _ => None,
-                };
-                if let Some((state, condition)) = state {
+                if let Some(Refusal { state, condition }) = e.api_code().and_then(renewal_refusal) {
                     let code = e.api_code().map(str::to_string);
-                    if let Some(out) = self.try_token(c, st, state).await {
+                    if let Some(out) = self.try_token(c, st, state, condition).await {
                         return out;
                     }
-                    let fix = revoked_fix(c, &identity);
+                    let fix = refusal_fix(c, &identity, code.as_deref().unwrap_or_default());
                     let e = Error::NeedsEnrollment {
                         serial: disk.cert.serial.clone(),
                         identity,
@@ -375,8 +448,17 @@ impl Agent {
         }
     }
 
-    /// Use the re-enrollment token, if the config names a token file holding one.
-    async fn try_token(&self, c: &CertConfig, st: &mut CertState, why: &str) -> Option<Outcome> {
+    /// Use the re-enrollment token, if the config names a token file holding one. When the
+    /// token does not work for good (refused, not a transient failure), the certificate keeps
+    /// `refused`, the condition that sent the agent here: a final refusal of the CA is never
+    /// turned into a retried one by a bad token.
+    async fn try_token(
+        &self,
+        c: &CertConfig,
+        st: &mut CertState,
+        why: &str,
+        refused: Condition,
+    ) -> Option<Outcome> {
         let path = c.reenroll_token_file.as_ref()?;
         let token = std::fs::read_to_string(path).ok()?.trim().to_string();
         if token.is_empty() {
@@ -407,7 +489,7 @@ impl Agent {
                 let cond = if e.is_transient() {
                     Condition::RenewalFailing
                 } else {
-                    st.condition
+                    refused
                 };
                 Some(self.fail(c, st, e, cond, fix))
             }
@@ -624,6 +706,7 @@ impl Agent {
                     status: checked.status.to_string(),
                     this_update: Some(checked.this_update),
                     next_update: checked.next_update,
+                    expires_at: Some(checked.expires_at),
                     fetched_at: Some(now),
                     refresh_at: Some(refresh_at),
                 });
@@ -653,6 +736,12 @@ impl Agent {
                         .unwrap_or_default();
                 let s = st.staple.get_or_insert_with(StapleState::default);
                 s.refresh_at = Some(retry);
+                // A kept response is trusted only until it expires; after that it is reported as
+                // expired, never as the status it once said.
+                if s.expires_at.is_some_and(|t| t < now) && s.status != "expired" {
+                    tracing::error!(cert = %c.name, expired_at = ?s.expires_at, "the OCSP staple on disk has expired and no fresh one could be fetched");
+                    s.status = "expired".into();
+                }
                 None
             }
         }
@@ -664,4 +753,122 @@ async fn generate(alg: ca_core::signer::KeyAlgorithm) -> Result<PrivateKey> {
     tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
         .await
         .map_err(|e| Error::Key(format!("key generation task: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(&format!(
+            "server = \"https://127.0.0.1:1\"\nroot_fingerprint = \"{}\"\ncheck_interval = \"7m\"\n\
+             retry_min = \"1s\"\nretry_max = \"2s\"\n[[certificate]]\nname = \"web\"\n\
+             cert = \"/tmp/x/web.crt\"\nkey = \"/tmp/x/web.key\"\n\
+             reenroll_token_file = \"/etc/ca-agent/web.token\"\n",
+            "00".repeat(32)
+        ))
+        .unwrap()
+    }
+
+    /// One row per CA code: the state and condition it maps to (or `None`: retried), and words
+    /// the FIX line must carry.
+    #[test]
+    fn final_renewal_refusals_map_to_a_condition_and_a_fix() {
+        let cfg = config();
+        let c = &cfg.certificates[0];
+        type Row<'a> = (&'a str, Option<(&'a str, Condition)>, &'a [&'a str]);
+        let rows: &[Row<'_>] = &[
+            (
+                "cert_revoked",
+                Some(("revoked", Condition::Revoked)),
+                &["new enrollment token", "--force", "/etc/ca-agent/web.token"],
+            ),
+            (
+                "lineage_locked",
+                Some(("revoked", Condition::Revoked)),
+                &[
+                    "locked",
+                    "never renew again",
+                    "new enrollment token",
+                    "ca-agent enroll",
+                    "--force",
+                    "/etc/ca-agent/web.token",
+                ],
+            ),
+            (
+                "generation_superseded",
+                Some(("revoked", Condition::Revoked)),
+                &[
+                    "newer certificate",
+                    "cloned",
+                    "new enrollment token",
+                    "--force",
+                    "/etc/ca-agent/web.token",
+                ],
+            ),
+            (
+                "cert_expired",
+                Some(("expired", Condition::Expired)),
+                &["new enrollment token", "--force"],
+            ),
+            (
+                "not_renewable",
+                Some(("not renewable", Condition::NotRenewable)),
+                &["security officer", "admin-cert create"],
+            ),
+            ("rate_limited", None, &[]),
+            ("internal", None, &[]),
+            ("hsm_unavailable", None, &[]),
+            ("cert_unknown", None, &[]),
+            ("token_rejected", None, &[]),
+        ];
+        for (code, want, words) in rows {
+            let got = renewal_refusal(code).map(|r| (r.state, r.condition));
+            assert_eq!(got, *want, "{code}");
+            if want.is_some() {
+                let fix = refusal_fix(c, "CN=web", code);
+                for w in *words {
+                    assert!(fix.contains(w), "{code}: {w:?} not in {fix}");
+                }
+            }
+        }
+    }
+
+    /// A final refusal waits a whole check interval (the daemon reports, it does not hammer the
+    /// CA); only transient failures back off from retry_min.
+    #[test]
+    fn final_refusals_are_not_retried_with_backoff() {
+        let cfg = config();
+        let agent = Agent::new(cfg.clone()).unwrap();
+        let c = &cfg.certificates[0];
+        for code in ["lineage_locked", "generation_superseded", "not_renewable"] {
+            let r = renewal_refusal(code).unwrap();
+            let mut st = CertState::default();
+            let before = Utc::now();
+            let fix = refusal_fix(c, "CN=web", code);
+            let e = Error::NeedsEnrollment {
+                serial: "01".into(),
+                identity: "CN=web".into(),
+                state: r.state,
+                fix: fix.clone(),
+            };
+            let _ = agent.fail(c, &mut st, e, r.condition, Some(fix.clone()));
+            assert_eq!(st.condition, r.condition);
+            assert_eq!(st.fix.as_deref(), Some(fix.as_str()));
+            let wait = st.retry_at.unwrap() - before;
+            assert!(wait >= chrono::Duration::minutes(7), "{code}: {wait}");
+            assert!(!st.condition.is_healthy());
+        }
+        let mut st = CertState::default();
+        let e = Error::Api {
+            url: "u".into(),
+            status: 503,
+            code: "hsm_unavailable".into(),
+            message: String::new(),
+            retry_after: None,
+        };
+        let before = Utc::now();
+        let _ = agent.fail(c, &mut st, e, Condition::RenewalFailing, None);
+        assert!(st.retry_at.unwrap() - before < chrono::Duration::minutes(1));
+    }
 }

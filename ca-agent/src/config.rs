@@ -14,7 +14,7 @@
 //! fullchain = "/etc/nginx/tls/fullchain.pem"
 //! key_type = "p256"
 //! group = "www-data"
-//! key_mode = "0640"
+//! key_mode = "0600"
 //!
 //! [[certificate.reload]]
 //! signal = "HUP"
@@ -88,7 +88,9 @@ pub struct CertConfig {
     /// File group (group name or gid); default: unchanged / the agent's group.
     #[serde(default)]
     pub group: Option<String>,
-    /// Mode of the key file, octal string (default `0600`).
+    /// Mode of the key file, octal string (default `0600`). Only `0600` or stricter (`0400`):
+    /// a mode that lets the group or others read the key is refused. The key never inherits the
+    /// mode of a file it replaces.
     #[serde(default, deserialize_with = "de_mode")]
     pub key_mode: Option<u32>,
     /// Mode of certificate and chain files, octal string (default `0644`).
@@ -212,6 +214,31 @@ pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
     Ok(m)
 }
 
+/// The most a key file's mode may allow: read and write by its owner.
+pub const KEY_MODE_MAX: u32 = 0o600;
+
+/// A private key's mode must let its owner read it and nobody else (nor execute it): `0600`
+/// or `0400`.
+pub fn check_key_mode(m: u32) -> std::result::Result<(), String> {
+    if m & 0o400 == 0 {
+        return Err(format!(
+            "{m:04o} does not let the owner read the private key; use \"0600\" or \"0400\""
+        ));
+    }
+    if m & !KEY_MODE_MAX != 0 {
+        return Err(format!(
+            "{m:04o} lets {} the private key; use \"0600\" (or \"0400\") and give the service \
+             access through `owner`",
+            if m & 0o077 != 0 {
+                "the group or others read or use"
+            } else {
+                "anyone execute"
+            }
+        ));
+    }
+    Ok(())
+}
+
 /// Turn a span into a std duration (negative spans become zero).
 pub fn std_duration(s: Span) -> Duration {
     s.0.to_std().unwrap_or_default()
@@ -331,6 +358,9 @@ impl Config {
             if c.cert == c.key {
                 return Err(err(p("key"), "must differ from cert".into()));
             }
+            if let Some(m) = c.key_mode {
+                check_key_mode(m).map_err(|reason| err(p("key_mode"), reason))?;
+            }
             if !(0.1..=0.95).contains(&c.renew_at) {
                 return Err(err(
                     p("renew_at"),
@@ -442,7 +472,7 @@ mod tests {
     #[test]
     fn full_config_parses() {
         let c = Config::parse(&base(
-            "key_mode = \"0640\"\nkey_type = \"ed25519\"\nocsp_staple = \"/tmp/x/o.der\"\n\
+            "key_mode = \"0400\"\nkey_type = \"ed25519\"\nocsp_staple = \"/tmp/x/o.der\"\n\
              [[certificate.reload]]\nsignal = \"HUP\"\npidfile = \"/run/nginx.pid\"\n\
              [[certificate.reload]]\ncommand = [\"systemctl\", \"reload\", \"nginx\"]\ntimeout = \"10s\"\n\
              [[certificate.reload]]\ncommand = \"echo hi\"\n\
@@ -450,7 +480,7 @@ mod tests {
         ))
         .unwrap();
         let cert = &c.certificates[0];
-        assert_eq!(cert.key_mode, Some(0o640));
+        assert_eq!(cert.key_mode, Some(0o400));
         assert_eq!(cert.reload.len(), 3);
         assert!(cert.probe.is_some());
     }
@@ -460,7 +490,7 @@ mod tests {
         let text = include_str!("../examples/agent.toml");
         let c = Config::parse(text).unwrap();
         assert_eq!(c.certificates.len(), 2);
-        assert_eq!(c.certificates[0].key_mode, Some(0o640));
+        assert_eq!(c.certificates[0].key_mode, Some(0o600));
         assert!(c.certificates[0].probe.is_some());
     }
 
@@ -470,6 +500,14 @@ mod tests {
         let rows: &[(&str, &str)] = &[
             ("bogus = 1\n", "byte"),
             ("key_mode = \"0999\"\n", "byte"),
+            // A key others (or the group) can read is refused, whatever the reason.
+            ("key_mode = \"0640\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0644\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0604\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0660\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0700\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0200\"\n", "certificate[0].key_mode"),
+            ("key_mode = \"0000\"\n", "certificate[0].key_mode"),
             ("renew_at = 0.99\n", "certificate[0].renew_at"),
             ("jitter = 0.5\n", "certificate[0].jitter"),
             ("key_type = \"rsa4096\"\n", "certificate[0].key_type"),

@@ -51,6 +51,22 @@ pub enum Error {
         /// Certificate file.
         cert: PathBuf,
     },
+    /// A configured key or certificate path is a symbolic link that leads out of its directory
+    /// (and out of the agent's store); the agent neither reads nor imports it.
+    #[error(
+        "{} is a symbolic link to {}, outside {}: refusing to read or import it (it may have been \
+         planted to make the agent copy another file). Fix: remove the link and put the real \
+         file there, or remove it and enroll again",
+        path.display(), target.display(), dir.display()
+    )]
+    UnsafeLink {
+        /// The configured path.
+        path: PathBuf,
+        /// Where it leads.
+        target: PathBuf,
+        /// The directory it should stay in.
+        dir: PathBuf,
+    },
     /// A certificate the CA returned failed verification; nothing was installed.
     #[error("certificate from the CA failed verification, not installed: {0}")]
     Verify(String),
@@ -93,7 +109,7 @@ pub enum Error {
         serial: String,
         /// Identity.
         identity: String,
-        /// `revoked` or `expired`.
+        /// `revoked`, `expired` or `not renewable`.
         state: &'static str,
         /// What the operator should do.
         fix: String,

@@ -115,9 +115,56 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Read the key and certificate at the configured paths (following the links). `None` when
-/// either is missing; [`Error::KeyMismatch`] when they do not belong together.
+/// Refuse a configured path that is a symbolic link leading out of its own directory and out of
+/// the agent's store. Someone with write access to the directory could otherwise plant
+/// `server.key -> /etc/shadow`, or links to another service's key and certificate, and have the
+/// agent read them, copy them into its store (owned and moded as configured here) and renew
+/// that other identity. The agent's own links (into `.ca-agent/<name>/current/`) and an
+/// operator's links within the directory are fine. A missing or dangling path is left to the
+/// caller (it reads as missing).
+fn check_link_stays_inside(cfg: &CertConfig, path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("inspect", path, e)),
+    }
+    let target = match fs::canonicalize(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("resolve", path, e)),
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("/"));
+    // The store counts only while it is the agent's own directory: a `.ca-agent` or
+    // `.ca-agent/<name>` replaced by a link to another service's store is not.
+    let store = cfg.store_dir();
+    let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let store_is_ours = real_dir(&store) && store.parent().is_none_or(real_dir);
+    let allowed: Vec<PathBuf> = std::iter::once(dir.to_path_buf())
+        .chain(store_is_ours.then_some(store))
+        .filter_map(|d| fs::canonicalize(d).ok())
+        .collect();
+    if allowed.iter().any(|d| target.starts_with(d)) {
+        return Ok(());
+    }
+    Err(Error::UnsafeLink {
+        path: path.to_path_buf(),
+        target,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Read the key and certificate at the configured paths (following the links, but never out of
+/// their directory or the store: [`Error::UnsafeLink`]). `None` when either is missing;
+/// [`Error::KeyMismatch`] when they do not belong together.
 pub fn read_current(cfg: &CertConfig) -> Result<Option<OnDisk>> {
+    // The chain too: an import copies it into the store with the certificate's (public) mode.
+    for p in [Some(&cfg.key), Some(&cfg.cert), cfg.chain.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        check_link_stays_inside(cfg, p)?;
+    }
     let (Some(key_pem), Some(cert_pem)) = (read_opt(&cfg.key)?, read_opt(&cfg.cert)?) else {
         return Ok(None);
     };
@@ -356,6 +403,19 @@ fn ensure_links(cfg: &CertConfig) -> Result<()> {
 /// Safe to run at any time; run at start-up and before each install.
 pub fn recover(cfg: &CertConfig) -> Result<()> {
     let store = cfg.store_dir();
+    // Never work in a store that was swapped for a link (to another service's store).
+    for p in [Some(store.as_path()), store.parent()]
+        .into_iter()
+        .flatten()
+    {
+        if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::UnsafeLink {
+                path: p.to_path_buf(),
+                target: fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
+                dir: p.parent().unwrap_or_else(|| Path::new("/")).to_path_buf(),
+            });
+        }
+    }
     if store.is_dir() {
         for entry in fs::read_dir(&store).map_err(io("list", &store))? {
             let entry = entry.map_err(io("list", &store))?;
@@ -381,6 +441,7 @@ pub fn recover(cfg: &CertConfig) -> Result<()> {
         }
     }
     import_plain_files(cfg)?;
+    tighten_key_modes(cfg)?;
     if current_version(&store, CURRENT).is_some() {
         ensure_links(cfg)?;
     }
@@ -423,13 +484,64 @@ fn import_plain_files(cfg: &CertConfig) -> Result<()> {
         cert_pem: String::from_utf8_lossy(&disk.cert_pem).to_string(),
         chain_pem: String::from_utf8_lossy(&disk.chain_pem).to_string(),
     };
+    // The certificate keeps the operator's mode; the key never does (a 0644 key is a leak).
     let modes = (
-        file_mode(&cfg.key).or(cfg.key_mode).unwrap_or(0o600),
+        key_mode(cfg),
         file_mode(&cfg.cert).or(cfg.cert_mode).unwrap_or(0o644),
     );
     let version = write_version(cfg, &material, modes)?;
     switch_to(&store, &version)?;
     ensure_links(cfg)
+}
+
+/// The mode every key file gets: the configured one if it keeps the key private (config
+/// validation refuses any other), else `0600`. Never the mode of a file being replaced.
+fn key_mode(cfg: &CertConfig) -> u32 {
+    cfg.key_mode
+        .filter(|m| crate::config::check_key_mode(*m).is_ok())
+        .unwrap_or(0o600)
+}
+
+/// Key files of every version kept in the store (`current`, `prev`, older and failed ones)
+/// get no more than the key mode: versions written by an older agent may have copied the mode
+/// of a world-readable key they replaced. The file is opened without following links.
+fn tighten_key_modes(cfg: &CertConfig) -> Result<()> {
+    let store = cfg.store_dir();
+    let want = key_mode(cfg);
+    let rd = match fs::read_dir(&store) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", &store, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(io("list", &store))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let is_version = version_number(&name).is_some()
+            || name
+                .strip_prefix("failed-")
+                .is_some_and(|n| version_number(n).is_some());
+        if !is_version || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let key = entry.path().join(KEY);
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&key)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("open", &key, e)),
+        };
+        let meta = f.metadata().map_err(io("inspect", &key))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & !want != 0 {
+            tracing::warn!(key = %key.display(), mode = format!("{mode:04o}"), "key file readable by others; setting {want:04o}");
+            f.set_permissions(fs::Permissions::from_mode(want))
+                .map_err(io("chmod", &key))?;
+        }
+    }
+    Ok(())
 }
 
 fn file_mode(path: &Path) -> Option<u32> {
@@ -494,10 +606,7 @@ fn switch_to(store: &Path, version: &str) -> Result<Option<String>> {
 pub fn install(cfg: &CertConfig, m: &Material) -> Result<Installed> {
     recover(cfg)?;
     let store = cfg.store_dir();
-    let key_mode = cfg
-        .key_mode
-        .or_else(|| file_mode(&cfg.key))
-        .unwrap_or(0o600);
+    let key_mode = key_mode(cfg);
     let cert_mode = cfg
         .cert_mode
         .or_else(|| file_mode(&cfg.cert))

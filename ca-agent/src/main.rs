@@ -85,6 +85,8 @@ struct EnrollArgs {
     #[arg(long)]
     fingerprint: Option<String>,
     /// The one-time token (prefer --token-file or CA_AGENT_TOKEN: not in shell history).
+    /// Taken as the token whatever its first character (tokens of older servers were base64url
+    /// and could start with '-').
     #[arg(
         long,
         env = "CA_AGENT_TOKEN",
@@ -313,6 +315,8 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
     cfg.validate()?;
     let c = cfg.certificates[idx].clone();
     match ca_agent::install::read_current(&c) {
+        // A planted link is never replaced blindly, even with --force: the operator looks first.
+        Err(e @ ca_agent::Error::UnsafeLink { .. }) => bail!("{e}"),
         Ok(Some(d)) if !args.force => bail!(
             "a certificate is already installed at {} (serial {}, expires {}); use --force to \
              replace it (the current pair is kept as .prev)",
@@ -352,4 +356,43 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
         c.key.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_of(args: &[&str]) -> Option<String> {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.cmd {
+            Cmd::Enroll(a) => a.token,
+            _ => panic!("not enroll"),
+        }
+    }
+
+    /// base64url tokens start with '-' one time in 64 (and with "--" one in 4096): the value
+    /// after --token is the token, wherever it sits on the line.
+    #[test]
+    fn a_token_starting_with_a_hyphen_is_a_value_not_a_flag() {
+        for tok in ["-abcDEF_123", "--abcDEF_123", "-", "-h", "--force"] {
+            assert_eq!(
+                token_of(&["ca-agent", "enroll", "--token", tok, "--force"]).as_deref(),
+                Some(tok)
+            );
+            assert_eq!(
+                token_of(&["ca-agent", "enroll", "--force", "--token", tok]).as_deref(),
+                Some(tok)
+            );
+        }
+        // Other options keep working around it.
+        let cli = Cli::try_parse_from([
+            "ca-agent", "enroll", "--token", "-x", "--cn", "a.test", "--force",
+        ])
+        .unwrap();
+        let Cmd::Enroll(a) = cli.cmd else {
+            panic!("not enroll")
+        };
+        assert_eq!(a.cn.as_deref(), Some("a.test"));
+        assert!(a.force);
+    }
 }

@@ -37,6 +37,12 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// How long a response without nextUpdate is treated as valid after its thisUpdate. RFC 6960
+/// 4.2.2.1 reads a missing nextUpdate as "newer information is always available", not as
+/// "valid forever": without a bound, a replayed old `good` response (fetched over plain HTTP)
+/// would be kept and stapled forever, hiding a revocation.
+pub const NO_NEXT_UPDATE_LIFETIME: chrono::Duration = chrono::Duration::hours(1);
+
 /// A checked OCSP response for one certificate.
 #[derive(Clone, Debug)]
 pub struct Checked {
@@ -48,20 +54,53 @@ pub struct Checked {
     pub this_update: DateTime<Utc>,
     /// nextUpdate, when given.
     pub next_update: Option<DateTime<Utc>>,
+    /// When the agent stops trusting it: nextUpdate, or thisUpdate +
+    /// [`NO_NEXT_UPDATE_LIFETIME`] when the responder gave none.
+    pub expires_at: DateTime<Utc>,
 }
 
 impl Checked {
-    /// When to fetch a fresh response: halfway through the validity window (or in an hour when
-    /// the responder gives no nextUpdate).
+    /// When to fetch a fresh response: halfway through the validity window (thisUpdate to
+    /// [`Checked::expires_at`]), and not before 30 seconds from now.
     pub fn refresh_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        match self.next_update {
-            Some(next) => {
-                let half = (next - self.this_update) / 2;
-                (self.this_update + half).max(now + chrono::Duration::seconds(30))
-            }
-            None => now + chrono::Duration::hours(1),
-        }
+        let half = (self.expires_at - self.this_update) / 2;
+        (self.this_update + half).max(now + chrono::Duration::seconds(30))
     }
+}
+
+const ID_SHA1: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+const ID_SHA256: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+
+/// Whether a CertID names `issuer`: the hashes of its subject name (DER) and of its public key
+/// (the subjectPublicKey bits), with the CertID's own hash algorithm (RFC 6960 4.1.1). A serial
+/// number alone says nothing: every CA numbers its own certificates.
+fn names_issuer(id: &x509_ocsp::CertId, issuer: &Certificate) -> Result<bool> {
+    use sha2::Digest;
+    let name = issuer
+        .tbs_certificate
+        .subject
+        .to_der()
+        .map_err(|e| err(format!("issuer name: {e}")))?;
+    let key = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    let (name_hash, key_hash) = match id.hash_algorithm.oid {
+        ID_SHA1 => (
+            sha1::Sha1::digest(&name).to_vec(),
+            sha1::Sha1::digest(key).to_vec(),
+        ),
+        ID_SHA256 => (
+            sha2::Sha256::digest(&name).to_vec(),
+            sha2::Sha256::digest(key).to_vec(),
+        ),
+        // A hash we cannot compute cannot be matched: fail closed.
+        _ => return Ok(false),
+    };
+    Ok(id.issuer_name_hash.as_bytes() == name_hash.as_slice()
+        && id.issuer_key_hash.as_bytes() == key_hash.as_slice())
 }
 
 fn gt(t: &x509_ocsp::OcspGeneralizedTime) -> DateTime<Utc> {
@@ -197,22 +236,45 @@ pub fn check(
     ca_core::signer::verify(&signer_spki, &tbs, basic.signature.raw_bytes())
         .map_err(|_| err("response signature does not verify"))?;
 
-    let single = basic
-        .tbs_response_data
-        .responses
-        .iter()
-        .find(|r| r.cert_id.serial_number == cert.tbs_certificate.serial_number)
-        .ok_or_else(|| err("response does not cover this certificate's serial"))?;
+    // The SingleResponse must be about this certificate: its serial AND its issuer (name and
+    // key hash). A responder trusted for this issuer may also answer for other CAs, whose
+    // serials can collide with ours.
+    let mut same_serial = false;
+    let mut single = None;
+    for r in &basic.tbs_response_data.responses {
+        if r.cert_id.serial_number != cert.tbs_certificate.serial_number {
+            continue;
+        }
+        same_serial = true;
+        if names_issuer(&r.cert_id, &issuer)? {
+            single = Some(r);
+            break;
+        }
+    }
+    let single = single.ok_or_else(|| {
+        err(if same_serial {
+            "response is about this serial number under another issuer (CertID issuer name or \
+             key hash differs)"
+        } else {
+            "response does not cover this certificate's serial"
+        })
+    })?;
     let this_update = gt(&single.this_update);
     let next_update = single.next_update.as_ref().map(gt);
+    let expires_at = next_update.unwrap_or(this_update + NO_NEXT_UPDATE_LIFETIME);
     // RFC 5019 4: reject responses from the future (with skew) or past their nextUpdate.
     if this_update > now + chrono::Duration::minutes(5) {
         return Err(err("response thisUpdate is in the future"));
     }
-    if let Some(n) = next_update {
-        if n < now {
-            return Err(err("response is stale (nextUpdate passed)"));
-        }
+    if expires_at < now {
+        return Err(err(match next_update {
+            Some(_) => "response is stale (nextUpdate passed)".to_string(),
+            None => format!(
+                "response is stale: it has no nextUpdate and its thisUpdate {this_update} is more \
+                 than {} minutes old",
+                NO_NEXT_UPDATE_LIFETIME.num_minutes()
+            ),
+        }));
     }
     let status = match &single.cert_status {
         CertStatus::Good(_) => Status::Good,
@@ -227,6 +289,7 @@ pub fn check(
         status,
         this_update,
         next_update,
+        expires_at,
     })
 }
 

@@ -25,6 +25,9 @@ pub enum Condition {
     Expired,
     /// The key and certificate on disk do not match.
     KeyMismatch,
+    /// The CA never renews this certificate (administrator or CA server certificate): a
+    /// security officer re-issues it.
+    NotRenewable,
 }
 
 impl Condition {
@@ -45,6 +48,9 @@ pub struct StapleState {
     pub this_update: Option<DateTime<Utc>>,
     /// nextUpdate.
     pub next_update: Option<DateTime<Utc>>,
+    /// When the agent stops trusting it (nextUpdate, or thisUpdate + 1 hour without one).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
     /// When the agent fetched it.
     pub fetched_at: Option<DateTime<Utc>>,
     /// When the agent fetches the next one.

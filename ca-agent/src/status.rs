@@ -85,7 +85,10 @@ pub fn collect(cfg: &Config) -> Vec<CertStatus> {
                         // Installed by someone else since the agent last looked.
                         if matches!(
                             s.condition,
-                            Condition::Revoked | Condition::Expired | Condition::Missing
+                            Condition::Revoked
+                                | Condition::NotRenewable
+                                | Condition::Expired
+                                | Condition::Missing
                         ) {
                             s.condition = Condition::Ok;
                             s.fix = None;

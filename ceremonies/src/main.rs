@@ -31,7 +31,9 @@ enum Cmd {
         #[arg(long = "share", value_name = "FILE")]
         shares: Vec<PathBuf>,
     },
-    /// Verify a transcript: exact form, hash chain and signature.
+    /// Verify a transcript: exact form, hash chain and signature, and its signer pinned from
+    /// the history in its directory (the root key for root-signed kinds, the issuing key for
+    /// ocsp-signer, the generated key for root and key).
     VerifyTranscript {
         /// Transcript JSON file.
         file: PathBuf,
@@ -92,9 +94,9 @@ fn main() -> anyhow::Result<()> {
                 .as_deref()
                 .map(ceremonies::transcript::signer_fingerprint)
                 .transpose()?;
-            let t = ceremonies::transcript::verify_file(&file, expected.as_deref())?;
+            let (t, pin) = ceremonies::history::verify_pinned(&file, expected.as_deref())?;
             println!(
-                "OK: {} transcript {} ({} steps, {}{}), signed by key {:?} in token {:?} serial {}, public key SHA-256 {}",
+                "OK: {} transcript {} ({} steps, {}{}), signed by key {:?} in token {:?} serial {}, public key SHA-256 {}, pinned by {}",
                 t.kind,
                 t.ceremony_id,
                 t.entries.len(),
@@ -103,10 +105,14 @@ fn main() -> anyhow::Result<()> {
                 t.signature.key_label,
                 t.signature.token.label,
                 t.signature.token.serial,
-                t.signature.spki_sha256
+                t.signature.spki_sha256,
+                pin.source
             );
             if expected.is_none() {
-                println!("Note: pass --expect-signer to check the signer is the key you expect.");
+                println!(
+                    "Note: the history's anchors are its root ceremonies; pass --expect-signer \
+                     root.pem (on any root-signed transcript) to check it is your root."
+                );
             }
         }
         Cmd::Dev {

@@ -10,8 +10,9 @@
 //! - The signature covers the whole document: it is made over the canonical JSON with
 //!   `signature.value` empty. The signing key is the ceremony's authority: the root key for
 //!   `root`, `intermediate`, `crl` and `ocsp-response`, the issuing key for `key` (proving the
-//!   new key works) and `ocsp-signer`. Its SubjectPublicKeyInfo is recorded in the transcript;
-//!   pass `--expect-signer` to `ceremony verify-transcript` to pin it.
+//!   new key works) and `ocsp-signer`. Its SubjectPublicKeyInfo is recorded in the transcript,
+//!   but a recorded key proves nothing by itself: [`crate::history`] pins each transcript's
+//!   signer to the key the history recorded for it (and `--expect-signer` can pin it too).
 //! - The file must be byte-for-byte the canonical form the tool writes (pretty JSON and a final
 //!   newline), so any changed byte fails verification, even whitespace.
 //! - `previous_transcript_sha256` links each transcript to the one before it in the same

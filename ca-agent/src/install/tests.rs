@@ -139,10 +139,10 @@ fn plain_files_are_imported_without_changing_what_readers_see() {
         .file_type()
         .is_symlink());
     assert_eq!(read_current(&c).unwrap().unwrap().cert.serial, s1);
-    // the operator's mode is kept
+    // the operator's 0640 is not copied: a key is 0600 whatever it replaced
     assert_eq!(
         fs::metadata(&c.key).unwrap().permissions().mode() & 0o777,
-        0o640
+        0o600
     );
     // An operator replaces both files by hand (mv over the links): imported as a new version.
     let (m2, s2) = material("a.test");
@@ -208,4 +208,81 @@ fn mismatched_pair_on_disk_is_reported() {
         .unwrap()
         .file_type()
         .is_symlink());
+}
+
+/// Someone who can write the directory plants links out of it: to another service's key and
+/// certificate, or a chain link to a secret file next to a pair of their own (an import would
+/// copy the "chain" into the store with the certificate's public mode). Nothing is read or
+/// copied; links inside the directory are fine.
+#[test]
+fn links_out_of_the_directory_are_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.chain = Some(dir.path().join("tls/chain.pem"));
+    let tls = c.key.parent().unwrap().to_path_buf();
+    fs::create_dir_all(&tls).unwrap();
+    let outside = dir.path().join("other-service");
+    fs::create_dir_all(&outside).unwrap();
+    let (m, _) = material("other.test");
+    fs::write(outside.join("k.pem"), &m.key_pem).unwrap();
+    fs::write(outside.join("c.pem"), &m.cert_pem).unwrap();
+    fs::write(outside.join("secret"), "root:$6$secret\n").unwrap();
+
+    std::os::unix::fs::symlink(outside.join("k.pem"), &c.key).unwrap();
+    std::os::unix::fs::symlink(outside.join("c.pem"), &c.cert).unwrap();
+    assert!(matches!(read_current(&c), Err(Error::UnsafeLink { .. })));
+    assert!(matches!(recover(&c), Err(Error::UnsafeLink { .. })));
+    assert!(!c.store_dir().exists(), "nothing imported");
+
+    // The attacker's own pair as plain files, the chain a link to a secret.
+    let (mine, _) = material("mine.test");
+    fs::remove_file(&c.key).unwrap();
+    fs::remove_file(&c.cert).unwrap();
+    fs::write(&c.key, &mine.key_pem).unwrap();
+    fs::write(&c.cert, &mine.cert_pem).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), c.chain.as_ref().unwrap()).unwrap();
+    let e = recover(&c).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsafeLink { path, .. } if path == c.chain.as_ref().unwrap()),
+        "{e}"
+    );
+    assert!(!c.store_dir().exists(), "nothing imported");
+
+    // A link that stays in the directory is the operator's business.
+    fs::remove_file(c.chain.as_ref().unwrap()).unwrap();
+    fs::rename(&c.key, tls.join("web-2026.key")).unwrap();
+    std::os::unix::fs::symlink("web-2026.key", &c.key).unwrap();
+    recover(&c).unwrap();
+    assert!(read_current(&c).unwrap().is_some());
+}
+
+/// The same through the store: `.ca-agent/<name>` replaced by a link to another service's
+/// store makes the agent's own links lead there. Refused.
+#[test]
+fn a_store_replaced_by_a_link_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (m1, _) = material("a.test");
+    install(&c, &m1).unwrap();
+    // Another service's store, elsewhere.
+    let other = {
+        let mut o = cfg(&dir.path().join("other"));
+        o.name = "other".into();
+        o
+    };
+    let (m2, _) = material("other.test");
+    install(&other, &m2).unwrap();
+    let store = c.store_dir();
+    fs::rename(&store, dir.path().join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(other.store_dir(), &store).unwrap();
+    assert!(matches!(read_current(&c), Err(Error::UnsafeLink { .. })));
+    assert!(matches!(
+        install(&c, &material("a.test").0),
+        Err(Error::UnsafeLink { .. })
+    ));
+    assert_eq!(
+        versions(&other.store_dir()).unwrap().len(),
+        1,
+        "nothing written there"
+    );
 }
