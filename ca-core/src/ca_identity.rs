@@ -141,7 +141,10 @@ impl ReservedNames {
         Ok(r)
     }
 
-    /// Reserve one name (`dns:`/`ip:` prefix or a bare DNS name).
+    /// Reserve one name (`dns:`/`ip:` prefix or a bare DNS name). Loopback names
+    /// (`localhost`, 127.0.0.0/8, ::1) are never reserved: every host has them, a certificate
+    /// for them designates no remote server, and services beside the CA (the agent's own
+    /// tests, a local nginx) need them.
     pub fn add_name(&mut self, name: &str) -> Result<()> {
         let bad = |reason: &str| Error::Config {
             path: "tls.names".into(),
@@ -149,18 +152,17 @@ impl ReservedNames {
         };
         match name.split_once(':') {
             Some(("ip", v)) => {
-                self.ips
-                    .insert(v.parse().map_err(|_| bad("not an IP address"))?);
+                self.insert_ip(v.parse().map_err(|_| bad("not an IP address"))?);
             }
             Some(("dns", v)) => {
-                self.dns.insert(normalize_dns(v));
+                self.insert_dns(v);
             }
             None => {
-                self.dns.insert(normalize_dns(name));
+                self.insert_dns(name);
             }
             Some(_) => {
                 if let Ok(ip) = name.parse::<IpAddr>() {
-                    self.ips.insert(ip);
+                    self.insert_ip(ip);
                 } else {
                     return Err(bad("expected dns:NAME or ip:ADDRESS"));
                 }
@@ -177,13 +179,26 @@ impl ReservedNames {
         })?;
         match host.parse::<IpAddr>() {
             Ok(ip) => {
-                self.ips.insert(ip);
+                self.insert_ip(ip);
             }
             Err(_) => {
-                self.dns.insert(normalize_dns(&host));
+                self.insert_dns(&host);
             }
         }
         Ok(())
+    }
+
+    fn insert_ip(&mut self, ip: IpAddr) {
+        if !ip.is_loopback() {
+            self.ips.insert(ip);
+        }
+    }
+
+    fn insert_dns(&mut self, d: &str) {
+        let d = normalize_dns(d);
+        if d != "localhost" && !d.ends_with(".localhost") {
+            self.dns.insert(d);
+        }
     }
 
     /// Whether nothing is reserved.
@@ -299,8 +314,8 @@ mod tests {
 
     #[test]
     fn reserved_names_table() {
-        let mut r =
-            ReservedNames::from_names(["dns:CA.Example.com.", "ip:10.0.0.5", "ip:::1"]).unwrap();
+        let mut r = ReservedNames::from_names(["dns:CA.Example.com.", "ip:10.0.0.5", "ip:fd00::5"])
+            .unwrap();
         r.add_url_host("http://status.example.com:8080/ocsp")
             .unwrap();
         r.add_url_host("http://[fd00::1]:8080/crl").unwrap();
@@ -310,7 +325,7 @@ mod tests {
             "dns:*.example.com",
             "dns:status.example.com",
             "ip:10.0.0.5",
-            "ip:::1",
+            "ip:fd00::5",
             "ip:fd00::1",
             "uri:https://ca.example.com/x",
             "uri:spiffe://CA.example.com/ns",
@@ -340,7 +355,10 @@ mod tests {
             );
         }
         assert!(r.check(&San::Dns("*.evil.example.com".into())).is_ok());
-        for cn in ["ca.example.com", "CA.example.com.", "10.0.0.5", "::1"] {
+        // Loopback names are every host's: never reserved.
+        let lo = ReservedNames::from_names(["dns:localhost", "ip:127.0.0.1", "ip:::1"]).unwrap();
+        assert!(lo.is_empty());
+        for cn in ["ca.example.com", "CA.example.com.", "10.0.0.5", "fd00::5"] {
             assert!(r.check_common_name(cn).is_err(), "CN={cn}");
         }
         assert!(r.check_common_name("payments").is_ok());

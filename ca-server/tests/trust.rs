@@ -439,7 +439,7 @@ async fn enroll_err(srv: &TestServer, token: &str, cn: &str, sans: &[&str]) -> (
     }
 }
 
-/// The CA's own names (its TLS names `localhost` and 127.0.0.1 here) are refused at token
+/// The CA's own names (its TLS names `ca.test` and 10.255.0.1 here; loopback names are never reserved) are refused at token
 /// creation, even by a security officer, and at enrollment with a token that binds them;
 /// the refused token stays unused and nothing is issued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,18 +449,18 @@ async fn the_ca_names_are_refused_at_token_creation_and_issuance() {
         (
             "reserved DNS SAN",
             Some("svc.test"),
-            &["dns:svc.test", "dns:localhost"],
+            &["dns:svc.test", "dns:ca.test"],
             "server",
         ),
-        ("reserved DNS, other case", None, &["dns:LocalHost"], "mtls"),
+        ("reserved DNS, other case", None, &["dns:CA.Test"], "mtls"),
         (
             "reserved IP SAN",
             Some("svc.test"),
-            &["ip:127.0.0.1"],
+            &["ip:10.255.0.1"],
             "client",
         ),
-        ("reserved name as CN", Some("localhost"), &[], "server"),
-        ("reserved IP as CN", Some("127.0.0.1"), &[], "client"),
+        ("reserved name as CN", Some("ca.test"), &[], "server"),
+        ("reserved IP as CN", Some("10.255.0.1"), &[], "client"),
     ];
     let certs = srv.cert_count();
     for (what, cn, sans, profile) in rows {
@@ -472,16 +472,26 @@ async fn the_ca_names_are_refused_at_token_creation_and_issuance() {
         }
     }
     // A token that binds a reserved name (made before the name was reserved) does not get it.
-    plant_token(&srv, "planted-reserved", None, &["ip:127.0.0.1"], "server");
+    plant_token(&srv, "planted-reserved", None, &["ip:10.255.0.1"], "server");
     assert_eq!(
-        enroll_err(&srv, "planted-reserved", "", &["ip:127.0.0.1"]).await,
+        enroll_err(&srv, "planted-reserved", "", &["ip:10.255.0.1"]).await,
         (403, "name_reserved".into())
     );
-    plant_token(&srv, "planted-cn", Some("localhost"), &[], "server");
+    plant_token(&srv, "planted-cn", Some("ca.test"), &[], "server");
     assert_eq!(
-        enroll_err(&srv, "planted-cn", "localhost", &[]).await,
+        enroll_err(&srv, "planted-cn", "ca.test", &[]).await,
         (403, "name_reserved".into())
     );
+    // Loopback names name every host: a local service may have them.
+    create_token(
+        &srv,
+        &srv.operator,
+        Some("svc.test"),
+        &["dns:svc.test", "ip:127.0.0.1"],
+        "server",
+    )
+    .await
+    .expect("loopback names are not reserved");
     let tokens = srv.pki.store.list_tokens().unwrap();
     assert!(tokens.iter().all(|t| t.used_at.is_none()));
     assert_eq!(srv.cert_count(), certs, "nothing issued");

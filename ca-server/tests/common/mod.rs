@@ -97,7 +97,14 @@ impl TestServer {
             urls: IssuerUrls::default(),
             store: pki.store.clone() as Arc<dyn Store>,
             clock: opts.clock,
-            tls_names: vec!["dns:localhost".into(), "ip:127.0.0.1".into()],
+            // Loopback names are never reserved; ca.test and 10.255.0.1 stand for the CA's
+            // public endpoint names.
+            tls_names: vec![
+                "dns:localhost".into(),
+                "ip:127.0.0.1".into(),
+                "dns:ca.test".into(),
+                "ip:10.255.0.1".into(),
+            ],
             tls_validity: opts.tls_validity,
             admin_validity: Span(chrono::Duration::days(30)),
             limits: opts.limits,
