@@ -187,6 +187,66 @@ const LEAVES: &[Leaf] = &[
     },
 ];
 
+/// The CA server's own TLS certificate (`_server-tls` as ca-server adds it: serverAuth and
+/// id-kp-caServerIdentity). pkilint's one finding is the size of the UUID OID's last arc
+/// (128 bits): X.690 8.19 puts no limit on a subidentifier and X.667 defines these OIDs, so it
+/// is no violation of the encoding rules, but parsers with fixed-size arcs (pkilint's; Go's
+/// crypto/x509 reads OID arcs into 31-bit ints) cannot read the extension. The test pins the
+/// finding to exactly that, so any other finding fails it.
+#[test]
+fn the_ca_server_certificate_has_no_other_pkilint_finding() {
+    let out = Out::new("ca-server-tls");
+    let mut profiles = test_profiles();
+    profiles.0.insert(
+        "_server-tls".into(),
+        ca_core::profile::Profile::ca_server_tls(ca_core::profile::NamePolicy {
+            dns: vec!["*".into()],
+            ip: vec!["0.0.0.0/0".into(), "::/0".into()],
+            common_name: true,
+            max_sans: 20,
+            ..Default::default()
+        }),
+    );
+    let pki = TestPki::with(
+        KeyAlgorithm::P256,
+        profiles,
+        urls(),
+        Arc::new(ca_core::clock::SystemClock),
+    )
+    .unwrap();
+    let key = subject_key(&out.dir, "ca-server-tls", SUBJECT_KEYS[0]);
+    let req = csr::parse_der(&make_csr(&key, None, &["dns:ca.test", "ip:127.0.0.1"])).unwrap();
+    let issued = pki
+        .ca
+        .prepare(
+            &req,
+            IssueContext::Admin {
+                profile: "_server-tls",
+                actor: "lint",
+                binding: None,
+            },
+        )
+        .unwrap()
+        .issue()
+        .unwrap();
+    assert!(ca_core::ca_identity::has_ca_server_identity(
+        &issued.record.der
+    ));
+    let path = out.write("ca-server-tls.pem", issued.cert_pem().as_bytes());
+    let reports = pkilint::run(&[Check::certificate("ca-server-tls", &path)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut known = pkilint::FALSE_POSITIVES.to_vec();
+    known.push(pkilint::FalsePositive {
+        code: "itu.invalid_asn1_syntax",
+        message_contains: "OID contains arc which is larger than 32-bits",
+        why: "id-kp-caServerIdentity is a UUID OID (X.667): its last arc has 128 bits, which \
+              X.690 8.19 allows; pkilint's OID reader stops at 32 bits",
+    });
+    if let Some(findings) = pkilint::failures(&reports, &known) {
+        panic!("{findings}");
+    }
+}
+
 fn urls() -> IssuerUrls {
     IssuerUrls {
         ocsp: Some("http://127.0.0.1:8080/ocsp".into()),

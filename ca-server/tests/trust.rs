@@ -310,10 +310,11 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
     assert!(e.to_string().contains("id-kp-caServerIdentity"), "{e}");
 
     // The impostor completed no handshake and received no request, so no token bytes.
-    let seen_now = seen.lock().unwrap();
-    assert_eq!(seen_now.handshakes, before, "{seen_now:?}");
-    assert!(seen_now.requests.is_empty(), "{seen_now:?}");
-    drop(seen_now);
+    {
+        let seen_now = seen.lock().unwrap();
+        assert_eq!(seen_now.handshakes, before, "{seen_now:?}");
+        assert!(seen_now.requests.is_empty(), "{seen_now:?}");
+    }
 
     // The real CA, same clients: the token was never spent.
     let agent_dir = work.join("agent-real");
@@ -359,7 +360,9 @@ async fn served_leaf(url: &str) -> Vec<u8> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let start = text.find("-----BEGIN CERTIFICATE-----").unwrap();
     let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
-    der::pem::decode_vec(text[start..end].as_bytes()).unwrap().1
+    der::pem::decode_vec(&text.as_bytes()[start..end])
+        .unwrap()
+        .1
 }
 
 fn with_svc_profiles() -> Options {
