@@ -37,7 +37,7 @@ pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) ->
     // A security officer re-issues administrator certificates; a stolen one cannot extend
     // itself.
     admin_profile.renewable = false;
-    // serverAuth + id-kp-caServerIdentity; the only profile that may name the reserved names.
+    // serverAuth + the caServerIdentity mark; the only profile that may name the reserved names.
     let mut tls_profile = Profile::ca_server_tls(NamePolicy {
         dns: vec!["*".into()],
         ip: vec!["0.0.0.0/0".into(), "::/0".into()],

@@ -160,7 +160,7 @@ fn agent_enroll(
 /// The attack of issue 13 section 2: a subscriber holds a valid server certificate of this CA
 /// for the CA's own name (127.0.0.1, localhost) and answers in the CA's place. The agent and
 /// the admin CLI refuse it during the handshake: no request, so no token and no admin action,
-/// reaches it. Without the id-kp-caServerIdentity check both send their request.
+/// reaches it. Without the caServerIdentity check both send their request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
     let mut srv = TestServer::start().await;
@@ -242,7 +242,7 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("id-kp-caServerIdentity") && err.contains("no credential was sent"),
+        err.contains("caServerIdentity") && err.contains("no credential was sent"),
         "{}",
         text(&out)
     );
@@ -270,7 +270,7 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
         .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("id-kp-caServerIdentity"),
+        String::from_utf8_lossy(&out.stderr).contains("caServerIdentity"),
         "{}",
         text(&out)
     );
@@ -294,7 +294,7 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
         )
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("id-kp-caServerIdentity"), "{e}");
+    assert!(e.to_string().contains("caServerIdentity"), "{e}");
     let (_, good_csr) = csr("svc.test", &["dns:svc.test"]);
     let e = ca_server::client::ApiClient::new(&url, srv.root_pem.as_bytes(), None)
         .unwrap()
@@ -307,7 +307,7 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
         )
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("id-kp-caServerIdentity"), "{e}");
+    assert!(e.to_string().contains("caServerIdentity"), "{e}");
 
     // The impostor completed no handshake and received no request, so no token bytes.
     {
