@@ -263,8 +263,10 @@ pub async fn issue_admin_cert(
 
 /// Run `ca-server dev` until SIGINT/SIGTERM.
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    // Before startup: a signal during startup stops the server once it has started.
+    let mut signal = server::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let running = start(&opts).await?;
-    running.wait_for_signal().await;
+    running.wait_for(&mut signal).await;
     // The addresses in dev.env are stale once the server is gone.
     let _ = std::fs::remove_file(opts.data.join("dev.env"));
     Ok(())
@@ -385,9 +387,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
         Some((status, status_parts.router)),
     )
     .await?;
-    if let Some(m) = status_parts.maintenance {
-        running.abort_on_shutdown(m);
-    }
+    running.attach_status(status_parts.state, status_parts.maintenance);
 
     let info = DevInfo {
         ca_url: format!("https://{api_addr}"),

@@ -71,6 +71,30 @@ pub fn open_module(path: &Path) -> Result<Pkcs11> {
     Ok(ctx)
 }
 
+/// Finalize every module this process loaded (`C_Finalize`) and forget them: the last step of
+/// a server's shutdown, after every thread that could call into a module has been joined.
+///
+/// Why explicit: a module's own teardown otherwise happens in the C/C++ static destructors
+/// run by `exit()`, concurrently with any thread still inside the module (SoftHSM's
+/// `C_SignInit` on a destroyed instance is a SIGSEGV). After this, a straggler's call fails
+/// with `CKR_CRYPTOKI_NOT_INITIALIZED` instead. A later [`open_module`] loads and initializes
+/// the module again.
+pub fn finalize_modules() {
+    let modules: Vec<(PathBuf, Pkcs11)> = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    for (path, ctx) in modules {
+        match ctx.finalize() {
+            Ok(()) => tracing::debug!(module = %path.display(), "PKCS#11 module finalized"),
+            Err(e) => {
+                tracing::warn!(module = %path.display(), error = %e, "finalizing the PKCS#11 module failed")
+            }
+        }
+    }
+}
+
 /// Where the user PIN comes from. Never from the config file in plain text (DESIGN invariant 1).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
