@@ -10,8 +10,8 @@ use crate::error::{ApiError, Code};
 use crate::metrics::{Metrics, TimedSigner};
 use crate::ratelimit::{Class, RateLimits};
 use crate::service::{
-    with_internal_profiles, AppState, HealthCheck, Request, Settings, StatusHooks, StoreOnly,
-    SERVER_TLS_PROFILE,
+    with_internal_profiles, AppState, HealthCheck, Readiness, Request, Settings, StatusHooks,
+    StoreOnly, SERVER_TLS_PROFILE,
 };
 use crate::tls::{self, ClientVerifier, LiveConfig};
 use anyhow::Context;
@@ -110,7 +110,9 @@ pub fn build_state(
         .cloned()
         .unwrap_or_else(|| parts.issuing_der.clone());
     let health_signer = parts.signer.clone();
-    let hsm_health: HealthCheck = Arc::new(move || health_signer.health_check());
+    let hsm_health: HealthCheck =
+        Arc::new(move || health_signer.health_check(crate::service::READINESS_SESSION_WAIT));
+    let readiness = Readiness::new(&parts.metrics, Some(parts.signer.token().clone()));
     let hooks = hooks.unwrap_or_else(|| Arc::new(StoreOnly(parts.store.clone())));
     Ok(Arc::new(AppState {
         ca: Arc::new(ca),
@@ -120,6 +122,7 @@ pub fn build_state(
         limits: RateLimits::new(&parts.limits),
         hooks,
         hsm_health,
+        readiness,
         settings: Settings {
             token_default_ttl: parts.tokens.default_ttl.0,
             token_max_ttl: parts.tokens.max_ttl.0,
