@@ -950,6 +950,9 @@ fn responses_the_hsm_failed_to_sign_at_issuance_are_signed_by_the_next_refresh_p
 
     // Back: the next pass signs both, with the status the store holds (one revoked meanwhile).
     ca.token.end_login_refusal().unwrap();
+    // The token refused the PIN: the CA does not try it again by itself (a real HSM would
+    // lock it); the operator who restored the token's PIN says so.
+    ca.signer.token().retry_login();
     let at = ca_core::clock::truncate(Utc::now() - Duration::minutes(1));
     ca.store
         .revoke(&b.record.serial, at, RevocationReason::Superseded)
