@@ -8,6 +8,8 @@
 //! environment, which is set before anything else runs in this process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod spy_support;
+
 use ca_core::clock::SystemClock;
 use ca_core::issuance::IssuerUrls;
 use ca_core::profile::Span;
@@ -19,46 +21,11 @@ use ca_server::metrics::Metrics;
 use ca_server::server::{self, ServerParts};
 use hsm_sim::pki::{test_profiles, TestPki};
 use http::{Method, StatusCode};
+use spy_support::{calls, spy_module};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-
-/// Where distributions install OpenSC's PKCS#11 spy (`$PKCS11_SPY_MODULE` overrides).
-const SPY_PATHS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
-    "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so",
-    "/usr/lib64/pkcs11/pkcs11-spy.so",
-    "/usr/lib/pkcs11/pkcs11-spy.so",
-    "/usr/local/lib/pkcs11/pkcs11-spy.so",
-];
-
-fn spy_module() -> PathBuf {
-    if let Some(p) = std::env::var_os("PKCS11_SPY_MODULE") {
-        return PathBuf::from(p);
-    }
-    SPY_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "OpenSC's pkcs11-spy.so not found in {SPY_PATHS:?}: install opensc \
-                 (apt-get install opensc / dnf install opensc) or set PKCS11_SPY_MODULE"
-            )
-        })
-}
-
-/// PKCS#11 calls in the spy's log, by name (`N: C_Sign` lines).
-fn calls(log: &Path, name: &str) -> usize {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter(|l| {
-            l.split_once(": ")
-                .is_some_and(|(n, f)| n.chars().all(|c| c.is_ascii_digit()) && f.trim() == name)
-        })
-        .count()
-}
 
 struct Counts {
     sign: usize,
