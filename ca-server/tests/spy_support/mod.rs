@@ -10,6 +10,7 @@ const SPY_PATHS: &[&str] = &[
     "/usr/lib64/pkcs11/pkcs11-spy.so",
     "/usr/lib/pkcs11/pkcs11-spy.so",
     "/usr/local/lib/pkcs11/pkcs11-spy.so",
+    "/opt/homebrew/lib/pkcs11/pkcs11-spy.so",
 ];
 
 pub fn spy_module() -> PathBuf {
