@@ -1,5 +1,6 @@
 //! Shutdown never crashes: the real `ca-server dev` process, SIGTERM at random moments under
-//! mixed issuance, renewal (accepted and refused) and keyCompromise revocation load. Every
+//! mixed issuance, renewal (accepted and refused) and keyCompromise revocation load (odd
+//! rounds), or right after the last renewal once the load ended (even rounds). Every
 //! exit status is 0, every certificate and revocation a client got an answer for is in the
 //! store afterwards, and the next start is clean.
 //!
@@ -30,6 +31,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ca-server");
 struct Dev {
     child: Child,
     stderr: PathBuf,
+    signal: Option<i32>,
 }
 
 impl Drop for Dev {
@@ -77,7 +79,11 @@ fn start_dev(
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let mut dev = Dev { child, stderr };
+    let mut dev = Dev {
+        child,
+        stderr,
+        signal: None,
+    };
     let deadline = Instant::now() + Duration::from_secs(240);
     while !env_file.exists() {
         if let Some(status) = dev.child.try_wait().unwrap() {
@@ -105,8 +111,25 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-/// SIGTERM, then the exit status (`None`: killed by a signal).
+/// SIGTERM, then the exit status: `Some(code)`, or `None` when a signal killed the process
+/// (printed by [`describe`]).
 fn sigterm_and_wait(dev: &mut Dev) -> Option<i32> {
+    let status = sigterm_and_wait_status(dev);
+    dev.signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    status.code()
+}
+
+/// How the process ended, for failure messages.
+fn describe(code: Option<i32>, dev: &Dev) -> String {
+    match (code, dev.signal) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(11)) => "killed by SIGSEGV".into(),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => "no status".into(),
+    }
+}
+
+fn sigterm_and_wait_status(dev: &mut Dev) -> std::process::ExitStatus {
     let ok = Command::new("kill")
         .args(["-TERM", &dev.child.id().to_string()])
         .status()
@@ -116,7 +139,7 @@ fn sigterm_and_wait(dev: &mut Dev) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = dev.child.try_wait().unwrap() {
-            return status.code();
+            return status;
         }
         assert!(Instant::now() < deadline, "dev did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(10));
@@ -229,6 +252,63 @@ async fn load(
     }
 }
 
+/// Enroll and renew once more; the renewal's serial is acknowledged.
+async fn last_renewal(round: usize, vars: &HashMap<String, String>, acked: &Mutex<Acked>) {
+    let (url, root, admin, anon) = clients(vars);
+    let cn = format!("r{round}-last.example.com");
+    let san = format!("dns:{cn}");
+    // The load may have used up the admin rate limit: wait for it.
+    let mut tries = 0;
+    let tok: TokenCreateResponse = loop {
+        let r = admin
+            .post_json(
+                "/v1/admin/tokens",
+                &TokenCreateRequest {
+                    common_name: Some(cn.clone()),
+                    sans: vec![san.clone()],
+                    profile: Some("client".into()),
+                    ttl: None,
+                },
+            )
+            .await;
+        match r {
+            Ok(t) => break t,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("token: {e}"),
+        }
+    };
+    let (key, csr) = common::csr(&cn, &[san.as_str()]);
+    let first: IssuedResponse = anon
+        .post_json(
+            "/v1/enroll",
+            &EnrollRequest {
+                token: tok.token,
+                csr,
+            },
+        )
+        .await
+        .expect("enroll");
+    acked.lock().unwrap().issued.push(first.serial.clone());
+    let holder = ApiClient::new(
+        &url,
+        &root,
+        Some((first.certificate.as_bytes(), key.as_bytes())),
+    )
+    .unwrap();
+    let (_k, csr) = common::csr(&cn, &[san.as_str()]);
+    // The renewal rate limit may refuse it (429): refused renewals are part of the mix.
+    if let Ok(r) = holder
+        .post_json::<_, IssuedResponse>("/v1/renew", &RenewRequest { csr })
+        .await
+    {
+        acked.lock().unwrap().issued.push(r.serial);
+    }
+}
+
 fn check_store(dir: &Path, acked: &Acked, round: usize) {
     let store = SledStore::open(&dir.join("store")).expect("store reopens");
     for s in &acked.issued {
@@ -290,7 +370,10 @@ fn sigterm_at_random_moments_under_load_always_exits_zero_and_loses_nothing() {
     let began = Instant::now();
     for round in 1..=rounds {
         // Each round its own OCSP issuance window, 1..=12 ms (see above).
-        let window = 1 + rand::random::<u64>() % 12;
+        let window = std::env::var("CA_SHUTDOWN_OCSP_WINDOW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| 1 + rand::random::<u64>() % 12);
         std::fs::write(
             &config,
             original.replacen(
@@ -313,18 +396,36 @@ fn sigterm_at_random_moments_under_load_always_exits_zero_and_loses_nothing() {
         // A random moment under load (the first issuances take some 50-100 ms).
         let delay = Duration::from_millis(60 + rand::random::<u64>() % 600);
         std::thread::sleep(delay);
-        let code = sigterm_and_wait(&mut dev);
-        stop.store(true, Ordering::Relaxed);
-        rt.block_on(async {
-            for w in workers {
-                w.await.expect("load worker");
-            }
-        });
+        let code = if round % 2 == 1 {
+            let code = sigterm_and_wait(&mut dev);
+            stop.store(true, Ordering::Relaxed);
+            rt.block_on(async {
+                for w in workers {
+                    w.await.expect("load worker");
+                }
+            });
+            code
+        } else {
+            // As an operator did: the load ends, one last renewal, SIGTERM right after its
+            // answer (within the OCSP issuance window, when its response is being signed).
+            stop.store(true, Ordering::Relaxed);
+            rt.block_on(async {
+                for w in workers {
+                    w.await.expect("load worker");
+                }
+                last_renewal(round, &vars, &acked).await;
+            });
+            std::thread::sleep(Duration::from_micros(
+                rand::random::<u64>() % (window * 1000 + 1),
+            ));
+            sigterm_and_wait(&mut dev)
+        };
         assert_eq!(
             code,
             Some(0),
-            "round {round}: ca-server dev exited with {code:?} (None: killed by a signal) \
-             after SIGTERM {delay:?} into the load (OCSP window {window} ms):\n{}",
+            "round {round}: ca-server dev {} after SIGTERM (load {delay:?}, OCSP window \
+             {window} ms):\n{}",
+            describe(code, &dev),
             tail(&dev.stderr)
         );
         drop(dev);
