@@ -299,17 +299,7 @@ impl Running {
             t.abort();
         }
         if let Some((status, maintenance)) = self.status {
-            status.stop_maintenance();
-            if let Some(m) = maintenance {
-                if tokio::time::timeout(SHUTDOWN_GRACE, m).await.is_err() {
-                    tracing::warn!(
-                        "the status maintenance pass did not finish within the grace period"
-                    );
-                }
-            }
-            if let Err(e) = tokio::task::spawn_blocking(move || status.close_blocking()).await {
-                tracing::error!(error = %e, "stopping the OCSP issuance signer failed");
-            }
+            close_status(Some(status), maintenance).await;
         }
         let store = self.state.store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
@@ -337,6 +327,30 @@ impl Running {
         signal.recv().await;
         tracing::info!("shutdown requested; finishing in-flight requests");
         self.shutdown().await;
+    }
+}
+
+/// Stop the status listener's background work: the maintenance task after its pass in
+/// progress, then the OCSP issuance signer thread (joined). Shutdown, and startup failures
+/// after [`status_integration`] (its thread must not outlive the server either).
+pub async fn close_status(
+    state: Option<Arc<crate::status::StatusState>>,
+    maintenance: Option<JoinHandle<()>>,
+) {
+    let Some(state) = state else {
+        if let Some(m) = maintenance {
+            m.abort();
+        }
+        return;
+    };
+    state.stop_maintenance();
+    if let Some(m) = maintenance {
+        if tokio::time::timeout(SHUTDOWN_GRACE, m).await.is_err() {
+            tracing::warn!("the status maintenance pass did not finish within the grace period");
+        }
+    }
+    if let Err(e) = tokio::task::spawn_blocking(move || state.close_blocking()).await {
+        tracing::error!(error = %e, "stopping the OCSP issuance signer failed");
     }
 }
 
@@ -745,14 +759,26 @@ pub async fn start_with_listeners(
     let status_parts = tokio::task::spawn_blocking(move || status_integration(&ocsp, &crl, &p))
         .await
         .context("starting the status listener")??;
-    let state = build_state(&parts, status_parts.hooks)?;
-    let mut running = start(
-        state,
-        parts.tls_names.clone(),
-        api,
-        Some((status, status_parts.router)),
-    )
-    .await?;
-    running.attach_status(status_parts.state, status_parts.maintenance);
-    Ok(running)
+    let started = match build_state(&parts, status_parts.hooks) {
+        Ok(state) => {
+            start(
+                state,
+                parts.tls_names.clone(),
+                api,
+                Some((status, status_parts.router)),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(mut running) => {
+            running.attach_status(status_parts.state, status_parts.maintenance);
+            Ok(running)
+        }
+        Err(e) => {
+            close_status(status_parts.state, status_parts.maintenance).await;
+            Err(e)
+        }
+    }
 }
