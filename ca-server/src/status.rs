@@ -449,9 +449,10 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
     };
     match problem {
         None => (StatusCode::OK, "ready\n").into_response(),
+        // Anonymous caller: no internal detail (it is in the log).
         Some(p) => {
             tracing::warn!(problem = %p, "status listener not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {p}\n")).into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
         }
     }
 }
