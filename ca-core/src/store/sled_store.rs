@@ -766,6 +766,10 @@ impl Store for SledStore {
         }
         Ok(())
     }
+
+    fn flush(&self) -> Result<()> {
+        self.flush_group()
+    }
 }
 
 impl SledStore {

@@ -112,7 +112,7 @@ impl TestServer {
             renewal: opts.renewal,
             metrics: Arc::new(Metrics::new()),
         };
-        let (hooks, status_router, maintenance) = if opts.status {
+        let (hooks, status_router, maintenance, status_state) = if opts.status {
             let p = parts.clone();
             let sp = tokio::task::spawn_blocking(move || {
                 server::status_integration(
@@ -124,9 +124,9 @@ impl TestServer {
             .await
             .unwrap()
             .expect("status listener");
-            (sp.hooks, sp.router, sp.maintenance)
+            (sp.hooks, sp.router, sp.maintenance, sp.state)
         } else {
-            (None, axum::Router::new(), None)
+            (None, axum::Router::new(), None, None)
         };
         let state = server::build_state(&parts, hooks).expect("state");
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -156,9 +156,7 @@ impl TestServer {
         )
         .await
         .expect("server starts");
-        if let Some(m) = maintenance {
-            running.abort_on_shutdown(m);
-        }
+        running.attach_status(status_state, maintenance);
         let url = format!("https://{}", running.api_addr);
         let status_url = format!("http://{}", running.status_addr.unwrap());
         let root_pem = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
