@@ -650,6 +650,11 @@ impl Responder {
         &self.issuer
     }
 
+    /// The clock it signs by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// The settings.
     pub fn config(&self) -> &ResponderConfig {
         &self.config
