@@ -322,7 +322,10 @@ impl prometheus_client::encoding::EncodeMetric for RevocationGauge {
 pub enum OcspSignerGauge {
     /// `ca_ocsp_signer_cert_expiry_seconds`: seconds until its notAfter (negative once
     /// expired).
-    ExpirySeconds(Arc<ca_core::ocsp::Responder>, Arc<dyn ca_core::clock::Clock>),
+    ExpirySeconds(
+        Arc<ca_core::ocsp::Responder>,
+        Arc<dyn ca_core::clock::Clock>,
+    ),
     /// `ca_ocsp_signer_cert_revoked`: 1 once it is revoked (nothing is signed with it), else 0.
     Revoked(Arc<ca_core::ocsp::Responder>),
 }
@@ -368,10 +371,9 @@ impl prometheus_client::encoding::EncodeMetric for OcspSignerGauge {
             OcspSignerGauge::ExpirySeconds(r, clock) => r
                 .signer_cert_status()
                 .map_or(0, |s| (s.not_after - clock.now()).num_seconds()),
-            OcspSignerGauge::Revoked(r) => i64::from(
-                r.signer_cert_status()
-                    .is_some_and(|s| s.revoked.is_some()),
-            ),
+            OcspSignerGauge::Revoked(r) => {
+                i64::from(r.signer_cert_status().is_some_and(|s| s.revoked.is_some()))
+            }
         };
         encoder.encode_gauge(&v)
     }

@@ -206,13 +206,8 @@ pub fn status_integration(
             // responder then refuses to start with it if it is expired or revoked.
             let issuer = ca_core::ocsp::OcspIssuer::from_cert_der(&parts.issuing_der)
                 .context("ca.certificate")?;
-            ca_core::ocsp::register_signer_cert(
-                parts.store.as_ref(),
-                &issuer,
-                &cert[0],
-                "server",
-            )
-            .context("ocsp.signer_cert: recording the OCSP responder certificate")?;
+            ca_core::ocsp::register_signer_cert(parts.store.as_ref(), &issuer, &cert[0], "server")
+                .context("ocsp.signer_cert: recording the OCSP responder certificate")?;
             key
         }
         _ => ResponderKey::ca(issuing.clone()),
