@@ -376,7 +376,9 @@ async fn external_ca_responses_are_refused_when_expired_or_longer_than_twelve_mo
             .to_vec()
     };
     let now = ca_core::clock::truncate(Utc::now());
-    let rows: [(&str, DateTime<Utc>, DateTime<Utc>, Option<&str>); 4] = [
+    // (what, thisUpdate, nextUpdate, refused with a message containing)
+    type Row<'a> = (&'a str, DateTime<Utc>, DateTime<Utc>, Option<&'a str>);
+    let rows: [Row<'_>; 4] = [
         (
             "366 days",
             now,
