@@ -302,15 +302,60 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     let events = ca.store.audit_events(0, usize::MAX).unwrap();
     assert_eq!(events.len(), audit_before + 1);
     assert_eq!(events.last().unwrap().event.result, "reason_not_allowed");
-    // The store refuses it too, for callers that go around `revoke`.
-    assert!(matches!(
-        ca.store.revoke(
-            &other.record.serial,
-            Utc::now(),
+    // The store refuses it too, for callers that go around `revoke`; and the reasons an
+    // end-entity certificate must not carry (certificateHold, CA/B Forum BR 7.2.2; the
+    // CA-only cACompromise and aACompromise), one row each.
+    for reason in [
+        RevocationReason::RemoveFromCrl,
+        RevocationReason::CertificateHold,
+        RevocationReason::CaCompromise,
+        RevocationReason::AaCompromise,
+    ] {
+        assert!(
+            matches!(
+                ca.store.revoke(&other.record.serial, Utc::now(), reason),
+                Err(ca_core::Error::ReasonNotAllowed(r, _)) if r == reason
+            ),
+            "{reason}"
+        );
+        assert!(
+            matches!(
+                ca_core::revocation::revoke(
+                    ca.store.as_ref(),
+                    &r,
+                    &other.record.serial,
+                    reason,
+                    Utc::now(),
+                    "test",
+                ),
+                Err(ca_core::Error::ReasonNotAllowed(r, _)) if r == reason
+            ),
+            "{reason}"
+        );
+        assert!(!ca_core::revocation::reason_allowed(reason));
+    }
+    assert_eq!(
+        ca.store
+            .get_cert(&other.record.serial)
+            .unwrap()
+            .unwrap()
+            .cert_status(),
+        CertStatus::Good
+    );
+    for reason in RevocationReason::ALL {
+        let refused = matches!(
+            reason,
             RevocationReason::RemoveFromCrl
-        ),
-        Err(ca_core::Error::ReasonNotAllowed(..))
-    ));
+                | RevocationReason::CertificateHold
+                | RevocationReason::CaCompromise
+                | RevocationReason::AaCompromise
+        );
+        assert_eq!(
+            ca_core::revocation::reason_allowed(reason),
+            !refused,
+            "{reason}"
+        );
+    }
 }
 
 #[test]
