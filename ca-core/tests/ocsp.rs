@@ -1029,7 +1029,7 @@ fn responses_end_with_the_responder_certificate_and_none_are_signed_after_it() {
     let mut long = ca.issue_leaf("leaf").record;
     long.serial = (0..16).map(|_| rand::random::<u8>() & 0x7f).collect();
     long.serial[0] |= 0x01;
-    long.not_after = long.not_after + Duration::days(90);
+    long.not_after += Duration::days(90);
     assert!(ca.store.insert_cert(&long).unwrap());
     let ghost = ca.unissued_leaf("ghost");
     let (signer, cert_der, _) = ca.ocsp_responder("ocsp-short");
