@@ -249,6 +249,17 @@ pub enum Error {
         /// Seconds until the next attempt is allowed.
         retry_in_secs: u64,
     },
+    /// The delegated OCSP responder certificate can no longer sign: it has expired (no
+    /// response may outlive it, RFC 6960 4.2.2.2) or it is revoked. Pre-signed responses stay
+    /// served until their nextUpdate; nothing new is signed until the operator rotates it
+    /// (README "Rotating the OCSP responder certificate").
+    #[error("the OCSP responder certificate (serial {serial}) cannot sign: {reason}; run the ocsp-signer ceremony and configure the new ocsp.signer_key/ocsp.signer_cert")]
+    OcspSignerUnusable {
+        /// Serial of the responder certificate (hex).
+        serial: String,
+        /// Expired (when) or revoked (when, why).
+        reason: String,
+    },
 }
 
 impl Error {

@@ -148,7 +148,8 @@ pub enum CertStatus {
 ///    ([`Responder::on_revoked`](crate::ocsp::Responder::on_revoked));
 /// 3. the event is appended to the audit log (invariant 4).
 ///
-/// removeFromCRL is refused with [`crate::Error::ReasonNotAllowed`] before anything changes.
+/// Reasons [`check_reason`] refuses (removeFromCRL, certificateHold, cACompromise,
+/// aACompromise) are refused with [`crate::Error::ReasonNotAllowed`] before anything changes.
 /// `at` is truncated to whole seconds. If step 2 fails the revocation stays recorded, the old
 /// OCSP response is withdrawn (the serial is then answered live or with `tryLater`, never
 /// `good`), the failure is audited and returned: do not acknowledge, retry (a retry with
@@ -165,7 +166,7 @@ pub fn revoke(
     use crate::audit::NewAuditEvent;
     let at = crate::clock::truncate(at);
     let object = hex::encode(serial);
-    // The store refuses reasons `check_reason` refuses (removeFromCRL) before changing anything.
+    // The store refuses reasons `check_reason` refuses before changing anything.
     let rec = match store.revoke(serial, at, reason) {
         Ok(rec) => rec,
         Err(e) => {
@@ -206,18 +207,41 @@ pub fn revoke(
     Ok(rec)
 }
 
-/// Refuse reasons a revocation cannot carry. removeFromCRL (8) "may only appear in delta CRLs
-/// and indicates that a certificate is to be removed from a CRL" (RFC 5280 5.3.1): this CA
-/// publishes complete CRLs only and never un-revokes, so it would make the CRL non-conforming
-/// and the OCSP answer meaningless.
+/// Refuse reasons a revocation of a certificate in this CA's store cannot carry. Every
+/// certificate the store holds is an end-entity certificate (subscribers, administrators, the
+/// server's TLS certificate, the delegated OCSP responder): the CA certificates are revoked
+/// by the root in a ceremony (root CRL, root-signed OCSP response), never here. Refused:
+///
+/// - removeFromCRL (8): it "may only appear in delta CRLs and indicates that a certificate is
+///   to be removed from a CRL" (RFC 5280 5.3.1); this CA publishes complete CRLs only and
+///   never un-revokes, so it would make the CRL non-conforming and the OCSP answer
+///   meaningless.
+/// - certificateHold (6): the CA/Browser Forum Baseline Requirements, 7.2.2 (CRL reason
+///   codes), say certificateHold MUST NOT be used; a hold is also undone with removeFromCRL,
+///   which is refused above.
+/// - cACompromise (2) and aACompromise (10): they state that a CA's or an attribute
+///   authority's key is compromised (RFC 5280 5.3.1), which an end-entity certificate is
+///   not; BR 7.2.2 lists the reasons a subscriber certificate may carry, and neither is one.
+///   For a compromised subscriber key use keyCompromise.
 pub fn check_reason(reason: RevocationReason) -> crate::Result<()> {
-    if reason == RevocationReason::RemoveFromCrl {
-        return Err(crate::Error::ReasonNotAllowed(
-            reason,
-            "removeFromCRL only appears in delta CRLs (RFC 5280 5.3.1), and a revocation is never undone",
-        ));
-    }
-    Ok(())
+    let why = match reason {
+        RevocationReason::RemoveFromCrl => {
+            "removeFromCRL only appears in delta CRLs (RFC 5280 5.3.1), and a revocation is never undone"
+        }
+        RevocationReason::CertificateHold => {
+            "certificateHold must not be used (CA/B Forum BR 7.2.2): a revocation is permanent; use a final reason"
+        }
+        RevocationReason::CaCompromise | RevocationReason::AaCompromise => {
+            "the reason is for CA and attribute-authority certificates only (RFC 5280 5.3.1, BR 7.2.2); this is an end-entity certificate: use keyCompromise if its key is compromised"
+        }
+        _ => return Ok(()),
+    };
+    Err(crate::Error::ReasonNotAllowed(reason, why))
+}
+
+/// Whether [`check_reason`] accepts `reason` for the end-entity certificates of this CA.
+pub fn reason_allowed(reason: RevocationReason) -> bool {
+    check_reason(reason).is_ok()
 }
 
 fn rec_time(rec: &crate::store::CertRecord) -> Option<String> {

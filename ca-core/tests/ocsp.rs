@@ -302,15 +302,60 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     let events = ca.store.audit_events(0, usize::MAX).unwrap();
     assert_eq!(events.len(), audit_before + 1);
     assert_eq!(events.last().unwrap().event.result, "reason_not_allowed");
-    // The store refuses it too, for callers that go around `revoke`.
-    assert!(matches!(
-        ca.store.revoke(
-            &other.record.serial,
-            Utc::now(),
+    // The store refuses it too, for callers that go around `revoke`; and the reasons an
+    // end-entity certificate must not carry (certificateHold, CA/B Forum BR 7.2.2; the
+    // CA-only cACompromise and aACompromise), one row each.
+    for reason in [
+        RevocationReason::RemoveFromCrl,
+        RevocationReason::CertificateHold,
+        RevocationReason::CaCompromise,
+        RevocationReason::AaCompromise,
+    ] {
+        assert!(
+            matches!(
+                ca.store.revoke(&other.record.serial, Utc::now(), reason),
+                Err(ca_core::Error::ReasonNotAllowed(r, _)) if r == reason
+            ),
+            "{reason}"
+        );
+        assert!(
+            matches!(
+                ca_core::revocation::revoke(
+                    ca.store.as_ref(),
+                    &r,
+                    &other.record.serial,
+                    reason,
+                    Utc::now(),
+                    "test",
+                ),
+                Err(ca_core::Error::ReasonNotAllowed(r, _)) if r == reason
+            ),
+            "{reason}"
+        );
+        assert!(!ca_core::revocation::reason_allowed(reason));
+    }
+    assert_eq!(
+        ca.store
+            .get_cert(&other.record.serial)
+            .unwrap()
+            .unwrap()
+            .cert_status(),
+        CertStatus::Good
+    );
+    for reason in RevocationReason::ALL {
+        let refused = matches!(
+            reason,
             RevocationReason::RemoveFromCrl
-        ),
-        Err(ca_core::Error::ReasonNotAllowed(..))
-    ));
+                | RevocationReason::CertificateHold
+                | RevocationReason::CaCompromise
+                | RevocationReason::AaCompromise
+        );
+        assert_eq!(
+            ca_core::revocation::reason_allowed(reason),
+            !refused,
+            "{reason}"
+        );
+    }
 }
 
 #[test]
@@ -1016,4 +1061,56 @@ fn stopped_issuance_signer_signs_its_queue_and_ends() {
     }
     // The responder itself lives on: the thread ended because it was told to.
     assert_eq!(Arc::strong_count(&r), 1);
+}
+
+/// RFC 6960 4.2.2.2: no response outlives the delegated responder certificate. With an
+/// injected clock near its notAfter (the fixture's certificate is valid 60 days): responses
+/// end at the notAfter and are not re-signed in a loop; past it nothing is signed, and a
+/// responder refuses to start with it.
+#[test]
+fn responses_end_with_the_responder_certificate_and_none_are_signed_after_it() {
+    let ca = TestCa::new("Test Root");
+    // A record that outlives the responder certificate (the responder only needs its serial
+    // and status).
+    let mut long = ca.issue_leaf("leaf").record;
+    long.serial = (0..16).map(|_| rand::random::<u8>() & 0x7f).collect();
+    long.serial[0] |= 0x01;
+    long.not_after += Duration::days(90);
+    assert!(ca.store.insert_cert(&long).unwrap());
+    let ghost = ca.unissued_leaf("ghost");
+    let (signer, cert_der, _) = ca.ocsp_responder("ocsp-short");
+    let key = ResponderKey::delegated(signer, &cert_der).unwrap();
+    let (_, not_after) = key.cert_serial_and_expiry().unwrap();
+    let config = ResponderConfig {
+        validity: Duration::hours(24),
+        refresh_before: Duration::hours(12),
+        ..Default::default()
+    };
+    let clock = Arc::new(FixedClock::new(not_after - Duration::hours(3)));
+    let r = responder(&ca, key.clone(), clock.clone(), config.clone());
+    r.load().unwrap();
+    let a = r.cached(&long.serial).unwrap();
+    assert_eq!(a.next_update(), Some(not_after));
+    // Due by the usual rule, but re-signing cannot extend it: left alone.
+    clock.set(not_after - Duration::hours(2));
+    assert_eq!(r.refresh_due().unwrap().refreshed, 0);
+    assert_eq!(r.cached(&long.serial).unwrap().der, a.der);
+    // Past the notAfter: nothing is signed (a fresh request gets tryLater), the status says so.
+    clock.set(not_after + Duration::seconds(1));
+    let stats = r.refresh_due().unwrap();
+    assert_eq!((stats.refreshed, stats.dropped), (0, 0));
+    let req = openssl_request(&ca, &[&ghost], "after-expiry", &["-no_nonce"]);
+    let answer = r.respond(&req);
+    assert_eq!(
+        answer.kind,
+        AnswerKind::Error(ca_core::ocsp::OcspResponseStatus::TryLater)
+    );
+    let status = r.signer_cert_status().unwrap();
+    assert_eq!(status.not_after, not_after);
+    // A restart with it is refused, naming the certificate.
+    let e = Responder::new(&ca.cert_der, key, ca.store.clone(), clock, config).unwrap_err();
+    assert!(
+        matches!(e, ca_core::Error::OcspSignerUnusable { .. }),
+        "{e}"
+    );
 }

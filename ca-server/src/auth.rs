@@ -211,9 +211,10 @@ pub fn is_valid_security_officer(rec: &CertRecord, now: chrono::DateTime<chrono:
 /// (single revocation, lineage revocation), holding the [`RevocationLock`] (`_held`) until the
 /// revocation is stored. Blocking (reads the store).
 ///
-/// - Administrator certificates (`_admin`) and the server's TLS certificate (`_server-tls`):
-///   only a security officer (`forbidden` otherwise), so an operator cannot lock out the
-///   officers or take the server's identity down.
+/// - Administrator certificates (`_admin`), the server's TLS certificate (`_server-tls`) and
+///   the delegated OCSP responder certificate (`_ocsp-signer`): only a security officer
+///   (`forbidden` otherwise), so an operator cannot lock out the officers, take the server's
+///   identity down, or stop every node from signing OCSP answers.
 /// - The last valid security-officer certificate: nobody (`last_security_officer`), not even
 ///   its holder; issue another one first, or use break-glass.
 pub fn check_revocation_allowed(
@@ -225,6 +226,7 @@ pub fn check_revocation_allowed(
     let what = match target.profile.as_str() {
         ADMIN_PROFILE => Some("an administrator certificate"),
         SERVER_TLS_PROFILE => Some("the server's TLS certificate"),
+        ca_core::ocsp::OCSP_SIGNER_PROFILE => Some("the OCSP responder certificate"),
         _ => None,
     };
     if let Some(what) = what {

@@ -250,7 +250,17 @@ impl From<ca_core::Error> for ApiError {
             Code::Internal => ApiError::internal(&e),
             Code::HsmUnavailable => {
                 tracing::error!(error = %e, "HSM failure");
-                let message = if matches!(e, ca_core::Error::RevocationPending { .. }) {
+                let signer_unusable = matches!(
+                    &e,
+                    ca_core::Error::RevocationPending { source, .. }
+                        if matches!(**source, ca_core::Error::OcspSignerUnusable { .. })
+                );
+                let message = if signer_unusable {
+                    "the revocation is stored and the CRL will list it, but the OCSP responder \
+                     certificate is expired or revoked, so its OCSP answer cannot be signed (the \
+                     certificate is answered tryLater, never good): rotate the OCSP responder \
+                     certificate (README \"Rotating the OCSP responder certificate\")"
+                } else if matches!(e, ca_core::Error::RevocationPending { .. }) {
                     "the revocation is stored, but the HSM did not sign its OCSP answer: the \
                      certificate is answered tryLater (never good) until it does, and OCSP and the \
                      CRL catch up within a minute of the HSM's return; repeating the revocation \

@@ -314,3 +314,71 @@ impl prometheus_client::encoding::EncodeMetric for RevocationGauge {
         prometheus_client::metrics::MetricType::Gauge
     }
 }
+
+/// Gauges of the delegated OCSP responder certificate (registered only when one is
+/// configured): alert when the expiry drops below 30 days (README "Rotating the OCSP
+/// responder certificate") or the certificate is revoked.
+#[derive(Clone)]
+pub enum OcspSignerGauge {
+    /// `ca_ocsp_signer_cert_expiry_seconds`: seconds until its notAfter (negative once
+    /// expired).
+    ExpirySeconds(
+        Arc<ca_core::ocsp::Responder>,
+        Arc<dyn ca_core::clock::Clock>,
+    ),
+    /// `ca_ocsp_signer_cert_revoked`: 1 once it is revoked (nothing is signed with it), else 0.
+    Revoked(Arc<ca_core::ocsp::Responder>),
+}
+
+impl std::fmt::Debug for OcspSignerGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OcspSignerGauge::ExpirySeconds(..) => "OcspSignerGauge::ExpirySeconds",
+            OcspSignerGauge::Revoked(_) => "OcspSignerGauge::Revoked",
+        })
+    }
+}
+
+impl OcspSignerGauge {
+    /// Register both gauges if `responder` signs with a delegated certificate.
+    pub fn register(
+        metrics: &Metrics,
+        responder: &Arc<ca_core::ocsp::Responder>,
+        clock: Arc<dyn ca_core::clock::Clock>,
+    ) {
+        if responder.signer_cert_status().is_none() {
+            return;
+        }
+        metrics.register(
+            "ca_ocsp_signer_cert_expiry_seconds",
+            "Seconds until the delegated OCSP responder certificate expires (no OCSP response outlives it; rotate it before 30 days are left)",
+            OcspSignerGauge::ExpirySeconds(responder.clone(), clock),
+        );
+        metrics.register(
+            "ca_ocsp_signer_cert_revoked",
+            "1 once the delegated OCSP responder certificate is revoked (nothing is signed with it any more), else 0",
+            OcspSignerGauge::Revoked(responder.clone()),
+        );
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for OcspSignerGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let v = match self {
+            OcspSignerGauge::ExpirySeconds(r, clock) => r
+                .signer_cert_status()
+                .map_or(0, |s| (s.not_after - clock.now()).num_seconds()),
+            OcspSignerGauge::Revoked(r) => {
+                i64::from(r.signer_cert_status().is_some_and(|s| s.revoked.is_some()))
+            }
+        };
+        encoder.encode_gauge(&v)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}

@@ -206,7 +206,14 @@ pub fn status_integration(
             let cert = read_pem_certs(cert).context("ocsp.signer_cert")?;
             let signer: Arc<dyn Signer> =
                 Arc::new(TimedSigner::new(Arc::new(signer), parts.metrics.clone()));
-            ResponderKey::delegated(signer, &cert[0]).context("ocsp.signer_cert")?
+            let key = ResponderKey::delegated(signer, &cert[0]).context("ocsp.signer_cert")?;
+            // Record it as a certificate this CA issued (listed, revocable), once; the
+            // responder then refuses to start with it if it is expired or revoked.
+            let issuer = ca_core::ocsp::OcspIssuer::from_cert_der(&parts.issuing_der)
+                .context("ca.certificate")?;
+            ca_core::ocsp::register_signer_cert(parts.store.as_ref(), &issuer, &cert[0], "server")
+                .context("ocsp.signer_cert: recording the OCSP responder certificate")?;
+            key
         }
         _ => ResponderKey::ca(issuing.clone()),
     };
@@ -254,6 +261,11 @@ pub fn status_integration(
     };
     crate::metrics::PresignCounter::register(&parts.metrics, state.responder());
     crate::metrics::RevocationGauge::register(&parts.metrics, state.responder(), state.crls());
+    crate::metrics::OcspSignerGauge::register(
+        &parts.metrics,
+        state.responder(),
+        parts.clock.clone(),
+    );
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),

@@ -434,25 +434,75 @@ pub fn router(state: Arc<StatusState>) -> Router {
         .with_state(state)
 }
 
+/// How long before the delegated OCSP responder certificate expires `/readyz` starts warning.
+pub const SIGNER_EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(30);
+
 /// Readiness of the status listener: what serving OCSP and the CRL needs (the store readable,
-/// a CRL built). Not the HSM: pre-signed answers are served without it, so a load balancer
-/// keeps the responder in rotation through an HSM outage (the API listener's `/readyz` does
-/// check the HSM).
+/// a CRL built, an OCSP responder certificate that can still sign). Not the HSM: pre-signed
+/// answers are served without it, so a load balancer keeps the responder in rotation through
+/// an HSM outage (the API listener's `/readyz` does check the HSM).
+///
+/// The delegated responder certificate: expired or revoked is 503 (this node cannot sign a
+/// fresh answer; a rotated node can, and the load balancer should prefer it). Within
+/// [`SIGNER_EXPIRY_WARNING`] of its notAfter the answer stays 200, so that load balancers keep
+/// a responder that still answers correctly, and the body's second line says
+/// `warning: ocsp_signer_expiring ...` (also `ca_ocsp_signer_cert_expiry_seconds` in
+/// `/metrics`).
 async fn ready(State(state): State<Arc<StatusState>>) -> Response {
     let store = state.store.clone();
     let checked = tokio::task::spawn_blocking(move || store.health()).await;
+    let now = state.responder.clock().now();
+    let signer = state.responder.signer_cert_status();
+    let mut warning = None;
     let problem = match checked {
-        Ok(Ok(())) if state.crls.current().is_some() => None,
-        Ok(Ok(())) => Some("no CRL has been built yet".to_string()),
+        Ok(Ok(())) if state.crls.current().is_none() => {
+            Some("no CRL has been built yet".to_string())
+        }
+        Ok(Ok(())) => match &signer {
+            Some(s) if s.revoked.is_some() => Some(format!(
+                "ocsp_signer_revoked: the OCSP responder certificate {} is revoked; nothing can be signed until it is rotated",
+                hex::encode(&s.serial)
+            )),
+            Some(s) if s.not_after <= now => Some(format!(
+                "ocsp_signer_expired: the OCSP responder certificate {} expired at {}; nothing can be signed until it is rotated",
+                hex::encode(&s.serial),
+                s.not_after.to_rfc3339()
+            )),
+            Some(s) if s.not_after - now <= SIGNER_EXPIRY_WARNING => {
+                warning = Some(format!(
+                    "warning: ocsp_signer_expiring: the OCSP responder certificate {} expires at {} (in {} days); rotate it",
+                    hex::encode(&s.serial),
+                    s.not_after.to_rfc3339(),
+                    (s.not_after - now).num_days()
+                ));
+                None
+            }
+            _ => None,
+        },
         Ok(Err(e)) => Some(format!("store: {e}")),
         Err(e) => Some(e.to_string()),
     };
-    match problem {
-        None => (StatusCode::OK, "ready\n").into_response(),
-        // Anonymous caller: no internal detail (it is in the log).
-        Some(p) => {
+    match (problem, warning) {
+        (None, None) => (StatusCode::OK, "ready\n").into_response(),
+        (None, Some(w)) => {
+            tracing::warn!(warning = %w, "status listener ready with a warning");
+            (StatusCode::OK, format!("ready\n{w}\n")).into_response()
+        }
+        (Some(p), _) => {
             tracing::warn!(problem = %p, "status listener not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+            // Anonymous caller: a stable code at most (the responder certificate's state),
+            // never internal error text (it is in the log).
+            let code = p
+                .split(':')
+                .next()
+                .filter(|c| c.starts_with("ocsp_signer_"))
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready{code}\n"),
+            )
+                .into_response()
         }
     }
 }

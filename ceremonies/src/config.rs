@@ -399,7 +399,8 @@ pub struct OcspResponseSpec {
     /// Revocation time (status `revoked`; default: the ceremony's start).
     #[serde(default, deserialize_with = "de_opt_time")]
     pub revoked_at: Option<DateTime<Utc>>,
-    /// nextUpdate after thisUpdate (at most 366 days).
+    /// Validity interval, thisUpdate to nextUpdate inclusive (at most 365 days: CA/B Forum BR
+    /// 4.9.10, twelve months); nextUpdate is thisUpdate + validity - 1 second.
     pub validity: Period,
     /// Output: the OCSP response (DER).
     pub response: PathBuf,

@@ -10,7 +10,9 @@ use ca_core::signer::{sha256_hex, KeyAlgorithm, PublicKey};
 use chrono::{DateTime, Duration, Utc};
 use std::path::{Path, PathBuf};
 
-/// Longest allowed lifetime of an OCSP signing certificate, OCSP response or root CRL.
+/// Longest allowed lifetime of an OCSP signing certificate or root CRL. The root-signed OCSP
+/// response is limited to [`ca_core::ocsp::MAX_CA_RESPONSE_VALIDITY_DAYS`] (365, CA/B Forum
+/// BR 4.9.10).
 pub const MAX_SHORT_LIVED_DAYS: i64 = 366;
 
 /// A token to open.
@@ -972,12 +974,17 @@ impl Plan {
                         ),
                     )
                 })?;
+                // CA/B Forum BR 4.9.10: the status of a subordinate CA is updated at least
+                // every twelve months (365 days here), the validity interval counting both
+                // thisUpdate and nextUpdate; so nextUpdate is one second before the end of
+                // the configured period, and the interval is exactly the period.
                 let next_update = start
                     + v.period(
                         "ocsp_response.validity",
                         &spec.validity,
-                        MAX_SHORT_LIVED_DAYS,
-                    )?;
+                        ca_core::ocsp::MAX_CA_RESPONSE_VALIDITY_DAYS,
+                    )?
+                    - Duration::seconds(1);
                 if next_update > root.not_after {
                     return Err(v.err(
                         "ocsp_response.validity",

@@ -425,6 +425,26 @@ fn every_class_of_bad_configuration_is_refused_with_its_field_path() {
             "ocsp_response.validity",
         ),
         (
+            // CA/B Forum BR 4.9.10: twelve months, not the 366 days other short-lived
+            // artifacts may have.
+            "OCSP response valid 366 days",
+            "ocsp-response.toml",
+            |t| set(t, "ocsp_response.validity.days", 366),
+            "ocsp_response.validity",
+        ),
+        (
+            "OCSP response valid 365 days and an hour",
+            "ocsp-response.toml",
+            |t| {
+                let r = t["ocsp_response"].as_table_mut().unwrap();
+                r.remove("validity");
+                let mut v = toml::Table::new();
+                v.insert("hours".into(), toml::Value::Integer(365 * 24 + 1));
+                r.insert("validity".into(), toml::Value::Table(v));
+            },
+            "ocsp_response.validity",
+        ),
+        (
             "reason for a good status",
             "ocsp-response.toml",
             |t| set(t, "ocsp_response.reason", "superseded"),

@@ -1239,6 +1239,18 @@ pub mod pki {
             alg: KeyAlgorithm,
         ) -> Result<(Arc<Pkcs11Signer>, Vec<u8>), Box<dyn std::error::Error + Send + Sync>>
         {
+            self.ocsp_responder_valid_for(label, alg, chrono::Duration::days(30))
+        }
+
+        /// [`ocsp_responder`](Self::ocsp_responder) with a certificate valid from an hour ago
+        /// until `valid_for` from now (a responder certificate about to expire).
+        pub fn ocsp_responder_valid_for(
+            &self,
+            label: &str,
+            alg: KeyAlgorithm,
+            valid_for: chrono::Duration,
+        ) -> Result<(Arc<Pkcs11Signer>, Vec<u8>), Box<dyn std::error::Error + Send + Sync>>
+        {
             let hsm = self.token.hsm_config().open()?;
             hsm.generate_key(label, alg)?;
             let signer = Arc::new(hsm.signer(label)?);
@@ -1266,7 +1278,7 @@ pub mod pki {
                 ca_core::issuance::key_identifier(signer.spki_der())?,
             );
             params.not_before = to_offset(now - chrono::Duration::hours(1));
-            params.not_after = to_offset(now + chrono::Duration::days(30));
+            params.not_after = to_offset(now + valid_for);
             params.serial_number = Some(rcgen::SerialNumber::from_slice(
                 &ca_core::issuance::random_serial(),
             ));

@@ -42,13 +42,16 @@
 mod build;
 mod request;
 mod responder;
+mod signer_cert;
 
 pub use build::{parse_response, sign_response, ParsedResponse};
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
     AnswerKind, ExternalResponse, IssuanceSigningStats, IssuedTicket, LiveRequest, LoadStats,
-    Lookup, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey, TransportCache,
+    Lookup, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey, SignerCertStatus,
+    TransportCache,
 };
+pub use signer_cert::register_signer_cert;
 /// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.
 pub use x509_ocsp;
 pub use x509_ocsp::OcspResponseStatus;
@@ -59,6 +62,28 @@ use der::asn1::ObjectIdentifier;
 use der::{Decode, Encode};
 use sha2::Digest;
 use x509_cert::Certificate;
+
+/// Longest validity interval of an OCSP response about a CA certificate (the root-signed
+/// response about the intermediate, ceremony kind `ocsp-response`): twelve months, CA/B Forum
+/// Baseline Requirements 4.9.10 ("For the status of Subordinate CA Certificates: ... at least
+/// every twelve months"), taken as 365 days, which no twelve months are shorter than. The
+/// interval is counted as BR 4.9.10 counts it ("the difference in time between the thisUpdate
+/// and nextUpdate field, inclusive"): see [`validity_interval`].
+pub const MAX_CA_RESPONSE_VALIDITY_DAYS: i64 = 365;
+
+/// The validity interval of an OCSP response as CA/B Forum BR 4.9.10 counts it: nextUpdate -
+/// thisUpdate, inclusive of both ends, so one second more than the difference.
+pub fn validity_interval(
+    this_update: chrono::DateTime<chrono::Utc>,
+    next_update: chrono::DateTime<chrono::Utc>,
+) -> chrono::Duration {
+    next_update - this_update + chrono::Duration::seconds(1)
+}
+
+/// Profile name under which the delegated OCSP responder certificate is recorded in the store
+/// ([`register_signer_cert`]): listed and revoked like any certificate this CA issued, never
+/// issued through the API.
+pub const OCSP_SIGNER_PROFILE: &str = "_ocsp-signer";
 
 /// Hash algorithms accepted in a CertID (RFC 6960 4.1.1). SHA-1 is what RFC 5019 clients send;
 /// SHA-256 is what RFC 9919 recommends.

@@ -122,6 +122,8 @@ impl ResponderConfig {
 pub struct ResponderKey {
     signer: Arc<dyn Signer>,
     cert: Option<Certificate>,
+    /// Serial (magnitude) and notAfter of `cert`.
+    cert_info: Option<(Vec<u8>, DateTime<Utc>)>,
 }
 
 impl std::fmt::Debug for ResponderKey {
@@ -136,7 +138,11 @@ impl std::fmt::Debug for ResponderKey {
 impl ResponderKey {
     /// Sign with the CA's own key (RFC 6960 4.2.2.2, first case).
     pub fn ca(signer: Arc<dyn Signer>) -> Self {
-        ResponderKey { signer, cert: None }
+        ResponderKey {
+            signer,
+            cert: None,
+            cert_info: None,
+        }
     }
 
     /// Sign with a delegated responder: `cert_der` must hold `signer`'s key (checked here);
@@ -144,10 +150,30 @@ impl ResponderKey {
     /// id-kp-OCSPSigning.
     pub fn delegated(signer: Arc<dyn Signer>, cert_der: &[u8]) -> Result<Self> {
         let cert = responder_cert(signer.as_ref(), cert_der)?;
+        let serial = serial_magnitude(cert.tbs_certificate.serial_number.as_bytes()).to_vec();
+        let secs = cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs();
+        let not_after = i64::try_from(secs)
+            .ok()
+            .and_then(|s| DateTime::from_timestamp(s, 0))
+            .ok_or_else(|| {
+                Error::Issuer("OCSP responder certificate notAfter out of range".into())
+            })?;
         Ok(ResponderKey {
             signer,
             cert: Some(cert),
+            cert_info: Some((serial, not_after)),
         })
+    }
+
+    /// The delegated responder certificate's serial (magnitude) and notAfter; `None` when the
+    /// CA key signs.
+    pub fn cert_serial_and_expiry(&self) -> Option<(&[u8], DateTime<Utc>)> {
+        self.cert_info.as_ref().map(|(s, t)| (s.as_slice(), *t))
     }
 
     /// The signer.
@@ -406,6 +432,17 @@ pub struct IssuanceSigningStats {
     pub certificates: u64,
 }
 
+/// The state of the delegated responder certificate ([`Responder::signer_cert_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignerCertStatus {
+    /// Serial (magnitude).
+    pub serial: Vec<u8>,
+    /// notAfter: no response carries a later nextUpdate.
+    pub not_after: DateTime<Utc>,
+    /// Revocation time and reason, once the responder has seen it revoked in the store.
+    pub revoked: Option<(DateTime<Utc>, crate::revocation::RevocationReason)>,
+}
+
 /// The OCSP responder for one issuing CA. Thread-safe; share it in an `Arc`.
 pub struct Responder {
     issuer: OcspIssuer,
@@ -428,6 +465,8 @@ pub struct Responder {
     /// Serials whose response could not be signed at issuance or re-signed after a status
     /// change (the HSM failed): retried by every [`Responder::refresh_due`] pass until signed.
     resign_backlog: Mutex<std::collections::BTreeSet<Vec<u8>>>,
+    /// Set once the delegated responder certificate is seen revoked: nothing is signed after.
+    signer_revoked: Mutex<Option<(DateTime<Utc>, crate::revocation::RevocationReason)>>,
     malformed: Arc<OcspAnswer>,
     unauthorized: Arc<OcspAnswer>,
     try_later: Arc<OcspAnswer>,
@@ -500,7 +539,7 @@ impl Responder {
             Some(cert) => check_delegated(cert, &issuer)?,
         }
         let live_burst = f64::from(config.live_signing_burst);
-        Ok(Responder {
+        let responder = Responder {
             issuer,
             key,
             store,
@@ -518,17 +557,105 @@ impl Responder {
             issued_done: Condvar::new(),
             issued_arrival: Condvar::new(),
             resign_backlog: Mutex::new(Default::default()),
+            signer_revoked: Mutex::new(None),
             malformed: OcspAnswer::error(OcspResponseStatus::MalformedRequest),
             unauthorized: OcspAnswer::error(OcspResponseStatus::Unauthorized),
             try_later: OcspAnswer::error(OcspResponseStatus::TryLater),
             internal_error: OcspAnswer::error(OcspResponseStatus::InternalError),
             config,
+        };
+        // Fail closed at start: a delegated certificate that has expired or that this CA
+        // revoked cannot sign (RFC 6960 4.2.2.2; README "Rotating the OCSP responder
+        // certificate").
+        responder.refresh_signer_revocation()?;
+        responder.next_update_at(responder.clock.now())?;
+        Ok(responder)
+    }
+
+    /// The delegated responder certificate's state; `None` when the CA key signs.
+    pub fn signer_cert_status(&self) -> Option<SignerCertStatus> {
+        let (serial, not_after) = self.key.cert_info.clone()?;
+        Some(SignerCertStatus {
+            serial,
+            not_after,
+            revoked: *lock(&self.signer_revoked),
         })
+    }
+
+    /// The nextUpdate of a response signed at `now`: `now + validity`, but never after the
+    /// delegated responder certificate's notAfter (a response must not outlive the key that
+    /// vouches for it: RFC 6960 4.2.2.2 and 3.2 item 6 make the client check the responder
+    /// certificate, and with id-pkix-ocsp-nocheck it cannot ask about it). Refused
+    /// (`OcspSignerUnusable`) once that certificate has expired or is revoked: the operator
+    /// must rotate it; nothing falls back to another key silently.
+    fn next_update_at(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+        let next = now + self.config.validity;
+        let Some((serial, not_after)) = &self.key.cert_info else {
+            return Ok(next);
+        };
+        if let Some((at, reason)) = *lock(&self.signer_revoked) {
+            return Err(Error::OcspSignerUnusable {
+                serial: hex::encode(serial),
+                reason: format!("it was revoked at {at} ({reason})"),
+            });
+        }
+        if *not_after <= now {
+            return Err(Error::OcspSignerUnusable {
+                serial: hex::encode(serial),
+                reason: format!("it expired at {not_after}"),
+            });
+        }
+        Ok(next.min(*not_after))
+    }
+
+    /// Whether a response with this nextUpdate is due for re-signing: within `refresh_before`
+    /// of it, unless it already ends at the responder certificate's notAfter (re-signing
+    /// could not extend it; it is left to run out).
+    fn refresh_wanted(&self, next_update: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        next_update - now <= self.config.refresh_before
+            && self
+                .key
+                .cert_info
+                .as_ref()
+                .is_none_or(|(_, not_after)| next_update < *not_after)
+    }
+
+    /// Read the delegated certificate's record: once it is revoked (here, by another node
+    /// sharing the store, or before a restart), stop signing with it.
+    fn refresh_signer_revocation(&self) -> Result<()> {
+        let Some((serial, _)) = &self.key.cert_info else {
+            return Ok(());
+        };
+        if let Some(rec) = self.store.get_cert(serial)? {
+            if let crate::store::RecordStatus::Revoked { at, reason } = rec.status {
+                self.mark_signer_revoked(at, reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_signer_revoked(&self, at: DateTime<Utc>, reason: crate::revocation::RevocationReason) {
+        let mut r = lock(&self.signer_revoked);
+        if r.is_none() {
+            *r = Some((at, reason));
+            let serial = self
+                .key
+                .cert_info
+                .as_ref()
+                .map(|(s, _)| hex::encode(s))
+                .unwrap_or_default();
+            tracing::error!(%serial, revoked_at = %at, %reason, "the OCSP responder certificate is REVOKED: no OCSP response is signed with it any more (pre-signed responses are served until their nextUpdate); rotate it now: run the ocsp-signer ceremony, set ocsp.signer_key/ocsp.signer_cert, restart the nodes");
+        }
     }
 
     /// The issuer this responder answers for.
     pub fn issuer(&self) -> &OcspIssuer {
         &self.issuer
+    }
+
+    /// The clock it signs by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The settings.
@@ -602,7 +729,7 @@ impl Responder {
             let status = rec.cert_status();
             let up_to_date = self.cached(&rec.serial).is_some_and(|a| {
                 a.next_update()
-                    .is_some_and(|n| n - now > self.config.refresh_before)
+                    .is_some_and(|n| n > now && !self.refresh_wanted(n, now))
                     && a.cert_status().is_some_and(|s| same_status(s, &status))
             });
             if !up_to_date {
@@ -929,9 +1056,26 @@ impl Responder {
     /// memory, so that no `good` answer outlives the revocation (fail closed: the certificate
     /// is then answered live, or `tryLater`), and the serial goes on the re-sign backlog that
     /// every [`refresh_due`](Self::refresh_due) pass retries until it is signed.
+    ///
+    /// Revoking the delegated responder certificate itself: its own `revoked` answer is signed
+    /// (a last signature), then the responder stops signing ([`SignerCertStatus::revoked`]).
     pub fn on_revoked(&self, rec: &CertRecord) -> Result<()> {
         let serial = serial_magnitude(&rec.serial).to_vec();
         let _g = self.sign_lock(&serial);
+        let own = self
+            .key
+            .cert_info
+            .as_ref()
+            .is_some_and(|(s, _)| *s == serial);
+        if let (true, crate::store::RecordStatus::Revoked { at, reason }) = (own, &rec.status) {
+            if let Err(e) = self.sign_and_install(&rec.serial, &rec.cert_status()) {
+                tracing::error!(error = %e, "signing the OCSP responder certificate's own revoked answer failed; the CRL lists it");
+                write(self.shard(&serial)).remove(&serial);
+            }
+            lock(&self.resign_backlog).remove(&serial);
+            self.mark_signer_revoked(*at, *reason);
+            return Ok(());
+        }
         let r = self.sign_and_install(&rec.serial, &rec.cert_status());
         if r.is_err() {
             write(self.shard(&serial)).remove(&serial);
@@ -971,15 +1115,28 @@ impl Responder {
     /// every response within `refresh_before` of its nextUpdate, with the status the store
     /// holds now; drop responses of expired certificates once they are stale; re-read external
     /// response files that changed. Call it periodically (e.g. every minute).
+    ///
+    /// While the delegated responder certificate cannot sign (expired, revoked) nothing is
+    /// signed: one error per pass, pre-signed responses run out at their nextUpdate (never
+    /// after the certificate's notAfter), and requests needing a new signature get
+    /// `tryLater`.
     pub fn refresh_due(&self) -> Result<RefreshStats> {
         let now = self.clock.now();
         let mut stats = RefreshStats::default();
+        if let Err(e) = self.refresh_signer_revocation() {
+            tracing::error!(error = %e, "reading the OCSP responder certificate's record failed");
+        }
+        if let Err(e) = self.next_update_at(now) {
+            tracing::error!(error = %e, "OCSP refresh pass skipped: nothing can be signed");
+            stats.failed += self.reload_external();
+            return Ok(stats);
+        }
         self.sign_backlog(&mut stats);
         let mut due = Vec::new();
         for shard in &self.shards {
             for (serial, a) in read(shard).iter() {
                 if a.next_update()
-                    .is_none_or(|n| n - now <= self.config.refresh_before)
+                    .is_none_or(|n| n <= now || self.refresh_wanted(n, now))
                 {
                     due.push(serial.clone());
                 }
@@ -1076,7 +1233,7 @@ impl Responder {
         status: &CertStatus,
     ) -> Result<Arc<OcspAnswer>> {
         let now = self.clock.now();
-        let next = now + self.config.validity;
+        let next = self.next_update_at(now)?;
         let mut singles = Vec::with_capacity(serials.len() * PRESIGNED_ALGS.len());
         for serial in serials {
             for alg in PRESIGNED_ALGS {
@@ -1318,7 +1475,13 @@ impl Responder {
         nonce: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Arc<OcspAnswer> {
-        let next = now + self.config.validity;
+        let next = match self.next_update_at(now) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "live OCSP signing refused");
+                return self.try_later.clone();
+            }
+        };
         let mut singles: Vec<SingleResponse> = Vec::with_capacity(certs.len());
         let mut first_status = None;
         for rc in certs {
@@ -1409,7 +1572,7 @@ impl Responder {
     ///
     /// [`refresh_due`]: Responder::refresh_due
     pub fn add_external(&self, source: ExternalResponse) -> Result<usize> {
-        let (mtime, map) = load_external(&source)?;
+        let (mtime, map) = load_external(&source, self.clock.now())?;
         let n = map.len();
         write(&self.external).sources.push((source, mtime, map));
         Ok(n)
@@ -1418,6 +1581,7 @@ impl Responder {
     /// Re-read external response files whose modification time changed; returns how many
     /// failed (those keep their previous response).
     fn reload_external(&self) -> usize {
+        let now = self.clock.now();
         let mut failed = 0;
         let mut ext = write(&self.external);
         for (src, mtime, map) in ext.sources.iter_mut() {
@@ -1425,7 +1589,7 @@ impl Responder {
             if current.is_some() && current == *mtime {
                 continue;
             }
-            match load_external(src) {
+            match load_external(src, now) {
                 Ok((t, m)) => {
                     tracing::info!(path = %src.path.display(), "reloaded OCSP response file");
                     *mtime = t;
@@ -1441,7 +1605,15 @@ impl Responder {
     }
 }
 
-fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, ExternalMap)> {
+/// Read, verify and check one external response file. Refused (fail closed): a signature
+/// that does not verify, a status other than successful, a SingleResponse that has expired
+/// (nextUpdate not after `now`) or whose validity interval exceeds
+/// [`super::MAX_CA_RESPONSE_VALIDITY_DAYS`] (CA/B Forum BR 4.9.10: the status of a
+/// subordinate CA is updated at least every twelve months; the interval counts both ends).
+fn load_external(
+    src: &ExternalResponse,
+    now: DateTime<Utc>,
+) -> Result<(Option<SystemTime>, ExternalMap)> {
     let io = |e| Error::Io {
         path: src.path.clone(),
         source: e,
@@ -1485,6 +1657,27 @@ fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, External
         let Some(next_update) = s.next_update.as_ref().map(from_gtime) else {
             continue;
         };
+        let this_update = from_gtime(&s.this_update);
+        let bad = |reason: String| Error::Config {
+            path: src.path.display().to_string(),
+            reason,
+        };
+        if super::validity_interval(this_update, next_update)
+            > Duration::days(super::MAX_CA_RESPONSE_VALIDITY_DAYS)
+        {
+            return Err(bad(format!(
+                "OCSP response valid from {this_update} to {next_update}: longer than {} days \
+                 (CA/B Forum BR 4.9.10: the status of a CA certificate is renewed at least \
+                 every twelve months); run the ocsp-response ceremony again",
+                super::MAX_CA_RESPONSE_VALIDITY_DAYS
+            )));
+        }
+        if next_update <= now {
+            return Err(bad(format!(
+                "OCSP response expired at {next_update} (its nextUpdate); run the \
+                 ocsp-response ceremony again"
+            )));
+        }
         map.insert(
             ExternalKey::of(&s.cert_id),
             Arc::new(OcspAnswer::new(
@@ -1492,7 +1685,7 @@ fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, External
                 AnswerKind::Signed {
                     status: from_ocsp_status(&s.cert_status),
                     produced_at,
-                    this_update: from_gtime(&s.this_update),
+                    this_update,
                     next_update,
                     cacheable: true,
                 },
@@ -1504,7 +1697,7 @@ fn load_external(src: &ExternalResponse) -> Result<(Option<SystemTime>, External
 
 /// RFC 6960 4.2.2.2: a delegated responder certificate is issued directly by the CA and
 /// carries id-kp-OCSPSigning.
-fn check_delegated(cert: &Certificate, issuer: &OcspIssuer) -> Result<()> {
+pub(super) fn check_delegated(cert: &Certificate, issuer: &OcspIssuer) -> Result<()> {
     let tbs = cert.tbs_certificate.to_der()?;
     let sig = cert
         .signature

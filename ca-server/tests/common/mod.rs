@@ -34,6 +34,8 @@ pub struct TestServer {
     pub so: Identity,
     pub operator: Identity,
     pub auditor: Identity,
+    /// The delegated OCSP responder certificate (DER), when `Options::ocsp_signer_valid_for`.
+    pub ocsp_signer_der: Option<Vec<u8>>,
 }
 
 pub struct Options {
@@ -45,6 +47,9 @@ pub struct Options {
     pub profiles: Profiles,
     pub clock: Arc<dyn Clock>,
     pub renewal: ca_server::config::RenewalSection,
+    /// Sign OCSP with a delegated responder (key in the token, certificate issued by the
+    /// issuing CA, configured through `[ocsp] signer_key`/`signer_cert`) valid for this long.
+    pub ocsp_signer_valid_for: Option<chrono::Duration>,
 }
 
 impl Default for Options {
@@ -67,6 +72,7 @@ impl Default for Options {
             profiles,
             clock: Arc::new(SystemClock),
             renewal: Default::default(),
+            ocsp_signer_valid_for: None,
         }
     }
 }
@@ -112,14 +118,22 @@ impl TestServer {
             renewal: opts.renewal,
             metrics: Arc::new(Metrics::new()),
         };
+        let mut ocsp = ca_server::config::OcspSection::default();
+        let mut ocsp_signer_der = None;
+        if let Some(valid_for) = opts.ocsp_signer_valid_for {
+            let (_, der) = pki
+                .ocsp_responder_valid_for("ocsp-signer", KeyAlgorithm::P256, valid_for)
+                .unwrap();
+            let path = pki.dir.path().join("ocsp-signer.pem");
+            std::fs::write(&path, ca_core::issuance::pem("CERTIFICATE", &der)).unwrap();
+            ocsp.signer_key = Some("ocsp-signer".into());
+            ocsp.signer_cert = Some(path);
+            ocsp_signer_der = Some(der);
+        }
         let (hooks, status_router, maintenance, status_state) = if opts.status {
             let p = parts.clone();
             let sp = tokio::task::spawn_blocking(move || {
-                server::status_integration(
-                    &ca_server::config::OcspSection::default(),
-                    &ca_server::config::CrlSection::default(),
-                    &p,
-                )
+                server::status_integration(&ocsp, &ca_server::config::CrlSection::default(), &p)
             })
             .await
             .unwrap()
@@ -169,6 +183,7 @@ impl TestServer {
             so,
             operator,
             auditor,
+            ocsp_signer_der,
         }
     }
 
