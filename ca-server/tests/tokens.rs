@@ -87,6 +87,9 @@ async fn token_survives_an_hsm_outage_during_issuance_and_is_still_single_use() 
         .any(|e| e.event.action == "enroll" && e.event.result == "hsm_unavailable"));
 
     srv.pki.token.end_login_refusal().unwrap();
+    // A PIN the token refused is not tried again by itself (a real HSM would lock it): tell
+    // the CA the PIN is good again, as an operator's restart would.
+    srv.pki.issuing_signer.token().retry_login();
     // Eight concurrent uses of the same token once the HSM is back: exactly one certificate.
     let results = futures_join_all((0..8).map(|_| {
         let (token, url, root) = (token.clone(), srv.url.clone(), srv.root_pem.clone());
