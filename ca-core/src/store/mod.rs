@@ -316,7 +316,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             v.event(&ev?)?;
             feed(&mut v)?;
         }
-        drop(feed);
         let leftover = checkpoints.next().transpose()?;
         let report = v.finish(leftover.as_ref())?;
         match self.audit_head()? {

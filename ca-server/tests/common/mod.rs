@@ -104,6 +104,7 @@ impl TestServer {
             tokens: TokenSection::default(),
             renewal: opts.renewal,
             metrics: Arc::new(Metrics::new()),
+            audit: None,
         };
         let (hooks, status_router, maintenance) = if opts.status {
             let p = parts.clone();
