@@ -7,7 +7,7 @@
 mod codec;
 mod sled_store;
 
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent};
 use crate::error::Result;

@@ -131,14 +131,29 @@ fn tx_err(op: &'static str, e: TransactionError<Error>) -> Error {
     }
 }
 
+/// Bytes of sled's page cache (sled's own default is 1 GiB). Pages read by a scan (the audit
+/// verification, the OCSP warm-up) stay cached up to this size: it bounds how much memory a
+/// scan of a large store leaves behind.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the database in `dir`, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self> {
         // sled releases its file lock from a background thread shortly after the previous
         // handle is dropped (e.g. a restart in the same process): retry briefly on that only.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
-            match sled::Config::new().path(dir).open() {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
                 Ok(db) => break db,
                 Err(e)
                     if e.to_string().contains("could not acquire lock")
