@@ -688,7 +688,24 @@ impl Store for SledStore {
                     .map_err(|e| Error::store("audit head", e))?
                 {
                     Some(v) => dec::<(u64, String)>("audit head", &v)?,
-                    None => (0, audit::GENESIS.to_string()),
+                    // No head and no event: the first append. No head while events exist:
+                    // the head was removed; starting over at 1 would overwrite event 1.
+                    None if self
+                        .audit
+                        .first()
+                        .map_err(|e| Error::store("audit", e))?
+                        .is_none() =>
+                    {
+                        (0, audit::GENESIS.to_string())
+                    }
+                    None => {
+                        return Err(Error::AuditChain {
+                            seq: 1,
+                            reason: "the audit head is missing while events exist (head \
+                                     deleted); refusing to append: run `audit verify`"
+                                .into(),
+                        })
+                    }
                 },
             };
             let sealed = audit::seal(prev_seq, &prev_hash, crate::clock::truncate(Utc::now()), ev)?;
