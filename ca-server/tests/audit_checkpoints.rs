@@ -544,7 +544,9 @@ fn exports_verify_offline_and_truncated_or_edited_ones_do_not() {
     );
 
     let bad = out_dir.path().join("bad.jsonl");
-    let seq_of = |l: &serde_json::Value| l["seq"].as_u64().unwrap_or(0);
+    fn seq_of(l: &serde_json::Value) -> u64 {
+        l["seq"].as_u64().unwrap_or(0)
+    }
     type Edit = Box<dyn FnOnce(&mut Vec<serde_json::Value>)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         (
