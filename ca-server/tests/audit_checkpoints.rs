@@ -635,3 +635,83 @@ fn exports_verify_offline_and_truncated_or_edited_ones_do_not() {
         "{out}"
     );
 }
+
+/// In process, with a short interval: a checkpoint once events were added, none while nothing
+/// changes, and one at shutdown covering the last event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_signed_periodically_and_at_shutdown() {
+    use ca_core::store::Store;
+    use ca_server::server::{self, AuditParts, ServerParts};
+    use std::sync::Arc;
+    let pki = tokio::task::spawn_blocking(|| hsm_sim::pki::TestPki::new(KeyAlgorithm::P256))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = pki.issuing_signer.token();
+    token
+        .generate_key("audit-checkpoint", KeyAlgorithm::P256)
+        .unwrap();
+    let audit_signer = Arc::new(token.signer("audit-checkpoint").unwrap());
+    let key = AuditKey::from_spki_der(audit_signer.spki_der()).unwrap();
+    let store = pki.store.clone() as Arc<dyn Store>;
+    let parts = ServerParts {
+        signer: pki.issuing_signer.clone(),
+        issuing_der: pki.issuing_der.clone(),
+        chain_der: vec![pki.root_der.clone()],
+        profiles: hsm_sim::pki::test_profiles(),
+        urls: Default::default(),
+        store: store.clone(),
+        clock: Arc::new(ca_core::clock::SystemClock),
+        tls_names: vec!["dns:localhost".into()],
+        tls_validity: ca_core::profile::Span(chrono::Duration::days(1)),
+        admin_validity: ca_core::profile::Span(chrono::Duration::days(1)),
+        limits: Default::default(),
+        tokens: Default::default(),
+        renewal: Default::default(),
+        metrics: Arc::new(ca_server::metrics::Metrics::new()),
+        audit: Some(AuditParts {
+            signer: audit_signer,
+            interval: Duration::from_millis(300),
+        }),
+    };
+    let state = server::build_state(&parts, None).unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = server::start(state.clone(), parts.tls_names.clone(), api, None)
+        .await
+        .unwrap();
+    let covered = |store: &Arc<dyn Store>| {
+        let head = store.audit_head().unwrap().unwrap();
+        store
+            .audit_checkpoint_before(u64::MAX)
+            .unwrap()
+            .is_some_and(|c| c.seq == head.0 && c.head_hash == head.1)
+    };
+    let count = |store: &Arc<dyn Store>| store.audit_checkpoints(0).count();
+    let wait_covered = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !covered(&store) {
+            assert!(Instant::now() < deadline, "no periodic checkpoint");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // The server certificate's issuance is an event: the next period signs it.
+    wait_covered().await;
+    let n = count(&store);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(count(&store), n, "checkpoints signed with nothing new");
+    state
+        .audit(ca_core::audit::NewAuditEvent::ok("test", "test.event", "1"))
+        .await;
+    wait_covered().await;
+    assert!(count(&store) > n);
+    state
+        .audit(ca_core::audit::NewAuditEvent::ok("test", "test.event", "2"))
+        .await;
+    running.shutdown().await;
+    assert!(covered(&store), "no checkpoint at shutdown");
+    let report = store.verify_audit_log(Some(&key)).unwrap();
+    assert!(report.signatures_checked && report.checkpoints >= 2);
+    assert_eq!(report.unsigned_tail(), 0);
+    // The issuing key is not the audit key.
+    assert_ne!(pki.issuing_signer.spki_der(), key.spki_der());
+}
