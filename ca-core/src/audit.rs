@@ -475,3 +475,58 @@ impl LogVerifier {
         Ok(self.report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The signed bytes are a contract with auditors who write their own verifier
+    /// (docs/API.md): a change here breaks every checkpoint already signed.
+    #[test]
+    fn checkpoint_message_is_stable() {
+        let time = DateTime::parse_from_rfc3339("2026-12-04T21:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let msg = checkpoint_message(42, "ab", &time, "cd");
+        assert_eq!(
+            String::from_utf8(msg).unwrap(),
+            "ca-server audit checkpoint v1\nseq=42\nhead=ab\ntime=2026-12-04T21:30:00Z\nkey=cd\n"
+        );
+    }
+
+    fn event(seq: u64, prev: &str) -> AuditEvent {
+        seal(
+            seq - 1,
+            prev,
+            Utc::now(),
+            NewAuditEvent::ok("t", "test", seq.to_string()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verifier_checks_checkpoint_hashes_and_leftovers() {
+        let e1 = event(1, GENESIS);
+        let e2 = event(2, &e1.hash);
+        let cp = |seq: u64, head: &str| Checkpoint {
+            seq,
+            head_hash: head.to_string(),
+            time: Utc::now(),
+            key_sha256: "k".into(),
+            signature: String::new(),
+        };
+        let mut v = LogVerifier::new(None);
+        v.checkpoint(&cp(0, GENESIS)).unwrap();
+        v.event(&e1).unwrap();
+        v.checkpoint(&cp(1, &e1.hash)).unwrap();
+        assert!(
+            v.checkpoint(&cp(1, &e2.hash)).is_err(),
+            "hash of another event"
+        );
+        assert!(v.checkpoint(&cp(2, &e2.hash)).is_err(), "beyond the log");
+        v.event(&e2).unwrap();
+        let left = cp(3, "x");
+        let err = v.finish(Some(&left)).unwrap_err().to_string();
+        assert!(err.contains("was deleted"), "{err}");
+    }
+}

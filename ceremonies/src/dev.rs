@@ -1,9 +1,9 @@
 //! `ceremony dev`: a complete rehearsal on throwaway SoftHSM tokens, without prompts.
 //!
 //! [`rehearse`] provisions SoftHSM under `DIR/hsm` (a `root` token and an `online` token in
-//! one configuration), then runs the example ceremonies in order (root, key with the audit checkpoint key, intermediate,
-//! ocsp-signer, crl, ocsp-response) with the root token's PIN held as 2-of-3 quorum shares in
-//! `DIR/shares/`. Every artifact lands in `DIR`, the signed transcripts in
+//! one configuration), then runs the example ceremonies in order (root, key with the audit
+//! checkpoint key, intermediate, ocsp-signer, crl, ocsp-response) with the root token's PIN
+//! held as 2-of-3 quorum shares in `DIR/shares/`. Every artifact lands in `DIR`, the signed transcripts in
 //! `DIR/transcripts/`. `ca-server dev` builds its configuration from the returned
 //! [`DevArtifacts`].
 //!
