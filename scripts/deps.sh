@@ -21,12 +21,23 @@ softhsm_present() {
   done
   return 1
 }
+spy_present() {
+  local p
+  for p in /usr/lib/*/pkcs11/pkcs11-spy.so /usr/lib64/pkcs11/pkcs11-spy.so /usr/lib/pkcs11/pkcs11-spy.so \
+           /usr/local/lib/pkcs11/pkcs11-spy.so /opt/homebrew/lib/pkcs11/pkcs11-spy.so; do
+    [ -e "$p" ] && return 0
+  done
+  return 1
+}
 softhsm_present || need+=(softhsm)
 have openssl || need+=(openssl)
 if [ "$kind" = test ]; then
   have curl || need+=(curl)
   { have nginx || [ -x /usr/sbin/nginx ]; } || need+=(nginx)
   have wrk || need+=(wrk)
+  # OpenSC's pkcs11-spy logs every PKCS#11 call of a server under test (ca-server/tests/
+  # readiness.rs, shutdown.rs).
+  spy_present || need+=(opensc)
   # Java's PKIX validator (ca-server/tests/java.rs) runs a single source file: a JDK, not a JRE.
   { have java && have javac; } || need+=(jdk)
   if ! pkilint_present; then

@@ -396,7 +396,13 @@ impl Agent {
 
     async fn renew(&self, c: &CertConfig, st: &mut CertState, disk: &OnDisk) -> Outcome {
         tracing::info!(cert = %c.name, serial = %disk.cert.serial, "renewing");
-        let key = match generate(c.key_type).await {
+        // The new key is kept (0600, beside the installed versions) until this renewal is
+        // installed or finally refused, and a retry sends the same key: if the CA issued the
+        // certificate but its answer was lost, the CA recognises the retry (the CSR proves
+        // possession of the successor's key) and answers with that certificate again, instead
+        // of seeing a superseded certificate renew twice (a cloned key) and locking the lineage.
+        let pending = pending_key_path(c, &disk.cert.serial);
+        let key = match pending_key(&pending, c.key_type).await {
             Ok(k) => k,
             Err(e) => return self.fail(c, st, e, Condition::RenewalFailing, None),
         };
@@ -414,12 +420,19 @@ impl Agent {
         };
         match self.client.renew(ident, &csr).await {
             Ok(issued) => {
-                self.complete(c, st, key, issued, Some(&disk.cert.identity), true)
-                    .await
+                let out = self
+                    .complete(c, st, key, issued, Some(&disk.cert.identity), true)
+                    .await;
+                if matches!(out, Outcome::Renewed { .. }) {
+                    forget_pending_keys(c);
+                }
+                out
             }
             Err(e) => {
                 let identity = disk.cert.identity.to_string();
                 if let Some(Refusal { state, condition }) = e.api_code().and_then(renewal_refusal) {
+                    // This certificate will never renew: its pending key is of no use.
+                    forget_pending_keys(c);
                     let code = e.api_code().map(str::to_string);
                     if let Some(out) = self.try_token(c, st, state, condition).await {
                         return out;
@@ -743,6 +756,43 @@ impl Agent {
                     s.status = "expired".into();
                 }
                 None
+            }
+        }
+    }
+}
+
+/// Where the new key of a renewal of certificate `serial` waits until the renewal is done.
+fn pending_key_path(c: &CertConfig, serial: &str) -> std::path::PathBuf {
+    c.store_dir().join(format!("pending-{serial}.key"))
+}
+
+/// The pending key at `path` if there is one of the configured type, else a fresh one, written
+/// there (0600) before it is used.
+async fn pending_key(
+    path: &std::path::Path,
+    alg: ca_core::signer::KeyAlgorithm,
+) -> Result<PrivateKey> {
+    if let Ok(pem) = std::fs::read_to_string(path) {
+        match PrivateKey::from_pem(&pem) {
+            Ok(k) if k.is(alg) => return Ok(k),
+            _ => tracing::warn!(path = %path.display(), "discarding a pending key of another type"),
+        }
+    }
+    let key = generate(alg).await?;
+    install::write_atomic(path, key.pem().as_bytes(), 0o600)?;
+    Ok(key)
+}
+
+/// Remove every pending renewal key of `c` (a renewal was installed, or will never work).
+fn forget_pending_keys(c: &CertConfig) {
+    let Ok(entries) = std::fs::read_dir(c.store_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("pending-") && name.ends_with(".key") {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a pending key");
             }
         }
     }

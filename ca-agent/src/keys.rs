@@ -64,6 +64,22 @@ impl PrivateKey {
         })
     }
 
+    /// Whether this is a key of `alg` (a pending key kept across a configuration change may
+    /// not be).
+    pub fn is(&self, alg: KeyAlgorithm) -> bool {
+        let want = match alg {
+            KeyAlgorithm::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyAlgorithm::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyAlgorithm::Rsa2048 => {
+                return self.pair.algorithm() == &rcgen::PKCS_RSA_SHA256
+                    && self.pair.der_bytes().len() < 300
+            }
+            _ => return false,
+        };
+        self.pair.algorithm() == want
+    }
+
     /// The PKCS#8 PEM encoding.
     pub fn pem(&self) -> &str {
         &self.pem

@@ -2,8 +2,8 @@
 //!
 //! [`PinnedRootVerifier`] accepts a server whose presented chain contains a certificate with the
 //! pinned SHA-256 fingerprint, whose leaf then verifies (webpki, name check included) with that
-//! certificate as the only trust anchor, and whose leaf carries the extended key usage
-//! id-kp-caServerIdentity that only the CA server's own certificate has
+//! certificate as the only trust anchor, and whose leaf carries the caServerIdentity mark (a
+//! URI SAN) that only the CA server's own certificate has
 //! ([`ca_core::ca_identity`]): a subscriber's certificate for the CA's host name is refused.
 //! Nothing is sent to the server (no token, no CSR) before the handshake, and so this check,
 //! has passed.
@@ -98,13 +98,13 @@ impl ServerCertVerifier for PinnedRootVerifier {
                 ))
             })?;
         // Every certificate of this CA chains to the pinned root; only the CA server's own
-        // carries id-kp-caServerIdentity (ca_core::ca_identity).
+        // carries the caServerIdentity mark (ca_core::ca_identity).
         if !ca_core::ca_identity::has_ca_server_identity(end_entity.as_ref()) {
             return Err(self.fail(format!(
                 "the server's certificate chains to the pinned root but is not the CA server's \
-                 own (it lacks the extended key usage id-kp-caServerIdentity {}): another \
+                 own (it lacks the caServerIdentity mark, the URI SAN {}): another \
                  certificate holder is answering for the CA; nothing was sent",
-                ca_core::ca_identity::ID_KP_CA_SERVER_IDENTITY
+                ca_core::ca_identity::CA_SERVER_IDENTITY_URI
             )));
         }
         Ok(verified)

@@ -66,7 +66,7 @@ fn enroll_pins_the_root_then_revocation_is_reported_and_fixed_by_reenrollment() 
         "--san",
         "dns:svc.test",
         "--san",
-        "ip:127.0.0.1",
+        "ip:127.0.0.2",
     ]);
     let out = run(&agent_bin(), &args, &[]);
     assert!(out.status.success(), "{}", text(&out));

@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -272,50 +271,41 @@ fn links_planted_out_of_the_directory_are_neither_read_nor_imported() {
     assert_ne!(std::fs::read(tls.join("svc.key")).unwrap(), other_key_pem);
 }
 
-/// Create enrollment tokens through the admin API until one starts with '-' (one in 64).
-fn hyphen_token(ca: &Ca, cn: &str) -> String {
-    let url = format!("{}/v1/admin/tokens", ca.url());
-    let body = format!(r#"{{"common_name":"{cn}","sans":["dns:{cn}"],"profile":"mtls"}}"#);
-    for _ in 0..60 {
-        // One curl, one connection, 40 requests (the admin rate limit allows bursts of 50).
-        let mut args: Vec<String> = vec![
-            "-sS".into(),
-            "--cacert".into(),
-            ca.env["CA_ROOT"].clone(),
-            "--cert".into(),
-            ca.env["CA_ADMIN_CERT"].clone(),
-            "--key".into(),
-            ca.env["CA_ADMIN_KEY"].clone(),
-            "-H".into(),
-            "content-type: application/json".into(),
-            "-d".into(),
-            body.clone(),
-        ];
-        args.extend(std::iter::repeat_n(url.clone(), 40));
-        let out = std::process::Command::new("curl")
-            .args(&args)
-            .output()
+/// A token that starts with '-'. The server makes hex tokens now, but tokens of older servers
+/// (base64url, one in 64 starting with '-') stay valid: this one is planted in the CA's store
+/// as such a server would have stored it (by SHA-256), with the CA stopped.
+fn hyphen_token(ca: &mut Ca, cn: &str) -> String {
+    use ca_core::store::{IdentityBinding, SledStore, Store, TokenRecord};
+    let token = "-kq3Vd_legacy-base64url-token-made-by-an-older-server0".to_string();
+    ca.stop();
+    {
+        let store = SledStore::open(&ca.data.join("store")).unwrap();
+        let now = chrono::Utc::now();
+        store
+            .insert_token(&TokenRecord {
+                id: "legacy-dash".into(),
+                hash: ca_core::signer::sha256_hex(token.as_bytes()),
+                identity: IdentityBinding {
+                    common_name: Some(cn.into()),
+                    sans: vec![format!("dns:{cn}")],
+                },
+                profile: "mtls".into(),
+                created_at: now,
+                expires_at: now + chrono::Duration::hours(1),
+                created_by: "test (a token of an older server)".into(),
+                used_at: None,
+            })
             .unwrap();
-        assert!(out.status.success(), "curl: {}", text(&out));
-        for v in serde_json::Deserializer::from_slice(&out.stdout).into_iter::<serde_json::Value>()
-        {
-            let v = v.unwrap();
-            if let Some(t) = v["token"].as_str() {
-                if t.starts_with('-') {
-                    return t.to_string();
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2500));
     }
-    panic!("no token starting with '-' in 2400 tries");
+    ca.restart();
+    token
 }
 
 #[test]
 fn a_token_starting_with_a_hyphen_enrolls() {
     let tmp = tempfile::tempdir().unwrap();
-    let ca = Ca::start(&tmp.path().join("ca"));
-    let token = hyphen_token(&ca, "dash.test");
+    let mut ca = Ca::start(&tmp.path().join("ca"));
+    let token = hyphen_token(&mut ca, "dash.test");
     let tls = tmp.path().join("tls");
     std::fs::create_dir_all(&tls).unwrap();
     let cert = tls.join("svc.crt");

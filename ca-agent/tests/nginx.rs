@@ -24,7 +24,7 @@ fn nginx_conf(dir: &Path, port: u16) -> std::path::PathBuf {
          error_log {d}/logs/error.log info;\nevents {{ worker_connections 256; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n\
          fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
-         server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/tls/fullchain.pem;\n\
+         server {{\n    listen 127.0.0.2:{port} ssl;\n    ssl_certificate {d}/tls/fullchain.pem;\n\
          ssl_certificate_key {d}/tls/svc.key;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
     );
     let p = dir.join("nginx.conf");
@@ -54,7 +54,7 @@ fn curl_loop(
                     "--cacert",
                 ])
                 .arg(&root)
-                .arg(format!("https://127.0.0.1:{port}/"))
+                .arg(format!("https://127.0.0.2:{port}/"))
                 .output()
                 .unwrap();
             total += 1;
@@ -75,7 +75,7 @@ fn nginx_reload_is_proven_and_an_ineffective_reload_is_rolled_back() {
     let dir = tmp.path().join("agent");
     let port = free_port();
     let pidfile = dir.join("nginx.pid");
-    let probe = format!("[certificate.probe]\naddress = \"127.0.0.1:{port}\"\ntimeout = \"20s\"\n");
+    let probe = format!("[certificate.probe]\naddress = \"127.0.0.2:{port}\"\ntimeout = \"20s\"\n");
     let cfg = agent_config(
         &dir,
         &ca,
@@ -85,7 +85,8 @@ fn nginx_reload_is_proven_and_an_ineffective_reload_is_rolled_back() {
             pidfile.display()
         ),
     );
-    let out = enroll(&cfg, &ca, "localhost", "mtls");
+    // Not localhost or 127.0.0.1: those are the dev CA's own names, reserved (ca_core::ca_identity).
+    let out = enroll(&cfg, &ca, "web.test", "mtls");
     assert!(out.status.success(), "{}", text(&out));
     let tls = dir.join("tls");
     let first = openssl_serial(&tls.join("svc.crt"));

@@ -9,9 +9,10 @@
 //! - [`ReservedNames`]: the DNS names and IP addresses of the CA's endpoints (the server's TLS
 //!   names and the hosts of the URLs written into certificates) are refused for every profile
 //!   except the server's own (at token creation and at issuance).
-//! - [`ID_KP_CA_SERVER_IDENTITY`]: the server's TLS certificate carries this extended key usage
-//!   besides serverAuth. Only a profile built with [`crate::profile::Profile::ca_server_tls`]
-//!   (never one read from configuration) writes it, and a CSR that asks for it is refused.
+//! - [`CA_SERVER_IDENTITY_URI`]: the server's TLS certificate carries this URI SAN (the
+//!   caServerIdentity mark). Only a profile built with [`crate::profile::Profile::ca_server_tls`]
+//!   (never one read from configuration) writes it; for every other profile it is a reserved
+//!   name, so a CSR or token that asks for it is refused.
 //!   Clients (the agent, the admin CLI) require it with [`has_ca_server_identity`] before they
 //!   send anything.
 //!
@@ -28,79 +29,39 @@ use crate::profile::San;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-/// id-kp-caServerIdentity, `2.25.95923129508261663907735384116149085307`: a UUID OID (ITU-T
-/// X.667 / RFC 4122 section 6, UUID 482a1f6c-6887-4998-a961-84147d33e47b). Its last arc does
-/// not fit in 64 bits, so it is kept as its encoded form.
-pub const ID_KP_CA_SERVER_IDENTITY: &str = "2.25.95923129508261663907735384116149085307";
+/// The CA server's mark (caServerIdentity): a URI SAN that only the CA server's own TLS
+/// certificate carries, a UUID URN (RFC 4122 section 3; UUID
+/// 482a1f6c-6887-4998-a961-84147d33e47b, made for this purpose).
+///
+/// A URI SAN rather than an extended key usage: an EKU needs an OID, and without an OID arc of
+/// our own the only OIDs anyone may mint are UUID OIDs (`2.25.<128-bit integer>`, X.667),
+/// whose last arc Go's crypto/x509 and pkilint cannot read: Go refuses to parse the whole
+/// certificate, so every Go client (EST clients, cert-manager) would fail the handshake. A URI
+/// SAN is read by every X.509 parser and ignored by host name verification (RFC 6125 6.4).
+pub const CA_SERVER_IDENTITY_URI: &str = "urn:uuid:482a1f6c-6887-4998-a961-84147d33e47b";
 
-/// The contents octets of the id-kp-caServerIdentity OBJECT IDENTIFIER (X.690 8.19): `2.25`
-/// as 105, then the UUID's 128-bit integer in base 128.
-pub const ID_KP_CA_SERVER_IDENTITY_DER: [u8; 20] = [
-    0x69, 0x81, 0x90, 0xaa, 0x8f, 0xdb, 0x8d, 0x88, 0xba, 0xa6, 0xb1, 0xa9, 0xb0, 0xe1, 0x82, 0xc7,
-    0xe9, 0xcf, 0xc8, 0x7b,
-];
+/// Whether `uri` is the CA server's mark (compared case-insensitively, as URNs are).
+pub fn is_ca_server_identity_uri(uri: &str) -> bool {
+    uri.eq_ignore_ascii_case(CA_SERVER_IDENTITY_URI)
+}
 
-/// id-kp-serverAuth (RFC 5280 4.2.1.12), contents octets.
-const ID_KP_SERVER_AUTH_DER: [u8; 8] = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-/// id-kp-clientAuth (RFC 5280 4.2.1.12), contents octets.
-const ID_KP_CLIENT_AUTH_DER: [u8; 8] = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-
-/// Whether the certificate (DER) has the extended key usage id-kp-caServerIdentity: the mark
-/// of the CA server's own TLS certificate. A certificate that cannot be parsed does not.
+/// Whether the certificate (DER) carries the URI SAN [`CA_SERVER_IDENTITY_URI`]: the mark of
+/// the CA server's own TLS certificate. A certificate that cannot be parsed does not.
 pub fn has_ca_server_identity(cert_der: &[u8]) -> bool {
+    use x509_parser::extensions::GeneralName;
     let Ok((rest, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
         return false;
     };
     if !rest.is_empty() {
         return false;
     }
-    match cert.extended_key_usage() {
-        Ok(Some(eku)) => eku
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
             .value
-            .other
+            .general_names
             .iter()
-            .any(|oid| oid.as_bytes() == ID_KP_CA_SERVER_IDENTITY_DER),
+            .any(|n| matches!(n, GeneralName::URI(u) if is_ca_server_identity_uri(u))),
         _ => false,
-    }
-}
-
-/// The extendedKeyUsage extension of the CA server's TLS certificate (RFC 5280 4.2.1.12,
-/// non-critical): the profile's purposes, then id-kp-caServerIdentity. Encoded here because
-/// rcgen's `ExtendedKeyUsagePurpose::Other` takes 64-bit arcs.
-pub(crate) fn server_tls_eku_extension(
-    purposes: &[crate::profile::ExtKeyUsage],
-) -> rcgen::CustomExtension {
-    use crate::profile::ExtKeyUsage;
-    let mut oids: Vec<&[u8]> = purposes
-        .iter()
-        .map(|p| match p {
-            ExtKeyUsage::ServerAuth => &ID_KP_SERVER_AUTH_DER[..],
-            ExtKeyUsage::ClientAuth => &ID_KP_CLIENT_AUTH_DER[..],
-        })
-        .collect();
-    oids.push(&ID_KP_CA_SERVER_IDENTITY_DER);
-    let mut body = Vec::new();
-    for oid in oids {
-        // OBJECT IDENTIFIER, short-form length (every OID here is under 128 octets).
-        body.push(0x06);
-        body.push(oid.len() as u8);
-        body.extend_from_slice(oid);
-    }
-    let mut seq = vec![0x30];
-    push_len(&mut seq, body.len());
-    seq.extend_from_slice(&body);
-    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], seq)
-}
-
-/// A DER definite length (X.690 8.1.3).
-fn push_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
     }
 }
 
@@ -141,7 +102,10 @@ impl ReservedNames {
         Ok(r)
     }
 
-    /// Reserve one name (`dns:`/`ip:` prefix or a bare DNS name).
+    /// Reserve one name (`dns:`/`ip:` prefix or a bare DNS name). Loopback names
+    /// (`localhost`, 127.0.0.0/8, ::1) are never reserved: every host has them, a certificate
+    /// for them designates no remote server, and services beside the CA (the agent's own
+    /// tests, a local nginx) need them.
     pub fn add_name(&mut self, name: &str) -> Result<()> {
         let bad = |reason: &str| Error::Config {
             path: "tls.names".into(),
@@ -149,18 +113,17 @@ impl ReservedNames {
         };
         match name.split_once(':') {
             Some(("ip", v)) => {
-                self.ips
-                    .insert(v.parse().map_err(|_| bad("not an IP address"))?);
+                self.insert_ip(v.parse().map_err(|_| bad("not an IP address"))?);
             }
             Some(("dns", v)) => {
-                self.dns.insert(normalize_dns(v));
+                self.insert_dns(v);
             }
             None => {
-                self.dns.insert(normalize_dns(name));
+                self.insert_dns(name);
             }
             Some(_) => {
                 if let Ok(ip) = name.parse::<IpAddr>() {
-                    self.ips.insert(ip);
+                    self.insert_ip(ip);
                 } else {
                     return Err(bad("expected dns:NAME or ip:ADDRESS"));
                 }
@@ -177,13 +140,26 @@ impl ReservedNames {
         })?;
         match host.parse::<IpAddr>() {
             Ok(ip) => {
-                self.ips.insert(ip);
+                self.insert_ip(ip);
             }
             Err(_) => {
-                self.dns.insert(normalize_dns(&host));
+                self.insert_dns(&host);
             }
         }
         Ok(())
+    }
+
+    fn insert_ip(&mut self, ip: IpAddr) {
+        if !ip.is_loopback() {
+            self.ips.insert(ip);
+        }
+    }
+
+    fn insert_dns(&mut self, d: &str) {
+        let d = normalize_dns(d);
+        if d != "localhost" && !d.ends_with(".localhost") {
+            self.dns.insert(d);
+        }
     }
 
     /// Whether nothing is reserved.
@@ -220,6 +196,7 @@ impl ReservedNames {
         let reserved = match san {
             San::Dns(d) => self.dns_reserved(d),
             San::Ip(ip) => self.ips.contains(ip),
+            San::Uri(u) if is_ca_server_identity_uri(u) => true,
             San::Uri(u) => match url_host(u) {
                 Some(h) => match h.parse::<IpAddr>() {
                     Ok(ip) => self.ips.contains(&ip),
@@ -270,37 +247,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marker_oid_is_the_uuid_oid() {
-        // X.667: 2.25.<the UUID as one integer>.
-        let uuid = 0x482a1f6c_6887_4998_a961_84147d33e47b_u128;
-        assert_eq!(
-            ID_KP_CA_SERVER_IDENTITY,
-            format!("2.25.{uuid}"),
-            "dotted form"
-        );
-        let mut arcs = Vec::new();
-        let mut n = uuid;
-        loop {
-            arcs.push((n & 0x7f) as u8);
-            n >>= 7;
-            if n == 0 {
-                break;
-            }
+    fn the_mark_is_reserved_for_every_profile_but_the_server_s() {
+        // Reserved whatever the configured names, in any case.
+        let none = ReservedNames::none();
+        for uri in [
+            CA_SERVER_IDENTITY_URI.to_string(),
+            CA_SERVER_IDENTITY_URI.to_ascii_uppercase(),
+        ] {
+            assert!(matches!(
+                none.check(&San::Uri(uri)),
+                Err(Error::NameReserved { .. })
+            ));
         }
-        arcs.reverse();
-        let last = arcs.len() - 1;
-        for a in &mut arcs[..last] {
-            *a |= 0x80;
-        }
-        let mut expected = vec![2 * 40 + 25];
-        expected.extend(arcs);
-        assert_eq!(ID_KP_CA_SERVER_IDENTITY_DER.to_vec(), expected);
+        assert!(none
+            .check(&San::Uri(
+                "urn:uuid:00000000-6887-4998-a961-84147d33e47b".into()
+            ))
+            .is_ok());
     }
 
     #[test]
     fn reserved_names_table() {
-        let mut r =
-            ReservedNames::from_names(["dns:CA.Example.com.", "ip:10.0.0.5", "ip:::1"]).unwrap();
+        let mut r = ReservedNames::from_names(["dns:CA.Example.com.", "ip:10.0.0.5", "ip:fd00::5"])
+            .unwrap();
         r.add_url_host("http://status.example.com:8080/ocsp")
             .unwrap();
         r.add_url_host("http://[fd00::1]:8080/crl").unwrap();
@@ -310,7 +279,7 @@ mod tests {
             "dns:*.example.com",
             "dns:status.example.com",
             "ip:10.0.0.5",
-            "ip:::1",
+            "ip:fd00::5",
             "ip:fd00::1",
             "uri:https://ca.example.com/x",
             "uri:spiffe://CA.example.com/ns",
@@ -340,7 +309,10 @@ mod tests {
             );
         }
         assert!(r.check(&San::Dns("*.evil.example.com".into())).is_ok());
-        for cn in ["ca.example.com", "CA.example.com.", "10.0.0.5", "::1"] {
+        // Loopback names are every host's: never reserved.
+        let lo = ReservedNames::from_names(["dns:localhost", "ip:127.0.0.1", "ip:::1"]).unwrap();
+        assert!(lo.is_empty());
+        for cn in ["ca.example.com", "CA.example.com.", "10.0.0.5", "fd00::5"] {
             assert!(r.check_common_name(cn).is_err(), "CN={cn}");
         }
         assert!(r.check_common_name("payments").is_ok());

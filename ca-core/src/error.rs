@@ -236,6 +236,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A login to the token failed recently: no new attempt until the backoff expires, so
+    /// traffic cannot hammer the token (a real HSM locks its PIN after a few wrong ones).
+    #[error(
+        "HSM token {token:?}: login failed recently ({last}); next attempt in {retry_in_secs} s"
+    )]
+    LoginBackoff {
+        /// Token label.
+        token: String,
+        /// The last failure (no secrets).
+        last: String,
+        /// Seconds until the next attempt is allowed.
+        retry_in_secs: u64,
+    },
 }
 
 impl Error {

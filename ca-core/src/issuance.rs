@@ -203,6 +203,14 @@ impl Ca {
             }
         }
         check_names(&common_name, &sans, profile)?;
+        if profile.is_ca_server_identity() {
+            // The mark of the CA server's own certificate (crate::ca_identity): a reserved name
+            // for every other profile, so only this one can write it.
+            sans.retain(
+                |s| !matches!(s, San::Uri(u) if crate::ca_identity::is_ca_server_identity_uri(u)),
+            );
+            sans.push(San::Uri(crate::ca_identity::CA_SERVER_IDENTITY_URI.into()));
+        }
         Ok((common_name, sans))
     }
 
@@ -330,21 +338,11 @@ impl Ca {
             .into_iter()
             .map(KeyUsage::rcgen)
             .collect();
-        if profile.is_ca_server_identity() {
-            // The mark of the CA server's own certificate (crate::ca_identity); no other
-            // profile can write it.
-            params
-                .custom_extensions
-                .push(crate::ca_identity::server_tls_eku_extension(
-                    &profile.extended_key_usage,
-                ));
-        } else {
-            params.extended_key_usages = profile
-                .extended_key_usage
-                .iter()
-                .map(|k| k.rcgen())
-                .collect();
-        }
+        params.extended_key_usages = profile
+            .extended_key_usage
+            .iter()
+            .map(|k| k.rcgen())
+            .collect();
         // RFC 5280 4.2.1.1: AKI in every certificate issued by a CA; SKI per 4.2.1.2, derived
         // from the public key as RFC 7093 2 method 1 describes.
         params.use_authority_key_identifier_extension = true;

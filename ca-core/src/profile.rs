@@ -210,7 +210,7 @@ pub struct Profile {
     /// (administrators, its own TLS certificate) set it false. Not configurable.
     #[serde(skip, default = "renewable_default")]
     pub renewable: bool,
-    /// Whether certificates under this profile carry id-kp-caServerIdentity and may name the
+    /// Whether certificates under this profile carry the caServerIdentity mark and may name the
     /// CA's reserved endpoints: only [`Profile::ca_server_tls`] sets it; configuration cannot.
     #[serde(skip)]
     ca_server_identity: bool,
@@ -238,8 +238,8 @@ impl Profile {
     }
 
     /// The profile of the CA server's own TLS certificate (the server's internal
-    /// `_server-tls`): serverAuth plus id-kp-caServerIdentity
-    /// ([`crate::ca_identity::ID_KP_CA_SERVER_IDENTITY`]), and the only profile that may name
+    /// `_server-tls`): serverAuth plus the caServerIdentity mark
+    /// ([`crate::ca_identity::CA_SERVER_IDENTITY_URI`]), and the only profile that may name
     /// the CA's reserved endpoints. Never used for a subscriber.
     pub fn ca_server_tls(names: NamePolicy) -> Self {
         let mut p = Profile::client(names);

@@ -187,6 +187,56 @@ const LEAVES: &[Leaf] = &[
     },
 ];
 
+/// The CA server's own TLS certificate (`_server-tls` as ca-server adds it: serverAuth and the
+/// caServerIdentity mark, a URI SAN) has no pkilint finding. (An earlier mark, an extended key
+/// usage with a UUID OID, had one: pkilint, like Go's crypto/x509, cannot read a 128-bit arc.)
+#[test]
+fn the_ca_server_certificate_has_no_pkilint_finding() {
+    let out = Out::new("ca-server-tls");
+    let mut profiles = test_profiles();
+    profiles.0.insert(
+        "_server-tls".into(),
+        ca_core::profile::Profile::ca_server_tls(ca_core::profile::NamePolicy {
+            dns: vec!["*".into()],
+            ip: vec!["0.0.0.0/0".into(), "::/0".into()],
+            common_name: true,
+            max_sans: 20,
+            ..Default::default()
+        }),
+    );
+    let pki = TestPki::with(
+        KeyAlgorithm::P256,
+        profiles,
+        urls(),
+        Arc::new(ca_core::clock::SystemClock),
+    )
+    .unwrap();
+    let key = subject_key(&out.dir, "ca-server-tls", SUBJECT_KEYS[0]);
+    let req = csr::parse_der(&make_csr(&key, None, &["dns:ca.test", "ip:127.0.0.1"])).unwrap();
+    let issued = pki
+        .ca
+        .prepare(
+            &req,
+            IssueContext::Admin {
+                profile: "_server-tls",
+                actor: "lint",
+                binding: None,
+            },
+        )
+        .unwrap()
+        .issue()
+        .unwrap();
+    assert!(ca_core::ca_identity::has_ca_server_identity(
+        &issued.record.der
+    ));
+    let path = out.write("ca-server-tls.pem", issued.cert_pem().as_bytes());
+    let reports = pkilint::run(&[Check::certificate("ca-server-tls", &path)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(findings) = pkilint::failures(&reports, pkilint::FALSE_POSITIVES) {
+        panic!("{findings}");
+    }
+}
+
 fn urls() -> IssuerUrls {
     IssuerUrls {
         ocsp: Some("http://127.0.0.1:8080/ocsp".into()),

@@ -57,15 +57,20 @@ fn profiles() -> Profiles {
 }
 
 /// A CA over the test PKI's HSM key and store with [`profiles`] and the CA's own names
-/// (`ca.svc.example.com`, `localhost`, 127.0.0.1, and the status host of its URLs) reserved.
+/// (`ca.svc.example.com`, 10.255.0.1, and the status host of its URLs) reserved; `localhost`
+/// and 127.0.0.1 are listed too, and stay issuable (loopback names are never reserved).
 fn reserved_ca(pki: &TestPki) -> Ca {
     let urls = IssuerUrls {
         ocsp: Some("http://status.svc.example.com:8080/ocsp".into()),
         ..Default::default()
     };
-    let mut reserved =
-        ReservedNames::from_names(["dns:ca.svc.example.com", "dns:localhost", "ip:127.0.0.1"])
-            .unwrap();
+    let mut reserved = ReservedNames::from_names([
+        "dns:ca.svc.example.com",
+        "ip:10.255.0.1",
+        "dns:localhost",
+        "ip:127.0.0.1",
+    ])
+    .unwrap();
     reserved
         .add_url_host(urls.ocsp.as_deref().unwrap())
         .unwrap();
@@ -225,14 +230,7 @@ fn names_outside_policy_or_reserved_are_refused() {
             vec!["dns:CA.SVC.example.com"],
             reserved,
         ),
-        ("reserved IP", "client", "", vec!["ip:127.0.0.1"], reserved),
-        (
-            "reserved DNS (dev name)",
-            "client",
-            "",
-            vec!["dns:localhost"],
-            reserved,
-        ),
+        ("reserved IP", "client", "", vec!["ip:10.255.0.1"], reserved),
         (
             "reserved as CN",
             "svc",
@@ -280,13 +278,25 @@ fn names_outside_policy_or_reserved_are_refused() {
     // A token binding for a reserved name is refused the same way at issuance.
     let binding = IdentityBinding {
         common_name: None,
-        sans: vec!["ip:127.0.0.1".into()],
+        sans: vec!["ip:10.255.0.1".into()],
     };
     assert!(matches!(
         ca.prepare(&csr_for("", &[]), admin("client", Some(&binding))),
         Err(Error::NameReserved { .. })
     ));
     assert_eq!(count(&pki), 0, "a refused request left a record");
+    // Loopback names are every host's: listed in the TLS names, still not reserved.
+    for lo in ["ip:127.0.0.1", "dns:localhost"] {
+        let lo_binding = IdentityBinding {
+            common_name: None,
+            sans: vec![lo.into()],
+        };
+        assert!(
+            ca.prepare(&csr_for("", &[]), admin("client", Some(&lo_binding)))
+                .is_ok(),
+            "{lo}"
+        );
+    }
 }
 
 /// What the CN rule allows, and what the certificate then carries.
@@ -334,7 +344,7 @@ fn common_name_is_one_of_the_names() {
     issue("svc", "", &["uri:spiffe://example.com/ns/prod/sa/web"]);
 }
 
-/// Only the CA server's own profile writes id-kp-caServerIdentity, may name the reserved
+/// Only the CA server's own profile writes the caServerIdentity mark, may name the reserved
 /// names, and no CSR can ask for the mark.
 #[test]
 fn only_the_server_profile_carries_the_mark() {
@@ -350,19 +360,28 @@ fn only_the_server_profile_carries_the_mark() {
         .issue()
         .unwrap();
     assert!(has_ca_server_identity(&server.record.der));
-    // openssl reads the extension: serverAuth and the UUID OID.
+    // openssl reads it: serverAuth, and the mark as a URI SAN.
     let work = tempfile::tempdir().unwrap();
     let pem = work.path().join("server.pem");
     std::fs::write(&pem, server.cert_pem()).unwrap();
     let out = Command::new("openssl")
-        .args(["x509", "-noout", "-ext", "extendedKeyUsage", "-in"])
+        .args([
+            "x509",
+            "-noout",
+            "-ext",
+            "extendedKeyUsage,subjectAltName",
+            "-in",
+        ])
         .arg(&pem)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("TLS Web Server Authentication")
-            && text.contains("2.25.95923129508261663907735384116149085307"),
+            && text.contains(&format!(
+                "URI:{}",
+                ca_core::ca_identity::CA_SERVER_IDENTITY_URI
+            )),
         "{text}"
     );
     // webpki accepts it as a server certificate for its names.
@@ -381,27 +400,35 @@ fn only_the_server_profile_carries_the_mark() {
         .unwrap();
     assert!(!has_ca_server_identity(&sub.record.der));
 
-    // A CSR that asks for the mark is refused, even under the server's profile.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], {
-        let mut v = vec![
-            0x30, 0x20, 0x06, 0x08, 0x2b, 6, 1, 5, 5, 7, 3, 1, 0x06, 0x14,
-        ];
-        v.extend_from_slice(&ca_core::ca_identity::ID_KP_CA_SERVER_IDENTITY_DER);
-        v
-    })];
-    let req = csr::parse_der(params.serialize_request(&key).unwrap().der()).unwrap();
-    for profile in ["web", SERVER_TLS] {
-        assert!(
-            matches!(
-                ca.prepare(&req, admin(profile, Some(&binding))),
-                Err(Error::ExtensionNotAllowed { .. })
-            ),
-            "{profile}"
-        );
-    }
+    // A CSR or a binding that asks for the mark is refused under every other profile (a
+    // reserved name), and the server's own profile writes it once.
+    let mark = format!("uri:{}", ca_core::ca_identity::CA_SERVER_IDENTITY_URI);
+    let asks = IdentityBinding {
+        common_name: None,
+        sans: vec!["dns:a.svc.example.com".into(), mark.clone()],
+    };
+    assert!(matches!(
+        ca.prepare(
+            &csr_for("", &["dns:a.svc.example.com", &mark]),
+            admin("web", None)
+        ),
+        Err(Error::NameReserved { .. })
+    ));
+    assert!(matches!(
+        ca.prepare(&csr_for("", &[]), admin("web", Some(&asks))),
+        Err(Error::NameReserved { .. })
+    ));
+    let again = ca
+        .prepare(&csr_for("", &[]), admin(SERVER_TLS, Some(&binding)))
+        .unwrap()
+        .issue()
+        .unwrap();
+    assert_eq!(
+        again.record.sans.iter().filter(|s| **s == mark).count(),
+        1,
+        "{:?}",
+        again.record.sans
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -950,6 +950,9 @@ fn responses_the_hsm_failed_to_sign_at_issuance_are_signed_by_the_next_refresh_p
 
     // Back: the next pass signs both, with the status the store holds (one revoked meanwhile).
     ca.token.end_login_refusal().unwrap();
+    // The token refused the PIN: the CA does not try it again by itself (a real HSM would
+    // lock it); the operator who restored the token's PIN says so.
+    ca.signer.token().retry_login();
     let at = ca_core::clock::truncate(Utc::now() - Duration::minutes(1));
     ca.store
         .revoke(&b.record.serial, at, RevocationReason::Superseded)
@@ -970,4 +973,47 @@ fn responses_the_hsm_failed_to_sign_at_issuance_are_signed_by_the_next_refresh_p
             ..
         })
     ));
+}
+
+/// Shutdown: `stop_issuance_signer` makes the thread sign what is still queued and end, so it
+/// can be joined before the PKCS#11 module is finalized (a thread left signing while the
+/// process exits died of SIGSEGV inside SoftHSM).
+#[test]
+fn stopped_issuance_signer_signs_its_queue_and_ends() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<_> = (0..3)
+        .map(|i| ca.issue_leaf(&format!("stop-{i}")))
+        .collect();
+    let config = ResponderConfig {
+        // Long enough that nothing would be signed before the stop without it.
+        issuance_batch_window: std::time::Duration::from_millis(100),
+        ..ResponderConfig::default()
+    };
+    let r = Arc::new(responder(
+        &ca,
+        ResponderKey::ca(ca.signer_dyn()),
+        Arc::new(SystemClock),
+        config,
+    ));
+    let thread = r.start_issuance_signer().unwrap();
+    for l in &leaves {
+        let _ = r.enqueue_issued(&l.record);
+    }
+    r.stop_issuance_signer();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        thread.join().unwrap();
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("issuance signer thread still running after stop_issuance_signer");
+    for l in &leaves {
+        assert_eq!(
+            r.cached(&l.record.serial).unwrap().cert_status(),
+            Some(&CertStatus::Good),
+            "a queued certificate was left unsigned at the stop"
+        );
+    }
+    // The responder itself lives on: the thread ended because it was told to.
+    assert_eq!(Arc::strong_count(&r), 1);
 }

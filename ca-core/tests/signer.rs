@@ -243,3 +243,60 @@ fn a_key_the_token_will_not_copy_is_used_directly() {
     let copies = session_copies(&session, "nocopy");
     assert!(copies.is_empty(), "{copies:?}");
 }
+
+/// A refused PIN is never tried again by itself (the second refusal is local: no `C_Login`,
+/// which a real HSM would count towards locking the PIN); a different PIN from the source is
+/// tried at once. Other login failures back off.
+#[test]
+fn refused_pin_is_not_retried_until_the_pin_source_changes() {
+    let t = TestToken::new().unwrap();
+    let token = t.hsm_config().open().unwrap();
+    token.generate_key("k", KeyAlgorithm::P256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pin_file = dir.path().join("pin");
+    std::fs::write(&pin_file, "wrong-pin\n").unwrap();
+    let mut cfg = t.hsm_config();
+    cfg.pin = PinSource::File(pin_file.clone());
+    let token = cfg.open().unwrap();
+    assert!(matches!(
+        token.login(),
+        Err(Error::BadPin {
+            reason: "incorrect",
+            ..
+        })
+    ));
+    assert!(token.login_blocked());
+    for _ in 0..5 {
+        assert!(
+            matches!(
+                token.login(),
+                Err(Error::BadPin {
+                    reason: "incorrect; not tried again until the PIN source changes",
+                    ..
+                })
+            ),
+            "the refused PIN was tried again"
+        );
+    }
+    // The operator fixes the PIN file: tried at once, no backoff.
+    std::fs::remove_file(&pin_file).unwrap();
+    t.write_pin_file(&pin_file).unwrap();
+    let signer = token
+        .signer("k")
+        .expect("the corrected PIN is tried at once");
+    assert!(!token.login_blocked());
+    signer.sign(b"after the fix").unwrap();
+
+    // Another cause (the token is not there): the next attempt waits for the backoff.
+    let mut cfg = t.hsm_config();
+    cfg.token_label = "no-such-token".into();
+    let missing = cfg.open().unwrap();
+    assert!(matches!(missing.login(), Err(Error::TokenNotFound { .. })));
+    assert!(matches!(
+        missing.login(),
+        Err(Error::LoginBackoff {
+            retry_in_secs: 1,
+            ..
+        })
+    ));
+}

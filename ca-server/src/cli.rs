@@ -344,6 +344,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let cfg = ServerConfig::load(&config)?;
             init_logging(cli.log_json || cfg.log.json, cfg.log.level.as_deref());
+            // Before startup: a signal during startup stops the server once it has started.
+            let mut signal =
+                crate::server::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
             let running = crate::server::start_from_config(&cfg).await?;
             println!(
                 "ca-server listening: API https://{} status http://{}",
@@ -353,7 +356,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|a| a.to_string())
                     .unwrap_or_default()
             );
-            running.wait_for_signal().await;
+            running.wait_for(&mut signal).await;
             Ok(())
         }
         Command::CheckConfig { config } => {

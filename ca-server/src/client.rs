@@ -1,6 +1,6 @@
 //! A small HTTPS client for the API (admin CLI, tests): rustls with the ring provider, the
 //! server verified against a pinned root and required to carry the CA server's mark
-//! (id-kp-caServerIdentity), optional client certificate, one HTTP/1.1 request per connection.
+//! (the caServerIdentity mark), optional client certificate, one HTTP/1.1 request per connection.
 
 use crate::error::ErrorBody;
 use http::{header, Method, StatusCode};
@@ -91,7 +91,7 @@ impl RawResponse {
 }
 
 /// The server is the CA only if its certificate verifies under the root (webpki, host name
-/// included) **and** carries id-kp-caServerIdentity ([`ca_core::ca_identity`]): any holder of
+/// included) **and** carries the caServerIdentity mark ([`ca_core::ca_identity`]): any holder of
 /// a certificate from this CA could pass the first check. Checked during the handshake, so no
 /// request (and no admin credential beyond the TLS handshake itself) reaches an impostor.
 #[derive(Debug)]
@@ -116,8 +116,8 @@ impl rustls::client::danger::ServerCertVerifier for CaServerVerifier {
         if !ca_core::ca_identity::has_ca_server_identity(end_entity.as_ref()) {
             return Err(rustls::Error::General(format!(
                 "the server's certificate chains to the CA root but is not the CA server's own \
-                 (no extended key usage id-kp-caServerIdentity {}): refusing to talk to it",
-                ca_core::ca_identity::ID_KP_CA_SERVER_IDENTITY
+                 (no caServerIdentity mark, the URI SAN {}): refusing to talk to it",
+                ca_core::ca_identity::CA_SERVER_IDENTITY_URI
             )));
         }
         Ok(verified)

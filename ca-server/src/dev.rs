@@ -273,8 +273,10 @@ pub async fn issue_admin_cert(
 
 /// Run `ca-server dev` until SIGINT/SIGTERM.
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    // Before startup: a signal during startup stops the server once it has started.
+    let mut signal = server::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let running = start(&opts).await?;
-    running.wait_for_signal().await;
+    running.wait_for(&mut signal).await;
     // The addresses in dev.env are stale once the server is gone.
     let _ = std::fs::remove_file(opts.data.join("dev.env"));
     Ok(())
@@ -364,40 +366,52 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
     let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
     let status_parts =
         tokio::task::spawn_blocking(move || server::status_integration(&ocsp, &crl, &p)).await??;
-    let state = server::build_state(&parts, status_parts.hooks)?;
+    let status_state = status_parts.state.clone();
+    let started = async {
+        let state = server::build_state(&parts, status_parts.hooks)?;
 
-    let admin_dir = dir.join("admin");
-    std::fs::create_dir_all(&admin_dir)?;
-    let admin_cert = admin_dir.join("admin.crt");
-    let admin_key = admin_dir.join("admin.key");
-    let needs_admin = match std::fs::read(&admin_cert) {
-        Ok(pem_bytes) => {
-            let soon = state.clock.now() + chrono::Duration::days(7);
-            rustls_pemfile::certs(&mut pem_bytes.as_slice())
-                .next()
-                .and_then(|c| c.ok())
-                .and_then(|c| crate::tls::leaf_not_after(&c))
-                .is_none_or(|na| (na as i64) < soon.timestamp())
+        let admin_dir = dir.join("admin");
+        std::fs::create_dir_all(&admin_dir)?;
+        let admin_cert = admin_dir.join("admin.crt");
+        let admin_key = admin_dir.join("admin.key");
+        let needs_admin = match std::fs::read(&admin_cert) {
+            Ok(pem_bytes) => {
+                let soon = state.clock.now() + chrono::Duration::days(7);
+                rustls_pemfile::certs(&mut pem_bytes.as_slice())
+                    .next()
+                    .and_then(|c| c.ok())
+                    .and_then(|c| crate::tls::leaf_not_after(&c))
+                    .is_none_or(|na| (na as i64) < soon.timestamp())
+            }
+            Err(_) => true,
+        };
+        if needs_admin {
+            let (cert, key) =
+                issue_admin_cert(&state, "dev-admin", Role::SecurityOfficer, "ca-server dev")
+                    .await?;
+            write_atomic(&admin_key, key.as_bytes(), 0o600)?;
+            write_atomic(&admin_cert, cert.as_bytes(), 0o644)?;
         }
-        Err(_) => true,
-    };
-    if needs_admin {
-        let (cert, key) =
-            issue_admin_cert(&state, "dev-admin", Role::SecurityOfficer, "ca-server dev").await?;
-        write_atomic(&admin_key, key.as_bytes(), 0o600)?;
-        write_atomic(&admin_cert, cert.as_bytes(), 0o644)?;
-    }
 
-    let mut running = server::start(
-        state.clone(),
-        parts.tls_names.clone(),
-        api,
-        Some((status, status_parts.router)),
-    )
-    .await?;
-    if let Some(m) = status_parts.maintenance {
-        running.abort_on_shutdown(m);
+        let running = server::start(
+            state.clone(),
+            parts.tls_names.clone(),
+            api,
+            Some((status, status_parts.router)),
+        )
+        .await?;
+        anyhow::Ok((running, state, admin_cert, admin_key))
     }
+    .await;
+    let (mut running, state, admin_cert, admin_key) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // The OCSP issuance signer thread must not outlive a failed start either.
+            server::close_status(status_state, status_parts.maintenance).await;
+            return Err(e);
+        }
+    };
+    running.attach_status(status_state, status_parts.maintenance);
 
     let info = DevInfo {
         ca_url: format!("https://{api_addr}"),

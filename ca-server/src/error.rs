@@ -236,6 +236,7 @@ fn core_code(e: &ca_core::Error) -> Code {
         | E::PinSource { .. }
         | E::Hsm { .. }
         | E::HsmData { .. }
+        | E::LoginBackoff { .. }
         | E::RevocationPending { .. } => Code::HsmUnavailable,
         E::Store { .. } => Code::StoreUnavailable,
         _ => Code::Internal,

@@ -6,10 +6,27 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = ca_server::cli::Cli::parse();
-    match ca_server::cli::run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(ca_server::cli::run(cli));
+    // Shutdown order (README "Shutdown"): `run` stopped the listeners, the status tasks and the
+    // OCSP issuance signer thread, and flushed the store. Dropping the runtime waits for every
+    // blocking task still running (one that outlived the grace period); only then is the
+    // PKCS#11 module finalized, with no thread left inside it. main returns normally: no
+    // process::exit racing other threads.
+    drop(runtime);
+    ca_core::signer::pkcs11::finalize_modules();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -11,8 +11,8 @@ use crate::error::{ApiError, Code};
 use crate::metrics::{Metrics, TimedSigner};
 use crate::ratelimit::{Class, RateLimits};
 use crate::service::{
-    with_internal_profiles, AppState, HealthCheck, Request, Settings, StatusHooks, StoreOnly,
-    SERVER_TLS_PROFILE,
+    with_internal_profiles, AppState, HealthCheck, Readiness, Request, Settings, StatusHooks,
+    StoreOnly, SERVER_TLS_PROFILE,
 };
 use crate::tls::{self, ClientVerifier, LiveConfig};
 use anyhow::Context;
@@ -124,7 +124,9 @@ pub fn build_state(
         .cloned()
         .unwrap_or_else(|| parts.issuing_der.clone());
     let health_signer = parts.signer.clone();
-    let hsm_health: HealthCheck = Arc::new(move || health_signer.health_check());
+    let hsm_health: HealthCheck =
+        Arc::new(move || health_signer.health_check(crate::service::READINESS_SESSION_WAIT));
+    let readiness = Readiness::new(&parts.metrics, Some(parts.signer.token().clone()));
     let hooks = hooks.unwrap_or_else(|| Arc::new(StoreOnly(parts.store.clone())));
     let checkpointer = match &parts.audit {
         Some(a) => {
@@ -153,6 +155,7 @@ pub fn build_state(
         limits: RateLimits::new(&parts.limits),
         hooks,
         hsm_health,
+        readiness,
         settings: Settings {
             token_default_ttl: parts.tokens.default_ttl.0,
             token_max_ttl: parts.tokens.max_ttl.0,
@@ -200,8 +203,10 @@ pub struct StatusParts {
     pub router: Router,
     /// Issuance/revocation hooks (pre-signed OCSP, CRL rebuild).
     pub hooks: Option<Arc<dyn StatusHooks>>,
-    /// OCSP refresh and CRL rebuild task, aborted at shutdown.
+    /// OCSP refresh and CRL rebuild task, stopped at shutdown ([`Running::attach_status`]).
     pub maintenance: Option<JoinHandle<()>>,
+    /// The status listener's state, closed at shutdown (its issuance signer thread joined).
+    pub state: Option<Arc<crate::status::StatusState>>,
 }
 
 impl std::fmt::Debug for StatusParts {
@@ -284,8 +289,9 @@ pub fn status_integration(
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),
-        hooks: Some(state as Arc<dyn StatusHooks>),
+        hooks: Some(state.clone() as Arc<dyn StatusHooks>),
         maintenance: Some(maintenance),
+        state: Some(state),
     })
 }
 
@@ -301,16 +307,42 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     aborts: Vec<JoinHandle<()>>,
+    status: Option<(Arc<crate::status::StatusState>, Option<JoinHandle<()>>)>,
 }
 
 impl Running {
-    /// A background task to abort once the listeners have stopped (e.g. status maintenance).
+    /// A background task to abort once the listeners have stopped.
     pub fn abort_on_shutdown(&mut self, task: JoinHandle<()>) {
         self.aborts.push(task);
     }
 
-    /// Stop accepting, let in-flight requests finish (up to [`SHUTDOWN_GRACE`]), sign a last
-    /// audit checkpoint, return.
+    /// The status listener's state and maintenance task ([`StatusParts`]): stopped, and its
+    /// issuance signer thread joined, at shutdown.
+    pub fn attach_status(
+        &mut self,
+        parts_state: Option<Arc<crate::status::StatusState>>,
+        maintenance: Option<JoinHandle<()>>,
+    ) {
+        match parts_state {
+            Some(state) => self.status = Some((state, maintenance)),
+            None => self.aborts.extend(maintenance),
+        }
+    }
+
+    /// Graceful shutdown, in this order (README "Shutdown"):
+    ///
+    /// 1. stop accepting on both listeners; in-flight requests finish (up to
+    ///    [`SHUTDOWN_GRACE`]), and so do the server-certificate renewal and rate-limit tasks;
+    /// 2. a last audit checkpoint is signed (it covers every event of this run), when an audit
+    ///    key is configured;
+    /// 3. the status maintenance task finishes the pass in progress and ends;
+    /// 4. the OCSP issuance signer thread signs what is still queued and is joined;
+    /// 5. the store is flushed.
+    ///
+    /// Afterwards no thread of this server touches the HSM or the store, except blocking
+    /// tasks of requests that outlived the grace period: the caller drops the tokio runtime
+    /// (which waits for them) before it finalizes the PKCS#11 module
+    /// ([`ca_core::signer::pkcs11::finalize_modules`]).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -325,36 +357,107 @@ impl Running {
         for t in self.aborts {
             t.abort();
         }
+        if let Some((status, maintenance)) = self.status {
+            close_status(Some(status), maintenance).await;
+        }
+        let store = self.state.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "flushing the store at shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "flushing the store at shutdown failed"),
+        }
         tracing::info!("server stopped");
     }
 
     /// Serve until SIGINT or SIGTERM, then shut down gracefully.
     pub async fn wait_for_signal(self) {
-        shutdown_signal().await;
+        match ShutdownSignal::install() {
+            Ok(mut s) => self.wait_for(&mut s).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGINT/SIGTERM; stopping");
+                self.shutdown().await;
+            }
+        }
+    }
+
+    /// Serve until `signal` fires (also when it fired before this call), then shut down
+    /// gracefully.
+    pub async fn wait_for(self, signal: &mut ShutdownSignal) {
+        signal.recv().await;
         tracing::info!("shutdown requested; finishing in-flight requests");
         self.shutdown().await;
     }
 }
 
+/// Stop the status listener's background work: the maintenance task after its pass in
+/// progress, then the OCSP issuance signer thread (joined). Shutdown, and startup failures
+/// after [`status_integration`] (its thread must not outlive the server either).
+pub async fn close_status(
+    state: Option<Arc<crate::status::StatusState>>,
+    maintenance: Option<JoinHandle<()>>,
+) {
+    let Some(state) = state else {
+        if let Some(m) = maintenance {
+            m.abort();
+        }
+        return;
+    };
+    state.stop_maintenance();
+    if let Some(m) = maintenance {
+        if tokio::time::timeout(SHUTDOWN_GRACE, m).await.is_err() {
+            tracing::warn!("the status maintenance pass did not finish within the grace period");
+        }
+    }
+    if let Err(e) = tokio::task::spawn_blocking(move || state.close_blocking()).await {
+        tracing::error!(error = %e, "stopping the OCSP issuance signer failed");
+    }
+}
+
+/// SIGINT and SIGTERM, listened for from [`ShutdownSignal::install`] on: a signal that
+/// arrives while the server is still starting is kept, and the server stops as soon as it has
+/// started (instead of dying of the signal's default action half-way through startup).
+#[derive(Debug)]
+pub struct ShutdownSignal {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    /// Start listening (needs a tokio runtime).
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignal {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
+    }
+
+    /// Resolves on SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {},
+            _ = self.term.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    match ShutdownSignal::install() {
+        Ok(mut s) => s.recv().await,
+        Err(_) => std::future::pending::<()>().await,
     }
 }
 
@@ -524,6 +627,7 @@ pub async fn start(
         shutdown: tx,
         tasks,
         aborts: Vec::new(),
+        status: None,
     })
 }
 
@@ -766,16 +870,26 @@ pub async fn start_with_listeners(
     let status_parts = tokio::task::spawn_blocking(move || status_integration(&ocsp, &crl, &p))
         .await
         .context("starting the status listener")??;
-    let state = build_state(&parts, status_parts.hooks)?;
-    let mut running = start(
-        state,
-        parts.tls_names.clone(),
-        api,
-        Some((status, status_parts.router)),
-    )
-    .await?;
-    if let Some(m) = status_parts.maintenance {
-        running.abort_on_shutdown(m);
+    let started = match build_state(&parts, status_parts.hooks) {
+        Ok(state) => {
+            start(
+                state,
+                parts.tls_names.clone(),
+                api,
+                Some((status, status_parts.router)),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(mut running) => {
+            running.attach_status(status_parts.state, status_parts.maintenance);
+            Ok(running)
+        }
+        Err(e) => {
+            close_status(status_parts.state, status_parts.maintenance).await;
+            Err(e)
+        }
     }
-    Ok(running)
 }

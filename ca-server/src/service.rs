@@ -12,8 +12,11 @@ use ca_core::csr::CsrRequest;
 use ca_core::issuance::{pem, Ca, IssueContext, Issued};
 use ca_core::profile::{KeyUsage, NamePolicy, Profile, Profiles, Span};
 use ca_core::revocation::RevocationReason;
+use ca_core::signer::pkcs11::{HsmHealth, Token};
 use ca_core::store::{CertRecord, IdentityBinding, LineageLock, Store, TokenRecord};
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +40,7 @@ pub fn with_internal_profiles(mut profiles: Profiles, admin: Span, tls: Span) ->
     // A security officer re-issues administrator certificates; a stolen one cannot extend
     // itself.
     admin_profile.renewable = false;
-    // serverAuth + id-kp-caServerIdentity; the only profile that may name the reserved names.
+    // serverAuth + the caServerIdentity mark; the only profile that may name the reserved names.
     let mut tls_profile = Profile::ca_server_tls(NamePolicy {
         dns: vec!["*".into()],
         ip: vec!["0.0.0.0/0".into(), "::/0".into()],
@@ -143,8 +146,73 @@ impl StatusHooks for ResponderHooks {
 /// The audit event of a successful issuance, built from its outcome.
 pub type SuccessAudit = Box<dyn FnOnce(&Outcome) -> NewAuditEvent + Send>;
 
-/// Readiness probe of the HSM signer.
-pub type HealthCheck = Arc<dyn Fn() -> ca_core::Result<()> + Send + Sync>;
+/// Readiness probe of the HSM signer: no signature, a bounded wait for a session
+/// ([`ca_core::signer::pkcs11::Pkcs11Signer::health_check`]).
+pub type HealthCheck = Arc<dyn Fn() -> ca_core::Result<HsmHealth> + Send + Sync>;
+
+/// How long a readiness result is reused: `/readyz` checks the HSM and the store at most once
+/// per this period, however many probes arrive.
+pub const READINESS_TTL: Duration = Duration::from_secs(2);
+/// Longest wait for an idle HSM session in a readiness check (a probe never queues behind
+/// issuance for longer).
+pub const READINESS_SESSION_WAIT: Duration = Duration::from_millis(250);
+
+/// The cached readiness of the API listener (`/readyz`), checked with single flight: one check
+/// at a time, every probe meanwhile waits for it and shares its result.
+#[derive(Debug)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    ready: Gauge,
+    failures: Counter,
+}
+
+impl Readiness {
+    /// Register `ca_hsm_ready` (gauge) and `ca_hsm_readiness_failures` (counter), and
+    /// `ca_hsm_login_blocked` for `token` when given.
+    pub fn new(metrics: &Metrics, token: Option<Token>) -> Self {
+        let ready = Gauge::default();
+        let failures = Counter::default();
+        metrics.register(
+            "ca_hsm_ready",
+            "1 if the last readiness check found the HSM session logged in and the issuing key present, else 0",
+            ready.clone(),
+        );
+        metrics.register(
+            "ca_hsm_readiness_failures",
+            "Readiness checks that failed (HSM or store); details in the log",
+            failures.clone(),
+        );
+        if let Some(token) = token {
+            metrics.register(
+                "ca_hsm_login_blocked",
+                "1 while HSM logins are held back after a failure (backoff, or a PIN the token refused), else 0",
+                LoginBlocked(token),
+            );
+        }
+        Readiness {
+            last: tokio::sync::Mutex::new(None),
+            ready,
+            failures,
+        }
+    }
+}
+
+/// `ca_hsm_login_blocked`, read from the token at each scrape.
+#[derive(Debug)]
+struct LoginBlocked(Token);
+
+impl prometheus_client::encoding::EncodeMetric for LoginBlocked {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&i64::from(self.0.login_blocked()))
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
 
 /// Settings routes need.
 #[derive(Clone, Debug)]
@@ -179,6 +247,8 @@ pub struct AppState {
     pub hooks: Arc<dyn StatusHooks>,
     /// HSM readiness probe.
     pub hsm_health: HealthCheck,
+    /// Cached readiness (`/readyz`).
+    pub readiness: Readiness,
     /// Settings.
     pub settings: Settings,
     /// The root certificate (DER).
@@ -731,15 +801,45 @@ impl AppState {
         }
     }
 
-    /// Whether the HSM and the store answer.
-    pub async fn ready(&self) -> Result<(), String> {
+    /// Whether the HSM and the store answer: the cached result if it is younger than
+    /// [`READINESS_TTL`], else one check (single flight) without a signature by the issuing
+    /// key and with a bounded wait for an HSM session. Details of a failure go to the log and
+    /// to `/metrics`, never to the (anonymous) caller.
+    pub async fn ready(&self) -> bool {
+        let mut last = self.readiness.last.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < READINESS_TTL {
+                return ok;
+            }
+        }
         let hsm = self.hsm_health.clone();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        let checked = tokio::task::spawn_blocking(move || {
             store.health().map_err(|e| format!("store: {e}"))?;
             hsm().map_err(|e| format!("hsm: {e}"))
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await;
+        let ok = match checked {
+            Ok(Ok(HsmHealth::Ready)) => true,
+            // Every session busy signing: the HSM works; keep the previous verdict.
+            Ok(Ok(HsmHealth::Busy)) => {
+                tracing::debug!("readiness: every HSM session busy; previous result kept");
+                last.is_none_or(|(_, ok)| ok)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "readiness check task failed");
+                false
+            }
+        };
+        self.readiness.ready.set(i64::from(ok));
+        if !ok {
+            self.readiness.failures.inc();
+        }
+        *last = Some((std::time::Instant::now(), ok));
+        ok
     }
 }

@@ -142,6 +142,10 @@ pub struct StatusState {
     crl_dirty: Arc<Notify>,
     observer: Option<AnswerObserver>,
     max_age: MaxAge,
+    /// The responder's issuance signer thread, joined by [`StatusState::close_blocking`].
+    issuance_signer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set at shutdown: the maintenance task ends after the pass in progress.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for StatusState {
@@ -168,33 +172,44 @@ impl StatusState {
             setup.responder,
         )?);
         responder.load()?;
-        responder
-            .start_issuance_signer()
-            .map_err(|e| ca_core::Error::Io {
-                path: "(thread ocsp-issuance)".into(),
-                source: e,
-            })?;
+        let issuance_signer =
+            responder
+                .start_issuance_signer()
+                .map_err(|e| ca_core::Error::Io {
+                    path: "(thread ocsp-issuance)".into(),
+                    source: e,
+                })?;
+        // From here on, an error must stop the thread again (it signs with the HSM).
+        let stop_signer = |e: ca_core::Error| {
+            responder.stop_issuance_signer();
+            e
+        };
         for ext in setup.external_responses {
             let path = ext.path.clone();
-            let n = responder.add_external(ext)?;
+            let n = responder.add_external(ext).map_err(stop_signer)?;
             tracing::info!(path = %path.display(), cert_ids = n, "serving OCSP responses from file");
         }
-        let crls = Arc::new(CrlPublisher::new(
-            setup.store.clone(),
-            setup.issuing_signer,
-            setup.issuer_cert_der.clone(),
-            setup.clock,
-            setup.crl,
-        )?);
-        crls.regenerate()?;
-        Ok(Arc::new(Self::new(
+        let crls = Arc::new(
+            CrlPublisher::new(
+                setup.store.clone(),
+                setup.issuing_signer,
+                setup.issuer_cert_der.clone(),
+                setup.clock,
+                setup.crl,
+            )
+            .map_err(stop_signer)?,
+        );
+        crls.regenerate().map_err(stop_signer)?;
+        let state = Self::new(
             responder,
             crls,
             setup.store,
             setup.issuer_cert_der,
             setup.root_crl,
             setup.http,
-        )))
+        );
+        *lock(&state.issuance_signer) = Some(issuance_signer);
+        Ok(Arc::new(state))
     }
 
     /// Assemble from parts already built (the responder loaded, the CRL publisher ready).
@@ -216,6 +231,29 @@ impl StatusState {
             config,
             crl_dirty: Arc::new(Notify::new()),
             observer: None,
+            issuance_signer: std::sync::Mutex::new(None),
+            stopping: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Shutdown, first step: the maintenance task ([`StatusState::spawn_maintenance`]) ends
+    /// after the pass in progress (await its handle).
+    pub fn stop_maintenance(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Shutdown, last step (blocking): stop the maintenance task and the responder's issuance
+    /// signer thread (it signs what is still queued), and join the thread. After this no
+    /// thread of the status listener touches the HSM; OCSP answers already in memory are still
+    /// served. Idempotent.
+    pub fn close_blocking(&self) {
+        self.stop_maintenance();
+        self.responder.stop_issuance_signer();
+        let handle = lock(&self.issuance_signer).take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the OCSP issuance signer thread panicked");
+            }
         }
     }
 
@@ -311,12 +349,17 @@ impl StatusState {
         let weak = Arc::downgrade(self);
         let dirty = self.crl_dirty.clone();
         let interval = self.config.maintenance_interval;
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             let mut next = tokio::time::Instant::now() + interval;
             loop {
+                if *stopping.borrow_and_update() {
+                    break;
+                }
                 let timer = tokio::select! {
                     _ = tokio::time::sleep_until(next) => true,
                     _ = dirty.notified() => false,
+                    _ = stopping.changed() => break,
                 };
                 let Some(me) = weak.upgrade() else { break };
                 let job = tokio::task::spawn_blocking(move || {
@@ -357,6 +400,10 @@ impl crate::service::StatusHooks for StatusState {
     ) -> ca_core::Result<CertRecord> {
         self.revoke_blocking(serial, reason, at, actor)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Metric label of an answer.
@@ -402,9 +449,10 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
     };
     match problem {
         None => (StatusCode::OK, "ready\n").into_response(),
+        // Anonymous caller: no internal detail (it is in the log).
         Some(p) => {
             tracing::warn!(problem = %p, "status listener not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {p}\n")).into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
         }
     }
 }
@@ -417,10 +465,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let maintenance = state.spawn_maintenance();
-    let r = axum::serve(listener, router(state))
+    let r = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
-    maintenance.abort();
+    // Let the pass in progress finish rather than abandon it on the blocking pool.
+    state.stop_maintenance();
+    let _ = maintenance.await;
     r
 }
 

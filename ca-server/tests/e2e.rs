@@ -133,16 +133,32 @@ async fn health_and_readiness() {
     // The HSM refuses the CA: the API is not ready (it cannot issue), the status listener is
     // (it serves pre-signed OCSP answers and the CRL without the HSM), so a load balancer keeps
     // the responder in rotation. Both are ready again once the HSM is back.
+    // Readiness is cached for a few seconds: poll. The anonymous caller learns nothing more
+    // than "not ready".
     srv.pki.token.inject_login_refusal().unwrap();
-    let r = api_ready().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = api_ready().await;
+        if r.status != StatusCode::OK {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(String::from_utf8_lossy(&r.body).contains("hsm"), "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&r.body), "not ready\n");
     assert_eq!(
         reqwest_like_get(&srv.status_url, "/readyz").await,
         "ready\n"
     );
     srv.pki.token.end_login_refusal().unwrap();
-    assert_eq!(api_ready().await.status, StatusCode::OK);
+    // The refused PIN is not tried again by itself; the operator says the PIN is back.
+    srv.pki.issuing_signer.token().retry_login();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while api_ready().await.status != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "not ready again");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let chain: ChainResponse = srv.anon().get_json("/v1/chain").await.unwrap();
     assert_eq!(
         chain.root_fingerprint,

@@ -654,6 +654,9 @@ async fn hsm_outage_keeps_presigned_answers_fails_closed_on_revocation_and_heals
     // The HSM is back. The operator repeats the first revocation: `already revoked`, and its
     // OCSP answer is signed at once.
     ca.token.end_login_refusal().unwrap();
+    // The token refused the PIN: the CA does not try it again by itself (a real HSM would
+    // lock it); the operator who restored the token's PIN says so.
+    ca.signer.token().retry_login();
     let err = revoke(&first).await.expect_err("revoked twice");
     assert!(
         matches!(err, ca_core::Error::AlreadyRevoked { .. }),

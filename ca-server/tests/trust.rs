@@ -160,7 +160,7 @@ fn agent_enroll(
 /// The attack of issue 13 section 2: a subscriber holds a valid server certificate of this CA
 /// for the CA's own name (127.0.0.1, localhost) and answers in the CA's place. The agent and
 /// the admin CLI refuse it during the handshake: no request, so no token and no admin action,
-/// reaches it. Without the id-kp-caServerIdentity check both send their request.
+/// reaches it. Without the caServerIdentity check both send their request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
     let mut srv = TestServer::start().await;
@@ -242,7 +242,7 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("id-kp-caServerIdentity") && err.contains("no credential was sent"),
+        err.contains("caServerIdentity") && err.contains("no credential was sent"),
         "{}",
         text(&out)
     );
@@ -270,7 +270,7 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
         .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("id-kp-caServerIdentity"),
+        String::from_utf8_lossy(&out.stderr).contains("caServerIdentity"),
         "{}",
         text(&out)
     );
@@ -294,7 +294,7 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
         )
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("id-kp-caServerIdentity"), "{e}");
+    assert!(e.to_string().contains("caServerIdentity"), "{e}");
     let (_, good_csr) = csr("svc.test", &["dns:svc.test"]);
     let e = ca_server::client::ApiClient::new(&url, srv.root_pem.as_bytes(), None)
         .unwrap()
@@ -307,13 +307,14 @@ async fn an_impostor_with_a_certificate_for_the_ca_name_receives_nothing() {
         )
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("id-kp-caServerIdentity"), "{e}");
+    assert!(e.to_string().contains("caServerIdentity"), "{e}");
 
     // The impostor completed no handshake and received no request, so no token bytes.
-    let seen_now = seen.lock().unwrap();
-    assert_eq!(seen_now.handshakes, before, "{seen_now:?}");
-    assert!(seen_now.requests.is_empty(), "{seen_now:?}");
-    drop(seen_now);
+    {
+        let seen_now = seen.lock().unwrap();
+        assert_eq!(seen_now.handshakes, before, "{seen_now:?}");
+        assert!(seen_now.requests.is_empty(), "{seen_now:?}");
+    }
 
     // The real CA, same clients: the token was never spent.
     let agent_dir = work.join("agent-real");
@@ -359,7 +360,9 @@ async fn served_leaf(url: &str) -> Vec<u8> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let start = text.find("-----BEGIN CERTIFICATE-----").unwrap();
     let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
-    der::pem::decode_vec(text[start..end].as_bytes()).unwrap().1
+    der::pem::decode_vec(&text.as_bytes()[start..end])
+        .unwrap()
+        .1
 }
 
 fn with_svc_profiles() -> Options {
@@ -439,7 +442,7 @@ async fn enroll_err(srv: &TestServer, token: &str, cn: &str, sans: &[&str]) -> (
     }
 }
 
-/// The CA's own names (its TLS names `localhost` and 127.0.0.1 here) are refused at token
+/// The CA's own names (its TLS names `ca.test` and 10.255.0.1 here; loopback names are never reserved) are refused at token
 /// creation, even by a security officer, and at enrollment with a token that binds them;
 /// the refused token stays unused and nothing is issued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,18 +452,18 @@ async fn the_ca_names_are_refused_at_token_creation_and_issuance() {
         (
             "reserved DNS SAN",
             Some("svc.test"),
-            &["dns:svc.test", "dns:localhost"],
+            &["dns:svc.test", "dns:ca.test"],
             "server",
         ),
-        ("reserved DNS, other case", None, &["dns:LocalHost"], "mtls"),
+        ("reserved DNS, other case", None, &["dns:CA.Test"], "mtls"),
         (
             "reserved IP SAN",
             Some("svc.test"),
-            &["ip:127.0.0.1"],
+            &["ip:10.255.0.1"],
             "client",
         ),
-        ("reserved name as CN", Some("localhost"), &[], "server"),
-        ("reserved IP as CN", Some("127.0.0.1"), &[], "client"),
+        ("reserved name as CN", Some("ca.test"), &[], "server"),
+        ("reserved IP as CN", Some("10.255.0.1"), &[], "client"),
     ];
     let certs = srv.cert_count();
     for (what, cn, sans, profile) in rows {
@@ -472,16 +475,26 @@ async fn the_ca_names_are_refused_at_token_creation_and_issuance() {
         }
     }
     // A token that binds a reserved name (made before the name was reserved) does not get it.
-    plant_token(&srv, "planted-reserved", None, &["ip:127.0.0.1"], "server");
+    plant_token(&srv, "planted-reserved", None, &["ip:10.255.0.1"], "server");
     assert_eq!(
-        enroll_err(&srv, "planted-reserved", "", &["ip:127.0.0.1"]).await,
+        enroll_err(&srv, "planted-reserved", "", &["ip:10.255.0.1"]).await,
         (403, "name_reserved".into())
     );
-    plant_token(&srv, "planted-cn", Some("localhost"), &[], "server");
+    plant_token(&srv, "planted-cn", Some("ca.test"), &[], "server");
     assert_eq!(
-        enroll_err(&srv, "planted-cn", "localhost", &[]).await,
+        enroll_err(&srv, "planted-cn", "ca.test", &[]).await,
         (403, "name_reserved".into())
     );
+    // Loopback names name every host: a local service may have them.
+    create_token(
+        &srv,
+        &srv.operator,
+        Some("svc.test"),
+        &["dns:svc.test", "ip:127.0.0.1"],
+        "server",
+    )
+    .await
+    .expect("loopback names are not reserved");
     let tokens = srv.pki.store.list_tokens().unwrap();
     assert!(tokens.iter().all(|t| t.used_at.is_none()));
     assert_eq!(srv.cert_count(), certs, "nothing issued");

@@ -640,6 +640,15 @@ pub mod pkilint {
                   scheme-specific-part\", which SPIFFE IDs (spiffe://trust-domain/path) do.",
         },
         FalsePositive {
+            code: "pkix.invalid_uri_syntax",
+            message_contains: "\"urn:",
+            why: "the same python-validators url() refuses every URN. RFC 3986 3 allows a URI \
+                  without an authority (scheme \":\" path, as in urn:uuid:..., RFC 4122 3 and \
+                  RFC 8141), and RFC 5280 4.2.1.6 asks only for RFC 3986 syntax with a scheme \
+                  and a scheme-specific-part; the CA server's mark (urn:uuid:...) and the \
+                  administrator role URIs (urn:ca:role:...) are such URNs.",
+        },
+        FalsePositive {
             code: "pkix.invalid_domain_name_syntax",
             message_contains: "\"localhost\"",
             why: "pkilint checks dNSNames with python-validators' domain(), which requires a \

@@ -335,7 +335,9 @@ impl Ca {
         .collect()
     }
 
-    /// `ca-server token create` for `cn` (plus a DNS SAN and ip:127.0.0.1) under `profile`.
+    /// `ca-server token create` for `cn` (plus a DNS SAN and ip:127.0.0.2) under `profile`.
+    /// (127.0.0.1 and localhost are the dev CA's own names: reserved, never issued to a
+    /// subscriber.)
     pub fn token(&self, cn: &str, profile: &str) -> String {
         let san = format!("dns:{cn}");
         let out = run(
@@ -348,7 +350,7 @@ impl Ca {
                 "--san",
                 &san,
                 "--san",
-                "ip:127.0.0.1",
+                "ip:127.0.0.2",
                 "--profile",
                 profile,
             ],
@@ -454,11 +456,12 @@ pub fn openssl_pair_matches(cert: &Path, key: &Path) -> bool {
     a.status.success() && b.status.success() && a.stdout == b.stdout
 }
 
-/// `openssl s_client` against 127.0.0.1:port: the serial of the served certificate.
+/// `openssl s_client` against 127.0.0.2:port (where the tests' services listen: 127.0.0.1 is
+/// the CA's): the serial of the served certificate.
 pub fn s_client_serial(port: u16, root: &Path) -> Option<String> {
     let mut c = Command::new("timeout")
         .args(["10", "openssl", "s_client", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("127.0.0.2:{port}"))
         .arg("-CAfile")
         .arg(root)
         .arg("-verify_return_error")

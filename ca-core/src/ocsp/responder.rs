@@ -377,6 +377,9 @@ struct IssuedQueue {
     /// Responses signed at issuance, and certificates they covered.
     signatures: u64,
     certificates: u64,
+    /// [`Responder::stop_issuance_signer`] was called: the signer thread signs what is queued
+    /// and ends.
+    stopping: bool,
 }
 
 /// A certificate queued by [`Responder::enqueue_issued`].
@@ -738,7 +741,7 @@ impl Responder {
     /// certificates concerned are then signed when asked about, or at the next start.
     pub fn sign_issued_group(&self, window: std::time::Duration, idle: std::time::Duration) {
         let mut q = lock(&self.issued);
-        if q.pending.is_empty() {
+        if q.pending.is_empty() && !q.stopping {
             q = self
                 .issued_arrival
                 .wait_timeout(q, idle)
@@ -749,7 +752,7 @@ impl Responder {
             return;
         }
         let deadline = Instant::now() + window;
-        while q.pending.len() < self.config.issuance_batch_max {
+        while q.pending.len() < self.config.issuance_batch_max && !q.stopping {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -784,8 +787,26 @@ impl Responder {
             .spawn(move || {
                 while let Some(r) = weak.upgrade() {
                     r.sign_issued_group(window, std::time::Duration::from_millis(200));
+                    let q = lock(&r.issued);
+                    if q.stopping && q.pending.is_empty() {
+                        break;
+                    }
                 }
             })
+    }
+
+    /// Ask the issuance signer thread ([`start_issuance_signer`]) to sign what is still queued
+    /// and end; join its handle afterwards. Part of shutdown: the thread signs with the HSM,
+    /// so it must be gone before the PKCS#11 module is finalized (a thread inside
+    /// `C_SignInit` while the process runs SoftHSM's destructors dies of SIGSEGV). Anything
+    /// queued later is signed by whoever asks for it ([`await_issued`]), or at the next start.
+    ///
+    /// [`start_issuance_signer`]: Responder::start_issuance_signer
+    /// [`await_issued`]: Responder::await_issued
+    pub fn stop_issuance_signer(&self) {
+        lock(&self.issued).stopping = true;
+        self.issued_arrival.notify_all();
+        self.issued_done.notify_all();
     }
 
     /// If `serial` is queued for its first response, or its group is being signed, wait for

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// Environment variable that overrides the PKCS#11 module path.
@@ -69,6 +70,30 @@ pub fn open_module(path: &Path) -> Result<Pkcs11> {
     }
     modules.insert(path.to_path_buf(), ctx.clone());
     Ok(ctx)
+}
+
+/// Finalize every module this process loaded (`C_Finalize`) and forget them: the last step of
+/// a server's shutdown, after every thread that could call into a module has been joined.
+///
+/// Why explicit: a module's own teardown otherwise happens in the C/C++ static destructors
+/// run by `exit()`, concurrently with any thread still inside the module (SoftHSM's
+/// `C_SignInit` on a destroyed instance is a SIGSEGV). After this, a straggler's call fails
+/// with `CKR_CRYPTOKI_NOT_INITIALIZED` instead. A later [`open_module`] loads and initializes
+/// the module again.
+pub fn finalize_modules() {
+    let modules: Vec<(PathBuf, Pkcs11)> = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    for (path, ctx) in modules {
+        match ctx.finalize() {
+            Ok(()) => tracing::debug!(module = %path.display(), "PKCS#11 module finalized"),
+            Err(e) => {
+                tracing::warn!(module = %path.display(), error = %e, "finalizing the PKCS#11 module failed")
+            }
+        }
+    }
 }
 
 /// Where the user PIN comes from. Never from the config file in plain text (DESIGN invariant 1).
@@ -180,6 +205,7 @@ impl HsmConfig {
             label: self.token_label.clone(),
             pin: self.pin.clone(),
             sessions: self.sessions.max(1),
+            gate: Arc::new(Mutex::new(LoginGate::new())),
         })
     }
 }
@@ -203,6 +229,70 @@ fn is_session_fault(e: &CkError) -> bool {
     )
 }
 
+/// First wait after a failed login.
+pub const LOGIN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between login attempts.
+pub const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Failed logins of one token, shared by every clone of the [`Token`] (every signer of it).
+///
+/// Policy (README "HSM logins"):
+/// - after any failed `C_Login`, no new attempt before a backoff (1 s, doubling, at most
+///   5 min; reset by a success), so traffic cannot turn into a stream of logins;
+/// - after `CKR_PIN_INCORRECT` (or locked, expired, invalid), that PIN is **never** tried again
+///   automatically: a real HSM locks its PIN after a few wrong ones, and any retry schedule
+///   would get there. The next attempt is made once the PIN source (file, environment) yields a
+///   different PIN (it is re-read at each attempt, which costs no HSM call), after a restart,
+///   or after [`Token::retry_login`].
+struct LoginGate {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last: String,
+    /// SHA-256(salt || PIN) of the PIN the token refused.
+    refused_pin: Option<[u8; 32]>,
+    salt: [u8; 16],
+}
+
+impl LoginGate {
+    fn new() -> Self {
+        LoginGate {
+            failures: 0,
+            retry_at: None,
+            last: String::new(),
+            refused_pin: None,
+            salt: rand::random(),
+        }
+    }
+
+    fn fingerprint(&self, pin: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.salt);
+        h.update(pin.as_bytes());
+        h.finalize().into()
+    }
+
+    fn failed(&mut self, what: String, refused_pin: Option<[u8; 32]>) {
+        self.failures = self.failures.saturating_add(1);
+        let shift = self.failures.saturating_sub(1).min(16);
+        let wait = LOGIN_BACKOFF_MIN
+            .saturating_mul(1u32 << shift)
+            .min(LOGIN_BACKOFF_MAX);
+        self.retry_at = Some(Instant::now() + wait);
+        self.last = what;
+        if refused_pin.is_some() {
+            self.refused_pin = refused_pin;
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+        self.refused_pin = None;
+        self.last.clear();
+    }
+}
+
 /// An opened token: finds its slot by label and opens logged-in sessions.
 #[derive(Clone)]
 pub struct Token {
@@ -210,6 +300,7 @@ pub struct Token {
     label: String,
     pin: PinSource,
     sessions: usize,
+    gate: Arc<Mutex<LoginGate>>,
 }
 
 impl fmt::Debug for Token {
@@ -258,8 +349,72 @@ impl Token {
         Ok(info.serial_number().trim().to_string())
     }
 
+    fn gate(&self) -> std::sync::MutexGuard<'_, LoginGate> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forget the login failures: the next login is attempted at once, even with a PIN the
+    /// token refused before (an operator who restored the token's PIN says so).
+    pub fn retry_login(&self) {
+        self.gate().succeeded();
+    }
+
+    /// Whether the last login attempt failed and its backoff or refused-PIN latch is in force.
+    pub fn login_blocked(&self) -> bool {
+        let g = self.gate();
+        g.refused_pin.is_some() || g.retry_at.is_some_and(|t| Instant::now() < t)
+    }
+
     /// Open a read-write session logged in as the user.
+    ///
+    /// Failed logins back off and a refused PIN is not tried again ([`LoginGate`]): while
+    /// blocked, this fails with [`Error::BadPin`] or [`Error::LoginBackoff`] without calling
+    /// `C_Login` (nor opening a session).
     pub fn login(&self) -> Result<Session> {
+        let pin = self.pin.read()?;
+        let fingerprint = {
+            let g = self.gate();
+            let fingerprint = g.fingerprint(&pin);
+            match g.refused_pin {
+                // The same PIN as the one refused: never again by itself.
+                Some(refused) if refused == fingerprint => {
+                    return Err(Error::BadPin {
+                        token: self.label.clone(),
+                        reason: "incorrect; not tried again until the PIN source changes",
+                    })
+                }
+                // A different PIN from the source: an operator fixed it; try it now.
+                Some(_) => {}
+                None => {
+                    if let Some(at) = g.retry_at {
+                        let now = Instant::now();
+                        if now < at {
+                            return Err(Error::LoginBackoff {
+                                token: self.label.clone(),
+                                last: g.last.clone(),
+                                retry_in_secs: (at - now).as_secs().max(1),
+                            });
+                        }
+                    }
+                }
+            }
+            fingerprint
+        };
+        let r = self.login_now(&pin);
+        let mut g = self.gate();
+        match &r {
+            Ok(_) => g.succeeded(),
+            Err(e) => {
+                let refused = matches!(e, Error::BadPin { .. }).then_some(fingerprint);
+                tracing::warn!(token = %self.label, error = %e, failures = g.failures + 1,
+                    pin_refused = refused.is_some(), "HSM login failed; backing off");
+                g.failed(e.to_string(), refused);
+            }
+        }
+        r
+    }
+
+    fn login_now(&self, pin: &str) -> Result<Session> {
         let slot = self.slot()?;
         let session = self
             .ctx
@@ -268,22 +423,18 @@ impl Token {
                 op: "open session",
                 source,
             })?;
-        let pin = self.pin.read()?;
-        let auth = AuthPin::from(pin.as_str());
+        let auth = AuthPin::from(pin);
+        let bad_pin = |reason| Error::BadPin {
+            token: self.label.clone(),
+            reason,
+        };
         match session.login(UserType::User, Some(&auth)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::BadPin {
-                token: self.label.clone(),
-                reason: "incorrect",
-            }),
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::BadPin {
-                token: self.label.clone(),
-                reason: "locked",
-            }),
-            Err(CkError::Pkcs11(RvError::PinLenRange, _)) => Err(Error::BadPin {
-                token: self.label.clone(),
-                reason: "wrong length",
-            }),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(bad_pin("incorrect")),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(bad_pin("locked")),
+            Err(CkError::Pkcs11(RvError::PinExpired, _)) => Err(bad_pin("expired")),
+            Err(CkError::Pkcs11(RvError::PinInvalid, _)) => Err(bad_pin("invalid")),
+            Err(CkError::Pkcs11(RvError::PinLenRange, _)) => Err(bad_pin("wrong length")),
             Err(source) => Err(Error::Hsm {
                 op: "login",
                 source,
@@ -538,6 +689,15 @@ pub struct KeyProtection {
     pub persistent: bool,
 }
 
+/// Outcome of [`Pkcs11Signer::health_check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HsmHealth {
+    /// A pooled session is logged in and the key is there.
+    Ready,
+    /// Every session was busy (signing) for the whole wait: nothing was checked.
+    Busy,
+}
+
 struct PooledSession {
     session: Session,
     key: ObjectHandle,
@@ -622,9 +782,95 @@ impl Pkcs11Signer {
         &self.key_label
     }
 
-    /// Check that the token answers and the key is usable (for readiness probes).
-    pub fn health_check(&self) -> Result<()> {
-        self.sign(b"readiness probe").map(|_| ())
+    /// Readiness without a signature: on a pooled session, `C_GetSessionInfo` (the session
+    /// is open and logged in as the user) and `C_GetAttributeValue(CKA_SIGN)` of the key (the
+    /// key object is still there). Waits at most `wait` for an idle session and never opens
+    /// one beyond the pool's size: when every session is busy signing, the answer is
+    /// [`HsmHealth::Busy`] (the HSM is evidently working), and the probe did not delay
+    /// issuance. A session that is no longer logged in is replaced by a fresh one, through the
+    /// login backoff ([`Token::login`]): probes never cause more logins than issuance would.
+    pub fn health_check(&self, wait: Duration) -> Result<HsmHealth> {
+        let mut retried = false;
+        loop {
+            let Some(s) = self.checkout_within(wait)? else {
+                return Ok(HsmHealth::Busy);
+            };
+            match self.check_session(&s) {
+                Ok(()) => {
+                    self.checkin(s);
+                    return Ok(HsmHealth::Ready);
+                }
+                Err(e) if is_session_fault(&e) && !retried => {
+                    tracing::warn!(token = %self.token.label, key = %self.key_label, error = %e, "HSM session unusable; reopening sessions");
+                    self.discard_all(s);
+                    retried = true;
+                }
+                Err(e) => {
+                    if is_session_fault(&e) {
+                        self.discard_all(s);
+                    } else {
+                        self.checkin(s);
+                    }
+                    return Err(Error::Hsm {
+                        op: "readiness check",
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    fn check_session(&self, s: &PooledSession) -> std::result::Result<(), CkError> {
+        use cryptoki::session::SessionState;
+        let info = s.session.get_session_info()?;
+        if !matches!(
+            info.session_state(),
+            SessionState::RwUser | SessionState::RoUser
+        ) {
+            return Err(CkError::Pkcs11(
+                RvError::UserNotLoggedIn,
+                cryptoki::context::Function::GetSessionInfo,
+            ));
+        }
+        let attrs = s.session.get_attributes(s.key, &[AttributeType::Sign])?;
+        if attrs.iter().any(|a| matches!(a, Attribute::Sign(true))) {
+            Ok(())
+        } else {
+            Err(CkError::Pkcs11(
+                RvError::KeyFunctionNotPermitted,
+                cryptoki::context::Function::GetAttributeValue,
+            ))
+        }
+    }
+
+    /// [`checkout`](Self::checkout), waiting at most `wait` for a session; `None` if every
+    /// session stayed busy.
+    fn checkout_within(&self, wait: Duration) -> Result<Option<PooledSession>> {
+        let deadline = Instant::now() + wait;
+        let mut pool = self.lock();
+        loop {
+            if let Some(s) = pool.idle.pop() {
+                return Ok(Some(s));
+            }
+            if pool.open < self.token.sessions {
+                pool.open += 1;
+                let generation = pool.generation;
+                drop(pool);
+                return self.open_session(generation).map(Some).inspect_err(|_| {
+                    self.lock().open -= 1;
+                    self.freed.notify_one();
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {

@@ -352,6 +352,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn end_deferred(&self) -> Result<()> {
         Ok(())
     }
+    /// Make every write completed so far durable (shutdown: writes that were never
+    /// acknowledged, such as OCSP responses stored without a flush). The default (a store whose
+    /// writes are always durable on return) does nothing.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Run `f` with the flushes of the writes it makes on this thread deferred to **one**

@@ -834,6 +834,10 @@ impl Store for SledStore {
         }
         Ok(())
     }
+
+    fn flush(&self) -> Result<()> {
+        self.flush_group()
+    }
 }
 
 impl SledStore {

@@ -60,7 +60,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// `/healthz`, `/readyz` (the HSM signs and the store reads), `/metrics`.
+/// `/healthz`, `/readyz` (an HSM session is logged in, the key is there, the store reads),
+/// `/metrics`.
 pub fn health_routes() -> Router<Arc<AppState>> {
     liveness_routes().route("/readyz", get(readyz))
 }
@@ -222,13 +223,13 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Anonymous: `ready` or `not ready`, nothing else (the reason is in the log and `/metrics`).
+/// Cached and single-flight, without a signature ([`AppState::ready`]).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
-        }
+    if state.ready().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }
 

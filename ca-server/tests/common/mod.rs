@@ -97,7 +97,14 @@ impl TestServer {
             urls: IssuerUrls::default(),
             store: pki.store.clone() as Arc<dyn Store>,
             clock: opts.clock,
-            tls_names: vec!["dns:localhost".into(), "ip:127.0.0.1".into()],
+            // Loopback names are never reserved; ca.test and 10.255.0.1 stand for the CA's
+            // public endpoint names.
+            tls_names: vec![
+                "dns:localhost".into(),
+                "ip:127.0.0.1".into(),
+                "dns:ca.test".into(),
+                "ip:10.255.0.1".into(),
+            ],
             tls_validity: opts.tls_validity,
             admin_validity: Span(chrono::Duration::days(30)),
             limits: opts.limits,
@@ -106,7 +113,7 @@ impl TestServer {
             metrics: Arc::new(Metrics::new()),
             audit: None,
         };
-        let (hooks, status_router, maintenance) = if opts.status {
+        let (hooks, status_router, maintenance, status_state) = if opts.status {
             let p = parts.clone();
             let sp = tokio::task::spawn_blocking(move || {
                 server::status_integration(
@@ -118,9 +125,9 @@ impl TestServer {
             .await
             .unwrap()
             .expect("status listener");
-            (sp.hooks, sp.router, sp.maintenance)
+            (sp.hooks, sp.router, sp.maintenance, sp.state)
         } else {
-            (None, axum::Router::new(), None)
+            (None, axum::Router::new(), None, None)
         };
         let state = server::build_state(&parts, hooks).expect("state");
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -150,9 +157,7 @@ impl TestServer {
         )
         .await
         .expect("server starts");
-        if let Some(m) = maintenance {
-            running.abort_on_shutdown(m);
-        }
+        running.attach_status(status_state, maintenance);
         let url = format!("https://{}", running.api_addr);
         let status_url = format!("http://{}", running.status_addr.unwrap());
         let root_pem = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
