@@ -73,13 +73,32 @@ impl Checkpointer {
     ///
     /// Unless `force`, nothing is signed when the last checkpoint already covers the head
     /// (`Ok(None)`). Before signing, the events since the last checkpoint are checked to extend
-    /// it (its signature, and the chain from its hash to the head): a log whose signed part was
-    /// cut or rewritten is refused with [`ca_core::Error::AuditChain`], never signed.
+    /// it (its signature, and the chain from its hash to the head; the whole log for the first
+    /// checkpoint): a log whose signed part was cut or rewritten is refused with
+    /// [`ca_core::Error::AuditChain`], never signed.
     pub fn checkpoint(&self, force: bool) -> ca_core::Result<Option<Checkpoint>> {
         let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        let (seq, hash) = self.store.audit_head()?.unwrap_or((0, GENESIS.to_string()));
         let last = self.store.audit_checkpoint_before(u64::MAX)?;
+        let (seq, hash) = match &last {
+            // The first checkpoint vouches for the whole log: check it all once, and sign
+            // the head that check reached.
+            None => {
+                let report = self.store.verify_audit_log(Some(&self.key))?;
+                (report.last_seq, report.last_hash)
+            }
+            Some(_) => self.store.audit_head()?.unwrap_or((0, GENESIS.to_string())),
+        };
         if let Some(last) = &last {
+            if seq < last.seq {
+                return Err(ca_core::Error::AuditChain {
+                    seq: seq + 1,
+                    reason: format!(
+                        "the audit head ({seq}) is behind the checkpoint of sequence {} signed at {}: \
+                         the tail of the log was deleted",
+                        last.seq, last.time
+                    ),
+                });
+            }
             if !force && last.seq == seq && last.head_hash == hash {
                 return Ok(None);
             }

@@ -301,6 +301,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// checkpoint lies beyond the last event (tail deleted), and that the stored head is the
     /// last event (a missing head while events exist is tampering too).
     fn verify_audit_log(&self, key: Option<&AuditKey>) -> Result<AuditReport> {
+        // The head first: events appended while this runs (a live server) are beyond it and
+        // are left for the next check.
+        let head = self.audit_head()?;
+        let limit = head.as_ref().map_or(u64::MAX, |h| h.0);
         let mut v = LogVerifier::new(key.cloned());
         let mut checkpoints = self.audit_checkpoints(0).peekable();
         let mut feed = |v: &mut LogVerifier| -> Result<()> {
@@ -312,13 +316,39 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             Ok(())
         };
         feed(&mut v)?;
+        let mut beyond = None;
         for ev in self.audit_iter(1) {
-            v.event(&ev?)?;
+            let ev = ev?;
+            if ev.seq > limit {
+                beyond = Some(ev.seq);
+                break;
+            }
+            v.event(&ev)?;
             feed(&mut v)?;
         }
-        let leftover = checkpoints.next().transpose()?;
+        // Appends write the event, then the head, under the lock `audit_head` takes: an event
+        // beyond the head read at the start with the head unchanged since is no append in
+        // progress but a head moved back.
+        let now = self.audit_head()?.map_or(0, |h| h.0);
+        if let Some(b) = beyond {
+            if now == limit {
+                return Err(crate::Error::AuditChain {
+                    seq: b,
+                    reason: format!(
+                        "event {b} lies beyond the audit head ({limit}): the head was moved back"
+                    ),
+                });
+            }
+        }
+        let mut leftover = checkpoints.next().transpose()?;
+        if let Some(cp) = &leftover {
+            // A checkpoint signed while this ran, of events appended after the head was read.
+            if cp.seq > limit && v.seq() == limit && cp.seq <= now {
+                leftover = None;
+            }
+        }
         let report = v.finish(leftover.as_ref())?;
-        match self.audit_head()? {
+        match head {
             None if report.events > 0 => Err(crate::Error::AuditChain {
                 seq: report.last_seq,
                 reason: format!(
