@@ -1,6 +1,7 @@
 //! The `ca-server` command line: `serve`, `dev`, and the admin client commands (`token
-//! create`, `revoke`, `certs list`, `audit show|verify`, `admin-cert create`) that talk to the
-//! HTTPS API with an administrator certificate (flags, or the variables of `dev.env`).
+//! create`, `revoke`, `certs list`, `audit show|verify|checkpoint|export`, `admin-cert
+//! create`) that talk to the HTTPS API with an administrator certificate (flags, or the
+//! variables of `dev.env`); `audit verify-export` works offline.
 
 use crate::api::types::*;
 use crate::client::{ApiClient, ClientError};
@@ -206,11 +207,47 @@ pub enum AuditCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Verify the hash chain of the whole log (exit 1 if it was tampered with).
+    /// Verify the whole log on the server (exit 1 if it was tampered with): the hash chain,
+    /// the head, and every signed checkpoint (signature, hash of the event at its sequence,
+    /// and that the log still reaches it).
     Verify {
         /// Connection.
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Sign a checkpoint of the log's current head now (audit checkpoint key, `[audit] key`).
+    Checkpoint {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Export events and checkpoints as JSON lines for off-box storage. The server signs a
+    /// checkpoint first; the export ends at it and starts after the last checkpoint before
+    /// --since (its anchor). Check it anywhere with `audit verify-export`.
+    Export {
+        /// First sequence number wanted (rounded down to the anchor checkpoint).
+        #[arg(long, default_value_t = 1)]
+        since: u64,
+        /// Output file (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Verify an export offline, with the audit public key alone (no server, HSM or store):
+    /// chain links, checkpoint signatures, and that the export ends at its last checkpoint.
+    /// Exit 1 if it does not verify.
+    VerifyExport {
+        /// The export (JSON lines).
+        file: PathBuf,
+        /// The audit public key (PEM): from the key ceremony, or the file the server writes
+        /// (`[audit] public_key`).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -513,11 +550,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 Ok(r) => {
                     if conn.json {
-                        print_json(&r)
-                    } else {
-                        println!("audit log OK: {} events, hash chain intact", r.events);
-                        Ok(())
+                        return print_json(&r);
                     }
+                    println!("audit log OK: {} events, hash chain intact", r.events);
+                    match (&r.last_checkpoint, r.signatures_checked) {
+                        (Some(cp), true) => println!(
+                            "{} checkpoints, signatures verified with audit key {}; last: sequence {} signed at {}; {} events since",
+                            r.checkpoints,
+                            r.audit_key_sha256.as_deref().unwrap_or("?"),
+                            cp.seq,
+                            cp.time.to_rfc3339(),
+                            r.unsigned_tail
+                        ),
+                        (_, false) => println!(
+                            "WARNING: no audit checkpoint key on the server: signatures not checked ({} checkpoints)",
+                            r.checkpoints
+                        ),
+                        (None, true) => println!("no checkpoint yet"),
+                    }
+                    Ok(())
                 }
                 Err(e @ ClientError::Api { .. }) if e.code() == Some("audit_tampered") => {
                     if conn.json {
@@ -526,6 +577,127 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(anyhow::anyhow!("audit log verification FAILED: {e}"))
                 }
                 Err(e) => Err(e.into()),
+            }
+        }
+        Command::Audit {
+            cmd: AuditCmd::Checkpoint { conn },
+        } => {
+            let client = conn.client()?;
+            let r: CheckpointResponse = client
+                .post_json("/v1/admin/audit/checkpoint", &serde_json::json!({}))
+                .await?;
+            if conn.json {
+                return print_json(&r);
+            }
+            println!(
+                "checkpoint signed: sequence {} head {} at {} (audit key {})",
+                r.checkpoint.seq,
+                r.checkpoint.head_hash,
+                r.checkpoint.time.to_rfc3339(),
+                r.audit_key_sha256
+            );
+            Ok(())
+        }
+        Command::Audit {
+            cmd: AuditCmd::Export { since, out, conn },
+        } => {
+            let client = conn.client()?;
+            if out.exists() {
+                anyhow::bail!("{} exists; refusing to overwrite", out.display());
+            }
+            let tmp = out.with_extension("partial");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let r = client
+                .download(&format!("/v1/admin/audit/export?since={since}"), &mut file)
+                .await;
+            let bytes = match r {
+                Ok(n) => n,
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            };
+            file.sync_all()?;
+            drop(file);
+            // Check the end line is there (a cut connection leaves none).
+            let last = last_line(&tmp).unwrap_or_default();
+            let end: crate::audit_log::ExportLine = serde_json::from_str(&last).map_err(|_| {
+                anyhow::anyhow!(
+                    "the export from the server is incomplete (no end line); kept as {}",
+                    tmp.display()
+                )
+            })?;
+            let crate::audit_log::ExportLine::End(end) = end else {
+                anyhow::bail!(
+                    "the export from the server is incomplete (no end line); kept as {}",
+                    tmp.display()
+                );
+            };
+            std::fs::rename(&tmp, &out)?;
+            if conn.json {
+                return print_json(&serde_json::json!({
+                    "file": out, "bytes": bytes, "events": end.events,
+                    "checkpoints": end.checkpoints, "last_seq": end.last_seq,
+                }));
+            }
+            println!(
+                "exported {} events and {} checkpoints (up to sequence {}) to {} ({bytes} bytes)\nverify anywhere with: ca-server audit verify-export {} --public-key AUDIT_PUBLIC_KEY.pem",
+                end.events,
+                end.checkpoints,
+                end.last_seq,
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Audit {
+            cmd:
+                AuditCmd::VerifyExport {
+                    file,
+                    public_key,
+                    json,
+                },
+        } => {
+            let pem = std::fs::read_to_string(&public_key).with_context(|| {
+                format!("reading the audit public key {}", public_key.display())
+            })?;
+            let key = ca_core::audit::AuditKey::from_pem(&pem)
+                .with_context(|| format!("the audit public key {}", public_key.display()))?;
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            match crate::audit_log::verify_export(std::io::BufReader::new(f), &key) {
+                Ok(s) => {
+                    if json {
+                        return print_json(&s);
+                    }
+                    let cp = s.report.last_checkpoint.as_ref();
+                    println!(
+                        "export OK: events {}..={} ({} events), {} checkpoints, signatures verified with audit key {}\nends at the checkpoint of sequence {} head {} signed at {}",
+                        s.report.first_seq,
+                        s.report.last_seq,
+                        s.report.events,
+                        s.report.checkpoints,
+                        key.sha256(),
+                        cp.map(|c| c.seq).unwrap_or(0),
+                        cp.map(|c| c.head_hash.as_str()).unwrap_or(""),
+                        cp.map(|c| c.time.to_rfc3339()).unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    if json {
+                        print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
+                    }
+                    Err(anyhow::anyhow!(
+                        "audit export verification FAILED: {}: {e}",
+                        file.display()
+                    ))
+                }
             }
         }
         Command::AdminCert {
@@ -592,6 +764,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The last line of a file, read from its end (an export can be large).
+fn last_line(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    let text = String::from_utf8_lossy(&tail);
+    Ok(text.lines().last().unwrap_or_default().to_string())
 }
 
 /// Create an administrator certificate through the API: a `_admin` token carrying the role,

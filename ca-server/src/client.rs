@@ -309,6 +309,71 @@ impl ApiClient {
             .map_err(|_| self.connect_err("timed out after 60 s"))?
     }
 
+    /// GET `path` and write the body to `out` as it arrives (constant memory); returns the
+    /// number of bytes written. An error answer is returned as [`ClientError::Api`].
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| self.connect_err("timed out connecting"))?
+        .map_err(|e| self.connect_err(e))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| self.connect_err(format!("TLS: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.connect_err(e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, &self.authority)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(120), sender.send_request(req))
+            .await
+            .map_err(|_| self.connect_err("timed out waiting for the answer"))?
+            .map_err(|e| self.connect_err(e))?;
+        let (parts, mut body) = resp.into_parts();
+        if !parts.status.is_success() {
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| self.connect_err(e))?
+                .to_bytes();
+            return Err(RawResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            }
+            .error());
+        }
+        let mut n = 0u64;
+        // No progress for this long ends the download.
+        let idle = Duration::from_secs(60);
+        while let Some(frame) = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| self.connect_err("the answer stalled"))?
+        {
+            let frame = frame.map_err(|e| self.connect_err(e))?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data)
+                    .map_err(|e| ClientError::Protocol(format!("writing the output: {e}")))?;
+                n += data.len() as u64;
+            }
+        }
+        Ok(n)
+    }
+
     fn decode<T: DeserializeOwned>(resp: RawResponse) -> Result<T, ClientError> {
         if !resp.status.is_success() {
             return Err(resp.error());

@@ -112,6 +112,9 @@ pub struct ServerConfig {
     /// CRL settings (status listener).
     #[serde(default)]
     pub crl: CrlSection,
+    /// The audit log's signed checkpoints.
+    #[serde(default)]
+    pub audit: AuditSection,
     /// Certificate profiles agents can enroll under. Names starting with `_` are reserved for
     /// the server's internal profiles (`_admin`, `_server-tls`).
     pub profiles: Profiles,
@@ -428,6 +431,48 @@ pub struct CrlSection {
     pub root_crl: Option<PathBuf>,
 }
 
+/// Signed checkpoints of the audit log (README "Audit log").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// HSM label of the audit checkpoint key, in the `[hsm]` token (made by the key ceremony's
+    /// `audit_key_label`; never the issuing key). Unset: no checkpoints, and `audit verify`
+    /// checks the hash chain only. When set, the server refuses to start without the key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Time between periodic checkpoints (default 5m; 10s to 24h). The server also signs one
+    /// at shutdown and on demand (`ca-server audit checkpoint`).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: Span,
+    /// Where the server writes the audit public key (PEM) for auditors (default
+    /// `DATA_DIR/audit-checkpoint.pub.pem`).
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+}
+
+fn default_checkpoint_interval() -> Span {
+    Span(chrono::Duration::minutes(5))
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            key: None,
+            checkpoint_interval: default_checkpoint_interval(),
+            public_key: None,
+        }
+    }
+}
+
+impl AuditSection {
+    /// Where the audit public key is written for auditors.
+    pub fn public_key_path(&self, data_dir: &Path) -> PathBuf {
+        self.public_key
+            .clone()
+            .unwrap_or_else(|| data_dir.join("audit-checkpoint.pub.pem"))
+    }
+}
+
 impl ServerConfig {
     /// Read, parse and validate a configuration file. Relative paths are resolved against the
     /// file's directory.
@@ -491,6 +536,9 @@ impl ServerConfig {
             fix(p);
         }
         if let Some(p) = &mut self.crl.root_crl {
+            fix(p);
+        }
+        if let Some(p) = &mut self.audit.public_key {
             fix(p);
         }
     }
@@ -576,6 +624,25 @@ impl ServerConfig {
                 }
                 other => invalid("ocsp", other.to_string()),
             })?;
+
+        let interval = self.audit.checkpoint_interval.0;
+        if interval < chrono::Duration::seconds(10) || interval > chrono::Duration::hours(24) {
+            return Err(invalid(
+                "audit.checkpoint_interval",
+                "must be between 10s and 24h",
+            ));
+        }
+        if let Some(key) = &self.audit.key {
+            if key.is_empty() {
+                return Err(invalid("audit.key", "must not be empty"));
+            }
+            if *key == self.hsm.issuing_key || self.ocsp.signer_key.as_deref() == Some(key) {
+                return Err(invalid(
+                    "audit.key",
+                    "must be a key of its own: checkpoints are never signed with the issuing or OCSP key",
+                ));
+            }
+        }
 
         if self.ocsp.signer_key.is_some() != self.ocsp.signer_cert.is_some() {
             return Err(invalid(

@@ -125,6 +125,8 @@ pub struct DevPki {
     pub intermediate_ocsp: Option<PathBuf>,
     /// Root CRL (DER), if any.
     pub root_crl: Option<PathBuf>,
+    /// Audit checkpoint key label, if the key ceremony made one.
+    pub audit_key: Option<String>,
 }
 
 /// Make the dev PKI in `dir/pki` by rehearsing the key ceremonies. Must run before anything
@@ -147,6 +149,7 @@ pub fn bootstrap(dir: &Path, status_url: &str) -> anyhow::Result<DevPki> {
         intermediate: a.intermediate_cert,
         intermediate_ocsp: Some(a.intermediate_ocsp_response),
         root_crl: Some(a.root_crl),
+        audit_key: Some(a.audit_key_label),
     })
 }
 
@@ -181,6 +184,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
         log: Default::default(),
         ocsp: OcspSection::default(),
         crl: Default::default(),
+        audit: Default::default(),
         profiles: dev_profiles(),
     };
     if let Some((key, cert)) = &pki.ocsp {
@@ -191,6 +195,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
         cfg.ocsp.external_responses = vec![rel(resp)];
     }
     cfg.crl.root_crl = pki.root_crl.as_deref().map(rel);
+    cfg.audit.key = pki.audit_key.clone();
     cfg.tls.names = vec![
         "dns:localhost".into(),
         "ip:127.0.0.1".into(),

@@ -9,6 +9,7 @@
 //! - [`ratelimit`], [`metrics`]: protection and observability; [`duration`]: durations from
 //!   requests and flags, range-checked.
 //! - [`server`]: listeners, the server's own certificate, graceful shutdown.
+//! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
 //!   offline administrator certificate for recovery.
 //!
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit_log;
 pub mod auth;
 pub mod breakglass;
 pub mod cli;

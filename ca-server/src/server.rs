@@ -4,6 +4,7 @@
 //! shutdown (stop accepting, let in-flight requests finish).
 
 use crate::api;
+use crate::audit_log::Checkpointer;
 use crate::auth::Peer;
 use crate::config::{Limits, RenewalSection, ServerConfig, TokenSection};
 use crate::error::{ApiError, Code};
@@ -72,6 +73,17 @@ pub struct ServerParts {
     pub renewal: RenewalSection,
     /// Metrics registry (shared with the status listener).
     pub metrics: Arc<Metrics>,
+    /// Audit checkpoints (`[audit]`); `None`: no audit key configured.
+    pub audit: Option<AuditParts>,
+}
+
+/// The audit checkpoint key and how often to use it.
+#[derive(Clone)]
+pub struct AuditParts {
+    /// The audit checkpoint key (HSM), never the issuing key.
+    pub signer: Arc<dyn Signer>,
+    /// Time between periodic checkpoints.
+    pub interval: Duration,
 }
 
 impl std::fmt::Debug for ServerParts {
@@ -116,6 +128,25 @@ pub fn build_state(
         Arc::new(move || health_signer.health_check(crate::service::READINESS_SESSION_WAIT));
     let readiness = Readiness::new(&parts.metrics, Some(parts.signer.token().clone()));
     let hooks = hooks.unwrap_or_else(|| Arc::new(StoreOnly(parts.store.clone())));
+    let checkpointer = match &parts.audit {
+        Some(a) => {
+            if a.signer.spki_der() == parts.signer.spki_der() {
+                anyhow::bail!(
+                    "audit.key is the issuing key: audit checkpoints need a key of their own"
+                );
+            }
+            Some(Arc::new(
+                Checkpointer::new(
+                    a.signer.clone(),
+                    parts.store.clone(),
+                    parts.clock.clone(),
+                    a.interval,
+                )
+                .context("the audit checkpoint key (audit.key)")?,
+            ))
+        }
+        None => None,
+    };
     Ok(Arc::new(AppState {
         ca: Arc::new(ca),
         store: parts.store.clone(),
@@ -145,6 +176,7 @@ pub fn build_state(
         },
         root_der,
         revocations: Default::default(),
+        checkpointer,
     }))
 }
 
@@ -313,9 +345,11 @@ impl Running {
     ///
     /// 1. stop accepting on both listeners; in-flight requests finish (up to
     ///    [`SHUTDOWN_GRACE`]), and so do the server-certificate renewal and rate-limit tasks;
-    /// 2. the status maintenance task finishes the pass in progress and ends;
-    /// 3. the OCSP issuance signer thread signs what is still queued and is joined;
-    /// 4. the store is flushed.
+    /// 2. a last audit checkpoint is signed (it covers every event of this run), when an audit
+    ///    key is configured;
+    /// 3. the status maintenance task finishes the pass in progress and ends;
+    /// 4. the OCSP issuance signer thread signs what is still queued and is joined;
+    /// 5. the store is flushed.
     ///
     /// Afterwards no thread of this server touches the HSM or the store, except blocking
     /// tasks of requests that outlived the grace period: the caller drops the tokio runtime
@@ -325,6 +359,12 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Every request is done: the checkpoint covers the last event this run wrote.
+        if let Some(c) = &self.state.checkpointer {
+            if let Err(e) = c.checkpoint_async(false).await {
+                tracing::error!(error = %e, "audit checkpoint at shutdown refused or failed");
+            }
         }
         for t in self.aborts {
             t.abort();
@@ -547,6 +587,11 @@ pub async fn start(
         }));
     }
 
+    // Signed audit checkpoints.
+    if let Some(c) = &state.checkpointer {
+        tasks.push(c.clone().spawn_periodic(rx.clone()));
+    }
+
     // Forget idle rate-limit buckets.
     {
         let state = state.clone();
@@ -736,6 +781,38 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
             cfg.hsm.issuing_key
         )
     })?);
+    let audit = match &cfg.audit.key {
+        Some(label) => {
+            let audit_signer = token.signer(label).with_context(|| {
+                format!(
+                    "opening the audit checkpoint key {label:?} (audit.key) in token {:?}: make it \
+                     with the key ceremony (audit_key_label), or remove audit.key",
+                    cfg.hsm.token_label
+                )
+            })?;
+            if audit_signer.spki_der() == signer.spki_der() {
+                anyhow::bail!("audit.key {label:?} is the issuing key: audit checkpoints need a key of their own");
+            }
+            let key = ca_core::audit::AuditKey::from_spki_der(audit_signer.spki_der())
+                .context("the audit checkpoint key (audit.key)")?;
+            let path = cfg.audit.public_key_path(&cfg.data_dir);
+            write_public_key(&path, &key)
+                .with_context(|| format!("writing the audit public key to {}", path.display()))?;
+            Some(AuditParts {
+                signer: Arc::new(audit_signer),
+                interval: cfg
+                    .audit
+                    .checkpoint_interval
+                    .0
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(300)),
+            })
+        }
+        None => {
+            tracing::warn!("no audit checkpoint key ([audit] key): the audit log is a bare hash chain that whoever can write the store can cut or recompute");
+            None
+        }
+    };
     let issuing = read_pem_certs(&cfg.ca.certificate).context("ca.certificate")?;
     let chain = read_pem_certs(&cfg.ca.chain).context("ca.chain")?;
     let store_dir = cfg.data_dir.join("store");
@@ -760,7 +837,22 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
         tokens: cfg.tokens.clone(),
         renewal: cfg.renewal.clone(),
         metrics,
+        audit,
     })
+}
+
+/// Write the audit public key (PEM) for auditors, unless the file already holds it.
+fn write_public_key(path: &Path, key: &ca_core::audit::AuditKey) -> anyhow::Result<()> {
+    let pem = key.to_pem();
+    if std::fs::read_to_string(path).is_ok_and(|old| old == pem) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::dev::write_atomic(path, pem.as_bytes(), 0o644)?;
+    tracing::info!(path = %path.display(), sha256 = key.sha256(), "audit public key written");
+    Ok(())
 }
 
 /// `ca-server serve`: everything from a configuration, listeners bound as configured.

@@ -255,6 +255,8 @@ pub struct AppState {
     pub root_der: Vec<u8>,
     /// Serialises revocations on an administrator's authority ([`crate::auth::check_revocation_allowed`]).
     pub revocations: crate::auth::RevocationLock,
+    /// Signs audit checkpoints (`[audit] key`); `None` when no audit key is configured.
+    pub checkpointer: Option<Arc<crate::audit_log::Checkpointer>>,
 }
 
 impl std::fmt::Debug for AppState {

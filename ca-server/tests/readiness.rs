@@ -120,6 +120,7 @@ async fn run(spy: PathBuf, log: PathBuf) {
         tokens: TokenSection::default(),
         renewal: Default::default(),
         metrics: Arc::new(Metrics::new()),
+        audit: None,
     };
     let state = server::build_state(&parts, None).unwrap();
     let running = server::start(

@@ -267,6 +267,17 @@ pub struct KeySpec {
     pub algorithm: KeyAlgorithm,
     /// Output: the public key (PEM SubjectPublicKeyInfo).
     pub public_key: PathBuf,
+    /// Label of the audit checkpoint key to generate beside the issuing key (optional): the
+    /// CA server signs its audit checkpoints with it (`[audit] key`), never with the issuing
+    /// key. Must differ from `key_label`.
+    #[serde(default)]
+    pub audit_key_label: Option<String>,
+    /// Algorithm of the audit checkpoint key (default: `algorithm`).
+    #[serde(default)]
+    pub audit_algorithm: Option<KeyAlgorithm>,
+    /// Output: the audit checkpoint public key (PEM), for auditors (with `audit_key_label`).
+    #[serde(default)]
+    pub audit_public_key: Option<PathBuf>,
 }
 
 /// Name constraints for the intermediate (RFC 5280 4.2.1.10).

@@ -1,9 +1,9 @@
 //! `ceremony dev`: a complete rehearsal on throwaway SoftHSM tokens, without prompts.
 //!
 //! [`rehearse`] provisions SoftHSM under `DIR/hsm` (a `root` token and an `online` token in
-//! one configuration), then runs the example ceremonies in order (root, key, intermediate,
-//! ocsp-signer, crl, ocsp-response) with the root token's PIN held as 2-of-3 quorum shares in
-//! `DIR/shares/`. Every artifact lands in `DIR`, the signed transcripts in
+//! one configuration), then runs the example ceremonies in order (root, key with the audit
+//! checkpoint key, intermediate, ocsp-signer, crl, ocsp-response) with the root token's PIN
+//! held as 2-of-3 quorum shares in `DIR/shares/`. Every artifact lands in `DIR`, the signed transcripts in
 //! `DIR/transcripts/`. `ca-server dev` builds its configuration from the returned
 //! [`DevArtifacts`].
 //!
@@ -42,6 +42,8 @@ pub const ONLINE_TOKEN: &str = "online";
 pub const ISSUING_KEY: &str = "issuing-ca";
 /// Label of the OCSP signing key in the online token.
 pub const OCSP_KEY: &str = "ocsp-signer";
+/// Label of the audit checkpoint key in the online token (made by the key ceremony).
+pub const AUDIT_KEY: &str = "audit-checkpoint";
 
 /// What a rehearsal produced; everything a development CA server needs.
 #[derive(Debug, Clone)]
@@ -58,6 +60,10 @@ pub struct DevArtifacts {
     pub issuing_key_label: String,
     /// OCSP signing key label (`ocsp-signer`).
     pub ocsp_key_label: String,
+    /// Audit checkpoint key label (`audit-checkpoint`).
+    pub audit_key_label: String,
+    /// The audit checkpoint public key (PEM), from the key ceremony.
+    pub audit_public_key: PathBuf,
     /// Root certificate (PEM).
     pub root_cert: PathBuf,
     /// Intermediate (issuing CA) certificate (PEM).
@@ -142,6 +148,7 @@ fn write_config(
         "key.toml" => {
             set(&mut table, &["key", "algorithm"], alg);
             set(&mut table, &["key", "key_label"], ISSUING_KEY.into());
+            set(&mut table, &["key", "audit_key_label"], AUDIT_KEY.into());
         }
         "ocsp-signer.toml" => {
             set(&mut table, &["ocsp_signer", "algorithm"], alg);
@@ -254,6 +261,8 @@ pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
         online_pin_file: online.pin_file,
         issuing_key_label: ISSUING_KEY.into(),
         ocsp_key_label: OCSP_KEY.into(),
+        audit_key_label: AUDIT_KEY.into(),
+        audit_public_key: out.join("audit-checkpoint.pub.pem"),
         root_cert,
         intermediate_cert: out.join("intermediate.pem"),
         chain: out.join("chain.pem"),

@@ -62,6 +62,19 @@ pub struct KeyTask {
     pub algorithm: KeyAlgorithm,
     /// Output public key (PEM).
     pub public_key: PathBuf,
+    /// The audit checkpoint key to generate too, if configured.
+    pub audit: Option<AuditKeyTask>,
+}
+
+/// The audit checkpoint key of a `key` ceremony: checked.
+#[derive(Debug)]
+pub struct AuditKeyTask {
+    /// Key label.
+    pub key_label: String,
+    /// Algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// Output public key (PEM).
+    pub public_key: PathBuf,
 }
 
 /// `intermediate`: checked.
@@ -773,12 +786,51 @@ impl Plan {
                 let (token, pin) = online_token.ok_or_else(|| v.err("online_token", "missing"))?;
                 let spec = config.key.as_ref().ok_or_else(|| v.err("key", "missing"))?;
                 v.non_empty("key.key_label", &spec.key_label)?;
+                let public_key = v.output("key.public_key", &spec.public_key, &mut outputs)?;
+                let audit = match (&spec.audit_key_label, &spec.audit_public_key) {
+                    (Some(label), Some(path)) => {
+                        v.non_empty("key.audit_key_label", label)?;
+                        if *label == spec.key_label {
+                            return Err(v.err(
+                                "key.audit_key_label",
+                                "must differ from key.key_label: audit checkpoints are never signed with the issuing key",
+                            ));
+                        }
+                        Some(AuditKeyTask {
+                            key_label: label.clone(),
+                            algorithm: spec.audit_algorithm.unwrap_or(spec.algorithm),
+                            public_key: v.output("key.audit_public_key", path, &mut outputs)?,
+                        })
+                    }
+                    (None, None) => {
+                        if spec.audit_algorithm.is_some() {
+                            return Err(v.err(
+                                "key.audit_algorithm",
+                                "only with key.audit_key_label and key.audit_public_key",
+                            ));
+                        }
+                        None
+                    }
+                    (Some(_), None) => {
+                        return Err(v.err(
+                            "key.audit_public_key",
+                            "missing: key.audit_key_label and key.audit_public_key go together",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(v.err(
+                            "key.audit_key_label",
+                            "missing: key.audit_key_label and key.audit_public_key go together",
+                        ))
+                    }
+                };
                 Task::Key(KeyTask {
                     token,
                     pin,
                     key_label: spec.key_label.clone(),
                     algorithm: spec.algorithm,
-                    public_key: v.output("key.public_key", &spec.public_key, &mut outputs)?,
+                    public_key,
+                    audit,
                 })
             }
             Kind::Intermediate => {

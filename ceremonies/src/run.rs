@@ -601,6 +601,21 @@ fn execute(ctx: &mut Ctx<'_>, unlock: Option<&Unlock>) -> Result<Authority, Erro
                 PUBLIC,
                 None,
             )?;
+            if let Some(a) = &t.audit {
+                // Recorded after the issuing key: the first key of a key ceremony is the
+                // issuing key (history pins later signers to it).
+                let (audit_spki, fact) =
+                    hsm::generate_protected_key(&token, &id, &a.key_label, a.algorithm)?;
+                key_step(ctx, &id, &fact);
+                ctx.facts.keys.push(fact);
+                ctx.write(
+                    "audit checkpoint public key",
+                    &a.public_key,
+                    x509::pem("PUBLIC KEY", &audit_spki)?.as_bytes(),
+                    PUBLIC,
+                    None,
+                )?;
+            }
             Ok(Authority { signer, token: id })
         }
         Task::Intermediate(t) => {
@@ -1071,6 +1086,17 @@ fn describe(plan: &Plan, history: &History, unlock: Option<&Unlock>) -> String {
                 &mut s,
                 format!("Export its public key -> {}", t.public_key.display()),
             );
+            if let Some(a) = &t.audit {
+                step(
+                    &mut s,
+                    format!(
+                        "Generate {} audit checkpoint key {:?} (sensitive, not extractable); export its public key -> {}",
+                        a.algorithm,
+                        a.key_label,
+                        a.public_key.display()
+                    ),
+                );
+            }
         }
         Task::Intermediate(t) => {
             let key_sha = sha256_hex(t.public_key.spki_der());

@@ -271,6 +271,18 @@ fn every_class_of_bad_configuration_is_refused_with_its_field_path() {
             "online_token.pin",
         ),
         (
+            "audit checkpoint key is the issuing key",
+            "key.toml",
+            |t| set(t, "key.audit_key_label", "issuing-ca"),
+            "key.audit_key_label",
+        ),
+        (
+            "audit checkpoint key without its public key output",
+            "key.toml",
+            |t| remove(t, "key.audit_public_key"),
+            "key.audit_public_key",
+        ),
+        (
             "section of another kind",
             "key.toml",
             |t| set(t, "kind", "crl"),

@@ -338,7 +338,8 @@ fn root_key_intermediate_ocsp_signer_crl_and_ocsp_response() {
     // A ceremony that fails on the HSM (the key label exists) writes nothing but an unsigned
     // failure report, and the history stays valid.
     ws.derive("key.toml", "key-again.toml", |t| {
-        set(t, "key.public_key", "issuing-ca-2.pub.pem")
+        set(t, "key.public_key", "issuing-ca-2.pub.pem");
+        set(t, "key.audit_public_key", "audit-checkpoint-2.pub.pem");
     });
     match ws.run("key-again.toml") {
         Err(ceremonies::Error::Core {
@@ -348,6 +349,7 @@ fn root_key_intermediate_ocsp_signer_crl_and_ocsp_response() {
         other => panic!("expected KeyExists, got {other:?}"),
     }
     assert!(!ws.path("issuing-ca-2.pub.pem").exists());
+    assert!(!ws.path("audit-checkpoint-2.pub.pem").exists());
     let failed: Vec<_> = std::fs::read_dir(ws.path("transcripts"))
         .unwrap()
         .map(|e| e.unwrap().path())

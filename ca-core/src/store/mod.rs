@@ -7,9 +7,9 @@
 mod codec;
 mod sled_store;
 
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
-use crate::audit::{AuditEvent, NewAuditEvent};
+use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent};
 use crate::error::Result;
 use crate::revocation::{CertStatus, RevocationReason, RevokedEntry};
 use chrono::{DateTime, Utc};
@@ -279,8 +279,97 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent>;
     /// Audit events with `seq >= from`, at most `limit`.
     fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>>;
+    /// Audit events with `seq >= from`, in order, read as they are consumed (constant memory).
+    fn audit_iter(&self, from: u64) -> Box<dyn Iterator<Item = Result<AuditEvent>> + Send + '_>;
+    /// The stored head of the audit chain `(seq, hash)`, if there is one.
+    fn audit_head(&self) -> Result<Option<(u64, String)>>;
+    /// Keep a signed audit checkpoint (durable on return).
+    fn put_audit_checkpoint(&self, cp: &Checkpoint) -> Result<()>;
+    /// Checkpoints with `seq >= from_seq`, in sequence order (then time), read as consumed.
+    fn audit_checkpoints(
+        &self,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<Checkpoint>> + Send + '_>;
+    /// The latest checkpoint with `seq < before_seq` (`u64::MAX`: the last one).
+    fn audit_checkpoint_before(&self, before_seq: u64) -> Result<Option<Checkpoint>>;
     /// Check the whole audit chain; returns the number of events.
-    fn verify_audit(&self) -> Result<u64>;
+    fn verify_audit(&self) -> Result<u64> {
+        Ok(self.verify_audit_log(None)?.events)
+    }
+    /// Check the whole audit log in one pass, in constant memory: the hash chain, every
+    /// checkpoint against the event at its sequence (and its signature with `key`), that no
+    /// checkpoint lies beyond the last event (tail deleted), and that the stored head is the
+    /// last event (a missing head while events exist is tampering too).
+    fn verify_audit_log(&self, key: Option<&AuditKey>) -> Result<AuditReport> {
+        // The head first: events appended while this runs (a live server) are beyond it and
+        // are left for the next check.
+        let head = self.audit_head()?;
+        let limit = head.as_ref().map_or(u64::MAX, |h| h.0);
+        let mut v = LogVerifier::new(key.cloned());
+        let mut checkpoints = self.audit_checkpoints(0).peekable();
+        let mut feed = |v: &mut LogVerifier| -> Result<()> {
+            while let Some(cp) =
+                checkpoints.next_if(|c| c.as_ref().map_or(true, |c| c.seq <= v.seq()))
+            {
+                v.checkpoint(&cp?)?;
+            }
+            Ok(())
+        };
+        feed(&mut v)?;
+        let mut beyond = None;
+        for ev in self.audit_iter(1) {
+            let ev = ev?;
+            if ev.seq > limit {
+                beyond = Some(ev.seq);
+                break;
+            }
+            v.event(&ev)?;
+            feed(&mut v)?;
+        }
+        // Appends write the event, then the head, under the lock `audit_head` takes: an event
+        // beyond the head read at the start with the head unchanged since is no append in
+        // progress but a head moved back.
+        let now = self.audit_head()?.map_or(0, |h| h.0);
+        if let Some(b) = beyond {
+            if now == limit {
+                return Err(crate::Error::AuditChain {
+                    seq: b,
+                    reason: format!(
+                        "event {b} lies beyond the audit head ({limit}): the head was moved back"
+                    ),
+                });
+            }
+        }
+        let mut leftover = checkpoints.next().transpose()?;
+        if let Some(cp) = &leftover {
+            // A checkpoint signed while this ran, of events appended after the head was read.
+            if cp.seq > limit && v.seq() == limit && cp.seq <= now {
+                leftover = None;
+            }
+        }
+        let report = v.finish(leftover.as_ref())?;
+        match head {
+            None if report.events > 0 => Err(crate::Error::AuditChain {
+                seq: report.last_seq,
+                reason: format!(
+                    "the audit head is missing while {} events exist (head deleted)",
+                    report.events
+                ),
+            }),
+            Some((seq, _)) if seq != report.last_seq => Err(crate::Error::AuditChain {
+                seq: report.last_seq + 1,
+                reason: format!(
+                    "log ends at {} but head says {seq} (events removed)",
+                    report.last_seq
+                ),
+            }),
+            Some((_, hash)) if hash != report.last_hash => Err(crate::Error::AuditChain {
+                seq: report.last_seq,
+                reason: "the audit head's hash is not the last event's (log rewritten)".into(),
+            }),
+            _ => Ok(report),
+        }
+    }
     /// Check the store answers (readiness).
     fn health(&self) -> Result<()>;
     /// Start deferring the flushes of writes made **on this thread** (nestable): until the

@@ -18,7 +18,7 @@ use super::codec;
 use super::{
     CertFilter, CertRecord, LineageLock, RecordStatus, Store, StoredOcspResponse, TokenRecord,
 };
-use crate::audit::{self, AuditEvent, NewAuditEvent};
+use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
 use chrono::{DateTime, Utc};
@@ -62,6 +62,8 @@ pub struct SledStore {
     revoked: sled::Tree,
     tokens: sled::Tree,
     audit: sled::Tree,
+    /// Signed audit checkpoints: `seq(u64 BE) time(u64 BE, Unix seconds)` -> [`Checkpoint`].
+    audit_checkpoints: sled::Tree,
     meta: sled::Tree,
     ocsp: sled::Tree,
     /// Lineage index: `len(lineage) lineage generation(u32 BE) serial` -> empty.
@@ -129,14 +131,29 @@ fn tx_err(op: &'static str, e: TransactionError<Error>) -> Error {
     }
 }
 
+/// Bytes of sled's page cache (sled's own default is 1 GiB). Pages read by a scan (the audit
+/// verification, the OCSP warm-up) stay cached up to this size: it bounds how much memory a
+/// scan of a large store leaves behind.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the database in `dir`, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self> {
         // sled releases its file lock from a background thread shortly after the previous
         // handle is dropped (e.g. a restart in the same process): retry briefly on that only.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
-            match sled::Config::new().path(dir).open() {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
                 Ok(db) => break db,
                 Err(e)
                     if e.to_string().contains("could not acquire lock")
@@ -155,6 +172,7 @@ impl SledStore {
             revoked: tree("revoked")?,
             tokens: tree("tokens")?,
             audit: tree("audit")?,
+            audit_checkpoints: tree("audit_checkpoints")?,
             meta: tree("meta")?,
             ocsp: tree("ocsp")?,
             by_lineage: tree("by_lineage")?,
@@ -670,7 +688,24 @@ impl Store for SledStore {
                     .map_err(|e| Error::store("audit head", e))?
                 {
                     Some(v) => dec::<(u64, String)>("audit head", &v)?,
-                    None => (0, audit::GENESIS.to_string()),
+                    // No head and no event: the first append. No head while events exist:
+                    // the head was removed; starting over at 1 would overwrite event 1.
+                    None if self
+                        .audit
+                        .first()
+                        .map_err(|e| Error::store("audit", e))?
+                        .is_none() =>
+                    {
+                        (0, audit::GENESIS.to_string())
+                    }
+                    None => {
+                        return Err(Error::AuditChain {
+                            seq: 1,
+                            reason: "the audit head is missing while events exist (head \
+                                     deleted); refusing to append: run `audit verify`"
+                                .into(),
+                        })
+                    }
                 },
             };
             let sealed = audit::seal(prev_seq, &prev_hash, crate::clock::truncate(Utc::now()), ev)?;
@@ -704,28 +739,61 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn verify_audit(&self) -> Result<u64> {
-        let mut events = Vec::new();
-        for kv in self.audit.iter() {
+    fn audit_iter(&self, from: u64) -> Box<dyn Iterator<Item = Result<AuditEvent>> + Send + '_> {
+        Box::new(self.audit.range(from.to_be_bytes()..).map(|kv| {
             let (_, v) = kv.map_err(|e| Error::store("scan audit", e))?;
-            events.push(dec::<AuditEvent>("audit", &v)?);
-        }
-        let n = audit::verify_chain(events)?;
-        // The head must point at the last event: truncating the log is tampering too.
-        if let Some(v) = self
+            dec("audit", &v)
+        }))
+    }
+
+    fn audit_head(&self) -> Result<Option<(u64, String)>> {
+        // Under the append lock: the stored head is the one the last append wrote.
+        let _head = self.audit_head.lock().unwrap_or_else(|p| p.into_inner());
+        match self
             .meta
             .get(META_AUDIT_HEAD)
             .map_err(|e| Error::store("audit head", e))?
         {
-            let (seq, _) = dec::<(u64, String)>("audit head", &v)?;
-            if seq != n {
-                return Err(Error::AuditChain {
-                    seq: n + 1,
-                    reason: format!("log ends at {n} but head says {seq} (events removed)"),
-                });
-            }
+            Some(v) => Ok(Some(dec::<(u64, String)>("audit head", &v)?)),
+            None => Ok(None),
         }
-        Ok(n)
+    }
+
+    fn put_audit_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        let mut key = cp.seq.to_be_bytes().to_vec();
+        key.extend_from_slice(&(cp.time.timestamp().max(0) as u64).to_be_bytes());
+        self.audit_checkpoints
+            .insert(key, enc(cp)?)
+            .map_err(|e| Error::store("put audit checkpoint", e))?;
+        self.durable()
+    }
+
+    fn audit_checkpoints(
+        &self,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<Checkpoint>> + Send + '_> {
+        Box::new(
+            self.audit_checkpoints
+                .range(from_seq.to_be_bytes()..)
+                .map(|kv| {
+                    let (_, v) = kv.map_err(|e| Error::store("scan audit checkpoints", e))?;
+                    dec("audit checkpoint", &v)
+                }),
+        )
+    }
+
+    fn audit_checkpoint_before(&self, before_seq: u64) -> Result<Option<Checkpoint>> {
+        match self
+            .audit_checkpoints
+            .range(..before_seq.to_be_bytes())
+            .next_back()
+        {
+            Some(kv) => {
+                let (_, v) = kv.map_err(|e| Error::store("audit checkpoint", e))?;
+                Ok(Some(dec("audit checkpoint", &v)?))
+            }
+            None => Ok(None),
+        }
     }
 
     fn health(&self) -> Result<()> {

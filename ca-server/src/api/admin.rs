@@ -451,13 +451,19 @@ pub async fn audit_verify(
     )
     .await?;
     let store = state.store.clone();
-    let r = tokio::task::spawn_blocking(move || store.verify_audit())
+    let key = state.checkpointer.as_ref().map(|c| c.key().clone());
+    let r = tokio::task::spawn_blocking(move || store.verify_audit_log(key.as_ref()))
         .await
         .map_err(ApiError::internal)?;
     match r {
-        Ok(n) => Ok(Json(AuditVerifyResponse {
+        Ok(r) => Ok(Json(AuditVerifyResponse {
             ok: true,
-            events: n,
+            events: r.events,
+            checkpoints: r.checkpoints,
+            signatures_checked: r.signatures_checked,
+            audit_key_sha256: r.audit_key_sha256.clone(),
+            unsigned_tail: r.unsigned_tail(),
+            last_checkpoint: r.last_checkpoint,
         })),
         Err(e) => {
             tracing::error!(error = %e, "audit log verification failed");
@@ -473,6 +479,132 @@ pub async fn audit_verify(
                 .await;
             Err(err)
         }
+    }
+}
+
+fn checkpointer(state: &AppState) -> ApiResult<Arc<crate::audit_log::Checkpointer>> {
+    state.checkpointer.clone().ok_or_else(|| {
+        ApiError::new(
+            Code::NotFound,
+            "no audit checkpoint key is configured ([audit] key): this server signs no checkpoints",
+        )
+    })
+}
+
+/// `POST /v1/admin/audit/checkpoint`: sign a checkpoint of the current head now.
+pub async fn audit_checkpoint(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+) -> ApiResult<Json<CheckpointResponse>> {
+    const ROUTE: &str = "/v1/admin/audit/checkpoint";
+    let peer = peer_of(peer);
+    let admin = admin(&state, &peer, Permission::ReadAudit, ROUTE).await?;
+    let c = checkpointer(&state)?;
+    match c.checkpoint_async(true).await {
+        Ok(Some(cp)) => {
+            tracing::info!(actor = %admin.actor(), seq = cp.seq, "audit checkpoint on demand");
+            Ok(Json(CheckpointResponse {
+                checkpoint: cp,
+                audit_key_sha256: c.key().sha256().to_string(),
+            }))
+        }
+        Ok(None) => Err(ApiError::internal("no checkpoint was signed")),
+        Err(e) => {
+            let err = ApiError::from(e);
+            if err.code == Code::AuditTampered {
+                tracing::error!(error = %err.message, "audit checkpoint refused");
+                state
+                    .audit(NewAuditEvent::failed(
+                        admin.actor(),
+                        "audit.checkpoint",
+                        ROUTE,
+                        err.code.as_str(),
+                    ))
+                    .await;
+            }
+            Err(err)
+        }
+    }
+}
+
+/// `GET /v1/admin/audit/export?since=SEQ`: JSON lines (header, anchor checkpoint, events,
+/// checkpoints, end), streamed. A checkpoint of the head is signed first (when an audit key is
+/// configured) and the export ends at it.
+pub async fn audit_export(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    const ROUTE: &str = "/v1/admin/audit/export";
+    let peer = peer_of(peer);
+    admin(&state, &peer, Permission::ReadAudit, ROUTE).await?;
+    let q = query(q)?;
+    for k in q.keys() {
+        if k != "since" {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {k:?}"
+            )));
+        }
+    }
+    let since: u64 = match q.get("since").map(String::as_str) {
+        None | Some("") => 1,
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("since={v:?} is not a number")))?,
+    };
+    let (until, key) = match &state.checkpointer {
+        Some(c) => {
+            let until = match c.checkpoint_async(false).await? {
+                Some(cp) => cp.seq,
+                None => state
+                    .store
+                    .audit_checkpoint_before(u64::MAX)?
+                    .map(|cp| cp.seq)
+                    .unwrap_or(0),
+            };
+            (Some(until), Some(c.key().clone()))
+        }
+        None => (None, None),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let store = state.store.clone();
+    let now = state.clock.now();
+    tokio::task::spawn_blocking(move || {
+        let mut send = |chunk: Vec<u8>| {
+            tx.blocking_send(chunk)
+                .map_err(|_| ca_core::Error::Corrupt("the client went away".into()))
+        };
+        if let Err(e) = crate::audit_log::write_export(
+            store.as_ref(),
+            since,
+            until,
+            key.as_ref(),
+            now,
+            &mut send,
+        ) {
+            // The export then has no end line: the verifier reports it cut short.
+            tracing::error!(error = %e, "audit export failed");
+        }
+    });
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::new(ChunkBody(rx)))
+        .map_err(ApiError::internal)
+}
+
+/// A response body fed by a channel of chunks (the blocking export writer).
+struct ChunkBody(tokio::sync::mpsc::Receiver<Vec<u8>>);
+
+impl hyper::body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|c| Ok(hyper::body::Frame::data(Bytes::from(c)))))
     }
 }
 

@@ -37,6 +37,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/certs", get(admin::list_certs))
         .route("/v1/admin/audit", get(admin::audit_show))
         .route("/v1/admin/audit/verify", get(admin::audit_verify))
+        .route("/v1/admin/audit/checkpoint", post(admin::audit_checkpoint))
+        .route("/v1/admin/audit/export", get(admin::audit_export))
         .route("/.well-known/est/cacerts", get(est::cacerts))
         .route("/.well-known/est/simpleenroll", post(est::simpleenroll))
         .route("/.well-known/est/simplereenroll", post(est::simplereenroll))

@@ -166,4 +166,28 @@ pub struct AuditVerifyResponse {
     pub ok: bool,
     /// Number of events checked.
     pub events: u64,
+    /// Checkpoints checked.
+    #[serde(default)]
+    pub checkpoints: u64,
+    /// Whether checkpoint signatures were checked (an audit key is configured).
+    #[serde(default)]
+    pub signatures_checked: bool,
+    /// SHA-256 of the audit public key.
+    #[serde(default)]
+    pub audit_key_sha256: Option<String>,
+    /// The last checkpoint.
+    #[serde(default)]
+    pub last_checkpoint: Option<ca_core::audit::Checkpoint>,
+    /// Events after the last checkpoint (not yet covered by a signature).
+    #[serde(default)]
+    pub unsigned_tail: u64,
+}
+
+/// Answer to `POST /v1/admin/audit/checkpoint`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointResponse {
+    /// The checkpoint signed.
+    pub checkpoint: ca_core::audit::Checkpoint,
+    /// SHA-256 of the audit public key.
+    pub audit_key_sha256: String,
 }

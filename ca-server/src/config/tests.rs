@@ -104,3 +104,37 @@ fn token_max_ttl_is_at_most_365_days() {
     let text = format!("{MINIMAL}\n[tokens]\nmax_ttl = \"365d\"\n");
     ServerConfig::parse(&text).unwrap().validate().unwrap();
 }
+
+#[test]
+fn audit_section_defaults_and_refusals() {
+    let cfg = ServerConfig::parse(MINIMAL).expect("parses");
+    assert_eq!(cfg.audit.key, None);
+    assert_eq!(
+        cfg.audit.checkpoint_interval.0,
+        chrono::Duration::minutes(5)
+    );
+    assert_eq!(
+        cfg.audit.public_key_path(Path::new("/var/lib/ca")),
+        Path::new("/var/lib/ca/audit-checkpoint.pub.pem")
+    );
+    let with = |extra: &str| {
+        let text = MINIMAL.replace(
+            "[profiles.client]",
+            &format!("[audit]\n{extra}\n[profiles.client]"),
+        );
+        ServerConfig::parse(&text)
+            .expect("parses")
+            .validate()
+            .map_err(|e| e.to_string())
+    };
+    with("key = \"audit-checkpoint\"\ncheckpoint_interval = \"1m\"").expect("valid");
+    for (extra, key) in [
+        ("checkpoint_interval = \"1s\"", "audit.checkpoint_interval"),
+        ("checkpoint_interval = \"2d\"", "audit.checkpoint_interval"),
+        ("key = \"issuing-ca\"", "audit.key"),
+        ("key = \"\"", "audit.key"),
+    ] {
+        let err = with(extra).expect_err(extra);
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+}

@@ -117,6 +117,7 @@ impl TestServer {
             tokens: TokenSection::default(),
             renewal: opts.renewal,
             metrics: Arc::new(Metrics::new()),
+            audit: None,
         };
         let mut ocsp = ca_server::config::OcspSection::default();
         let mut ocsp_signer_der = None;
