@@ -161,6 +161,12 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Lock a lineage when a superseded generation tries to renew (`[renewal]`).
     pub lock_on_superseded: bool,
+    /// Connection limits of the API listener ([`crate::listener`]).
+    pub api_connections: crate::listener::ConnLimits,
+    /// Connection limits of the status listener.
+    pub status_connections: crate::listener::ConnLimits,
+    /// How often unauthenticated failures are summarised in the audit log.
+    pub unauthenticated_summary_interval: Duration,
 }
 
 /// The shared state.
@@ -185,6 +191,8 @@ pub struct AppState {
     pub root_der: Vec<u8>,
     /// Serialises revocations on an administrator's authority ([`crate::auth::check_revocation_allowed`]).
     pub revocations: crate::auth::RevocationLock,
+    /// Unauthenticated failures counted since their last audit summary ([`crate::unauth`]).
+    pub unauthenticated: crate::unauth::UnauthFailures,
 }
 
 impl std::fmt::Debug for AppState {
