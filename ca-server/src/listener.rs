@@ -31,8 +31,9 @@ use tokio::time::Instant;
 
 /// Largest HTTP/2 header list accepted (hyper's default is 16 MiB).
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
-/// Time a connection gets to finish after a graceful shutdown started by the idle timer.
-const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Time a connection gets after the idle or header timer started its graceful shutdown (no
+/// request is in progress then: this only lets an HTTP/2 GOAWAY go out) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The limits of one listener.
 #[derive(Clone, Debug)]

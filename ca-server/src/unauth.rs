@@ -222,7 +222,11 @@ mod tests {
         assert_eq!(u.pending(), TRACKED_ADDRESSES as u64 + 106);
         let events = u.take(Utc::now());
         assert_eq!(events.len(), 2);
-        let enroll = &events[0].detail;
+        let enroll = &events
+            .iter()
+            .find(|e| e.object == "enroll")
+            .map(|e| e.detail.clone())
+            .unwrap_or_default();
         assert_eq!(enroll["count"], TRACKED_ADDRESSES as u64 + 105);
         assert_eq!(enroll["codes"]["bad_request"], 5);
         assert_eq!(enroll["other_addresses"], 101);
