@@ -280,7 +280,8 @@ async fn status_listener_cuts_off_clients_that_never_finish_their_headers() {
 }
 
 /// Attack (slowloris) on the HTTPS API: a client that never starts the TLS handshake, one that
-/// completes it (HTTP/1.1) and never finishes its headers, one that completes it with HTTP/2
+/// completes it and sends nothing, one that completes it (HTTP/1.1) and never finishes its
+/// headers, one that completes it with HTTP/2
 /// and never finishes its HEADERS. Each is cut off within `limits.handshake_timeout` /
 /// `limits.header_read_timeout` (1 s here) plus a small grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,6 +300,14 @@ async fn api_cuts_off_clients_that_never_finish_the_handshake_or_their_headers()
     assert!(t < Duration::from_millis(2500), "no handshake held {t:?}");
 
     let h1 = tls_connector(&srv, &[b"http/1.1"], None);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = h1.connect(server_name(), tcp).await.expect("TLS handshake");
+    let t = closed_within(&mut tls, Duration::from_secs(5), "TLS, then nothing").await;
+    assert!(
+        t < Duration::from_millis(2500),
+        "silent TLS client held {t:?}"
+    );
+
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut tls = h1.connect(server_name(), tcp).await.expect("TLS handshake");
     tls.write_all(b"GET /v1/chain HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
@@ -336,7 +345,7 @@ async fn api_cuts_off_clients_that_never_finish_the_handshake_or_their_headers()
         metric(
             &m,
             "ca_connections_closed_total{listener=\"api\",reason=\"header_timeout\"}"
-        ) >= 2,
+        ) >= 3,
         "{m}"
     );
     srv.stop().await;
