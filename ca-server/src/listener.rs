@@ -230,6 +230,8 @@ struct Activity {
     in_flight: AtomicUsize,
     served: AtomicBool,
     last: Mutex<Instant>,
+    /// Woken when a request starts or ends.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -238,6 +240,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             last: Mutex::new(Instant::now()),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -253,22 +256,28 @@ impl Activity {
     /// all for `first`): the reason to close it.
     async fn expired(&self, first: Duration, idle: Duration) -> &'static str {
         loop {
+            // Registered before the state is read, so that no start or end is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let (limit, reason) = if self.served.load(Ordering::Acquire) {
                 (idle, "idle")
             } else {
                 (first, "header_timeout")
             };
-            let deadline = self.last() + limit;
-            if Instant::now() < deadline {
-                tokio::time::sleep_until(deadline).await;
-                continue;
-            }
             if self.in_flight.load(Ordering::Acquire) > 0 {
-                // A request in progress is bounded by the request timeout; look again later.
-                tokio::time::sleep(limit).await;
+                // A request in progress is bounded by the request timeout: wait for its end.
+                changed.await;
                 continue;
             }
-            return reason;
+            let deadline = self.last() + limit;
+            if Instant::now() >= deadline {
+                return reason;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = changed => {}
+            }
         }
     }
 }
@@ -281,6 +290,7 @@ impl InFlight {
         a.served.store(true, Ordering::Release);
         a.in_flight.fetch_add(1, Ordering::AcqRel);
         a.touch();
+        a.changed.notify_waiters();
         InFlight(a.clone())
     }
 }
@@ -289,6 +299,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
     }
 }
 

@@ -351,6 +351,50 @@ async fn api_cuts_off_clients_that_never_finish_the_handshake_or_their_headers()
     srv.stop().await;
 }
 
+/// An HTTP/2 connection (prior knowledge, on the status listener) that served a request and
+/// then sits idle, answering the server's PINGs, is shut down after `idle_timeout` (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    let mut opts = Options {
+        status: true,
+        ..Default::default()
+    };
+    opts.limits.status.idle_timeout = secs(2);
+    opts.limits.http2_keep_alive_interval = secs(1);
+    let mut srv = TestServer::with(opts).await;
+    let tcp = TcpStream::connect(status_addr(&srv)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("/crl")
+        .header("host", "localhost")
+        .body(Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await.unwrap();
+    let start = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    let t = start.elapsed();
+    eprintln!("idle HTTP/2 connection closed after {t:?}");
+    assert!(r.is_ok(), "idle HTTP/2 connection still open after 6 s");
+    assert!(t >= Duration::from_millis(1500), "closed too early: {t:?}");
+    let m = metrics_text(&srv).await;
+    assert!(
+        metric(
+            &m,
+            "ca_connections_closed_total{listener=\"status\",reason=\"idle\"}"
+        ) >= 1,
+        "{m}"
+    );
+    srv.stop().await;
+}
+
 /// Whether the server closed a fresh connection at once (a request on it gets no answer).
 async fn refused_at_once<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> bool {
     let r = tokio::time::timeout(Duration::from_secs(2), http1(s, "GET", "/crl", None)).await;
