@@ -31,6 +31,9 @@ use tokio::time::Instant;
 
 /// Largest HTTP/2 header list accepted (hyper's default is 16 MiB).
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// HTTP/1.1 read buffer, so also the largest request head (hyper's default is about 400 KiB):
+/// with thousands of connections, what each may hold matters.
+const H1_MAX_BUF: usize = 64 * 1024;
 /// Time a connection gets after the idle or header timer started its graceful shutdown (no
 /// request is in progress then: this only lets an HTTP/2 GOAWAY go out) before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -99,7 +102,8 @@ impl ConnLimits {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(H1_MAX_BUF);
         b.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.http2_max_streams)
