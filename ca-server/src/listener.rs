@@ -394,7 +394,8 @@ pub async fn serve_connection<I, X>(
         }
     };
     if let Err(e) = result {
-        if is_header_timeout(e.as_ref()) {
+        // Counted once: not again when this layer's own timer closed it first.
+        if closing.is_none() && is_header_timeout(e.as_ref()) {
             gate.metrics
                 .connection_closed(limits.listener, "header_timeout");
         }
