@@ -23,6 +23,7 @@
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::service::{AppState, ADMIN_PROFILE, SERVER_TLS_PROFILE};
+use crate::unauth::Kind;
 use ca_core::audit::NewAuditEvent;
 use ca_core::store::CertRecord;
 use std::net::SocketAddr;
@@ -290,7 +291,7 @@ pub async fn require(
     let record = match check_client_cert(state, peer) {
         Ok(r) => r,
         Err(e) => {
-            audit_auth_failure(state, peer, peer.ip_key(), route, &e).await;
+            audit_cert_refusal(state, peer, Kind::Admin, route, &e).await;
             return Err(e);
         }
     };
@@ -315,7 +316,30 @@ pub async fn require(
     Err(e)
 }
 
-/// Append an `auth.fail` audit event.
+/// Whether a refusal by [`check_client_cert`] identifies the caller: a certificate this CA
+/// issued, revoked or expired. Otherwise (no certificate, one this CA did not issue) nothing
+/// identifies who called.
+pub fn identifies_caller(e: &ApiError) -> bool {
+    matches!(e.code, Code::CertRevoked | Code::CertExpired)
+}
+
+/// Audit a refusal by [`check_client_cert`]: an `auth.fail` event when the certificate
+/// identifies the caller, else counted for the next summary ([`crate::unauth`]).
+pub async fn audit_cert_refusal(
+    state: &Arc<AppState>,
+    peer: &Peer,
+    kind: Kind,
+    route: &str,
+    e: &ApiError,
+) {
+    if identifies_caller(e) {
+        audit_auth_failure(state, peer, peer.ip_key(), route, e).await;
+    } else {
+        state.unauthenticated_failure(kind, peer, route, e);
+    }
+}
+
+/// Append an `auth.fail` audit event (an identified caller refused).
 pub async fn audit_auth_failure(
     state: &Arc<AppState>,
     peer: &Peer,

@@ -316,6 +316,113 @@ pub struct Limits {
     /// Admin routes per admin certificate (or IP when none).
     #[serde(default = "default_admin_rate")]
     pub admin: Rate,
+    /// Time a client has to send a request's headers once its connection is ready (TLS done)
+    /// (default 10s). HTTP/1.1: every request's, so it also ends an idle keep-alive
+    /// connection; HTTP/2: the first request's.
+    #[serde(default = "default_header_read")]
+    pub header_read_timeout: Span,
+    /// A connection with no request in progress for this long is closed (default 60s).
+    #[serde(default = "default_idle")]
+    pub idle_timeout: Span,
+    /// Most open connections to the API, handshakes included (default 4096); more are
+    /// closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most open connections to the API from one client address (an IPv6 /64 counts as one
+    /// address) (default 256).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Most concurrent HTTP/2 streams per connection (default 100).
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
+    /// HTTP/2 keep-alive: PING an idle connection this often (default 20s) ...
+    #[serde(default = "default_http2_keep_alive_interval")]
+    pub http2_keep_alive_interval: Span,
+    /// ... and close it when the PING is not answered within this (default 10s).
+    #[serde(default = "default_http2_keep_alive_timeout")]
+    pub http2_keep_alive_timeout: Span,
+    /// Unauthenticated failures (bad tokens, failed client-certificate handshakes, admin
+    /// calls without a valid certificate, anonymous 413s) are counted and summarised in the
+    /// audit log at most once per kind per interval (default 60s), and at shutdown.
+    #[serde(default = "default_unauthenticated_summary")]
+    pub unauthenticated_summary_interval: Span,
+    /// The same connection limits for the plain-HTTP status listener (OCSP, CRL).
+    #[serde(default)]
+    pub status: StatusLimits,
+}
+
+/// Connection limits of the plain-HTTP status listener (`[limits.status]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusLimits {
+    /// Time to send a request's headers (default 5s); see `limits.header_read_timeout`.
+    #[serde(default = "default_status_header_read")]
+    pub header_read_timeout: Span,
+    /// Idle connections are closed after this (default 30s).
+    #[serde(default = "default_status_idle")]
+    pub idle_timeout: Span,
+    /// Time one request may take, its body included (default 10s).
+    #[serde(default = "default_status_request")]
+    pub request_timeout: Span,
+    /// Most open connections (default 8192).
+    #[serde(default = "default_status_max_connections")]
+    pub max_connections: usize,
+    /// Most open connections from one client address (default 256).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Most concurrent HTTP/2 streams per connection (default 100).
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
+}
+
+fn default_header_read() -> Span {
+    Span(chrono::Duration::seconds(10))
+}
+fn default_idle() -> Span {
+    Span(chrono::Duration::seconds(60))
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+fn default_http2_max_streams() -> u32 {
+    100
+}
+fn default_http2_keep_alive_interval() -> Span {
+    Span(chrono::Duration::seconds(20))
+}
+fn default_http2_keep_alive_timeout() -> Span {
+    Span(chrono::Duration::seconds(10))
+}
+fn default_unauthenticated_summary() -> Span {
+    Span(chrono::Duration::seconds(60))
+}
+fn default_status_header_read() -> Span {
+    Span(chrono::Duration::seconds(5))
+}
+fn default_status_idle() -> Span {
+    Span(chrono::Duration::seconds(30))
+}
+fn default_status_request() -> Span {
+    Span(chrono::Duration::seconds(10))
+}
+fn default_status_max_connections() -> usize {
+    8192
+}
+
+impl Default for StatusLimits {
+    fn default() -> Self {
+        StatusLimits {
+            header_read_timeout: default_status_header_read(),
+            idle_timeout: default_status_idle(),
+            request_timeout: default_status_request(),
+            max_connections: default_status_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            http2_max_streams: default_http2_max_streams(),
+        }
+    }
 }
 
 fn default_body() -> usize {
@@ -355,7 +462,96 @@ impl Default for Limits {
             enroll: default_enroll_rate(),
             renew: default_renew_rate(),
             admin: default_admin_rate(),
+            header_read_timeout: default_header_read(),
+            idle_timeout: default_idle(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            http2_max_streams: default_http2_max_streams(),
+            http2_keep_alive_interval: default_http2_keep_alive_interval(),
+            http2_keep_alive_timeout: default_http2_keep_alive_timeout(),
+            unauthenticated_summary_interval: default_unauthenticated_summary(),
+            status: StatusLimits::default(),
         }
+    }
+}
+
+impl Limits {
+    /// Check the connection limits; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let within = |key: &str, s: &Span, max_secs: i64| {
+            if s.0 <= chrono::Duration::zero() {
+                Err(invalid(key, "must be positive"))
+            } else if s.0 > chrono::Duration::seconds(max_secs) {
+                Err(invalid(key, format!("at most {max_secs}s")))
+            } else {
+                Ok(())
+            }
+        };
+        within("limits.header_read_timeout", &self.header_read_timeout, 60)?;
+        within("limits.idle_timeout", &self.idle_timeout, 3600)?;
+        within(
+            "limits.http2_keep_alive_interval",
+            &self.http2_keep_alive_interval,
+            3600,
+        )?;
+        within(
+            "limits.http2_keep_alive_timeout",
+            &self.http2_keep_alive_timeout,
+            300,
+        )?;
+        within(
+            "limits.unauthenticated_summary_interval",
+            &self.unauthenticated_summary_interval,
+            3600,
+        )?;
+        within(
+            "limits.status.header_read_timeout",
+            &self.status.header_read_timeout,
+            60,
+        )?;
+        within(
+            "limits.status.idle_timeout",
+            &self.status.idle_timeout,
+            3600,
+        )?;
+        within(
+            "limits.status.request_timeout",
+            &self.status.request_timeout,
+            300,
+        )?;
+        for (key, max, per_ip) in [
+            ("limits", self.max_connections, self.max_connections_per_ip),
+            (
+                "limits.status",
+                self.status.max_connections,
+                self.status.max_connections_per_ip,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&max) {
+                return Err(invalid(
+                    &format!("{key}.max_connections"),
+                    "must be between 1 and 1000000",
+                ));
+            }
+            if per_ip == 0 || per_ip > max {
+                return Err(invalid(
+                    &format!("{key}.max_connections_per_ip"),
+                    format!("must be between 1 and {key}.max_connections ({max})"),
+                ));
+            }
+        }
+        for (key, n) in [
+            ("limits.http2_max_streams", self.http2_max_streams),
+            (
+                "limits.status.http2_max_streams",
+                self.status.http2_max_streams,
+            ),
+        ] {
+            if !(1..=10_000).contains(&n) {
+                return Err(invalid(key, "must be between 1 and 10000"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -399,6 +595,10 @@ pub struct OcspSection {
     /// (default 5, at most 100). Issuance never waits for it.
     #[serde(default)]
     pub issuance_batch_window_ms: Option<u64>,
+    /// Bound in bytes of the OCSP request memo (default 8 MiB; 0 turns it off). See README
+    /// "Bounded resources".
+    #[serde(default)]
+    pub memo_max_bytes: Option<usize>,
 }
 
 impl OcspSection {
@@ -414,6 +614,9 @@ impl OcspSection {
         }
         if let Some(ms) = self.issuance_batch_window_ms {
             c.issuance_batch_window = std::time::Duration::from_millis(ms);
+        }
+        if let Some(n) = self.memo_max_bytes {
+            c.memo_max_bytes = n;
         }
         c
     }
@@ -577,6 +780,7 @@ impl ServerConfig {
         pos("tokens.max_ttl", &self.tokens.max_ttl)?;
         pos("limits.request_timeout", &self.limits.request_timeout)?;
         pos("limits.handshake_timeout", &self.limits.handshake_timeout)?;
+        self.limits.validate()?;
         if self.tls.validity.0 > chrono::Duration::days(398) {
             return Err(invalid("tls.validity", "at most 398d"));
         }
@@ -609,6 +813,13 @@ impl ServerConfig {
         }
         if let Some(v) = &self.crl.validity {
             pos("crl.validity", v)?;
+        }
+        if self
+            .ocsp
+            .memo_max_bytes
+            .is_some_and(|n| n > 1024 * 1024 * 1024)
+        {
+            return Err(invalid("ocsp.memo_max_bytes", "at most 1 GiB"));
         }
         self.ocsp
             .responder_config()

@@ -7,7 +7,8 @@
 //! - [`auth`]: client-certificate identity and admin roles; [`tls`]: rustls (ring) with
 //!   optional client certificates.
 //! - [`ratelimit`], [`metrics`]: protection and observability; [`duration`]: durations from
-//!   requests and flags, range-checked.
+//!   requests and flags, range-checked; [`listener`]: connection caps and timeouts of both
+//!   listeners; [`unauth`]: unauthenticated failures counted and summarised in the audit log.
 //! - [`server`]: listeners, the server's own certificate, graceful shutdown.
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
@@ -33,9 +34,11 @@ pub mod config;
 pub mod dev;
 pub mod duration;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod status;
 pub mod tls;
+pub mod unauth;

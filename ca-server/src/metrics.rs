@@ -8,6 +8,7 @@ use ca_core::signer::{KeyAlgorithm, Signer};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry};
 use std::sync::{Arc, RwLock};
@@ -28,6 +29,11 @@ pub struct Metrics {
     hsm_sign: Histogram,
     superseded: Counter,
     lineage_locks: Family<Labels, Counter>,
+    conn_refused: Family<Labels, Counter>,
+    conn_closed: Family<Labels, Counter>,
+    conn_open: Family<Labels, Gauge>,
+    unauthenticated: Family<Labels, Counter>,
+    audit_suppressed: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,7 +101,43 @@ impl Metrics {
             "Latency of one HSM signing operation",
             hsm_sign.clone(),
         );
+        let conn_refused = Family::<Labels, Counter>::default();
+        let conn_closed = Family::<Labels, Counter>::default();
+        let conn_open = Family::<Labels, Gauge>::default();
+        let unauthenticated = Family::<Labels, Counter>::default();
+        let audit_suppressed = Family::<Labels, Counter>::default();
+        registry.register(
+            "ca_connections_refused",
+            "Connections closed at accept, by listener (api, status) and cap (global, per_ip)",
+            conn_refused.clone(),
+        );
+        registry.register(
+            "ca_connections_closed",
+            "Connections closed by a limit, by listener and reason (handshake_timeout, \
+             header_timeout, idle, request_timeout)",
+            conn_closed.clone(),
+        );
+        registry.register(
+            "ca_connections_open",
+            "Open connections, by listener",
+            conn_open.clone(),
+        );
+        registry.register(
+            "ca_unauthenticated_failures",
+            "Refusals of callers no certificate or token of this CA identifies, by kind",
+            unauthenticated.clone(),
+        );
+        registry.register(
+            "ca_audit_events_suppressed",
+            "Unauthenticated failures counted in an audit summary instead of an event each, by kind",
+            audit_suppressed.clone(),
+        );
         Metrics {
+            conn_refused,
+            conn_closed,
+            conn_open,
+            unauthenticated,
+            audit_suppressed,
             registry: RwLock::new(registry),
             issued,
             renewed,
@@ -177,6 +219,41 @@ impl Metrics {
     /// An enrollment token was created.
     pub fn token_created(&self) {
         self.tokens.inc();
+    }
+
+    /// A connection was closed at accept by a cap (`global`, `per_ip`).
+    pub fn connection_refused(&self, listener: &str, cap: &str) {
+        self.conn_refused
+            .get_or_create(&vec![
+                ("listener".into(), listener.into()),
+                ("cap".into(), cap.into()),
+            ])
+            .inc();
+    }
+
+    /// A connection was closed by a limit (`handshake_timeout`, `header_timeout`, `idle`,
+    /// `request_timeout`).
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        self.conn_closed
+            .get_or_create(&vec![
+                ("listener".into(), listener.into()),
+                ("reason".into(), reason.into()),
+            ])
+            .inc();
+    }
+
+    /// The open-connections gauge of a listener.
+    pub fn connections_open(&self, listener: &str) -> Gauge {
+        self.conn_open
+            .get_or_create(&vec![("listener".into(), listener.into())])
+            .clone()
+    }
+
+    /// An unauthenticated failure of this kind, summarised in the audit log.
+    pub fn unauthenticated_failure(&self, kind: &str) {
+        let labels = vec![("kind".into(), kind.into())];
+        self.unauthenticated.get_or_create(&labels).inc();
+        self.audit_suppressed.get_or_create(&labels).inc();
     }
 
     /// Record one HSM signing latency.
@@ -380,5 +457,78 @@ impl prometheus_client::encoding::EncodeMetric for OcspSignerGauge {
 
     fn metric_type(&self) -> prometheus_client::metrics::MetricType {
         prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
+/// The OCSP request memo's size, read at each scrape: `ca_ocsp_memo_bytes` and
+/// `ca_ocsp_memo_entries` (gauges, bounded by `ocsp.memo_max_bytes`), and
+/// `ca_ocsp_memo_evictions` (counter).
+#[derive(Debug)]
+pub struct MemoMetric {
+    responder: Arc<ca_core::ocsp::Responder>,
+    what: MemoField,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum MemoField {
+    Bytes,
+    Entries,
+    Evictions,
+}
+
+impl MemoMetric {
+    /// Register the three metrics for `responder`.
+    pub fn register(metrics: &Metrics, responder: &Arc<ca_core::ocsp::Responder>) {
+        for (name, help, what) in [
+            (
+                "ca_ocsp_memo_bytes",
+                "Bytes held by the OCSP request memo (bounded by ocsp.memo_max_bytes)",
+                MemoField::Bytes,
+            ),
+            (
+                "ca_ocsp_memo_entries",
+                "Requests remembered by the OCSP request memo",
+                MemoField::Entries,
+            ),
+            (
+                "ca_ocsp_memo_evictions",
+                "Entries evicted from the OCSP request memo to stay under its bound",
+                MemoField::Evictions,
+            ),
+        ] {
+            metrics.register(
+                name,
+                help,
+                MemoMetric {
+                    responder: responder.clone(),
+                    what,
+                },
+            );
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for MemoMetric {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let s = self.responder.memo_stats();
+        match self.what {
+            MemoField::Bytes => encoder.encode_gauge(&(s.bytes as i64)),
+            MemoField::Entries => encoder.encode_gauge(&(s.entries as i64)),
+            MemoField::Evictions => encoder
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                    &s.evictions,
+                    None,
+                ),
+        }
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        match self.what {
+            MemoField::Evictions => prometheus_client::metrics::MetricType::Counter,
+            _ => prometheus_client::metrics::MetricType::Gauge,
+        }
     }
 }

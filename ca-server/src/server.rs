@@ -7,14 +7,16 @@ use crate::api;
 use crate::audit_log::Checkpointer;
 use crate::auth::Peer;
 use crate::config::{Limits, RenewalSection, ServerConfig, TokenSection};
-use crate::error::{ApiError, Code};
+use crate::error::Code;
+use crate::listener::{ConnLimits, Gate};
 use crate::metrics::{Metrics, TimedSigner};
-use crate::ratelimit::{Class, RateLimits};
+use crate::ratelimit::RateLimits;
 use crate::service::{
     with_internal_profiles, AppState, HealthCheck, Readiness, Request, Settings, StatusHooks,
     StoreOnly, SERVER_TLS_PROFILE,
 };
 use crate::tls::{self, ClientVerifier, LiveConfig};
+use crate::unauth::{Kind, UnauthFailures};
 use anyhow::Context;
 use axum::Router;
 use ca_core::audit::NewAuditEvent;
@@ -25,10 +27,6 @@ use ca_core::profile::{Profiles, Span};
 use ca_core::signer::pkcs11::{HsmConfig, Pkcs11Signer};
 use ca_core::signer::Signer;
 use ca_core::store::{IdentityBinding, SledStore, Store};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,7 +35,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tower::ServiceExt;
 
 /// How long in-flight requests get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -173,10 +170,19 @@ pub fn build_state(
                 .to_std()
                 .unwrap_or(Duration::from_secs(10)),
             lock_on_superseded: parts.renewal.lock_on_superseded,
+            api_connections: ConnLimits::api(&parts.limits),
+            status_connections: ConnLimits::status(&parts.limits),
+            unauthenticated_summary_interval: parts
+                .limits
+                .unauthenticated_summary_interval
+                .0
+                .to_std()
+                .unwrap_or(Duration::from_secs(60)),
         },
         root_der,
         revocations: Default::default(),
         checkpointer,
+        unauthenticated: UnauthFailures::new(parts.metrics.clone()),
     }))
 }
 
@@ -298,6 +304,7 @@ pub fn status_integration(
         state.responder(),
         parts.clock.clone(),
     );
+    crate::metrics::MemoMetric::register(&parts.metrics, state.responder());
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),
@@ -360,6 +367,9 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // What the listeners refused since the last summary (crate::unauth), before the
+        // last checkpoint so that it covers the summary too.
+        self.state.summarise_unauthenticated().await;
         // Every request is done: the checkpoint covers the last event this run wrote.
         if let Some(c) = &self.state.checkpointer {
             if let Err(e) = c.checkpoint_async(false).await {
@@ -606,12 +616,32 @@ pub async fn start(
         }));
     }
 
+    // Summarise unauthenticated failures in the audit log (crate::unauth).
+    {
+        let state = state.clone();
+        let mut rx = rx.clone();
+        let every = state.settings.unauthenticated_summary_interval;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => state.summarise_unauthenticated().await,
+                    _ = rx.changed() => return,
+                }
+            }
+        }));
+    }
+
     let router = api::router(state.clone());
+    let api_gate = Gate::new(
+        state.settings.api_connections.clone(),
+        state.metrics.clone(),
+    );
     tasks.push(tokio::spawn(accept_loop(
         api_listener,
         live,
         router,
         state.clone(),
+        api_gate,
         rx.clone(),
     )));
 
@@ -619,17 +649,16 @@ pub async fn start(
     if let Some((listener, extra)) = status {
         status_addr = Some(listener.local_addr()?);
         let router = extra.merge(api::liveness_router(state.clone()));
-        let mut rx = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "status listener failed");
-            }
-        }));
+        let gate = Gate::new(
+            state.settings.status_connections.clone(),
+            state.metrics.clone(),
+        );
+        tasks.push(tokio::spawn(crate::listener::serve_plain(
+            listener,
+            router,
+            gate,
+            rx.clone(),
+        )));
     }
     tracing::info!(%api_addr, ?status_addr, "listening");
     Ok(Running {
@@ -648,15 +677,10 @@ async fn accept_loop(
     live: Arc<LiveConfig>,
     router: Router,
     state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.settings.handshake_timeout);
-    let builder = Arc::new(builder);
+    let mut stop = shutdown.clone();
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -667,29 +691,35 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
+        };
+        // The caps count handshakes too: a client that never finishes one holds a slot only
+        // until limits.handshake_timeout.
+        let Some(ticket) = gate.admit(addr.ip()) else {
+            drop(tcp);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(live.current());
-        let watcher = graceful.watcher();
         let router = router.clone();
         let state = state.clone();
-        let builder = builder.clone();
+        let gate = gate.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(state.settings.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        handshake_failed(&state, addr, &e).await;
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let limit = gate.limits().handshake_timeout;
+            let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    drop(ticket);
+                    handshake_failed(&state, addr, &e);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "TLS handshake timed out");
+                    state.metrics.connection_closed("api", "handshake_timeout");
+                    return;
+                }
+            };
             let cert = tls
                 .get_ref()
                 .1
@@ -697,54 +727,30 @@ async fn accept_loop(
                 .and_then(|c| c.first())
                 .map(|c| Arc::new(c.to_vec()));
             let peer = Peer { addr, cert };
-            let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                router.clone().oneshot(req)
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%addr, error = %e, "connection ended with an error");
-            }
+            crate::listener::serve_connection(gate, ticket, tls, router, peer, addr, shutdown)
+                .await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !gate.drained(SHUTDOWN_GRACE).await {
         tracing::warn!("in-flight connections did not finish within the grace period");
     }
 }
 
-/// A handshake that failed on the client certificate is an authentication failure: audit it
-/// (rate-limited per IP so a scanner cannot flood the log).
-async fn handshake_failed(state: &Arc<AppState>, addr: SocketAddr, e: &std::io::Error) {
+/// A handshake that failed on the client certificate is an unauthenticated failure: counted
+/// and summarised in the audit log ([`crate::unauth`]), not one event each.
+fn handshake_failed(state: &Arc<AppState>, addr: SocketAddr, e: &std::io::Error) {
     let rustls_err = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_err {
         Some(rustls::Error::InvalidCertificate(ce)) => {
             tracing::info!(%addr, error = %ce, "client certificate refused at the handshake");
-            let err = ApiError::new(Code::CertUnknown, ce.to_string());
-            state.metrics.failure(err.code.as_str());
-            if state
-                .limits
-                .check(Class::Admin, &format!("tls-fail:{}", addr.ip()))
-                .is_ok()
-            {
-                state
-                    .audit(
-                        NewAuditEvent::failed(
-                            format!("ip:{}", addr.ip()),
-                            "auth.fail",
-                            "tls-handshake",
-                            err.code.as_str(),
-                        )
-                        .with_detail(serde_json::json!({ "message": ce.to_string() })),
-                    )
-                    .await;
-            }
+            let code = Code::CertUnknown.as_str();
+            state.metrics.failure(code);
+            state
+                .unauthenticated
+                .record(Kind::TlsClientCert, addr.ip(), "tls-handshake", code);
         }
         _ => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
     }

@@ -229,6 +229,12 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Lock a lineage when a superseded generation tries to renew (`[renewal]`).
     pub lock_on_superseded: bool,
+    /// Connection limits of the API listener ([`crate::listener`]).
+    pub api_connections: crate::listener::ConnLimits,
+    /// Connection limits of the status listener.
+    pub status_connections: crate::listener::ConnLimits,
+    /// How often unauthenticated failures are summarised in the audit log.
+    pub unauthenticated_summary_interval: Duration,
 }
 
 /// The shared state.
@@ -257,6 +263,8 @@ pub struct AppState {
     pub revocations: crate::auth::RevocationLock,
     /// Signs audit checkpoints (`[audit] key`); `None` when no audit key is configured.
     pub checkpointer: Option<Arc<crate::audit_log::Checkpointer>>,
+    /// Unauthenticated failures counted since their last audit summary ([`crate::unauth`]).
+    pub unauthenticated: crate::unauth::UnauthFailures,
 }
 
 impl std::fmt::Debug for AppState {

@@ -508,20 +508,27 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
 }
 
 /// Serve the status routes on `listener` until `shutdown` resolves (then finish in-flight
-/// requests), running the maintenance task alongside.
+/// requests), running the maintenance task alongside, with the default connection limits of
+/// `[limits.status]` ([`crate::listener`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<StatusState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = crate::listener::ConnLimits::status(&crate::config::Limits::default());
+    let gate = crate::listener::Gate::new(limits, Arc::new(crate::metrics::Metrics::new()));
     let maintenance = state.spawn_maintenance();
-    let r = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    crate::listener::serve_plain(listener, router(state.clone()), gate, rx).await;
+    stop.abort();
     // Let the pass in progress finish rather than abandon it on the blocking pool.
     state.stop_maintenance();
     let _ = maintenance.await;
-    r
+    Ok(())
 }
 
 /// Zero-copy body over a shared answer.

@@ -40,11 +40,13 @@
 //! pre-signed response (without nonce) is returned instead.
 
 mod build;
+mod memo;
 mod request;
 mod responder;
 mod signer_cert;
 
 pub use build::{parse_response, sign_response, ParsedResponse};
+pub use memo::MemoStats;
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
     AnswerKind, ExternalResponse, IssuanceSigningStats, IssuedTicket, LiveRequest, LoadStats,

@@ -5,6 +5,7 @@ use super::build::{
     error_response, from_gtime, from_ocsp_status, key_hash, nonce_extension, parse_response,
     responder_cert, sign_basic, single,
 };
+use super::memo::{canonical_request, Memo, MemoStats};
 use super::request::{parse_request, ParsedRequest, RequestedCert};
 use super::{serial_magnitude, HashAlg, OcspIssuer};
 use crate::clock::Clock;
@@ -26,8 +27,6 @@ use x509_ocsp::{OcspResponseStatus, ResponderId, SingleResponse};
 const PRESIGNED_ALGS: [HashAlg; 2] = [HashAlg::Sha1, HashAlg::Sha256];
 const SHARDS: usize = 16;
 const SIGN_LOCKS: usize = 64;
-/// Most entries in the request memo (request bytes -> serial); it is emptied when full.
-const MEMO_MAX: usize = 65_536;
 /// Upper bound of [`ResponderConfig::issuance_batch_max`] (a response stays a few kilobytes).
 const ISSUANCE_BATCH_LIMIT: usize = 64;
 
@@ -62,6 +61,10 @@ pub struct ResponderConfig {
     /// certificates before it signs their response (default 5 ms, at most 100 ms). Nobody's
     /// issuance waits for it; an OCSP request for a certificate still queued does.
     pub issuance_batch_window: std::time::Duration,
+    /// Bound in bytes of the request memo (request bytes -> serial; default 8 MiB, 0 turns it
+    /// off). Only the canonical encoding of a single-CertID request about a certificate with a
+    /// pre-signed response is memoised, so padded or unique requests cannot grow it.
+    pub memo_max_bytes: usize,
 }
 
 impl Default for ResponderConfig {
@@ -76,6 +79,7 @@ impl Default for ResponderConfig {
             unknown_cache_size: 10_000,
             issuance_batch_max: 8,
             issuance_batch_window: std::time::Duration::from_millis(5),
+            memo_max_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -456,7 +460,8 @@ pub struct Responder {
     external: RwLock<External>,
     /// Request DER -> serial, for requests already decoded once (RFC 5019 clients send the
     /// same bytes again and again). Holds no status: the answer always comes from the caches.
-    memo: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
+    /// Bounded in bytes ([`super::memo`]).
+    memo: Memo,
     bucket: Mutex<Bucket>,
     /// Certificates waiting for their response pre-signed at issuance (see `on_issued`).
     issued: Mutex<IssuedQueue>,
@@ -548,7 +553,7 @@ impl Responder {
             sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
             unknown: RwLock::new(UnknownCache::default()),
             external: RwLock::new(External::default()),
-            memo: RwLock::new(HashMap::new()),
+            memo: Memo::new(config.memo_max_bytes),
             bucket: Mutex::new(Bucket {
                 tokens: live_burst,
                 last: Instant::now(),
@@ -1331,14 +1336,12 @@ impl Responder {
             return Lookup::Live(LiveRequest { parsed });
         }
         if PRESIGNED_ALGS.contains(&alg) {
-            if parsed.nonce.is_none() {
-                let mut memo = write(&self.memo);
-                if memo.len() >= MEMO_MAX {
-                    memo.clear();
-                }
-                memo.insert(request_der.to_vec(), rc.serial.clone());
-            }
             if let Some(a) = self.presigned(&rc.serial, self.clock.now()) {
+                // Memoised only for a certificate answered from memory, and only in the
+                // canonical encoding: padding, nonces or extensions cannot grow the memo.
+                if self.memo.max_bytes() > 0 && canonical_request(request_der, &rc.cert_id) {
+                    self.memo.insert(request_der, &rc.serial);
+                }
                 return Lookup::Ready(a);
             }
         }
@@ -1363,9 +1366,15 @@ impl Responder {
     /// The answer for request bytes decoded before: only single-CertID requests for this
     /// issuer, with a SHA-1/SHA-256 CertID and no nonce, are memoised.
     fn memo_answer(&self, request_der: &[u8]) -> Option<Arc<OcspAnswer>> {
-        let memo = read(&self.memo);
-        let serial = memo.get(request_der)?;
-        self.presigned(serial, self.clock.now())
+        let now = self.clock.now();
+        self.memo
+            .with(request_der, |serial| self.presigned(serial, now))
+            .flatten()
+    }
+
+    /// Sizes of the request memo (entries, bytes, bound, evictions).
+    pub fn memo_stats(&self) -> MemoStats {
+        self.memo.stats()
     }
 
     fn external_answer(&self, rc: &RequestedCert) -> Arc<OcspAnswer> {

@@ -3,9 +3,10 @@
 use super::types::{EnrollRequest, IssuedResponse, RenewRequest};
 use super::{json, peer_of};
 use crate::auth::{self, cert_actor, Peer};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::ratelimit::Class;
 use crate::service::{token_hash, AppState, Outcome, Request};
+use crate::unauth::Kind;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -36,6 +37,8 @@ pub(crate) async fn enroll_with_token(
     token: &str,
     csr: ApiResult<CsrRequest>,
 ) -> ApiResult<Outcome> {
+    // A refusal before the token was looked at, or of the token itself, identifies nobody.
+    let token_checked = csr.is_ok();
     let result = match csr {
         Ok(csr) => {
             let (route, peer_ip) = (route.to_string(), peer.addr.ip().to_string());
@@ -68,6 +71,9 @@ pub(crate) async fn enroll_with_token(
             let token_id = o.token.as_ref().map(|t| t.id.as_str()).unwrap_or_default();
             state.metrics.issued(&rec.profile);
             tracing::info!(serial = %rec.serial_hex(), identity = %rec.identity, %token_id, "enrolled");
+        }
+        Err(e) if !token_checked || e.code == Code::TokenRejected => {
+            state.unauthenticated_failure(Kind::Enroll, peer, route, e);
         }
         Err(e) => {
             state
@@ -148,7 +154,7 @@ pub(crate) async fn renewing_cert(
         }
         Err(e) => {
             state.limits.check(Class::Renew, &peer.ip_key())?;
-            auth::audit_auth_failure(state, peer, peer.ip_key(), route, &e).await;
+            auth::audit_cert_refusal(state, peer, Kind::Renew, route, &e).await;
             Err(e)
         }
     }
@@ -166,7 +172,8 @@ pub async fn enroll(
     let req: EnrollRequest = match json(&headers, body) {
         Ok(r) => r,
         Err(e) => {
-            audit_refusal(&state, &peer, "enroll", "/v1/enroll", &e).await;
+            // Before the token was looked at: nobody identified.
+            state.unauthenticated_failure(Kind::Enroll, &peer, "/v1/enroll", &e);
             return Err(e);
         }
     };

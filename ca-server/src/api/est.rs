@@ -128,7 +128,8 @@ pub async fn simpleenroll(
     let token = match token_from(&headers) {
         Ok(t) => t,
         Err(e) => {
-            super::enroll::audit_refusal(&state, &peer, "enroll", ROUTE, &e).await;
+            // No token: nobody identified.
+            state.unauthenticated_failure(crate::unauth::Kind::Enroll, &peer, ROUTE, &e);
             return Err(e);
         }
     };

@@ -191,7 +191,18 @@ async fn too_large(state: &Arc<AppState>, parts: &http::request::Parts, limit: u
         format!("request body over the size limit of {limit} bytes (limits.max_body_bytes)"),
     );
     let peer = peer_of(parts.extensions.get::<Peer>().cloned().map(Extension));
-    if state
+    // A client certificate of this CA identifies the caller: one event (rate-limited per
+    // address so that cheap requests cannot flood the log). Anyone else: counted for the
+    // next summary (crate::unauth).
+    let identified = peer.cert.is_some() && crate::auth::check_client_cert(state, &peer).is_ok();
+    if !identified {
+        state.unauthenticated_failure(
+            crate::unauth::Kind::PayloadTooLarge,
+            &peer,
+            parts.uri.path(),
+            &err,
+        );
+    } else if state
         .limits
         .check(
             crate::ratelimit::Class::Admin,

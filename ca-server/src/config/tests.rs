@@ -138,3 +138,51 @@ fn audit_section_defaults_and_refusals() {
         assert!(err.contains(key), "{extra}: {err}");
     }
 }
+
+#[test]
+fn connection_limits_are_validated_and_errors_name_the_key() {
+    let cfg = ServerConfig::parse(MINIMAL).expect("parses");
+    assert_eq!(
+        cfg.limits.header_read_timeout.0,
+        chrono::Duration::seconds(10)
+    );
+    assert_eq!(cfg.limits.max_connections_per_ip, 256);
+    assert_eq!(
+        cfg.limits.status.header_read_timeout.0,
+        chrono::Duration::seconds(5)
+    );
+    for (extra, key) in [
+        (
+            "[limits]\nheader_read_timeout = \"2m\"\n",
+            "limits.header_read_timeout",
+        ),
+        ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+        (
+            "[limits]\nmax_connections = 10\nmax_connections_per_ip = 11\n",
+            "limits.max_connections_per_ip",
+        ),
+        (
+            "[limits]\nhttp2_max_streams = 0\n",
+            "limits.http2_max_streams",
+        ),
+        (
+            "[limits.status]\nmax_connections_per_ip = 0\n",
+            "limits.status.max_connections_per_ip",
+        ),
+        (
+            "[limits.status]\nrequest_timeout = \"0s\"\n",
+            "limits.status.request_timeout",
+        ),
+        (
+            "[ocsp]\nmemo_max_bytes = 2000000000\n",
+            "ocsp.memo_max_bytes",
+        ),
+    ] {
+        let cfg = ServerConfig::parse(&format!("{MINIMAL}\n{extra}")).expect("parses");
+        let err = cfg.validate().expect_err(extra).to_string();
+        assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+    }
+    let err = ServerConfig::parse(&format!("{MINIMAL}\n[limits.status]\nidle = \"1s\"\n"))
+        .expect_err("unknown key");
+    assert!(err.to_string().contains("limits.status"), "{err}");
+}
