@@ -236,8 +236,24 @@ fn read_token(args: &EnrollArgs) -> anyhow::Result<String> {
     Ok(token)
 }
 
-async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
+async fn enroll(mut args: EnrollArgs) -> anyhow::Result<ExitCode> {
     let token = read_token(&args)?;
+    // Paths on the command line are relative to the current directory (the config file's
+    // must be absolute: the daemon runs elsewhere).
+    for p in [
+        &mut args.cert,
+        &mut args.key,
+        &mut args.chain,
+        &mut args.fullchain,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if p.is_relative() {
+            *p = std::path::absolute(&*p)
+                .with_context(|| format!("cannot make {} absolute", p.display()))?;
+        }
+    }
     let mut cfg = match &args.config {
         Some(p) => Config::load(p)?,
         None => {
