@@ -530,3 +530,27 @@ fn racing_renewals_of_one_generation_store_exactly_one() {
     assert_eq!(wins, 1);
     assert_eq!(s.lineage_certs(&g1.serial).unwrap().len(), 2);
 }
+
+#[test]
+fn the_newest_generation_is_found_from_the_end_of_a_long_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let mut prev = record(1, "long.test");
+    assert!(s.insert_cert(&prev).unwrap());
+    for i in 0..40u8 {
+        let next = renewal_of(&prev, 2 + i);
+        assert!(s.insert_renewal(&next, &prev).unwrap());
+        prev = next;
+    }
+    let newest = s.lineage_newest(&prev.lineage).unwrap().unwrap();
+    assert_eq!(
+        (newest.serial, newest.generation),
+        (prev.serial.clone(), 41)
+    );
+    // A generation-42 renewal of a superseded generation is still refused at its end.
+    let stale = renewal_of(&record(1, "long.test"), 250);
+    assert!(matches!(
+        s.insert_renewal(&stale, &record(1, "long.test")),
+        Err(Error::GenerationSuperseded { newest: 41, .. })
+    ));
+}

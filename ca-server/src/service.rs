@@ -462,7 +462,7 @@ impl AppState {
                     }
                     .into());
                 }
-                let newest = self.store.lineage_certs(&previous.lineage)?.pop();
+                let newest = self.store.lineage_newest(&previous.lineage)?;
                 if newest.is_some_and(|n| n.serial != previous.serial) {
                     return self.superseded_renewal(csr, &previous);
                 }

@@ -217,6 +217,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn insert_renewal(&self, rec: &CertRecord, previous: &CertRecord) -> Result<bool>;
     /// The lineage's certificates, oldest generation first.
     fn lineage_certs(&self, lineage: &[u8]) -> Result<Vec<CertRecord>>;
+    /// The lineage's newest stored generation (what every renewal checks: its cost must not
+    /// grow with the lineage's length). The default takes the last of
+    /// [`Store::lineage_certs`].
+    fn lineage_newest(&self, lineage: &[u8]) -> Result<Option<CertRecord>> {
+        Ok(self.lineage_certs(lineage)?.pop())
+    }
     /// Lock a lineage (no renewal, no re-enrollment from any of its generations). Locking a
     /// locked lineage keeps the first lock and returns it. Once this returns, no renewal of
     /// the lineage can be stored.

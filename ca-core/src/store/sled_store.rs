@@ -348,8 +348,7 @@ impl Store for SledStore {
         // The newest stored generation; none for a lineage whose only certificate predates
         // lineages (it then renews as generation 1).
         let newest = self
-            .lineage_certs(&rec.lineage)?
-            .pop()
+            .lineage_newest(&rec.lineage)?
             .map(|c| (c.serial, c.generation));
         let newest_is_previous = match &newest {
             Some((serial, _)) => *serial == previous.serial,
@@ -391,6 +390,26 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the lineage index backwards from its highest generation: one index step and one
+    /// record read per renewal, whatever the lineage's length.
+    fn lineage_newest(&self, lineage: &[u8]) -> Result<Option<CertRecord>> {
+        let prefix = lineage_prefix(lineage);
+        for kv in self.by_lineage.scan_prefix(&prefix).rev() {
+            let (k, _) = kv.map_err(|e| Error::store("scan lineage index", e))?;
+            let Some(serial) = k.get(prefix.len() + 4..) else {
+                continue;
+            };
+            // An index entry without its record (a crash, a lost serial race) is skipped.
+            if let Some(rec) = self.get_cert(serial)? {
+                if rec.lineage == lineage {
+                    return Ok(Some(rec));
+                }
+            }
+        }
+        // A certificate stored before lineages existed is its own lineage, unindexed.
+        Ok(self.get_cert(lineage)?.filter(|r| r.lineage == lineage))
     }
 
     fn lock_lineage(&self, lineage: &[u8], lock: &LineageLock) -> Result<LineageLock> {
