@@ -22,7 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -228,60 +228,70 @@ impl Gate {
 }
 
 /// What one connection is doing: requests in progress, and when the last one started or
-/// ended.
+/// ended. Requests only update atomics: the connection's timer reads them when it fires (at
+/// most once per limit), so a request costs no wake-up and no timer of its own.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
     served: AtomicBool,
-    last: Mutex<Instant>,
-    /// Woken when a request starts or ends.
-    changed: tokio::sync::Notify,
+    /// Milliseconds after `base` of the last request start or end.
+    last_ms: AtomicU64,
+    base: Instant,
 }
+
+/// How often a connection whose request outlives the idle limit is looked at again.
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
 
 impl Activity {
     fn new() -> Arc<Self> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
-            last: Mutex::new(Instant::now()),
-            changed: tokio::sync::Notify::new(),
+            last_ms: AtomicU64::new(0),
+            base: Instant::now(),
         })
     }
 
     fn touch(&self) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::AcqRel);
     }
 
     fn last(&self) -> Instant {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Acquire))
     }
 
     /// Resolves when the connection has had no request in progress for `idle` (or none at
     /// all for `first`): the reason to close it.
-    async fn expired(&self, first: Duration, idle: Duration) -> &'static str {
+    async fn expired(
+        &self,
+        first: Duration,
+        idle: Duration,
+        request_timeout: Option<Duration>,
+    ) -> &'static str {
         loop {
-            // Registered before the state is read, so that no start or end is missed.
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
             let (limit, reason) = if self.served.load(Ordering::Acquire) {
                 (idle, "idle")
             } else {
                 (first, "header_timeout")
             };
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                // A request in progress is bounded by the request timeout: wait for its end.
-                changed.await;
+            let deadline = self.last() + limit;
+            if Instant::now() < deadline {
+                tokio::time::sleep_until(deadline).await;
                 continue;
             }
-            let deadline = self.last() + limit;
-            if Instant::now() >= deadline {
-                return reason;
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                // A request in progress: bounded by the request timeout (here, for the
+                // listeners whose router has none of its own), else looked at again later.
+                if let Some(t) = request_timeout {
+                    if Instant::now() >= self.last() + t {
+                        return "request_timeout";
+                    }
+                }
+                tokio::time::sleep(BUSY_RECHECK.min(limit)).await;
+                continue;
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = changed => {}
-            }
+            return reason;
         }
     }
 }
@@ -294,7 +304,6 @@ impl InFlight {
         a.served.store(true, Ordering::Release);
         a.in_flight.fetch_add(1, Ordering::AcqRel);
         a.touch();
-        a.changed.notify_waiters();
         InFlight(a.clone())
     }
 }
@@ -303,7 +312,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
     }
 }
 
@@ -340,26 +348,15 @@ pub async fn serve_connection<I, X>(
     let activity = Activity::new();
     let svc = {
         let activity = activity.clone();
-        let metrics = gate.metrics.clone();
-        let listener = limits.listener;
-        let request_timeout = limits.request_timeout;
         tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ext.clone());
+            // No timer per request: the connection's timer enforces the request timeout
+            // (Activity::expired), which keeps the OCSP path as cheap as a bare server.
             let guard = InFlight::start(&activity);
             let fut = router.clone().oneshot(req);
-            let metrics = metrics.clone();
             async move {
                 let _guard = guard;
-                match request_timeout {
-                    None => fut.await,
-                    Some(t) => match tokio::time::timeout(t, fut).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            metrics.connection_closed(listener, "request_timeout");
-                            Ok(request_timed_out())
-                        }
-                    },
-                }
+                fut.await
             }
         })
     };
@@ -377,7 +374,7 @@ pub async fn serve_connection<I, X>(
         };
         tokio::select! {
             r = conn.as_mut() => break r,
-            reason = activity.expired(limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
+            reason = activity.expired(limits.header_read_timeout, limits.idle_timeout, limits.request_timeout), if closing.is_none() => {
                 tracing::debug!(%addr, reason, "closing connection");
                 gate.metrics.connection_closed(limits.listener, reason);
                 conn.as_mut().graceful_shutdown();
@@ -402,16 +399,6 @@ pub async fn serve_connection<I, X>(
         tracing::debug!(%addr, error = %e, "connection ended with an error");
     }
     drop(ticket);
-}
-
-fn request_timed_out() -> axum::response::Response {
-    use axum::response::IntoResponse;
-    (
-        http::StatusCode::REQUEST_TIMEOUT,
-        [(http::header::CONNECTION, "close")],
-        "the request took too long\n",
-    )
-        .into_response()
 }
 
 /// Accept plain-HTTP connections on `listener` until `shutdown`, then wait (at most
