@@ -289,6 +289,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn audit_iter(&self, from: u64) -> Box<dyn Iterator<Item = Result<AuditEvent>> + Send + '_>;
     /// The stored head of the audit chain `(seq, hash)`, if there is one.
     fn audit_head(&self) -> Result<Option<(u64, String)>>;
+    /// The head and whether any event exists, read together (no append in between). The
+    /// default reads them one after the other; stores with an append lock override it.
+    fn audit_head_and_any(&self) -> Result<(Option<(u64, String)>, bool)> {
+        let head = self.audit_head()?;
+        let any = head.is_some() || self.audit_iter(1).next().is_some();
+        Ok((head, any))
+    }
     /// Keep a signed audit checkpoint (durable on return).
     fn put_audit_checkpoint(&self, cp: &Checkpoint) -> Result<()>;
     /// Checkpoints with `seq >= from_seq`, in sequence order (then time), read as consumed.
@@ -309,8 +316,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn verify_audit_log(&self, key: Option<&AuditKey>) -> Result<AuditReport> {
         // The head first: events appended while this runs (a live server) are beyond it and
         // are left for the next check.
-        let head = self.audit_head()?;
-        let limit = head.as_ref().map_or(u64::MAX, |h| h.0);
+        let (head, any) = self.audit_head_and_any()?;
+        let limit = match &head {
+            Some(h) => h.0,
+            // Events but no head: the head was removed (reported below).
+            None if any => u64::MAX,
+            // An empty log when the head was read: whatever is appended since is beyond it.
+            None => 0,
+        };
         let mut v = LogVerifier::new(key.cloned());
         let mut checkpoints = self.audit_checkpoints(0).peekable();
         let mut feed = |v: &mut LogVerifier| -> Result<()> {

@@ -778,6 +778,26 @@ impl Store for SledStore {
         }
     }
 
+    fn audit_head_and_any(&self) -> Result<(Option<(u64, String)>, bool)> {
+        // Under the append lock: an append writes its event and the head together.
+        let _lock = self.audit_head.lock().unwrap_or_else(|p| p.into_inner());
+        let head = match self
+            .meta
+            .get(META_AUDIT_HEAD)
+            .map_err(|e| Error::store("audit head", e))?
+        {
+            Some(v) => Some(dec::<(u64, String)>("audit head", &v)?),
+            None => None,
+        };
+        let any = head.is_some()
+            || self
+                .audit
+                .first()
+                .map_err(|e| Error::store("audit", e))?
+                .is_some();
+        Ok((head, any))
+    }
+
     fn put_audit_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
         let mut key = cp.seq.to_be_bytes().to_vec();
         key.extend_from_slice(&(cp.time.timestamp().max(0) as u64).to_be_bytes());
