@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Certificates per second through the HTTPS API: enrollment with one-time tokens minted before
-# the timed part, then renewal over mTLS; P-256 CSRs generated before the timed part; 16
+# the timed part, then renewal over mTLS (chains of renewals, each over a fresh mTLS connection
+# with the newest generation, as lineages require); P-256 CSRs generated before the timed part; 16
 # keep-alive connections; the dev CA (issuing and OCSP keys in SoftHSM, delegated OCSP response
 # pre-signed at issuance, durable sled store on disk, audit log). Load generator:
 # ca-server/examples/bench_api.rs (same machine; its own CPU share is reported).

@@ -2,9 +2,11 @@
 //!
 //! Untimed setup: mint one enrollment token per enrollment through the admin API, generate a
 //! fresh P-256 key and CSR for every request. Timed: `POST /v1/enroll` with those tokens over
-//! `--conns` keep-alive TLS connections (default 16), then `POST /v1/renew` over as many mTLS
-//! connections, each authenticated by one of the certificates just enrolled (a new key per
-//! renewal, as the API requires). Every answer must be `200` with a certificate for the
+//! `--conns` keep-alive TLS connections (default 16), then `POST /v1/renew` in as many
+//! renewal chains: each starts from one of the certificates just enrolled and renews the newest
+//! generation again and again, each renewal over a fresh mTLS connection authenticated by the
+//! certificate the previous one returned, with a new key (only the newest generation of a
+//! lineage may renew, as an agent does). Every answer must be `200` with a certificate for the
 //! requested name; serials must all differ.
 //!
 //! Reports per phase: certificates/s, p50/p99/max latency, errors, the generator's own CPU
@@ -313,6 +315,95 @@ async fn run_phase(
     Ok(r)
 }
 
+/// A certificate (PEM) and its private key (PKCS#8 DER).
+type Identity = (String, Vec<u8>);
+
+/// One renewal chain: the identity it starts from, then each renewal's new key (PKCS#8 DER)
+/// and request body.
+type Chain = (Identity, Vec<(Vec<u8>, Bytes)>);
+
+/// Renewal chains: each chain renews its identity once per job, over a fresh mTLS connection
+/// authenticated by the certificate the previous renewal returned.
+async fn run_renew_chains(
+    target: Arc<Target>,
+    root_pem: Vec<u8>,
+    chains: Vec<Chain>,
+    server_pid: Option<u32>,
+) -> anyhow::Result<PhaseResult> {
+    let gen0 = cpu_seconds("self");
+    let srv0 = server_pid.map(|p| cpu_seconds(&p.to_string()));
+    let busy0 = machine_busy_seconds();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for ((mut cert, mut key), jobs) in chains {
+        let (target, root_pem) = (target.clone(), root_pem.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors, mut serials) = (Vec::new(), Vec::new(), Vec::new());
+            for (new_key, body) in jobs {
+                let t0 = Instant::now();
+                let attempt = async {
+                    let chain: Vec<CertificateDer<'static>> =
+                        rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<_, _>>()?;
+                    let pk = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone()));
+                    let mut s = connect(&target, tls_config(&root_pem, Some((chain, pk)))?).await?;
+                    post(&mut s, &target, "/v1/renew", body).await
+                };
+                match attempt.await {
+                    Ok((StatusCode::OK, body)) => {
+                        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        match serde_json::from_slice::<IssuedResponse>(&body) {
+                            Ok(r) => {
+                                serials.push(r.serial.clone());
+                                cert = r.certificate;
+                                key = new_key;
+                            }
+                            Err(e) => {
+                                errors.push(format!("bad JSON answer: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    Ok((status, body)) => {
+                        errors.push(format!("{status} {}", String::from_utf8_lossy(&body)));
+                        break;
+                    }
+                    Err(e) => {
+                        errors.push(format!("connection: {e}"));
+                        break;
+                    }
+                }
+            }
+            (lat, errors, serials)
+        }));
+    }
+    let mut r = PhaseResult {
+        done: 0,
+        errors: Vec::new(),
+        secs: 0.0,
+        lat_us: Vec::new(),
+        gen_cpu: 0.0,
+        server_cpu: None,
+        machine_busy: 0.0,
+        serials: Vec::new(),
+        issued: Vec::new(),
+    };
+    for t in tasks {
+        let (lat, errors, serials) = t.await?;
+        r.lat_us.extend(lat);
+        r.errors.extend(errors);
+        r.serials.extend(serials);
+    }
+    r.secs = start.elapsed().as_secs_f64();
+    r.gen_cpu = cpu_seconds("self") - gen0;
+    r.machine_busy = machine_busy_seconds() - busy0;
+    r.server_cpu = server_pid
+        .zip(srv0)
+        .map(|(p, s0)| cpu_seconds(&p.to_string()) - s0);
+    r.done = r.lat_us.len();
+    r.lat_us.sort_unstable();
+    Ok(r)
+}
+
 fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -437,7 +528,10 @@ fn main() -> anyhow::Result<()> {
     let renew_inputs: Vec<(usize, String)> = (0..a.renew)
         .map(|j| (j % renew_conns, names[j % renew_conns].clone()))
         .collect();
-    let renew_csrs = par_map(renew_inputs, |(c, cn)| (c, key_and_csr(&cn).1));
+    let renew_csrs = par_map(renew_inputs, |(c, cn)| {
+        let (key, csr) = key_and_csr(&cn);
+        (c, key.serialize_der(), csr)
+    });
 
     // ---- Timed: enrollment.
     let enroll_jobs = Arc::new(enroll_jobs);
@@ -474,45 +568,30 @@ fn main() -> anyhow::Result<()> {
                 issued.len()
             );
         }
-        let mut configs = Vec::new();
+        // Each connection renews its own certificate again and again: every renewal is a
+        // fresh mTLS handshake with the newest generation (the one the previous renewal
+        // returned), as an agent does; only the newest generation of a lineage may renew.
+        let mut chains: Vec<Chain> = Vec::new();
         for (i, r) in issued.iter().take(renew_conns) {
-            let chain: Vec<CertificateDer<'static>> =
-                rustls_pemfile::certs(&mut r.certificate.as_bytes()).collect::<Result<_, _>>()?;
-            let key =
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(enroll_keys[*i].0.serialize_der()));
-            configs.push(tls_config(&root_pem, Some((chain, key)))?);
+            chains.push((
+                (r.certificate.clone(), enroll_keys[*i].0.serialize_der()),
+                Vec::new(),
+            ));
         }
-        let mut per_conn = vec![Vec::new(); renew_conns];
-        let jobs: Vec<Job> = renew_csrs
-            .into_iter()
-            .enumerate()
-            .map(|(j, (c, csr))| {
-                per_conn[c].push(j);
-                Job {
-                    body: serde_json::to_vec(&serde_json::json!({ "csr": csr }))
-                        .unwrap()
-                        .into(),
-                }
-            })
-            .collect();
-        let senders = rt.block_on(async {
-            let mut v = Vec::new();
-            for c in &configs {
-                v.push(connect(&target, c.clone()).await?);
-            }
-            Ok::<_, anyhow::Error>(v)
-        })?;
+        for (c, key, csr) in renew_csrs {
+            let body: Bytes = serde_json::to_vec(&serde_json::json!({ "csr": csr }))
+                .unwrap()
+                .into();
+            chains[c].1.push((key, body));
+        }
         eprintln!(
-            "renew: {} requests over {} mTLS connections",
+            "renew: {} requests over {} chains of fresh mTLS connections",
             a.renew, renew_conns
         );
-        let r = rt.block_on(run_phase(
+        let r = rt.block_on(run_renew_chains(
             target.clone(),
-            senders,
-            "/v1/renew",
-            Arc::new(jobs),
-            Some(Arc::new(per_conn)),
-            0,
+            root_pem.clone(),
+            chains,
             a.server_pid,
         ))?;
         report("renew (mTLS)", renew_conns, &r);
