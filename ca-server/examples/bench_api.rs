@@ -209,6 +209,7 @@ struct Job {
     body: Bytes,
 }
 
+#[derive(Default)]
 struct PhaseResult {
     done: usize,
     errors: Vec<String>,
@@ -219,6 +220,36 @@ struct PhaseResult {
     machine_busy: f64,
     serials: Vec<String>,
     issued: Vec<(usize, IssuedResponse)>,
+}
+
+/// The clocks a phase is measured with: wall time, the generator's and the server's CPU, and
+/// the machine's busy time.
+struct Meter {
+    start: Instant,
+    gen0: f64,
+    server: Option<(u32, f64)>,
+    busy0: f64,
+}
+
+impl Meter {
+    fn start(server_pid: Option<u32>) -> Self {
+        Meter {
+            gen0: cpu_seconds("self"),
+            server: server_pid.map(|p| (p, cpu_seconds(&p.to_string()))),
+            busy0: machine_busy_seconds(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Fill `r`'s timings and sort its latencies.
+    fn finish(self, r: &mut PhaseResult) {
+        r.secs = self.start.elapsed().as_secs_f64();
+        r.gen_cpu = cpu_seconds("self") - self.gen0;
+        r.machine_busy = machine_busy_seconds() - self.busy0;
+        r.server_cpu = self.server.map(|(p, s0)| cpu_seconds(&p.to_string()) - s0);
+        r.done = r.lat_us.len();
+        r.lat_us.sort_unstable();
+    }
 }
 
 /// Send every job over `senders` (one task per connection, each taking the next job), timed.
@@ -232,10 +263,7 @@ async fn run_phase(
     server_pid: Option<u32>,
 ) -> anyhow::Result<PhaseResult> {
     let next = Arc::new(AtomicUsize::new(0));
-    let gen0 = cpu_seconds("self");
-    let srv0 = server_pid.map(|p| cpu_seconds(&p.to_string()));
-    let busy0 = machine_busy_seconds();
-    let start = Instant::now();
+    let meter = Meter::start(server_pid);
     let mut tasks = Vec::new();
     for (ci, mut s) in senders.into_iter().enumerate() {
         let (target, jobs, next, jobs_of) =
@@ -286,17 +314,7 @@ async fn run_phase(
             (lat, errors, serials, issued)
         }));
     }
-    let mut r = PhaseResult {
-        done: 0,
-        errors: Vec::new(),
-        secs: 0.0,
-        lat_us: Vec::new(),
-        gen_cpu: 0.0,
-        server_cpu: None,
-        machine_busy: 0.0,
-        serials: Vec::new(),
-        issued: Vec::new(),
-    };
+    let mut r = PhaseResult::default();
     for t in tasks {
         let (lat, errors, serials, issued) = t.await?;
         r.lat_us.extend(lat);
@@ -304,14 +322,7 @@ async fn run_phase(
         r.serials.extend(serials);
         r.issued.extend(issued);
     }
-    r.secs = start.elapsed().as_secs_f64();
-    r.gen_cpu = cpu_seconds("self") - gen0;
-    r.machine_busy = machine_busy_seconds() - busy0;
-    r.server_cpu = server_pid
-        .zip(srv0)
-        .map(|(p, s0)| cpu_seconds(&p.to_string()) - s0);
-    r.done = r.lat_us.len();
-    r.lat_us.sort_unstable();
+    meter.finish(&mut r);
     Ok(r)
 }
 
@@ -330,10 +341,7 @@ async fn run_renew_chains(
     chains: Vec<Chain>,
     server_pid: Option<u32>,
 ) -> anyhow::Result<PhaseResult> {
-    let gen0 = cpu_seconds("self");
-    let srv0 = server_pid.map(|p| cpu_seconds(&p.to_string()));
-    let busy0 = machine_busy_seconds();
-    let start = Instant::now();
+    let meter = Meter::start(server_pid);
     let mut tasks = Vec::new();
     for ((mut cert, mut key), jobs) in chains {
         let (target, root_pem) = (target.clone(), root_pem.clone());
@@ -376,31 +384,14 @@ async fn run_renew_chains(
             (lat, errors, serials)
         }));
     }
-    let mut r = PhaseResult {
-        done: 0,
-        errors: Vec::new(),
-        secs: 0.0,
-        lat_us: Vec::new(),
-        gen_cpu: 0.0,
-        server_cpu: None,
-        machine_busy: 0.0,
-        serials: Vec::new(),
-        issued: Vec::new(),
-    };
+    let mut r = PhaseResult::default();
     for t in tasks {
         let (lat, errors, serials) = t.await?;
         r.lat_us.extend(lat);
         r.errors.extend(errors);
         r.serials.extend(serials);
     }
-    r.secs = start.elapsed().as_secs_f64();
-    r.gen_cpu = cpu_seconds("self") - gen0;
-    r.machine_busy = machine_busy_seconds() - busy0;
-    r.server_cpu = server_pid
-        .zip(srv0)
-        .map(|(p, s0)| cpu_seconds(&p.to_string()) - s0);
-    r.done = r.lat_us.len();
-    r.lat_us.sort_unstable();
+    meter.finish(&mut r);
     Ok(r)
 }
 
