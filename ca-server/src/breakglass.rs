@@ -94,7 +94,8 @@ pub async fn create(config: &Path, role: Role, name: &str, out: &Path) -> anyhow
             e.context("opening the HSM and the store named by the configuration")
         }
     })?;
-    let state = server::build_state(&parts, None)?;
+    let assembled = server::ServerBuilder::new(parts).assemble().await?;
+    let state = assembled.state.clone();
 
     let now = state.clock.now();
     let store = state.store.clone();

@@ -10,7 +10,6 @@
 
 use crate::auth::Role;
 use crate::config::{CaSection, HsmSection, Listen, OcspSection, ServerConfig};
-use crate::metrics::Metrics;
 use crate::server::{self, Running};
 use crate::service::{AppState, Request, ADMIN_PROFILE};
 use anyhow::Context;
@@ -358,18 +357,12 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
         status: status_addr,
     };
 
-    let metrics = Arc::new(Metrics::new());
-    let c = cfg.clone();
-    let parts =
-        tokio::task::spawn_blocking(move || server::parts_from_config(&c, metrics)).await??;
-    let p = parts.clone();
-    let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
-    let status_parts =
-        tokio::task::spawn_blocking(move || server::status_integration(&ocsp, &crl, &p)).await??;
-    let status_state = status_parts.state.clone();
-    let started = async {
-        let state = server::build_state(&parts, status_parts.hooks)?;
-
+    let assembled = server::ServerBuilder::from_config(&cfg)
+        .await?
+        .assemble()
+        .await?;
+    let state = assembled.state.clone();
+    let admin = async {
         let admin_dir = dir.join("admin");
         std::fs::create_dir_all(&admin_dir)?;
         let admin_cert = admin_dir.join("admin.crt");
@@ -392,26 +385,18 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
             write_atomic(&admin_key, key.as_bytes(), 0o600)?;
             write_atomic(&admin_cert, cert.as_bytes(), 0o644)?;
         }
-
-        let running = server::start(
-            state.clone(),
-            parts.tls_names.clone(),
-            api,
-            Some((status, status_parts.router)),
-        )
-        .await?;
-        anyhow::Ok((running, state, admin_cert, admin_key))
+        anyhow::Ok((admin_cert, admin_key))
     }
     .await;
-    let (mut running, state, admin_cert, admin_key) = match started {
-        Ok(s) => s,
+    let (admin_cert, admin_key) = match admin {
+        Ok(paths) => paths,
         Err(e) => {
             // The OCSP issuance signer thread must not outlive a failed start either.
-            server::close_status(status_state, status_parts.maintenance).await;
+            assembled.close().await;
             return Err(e);
         }
     };
-    running.attach_status(status_state, status_parts.maintenance);
+    let running = assembled.start(api, Some(status)).await?;
 
     let info = DevInfo {
         ca_url: format!("https://{api_addr}"),

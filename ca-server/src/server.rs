@@ -91,7 +91,7 @@ impl std::fmt::Debug for ServerParts {
 
 /// Build the CA and the shared state. `hooks` is the status listener's revocation/issuance
 /// hook (see [`status_integration`]); `None` means store-only revocation.
-pub fn build_state(
+fn build_state(
     parts: &ServerParts,
     hooks: Option<Arc<dyn StatusHooks>>,
 ) -> anyhow::Result<Arc<AppState>> {
@@ -204,7 +204,7 @@ pub fn reserved_names(parts: &ServerParts) -> anyhow::Result<ReservedNames> {
 
 /// The status listener's pieces: its router (OCSP, CRL, `/ca.crt`), its hooks and its
 /// maintenance task.
-pub struct StatusParts {
+struct StatusParts {
     /// Routes for the plain-HTTP listener (health routes are added by [`start`]).
     pub router: Router,
     /// Issuance/revocation hooks (pre-signed OCSP, CRL rebuild).
@@ -225,7 +225,7 @@ impl std::fmt::Debug for StatusParts {
 /// `ocsp.signer_key` is set, else the issuing key), CRL publisher, external OCSP responses,
 /// the root CRL, OCSP outcome metrics. Blocking (HSM, store): call it from `spawn_blocking`.
 /// Needs a tokio runtime (it spawns the maintenance task).
-pub fn status_integration(
+fn status_integration(
     ocsp: &crate::config::OcspSection,
     crl: &crate::config::CrlSection,
     parts: &ServerParts,
@@ -337,7 +337,7 @@ impl Running {
 
     /// The status listener's state and maintenance task ([`StatusParts`]): stopped, and its
     /// issuance signer thread joined, at shutdown.
-    pub fn attach_status(
+    fn attach_status(
         &mut self,
         parts_state: Option<Arc<crate::status::StatusState>>,
         maintenance: Option<JoinHandle<()>>,
@@ -414,7 +414,7 @@ impl Running {
 /// Stop the status listener's background work: the maintenance task after its pass in
 /// progress, then the OCSP issuance signer thread (joined). Shutdown, and startup failures
 /// after [`status_integration`] (its thread must not outlive the server either).
-pub async fn close_status(
+async fn close_status(
     state: Option<Arc<crate::status::StatusState>>,
     maintenance: Option<JoinHandle<()>>,
 ) {
@@ -546,7 +546,7 @@ async fn server_identity(
 }
 
 /// Start both listeners. `status` is the plain-HTTP listener and its extra routes.
-pub async fn start(
+async fn start(
     state: Arc<AppState>,
     tls_names: Vec<String>,
     api_listener: TcpListener,
@@ -878,36 +878,136 @@ pub async fn start_with_listeners(
     api: TcpListener,
     status: TcpListener,
 ) -> anyhow::Result<Running> {
-    let metrics = Arc::new(Metrics::new());
-    let owned = cfg.clone();
-    let parts = tokio::task::spawn_blocking(move || parts_from_config(&owned, metrics))
+    ServerBuilder::from_config(cfg)
+        .await?
+        .assemble()
+        .await?
+        .start(api, Some(status))
         .await
-        .context("opening the HSM and the store")??;
-    let p = parts.clone();
-    let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
-    let status_parts = tokio::task::spawn_blocking(move || status_integration(&ocsp, &crl, &p))
-        .await
-        .context("starting the status listener")??;
-    let started = match build_state(&parts, status_parts.hooks) {
-        Ok(state) => {
-            start(
-                state,
-                parts.tls_names.clone(),
-                api,
-                Some((status, status_parts.router)),
-            )
+}
+
+/// The one way a server is assembled, for `serve`, `dev`, break-glass and the tests:
+/// [`ServerParts`] (from a configuration, or built by a test), the status listener's sections
+/// when it has one, then [`ServerBuilder::assemble`] (the CA, the shared state, the OCSP
+/// responder and CRL publisher; nothing listens yet) and [`Assembled::start`].
+#[derive(Debug)]
+pub struct ServerBuilder {
+    parts: ServerParts,
+    status: Option<(crate::config::OcspSection, crate::config::CrlSection)>,
+}
+
+impl ServerBuilder {
+    /// A server made of `parts`, without a status listener until [`Self::with_status`].
+    pub fn new(parts: ServerParts) -> Self {
+        ServerBuilder {
+            parts,
+            status: None,
+        }
+    }
+
+    /// Everything a configuration names: the HSM, the store, the certificates, the status
+    /// listener's OCSP and CRL settings.
+    pub async fn from_config(cfg: &ServerConfig) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let owned = cfg.clone();
+        let parts = tokio::task::spawn_blocking(move || parts_from_config(&owned, metrics))
             .await
+            .context("opening the HSM and the store")??;
+        Ok(Self::new(parts).with_status(cfg.ocsp.clone(), cfg.crl.clone()))
+    }
+
+    /// Serve OCSP, CRLs and the issuer certificate on the status listener, with these
+    /// settings; revocations and issuances then reach the OCSP responder and the CRL.
+    pub fn with_status(
+        mut self,
+        ocsp: crate::config::OcspSection,
+        crl: crate::config::CrlSection,
+    ) -> Self {
+        self.status = Some((ocsp, crl));
+        self
+    }
+
+    /// The parts this server is made of.
+    pub fn parts(&self) -> &ServerParts {
+        &self.parts
+    }
+
+    /// The CA, the shared state and (with [`Self::with_status`]) the OCSP responder, the CRL
+    /// publisher and their maintenance task. Nothing listens yet: the caller may use the
+    /// state first (`dev` issues its administrator certificate), then [`Assembled::start`] or
+    /// [`Assembled::close`].
+    pub async fn assemble(self) -> anyhow::Result<Assembled> {
+        let status = match self.status {
+            Some((ocsp, crl)) => {
+                let p = self.parts.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || status_integration(&ocsp, &crl, &p))
+                        .await
+                        .context("starting the status listener")??,
+                )
+            }
+            None => None,
+        };
+        let hooks = status.as_ref().and_then(|s| s.hooks.clone());
+        match build_state(&self.parts, hooks) {
+            Ok(state) => Ok(Assembled {
+                state,
+                tls_names: self.parts.tls_names,
+                status,
+            }),
+            Err(e) => {
+                if let Some(s) = status {
+                    close_status(s.state, s.maintenance).await;
+                }
+                Err(e)
+            }
         }
-        Err(e) => Err(e),
-    };
-    match started {
-        Ok(mut running) => {
-            running.attach_status(status_parts.state, status_parts.maintenance);
-            Ok(running)
+    }
+}
+
+/// A server assembled by [`ServerBuilder::assemble`], not listening yet.
+#[derive(Debug)]
+pub struct Assembled {
+    /// The shared state.
+    pub state: Arc<AppState>,
+    tls_names: Vec<String>,
+    status: Option<StatusParts>,
+}
+
+impl Assembled {
+    /// Issue the server's certificate and start listening: the API on `api`, and the status
+    /// routes (when assembled with them) and the liveness routes on `status`. A failed start
+    /// stops the status listener's background work before it returns.
+    pub async fn start(
+        self,
+        api: TcpListener,
+        status: Option<TcpListener>,
+    ) -> anyhow::Result<Running> {
+        let (router, state, maintenance) = match self.status {
+            Some(s) => (s.router, s.state, s.maintenance),
+            None => (Router::new(), None, None),
+        };
+        match start(self.state, self.tls_names, api, status.map(|l| (l, router))).await {
+            Ok(mut running) => {
+                running.attach_status(state, maintenance);
+                Ok(running)
+            }
+            Err(e) => {
+                close_status(state, maintenance).await;
+                Err(e)
+            }
         }
-        Err(e) => {
-            close_status(status_parts.state, status_parts.maintenance).await;
-            Err(e)
+    }
+
+    /// Give up before [`Self::start`]: stop the status listener's background work (its OCSP
+    /// issuance signer thread must not outlive the server) and flush the store.
+    pub async fn close(self) {
+        if let Some(s) = self.status {
+            close_status(s.state, s.maintenance).await;
+        }
+        let store = self.state.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
+            tracing::error!(error = %e, "flushing the store failed");
         }
     }
 }

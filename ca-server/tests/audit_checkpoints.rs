@@ -674,11 +674,10 @@ async fn checkpoints_are_signed_periodically_and_at_shutdown() {
             interval: Duration::from_millis(300),
         }),
     };
-    let state = server::build_state(&parts, None).unwrap();
+    let assembled = server::ServerBuilder::new(parts).assemble().await.unwrap();
+    let state = assembled.state.clone();
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = server::start(state.clone(), parts.tls_names.clone(), api, None)
-        .await
-        .unwrap();
+    let running = assembled.start(api, None).await.unwrap();
     let covered = |store: &Arc<dyn Store>| {
         let head = store.audit_head().unwrap().unwrap();
         store

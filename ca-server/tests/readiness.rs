@@ -122,15 +122,13 @@ async fn run(spy: PathBuf, log: PathBuf) {
         metrics: Arc::new(Metrics::new()),
         audit: None,
     };
-    let state = server::build_state(&parts, None).unwrap();
-    let running = server::start(
-        state,
-        parts.tls_names.clone(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-    )
-    .await
-    .expect("server starts");
+    let running = server::ServerBuilder::new(parts)
+        .assemble()
+        .await
+        .unwrap()
+        .start(TcpListener::bind("127.0.0.1:0").await.unwrap(), None)
+        .await
+        .expect("server starts");
     let root = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
     let client = Arc::new(
         ApiClient::new(

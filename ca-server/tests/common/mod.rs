@@ -131,19 +131,12 @@ impl TestServer {
             ocsp.signer_cert = Some(path);
             ocsp_signer_der = Some(der);
         }
-        let (hooks, status_router, maintenance, status_state) = if opts.status {
-            let p = parts.clone();
-            let sp = tokio::task::spawn_blocking(move || {
-                server::status_integration(&ocsp, &ca_server::config::CrlSection::default(), &p)
-            })
-            .await
-            .unwrap()
-            .expect("status listener");
-            (sp.hooks, sp.router, sp.maintenance, sp.state)
-        } else {
-            (None, axum::Router::new(), None, None)
-        };
-        let state = server::build_state(&parts, hooks).expect("state");
+        let mut builder = server::ServerBuilder::new(parts);
+        if opts.status {
+            builder = builder.with_status(ocsp, ca_server::config::CrlSection::default());
+        }
+        let assembled = builder.assemble().await.expect("server assembles");
+        let state = assembled.state.clone();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let status = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mk = |role| {
@@ -163,15 +156,10 @@ impl TestServer {
         let so = mk(Role::SecurityOfficer).await;
         let operator = mk(Role::Operator).await;
         let auditor = mk(Role::Auditor).await;
-        let mut running = server::start(
-            state,
-            parts.tls_names.clone(),
-            api,
-            Some((status, status_router)),
-        )
-        .await
-        .expect("server starts");
-        running.attach_status(status_state, maintenance);
+        let running = assembled
+            .start(api, Some(status))
+            .await
+            .expect("server starts");
         let url = format!("https://{}", running.api_addr);
         let status_url = format!("http://{}", running.status_addr.unwrap());
         let root_pem = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
