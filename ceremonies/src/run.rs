@@ -3,7 +3,7 @@
 //! outputs and the signed transcript.
 //!
 //! The runner holds what every kind shares: unlocking the root token with the quorum PIN,
-//! the transcript and the outputs ([`Ctx`]); what a kind checks, shows and does lives in its
+//! the transcript and the outputs (`Ctx`); what a kind checks, shows and does lives in its
 //! module under [`crate::kind`].
 
 use crate::config::{Config, Kind};
