@@ -1,12 +1,17 @@
-//! Certificate revocation lists (RFC 5280 5), signed by the issuing key in the HSM.
+//! Certificate revocation lists (RFC 5280 5), signed by a CA key in the HSM.
 //!
-//! [`build_crl`] makes one CRL: version 2, the issuer's name, thisUpdate/nextUpdate, one entry
-//! per revoked certificate (serial, revocation date, reason code except for `unspecified`,
-//! RFC 5280 5.3.1), the authority key identifier (the issuer's subject key identifier,
-//! RFC 5280 5.2.1) and a CRL number from [`Store::next_crl_number`], so numbers only ever
-//! increase, across regenerations and restarts (RFC 5280 5.2.3). Entries are streamed from
-//! [`Store::for_each_revoked`]: memory grows with revoked entries, not with all certificates.
-//! The signature is verified before the CRL is returned (fail closed).
+//! [`issue_crl`] is the one CRL signing function, pure like Boulder's `IssueCRL`: a
+//! [`CrlRequest`] (number, thisUpdate/nextUpdate, entries, optional issuing distribution
+//! point) and the issuer certificate and key in, a signed and self-checked CRL out. It makes
+//! version 2 CRLs with the issuer's name, one entry per revoked certificate (serial,
+//! revocation date, reason code except for `unspecified`, RFC 5280 5.3.1) and the authority
+//! key identifier (the issuer's subject key identifier, RFC 5280 5.2.1). The signature is
+//! verified before the CRL is returned (fail closed). The root CRL ceremony calls it with the
+//! entries of its configuration and a number from the transcript history.
+//!
+//! [`build_crl`] feeds it from the store: the entries from [`Store::for_each_revoked`] and a
+//! number from [`Store::next_crl_number`], so numbers only ever increase, across
+//! regenerations and restarts (RFC 5280 5.2.3).
 //!
 //! [`CrlPublisher`] keeps the current CRL in memory for the status listener and rebuilds it
 //! when it is due ([`CrlPublisher::regenerate_if_due`]) and after each revocation
@@ -24,7 +29,7 @@
 
 use crate::clock::{to_offset, Clock};
 use crate::error::{Error, Result};
-use crate::revocation::RevocationReason;
+use crate::revocation::{RevocationReason, RevokedEntry};
 use crate::signer::{verify, RcgenKey, Signer};
 use crate::store::Store;
 use chrono::{DateTime, Duration, Utc};
@@ -129,6 +134,141 @@ fn subject_key_id(issuer: &Certificate) -> Option<Vec<u8>> {
     Some(ski.0.as_bytes().to_vec())
 }
 
+/// What one CRL says, assembled by its caller (Boulder's `CRLRequest`): the CRL publisher
+/// from the store, the root CRL ceremony from its configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct CrlRequest<'a> {
+    /// cRLNumber (RFC 5280 5.2.3); the caller keeps numbers increasing.
+    pub number: u64,
+    /// thisUpdate (truncated to whole seconds).
+    pub this_update: DateTime<Utc>,
+    /// nextUpdate (truncated to whole seconds); must be after thisUpdate.
+    pub next_update: DateTime<Utc>,
+    /// The revoked certificates, listed in this order.
+    pub entries: &'a [RevokedEntry],
+    /// The issuing distribution point URL (RFC 5280 5.2.5), if the CRL carries one.
+    pub distribution_point: Option<&'a str>,
+}
+
+/// The issuer certificate, checked to belong to the signing key: the part of issuing a CRL
+/// that can fail before anything is read or numbered.
+struct CrlIssuer<'a> {
+    cert_der: &'a [u8],
+    cert: Certificate,
+    spki_der: Vec<u8>,
+    signer: &'a dyn Signer,
+}
+
+impl<'a> CrlIssuer<'a> {
+    fn new(cert_der: &'a [u8], signer: &'a dyn Signer) -> Result<Self> {
+        let cert = Certificate::from_der(cert_der)
+            .map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
+        if cert
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes()
+            != signer.public_key_bits()
+        {
+            return Err(Error::Issuer(
+                "the CRL signing key is not the issuer certificate's key".into(),
+            ));
+        }
+        let spki_der = cert.tbs_certificate.subject_public_key_info.to_der()?;
+        Ok(CrlIssuer {
+            cert_der,
+            cert,
+            spki_der,
+            signer,
+        })
+    }
+
+    fn sign(&self, req: &CrlRequest<'_>) -> Result<SignedCrl> {
+        let (this_update, next_update) = update_times(req.this_update, req.next_update)?;
+        let key_identifier_method = match subject_key_id(&self.cert) {
+            Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+            None => rcgen::KeyIdMethod::Sha256,
+        };
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: to_offset(this_update),
+            next_update: to_offset(next_update),
+            // rcgen writes INTEGERs minimally (leading zeros dropped, a sign octet added).
+            crl_number: rcgen::SerialNumber::from_slice(&req.number.to_be_bytes()),
+            issuing_distribution_point: req.distribution_point.map(|url| {
+                rcgen::CrlIssuingDistributionPoint {
+                    distribution_point: rcgen::CrlDistributionPoint {
+                        uris: vec![url.to_string()],
+                    },
+                    scope: None,
+                }
+            }),
+            revoked_certs: req
+                .entries
+                .iter()
+                .map(|e| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
+                        &e.serial,
+                    )),
+                    revocation_time: to_offset(e.revoked_at),
+                    reason_code: rcgen_reason(e.reason),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method,
+        };
+        let key = RcgenKey::new(self.signer);
+        let rc_issuer = rcgen::Issuer::from_ca_cert_der(&self.cert_der.to_vec().into(), &key)
+            .map_err(|e| key.map_err(e))?;
+        let crl = params.signed_by(&rc_issuer).map_err(|e| key.map_err(e))?;
+        let der = crl.der().to_vec();
+        // Fail closed: never return a CRL whose signature the issuer key does not verify.
+        let parsed = CertificateList::from_der(&der)?;
+        let tbs = parsed.tbs_cert_list.to_der()?;
+        let sig = parsed
+            .signature
+            .as_bytes()
+            .ok_or(Error::SignatureCheckFailed)?;
+        verify(&self.spki_der, &tbs, sig)?;
+        Ok(SignedCrl {
+            der,
+            number: req.number,
+            this_update,
+            next_update,
+            entries: req.entries.len(),
+        })
+    }
+}
+
+/// thisUpdate and nextUpdate in whole seconds, nextUpdate strictly later.
+fn update_times(
+    this_update: DateTime<Utc>,
+    next_update: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let this_update = crate::clock::truncate(this_update);
+    let next_update = crate::clock::truncate(next_update);
+    if next_update <= this_update {
+        return Err(Error::Config {
+            path: "crl.next_update".into(),
+            reason: "nextUpdate must be after thisUpdate".into(),
+        });
+    }
+    Ok((this_update, next_update))
+}
+
+/// Sign the CRL `req` describes with `signer`, the key of the CA certificate
+/// `issuer_cert_der`: the one CRL signing function (Boulder's `IssueCRL`), reading no store
+/// and numbering nothing. Version 2, the issuer's name, the authority key identifier
+/// repeating the issuer's subject key identifier (RFC 5280 5.2.1), a reason code per entry
+/// except `unspecified` (RFC 5280 5.3.1). The signature is verified with the issuer
+/// certificate's key before the CRL is returned.
+pub fn issue_crl(
+    issuer_cert_der: &[u8],
+    signer: &dyn Signer,
+    req: &CrlRequest<'_>,
+) -> Result<SignedCrl> {
+    CrlIssuer::new(issuer_cert_der, signer)?.sign(req)
+}
+
 /// Build and sign a CRL of every revocation in `store`, numbered with the store's next CRL
 /// number, signed by `signer` (the key of `issuer_cert_der`), with the given validity
 /// (whole seconds). Without an issuing distribution point; see [`build_crl_with`].
@@ -149,7 +289,9 @@ pub fn build_crl(
     )
 }
 
-/// [`build_crl`] with an optional issuing distribution point URL (RFC 5280 5.2.5).
+/// [`build_crl`] with an optional issuing distribution point URL (RFC 5280 5.2.5): the
+/// store's revocations and next CRL number fed to [`issue_crl`]. The issuer and the times are
+/// checked first, so a CRL that cannot be signed consumes no CRL number.
 pub fn build_crl_with(
     store: &dyn Store,
     signer: &dyn Signer,
@@ -158,82 +300,23 @@ pub fn build_crl_with(
     next_update: DateTime<Utc>,
     distribution_point: Option<&str>,
 ) -> Result<SignedCrl> {
-    let this_update = crate::clock::truncate(this_update);
-    let next_update = crate::clock::truncate(next_update);
-    if next_update <= this_update {
-        return Err(Error::Config {
-            path: "crl.next_update".into(),
-            reason: "nextUpdate must be after thisUpdate".into(),
-        });
-    }
-    let issuer = Certificate::from_der(issuer_cert_der)
-        .map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
-    let issuer_spki = issuer.tbs_certificate.subject_public_key_info.to_der()?;
-    if issuer
-        .tbs_certificate
-        .subject_public_key_info
-        .subject_public_key
-        .raw_bytes()
-        != signer.public_key_bits()
-    {
-        return Err(Error::Issuer(
-            "the CRL signing key is not the issuer certificate's key".into(),
-        ));
-    }
-    let mut revoked = Vec::new();
+    update_times(this_update, next_update)?;
+    let issuer = CrlIssuer::new(issuer_cert_der, signer)?;
+    let mut entries = Vec::new();
     store.for_each_revoked(&mut |e| {
-        revoked.push(rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
-                &e.serial,
-            )),
-            revocation_time: to_offset(e.revoked_at),
-            reason_code: rcgen_reason(e.reason),
-            invalidity_date: None,
-        });
+        entries.push(e);
         Ok(())
     })?;
-    let entries = revoked.len();
     let number = store.next_crl_number()?;
-    let key_identifier_method = match subject_key_id(&issuer) {
-        Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
-        None => rcgen::KeyIdMethod::Sha256,
-    };
-    let params = rcgen::CertificateRevocationListParams {
-        this_update: to_offset(this_update),
-        next_update: to_offset(next_update),
-        crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
-        issuing_distribution_point: distribution_point.map(|url| {
-            rcgen::CrlIssuingDistributionPoint {
-                distribution_point: rcgen::CrlDistributionPoint {
-                    uris: vec![url.to_string()],
-                },
-                scope: None,
-            }
-        }),
-        revoked_certs: revoked,
-        key_identifier_method,
-    };
-    let key = RcgenKey::new(signer);
-    let rc_issuer = rcgen::Issuer::from_ca_cert_der(&issuer_cert_der.to_vec().into(), &key)
-        .map_err(|e| key.map_err(e))?;
-    let crl = params.signed_by(&rc_issuer).map_err(|e| key.map_err(e))?;
-    let der = crl.der().to_vec();
-    // Fail closed: never publish a CRL whose signature the issuer key does not verify.
-    let parsed = CertificateList::from_der(&der)?;
-    let tbs = parsed.tbs_cert_list.to_der()?;
-    let sig = parsed
-        .signature
-        .as_bytes()
-        .ok_or(Error::SignatureCheckFailed)?;
-    verify(&issuer_spki, &tbs, sig)?;
-    tracing::info!(number, entries, "CRL signed");
-    Ok(SignedCrl {
-        der,
+    let crl = issuer.sign(&CrlRequest {
         number,
         this_update,
         next_update,
-        entries,
-    })
+        entries: &entries,
+        distribution_point,
+    })?;
+    tracing::info!(number, entries = crl.entries, "CRL signed");
+    Ok(crl)
 }
 
 /// Keeps the current CRL and rebuilds it when due or asked. Thread-safe.
@@ -270,19 +353,7 @@ impl CrlPublisher {
         config: CrlConfig,
     ) -> Result<Self> {
         config.validate()?;
-        let issuer = Certificate::from_der(&issuer_cert_der)
-            .map_err(|e| Error::Issuer(format!("cannot parse issuer certificate: {e}")))?;
-        if issuer
-            .tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes()
-            != signer.public_key_bits()
-        {
-            return Err(Error::Issuer(
-                "the CRL signing key is not the issuer certificate's key".into(),
-            ));
-        }
+        CrlIssuer::new(&issuer_cert_der, signer.as_ref())?;
         Ok(CrlPublisher {
             store,
             signer,

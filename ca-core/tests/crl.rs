@@ -205,3 +205,73 @@ fn wrong_key_is_refused() {
         "nextUpdate must follow thisUpdate"
     );
 }
+
+/// `issue_crl` signs exactly what it is given: the number and entries of the request, none of
+/// the store's; the store-fed path and the ceremony share it.
+#[test]
+fn issue_crl_signs_the_request_and_reads_no_store() {
+    use ca_core::crl::{issue_crl, CrlRequest};
+    use ca_core::revocation::RevokedEntry;
+    let ca = TestCa::new("Test Root");
+    let now = Utc::now();
+    let at = ca_core::clock::truncate(now - Duration::hours(1));
+    let entries = [
+        RevokedEntry {
+            serial: vec![0x00, 0xff, 0x01],
+            revoked_at: at,
+            reason: RevocationReason::KeyCompromise,
+        },
+        RevokedEntry {
+            serial: vec![0x7a],
+            revoked_at: at,
+            reason: RevocationReason::Unspecified,
+        },
+    ];
+    let req = CrlRequest {
+        number: 300,
+        this_update: now,
+        next_update: now + Duration::hours(2),
+        entries: &entries,
+        distribution_point: Some("http://127.0.0.1:8080/crl"),
+    };
+    let a = issue_crl(&ca.cert_der, ca.signer.as_ref(), &req).unwrap();
+    let b = issue_crl(&ca.cert_der, ca.signer.as_ref(), &req).unwrap();
+    assert_eq!((a.number, b.number, a.entries), (300, 300, 2));
+    assert_eq!(a.this_update, ca_core::clock::truncate(now));
+    let path = ca.path("issued.der");
+    std::fs::write(&path, &a.der).unwrap();
+    let (ok, out) = run(openssl()
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&path)
+        .arg("-CAfile")
+        .arg(&ca.cert_pem)
+        .arg("-verify"));
+    assert!(ok && out.contains("verify OK"), "{out}");
+    let flat = out.replace(['\n', ' '], "");
+    assert!(flat.contains("X509v3CRLNumber:300"), "{out}");
+    assert!(out.contains("Issuing Distribution Point"), "{out}");
+    // Serials as magnitudes (the leading zero of the first one dropped).
+    assert!(
+        flat.contains("SerialNumber:FF01") && flat.contains("SerialNumber:7A"),
+        "{out}"
+    );
+    assert_eq!(out.matches("X509v3 CRL Reason Code").count(), 1, "{out}");
+    // The store was not read: its revocations are not listed, its numbering not consumed.
+    let from_store = build_crl(
+        ca.store.as_ref(),
+        ca.signer.as_ref(),
+        &ca.cert_der,
+        now,
+        now + Duration::hours(2),
+    )
+    .unwrap();
+    assert_eq!((from_store.number, from_store.entries), (1, 0));
+
+    let other = TestCa::new("Other");
+    assert!(issue_crl(&ca.cert_der, other.signer.as_ref(), &req).is_err());
+    let backwards = CrlRequest {
+        next_update: now,
+        ..req
+    };
+    assert!(issue_crl(&ca.cert_der, ca.signer.as_ref(), &backwards).is_err());
+}

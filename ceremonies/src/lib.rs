@@ -10,9 +10,11 @@
 //!
 //! - [`config`]: the strict TOML schema; [`plan`]: validation into a checked [`plan::Plan`]
 //!   before anything touches the HSM.
+//! - [`kind`]: one module per kind, each with its plan (its configuration section checked),
+//!   its steps as shown to the officers, and its execution.
 //! - [`quorum`]: Shamir shares of the PIN with integrity checks, reassembled before login.
 //! - [`history`] and [`transcript`]: the signed transcripts, verified and chained.
-//! - [`run`]: the runner (plan, confirmations, HSM steps, outputs, transcript).
+//! - [`run`]: the runner (plan, confirmations, quorum unlock, outputs, transcript).
 //! - [`dev`]: the full rehearsal behind `ceremony dev` and `ca-server dev`.
 //!
 //! ```no_run
@@ -32,6 +34,7 @@ pub mod dev;
 pub mod error;
 pub mod history;
 pub mod hsm;
+pub mod kind;
 pub mod output;
 pub mod plan;
 pub mod quorum;
