@@ -166,7 +166,10 @@ impl Signing {
 
     /// Whether `serial` (magnitude) is the delegated responder certificate's.
     pub(super) fn is_own_cert(&self, serial: &[u8]) -> bool {
-        self.key.cert_info.as_ref().is_some_and(|(s, _)| s == serial)
+        self.key
+            .cert_info
+            .as_ref()
+            .is_some_and(|(s, _)| s == serial)
     }
 
     pub(super) fn signer_cert_status(&self) -> Option<SignerCertStatus> {
