@@ -21,8 +21,8 @@
 //!
 //! # Caching headers
 //!
-//! Written out once, in [`caching`] (RFC 5019 6.2 headers on GET answers and the CRL, capped
-//! by [`StatusConfig::max_age`]; entity tags; 304).
+//! Written out once, in `status/caching.rs` (RFC 5019 6.2 headers on GET answers and the CRL,
+//! capped by [`StatusConfig::max_age`]; entity tags; 304).
 //!
 //! # Public API
 //!
