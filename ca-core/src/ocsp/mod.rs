@@ -42,18 +42,16 @@
 //! lists them. HTTP concerns (entity tags, `Cache-Control`) belong to the status server.
 
 mod build;
-mod memo;
 mod request;
 mod responder;
 mod signer_cert;
 
 pub use build::{parse_response, sign_response, ParsedResponse};
-pub use memo::MemoStats;
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
     AnswerKind, ExternalResponse, IssuanceSigningStats, IssuedTicket, LiveRequest, LoadStats,
-    Lookup, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey, SignerCertStatus,
-    TransportCache,
+    Lookup, MemoStats, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey,
+    SignerCertStatus, TransportCache,
 };
 pub use signer_cert::register_signer_cert;
 /// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.

@@ -11,9 +11,9 @@
 //!   from this cache (or the unknown cache), so a re-signing is visible at once.
 
 use super::super::build::{from_gtime, from_ocsp_status, parse_response};
-use super::super::memo::{canonical_request, Memo, MemoStats};
 use super::super::{serial_magnitude, OcspIssuer};
 use super::answer::{AnswerKind, OcspAnswer};
+use super::memo::{canonical_request, Memo, MemoStats};
 use crate::error::Result;
 use crate::store::{Store, StoredOcspResponse};
 use chrono::{DateTime, Utc};
@@ -31,7 +31,7 @@ pub(super) struct AnswerCache {
     shards: Vec<Shard>,
     sign_locks: Vec<Mutex<()>>,
     /// Request DER -> serial, for requests already decoded once (RFC 5019 clients send the
-    /// same bytes again and again). Bounded in bytes ([`super::super::memo`]).
+    /// same bytes again and again). Bounded in bytes ([`super::memo`]).
     memo: Memo,
 }
 

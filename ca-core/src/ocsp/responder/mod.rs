@@ -5,7 +5,7 @@
 //!
 //! | Part | Owns |
 //! |---|---|
-//! | `cache` | serial -> pre-signed answer (sharded), the per-serial sign locks, the request memo |
+//! | `cache` | serial -> pre-signed answer (sharded), per-serial sign locks, request memo (`memo`) |
 //! | `presign` | the issuance queue, its tickets and statistics; the `ocsp-issuance` thread runs it |
 //! | `external` | answers loaded from response files about other issuers |
 //! | `live` | the live-signing budget, the nonce policy, the cache of signed `unknown` answers |
@@ -22,6 +22,7 @@ mod external;
 mod install;
 mod key;
 mod live;
+mod memo;
 mod presign;
 mod refresh;
 
@@ -30,11 +31,11 @@ pub use config::ResponderConfig;
 pub use external::ExternalResponse;
 pub(in crate::ocsp) use key::check_delegated;
 pub use key::{ResponderKey, SignerCertStatus};
+pub use memo::MemoStats;
 pub use presign::{IssuanceSigningStats, IssuedTicket};
 pub use refresh::RefreshStats;
 
 use super::build::key_hash;
-use super::memo::MemoStats;
 use super::request::{parse_request, ParsedRequest};
 use super::{serial_magnitude, OcspIssuer};
 use crate::clock::Clock;
