@@ -159,4 +159,51 @@ mod tests {
         let t = DateTime::from_timestamp(784_111_777, 0).unwrap_or_default();
         assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
     }
+
+    #[test]
+    fn entity_tags_and_revalidation() {
+        // SHA-256 of the empty string, first 128 bits.
+        assert_eq!(ocsp_etag(b""), "\"e3b0c44298fc1c149afbf4c8996fb924\"");
+        assert_eq!(crl_etag(7), "\"crl-7\"");
+        let now = Utc::now();
+        let meta = CacheMeta::new(now, now + chrono::Duration::hours(1), crl_etag(7));
+        let mut req = HeaderMap::new();
+        assert!(!meta.not_modified(&req));
+        req.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", \"crl-7\""),
+        );
+        assert!(meta.not_modified(&req));
+        req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(meta.not_modified(&req));
+    }
+
+    #[test]
+    fn max_age_is_time_left_capped() {
+        let now = Utc::now();
+        let mut h = HeaderMap::new();
+        let cap = MaxAge::new(Duration::from_secs(60));
+        CacheMeta::new(now, now + chrono::Duration::hours(1), crl_etag(1)).apply(&mut h, &cap);
+        assert_eq!(
+            h[header::CACHE_CONTROL],
+            "max-age=60, public, no-transform, must-revalidate"
+        );
+        let soon = now + chrono::Duration::seconds(30);
+        CacheMeta::new(now, soon, crl_etag(1)).apply(&mut h, &cap);
+        let cc = h[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            cc == "max-age=30, public, no-transform, must-revalidate"
+                || cc == "max-age=29, public, no-transform, must-revalidate",
+            "{cc}"
+        );
+        CacheMeta::new(now, now, crl_etag(1)).apply(&mut h, &cap);
+        assert_eq!(
+            h[header::CACHE_CONTROL],
+            "max-age=0, public, no-transform, must-revalidate"
+        );
+        assert_eq!(h[header::ETAG], "\"crl-1\"");
+    }
 }
