@@ -19,13 +19,10 @@
 //! requests that need a live signature (unknown serials, several CertIDs, nonce echo when
 //! enabled) run on tokio's blocking pool, rate limited by the responder.
 //!
-//! # Caching headers (GET, signed responses)
+//! # Caching headers
 //!
-//! `Cache-Control: max-age=N, public, no-transform, must-revalidate` with N the time left
-//! until nextUpdate, capped by [`StatusConfig::max_age`] (default 60 s, so that HTTP caches
-//! between relying parties and the responder do not hide a revocation for long);
-//! `Last-Modified` = thisUpdate; `Expires` = nextUpdate; a strong `ETag`; `If-None-Match` is
-//! answered with 304. The CRL carries the same headers with its own thisUpdate/nextUpdate.
+//! Written out once, in `status/caching.rs` (RFC 5019 6.2 headers on GET answers and the CRL,
+//! capped by [`StatusConfig::max_age`]; entity tags; 304).
 //!
 //! # Public API
 //!
@@ -47,6 +44,8 @@
 //! status::serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
+
+mod caching;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -73,6 +72,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use caching::{
+    crl_etag, ocsp_cache_meta, CacheMeta, MaxAge, CA_CERT_CACHE_CONTROL, ROOT_CRL_CACHE_CONTROL,
+};
 
 const OCSP_RESPONSE: &str = "application/ocsp-response";
 const OCSP_REQUEST: &str = "application/ocsp-request";
@@ -544,76 +547,6 @@ fn shared_body<T: AsRef<[u8]> + Send + Sync + 'static>(v: Arc<T>) -> Body {
     Body::from(Bytes::from_owner(Shared(v)))
 }
 
-/// HTTP-date (RFC 9110 5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn http_date(t: DateTime<Utc>) -> HeaderValue {
-    HeaderValue::from_str(&t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
-}
-
-/// The fixed part of the RFC 5019 6.2 headers of one response, formatted once.
-struct CacheMeta {
-    next_update: DateTime<Utc>,
-    last_modified: HeaderValue,
-    expires: HeaderValue,
-    etag: Option<HeaderValue>,
-}
-
-impl CacheMeta {
-    fn new(this_update: DateTime<Utc>, next_update: DateTime<Utc>, etag: &str) -> Self {
-        CacheMeta {
-            next_update,
-            last_modified: http_date(this_update),
-            expires: http_date(next_update),
-            etag: HeaderValue::from_str(etag).ok(),
-        }
-    }
-
-    /// RFC 5019 6.2: `max-age` is the time left until nextUpdate, capped.
-    fn apply(&self, h: &mut HeaderMap, cap: &MaxAge) {
-        let left = u64::try_from((self.next_update - Utc::now()).num_seconds().max(0)).unwrap_or(0);
-        let cc = if left >= cap.secs {
-            cap.full.clone()
-        } else {
-            HeaderValue::from_str(&format!(
-                "max-age={left}, public, no-transform, must-revalidate"
-            ))
-            .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
-        };
-        h.insert(header::CACHE_CONTROL, cc);
-        h.insert(header::LAST_MODIFIED, self.last_modified.clone());
-        h.insert(header::EXPIRES, self.expires.clone());
-        if let Some(e) = &self.etag {
-            h.insert(header::ETAG, e.clone());
-        }
-    }
-}
-
-/// The configured `max-age` cap and its preformatted Cache-Control value.
-#[derive(Clone, Debug)]
-struct MaxAge {
-    secs: u64,
-    full: HeaderValue,
-}
-
-impl MaxAge {
-    fn new(cap: Duration) -> Self {
-        let secs = cap.as_secs();
-        let full = HeaderValue::from_str(&format!(
-            "max-age={secs}, public, no-transform, must-revalidate"
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
-        MaxAge { secs, full }
-    }
-}
-
-fn not_modified(req: &HeaderMap, etag: &str) -> bool {
-    req.get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == etag || t.trim() == "*")
-}
-
 fn ocsp_http(
     state: &StatusState,
     a: Arc<OcspAnswer>,
@@ -621,16 +554,9 @@ fn ocsp_http(
     req: &HeaderMap,
 ) -> Response {
     state.observe(&a);
-    let get_meta = match &a.kind {
-        AnswerKind::Signed {
-            this_update,
-            next_update,
-            cacheable: true,
-            ..
-        } if cacheable_get => Some((*this_update, *next_update)),
-        _ => None,
-    };
-    let not_mod = get_meta.is_some() && not_modified(req, &a.etag);
+    let mut owned = None;
+    let meta = ocsp_cache_meta(&a, cacheable_get, &mut owned);
+    let not_mod = meta.is_some_and(|m| m.not_modified(req));
     // Build the response in place: no intermediate header map to merge.
     let mut resp = if not_mod {
         Response::new(Body::empty())
@@ -645,14 +571,8 @@ fn ocsp_http(
         header::CONTENT_TYPE,
         HeaderValue::from_static(OCSP_RESPONSE),
     );
-    if let Some((this_update, next_update)) = get_meta {
-        match a
-            .transport
-            .get_or_init(|| CacheMeta::new(this_update, next_update, &a.etag))
-        {
-            Some(meta) => meta.apply(h, &state.max_age),
-            None => CacheMeta::new(this_update, next_update, &a.etag).apply(h, &state.max_age),
-        }
+    if let Some(meta) = meta {
+        meta.apply(h, &state.max_age);
     }
     resp
 }
@@ -784,9 +704,9 @@ async fn ocsp_post(
 fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Response {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PKIX_CRL));
-    let etag = format!("\"crl-{}\"", crl.number);
-    CacheMeta::new(crl.this_update, crl.next_update, &etag).apply(&mut h, cap);
-    if not_modified(req, &etag) {
+    let meta = CacheMeta::new(crl.this_update, crl.next_update, crl_etag(crl.number));
+    meta.apply(&mut h, cap);
+    if meta.not_modified(req) {
         return (StatusCode::NOT_MODIFIED, h).into_response();
     }
     (StatusCode::OK, h, shared_body(crl)).into_response()
@@ -807,7 +727,7 @@ async fn ca_cert(State(state): State<Arc<StatusState>>) -> Response {
     (
         [
             (header::CONTENT_TYPE, PKIX_CERT),
-            (header::CACHE_CONTROL, "max-age=3600, public, no-transform"),
+            (header::CACHE_CONTROL, CA_CERT_CACHE_CONTROL),
         ],
         state.ca_cert.clone(),
     )
@@ -834,7 +754,7 @@ async fn root_crl(State(state): State<Arc<StatusState>>) -> Response {
             (
                 [
                     (header::CONTENT_TYPE, PKIX_CRL),
-                    (header::CACHE_CONTROL, "max-age=300, public, no-transform"),
+                    (header::CACHE_CONTROL, ROOT_CRL_CACHE_CONTROL),
                 ],
                 der,
             )
@@ -891,11 +811,5 @@ mod tests {
             std::borrow::Cow::Borrowed(_)
         ));
         assert_eq!(percent_decode(b"%2b%2F%3d%4").as_ref(), b"+/=%4");
-    }
-
-    #[test]
-    fn http_dates_are_imf_fixdate() {
-        let t = DateTime::from_timestamp(784_111_777, 0).unwrap_or_default();
-        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
     }
 }

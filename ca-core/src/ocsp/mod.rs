@@ -32,26 +32,26 @@
 //!
 //! # Nonce policy (RFC 8954)
 //!
-//! Pre-signed responses carry no nonce: RFC 5019 2.2.1 lets a responder ignore the nonce, and
-//! clients that need freshness use `thisUpdate`/`nextUpdate`. A request whose nonce is empty or
-//! longer than 32 bytes is rejected with `malformedRequest` (RFC 8954 2.1). With
-//! [`ResponderConfig::echo_nonce`] (off by default) a request that carries a valid nonce is
-//! signed live and the nonce echoed, within the live-signing rate limit; above the limit the
-//! pre-signed response (without nonce) is returned instead.
+//! Written out once, in the module documentation of `ocsp/responder/live.rs`, beside the code
+//! that applies it (switch: [`ResponderConfig::echo_nonce`]).
+//!
+//! # Parts of the responder
+//!
+//! [`Responder`] is a facade over parts split by the state they own (answer cache, issuance
+//! presigner, external response files, live signing, refresher); `ocsp/responder/mod.rs`
+//! lists them. HTTP concerns (entity tags, `Cache-Control`) belong to the status server.
 
 mod build;
-mod memo;
 mod request;
 mod responder;
 mod signer_cert;
 
 pub use build::{parse_response, sign_response, ParsedResponse};
-pub use memo::MemoStats;
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
     AnswerKind, ExternalResponse, IssuanceSigningStats, IssuedTicket, LiveRequest, LoadStats,
-    Lookup, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey, SignerCertStatus,
-    TransportCache,
+    Lookup, MemoStats, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey,
+    SignerCertStatus, TransportCache,
 };
 pub use signer_cert::register_signer_cert;
 /// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.

@@ -1,0 +1,108 @@
+//! The one write path into the answer cache: sign, persist, serve. The presigner, the
+//! refresher and live signing all install answers through [`Installer`], a view borrowed from
+//! the responder's parts (it owns nothing).
+//!
+//! Invariant: an answer is persisted before it is served (a restart never serves less than a
+//! client has seen), except the members of a group response after the first, which `load`
+//! reconstructs from the one record ([`Persist::MemoryOnly`]).
+
+use super::super::serial_magnitude;
+use super::answer::{AnswerKind, OcspAnswer};
+use super::cache::AnswerCache;
+use super::key::Signing;
+use super::live::UnknownAnswers;
+use crate::error::{Error, Result};
+use crate::revocation::CertStatus;
+use crate::store::{CertRecord, Store, StoredOcspResponse};
+use std::sync::Arc;
+
+/// Whether a response must be durable when [`Installer::install`] returns.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Persist {
+    Durable,
+    /// Written, made durable by a later flush ([`Store::put_ocsp_response_lazy`]).
+    Lazy,
+    /// Not written: the group response stored under another serial covers it.
+    MemoryOnly,
+}
+
+/// The parts signing and installing an answer touches.
+#[derive(Clone, Copy)]
+pub(super) struct Installer<'a> {
+    pub(super) signing: &'a Signing,
+    pub(super) cache: &'a AnswerCache,
+    pub(super) unknown: &'a UnknownAnswers,
+    pub(super) store: &'a dyn Store,
+}
+
+impl Installer<'_> {
+    /// Sign, persist durably, then serve (the caller holds the serial's sign lock).
+    pub(super) fn sign_and_install(&self, serial: &[u8], status: &CertStatus) -> Result<()> {
+        let serial = serial_magnitude(serial);
+        let answer = self.signing.sign_canonical(&[serial], status)?;
+        self.install(serial, answer, Persist::Durable)
+    }
+
+    /// One response (status good) for every certificate of `recs` that has none yet; returns
+    /// how many it covered. Holds the sign locks of all their serials. Stored once, under the
+    /// first serial, without waiting for a flush.
+    pub(super) fn sign_group(&self, recs: &[&CertRecord]) -> Result<usize> {
+        let _guards = self
+            .cache
+            .sign_locks(recs.iter().map(|r| serial_magnitude(&r.serial)));
+        let mut serials: Vec<&[u8]> = Vec::with_capacity(recs.len());
+        for r in recs {
+            let serial = serial_magnitude(&r.serial);
+            if self.cache.get(serial).is_none() && !serials.contains(&serial) {
+                serials.push(serial);
+            }
+        }
+        if serials.is_empty() {
+            return Ok(0);
+        }
+        let answer = self.signing.sign_canonical(&serials, &CertStatus::Good)?;
+        for (i, serial) in serials.iter().enumerate() {
+            let persist = if i == 0 {
+                Persist::Lazy
+            } else {
+                Persist::MemoryOnly
+            };
+            self.install(serial, answer.clone(), persist)?;
+        }
+        Ok(serials.len())
+    }
+
+    /// Persist `answer` as the response for `serial` (magnitude), then serve it, and forget
+    /// any `unknown` signed for the serial before (the caller holds the serial's sign lock).
+    pub(super) fn install(
+        &self,
+        serial: &[u8],
+        answer: Arc<OcspAnswer>,
+        persist: Persist,
+    ) -> Result<()> {
+        let (this_update, next_update) = match &answer.kind {
+            AnswerKind::Signed {
+                this_update,
+                next_update,
+                ..
+            } => (*this_update, *next_update),
+            AnswerKind::Error(_) => {
+                return Err(Error::Corrupt("signed OCSP answer without validity".into()))
+            }
+        };
+        let stored = || StoredOcspResponse {
+            serial: serial.to_vec(),
+            der: answer.der.clone(),
+            this_update,
+            next_update,
+        };
+        match persist {
+            Persist::Durable => self.store.put_ocsp_response(&stored())?,
+            Persist::Lazy => self.store.put_ocsp_response_lazy(&stored())?,
+            Persist::MemoryOnly => {}
+        }
+        self.cache.insert(serial, answer);
+        self.unknown.forget(serial);
+        Ok(())
+    }
+}

@@ -1,0 +1,471 @@
+//! The pre-signed OCSP responder: one signed response per certificate, in memory, answered
+//! without touching the HSM (DESIGN "Performance shape"; RFC 5019 2.2.1).
+//!
+//! [`Responder`] is a thin facade over parts split by the state each owns:
+//!
+//! | Part | Owns |
+//! |---|---|
+//! | `cache` | serial -> pre-signed answer (sharded), per-serial sign locks, request memo (`memo`) |
+//! | `presign` | the issuance queue, its tickets and statistics; the `ocsp-issuance` thread runs it |
+//! | `external` | answers loaded from response files about other issuers |
+//! | `live` | the live-signing budget, the nonce policy, the cache of signed `unknown` answers |
+//! | `refresh` | the re-sign backlog; re-signing at revocation and before nextUpdate |
+//! | `key` | the signing key, the issuer, the responder certificate's validity and revocation |
+//!
+//! Answers are written through one path (`install`: sign, persist, serve), under the serial's
+//! sign lock. The lookup path reads the memo, the answer cache and the `unknown` cache only.
+
+mod answer;
+mod cache;
+mod config;
+mod external;
+mod install;
+mod key;
+mod live;
+mod memo;
+mod presign;
+mod refresh;
+
+pub use answer::{AnswerKind, OcspAnswer, TransportCache};
+pub use config::ResponderConfig;
+pub use external::ExternalResponse;
+pub(in crate::ocsp) use key::check_delegated;
+pub use key::{ResponderKey, SignerCertStatus};
+pub use memo::MemoStats;
+pub use presign::{IssuanceSigningStats, IssuedTicket};
+pub use refresh::RefreshStats;
+
+use super::build::key_hash;
+use super::request::{parse_request, ParsedRequest};
+use super::{serial_magnitude, OcspIssuer};
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::revocation::CertStatus;
+use crate::store::{CertRecord, Store};
+use answer::ErrorAnswers;
+use cache::AnswerCache;
+use chrono::{DateTime, Utc};
+use external::ExternalResponses;
+use install::Installer;
+use key::{Signing, PRESIGNED_ALGS};
+use live::{LiveCtx, LiveSigner};
+use presign::Presigner;
+use refresh::Refresher;
+use std::sync::Arc;
+
+/// The result of [`Responder::lookup`].
+#[derive(Debug)]
+pub enum Lookup {
+    /// Answer with this, now.
+    Ready(Arc<OcspAnswer>),
+    /// The request needs a live signature (or a store read): call [`Responder::answer_live`]
+    /// off the async executor (e.g. in `spawn_blocking`).
+    Live(LiveRequest),
+}
+
+/// A parsed request that [`Responder::lookup`] could not answer from memory.
+#[derive(Debug)]
+pub struct LiveRequest {
+    parsed: ParsedRequest,
+}
+
+/// What [`Responder::load`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Stored responses taken into memory.
+    pub loaded: usize,
+    /// Stored responses ignored (other responder key or issuer, undecodable).
+    pub discarded: usize,
+    /// Responses signed because none was stored, it was stale, or the status had changed.
+    pub signed: usize,
+}
+
+/// The OCSP responder for one issuing CA. Thread-safe; share it in an `Arc`.
+pub struct Responder {
+    signing: Signing,
+    store: Arc<dyn Store>,
+    config: ResponderConfig,
+    cache: AnswerCache,
+    presigner: Presigner,
+    external: ExternalResponses,
+    live: LiveSigner,
+    refresher: Refresher,
+    errors: ErrorAnswers,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("key", self.signing.key())
+            .field("cached", &self.len())
+            .finish()
+    }
+}
+
+fn same_status(a: &CertStatus, b: &CertStatus) -> bool {
+    match (a, b) {
+        (
+            CertStatus::Revoked { at: t1, reason: r1 },
+            CertStatus::Revoked { at: t2, reason: r2 },
+        ) => t1.timestamp() == t2.timestamp() && r1 == r2,
+        _ => a == b,
+    }
+}
+
+impl Responder {
+    /// A responder for certificates issued by `issuer_cert_der`, signing with `key`.
+    ///
+    /// Checks (fail closed): a CA key must be the issuer's key; a delegated certificate must be
+    /// signed by the issuer and carry id-kp-OCSPSigning (RFC 6960 4.2.2.2). Call [`load`] next
+    /// to fill the cache.
+    ///
+    /// [`load`]: Responder::load
+    pub fn new(
+        issuer_cert_der: &[u8],
+        key: ResponderKey,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: ResponderConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        let signing = Signing::new(
+            issuer_cert_der,
+            key,
+            clock,
+            config.validity,
+            config.refresh_before,
+        )?;
+        let responder = Responder {
+            signing,
+            store,
+            cache: AnswerCache::new(config.memo_max_bytes),
+            presigner: Presigner::new(config.issuance_batch_max),
+            external: ExternalResponses::default(),
+            live: LiveSigner::new(&config),
+            refresher: Refresher::new(config.issuance_batch_max),
+            errors: ErrorAnswers::new(),
+            config,
+        };
+        // Fail closed at start: a delegated certificate that has expired or that this CA
+        // revoked cannot sign (RFC 6960 4.2.2.2; README "Rotating the OCSP responder
+        // certificate").
+        responder
+            .signing
+            .refresh_signer_revocation(responder.store.as_ref())?;
+        responder.signing.next_update_at(responder.signing.now())?;
+        Ok(responder)
+    }
+
+    /// The write path shared by the parts that sign (see `install.rs`).
+    fn installer(&self) -> Installer<'_> {
+        Installer {
+            signing: &self.signing,
+            cache: &self.cache,
+            unknown: &self.live.unknown,
+            store: self.store.as_ref(),
+        }
+    }
+
+    /// The delegated responder certificate's state; `None` when the CA key signs.
+    pub fn signer_cert_status(&self) -> Option<SignerCertStatus> {
+        self.signing.signer_cert_status()
+    }
+
+    /// The issuer this responder answers for.
+    pub fn issuer(&self) -> &OcspIssuer {
+        self.signing.issuer()
+    }
+
+    /// The clock it signs by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        self.signing.clock()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ResponderConfig {
+        &self.config
+    }
+
+    /// Number of certificates with a response in memory.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether no response is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pre-signed response for `serial`, if one is in memory.
+    pub fn cached(&self, serial: &[u8]) -> Option<Arc<OcspAnswer>> {
+        self.cache.get(serial_magnitude(serial))
+    }
+
+    /// Fill the cache at start: take the stored responses that this key signed for this
+    /// issuer, then sign what is missing, stale (within `refresh_before` of nextUpdate) or out
+    /// of date with the store (revoked since), for every unexpired certificate. A restart
+    /// therefore signs only what changed.
+    pub fn load(&self) -> Result<LoadStats> {
+        let own_key_hash = key_hash(self.signing.key().signer().public_key_bits());
+        let (loaded, discarded) =
+            self.cache
+                .load_stored(self.store.as_ref(), self.issuer(), &own_key_hash)?;
+        let mut stats = LoadStats {
+            loaded,
+            discarded,
+            signed: 0,
+        };
+        let now = self.signing.now();
+        let mut todo = Vec::new();
+        self.store.for_each_cert(&mut |rec| {
+            if rec.not_after <= now {
+                return Ok(());
+            }
+            let status = rec.cert_status();
+            let up_to_date = self.cached(&rec.serial).is_some_and(|a| {
+                a.next_update()
+                    .is_some_and(|n| n > now && !self.signing.refresh_wanted(n, now))
+                    && a.cert_status().is_some_and(|s| same_status(s, &status))
+            });
+            if !up_to_date {
+                todo.push(rec.serial);
+            }
+            Ok(())
+        })?;
+        let inst = self.installer();
+        for serial in todo {
+            let _g = self.cache.sign_lock(serial_magnitude(&serial));
+            // Re-read under the lock: a revocation may have happened meanwhile.
+            if let Some(rec) = self.store.get_cert(&serial)? {
+                inst.sign_and_install(&rec.serial, &rec.cert_status())?;
+                stats.signed += 1;
+            }
+        }
+        tracing::info!(
+            loaded = stats.loaded,
+            discarded = stats.discarded,
+            signed = stats.signed,
+            "OCSP responder loaded"
+        );
+        Ok(stats)
+    }
+
+    /// Sign the response for a certificate just issued (status good), persist it and keep it
+    /// in memory: [`enqueue_issued`] then [`await_issued`].
+    ///
+    /// [`enqueue_issued`]: Responder::enqueue_issued
+    /// [`await_issued`]: Responder::await_issued
+    pub fn on_issued(&self, rec: &CertRecord) -> Result<()> {
+        let ticket = self.enqueue_issued(rec);
+        self.await_issued(ticket)
+    }
+
+    /// Queue a certificate just stored for its first response (status good); cheap, signs
+    /// nothing. Responses at issuance are signed in groups, one response for every
+    /// certificate queued (up to [`ResponderConfig::issuance_batch_max`]), by whoever comes
+    /// first: the issuance signer thread ([`start_issuance_signer`]), a caller of
+    /// [`await_issued`] with this ticket, or an OCSP request about one of them. Without
+    /// concurrent issuance every response covers one certificate.
+    ///
+    /// [`await_issued`]: Responder::await_issued
+    /// [`start_issuance_signer`]: Responder::start_issuance_signer
+    pub fn enqueue_issued(&self, rec: &CertRecord) -> IssuedTicket {
+        self.presigner.enqueue(rec)
+    }
+
+    /// Wait until the certificate of `ticket` has its response in memory, signing the group
+    /// it belongs to if nobody else is. A certificate that already has a response when its
+    /// group is signed (it was revoked meanwhile) keeps that response.
+    ///
+    /// A group's response is stored once, under its first serial, without waiting for a
+    /// flush; [`load`] gives it to every serial it covers, and after a crash signs again
+    /// whatever is missing.
+    ///
+    /// [`load`]: Responder::load
+    pub fn await_issued(&self, ticket: IssuedTicket) -> Result<()> {
+        self.presigner
+            .await_ticket(ticket, &self.installer(), &self.refresher)
+    }
+
+    /// Sign the next group of queued certificates, for a background signer: wait up to `idle`
+    /// for a first certificate, then up to `window` for the group to fill
+    /// ([`ResponderConfig::issuance_batch_max`]), then sign it. Failures are logged; the
+    /// certificates concerned are then signed when asked about, or by the next refresh pass.
+    pub fn sign_issued_group(&self, window: std::time::Duration, idle: std::time::Duration) {
+        self.presigner
+            .sign_next_group(window, idle, &self.installer(), &self.refresher);
+    }
+
+    /// Run [`sign_issued_group`] on a thread of its own until the responder is dropped:
+    /// certificates queued by [`enqueue_issued`] get their response within about
+    /// [`ResponderConfig::issuance_batch_window`] (plus one signature) without their issuance
+    /// waiting for it, and one response covers every certificate queued within the window
+    /// (at most [`ResponderConfig::issuance_batch_max`]).
+    ///
+    /// [`sign_issued_group`]: Responder::sign_issued_group
+    /// [`enqueue_issued`]: Responder::enqueue_issued
+    pub fn start_issuance_signer(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let window = self.config.issuance_batch_window;
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("ocsp-issuance".into())
+            .spawn(move || {
+                while let Some(r) = weak.upgrade() {
+                    r.sign_issued_group(window, std::time::Duration::from_millis(200));
+                    if r.presigner.finished() {
+                        break;
+                    }
+                }
+            })
+    }
+
+    /// Ask the issuance signer thread ([`start_issuance_signer`]) to sign what is still queued
+    /// and end; join its handle afterwards. Part of shutdown: the thread signs with the HSM,
+    /// so it must be gone before the PKCS#11 module is finalized (a thread inside
+    /// `C_SignInit` while the process runs SoftHSM's destructors dies of SIGSEGV). Anything
+    /// queued later is signed by whoever asks for it ([`await_issued`]), or at the next start.
+    ///
+    /// [`start_issuance_signer`]: Responder::start_issuance_signer
+    /// [`await_issued`]: Responder::await_issued
+    pub fn stop_issuance_signer(&self) {
+        self.presigner.stop();
+    }
+
+    /// Responses signed at issuance so far, and the certificates they covered.
+    pub fn issuance_signing_stats(&self) -> IssuanceSigningStats {
+        self.presigner.stats()
+    }
+
+    /// Re-sign the response of a certificate just revoked (`rec` as the store returned it),
+    /// persist it and serve it from now on. On failure the old response is withdrawn from
+    /// memory, so that no `good` answer outlives the revocation (fail closed: the certificate
+    /// is then answered live, or `tryLater`), and the serial goes on the re-sign backlog that
+    /// every [`refresh_due`](Self::refresh_due) pass retries until it is signed.
+    ///
+    /// Revoking the delegated responder certificate itself: its own `revoked` answer is signed
+    /// (a last signature), then the responder stops signing ([`SignerCertStatus::revoked`]).
+    pub fn on_revoked(&self, rec: &CertRecord) -> Result<()> {
+        self.refresher.on_revoked(rec, &self.installer())
+    }
+
+    /// Serials whose response could not be signed at issuance or re-signed after a status
+    /// change (see [`on_revoked`](Self::on_revoked)), waiting for the next refresh pass.
+    pub fn resign_backlog(&self) -> usize {
+        self.refresher.len()
+    }
+
+    /// If `serial` is on the re-sign backlog, re-sign it now from the store's record (a
+    /// repeated revocation after an HSM failure repairs its OCSP answer at once). `None` if it
+    /// is not on the backlog.
+    pub fn retry_resign(&self, serial: &[u8]) -> Option<Result<()>> {
+        self.refresher.retry_resign(serial, &self.installer())
+    }
+
+    /// Sign what is on the re-sign backlog (issuances and status changes the HSM failed to
+    /// sign), then every response within `refresh_before` of its nextUpdate, with the status
+    /// the store holds now; drop responses of expired certificates once they are stale;
+    /// re-read external response files that changed. Call it periodically (e.g. every
+    /// minute).
+    ///
+    /// While the delegated responder certificate cannot sign (expired, revoked) nothing is
+    /// signed: one error per pass, pre-signed responses run out at their nextUpdate (never
+    /// after the certificate's notAfter), and requests needing a new signature get
+    /// `tryLater`.
+    pub fn refresh_due(&self) -> Result<RefreshStats> {
+        self.refresher
+            .refresh_due(&self.installer(), &self.external)
+    }
+
+    /// Answer from memory: the pre-signed response, a cached `unknown`, a loaded external
+    /// response, or a precomputed error. Performs no HSM operation and no I/O. Returns
+    /// [`Lookup::Live`] when a signature is needed (see [`answer_live`]).
+    ///
+    /// [`answer_live`]: Responder::answer_live
+    pub fn lookup(&self, request_der: &[u8]) -> Lookup {
+        // Fast path: bytes seen before map to a serial without decoding them again.
+        let now = self.signing.now();
+        if let Some(a) = self
+            .cache
+            .memo_lookup(request_der, |serial| self.presigned(serial, now))
+        {
+            return Lookup::Ready(a);
+        }
+        let parsed = match parse_request(request_der, self.config.max_certs_per_request) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed OCSP request");
+                return Lookup::Ready(self.errors.malformed.clone());
+            }
+        };
+        let [rc] = parsed.certs.as_slice() else {
+            // Several CertIDs: one signature over all of them (RFC 6960 4.2.2.3).
+            return Lookup::Live(LiveRequest { parsed });
+        };
+        let Some(alg) = self.issuer().matches(&rc.cert_id) else {
+            let a = self.external.answer(rc, self.signing.now());
+            return Lookup::Ready(a.unwrap_or_else(|| self.errors.unauthorized.clone()));
+        };
+        if self.live.nonce_to_echo(&parsed).is_some() {
+            return Lookup::Live(LiveRequest { parsed });
+        }
+        if PRESIGNED_ALGS.contains(&alg) {
+            if let Some(a) = self.presigned(&rc.serial, self.signing.now()) {
+                // Memoised only for a certificate answered from memory.
+                self.cache.memoise(request_der, &rc.cert_id, &rc.serial);
+                return Lookup::Ready(a);
+            }
+        }
+        Lookup::Live(LiveRequest { parsed })
+    }
+
+    /// A fresh pre-signed answer (or cached `unknown`) for a serial (magnitude).
+    #[inline]
+    fn presigned(&self, serial: &[u8], now: DateTime<Utc>) -> Option<Arc<OcspAnswer>> {
+        self.cache
+            .get_fresh(serial, now)
+            .or_else(|| self.live.unknown.get_fresh(serial, now))
+    }
+
+    /// Sizes of the request memo (entries, bytes, bound, evictions).
+    pub fn memo_stats(&self) -> MemoStats {
+        self.cache.memo_stats()
+    }
+
+    /// Answer a request that needs a signature or a store read. Blocking (HSM, store): call it
+    /// off the async executor. Live signatures are rate limited
+    /// ([`ResponderConfig::live_signing_rate`]); what happens over the limit, and to nonces,
+    /// is written out in `ocsp/responder/live.rs`.
+    pub fn answer_live(&self, live: LiveRequest) -> Arc<OcspAnswer> {
+        let cx = LiveCtx {
+            inst: self.installer(),
+            presigner: &self.presigner,
+            backlog: &self.refresher,
+            errors: &self.errors,
+        };
+        self.live.answer(&live.parsed, &cx)
+    }
+
+    /// Answer a request completely (blocking when a live signature is needed).
+    pub fn respond(&self, request_der: &[u8]) -> Arc<OcspAnswer> {
+        match self.lookup(request_der) {
+            Lookup::Ready(a) => a,
+            Lookup::Live(l) => self.answer_live(l),
+        }
+    }
+
+    /// The precomputed `malformedRequest` response (for transport-level errors such as a bad
+    /// base64 path or an oversized body).
+    pub fn malformed_request(&self) -> Arc<OcspAnswer> {
+        self.errors.malformed.clone()
+    }
+
+    /// Serve a response loaded from a file for the CertIDs it contains (another issuer's
+    /// certificates: normally the intermediate, signed by the root). The file is read and its
+    /// signature checked now (fail closed), and re-read by [`refresh_due`] when it changes.
+    /// Returns the number of CertIDs it answers.
+    ///
+    /// [`refresh_due`]: Responder::refresh_due
+    pub fn add_external(&self, source: ExternalResponse) -> Result<usize> {
+        self.external.add(source, self.signing.now())
+    }
+}
