@@ -158,7 +158,8 @@ pub use ca_core::x509::random_serial;
 /// ([`ca_core::x509::key_id_method`]). The authorityKeyIdentifier of what that certificate
 /// signs repeats it.
 pub fn key_identifier(spki_der: &[u8]) -> Result<rcgen::KeyIdMethod, Error> {
-    ca_core::x509::key_id_method(spki_der).map_err(Error::core("deriving the subject key identifier"))
+    ca_core::x509::key_id_method(spki_der)
+        .map_err(Error::core("deriving the subject key identifier"))
 }
 
 /// Authority information access (RFC 5280 4.2.2.1), which rcgen cannot encode.
