@@ -5,7 +5,6 @@ use crate::error::{Error, Result};
 use crate::keys::PrivateKey;
 use ca_core::profile::San;
 use chrono::{DateTime, Utc};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
@@ -202,19 +201,16 @@ pub fn normalize_serial(hex: &str) -> String {
 
 /// Every CERTIFICATE block of a PEM text, as DER.
 pub fn pem_certs(pem: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
-    CertificateDer::pem_slice_iter(pem)
-        .map(|r| r.map(|c| c.to_vec()))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::CertParse {
-            what: what.to_string(),
-            reason: format!("bad PEM: {e}"),
-        })
+    ca_core::x509::pem_decode_all(pem, "CERTIFICATE").map_err(|e| Error::CertParse {
+        what: what.to_string(),
+        reason: format!("bad PEM: {e}"),
+    })
 }
 
 /// PEM-encode DER certificates.
 pub fn certs_pem(ders: &[Vec<u8>]) -> String {
     ders.iter()
-        .map(|d| ca_core::issuance::pem("CERTIFICATE", d))
+        .map(|d| ca_core::x509::pem_encode("CERTIFICATE", d))
         .collect()
 }
 

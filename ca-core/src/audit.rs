@@ -167,28 +167,19 @@ impl AuditKey {
 
     /// From a PEM `PUBLIC KEY` (what the key ceremony and the server write for auditors).
     pub fn from_pem(pem: &str) -> Result<Self> {
-        use base64::Engine;
-        let body: String = pem
-            .lines()
-            .skip_while(|l| l.trim() != "-----BEGIN PUBLIC KEY-----")
-            .skip(1)
-            .take_while(|l| l.trim() != "-----END PUBLIC KEY-----")
-            .map(str::trim)
-            .collect();
-        if body.is_empty() {
-            return Err(Error::Corrupt(
-                "no PEM PUBLIC KEY block in the audit public key".into(),
-            ));
-        }
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .map_err(|e| Error::Corrupt(format!("audit public key PEM: {e}")))?;
+        let der = crate::x509::pem_decode_all(pem.as_bytes(), "PUBLIC KEY")
+            .map_err(|e| Error::Corrupt(format!("audit public key PEM: {e}")))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Error::Corrupt("no PEM PUBLIC KEY block in the audit public key".into())
+            })?;
         Self::from_spki_der(&der)
     }
 
     /// The PEM form (`PUBLIC KEY`).
     pub fn to_pem(&self) -> String {
-        crate::issuance::pem("PUBLIC KEY", &self.spki)
+        crate::x509::pem_encode("PUBLIC KEY", &self.spki)
     }
 
     /// The DER SubjectPublicKeyInfo.

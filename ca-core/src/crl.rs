@@ -30,8 +30,9 @@
 use crate::clock::{to_offset, Clock};
 use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
-use crate::signer::{verify, RcgenKey, Signer};
+use crate::signer::{verify, Signer};
 use crate::store::Store;
+use crate::x509::RcgenKey;
 use chrono::{DateTime, Duration, Utc};
 use der::{Decode, Encode};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -133,6 +133,9 @@ pub enum Error {
     /// DER encoding or decoding failed.
     #[error("DER error: {0}")]
     Der(#[from] der::Error),
+    /// A PEM text was refused (crate::x509's parser).
+    #[error("PEM: {0}")]
+    Pem(#[from] crate::x509::PemError),
     /// The store failed.
     #[error("store error during {op}: {source}")]
     Store {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::profile::{KeyUsage, Profile, Profiles, San};
 use crate::signer::{self, KeyAlgorithm, PublicKey, Signer};
 use crate::store::{CertRecord, IdentityBinding, RecordStatus, Requester, Store, TokenRecord};
+use crate::x509::{self, RcgenKey};
 use chrono::{DateTime, Utc};
 use der::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,7 @@ pub struct Ca {
     signer: Arc<dyn Signer>,
     /// rcgen's view of the issuer (subject DN, key identifier, key usages) with the HSM key,
     /// parsed from `cert_der` once instead of at every issuance.
-    issuer: rcgen::Issuer<'static, IssuerKey>,
+    issuer: rcgen::Issuer<'static, RcgenKey<'static>>,
     cert_der: Vec<u8>,
     chain: Vec<Vec<u8>>,
     not_before: DateTime<Utc>,
@@ -83,18 +84,6 @@ impl std::fmt::Debug for Ca {
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
-}
-
-fn x509_time(t: x509_cert::time::Time) -> DateTime<Utc> {
-    let secs = t.to_unix_duration().as_secs() as i64;
-    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
-}
-
-/// Validity window of a DER certificate.
-pub fn validity(cert_der: &[u8]) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
-    let cert = x509_cert::Certificate::from_der(cert_der)?;
-    let v = &cert.tbs_certificate.validity;
-    Ok((x509_time(v.not_before), x509_time(v.not_after)))
 }
 
 impl Ca {
@@ -138,10 +127,12 @@ impl Ca {
                 ));
             }
         }
-        let (not_before, not_after) = validity(&cert_der)?;
-        let issuer =
-            rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), IssuerKey(signer.clone()))
-                .map_err(|e| Error::Issuer(format!("rcgen cannot use it as an issuer: {e}")))?;
+        let (not_before, not_after) = x509::validity(&cert_der)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &cert_der.as_slice().into(),
+            RcgenKey::shared(signer.clone()),
+        )
+        .map_err(|e| Error::Issuer(format!("rcgen cannot use it as an issuer: {e}")))?;
         Ok(Ca {
             signer,
             issuer,
@@ -314,13 +305,12 @@ impl Ca {
         let (common_name, sans) = self.vet_names(profile, common_name, sans)?;
 
         let now = self.clock.now();
-        if now >= self.not_after {
-            return Err(Error::IssuerExpired {
-                not_after: self.not_after,
-            });
-        }
-        let not_before = (now - profile.backdate.0).max(self.not_before);
-        let not_after = (now + profile.validity.0).min(self.not_after);
+        let (not_before, not_after) = x509::issuance_window(
+            now,
+            profile.backdate.0,
+            profile.validity.0,
+            (self.not_before, self.not_after),
+        )?;
 
         let mut params = rcgen::CertificateParams::default();
         params.not_before = to_offset(not_before);
@@ -346,8 +336,7 @@ impl Ca {
         // RFC 5280 4.2.1.1: AKI in every certificate issued by a CA; SKI per 4.2.1.2, derived
         // from the public key as RFC 7093 2 method 1 describes.
         params.use_authority_key_identifier_extension = true;
-        params.key_identifier_method =
-            rcgen::KeyIdMethod::PreSpecified(key_identifier(csr.public_key.spki_der())?);
+        params.key_identifier_method = x509::key_id_method(csr.public_key.spki_der())?;
         if let Some(crl) = &self.urls.crl {
             params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
                 uris: vec![crl.clone()],
@@ -684,77 +673,9 @@ impl std::fmt::Debug for Prepared<'_> {
     }
 }
 
-/// The key identifier of a public key (`spki_der`: a DER SubjectPublicKeyInfo): the leftmost
-/// 160 bits of the SHA-256 hash of the subjectPublicKey BIT STRING value, without tag, length
-/// and unused-bits octet (RFC 7093 2, method 1). RFC 5280 4.2.1.2 accepts any method that
-/// yields unique values; this is one that other CAs and linters recognise (rcgen's default
-/// hashes the whole SubjectPublicKeyInfo, which matches no published method).
-pub fn key_identifier(spki_der: &[u8]) -> Result<Vec<u8>> {
-    use sha2::Digest;
-    let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der)?;
-    let digest = sha2::Sha256::digest(spki.subject_public_key.raw_bytes());
-    Ok(digest[..20].to_vec())
-}
-
-/// The HSM issuing key as rcgen's signing key, owned by the cached [`rcgen::Issuer`].
-///
-/// rcgen's `RemoteKeyError` carries no detail, so the HSM error of a failed signature is kept
-/// aside for [`IssuerKey::map_err`]. rcgen signs on the caller's thread and the key is shared
-/// by concurrent issuances, so the error is kept per thread.
-struct IssuerKey(Arc<dyn Signer>);
-
-thread_local! {
-    static LAST_SIGN_ERROR: std::cell::RefCell<Option<Error>> = const { std::cell::RefCell::new(None) };
-}
-
-impl IssuerKey {
-    /// Map an rcgen error to ours, recovering the HSM error if this thread's signature failed.
-    fn map_err(e: rcgen::Error) -> Error {
-        if let rcgen::Error::RemoteKeyError = e {
-            if let Some(inner) = LAST_SIGN_ERROR.with(|l| l.borrow_mut().take()) {
-                return inner;
-            }
-        }
-        Error::Build(e)
-    }
-}
-
-impl rcgen::PublicKeyData for IssuerKey {
-    fn der_bytes(&self) -> &[u8] {
-        self.0.public_key_bits()
-    }
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.0.algorithm().rcgen()
-    }
-}
-
-impl rcgen::SigningKey for IssuerKey {
-    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
-        self.0.sign(msg).map_err(|e| {
-            tracing::error!(error = %e, "HSM signing failed");
-            LAST_SIGN_ERROR.with(|l| *l.borrow_mut() = Some(e));
-            rcgen::Error::RemoteKeyError
-        })
-    }
-}
-
 /// How many fresh serials to try when one collides (a collision of 127 random bits means the
 /// CSPRNG is broken; fail closed rather than loop).
 const SERIAL_ATTEMPTS: usize = 3;
-
-/// A fresh serial: 16 bytes from the OS CSPRNG, positive (RFC 5280 4.1.2.2), first byte
-/// non-zero so the DER INTEGER is exactly 16 bytes.
-pub fn random_serial() -> Vec<u8> {
-    use rand::RngCore;
-    let mut s = [0u8; 16];
-    loop {
-        rand::rngs::OsRng.fill_bytes(&mut s);
-        s[0] &= 0x7f;
-        if s[0] != 0 {
-            return s.to_vec();
-        }
-    }
-}
 
 impl Prepared<'_> {
     /// The identity the certificate will carry.
@@ -770,12 +691,12 @@ impl Prepared<'_> {
             // Uniqueness is checked by the store's insert (a compare-and-swap on the serial),
             // not by a lookup first: a collision of 127 random bits costs one wasted signature
             // and a retry, and never happens; the lookup cost a store read on every issuance.
-            let serial = random_serial();
+            let serial = x509::random_serial();
             self.params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
             let cert = self
                 .params
                 .signed_by(&self.public_key, &ca.issuer)
-                .map_err(IssuerKey::map_err)?;
+                .map_err(|e| ca.issuer.key().map_err(e))?;
             let der = cert.der().to_vec();
             self.check_signed(&der, &serial)?;
             let lineage = self
@@ -920,18 +841,21 @@ pub struct Issued {
 impl Issued {
     /// The certificate as PEM.
     pub fn cert_pem(&self) -> String {
-        pem("CERTIFICATE", &self.record.der)
+        x509::pem_encode("CERTIFICATE", &self.record.der)
     }
     /// The chain as concatenated PEM (issuing CA first).
     pub fn chain_pem(&self) -> String {
-        self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect()
+        self.chain
+            .iter()
+            .map(|c| x509::pem_encode("CERTIFICATE", c))
+            .collect()
     }
 }
 
-/// PEM-encode DER with a label.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    der::pem::encode_string(label, der::pem::LineEnding::LF, der).unwrap_or_default()
-}
+// Former homes of helpers that live in `crate::x509` now, kept as paths until every caller
+// (hsm-sim's TestPki, the CRL module) imports them from there. No logic here.
+#[doc(hidden)]
+pub use crate::x509::{key_identifier, pem_encode as pem, random_serial};
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,8 @@
 //!   stores it.
 //! - [`store`]: the [`store::Store`] trait and its sled implementation.
 //! - [`audit`]: hash-chained audit events.
+//! - [`x509`]: serial numbers, PEM, key identifiers, validity windows, and the rcgen adapter
+//!   for [`signer::Signer`].
 //!
 //! ```no_run
 //! use ca_core::signer::pkcs11::{HsmConfig, PinSource};
@@ -35,5 +37,6 @@ pub mod profile;
 pub mod revocation;
 pub mod signer;
 pub mod store;
+pub mod x509;
 
 pub use error::{Error, Result};

@@ -71,9 +71,9 @@ fn mutated_csrs_never_panic_and_never_pass_with_a_broken_signature() {
 #[test]
 fn pem_input_is_accepted_and_wrong_pem_label_refused() {
     let good = sample_csr();
-    let pem = ca_core::issuance::pem("CERTIFICATE REQUEST", &good);
+    let pem = ca_core::x509::pem_encode("CERTIFICATE REQUEST", &good);
     assert!(csr::parse_pem_or_der(pem.as_bytes()).is_ok());
-    let wrong = ca_core::issuance::pem("CERTIFICATE", &good);
+    let wrong = ca_core::x509::pem_encode("CERTIFICATE", &good);
     assert!(
         matches!(csr::parse_pem_or_der(wrong.as_bytes()), Err(Error::MalformedCsr(m)) if m.contains("label"))
     );

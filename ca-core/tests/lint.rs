@@ -11,8 +11,9 @@
 //! tests fail and say how to install it. `LINT_OUT=DIR` keeps the artifacts in `DIR`.
 
 use ca_core::csr;
-use ca_core::issuance::{pem, IssueContext, IssuerUrls};
+use ca_core::issuance::{IssueContext, IssuerUrls};
 use ca_core::signer::KeyAlgorithm;
+use ca_core::x509::pem_encode;
 use hsm_sim::pki::{test_profiles, TestPki};
 use hsm_sim::pkilint::{self, Check};
 use std::path::{Path, PathBuf};
@@ -260,10 +261,13 @@ fn issue_and_check(
         Arc::new(ca_core::clock::SystemClock),
     )
     .unwrap();
-    let root = out.write("root.pem", pem("CERTIFICATE", &pki.root_der).as_bytes());
+    let root = out.write(
+        "root.pem",
+        pem_encode("CERTIFICATE", &pki.root_der).as_bytes(),
+    );
     let issuing = out.write(
         "issuing.pem",
-        pem("CERTIFICATE", &pki.issuing_der).as_bytes(),
+        pem_encode("CERTIFICATE", &pki.issuing_der).as_bytes(),
     );
     let mut checks = vec![
         Check::certificate(format!("{alg} test root"), &root),
@@ -577,7 +581,7 @@ fn crls_have_no_pkilint_findings() {
         // Beside the CRLs, so that pyca/cryptography also verifies their signatures.
         out.write(
             "issuing.pem",
-            pem("CERTIFICATE", &pki.issuing_der).as_bytes(),
+            pem_encode("CERTIFICATE", &pki.issuing_der).as_bytes(),
         );
         for (name, crl) in [("empty", &empty), ("revoked", &full), ("idp", &idp)] {
             let path = out.write(&format!("{name}.crl"), &crl.der);
@@ -616,10 +620,13 @@ fn ocsp_responses_have_no_pkilint_findings() {
         .unwrap();
         let (good, good_pem) = leaf_for_revocation(&pki, &out, "good");
         let (rsigner, rcert) = pki.ocsp_responder("ocsp", alg).unwrap();
-        let rcert_path = out.write("ocsp-responder.pem", pem("CERTIFICATE", &rcert).as_bytes());
+        let rcert_path = out.write(
+            "ocsp-responder.pem",
+            pem_encode("CERTIFICATE", &rcert).as_bytes(),
+        );
         let issuing = out.write(
             "issuing.pem",
-            pem("CERTIFICATE", &pki.issuing_der).as_bytes(),
+            pem_encode("CERTIFICATE", &pki.issuing_der).as_bytes(),
         );
         checks.push(Check::certificate(
             format!("{alg} delegated OCSP responder certificate"),
@@ -633,7 +640,7 @@ fn ocsp_responses_have_no_pkilint_findings() {
         let now = chrono::Utc::now();
         let at = ca_core::clock::truncate(now - chrono::Duration::minutes(5));
         let next = now + chrono::Duration::hours(24);
-        let unknown_serial = ca_core::issuance::random_serial();
+        let unknown_serial = ca_core::x509::random_serial();
         let answers: [(&str, CertStatus); 4] = [
             ("good", CertStatus::Good),
             (

@@ -635,7 +635,7 @@ fn csr_extension_requests_are_ignored_or_refused_by_meaning() {
             .find(|e| e.oid.to_id_string() == "2.5.29.14")
             .unwrap();
         assert!(ski.value.ends_with(
-            &ca_core::issuance::key_identifier(cert.tbs_certificate.subject_pki.raw).unwrap()
+            &ca_core::x509::key_identifier(cert.tbs_certificate.subject_pki.raw).unwrap()
         ));
     }
     for (what, ext, oid) in [

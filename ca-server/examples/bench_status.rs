@@ -29,8 +29,9 @@ use ca_core::crl::CrlConfig;
 use ca_core::ocsp::x509_ocsp::{OcspRequest, Request, TbsRequest};
 use ca_core::ocsp::{HashAlg, OcspIssuer, ResponderConfig, ResponderKey};
 use ca_core::revocation::RevocationReason;
-use ca_core::signer::{KeyAlgorithm, RcgenKey};
+use ca_core::signer::KeyAlgorithm;
 use ca_core::store::{CertRecord, RecordStatus, Requester, SledStore, Store};
+use ca_core::x509::{pem_encode, random_serial, RcgenKey};
 use ca_server::status::{StatusConfig, StatusSetup, StatusState};
 use chrono::{Duration, Utc};
 use der::Encode;
@@ -43,25 +44,6 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let body: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        body.join("\n")
-    )
-}
-
-fn serial() -> Vec<u8> {
-    let mut s: [u8; 16] = rand::random();
-    s[0] = (s[0] & 0x7f) | 0x01;
-    s.to_vec()
-}
 
 fn openssl_time(t: chrono::DateTime<Utc>) -> String {
     t.format("%y%m%d%H%M%SZ").to_string()
@@ -200,11 +182,11 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     ];
     ca_params.not_before = to_offset(now - Duration::days(1));
     ca_params.not_after = to_offset(now + Duration::days(365));
-    ca_params.serial_number = Some(SerialNumber::from_slice(&serial()));
+    ca_params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
     let ca_key = RcgenKey::new(ca_signer.as_ref());
     let ca_der = ca_params.self_signed(&ca_key)?.der().to_vec();
     let issuer = Issuer::from_ca_cert_der(&ca_der.clone().into(), &ca_key)?;
-    std::fs::write(dir.join("ca.pem"), pem("CERTIFICATE", &ca_der))?;
+    std::fs::write(dir.join("ca.pem"), pem_encode("CERTIFICATE", &ca_der))?;
 
     // Delegated responders: ours (key in the HSM), OpenSSL's (software key, it needs a file).
     let responder_params = |cn: &str| -> anyhow::Result<CertificateParams> {
@@ -218,7 +200,7 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
         )];
         p.not_before = to_offset(now - Duration::hours(1));
         p.not_after = to_offset(now + Duration::days(30));
-        p.serial_number = Some(SerialNumber::from_slice(&serial()));
+        p.serial_number = Some(SerialNumber::from_slice(&random_serial()));
         Ok(p)
     };
     let ours_der = responder_params("Bench OCSP responder")?
@@ -232,7 +214,7 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
         .to_vec();
     std::fs::write(
         dir.join("openssl-responder.pem"),
-        pem("CERTIFICATE", &openssl_der),
+        pem_encode("CERTIFICATE", &openssl_der),
     )?;
     std::fs::write(
         dir.join("openssl-responder.key"),
@@ -245,7 +227,7 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     let mut index = String::new();
     let (mut good, mut revoked) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let s = serial();
+        let s = random_serial();
         let mut p = CertificateParams::new(vec![format!("host{i}.bench")])?;
         p.distinguished_name
             .push(DnType::CommonName, format!("host{i}"));
@@ -320,7 +302,7 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
         .take(60)
         .map(|s| ("good", s.clone()))
         .chain(revoked.iter().take(20).map(|s| ("revoked", s.clone())))
-        .chain((0..20).map(|_| ("unknown", serial())));
+        .chain((0..20).map(|_| ("unknown", random_serial())));
     for (i, (kind, s)) in mix.enumerate() {
         let req = OcspRequest {
             tbs_request: TbsRequest {

@@ -20,8 +20,8 @@ use crate::server;
 use crate::service::{Request, ADMIN_PROFILE};
 use anyhow::Context;
 use ca_core::audit::NewAuditEvent;
-use ca_core::issuance::pem;
 use ca_core::store::IdentityBinding;
+use ca_core::x509::pem_encode;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -155,7 +155,11 @@ pub async fn create(config: &Path, role: Role, name: &str, out: &Path) -> anyhow
         .map_err(|e| anyhow::anyhow!("issuing the administrator certificate: {e}"))?;
     let rec = &outcome.issued.record;
     crate::dev::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    crate::dev::write_atomic(&cert_path, pem("CERTIFICATE", &rec.der).as_bytes(), 0o600)?;
+    crate::dev::write_atomic(
+        &cert_path,
+        pem_encode("CERTIFICATE", &rec.der).as_bytes(),
+        0o600,
+    )?;
     tracing::warn!(serial = %rec.serial_hex(), role = role.name(), %actor,
         "break-glass administrator certificate issued");
     Ok(Minted {

@@ -13,10 +13,11 @@ use crate::config::{CaSection, HsmSection, Listen, OcspSection, ServerConfig};
 use crate::server::{self, Running};
 use crate::service::{AppState, Request, ADMIN_PROFILE};
 use anyhow::Context;
-use ca_core::issuance::{pem, IssuerUrls};
+use ca_core::issuance::IssuerUrls;
 use ca_core::profile::{ExtKeyUsage, NamePolicy, Profile, Profiles};
 use ca_core::signer::pkcs11::PinSource;
 use ca_core::store::IdentityBinding;
+use ca_core::x509::pem_encode;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -267,7 +268,7 @@ pub async fn issue_admin_cert(
             ),
         )
         .await;
-    Ok((pem("CERTIFICATE", &rec.der), key.serialize_pem()))
+    Ok((pem_encode("CERTIFICATE", &rec.der), key.serialize_pem()))
 }
 
 /// Run `ca-server dev` until SIGINT/SIGTERM.

@@ -759,9 +759,7 @@ fn handshake_failed(state: &Arc<AppState>, addr: SocketAddr, e: &std::io::Error)
 /// Read PEM certificates from a file.
 pub fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut data.as_slice())
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<Vec<_>, _>>()
+    let certs = ca_core::x509::pem_decode_all(&data, "CERTIFICATE")
         .with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
     if certs.is_empty() {
         anyhow::bail!("{} holds no PEM certificate", path.display());

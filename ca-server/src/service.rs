@@ -9,11 +9,12 @@ use crate::ratelimit::RateLimits;
 use ca_core::audit::NewAuditEvent;
 use ca_core::clock::Clock;
 use ca_core::csr::CsrRequest;
-use ca_core::issuance::{pem, Ca, IssueContext, Issued};
+use ca_core::issuance::{Ca, IssueContext, Issued};
 use ca_core::profile::{KeyUsage, NamePolicy, Profile, Profiles, Span};
 use ca_core::revocation::RevocationReason;
 use ca_core::signer::pkcs11::{HsmHealth, Token};
 use ca_core::store::{CertRecord, IdentityBinding, LineageLock, Store, TokenRecord};
+use ca_core::x509::pem_encode;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -335,7 +336,7 @@ impl AppState {
         self.ca
             .full_chain()
             .iter()
-            .map(|c| pem("CERTIFICATE", c))
+            .map(|c| pem_encode("CERTIFICATE", c))
             .collect()
     }
 

@@ -35,7 +35,7 @@ fn der_of(pem: &str) -> Vec<u8> {
 }
 
 fn pem_csr(der: &[u8]) -> String {
-    ca_core::issuance::pem("CERTIFICATE REQUEST", der)
+    ca_core::x509::pem_encode("CERTIFICATE REQUEST", der)
 }
 
 fn openssl_csr(args: &[&str]) -> String {

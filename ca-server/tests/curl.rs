@@ -517,7 +517,7 @@ async fn ocsp_and_crl_follow_issuance_and_revocation() {
     let f = Files { dir: srv.tmp() };
     let issuer = f.write(
         "issuing.pem",
-        ca_core::issuance::pem("CERTIFICATE", &srv.pki.issuing_der),
+        ca_core::x509::pem_encode("CERTIFICATE", &srv.pki.issuing_der),
     );
     let root = f.write("root.pem", &srv.root_pem);
     let token = srv.token("ocsp.test", &[], "client").await;

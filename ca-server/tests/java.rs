@@ -6,11 +6,13 @@
 
 use ca_core::clock::SystemClock;
 use ca_core::crl::CrlConfig;
-use ca_core::issuance::{pem, IssuerUrls};
+use ca_core::issuance::IssuerUrls;
 use ca_core::ocsp::{ResponderConfig, ResponderKey};
 use ca_core::revocation::RevocationReason;
-use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
+use ca_core::signer::{KeyAlgorithm, Signer};
 use ca_core::store::CertRecord;
+use ca_core::x509::pem_encode;
+use ca_core::x509::RcgenKey;
 use ca_server::status::{StatusConfig, StatusSetup, StatusState};
 use chrono::Utc;
 use hsm_sim::pki::{test_profiles, TestPki};
@@ -57,8 +59,8 @@ fn chain_file(pki: &TestPki, name: &str, leaf: &[u8]) -> PathBuf {
         &path,
         format!(
             "{}{}",
-            pem("CERTIFICATE", leaf),
-            pem("CERTIFICATE", &pki.issuing_der)
+            pem_encode("CERTIFICATE", leaf),
+            pem_encode("CERTIFICATE", &pki.issuing_der)
         ),
     )
     .unwrap();
@@ -71,7 +73,7 @@ fn unrecorded(pki: &TestPki, urls: &IssuerUrls) -> PathBuf {
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["ghost.test".to_string()]).unwrap();
     params.serial_number = Some(rcgen::SerialNumber::from_slice(
-        &ca_core::issuance::random_serial(),
+        &ca_core::x509::random_serial(),
     ));
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];

@@ -459,7 +459,7 @@ async fn ocsp_status(srv: &TestServer, serial: &str) -> String {
     let issuer = dir.join("issuer.pem");
     std::fs::write(
         &issuer,
-        ca_core::issuance::pem("CERTIFICATE", &srv.pki.issuing_der),
+        ca_core::x509::pem_encode("CERTIFICATE", &srv.pki.issuing_der),
     )
     .unwrap();
     let url = format!("{}/ocsp", srv.status_url);

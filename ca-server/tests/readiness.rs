@@ -129,7 +129,7 @@ async fn run(spy: PathBuf, log: PathBuf) {
         .start(TcpListener::bind("127.0.0.1:0").await.unwrap(), None)
         .await
         .expect("server starts");
-    let root = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
+    let root = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
     let client = Arc::new(
         ApiClient::new(
             &format!("https://{}", running.api_addr),

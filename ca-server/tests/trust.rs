@@ -12,9 +12,10 @@
 
 mod common;
 
-use ca_core::issuance::{pem, IssueContext};
+use ca_core::issuance::IssueContext;
 use ca_core::profile::{NamePolicy, Profile};
 use ca_core::store::{IdentityBinding, Store, TokenRecord};
+use ca_core::x509::pem_encode;
 use ca_server::api::types::*;
 use common::{csr, Identity, Options, TestServer};
 use std::path::{Path, PathBuf};
@@ -341,7 +342,7 @@ async fn the_server_certificate_carries_the_mark() {
     let rec = srv
         .pki
         .store
-        .get_cert(&hex::decode(common::serial_of(&pem("CERTIFICATE", &served))).unwrap())
+        .get_cert(&hex::decode(common::serial_of(&pem_encode("CERTIFICATE", &served))).unwrap())
         .unwrap()
         .unwrap();
     assert_eq!(rec.profile, "_server-tls");
@@ -741,7 +742,7 @@ async fn csrs_from_keytool_and_openssl_enroll() {
             .find(|e| e.oid.to_id_string() == "2.5.29.14")
             .unwrap();
         assert!(ski.value.ends_with(
-            &ca_core::issuance::key_identifier(cert.tbs_certificate.subject_pki.raw).unwrap()
+            &ca_core::x509::key_identifier(cert.tbs_certificate.subject_pki.raw).unwrap()
         ));
         // Subject attributes other than the CN are not copied.
         assert_eq!(cert.subject().to_string(), format!("CN={name}"), "{tool}");

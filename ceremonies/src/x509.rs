@@ -1,5 +1,6 @@
-//! Certificate plumbing: reading input certificates and keys, names, serials, the extensions
-//! rcgen cannot encode (x509-cert), and the check of every signature after signing.
+//! Certificate plumbing for the ceremonies: reading input certificates and keys from files,
+//! names, the extensions rcgen cannot encode (x509-cert), and the check of every signature
+//! after signing. Serials, PEM, key identifiers and validity come from [`ca_core::x509`].
 
 use crate::config::Subject;
 use crate::error::Error;
@@ -54,25 +55,9 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// Decode one PEM block with the given label.
+/// The first PEM block of a file, which must carry `label` (chain files are not inputs here).
 fn pem_block(what: &'static str, path: &Path, bytes: &[u8], label: &str) -> Result<Vec<u8>, Error> {
-    let bad = input(what, path);
-    let text = std::str::from_utf8(bytes).map_err(|_| bad("not a PEM text file".into()))?;
-    // The first block only: chain files are not inputs here.
-    let start = text
-        .find("-----BEGIN ")
-        .ok_or_else(|| bad(format!("no PEM block (expected {label})")))?;
-    let end_marker = format!("-----END {label}-----");
-    let end = text[start..]
-        .find(&end_marker)
-        .map(|i| start + i + end_marker.len())
-        .ok_or_else(|| bad(format!("no complete {label} PEM block")))?;
-    let (found, der) = der::pem::decode_vec(&text.as_bytes()[start..end])
-        .map_err(|e| bad(format!("bad PEM: {e}")))?;
-    if found != label {
-        return Err(bad(format!("PEM block is {found}, expected {label}")));
-    }
-    Ok(der)
+    ca_core::x509::pem_decode(bytes, label).map_err(|e| input(what, path)(e.to_string()))
 }
 
 /// Parse a certificate's DER into [`CertInfo`].
@@ -81,10 +66,7 @@ pub fn cert_info(what: &'static str, path: &Path, der: Vec<u8>) -> Result<CertIn
     let cert = x509_cert::Certificate::from_der(&der)
         .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
     let tbs = &cert.tbs_certificate;
-    let time = |t: x509_cert::time::Time| {
-        DateTime::from_timestamp(t.to_unix_duration().as_secs() as i64, 0)
-            .ok_or_else(|| bad("validity out of range".into()))
-    };
+    let time = |t| ca_core::x509::time(t).map_err(|_| bad("validity out of range".into()));
     let ski = tbs
         .get::<SubjectKeyIdentifier>()
         .map_err(|e| bad(format!("bad subjectKeyIdentifier: {e}")))?
@@ -134,20 +116,10 @@ pub fn read_public_key_pem(what: &'static str, path: &Path) -> Result<PublicKey,
     PublicKey::from_spki(&der).map_err(|e| input(what, path)(e.to_string()))
 }
 
-/// PEM text for DER.
+/// PEM text for DER ([`ca_core::x509::pem_encode`], which cannot fail; the `Result` keeps the
+/// ceremony steps' `?` chains uniform).
 pub fn pem(label: &'static str, der: &[u8]) -> Result<String, Error> {
-    der::pem::encode_string(label, der::pem::LineEnding::LF, der).map_err(|e| Error::Der {
-        what: label_what(label),
-        source: e.into(),
-    })
-}
-
-fn label_what(label: &str) -> &'static str {
-    match label {
-        "CERTIFICATE" => "certificate",
-        "PUBLIC KEY" => "public key",
-        _ => "PEM block",
-    }
+    Ok(ca_core::x509::pem_encode(label, der))
 }
 
 /// The rcgen distinguished name for a configured subject.
@@ -179,20 +151,14 @@ pub fn distinguished_name(s: &Subject) -> Result<rcgen::DistinguishedName, Error
     Ok(dn)
 }
 
-/// A random positive 16-byte serial number (RFC 5280 4.1.2.2: positive, at most 20 octets;
-/// CA/B Forum style 64+ bits of CSPRNG output).
-pub fn random_serial() -> Vec<u8> {
-    let mut b: [u8; 16] = rand::random();
-    b[0] = (b[0] & 0x7f) | 0x40;
-    b.to_vec()
-}
+/// The CA's one serial rule ([`ca_core::x509::random_serial`]), for every ceremony certificate.
+pub use ca_core::x509::random_serial;
 
-/// The subject key identifier method for a certificate of the key `spki_der` (RFC 5280
-/// 4.2.1.2; RFC 7093 2 method 1, see [`ca_core::issuance::key_identifier`]). The
-/// authorityKeyIdentifier of what that certificate signs repeats it.
+/// The subject key identifier method for a certificate of the key `spki_der`
+/// ([`ca_core::x509::key_id_method`]). The authorityKeyIdentifier of what that certificate
+/// signs repeats it.
 pub fn key_identifier(spki_der: &[u8]) -> Result<rcgen::KeyIdMethod, Error> {
-    ca_core::issuance::key_identifier(spki_der)
-        .map(rcgen::KeyIdMethod::PreSpecified)
+    ca_core::x509::key_id_method(spki_der)
         .map_err(Error::core("deriving the subject key identifier"))
 }
 
@@ -249,21 +215,6 @@ pub fn check_certificate(what: &'static str, der: &[u8], issuer_spki: &[u8]) -> 
     let cert = x509_cert::Certificate::from_der(der).map_err(Error::der(what))?;
     let tbs = cert.tbs_certificate.to_der().map_err(Error::der(what))?;
     let sig = cert.signature.as_bytes().ok_or_else(|| Error::SelfCheck {
-        what,
-        reason: "signature has unused bits".into(),
-    })?;
-    verify(issuer_spki, &tbs, sig).map_err(|e| Error::SelfCheck {
-        what,
-        reason: e.to_string(),
-    })
-}
-
-/// Check a freshly signed CRL the same way.
-pub fn check_crl(der: &[u8], issuer_spki: &[u8]) -> Result<(), Error> {
-    let what = "root CRL";
-    let crl = x509_cert::crl::CertificateList::from_der(der).map_err(Error::der(what))?;
-    let tbs = crl.tbs_cert_list.to_der().map_err(Error::der(what))?;
-    let sig = crl.signature.as_bytes().ok_or_else(|| Error::SelfCheck {
         what,
         reason: "signature has unused bits".into(),
     })?;

@@ -6,7 +6,8 @@
 mod common;
 
 use ca_core::signer::pkcs11::{HsmConfig, PinSource};
-use ca_core::signer::{RcgenKey, Signer};
+use ca_core::signer::Signer;
+use ca_core::x509::RcgenKey;
 use ceremonies::dev::{rehearse, DevOptions};
 use common::openssl_ok;
 use std::os::unix::fs::PermissionsExt;

@@ -1022,8 +1022,9 @@ pub mod pki {
     use ca_core::issuance::{pem, Ca, IssuerUrls};
     use ca_core::profile::{ExtKeyUsage, NamePolicy, Profile, Profiles};
     use ca_core::signer::pkcs11::Pkcs11Signer;
-    use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
+    use ca_core::signer::{KeyAlgorithm, Signer};
     use ca_core::store::{SledStore, Store};
+    use ca_core::x509::RcgenKey;
     use std::path::PathBuf;
     use std::sync::Arc;
 

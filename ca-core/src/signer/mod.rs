@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
 
 /// Key algorithms the CA can hold and the agent can request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -280,57 +279,6 @@ pub trait Signer: Send + Sync + fmt::Debug {
     /// Sign `msg` (the whole to-be-signed data; hashing happens inside) and return the
     /// signature in its X.509 encoding (DER ECDSA-Sig-Value for ECDSA).
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>>;
-}
-
-/// Adapter that lets rcgen sign with a [`Signer`], keeping the HSM's error (rcgen's
-/// `RemoteKeyError` carries none).
-pub struct RcgenKey<'a> {
-    signer: &'a dyn Signer,
-    last_error: Mutex<Option<Error>>,
-}
-
-impl<'a> RcgenKey<'a> {
-    /// Wrap a signer.
-    pub fn new(signer: &'a dyn Signer) -> Self {
-        RcgenKey {
-            signer,
-            last_error: Mutex::new(None),
-        }
-    }
-
-    /// Map an rcgen error to ours, recovering the HSM error if the signer failed.
-    pub fn map_err(&self, e: rcgen::Error) -> Error {
-        if let rcgen::Error::RemoteKeyError = e {
-            if let Some(inner) = self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
-                return inner;
-            }
-        }
-        Error::Build(e)
-    }
-}
-
-impl rcgen::PublicKeyData for RcgenKey<'_> {
-    fn der_bytes(&self) -> &[u8] {
-        self.signer.public_key_bits()
-    }
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.signer.algorithm().rcgen()
-    }
-}
-
-impl rcgen::SigningKey for RcgenKey<'_> {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.signer.sign(msg).map_err(|e| {
-            tracing::error!(error = %e, "HSM signing failed");
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            rcgen::Error::RemoteKeyError
-        })
-    }
 }
 
 /// A public key taken from a SubjectPublicKeyInfo, for rcgen to put into a certificate.

@@ -126,7 +126,7 @@ impl TestServer {
                 .ocsp_responder_valid_for("ocsp-signer", KeyAlgorithm::P256, valid_for)
                 .unwrap();
             let path = pki.dir.path().join("ocsp-signer.pem");
-            std::fs::write(&path, ca_core::issuance::pem("CERTIFICATE", &der)).unwrap();
+            std::fs::write(&path, ca_core::x509::pem_encode("CERTIFICATE", &der)).unwrap();
             ocsp.signer_key = Some("ocsp-signer".into());
             ocsp.signer_cert = Some(path);
             ocsp_signer_der = Some(der);
@@ -162,7 +162,7 @@ impl TestServer {
             .expect("server starts");
         let url = format!("https://{}", running.api_addr);
         let status_url = format!("http://{}", running.status_addr.unwrap());
-        let root_pem = ca_core::issuance::pem("CERTIFICATE", &pki.root_der);
+        let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
         TestServer {
             pki,
             running: Some(running),

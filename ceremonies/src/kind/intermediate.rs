@@ -10,7 +10,8 @@ use crate::plan::{TokenRef, V};
 use crate::run::{Authority, Ctx, Unlock};
 use crate::x509::{self, read_public_key_pem, CertInfo};
 use ca_core::clock::to_offset;
-use ca_core::signer::{sha256_hex, PublicKey, RcgenKey};
+use ca_core::signer::{sha256_hex, PublicKey};
+use ca_core::x509::RcgenKey;
 use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 

@@ -22,7 +22,7 @@ use crate::history::History;
 use crate::plan::{TokenRef, V};
 use crate::run::{Authority, Ctx, Unlock};
 use ca_core::signer::pkcs11::PinSource;
-use ca_core::signer::RcgenKey;
+use ca_core::x509::RcgenKey;
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
 use std::path::PathBuf;

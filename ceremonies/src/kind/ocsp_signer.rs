@@ -11,7 +11,8 @@ use crate::run::{Authority, Ctx};
 use crate::x509::{self, CertInfo};
 use ca_core::clock::to_offset;
 use ca_core::signer::pkcs11::PinSource;
-use ca_core::signer::{sha256_hex, KeyAlgorithm, PublicKey, RcgenKey, Signer};
+use ca_core::signer::{sha256_hex, KeyAlgorithm, PublicKey, Signer};
+use ca_core::x509::RcgenKey;
 use chrono::{DateTime, Duration, Utc};
 use std::path::PathBuf;
 

@@ -12,7 +12,8 @@ use crate::run::{Authority, Ctx};
 use crate::x509;
 use ca_core::clock::to_offset;
 use ca_core::signer::pkcs11::PinSource;
-use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
+use ca_core::signer::{KeyAlgorithm, Signer};
+use ca_core::x509::RcgenKey;
 use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 
