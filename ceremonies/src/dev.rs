@@ -173,6 +173,12 @@ fn write_config(
     Ok(path)
 }
 
+fn rehearsal_hsm(e: hsm_sim::Error) -> Error {
+    Error::RehearsalHsm {
+        source: Box::new(e),
+    }
+}
+
 /// Run the complete rehearsal in `out` (created if needed; must be empty).
 pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
     let base = opts.status_base_url.trim_end_matches('/');
@@ -212,7 +218,7 @@ pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
     })?;
 
     let hsm_dir = out.join("hsm");
-    let root = hsm_sim::provision(&hsm_dir, ROOT_TOKEN, None, None)?;
+    let root = hsm_sim::provision(&hsm_dir, ROOT_TOKEN, None, None).map_err(rehearsal_hsm)?;
     let tokens_here = std::fs::read_dir(hsm_dir.join("tokens"))
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -225,7 +231,7 @@ pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
                 .into(),
         });
     }
-    let online = hsm_sim::add_token(&hsm_dir, ONLINE_TOKEN, None, None)?;
+    let online = hsm_sim::add_token(&hsm_dir, ONLINE_TOKEN, None, None).map_err(rehearsal_hsm)?;
     tracing::info!(dir = %out.display(), "rehearsal HSM provisioned");
 
     let mut last = None;

@@ -13,7 +13,8 @@
 //! - [`quorum`]: Shamir shares of the PIN with integrity checks, reassembled before login.
 //! - [`history`] and [`transcript`]: the signed transcripts, verified and chained.
 //! - [`run`]: the runner (plan, confirmations, HSM steps, outputs, transcript).
-//! - [`dev`]: the full rehearsal behind `ceremony dev` and `ca-server dev`.
+//! - `dev` (cargo feature `dev`, on by default): the full rehearsal behind `ceremony dev` and
+//!   `ca-server dev`, on throwaway SoftHSM tokens provisioned by `hsm-sim`.
 //!
 //! ```no_run
 //! use ceremonies::run::{run, Console, Outcome, RunOptions};
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 pub mod history;

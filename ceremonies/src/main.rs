@@ -44,6 +44,7 @@ enum Cmd {
     },
     /// Complete rehearsal on throwaway SoftHSM tokens in DIR (no prompts): root, issuing key,
     /// intermediate, OCSP signer, root CRL, intermediate OCSP response.
+    #[cfg(feature = "dev")]
     Dev {
         /// Output directory (created; must be empty).
         #[arg(long)]
@@ -115,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        #[cfg(feature = "dev")]
         Cmd::Dev {
             out,
             algorithm,
