@@ -642,29 +642,41 @@ GeneralNameUriSyntaxValidator @ certificate.tbsCertificate.extensions.1.extnValu
     }
 }
 
-/// A throwaway two-level PKI for tests: a root and an issuing CA whose keys live in a fresh
-/// SoftHSM token, plus a sled store in a temporary directory and a ready [`ca_core::issuance::Ca`].
+/// A throwaway two-level PKI for tests, made by the ceremony library: the root, key and
+/// intermediate example ceremonies ([`ceremonies::dev::run_steps`], the code behind
+/// `ceremony dev` and `ca-server dev`) run as rehearsals on two fresh SoftHSM tokens, plus a
+/// sled store in a temporary directory and a ready [`ca_core::issuance::Ca`].
 pub mod pki {
-    use ca_core::clock::{to_offset, Clock, SystemClock};
+    use super::{ck, Error};
+    use ca_core::clock::{Clock, SystemClock};
     use ca_core::issuance::{pem, Ca, IssuerUrls};
     use ca_core::profile::{ExtKeyUsage, NamePolicy, Profile, Profiles};
-    use ca_core::signer::pkcs11::Pkcs11Signer;
-    use ca_core::signer::{KeyAlgorithm, RcgenKey, Signer};
+    use ca_core::signer::pkcs11::{open_module, Pkcs11Signer};
+    use ca_core::signer::KeyAlgorithm;
     use ca_core::store::{SledStore, Store};
+    use ceremonies::dev::{run_steps, DevOptions, RehearsalTokens, Step};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
     use hsm_sim::TestToken;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    /// Label of the root key in the test token.
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// Label of the root key in the root token.
     pub const ROOT_KEY: &str = "root-ca";
-    /// Label of the issuing key in the test token.
-    pub const ISSUING_KEY: &str = "issuing-ca";
+    /// Label of the issuing key in the test (online) token.
+    pub const ISSUING_KEY: &str = ceremonies::dev::ISSUING_KEY;
 
     /// The test PKI.
     pub struct TestPki {
-        /// The token (dropped last).
+        /// The online token: the issuing key and OCSP responder keys.
         pub token: TestToken,
-        /// Temporary directory holding the store and PEM files.
+        /// The root token: the root key (its user PIN is the token's again after the
+        /// ceremonies, which set a quorum PIN).
+        pub root_token: TestToken,
+        /// Temporary directory holding the store and PEM files; the ceremonies' outputs and
+        /// transcripts are in `pki/` inside.
         pub dir: tempfile::TempDir,
         /// Root certificate (DER).
         pub root_der: Vec<u8>,
@@ -678,6 +690,7 @@ pub mod pki {
         pub store: Arc<SledStore>,
         /// The issuing CA.
         pub ca: Ca,
+        tokens: RehearsalTokens,
     }
 
     /// Profiles for tests: `client` (clientAuth), `server` (serverAuth), `mtls` (both); all
@@ -709,9 +722,52 @@ pub mod pki {
         )
     }
 
+    fn subject(common_name: &str) -> toml::Value {
+        let mut t = toml::Table::new();
+        t.insert("common_name".into(), common_name.into());
+        t.insert("organization".into(), "hsm-sim".into());
+        toml::Value::Table(t)
+    }
+
+    /// An explicit validity from an hour before `now` until `until` (whole seconds).
+    fn validity(
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> toml::Value {
+        let time = |t: chrono::DateTime<chrono::Utc>| {
+            toml::Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        };
+        let mut t = toml::Table::new();
+        t.insert("not_before".into(), time(now - chrono::Duration::hours(1)));
+        t.insert("not_after".into(), time(until));
+        toml::Value::Table(t)
+    }
+
+    /// Set the user PIN of `token` back to the one it was made with, as its security officer
+    /// (the root ceremony replaced it by the quorum PIN).
+    fn restore_user_pin(token: &TestToken) -> Result<(), Error> {
+        let ctx = open_module(&token.module)?;
+        let slot = token.hsm_config().open()?.slot()?;
+        let session = ctx.open_rw_session(slot).map_err(ck("open session"))?;
+        session
+            .login(
+                UserType::So,
+                Some(&AuthPin::from(token.so_pin().to_string())),
+            )
+            .map_err(ck("SO login"))?;
+        session
+            .init_pin(&AuthPin::from(token.pin().to_string()))
+            .map_err(ck("C_InitPIN"))?;
+        session.logout().map_err(ck("logout"))
+    }
+
+    fn read_pem_cert(path: &Path) -> Result<Vec<u8>, BoxError> {
+        Ok(ceremonies::x509::read_cert_pem("certificate", path)?.der)
+    }
+
     impl TestPki {
         /// Root and issuing keys of `alg`, default profiles, URLs under `http://127.0.0.1:8080`.
-        pub fn new(alg: KeyAlgorithm) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        pub fn new(alg: KeyAlgorithm) -> Result<Self, BoxError> {
             Self::with(
                 alg,
                 test_profiles(),
@@ -720,76 +776,62 @@ pub mod pki {
             )
         }
 
-        /// Full control over profiles, URLs and clock.
+        /// Full control over profiles, URLs and clock (the ceremonies run at the clock's time;
+        /// the root is valid for 10 years and the issuing CA for one, both from an hour ago).
         pub fn with(
             alg: KeyAlgorithm,
             profiles: Profiles,
             urls: IssuerUrls,
             clock: Arc<dyn Clock>,
-        ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        ) -> Result<Self, BoxError> {
             let token = TestToken::new()?;
-            let hsm = token.hsm_config().open()?;
-            hsm.generate_key(ROOT_KEY, alg)?;
-            hsm.generate_key(ISSUING_KEY, alg)?;
-            let root_signer = Arc::new(hsm.signer(ROOT_KEY)?);
-            let issuing_signer = Arc::new(hsm.signer(ISSUING_KEY)?);
-            let now = clock.now();
-
-            let mut root_params = rcgen::CertificateParams::default();
-            root_params.distinguished_name = rcgen::DistinguishedName::new();
-            root_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "hsm-sim Test Root CA");
-            root_params
-                .distinguished_name
-                .push(rcgen::DnType::OrganizationName, "hsm-sim");
-            root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            root_params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::CrlSign,
-            ];
-            root_params.not_before = to_offset(now - chrono::Duration::hours(1));
-            root_params.not_after = to_offset(now + chrono::Duration::days(3650));
-            root_params.serial_number = Some(rcgen::SerialNumber::from_slice(
-                &ca_core::issuance::random_serial(),
-            ));
-            root_params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
-                ca_core::issuance::key_identifier(root_signer.spki_der())?,
-            );
-            let root_key = RcgenKey::new(root_signer.as_ref() as &dyn Signer);
-            let root_cert = root_params.self_signed(&root_key)?;
-            let root_der = root_cert.der().to_vec();
-
-            let mut int_params = rcgen::CertificateParams::default();
-            int_params.distinguished_name = rcgen::DistinguishedName::new();
-            int_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "hsm-sim Test Issuing CA");
-            int_params
-                .distinguished_name
-                .push(rcgen::DnType::OrganizationName, "hsm-sim");
-            int_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-            int_params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::CrlSign,
-                rcgen::KeyUsagePurpose::DigitalSignature,
-            ];
-            int_params.not_before = to_offset(now - chrono::Duration::hours(1));
-            int_params.not_after = to_offset(now + chrono::Duration::days(365));
-            int_params.use_authority_key_identifier_extension = true;
-            int_params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
-                ca_core::issuance::key_identifier(issuing_signer.spki_der())?,
-            );
-            int_params.serial_number = Some(rcgen::SerialNumber::from_slice(
-                &ca_core::issuance::random_serial(),
-            ));
-            let root_issuer =
-                rcgen::Issuer::from_ca_cert_der(&root_der.as_slice().into(), &root_key)?;
-            let int_key = RcgenKey::new(issuing_signer.as_ref() as &dyn Signer);
-            let int_cert = int_params.signed_by(&int_key, &root_issuer)?;
-            let issuing_der = int_cert.der().to_vec();
-
+            let root_token = TestToken::new()?;
             let dir = tempfile::tempdir()?;
+            let out = dir.path().join("pki");
+            let secrets = dir.path().join("hsm");
+            std::fs::create_dir_all(&out)?;
+            std::fs::create_dir_all(&secrets)?;
+            let tokens = RehearsalTokens {
+                module: token.module.clone(),
+                root_token: root_token.label.clone(),
+                root_so_pin_file: secrets.join("root.so.pin"),
+                online_token: token.label.clone(),
+                online_pin_file: secrets.join("online.pin"),
+            };
+            hsm_sim::write_secret(&tokens.root_so_pin_file, root_token.so_pin())?;
+            token.write_pin_file(&tokens.online_pin_file)?;
+            let opts = DevOptions {
+                algorithm: alg,
+                ..DevOptions::default()
+            };
+            let now = clock.now();
+            let steps = [
+                Step::example("root.toml")
+                    .set(&["root", "subject"], subject("hsm-sim Test Root CA"))
+                    .set(
+                        &["root", "validity"],
+                        validity(now, now + chrono::Duration::days(3650)),
+                    ),
+                Step::example("key.toml")
+                    .unset(&["key", "audit_key_label"])
+                    .unset(&["key", "audit_public_key"]),
+                Step::example("intermediate.toml")
+                    .set(
+                        &["intermediate", "subject"],
+                        subject("hsm-sim Test Issuing CA"),
+                    )
+                    .set(
+                        &["intermediate", "validity"],
+                        validity(now, now + chrono::Duration::days(365)),
+                    ),
+            ];
+            run_steps(&out, &tokens, &opts, &steps, clock.as_ref())?;
+            restore_user_pin(&root_token)?;
+            let root_der = read_pem_cert(&out.join("root.pem"))?;
+            let issuing_der = read_pem_cert(&out.join("intermediate.pem"))?;
+            let root_signer = Arc::new(root_token.hsm_config().open()?.signer(ROOT_KEY)?);
+            let issuing_signer = Arc::new(token.hsm_config().open()?.signer(ISSUING_KEY)?);
+
             std::fs::write(dir.path().join("root.pem"), pem("CERTIFICATE", &root_der))?;
             std::fs::write(
                 dir.path().join("issuing.pem"),
@@ -815,6 +857,7 @@ pub mod pki {
             )?;
             Ok(TestPki {
                 token,
+                root_token,
                 dir,
                 root_der,
                 issuing_der,
@@ -822,6 +865,7 @@ pub mod pki {
                 issuing_signer,
                 store,
                 ca,
+                tokens,
             })
         }
 
@@ -857,16 +901,16 @@ pub mod pki {
             Ok((issued, kp))
         }
 
-        /// A delegated OCSP responder for the issuing CA (RFC 6960 4.2.2.2): a key of `alg`
-        /// generated in the test token under `label`, and a 30-day certificate for it issued by
-        /// the issuing CA with keyUsage digitalSignature, id-kp-OCSPSigning and
-        /// id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1). Returns the signer and the DER.
+        /// A delegated OCSP responder for the issuing CA (RFC 6960 4.2.2.2), made by the
+        /// ocsp-signer ceremony: a key of `alg` generated in the test token under `label`, and
+        /// a 30-day certificate for it issued by the issuing CA with keyUsage
+        /// digitalSignature, id-kp-OCSPSigning and id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1).
+        /// Returns the signer and the DER.
         pub fn ocsp_responder(
             &self,
             label: &str,
             alg: KeyAlgorithm,
-        ) -> Result<(Arc<Pkcs11Signer>, Vec<u8>), Box<dyn std::error::Error + Send + Sync>>
-        {
+        ) -> Result<(Arc<Pkcs11Signer>, Vec<u8>), BoxError> {
             self.ocsp_responder_valid_for(label, alg, chrono::Duration::days(30))
         }
 
@@ -877,44 +921,27 @@ pub mod pki {
             label: &str,
             alg: KeyAlgorithm,
             valid_for: chrono::Duration,
-        ) -> Result<(Arc<Pkcs11Signer>, Vec<u8>), Box<dyn std::error::Error + Send + Sync>>
-        {
-            let hsm = self.token.hsm_config().open()?;
-            hsm.generate_key(label, alg)?;
-            let signer = Arc::new(hsm.signer(label)?);
+        ) -> Result<(Arc<Pkcs11Signer>, Vec<u8>), BoxError> {
             let now = chrono::Utc::now();
-            let mut params = rcgen::CertificateParams::default();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "hsm-sim Test OCSP Responder");
-            params
-                .distinguished_name
-                .push(rcgen::DnType::OrganizationName, "hsm-sim");
-            params.is_ca = rcgen::IsCa::ExplicitNoCa;
-            params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
-            // id-pkix-ocsp-nocheck, value NULL.
-            params
-                .custom_extensions
-                .push(rcgen::CustomExtension::from_oid_content(
-                    &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
-                    vec![0x05, 0x00],
-                ));
-            params.use_authority_key_identifier_extension = true;
-            params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
-                ca_core::issuance::key_identifier(signer.spki_der())?,
-            );
-            params.not_before = to_offset(now - chrono::Duration::hours(1));
-            params.not_after = to_offset(now + valid_for);
-            params.serial_number = Some(rcgen::SerialNumber::from_slice(
-                &ca_core::issuance::random_serial(),
-            ));
-            let issuing_key = RcgenKey::new(self.issuing_signer.as_ref() as &dyn Signer);
-            let issuer =
-                rcgen::Issuer::from_ca_cert_der(&self.issuing_der.as_slice().into(), &issuing_key)?;
-            let key = RcgenKey::new(signer.as_ref() as &dyn Signer);
-            let der = params.signed_by(&key, &issuer)?.der().to_vec();
+            let cert_file = format!("ocsp-signer-{label}.pem");
+            let step = Step::example("ocsp-signer.toml")
+                .file(format!("ocsp-signer-{label}.toml"))
+                .set(&["ocsp_signer", "key_label"], label)
+                .set(&["ocsp_signer", "algorithm"], alg.name())
+                .set(
+                    &["ocsp_signer", "subject"],
+                    subject("hsm-sim Test OCSP Responder"),
+                )
+                .set(&["ocsp_signer", "validity"], validity(now, now + valid_for))
+                .set(&["ocsp_signer", "certificate"], cert_file.as_str());
+            let out = self.dir.path().join("pki");
+            let opts = DevOptions {
+                algorithm: alg,
+                ..DevOptions::default()
+            };
+            run_steps(&out, &self.tokens, &opts, &[step], &SystemClock)?;
+            let der = read_pem_cert(&out.join(cert_file))?;
+            let signer = Arc::new(self.token.hsm_config().open()?.signer(label)?);
             Ok((signer, der))
         }
 
