@@ -1,7 +1,6 @@
 //! `ceremony`: run key ceremonies, verify transcripts, rehearse.
 
 use anyhow::Context;
-use ca_core::signer::KeyAlgorithm;
 use ceremonies::run::{run, Console, Outcome, Rehearsal, RunOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,7 +50,7 @@ enum Cmd {
         out: PathBuf,
         /// Key algorithm for all keys.
         #[arg(long, default_value = "p256")]
-        algorithm: KeyAlgorithm,
+        algorithm: ca_core::signer::KeyAlgorithm,
         /// Base URL of the CA server's plain-HTTP listener (root CRL and OCSP URLs).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         status_base_url: String,
