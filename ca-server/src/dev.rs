@@ -156,6 +156,17 @@ pub fn bootstrap(dir: &Path, _status_url: &str) -> anyhow::Result<DevPki> {
 /// loads SoftHSM in this process (SoftHSM reads `SOFTHSM2_CONF` once).
 #[cfg(feature = "dev")]
 pub fn bootstrap(dir: &Path, status_url: &str) -> anyhow::Result<DevPki> {
+    // The provisioning would otherwise set SOFTHSM2_CONF in this (multithreaded) process: it
+    // must be in the environment already (`run` restarts the process with it).
+    let conf = dir.join("pki").join("hsm").join("softhsm2.conf");
+    if std::env::var_os(server::SOFTHSM_CONF_ENV).as_deref() != Some(conf.as_os_str()) {
+        anyhow::bail!(
+            "{} must be {} before the development CA is made (`ca-server dev` restarts itself \
+             with it)",
+            server::SOFTHSM_CONF_ENV,
+            conf.display()
+        );
+    }
     let opts = ceremonies::dev::DevOptions {
         status_base_url: status_url.to_string(),
         ..ceremonies::dev::DevOptions::default()
