@@ -25,11 +25,11 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use hsm_sim::pki::{TestPki, ISSUING_KEY};
 use sha2::Digest;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::pki::{TestPki, ISSUING_KEY};
 
 /// Concurrent requesters driving the CA in the issuance case.
 const REQUESTERS: usize = 8;
@@ -218,7 +218,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 signer,
                 pki.issuing_der.clone(),
                 vec![pki.root_der.clone()],
-                hsm_sim::pki::test_profiles(),
+                testkit::pki::test_profiles(),
                 Default::default(),
                 pki.store.clone(),
                 Arc::new(ca_core::clock::SystemClock),

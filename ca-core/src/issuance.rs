@@ -852,11 +852,6 @@ impl Issued {
     }
 }
 
-// Former homes of helpers that live in `crate::x509` now, kept as paths until every caller
-// (hsm-sim's TestPki, the CRL module) imports them from there. No logic here.
-#[doc(hidden)]
-pub use crate::x509::{key_identifier, pem_encode as pem, random_serial};
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,10 @@ use ca_core::signer::KeyAlgorithm;
 use ca_core::store::{CertFilter, IdentityBinding, Store, TokenRecord};
 use ca_core::Error;
 use der::{Decode, Encode};
-use hsm_sim::pki::{test_profiles, TestPki};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use testkit::pki::{test_profiles, TestPki};
 
 fn openssl(args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")

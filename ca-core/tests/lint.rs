@@ -14,11 +14,11 @@ use ca_core::csr;
 use ca_core::issuance::{IssueContext, IssuerUrls};
 use ca_core::signer::KeyAlgorithm;
 use ca_core::x509::pem_encode;
-use hsm_sim::pki::{test_profiles, TestPki};
-use hsm_sim::pkilint::{self, Check};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use testkit::pki::{test_profiles, TestPki};
+use testkit::pkilint::{self, Check};
 
 /// Where the artifacts go: `$LINT_OUT/<name>` when set (kept), else a temporary directory.
 struct Out {
@@ -759,7 +759,7 @@ fn ocsp_responses_have_no_pkilint_findings() {
     }
 }
 
-/// The second reader run beside pkilint (pyca/cryptography, see `hsm_sim::pkilint::PYCA`) is
+/// The second reader run beside pkilint (pyca/cryptography, see `testkit::pkilint::PYCA`) is
 /// installed, reads a good certificate, and refuses one whose signature was corrupted.
 #[test]
 fn pyca_cryptography_runs_and_refuses_a_corrupted_signature() {

@@ -11,11 +11,11 @@ use ca_core::signer::{KeyAlgorithm, Signer};
 use ca_core::store::{CertFilter, IdentityBinding, Store};
 use ca_core::Error;
 use der::{Decode, Encode};
-use hsm_sim::pki::{test_profiles, TestPki};
 use rcgen::PublicKeyData;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use testkit::pki::{test_profiles, TestPki};
 
 const SERVER_TLS: &str = "_server-tls";
 

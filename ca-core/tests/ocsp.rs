@@ -14,6 +14,7 @@ use chrono::{Duration, Utc};
 use ocsp_fixture::{openssl, run, TestCa};
 use std::path::Path;
 use std::sync::Arc;
+use testkit::Faults;
 
 /// `openssl ocsp -respin` status check (see CRATES.md: no -reqin with -cert).
 fn openssl_status(resp: &Path, ca: &TestCa, cert: &Path, extra: &[&str]) -> String {

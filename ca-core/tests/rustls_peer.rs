@@ -10,7 +10,6 @@ use ca_core::revocation::RevocationReason;
 use ca_core::signer::KeyAlgorithm;
 use ca_core::store::Store;
 use chrono::{Duration, Utc};
-use hsm_sim::pki::{test_profiles, TestPki};
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
     UnixTime,
@@ -18,6 +17,7 @@ use rustls::pki_types::{
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
+use testkit::pki::{test_profiles, TestPki};
 use webpki::{
     CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
     RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,

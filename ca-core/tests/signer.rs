@@ -4,6 +4,7 @@ use ca_core::signer::{pkcs11::PinSource, verify, KeyAlgorithm, Signer};
 use ca_core::Error;
 use hsm_sim::TestToken;
 use std::sync::Arc;
+use testkit::Faults;
 
 #[test]
 fn every_algorithm_generates_in_hsm_signs_and_verifies() {

@@ -61,6 +61,9 @@ fn operator_identity() -> (String, String) {
 /// Mint an administrator certificate offline (see the module documentation).
 pub async fn create(config: &Path, role: Role, name: &str, out: &Path) -> anyhow::Result<Minted> {
     let cfg = ServerConfig::load(config)?;
+    if let Some(conf) = &cfg.hsm.softhsm_conf {
+        server::reexec_for_softhsm(conf)?;
+    }
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         anyhow::bail!("--name must be 1-64 printable characters");
     }

@@ -343,6 +343,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Serve { config } => {
             let cfg = ServerConfig::load(&config)?;
+            if let Some(conf) = &cfg.hsm.softhsm_conf {
+                crate::server::reexec_for_softhsm(conf)?;
+            }
             init_logging(cli.log_json || cfg.log.json, cfg.log.level.as_deref());
             // Before startup: a signal during startup stops the server once it has started.
             let mut signal =

@@ -9,6 +9,7 @@
 //! status = "0.0.0.0:8080"
 //!
 //! [hsm]
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
 //! token_label = "online"
 //! pin = { file = "/etc/ca/hsm.pin" }      # or { env = "CA_HSM_PIN" }
 //! issuing_key = "issuing-ca"
@@ -152,7 +153,8 @@ impl Default for Listen {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsmSection {
-    /// PKCS#11 module (default: `$PKCS11_MODULE` or SoftHSM2).
+    /// PKCS#11 module. Required (`validate` refuses a configuration without it): no silent
+    /// fallback to SoftHSM2. `ca-server dev` writes the SoftHSM2 module it provisioned with.
     #[serde(default)]
     pub module: Option<PathBuf>,
     /// Token label.
@@ -165,7 +167,9 @@ pub struct HsmSection {
     /// Signing session pool size (default: cores, at least 2).
     #[serde(default)]
     pub sessions: Option<usize>,
-    /// SoftHSM configuration file to use (sets `SOFTHSM2_CONF` before the module loads).
+    /// SoftHSM configuration file of the token. SoftHSM reads it from `SOFTHSM2_CONF` when the
+    /// module loads: `serve` and `dev` restart themselves with it in their environment when
+    /// `SOFTHSM2_CONF` names another file, and never set their own environment.
     #[serde(default)]
     pub softhsm_conf: Option<PathBuf>,
 }
@@ -748,6 +752,13 @@ impl ServerConfig {
 
     /// Check values; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hsm.module.is_none() {
+            return Err(invalid(
+                "hsm.module",
+                "required: the path of the HSM's PKCS#11 library (for SoftHSM2, e.g. \
+                 /usr/lib/softhsm/libsofthsm2.so); there is no default",
+            ));
+        }
         for name in self.profiles.0.keys() {
             if name.starts_with('_') {
                 return Err(invalid(

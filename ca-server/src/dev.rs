@@ -1,5 +1,5 @@
 //! `ca-server dev`: the quick start. On an empty data directory it rehearses the key
-//! ceremonies on throwaway SoftHSM tokens ([`ceremonies::dev::rehearse`]: root, issuing key,
+//! ceremonies on throwaway SoftHSM tokens (`ceremonies::dev::rehearse`, cargo feature `dev`: root, issuing key,
 //! intermediate, OCSP signer, root CRL), writes a server configuration and an administrator
 //! certificate (role security-officer), then serves. On a directory it made before it reuses
 //! everything. It writes `DIR/dev.env` (`export` lines for the admin CLI and the agent) once
@@ -56,17 +56,29 @@ pub struct DevInfo {
 impl DevInfo {
     /// `export` lines for a POSIX shell.
     pub fn env_lines(&self) -> String {
-        let q = |p: &Path| hsm_sim::shell_quote(&p.display().to_string());
+        let q = |p: &Path| shell_quote(&p.display().to_string());
         format!(
             "export CA_URL={}\nexport CA_STATUS_URL={}\nexport CA_ROOT={}\nexport CA_FINGERPRINT={}\nexport CA_ADMIN_CERT={}\nexport CA_ADMIN_KEY={}\nexport SOFTHSM2_CONF={}\n",
-            hsm_sim::shell_quote(&self.ca_url),
-            hsm_sim::shell_quote(&self.status_url),
+            shell_quote(&self.ca_url),
+            shell_quote(&self.status_url),
             q(&self.root),
             self.fingerprint,
             q(&self.admin_cert),
             q(&self.admin_key),
             q(&self.softhsm_conf),
         )
+    }
+}
+
+/// Quote a value for POSIX sh (`dev.env` is sourced by a shell).
+fn shell_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=+,@".contains(c))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', "'\\''"))
     }
 }
 
@@ -129,9 +141,32 @@ pub struct DevPki {
     pub audit_key: Option<String>,
 }
 
+/// Without the `dev` feature there is no SoftHSM provisioning to make a dev PKI with.
+#[cfg(not(feature = "dev"))]
+pub fn bootstrap(dir: &Path, _status_url: &str) -> anyhow::Result<DevPki> {
+    anyhow::bail!(
+        "this ca-server was built without the `dev` feature (no SoftHSM provisioning): it cannot \
+         make a development CA in {}; run the key ceremonies and `ca-server serve --config`, or \
+         build ca-server with its default features",
+        dir.display()
+    )
+}
+
 /// Make the dev PKI in `dir/pki` by rehearsing the key ceremonies. Must run before anything
 /// loads SoftHSM in this process (SoftHSM reads `SOFTHSM2_CONF` once).
+#[cfg(feature = "dev")]
 pub fn bootstrap(dir: &Path, status_url: &str) -> anyhow::Result<DevPki> {
+    // The provisioning would otherwise set SOFTHSM2_CONF in this (multithreaded) process: it
+    // must be in the environment already (`run` restarts the process with it).
+    let conf = dir.join("pki").join("hsm").join("softhsm2.conf");
+    if std::env::var_os(server::SOFTHSM_CONF_ENV).as_deref() != Some(conf.as_os_str()) {
+        anyhow::bail!(
+            "{} must be {} before the development CA is made (`ca-server dev` restarts itself \
+             with it)",
+            server::SOFTHSM_CONF_ENV,
+            conf.display()
+        );
+    }
     let opts = ceremonies::dev::DevOptions {
         status_base_url: status_url.to_string(),
         ..ceremonies::dev::DevOptions::default()
@@ -271,8 +306,30 @@ pub async fn issue_admin_cert(
     Ok((pem_encode("CERTIFICATE", &rec.der), key.serialize_pem()))
 }
 
+/// The SoftHSM configuration the dev directory `data` uses (or will use, once made): the one
+/// its `config.toml` names, or `pki/hsm/softhsm2.conf` for a new directory.
+fn dev_softhsm_conf(data: &Path) -> anyhow::Result<Option<PathBuf>> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let dir = data
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data.display()))?;
+    let config_path = dir.join("config.toml");
+    if config_path.exists() {
+        let cfg = ServerConfig::load(&config_path).context("reading the dev config.toml")?;
+        return Ok(cfg.hsm.softhsm_conf);
+    }
+    Ok(Some(dir.join("pki").join("hsm").join("softhsm2.conf")))
+}
+
 /// Run `ca-server dev` until SIGINT/SIGTERM.
+///
+/// SoftHSM reads `SOFTHSM2_CONF` when the module loads, and a running server does not set its
+/// own environment: unless `SOFTHSM2_CONF` already names the directory's configuration, this
+/// process is replaced first by the same command with it in the environment.
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    if let Some(conf) = dev_softhsm_conf(&opts.data)? {
+        server::reexec_for_softhsm(&conf)?;
+    }
     // Before startup: a signal during startup stops the server once it has started.
     let mut signal = server::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let running = start(&opts).await?;

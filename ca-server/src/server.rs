@@ -767,11 +767,63 @@ pub fn read_pem_certs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(certs)
 }
 
+/// The environment variable SoftHSM2 reads its configuration file from.
+pub const SOFTHSM_CONF_ENV: &str = "SOFTHSM2_CONF";
+
+/// Set by [`reexec_for_softhsm`] in the process it starts, so a mismatch there is an error
+/// instead of another re-execution.
+const REEXEC_GUARD_ENV: &str = "CA_SERVER_SOFTHSM_REEXEC";
+
+fn softhsm_env_is(conf: &Path) -> bool {
+    let Some(env) = std::env::var_os(SOFTHSM_CONF_ENV) else {
+        return false;
+    };
+    let env = std::path::PathBuf::from(env);
+    env == conf || matches!((env.canonicalize(), conf.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Make sure SoftHSM will read `conf` (`hsm.softhsm_conf`): when `SOFTHSM2_CONF` names another
+/// file (or none), replace this process by a fresh run of the same program with the same
+/// arguments and `SOFTHSM2_CONF=conf` in its environment. Returns only if nothing had to be
+/// done, or with the error that prevented the re-execution.
+///
+/// SoftHSM reads `SOFTHSM2_CONF` once, when the module is loaded, so it must be in the
+/// environment then; and a running multithreaded program must not change its own environment
+/// (`setenv` races `getenv` in other threads). Call it before anything loads the module, from
+/// a command's entry point (`serve`, `dev`, break-glass), never from a library caller.
+pub fn reexec_for_softhsm(conf: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    if softhsm_env_is(conf) || std::env::var_os(REEXEC_GUARD_ENV).is_some() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("locating this program to restart it")?;
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(SOFTHSM_CONF_ENV, conf)
+        .env(REEXEC_GUARD_ENV, "1")
+        .exec();
+    Err(anyhow::Error::new(err).context(format!(
+        "restarting {} with {SOFTHSM_CONF_ENV}={}",
+        exe.display(),
+        conf.display()
+    )))
+}
+
 /// Open the HSM, the store and the certificates named by a configuration.
 pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::Result<ServerParts> {
     if let Some(conf) = &cfg.hsm.softhsm_conf {
-        // SoftHSM reads SOFTHSM2_CONF once, when the module is first loaded in this process.
-        std::env::set_var("SOFTHSM2_CONF", conf);
+        // SoftHSM reads SOFTHSM2_CONF once, when the module is first loaded; the server does
+        // not set its own environment (see `reexec_for_softhsm`), so it must be there already.
+        if !softhsm_env_is(conf) {
+            anyhow::bail!(
+                "hsm.softhsm_conf is {} but {SOFTHSM_CONF_ENV} is {}: start the server with                  {SOFTHSM_CONF_ENV}={} in its environment (dev.env exports it)",
+                conf.display(),
+                std::env::var_os(SOFTHSM_CONF_ENV)
+                    .map(|v| format!("{:?}", std::path::PathBuf::from(v)))
+                    .unwrap_or_else(|| "not set".into()),
+                conf.display()
+            );
+        }
     }
     let mut hsm = HsmConfig::new(&cfg.hsm.token_label, cfg.hsm.pin.clone());
     hsm.module = cfg.hsm.module.clone();

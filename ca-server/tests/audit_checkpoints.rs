@@ -643,7 +643,7 @@ async fn checkpoints_are_signed_periodically_and_at_shutdown() {
     use ca_core::store::Store;
     use ca_server::server::{self, AuditParts, ServerParts};
     use std::sync::Arc;
-    let pki = tokio::task::spawn_blocking(|| hsm_sim::pki::TestPki::new(KeyAlgorithm::P256))
+    let pki = tokio::task::spawn_blocking(|| testkit::pki::TestPki::new(KeyAlgorithm::P256))
         .await
         .unwrap()
         .unwrap();
@@ -658,7 +658,7 @@ async fn checkpoints_are_signed_periodically_and_at_shutdown() {
         signer: pki.issuing_signer.clone(),
         issuing_der: pki.issuing_der.clone(),
         chain_der: vec![pki.root_der.clone()],
-        profiles: hsm_sim::pki::test_profiles(),
+        profiles: testkit::pki::test_profiles(),
         urls: Default::default(),
         store: store.clone(),
         clock: Arc::new(ca_core::clock::SystemClock),

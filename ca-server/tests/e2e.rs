@@ -9,6 +9,7 @@ use ca_server::api::types::*;
 use ca_server::client::ClientError;
 use common::{csr, serial_of, Identity, Options, TestServer};
 use http::{Method, StatusCode};
+use testkit::Faults;
 
 fn code(e: &ClientError) -> &str {
     e.code().unwrap_or("(no code)")

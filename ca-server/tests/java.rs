@@ -15,10 +15,10 @@ use ca_core::x509::pem_encode;
 use ca_core::x509::RcgenKey;
 use ca_server::status::{StatusConfig, StatusSetup, StatusState};
 use chrono::Utc;
-use hsm_sim::pki::{test_profiles, TestPki};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use testkit::pki::{test_profiles, TestPki};
 
 fn java_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/PkixCheck.java")

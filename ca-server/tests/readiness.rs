@@ -19,12 +19,13 @@ use ca_server::client::ApiClient;
 use ca_server::config::{Limits, TokenSection};
 use ca_server::metrics::Metrics;
 use ca_server::server::{self, ServerParts};
-use hsm_sim::pki::{test_profiles, TestPki};
 use http::{Method, StatusCode};
 use spy_support::{calls, spy_module};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::pki::{test_profiles, TestPki};
+use testkit::Faults;
 use tokio::net::TcpListener;
 
 struct Counts {

@@ -15,6 +15,7 @@ use status_support::{
 };
 use std::process::Command;
 use std::time::Instant;
+use testkit::Faults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_ocsp_good_then_revoked_and_unknown_over_http() {

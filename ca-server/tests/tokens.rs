@@ -8,6 +8,7 @@ mod common;
 use ca_core::store::Store;
 use ca_server::api::types::*;
 use common::*;
+use testkit::Faults;
 
 fn enroll_request(token: &str, cn: &str, sans: &[&str]) -> EnrollRequest {
     let (_, csr) = csr(cn, sans);

@@ -8,10 +8,16 @@
 //! [`DevArtifacts`].
 //!
 //! SoftHSM reads `SOFTHSM2_CONF` once per process: call [`rehearse`] in a process that has not
-//! loaded SoftHSM yet (for example the `ceremony dev` subprocess).
+//! loaded SoftHSM yet (for example the `ceremony dev` subprocess), or one started with
+//! `SOFTHSM2_CONF=DIR/hsm/softhsm2.conf` (what `ca-server dev` does).
+//!
+//! [`rehearse`] (cargo feature `dev`) provisions the tokens with hsm-sim; [`run_steps`] runs
+//! example ceremonies on tokens that exist already. The test PKI of the workspace's tests
+//! (`testkit::pki::TestPki`) is made by [`run_steps`], so tests exercise this same code.
 
 use crate::error::Error;
-use crate::run::{run, Outcome, Rehearsal, RunOptions};
+use crate::run::{run, Done, Outcome, Rehearsal, RunOptions};
+use ca_core::clock::Clock;
 use ca_core::signer::KeyAlgorithm;
 use std::path::{Path, PathBuf};
 
@@ -119,29 +125,141 @@ fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
     t.insert(last.to_string(), value);
 }
 
-/// Write the example configuration `name` into `out`, adjusted for this rehearsal.
+/// The two tokens a rehearsal runs on, with their PIN files.
+#[derive(Debug, Clone)]
+pub struct RehearsalTokens {
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// Label of the root token; the root ceremony sets its user PIN to the quorum PIN.
+    pub root_token: String,
+    /// File holding the root token's security officer PIN.
+    pub root_so_pin_file: PathBuf,
+    /// Label of the online token (issuing, OCSP signing and audit checkpoint keys).
+    pub online_token: String,
+    /// File holding the online token's user PIN.
+    pub online_pin_file: PathBuf,
+}
+
+/// One ceremony of a rehearsal: an example configuration from [`EXAMPLES`], written into the
+/// output directory for the rehearsal's tokens and options, with `settings` applied last.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Name of the example in [`EXAMPLES`] (`root.toml`, ...).
+    pub example: &'static str,
+    /// Name of the configuration file written in the output directory.
+    pub file: String,
+    /// Settings by key path (`["root", "validity"]`): a value replaces, `None` removes.
+    pub settings: Vec<(Vec<&'static str>, Option<toml::Value>)>,
+}
+
+impl Step {
+    /// The example `name` as it is (written under the same name).
+    pub fn example(name: &'static str) -> Step {
+        Step {
+            example: name,
+            file: name.to_string(),
+            settings: Vec::new(),
+        }
+    }
+
+    /// Write the configuration as `file` instead (a second ceremony of the same kind).
+    pub fn file(mut self, file: impl Into<String>) -> Step {
+        self.file = file.into();
+        self
+    }
+
+    /// Set `path` to `value`.
+    pub fn set(mut self, path: &[&'static str], value: impl Into<toml::Value>) -> Step {
+        self.settings.push((path.to_vec(), Some(value.into())));
+        self
+    }
+
+    /// Remove `path` (an optional setting of the example).
+    pub fn unset(mut self, path: &[&'static str]) -> Step {
+        self.settings.push((path.to_vec(), None));
+        self
+    }
+}
+
+fn unset(table: &mut toml::Table, path: &[&str]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for p in parents {
+        let Some(toml::Value::Table(next)) = t.get_mut(*p) else {
+            return;
+        };
+        t = next;
+    }
+    t.remove(*last);
+}
+
+fn pin_file(path: &Path) -> toml::Value {
+    let mut t = toml::Table::new();
+    t.insert(
+        "file".into(),
+        toml::Value::String(path.display().to_string()),
+    );
+    toml::Value::Table(t)
+}
+
+/// Write the configuration of `step` into `out`, adjusted for this rehearsal.
 fn write_config(
     out: &Path,
-    name: &str,
-    text: &str,
-    module: &Path,
+    step: &Step,
+    tokens: &RehearsalTokens,
     opts: &DevOptions,
 ) -> Result<PathBuf, Error> {
-    let path = out.join(name);
+    let name = step.example;
+    let text = EXAMPLES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| Error::Config {
+            file: PathBuf::from(format!("examples/{name}")),
+            path: "(top level)".into(),
+            reason: "no such example ceremony".into(),
+        })?;
+    let path = out.join(&step.file);
     let mut table: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
         file: PathBuf::from(format!("examples/{name}")),
         path: "(top level)".into(),
         reason: e.to_string(),
     })?;
-    let module = toml::Value::String(module.display().to_string());
+    let module = toml::Value::String(tokens.module.display().to_string());
     let alg = toml::Value::String(opts.algorithm.name().to_string());
     let base = opts.status_base_url.trim_end_matches('/');
     let urls =
         |suffix: &str| toml::Value::Array(vec![toml::Value::String(format!("{base}{suffix}"))]);
-    for token in ["root_token", "online_token"] {
-        if table.contains_key(token) {
-            set(&mut table, &[token, "module"], module.clone());
+    if table.contains_key("root_token") {
+        set(&mut table, &["root_token", "module"], module.clone());
+        set(
+            &mut table,
+            &["root_token", "label"],
+            tokens.root_token.clone().into(),
+        );
+        let has_so_pin = matches!(table.get("root_token"), Some(toml::Value::Table(t)) if t.contains_key("so_pin"));
+        if has_so_pin {
+            set(
+                &mut table,
+                &["root_token", "so_pin"],
+                pin_file(&tokens.root_so_pin_file),
+            );
         }
+    }
+    if table.contains_key("online_token") {
+        set(&mut table, &["online_token", "module"], module);
+        set(
+            &mut table,
+            &["online_token", "label"],
+            tokens.online_token.clone().into(),
+        );
+        set(
+            &mut table,
+            &["online_token", "pin"],
+            pin_file(&tokens.online_pin_file),
+        );
     }
     match name {
         "root.toml" => set(&mut table, &["root", "algorithm"], alg),
@@ -165,6 +283,12 @@ fn write_config(
         }
         _ => {}
     }
+    for (key, value) in &step.settings {
+        match value {
+            Some(v) => set(&mut table, key, v.clone()),
+            None => unset(&mut table, key),
+        }
+    }
     let text = format!(
         "# Written by `ceremony dev` from ceremonies/examples/{name} (rehearsal on throwaway SoftHSM tokens).\n{}",
         toml::to_string(&table).map_err(|e| Error::Config { file: path.clone(), path: "(top level)".into(), reason: e.to_string() })?
@@ -173,7 +297,45 @@ fn write_config(
     Ok(path)
 }
 
-/// Run the complete rehearsal in `out` (created if needed; must be empty).
+/// Run `steps` in order in `out` (an existing directory; ceremonies never overwrite their
+/// outputs) on `tokens`, as rehearsals (no prompts), with `clock` as the ceremonies' clock.
+/// Returns the completed ceremonies, in order.
+pub fn run_steps(
+    out: &Path,
+    tokens: &RehearsalTokens,
+    opts: &DevOptions,
+    steps: &[Step],
+    clock: &dyn Clock,
+) -> Result<Vec<Done>, Error> {
+    let mut done = Vec::with_capacity(steps.len());
+    for step in steps {
+        let config = write_config(out, step, tokens, opts)?;
+        let options = RunOptions {
+            rehearsal: true,
+            clock,
+            ..RunOptions::default()
+        };
+        match run(&config, &options, &mut Rehearsal(std::io::sink()))? {
+            Outcome::Done(d) => {
+                tracing::info!(ceremony = %step.file, transcript = %d.transcript.display(), "rehearsal ceremony done");
+                done.push(d);
+            }
+            Outcome::Planned { .. } => {}
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(feature = "dev")]
+fn rehearsal_hsm(e: hsm_sim::Error) -> Error {
+    Error::RehearsalHsm {
+        source: Box::new(e),
+    }
+}
+
+/// Run the complete rehearsal in `out` (created if needed; must be empty): provision the
+/// tokens with hsm-sim, then every example ceremony.
+#[cfg(feature = "dev")]
 pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
     let base = opts.status_base_url.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://"))
@@ -212,7 +374,7 @@ pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
     })?;
 
     let hsm_dir = out.join("hsm");
-    let root = hsm_sim::provision(&hsm_dir, ROOT_TOKEN, None, None)?;
+    let root = hsm_sim::provision(&hsm_dir, ROOT_TOKEN, None, None).map_err(rehearsal_hsm)?;
     let tokens_here = std::fs::read_dir(hsm_dir.join("tokens"))
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -225,29 +387,22 @@ pub fn rehearse(out: &Path, opts: &DevOptions) -> Result<DevArtifacts, Error> {
                 .into(),
         });
     }
-    let online = hsm_sim::add_token(&hsm_dir, ONLINE_TOKEN, None, None)?;
+    let online = hsm_sim::add_token(&hsm_dir, ONLINE_TOKEN, None, None).map_err(rehearsal_hsm)?;
     tracing::info!(dir = %out.display(), "rehearsal HSM provisioned");
 
-    let mut last = None;
-    for (name, text) in EXAMPLES {
-        let config = write_config(&out, name, text, &root.module, opts)?;
-        if name == "key.toml" {
-            // The root ceremony replaced the root token's initial user PIN with the quorum PIN:
-            // the provisioning PIN file is stale, remove it so nobody mistakes it for the PIN.
-            let _ = std::fs::remove_file(&root.pin_file);
-        }
-        let options = RunOptions {
-            rehearsal: true,
-            ..RunOptions::default()
-        };
-        match run(&config, &options, &mut Rehearsal(std::io::sink()))? {
-            Outcome::Done(done) => {
-                tracing::info!(ceremony = %name, transcript = %done.transcript.display(), "rehearsal ceremony done");
-                last = Some(done.transcript);
-            }
-            Outcome::Planned { .. } => {}
-        }
-    }
+    let tokens = RehearsalTokens {
+        module: root.module.clone(),
+        root_token: root.label.clone(),
+        root_so_pin_file: hsm_dir.join("so.pin"),
+        online_token: online.label.clone(),
+        online_pin_file: online.pin_file.clone(),
+    };
+    let steps: Vec<Step> = EXAMPLES.iter().map(|(n, _)| Step::example(n)).collect();
+    let done = run_steps(&out, &tokens, opts, &steps, &ca_core::clock::SystemClock)?;
+    // The root ceremony replaced the root token's initial user PIN with the quorum PIN: the
+    // provisioning PIN file is stale, remove it so nobody mistakes it for the PIN.
+    let _ = std::fs::remove_file(&root.pin_file);
+    let last = done.last().map(|d| d.transcript.clone());
     let transcript = last.ok_or_else(|| Error::History {
         dir: out.join("transcripts"),
         reason: "no transcript was written".into(),

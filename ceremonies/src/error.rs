@@ -163,9 +163,13 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// Provisioning the rehearsal HSM failed.
-    #[error("rehearsal HSM: {0}")]
-    Simulator(#[from] hsm_sim::Error),
+    /// Provisioning the rehearsal HSM (`ceremony dev`) failed.
+    #[error("rehearsal HSM: {source}")]
+    RehearsalHsm {
+        /// The provisioning error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl Error {

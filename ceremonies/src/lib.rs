@@ -15,7 +15,9 @@
 //! - [`quorum`]: Shamir shares of the PIN with integrity checks, reassembled before login.
 //! - [`history`] and [`transcript`]: the signed transcripts, verified and chained.
 //! - [`run`]: the runner (plan, confirmations, quorum unlock, outputs, transcript).
-//! - [`dev`]: the full rehearsal behind `ceremony dev` and `ca-server dev`.
+//! - [`dev`]: the example ceremonies as a rehearsal on given tokens (the test PKI is made this
+//!   way) and, with the cargo feature `dev` (on by default), the full rehearsal behind
+//!   `ceremony dev` and `ca-server dev` on throwaway SoftHSM tokens provisioned by `hsm-sim`.
 //!
 //! ```no_run
 //! use ceremonies::run::{run, Console, Outcome, RunOptions};

@@ -1,7 +1,6 @@
 //! `ceremony`: run key ceremonies, verify transcripts, rehearse.
 
 use anyhow::Context;
-use ca_core::signer::KeyAlgorithm;
 use ceremonies::run::{run, Console, Outcome, Rehearsal, RunOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -44,13 +43,14 @@ enum Cmd {
     },
     /// Complete rehearsal on throwaway SoftHSM tokens in DIR (no prompts): root, issuing key,
     /// intermediate, OCSP signer, root CRL, intermediate OCSP response.
+    #[cfg(feature = "dev")]
     Dev {
         /// Output directory (created; must be empty).
         #[arg(long)]
         out: PathBuf,
         /// Key algorithm for all keys.
         #[arg(long, default_value = "p256")]
-        algorithm: KeyAlgorithm,
+        algorithm: ca_core::signer::KeyAlgorithm,
         /// Base URL of the CA server's plain-HTTP listener (root CRL and OCSP URLs).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         status_base_url: String,
@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        #[cfg(feature = "dev")]
         Cmd::Dev {
             out,
             algorithm,

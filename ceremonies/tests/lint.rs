@@ -13,9 +13,9 @@
 mod common;
 
 use common::{openssl, openssl_ok, set, Workspace};
-use hsm_sim::pkilint::{self, Check};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::pkilint::{self, Check};
 
 /// The checks for one ceremony directory's artifacts.
 fn checks(label: &str, dir: &Path) -> Vec<Check> {

@@ -68,7 +68,9 @@ fn main() -> anyhow::Result<()> {
             label,
             alg,
         } => {
-            let token = HsmConfig::new(token, PinSource::File(pin_file)).open()?;
+            let mut token = HsmConfig::new(token, PinSource::File(pin_file));
+            token.module = Some(hsm_sim::module_path()?);
+            let token = token.open()?;
             let spki = token.generate_key(&label, alg)?;
             let pem = der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &spki)
                 .map_err(|e| anyhow::anyhow!("PEM encoding: {e}"))?;

@@ -163,7 +163,8 @@ fn default_sessions() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsmConfig {
-    /// PKCS#11 module path; defaults to `$PKCS11_MODULE` or the SoftHSM2 module.
+    /// PKCS#11 module path. Required to open the token: there is no default, so a
+    /// configuration that forgets it never silently falls back to SoftHSM2.
     #[serde(default)]
     pub module: Option<PathBuf>,
     /// Token label (slots are found by label: SoftHSM renumbers slots).
@@ -176,7 +177,7 @@ pub struct HsmConfig {
 }
 
 impl HsmConfig {
-    /// A config for `token_label` on the default module.
+    /// A config for `token_label`; set [`HsmConfig::module`] before [`HsmConfig::open`].
     pub fn new(token_label: impl Into<String>, pin: PinSource) -> Self {
         HsmConfig {
             module: None,
@@ -186,14 +187,13 @@ impl HsmConfig {
         }
     }
 
-    /// The module path to load.
+    /// The module path to load: `module`, which is required (no fallback to SoftHSM2).
     pub fn module_path(&self) -> Result<PathBuf> {
-        self.module.clone().or_else(find_softhsm_module).ok_or_else(|| Error::Config {
+        self.module.clone().ok_or_else(|| Error::Config {
             path: "hsm.module".into(),
-            reason: format!(
-                "no PKCS#11 module configured and SoftHSM2 not found; install softhsm2 \
-                 (apt-get install softhsm2 / dnf install softhsm / brew install softhsm) or set {MODULE_ENV}"
-            ),
+            reason: "no PKCS#11 module configured; set it to the path of the HSM's PKCS#11 \
+                     library (for SoftHSM2, e.g. /usr/lib/softhsm/libsofthsm2.so)"
+                .into(),
         })
     }
 

@@ -3,6 +3,7 @@ use super::*;
 const MINIMAL: &str = r#"
 data_dir = "data"
 [hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
 token_label = "online"
 pin = { env = "CA_HSM_PIN" }
 [ca]
@@ -19,6 +20,14 @@ fn minimal_config_parses_with_defaults() {
     assert_eq!(cfg.listen.api.port(), 8443);
     assert_eq!(cfg.limits.max_body_bytes, 64 * 1024);
     assert_eq!(cfg.tokens.default_ttl.0, chrono::Duration::hours(1));
+}
+
+#[test]
+fn hsm_module_is_required() {
+    let text = MINIMAL.replace("module = \"/usr/lib/softhsm/libsofthsm2.so\"\n", "");
+    let cfg = ServerConfig::parse(&text).expect("parses");
+    let err = cfg.validate().expect_err("no module");
+    assert!(err.to_string().contains("hsm.module"), "{err}");
 }
 
 #[test]

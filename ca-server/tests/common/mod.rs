@@ -1,5 +1,5 @@
 //! Shared fixture: a real server (SoftHSM issuing key, sled store, rustls on an ephemeral
-//! 127.0.0.1 port) over `hsm_sim::pki::TestPki`.
+//! 127.0.0.1 port) over `testkit::pki::TestPki`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use ca_core::clock::{Clock, SystemClock};
@@ -13,9 +13,9 @@ use ca_server::client::ApiClient;
 use ca_server::config::{Limits, TokenSection};
 use ca_server::metrics::Metrics;
 use ca_server::server::{self, Running, ServerParts};
-use hsm_sim::pki::{test_profiles, TestPki};
 use std::path::PathBuf;
 use std::sync::Arc;
+use testkit::pki::{test_profiles, TestPki};
 use tokio::net::TcpListener;
 
 /// PEM certificate + key.
