@@ -12,8 +12,8 @@ use crate::listener::{ConnLimits, Gate};
 use crate::metrics::{Metrics, TimedSigner};
 use crate::ratelimit::RateLimits;
 use crate::service::{
-    with_internal_profiles, AppState, HealthCheck, Readiness, Request, Settings, StatusHooks,
-    StoreOnly, SERVER_TLS_PROFILE,
+    build_authority, with_internal_profiles, AppState, HealthCheck, Readiness, Request, Settings,
+    SERVER_TLS_PROFILE,
 };
 use crate::tls::{self, ClientVerifier, LiveConfig};
 use crate::unauth::{Kind, UnauthFailures};
@@ -89,11 +89,12 @@ impl std::fmt::Debug for ServerParts {
     }
 }
 
-/// Build the CA and the shared state. `hooks` is the status listener's revocation/issuance
-/// hook (see [`status_integration`]); `None` means store-only revocation.
+/// Build the CA, its authority and the shared state. `status` is the status listener (see
+/// [`status_integration`]), whose OCSP responder and CRL publisher the authority keeps
+/// current; `None` means revocations are recorded in the store only.
 pub fn build_state(
     parts: &ServerParts,
-    hooks: Option<Arc<dyn StatusHooks>>,
+    status: Option<Arc<crate::status::StatusState>>,
 ) -> anyhow::Result<Arc<AppState>> {
     let profiles = with_internal_profiles(
         parts.profiles.clone(),
@@ -124,7 +125,6 @@ pub fn build_state(
     let hsm_health: HealthCheck =
         Arc::new(move || health_signer.health_check(crate::service::READINESS_SESSION_WAIT));
     let readiness = Readiness::new(&parts.metrics, Some(parts.signer.token().clone()));
-    let hooks = hooks.unwrap_or_else(|| Arc::new(StoreOnly(parts.store.clone())));
     let checkpointer = match &parts.audit {
         Some(a) => {
             if a.signer.spki_der() == parts.signer.spki_der() {
@@ -144,16 +144,7 @@ pub fn build_state(
         }
         None => None,
     };
-    Ok(Arc::new(AppState {
-        ca: Arc::new(ca),
-        store: parts.store.clone(),
-        clock: parts.clock.clone(),
-        metrics: parts.metrics.clone(),
-        limits: RateLimits::new(&parts.limits),
-        hooks,
-        hsm_health,
-        readiness,
-        settings: Settings {
+    let settings = Settings {
             token_default_ttl: parts.tokens.default_ttl.0,
             token_max_ttl: parts.tokens.max_ttl.0,
             max_body_bytes: parts.limits.max_body_bytes,
@@ -178,7 +169,26 @@ pub fn build_state(
                 .0
                 .to_std()
                 .unwrap_or(Duration::from_secs(60)),
-        },
+    };
+    let ca = Arc::new(ca);
+    let authority = Arc::new(build_authority(
+        ca.clone(),
+        parts.store.clone(),
+        parts.clock.clone(),
+        parts.metrics.clone(),
+        &settings,
+        status.as_deref(),
+    ));
+    Ok(Arc::new(AppState {
+        ca,
+        store: parts.store.clone(),
+        clock: parts.clock.clone(),
+        metrics: parts.metrics.clone(),
+        limits: RateLimits::new(&parts.limits),
+        authority,
+        hsm_health,
+        readiness,
+        settings,
         root_der,
         revocations: Default::default(),
         checkpointer,
@@ -207,8 +217,9 @@ pub fn reserved_names(parts: &ServerParts) -> anyhow::Result<ReservedNames> {
 pub struct StatusParts {
     /// Routes for the plain-HTTP listener (health routes are added by [`start`]).
     pub router: Router,
-    /// Issuance/revocation hooks (pre-signed OCSP, CRL rebuild).
-    pub hooks: Option<Arc<dyn StatusHooks>>,
+    /// The status listener's state again, for [`build_state`] (the authority's OCSP
+    /// responder and CRL publisher).
+    pub hooks: Option<Arc<crate::status::StatusState>>,
     /// OCSP refresh and CRL rebuild task, stopped at shutdown ([`Running::attach_status`]).
     pub maintenance: Option<JoinHandle<()>>,
     /// The status listener's state, closed at shutdown (its issuance signer thread joined).
@@ -308,7 +319,7 @@ pub fn status_integration(
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),
-        hooks: Some(state.clone() as Arc<dyn StatusHooks>),
+        hooks: Some(state.clone()),
         maintenance: Some(maintenance),
         state: Some(state),
     })
