@@ -145,30 +145,30 @@ pub fn build_state(
         None => None,
     };
     let settings = Settings {
-            token_default_ttl: parts.tokens.default_ttl.0,
-            token_max_ttl: parts.tokens.max_ttl.0,
-            max_body_bytes: parts.limits.max_body_bytes,
-            request_timeout: parts
-                .limits
-                .request_timeout
-                .0
-                .to_std()
-                .unwrap_or(Duration::from_secs(30)),
-            handshake_timeout: parts
-                .limits
-                .handshake_timeout
-                .0
-                .to_std()
-                .unwrap_or(Duration::from_secs(10)),
-            lock_on_superseded: parts.renewal.lock_on_superseded,
-            api_connections: ConnLimits::api(&parts.limits),
-            status_connections: ConnLimits::status(&parts.limits),
-            unauthenticated_summary_interval: parts
-                .limits
-                .unauthenticated_summary_interval
-                .0
-                .to_std()
-                .unwrap_or(Duration::from_secs(60)),
+        token_default_ttl: parts.tokens.default_ttl.0,
+        token_max_ttl: parts.tokens.max_ttl.0,
+        max_body_bytes: parts.limits.max_body_bytes,
+        request_timeout: parts
+            .limits
+            .request_timeout
+            .0
+            .to_std()
+            .unwrap_or(Duration::from_secs(30)),
+        handshake_timeout: parts
+            .limits
+            .handshake_timeout
+            .0
+            .to_std()
+            .unwrap_or(Duration::from_secs(10)),
+        lock_on_superseded: parts.renewal.lock_on_superseded,
+        api_connections: ConnLimits::api(&parts.limits),
+        status_connections: ConnLimits::status(&parts.limits),
+        unauthenticated_summary_interval: parts
+            .limits
+            .unauthenticated_summary_interval
+            .0
+            .to_std()
+            .unwrap_or(Duration::from_secs(60)),
     };
     let ca = Arc::new(ca);
     let authority = Arc::new(build_authority(

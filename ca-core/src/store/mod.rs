@@ -21,6 +21,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// The store traits, to bring their methods into scope on a concrete store
+/// (`use ca_core::store::prelude::*;`); on `dyn Store` they are in scope already.
+pub mod prelude {
+    pub use super::{
+        AuditLog, CertStore, CrlNumbers, Durability, OcspResponseStore, Store, TokenStore,
+    };
+}
+
 /// Who asked for a certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "id")]

@@ -565,7 +565,6 @@ impl CertStore for SledStore {
         }
         Ok(())
     }
-
 }
 
 impl CrlNumbers for SledStore {
@@ -585,7 +584,6 @@ impl CrlNumbers for SledStore {
         let b = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| Error::Corrupt("CRL number".into()))?;
         Ok(u64::from_be_bytes(b))
     }
-
 }
 
 impl TokenStore for SledStore {
@@ -670,7 +668,6 @@ impl TokenStore for SledStore {
             })
             .collect()
     }
-
 }
 
 impl OcspResponseStore for SledStore {
@@ -696,7 +693,6 @@ impl OcspResponseStore for SledStore {
         }
         Ok(())
     }
-
 }
 
 impl AuditLog for SledStore {
@@ -842,7 +838,6 @@ impl AuditLog for SledStore {
             None => Ok(None),
         }
     }
-
 }
 
 impl Durability for SledStore {
