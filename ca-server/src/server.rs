@@ -135,7 +135,7 @@ pub fn build_state(
             Some(Arc::new(
                 Checkpointer::new(
                     a.signer.clone(),
-                    parts.store.clone(),
+                    parts.store.clone().into_audit_log(),
                     parts.clock.clone(),
                     a.interval,
                 )

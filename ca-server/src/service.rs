@@ -1,5 +1,8 @@
-//! The state every route shares, and the operations that change it: issuing (enrollment,
-//! renewal, the server's own and administrators' certificates), revoking, auditing.
+//! The state every route shares, and the async doors to the registration authority
+//! ([`ca_core::authority::Authority`]): issuing (enrollment, renewal, the server's own and
+//! administrators' certificates) and revoking go through it; who may revoke what
+//! (segregation of duties, [`crate::auth::check_revocation_allowed`]) is checked here, before
+//! the authority revokes.
 //!
 //! CA operations block (HSM signature, store flush), so they run on tokio's blocking pool.
 
