@@ -610,3 +610,38 @@ pub mod b64_bytes {
             .map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{IdentityBinding, TokenRecord};
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn a_token_is_usable_once_and_only_before_its_expiry() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let tok = TokenRecord {
+            id: "t1".into(),
+            hash: "00".into(),
+            identity: IdentityBinding::default(),
+            profile: "server".into(),
+            created_at: t0,
+            expires_at: t0 + Duration::hours(1),
+            created_by: "admin".into(),
+            used_at: None,
+        };
+        assert!(tok.check_usable(t0).is_ok());
+        let rejected = |r: crate::Result<()>| match r {
+            Err(crate::Error::TokenRejected(why)) => why,
+            other => panic!("expected TokenRejected, got {other:?}"),
+        };
+        assert_eq!(
+            rejected(tok.check_usable(t0 + Duration::hours(1))),
+            "token expired"
+        );
+        let used = TokenRecord {
+            used_at: Some(t0),
+            ..tok
+        };
+        assert_eq!(rejected(used.check_usable(t0)), "token already used");
+    }
+}
