@@ -275,7 +275,7 @@ fn links_planted_out_of_the_directory_are_neither_read_nor_imported() {
 /// (base64url, one in 64 starting with '-') stay valid: this one is planted in the CA's store
 /// as such a server would have stored it (by SHA-256), with the CA stopped.
 fn hyphen_token(ca: &mut Ca, cn: &str) -> String {
-    use ca_core::store::{IdentityBinding, SledStore, Store, TokenRecord};
+    use ca_core::store::{prelude::*, IdentityBinding, SledStore, TokenRecord};
     let token = "-kq3Vd_legacy-base64url-token-made-by-an-older-server0".to_string();
     ca.stop();
     {

@@ -10,7 +10,10 @@
 //! - [`csr`]: parsing and vetting PKCS#10 requests (proof of possession, weak keys, extensions).
 //! - [`issuance`]: the issuing CA; `prepare()` checks a request, `issue()` signs, verifies and
 //!   stores it.
-//! - [`store`]: the [`store::Store`] trait and its sled implementation.
+//! - [`authority`]: the registration authority: token redemption, renewal policy (lineage
+//!   rules) and the revocation workflow (store, OCSP, CRL, audit).
+//! - [`store`]: the storage traits ([`store::CertStore`], [`store::TokenStore`],
+//!   [`store::AuditLog`], ...; [`store::Store`] is all of them) and their sled implementation.
 //! - [`audit`]: hash-chained audit events.
 //! - [`x509`]: serial numbers, PEM, key identifiers, validity windows, and the rcgen adapter
 //!   for [`signer::Signer`].
@@ -26,6 +29,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
+pub mod authority;
 pub mod ca_identity;
 pub mod clock;
 pub mod crl;

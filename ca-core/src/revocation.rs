@@ -1,5 +1,6 @@
-//! Revocation vocabulary shared by the store, CRL building and OCSP: RFC 5280 reason codes,
-//! revoked entries and certificate status.
+//! Revocation vocabulary shared by the store, CRL building and OCSP: RFC 5280 reason codes
+//! and the ones this CA refuses, revoked entries and certificate status. The revocation
+//! workflow (store, OCSP, CRL, audit) is the authority's ([`crate::authority`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -138,75 +139,6 @@ pub enum CertStatus {
     Unknown,
 }
 
-/// Revoke a certificate and make every relying party able to see it before returning
-/// (DESIGN invariant 2):
-///
-/// 1. the store records the revocation durably ([`Store::revoke`](crate::store::Store::revoke):
-///    unknown serial is `CertNotFound`, a second revocation is `AlreadyRevoked` unless it
-///    changes the reason to keyCompromise, RFC 5280 5.3.1);
-/// 2. the OCSP response is re-signed, persisted and served
-///    ([`Responder::on_revoked`](crate::ocsp::Responder::on_revoked));
-/// 3. the event is appended to the audit log (invariant 4).
-///
-/// Reasons [`check_reason`] refuses (removeFromCRL, certificateHold, cACompromise,
-/// aACompromise) are refused with [`crate::Error::ReasonNotAllowed`] before anything changes.
-/// `at` is truncated to whole seconds. If step 2 fails the revocation stays recorded, the old
-/// OCSP response is withdrawn (the serial is then answered live or with `tryLater`, never
-/// `good`), the failure is audited and returned: do not acknowledge, retry (a retry with
-/// keyCompromise or a restart re-signs). The CRL is rebuilt by its publisher
-/// ([`crate::crl::CrlPublisher::regenerate`]) afterwards.
-pub fn revoke(
-    store: &dyn crate::store::Store,
-    responder: &crate::ocsp::Responder,
-    serial: &[u8],
-    reason: RevocationReason,
-    at: DateTime<Utc>,
-    actor: &str,
-) -> crate::Result<crate::store::CertRecord> {
-    use crate::audit::NewAuditEvent;
-    let at = crate::clock::truncate(at);
-    let object = hex::encode(serial);
-    // The store refuses reasons `check_reason` refuses before changing anything.
-    let rec = match store.revoke(serial, at, reason) {
-        Ok(rec) => rec,
-        Err(e) => {
-            // Revoked already, by a call whose OCSP re-signing failed (the HSM was down): the
-            // repeated command repairs the answer now rather than at the next refresh pass.
-            if matches!(e, crate::Error::AlreadyRevoked { .. }) {
-                if let Some(Err(resign)) = responder.retry_resign(serial) {
-                    tracing::error!(serial = %object, error = %resign, "OCSP re-signing of an earlier revocation failed again");
-                }
-            }
-            let code = match &e {
-                crate::Error::CertNotFound(_) => "cert_not_found",
-                crate::Error::AlreadyRevoked { .. } => "already_revoked",
-                crate::Error::ReasonNotAllowed(..) => "reason_not_allowed",
-                _ => "store_error",
-            };
-            // Best effort: the store may be what failed.
-            let _ = store.append_audit(
-                NewAuditEvent::failed(actor, "revoke", &object, code)
-                    .with_detail(serde_json::json!({ "reason": reason.name() })),
-            );
-            return Err(e);
-        }
-    };
-    let detail = serde_json::json!({ "reason": reason.name(), "revoked_at": rec_time(&rec) });
-    if let Err(e) = responder.on_revoked(&rec) {
-        tracing::error!(serial = %object, error = %e, "revocation stored but OCSP re-signing failed");
-        store.append_audit(
-            NewAuditEvent::failed(actor, "revoke", &object, "ocsp_resign_failed")
-                .with_detail(detail),
-        )?;
-        return Err(crate::Error::RevocationPending {
-            serial: object,
-            source: Box::new(e),
-        });
-    }
-    store.append_audit(NewAuditEvent::ok(actor, "revoke", &object).with_detail(detail))?;
-    Ok(rec)
-}
-
 /// Refuse reasons a revocation of a certificate in this CA's store cannot carry. Every
 /// certificate the store holds is an end-entity certificate (subscribers, administrators, the
 /// server's TLS certificate, the delegated OCSP responder): the CA certificates are revoked
@@ -242,11 +174,4 @@ pub fn check_reason(reason: RevocationReason) -> crate::Result<()> {
 /// Whether [`check_reason`] accepts `reason` for the end-entity certificates of this CA.
 pub fn reason_allowed(reason: RevocationReason) -> bool {
     check_reason(reason).is_ok()
-}
-
-fn rec_time(rec: &crate::store::CertRecord) -> Option<String> {
-    match &rec.status {
-        crate::store::RecordStatus::Revoked { at, .. } => Some(at.to_rfc3339()),
-        crate::store::RecordStatus::Valid => None,
-    }
 }

@@ -8,7 +8,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use ca_core::audit::NewAuditEvent;
-use ca_core::store::{deferred, SledStore, Store};
+use ca_core::store::{deferred, prelude::*, SledStore};
 use std::path::Path;
 use std::process::Command;
 

@@ -7,7 +7,7 @@ mod ocsp_fixture;
 use ca_core::clock::{FixedClock, SystemClock};
 use ca_core::crl::{build_crl, CrlConfig, CrlPublisher};
 use ca_core::revocation::RevocationReason;
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use chrono::{Duration, Utc};
 use ocsp_fixture::{openssl, run, write_pem, TestCa};
 use std::sync::Arc;

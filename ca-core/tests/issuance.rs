@@ -3,7 +3,7 @@
 use ca_core::csr;
 use ca_core::issuance::{IssueContext, IssuerUrls};
 use ca_core::signer::KeyAlgorithm;
-use ca_core::store::{CertFilter, IdentityBinding, Store, TokenRecord};
+use ca_core::store::{prelude::*, CertFilter, IdentityBinding, TokenRecord};
 use ca_core::Error;
 use der::{Decode, Encode};
 use std::path::Path;

@@ -526,7 +526,7 @@ fn leaf_for_revocation(
 fn crls_have_no_pkilint_findings() {
     use ca_core::crl::{build_crl, build_crl_with};
     use ca_core::revocation::RevocationReason;
-    use ca_core::store::Store;
+    use ca_core::store::prelude::*;
     let mut checks = Vec::new();
     let mut keep = Vec::new();
     for alg in [

@@ -8,6 +8,7 @@ use ca_core::csr::{self, CsrRequest};
 use ca_core::issuance::{Ca, IssueContext, IssuerUrls};
 use ca_core::profile::{NamePolicy, Profile, Profiles, San};
 use ca_core::signer::{KeyAlgorithm, Signer};
+use ca_core::store::prelude::*;
 use ca_core::store::{CertFilter, IdentityBinding, Store};
 use ca_core::Error;
 use der::{Decode, Encode};

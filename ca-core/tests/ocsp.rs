@@ -9,7 +9,7 @@ use ca_core::ocsp::{
 };
 use ca_core::revocation::{CertStatus, RevocationReason};
 use ca_core::signer::Signer;
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use chrono::{Duration, Utc};
 use ocsp_fixture::{openssl, run, TestCa};
 use std::path::Path;
@@ -192,7 +192,7 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
         assert!(out.contains(": good"), "{name}: {out}");
     }
 
-    let rec = ca_core::revocation::revoke(
+    let rec = ca_core::authority::revoke(
         ca.store.as_ref(),
         &r,
         &before.serial,
@@ -225,7 +225,7 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     );
 
     // Clear errors for unknown and already-revoked serials.
-    let e = ca_core::revocation::revoke(
+    let e = ca_core::authority::revoke(
         ca.store.as_ref(),
         &r,
         &[1, 2, 3],
@@ -235,7 +235,7 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     )
     .unwrap_err();
     assert!(matches!(e, ca_core::Error::CertNotFound(_)), "{e}");
-    let e = ca_core::revocation::revoke(
+    let e = ca_core::authority::revoke(
         ca.store.as_ref(),
         &r,
         &before.serial,
@@ -246,7 +246,7 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     .unwrap_err();
     assert!(matches!(e, ca_core::Error::AlreadyRevoked { .. }), "{e}");
     // ... but a change to keyCompromise is allowed (RFC 5280 5.3.1) and re-signed at once.
-    ca_core::revocation::revoke(
+    ca_core::authority::revoke(
         ca.store.as_ref(),
         &r,
         &before.serial,
@@ -272,7 +272,7 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     // removeFromCRL belongs to delta CRLs only (RFC 5280 5.3.1): refused, nothing changes, and
     // the refusal is audited.
     let audit_before = ca.store.audit_events(0, usize::MAX).unwrap().len();
-    let e = ca_core::revocation::revoke(
+    let e = ca_core::authority::revoke(
         ca.store.as_ref(),
         &r,
         &other.record.serial,
@@ -321,7 +321,7 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
         );
         assert!(
             matches!(
-                ca_core::revocation::revoke(
+                ca_core::authority::revoke(
                     ca.store.as_ref(),
                     &r,
                     &other.record.serial,
@@ -381,7 +381,7 @@ fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
     let tickets: Vec<_> = leaves.iter().map(|l| r.enqueue_issued(&l.record)).collect();
     // A revocation that lands between queueing and signing keeps its own response.
     let revoked = &leaves[5];
-    ca_core::revocation::revoke(
+    ca_core::authority::revoke(
         ca.store.as_ref(),
         r.as_ref(),
         &revoked.record.serial,
@@ -465,7 +465,7 @@ fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
     // leaves 8-11 (stored under leaf 8); revoking leaf 0 replaces the record that held the
     // first group, whose other members are signed again at the next start.
     for i in [9, 0] {
-        ca_core::revocation::revoke(
+        ca_core::authority::revoke(
             ca.store.as_ref(),
             r.as_ref(),
             &leaves[i].record.serial,
@@ -841,7 +841,7 @@ fn several_cert_ids_and_nonce_echo_are_signed_live() {
         config,
     );
     r.load().unwrap();
-    ca_core::revocation::revoke(
+    ca_core::authority::revoke(
         ca.store.as_ref(),
         &r,
         &b.record.serial,

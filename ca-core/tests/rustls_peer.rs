@@ -8,7 +8,7 @@ use ca_core::crl::build_crl_with;
 use ca_core::issuance::{Issued, IssuerUrls};
 use ca_core::revocation::RevocationReason;
 use ca_core::signer::KeyAlgorithm;
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use chrono::{Duration, Utc};
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,

@@ -4,7 +4,8 @@
 use ca_core::audit::NewAuditEvent;
 use ca_core::revocation::RevocationReason;
 use ca_core::store::{
-    CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, SledStore, Store, TokenRecord,
+    prelude::*, CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, SledStore,
+    TokenRecord,
 };
 use ca_core::Error;
 use chrono::{Duration, Utc};

@@ -13,7 +13,7 @@
 use ca_core::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, GENESIS};
 use ca_core::clock::Clock;
 use ca_core::signer::Signer;
-use ca_core::store::Store;
+use ca_core::store::AuditLog;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
@@ -28,7 +28,7 @@ pub const EXPORT_FORMAT: &str = "ca-server-audit-export/1";
 /// Signs audit checkpoints.
 pub struct Checkpointer {
     signer: Arc<dyn Signer>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn AuditLog>,
     clock: Arc<dyn Clock>,
     key: AuditKey,
     interval: Duration,
@@ -49,7 +49,7 @@ impl Checkpointer {
     /// once [`Checkpointer::spawn_periodic`] runs.
     pub fn new(
         signer: Arc<dyn Signer>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn AuditLog>,
         clock: Arc<dyn Clock>,
         interval: Duration,
     ) -> ca_core::Result<Self> {
@@ -218,8 +218,8 @@ fn line(l: &ExportLine) -> ca_core::Result<Vec<u8>> {
 /// starts right after the last checkpoint before `since`, which is written first as its anchor
 /// (or at event 1 when there is none), so that its first event is anchored by a signature.
 /// `out` receives the bytes in chunks (blocking; constant memory).
-pub fn write_export(
-    store: &dyn Store,
+pub fn write_export<S: AuditLog + ?Sized>(
+    store: &S,
     since: u64,
     until: Option<u64>,
     key: Option<&AuditKey>,

@@ -12,8 +12,8 @@ use crate::listener::{ConnLimits, Gate};
 use crate::metrics::{Metrics, TimedSigner};
 use crate::ratelimit::RateLimits;
 use crate::service::{
-    with_internal_profiles, AppState, HealthCheck, Readiness, Request, Settings, StatusHooks,
-    StoreOnly, SERVER_TLS_PROFILE,
+    build_authority, with_internal_profiles, AppState, HealthCheck, Readiness, Request, Settings,
+    SERVER_TLS_PROFILE,
 };
 use crate::tls::{self, ClientVerifier, LiveConfig};
 use crate::unauth::{Kind, UnauthFailures};
@@ -89,11 +89,12 @@ impl std::fmt::Debug for ServerParts {
     }
 }
 
-/// Build the CA and the shared state. `hooks` is the status listener's revocation/issuance
-/// hook (see [`status_integration`]); `None` means store-only revocation.
+/// Build the CA, its authority and the shared state. `status` is the status listener (see
+/// [`status_integration`]), whose OCSP responder and CRL publisher the authority keeps
+/// current; `None` means revocations are recorded in the store only.
 fn build_state(
     parts: &ServerParts,
-    hooks: Option<Arc<dyn StatusHooks>>,
+    status: Option<Arc<crate::status::StatusState>>,
 ) -> anyhow::Result<Arc<AppState>> {
     let profiles = with_internal_profiles(
         parts.profiles.clone(),
@@ -124,7 +125,6 @@ fn build_state(
     let hsm_health: HealthCheck =
         Arc::new(move || health_signer.health_check(crate::service::READINESS_SESSION_WAIT));
     let readiness = Readiness::new(&parts.metrics, Some(parts.signer.token().clone()));
-    let hooks = hooks.unwrap_or_else(|| Arc::new(StoreOnly(parts.store.clone())));
     let checkpointer = match &parts.audit {
         Some(a) => {
             if a.signer.spki_der() == parts.signer.spki_der() {
@@ -135,7 +135,7 @@ fn build_state(
             Some(Arc::new(
                 Checkpointer::new(
                     a.signer.clone(),
-                    parts.store.clone(),
+                    parts.store.clone().into_audit_log(),
                     parts.clock.clone(),
                     a.interval,
                 )
@@ -144,41 +144,51 @@ fn build_state(
         }
         None => None,
     };
+    let settings = Settings {
+        token_default_ttl: parts.tokens.default_ttl.0,
+        token_max_ttl: parts.tokens.max_ttl.0,
+        max_body_bytes: parts.limits.max_body_bytes,
+        request_timeout: parts
+            .limits
+            .request_timeout
+            .0
+            .to_std()
+            .unwrap_or(Duration::from_secs(30)),
+        handshake_timeout: parts
+            .limits
+            .handshake_timeout
+            .0
+            .to_std()
+            .unwrap_or(Duration::from_secs(10)),
+        lock_on_superseded: parts.renewal.lock_on_superseded,
+        api_connections: ConnLimits::api(&parts.limits),
+        status_connections: ConnLimits::status(&parts.limits),
+        unauthenticated_summary_interval: parts
+            .limits
+            .unauthenticated_summary_interval
+            .0
+            .to_std()
+            .unwrap_or(Duration::from_secs(60)),
+    };
+    let ca = Arc::new(ca);
+    let authority = Arc::new(build_authority(
+        ca.clone(),
+        parts.store.clone(),
+        parts.clock.clone(),
+        parts.metrics.clone(),
+        &settings,
+        status.as_deref(),
+    ));
     Ok(Arc::new(AppState {
-        ca: Arc::new(ca),
+        ca,
         store: parts.store.clone(),
         clock: parts.clock.clone(),
         metrics: parts.metrics.clone(),
         limits: RateLimits::new(&parts.limits),
-        hooks,
+        authority,
         hsm_health,
         readiness,
-        settings: Settings {
-            token_default_ttl: parts.tokens.default_ttl.0,
-            token_max_ttl: parts.tokens.max_ttl.0,
-            max_body_bytes: parts.limits.max_body_bytes,
-            request_timeout: parts
-                .limits
-                .request_timeout
-                .0
-                .to_std()
-                .unwrap_or(Duration::from_secs(30)),
-            handshake_timeout: parts
-                .limits
-                .handshake_timeout
-                .0
-                .to_std()
-                .unwrap_or(Duration::from_secs(10)),
-            lock_on_superseded: parts.renewal.lock_on_superseded,
-            api_connections: ConnLimits::api(&parts.limits),
-            status_connections: ConnLimits::status(&parts.limits),
-            unauthenticated_summary_interval: parts
-                .limits
-                .unauthenticated_summary_interval
-                .0
-                .to_std()
-                .unwrap_or(Duration::from_secs(60)),
-        },
+        settings,
         root_der,
         revocations: Default::default(),
         checkpointer,
@@ -202,17 +212,16 @@ pub fn reserved_names(parts: &ServerParts) -> anyhow::Result<ReservedNames> {
     Ok(reserved)
 }
 
-/// The status listener's pieces: its router (OCSP, CRL, `/ca.crt`), its hooks and its
+/// The status listener's pieces: its router (OCSP, CRL, `/ca.crt`), its state and its
 /// maintenance task.
 struct StatusParts {
     /// Routes for the plain-HTTP listener (health routes are added by [`start`]).
-    pub router: Router,
-    /// Issuance/revocation hooks (pre-signed OCSP, CRL rebuild).
-    pub hooks: Option<Arc<dyn StatusHooks>>,
+    router: Router,
     /// OCSP refresh and CRL rebuild task, stopped at shutdown ([`Running::attach_status`]).
-    pub maintenance: Option<JoinHandle<()>>,
-    /// The status listener's state, closed at shutdown (its issuance signer thread joined).
-    pub state: Option<Arc<crate::status::StatusState>>,
+    maintenance: Option<JoinHandle<()>>,
+    /// The status listener's state: its OCSP responder and CRL publisher are the authority's
+    /// ([`build_state`]); closed at shutdown (its issuance signer thread joined).
+    state: Option<Arc<crate::status::StatusState>>,
 }
 
 impl std::fmt::Debug for StatusParts {
@@ -308,7 +317,6 @@ fn status_integration(
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),
-        hooks: Some(state.clone() as Arc<dyn StatusHooks>),
         maintenance: Some(maintenance),
         state: Some(state),
     })
@@ -998,8 +1006,8 @@ impl ServerBuilder {
             }
             None => None,
         };
-        let hooks = status.as_ref().and_then(|s| s.hooks.clone());
-        match build_state(&self.parts, hooks) {
+        let status_state = status.as_ref().and_then(|s| s.state.clone());
+        match build_state(&self.parts, status_state) {
             Ok(state) => Ok(Assembled {
                 state,
                 tls_names: self.parts.tls_names,

@@ -32,9 +32,10 @@
 //! - [`serve`] runs the router on a bound listener with graceful shutdown, together with the
 //!   maintenance task ([`StatusState::spawn_maintenance`]: re-sign due OCSP responses, rebuild
 //!   the CRL when due and right after each revocation).
-//! - [`StatusState`] implements [`crate::service::StatusHooks`]: `on_issued` pre-signs,
-//!   `revoke` goes through [`ca_core::revocation::revoke`] (store, then OCSP, then audit) and
-//!   schedules a CRL rebuild.
+//! - [`StatusState`] lends its responder and CRL publisher to the authority
+//!   ([`ca_core::authority::Authority`]: pre-signing at issuance, re-signing at revocation),
+//!   and [`StatusState::crl_wake`] schedules a CRL rebuild; [`StatusState::revoke`] revokes
+//!   through [`ca_core::authority::revoke`] (store, then OCSP, then audit) on its own.
 //!
 //! ```no_run
 //! # async fn f(setup: ca_server::status::StatusSetup) -> anyhow::Result<()> {
@@ -276,7 +277,14 @@ impl StatusState {
         &self.crls
     }
 
-    /// Revoke (blocking): store, OCSP re-signed, audit ([`ca_core::revocation::revoke`]); then
+    /// What wakes the maintenance task to rebuild the CRL right away (a revocation marked it
+    /// stale).
+    pub fn crl_wake(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let dirty = self.crl_dirty.clone();
+        Arc::new(move || dirty.notify_one())
+    }
+
+    /// Revoke (blocking): store, OCSP re-signed, audit ([`ca_core::authority::revoke`]); then
     /// a CRL rebuild is scheduled on the maintenance task.
     pub fn revoke_blocking(
         &self,
@@ -285,7 +293,7 @@ impl StatusState {
         at: DateTime<Utc>,
         actor: &str,
     ) -> ca_core::Result<CertRecord> {
-        let r = ca_core::revocation::revoke(
+        let r = ca_core::authority::revoke(
             self.store.as_ref(),
             &self.responder,
             serial,
@@ -386,22 +394,6 @@ impl StatusState {
         if let Some(o) = &self.observer {
             o(outcome(a));
         }
-    }
-}
-
-impl crate::service::StatusHooks for StatusState {
-    fn on_issued(&self, record: &CertRecord) {
-        let _queued = self.responder.enqueue_issued(record);
-    }
-
-    fn revoke(
-        &self,
-        serial: &[u8],
-        reason: RevocationReason,
-        at: DateTime<Utc>,
-        actor: &str,
-    ) -> ca_core::Result<CertRecord> {
-        self.revoke_blocking(serial, reason, at, actor)
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use ca_server::api::types::*;
 use common::{csr, TestServer};
 use http::Method;

@@ -9,7 +9,7 @@ mod common;
 use ca_core::ocsp::x509_ocsp::{self, OcspRequest, Request, TbsRequest};
 use ca_core::ocsp::{HashAlg, OcspIssuer};
 use ca_core::profile::Span;
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use ca_server::api::types::*;
 use common::*;
 use der::asn1::OctetString;

@@ -4,7 +4,7 @@
 //! call, and the audit log showing how it was made.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ca_core::store::{SledStore, Store};
+use ca_core::store::{prelude::*, SledStore};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

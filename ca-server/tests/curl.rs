@@ -4,7 +4,7 @@
 
 mod common;
 
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use ca_server::api::types::RevokeRequest;
 use ca_server::api::types::RevokeResponse;
 use common::TestServer;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use ca_core::store::{CertFilter, Store};
+use ca_core::store::{prelude::*, CertFilter};
 use ca_server::api::types::*;
 use ca_server::auth::Role;
 use ca_server::client::{ApiClient, ClientError};

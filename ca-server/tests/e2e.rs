@@ -4,7 +4,7 @@
 
 mod common;
 
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use ca_server::api::types::*;
 use ca_server::client::ClientError;
 use common::{csr, serial_of, Identity, Options, TestServer};

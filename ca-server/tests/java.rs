@@ -169,7 +169,7 @@ async fn java_pkix_checks_ocsp_and_crl_over_http(delegated: bool) {
     let recs = [good.clone(), leaked.clone()];
     tokio::task::spawn_blocking(move || {
         for rec in &recs {
-            ca_server::service::StatusHooks::on_issued(hooks.as_ref(), rec);
+            let _queued = hooks.responder().enqueue_issued(rec);
         }
     })
     .await

@@ -15,7 +15,7 @@ mod status_support;
 
 use ca_core::ocsp::{parse_response, sign_response, ExternalResponse, OcspResponseStatus};
 use ca_core::revocation::CertStatus;
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use ca_server::api::types::*;
 use chrono::{DateTime, Duration, Utc};
 use common::{serial_of, TestServer};

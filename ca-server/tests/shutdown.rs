@@ -16,7 +16,7 @@
 mod common;
 mod spy_support;
 
-use ca_core::store::{SledStore, Store};
+use ca_core::store::{prelude::*, SledStore};
 use ca_server::api::types::*;
 use ca_server::client::ApiClient;
 use std::collections::HashMap;

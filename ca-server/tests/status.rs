@@ -7,7 +7,7 @@ mod status_support;
 use base64::Engine;
 use ca_core::ocsp::{sign_response, ExternalResponse, ResponderConfig};
 use ca_core::revocation::{CertStatus, RevocationReason};
-use ca_core::store::Store;
+use ca_core::store::prelude::*;
 use chrono::{Duration, Utc};
 use status_support::fixture::{write_pem, TestCa};
 use status_support::{
@@ -492,7 +492,7 @@ async fn nginx_ssl_ocsp_on_checks_the_whole_chain_with_a_root_signed_file() {
     let recs = [client3.record.clone(), client2.record.clone()];
     tokio::task::spawn_blocking(move || {
         for rec in &recs {
-            ca_server::service::StatusHooks::on_issued(state.as_ref(), rec);
+            let _queued = state.responder().enqueue_issued(rec);
         }
     })
     .await

@@ -14,7 +14,7 @@ mod common;
 
 use ca_core::issuance::IssueContext;
 use ca_core::profile::{NamePolicy, Profile};
-use ca_core::store::{IdentityBinding, Store, TokenRecord};
+use ca_core::store::{prelude::*, IdentityBinding, TokenRecord};
 use ca_core::x509::pem_encode;
 use ca_server::api::types::*;
 use common::{csr, Identity, Options, TestServer};

@@ -1,8 +1,13 @@
-//! Persistent state behind one trait: certificates, revocations, enrollment tokens, CRL
-//! numbers, pre-signed OCSP responses and the audit log.
+//! Persistent state: certificates and revocations ([`CertStore`]), CRL numbers
+//! ([`CrlNumbers`]), enrollment tokens ([`TokenStore`]), pre-signed OCSP responses
+//! ([`OcspResponseStore`]) and the audit log ([`AuditLog`]), plus durability control
+//! ([`Durability`]). Each consumer takes the traits it uses (Boulder's storage subsets);
+//! [`Store`] is all of them, implemented by [`SledStore`].
 //!
-//! Only [`sled_store`] knows sled (DESIGN invariant 6). Every write method returns after the
-//! data is durable (flushed), so callers may acknowledge once it returns (invariant 2).
+//! Only [`sled_store`] knows sled (DESIGN invariant 6): no trait here names a sled type, so a
+//! second backend implements the same traits, keeping the atomicity each method documents.
+//! Every write method returns after the data is durable (flushed), so callers may acknowledge
+//! once it returns (invariant 2).
 
 mod codec;
 mod sled_store;
@@ -14,6 +19,15 @@ use crate::error::Result;
 use crate::revocation::{CertStatus, RevocationReason, RevokedEntry};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The store traits, to bring their methods into scope on a concrete store
+/// (`use ca_core::store::prelude::*;`); on `dyn Store` they are in scope already.
+pub mod prelude {
+    pub use super::{
+        AuditLog, CertStore, CrlNumbers, Durability, OcspResponseStore, Store, TokenStore,
+    };
+}
 
 /// Who asked for a certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +185,22 @@ pub struct TokenRecord {
     pub used_at: Option<DateTime<Utc>>,
 }
 
+impl TokenRecord {
+    /// The one rule for whether a token may be redeemed at `now`: never used, and `now`
+    /// before its expiry (`TokenRejected` otherwise). The authority checks it before any HSM
+    /// work ([`crate::authority`]); every store applies it again inside
+    /// [`TokenStore::consume_token`]'s atomic step.
+    pub fn check_usable(&self, now: DateTime<Utc>) -> Result<()> {
+        if self.used_at.is_some() {
+            return Err(crate::Error::TokenRejected("token already used"));
+        }
+        if now >= self.expires_at {
+            return Err(crate::Error::TokenRejected("token expired"));
+        }
+        Ok(())
+    }
+}
+
 /// A pre-signed OCSP response kept across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredOcspResponse {
@@ -204,28 +234,41 @@ pub struct CertFilter {
     pub limit: Option<usize>,
 }
 
-/// The CA's persistent state. Implementations must be durable on return of every write.
-pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Insert a new certificate; `Ok(false)` if the serial is taken (nothing written).
+/// Certificates, their revocation state and their lineages: what issuance, renewal, the
+/// authority's revocation workflow and the CRL publisher read and write.
+///
+/// Every write is durable when it returns (outside [`deferred`]), so a caller may acknowledge
+/// it (DESIGN invariant 2). A backend must keep the atomicity each method states: the
+/// lineage rules (a generation renews at most once; nothing renews once its lineage is locked)
+/// rest on [`CertStore::insert_renewal`] and [`CertStore::lock_lineage`] being linearizable
+/// with respect to each other.
+pub trait CertStore: Send + Sync + std::fmt::Debug {
+    /// Insert a new certificate; `Ok(false)` if the serial is taken (nothing written). The
+    /// uniqueness check and the insert are one atomic step: of two inserts of one serial,
+    /// exactly one returns `Ok(true)`. A record is never visible without its lookup entries
+    /// (identity, lineage).
     fn insert_cert(&self, rec: &CertRecord) -> Result<bool>;
     /// Insert a renewal, atomically with the lineage checks: `rec` (generation n + 1 of
     /// `rec.lineage`) is stored only if its lineage is not locked and `previous` (the
-    /// renewing certificate, generation n) is the lineage's newest stored generation. So a
-    /// generation renews at most once, even when two renewals race. Errors:
-    /// [`crate::Error::LineageLocked`], [`crate::Error::GenerationSuperseded`] (nothing
-    /// written); `Ok(false)` if the serial is taken.
+    /// renewing certificate, generation n) is the lineage's newest stored generation. The
+    /// check and the insert are one atomic step (check-and-insert): of two renewals of one
+    /// generation, even racing, at most one is stored, and none is stored after
+    /// [`CertStore::lock_lineage`] returned. Errors: [`crate::Error::LineageLocked`],
+    /// [`crate::Error::GenerationSuperseded`] (nothing written); `Ok(false)` if the serial
+    /// is taken.
     fn insert_renewal(&self, rec: &CertRecord, previous: &CertRecord) -> Result<bool>;
     /// The lineage's certificates, oldest generation first.
     fn lineage_certs(&self, lineage: &[u8]) -> Result<Vec<CertRecord>>;
     /// The lineage's newest stored generation (what every renewal checks: its cost must not
     /// grow with the lineage's length). The default takes the last of
-    /// [`Store::lineage_certs`].
+    /// [`CertStore::lineage_certs`].
     fn lineage_newest(&self, lineage: &[u8]) -> Result<Option<CertRecord>> {
         Ok(self.lineage_certs(lineage)?.pop())
     }
     /// Lock a lineage (no renewal, no re-enrollment from any of its generations). Locking a
-    /// locked lineage keeps the first lock and returns it. Once this returns, no renewal of
-    /// the lineage can be stored.
+    /// locked lineage keeps the first lock and returns it (first lock wins, atomically). Once
+    /// this returns, no renewal of the lineage can be stored, so a list of its certificates
+    /// read afterwards is complete.
     fn lock_lineage(&self, lineage: &[u8], lock: &LineageLock) -> Result<LineageLock>;
     /// The lineage's lock, if it is locked.
     fn lineage_lock(&self, lineage: &[u8]) -> Result<Option<LineageLock>>;
@@ -237,42 +280,67 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn list_certs(&self, filter: &CertFilter) -> Result<Vec<CertRecord>>;
     /// Visit every certificate (for OCSP warm-up), without loading all at once.
     fn for_each_cert(&self, f: &mut dyn FnMut(CertRecord) -> Result<()>) -> Result<()>;
-    /// Revoke. Errors: unknown serial (`CertNotFound`); already revoked (`AlreadyRevoked`),
-    /// except that a revocation may be changed to keyCompromise (RFC 5280 5.3.1); a reason
-    /// [`crate::revocation::check_reason`] refuses (`ReasonNotAllowed`), before anything changes.
+    /// Revoke, as one atomic read-modify-write of the record (two concurrent revocations of
+    /// one serial: one succeeds, the other sees it revoked). Errors: unknown serial
+    /// (`CertNotFound`); already revoked (`AlreadyRevoked`), except that a revocation may be
+    /// changed to keyCompromise (RFC 5280 5.3.1); a reason
+    /// [`crate::revocation::check_reason`] refuses (`ReasonNotAllowed`), before anything
+    /// changes.
     fn revoke(
         &self,
         serial: &[u8],
         at: DateTime<Utc>,
         reason: RevocationReason,
     ) -> Result<CertRecord>;
-    /// Visit revoked entries in serial order, streaming (CRL building).
+    /// Visit revoked entries in serial order, streaming (CRL building). Every revocation
+    /// durable before the call starts is visited.
     fn for_each_revoked(&self, f: &mut dyn FnMut(RevokedEntry) -> Result<()>) -> Result<()>;
-    /// Allocate the next CRL number; strictly greater than every number returned before.
+}
+
+/// CRL numbers (RFC 5280 5.2.3): what the CRL publisher allocates.
+pub trait CrlNumbers: Send + Sync + std::fmt::Debug {
+    /// Allocate the next CRL number, durably: strictly greater than every number returned
+    /// before, by any caller, across restarts (an atomic increment; two callers never get the
+    /// same number).
     fn next_crl_number(&self) -> Result<u64>;
-    /// Store a new enrollment token (by hash).
+}
+
+/// One-time enrollment tokens, stored by hash: what the admin routes create and list and
+/// the authority redeems.
+pub trait TokenStore: Send + Sync + std::fmt::Debug {
+    /// Store a new enrollment token (by hash), durably. A hash already stored is an error
+    /// (`Corrupt`), never an overwrite.
     fn insert_token(&self, tok: &TokenRecord) -> Result<()>;
-    /// Atomically consume the token with this hash: succeeds once; later or concurrent
-    /// attempts fail with `TokenRejected`.
+    /// Atomically consume the token with this hash: the usability check
+    /// ([`TokenRecord::check_usable`]: unused, unexpired at `now`) and the marking
+    /// as used at `now` are one compare-and-swap, so a token is redeemed at most once: of
+    /// concurrent attempts exactly one succeeds; the others, and every later one, fail with
+    /// `TokenRejected`.
     fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> Result<TokenRecord>;
-    /// Undo [`Store::consume_token`] when the issuance it was consumed for failed before any
-    /// certificate was stored (HSM down, store error): atomically mark the token unused again,
-    /// only if it is still marked used at exactly `used_at` (the value `consume_token` wrote).
-    /// `Ok(false)` if it is not (unknown, unused, or used at another time): nothing changes.
+    /// Undo [`TokenStore::consume_token`] when the issuance it was consumed for failed before
+    /// any certificate was stored (HSM down, store error): atomically mark the token unused
+    /// again, only if it is still marked used at exactly `used_at` (the value `consume_token`
+    /// wrote; a compare-and-swap). `Ok(false)` if it is not (unknown, unused, or used at
+    /// another time): nothing changes.
     fn release_token(&self, hash: &str, used_at: DateTime<Utc>) -> Result<bool>;
     /// List tokens (for admins).
     fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
     /// The token stored under this hash, used or not (to check a request against its binding
-    /// before consuming it). The default scans [`Store::list_tokens`]; stores override it.
+    /// before consuming it). The default scans [`TokenStore::list_tokens`]; stores override it.
     fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         Ok(self.list_tokens()?.into_iter().find(|t| t.hash == hash))
     }
-    /// Keep a pre-signed OCSP response.
+}
+
+/// Pre-signed OCSP responses kept across restarts: what the OCSP responder persists.
+pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
+    /// Keep a pre-signed OCSP response (replacing the serial's previous one), durable on
+    /// return.
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()>;
     /// Keep a pre-signed OCSP response without waiting for it to be durable: the next flush
     /// (any write's, or the store's periodic one) makes it so. Only for what can be rebuilt
     /// after a crash: the responder signs missing responses again at start. The default is
-    /// [`Store::put_ocsp_response`].
+    /// [`OcspResponseStore::put_ocsp_response`].
     fn put_ocsp_response_lazy(&self, resp: &StoredOcspResponse) -> Result<()> {
         self.put_ocsp_response(resp)
     }
@@ -281,7 +349,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
     ) -> Result<()>;
-    /// Append an audit event to the hash chain; returns the sealed event.
+}
+
+/// The hash-chained audit log and its signed checkpoints (DESIGN invariant 4).
+pub trait AuditLog: Send + Sync + std::fmt::Debug {
+    /// Append an audit event to the hash chain; returns the sealed event. Appends are
+    /// serialised: each event's `seq` is the previous one's + 1 and its `prev_hash` the
+    /// previous one's hash, and the event and the stored head move together (a crash leaves
+    /// a prefix of the chain, never a gap). Durable on return.
     fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent>;
     /// Audit events with `seq >= from`, at most `limit`.
     fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>>;
@@ -389,10 +464,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             _ => Ok(report),
         }
     }
+}
+
+/// Readiness and durability control: the part of a store its host (server, tools) drives.
+///
+/// Every write of the other store traits is durable when it returns, except inside a
+/// deferral begun on the writing thread ([`deferred`]): there it is applied (visible to
+/// readers, with its atomicity) on return and durable when the outermost deferral ends.
+pub trait Durability: Send + Sync + std::fmt::Debug {
     /// Check the store answers (readiness).
     fn health(&self) -> Result<()>;
     /// Start deferring the flushes of writes made **on this thread** (nestable): until the
-    /// matching [`Store::end_deferred`], write methods return once the write is applied, before
+    /// matching [`Durability::end_deferred`], write methods return once the write is applied, before
     /// it is durable. Use [`deferred`], which pairs the two calls; the default (a store whose
     /// writes are always durable on return) does nothing.
     fn begin_deferred(&self) {}
@@ -406,6 +489,52 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// writes are always durable on return) does nothing.
     fn flush(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Everything a CA store holds: certificates ([`CertStore`]), CRL numbers ([`CrlNumbers`]),
+/// enrollment tokens ([`TokenStore`]), OCSP responses ([`OcspResponseStore`]), the audit log
+/// ([`AuditLog`]) and durability control ([`Durability`]). Implemented for every type that
+/// implements them all; components that need only part take the narrower trait, and the
+/// `into_*` methods hand them a narrowed handle on the same store.
+pub trait Store:
+    CertStore + CrlNumbers + TokenStore + OcspResponseStore + AuditLog + Durability
+{
+    /// This store as a [`CertStore`].
+    fn into_certs(self: Arc<Self>) -> Arc<dyn CertStore>;
+    /// This store as a [`CrlNumbers`].
+    fn into_crl_numbers(self: Arc<Self>) -> Arc<dyn CrlNumbers>;
+    /// This store as a [`TokenStore`].
+    fn into_tokens(self: Arc<Self>) -> Arc<dyn TokenStore>;
+    /// This store as an [`OcspResponseStore`].
+    fn into_ocsp_responses(self: Arc<Self>) -> Arc<dyn OcspResponseStore>;
+    /// This store as an [`AuditLog`].
+    fn into_audit_log(self: Arc<Self>) -> Arc<dyn AuditLog>;
+    /// This store as a [`Durability`].
+    fn into_durability(self: Arc<Self>) -> Arc<dyn Durability>;
+}
+
+impl<T> Store for T
+where
+    T: CertStore + CrlNumbers + TokenStore + OcspResponseStore + AuditLog + Durability + 'static,
+{
+    fn into_certs(self: Arc<Self>) -> Arc<dyn CertStore> {
+        self
+    }
+    fn into_crl_numbers(self: Arc<Self>) -> Arc<dyn CrlNumbers> {
+        self
+    }
+    fn into_tokens(self: Arc<Self>) -> Arc<dyn TokenStore> {
+        self
+    }
+    fn into_ocsp_responses(self: Arc<Self>) -> Arc<dyn OcspResponseStore> {
+        self
+    }
+    fn into_audit_log(self: Arc<Self>) -> Arc<dyn AuditLog> {
+        self
+    }
+    fn into_durability(self: Arc<Self>) -> Arc<dyn Durability> {
+        self
     }
 }
 
@@ -428,13 +557,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// })?; // both durable here, after one flush
 /// # Ok(()) }
 /// ```
-pub fn deferred<T, E: From<crate::Error>>(
-    store: &dyn Store,
+pub fn deferred<T, E: From<crate::Error>, S: Durability + ?Sized>(
+    store: &S,
     f: impl FnOnce() -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E> {
     /// Ends the deferral even if `f` panics (the flush error is then moot).
-    struct End<'a>(Option<&'a dyn Store>);
-    impl Drop for End<'_> {
+    struct End<'a, S: Durability + ?Sized>(Option<&'a S>);
+    impl<S: Durability + ?Sized> Drop for End<'_, S> {
         fn drop(&mut self) {
             if let Some(s) = self.0.take() {
                 let _ = s.end_deferred();
@@ -479,5 +608,40 @@ pub mod b64_bytes {
         base64::engine::general_purpose::STANDARD
             .decode(s)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IdentityBinding, TokenRecord};
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn a_token_is_usable_once_and_only_before_its_expiry() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let tok = TokenRecord {
+            id: "t1".into(),
+            hash: "00".into(),
+            identity: IdentityBinding::default(),
+            profile: "server".into(),
+            created_at: t0,
+            expires_at: t0 + Duration::hours(1),
+            created_by: "admin".into(),
+            used_at: None,
+        };
+        assert!(tok.check_usable(t0).is_ok());
+        let rejected = |r: crate::Result<()>| match r {
+            Err(crate::Error::TokenRejected(why)) => why,
+            other => panic!("expected TokenRejected, got {other:?}"),
+        };
+        assert_eq!(
+            rejected(tok.check_usable(t0 + Duration::hours(1))),
+            "token expired"
+        );
+        let used = TokenRecord {
+            used_at: Some(t0),
+            ..tok
+        };
+        assert_eq!(rejected(used.check_usable(t0)), "token already used");
     }
 }

@@ -1,4 +1,4 @@
-//! The sled implementation of [`Store`]. The only module that names sled.
+//! The sled implementation of the store traits ([`super::Store`]). The only module that names sled.
 //!
 //! sled 0.34 makes writes durable only on `flush()`; every write here ends with a group
 //! commit: concurrent writers share one flush (one leader flushes everything written before
@@ -16,7 +16,8 @@
 
 use super::codec;
 use super::{
-    CertFilter, CertRecord, LineageLock, RecordStatus, Store, StoredOcspResponse, TokenRecord,
+    AuditLog, CertFilter, CertRecord, CertStore, CrlNumbers, Durability, LineageLock,
+    OcspResponseStore, RecordStatus, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -191,7 +192,7 @@ impl SledStore {
     /// An audit append writes the event, then the head (no transaction). A crash between the
     /// two leaves the head one event behind the last event; move it forward (only by that one
     /// event, and only if the event links to the head). Anything else is left for
-    /// [`Store::verify_audit`] to report.
+    /// [`AuditLog::verify_audit`] to report.
     fn complete_audit_head(&self) -> Result<()> {
         let Some((_, last)) = self
             .audit
@@ -275,7 +276,7 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
+impl CertStore for SledStore {
     /// Index entries first, the record last: its compare-and-swap is both the uniqueness check
     /// and the commit point. sled recovers a prefix of its log, so a record is never without
     /// its index entries; an index entry without its record (a crash in between, or a lost
@@ -564,7 +565,9 @@ impl Store for SledStore {
         }
         Ok(())
     }
+}
 
+impl CrlNumbers for SledStore {
     fn next_crl_number(&self) -> Result<u64> {
         let v = self
             .meta
@@ -581,7 +584,9 @@ impl Store for SledStore {
         let b = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| Error::Corrupt("CRL number".into()))?;
         Ok(u64::from_be_bytes(b))
     }
+}
 
+impl TokenStore for SledStore {
     fn insert_token(&self, tok: &TokenRecord) -> Result<()> {
         let old = self
             .tokens
@@ -603,12 +608,7 @@ impl Store for SledStore {
                 return Err(Error::TokenRejected("unknown token"));
             };
             let mut tok: TokenRecord = dec("token", &current)?;
-            if tok.used_at.is_some() {
-                return Err(Error::TokenRejected("token already used"));
-            }
-            if now >= tok.expires_at {
-                return Err(Error::TokenRejected("token expired"));
-            }
+            tok.check_usable(now)?;
             tok.used_at = Some(now);
             let swapped = self
                 .tokens
@@ -668,7 +668,9 @@ impl Store for SledStore {
             })
             .collect()
     }
+}
 
+impl OcspResponseStore for SledStore {
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()> {
         self.put_ocsp_response_lazy(resp)?;
         self.durable()
@@ -691,7 +693,9 @@ impl Store for SledStore {
         }
         Ok(())
     }
+}
 
+impl AuditLog for SledStore {
     fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
         let sealed = {
             // The chain is extended under the lock; the flush happens after it is released,
@@ -834,7 +838,9 @@ impl Store for SledStore {
             None => Ok(None),
         }
     }
+}
 
+impl Durability for SledStore {
     fn health(&self) -> Result<()> {
         self.meta
             .get(b"health")

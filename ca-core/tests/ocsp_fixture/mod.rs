@@ -6,7 +6,7 @@
 use ca_core::clock::to_offset;
 use ca_core::signer::pkcs11::Pkcs11Signer;
 use ca_core::signer::{KeyAlgorithm, Signer};
-use ca_core::store::{CertRecord, RecordStatus, Requester, SledStore, Store};
+use ca_core::store::{prelude::*, CertRecord, RecordStatus, Requester, SledStore};
 use ca_core::x509::RcgenKey;
 use chrono::{Duration, Utc};
 use hsm_sim::TestToken;

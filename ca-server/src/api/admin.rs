@@ -256,9 +256,9 @@ pub async fn revoke(
         }
     };
     let serial_hex = hex::encode(&serial);
-    // Segregation of duties first (refusals audited); the revocation hook records, publishes
-    // (OCSP) and audits each revocation; keyCompromise and `lineage` also lock the lineage and
-    // revoke its other generations.
+    // Segregation of duties first (refusals audited); the authority records, publishes
+    // (OCSP, CRL) and audits each revocation; keyCompromise and `lineage` also lock the
+    // lineage and revoke its other generations.
     let done = state
         .revoke(
             admin.roles.clone(),

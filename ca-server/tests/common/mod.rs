@@ -6,6 +6,7 @@ use ca_core::clock::{Clock, SystemClock};
 use ca_core::issuance::IssuerUrls;
 use ca_core::profile::{Profiles, Span};
 use ca_core::signer::KeyAlgorithm;
+use ca_core::store::prelude::*;
 use ca_core::store::Store;
 use ca_server::api::types::*;
 use ca_server::auth::Role;
