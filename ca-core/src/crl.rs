@@ -9,8 +9,8 @@
 //! verified before the CRL is returned (fail closed). The root CRL ceremony calls it with the
 //! entries of its configuration and a number from the transcript history.
 //!
-//! [`build_crl`] feeds it from the store: the entries from [`Store::for_each_revoked`] and a
-//! number from [`Store::next_crl_number`], so numbers only ever increase, across
+//! [`build_crl`] feeds it from the store: the entries from [`CertStore::for_each_revoked`](crate::store::CertStore::for_each_revoked) and a
+//! number from [`CrlNumbers::next_crl_number`](crate::store::CrlNumbers::next_crl_number), so numbers only ever increase, across
 //! regenerations and restarts (RFC 5280 5.2.3).
 //!
 //! [`CrlPublisher`] keeps the current CRL in memory for the status listener and rebuilds it

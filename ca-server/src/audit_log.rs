@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Format name in an export's header line.
-pub const EXPORT_FORMAT: &str = "ca-server-audit-export/1";
+pub(crate) const EXPORT_FORMAT: &str = "ca-server-audit-export/1";
 
 /// Signs audit checkpoints.
 pub struct Checkpointer {
@@ -165,7 +165,7 @@ impl Checkpointer {
 /// The first line of an export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExportHeader {
+pub(crate) struct ExportHeader {
     /// [`EXPORT_FORMAT`].
     pub format: String,
     /// When the export was made.
@@ -179,7 +179,7 @@ pub struct ExportHeader {
 /// The last line of an export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExportEnd {
+pub(crate) struct ExportEnd {
     /// Events in the export.
     pub events: u64,
     /// Checkpoints in the export (the anchor included).
@@ -195,7 +195,7 @@ pub struct ExportEnd {
     clippy::large_enum_variant,
     reason = "one line at a time; boxing would only add allocations"
 )]
-pub enum ExportLine {
+pub(crate) enum ExportLine {
     /// First line.
     Header(ExportHeader),
     /// An audit event.
@@ -218,7 +218,7 @@ fn line(l: &ExportLine) -> ca_core::Result<Vec<u8>> {
 /// starts right after the last checkpoint before `since`, which is written first as its anchor
 /// (or at event 1 when there is none), so that its first event is anchored by a signature.
 /// `out` receives the bytes in chunks (blocking; constant memory).
-pub fn write_export<S: AuditLog + ?Sized>(
+pub(crate) fn write_export<S: AuditLog + ?Sized>(
     store: &S,
     since: u64,
     until: Option<u64>,
@@ -290,7 +290,7 @@ pub fn write_export<S: AuditLog + ?Sized>(
 
 /// What an export proved.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ExportSummary {
+pub(crate) struct ExportSummary {
     /// The header.
     pub header: ExportHeader,
     /// Chain and checkpoints.
@@ -300,7 +300,7 @@ pub struct ExportSummary {
 /// Why an export does not verify.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ExportError {
+pub(crate) enum ExportError {
     /// Reading failed.
     #[error("reading the export: {0}")]
     Read(#[from] std::io::Error),
@@ -331,7 +331,10 @@ pub enum ExportError {
 /// one before; every checkpoint's signature verifies and its hash is the event's at its
 /// sequence; the end line matches; and the export ends at its last checkpoint (events after
 /// it would not be covered by any signature: `ca-server audit export` always ends at one).
-pub fn verify_export(input: impl BufRead, key: &AuditKey) -> Result<ExportSummary, ExportError> {
+pub(crate) fn verify_export(
+    input: impl BufRead,
+    key: &AuditKey,
+) -> Result<ExportSummary, ExportError> {
     let mut header: Option<ExportHeader> = None;
     let mut v: Option<LogVerifier> = None;
     let mut end: Option<ExportEnd> = None;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 /// What a break-glass run produced.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Minted {
+pub(crate) struct Minted {
     /// Serial (hex).
     pub serial: String,
     /// Role.
@@ -59,7 +59,12 @@ fn operator_identity() -> (String, String) {
 }
 
 /// Mint an administrator certificate offline (see the module documentation).
-pub async fn create(config: &Path, role: Role, name: &str, out: &Path) -> anyhow::Result<Minted> {
+pub(crate) async fn create(
+    config: &Path,
+    role: Role,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<Minted> {
     let cfg = ServerConfig::load(config)?;
     if let Some(conf) = &cfg.hsm.softhsm_conf {
         server::reexec_for_softhsm(conf)?;

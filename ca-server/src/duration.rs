@@ -11,24 +11,24 @@ use ca_core::profile::Span;
 use chrono::Duration;
 
 /// The range of `expiring_within` / `--expiring-within`: 1 second to 100 years.
-pub const EXPIRING_WITHIN: Range = Range {
+pub(crate) const EXPIRING_WITHIN: Range = Range {
     min_secs: 1,
     max_secs: 36_500 * 86_400,
 };
 
 /// The widest token lifetime the CLI sends (`--ttl`); the server then applies its own
 /// `tokens.max_ttl` (at most 365d, see [`TOKEN_TTL_CEILING`]).
-pub const TOKEN_TTL_FLAG: Range = Range {
+pub(crate) const TOKEN_TTL_FLAG: Range = Range {
     min_secs: 1,
     max_secs: TOKEN_TTL_CEILING,
 };
 
 /// Ceiling of `tokens.max_ttl` in the configuration (seconds): 365 days.
-pub const TOKEN_TTL_CEILING: i64 = 365 * 86_400;
+pub(crate) const TOKEN_TTL_CEILING: i64 = 365 * 86_400;
 
 /// An inclusive range of whole seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Range {
+pub(crate) struct Range {
     /// Shortest accepted duration (seconds).
     pub min_secs: i64,
     /// Longest accepted duration (seconds).
@@ -37,7 +37,7 @@ pub struct Range {
 
 impl Range {
     /// `1s` to `max`.
-    pub fn up_to(max: Duration) -> Range {
+    pub(crate) fn up_to(max: Duration) -> Range {
         Range {
             min_secs: 1,
             max_secs: max.num_seconds().max(1),
@@ -76,7 +76,7 @@ fn span_text(secs: i64) -> String {
 }
 
 /// Parse `value` (`30s`, `15m`, `24h`, `90d`) for `field` and check it lies in `range`.
-pub fn parse(field: &str, value: &str, range: Range) -> Result<Span, DurationError> {
+pub(crate) fn parse(field: &str, value: &str, range: Range) -> Result<Span, DurationError> {
     let out_of_range = || {
         DurationError::OutOfRange(format!(
             "{field}={value:?} is out of range: it must be between {} and {}",
@@ -132,7 +132,10 @@ pub fn parse(field: &str, value: &str, range: Range) -> Result<Span, DurationErr
 }
 
 /// A clap value parser for a duration flag in `range` (the value is passed on as written).
-pub fn flag(field: &'static str, range: Range) -> impl Fn(&str) -> Result<String, String> + Clone {
+pub(crate) fn flag(
+    field: &'static str,
+    range: Range,
+) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |v: &str| {
         parse(field, v, range)
             .map(|_| v.trim().to_string())

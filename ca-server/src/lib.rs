@@ -23,22 +23,23 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod api;
-pub mod audit_log;
+pub(crate) mod audit_log;
 pub mod auth;
-pub mod breakglass;
+pub(crate) mod breakglass;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
-pub mod duration;
+pub(crate) mod duration;
 pub mod error;
-pub mod listener;
+pub(crate) mod listener;
 pub mod metrics;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod status;
 pub mod tls;
-pub mod unauth;
+pub(crate) mod unauth;

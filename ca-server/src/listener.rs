@@ -137,7 +137,7 @@ fn ip_key(ip: IpAddr) -> IpAddr {
 /// Admission of connections to one listener: the global cap (a semaphore) and the per-address
 /// counts.
 #[derive(Debug)]
-pub struct Gate {
+pub(crate) struct Gate {
     limits: ConnLimits,
     slots: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -147,7 +147,7 @@ pub struct Gate {
 
 /// One admitted connection; dropping it gives its slots back.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     gate: Arc<Gate>,
     ip: IpAddr,
     _slot: OwnedSemaphorePermit,
@@ -168,7 +168,7 @@ impl Drop for Ticket {
 
 impl Gate {
     /// A gate for a listener with these limits.
-    pub fn new(limits: ConnLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(limits: ConnLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         let open = metrics.connections_open(limits.listener);
         Arc::new(Gate {
             slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -180,12 +180,12 @@ impl Gate {
     }
 
     /// The limits.
-    pub fn limits(&self) -> &ConnLimits {
+    pub(crate) fn limits(&self) -> &ConnLimits {
         &self.limits
     }
 
     /// Admit a connection from `ip`, or refuse it (counted) when a cap is reached.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             self.metrics
                 .connection_refused(self.limits.listener, "global");
@@ -211,15 +211,8 @@ impl Gate {
         })
     }
 
-    /// Open connections.
-    pub fn open(&self) -> usize {
-        self.limits
-            .max_connections
-            .saturating_sub(self.slots.available_permits())
-    }
-
     /// Wait until every admitted connection has ended, at most `grace`; whether they did.
-    pub async fn drained(&self, grace: Duration) -> bool {
+    pub(crate) async fn drained(&self, grace: Duration) -> bool {
         let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
         tokio::time::timeout(grace, self.slots.acquire_many(all))
             .await
@@ -331,12 +324,12 @@ fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Serve one admitted connection (TLS already done, or plain TCP) with `router`, adding
 /// `ext` to every request, until it ends, a limit closes it, or `shutdown` fires.
-pub async fn serve_connection<I, X>(
+pub(crate) async fn serve_connection<I, X>(
     gate: Arc<Gate>,
     ticket: Ticket,
     io: I,
     router: axum::Router,
-    ext: X,
+    ext: Option<X>,
     addr: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -349,7 +342,9 @@ pub async fn serve_connection<I, X>(
     let svc = {
         let activity = activity.clone();
         tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ext.clone());
+            if let Some(ext) = &ext {
+                req.extensions_mut().insert(ext.clone());
+            }
             // No timer per request: the connection's timer enforces the request timeout
             // (Activity::expired), which keeps the OCSP path as cheap as a bare server.
             let guard = InFlight::start(&activity);
@@ -403,7 +398,7 @@ pub async fn serve_connection<I, X>(
 
 /// Accept plain-HTTP connections on `listener` until `shutdown`, then wait (at most
 /// [`crate::server::SHUTDOWN_GRACE`]) for the open ones to finish.
-pub async fn serve_plain(
+pub(crate) async fn serve_plain(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     gate: Arc<Gate>,
@@ -431,7 +426,7 @@ pub async fn serve_plain(
             ticket,
             tcp,
             router.clone(),
-            PlainPeer(addr),
+            None::<()>,
             addr,
             shutdown.clone(),
         ));
@@ -444,7 +439,3 @@ pub async fn serve_plain(
         );
     }
 }
-
-/// The client address of a request on the plain-HTTP listener (a request extension).
-#[derive(Clone, Copy, Debug)]
-pub struct PlainPeer(pub SocketAddr);

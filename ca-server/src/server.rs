@@ -735,8 +735,16 @@ async fn accept_loop(
                 .and_then(|c| c.first())
                 .map(|c| Arc::new(c.to_vec()));
             let peer = Peer { addr, cert };
-            crate::listener::serve_connection(gate, ticket, tls, router, peer, addr, shutdown)
-                .await;
+            crate::listener::serve_connection(
+                gate,
+                ticket,
+                tls,
+                router,
+                Some(peer),
+                addr,
+                shutdown,
+            )
+            .await;
         });
     }
     drop(listener);

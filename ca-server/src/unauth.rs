@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex};
 
 /// Source addresses counted one by one per kind and interval; the others are counted
 /// together (`other_addresses`), so memory stays bounded whatever the traffic.
-pub const TRACKED_ADDRESSES: usize = 4096;
+pub(crate) const TRACKED_ADDRESSES: usize = 4096;
 /// Routes counted one by one per kind and interval (the path of a 413 is the client's).
 const TRACKED_ROUTES: usize = 32;
 /// Longest route kept in a summary (the path of a 413 is the client's).
 const MAX_ROUTE_LEN: usize = 128;
 /// Source addresses listed in a summary.
-pub const TOP_ADDRESSES: usize = 10;
+pub(crate) const TOP_ADDRESSES: usize = 10;
 
 /// What was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

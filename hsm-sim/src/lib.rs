@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use ca_core::signer::pkcs11::{find_softhsm_module, open_module, HsmConfig, PinSource, MODULE_ENV};
@@ -35,7 +36,7 @@ use zeroize_free::Secret;
 mod zeroize_free {
     /// A string that does not print itself.
     #[derive(Clone)]
-    pub struct Secret(pub String);
+    pub(crate) struct Secret(pub(crate) String);
     impl std::fmt::Debug for Secret {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("<redacted>")

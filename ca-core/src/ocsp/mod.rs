@@ -7,7 +7,7 @@
 //! - [`Responder`] keeps one pre-signed response per issued certificate in memory, keyed by
 //!   (issuer key hash, serial); it signs at issuance ([`Responder::on_issued`]), at revocation
 //!   ([`Responder::on_revoked`]) and before a response goes stale ([`Responder::refresh_due`]),
-//!   persists what it signs through [`crate::store::Store::put_ocsp_response`] and reloads it on
+//!   persists what it signs through [`crate::store::OcspResponseStore::put_ocsp_response`] and reloads it on
 //!   start. Answering a request ([`Responder::lookup`]) performs no HSM operation and no I/O.
 //!
 //! # Response profile

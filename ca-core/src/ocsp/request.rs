@@ -6,7 +6,7 @@ use std::fmt;
 use x509_ocsp::{CertId, OcspRequest};
 
 /// RFC 8954 2.1: `Nonce ::= OCTET STRING(SIZE(1..32))`.
-pub const MAX_NONCE_LEN: usize = 32;
+pub(super) const MAX_NONCE_LEN: usize = 32;
 
 /// Why a request is malformed; each maps to the `malformedRequest` response status
 /// (RFC 6960 2.3).

@@ -20,7 +20,7 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Persist {
     Durable,
-    /// Written, made durable by a later flush ([`Store::put_ocsp_response_lazy`]).
+    /// Written, made durable by a later flush ([`OcspResponseStore::put_ocsp_response_lazy`](crate::store::OcspResponseStore::put_ocsp_response_lazy)).
     Lazy,
     /// Not written: the group response stored under another serial covers it.
     MemoryOnly,
