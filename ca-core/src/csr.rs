@@ -77,22 +77,7 @@ pub const IGNORED_EXTENSIONS: &[(&str, &str)] = &[
     ("2.16.840.1.113730.1.13", "Netscape comment"),
 ];
 
-/// Extensions that would change what a certificate means if they were honoured; a CSR that
-/// asks for one is refused (and no profile may tolerate them). basicConstraints cA=TRUE,
-/// keyUsage and extendedKeyUsage beyond the profile are refused by their own checks.
-pub const MEANINGFUL_EXTENSIONS: &[(&str, &str)] = &[
-    ("2.5.29.30", "nameConstraints"),
-    ("2.5.29.32", "certificatePolicies"),
-    ("2.5.29.33", "policyMappings"),
-    ("2.5.29.36", "policyConstraints"),
-    ("2.5.29.54", "inhibitAnyPolicy"),
-    ("2.5.29.9", "subjectDirectoryAttributes"),
-    ("1.3.6.1.5.5.7.1.24", "TLS feature (must-staple)"),
-    ("1.3.6.1.5.5.7.48.1.5", "OCSP no-check"),
-    ("1.3.6.1.4.1.11129.2.4.3", "certificate transparency poison"),
-    ("1.3.6.1.4.1.311.21.10", "Microsoft application policies"),
-    ("2.16.840.1.113730.1.1", "Netscape certificate type"),
-];
+pub use crate::profile::MEANINGFUL_EXTENSIONS;
 
 /// Parse a PEM (`-----BEGIN CERTIFICATE REQUEST-----`) or DER CSR.
 pub fn parse_pem_or_der(input: &[u8]) -> Result<CsrRequest> {

@@ -135,7 +135,7 @@ pub enum Error {
     Der(#[from] der::Error),
     /// A PEM text was refused (crate::x509's parser).
     #[error("PEM: {0}")]
-    Pem(#[from] crate::x509::PemError),
+    Pem(#[from] PemError),
     /// The store failed.
     #[error("store error during {op}: {source}")]
     Store {
@@ -279,3 +279,37 @@ impl Error {
 
 /// Result alias for `ca-core`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a PEM text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemError {
+    /// No `-----BEGIN` line at all.
+    #[error("no PEM block (expected {expected})")]
+    NoBlock {
+        /// The label that was looked for.
+        expected: String,
+    },
+    /// The first block (the one read) has another label.
+    #[error("PEM block is {found}, expected {expected}")]
+    WrongLabel {
+        /// The label found.
+        found: String,
+        /// The label that was looked for.
+        expected: String,
+    },
+    /// A BEGIN line that is not `-----BEGIN LABEL-----`, or a block without its END line.
+    #[error("no complete {label} PEM block")]
+    Incomplete {
+        /// The label of the block (as far as it could be read).
+        label: String,
+    },
+    /// The text between BEGIN and END is not canonical base64.
+    #[error("bad base64 in the {label} PEM block: {reason}")]
+    Base64 {
+        /// The label of the block.
+        label: String,
+        /// What the base64 decoder said.
+        reason: String,
+    },
+}

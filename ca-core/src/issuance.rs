@@ -456,7 +456,7 @@ fn check_key_and_extensions(csr: &CsrRequest, profile: &Profile, profile_name: &
         }
     }
     for oid in &csr.other_extensions {
-        if let Some((_, name)) = crate::csr::MEANINGFUL_EXTENSIONS
+        if let Some((_, name)) = crate::profile::MEANINGFUL_EXTENSIONS
             .iter()
             .find(|(o, _)| o == oid)
         {

@@ -17,6 +17,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// Extensions that would change what a certificate means if they were honoured; a CSR that
+/// asks for one is refused (and no profile may tolerate them). basicConstraints cA=TRUE,
+/// keyUsage and extendedKeyUsage beyond the profile are refused by their own checks.
+pub const MEANINGFUL_EXTENSIONS: &[(&str, &str)] = &[
+    ("2.5.29.30", "nameConstraints"),
+    ("2.5.29.32", "certificatePolicies"),
+    ("2.5.29.33", "policyMappings"),
+    ("2.5.29.36", "policyConstraints"),
+    ("2.5.29.54", "inhibitAnyPolicy"),
+    ("2.5.29.9", "subjectDirectoryAttributes"),
+    ("1.3.6.1.5.5.7.1.24", "TLS feature (must-staple)"),
+    ("1.3.6.1.5.5.7.48.1.5", "OCSP no-check"),
+    ("1.3.6.1.4.1.11129.2.4.3", "certificate transparency poison"),
+    ("1.3.6.1.4.1.311.21.10", "Microsoft application policies"),
+    ("2.16.840.1.113730.1.1", "Netscape certificate type"),
+];
+
 /// A duration written as `30s`, `15m`, `24h` or `90d`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span(pub Duration);
@@ -322,10 +339,7 @@ impl Profile {
                     format!("{oid:?}: {e}"),
                 )
             })?;
-            if let Some((_, name)) = crate::csr::MEANINGFUL_EXTENSIONS
-                .iter()
-                .find(|(o, _)| o == oid)
-            {
+            if let Some((_, name)) = MEANINGFUL_EXTENSIONS.iter().find(|(o, _)| o == oid) {
                 return Err(err(
                     &format!("tolerated_csr_extensions[{i}]"),
                     format!("{oid} ({name}) would change what the certificate means; it cannot be tolerated"),

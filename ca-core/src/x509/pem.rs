@@ -11,39 +11,7 @@ use base64::Engine;
 const BEGIN: &[u8] = b"-----BEGIN ";
 const DASHES: &[u8] = b"-----";
 
-/// Why a PEM text was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PemError {
-    /// No `-----BEGIN` line at all.
-    #[error("no PEM block (expected {expected})")]
-    NoBlock {
-        /// The label that was looked for.
-        expected: String,
-    },
-    /// The first block (the one read) has another label.
-    #[error("PEM block is {found}, expected {expected}")]
-    WrongLabel {
-        /// The label found.
-        found: String,
-        /// The label that was looked for.
-        expected: String,
-    },
-    /// A BEGIN line that is not `-----BEGIN LABEL-----`, or a block without its END line.
-    #[error("no complete {label} PEM block")]
-    Incomplete {
-        /// The label of the block (as far as it could be read).
-        label: String,
-    },
-    /// The text between BEGIN and END is not canonical base64.
-    #[error("bad base64 in the {label} PEM block: {reason}")]
-    Base64 {
-        /// The label of the block.
-        label: String,
-        /// What the base64 decoder said.
-        reason: String,
-    },
-}
+pub use crate::error::PemError;
 
 /// PEM text for DER: `-----BEGIN {label}-----`, base64 in 64-character lines,
 /// `-----END {label}-----`, LF line ends. `label` is one of RFC 7468's labels
