@@ -12,7 +12,7 @@
 #
 # Usage: bench/api.sh [ENROLLMENTS] [RENEWALS] [CONNECTIONS]   (defaults 20000 20000 16)
 # BENCH_HSM_SESSIONS=N sets the HSM session pool size (default: one per core, at least 2).
-# Writes bench/results/api.md. BENCH_DIR picks where the store lives (default /var/tmp: a disk,
+# Writes bench/results/api.md (BENCH_OUT=FILE: there instead). BENCH_DIR picks where the store lives (default /var/tmp: a disk,
 # so that durability costs what it costs in production).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +64,7 @@ start_server
 . "$dir/dev.env"
 
 mkdir -p bench/results
-out=bench/results/api.md
+out="${BENCH_OUT:-bench/results/api.md}"
 {
   echo "### Certificates per second through the HTTPS API ($(date -u +%Y-%m-%d\ %H:%M\ UTC))"
   echo

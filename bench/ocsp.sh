@@ -8,6 +8,9 @@
 #
 # Usage: bench/ocsp.sh [DURATION] [CONNECTIONS] [CERTS]   (defaults 8s 16 2000)
 #        ROUNDS=3 (each case runs once per round, rounds interleave; best round reported)
+#        BENCH_OUT=FILE writes the results there instead of bench/results/ocsp.md
+#        BENCH_STATUS_BIN=PATH runs another build's bench_status (responder and load generator)
+#        instead of this tree's, to compare builds (A/B) on the same machine
 #        PIN=1 (default on 2+ cores): every server runs on CPU 0 and every load generator on
 #        CPU 1 (taskset), so client and server never compete for a core and each server gets
 #        the same single core; PIN=0 lets the scheduler place them.
@@ -22,7 +25,7 @@ if [ -z "${OCSP_BENCH_NETNS:-}" ]; then
   for t in wrk nginx openssl unshare curl; do
     command -v "$t" >/dev/null || [ -x "/usr/sbin/$t" ] || { echo "ocsp.sh: $t is required" >&2; exit 1; }
   done
-  cargo build --release --locked -p ca-server --example bench_status >&2
+  [ -n "${BENCH_STATUS_BIN:-}" ] || cargo build --release --locked -p ca-server --example bench_status >&2
   exec unshare -rn env OCSP_BENCH_NETNS=1 "$0" "$@"
 fi
 
@@ -33,6 +36,7 @@ if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null;
 fi
 loadavg="$(cut -d' ' -f1-3 /proc/loadavg)"
 target="${CARGO_TARGET_DIR:-target}"
+bench_status="${BENCH_STATUS_BIN:-$target/release/examples/bench_status}"
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 work="$(mktemp -d)"
 pids=()
@@ -47,7 +51,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # 1. The CA, its certificates and our responder (plus the bare axum ceiling).
 mkfifo "$work/in"
-"${srv[@]}" "$target/release/examples/bench_status" "$work" "$certs" <"$work/in" >"$work/ours.env" 2>"$work/ours.log" &
+"${srv[@]}" "$bench_status" "$work" "$certs" <"$work/in" >"$work/ours.env" 2>"$work/ours.log" &
 pids+=($!)
 exec 3>"$work/in"  # keeps the responder's stdin open until we exit
 for _ in $(seq 1 600); do grep -q '^READY=1' "$work/ours.env" 2>/dev/null && break; sleep 0.1; done
@@ -120,7 +124,7 @@ run() { # name port method post-path get-prefix
 }
 load() { # name port method post-path get-prefix
   local name="$1" port="$2" method="$3" line
-  line="$("${cli[@]}" "$target/release/examples/bench_status" load "http://127.0.0.1:$port" "$method" "$work/requests.txt" "$conns" "$dur" "$4" "$5" | grep '^RESULT')"
+  line="$("${cli[@]}" "$bench_status" load "http://127.0.0.1:$port" "$method" "$work/requests.txt" "$conns" "$dur" "$4" "$5" | grep '^RESULT')"
   echo "$name $method $line"
 }
 
@@ -152,7 +156,7 @@ val() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 mkdir -p bench/results
-out=bench/results/ocsp.md
+out="${BENCH_OUT:-bench/results/ocsp.md}"
 {
   echo "### OCSP responder ($(date -u +%Y-%m-%d), wrk -t$threads -c$conns -d$dur, keep-alive, loopback, best of $rounds rounds)"
   echo
