@@ -188,7 +188,7 @@ impl AuditKey {
 
     /// The PEM form (`PUBLIC KEY`).
     pub fn to_pem(&self) -> String {
-        crate::issuance::pem("PUBLIC KEY", &self.spki)
+        crate::x509::pem("PUBLIC KEY", &self.spki)
     }
 
     /// The DER SubjectPublicKeyInfo.

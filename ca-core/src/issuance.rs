@@ -928,10 +928,7 @@ impl Issued {
     }
 }
 
-/// PEM-encode DER with a label.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    der::pem::encode_string(label, der::pem::LineEnding::LF, der).unwrap_or_default()
-}
+pub use crate::x509::pem;
 
 #[cfg(test)]
 mod tests {

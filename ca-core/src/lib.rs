@@ -26,14 +26,19 @@
 pub mod audit;
 pub mod ca_identity;
 pub mod clock;
+#[cfg(feature = "issue")]
 pub mod crl;
 pub mod csr;
 pub mod error;
+#[cfg(feature = "issue")]
 pub mod issuance;
+#[cfg(feature = "store")]
 pub mod ocsp;
 pub mod profile;
 pub mod revocation;
 pub mod signer;
+pub mod x509;
+#[cfg(feature = "store")]
 pub mod store;
 
 pub use error::{Error, Result};

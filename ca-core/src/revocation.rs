@@ -155,6 +155,7 @@ pub enum CertStatus {
 /// `good`), the failure is audited and returned: do not acknowledge, retry (a retry with
 /// keyCompromise or a restart re-signs). The CRL is rebuilt by its publisher
 /// ([`crate::crl::CrlPublisher::regenerate`]) afterwards.
+#[cfg(feature = "store")]
 pub fn revoke(
     store: &dyn crate::store::Store,
     responder: &crate::ocsp::Responder,
@@ -244,6 +245,7 @@ pub fn reason_allowed(reason: RevocationReason) -> bool {
     check_reason(reason).is_ok()
 }
 
+#[cfg(feature = "store")]
 fn rec_time(rec: &crate::store::CertRecord) -> Option<String> {
     match &rec.status {
         crate::store::RecordStatus::Revoked { at, .. } => Some(at.to_rfc3339()),

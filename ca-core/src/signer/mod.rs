@@ -4,6 +4,7 @@
 //! [`verify`] checks a signature with a public key in software (ring), which is how issuance
 //! proves a certificate is good before returning it.
 
+#[cfg(feature = "hsm")]
 pub mod pkcs11;
 
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use std::fmt;
 use std::str::FromStr;
+#[cfg(feature = "issue")]
 use std::sync::Mutex;
 
 /// Key algorithms the CA can hold and the agent can request.
@@ -67,6 +69,7 @@ impl KeyAlgorithm {
     }
 
     /// The rcgen signature algorithm this key signs with.
+    #[cfg(feature = "issue")]
     pub fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             KeyAlgorithm::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -201,6 +204,7 @@ pub(crate) fn rsa_public_key_der(modulus: &[u8], exponent: &[u8]) -> Result<Vec<
 }
 
 /// ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER } (RFC 5480 2.2.3 / RFC 3279 2.2.3)
+#[cfg(feature = "hsm")]
 #[derive(der::Sequence)]
 struct EcdsaSigValue<'a> {
     r: der::asn1::UintRef<'a>,
@@ -208,6 +212,7 @@ struct EcdsaSigValue<'a> {
 }
 
 /// Convert a raw PKCS#11 ECDSA signature (r || s) to the DER form X.509 uses.
+#[cfg(feature = "hsm")]
 pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(Error::HsmData {
@@ -284,11 +289,13 @@ pub trait Signer: Send + Sync + fmt::Debug {
 
 /// Adapter that lets rcgen sign with a [`Signer`], keeping the HSM's error (rcgen's
 /// `RemoteKeyError` carries none).
+#[cfg(feature = "issue")]
 pub struct RcgenKey<'a> {
     signer: &'a dyn Signer,
     last_error: Mutex<Option<Error>>,
 }
 
+#[cfg(feature = "issue")]
 impl<'a> RcgenKey<'a> {
     /// Wrap a signer.
     pub fn new(signer: &'a dyn Signer) -> Self {
@@ -314,6 +321,7 @@ impl<'a> RcgenKey<'a> {
     }
 }
 
+#[cfg(feature = "issue")]
 impl rcgen::PublicKeyData for RcgenKey<'_> {
     fn der_bytes(&self) -> &[u8] {
         self.signer.public_key_bits()
@@ -323,6 +331,7 @@ impl rcgen::PublicKeyData for RcgenKey<'_> {
     }
 }
 
+#[cfg(feature = "issue")]
 impl rcgen::SigningKey for RcgenKey<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         self.signer.sign(msg).map_err(|e| {
@@ -338,6 +347,7 @@ impl rcgen::SigningKey for RcgenKey<'_> {
 pub struct PublicKey {
     alg: KeyAlgorithm,
     spki: Vec<u8>,
+    #[cfg_attr(not(feature = "issue"), allow(dead_code, reason = "read by rcgen only"))]
     bits: Vec<u8>,
 }
 
@@ -404,6 +414,7 @@ impl PublicKey {
     }
 }
 
+#[cfg(feature = "issue")]
 impl rcgen::PublicKeyData for PublicKey {
     fn der_bytes(&self) -> &[u8] {
         &self.bits
