@@ -214,7 +214,7 @@ pub fn pem_certs(pem: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
 /// PEM-encode DER certificates.
 pub fn certs_pem(ders: &[Vec<u8>]) -> String {
     ders.iter()
-        .map(|d| ca_core::issuance::pem("CERTIFICATE", d))
+        .map(|d| ca_core::x509::pem("CERTIFICATE", d))
         .collect()
 }
 

@@ -67,7 +67,7 @@ impl Material {
         }
         for der in crate::certs::pem_certs(self.chain_pem.as_bytes(), "chain")? {
             if !CertInfo::parse(&der, "chain")?.self_issued {
-                out.push_str(&ca_core::issuance::pem("CERTIFICATE", &der));
+                out.push_str(&ca_core::x509::pem("CERTIFICATE", &der));
             }
         }
         Ok(out)

@@ -293,10 +293,12 @@ impl CaServerVerifier {
                 roots.add(root.clone().into_owned()).map_err(|e| {
                     refuse(format!("pinned root is not a usable trust anchor: {e}"))
                 })?;
-                let inner =
-                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                        .build()
-                        .map_err(|e| refuse(format!("cannot build verifier: {e}")))?;
+                let inner = WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    self.provider.clone(),
+                )
+                .build()
+                .map_err(|e| refuse(format!("cannot build verifier: {e}")))?;
                 let rest: Vec<CertificateDer<'_>> = intermediates
                     .iter()
                     .filter(|c| c.as_ref() != root.as_ref())

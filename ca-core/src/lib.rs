@@ -37,8 +37,8 @@ pub mod ocsp;
 pub mod profile;
 pub mod revocation;
 pub mod signer;
-pub mod x509;
 #[cfg(feature = "store")]
 pub mod store;
+pub mod x509;
 
 pub use error::{Error, Result};

@@ -42,7 +42,9 @@ fn success_answers_decode_or_say_what_was_wrong() {
     let ok = answer(200, &[], br#"{"chain_pem":"x","root_fingerprint":"ab"}"#);
     let chain: ChainResponse = ok.json().unwrap();
     assert_eq!(chain.root_fingerprint, "ab");
-    let bad = answer(200, &[], b"not json").json::<ChainResponse>().unwrap_err();
+    let bad = answer(200, &[], b"not json")
+        .json::<ChainResponse>()
+        .unwrap_err();
     assert!(matches!(bad, ClientError::BadAnswer { .. }), "{bad}");
     let refused = answer(404, &[], br#"{"code":"not_found","message":"no"}"#)
         .json::<ChainResponse>()
@@ -58,7 +60,10 @@ fn urls_split() {
         ("http", "127.0.0.1", 8080, "/ocsp")
     );
     let t = parse_url("https://[::1]/").unwrap();
-    assert_eq!((t.host.as_str(), t.port, t.authority.as_str()), ("::1", 443, "[::1]"));
+    assert_eq!(
+        (t.host.as_str(), t.port, t.authority.as_str()),
+        ("::1", 443, "[::1]")
+    );
     assert!(matches!(
         ApiClient::pinned("http://ca.test:8443", "00"),
         Err(ClientError::Setup(_))

@@ -347,7 +347,10 @@ impl rcgen::SigningKey for RcgenKey<'_> {
 pub struct PublicKey {
     alg: KeyAlgorithm,
     spki: Vec<u8>,
-    #[cfg_attr(not(feature = "issue"), allow(dead_code, reason = "read by rcgen only"))]
+    #[cfg_attr(
+        not(feature = "issue"),
+        allow(dead_code, reason = "read by rcgen only")
+    )]
     bits: Vec<u8>,
 }
 
