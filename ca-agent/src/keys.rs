@@ -285,6 +285,42 @@ mod tests {
         }
     }
 
+    /// Without a commonName the subject is empty and the SAN extension critical (RFC 5280
+    /// 4.2.1.6); without names at all the CSR carries no extension request. The CA's parser and
+    /// openssl accept both.
+    #[test]
+    fn csrs_without_a_common_name_or_without_names() {
+        let k = PrivateKey::generate(KeyAlgorithm::P256).unwrap();
+        assert!(k.is(KeyAlgorithm::P256) && !k.is(KeyAlgorithm::P384));
+        let sans_only = Identity {
+            common_name: None,
+            sans: vec![
+                "dns:api.svc".parse().unwrap(),
+                "uri:spiffe://example.test/api".parse().unwrap(),
+                "email:ops@example.test".parse().unwrap(),
+                "ip:::1".parse().unwrap(),
+            ],
+        };
+        for (ident, sans) in [(sans_only, 4), (Identity::default(), 0)] {
+            let csr = k.csr_pem(&ident).unwrap();
+            let parsed = ca_core::csr::parse_pem_or_der(csr.as_bytes()).unwrap();
+            assert_eq!(parsed.common_name, None);
+            assert_eq!(parsed.sans.len(), sans);
+            let der = der::pem::decode_vec(csr.as_bytes()).unwrap().1;
+            let req = CertReq::from_der(&der).unwrap();
+            assert_eq!(req.info.attributes.len(), usize::from(sans > 0));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("req.pem");
+            std::fs::write(&path, &csr).unwrap();
+            let out = std::process::Command::new("openssl")
+                .args(["req", "-verify", "-noout", "-in"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
     #[test]
     fn rsa_larger_than_2048_is_refused_with_a_clear_error() {
         let e = PrivateKey::generate(KeyAlgorithm::Rsa4096).unwrap_err();
