@@ -11,29 +11,47 @@ use std::time::Duration;
 pub const MAX_BODY: usize = 1 << 20;
 
 /// The CA at `server`, reached over HTTPS and trusted through the pinned root only.
+///
+/// The TLS client is built for each exchange, not held: the daemon talks to the CA a few times
+/// a day, and an idle daemon then keeps no TLS state (and touches no TLS code) between them.
 #[derive(Clone, Debug)]
 pub struct CaClient {
-    client: ApiClient,
+    server: String,
     pin: String,
+    timeout: Duration,
 }
 
 impl CaClient {
     /// A client for `server` (`https://host:port`), trusting the root with fingerprint `pin`.
     pub fn new(server: &str, pin: &str, timeout: Duration) -> Result<CaClient> {
-        let client = ApiClient::pinned(server, pin)
-            .map_err(|e| Error::from_client(e, server, pin))?
-            .with_timeout(timeout)
-            .with_user_agent(concat!("ca-agent/", env!("CARGO_PKG_VERSION")))
-            .with_max_body(MAX_BODY);
+        let url: http::Uri = server.parse().map_err(|e| Error::Transport {
+            url: server.to_string(),
+            reason: format!("bad URL: {e}"),
+        })?;
+        if url.scheme_str() != Some("https") || url.host().is_none() {
+            return Err(Error::Transport {
+                url: server.to_string(),
+                reason: "the CA must be reached over https://host[:port]".into(),
+            });
+        }
         Ok(CaClient {
-            client,
+            server: server.trim_end_matches('/').to_string(),
             pin: pin.to_string(),
+            timeout,
         })
+    }
+
+    fn client(&self) -> Result<ApiClient> {
+        Ok(ApiClient::pinned(&self.server, &self.pin)
+            .map_err(|e| self.err(e))?
+            .with_timeout(self.timeout)
+            .with_user_agent(concat!("ca-agent/", env!("CARGO_PKG_VERSION")))
+            .with_max_body(MAX_BODY))
     }
 
     /// The server URL.
     pub fn server(&self) -> &str {
-        self.client.url()
+        &self.server
     }
 
     /// The pinned fingerprint.
@@ -42,12 +60,12 @@ impl CaClient {
     }
 
     fn err(&self, e: ClientError) -> Error {
-        Error::from_client(e, self.client.url(), &self.pin)
+        Error::from_client(e, &self.server, &self.pin)
     }
 
     /// `GET /v1/chain`: the CA chain, checked against the pin (handshake and answer).
     pub async fn chain(&self) -> Result<Vec<Vec<u8>>> {
-        let ans = self.client.chain().await.map_err(|e| self.err(e))?;
+        let ans = self.client()?.chain().await.map_err(|e| self.err(e))?;
         let chain = crate::certs::pem_certs(ans.chain_pem.as_bytes(), "CA chain")?;
         let untrusted = |reason: String| Error::Untrusted {
             server: self.server().to_string(),
@@ -78,7 +96,7 @@ impl CaClient {
             token: token.to_string(),
             csr: csr_pem.to_string(),
         };
-        self.client.enroll(&req).await.map_err(|e| self.err(e))
+        self.client()?.enroll(&req).await.map_err(|e| self.err(e))
     }
 
     /// `POST /v1/renew` over mTLS with the current certificate.
@@ -86,7 +104,7 @@ impl CaClient {
         let req = RenewRequest {
             csr: csr_pem.to_string(),
         };
-        self.client
+        self.client()?
             .with_identity(identity)
             .map_err(|e| Error::Key(format!("client certificate refused by rustls: {e}")))?
             .renew(&req)
