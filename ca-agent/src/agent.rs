@@ -5,15 +5,15 @@
 //! with the probe (restoring the previous pair if it did not take), refreshes the OCSP staple,
 //! and records everything in the state file.
 
+use crate::ca::CaClient;
 use crate::certs::{self, CertInfo, Identity};
 use crate::config::{std_duration, CertConfig, Config};
 use crate::error::{Error, Result};
-use crate::http::{CaClient, Issued};
 use crate::install::{self, Material, OnDisk};
 use crate::keys::PrivateKey;
 use crate::state::{CertState, Condition, StapleState};
-use crate::tls::ClientIdentity;
 use crate::{backoff, ocsp, probe, reload};
+use ca_api::types::IssuedResponse;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -410,7 +410,7 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return self.fail(c, st, e, Condition::RenewalFailing, None),
         };
-        let ident = match ClientIdentity::from_pem(
+        let ident = match crate::tls::client_identity(
             &disk.cert_pem,
             &disk.chain_pem,
             disk.key.pem().as_bytes(),
@@ -538,7 +538,7 @@ impl Agent {
         c: &CertConfig,
         st: &mut CertState,
         key: PrivateKey,
-        issued: Issued,
+        issued: IssuedResponse,
         expected: Option<&Identity>,
         reload: bool,
     ) -> Outcome {

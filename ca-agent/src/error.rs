@@ -131,6 +131,51 @@ pub enum Error {
 }
 
 impl Error {
+    /// The agent's view of a failed exchange with `url` (the CA, trusted through the root
+    /// fingerprint `pin`, or its OCSP responder).
+    pub fn from_client(e: ca_api::ClientError, url: &str, pin: &str) -> Self {
+        use ca_api::ClientError as C;
+        match e {
+            C::Untrusted { url, reason } => Error::Untrusted {
+                server: url,
+                pin: pin.to_string(),
+                reason,
+            },
+            C::Connect { url, message } => Error::Transport {
+                url,
+                reason: message,
+            },
+            C::Api {
+                url,
+                status,
+                code,
+                message,
+                retry_after,
+            } => Error::Api {
+                url,
+                status: status.as_u16(),
+                code,
+                message,
+                retry_after: retry_after.map(Duration::from_secs),
+            },
+            C::BadAnswer {
+                url,
+                status,
+                reason,
+            } => Error::Api {
+                url,
+                status: status.as_u16(),
+                code: "bad_response".into(),
+                message: reason,
+                retry_after: None,
+            },
+            other => Error::Transport {
+                url: url.to_string(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
     /// Shorthand for [`Error::Io`].
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
@@ -166,5 +211,61 @@ impl Error {
             Error::Api { code, .. } => Some(code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ca_api::RawResponse;
+
+    fn answer(status: u16, retry_after: Option<&str>, body: &[u8]) -> Error {
+        let mut headers = http::HeaderMap::new();
+        if let Some(r) = retry_after {
+            headers.insert(http::header::RETRY_AFTER, r.parse().unwrap());
+        }
+        let resp = RawResponse {
+            url: "https://x/v1/renew".into(),
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers,
+            body: body.to_vec().into(),
+        };
+        Error::from_client(resp.error(), "https://x", "00")
+    }
+
+    #[test]
+    fn api_errors_keep_code_and_retry_after() {
+        let e = answer(
+            429,
+            Some("7"),
+            br#"{"code":"rate_limited","message":"slow down"}"#,
+        );
+        assert_eq!(e.api_code(), Some("rate_limited"));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(e.is_transient());
+        let e = answer(403, None, br#"{"code":"cert_revoked","message":"revoked"}"#);
+        assert_eq!(e.api_code(), Some("cert_revoked"));
+        assert!(!e.is_transient());
+        let e = answer(502, None, b"<html>bad gateway</html>");
+        assert_eq!(e.api_code(), Some("http_502"));
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn an_untrusted_server_names_the_pin() {
+        let e = Error::from_client(
+            ca_api::ClientError::Untrusted {
+                url: "https://ca.test".into(),
+                reason: "no caServerIdentity".into(),
+            },
+            "https://ca.test",
+            "ab12",
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("not trusted") && text.contains("pinned root SHA-256 ab12"),
+            "{text}"
+        );
+        assert!(!e.is_transient());
     }
 }

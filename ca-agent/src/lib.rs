@@ -4,8 +4,8 @@
 //!   fresh key, verify, install, reload, prove).
 //! - [`install`]: atomic installation through versioned directories and one `current` symlink,
 //!   so key and certificate never mismatch on disk, even if the agent is killed.
-//! - [`tls`]: the pinned-root verifier (no trust on first use) and client configs.
-//! - [`http`]: the small HTTP client for the CA API and OCSP.
+//! - [`ca`]: the CA API through the contract crate's client ([`ca_api`]), trusting only the
+//!   pinned root (no trust on first use); [`tls`]: the renewal identity and the probe's recorder.
 //! - [`reload`], [`probe`]: reload actions and the proof that the service serves the new serial.
 //! - [`ocsp`]: OCSP staple files; [`state`] and [`status`]: what `ca-agent status` shows.
 //! - [`config`]: `agent.toml`; [`daemon`]: `ca-agent run`.
@@ -26,11 +26,11 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod ca;
 pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod error;
-pub mod http;
 pub mod install;
 pub mod keys;
 pub mod ocsp;

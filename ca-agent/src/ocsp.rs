@@ -301,16 +301,18 @@ pub async fn fetch(
     timeout: Duration,
 ) -> Result<Checked> {
     let req = request_der(cert_der, issuer_der)?;
-    let resp = crate::http::plain_http(
+    let resp = ca_api::client::plain_http(
         url,
         http::Method::POST,
         Some("application/ocsp-request"),
         req,
         timeout,
+        crate::ca::MAX_BODY,
     )
-    .await?;
-    if resp.status != 200 {
-        return Err(crate::http::api_error(url, &resp));
+    .await
+    .map_err(|e| Error::from_client(e, url, ""))?;
+    if resp.status != http::StatusCode::OK {
+        return Err(Error::from_client(resp.error(), url, ""));
     }
     check(&resp.body, cert_der, issuer_der, Utc::now())
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The PKCS#11 module could not be loaded or initialised.
+    #[cfg(feature = "hsm")]
     #[error("HSM unavailable: cannot load PKCS#11 module {module}: {source}")]
     HsmUnavailable {
         /// Path of the module.
@@ -59,6 +60,7 @@ pub enum Error {
         reason: String,
     },
     /// Any other PKCS#11 failure during an operation.
+    #[cfg(feature = "hsm")]
     #[error("HSM operation {op} failed: {source}")]
     Hsm {
         /// The operation (sign, find key, generate key, ...).
@@ -128,6 +130,7 @@ pub enum Error {
         not_after: chrono::DateTime<chrono::Utc>,
     },
     /// rcgen could not build the certificate.
+    #[cfg(feature = "issue")]
     #[error("certificate building failed: {0}")]
     Build(#[from] rcgen::Error),
     /// DER encoding or decoding failed.
@@ -266,6 +269,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg(feature = "store")]
     pub(crate) fn store<E: std::error::Error + Send + Sync + 'static>(
         op: &'static str,
         e: E,

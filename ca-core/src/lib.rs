@@ -30,17 +30,22 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
+#[cfg(feature = "issue")]
 pub mod authority;
 pub mod ca_identity;
 pub mod clock;
+#[cfg(feature = "issue")]
 pub mod crl;
 pub mod csr;
 pub mod error;
+#[cfg(feature = "issue")]
 pub mod issuance;
+#[cfg(feature = "store")]
 pub mod ocsp;
 pub mod profile;
 pub mod revocation;
 pub mod signer;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod x509;
 

@@ -99,6 +99,7 @@ pub enum KeyUsage {
     KeyAgreement,
 }
 
+#[cfg(feature = "issue")]
 impl KeyUsage {
     pub(crate) fn rcgen(self) -> rcgen::KeyUsagePurpose {
         match self {
@@ -119,6 +120,7 @@ pub enum ExtKeyUsage {
     ServerAuth,
 }
 
+#[cfg(feature = "issue")]
 impl ExtKeyUsage {
     pub(crate) fn rcgen(self) -> rcgen::ExtendedKeyUsagePurpose {
         match self {
@@ -601,6 +603,7 @@ impl San {
         }
     }
 
+    #[cfg(feature = "issue")]
     pub(crate) fn rcgen(&self) -> Result<rcgen::SanType> {
         let ia5 = |s: &str| {
             rcgen::string::Ia5String::try_from(s.to_string()).map_err(|_| Error::NameNotAllowed {

@@ -1,152 +1,14 @@
 //! The one error type of the API: a stable machine-readable code, a human message, an HTTP
 //! status. Internal details stay in the server log (axum's error-handling example).
 //!
-//! The codes are a contract with the agent and the admin CLI (docs/API.md): never renumber or
-//! reuse one.
+//! The codes ([`Code`]) and the error body ([`ErrorBody`]) are the contract crate's
+//! ([`ca_api`]): a contract with the agent and the admin CLI (docs/API.md), never renumbered or
+//! reused.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
-/// Stable error codes (docs/API.md "Errors").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Code {
-    /// Body is not the expected JSON / parameters invalid.
-    BadRequest,
-    /// CSR cannot be parsed.
-    MalformedCsr,
-    /// CSR signature (proof of possession) invalid.
-    CsrSignature,
-    /// Key too weak or unsupported.
-    WeakKey,
-    /// CSR asks for an extension the profile does not allow.
-    ExtensionNotAllowed,
-    /// A requested name is outside the profile or the token/identity binding.
-    NameNotAllowed,
-    /// Renewal with the current public key.
-    KeyReuse,
-    /// Enrollment token unknown, expired or already used.
-    TokenRejected,
-    /// Route needs a client certificate and none was presented.
-    ClientCertRequired,
-    /// Client certificate is revoked.
-    CertRevoked,
-    /// Client certificate is expired.
-    CertExpired,
-    /// Client certificate was not issued by this CA.
-    CertUnknown,
-    /// Admin role does not allow this route.
-    Forbidden,
-    /// Unknown serial / route.
-    NotFound,
-    /// Certificate already revoked.
-    AlreadyRevoked,
-    /// Body over the limit.
-    PayloadTooLarge,
-    /// Wrong content type.
-    UnsupportedMediaType,
-    /// Token bucket empty.
-    RateLimited,
-    /// HSM not reachable.
-    HsmUnavailable,
-    /// Store not reachable.
-    StoreUnavailable,
-    /// The audit log does not verify.
-    AuditTampered,
-    /// The request took longer than the server's timeout.
-    RequestTimeout,
-    /// Anything else.
-    Internal,
-    /// The certificate's lineage is locked (keyCompromise, lineage revocation, or a renewal
-    /// attempt from a superseded generation): enroll again with a new token.
-    LineageLocked,
-    /// Renewal from a generation that has already renewed (a sign of a cloned key).
-    GenerationSuperseded,
-    /// Administrator and server TLS certificates never renew through the API.
-    NotRenewable,
-    /// The name is reserved for the CA's own endpoints.
-    NameReserved,
-    /// A number or duration in the request is outside its allowed range.
-    OutOfRange,
-    /// Revoking the last valid security-officer certificate is refused.
-    LastSecurityOfficer,
-}
-
-impl Code {
-    /// The wire form (`bad_request`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::BadRequest => "bad_request",
-            Code::MalformedCsr => "malformed_csr",
-            Code::CsrSignature => "csr_signature",
-            Code::WeakKey => "weak_key",
-            Code::ExtensionNotAllowed => "extension_not_allowed",
-            Code::NameNotAllowed => "name_not_allowed",
-            Code::KeyReuse => "key_reuse",
-            Code::TokenRejected => "token_rejected",
-            Code::ClientCertRequired => "client_cert_required",
-            Code::CertRevoked => "cert_revoked",
-            Code::CertExpired => "cert_expired",
-            Code::CertUnknown => "cert_unknown",
-            Code::Forbidden => "forbidden",
-            Code::NotFound => "not_found",
-            Code::AlreadyRevoked => "already_revoked",
-            Code::PayloadTooLarge => "payload_too_large",
-            Code::UnsupportedMediaType => "unsupported_media_type",
-            Code::RateLimited => "rate_limited",
-            Code::HsmUnavailable => "hsm_unavailable",
-            Code::StoreUnavailable => "store_unavailable",
-            Code::AuditTampered => "audit_tampered",
-            Code::RequestTimeout => "request_timeout",
-            Code::Internal => "internal",
-            Code::LineageLocked => "lineage_locked",
-            Code::GenerationSuperseded => "generation_superseded",
-            Code::NotRenewable => "not_renewable",
-            Code::NameReserved => "name_reserved",
-            Code::OutOfRange => "out_of_range",
-            Code::LastSecurityOfficer => "last_security_officer",
-        }
-    }
-
-    /// The HTTP status that goes with the code.
-    pub fn status(self) -> StatusCode {
-        match self {
-            Code::BadRequest
-            | Code::MalformedCsr
-            | Code::CsrSignature
-            | Code::WeakKey
-            | Code::ExtensionNotAllowed
-            | Code::KeyReuse
-            | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::TokenRejected | Code::ClientCertRequired => StatusCode::UNAUTHORIZED,
-            Code::NameNotAllowed
-            | Code::CertRevoked
-            | Code::CertExpired
-            | Code::CertUnknown
-            | Code::Forbidden
-            | Code::LineageLocked
-            | Code::GenerationSuperseded
-            | Code::NotRenewable
-            | Code::NameReserved => StatusCode::FORBIDDEN,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyRevoked | Code::LastSecurityOfficer => StatusCode::CONFLICT,
-            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::HsmUnavailable | Code::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Code::AuditTampered | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-impl std::fmt::Display for Code {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use ca_api::{Code, ErrorBody};
 
 /// An API error: code, message for the client, and optionally a Retry-After.
 #[derive(Debug, Clone)]
@@ -159,15 +21,6 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Extra `WWW-Authenticate` challenge (EST, RFC 7030 3.2.3).
     pub www_authenticate: Option<&'static str>,
-}
-
-/// The JSON body of an error (docs/API.md).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Stable code.
-    pub code: String,
-    /// Human message.
-    pub message: String,
 }
 
 impl ApiError {

@@ -4,6 +4,7 @@
 //! [`verify`] checks a signature with a public key in software (ring), which is how issuance
 //! proves a certificate is good before returning it.
 
+#[cfg(feature = "hsm")]
 pub mod pkcs11;
 
 use crate::error::{Error, Result};
@@ -66,6 +67,7 @@ impl KeyAlgorithm {
     }
 
     /// The rcgen signature algorithm this key signs with.
+    #[cfg(feature = "issue")]
     pub fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             KeyAlgorithm::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -200,6 +202,7 @@ pub(crate) fn rsa_public_key_der(modulus: &[u8], exponent: &[u8]) -> Result<Vec<
 }
 
 /// ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER } (RFC 5480 2.2.3 / RFC 3279 2.2.3)
+#[cfg(feature = "hsm")]
 #[derive(der::Sequence)]
 struct EcdsaSigValue<'a> {
     r: der::asn1::UintRef<'a>,
@@ -207,6 +210,7 @@ struct EcdsaSigValue<'a> {
 }
 
 /// Convert a raw PKCS#11 ECDSA signature (r || s) to the DER form X.509 uses.
+#[cfg(feature = "hsm")]
 pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(Error::HsmData {
@@ -286,6 +290,10 @@ pub trait Signer: Send + Sync + fmt::Debug {
 pub struct PublicKey {
     alg: KeyAlgorithm,
     spki: Vec<u8>,
+    #[cfg_attr(
+        not(feature = "issue"),
+        allow(dead_code, reason = "read by rcgen only")
+    )]
     bits: Vec<u8>,
 }
 
@@ -352,6 +360,7 @@ impl PublicKey {
     }
 }
 
+#[cfg(feature = "issue")]
 impl rcgen::PublicKeyData for PublicKey {
     fn der_bytes(&self) -> &[u8] {
         &self.bits

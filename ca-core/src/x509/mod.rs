@@ -16,15 +16,17 @@
 
 mod key_id;
 mod pem;
+#[cfg(feature = "issue")]
 mod rcgen_key;
 mod serial;
 mod validity;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "issue"))]
 mod tests;
 
 pub use key_id::key_identifier;
 pub use pem::{pem_decode, pem_decode_all, pem_encode, PemError};
+#[cfg(feature = "issue")]
 pub use rcgen_key::{key_id_method, RcgenKey};
 pub use serial::{random_serial, SERIAL_LEN};
 pub use validity::{issuance_window, time, validity};

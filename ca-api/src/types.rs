@@ -1,0 +1,195 @@
+//! Wire types of the HTTPS API (docs/API.md): the JSON bodies the server answers and accepts,
+//! used as they are by the server, the agent, the admin CLI and the tests. Field names are the
+//! contract: renaming one breaks deployed agents.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/chain`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChainResponse {
+    /// Issuing CA then root, PEM.
+    pub chain_pem: String,
+    /// SHA-256 of the root certificate (DER), lowercase hex.
+    pub root_fingerprint: String,
+}
+
+/// `POST /v1/enroll`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The one-time token.
+    pub token: String,
+    /// PEM CSR.
+    pub csr: String,
+}
+
+/// `POST /v1/renew`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PEM CSR for the new key.
+    pub csr: String,
+}
+
+/// An issued certificate (`Issued` in docs/API.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IssuedResponse {
+    /// Leaf PEM.
+    pub certificate: String,
+    /// Issuing CA then root, PEM.
+    pub chain: String,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
+/// `POST /v1/admin/tokens`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreateRequest {
+    /// The commonName the certificate will carry.
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// SANs the holder may ask for (`dns:`, `uri:`, `ip:`, `email:`).
+    #[serde(default)]
+    pub sans: Vec<String>,
+    /// Profile (default `client`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Lifetime such as `1h` (default from the config, 1h).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// Answer to `POST /v1/admin/tokens`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreateResponse {
+    /// The secret, shown once.
+    pub token: String,
+    /// Public id (audit, listing).
+    pub id: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// `POST /v1/admin/revoke`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Serial, hex (colons allowed).
+    pub serial: String,
+    /// RFC 5280 reason name (default `unspecified`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Revoke every certificate of the serial's lineage and lock the lineage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage: bool,
+}
+
+/// Answer to `POST /v1/admin/revoke`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// RFC 3339.
+    pub revoked_at: String,
+    /// RFC 5280 reason name.
+    pub reason: String,
+    /// The certificate's lineage (serial of its generation 1, hex).
+    #[serde(default)]
+    pub lineage: String,
+    /// Other certificates of the lineage revoked with it (keyCompromise revokes the later
+    /// generations; `lineage` revokes all).
+    #[serde(default)]
+    pub also_revoked: Vec<String>,
+    /// Whether the lineage is now locked: none of its generations can renew or re-enroll.
+    #[serde(default)]
+    pub lineage_locked: bool,
+}
+
+/// One certificate in `GET /v1/admin/certs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertSummary {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// Identity (CN, else first SAN).
+    pub identity: String,
+    /// Subject DN.
+    pub subject: String,
+    /// SANs, typed.
+    pub sans: Vec<String>,
+    /// Profile.
+    pub profile: String,
+    /// `valid`, `revoked` or `expired`.
+    pub status: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// RFC 3339.
+    pub issued_at: String,
+    /// RFC 3339, when revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// Reason, when revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<String>,
+    /// `token:<id>`, `renewal:<serial>` or `admin:<actor>`.
+    pub requester: String,
+    /// Lineage: the serial (hex) of the first certificate of the enrollment it descends from.
+    #[serde(default)]
+    pub lineage: String,
+    /// Generation within the lineage (1 = the enrollment's certificate).
+    #[serde(default)]
+    pub generation: u32,
+}
+
+/// Answer to `GET /v1/admin/certs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertsResponse {
+    /// Matching certificates.
+    pub certs: Vec<CertSummary>,
+}
+
+/// Answer to `GET /v1/admin/audit`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditResponse {
+    /// Events in sequence order.
+    pub events: Vec<ca_core::audit::AuditEvent>,
+}
+
+/// Answer to `GET /v1/admin/audit/verify`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditVerifyResponse {
+    /// Always true (a broken chain is the error `audit_tampered`).
+    pub ok: bool,
+    /// Number of events checked.
+    pub events: u64,
+    /// Checkpoints checked.
+    #[serde(default)]
+    pub checkpoints: u64,
+    /// Whether checkpoint signatures were checked (an audit key is configured).
+    #[serde(default)]
+    pub signatures_checked: bool,
+    /// SHA-256 of the audit public key.
+    #[serde(default)]
+    pub audit_key_sha256: Option<String>,
+    /// The last checkpoint.
+    #[serde(default)]
+    pub last_checkpoint: Option<ca_core::audit::Checkpoint>,
+    /// Events after the last checkpoint (not yet covered by a signature).
+    #[serde(default)]
+    pub unsigned_tail: u64,
+}
+
+/// Answer to `POST /v1/admin/audit/checkpoint`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointResponse {
+    /// The checkpoint signed.
+    pub checkpoint: ca_core::audit::Checkpoint,
+    /// SHA-256 of the audit public key.
+    pub audit_key_sha256: String,
+}
