@@ -731,18 +731,18 @@ impl ApiClient {
 
     /// `GET /v1/chain`: the issuing CA and the root, and the root's fingerprint.
     pub async fn chain(&self) -> Result<ChainResponse, ClientError> {
-        self.get_json("/v1/chain").await
+        self.get_json(crate::routes::CHAIN).await
     }
 
     /// `POST /v1/enroll` with a one-time token.
     pub async fn enroll(&self, req: &EnrollRequest) -> Result<IssuedResponse, ClientError> {
-        self.post_json("/v1/enroll", req).await
+        self.post_json(crate::routes::ENROLL, req).await
     }
 
     /// `POST /v1/renew`; the client must present the current certificate
     /// ([`ApiClient::with_identity`]).
     pub async fn renew(&self, req: &RenewRequest) -> Result<IssuedResponse, ClientError> {
-        self.post_json("/v1/renew", req).await
+        self.post_json(crate::routes::RENEW, req).await
     }
 }
 

@@ -397,7 +397,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 profile: Some(profile),
                 ttl,
             };
-            let resp: TokenCreateResponse = client.post_json("/v1/admin/tokens", &req).await?;
+            let resp: TokenCreateResponse =
+                client.post_json(ca_api::routes::ADMIN_TOKENS, &req).await?;
             if conn.json {
                 print_json(&resp)
             } else {
@@ -416,7 +417,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 reason: Some(args.reason),
                 lineage: args.lineage,
             };
-            let resp: RevokeResponse = client.post_json("/v1/admin/revoke", &req).await?;
+            let resp: RevokeResponse = client.post_json(ca_api::routes::ADMIN_REVOKE, &req).await?;
             if args.conn.json {
                 print_json(&resp)
             } else {
@@ -473,7 +474,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 q.push(format!("lineage={}", enc(&l)));
             }
             let resp: CertsResponse = client
-                .get_json(&format!("/v1/admin/certs?{}", q.join("&")))
+                .get_json(&format!("{}?{}", ca_api::routes::ADMIN_CERTS, q.join("&")))
                 .await?;
             if conn.json {
                 return print_json(&resp);
@@ -515,7 +516,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = conn.client()?;
             let resp: AuditResponse = client
-                .get_json(&format!("/v1/admin/audit?from={from}&limit={limit}"))
+                .get_json(&format!(
+                    "{}?from={from}&limit={limit}",
+                    ca_api::routes::ADMIN_AUDIT
+                ))
                 .await?;
             if conn.json {
                 return print_json(&resp);
@@ -548,7 +552,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = conn.client()?;
             match client
-                .get_json::<AuditVerifyResponse>("/v1/admin/audit/verify")
+                .get_json::<AuditVerifyResponse>(ca_api::routes::ADMIN_AUDIT_VERIFY)
                 .await
             {
                 Ok(r) => {
@@ -587,7 +591,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = conn.client()?;
             let r: CheckpointResponse = client
-                .post_json("/v1/admin/audit/checkpoint", &serde_json::json!({}))
+                .post_json(
+                    ca_api::routes::ADMIN_AUDIT_CHECKPOINT,
+                    &serde_json::json!({}),
+                )
                 .await?;
             if conn.json {
                 return print_json(&r);
@@ -615,7 +622,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let r = client
-                .download(&format!("/v1/admin/audit/export?since={since}"), &mut file)
+                .download(
+                    &format!("{}?since={since}", ca_api::routes::ADMIN_AUDIT_EXPORT),
+                    &mut file,
+                )
                 .await;
             let bytes = match r {
                 Ok(n) => n,
@@ -791,7 +801,7 @@ pub async fn create_admin_cert(
 ) -> anyhow::Result<(IssuedResponse, String)> {
     let tok: TokenCreateResponse = client
         .post_json(
-            "/v1/admin/tokens",
+            ca_api::routes::ADMIN_TOKENS,
             &TokenCreateRequest {
                 common_name: Some(name.into()),
                 sans: vec![role.san()],
@@ -811,7 +821,7 @@ pub async fn create_admin_cert(
     let anon = ApiClient::new(client.url(), &root_pem, None)?;
     let issued: IssuedResponse = anon
         .post_json(
-            "/v1/enroll",
+            ca_api::routes::ENROLL,
             &EnrollRequest {
                 token: tok.token,
                 csr,

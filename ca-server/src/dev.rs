@@ -241,9 +241,9 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
 
 fn urls_for(status: SocketAddr) -> IssuerUrls {
     IssuerUrls {
-        ocsp: Some(format!("http://{status}/ocsp")),
-        ca_issuers: Some(format!("http://{status}/ca.crt")),
-        crl: Some(format!("http://{status}/crl")),
+        ocsp: Some(format!("http://{status}{}", ca_api::routes::OCSP)),
+        ca_issuers: Some(format!("http://{status}{}", ca_api::routes::CA_CERT)),
+        crl: Some(format!("http://{status}{}", ca_api::routes::CRL)),
     }
 }
 

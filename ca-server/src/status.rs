@@ -418,14 +418,15 @@ fn outcome(a: &OcspAnswer) -> &'static str {
 
 /// The status listener's routes.
 pub fn router(state: Arc<StatusState>) -> Router {
+    use ca_api::routes;
     Router::new()
-        .route("/ocsp", post(ocsp_post))
-        .route("/ocsp/", post(ocsp_post))
-        .route("/ocsp/{*request}", get(ocsp_get))
-        .route("/crl", get(crl))
-        .route("/ca.crt", get(ca_cert))
-        .route("/root.crl", get(root_crl))
-        .route("/readyz", get(ready))
+        .route(routes::OCSP, post(ocsp_post))
+        .route(&format!("{}/", routes::OCSP), post(ocsp_post))
+        .route(&format!("{}/{{*request}}", routes::OCSP), get(ocsp_get))
+        .route(routes::CRL, get(crl))
+        .route(routes::CA_CERT, get(ca_cert))
+        .route(routes::ROOT_CRL, get(root_crl))
+        .route(routes::READYZ, get(ready))
         .with_state(state)
 }
 

@@ -207,7 +207,7 @@ mod tests {
         let u = UnauthFailures::new(Arc::new(Metrics::new()));
         let busiest = IpAddr::from([192, 0, 2, 1]);
         for _ in 0..5 {
-            u.record(Kind::Enroll, busiest, "/v1/enroll", "bad_request");
+            u.record(Kind::Enroll, busiest, ca_api::routes::ENROLL, "bad_request");
         }
         for i in 0..(TRACKED_ADDRESSES as u32 + 100) {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));

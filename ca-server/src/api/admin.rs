@@ -59,7 +59,7 @@ pub async fn create_token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<TokenCreateResponse>> {
-    const ROUTE: &str = "/v1/admin/tokens";
+    const ROUTE: &str = ca_api::routes::ADMIN_TOKENS;
     let peer = peer_of(peer);
     let admin = admin(&state, &peer, Permission::CreateToken, ROUTE).await?;
     let result = create_token_checked(&state, &peer, &admin, &headers, body).await;
@@ -81,7 +81,7 @@ async fn create_token_checked(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<TokenCreateResponse> {
-    const ROUTE: &str = "/v1/admin/tokens";
+    const ROUTE: &str = ca_api::routes::ADMIN_TOKENS;
     let req: TokenCreateRequest = json(headers, body)?;
     let profile_name = req.profile.clone().unwrap_or_else(|| "client".into());
     if profile_name == SERVER_TLS_PROFILE {
@@ -230,7 +230,7 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RevokeResponse>> {
-    const ROUTE: &str = "/v1/admin/revoke";
+    const ROUTE: &str = ca_api::routes::ADMIN_REVOKE;
     let peer = peer_of(peer);
     let admin = admin(&state, &peer, Permission::Revoke, ROUTE).await?;
     let parsed = json::<RevokeRequest>(&headers, body).and_then(|req| {
@@ -351,7 +351,13 @@ pub async fn list_certs(
     q: Result<Query<CertsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<CertsResponse>> {
     let peer = peer_of(peer);
-    admin(&state, &peer, Permission::ReadCerts, "/v1/admin/certs").await?;
+    admin(
+        &state,
+        &peer,
+        Permission::ReadCerts,
+        ca_api::routes::ADMIN_CERTS,
+    )
+    .await?;
     let q = query(q)?;
     let now = state.clock.now();
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -411,7 +417,13 @@ pub async fn audit_show(
     q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<AuditResponse>> {
     let peer = peer_of(peer);
-    admin(&state, &peer, Permission::ReadAudit, "/v1/admin/audit").await?;
+    admin(
+        &state,
+        &peer,
+        Permission::ReadAudit,
+        ca_api::routes::ADMIN_AUDIT,
+    )
+    .await?;
     let q = query(q)?;
     let num = |k: &str, default: u64| -> ApiResult<u64> {
         match q.get(k).map(String::as_str) {
@@ -447,7 +459,7 @@ pub async fn audit_verify(
         &state,
         &peer,
         Permission::ReadAudit,
-        "/v1/admin/audit/verify",
+        ca_api::routes::ADMIN_AUDIT_VERIFY,
     )
     .await?;
     let store = state.store.clone();
@@ -473,7 +485,7 @@ pub async fn audit_verify(
                 .audit(NewAuditEvent::failed(
                     admin.actor(),
                     "audit.verify",
-                    "/v1/admin/audit/verify",
+                    ca_api::routes::ADMIN_AUDIT_VERIFY,
                     err.code.as_str(),
                 ))
                 .await;
@@ -496,7 +508,7 @@ pub async fn audit_checkpoint(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
 ) -> ApiResult<Json<CheckpointResponse>> {
-    const ROUTE: &str = "/v1/admin/audit/checkpoint";
+    const ROUTE: &str = ca_api::routes::ADMIN_AUDIT_CHECKPOINT;
     let peer = peer_of(peer);
     let admin = admin(&state, &peer, Permission::ReadAudit, ROUTE).await?;
     let c = checkpointer(&state)?;
@@ -535,7 +547,7 @@ pub async fn audit_export(
     peer: Option<Extension<Peer>>,
     q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::response::Response> {
-    const ROUTE: &str = "/v1/admin/audit/export";
+    const ROUTE: &str = ca_api::routes::ADMIN_AUDIT_EXPORT;
     let peer = peer_of(peer);
     admin(&state, &peer, Permission::ReadAudit, ROUTE).await?;
     let q = query(q)?;

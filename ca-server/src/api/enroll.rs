@@ -173,12 +173,12 @@ pub async fn enroll(
         Ok(r) => r,
         Err(e) => {
             // Before the token was looked at: nobody identified.
-            state.unauthenticated_failure(Kind::Enroll, &peer, "/v1/enroll", &e);
+            state.unauthenticated_failure(Kind::Enroll, &peer, ca_api::routes::ENROLL, &e);
             return Err(e);
         }
     };
     let csr = ca_core::csr::parse_pem_or_der(req.csr.as_bytes()).map_err(ApiError::from);
-    let o = enroll_with_token(&state, &peer, "/v1/enroll", &req.token, csr).await?;
+    let o = enroll_with_token(&state, &peer, ca_api::routes::ENROLL, &req.token, csr).await?;
     Ok(Json(issued_response(&o)))
 }
 
@@ -190,16 +190,16 @@ pub async fn renew(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<IssuedResponse>> {
     let peer = peer_of(peer);
-    let previous = renewing_cert(&state, &peer, "/v1/renew").await?;
+    let previous = renewing_cert(&state, &peer, ca_api::routes::RENEW).await?;
     let req: RenewRequest = match json(&headers, body) {
         Ok(r) => r,
         Err(e) => {
-            audit_refusal(&state, &peer, "renew", "/v1/renew", &e).await;
+            audit_refusal(&state, &peer, "renew", ca_api::routes::RENEW, &e).await;
             return Err(e);
         }
     };
     let csr = ca_core::csr::parse_pem_or_der(req.csr.as_bytes()).map_err(ApiError::from);
-    let o = renew_with_cert(&state, &peer, "/v1/renew", previous, csr).await?;
+    let o = renew_with_cert(&state, &peer, ca_api::routes::RENEW, previous, csr).await?;
     Ok(Json(issued_response(&o)))
 }
 

@@ -122,7 +122,7 @@ pub async fn simpleenroll(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    const ROUTE: &str = "/.well-known/est/simpleenroll";
+    const ROUTE: &str = ca_api::routes::EST_SIMPLEENROLL;
     let peer = peer_of(peer);
     state.limits.check(Class::Enroll, &peer.ip_key())?;
     let token = match token_from(&headers) {
@@ -145,7 +145,7 @@ pub async fn simplereenroll(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    const ROUTE: &str = "/.well-known/est/simplereenroll";
+    const ROUTE: &str = ca_api::routes::EST_SIMPLEREENROLL;
     let peer = peer_of(peer);
     let previous = renewing_cert(&state, &peer, ROUTE).await?;
     let csr = parse_csr(&headers, b);

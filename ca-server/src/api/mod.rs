@@ -29,19 +29,25 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.settings.request_timeout;
     let body_limit = state.settings.max_body_bytes;
     Router::new()
-        .route("/v1/chain", get(chain))
-        .route("/v1/enroll", post(enroll::enroll))
-        .route("/v1/renew", post(enroll::renew))
-        .route("/v1/admin/tokens", post(admin::create_token))
-        .route("/v1/admin/revoke", post(admin::revoke))
-        .route("/v1/admin/certs", get(admin::list_certs))
-        .route("/v1/admin/audit", get(admin::audit_show))
-        .route("/v1/admin/audit/verify", get(admin::audit_verify))
-        .route("/v1/admin/audit/checkpoint", post(admin::audit_checkpoint))
-        .route("/v1/admin/audit/export", get(admin::audit_export))
-        .route("/.well-known/est/cacerts", get(est::cacerts))
-        .route("/.well-known/est/simpleenroll", post(est::simpleenroll))
-        .route("/.well-known/est/simplereenroll", post(est::simplereenroll))
+        .route(ca_api::routes::CHAIN, get(chain))
+        .route(ca_api::routes::ENROLL, post(enroll::enroll))
+        .route(ca_api::routes::RENEW, post(enroll::renew))
+        .route(ca_api::routes::ADMIN_TOKENS, post(admin::create_token))
+        .route(ca_api::routes::ADMIN_REVOKE, post(admin::revoke))
+        .route(ca_api::routes::ADMIN_CERTS, get(admin::list_certs))
+        .route(ca_api::routes::ADMIN_AUDIT, get(admin::audit_show))
+        .route(ca_api::routes::ADMIN_AUDIT_VERIFY, get(admin::audit_verify))
+        .route(
+            ca_api::routes::ADMIN_AUDIT_CHECKPOINT,
+            post(admin::audit_checkpoint),
+        )
+        .route(ca_api::routes::ADMIN_AUDIT_EXPORT, get(admin::audit_export))
+        .route(ca_api::routes::EST_CACERTS, get(est::cacerts))
+        .route(ca_api::routes::EST_SIMPLEENROLL, post(est::simpleenroll))
+        .route(
+            ca_api::routes::EST_SIMPLEREENROLL,
+            post(est::simplereenroll),
+        )
         .merge(health_routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -63,15 +69,15 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// `/healthz`, `/readyz` (an HSM session is logged in, the key is there, the store reads),
 /// `/metrics`.
 pub fn health_routes() -> Router<Arc<AppState>> {
-    liveness_routes().route("/readyz", get(readyz))
+    liveness_routes().route(ca_api::routes::READYZ, get(readyz))
 }
 
 /// `/healthz` and `/metrics`, also served on the status listener (whose `/readyz` is its own:
 /// it does not depend on the HSM).
 pub fn liveness_routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route(ca_api::routes::HEALTHZ, get(healthz))
+        .route(ca_api::routes::METRICS, get(metrics))
 }
 
 /// [`liveness_routes`] as a stand-alone router (for the plain-HTTP status listener).
