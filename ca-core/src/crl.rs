@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use x509_cert::crl::CertificateList;
 use x509_cert::Certificate;
 
-/// CRL settings.
+/// How the CRL publisher dates, rebuilds and labels the CRLs it signs.
 #[derive(Clone, Debug)]
 pub struct CrlConfig {
     /// nextUpdate - thisUpdate (default 24 hours).
@@ -88,11 +88,11 @@ impl CrlConfig {
 pub struct SignedCrl {
     /// DER CertificateList.
     pub der: Vec<u8>,
-    /// cRLNumber.
+    /// cRLNumber (RFC 5280 5.2.3) written into the CRL.
     pub number: u64,
-    /// thisUpdate.
+    /// thisUpdate: when the CRL was signed (whole seconds).
     pub this_update: DateTime<Utc>,
-    /// nextUpdate.
+    /// nextUpdate: by when the next CRL will be published (whole seconds).
     pub next_update: DateTime<Utc>,
     /// Number of revoked certificates listed.
     pub entries: usize,

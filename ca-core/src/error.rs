@@ -103,7 +103,7 @@ pub enum Error {
     NameNotAllowed {
         /// The offending name.
         name: String,
-        /// Why.
+        /// Which rule of the profile or binding refuses it.
         reason: String,
     },
     /// A renewal asked to keep the same public key, which the profile forbids.

@@ -52,7 +52,7 @@ pub enum IssueContext<'a> {
     Admin {
         /// Profile to use.
         profile: &'a str,
-        /// Who.
+        /// Administrator (certificate subject) or `ca-server` itself; recorded as the requester.
         actor: &'a str,
         /// Names to impose (if `None`, the CSR's names, checked against the profile).
         binding: Option<&'a IdentityBinding>,
@@ -227,17 +227,17 @@ impl Ca {
         &self.signer
     }
 
-    /// The store.
+    /// The store every issued certificate is recorded in before it is returned.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
-    /// The clock.
+    /// The clock validity windows and issuance times are read from (tests inject a fixed one).
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
 
-    /// The profiles.
+    /// The profiles every request is checked against.
     pub fn profiles(&self) -> &Profiles {
         &self.profiles
     }

@@ -119,7 +119,7 @@ pub struct RevokedEntry {
     pub serial: Vec<u8>,
     /// Revocation time (whole seconds).
     pub revoked_at: DateTime<Utc>,
-    /// Reason.
+    /// RFC 5280 5.3.1 reason code.
     pub reason: RevocationReason,
 }
 
@@ -128,11 +128,11 @@ pub struct RevokedEntry {
 pub enum CertStatus {
     /// Issued by this CA and not revoked.
     Good,
-    /// Revoked.
+    /// Issued by this CA and revoked.
     Revoked {
-        /// When.
+        /// Revocation time (whole seconds).
         at: DateTime<Utc>,
-        /// Why.
+        /// RFC 5280 5.3.1 reason code.
         reason: RevocationReason,
     },
     /// Never issued by this CA.

@@ -291,7 +291,7 @@ pub(crate) fn write_export<S: AuditLog + ?Sized>(
 /// What an export proved.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ExportSummary {
-    /// The header.
+    /// The export's first line: format, time, `--since` and audit key.
     pub header: ExportHeader,
     /// Chain and checkpoints.
     pub report: AuditReport,
@@ -317,7 +317,7 @@ pub(crate) enum ExportError {
     Tampered {
         /// Line number (from 1).
         line: u64,
-        /// The failure.
+        /// Why the chain or the checkpoint does not verify.
         #[source]
         source: ca_core::Error,
     },

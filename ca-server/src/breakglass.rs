@@ -30,7 +30,7 @@ use std::sync::Arc;
 pub(crate) struct Minted {
     /// Serial (hex).
     pub serial: String,
-    /// Role.
+    /// Role the certificate grants (e.g. `security-officer`).
     pub role: &'static str,
     /// notAfter (RFC 3339).
     pub not_after: String,

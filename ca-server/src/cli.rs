@@ -18,12 +18,12 @@ pub struct Cli {
     /// Log as JSON lines (default: human-readable).
     #[arg(long, global = true, env = "CA_LOG_JSON")]
     pub log_json: bool,
-    /// The command.
+    /// What to run.
     #[command(subcommand)]
     pub cmd: Command,
 }
 
-/// Commands.
+/// The `ca-server` subcommands: the server itself, and the admin client.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the CA from a configuration file.
@@ -53,7 +53,7 @@ pub enum Command {
     },
     /// Revoke a certificate.
     Revoke(RevokeArgs),
-    /// Certificates.
+    /// Issued certificates.
     Certs {
         /// Certificate commands.
         #[command(subcommand)]
@@ -133,14 +133,14 @@ pub enum TokenCmd {
         /// A SAN the holder may request (repeatable): dns:NAME, uri:URI, ip:ADDR, email:ADDR.
         #[arg(long = "san")]
         sans: Vec<String>,
-        /// Profile.
+        /// Profile the certificate is issued under.
         #[arg(long, default_value = "client")]
         profile: String,
         /// Lifetime (e.g. 30m, 1h, 2d; 1s to 365d, and at most the server's tokens.max_ttl;
         /// default from the server, 1h).
         #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::flag("--ttl", crate::duration::TOKEN_TTL_FLAG))]
         ttl: Option<String>,
-        /// Connection.
+        /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
     },
@@ -160,7 +160,7 @@ pub struct RevokeArgs {
     /// for REASON, and lock it: no generation can renew or re-enroll any more.
     #[arg(long)]
     pub lineage: bool,
-    /// Connection.
+    /// How to reach the API (URL, root, admin certificate and key).
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -186,7 +186,7 @@ pub enum CertsCmd {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// Connection.
+        /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
     },
@@ -203,7 +203,7 @@ pub enum AuditCmd {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// Connection.
+        /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
     },
@@ -211,13 +211,13 @@ pub enum AuditCmd {
     /// the head, and every signed checkpoint (signature, hash of the event at its sequence,
     /// and that the log still reaches it).
     Verify {
-        /// Connection.
+        /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
     },
     /// Sign a checkpoint of the log's current head now (audit checkpoint key, `[audit] key`).
     Checkpoint {
-        /// Connection.
+        /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
     },
@@ -231,7 +231,7 @@ pub enum AuditCmd {
         /// Output file (must not exist).
         #[arg(long)]
         out: PathBuf,
-        /// Connection.
+        /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
     },

@@ -40,16 +40,16 @@ pub enum ConfigError {
     /// The file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
-        /// Path.
+        /// The configuration file.
         path: PathBuf,
-        /// Cause.
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// TOML syntax or type error, or an unknown key.
     #[error("config file {path}: at `{key}`: {message}")]
     Parse {
-        /// Path.
+        /// The configuration file.
         path: PathBuf,
         /// Key path (`limits.enroll.burst`).
         key: String,
@@ -104,7 +104,7 @@ pub struct ServerConfig {
     /// Rate, body and time limits.
     #[serde(default)]
     pub limits: Limits,
-    /// Logging.
+    /// Log format and filter (`[log]`).
     #[serde(default)]
     pub log: LogSection,
     /// OCSP responder settings (status listener).
@@ -149,7 +149,7 @@ impl Default for Listen {
     }
 }
 
-/// The HSM.
+/// `[hsm]`: the PKCS#11 module, token, PIN source and issuing key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsmSection {
@@ -559,7 +559,7 @@ impl Limits {
     }
 }
 
-/// Logging.
+/// `[log]`: log format and filter.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
@@ -626,7 +626,7 @@ impl OcspSection {
     }
 }
 
-/// CRL settings.
+/// `[crl]`: CRL validity and the root CRL file to serve.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrlSection {

@@ -179,7 +179,7 @@ impl Gate {
         })
     }
 
-    /// The limits.
+    /// The connection caps and timeouts this gate admits by.
     pub(crate) fn limits(&self) -> &ConnLimits {
         &self.limits
     }

@@ -52,9 +52,9 @@ pub struct ServerParts {
     pub profiles: Profiles,
     /// URLs written into certificates.
     pub urls: IssuerUrls,
-    /// The store.
+    /// The store the CA, the authority and the status server share.
     pub store: Arc<dyn Store>,
-    /// The clock.
+    /// The clock every validity window and audit time is read from (tests inject a fixed one).
     pub clock: Arc<dyn Clock>,
     /// Names of the server certificate.
     pub tls_names: Vec<String>,
@@ -62,9 +62,9 @@ pub struct ServerParts {
     pub tls_validity: Span,
     /// Lifetime of admin certificates.
     pub admin_validity: Span,
-    /// Limits.
+    /// Request body, timeout and rate limits (`[limits]`).
     pub limits: Limits,
-    /// Token settings.
+    /// Enrollment token lifetimes: default and longest (`[tokens]`).
     pub tokens: TokenSection,
     /// Renewal lineage settings.
     pub renewal: RenewalSection,
@@ -329,7 +329,7 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Bound status address.
     pub status_addr: Option<SocketAddr>,
-    /// The shared state.
+    /// The state every route handler shares (CA, store, clock, authority, limits).
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -1034,7 +1034,7 @@ impl ServerBuilder {
 /// A server assembled by [`ServerBuilder::assemble`], not listening yet.
 #[derive(Debug)]
 pub struct Assembled {
-    /// The shared state.
+    /// The state every route handler will share (CA, store, clock, authority, limits).
     pub state: Arc<AppState>,
     tls_names: Vec<String>,
     status: Option<StatusParts>,

@@ -201,7 +201,8 @@ pub struct Settings {
     pub unauthenticated_summary_interval: Duration,
 }
 
-/// The shared state.
+/// The state every API route handler shares: the CA, its store and clock, the authority,
+/// limits and settings.
 pub struct AppState {
     /// The issuing CA.
     pub ca: Arc<Ca>,
@@ -209,7 +210,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The clock (same as the CA's).
     pub clock: Arc<dyn Clock>,
-    /// Metrics.
+    /// Prometheus counters and gauges served at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Rate limiters.
     pub limits: RateLimits,
@@ -219,7 +220,7 @@ pub struct AppState {
     pub hsm_health: HealthCheck,
     /// Cached readiness (`/readyz`).
     pub readiness: Readiness,
-    /// Settings.
+    /// Token lifetimes and request limits the routes apply.
     pub settings: Settings,
     /// The root certificate (DER).
     pub root_der: Vec<u8>,

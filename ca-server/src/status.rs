@@ -114,20 +114,20 @@ pub struct StatusSetup {
     pub issuing_signer: Arc<dyn Signer>,
     /// The OCSP signing key: [`ResponderKey::ca`] or [`ResponderKey::delegated`].
     pub ocsp_key: ResponderKey,
-    /// The store.
+    /// The store revocation status and stored OCSP responses are read from.
     pub store: Arc<dyn Store>,
-    /// The clock.
+    /// The clock CRL and OCSP times are read from (tests inject a fixed one).
     pub clock: Arc<dyn Clock>,
-    /// Responder settings.
+    /// OCSP responder settings: response validity, refresh, live-signing rate, caches.
     pub responder: ResponderConfig,
-    /// CRL settings.
+    /// CRL validity, rebuild margin and issuing distribution point.
     pub crl: CrlConfig,
     /// Pre-signed responses about other issuers, loaded from files (the root-signed response
     /// about the intermediate from the OCSP ceremony).
     pub external_responses: Vec<ExternalResponse>,
     /// The root CRL file from the key ceremony, served at `/root.crl` (DER or PEM).
     pub root_crl: Option<PathBuf>,
-    /// HTTP settings.
+    /// HTTP side of the status listener: request size, `max-age` cap, maintenance interval.
     pub http: StatusConfig,
 }
 

@@ -193,21 +193,21 @@ pub struct OnlineToken {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subject {
-    /// CN
+    /// commonName (CN); required.
     pub common_name: String,
-    /// O
+    /// organizationName (O).
     #[serde(default)]
     pub organization: Option<String>,
-    /// OU
+    /// organizationalUnitName (OU).
     #[serde(default)]
     pub organizational_unit: Option<String>,
     /// C (two letters)
     #[serde(default)]
     pub country: Option<String>,
-    /// ST
+    /// stateOrProvinceName (ST).
     #[serde(default)]
     pub state: Option<String>,
-    /// L
+    /// localityName (L).
     #[serde(default)]
     pub locality: Option<String>,
 }
@@ -235,10 +235,10 @@ pub struct Validity {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Period {
-    /// Days.
+    /// Period in days.
     #[serde(default)]
     pub days: Option<u32>,
-    /// Hours.
+    /// Period in hours.
     #[serde(default)]
     pub hours: Option<u32>,
 }
@@ -251,7 +251,7 @@ pub struct RootSpec {
     pub algorithm: KeyAlgorithm,
     /// Subject (and issuer) name.
     pub subject: Subject,
-    /// Validity.
+    /// Validity of the root certificate.
     pub validity: Validity,
     /// Output: root certificate (PEM).
     pub certificate: PathBuf,
@@ -309,7 +309,7 @@ pub struct IntermediateSpec {
     pub root_certificate: PathBuf,
     /// Input: the issuing key's public key (PEM, from the `key` ceremony).
     pub public_key: PathBuf,
-    /// Subject.
+    /// Subject name of the issuing CA certificate.
     pub subject: Subject,
     /// Validity; must lie within the root's.
     pub validity: Validity,
@@ -347,7 +347,7 @@ pub struct OcspSignerSpec {
     pub key_label: String,
     /// Key algorithm of the OCSP signing key.
     pub algorithm: KeyAlgorithm,
-    /// Subject.
+    /// Subject name of the OCSP signer certificate.
     pub subject: Subject,
     /// Validity: short (at most 366 days), within the issuer's.
     pub validity: Validity,

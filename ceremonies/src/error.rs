@@ -26,7 +26,7 @@ pub enum Error {
     Read {
         /// What the file is.
         what: &'static str,
-        /// The file.
+        /// Path of the file.
         path: PathBuf,
         /// The I/O error.
         #[source]
@@ -37,7 +37,7 @@ pub enum Error {
     Input {
         /// What the file is.
         what: &'static str,
-        /// The file.
+        /// Path of the file.
         path: PathBuf,
         /// What is wrong.
         reason: String,
@@ -48,7 +48,7 @@ pub enum Error {
     /// An output could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
-        /// The file.
+        /// Path of the output.
         path: PathBuf,
         /// The I/O error.
         #[source]
@@ -76,7 +76,7 @@ pub enum Error {
     /// An officer did not confirm the plan.
     #[error("officer {officer:?} did not confirm the plan; nothing was done on the HSM")]
     NotConfirmed {
-        /// The officer.
+        /// Name of the officer who did not confirm.
         officer: String,
     },
     /// Standard input ended before every officer confirmed.
@@ -131,7 +131,7 @@ pub enum Error {
     /// A PKCS#11 call made directly by the ceremony (security officer login, setting the PIN).
     #[error("PKCS#11 {op} failed: {source}")]
     Pkcs11 {
-        /// The operation.
+        /// The call that failed (e.g. `security officer login`, `C_InitPIN`).
         op: &'static str,
         /// What cryptoki reported.
         #[source]
@@ -158,7 +158,7 @@ pub enum Error {
     /// A produced artifact failed its check after signing; it was not written.
     #[error("self-check of the {what} failed: {reason}; nothing was written")]
     SelfCheck {
-        /// The artifact.
+        /// What failed its check (e.g. `root CRL`, `transcript`).
         what: &'static str,
         /// What failed.
         reason: String,
@@ -196,7 +196,7 @@ pub enum QuorumError {
     NotEnoughShares {
         /// Distinct shares given.
         have: usize,
-        /// Threshold.
+        /// Distinct shares needed (the threshold).
         need: usize,
     },
     /// A share file is damaged (unparseable, or its checksum does not match).

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub struct Record {
     /// Sequence number from the file name (`NNN-kind.json`).
     pub seq: u32,
-    /// The file.
+    /// Path of the transcript file.
     pub path: PathBuf,
     /// SHA-256 of the file.
     pub sha256: String,
@@ -43,7 +43,7 @@ pub struct Record {
 /// All verified transcripts of a directory, in order.
 #[derive(Debug, Clone)]
 pub struct History {
-    /// The directory.
+    /// The transcript directory it was loaded from.
     pub dir: PathBuf,
     /// The transcripts, by sequence number.
     pub records: Vec<Record>,

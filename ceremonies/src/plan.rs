@@ -41,9 +41,9 @@ pub struct Plan {
     pub config_text: String,
     /// SHA-256 of the configuration file.
     pub config_sha256: String,
-    /// Kind.
+    /// Which ceremony.
     pub kind: Kind,
-    /// Title.
+    /// Human title from the configuration, e.g. "Example Corp root key ceremony 2025".
     pub name: String,
     /// Ceremony start (validity and update times are computed from it).
     pub start: DateTime<Utc>,
@@ -55,7 +55,7 @@ pub struct Plan {
     pub operator: String,
     /// Share files to read (ceremonies that use the root key).
     pub share_inputs: Vec<PathBuf>,
-    /// The work.
+    /// The checked, kind-specific work to do on the HSM.
     pub task: Task,
 }
 

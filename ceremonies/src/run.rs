@@ -115,7 +115,7 @@ impl Default for RunOptions<'_> {
 pub struct WrittenFile {
     /// What it is.
     pub role: String,
-    /// Where.
+    /// Path it was written to.
     pub path: PathBuf,
     /// SHA-256 of the file.
     pub sha256: String,
@@ -126,7 +126,7 @@ pub struct WrittenFile {
 pub struct Done {
     /// Ceremony id.
     pub ceremony_id: String,
-    /// Kind.
+    /// Which ceremony ran.
     pub kind: Kind,
     /// The signed transcript (JSON).
     pub transcript: PathBuf,

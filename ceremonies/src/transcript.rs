@@ -90,11 +90,11 @@ pub struct TokenId {
 pub struct Entry {
     /// Position, from 0.
     pub seq: u64,
-    /// When.
+    /// When the step happened.
     pub time: DateTime<Utc>,
     /// What (`config-validated`, `officer-confirmed`, `key-generated`, ...).
     pub step: String,
-    /// Who.
+    /// The officer who performed or confirmed the step (`None` for steps no officer acts in).
     pub officer: Option<String>,
     /// Which HSM token.
     pub token: Option<TokenId>,
@@ -112,11 +112,11 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyFact {
-    /// Token.
+    /// The HSM token holding the key.
     pub token: TokenId,
     /// Key label.
     pub key_label: String,
-    /// Algorithm.
+    /// Key algorithm.
     pub algorithm: KeyAlgorithm,
     /// SHA-256 of the SubjectPublicKeyInfo.
     pub spki_sha256: String,
@@ -140,9 +140,9 @@ pub struct CertFact {
     pub subject: String,
     /// Serial, hex.
     pub serial: String,
-    /// notBefore.
+    /// notBefore (start of validity).
     pub not_before: DateTime<Utc>,
-    /// notAfter.
+    /// notAfter (end of validity).
     pub not_after: DateTime<Utc>,
     /// SHA-256 of the DER (the certificate fingerprint).
     pub sha256: String,
@@ -158,9 +158,9 @@ pub struct CrlFact {
     pub issuer_spki_sha256: String,
     /// CRL number.
     pub number: u64,
-    /// thisUpdate.
+    /// thisUpdate: when the CRL was signed.
     pub this_update: DateTime<Utc>,
-    /// nextUpdate.
+    /// nextUpdate: by when the next CRL is due.
     pub next_update: DateTime<Utc>,
     /// Revoked serials, hex.
     pub revoked: Vec<String>,
@@ -176,9 +176,9 @@ pub struct OcspFact {
     pub serial: String,
     /// `good` or `revoked`.
     pub status: String,
-    /// thisUpdate.
+    /// thisUpdate: the time the status is known correct at.
     pub this_update: DateTime<Utc>,
-    /// nextUpdate.
+    /// nextUpdate: the time a newer response is due by.
     pub next_update: DateTime<Utc>,
     /// SHA-256 of the DER.
     pub sha256: String,

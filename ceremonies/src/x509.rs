@@ -19,7 +19,7 @@ use x509_cert::ext::pkix::{
 pub struct CertInfo {
     /// Where it was read from.
     pub path: PathBuf,
-    /// DER.
+    /// The certificate (DER).
     pub der: Vec<u8>,
     /// SHA-256 of the DER, lowercase hex.
     pub sha256: String,
@@ -29,9 +29,9 @@ pub struct CertInfo {
     pub subject: String,
     /// Serial number (big-endian magnitude).
     pub serial: Vec<u8>,
-    /// notBefore.
+    /// notBefore (start of validity).
     pub not_before: DateTime<Utc>,
-    /// notAfter.
+    /// notAfter (end of validity).
     pub not_after: DateTime<Utc>,
     /// Subject key identifier, if present.
     pub ski: Option<Vec<u8>>,

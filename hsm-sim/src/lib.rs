@@ -75,7 +75,7 @@ pub enum Error {
     /// PKCS#11 error.
     #[error("PKCS#11 {op} failed: {source}")]
     Pkcs11 {
-        /// Operation.
+        /// The PKCS#11 call that failed (e.g. `C_InitToken`, `SO login`).
         op: &'static str,
         /// Underlying error.
         #[source]

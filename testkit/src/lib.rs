@@ -41,7 +41,7 @@ pub enum Error {
     /// A PKCS#11 call of a fault injection failed.
     #[error("PKCS#11 {op} failed: {source}")]
     Pkcs11 {
-        /// Operation.
+        /// The PKCS#11 call that failed.
         op: &'static str,
         /// Underlying error.
         #[source]
@@ -670,7 +670,8 @@ pub mod pki {
     /// Label of the issuing key in the test (online) token.
     pub const ISSUING_KEY: &str = ceremonies::dev::ISSUING_KEY;
 
-    /// The test PKI.
+    /// A root and issuing CA on two SoftHSM tokens, built by the ceremony library, with a
+    /// sled store and a ready CA.
     pub struct TestPki {
         /// The online token: the issuing key and OCSP responder keys.
         pub token: TestToken,
@@ -688,7 +689,7 @@ pub mod pki {
         pub root_signer: Arc<Pkcs11Signer>,
         /// Issuing signer (HSM).
         pub issuing_signer: Arc<Pkcs11Signer>,
-        /// The store.
+        /// The sled store in `dir` (the same one `ca` records into).
         pub store: Arc<SledStore>,
         /// The issuing CA.
         pub ca: Ca,

@@ -93,9 +93,9 @@ pub enum Request {
     Renewal(CertRecord),
     /// The server's or an administrator's own authority.
     Admin {
-        /// Profile.
+        /// Name of the profile to issue under.
         profile: String,
-        /// Who.
+        /// Administrator (certificate subject) or `ca-server` itself; recorded as the requester.
         actor: String,
         /// Names imposed.
         binding: IdentityBinding,

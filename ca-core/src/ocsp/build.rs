@@ -249,7 +249,7 @@ pub(crate) fn nonce_extension(nonce: &[u8]) -> Result<Extension> {
 /// A decoded OCSPResponse, for reloading stored responses and checking loaded files.
 #[derive(Clone, Debug)]
 pub struct ParsedResponse {
-    /// responseStatus.
+    /// responseStatus (RFC 6960 4.2.1): `successful`, or the error status.
     pub status: OcspResponseStatus,
     /// The BasicOCSPResponse, when the status is `successful`.
     pub basic: Option<BasicOcspResponse>,
@@ -282,7 +282,7 @@ impl ParsedResponse {
             .max()
     }
 
-    /// producedAt.
+    /// producedAt of the BasicOCSPResponse (`None` for an error response).
     pub fn produced_at(&self) -> Option<DateTime<Utc>> {
         self.basic
             .as_ref()

@@ -80,7 +80,7 @@ pub struct CertRecord {
     pub requester: Requester,
     /// SHA-256 of the SubjectPublicKeyInfo (hex), to refuse key reuse on renewal.
     pub spki_sha256: String,
-    /// The certificate.
+    /// The certificate (DER; base64 in the stored JSON).
     #[serde(with = "b64_bytes")]
     pub der: Vec<u8>,
     /// Revocation state.
@@ -177,7 +177,7 @@ pub struct TokenRecord {
     pub profile: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Expiry.
+    /// From this instant on the token can no longer be redeemed.
     pub expires_at: DateTime<Utc>,
     /// Who created it.
     pub created_by: String,
@@ -583,11 +583,11 @@ pub fn deferred<T, E: From<crate::Error>, S: Durability + ?Sized>(
 /// Serde helper: bytes as lowercase hex.
 pub mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
-    /// Serialize.
+    /// Write the bytes as a lowercase hex string.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))
     }
-    /// Deserialize.
+    /// Read bytes from a hex string (either case); anything else is an error.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         hex::decode(s).map_err(serde::de::Error::custom)
@@ -598,11 +598,11 @@ pub mod hex_bytes {
 pub mod b64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
-    /// Serialize.
+    /// Write the bytes as a standard (padded) base64 string.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
     }
-    /// Deserialize.
+    /// Read bytes from a standard (padded) base64 string; anything else is an error.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         base64::engine::general_purpose::STANDARD

@@ -26,9 +26,9 @@ pub struct CrlTask {
     pub key_label: String,
     /// Root certificate.
     pub root: CertInfo,
-    /// thisUpdate.
+    /// thisUpdate: the ceremony's start.
     pub this_update: DateTime<Utc>,
-    /// nextUpdate.
+    /// nextUpdate: the ceremony's start plus the configured period.
     pub next_update: DateTime<Utc>,
     /// Revoked certificates.
     pub revoked: Vec<RevokedEntry>,

@@ -28,11 +28,11 @@ pub struct IntermediateTask {
     pub public_key: PublicKey,
     /// Where it was read from.
     pub public_key_path: PathBuf,
-    /// Subject.
+    /// Subject name of the issuing CA certificate.
     pub subject: Subject,
-    /// notBefore.
+    /// notBefore (checked to lie within the root's validity).
     pub not_before: DateTime<Utc>,
-    /// notAfter.
+    /// notAfter (checked to lie within the root's validity).
     pub not_after: DateTime<Utc>,
     /// CRL distribution points.
     pub crl_urls: Vec<String>,

@@ -21,7 +21,7 @@ pub struct KeyTask {
     pub pin: PinSource,
     /// Key label.
     pub key_label: String,
-    /// Algorithm.
+    /// Algorithm of the issuing key to generate.
     pub algorithm: KeyAlgorithm,
     /// Output public key (PEM).
     pub public_key: PathBuf,
@@ -34,7 +34,7 @@ pub struct KeyTask {
 pub struct AuditKeyTask {
     /// Key label.
     pub key_label: String,
-    /// Algorithm.
+    /// Algorithm of the audit checkpoint key to generate.
     pub algorithm: KeyAlgorithm,
     /// Output public key (PEM).
     pub public_key: PathBuf,

@@ -27,9 +27,9 @@ pub struct OcspResponseTask {
     pub subject_cert: CertInfo,
     /// Its status.
     pub status: CertStatus,
-    /// thisUpdate.
+    /// thisUpdate: the ceremony's start.
     pub this_update: DateTime<Utc>,
-    /// nextUpdate.
+    /// nextUpdate: the ceremony's start plus the configured period.
     pub next_update: DateTime<Utc>,
     /// Output response (DER).
     pub response: PathBuf,

@@ -31,11 +31,11 @@ pub struct OcspSignerTask {
     pub key_label: String,
     /// OCSP key algorithm.
     pub algorithm: KeyAlgorithm,
-    /// Subject.
+    /// Subject name of the OCSP signer certificate.
     pub subject: Subject,
-    /// notBefore.
+    /// notBefore (checked to lie within the issuer's validity).
     pub not_before: DateTime<Utc>,
-    /// notAfter.
+    /// notAfter (checked to lie within the issuer's validity).
     pub not_after: DateTime<Utc>,
     /// Output certificate (PEM).
     pub certificate: PathBuf,

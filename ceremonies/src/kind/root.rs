@@ -32,11 +32,11 @@ pub struct RootTask {
     pub shares: Vec<(String, PathBuf)>,
     /// Key algorithm.
     pub algorithm: KeyAlgorithm,
-    /// Subject.
+    /// Subject (and issuer) name of the self-signed root.
     pub subject: Subject,
-    /// notBefore.
+    /// notBefore (default: the ceremony's start).
     pub not_before: DateTime<Utc>,
-    /// notAfter.
+    /// notAfter, from the configured validity.
     pub not_after: DateTime<Utc>,
     /// Output certificate (PEM).
     pub certificate: PathBuf,

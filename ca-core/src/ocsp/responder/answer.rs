@@ -14,11 +14,11 @@ pub enum AnswerKind {
     Signed {
         /// Status of the (first) certificate asked about.
         status: CertStatus,
-        /// producedAt.
+        /// producedAt: when the response was signed.
         produced_at: DateTime<Utc>,
-        /// thisUpdate.
+        /// thisUpdate: the time the status is known correct at.
         this_update: DateTime<Utc>,
-        /// nextUpdate.
+        /// nextUpdate: the time a newer response will be available by.
         next_update: DateTime<Utc>,
         /// Whether HTTP caches may keep it (false when it echoes a nonce: see the nonce policy
         /// in `ocsp/responder/live.rs`).

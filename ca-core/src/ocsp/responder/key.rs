@@ -83,7 +83,7 @@ impl ResponderKey {
         self.cert_info.as_ref().map(|(s, t)| (s.as_slice(), *t))
     }
 
-    /// The signer.
+    /// The HSM key that signs responses: the CA key or the delegated responder's.
     pub fn signer(&self) -> &dyn Signer {
         self.signer.as_ref()
     }

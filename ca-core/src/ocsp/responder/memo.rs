@@ -18,7 +18,7 @@ const ENTRY_OVERHEAD: usize = 96;
 /// Sizes of the memo, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoStats {
-    /// Entries.
+    /// Number of responses held.
     pub entries: usize,
     /// Bytes charged (keys, values, bookkeeping).
     pub bytes: usize,

@@ -181,7 +181,7 @@ impl Responder {
         self.signing.clock()
     }
 
-    /// The settings.
+    /// The settings it was built with (validity, refresh, rate and cache bounds).
     pub fn config(&self) -> &ResponderConfig {
         &self.config
     }
