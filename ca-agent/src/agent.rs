@@ -134,7 +134,7 @@ impl Agent {
         Ok(Agent { cfg, client })
     }
 
-    /// The configuration.
+    /// The agent configuration this agent was built from (server URL, pinned root, certificates).
     pub fn config(&self) -> &Config {
         &self.cfg
     }

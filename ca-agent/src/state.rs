@@ -73,7 +73,7 @@ pub struct CertState {
     pub not_after: Option<DateTime<Utc>>,
     /// When the next renewal is planned.
     pub next_renewal: Option<DateTime<Utc>>,
-    /// Condition.
+    /// How the certificate stands (ok, renewal due, expired, revoked, ...).
     pub condition: Condition,
     /// What to do about a bad condition.
     pub fix: Option<String>,

@@ -130,11 +130,11 @@ impl ClientError {
 pub struct RawResponse {
     /// The URL of the request.
     pub url: String,
-    /// Status.
+    /// The HTTP status, error statuses included (nothing is decoded).
     pub status: StatusCode,
-    /// Headers.
+    /// The answer's headers as received.
     pub headers: http::HeaderMap,
-    /// Body.
+    /// The whole body (refused beyond [`ApiClient::with_max_body`] when set).
     pub body: Bytes,
 }
 

@@ -121,7 +121,7 @@ pub struct CertSummary {
     pub subject: String,
     /// SANs, typed.
     pub sans: Vec<String>,
-    /// Profile.
+    /// The profile the certificate was issued under (`_admin`, `_server-tls` for the CA's own).
     pub profile: String,
     /// `valid`, `revoked` or `expired`.
     pub status: String,

@@ -50,3 +50,24 @@ pub mod store;
 pub mod x509;
 
 pub use error::{Error, Result};
+
+// The names most callers need, by role; everything else is reached through its module.
+pub use audit::{AuditEvent, NewAuditEvent};
+pub use profile::{Profile, Profiles};
+pub use revocation::RevocationReason;
+pub use signer::{KeyAlgorithm, Signer};
+
+#[cfg(feature = "hsm")]
+pub use signer::pkcs11::{HsmConfig, PinSource, Pkcs11Signer, Token};
+
+#[cfg(feature = "store")]
+pub use ocsp::{Responder, ResponderConfig};
+#[cfg(feature = "store")]
+pub use store::{CertRecord, SledStore, Store};
+
+#[cfg(feature = "issue")]
+pub use authority::Authority;
+#[cfg(feature = "issue")]
+pub use crl::{issue_crl, CrlPublisher, CrlRequest};
+#[cfg(feature = "issue")]
+pub use issuance::{Ca, IssueContext, Issued, IssuerUrls, Prepared};

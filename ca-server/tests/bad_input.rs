@@ -474,8 +474,15 @@ async fn bad_input_table() {
                 .store
                 .audit_events(audit_before as u64 + 1, 10)
                 .unwrap();
+            // The audit result is the API code, except for a revocation reason the CA never
+            // uses, audited by its own name (docs/API.md, `POST /v1/admin/revoke`).
+            let result = if r.class.starts_with("revoke with removeFromCRL") {
+                "reason_not_allowed"
+            } else {
+                r.code
+            };
             assert!(
-                last.iter().any(|e| e.event.result == r.code),
+                last.iter().any(|e| e.event.result == result),
                 "row {:?}: {last:#?}",
                 r.class
             );

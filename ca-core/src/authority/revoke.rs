@@ -83,8 +83,10 @@ fn record<C: CertStore + ?Sized, A: AuditLog + ?Sized>(
                     tracing::error!(serial = %object, error = %resign, "OCSP re-signing of an earlier revocation failed again");
                 }
             }
+            // The API's stable code where there is one (docs/API.md), so the audit log and the
+            // answer name a refusal alike.
             let code = match &e {
-                Error::CertNotFound(_) => "cert_not_found",
+                Error::CertNotFound(_) => "not_found",
                 Error::AlreadyRevoked { .. } => "already_revoked",
                 Error::ReasonNotAllowed(..) => "reason_not_allowed",
                 _ => "store_error",
