@@ -79,9 +79,11 @@ fn find_bin_dir() -> Result<PathBuf, Error> {
         .collect();
     found.sort();
     found.pop().map(|(_, b)| b).ok_or_else(|| {
-        err("PostgreSQL is not installed (no initdb/pg_ctl on PATH or under \
+        err(
+            "PostgreSQL is not installed (no initdb/pg_ctl on PATH or under \
              /usr/lib/postgresql/*/bin): run `scripts/deps.sh test`, or set \
-             CA_TEST_DATABASE_URL to a server to test against")
+             CA_TEST_DATABASE_URL to a server to test against",
+        )
     })
 }
 
@@ -313,7 +315,10 @@ impl Drop for TestDatabase {
             return;
         }
         if let Ok(mut c) = postgres::Client::connect(&self.server.admin_url, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -332,7 +337,10 @@ mod tests {
             with_database("postgres://u:p@h/x?sslmode=disable", "d").unwrap(),
             "postgres://u:p@h/d?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://h", "d").unwrap(), "postgres://h/d");
+        assert_eq!(
+            with_database("postgres://h", "d").unwrap(),
+            "postgres://h/d"
+        );
         assert!(with_database("host=h", "d").is_err());
     }
 

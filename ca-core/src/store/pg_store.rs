@@ -293,7 +293,11 @@ impl PgStore {
             .transpose()
     }
 
-    fn certs_where(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<CertRecord>> {
+    fn certs_where(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<CertRecord>> {
         let rows = self
             .conn()?
             .query(sql, params)
@@ -313,10 +317,7 @@ impl PgStore {
     ) -> Result<()> {
         let mut last: Vec<u8> = Vec::new();
         loop {
-            let rows = self
-                .conn()?
-                .query(sql, &[&last, &BATCH])
-                .map_err(pg(op))?;
+            let rows = self.conn()?.query(sql, &[&last, &BATCH]).map_err(pg(op))?;
             for r in &rows {
                 f(r.get::<_, &[u8]>(1))?;
             }
@@ -447,9 +448,7 @@ impl CertStore for PgStore {
              AND ($4::bigint IS NULL OR not_after_us < $4) \
              AND ($5::bigint IS NULL OR not_after_us > $5) ORDER BY {order} LIMIT $6"
         );
-        let limit = filter
-            .limit
-            .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
         self.certs_where(
             &sql,
             &[
@@ -561,7 +560,10 @@ impl PgStore {
 
 impl TokenStore for PgStore {
     fn insert_token(&self, tok: &TokenRecord) -> Result<()> {
-        let used = tok.used_at.map(|t| nanos("token use time", t)).transpose()?;
+        let used = tok
+            .used_at
+            .map(|t| nanos("token use time", t))
+            .transpose()?;
         // An expiry past what nanoseconds hold is "never" for every `now` that fits.
         let expires = tok.expires_at.timestamp_nanos_opt().unwrap_or(i64::MAX);
         let n = self
@@ -916,9 +918,7 @@ impl AuditLog for PgStore {
 
 impl Durability for PgStore {
     fn health(&self) -> Result<()> {
-        self.conn()?
-            .batch_execute("SELECT 1")
-            .map_err(pg("health"))
+        self.conn()?.batch_execute("SELECT 1").map_err(pg("health"))
     }
 }
 
