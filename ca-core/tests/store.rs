@@ -1002,6 +1002,33 @@ mod two_nodes {
     }
 
     #[test]
+    fn visitors_hold_no_connection_while_they_call_back() {
+        let place = Place::pg();
+        let Place::Pg(db) = &place else {
+            unreachable!()
+        };
+        // One connection: a visit that kept it while calling back would wait for itself.
+        let s = PgStore::open_with_pool_size(db.url(), 1).unwrap();
+        for i in 1..=3 {
+            assert!(s.insert_cert(&record(i, "v.test")).unwrap());
+            s.append_audit(NewAuditEvent::ok("t", "issue", format!("{i}")))
+                .unwrap();
+        }
+        let mut n = 0;
+        s.for_each_cert(&mut |c| {
+            assert!(s.get_cert(&c.serial)?.is_some());
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+        for ev in s.audit_iter(1) {
+            assert!(s.audit_head().unwrap().is_some(), "{:?}", ev.unwrap().seq);
+        }
+        assert_eq!(s.verify_audit().unwrap(), 3);
+    }
+
+    #[test]
     fn a_schema_newer_than_the_binary_is_refused_and_reopen_is_idempotent() {
         let place = Place::pg();
         let Place::Pg(db) = &place else {
