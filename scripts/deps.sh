@@ -21,6 +21,15 @@ softhsm_present() {
   done
   return 1
 }
+# initdb and pg_ctl (the PostgreSQL store's tests start throwaway clusters: testkit::pg).
+postgres_present() {
+  { have initdb && have pg_ctl; } && return 0
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && return 0
+  done
+  return 1
+}
 spy_present() {
   local p
   for p in /usr/lib/*/pkcs11/pkcs11-spy.so /usr/lib64/pkcs11/pkcs11-spy.so /usr/lib/pkcs11/pkcs11-spy.so \
@@ -40,6 +49,7 @@ if [ "$kind" = test ]; then
   spy_present || need+=(opensc)
   # Java's PKIX validator (ca-server/tests/java.rs) runs a single source file: a JDK, not a JRE.
   { have java && have javac; } || need+=(jdk)
+  postgres_present || need+=(postgresql)
   if ! pkilint_present; then
     # Debian's python3 has no venv/ensurepip without python3-venv.
     if ! have python3 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -69,13 +79,17 @@ if have apt-get; then
   for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm2);; jdk) pkgs+=(default-jdk-headless);; *) pkgs+=("$n");; esac; done
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  # Debian's postgresql package starts a cluster service; the tests need only the binaries.
+  case " ${need[*]} " in *" postgresql "*)
+    $sudo_cmd systemctl disable --now postgresql >/dev/null 2>&1 || $sudo_cmd service postgresql stop >/dev/null 2>&1 || true;;
+  esac
 elif have dnf; then
   pkgs=()
-  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; jdk) pkgs+=(java-devel);; python3-venv) ;; *) pkgs+=("$n");; esac; done
+  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; jdk) pkgs+=(java-devel);; python3-venv) ;; postgresql) pkgs+=(postgresql-server);; *) pkgs+=("$n");; esac; done
   $sudo_cmd dnf install -y -q "${pkgs[@]}"
 elif have brew; then
   pkgs=()
-  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; jdk) pkgs+=(openjdk);; python3) pkgs+=(python);; python3-venv) ;; *) pkgs+=("$n");; esac; done
+  for n in "${need[@]}"; do case "$n" in softhsm) pkgs+=(softhsm);; jdk) pkgs+=(openjdk);; python3) pkgs+=(python);; postgresql) pkgs+=(postgresql@16);; python3-venv) ;; *) pkgs+=("$n");; esac; done
   brew install "${pkgs[@]}"
 else
   echo "cannot install ${need[*]}: no apt-get, dnf or brew; install them by hand" >&2

@@ -1,17 +1,134 @@
-//! The sled store on a real disk: durability, atomic token use, revocation rules, CRL numbers,
-//! the audit chain, and crash consistency under kill -9.
+//! The store contract, run against every backend: the sled store on a real disk and (with the
+//! cargo feature `postgres`, on by default for ca-core's tests) the PostgreSQL store on a
+//! throwaway cluster ([`testkit::pg`]): durability across reopen, atomic token use, revocation
+//! rules, CRL numbers, lineages, the audit chain, streaming visits, and concurrency (racing
+//! renewals, token redemptions, CRL numbers, audit appends; for PostgreSQL also from two
+//! stores on one database, as two nodes). Then what only sled has: crash consistency under
+//! kill -9 and the completion of a half-written audit append at open.
+//!
+//! Each contract test is a function taking a [`Place`] (where a store lives; opening it again
+//! gives the same data); `contract!` makes one `#[test]` per backend of each.
 
 use ca_core::audit::NewAuditEvent;
 use ca_core::revocation::RevocationReason;
+#[cfg(feature = "postgres")]
+use ca_core::store::PgStore;
 use ca_core::store::{
     prelude::*, CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, SledStore,
-    TokenRecord,
+    StoredOcspResponse, TokenRecord,
 };
 use ca_core::Error;
 use chrono::{Duration, Utc};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+
+/// Where a store lives: opening it again (a restart, or another node) gives the same data.
+enum Place {
+    Sled(tempfile::TempDir),
+    #[cfg(feature = "postgres")]
+    Pg(testkit::pg::TestDatabase),
+}
+
+/// An opened store of either backend.
+#[derive(Clone)]
+enum Opened {
+    Sled(Arc<SledStore>),
+    #[cfg(feature = "postgres")]
+    Pg(Arc<PgStore>),
+}
+
+impl Place {
+    fn sled() -> Place {
+        Place::Sled(tempfile::tempdir().unwrap())
+    }
+
+    #[cfg(feature = "postgres")]
+    fn pg() -> Place {
+        let server = testkit::pg::PgServer::shared().unwrap();
+        Place::Pg(server.fresh_database().unwrap())
+    }
+
+    fn open(&self) -> Opened {
+        match self {
+            Place::Sled(dir) => Opened::Sled(Arc::new(SledStore::open(dir.path()).unwrap())),
+            #[cfg(feature = "postgres")]
+            Place::Pg(db) => Opened::Pg(Arc::new(PgStore::open(db.url()).unwrap())),
+        }
+    }
+}
+
+impl Opened {
+    fn arc(&self) -> Arc<dyn Store> {
+        match self {
+            Opened::Sled(s) => s.clone(),
+            #[cfg(feature = "postgres")]
+            Opened::Pg(s) => s.clone(),
+        }
+    }
+
+    fn tamper_audit_for_test(
+        &self,
+        seq: u64,
+        f: impl FnOnce(&mut serde_json::Value),
+    ) -> ca_core::Result<()> {
+        match self {
+            Opened::Sled(s) => s.tamper_audit_for_test(seq, f),
+            #[cfg(feature = "postgres")]
+            Opened::Pg(s) => s.tamper_audit_for_test(seq, f),
+        }
+    }
+}
+
+impl std::ops::Deref for Opened {
+    type Target = dyn Store;
+    fn deref(&self) -> &(dyn Store + 'static) {
+        match self {
+            Opened::Sled(s) => s.as_ref(),
+            #[cfg(feature = "postgres")]
+            Opened::Pg(s) => s.as_ref(),
+        }
+    }
+}
+
+/// One `#[test]` per backend for each contract test `fn name(place: Place)`.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Place::sled())
+            })*
+        }
+        #[cfg(feature = "postgres")]
+        mod on_postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Place::pg())
+            })*
+        }
+    };
+}
+
+contract!(
+    records_survive_reopen_and_indexes_answer,
+    refused_duplicate_serial_leaves_the_indexes_as_they_were,
+    deferred_writes_share_one_flush_and_keep_what_a_failed_unit_wrote,
+    tokens_are_single_use_even_under_concurrency,
+    a_released_token_is_usable_again_and_only_by_its_consumer,
+    revocation_rules_follow_rfc5280,
+    crl_numbers_only_increase_across_reopen,
+    crl_numbers_increase_under_concurrency,
+    audit_chain_detects_modified_removed_and_reordered_events,
+    concurrent_audit_appends_form_one_chain,
+    audit_checkpoints_are_kept_in_order,
+    ocsp_responses_are_replaced_and_visited,
+    visits_stream_every_record,
+    list_filters_answer,
+    only_the_newest_generation_renews_and_a_locked_lineage_never_does,
+    racing_renewals_of_one_generation_store_exactly_one,
+    the_newest_generation_is_found_from_the_end_of_a_long_lineage,
+);
 
 fn record(serial: u8, identity: &str) -> CertRecord {
     let now = ca_core::clock::truncate(Utc::now());
@@ -50,11 +167,9 @@ fn token(hash: &str, ttl: Duration) -> TokenRecord {
     }
 }
 
-#[test]
-fn records_survive_reopen_and_indexes_answer() {
-    let dir = tempfile::tempdir().unwrap();
+fn records_survive_reopen_and_indexes_answer(place: Place) {
     {
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = place.open();
         assert!(s.insert_cert(&record(1, "a.test")).unwrap());
         assert!(s.insert_cert(&record(2, "a.test")).unwrap());
         assert!(s.insert_cert(&record(3, "b.test")).unwrap());
@@ -63,7 +178,7 @@ fn records_survive_reopen_and_indexes_answer() {
             "duplicate serial accepted"
         );
     }
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = place.open();
     assert_eq!(s.get_cert(&[0x11, 3]).unwrap().unwrap().identity, "b.test");
     let a = s
         .list_certs(&CertFilter {
@@ -84,10 +199,8 @@ fn records_survive_reopen_and_indexes_answer() {
     );
 }
 
-#[test]
-fn refused_duplicate_serial_leaves_the_indexes_as_they_were() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+fn refused_duplicate_serial_leaves_the_indexes_as_they_were(place: Place) {
+    let s = place.open();
     let by = |identity: &str| {
         s.list_certs(&CertFilter {
             identity: Some(identity.into()),
@@ -113,16 +226,15 @@ fn refused_duplicate_serial_leaves_the_indexes_as_they_were() {
     assert_eq!(expiring[0].identity, "a.test");
 }
 
-#[test]
-fn deferred_writes_share_one_flush_and_keep_what_a_failed_unit_wrote() {
-    let dir = tempfile::tempdir().unwrap();
+fn deferred_writes_share_one_flush_and_keep_what_a_failed_unit_wrote(place: Place) {
     {
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = place.open();
+        let s = &*s;
         s.insert_token(&token("h1", Duration::hours(1))).unwrap();
-        let r: Result<(), Error> = ca_core::store::deferred(&s, || {
+        let r: Result<(), Error> = ca_core::store::deferred(s, || {
             s.consume_token("h1", Utc::now())?;
             // Nested units flush once, at the outermost end.
-            ca_core::store::deferred(&s, || {
+            ca_core::store::deferred(s, || {
                 assert!(s.insert_cert(&record(1, "a.test"))?);
                 s.append_audit(NewAuditEvent::ok("t", "enroll", "11 01"))
             })?;
@@ -134,7 +246,7 @@ fn deferred_writes_share_one_flush_and_keep_what_a_failed_unit_wrote() {
         // Outside a unit, writes flush on their own again.
         assert!(s.insert_cert(&record(2, "a.test")).unwrap());
     }
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = place.open();
     assert!(matches!(
         s.consume_token("h1", Utc::now()),
         Err(Error::TokenRejected("token already used"))
@@ -166,10 +278,8 @@ fn audit_head_one_event_behind_is_completed_at_open() {
     assert_eq!(s.verify_audit().unwrap(), 4);
 }
 
-#[test]
-fn tokens_are_single_use_even_under_concurrency() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+fn tokens_are_single_use_even_under_concurrency(place: Place) {
+    let s = place.open().arc();
     s.insert_token(&token("h1", Duration::hours(1))).unwrap();
     let winners: usize = (0..16)
         .map(|_| {
@@ -196,10 +306,8 @@ fn tokens_are_single_use_even_under_concurrency() {
     ));
 }
 
-#[test]
-fn a_released_token_is_usable_again_and_only_by_its_consumer() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+fn a_released_token_is_usable_again_and_only_by_its_consumer(place: Place) {
+    let s = place.open().arc();
     s.insert_token(&token("h1", Duration::hours(1))).unwrap();
     let t1 = ca_core::clock::truncate(Utc::now());
     let used = s.consume_token("h1", t1).unwrap();
@@ -225,10 +333,8 @@ fn a_released_token_is_usable_again_and_only_by_its_consumer() {
     assert_eq!(winners, 1);
 }
 
-#[test]
-fn revocation_rules_follow_rfc5280() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+fn revocation_rules_follow_rfc5280(place: Place) {
+    let s = place.open();
     s.insert_cert(&record(1, "a.test")).unwrap();
     assert!(matches!(
         s.revoke(&[9, 9], Utc::now(), RevocationReason::Superseded),
@@ -279,12 +385,10 @@ fn revocation_rules_follow_rfc5280() {
     assert_eq!(entries[0].reason, RevocationReason::KeyCompromise);
 }
 
-#[test]
-fn crl_numbers_only_increase_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+fn crl_numbers_only_increase_across_reopen(place: Place) {
     let mut last = 0;
     for _ in 0..3 {
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = place.open();
         for _ in 0..3 {
             let n = s.next_crl_number().unwrap();
             assert!(n > last, "{n} after {last}");
@@ -294,10 +398,8 @@ fn crl_numbers_only_increase_across_reopen() {
     assert!(last >= 9);
 }
 
-#[test]
-fn audit_chain_detects_modified_removed_and_reordered_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+fn audit_chain_detects_modified_removed_and_reordered_events(place: Place) {
+    let s = place.open();
     for i in 0..5 {
         s.append_audit(NewAuditEvent::ok("alice", "issue", format!("serial-{i}")))
             .unwrap();
@@ -443,11 +545,9 @@ fn renewal_of(prev: &CertRecord, serial: u8) -> CertRecord {
     }
 }
 
-#[test]
-fn only_the_newest_generation_renews_and_a_locked_lineage_never_does() {
+fn only_the_newest_generation_renews_and_a_locked_lineage_never_does(place: Place) {
     use ca_core::store::LineageLock;
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = place.open();
     let g1 = record(1, "l.test");
     assert!(s.insert_cert(&g1).unwrap());
     let g2 = renewal_of(&g1, 2);
@@ -502,7 +602,7 @@ fn only_the_newest_generation_renews_and_a_locked_lineage_never_does() {
         other => panic!("locked lineage renewed: {other:?}"),
     }
     drop(s);
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = place.open();
     assert_eq!(
         s.lineage_lock(&g1.serial).unwrap(),
         Some(lock),
@@ -510,10 +610,8 @@ fn only_the_newest_generation_renews_and_a_locked_lineage_never_does() {
     );
 }
 
-#[test]
-fn racing_renewals_of_one_generation_store_exactly_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+fn racing_renewals_of_one_generation_store_exactly_one(place: Place) {
+    let s = place.open().arc();
     let g1 = record(1, "race.test");
     assert!(s.insert_cert(&g1).unwrap());
     let wins: usize = std::thread::scope(|scope| {
@@ -532,10 +630,8 @@ fn racing_renewals_of_one_generation_store_exactly_one() {
     assert_eq!(s.lineage_certs(&g1.serial).unwrap().len(), 2);
 }
 
-#[test]
-fn the_newest_generation_is_found_from_the_end_of_a_long_lineage() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+fn the_newest_generation_is_found_from_the_end_of_a_long_lineage(place: Place) {
+    let s = place.open();
     let mut prev = record(1, "long.test");
     assert!(s.insert_cert(&prev).unwrap());
     for i in 0..40u8 {
@@ -554,4 +650,412 @@ fn the_newest_generation_is_found_from_the_end_of_a_long_lineage() {
         s.insert_renewal(&stale, &record(1, "long.test")),
         Err(Error::GenerationSuperseded { newest: 41, .. })
     ));
+}
+
+fn crl_numbers_increase_under_concurrency(place: Place) {
+    let s = place.open().arc();
+    let per_thread: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|_| s.next_crl_number().unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for nums in &per_thread {
+        assert!(nums.windows(2).all(|w| w[0] < w[1]), "{nums:?}");
+    }
+    let mut all: Vec<u64> = per_thread.concat();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 40, "a CRL number was handed out twice");
+    let max = *all.last().unwrap();
+    assert!(s.next_crl_number().unwrap() > max);
+}
+
+fn concurrent_audit_appends_form_one_chain(place: Place) {
+    let s = place.open().arc();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let s = s.clone();
+            scope.spawn(move || {
+                for i in 0..15 {
+                    s.append_audit(NewAuditEvent::ok("t", "issue", format!("{t}-{i}")))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(s.verify_audit().unwrap(), 60);
+    let events: Vec<_> = s.audit_iter(1).map(Result::unwrap).collect();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=60).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.audit_head().unwrap().unwrap(),
+        (60, events[59].hash.clone())
+    );
+    assert_eq!(s.audit_events(59, 10).unwrap().len(), 2);
+}
+
+fn audit_checkpoints_are_kept_in_order(place: Place) {
+    use ca_core::audit::Checkpoint;
+    let s = place.open();
+    let mut hashes = vec![ca_core::audit::GENESIS.to_string()];
+    for i in 0..5 {
+        hashes.push(
+            s.append_audit(NewAuditEvent::ok("a", "issue", format!("{i}")))
+                .unwrap()
+                .hash,
+        );
+    }
+    let t0 = ca_core::clock::truncate(Utc::now());
+    let cp = |seq: u64, secs: i64| Checkpoint {
+        seq,
+        head_hash: hashes[seq as usize].clone(),
+        time: t0 + Duration::seconds(secs),
+        key_sha256: "00".into(),
+        signature: "00".into(),
+    };
+    // Stored out of order; read in (sequence, time) order.
+    for c in [cp(4, 0), cp(2, 5), cp(2, 1), cp(0, 0)] {
+        s.put_audit_checkpoint(&c).unwrap();
+    }
+    let order: Vec<(u64, i64)> = s
+        .audit_checkpoints(0)
+        .map(|c| c.map(|c| (c.seq, (c.time - t0).num_seconds())))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(order, vec![(0, 0), (2, 1), (2, 5), (4, 0)]);
+    assert_eq!(s.audit_checkpoints(3).count(), 1);
+    assert_eq!(s.audit_checkpoint_before(4).unwrap(), Some(cp(2, 5)));
+    assert_eq!(s.audit_checkpoint_before(u64::MAX).unwrap(), Some(cp(4, 0)));
+    assert_eq!(s.audit_checkpoint_before(0).unwrap(), None);
+    let report = s.verify_audit_log(None).unwrap();
+    assert_eq!((report.events, report.checkpoints), (5, 4));
+}
+
+fn ocsp_response(serial: u16, der: u8) -> StoredOcspResponse {
+    let now = ca_core::clock::truncate(Utc::now());
+    StoredOcspResponse {
+        serial: serial.to_be_bytes().to_vec(),
+        der: vec![0x30, der],
+        this_update: now,
+        next_update: now + Duration::hours(1),
+    }
+}
+
+fn ocsp_responses_are_replaced_and_visited(place: Place) {
+    {
+        let s = place.open();
+        s.put_ocsp_response(&ocsp_response(1, 1)).unwrap();
+        s.put_ocsp_response(&ocsp_response(2, 1)).unwrap();
+        s.put_ocsp_response(&ocsp_response(1, 2)).unwrap();
+        s.put_ocsp_response_lazy(&ocsp_response(3, 1)).unwrap();
+        s.flush().unwrap();
+    }
+    let s = place.open();
+    let mut seen = Vec::new();
+    s.for_each_ocsp_response(&mut |r| {
+        seen.push(r);
+        Ok(())
+    })
+    .unwrap();
+    seen.sort_by(|a, b| a.serial.cmp(&b.serial));
+    assert_eq!(
+        seen,
+        vec![
+            ocsp_response(1, 2),
+            ocsp_response(2, 1),
+            ocsp_response(3, 1)
+        ]
+    );
+}
+
+/// More records than one read batch of a streaming backend: every one is visited once.
+fn visits_stream_every_record(place: Place) {
+    let s = place.open();
+    let n = 1100u16;
+    let serial = |i: u16| [vec![0x22], i.to_be_bytes().to_vec()].concat();
+    ca_core::store::deferred(&*s, || {
+        for i in 0..n {
+            let mut r = record(0, "many.test");
+            r.serial = serial(i);
+            r.lineage = r.serial.clone();
+            assert!(s.insert_cert(&r)?);
+            if i % 2 == 0 {
+                s.revoke(&r.serial, Utc::now(), RevocationReason::Superseded)?;
+            }
+        }
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    let mut certs = Vec::new();
+    s.for_each_cert(&mut |c| {
+        certs.push(c.serial);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(certs, (0..n).map(serial).collect::<Vec<_>>());
+    let mut revoked = Vec::new();
+    s.for_each_revoked(&mut |e| {
+        revoked.push(e.serial);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        revoked,
+        (0..n)
+            .filter(|i| i % 2 == 0)
+            .map(serial)
+            .collect::<Vec<_>>(),
+        "revocations in serial order"
+    );
+    // A visitor's error stops the visit and is returned.
+    let mut visited = 0;
+    let r = s.for_each_cert(&mut |_| {
+        visited += 1;
+        if visited == 3 {
+            return Err(Error::SerialExhausted);
+        }
+        Ok(())
+    });
+    assert!(matches!(r, Err(Error::SerialExhausted)));
+    assert_eq!(visited, 3);
+}
+
+fn list_filters_answer(place: Place) {
+    let s = place.open();
+    for i in 1..=6u8 {
+        let identity = if i % 2 == 0 { "even.test" } else { "odd.test" };
+        assert!(s.insert_cert(&record(i, identity)).unwrap());
+    }
+    s.revoke(&[0x11, 3], Utc::now(), RevocationReason::Superseded)
+        .unwrap();
+    let serials = |f: CertFilter| -> Vec<u8> {
+        s.list_certs(&f)
+            .unwrap()
+            .iter()
+            .map(|r| r.serial[1])
+            .collect()
+    };
+    assert_eq!(
+        serials(CertFilter {
+            identity: Some("odd.test".into()),
+            revoked: Some(false),
+            ..Default::default()
+        }),
+        vec![1, 5]
+    );
+    assert_eq!(
+        serials(CertFilter {
+            revoked: Some(true),
+            ..Default::default()
+        }),
+        vec![3]
+    );
+    // record(i) expires i + 1 hours from now.
+    assert_eq!(
+        serials(CertFilter {
+            valid_at: Some(Utc::now() + Duration::minutes(270)),
+            expiring_before: Some(Utc::now() + Duration::minutes(390)),
+            ..Default::default()
+        }),
+        vec![4, 5]
+    );
+    assert_eq!(
+        serials(CertFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .len(),
+        2
+    );
+    assert!(s.serial_exists(&[0x11, 6]).unwrap());
+    assert!(!s.serial_exists(&[0x11, 7]).unwrap());
+    assert!(s.health().is_ok());
+}
+
+/// Two stores on one database, as two CA nodes: every atomic step holds across them.
+#[cfg(feature = "postgres")]
+mod two_nodes {
+    use super::*;
+
+    fn two() -> (Place, Arc<dyn Store>, Arc<dyn Store>) {
+        let place = Place::pg();
+        let (a, b) = (place.open().arc(), place.open().arc());
+        (place, a, b)
+    }
+
+    #[test]
+    fn audit_appends_from_two_nodes_form_one_chain() {
+        let (_place, a, b) = two();
+        std::thread::scope(|scope| {
+            for (n, s) in [a.clone(), b.clone(), a.clone(), b.clone()]
+                .into_iter()
+                .enumerate()
+            {
+                scope.spawn(move || {
+                    for i in 0..20 {
+                        s.append_audit(NewAuditEvent::ok("node", "issue", format!("{n}-{i}")))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(a.verify_audit().unwrap(), 80);
+        assert_eq!(b.verify_audit().unwrap(), 80);
+    }
+
+    #[test]
+    fn eight_redemptions_of_one_token_across_two_nodes_one_wins() {
+        let (_place, a, b) = two();
+        a.insert_token(&token("h1", Duration::hours(1))).unwrap();
+        let winners: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                    scope.spawn(move || s.consume_token("h1", Utc::now()).is_ok())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(winners, 1);
+        assert!(matches!(
+            b.consume_token("h1", Utc::now()),
+            Err(Error::TokenRejected("token already used"))
+        ));
+    }
+
+    #[test]
+    fn racing_renewals_across_two_nodes_store_exactly_one() {
+        let (_place, a, b) = two();
+        let g1 = record(1, "race.test");
+        assert!(a.insert_cert(&g1).unwrap());
+        let wins: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                    let g1 = g1.clone();
+                    scope.spawn(move || s.insert_renewal(&renewal_of(&g1, 10 + i), &g1).is_ok())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(wins, 1);
+        assert_eq!(b.lineage_certs(&g1.serial).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_lineage_locked_on_one_node_never_renews_on_the_other() {
+        use ca_core::store::LineageLock;
+        let (_place, a, b) = two();
+        let g1 = record(1, "lock.test");
+        assert!(a.insert_cert(&g1).unwrap());
+        let lock = LineageLock {
+            at: ca_core::clock::truncate(Utc::now()),
+            reason: "lineage_revoked".into(),
+            serial: g1.serial_hex(),
+            actor: "test".into(),
+        };
+        assert_eq!(a.lock_lineage(&g1.serial, &lock).unwrap(), lock);
+        assert!(matches!(
+            b.insert_renewal(&renewal_of(&g1, 2), &g1),
+            Err(Error::LineageLocked { .. })
+        ));
+    }
+
+    #[test]
+    fn crl_numbers_from_two_nodes_never_repeat() {
+        let (_place, a, b) = two();
+        let mut all: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = [a.clone(), b.clone()]
+                .into_iter()
+                .map(|s| {
+                    scope.spawn(move || {
+                        (0..20)
+                            .map(|_| s.next_crl_number().unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 40);
+    }
+
+    #[test]
+    fn visitors_hold_no_connection_while_they_call_back() {
+        let place = Place::pg();
+        let Place::Pg(db) = &place else {
+            unreachable!()
+        };
+        // One connection: a visit that kept it while calling back would wait for itself.
+        let s = PgStore::open_with_pool_size(db.url(), 1).unwrap();
+        for i in 1..=3 {
+            assert!(s.insert_cert(&record(i, "v.test")).unwrap());
+            s.append_audit(NewAuditEvent::ok("t", "issue", format!("{i}")))
+                .unwrap();
+        }
+        let mut n = 0;
+        s.for_each_cert(&mut |c| {
+            assert!(s.get_cert(&c.serial)?.is_some());
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+        for ev in s.audit_iter(1) {
+            assert!(s.audit_head().unwrap().is_some(), "{:?}", ev.unwrap().seq);
+        }
+        assert_eq!(s.verify_audit().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_schema_newer_than_the_binary_is_refused_and_reopen_is_idempotent() {
+        let place = Place::pg();
+        let Place::Pg(db) = &place else {
+            unreachable!()
+        };
+        // Opening twice migrates once.
+        let s = PgStore::open(db.url()).unwrap();
+        drop(PgStore::open(db.url()).unwrap());
+        s.bump_schema_version_for_test().unwrap();
+        drop(s);
+        let err = PgStore::open(db.url()).unwrap_err().to_string();
+        assert!(err.contains("newer than this binary knows"), "{err}");
+    }
+
+    #[test]
+    fn two_nodes_opening_a_fresh_database_together_both_start() {
+        let place = Place::pg();
+        let Place::Pg(db) = &place else {
+            unreachable!()
+        };
+        std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| PgStore::open(db.url()).map(drop)))
+                .collect();
+            for h in hs {
+                h.join().unwrap().unwrap();
+            }
+        });
+    }
 }

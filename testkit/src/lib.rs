@@ -7,6 +7,8 @@
 //!   refuses the CA's PIN).
 //! - [`pkilint`]: DigiCert's pkilint and pyca/cryptography as independent linters of
 //!   certificates, CRLs and OCSP responses written to files.
+//! - [`pg`]: a throwaway PostgreSQL cluster (or `CA_TEST_DATABASE_URL`) with a fresh
+//!   database per test.
 //!
 //! Fresh tokens themselves come from `hsm-sim` ([`hsm_sim::TestToken`]), which also provisions
 //! the SoftHSM configuration of `ca-server dev` and `ceremony dev`.
@@ -58,6 +60,9 @@ pub enum Error {
         /// Where it was looked for.
         searched: String,
     },
+    /// The throwaway PostgreSQL server ([`pg`]) could not be started or used.
+    #[error("test PostgreSQL: {0}")]
+    Postgres(String),
     /// A linter could not be run or answered nonsense.
     #[error("{path}: {source}")]
     Io {
@@ -68,6 +73,8 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+pub mod pg;
 
 fn ck(op: &'static str) -> impl FnOnce(cryptoki::error::Error) -> Error {
     move |source| Error::Pkcs11 { op, source }

@@ -2,16 +2,22 @@
 //! ([`CrlNumbers`]), enrollment tokens ([`TokenStore`]), pre-signed OCSP responses
 //! ([`OcspResponseStore`]) and the audit log ([`AuditLog`]), plus durability control
 //! ([`Durability`]). Each consumer takes the traits it uses (Boulder's storage subsets);
-//! [`Store`] is all of them, implemented by [`SledStore`].
+//! [`Store`] is all of them, implemented by [`SledStore`] and, with the cargo feature
+//! `postgres`, by `PgStore` (one PostgreSQL database shared by several nodes).
 //!
-//! Only [`sled_store`] knows sled (DESIGN invariant 6): no trait here names a sled type, so a
-//! second backend implements the same traits, keeping the atomicity each method documents.
+//! Only [`sled_store`] knows sled, and only `pg_store` PostgreSQL (DESIGN invariant 6): no
+//! trait here names a backend's type, so each backend implements the same traits, keeping the
+//! atomicity each method documents.
 //! Every write method returns after the data is durable (flushed), so callers may acknowledge
 //! once it returns (invariant 2).
 
 mod codec;
+#[cfg(feature = "postgres")]
+mod pg_store;
 mod sled_store;
 
+#[cfg(feature = "postgres")]
+pub use pg_store::{PgStore, SchemaTooNew, DEFAULT_POOL_SIZE, SCHEMA_VERSION};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent};

@@ -1,0 +1,965 @@
+//! The PostgreSQL implementation of the store traits ([`super::Store`]), for several CA nodes
+//! on one database (cargo feature `postgres`). The only module that names PostgreSQL.
+//!
+//! Records are kept in the encodings the sled store uses (certificates and OCSP responses in
+//! [`super::codec`]'s binary form, the rest JSON) in `bytea` columns, next to the columns the
+//! queries and the atomic steps need (serial, identity, expiry, lineage, generation,
+//! revocation, token use). Atomicity comes from the database, so it holds across processes:
+//!
+//! - serial uniqueness is the primary key (`INSERT ... ON CONFLICT DO NOTHING`);
+//! - a renewal and a lineage lock both lock the lineage's row in `lineages` (`FOR UPDATE`)
+//!   before they check and write, in one transaction;
+//! - a token is consumed by one conditional `UPDATE ... WHERE used_at IS NULL AND
+//!   expires_at > now` and released by a compare-and-swap on `used_at`;
+//! - CRL numbers are one counter row incremented by `UPDATE ... RETURNING`;
+//! - audit appends lock the single `audit_head` row (`FOR UPDATE`), then write the event and
+//!   the head in the same transaction, so appends from every node form one chain.
+//!
+//! Durability: every session runs with `synchronous_commit = on`, so every write is durable
+//! when its commit returns. [`Durability::begin_deferred`] and
+//! [`Durability::end_deferred`] do nothing (each write commits on its own; PostgreSQL groups
+//! concurrent commits' WAL flushes itself). [`OcspResponseStore::put_ocsp_response_lazy`]
+//! commits with `synchronous_commit = off` (durable at the WAL writer's next flush, or any
+//! later durable commit's).
+//!
+//! The client is the synchronous `postgres` crate, which blocks the calling thread: call
+//! the store from threads that may block (`spawn_blocking` in the server), never from an
+//! async task's thread.
+//!
+//! The schema is created and upgraded at [`PgStore::open`], in one transaction under a
+//! transaction-level advisory lock, and versioned in `schema_version`; a database whose
+//! schema is newer than this binary knows is refused.
+
+use super::codec;
+use super::{
+    AuditLog, CertFilter, CertRecord, CertStore, CrlNumbers, Durability, LineageLock,
+    OcspResponseStore, RecordStatus, StoredOcspResponse, TokenRecord, TokenStore,
+};
+use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
+use crate::error::{Error, Result};
+use crate::revocation::{RevocationReason, RevokedEntry};
+use chrono::{DateTime, Utc};
+use r2d2_postgres::postgres::{self, IsolationLevel, NoTls};
+use r2d2_postgres::{r2d2, PostgresConnectionManager};
+use std::collections::VecDeque;
+
+/// Rows read per query by the streaming visitors and iterators.
+const BATCH: i64 = 500;
+
+/// Connections in the pool unless told otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+/// Key of the advisory lock migrations run under (any constant no other user of the
+/// database picks: "ca-store" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6361_2d73_746f_7265;
+
+/// The schema, one entry per version: version n is `MIGRATIONS[n - 1]`. Append only.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE certs (
+    serial bytea PRIMARY KEY,
+    identity text NOT NULL,
+    not_after_us bigint NOT NULL,
+    lineage bytea NOT NULL,
+    generation bigint NOT NULL,
+    revoked boolean NOT NULL,
+    rec bytea NOT NULL
+);
+CREATE INDEX certs_by_identity ON certs (identity, serial);
+CREATE INDEX certs_by_expiry ON certs (not_after_us, serial);
+CREATE INDEX certs_by_lineage ON certs (lineage, generation, serial);
+CREATE TABLE revoked (
+    serial bytea PRIMARY KEY REFERENCES certs (serial),
+    entry bytea NOT NULL
+);
+CREATE TABLE lineages (
+    lineage bytea PRIMARY KEY,
+    lock bytea
+);
+CREATE TABLE tokens (
+    hash text PRIMARY KEY,
+    expires_at_ns bigint NOT NULL,
+    used_at_ns bigint,
+    rec bytea NOT NULL
+);
+CREATE TABLE ocsp_responses (
+    serial bytea PRIMARY KEY,
+    rec bytea NOT NULL
+);
+CREATE TABLE crl_number (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    n bigint NOT NULL
+);
+INSERT INTO crl_number (one, n) VALUES (true, 0);
+CREATE TABLE audit_events (
+    seq bigint PRIMARY KEY,
+    event bytea NOT NULL
+);
+CREATE TABLE audit_head (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq bigint,
+    hash text
+);
+INSERT INTO audit_head (one, seq, hash) VALUES (true, NULL, NULL);
+CREATE TABLE audit_checkpoints (
+    seq bigint NOT NULL,
+    time_s bigint NOT NULL,
+    cp bytea NOT NULL,
+    PRIMARY KEY (seq, time_s)
+);
+"#];
+
+/// The schema version this binary writes and reads.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// A database whose schema is newer than this binary knows.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database's schema is version {found}, newer than this binary knows ({known}): \
+     run a ca-server at least as new as the one that upgraded it"
+)]
+pub struct SchemaTooNew {
+    /// The version found in `schema_version`.
+    pub found: i32,
+    /// [`SCHEMA_VERSION`].
+    pub known: i32,
+}
+
+/// A stored value out of the range a column holds.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is out of the range the PostgreSQL store keeps")]
+struct OutOfRange(&'static str);
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// Every pooled session commits durably, whatever the server's default.
+#[derive(Debug)]
+struct SessionSetup;
+
+impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSetup {
+    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
+        conn.batch_execute("SET synchronous_commit = on")
+    }
+}
+
+/// Certificates, tokens, revocations and the audit log in a PostgreSQL database shared by
+/// every node.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+fn pg(op: &'static str) -> impl FnOnce(postgres::Error) -> Error {
+    move |e| Error::store(op, e)
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Corrupt(format!("cannot encode record: {e}")))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| Error::Corrupt(format!("{what} record: {e}")))
+}
+
+/// Microseconds since the epoch (certificate times are whole seconds).
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn nanos(what: &'static str, t: DateTime<Utc>) -> Result<i64> {
+    t.timestamp_nanos_opt()
+        .ok_or_else(|| Error::store(what, OutOfRange(what)))
+}
+
+/// A sequence number as stored (`bigint`).
+fn seq_col(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn seq_of(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Corrupt(format!("audit sequence {v}")))
+}
+
+impl PgStore {
+    /// Connect to the database at `url` (a libpq connection string or URL) with a pool of
+    /// [`DEFAULT_POOL_SIZE`] connections, and create or upgrade its schema.
+    pub fn open(url: &str) -> Result<Self> {
+        Self::open_with_pool_size(url, DEFAULT_POOL_SIZE)
+    }
+
+    /// [`PgStore::open`] with a pool of `size` connections.
+    pub fn open_with_pool_size(url: &str, size: u32) -> Result<Self> {
+        let config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(std::time::Duration::from_secs(30))
+            .connection_customizer(Box::new(SessionSetup))
+            .build(manager)
+            .map_err(|e| Error::store("connect to database", e))?;
+        let store = PgStore { pool };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> Result<Conn> {
+        self.pool
+            .get()
+            .map_err(|e| Error::store("database connection", e))
+    }
+
+    /// Create or upgrade the schema, in one transaction under an advisory lock (nodes
+    /// starting together: one migrates, the others wait and find it done).
+    fn migrate(&self) -> Result<()> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("migrate"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(pg("migration lock"))?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+            .map_err(pg("schema version"))?;
+        let found: i32 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .map_err(pg("schema version"))?
+            .get(0);
+        if found > SCHEMA_VERSION {
+            return Err(Error::store(
+                "schema version",
+                SchemaTooNew {
+                    found,
+                    known: SCHEMA_VERSION,
+                },
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+            let version = i as i32 + 1;
+            tx.batch_execute(sql).map_err(pg("migrate schema"))?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&version],
+            )
+            .map_err(pg("schema version"))?;
+            tracing::info!(version, "database schema migrated");
+        }
+        tx.commit().map_err(pg("migrate"))
+    }
+
+    /// Insert the certificate in `tx` (no commit); `false` if the serial is taken.
+    fn insert_cert_in(tx: &mut impl postgres::GenericClient, rec: &CertRecord) -> Result<bool> {
+        let cols = rec.clone().with_lineage_defaults();
+        let value = codec::encode_cert(rec)?;
+        let n = tx
+            .execute(
+                "INSERT INTO certs (serial, identity, not_after_us, lineage, generation, \
+                 revoked, rec) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (serial) DO NOTHING",
+                &[
+                    &rec.serial,
+                    &rec.identity,
+                    &micros(rec.not_after),
+                    &cols.lineage,
+                    &i64::from(cols.generation),
+                    &rec.is_revoked(),
+                    &value,
+                ],
+            )
+            .map_err(pg("insert certificate"))?;
+        Ok(n == 1)
+    }
+
+    /// Lock the lineage's row (created if missing) for the rest of `tx`; its lock, if any.
+    fn lock_lineage_row(
+        tx: &mut postgres::Transaction<'_>,
+        lineage: &[u8],
+    ) -> Result<Option<LineageLock>> {
+        tx.execute(
+            "INSERT INTO lineages (lineage) VALUES ($1) ON CONFLICT (lineage) DO NOTHING",
+            &[&lineage],
+        )
+        .map_err(pg("lineage"))?;
+        let row = tx
+            .query_one(
+                "SELECT lock FROM lineages WHERE lineage = $1 FOR UPDATE",
+                &[&lineage],
+            )
+            .map_err(pg("lineage"))?;
+        row.get::<_, Option<Vec<u8>>>(0)
+            .map(|v| dec("lineage lock", &v))
+            .transpose()
+    }
+
+    fn certs_where(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<CertRecord>> {
+        let rows = self
+            .conn()?
+            .query(sql, params)
+            .map_err(pg("read certificates"))?;
+        rows.iter()
+            .map(|r| codec::decode_cert(r.get::<_, &[u8]>(0)))
+            .collect()
+    }
+
+    /// Visit the rows of `sql` (which must take the last key as `$1`, order by it and limit
+    /// to `$2`) in batches, with no connection held while `f` runs.
+    fn stream_by_serial(
+        &self,
+        op: &'static str,
+        sql: &str,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut last: Vec<u8> = Vec::new();
+        loop {
+            let rows = self.conn()?.query(sql, &[&last, &BATCH]).map_err(pg(op))?;
+            for r in &rows {
+                f(r.get::<_, &[u8]>(1))?;
+            }
+            match rows.last() {
+                Some(r) if rows.len() as i64 == BATCH => last = r.get(0),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+impl CertStore for PgStore {
+    fn insert_cert(&self, rec: &CertRecord) -> Result<bool> {
+        Self::insert_cert_in(&mut *self.conn()?, rec)
+    }
+
+    fn insert_renewal(&self, rec: &CertRecord, previous: &CertRecord) -> Result<bool> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("insert renewal"))?;
+        let lineage = hex::encode(&rec.lineage);
+        if let Some(lock) = Self::lock_lineage_row(&mut tx, &rec.lineage)? {
+            return Err(Error::LineageLocked {
+                lineage,
+                reason: lock.reason,
+            });
+        }
+        // Read after the row lock: every renewal committed before it is seen.
+        let newest = tx
+            .query_opt(
+                "SELECT serial, generation FROM certs WHERE lineage = $1 \
+                 ORDER BY generation DESC, serial DESC LIMIT 1",
+                &[&rec.lineage],
+            )
+            .map_err(pg("lineage newest"))?
+            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, i64>(1)));
+        let newest_is_previous = match &newest {
+            Some((serial, _)) => *serial == previous.serial,
+            None => previous.generation == 1,
+        };
+        if !newest_is_previous || rec.generation != previous.generation.saturating_add(1) {
+            return Err(Error::GenerationSuperseded {
+                serial: previous.serial_hex(),
+                lineage,
+                generation: previous.generation,
+                newest: newest.map_or(previous.generation, |(_, g)| {
+                    u32::try_from(g).unwrap_or(u32::MAX)
+                }),
+            });
+        }
+        if !Self::insert_cert_in(&mut tx, rec)? {
+            return Ok(false);
+        }
+        tx.commit().map_err(pg("insert renewal"))?;
+        Ok(true)
+    }
+
+    fn lineage_certs(&self, lineage: &[u8]) -> Result<Vec<CertRecord>> {
+        self.certs_where(
+            "SELECT rec FROM certs WHERE lineage = $1 ORDER BY generation, serial",
+            &[&lineage],
+        )
+    }
+
+    fn lineage_newest(&self, lineage: &[u8]) -> Result<Option<CertRecord>> {
+        Ok(self
+            .certs_where(
+                "SELECT rec FROM certs WHERE lineage = $1 \
+                 ORDER BY generation DESC, serial DESC LIMIT 1",
+                &[&lineage],
+            )?
+            .pop())
+    }
+
+    fn lock_lineage(&self, lineage: &[u8], lock: &LineageLock) -> Result<LineageLock> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("lock lineage"))?;
+        if let Some(existing) = Self::lock_lineage_row(&mut tx, lineage)? {
+            return Ok(existing);
+        }
+        tx.execute(
+            "UPDATE lineages SET lock = $2 WHERE lineage = $1",
+            &[&lineage, &enc(lock)?],
+        )
+        .map_err(pg("lock lineage"))?;
+        tx.commit().map_err(pg("lock lineage"))?;
+        Ok(lock.clone())
+    }
+
+    fn lineage_lock(&self, lineage: &[u8]) -> Result<Option<LineageLock>> {
+        self.conn()?
+            .query_opt(
+                "SELECT lock FROM lineages WHERE lineage = $1 AND lock IS NOT NULL",
+                &[&lineage],
+            )
+            .map_err(pg("get lineage lock"))?
+            .map(|r| dec("lineage lock", r.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+
+    fn serial_exists(&self, serial: &[u8]) -> Result<bool> {
+        Ok(self
+            .conn()?
+            .query_opt("SELECT 1 FROM certs WHERE serial = $1", &[&serial])
+            .map_err(pg("lookup serial"))?
+            .is_some())
+    }
+
+    fn get_cert(&self, serial: &[u8]) -> Result<Option<CertRecord>> {
+        Ok(self
+            .certs_where("SELECT rec FROM certs WHERE serial = $1", &[&serial])?
+            .pop())
+    }
+
+    fn list_certs(&self, filter: &CertFilter) -> Result<Vec<CertRecord>> {
+        // The order of the index the sled store scans for the same filter.
+        let order = if filter.lineage.is_some() {
+            "generation, serial"
+        } else if filter.identity.is_some() {
+            "serial"
+        } else if filter.expiring_before.is_some() {
+            "not_after_us, serial"
+        } else {
+            "serial"
+        };
+        let sql = format!(
+            "SELECT rec FROM certs WHERE ($1::text IS NULL OR identity = $1) \
+             AND ($2::bytea IS NULL OR lineage = $2) AND ($3::boolean IS NULL OR revoked = $3) \
+             AND ($4::bigint IS NULL OR not_after_us < $4) \
+             AND ($5::bigint IS NULL OR not_after_us > $5) ORDER BY {order} LIMIT $6"
+        );
+        let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.certs_where(
+            &sql,
+            &[
+                &filter.identity,
+                &filter.lineage,
+                &filter.revoked,
+                &filter.expiring_before.map(micros),
+                &filter.valid_at.map(micros),
+                &limit,
+            ],
+        )
+    }
+
+    fn for_each_cert(&self, f: &mut dyn FnMut(CertRecord) -> Result<()>) -> Result<()> {
+        self.stream_by_serial(
+            "scan certificates",
+            "SELECT serial, rec FROM certs WHERE serial > $1 ORDER BY serial LIMIT $2",
+            &mut |v| f(codec::decode_cert(v)?),
+        )
+    }
+
+    fn revoke(
+        &self,
+        serial: &[u8],
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<CertRecord> {
+        crate::revocation::check_reason(reason)?;
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("revoke"))?;
+        let row = tx
+            .query_opt(
+                "SELECT rec FROM certs WHERE serial = $1 FOR UPDATE",
+                &[&serial],
+            )
+            .map_err(pg("revoke"))?
+            .ok_or_else(|| Error::CertNotFound(hex::encode(serial)))?;
+        let mut rec = codec::decode_cert(row.get::<_, &[u8]>(0))?;
+        let at = match &rec.status {
+            RecordStatus::Valid => at,
+            // RFC 5280 5.3.1: a revocation may be changed to keyCompromise, keeping the
+            // original revocation date.
+            RecordStatus::Revoked {
+                at: first,
+                reason: old,
+            } if reason == RevocationReason::KeyCompromise
+                && *old != RevocationReason::KeyCompromise =>
+            {
+                *first
+            }
+            RecordStatus::Revoked { reason: old, .. } => {
+                return Err(Error::AlreadyRevoked {
+                    serial: hex::encode(serial),
+                    reason: *old,
+                })
+            }
+        };
+        rec.status = RecordStatus::Revoked { at, reason };
+        let entry = RevokedEntry {
+            serial: serial.to_vec(),
+            revoked_at: at,
+            reason,
+        };
+        tx.execute(
+            "UPDATE certs SET rec = $2, revoked = true WHERE serial = $1",
+            &[&serial, &codec::encode_cert(&rec)?],
+        )
+        .map_err(pg("revoke"))?;
+        tx.execute(
+            "INSERT INTO revoked (serial, entry) VALUES ($1, $2) \
+             ON CONFLICT (serial) DO UPDATE SET entry = excluded.entry",
+            &[&serial, &enc(&entry)?],
+        )
+        .map_err(pg("revoke"))?;
+        tx.commit().map_err(pg("revoke"))?;
+        Ok(rec)
+    }
+
+    fn for_each_revoked(&self, f: &mut dyn FnMut(RevokedEntry) -> Result<()>) -> Result<()> {
+        self.stream_by_serial(
+            "scan revocations",
+            "SELECT serial, entry FROM revoked WHERE serial > $1 ORDER BY serial LIMIT $2",
+            &mut |v| f(dec("revocation", v)?),
+        )
+    }
+}
+
+impl CrlNumbers for PgStore {
+    fn next_crl_number(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn()?
+            .query_one("UPDATE crl_number SET n = n + 1 RETURNING n", &[])
+            .map_err(pg("next CRL number"))?
+            .get(0);
+        u64::try_from(n).map_err(|_| Error::Corrupt(format!("CRL number {n}")))
+    }
+}
+
+impl PgStore {
+    fn token_of(row: &postgres::Row) -> Result<TokenRecord> {
+        let mut tok: TokenRecord = dec("token", row.get::<_, &[u8]>(0))?;
+        // The column is the truth about use (the record keeps what it was created with).
+        tok.used_at = row
+            .get::<_, Option<i64>>(1)
+            .map(DateTime::from_timestamp_nanos);
+        Ok(tok)
+    }
+}
+
+impl TokenStore for PgStore {
+    fn insert_token(&self, tok: &TokenRecord) -> Result<()> {
+        let used = tok
+            .used_at
+            .map(|t| nanos("token use time", t))
+            .transpose()?;
+        // An expiry past what nanoseconds hold is "never" for every `now` that fits.
+        let expires = tok.expires_at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let n = self
+            .conn()?
+            .execute(
+                "INSERT INTO tokens (hash, expires_at_ns, used_at_ns, rec) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (hash) DO NOTHING",
+                &[&tok.hash, &expires, &used, &enc(tok)?],
+            )
+            .map_err(pg("insert token"))?;
+        if n != 1 {
+            return Err(Error::Corrupt("enrollment token hash collision".into()));
+        }
+        Ok(())
+    }
+
+    fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> Result<TokenRecord> {
+        let now_ns = nanos("token use time", now)?;
+        let mut c = self.conn()?;
+        loop {
+            // The compare-and-swap: `TokenRecord::check_usable` (unused, `now` before the
+            // expiry) as the update's condition.
+            let won = c
+                .query_opt(
+                    "UPDATE tokens SET used_at_ns = $2 WHERE hash = $1 AND used_at_ns IS NULL \
+                     AND expires_at_ns > $2 RETURNING rec, used_at_ns",
+                    &[&hash, &now_ns],
+                )
+                .map_err(pg("consume token"))?;
+            if let Some(row) = won {
+                let mut tok = Self::token_of(&row)?;
+                tok.used_at = Some(now);
+                return Ok(tok);
+            }
+            // Not consumed: the rule itself says why.
+            let Some(row) = c
+                .query_opt(
+                    "SELECT rec, used_at_ns FROM tokens WHERE hash = $1",
+                    &[&hash],
+                )
+                .map_err(pg("get token"))?
+            else {
+                return Err(Error::TokenRejected("unknown token"));
+            };
+            Self::token_of(&row)?.check_usable(now)?;
+            // Usable now: it was released in between; try again.
+        }
+    }
+
+    fn release_token(&self, hash: &str, used_at: DateTime<Utc>) -> Result<bool> {
+        let Some(used) = used_at.timestamp_nanos_opt() else {
+            return Ok(false);
+        };
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE tokens SET used_at_ns = NULL WHERE hash = $1 AND used_at_ns = $2",
+                &[&hash, &used],
+            )
+            .map_err(pg("release token"))?;
+        Ok(n == 1)
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.conn()?
+            .query("SELECT rec, used_at_ns FROM tokens ORDER BY hash", &[])
+            .map_err(pg("list tokens"))?
+            .iter()
+            .map(Self::token_of)
+            .collect()
+    }
+
+    fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        self.conn()?
+            .query_opt(
+                "SELECT rec, used_at_ns FROM tokens WHERE hash = $1",
+                &[&hash],
+            )
+            .map_err(pg("get token"))?
+            .as_ref()
+            .map(Self::token_of)
+            .transpose()
+    }
+}
+
+impl PgStore {
+    fn put_ocsp(&self, resp: &StoredOcspResponse, durable: bool) -> Result<()> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("put OCSP response"))?;
+        if !durable {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .map_err(pg("put OCSP response"))?;
+        }
+        tx.execute(
+            "INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
+             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec",
+            &[&resp.serial, &codec::encode_ocsp(resp)?],
+        )
+        .map_err(pg("put OCSP response"))?;
+        tx.commit().map_err(pg("put OCSP response"))
+    }
+}
+
+impl OcspResponseStore for PgStore {
+    fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()> {
+        self.put_ocsp(resp, true)
+    }
+
+    fn put_ocsp_response_lazy(&self, resp: &StoredOcspResponse) -> Result<()> {
+        self.put_ocsp(resp, false)
+    }
+
+    fn for_each_ocsp_response(
+        &self,
+        f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
+    ) -> Result<()> {
+        self.stream_by_serial(
+            "scan OCSP responses",
+            "SELECT serial, rec FROM ocsp_responses WHERE serial > $1 ORDER BY serial LIMIT $2",
+            &mut |v| f(codec::decode_ocsp(v)?),
+        )
+    }
+}
+
+/// Audit events from a sequence number on, read in batches as consumed.
+struct AuditIter<'a> {
+    store: &'a PgStore,
+    next: u64,
+    buf: VecDeque<AuditEvent>,
+    done: bool,
+}
+
+impl Iterator for AuditIter<'_> {
+    type Item = Result<AuditEvent>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() && !self.done {
+            match self
+                .store
+                .audit_events(self.next, usize::try_from(BATCH).unwrap_or(500))
+            {
+                Ok(evs) => {
+                    self.done = (evs.len() as i64) < BATCH;
+                    self.buf = evs.into();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let ev = self.buf.pop_front()?;
+        self.next = ev.seq.saturating_add(1);
+        Some(Ok(ev))
+    }
+}
+
+/// Checkpoints from a sequence number on, in `(seq, time)` order, read in batches.
+struct CheckpointIter<'a> {
+    store: &'a PgStore,
+    after: Option<(i64, i64)>,
+    from: i64,
+    buf: VecDeque<(i64, i64, Vec<u8>)>,
+    done: bool,
+}
+
+impl CheckpointIter<'_> {
+    fn fill(&mut self) -> Result<()> {
+        let mut c = self.store.conn()?;
+        let rows = match self.after {
+            None => c.query(
+                "SELECT seq, time_s, cp FROM audit_checkpoints WHERE seq >= $1 \
+                 ORDER BY seq, time_s LIMIT $2",
+                &[&self.from, &BATCH],
+            ),
+            Some((s, t)) => c.query(
+                "SELECT seq, time_s, cp FROM audit_checkpoints WHERE (seq, time_s) > ($1, $2) \
+                 ORDER BY seq, time_s LIMIT $3",
+                &[&s, &t, &BATCH],
+            ),
+        }
+        .map_err(pg("scan audit checkpoints"))?;
+        self.done = (rows.len() as i64) < BATCH;
+        self.buf = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        Ok(())
+    }
+}
+
+impl Iterator for CheckpointIter<'_> {
+    type Item = Result<Checkpoint>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() && !self.done {
+            if let Err(e) = self.fill() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        let (seq, time, cp) = self.buf.pop_front()?;
+        self.after = Some((seq, time));
+        Some(dec("audit checkpoint", &cp))
+    }
+}
+
+impl AuditLog for PgStore {
+    fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("append audit"))?;
+        // The one head row serialises appends from every node.
+        let head = tx
+            .query_opt("SELECT seq, hash FROM audit_head FOR UPDATE", &[])
+            .map_err(pg("audit head"))?
+            .ok_or_else(|| Error::AuditChain {
+                seq: 1,
+                reason: "the audit head row is missing (deleted); refusing to append: run \
+                         `audit verify`"
+                    .into(),
+            })?;
+        let (prev_seq, prev_hash) = match (
+            head.get::<_, Option<i64>>(0),
+            head.get::<_, Option<String>>(1),
+        ) {
+            (Some(seq), Some(hash)) => (seq_of(seq)?, hash),
+            _ => {
+                let any = tx
+                    .query_opt("SELECT 1 FROM audit_events LIMIT 1", &[])
+                    .map_err(pg("audit"))?
+                    .is_some();
+                if any {
+                    // Starting over at 1 would overwrite event 1.
+                    return Err(Error::AuditChain {
+                        seq: 1,
+                        reason: "the audit head is missing while events exist (head \
+                                 deleted); refusing to append: run `audit verify`"
+                            .into(),
+                    });
+                }
+                (0, audit::GENESIS.to_string())
+            }
+        };
+        let sealed = audit::seal(prev_seq, &prev_hash, crate::clock::truncate(Utc::now()), ev)?;
+        tx.execute(
+            "INSERT INTO audit_events (seq, event) VALUES ($1, $2)",
+            &[&seq_col(sealed.seq), &enc(&sealed)?],
+        )
+        .map_err(pg("append audit"))?;
+        tx.execute(
+            "UPDATE audit_head SET seq = $1, hash = $2",
+            &[&seq_col(sealed.seq), &sealed.hash],
+        )
+        .map_err(pg("append audit head"))?;
+        tx.commit().map_err(pg("append audit"))?;
+        Ok(sealed)
+    }
+
+    fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn()?
+            .query(
+                "SELECT event FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                &[&seq_col(from), &limit],
+            )
+            .map_err(pg("scan audit"))?
+            .iter()
+            .map(|r| dec("audit", r.get::<_, &[u8]>(0)))
+            .collect()
+    }
+
+    fn audit_iter(&self, from: u64) -> Box<dyn Iterator<Item = Result<AuditEvent>> + Send + '_> {
+        Box::new(AuditIter {
+            store: self,
+            next: from,
+            buf: VecDeque::new(),
+            done: false,
+        })
+    }
+
+    fn audit_head(&self) -> Result<Option<(u64, String)>> {
+        let row = self
+            .conn()?
+            .query_opt("SELECT seq, hash FROM audit_head", &[])
+            .map_err(pg("audit head"))?;
+        match row.map(|r| (r.get::<_, Option<i64>>(0), r.get::<_, Option<String>>(1))) {
+            Some((Some(seq), Some(hash))) => Ok(Some((seq_of(seq)?, hash))),
+            _ => Ok(None),
+        }
+    }
+
+    fn audit_head_and_any(&self) -> Result<(Option<(u64, String)>, bool)> {
+        // One snapshot: an append writes its event and the head in one transaction.
+        let mut c = self.conn()?;
+        let mut tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(pg("audit head"))?;
+        let head = match tx
+            .query_opt("SELECT seq, hash FROM audit_head", &[])
+            .map_err(pg("audit head"))?
+            .map(|r| (r.get::<_, Option<i64>>(0), r.get::<_, Option<String>>(1)))
+        {
+            Some((Some(seq), Some(hash))) => Some((seq_of(seq)?, hash)),
+            _ => None,
+        };
+        let any = head.is_some()
+            || tx
+                .query_opt("SELECT 1 FROM audit_events LIMIT 1", &[])
+                .map_err(pg("audit"))?
+                .is_some();
+        tx.commit().map_err(pg("audit head"))?;
+        Ok((head, any))
+    }
+
+    fn put_audit_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO audit_checkpoints (seq, time_s, cp) VALUES ($1, $2, $3) \
+                 ON CONFLICT (seq, time_s) DO UPDATE SET cp = excluded.cp",
+                &[&seq_col(cp.seq), &cp.time.timestamp().max(0), &enc(cp)?],
+            )
+            .map_err(pg("put audit checkpoint"))?;
+        Ok(())
+    }
+
+    fn audit_checkpoints(
+        &self,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<Checkpoint>> + Send + '_> {
+        Box::new(CheckpointIter {
+            store: self,
+            after: None,
+            from: seq_col(from_seq),
+            buf: VecDeque::new(),
+            done: false,
+        })
+    }
+
+    fn audit_checkpoint_before(&self, before_seq: u64) -> Result<Option<Checkpoint>> {
+        self.conn()?
+            .query_opt(
+                "SELECT cp FROM audit_checkpoints WHERE seq < $1 \
+                 ORDER BY seq DESC, time_s DESC LIMIT 1",
+                &[&seq_col(before_seq)],
+            )
+            .map_err(pg("audit checkpoint"))?
+            .map(|r| dec("audit checkpoint", r.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+}
+
+impl Durability for PgStore {
+    fn health(&self) -> Result<()> {
+        self.conn()?.batch_execute("SELECT 1").map_err(pg("health"))
+    }
+}
+
+impl PgStore {
+    /// Testing hook: overwrite a raw audit record (to prove tampering is detected).
+    #[doc(hidden)]
+    pub fn tamper_audit_for_test(
+        &self,
+        seq: u64,
+        f: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<()> {
+        let mut c = self.conn()?;
+        let row = c
+            .query_opt(
+                "SELECT event FROM audit_events WHERE seq = $1",
+                &[&seq_col(seq)],
+            )
+            .map_err(pg("audit"))?
+            .ok_or(Error::AuditChain {
+                seq,
+                reason: "missing".into(),
+            })?;
+        let mut json: serde_json::Value = dec("audit", row.get::<_, &[u8]>(0))?;
+        f(&mut json);
+        c.execute(
+            "UPDATE audit_events SET event = $2 WHERE seq = $1",
+            &[&seq_col(seq), &enc(&json)?],
+        )
+        .map_err(pg("audit"))?;
+        Ok(())
+    }
+
+    /// Testing hook: record a schema version beyond this binary's, as a newer binary would.
+    #[doc(hidden)]
+    pub fn bump_schema_version_for_test(&self) -> Result<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&(SCHEMA_VERSION + 1)],
+            )
+            .map_err(pg("schema version"))?;
+        Ok(())
+    }
+}
