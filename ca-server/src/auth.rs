@@ -132,8 +132,9 @@ pub fn cert_actor(record: &CertRecord) -> String {
 }
 
 /// The certificate presented must be one this CA issued (same DER as stored), not revoked and
-/// not expired by the CA's clock. Refusals are audited and counted by the caller's route.
-pub fn check_client_cert(state: &AppState, peer: &Peer) -> ApiResult<CertRecord> {
+/// not expired by the CA's clock. Refusals are audited and counted by the caller's route. The
+/// store is read on the blocking pool (PostgreSQL's client must not run on an async thread).
+pub async fn check_client_cert(state: &Arc<AppState>, peer: &Peer) -> ApiResult<CertRecord> {
     let der = peer.cert.as_ref().ok_or_else(|| {
         ApiError::new(
             Code::ClientCertRequired,
@@ -148,7 +149,17 @@ pub fn check_client_cert(state: &AppState, peer: &Peer) -> ApiResult<CertRecord>
     };
     let serial = cert_serial(der).ok_or_else(unknown)?;
     let serial = strip_sign_byte(&serial);
-    let record = state.store.get_cert(serial)?.ok_or_else(unknown)?;
+    let serial = serial.to_vec();
+    let store = state.store.clone();
+    let record = tokio::task::spawn_blocking(move || store.get_cert(&serial))
+        .await
+        .map_err(|e| {
+            ApiError::from(ca_core::Error::Store {
+                op: "certificate lookup task",
+                source: Box::new(e),
+            })
+        })??
+        .ok_or_else(unknown)?;
     if record.der.as_slice() != der.as_slice() {
         return Err(unknown());
     }
@@ -288,7 +299,7 @@ pub async fn require(
     perm: Permission,
     route: &str,
 ) -> ApiResult<Admin> {
-    let record = match check_client_cert(state, peer) {
+    let record = match check_client_cert(state, peer).await {
         Ok(r) => r,
         Err(e) => {
             audit_cert_refusal(state, peer, Kind::Admin, route, &e).await;

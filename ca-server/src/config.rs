@@ -116,6 +116,9 @@ pub struct ServerConfig {
     /// The audit log's signed checkpoints.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Where certificates, tokens, revocations and the audit log are kept (`[store]`).
+    #[serde(default)]
+    pub store: StoreSection,
     /// Certificate profiles agents can enroll under. Names starting with `_` are reserved for
     /// the server's internal profiles (`_admin`, `_server-tls`).
     pub profiles: Profiles,
@@ -680,6 +683,142 @@ impl AuditSection {
     }
 }
 
+/// `[store]`: the embedded sled store in `DATA_DIR/store` (default), or PostgreSQL.
+///
+/// ```toml
+/// [store]
+/// kind = "postgres"
+/// url = { env = "CA_DATABASE_URL" }   # or { file = "/etc/ca/database.url" }
+/// pool_size = 16
+/// ```
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sled` (default) or `postgres`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// PostgreSQL connection string (libpq URL or key=value), read from an environment
+    /// variable or a file; never written in the configuration (it may hold a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<UrlSource>,
+    /// PostgreSQL connection pool size (default: the store's own default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
+}
+
+/// Which store the server runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded sled store in `DATA_DIR/store`: one process.
+    #[default]
+    Sled,
+    /// A PostgreSQL database, shared by several nodes.
+    Postgres,
+}
+
+/// Where the database URL is read from: `{ env = "VAR" }` or `{ file = "/path" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum UrlFrom {
+    /// An environment variable holding the URL.
+    Env(String),
+    /// A file holding the URL (trailing newline ignored); should be mode 0600.
+    File(PathBuf),
+}
+
+/// `store.url`: a [`UrlFrom`]; a literal string is refused with an error naming the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UrlSource(pub UrlFrom);
+
+impl<'de> Deserialize<'de> for UrlSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UrlSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("{ env = \"VAR\" } or { file = \"/path\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Err(E::custom(
+                    "a literal database URL is refused (it may hold a password): use \
+                     { env = \"VAR\" } or { file = \"/path\" }",
+                ))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                UrlFrom::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(UrlSource)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl UrlSource {
+    /// Read the URL. Errors name the source, never the URL.
+    pub fn read(&self) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+        match &self.0 {
+            UrlFrom::Env(name) => std::env::var(name)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|_| {
+                    invalid(
+                        "store.url",
+                        format!("environment variable {name} is not set or not UTF-8"),
+                    )
+                }),
+            UrlFrom::File(path) => {
+                let s = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    invalid("store.url", format!("cannot read {}: {e}", path.display()))
+                })?);
+                let trimmed = s.trim_end_matches(['\r', '\n']);
+                if trimmed.is_empty() {
+                    return Err(invalid("store.url", format!("{} is empty", path.display())));
+                }
+                Ok(zeroize::Zeroizing::new(trimmed.to_string()))
+            }
+        }
+    }
+}
+
+impl StoreSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.kind {
+            StoreKind::Sled => {
+                if self.url.is_some() {
+                    return Err(invalid("store.url", "only for kind = \"postgres\""));
+                }
+                if self.pool_size.is_some() {
+                    return Err(invalid("store.pool_size", "only for kind = \"postgres\""));
+                }
+            }
+            StoreKind::Postgres => {
+                match &self.url {
+                    None => {
+                        return Err(invalid(
+                            "store.url",
+                            "required for kind = \"postgres\": { env = \"VAR\" } or { file = \"/path\" }",
+                        ))
+                    }
+                    Some(UrlSource(UrlFrom::Env(v))) if v.is_empty() => {
+                        return Err(invalid("store.url.env", "must not be empty"));
+                    }
+                    Some(_) => {}
+                }
+                if let Some(n) = self.pool_size {
+                    if n == 0 || n > 1024 {
+                        return Err(invalid("store.pool_size", "must be between 1 and 1024"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ServerConfig {
     /// Read, parse and validate a configuration file. Relative paths are resolved against the
     /// file's directory.
@@ -746,6 +885,9 @@ impl ServerConfig {
             fix(p);
         }
         if let Some(p) = &mut self.audit.public_key {
+            fix(p);
+        }
+        if let Some(UrlSource(UrlFrom::File(p))) = &mut self.store.url {
             fix(p);
         }
     }
@@ -872,6 +1014,7 @@ impl ServerConfig {
                 "ocsp.signer_key and ocsp.signer_cert go together",
             ));
         }
+        self.store.validate()?;
         Ok(())
     }
 

@@ -220,6 +220,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
         ocsp: OcspSection::default(),
         crl: Default::default(),
         audit: Default::default(),
+        store: Default::default(),
         profiles: dev_profiles(),
     };
     if let Some((key, cert)) = &pki.ocsp {

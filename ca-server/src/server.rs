@@ -6,7 +6,7 @@
 use crate::api;
 use crate::audit_log::Checkpointer;
 use crate::auth::Peer;
-use crate::config::{Limits, RenewalSection, ServerConfig, TokenSection};
+use crate::config::{Limits, RenewalSection, ServerConfig, StoreKind, TokenSection};
 use crate::error::Code;
 use crate::listener::{ConnLimits, Gate};
 use crate::metrics::{Metrics, TimedSigner};
@@ -26,7 +26,7 @@ use ca_core::issuance::{Ca, IssuerUrls};
 use ca_core::profile::{Profiles, Span};
 use ca_core::signer::pkcs11::{HsmConfig, Pkcs11Signer};
 use ca_core::signer::Signer;
-use ca_core::store::{IdentityBinding, SledStore, Store};
+use ca_core::store::{IdentityBinding, PgStore, SledStore, Store};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -825,6 +825,35 @@ pub fn reexec_for_softhsm(conf: &Path) -> anyhow::Result<()> {
     )))
 }
 
+/// Open the store `[store]` names (blocking: PostgreSQL's client must not run on an async
+/// thread). Errors never show the database URL (it may hold a password).
+fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    match cfg.store.kind {
+        StoreKind::Sled => {
+            let store_dir = cfg.data_dir.join("store");
+            Ok(Arc::new(SledStore::open(&store_dir).with_context(
+                || format!("opening the store in {}", store_dir.display()),
+            )?))
+        }
+        StoreKind::Postgres => {
+            let source = cfg
+                .store
+                .url
+                .as_ref()
+                .context("store.url: required for kind = \"postgres\"")?;
+            let url = source.read()?;
+            let size = cfg
+                .store
+                .pool_size
+                .unwrap_or(ca_core::store::DEFAULT_POOL_SIZE);
+            Ok(Arc::new(
+                PgStore::open_with_pool_size(&url, size)
+                    .context("opening the PostgreSQL store (store.url)")?,
+            ))
+        }
+    }
+}
+
 /// Open the HSM, the store and the certificates named by a configuration.
 pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::Result<ServerParts> {
     if let Some(conf) = &cfg.hsm.softhsm_conf {
@@ -887,13 +916,9 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
     };
     let issuing = read_pem_certs(&cfg.ca.certificate).context("ca.certificate")?;
     let chain = read_pem_certs(&cfg.ca.chain).context("ca.chain")?;
-    let store_dir = cfg.data_dir.join("store");
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&store_dir)
-            .with_context(|| format!("opening the store in {}", store_dir.display()))?,
-    );
+    let store = open_store(cfg)?;
     Ok(ServerParts {
         signer,
         issuing_der: issuing[0].clone(),

@@ -143,7 +143,7 @@ pub(crate) async fn renewing_cert(
     peer: &Peer,
     route: &str,
 ) -> ApiResult<CertRecord> {
-    match auth::check_client_cert(state, peer) {
+    match auth::check_client_cert(state, peer).await {
         Ok(r) => {
             // Keyed by lineage (the identity), not by serial: each renewal would otherwise
             // start a fresh bucket.

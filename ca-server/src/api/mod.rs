@@ -200,7 +200,8 @@ async fn too_large(state: &Arc<AppState>, parts: &http::request::Parts, limit: u
     // A client certificate of this CA identifies the caller: one event (rate-limited per
     // address so that cheap requests cannot flood the log). Anyone else: counted for the
     // next summary (crate::unauth).
-    let identified = peer.cert.is_some() && crate::auth::check_client_cert(state, &peer).is_ok();
+    let identified =
+        peer.cert.is_some() && crate::auth::check_client_cert(state, &peer).await.is_ok();
     if !identified {
         state.unauthenticated_failure(
             crate::unauth::Kind::PayloadTooLarge,

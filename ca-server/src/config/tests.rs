@@ -195,3 +195,91 @@ fn connection_limits_are_validated_and_errors_name_the_key() {
         .expect_err("unknown key");
     assert!(err.to_string().contains("limits.status"), "{err}");
 }
+
+#[test]
+fn store_defaults_to_sled() {
+    let cfg = ServerConfig::parse(MINIMAL).expect("parses");
+    assert_eq!(cfg.store.kind, StoreKind::Sled);
+    assert!(cfg.store.url.is_none());
+}
+
+#[test]
+fn postgres_store_takes_the_url_from_env_or_file() {
+    let text = format!(
+        "{MINIMAL}\n[store]\nkind = \"postgres\"\nurl = {{ env = \"CA_DB_URL\" }}\npool_size = 4\n"
+    );
+    let cfg = ServerConfig::parse(&text).expect("parses");
+    cfg.validate().expect("valid");
+    assert_eq!(cfg.store.kind, StoreKind::Postgres);
+    assert_eq!(
+        cfg.store.url,
+        Some(UrlSource(UrlFrom::Env("CA_DB_URL".into())))
+    );
+    assert_eq!(cfg.store.pool_size, Some(4));
+    let back = ServerConfig::parse(&cfg.to_toml().expect("serialises")).expect("reparses");
+    assert_eq!(back.store.url, cfg.store.url);
+
+    let text = format!("{MINIMAL}\n[store]\nkind = \"postgres\"\nurl = {{ file = \"db.url\" }}\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ca.toml");
+    std::fs::write(&path, &text).expect("write");
+    std::fs::write(dir.path().join("db.url"), "postgres://ca@db/ca\n").expect("write");
+    let cfg = ServerConfig::load(&path).expect("loads");
+    let url = cfg.store.url.as_ref().expect("url").read().expect("reads");
+    assert_eq!(url.as_str(), "postgres://ca@db/ca");
+}
+
+#[test]
+fn literal_database_url_is_refused() {
+    let text =
+        format!("{MINIMAL}\n[store]\nkind = \"postgres\"\nurl = \"postgres://ca:secret@db/ca\"\n");
+    let err = ServerConfig::parse(&text).expect_err("literal URL");
+    let msg = err.to_string();
+    assert!(msg.contains("store.url"), "{msg}");
+    assert!(msg.contains("literal"), "{msg}");
+    assert!(!msg.contains("secret"), "{msg}");
+}
+
+#[test]
+fn store_section_is_strict() {
+    for (extra, key) in [
+        ("kind = \"mysql\"\n", "store.kind"),
+        (
+            "kind = \"postgres\"\nurl = { env = \"X\" }\nhost = \"db\"\n",
+            "host",
+        ),
+        (
+            "kind = \"postgres\"\nurl = { command = \"x\" }\n",
+            "store.url",
+        ),
+    ] {
+        let text = format!("{MINIMAL}\n[store]\n{extra}");
+        let err = ServerConfig::parse(&text).expect_err(extra);
+        let msg = err.to_string();
+        assert!(msg.contains(key), "{extra}: {msg}");
+    }
+    for (extra, key) in [
+        ("kind = \"postgres\"\n", "store.url"),
+        (
+            "kind = \"postgres\"\nurl = { env = \"X\" }\npool_size = 0\n",
+            "store.pool_size",
+        ),
+        ("url = { env = \"X\" }\n", "store.url"),
+        ("pool_size = 3\n", "store.pool_size"),
+    ] {
+        let text = format!("{MINIMAL}\n[store]\n{extra}");
+        let cfg = ServerConfig::parse(&text).expect(extra);
+        let err = cfg.validate().expect_err(extra);
+        let msg = err.to_string();
+        assert!(msg.contains(key), "{extra}: {msg}");
+    }
+}
+
+#[test]
+fn unset_url_variable_is_named_not_shown() {
+    let src = UrlSource(UrlFrom::Env("CA_TEST_UNSET_DATABASE_URL_VARIABLE".into()));
+    let err = src.read().expect_err("unset");
+    let msg = err.to_string();
+    assert!(msg.contains("store.url"), "{msg}");
+    assert!(msg.contains("CA_TEST_UNSET_DATABASE_URL_VARIABLE"), "{msg}");
+}
