@@ -1,0 +1,360 @@
+//! `ca-server serve` on PostgreSQL, end to end: a throwaway cluster (testkit::pg), a
+//! configuration file with `[store] kind = "postgres"` and the URL in an environment variable,
+//! the server started through `ServerBuilder::from_config` on the SoftHSM token of a
+//! `TestPki`, and real HTTPS: token, enrollment, renewal, revocation, then the records read
+//! back from the database, OCSP on the status listener and the audit chain; a second server on
+//! the same database sees and serves what the first one issued.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use ca_core::store::prelude::*;
+use ca_core::store::PgStore;
+use ca_server::api::types::*;
+use ca_server::auth::Role;
+use ca_server::client::ApiClient;
+use ca_server::config::{ServerConfig, StoreKind};
+use ca_server::server::{Running, ServerBuilder};
+use common::{csr, serial_of, Identity};
+use std::path::Path;
+use testkit::pki::{test_profiles, TestPki};
+
+const URL_ENV: &str = "CA_TEST_PG_SERVER_DATABASE_URL";
+
+/// The configuration file a production node would have, on `pki`'s token and the database
+/// whose URL is in [`URL_ENV`].
+fn write_config(pki: &TestPki, dir: &Path) -> ServerConfig {
+    let pin = dir.join("hsm.pin");
+    pki.token.write_pin_file(&pin).unwrap();
+    let text = format!(
+        r#"
+data_dir = "data"
+[hsm]
+module = "{module}"
+token_label = "{label}"
+pin = {{ file = "hsm.pin" }}
+[ca]
+certificate = "{issuing}"
+chain = "{root}"
+[tls]
+names = ["dns:localhost", "ip:127.0.0.1"]
+[store]
+kind = "postgres"
+url = {{ env = "{URL_ENV}" }}
+pool_size = 4
+[profiles.placeholder]
+validity = "1h"
+"#,
+        module = pki.token.module.display(),
+        label = pki.token.label,
+        issuing = pki.dir.path().join("issuing.pem").display(),
+        root = pki.dir.path().join("root.pem").display(),
+    );
+    let mut cfg = ServerConfig::parse(&text).unwrap();
+    cfg.profiles = test_profiles();
+    let path = dir.join("ca.toml");
+    std::fs::write(&path, cfg.to_toml().unwrap()).unwrap();
+    let cfg = ServerConfig::load(&path).unwrap();
+    assert_eq!(cfg.store.kind, StoreKind::Postgres);
+    assert!(!std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("postgres://"));
+    cfg
+}
+
+struct Node {
+    running: Running,
+    url: String,
+    status_url: String,
+    operator: Identity,
+    auditor: Identity,
+}
+
+async fn start_node(cfg: &ServerConfig) -> Node {
+    let assembled = ServerBuilder::from_config(cfg)
+        .await
+        .expect("server opens its parts")
+        .assemble()
+        .await
+        .expect("server assembles");
+    let state = assembled.state.clone();
+    let mk = |role: Role| {
+        let state = state.clone();
+        async move {
+            let (cert, key) = ca_server::dev::issue_admin_cert(
+                &state,
+                &format!("pg-{}", Role::name(role)),
+                role,
+                "test",
+            )
+            .await
+            .unwrap();
+            Identity { cert, key }
+        }
+    };
+    let operator = mk(Role::Operator).await;
+    let auditor = mk(Role::Auditor).await;
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let status = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = assembled
+        .start(api, Some(status))
+        .await
+        .expect("server starts");
+    Node {
+        url: format!("https://{}", running.api_addr),
+        status_url: format!("http://{}", running.status_addr.unwrap()),
+        running,
+        operator,
+        auditor,
+    }
+}
+
+fn client(node: &Node, root_pem: &str, id: Option<&Identity>) -> ApiClient {
+    ApiClient::new(
+        &node.url,
+        root_pem.as_bytes(),
+        id.map(|i| (i.cert.as_bytes(), i.key.as_bytes())),
+    )
+    .unwrap()
+}
+
+/// `openssl ocsp`'s verdict on a serial, asked over HTTP from the node's status listener.
+async fn ocsp_status(node: &Node, pki: &TestPki, serial: &str) -> String {
+    let dir = pki.dir.path();
+    let issuer = dir.join("issuing.pem");
+    let root = dir.join("root.pem");
+    let url = format!("{}/ocsp", node.status_url);
+    let serial = format!("0x{serial}");
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("openssl")
+            .args(["ocsp", "-no_nonce", "-issuer"])
+            .arg(&issuer)
+            .args(["-serial", &serial, "-url", &url, "-CAfile"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_postgres_end_to_end_and_a_second_node_sees_the_first() {
+    let (pki, db) = tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = server.fresh_database().expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap();
+    // SAFETY of the test: the variable is set once, before any server reads it; no other test
+    // in this binary reads or writes it.
+    std::env::set_var(URL_ENV, db.url());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&pki, dir.path());
+    let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
+
+    let a = start_node(&cfg).await;
+    // Nothing in the sled directory: the node runs on PostgreSQL.
+    assert!(!dir.path().join("data/store").exists());
+
+    let token: TokenCreateResponse = client(&a, &root_pem, Some(&a.operator))
+        .post_json(
+            "/v1/admin/tokens",
+            &TokenCreateRequest {
+                common_name: Some("web1.test".into()),
+                sans: vec!["dns:web1.test".into()],
+                profile: Some("client".into()),
+                ttl: None,
+            },
+        )
+        .await
+        .expect("token create");
+    let (key1, csr1) = csr("web1.test", &["dns:web1.test"]);
+    let issued1: IssuedResponse = client(&a, &root_pem, None)
+        .post_json(
+            "/v1/enroll",
+            &EnrollRequest {
+                token: token.token.clone(),
+                csr: csr1,
+            },
+        )
+        .await
+        .expect("enroll");
+    assert_eq!(issued1.serial, serial_of(&issued1.certificate));
+    let id1 = Identity {
+        cert: issued1.certificate.clone(),
+        key: key1,
+    };
+    // The token is single use, in the database.
+    let (_, csr_again) = csr("web1.test", &["dns:web1.test"]);
+    client(&a, &root_pem, None)
+        .post_json::<_, IssuedResponse>(
+            "/v1/enroll",
+            &EnrollRequest {
+                token: token.token.clone(),
+                csr: csr_again,
+            },
+        )
+        .await
+        .expect_err("a used token");
+
+    let (_, csr2) = csr("web1.test", &[]);
+    let issued2: IssuedResponse = client(&a, &root_pem, Some(&id1))
+        .post_json("/v1/renew", &RenewRequest { csr: csr2 })
+        .await
+        .expect("renewal");
+    assert_ne!(issued2.serial, issued1.serial);
+
+    let rev: RevokeResponse = client(&a, &root_pem, Some(&a.operator))
+        .post_json(
+            "/v1/admin/revoke",
+            &RevokeRequest {
+                serial: issued2.serial.clone(),
+                reason: Some("keyCompromise".into()),
+                lineage: false,
+            },
+        )
+        .await
+        .expect("revoke");
+    assert_eq!(rev.reason, "keyCompromise");
+
+    // The records are in PostgreSQL: a store of our own on the same database reads them.
+    let url = db.url().to_string();
+    let pg = tokio::task::spawn_blocking(move || {
+        std::sync::Arc::new(PgStore::open_with_pool_size(&url, 2).unwrap())
+    })
+    .await
+    .unwrap();
+    let s1 = hex::decode(&issued1.serial).unwrap();
+    let s2 = hex::decode(&issued2.serial).unwrap();
+    let (rec1, rec2, events, verified) = {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || {
+            (
+                pg.get_cert(&s1)
+                    .unwrap()
+                    .expect("enrolled certificate stored"),
+                pg.get_cert(&s2)
+                    .unwrap()
+                    .expect("renewed certificate stored"),
+                pg.audit_events(1, 10_000).unwrap(),
+                pg.verify_audit().unwrap(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(rec1.identity, "web1.test");
+    assert_eq!(rec1.der, pem_der(&issued1.certificate));
+    assert!(!rec1.is_revoked());
+    assert_eq!(rec2.identity, "web1.test");
+    assert_eq!(rec2.profile, "client");
+    assert!(rec2.is_revoked());
+    let has = |action: &str| {
+        events
+            .iter()
+            .any(|e| e.event.action == action && e.event.result == "ok")
+    };
+    assert!(has("token.create") && has("enroll") && has("renew") && has("revoke"));
+    assert_eq!(verified as usize, events.len());
+
+    // OCSP on the status listener: the renewed certificate is revoked, the first one good.
+    let out = ocsp_status(&a, &pki, &issued2.serial).await;
+    assert!(out.contains(": revoked"), "{out}");
+    assert!(out.contains("keyCompromise"), "{out}");
+    let out = ocsp_status(&a, &pki, &issued1.serial).await;
+    assert!(out.contains(": good"), "{out}");
+
+    // The audit log verifies over the API.
+    let ok: AuditVerifyResponse = client(&a, &root_pem, Some(&a.auditor))
+        .get_json("/v1/admin/audit/verify")
+        .await
+        .unwrap();
+    assert!(ok.ok, "{ok:?}");
+
+    // A second node on the same database and token: it lists what the first issued, and
+    // the holder of the first certificate renews there.
+    let b = start_node(&cfg).await;
+    let certs: CertsResponse = client(&b, &root_pem, Some(&b.auditor))
+        .get_json("/v1/admin/certs")
+        .await
+        .unwrap();
+    let listed = |serial: &str| certs.certs.iter().find(|c| c.serial == serial).cloned();
+    assert_eq!(
+        listed(&issued1.serial).expect("node B lists it").status,
+        "valid"
+    );
+    assert_eq!(
+        listed(&issued2.serial).expect("node B lists it").status,
+        "revoked"
+    );
+    // Node B enforces the lineage lock node A's keyCompromise revocation stored.
+    let (_, csr3) = csr("web1.test", &[]);
+    let err = client(&b, &root_pem, Some(&id1))
+        .post_json::<_, IssuedResponse>("/v1/renew", &RenewRequest { csr: csr3 })
+        .await
+        .expect_err("a locked lineage");
+    assert_eq!(err.code(), Some("lineage_locked"), "{err}");
+    // A certificate enrolled on node B renews on node A.
+    let token_b: TokenCreateResponse = client(&b, &root_pem, Some(&b.operator))
+        .post_json(
+            "/v1/admin/tokens",
+            &TokenCreateRequest {
+                common_name: Some("web2.test".into()),
+                sans: vec!["dns:web2.test".into()],
+                profile: Some("client".into()),
+                ttl: None,
+            },
+        )
+        .await
+        .expect("token create on node B");
+    let (key4, csr4) = csr("web2.test", &["dns:web2.test"]);
+    let issued4: IssuedResponse = client(&b, &root_pem, None)
+        .post_json(
+            "/v1/enroll",
+            &EnrollRequest {
+                token: token_b.token,
+                csr: csr4,
+            },
+        )
+        .await
+        .expect("enroll on node B");
+    let id4 = Identity {
+        cert: issued4.certificate.clone(),
+        key: key4,
+    };
+    let (_, csr5) = csr("web2.test", &[]);
+    let issued5: IssuedResponse = client(&a, &root_pem, Some(&id4))
+        .post_json("/v1/renew", &RenewRequest { csr: csr5 })
+        .await
+        .expect("node A renews node B's certificate");
+    let s5 = hex::decode(&issued5.serial).unwrap();
+    let pg2 = pg.clone();
+    let rec5 = tokio::task::spawn_blocking(move || pg2.get_cert(&s5).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rec5.expect("renewal stored").identity, "web2.test");
+    // Node B's OCSP answers for the revocation node A made.
+    let out = ocsp_status(&b, &pki, &issued2.serial).await;
+    assert!(out.contains(": revoked"), "{out}");
+
+    b.running.shutdown().await;
+    a.running.shutdown().await;
+    // One audit chain across both nodes.
+    let verified = tokio::task::spawn_blocking(move || pg.verify_audit().unwrap())
+        .await
+        .unwrap();
+    assert!(verified > events.len() as u64);
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
+}
