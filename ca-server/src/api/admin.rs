@@ -568,11 +568,17 @@ pub async fn audit_export(
         Some(c) => {
             let until = match c.checkpoint_async(false).await? {
                 Some(cp) => cp.seq,
-                None => state
-                    .store
-                    .audit_checkpoint_before(u64::MAX)?
-                    .map(|cp| cp.seq)
-                    .unwrap_or(0),
+                None => {
+                    let store = state.store.clone();
+                    tokio::task::spawn_blocking(move || store.audit_checkpoint_before(u64::MAX))
+                        .await
+                        .map_err(|e| ca_core::Error::Store {
+                            op: "audit checkpoint task",
+                            source: Box::new(e),
+                        })??
+                        .map(|cp| cp.seq)
+                        .unwrap_or(0)
+                }
             };
             (Some(until), Some(c.key().clone()))
         }
