@@ -21,6 +21,10 @@
 //! [tls]
 //! names = ["dns:ca.example.com"]
 //!
+//! [store]                                   # default: kind = "sled" in data_dir/store
+//! kind = "postgres"
+//! url = { env = "CA_DATABASE_URL" }         # or { file = "/etc/ca/database.url" }
+//!
 //! [profiles.client]
 //! validity = "24h"
 //! names = { dns = [".svc.example.com"] }
@@ -77,7 +81,8 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Directory for the store (`DATA/store`).
+    /// Directory for the sled store (`DATA/store`, when `[store]` is sled) and the audit
+    /// public key.
     pub data_dir: PathBuf,
     /// Listener addresses.
     #[serde(default)]
