@@ -125,6 +125,40 @@ impl CertRecord {
         matches!(self.status, RecordStatus::Revoked { .. })
     }
 
+    /// Mark the record revoked at `at` for `reason` and return its CRL entry: the one rule
+    /// every store applies inside its revoke transaction. A second revocation is
+    /// [`crate::Error::AlreadyRevoked`], except a change to keyCompromise, which keeps the
+    /// original revocation date (RFC 5280 5.3.1).
+    pub(crate) fn revoke(
+        &mut self,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<RevokedEntry> {
+        let at = match &self.status {
+            RecordStatus::Valid => at,
+            RecordStatus::Revoked {
+                at: first,
+                reason: old,
+            } if reason == RevocationReason::KeyCompromise
+                && *old != RevocationReason::KeyCompromise =>
+            {
+                *first
+            }
+            RecordStatus::Revoked { reason: old, .. } => {
+                return Err(crate::Error::AlreadyRevoked {
+                    serial: self.serial_hex(),
+                    reason: *old,
+                })
+            }
+        };
+        self.status = RecordStatus::Revoked { at, reason };
+        Ok(RevokedEntry {
+            serial: self.serial.clone(),
+            revoked_at: at,
+            reason,
+        })
+    }
+
     /// Lineage as lowercase hex (the serial of its generation 1).
     pub fn lineage_hex(&self) -> String {
         hex::encode(&self.lineage)

@@ -33,7 +33,7 @@
 use super::codec;
 use super::{
     AuditLog, CertFilter, CertRecord, CertStore, CrlNumbers, Durability, LineageLock,
-    OcspResponseStore, RecordStatus, StoredOcspResponse, TokenRecord, TokenStore,
+    OcspResponseStore, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -487,31 +487,7 @@ impl CertStore for PgStore {
             .map_err(pg("revoke"))?
             .ok_or_else(|| Error::CertNotFound(hex::encode(serial)))?;
         let mut rec = codec::decode_cert(row.get::<_, &[u8]>(0))?;
-        let at = match &rec.status {
-            RecordStatus::Valid => at,
-            // RFC 5280 5.3.1: a revocation may be changed to keyCompromise, keeping the
-            // original revocation date.
-            RecordStatus::Revoked {
-                at: first,
-                reason: old,
-            } if reason == RevocationReason::KeyCompromise
-                && *old != RevocationReason::KeyCompromise =>
-            {
-                *first
-            }
-            RecordStatus::Revoked { reason: old, .. } => {
-                return Err(Error::AlreadyRevoked {
-                    serial: hex::encode(serial),
-                    reason: *old,
-                })
-            }
-        };
-        rec.status = RecordStatus::Revoked { at, reason };
-        let entry = RevokedEntry {
-            serial: serial.to_vec(),
-            revoked_at: at,
-            reason,
-        };
+        let entry = rec.revoke(at, reason)?;
         tx.execute(
             "UPDATE certs SET rec = $2, revoked = true WHERE serial = $1",
             &[&serial, &codec::encode_cert(&rec)?],

@@ -17,7 +17,7 @@
 use super::codec;
 use super::{
     AuditLog, CertFilter, CertRecord, CertStore, CrlNumbers, Durability, LineageLock,
-    OcspResponseStore, RecordStatus, StoredOcspResponse, TokenRecord, TokenStore,
+    OcspResponseStore, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -524,31 +524,7 @@ impl CertStore for SledStore {
                     .get(serial)?
                     .ok_or_else(|| abort(Error::CertNotFound(hex::encode(serial))))?;
                 let mut rec = codec::decode_cert(&v).map_err(abort)?;
-                let at = match &rec.status {
-                    RecordStatus::Valid => at,
-                    // RFC 5280 5.3.1: a revocation may be changed to keyCompromise, keeping the
-                    // original revocation date.
-                    RecordStatus::Revoked {
-                        at: first,
-                        reason: old,
-                    } if reason == RevocationReason::KeyCompromise
-                        && *old != RevocationReason::KeyCompromise =>
-                    {
-                        *first
-                    }
-                    RecordStatus::Revoked { reason: old, .. } => {
-                        return Err(abort(Error::AlreadyRevoked {
-                            serial: hex::encode(serial),
-                            reason: *old,
-                        }))
-                    }
-                };
-                rec.status = RecordStatus::Revoked { at, reason };
-                let entry = RevokedEntry {
-                    serial: serial.to_vec(),
-                    revoked_at: at,
-                    reason,
-                };
+                let entry = rec.revoke(at, reason).map_err(abort)?;
                 certs.insert(serial, codec::encode_cert(&rec).map_err(abort)?)?;
                 revoked.insert(serial, enc(&entry).map_err(abort)?)?;
                 Ok(rec)
