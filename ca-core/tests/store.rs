@@ -1071,6 +1071,30 @@ mod two_nodes {
         );
     }
 
+    /// What a node follows is what the others did: its own writes are not told back to its
+    /// remote subscription.
+    #[test]
+    fn a_remote_subscription_hears_the_other_node_only() {
+        use ca_core::store::Change;
+        let (_place, a, b) = two();
+        let from_others = a.subscribe_remote().unwrap();
+        a.put_ocsp_response(&ocsp_response(1, 1)).unwrap();
+        b.put_ocsp_response(&ocsp_response(2, 1)).unwrap();
+        assert_eq!(
+            from_others
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap(),
+            Some(Change::OcspResponse(2u16.to_be_bytes().to_vec()))
+        );
+        assert_eq!(
+            from_others
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .unwrap(),
+            None
+        );
+        assert!(a.is_shared());
+    }
+
     #[test]
     fn a_lease_held_by_one_node_is_refused_to_the_other() {
         let (_place, a, b) = two();

@@ -41,9 +41,13 @@ pub enum Change {
 
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 impl Change {
-    /// The notification payload (PostgreSQL `NOTIFY`): `r:<hex>`, `o:<hex>`,
-    /// `c:<number>:<scope>`.
-    pub(crate) fn encode(&self) -> String {
+    /// The notification payload (PostgreSQL `NOTIFY`): `<origin>|` then `r:<hex>`, `o:<hex>`,
+    /// `c:<number>:<scope>`; `origin` names the store handle that wrote it.
+    pub(crate) fn encode(&self, origin: &str) -> String {
+        format!("{origin}|{}", self.encode_bare())
+    }
+
+    fn encode_bare(&self) -> String {
         match self {
             Change::Revoked(s) => format!("r:{}", hex::encode(s)),
             Change::OcspResponse(s) => format!("o:{}", hex::encode(s)),
@@ -52,9 +56,16 @@ impl Change {
         }
     }
 
-    /// Read a payload written by [`Change::encode`]; anything else is `Resync` (a payload
-    /// from a newer binary: re-reading is always safe).
-    pub(crate) fn decode(payload: &str) -> Change {
+    /// Read a payload written by [`Change::encode`]: its origin and the change; anything else
+    /// is `Resync` (a payload from a newer binary: re-reading is always safe).
+    pub(crate) fn decode(payload: &str) -> (Option<&str>, Change) {
+        match payload.split_once('|') {
+            Some((origin, bare)) => (Some(origin), Self::decode_bare(bare)),
+            None => (None, Change::Resync),
+        }
+    }
+
+    fn decode_bare(payload: &str) -> Change {
         let serial = |h: &str| hex::decode(h).ok();
         match payload.split_once(':') {
             Some(("r", h)) => serial(h).map(Change::Revoked),
@@ -105,6 +116,8 @@ impl Subscription {
 
 struct Subscriber {
     tx: SyncSender<Change>,
+    /// Only changes other store handles (other nodes) committed.
+    remote_only: bool,
     /// Changes were dropped: a `Resync` is owed before anything else.
     lagged: bool,
 }
@@ -126,10 +139,15 @@ impl Hub {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new subscription, receiving what is published from now on.
-    pub(crate) fn subscribe(&self) -> Subscription {
+    /// A new subscription, receiving what is published from now on (with `remote_only`,
+    /// only what [`Hub::publish`] is told is not local, and `Resync`).
+    pub(crate) fn subscribe(&self, remote_only: bool) -> Subscription {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        self.lock().push(Subscriber { tx, lagged: false });
+        self.lock().push(Subscriber {
+            tx,
+            remote_only,
+            lagged: false,
+        });
         Subscription { rx }
     }
 
@@ -138,9 +156,13 @@ impl Hub {
         !self.lock().is_empty()
     }
 
-    /// Tell every subscription; drop those whose receiver is gone.
-    pub(crate) fn publish(&self, change: &Change) {
+    /// Tell every subscription (`local`: written through this store handle); drop those
+    /// whose receiver is gone.
+    pub(crate) fn publish(&self, change: &Change, local: bool) {
         self.lock().retain_mut(|s| {
+            if local && s.remote_only && *change != Change::Resync {
+                return true;
+            }
             if s.lagged {
                 match s.tx.try_send(Change::Resync) {
                     Ok(()) => s.lagged = false,
@@ -175,19 +197,26 @@ mod tests {
             },
             Change::Resync,
         ] {
-            assert_eq!(Change::decode(&c.encode()), c);
+            assert_eq!(Change::decode(&c.encode("n1")), (Some("n1"), c));
         }
-        for junk in ["", "x:1", "r:zz", "c:notanumber:full", "c:5"] {
-            assert_eq!(Change::decode(junk), Change::Resync, "{junk:?}");
+        for junk in [
+            "",
+            "n|x:1",
+            "n|r:zz",
+            "n|c:notanumber:full",
+            "n|c:5",
+            "r:01",
+        ] {
+            assert_eq!(Change::decode(junk).1, Change::Resync, "{junk:?}");
         }
     }
 
     #[test]
     fn a_subscriber_that_falls_behind_gets_one_resync_then_new_changes() {
         let hub = Hub::default();
-        let slow = hub.subscribe();
+        let slow = hub.subscribe(false);
         for i in 0..QUEUE + 10 {
-            hub.publish(&Change::Revoked(vec![(i % 256) as u8]));
+            hub.publish(&Change::Revoked(vec![(i % 256) as u8]), true);
         }
         let mut got = 0;
         while let Ok(Some(c)) = slow.try_recv() {
@@ -195,14 +224,29 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, QUEUE, "the queue is bounded");
-        hub.publish(&Change::OcspResponse(vec![9]));
+        hub.publish(&Change::OcspResponse(vec![9]), false);
         assert_eq!(slow.try_recv().ok().flatten(), Some(Change::Resync));
         assert_eq!(
             slow.try_recv().ok().flatten(),
             Some(Change::OcspResponse(vec![9]))
         );
         drop(slow);
-        hub.publish(&Change::Resync);
+        hub.publish(&Change::Resync, true);
         assert!(!hub.has_subscribers(), "a dropped subscription is removed");
+    }
+
+    #[test]
+    fn a_remote_only_subscription_skips_local_changes_but_not_resync() {
+        let hub = Hub::default();
+        let remote = hub.subscribe(true);
+        hub.publish(&Change::Revoked(vec![1]), true);
+        hub.publish(&Change::Revoked(vec![2]), false);
+        hub.publish(&Change::Resync, true);
+        assert_eq!(
+            remote.try_recv().ok().flatten(),
+            Some(Change::Revoked(vec![2]))
+        );
+        assert_eq!(remote.try_recv().ok().flatten(), Some(Change::Resync));
+        assert_eq!(remote.try_recv().ok().flatten(), None);
     }
 }

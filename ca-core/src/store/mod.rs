@@ -451,6 +451,13 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug {
     /// session (waiting up to a few seconds for it; if the database is away it keeps trying
     /// and sends `Resync` once connected).
     fn subscribe(&self) -> Result<Subscription>;
+    /// Like [`ChangeFeed::subscribe`], but only changes committed through other handles on the
+    /// store (other nodes), and `Resync`: what a node follows to learn what it did not do
+    /// itself. On a store only one process opens (sled) that is only ever `Resync`.
+    fn subscribe_remote(&self) -> Result<Subscription>;
+    /// Whether other processes may write this store (other nodes, stateless responders
+    /// reading it): `false` for sled.
+    fn is_shared(&self) -> bool;
 }
 
 /// The hash-chained audit log and its signed checkpoints (DESIGN invariant 4).

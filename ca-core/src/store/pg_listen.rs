@@ -20,9 +20,16 @@ pub(super) const CHANNEL: &str = "ca_changes";
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// Send `change` at the commit of `tx` (if it commits).
-pub(super) fn notify(tx: &mut impl postgres::GenericClient, change: &Change) -> Result<()> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &change.encode()])
-        .map_err(|e| Error::store("notify", e))?;
+pub(super) fn notify(
+    tx: &mut impl postgres::GenericClient,
+    origin: &str,
+    change: &Change,
+) -> Result<()> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &change.encode(origin)],
+    )
+    .map_err(|e| Error::store("notify", e))?;
     Ok(())
 }
 
@@ -36,6 +43,9 @@ struct State {
 /// The feed of one store: its subscriptions and its listening thread.
 pub(super) struct Listener {
     config: postgres::Config,
+    /// Names this store handle in the payloads it sends (random), so that its own changes
+    /// can be told apart from other nodes'.
+    origin: String,
     hub: Arc<Hub>,
     state: Arc<(Mutex<State>, Condvar)>,
 }
@@ -48,26 +58,38 @@ impl std::fmt::Debug for Listener {
 
 impl Listener {
     pub(super) fn new(config: postgres::Config) -> Self {
+        use rand::RngCore;
+        // A collision would only make two handles skip each other's changes in
+        // `subscribe_remote`: 64 random bits per store handle.
+        let mut id = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut id);
         Listener {
             config,
+            origin: hex::encode(id),
             hub: Arc::new(Hub::default()),
             state: Arc::default(),
         }
     }
 
+    /// The origin written into this handle's payloads.
+    pub(super) fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// A subscription; the first one starts the listening thread and waits (up to
     /// [`FIRST_CONNECT_WAIT`]) until it listens.
-    pub(super) fn subscribe(&self) -> Result<Subscription> {
-        let sub = self.hub.subscribe();
+    pub(super) fn subscribe(&self, remote_only: bool) -> Result<Subscription> {
+        let sub = self.hub.subscribe(remote_only);
         let (lock, cv) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
         if !st.started {
             let config = self.config.clone();
+            let origin = self.origin.clone();
             let hub = Arc::downgrade(&self.hub);
             let state = Arc::downgrade(&self.state);
             std::thread::Builder::new()
                 .name("pg-listen".into())
-                .spawn(move || run(config, hub, state))
+                .spawn(move || run(config, origin, hub, state))
                 .map_err(|e| Error::Io {
                     path: "(thread pg-listen)".into(),
                     source: e,
@@ -98,7 +120,12 @@ fn set_listening(state: &Weak<(Mutex<State>, Condvar)>, on: bool) -> bool {
 
 /// The listening thread: connect, `LISTEN`, relay; reconnect on any error; end when the store
 /// (its hub) is gone.
-fn run(config: postgres::Config, hub: Weak<Hub>, state: Weak<(Mutex<State>, Condvar)>) {
+fn run(
+    config: postgres::Config,
+    origin: String,
+    hub: Weak<Hub>,
+    state: Weak<(Mutex<State>, Condvar)>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut missed = false;
     loop {
@@ -125,7 +152,7 @@ fn run(config: postgres::Config, hub: Weak<Hub>, state: Weak<(Mutex<State>, Cond
         }
         if missed {
             match hub.upgrade() {
-                Some(h) => h.publish(&Change::Resync),
+                Some(h) => h.publish(&Change::Resync, false),
                 None => return,
             }
             tracing::info!("database change feed listening again");
@@ -139,7 +166,10 @@ fn run(config: postgres::Config, hub: Weak<Hub>, state: Weak<(Mutex<State>, Cond
             };
             let Some(h) = hub.upgrade() else { return };
             match next {
-                Ok(Some(n)) => h.publish(&Change::decode(n.payload())),
+                Ok(Some(n)) => {
+                    let (from, change) = Change::decode(n.payload());
+                    h.publish(&change, from == Some(origin.as_str()));
+                }
                 Ok(None) => {
                     if client.is_closed() {
                         break;

@@ -520,7 +520,11 @@ impl CertStore for PgStore {
             &[&serial, &enc(&entry)?],
         )
         .map_err(pg("revoke"))?;
-        notify(&mut tx, &Change::Revoked(serial.to_vec()))?;
+        notify(
+            &mut tx,
+            self.listener.origin(),
+            &Change::Revoked(serial.to_vec()),
+        )?;
         tx.commit().map_err(pg("revoke"))?;
         Ok(rec)
     }
@@ -661,7 +665,11 @@ impl PgStore {
             &[&resp.serial, &codec::encode_ocsp(resp)?],
         )
         .map_err(pg("put OCSP response"))?;
-        notify(&mut tx, &Change::OcspResponse(resp.serial.clone()))?;
+        notify(
+            &mut tx,
+            self.listener.origin(),
+            &Change::OcspResponse(resp.serial.clone()),
+        )?;
         tx.commit().map_err(pg("put OCSP response"))
     }
 }
@@ -724,6 +732,7 @@ impl CrlArchive for PgStore {
         if kept {
             notify(
                 &mut tx,
+                self.listener.origin(),
                 &Change::Crl {
                     scope: crl.scope.clone(),
                     number: crl.number,
@@ -787,7 +796,15 @@ impl Leases for PgStore {
 
 impl ChangeFeed for PgStore {
     fn subscribe(&self) -> Result<Subscription> {
-        self.listener.subscribe()
+        self.listener.subscribe(false)
+    }
+
+    fn subscribe_remote(&self) -> Result<Subscription> {
+        self.listener.subscribe(true)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 }
 

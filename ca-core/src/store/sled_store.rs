@@ -543,7 +543,7 @@ impl CertStore for SledStore {
             })
             .map_err(|e| tx_err("revoke", e))?;
         self.durable()?;
-        self.feed.publish(&Change::Revoked(serial.to_vec()));
+        self.feed.publish(&Change::Revoked(serial.to_vec()), true);
         Ok(rec)
     }
 
@@ -671,7 +671,7 @@ impl OcspResponseStore for SledStore {
             .map_err(|e| Error::store("put OCSP response", e))?;
         if self.feed.has_subscribers() {
             self.feed
-                .publish(&Change::OcspResponse(resp.serial.clone()));
+                .publish(&Change::OcspResponse(resp.serial.clone()), true);
         }
         Ok(())
     }
@@ -750,10 +750,13 @@ impl CrlArchive for SledStore {
             return Ok(false);
         }
         self.durable()?;
-        self.feed.publish(&Change::Crl {
-            scope: crl.scope.clone(),
-            number: crl.number,
-        });
+        self.feed.publish(
+            &Change::Crl {
+                scope: crl.scope.clone(),
+                number: crl.number,
+            },
+            true,
+        );
         Ok(true)
     }
 
@@ -790,7 +793,15 @@ impl Leases for SledStore {
 
 impl ChangeFeed for SledStore {
     fn subscribe(&self) -> Result<Subscription> {
-        Ok(self.feed.subscribe())
+        Ok(self.feed.subscribe(false))
+    }
+
+    fn subscribe_remote(&self) -> Result<Subscription> {
+        Ok(self.feed.subscribe(true))
+    }
+
+    fn is_shared(&self) -> bool {
+        false
     }
 }
 
