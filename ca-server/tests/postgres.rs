@@ -489,6 +489,41 @@ async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_on
                 .unwrap()
         }
     };
+    // One token, eight concurrent redemptions split across both nodes: exactly one wins, the
+    // others are refused with the token code, whichever node they reached.
+    let token: TokenCreateResponse = client(&a, &root_pem, Some(&a.operator))
+        .post_json(
+            "/v1/admin/tokens",
+            &TokenCreateRequest {
+                common_name: Some("race.test".into()),
+                sans: vec!["dns:race.test".into()],
+                profile: Some("client".into()),
+                ttl: None,
+            },
+        )
+        .await
+        .unwrap();
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let c = client(if i % 2 == 0 { &a } else { &b }, &root_pem, None);
+        let (_, csr) = csr("race.test", &["dns:race.test"]);
+        let req = EnrollRequest {
+            token: token.token.clone(),
+            csr,
+        };
+        attempts.spawn(async move {
+            c.post_json::<_, IssuedResponse>("/v1/enroll", &req)
+                .await
+                .map_err(|e| e.code().map(str::to_string))
+        });
+    }
+    let results = attempts.join_all().await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.as_deref(), Some("token_rejected"));
+    }
+
     // Revoked on A, issued on A: B answers revoked within a second.
     revoke(&a, &serials[2]).await;
     let took = revoked_within(&b, &pki, &serials[2], Duration::from_secs(1)).await;
