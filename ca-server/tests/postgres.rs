@@ -596,3 +596,26 @@ fn pem_der(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
 }
+
+/// The synchronous PostgreSQL client panics when its connections are closed on an async
+/// runtime's thread; a store dropped there (a server start failing after the store opened)
+/// closes them on a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_dropped_on_an_async_thread_closes_cleanly() {
+    let url = tokio::task::spawn_blocking(|| {
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        server.fresh_database().expect("database")
+    })
+    .await
+    .unwrap();
+    let u = url.url().to_string();
+    let store = tokio::task::spawn_blocking(move || PgStore::open_with_pool_size(&u, 2).unwrap())
+        .await
+        .unwrap();
+    drop(store); // on this async thread
+    let u = url.url().to_string();
+    let reopened = tokio::task::spawn_blocking(move || PgStore::open(&u).map(|_| ()))
+        .await
+        .unwrap();
+    assert!(reopened.is_ok());
+}
