@@ -378,6 +378,18 @@ impl PgNode {
         )
     }
 
+    /// `ALTER SYSTEM SET name = 'value'` and a configuration reload (e.g.
+    /// `synchronous_standby_names` on a primary: commits wait for the standby).
+    pub fn alter_system(&self, name: &str, value: &str) -> Result<(), Error> {
+        let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
+            .map_err(|e| err(format!("connect to 127.0.0.1:{}: {e}", self.port)))?;
+        client
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET {name} = '{value}'; SELECT pg_reload_conf()"
+            ))
+            .map_err(|e| err(format!("ALTER SYSTEM SET {name}: {e}")))
+    }
+
     /// Whether the server is in recovery (a standby): `SELECT pg_is_in_recovery()`.
     pub fn in_recovery(&self) -> Result<bool, Error> {
         let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
