@@ -368,16 +368,14 @@ async fn check_database(url: String, tally: &Tally) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarted_under_load_gives_clean_503s_and_the_node_reconnects_by_itself() {
-    let (pki, pg) = tokio::task::spawn_blocking(|| {
-        (
-            TestPki::new(KeyAlgorithm::P256).expect("test PKI"),
-            PgNode::start().expect("PostgreSQL"),
-        )
+    let (pki, pg, url) = tokio::task::spawn_blocking(|| {
+        let pg = PgNode::start().expect("PostgreSQL");
+        let url = pg.create_database("ca").unwrap();
+        (TestPki::new(KeyAlgorithm::P256).expect("test PKI"), pg, url)
     })
     .await
     .unwrap();
     let pg = Arc::new(pg);
-    let url = pg.create_database("ca").unwrap();
     let store_url = url.clone();
     let store = tokio::task::spawn_blocking(move || PgStore::open_with_pool_size(&store_url, 8))
         .await
@@ -440,11 +438,11 @@ async fn primary_crash_and_standby_promotion_under_renewal_load_lose_nothing_ack
         primary
             .alter_system("synchronous_standby_names", "*")
             .unwrap();
+        assert!(standby.in_recovery().unwrap());
         (pki, primary, standby)
     })
     .await
     .unwrap();
-    assert!(standby.in_recovery().unwrap());
     let multi = format!(
         "postgresql://ca_test@{},{}/ca?target_session_attrs=read-write",
         primary.host_port(),

@@ -383,11 +383,11 @@ impl PgNode {
     pub fn alter_system(&self, name: &str, value: &str) -> Result<(), Error> {
         let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
             .map_err(|e| err(format!("connect to 127.0.0.1:{}: {e}", self.port)))?;
+        // Two statements: ALTER SYSTEM cannot run inside the implicit transaction of a batch.
         client
-            .batch_execute(&format!(
-                "ALTER SYSTEM SET {name} = '{value}'; SELECT pg_reload_conf()"
-            ))
-            .map_err(|e| err(format!("ALTER SYSTEM SET {name}: {e}")))
+            .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .and_then(|()| client.batch_execute("SELECT pg_reload_conf()"))
+            .map_err(|e| err(format!("ALTER SYSTEM SET {name}: {e:?}")))
     }
 
     /// Whether the server is in recovery (a standby): `SELECT pg_is_in_recovery()`.
