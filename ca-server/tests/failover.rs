@@ -11,6 +11,10 @@
 //!   `target_session_attrs=read-write`, continues on the new primary, and not one
 //!   acknowledged certificate is lost.
 //!
+//! - a node process (`ca-server serve` on PostgreSQL) killed with SIGKILL under load, 20
+//!   rounds (`CA_KILL9_ROUNDS`): after each, every acknowledged certificate is in the
+//!   database, and the restarted node's OCSP responder answers `good` for each.
+//!
 //! The renewing clients behave as `ca-agent` does (its `renew`): on a `503` they wait for the
 //! `Retry-After` and send the same CSR again (same key), so a renewal whose answer was lost
 //! is answered again by the CA (the renewal replay), never seen as a cloned key.
@@ -142,6 +146,8 @@ struct Tally {
     acked: Vec<String>,
     /// `503 store_unavailable` answers with a `Retry-After`.
     unavailable: usize,
+    /// The server could not be reached (only when a test kills it).
+    unreachable: usize,
     /// Anything else that failed: must stay empty.
     unexpected: Vec<String>,
 }
@@ -158,6 +164,10 @@ fn failed(t: &Mutex<Tally>, what: &str, e: &ClientError) -> Duration {
         } if status.as_u16() == 503 && code == "store_unavailable" => {
             t.lock().unwrap().unavailable += 1;
             Duration::from_secs(*ra)
+        }
+        ClientError::Connect { .. } => {
+            t.lock().unwrap().unreachable += 1;
+            Duration::from_millis(200)
         }
         _ => {
             t.lock().unwrap().unexpected.push(format!("{what}: {e}"));
@@ -296,15 +306,19 @@ struct Load {
 
 impl Load {
     fn start(node: &Node, clients: usize) -> Load {
+        Self::start_at(&node.url, &node.root_pem, &node.operator, clients)
+    }
+
+    fn start_at(url: &str, root_pem: &str, operator: &Identity, clients: usize) -> Load {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|w| {
                 tokio::spawn(client_loop(
                     w,
-                    node.url.clone(),
-                    node.root_pem.clone(),
-                    node.operator.clone(),
+                    url.to_string(),
+                    root_pem.to_string(),
+                    operator.clone(),
                     tally.clone(),
                     stop.clone(),
                 ))
@@ -409,6 +423,7 @@ async fn postgres_restarted_under_load_gives_clean_503s_and_the_node_reconnects_
     eprintln!("/readyz passing {took:?} after the database started again");
     load.wait_for_more(10, Duration::from_secs(60)).await;
     let tally = load.finish().await;
+    assert_eq!(tally.unreachable, 0, "the node stopped answering");
     assert!(
         tally.unexpected.is_empty(),
         "failures other than 503 store_unavailable + Retry-After: {:?}",
@@ -478,6 +493,7 @@ async fn primary_crash_and_standby_promotion_under_renewal_load_lose_nothing_ack
     eprintln!("/readyz passing {took:?} after the promotion");
     load.wait_for_more(10, Duration::from_secs(60)).await;
     let tally = load.finish().await;
+    assert_eq!(tally.unreachable, 0, "the node stopped answering");
     assert!(
         tally.unexpected.is_empty(),
         "failures other than 503 store_unavailable + Retry-After: {:?}",
@@ -494,4 +510,239 @@ async fn primary_crash_and_standby_promotion_under_renewal_load_lose_nothing_ack
     if let Some(r) = node.running.take() {
         r.shutdown().await;
     }
+}
+
+const KILL9_URL_ENV: &str = "CA_TEST_KILL9_DATABASE_URL";
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_ca-server");
+
+/// A production-like configuration on `pki`'s token and the database whose URL is in
+/// [`KILL9_URL_ENV`], listening on ephemeral loopback ports.
+fn write_kill9_config(pki: &TestPki, dir: &std::path::Path) -> std::path::PathBuf {
+    let pin = dir.join("hsm.pin");
+    pki.token.write_pin_file(&pin).unwrap();
+    let text = format!(
+        r#"
+data_dir = "data"
+[listen]
+api = "127.0.0.1:0"
+status = "127.0.0.1:0"
+[hsm]
+module = "{module}"
+token_label = "{label}"
+pin = {{ file = "hsm.pin" }}
+[ca]
+certificate = "{issuing}"
+chain = "{root}"
+[tls]
+names = ["dns:localhost", "ip:127.0.0.1"]
+[store]
+kind = "postgres"
+url = {{ env = "{KILL9_URL_ENV}" }}
+pool_size = 8
+[limits.enroll]
+per_second = 10000
+burst = 10000
+[limits.renew]
+per_second = 10000
+burst = 10000
+[limits.admin]
+per_second = 10000
+burst = 10000
+[profiles.placeholder]
+validity = "1h"
+"#,
+        module = pki.token.module.display(),
+        label = pki.token.label,
+        issuing = pki.dir.path().join("issuing.pem").display(),
+        root = pki.dir.path().join("root.pem").display(),
+    );
+    let mut cfg = ca_server::config::ServerConfig::parse(&text).unwrap();
+    cfg.profiles = test_profiles();
+    let path = dir.join("ca.toml");
+    std::fs::write(&path, cfg.to_toml().unwrap()).unwrap();
+    path
+}
+
+/// A `ca-server serve` process, killed (SIGKILL) on drop.
+struct Proc {
+    child: std::process::Child,
+    api: String,
+    status: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `ca-server serve --config`, and wait for its listening line.
+fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> Proc {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(SERVER_BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("ca-server listening:") => break l,
+            Some(_) => {}
+            None => panic!(
+                "ca-server serve exited during startup:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    };
+    // "ca-server listening: API https://A status http://B"
+    let mut words = line.split_whitespace();
+    let api = words.find(|w| w.starts_with("https://")).unwrap().to_string();
+    let status = words.find(|w| w.starts_with("http://")).unwrap().to_string();
+    Proc { child, api, status }
+}
+
+/// `openssl ocsp` asks the responder at `status_url` about `serials` (hex), 16 per request
+/// (the responder's limit); the serials not answered `good`.
+fn not_good(pki: &TestPki, status_url: &str, serials: &[String]) -> Vec<String> {
+    let dir = pki.dir.path();
+    let mut bad = Vec::new();
+    for chunk in serials.chunks(16) {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["ocsp", "-no_nonce", "-issuer"])
+            .arg(dir.join("issuing.pem"))
+            .args(["-url", &format!("{status_url}/ocsp"), "-CAfile"])
+            .arg(dir.join("root.pem"));
+        for s in chunk {
+            cmd.args(["-serial", &format!("0x{s}")]);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        for s in chunk {
+            let good = text.lines().any(|l| {
+                l.trim_start_matches("0x")
+                    .trim_start_matches('0')
+                    .starts_with(&format!("{}: good", s.trim_start_matches('0')))
+            });
+            if !good {
+                bad.push(s.clone());
+            }
+        }
+    }
+    bad
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_on_postgres_loses_nothing_acknowledged_and_ocsp_says_good() {
+    let rounds: usize = std::env::var("CA_KILL9_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let (pki, db) = tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(KeyAlgorithm::P256).expect("test PKI");
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = server.fresh_database().expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap();
+    // Set once, before anything reads it; no other test of this binary reads it.
+    std::env::set_var(KILL9_URL_ENV, db.url());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_kill9_config(&pki, dir.path());
+    let cfg = ca_server::config::ServerConfig::load(&config).unwrap();
+    // An operator certificate, recorded in the database (the server looks administrators up).
+    let assembled = server::ServerBuilder::from_config(&cfg)
+        .await
+        .expect("parts")
+        .assemble()
+        .await
+        .expect("assembles");
+    let (cert, key) =
+        ca_server::dev::issue_admin_cert(&assembled.state, "kill9-operator", Role::Operator, "t")
+            .await
+            .unwrap();
+    assembled.close().await;
+    let operator = Identity { cert, key };
+    let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
+
+    let mut all: Vec<String> = Vec::new();
+    let mut unchecked: Vec<String> = Vec::new();
+    for round in 1..=rounds {
+        let log = dir.path().join(format!("round-{round}.log"));
+        let c = config.clone();
+        let proc = tokio::task::spawn_blocking(move || spawn_serve(&c, &log))
+            .await
+            .unwrap();
+        if round == 1 {
+            // The check itself: a serial this CA never issued is not `good`.
+            let never = "7a11ce5e7a11ce5e7a11ce5e7a11ce5e".to_string();
+            assert_eq!(not_good(&pki, &proc.status, &[never.clone()]), vec![never]);
+        }
+        // The previous rounds' certificates, answered by the restarted node (a response not
+        // signed before the kill is signed now: allow the backlog a little time).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let bad = not_good(&pki, &proc.status, &unchecked);
+            if bad.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: OCSP does not answer good for acknowledged certificates {bad:?}"
+            );
+            unchecked = bad;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let load = Load::start_at(&proc.api, &root_pem, &operator, 3);
+        load.wait_for_more(1, Duration::from_secs(60)).await;
+        let ms = 200 + (rand_ms(round) % 1500);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        drop(proc); // SIGKILL, waited for
+        let tally = load.finish().await;
+        let internal: Vec<_> = tally
+            .unexpected
+            .iter()
+            .filter(|e| e.contains("500") || e.contains("internal"))
+            .collect();
+        assert!(internal.is_empty(), "round {round}: {internal:?}");
+        check_database(db.url().to_string(), &tally).await;
+        eprintln!(
+            "round {round}: killed after {ms} ms, {} certificates acknowledged, all in the database",
+            tally.acked.len()
+        );
+        unchecked = tally.acked.clone();
+        all.extend(tally.acked);
+    }
+    // The last round's certificates, after one more restart.
+    let log = dir.path().join("final.log");
+    let c = config.clone();
+    let proc = tokio::task::spawn_blocking(move || spawn_serve(&c, &log))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bad = not_good(&pki, &proc.status, &unchecked);
+        if bad.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "OCSP does not answer good for {bad:?}");
+        unchecked = bad;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("{rounds} rounds: {} certificates acknowledged, none lost", all.len());
+}
+
+/// A kill moment for `round` that differs between rounds (no RNG crate needed).
+fn rand_ms(round: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    t ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
