@@ -242,8 +242,7 @@ mod tests {
     fn store_unavailable_says_when_to_retry() {
         let api = ApiError::from(ca_core::Error::StoreUnavailable {
             op: "insert certificate",
-            source: "db error: FATAL: terminating connection due to administrator command"
-                .into(),
+            source: "db error: FATAL: terminating connection due to administrator command".into(),
         });
         assert_eq!(api.retry_after, Some(STORE_RETRY_AFTER_SECS));
         assert!(!api.message.contains("administrator command"));

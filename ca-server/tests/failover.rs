@@ -602,8 +602,14 @@ fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> Proc {
     };
     // "ca-server listening: API https://A status http://B"
     let mut words = line.split_whitespace();
-    let api = words.find(|w| w.starts_with("https://")).unwrap().to_string();
-    let status = words.find(|w| w.starts_with("http://")).unwrap().to_string();
+    let api = words
+        .find(|w| w.starts_with("https://"))
+        .unwrap()
+        .to_string();
+    let status = words
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
     Proc { child, api, status }
 }
 
@@ -682,7 +688,10 @@ async fn kill_9_under_load_on_postgres_loses_nothing_acknowledged_and_ocsp_says_
         if round == 1 {
             // The check itself: a serial this CA never issued is not `good`.
             let never = "7a11ce5e7a11ce5e7a11ce5e7a11ce5e".to_string();
-            assert_eq!(not_good(&pki, &proc.status, &[never.clone()]), vec![never]);
+            assert_eq!(
+                not_good(&pki, &proc.status, std::slice::from_ref(&never)),
+                vec![never]
+            );
         }
         // The previous rounds' certificates, answered by the restarted node (a response not
         // signed before the kill is signed now: allow the backlog a little time).
@@ -731,11 +740,17 @@ async fn kill_9_under_load_on_postgres_loses_nothing_acknowledged_and_ocsp_says_
         if bad.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "OCSP does not answer good for {bad:?}");
+        assert!(
+            Instant::now() < deadline,
+            "OCSP does not answer good for {bad:?}"
+        );
         unchecked = bad;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!("{rounds} rounds: {} certificates acknowledged, none lost", all.len());
+    eprintln!(
+        "{rounds} rounds: {} certificates acknowledged, none lost",
+        all.len()
+    );
 }
 
 /// A kill moment for `round` that differs between rounds (no RNG crate needed).

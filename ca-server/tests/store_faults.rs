@@ -302,7 +302,14 @@ async fn run(work: &Path, data: &Path) {
     // An operator certificate, recorded in the store (administrators are looked up): the
     // break-glass command, which opens the store with the server stopped.
     let out = Command::new(SERVER_BIN)
-        .args(["admin-cert", "create", "--role", "operator", "--name", "faults-operator"])
+        .args([
+            "admin-cert",
+            "create",
+            "--role",
+            "operator",
+            "--name",
+            "faults-operator",
+        ])
         .arg("--out")
         .arg(work)
         .arg("--offline")
@@ -422,7 +429,11 @@ async fn run(work: &Path, data: &Path) {
     let api = proc.api.clone();
     let start = Instant::now();
     while readyz(&api, &root).await != 200 {
-        assert!(start.elapsed() < Duration::from_secs(30), "{}", proc.log_tail());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            proc.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let before = seen.acked.len();

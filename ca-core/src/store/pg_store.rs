@@ -95,7 +95,8 @@ pub(super) fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
 const MIGRATION_LOCK: i64 = 0x6361_2d73_746f_7265;
 
 /// The schema, one entry per version: version n is `MIGRATIONS[n - 1]`. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE certs (
     serial bytea PRIMARY KEY,
     identity text NOT NULL,
@@ -147,13 +148,15 @@ CREATE TABLE audit_checkpoints (
     cp bytea NOT NULL,
     PRIMARY KEY (seq, time_s)
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE store_heartbeat (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     at timestamptz NOT NULL
 );
 INSERT INTO store_heartbeat (one, at) VALUES (true, now());
-"#];
+"#,
+];
 
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -880,12 +880,7 @@ impl Durability for SledStore {
     /// The heartbeat key written and flushed (one group commit; the readiness cache calls
     /// this at most once per TTL). Fails at once after an I/O error sled keeps.
     fn check_writable(&self) -> Result<()> {
-        if let Some(cause) = self
-            .fault
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(cause) = self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Err(Error::StoreUnavailable {
                 op: "write probe",
                 source: cause.into(),
@@ -899,12 +894,7 @@ impl Durability for SledStore {
     }
 
     fn recovery(&self) -> super::Recovery {
-        let Some(cause) = self
-            .fault
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(cause) = self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return super::Recovery::NotNeeded;
         };
         let cause_gone = match self.probe_directory() {
