@@ -8,8 +8,9 @@
 //!   reconnects by itself, and every acknowledged certificate is in the database;
 //! - the primary crashed (`pg_ctl stop -m immediate`) and its synchronous streaming standby
 //!   (made with `pg_basebackup -R`) promoted: the node, given a multi-host URL with
-//!   `target_session_attrs=read-write`, continues on the new primary, and not one
-//!   acknowledged certificate is lost.
+//!   `target_session_attrs=read-write`, continues on the new primary, not one
+//!   acknowledged certificate is lost, and the real `ca-agent` daemon renewing through the
+//!   node meets the outage (a failed attempt) and renews again by itself;
 //!
 //! - a node process (`ca-server serve` on PostgreSQL) killed with SIGKILL under load, 20
 //!   rounds (`CA_KILL9_ROUNDS`): after each, every acknowledged certificate is in the
@@ -92,11 +93,17 @@ async fn start_node(pki: &TestPki, store: Arc<dyn Store>) -> Node {
         r.per_second = 10_000;
         r.burst = 10_000;
     }
+    // A profile whose certificates live one minute: the agent renews every few seconds.
+    let mut profiles = test_profiles();
+    let mut minute = profiles.0["client"].clone();
+    minute.validity = Span(chrono::Duration::seconds(60));
+    minute.backdate = Span(chrono::Duration::zero());
+    profiles.0.insert("minute".into(), minute);
     let parts = ServerParts {
         signer: pki.issuing_signer.clone(),
         issuing_der: pki.issuing_der.clone(),
         chain_der: vec![pki.root_der.clone()],
-        profiles: test_profiles(),
+        profiles,
         urls: IssuerUrls::default(),
         store,
         clock: Arc::new(SystemClock),
@@ -440,6 +447,142 @@ async fn postgres_restarted_under_load_gives_clean_503s_and_the_node_reconnects_
     }
 }
 
+/// The real `ca-agent` daemon, renewing one certificate of the `minute` profile through a
+/// node (killed on drop).
+struct Agent {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `ca-agent` binary next to `ca-server`, built if it is missing.
+fn agent_bin() -> std::path::PathBuf {
+    let server = std::path::Path::new(env!("CARGO_BIN_EXE_ca-server"));
+    let bin = server.with_file_name("ca-agent");
+    if !bin.exists() {
+        let target = server.parent().unwrap().parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", "ca-agent"])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build -p ca-agent");
+        assert!(st.success(), "cargo build -p ca-agent failed");
+    }
+    bin
+}
+
+impl Agent {
+    /// Enroll (`ca-agent enroll` with a token made by the node's operator), then run the
+    /// daemon: renewal at 10% of the lifetime, retries from 1 s to 4 s.
+    async fn start(node: &Node, pki: &TestPki) -> Agent {
+        let tok: TokenCreateResponse = node
+            .client(Some(&node.operator))
+            .post_json(
+                "/v1/admin/tokens",
+                &TokenCreateRequest {
+                    common_name: Some("agent.failover.test".into()),
+                    sans: vec!["dns:agent.failover.test".into()],
+                    profile: Some("minute".into()),
+                    ttl: None,
+                },
+            )
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let tls = d.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let cfg = d.join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "server = \"{url}\"\nroot_fingerprint = \"{fp}\"\nstate_dir = \"{state}\"\n\
+                 retry_min = \"1s\"\nretry_max = \"4s\"\ncheck_interval = \"20s\"\n\
+                 [[certificate]]\nname = \"svc\"\ncert = \"{tls}/svc.crt\"\n\
+                 key = \"{tls}/svc.key\"\nchain = \"{tls}/chain.pem\"\n\
+                 fullchain = \"{tls}/fullchain.pem\"\nrenew_at = 0.1\njitter = 0.05\n",
+                url = node.url,
+                fp = ca_core::signer::sha256_hex(&pki.root_der),
+                state = d.join("state").display(),
+                tls = tls.display(),
+            ),
+        )
+        .unwrap();
+        let token_file = d.join("enroll.token");
+        std::fs::write(&token_file, &tok.token).unwrap();
+        let bin = agent_bin();
+        let (b, c, t) = (bin.clone(), cfg.clone(), token_file.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(b)
+                .arg("enroll")
+                .arg("--config")
+                .arg(c)
+                .arg("--token-file")
+                .arg(t)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "ca-agent enroll: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let child = std::process::Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(d.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, dir }
+    }
+
+    /// Serial (lowercase hex) of the certificate the agent installed.
+    fn serial(&self) -> String {
+        let pem = std::fs::read_to_string(self.dir.path().join("tls/svc.crt")).unwrap();
+        common::serial_of(&pem)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Wait until the agent installs a certificate other than `from`; its serial.
+    async fn wait_renewed(&mut self, from: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "the agent exited:\n{}",
+                self.log()
+            );
+            let now = self.serial();
+            if now != from {
+                return now;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the agent did not renew within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn primary_crash_and_standby_promotion_under_renewal_load_lose_nothing_acknowledged() {
     let (pki, primary, standby) = tokio::task::spawn_blocking(|| {
@@ -471,8 +614,11 @@ async fn primary_crash_and_standby_promotion_under_renewal_load_lose_nothing_ack
     let mut node = start_node(&pki, Arc::new(store)).await;
     node.wait_readyz(200, Duration::from_secs(30)).await;
 
+    let mut agent = Agent::start(&node, &pki).await;
+    let enrolled = agent.serial();
     let load = Load::start(&node, 4);
     load.wait_for_more(10, Duration::from_secs(60)).await;
+    let before = agent.wait_renewed(&enrolled, Duration::from_secs(60)).await;
 
     // The primary crashes.
     tokio::task::spawn_blocking(move || primary.stop("immediate").map(|()| primary))
@@ -480,7 +626,9 @@ async fn primary_crash_and_standby_promotion_under_renewal_load_lose_nothing_ack
         .unwrap()
         .unwrap();
     node.wait_readyz(503, Duration::from_secs(15)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Longer than the agent's renewal interval (10% of a minute): its renewal falls in the
+    // outage.
+    tokio::time::sleep(Duration::from_secs(7)).await;
     // The standby only accepts reads: the node must not take it for a primary.
     assert_eq!(node.readyz().await, 503);
     let standby = Arc::new(standby);
@@ -492,7 +640,26 @@ async fn primary_crash_and_standby_promotion_under_renewal_load_lose_nothing_ack
     let took = node.wait_readyz(200, Duration::from_secs(30)).await;
     eprintln!("/readyz passing {took:?} after the promotion");
     load.wait_for_more(10, Duration::from_secs(60)).await;
-    let tally = load.finish().await;
+    // The agent renews through the new primary by itself (no operator, no restart), twice.
+    let at_promotion = agent.serial();
+    let after = agent
+        .wait_renewed(&at_promotion, Duration::from_secs(60))
+        .await;
+    let after2 = agent.wait_renewed(&after, Duration::from_secs(60)).await;
+    let mut tally = load.finish().await;
+    let failures = agent.log().matches("attempt failed").count();
+    eprintln!(
+        "agent: enrolled {enrolled}, renewed to {before} before the crash, {at_promotion} at \
+         the promotion, {after} and {after2} after; {failures} failed attempts retried"
+    );
+    assert!(
+        failures >= 1,
+        "the agent never met the outage:\n{}",
+        agent.log()
+    );
+    tally
+        .acked
+        .extend([enrolled, before, at_promotion, after, after2]);
     assert_eq!(tally.unreachable, 0, "the node stopped answering");
     assert!(
         tally.unexpected.is_empty(),
