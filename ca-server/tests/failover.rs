@@ -12,6 +12,9 @@
 //!   acknowledged certificate is lost, and the real `ca-agent` daemon renewing through the
 //!   node meets the outage (a failed attempt) and renews again by itself;
 //!
+//! - the primary made read-only (`default_transaction_read_only`, as a switchover fences the
+//!   old primary; pooled connections stay open): `503`s and a failing `/readyz`, then writes
+//!   again without a restart once it is writable;
 //! - a node process (`ca-server serve` on PostgreSQL) killed with SIGKILL under load, 20
 //!   rounds (`CA_KILL9_ROUNDS`): after each, every acknowledged certificate is in the
 //!   database, and the restarted node's OCSP responder answers `good` for each.
@@ -927,4 +930,62 @@ fn rand_ms(round: usize) -> u64 {
         .unwrap()
         .subsec_nanos() as u64;
     t ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_made_read_only_gives_503s_and_the_pool_recovers_when_it_is_writable_again() {
+    let (pki, pg, url) = tokio::task::spawn_blocking(|| {
+        let pg = PgNode::start().expect("PostgreSQL");
+        let url = pg.create_database("ca").unwrap();
+        (TestPki::new(KeyAlgorithm::P256).expect("test PKI"), pg, url)
+    })
+    .await
+    .unwrap();
+    let pg = Arc::new(pg);
+    let store_url = url.clone();
+    let store = tokio::task::spawn_blocking(move || PgStore::open_with_pool_size(&store_url, 4))
+        .await
+        .unwrap()
+        .expect("PgStore");
+    let mut node = start_node(&pki, Arc::new(store)).await;
+    node.wait_readyz(200, Duration::from_secs(30)).await;
+    let load = Load::start(&node, 2);
+    load.wait_for_more(5, Duration::from_secs(60)).await;
+
+    // Fenced for a switchover: every session of the old primary becomes read-only (SQLSTATE
+    // 25006 on the next write), the pooled connections stay open.
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.alter_system("default_transaction_read_only", "on"))
+        .await
+        .unwrap()
+        .unwrap();
+    node.wait_readyz(503, Duration::from_secs(15)).await;
+    let seen = load.tally.lock().unwrap().unavailable;
+    let start = Instant::now();
+    while load.tally.lock().unwrap().unavailable < seen + 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no 503 while read-only"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.alter_system("default_transaction_read_only", "off"))
+        .await
+        .unwrap()
+        .unwrap();
+    node.wait_readyz(200, Duration::from_secs(30)).await;
+    load.wait_for_more(5, Duration::from_secs(60)).await;
+    let tally = load.finish().await;
+    assert_eq!(tally.unreachable, 0, "the node stopped answering");
+    assert!(
+        tally.unexpected.is_empty(),
+        "failures other than 503 store_unavailable + Retry-After: {:?}",
+        tally.unexpected
+    );
+    check_database(url, &tally).await;
+    if let Some(r) = node.running.take() {
+        r.shutdown().await;
+    }
 }
