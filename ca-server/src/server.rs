@@ -335,12 +335,47 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     aborts: Vec<JoinHandle<()>>,
     status: Option<(Arc<crate::status::StatusState>, Option<JoinHandle<()>>)>,
+    retention: Option<Arc<crate::retention::Pruner>>,
 }
 
 impl Running {
     /// A background task to abort once the listeners have stopped.
     pub fn abort_on_shutdown(&mut self, task: JoinHandle<()>) {
         self.aborts.push(task);
+    }
+
+    /// Start retention (`[retention]`, README "Retention"): a pruner over this server's store,
+    /// with the status listener's CRL publisher and OCSP responder when it has one, and, when
+    /// `section.enabled`, its periodic task, stopped at shutdown after the batch in progress.
+    /// `crl_validity` is the CRLs' validity (`crl.validity`). Returns the pruner (for a pass
+    /// on demand).
+    pub fn start_retention(
+        &mut self,
+        section: &crate::config::RetentionSection,
+        crl_validity: chrono::Duration,
+    ) -> Arc<crate::retention::Pruner> {
+        let mut pruner = crate::retention::Pruner::new(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            section.clone(),
+            crl_validity,
+            &self.state.metrics,
+        );
+        if let Some((status, _)) = &self.status {
+            pruner = pruner.with_status(status.crls().clone(), status.responder().clone());
+        }
+        let pruner = Arc::new(pruner);
+        if section.enabled {
+            self.tasks
+                .push(pruner.clone().spawn(self.shutdown.subscribe()));
+        }
+        self.retention = Some(pruner.clone());
+        pruner
+    }
+
+    /// The pruner [`Running::start_retention`] started, if any.
+    pub fn pruner(&self) -> Option<&Arc<crate::retention::Pruner>> {
+        self.retention.as_ref()
     }
 
     /// The status listener's state and maintenance task ([`StatusParts`]): stopped, and its
@@ -677,6 +712,7 @@ async fn start(
         tasks,
         aborts: Vec::new(),
         status: None,
+        retention: None,
     })
 }
 
@@ -985,6 +1021,7 @@ pub async fn start_with_listeners(
 pub struct ServerBuilder {
     parts: ServerParts,
     status: Option<(crate::config::OcspSection, crate::config::CrlSection)>,
+    retention: Option<crate::config::RetentionSection>,
 }
 
 impl ServerBuilder {
@@ -993,6 +1030,7 @@ impl ServerBuilder {
         ServerBuilder {
             parts,
             status: None,
+            retention: None,
         }
     }
 
@@ -1004,7 +1042,16 @@ impl ServerBuilder {
         let parts = tokio::task::spawn_blocking(move || parts_from_config(&owned, metrics))
             .await
             .context("opening the HSM and the store")??;
-        Ok(Self::new(parts).with_status(cfg.ocsp.clone(), cfg.crl.clone()))
+        Ok(Self::new(parts)
+            .with_status(cfg.ocsp.clone(), cfg.crl.clone())
+            .with_retention(cfg.retention.clone()))
+    }
+
+    /// Prune expired certificates and finished tokens with these settings once started
+    /// ([`Running::start_retention`]).
+    pub fn with_retention(mut self, retention: crate::config::RetentionSection) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     /// Serve OCSP, CRLs and the issuer certificate on the status listener, with these
@@ -1028,6 +1075,11 @@ impl ServerBuilder {
     /// state first (`dev` issues its administrator certificate), then [`Assembled::start`] or
     /// [`Assembled::close`].
     pub async fn assemble(self) -> anyhow::Result<Assembled> {
+        let crl_validity = self
+            .status
+            .as_ref()
+            .and_then(|(_, crl)| crl.validity)
+            .map_or_else(|| ca_core::crl::CrlConfig::default().validity, |v| v.0);
         let status = match self.status {
             Some((ocsp, crl)) => {
                 let p = self.parts.clone();
@@ -1045,6 +1097,7 @@ impl ServerBuilder {
                 state,
                 tls_names: self.parts.tls_names,
                 status,
+                retention: self.retention.map(|r| (r, crl_validity)),
             }),
             Err(e) => {
                 if let Some(s) = status {
@@ -1063,6 +1116,7 @@ pub struct Assembled {
     pub state: Arc<AppState>,
     tls_names: Vec<String>,
     status: Option<StatusParts>,
+    retention: Option<(crate::config::RetentionSection, chrono::Duration)>,
 }
 
 impl Assembled {
@@ -1081,6 +1135,9 @@ impl Assembled {
         match start(self.state, self.tls_names, api, status.map(|l| (l, router))).await {
             Ok(mut running) => {
                 running.attach_status(state, maintenance);
+                if let Some((section, crl_validity)) = &self.retention {
+                    running.start_retention(section, *crl_validity);
+                }
                 Ok(running)
             }
             Err(e) => {

@@ -1,0 +1,263 @@
+//! Retention against a running server (README "Retention"): with the clock moved past
+//! notAfter + retention, the periodic pruning task removes expired certificates and finished
+//! tokens from the store, the admin API and OCSP, keeps a revoked certificate while the CRL
+//! must still list it (RFC 5280 5.2), leaves live certificates alone, audits each pass and
+//! counts `ca_pruned_total{kind}`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use ca_core::clock::FixedClock;
+use ca_core::profile::Span;
+use ca_core::store::prelude::*;
+use ca_server::api::types::*;
+use ca_server::config::RetentionSection;
+use chrono::{DateTime, Duration, Utc};
+use common::{Options, TestServer};
+use std::sync::Arc;
+
+async fn enroll(srv: &TestServer, host: &str, profile: &str) -> String {
+    let san = format!("dns:{host}");
+    let token = srv.token(host, &[&san], profile).await;
+    let (_, issued) = srv.enroll(&token, host, &[&san]).await;
+    issued.serial
+}
+
+async fn revoke(srv: &TestServer, serial: &str) {
+    let _: RevokeResponse = srv
+        .client(Some(&srv.so))
+        .post_json(
+            "/v1/admin/revoke",
+            &RevokeRequest {
+                serial: serial.into(),
+                reason: Some("superseded".into()),
+                lineage: false,
+            },
+        )
+        .await
+        .expect("revoke");
+}
+
+/// The serials the admin API lists for `host`.
+async fn listed(srv: &TestServer, host: &str) -> Vec<String> {
+    let r: CertsResponse = srv
+        .client(Some(&srv.auditor))
+        .get_json(&format!("/v1/admin/certs?identity={host}"))
+        .await
+        .expect("certs list");
+    r.certs.into_iter().map(|c| c.serial).collect()
+}
+
+/// `openssl ocsp`'s verdict on a serial, asked over HTTP from the status listener.
+async fn ocsp_status(srv: &TestServer, serial: &str) -> String {
+    let dir = srv.tmp();
+    let issuer = dir.join("issuer.pem");
+    std::fs::write(
+        &issuer,
+        ca_core::x509::pem_encode("CERTIFICATE", &srv.pki.issuing_der),
+    )
+    .unwrap();
+    let root = dir.join("root-ocsp.pem");
+    std::fs::write(&root, &srv.root_pem).unwrap();
+    let url = format!("{}/ocsp", srv.status_url);
+    let serial = format!("0x{serial}");
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("openssl")
+            .args(["ocsp", "-no_nonce", "-issuer"])
+            .arg(&issuer)
+            .args(["-serial", &serial, "-url", &url, "-CAfile"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Whether `openssl ocsp`'s output gives `status` (after a warning about times when the
+/// server's clock is ahead of the real one, the status stands on its own line).
+fn says(answer: &str, status: &str) -> bool {
+    answer.contains("Response verify OK")
+        && answer
+            .lines()
+            .any(|l| l.trim() == status || l.trim().ends_with(&format!(": {status}")))
+}
+
+/// The serials the current CRL lists, and its thisUpdate.
+async fn crl(srv: &TestServer) -> (Vec<String>, DateTime<Utc>) {
+    let url = format!("{}/crl", srv.status_url);
+    let der = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sSf", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    })
+    .await
+    .unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect();
+    let this_update = DateTime::from_timestamp(crl.last_update().timestamp(), 0).unwrap();
+    (serials, this_update)
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificates_leave_the_store_api_and_ocsp_after_retention_live_ones_stay() {
+    let t0 = ca_core::clock::truncate(Utc::now());
+    let clock = Arc::new(FixedClock::new(t0));
+    let mut opts = Options {
+        status: true,
+        clock: clock.clone(),
+        tls_validity: Span(Duration::days(60)),
+        ..Options::default()
+    };
+    let mut long = opts.profiles.0["client"].clone();
+    long.validity = Span(Duration::days(30));
+    opts.profiles.0.insert("long".into(), long);
+    let mut srv = TestServer::with(opts).await;
+
+    // A expires after 2 s; B lives 30 days; C expires after 2 s and is revoked; E and F are
+    // revoked later to have the CRL rebuilt.
+    let a = enroll(&srv, "a.test", "short").await;
+    let b = enroll(&srv, "b.test", "long").await;
+    let c = enroll(&srv, "c.test", "short").await;
+    let e = enroll(&srv, "e.test", "long").await;
+    let f = enroll(&srv, "f.test", "long").await;
+    revoke(&srv, &c).await;
+    // An unused token, expiring after the default hour.
+    srv.token("d.test", &["dns:d.test"], "client").await;
+    assert_eq!(srv.pki.store.list_tokens().unwrap().len(), 6);
+
+    let section = RetentionSection {
+        enabled: true,
+        certificates: Span(Duration::hours(1)),
+        tokens: Span(Duration::hours(1)),
+        batch: 1,
+        interval: Span(Duration::milliseconds(300)),
+    };
+    let running = srv.running.as_mut().unwrap();
+    running.start_retention(&section, Duration::hours(24));
+
+    // Passes at t0 prune nothing: nothing is past its retention yet.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(listed(&srv, "a.test").await, vec![a.clone()]);
+    assert_eq!(srv.pki.store.list_tokens().unwrap().len(), 6);
+
+    // Three hours later: A (expired at t0 + 2 s) and every finished token are past their
+    // retention; C too, but it is revoked and no CRL issued after its expiry (and published
+    // for a whole CRL validity) has listed it yet: it stays, on the CRL and in OCSP.
+    clock.set(t0 + Duration::hours(3));
+    eventually("A pruned", || async {
+        listed(&srv, "a.test").await.is_empty()
+    })
+    .await;
+    eventually("tokens pruned", || async {
+        srv.pki.store.list_tokens().unwrap().is_empty()
+    })
+    .await;
+    assert!(srv
+        .pki
+        .store
+        .get_cert(&hex::decode(&a).unwrap())
+        .unwrap()
+        .is_none());
+    assert_eq!(listed(&srv, "b.test").await, vec![b.clone()]);
+    assert_eq!(listed(&srv, "c.test").await, vec![c.clone()]);
+    let answer = ocsp_status(&srv, &a).await;
+    assert!(says(&answer, "unknown"), "pruned A: {answer}");
+    let answer = ocsp_status(&srv, &b).await;
+    assert!(says(&answer, "good"), "live B: {answer}");
+    let answer = ocsp_status(&srv, &c).await;
+    assert!(says(&answer, "revoked"), "revoked C: {answer}");
+    assert!(crl(&srv).await.0.contains(&c), "C is still on the CRL");
+
+    // A day later, a CRL issued after C's expiry lists it (E's revocation has it rebuilt):
+    // from then on C may go, and does.
+    clock.set(t0 + Duration::hours(26));
+    revoke(&srv, &e).await;
+    eventually("a CRL issued after C expired", || async {
+        let (serials, this_update) = crl(&srv).await;
+        this_update >= t0 + Duration::hours(26) && serials.contains(&c)
+    })
+    .await;
+    eventually("C pruned", || async {
+        listed(&srv, "c.test").await.is_empty()
+    })
+    .await;
+    revoke(&srv, &f).await;
+    eventually("the next CRL without C", || async {
+        let (serials, _) = crl(&srv).await;
+        serials.contains(&f) && !serials.contains(&c)
+    })
+    .await;
+    assert!(crl(&srv).await.0.contains(&e));
+    let answer = ocsp_status(&srv, &c).await;
+    assert!(says(&answer, "unknown"), "pruned C: {answer}");
+    let answer = ocsp_status(&srv, &b).await;
+    assert!(says(&answer, "good"), "live B: {answer}");
+    assert_eq!(listed(&srv, "b.test").await, vec![b.clone()]);
+
+    // Metrics and the audit log: one event per pass that pruned, none for empty passes.
+    let metrics = srv.state().metrics.encode();
+    assert!(
+        metrics.contains("ca_pruned_total{kind=\"certificate\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ca_pruned_total{kind=\"token\"} 6"),
+        "{metrics}"
+    );
+    let events: Vec<_> = srv
+        .pki
+        .store
+        .audit_events(1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.action == "retention.prune")
+        .collect();
+    assert!(!events.is_empty());
+    let (mut certs, mut tokens) = (0, 0);
+    for ev in &events {
+        let (c, t) = (
+            ev.event.detail["certificates"].as_u64().unwrap(),
+            ev.event.detail["tokens"].as_u64().unwrap(),
+        );
+        assert!(
+            c + t > 0,
+            "an event for an empty pass: {:?}",
+            ev.event.detail
+        );
+        assert!(ev.event.detail["certificates_expired_before"].is_string());
+        certs += c;
+        tokens += t;
+    }
+    assert_eq!((certs, tokens), (2, 6));
+    assert!(srv.pki.store.verify_audit().is_ok());
+    // Shutdown stops the task.
+    tokio::time::timeout(std::time::Duration::from_secs(30), srv.stop())
+        .await
+        .expect("the retention task stops at shutdown");
+}
