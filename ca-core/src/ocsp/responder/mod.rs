@@ -495,15 +495,18 @@ impl Responder {
             Err(_) => return Ok(0),
         };
         let own = serial_magnitude(&stored.serial);
+        let mut done: Vec<&[u8]> = vec![own];
         let mut kept = 0;
         for single in parsed.singles() {
             let serial = serial_magnitude(single.cert_id.serial_number.as_bytes());
-            if serial == own
+            // Each certificate is answered for once per CertID hash (SHA-1, SHA-256).
+            if done.contains(&serial)
                 || pruned.iter().any(|p| serial_magnitude(p) == serial)
                 || self.issuer().matches(&single.cert_id).is_none()
             {
                 continue;
             }
+            done.push(serial);
             let _g = self.cache.sign_lock(serial);
             if self.cache.get(serial).is_some_and(|a| a.der == stored.der) {
                 self.store.put_ocsp_response(&StoredOcspResponse {
