@@ -863,7 +863,7 @@ pub fn reexec_for_softhsm(conf: &Path) -> anyhow::Result<()> {
 
 /// Open the store `[store]` names (blocking: PostgreSQL's client must not run on an async
 /// thread). Errors never show the database URL (it may hold a password).
-fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+pub(crate) fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     match cfg.store.kind {
         StoreKind::Sled => {
             let store_dir = cfg.data_dir.join("store");

@@ -261,3 +261,151 @@ async fn expired_certificates_leave_the_store_api_and_ocsp_after_retention_live_
         .await
         .expect("the retention task stops at shutdown");
 }
+
+/// `ca-server store prune --config` (offline, sled): `--dry-run` counts and changes nothing;
+/// a pass prunes what is past retention, keeps what is live, leaves revoked certificates to
+/// the server (which knows its CRL), and audits the pass.
+#[test]
+fn store_prune_command_counts_then_prunes() {
+    use ca_core::store::{
+        CertRecord, IdentityBinding, RecordStatus, Requester, SledStore, TokenRecord,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let now = ca_core::clock::truncate(Utc::now());
+    let rec = |n: u8, days_ago: i64| {
+        let not_after = now - Duration::days(days_ago);
+        CertRecord {
+            serial: vec![0x44, n],
+            subject: format!("CN=h{n}.test"),
+            sans: vec![format!("dns:h{n}.test")],
+            identity: format!("h{n}.test"),
+            profile: "client".into(),
+            not_before: not_after - Duration::days(1),
+            not_after,
+            issued_at: not_after - Duration::days(1),
+            requester: Requester::Admin("test".into()),
+            spki_sha256: "00".into(),
+            der: vec![0x30, 0x00],
+            status: RecordStatus::Valid,
+            lineage: vec![0x44, n],
+            generation: 1,
+        }
+    };
+    let tok = |hash: &str, expires_days_ago: i64| TokenRecord {
+        id: format!("id-{hash}"),
+        hash: hash.into(),
+        identity: IdentityBinding::default(),
+        profile: "client".into(),
+        created_at: now - Duration::days(expires_days_ago + 1),
+        expires_at: now - Duration::days(expires_days_ago),
+        created_by: "test".into(),
+        used_at: None,
+    };
+    {
+        let store = SledStore::open(&dir.path().join("data/store")).unwrap();
+        for r in [rec(1, 10), rec(2, 10), rec(3, -1)] {
+            assert!(store.insert_cert(&r).unwrap());
+        }
+        store
+            .revoke(
+                &[0x44, 2],
+                now - Duration::days(11),
+                ca_core::RevocationReason::Superseded,
+            )
+            .unwrap();
+        store.insert_token(&tok("cc01", 10)).unwrap();
+        store.insert_token(&tok("cc02", -1)).unwrap();
+    }
+    let config = dir.path().join("ca.toml");
+    std::fs::write(
+        &config,
+        r#"
+data_dir = "data"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "online"
+pin = { env = "CA_HSM_PIN" }
+[ca]
+certificate = "issuing.pem"
+chain = "root.pem"
+[tls]
+names = ["dns:localhost"]
+[retention]
+certificates = "1d"
+tokens = "1d"
+batch = 1
+[profiles.client]
+validity = "24h"
+"#,
+    )
+    .unwrap();
+    let prune = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
+            .args(["store", "prune", "--json", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dry = prune(&["--dry-run"]);
+    assert_eq!(
+        (dry["certificates"].as_u64(), dry["tokens"].as_u64()),
+        (Some(1), Some(1)),
+        "{dry}"
+    );
+    assert_eq!(dry["dry_run"], true);
+    let done = prune(&[]);
+    assert_eq!(
+        (done["certificates"].as_u64(), done["tokens"].as_u64()),
+        (Some(1), Some(1)),
+        "{done}"
+    );
+    let again = prune(&[]);
+    assert_eq!(
+        (again["certificates"].as_u64(), again["tokens"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    let store = SledStore::open(&dir.path().join("data/store")).unwrap();
+    let mut left = Vec::new();
+    store
+        .for_each_cert(&mut |c| {
+            left.push(c.serial);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        left,
+        vec![vec![0x44, 2], vec![0x44, 3]],
+        "revoked and live stay"
+    );
+    let tokens: Vec<String> = store
+        .list_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.hash)
+        .collect();
+    assert_eq!(tokens, vec!["cc02"]);
+    let events: Vec<_> = store
+        .audit_events(1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.action == "retention.prune")
+        .collect();
+    assert_eq!(
+        events.len(),
+        1,
+        "one event for the pass that pruned, none for the empty one"
+    );
+    assert_eq!(events[0].event.detail["certificates"], 1);
+    assert_eq!(
+        events[0].event.detail["revoked_listed_before"],
+        serde_json::Value::Null
+    );
+}
