@@ -409,3 +409,248 @@ validity = "24h"
         serde_json::Value::Null
     );
 }
+
+/// The value of `ca_pruned_total{kind}` in a metrics exposition (0 when absent).
+fn pruned_metric(metrics: &str, kind: &str) -> u64 {
+    let prefix = format!("ca_pruned_total{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Two nodes on one PostgreSQL database, both pruning at once with batches of one: every
+/// expired certificate and finished token is pruned exactly once (the nodes' counters and
+/// audit events add up to the records), the live certificate stays, and OCSP on either node
+/// answers `unknown` for a pruned serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgresql_prune_each_record_once() {
+    use ca_core::issuance::IssuerUrls;
+    use ca_core::store::{CertFilter, PgStore, Store};
+    use ca_server::auth::Role;
+    use ca_server::config::{CrlSection, Limits, OcspSection, TokenSection};
+    use ca_server::metrics::Metrics;
+    use ca_server::server::{ServerBuilder, ServerParts};
+
+    let t0 = ca_core::clock::truncate(Utc::now());
+    let clock = Arc::new(FixedClock::new(t0));
+    let c = clock.clone();
+    let (pki, db) = tokio::task::spawn_blocking(move || {
+        let pki = testkit::pki::TestPki::with(
+            ca_core::signer::KeyAlgorithm::P256,
+            testkit::pki::test_profiles(),
+            IssuerUrls::default(),
+            c,
+        )
+        .expect("test PKI");
+        let db = testkit::pg::PgServer::shared()
+            .expect("PostgreSQL")
+            .fresh_database()
+            .expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap();
+    let mut profiles = Options::default().profiles;
+    let mut long = profiles.0["client"].clone();
+    long.validity = Span(Duration::days(30));
+    profiles.0.insert("long".into(), long);
+    let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
+
+    let mut nodes = Vec::new();
+    let mut operator = None;
+    for _ in 0..2 {
+        let url = db.url().to_string();
+        let store: Arc<dyn Store> =
+            tokio::task::spawn_blocking(move || Arc::new(PgStore::open(&url).unwrap()))
+                .await
+                .unwrap();
+        let mut limits = Limits::default();
+        limits.admin.per_second = 100;
+        limits.admin.burst = 200;
+        let parts = ServerParts {
+            signer: pki.issuing_signer.clone(),
+            issuing_der: pki.issuing_der.clone(),
+            chain_der: vec![pki.root_der.clone()],
+            profiles: profiles.clone(),
+            urls: IssuerUrls::default(),
+            store,
+            clock: clock.clone(),
+            tls_names: vec!["dns:localhost".into(), "ip:127.0.0.1".into()],
+            tls_validity: Span(Duration::days(60)),
+            admin_validity: Span(Duration::days(30)),
+            limits,
+            tokens: TokenSection::default(),
+            renewal: Default::default(),
+            metrics: Arc::new(Metrics::new()),
+            audit: None,
+        };
+        let assembled = ServerBuilder::new(parts)
+            .with_status(OcspSection::default(), CrlSection::default())
+            .assemble()
+            .await
+            .expect("node assembles");
+        if operator.is_none() {
+            let (cert, key) =
+                ca_server::dev::issue_admin_cert(&assembled.state, "pg-op", Role::Operator, "test")
+                    .await
+                    .unwrap();
+            operator = Some(common::Identity { cert, key });
+        }
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let status = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        nodes.push(
+            assembled
+                .start(api, Some(status))
+                .await
+                .expect("node starts"),
+        );
+    }
+    let operator = operator.unwrap();
+    let client = |i: usize, id: Option<&common::Identity>| {
+        ca_server::client::ApiClient::new(
+            &format!("https://{}", nodes[i].api_addr),
+            root_pem.as_bytes(),
+            id.map(|i| (i.cert.as_bytes(), i.key.as_bytes())),
+        )
+        .unwrap()
+    };
+    // Ten short-lived certificates and one long-lived, enrolled on both nodes.
+    let mut short = Vec::new();
+    let mut live = String::new();
+    for i in 0..11 {
+        let host = format!("pg{i}.test");
+        let san = format!("dns:{host}");
+        let profile = if i == 10 { "long" } else { "short" };
+        let token: TokenCreateResponse = client(i % 2, Some(&operator))
+            .post_json(
+                "/v1/admin/tokens",
+                &TokenCreateRequest {
+                    common_name: Some(host.clone()),
+                    sans: vec![san.clone()],
+                    profile: Some(profile.into()),
+                    ttl: None,
+                },
+            )
+            .await
+            .expect("token");
+        let (_, csr) = common::csr(&host, &[&san]);
+        let issued: IssuedResponse = client((i + 1) % 2, None)
+            .post_json(
+                "/v1/enroll",
+                &EnrollRequest {
+                    token: token.token,
+                    csr,
+                },
+            )
+            .await
+            .expect("enroll");
+        if i == 10 {
+            live = issued.serial;
+        } else {
+            short.push(issued.serial);
+        }
+    }
+
+    clock.set(t0 + Duration::hours(3));
+    let section = RetentionSection {
+        enabled: true,
+        certificates: Span(Duration::hours(1)),
+        tokens: Span(Duration::hours(1)),
+        batch: 1,
+        interval: Span(Duration::milliseconds(100)),
+    };
+    for n in &mut nodes {
+        n.start_retention(&section, Duration::hours(24));
+    }
+    let store = nodes[0].state.store.clone();
+    eventually("every short-lived certificate and token pruned", || {
+        let store = store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                store
+                    .list_certs(&CertFilter {
+                        expiring_before: Some(t0 + Duration::hours(1)),
+                        ..Default::default()
+                    })
+                    .unwrap()
+                    .is_empty()
+                    && store.list_tokens().unwrap().is_empty()
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    // Let any pass in flight finish before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (mut certs, mut tokens) = (0, 0);
+    for n in &nodes {
+        let m = n.state.metrics.encode();
+        certs += pruned_metric(&m, "certificate");
+        tokens += pruned_metric(&m, "token");
+    }
+    assert_eq!((certs, tokens), (10, 11), "each record pruned exactly once");
+    let s = store.clone();
+    let (audited_certs, audited_tokens) = tokio::task::spawn_blocking(move || {
+        let mut sums = (0, 0);
+        for e in s.audit_events(1, usize::MAX).unwrap() {
+            if e.event.action == "retention.prune" {
+                sums.0 += e.event.detail["certificates"].as_u64().unwrap();
+                sums.1 += e.event.detail["tokens"].as_u64().unwrap();
+            }
+        }
+        assert!(s.verify_audit().is_ok());
+        sums
+    })
+    .await
+    .unwrap();
+    assert_eq!((audited_certs, audited_tokens), (10, 11));
+    let s = store.clone();
+    let l = live.clone();
+    assert!(
+        tokio::task::spawn_blocking(move || s.get_cert(&hex::decode(&l).unwrap()))
+            .await
+            .unwrap()
+            .unwrap()
+            .is_some()
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let answer = pg_ocsp(
+            &pki,
+            &format!("http://{}", n.status_addr.unwrap()),
+            &short[i],
+        )
+        .await;
+        assert!(says(&answer, "unknown"), "node {i}: {answer}");
+        let answer = pg_ocsp(&pki, &format!("http://{}", n.status_addr.unwrap()), &live).await;
+        assert!(says(&answer, "good"), "node {i}: {answer}");
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+async fn pg_ocsp(pki: &testkit::pki::TestPki, status_url: &str, serial: &str) -> String {
+    let dir = pki.dir.path();
+    let issuer = dir.join("issuing.pem");
+    let root = dir.join("root.pem");
+    let url = format!("{status_url}/ocsp");
+    let serial = format!("0x{serial}");
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("openssl")
+            .args(["ocsp", "-no_nonce", "-issuer"])
+            .arg(&issuer)
+            .args(["-serial", &serial, "-url", &url, "-CAfile"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .unwrap()
+}
