@@ -1090,6 +1090,7 @@ retention_contract!(
     a_lineage_lock_stays_while_any_of_its_certificates_remains,
     tokens_are_pruned_only_after_use_or_expiry_plus_retention,
     two_pruners_at_once_prune_each_record_once,
+    a_revocation_racing_a_prune_is_never_lost,
 );
 
 /// A certificate (serial `33 hi lo`) whose notAfter was `days` days ago (negative: ahead).
@@ -1506,4 +1507,80 @@ fn two_pruners_at_once_prune_each_record_once(place: Place) {
         vec![expired(9999, "live.test", -1).serial]
     );
     assert!(a.list_tokens().unwrap().is_empty());
+}
+
+/// A revocation acknowledged while a prune runs is never lost: with no CRL known to have
+/// listed anything, each expired certificate ends either pruned (and its revocation refused as
+/// unknown) or revoked and still stored, on the CRL's source, never pruned after its revocation
+/// was acknowledged.
+fn a_revocation_racing_a_prune_is_never_lost(place: Place) {
+    let a = place.open();
+    let b = match (&place, &a) {
+        #[cfg(feature = "postgres")]
+        (Place::Pg(_), _) => place.open(),
+        _ => a.clone(),
+    };
+    // Several rounds, the revocations walking with the prune (ascending serials) and against
+    // it: the race is short, each round is one more chance to lose it.
+    for round in 0..6u16 {
+        let n = 200u16;
+        let serial = |i: u16| expired(round * 1000 + i, "race.test", 10).serial;
+        ca_core::store::deferred(&*a, || {
+            for i in 0..n {
+                assert!(a.insert_cert(&expired(round * 1000 + i, "race.test", 10))?);
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let pruner = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let c = ca_core::store::CertCutoff {
+                    expired_before: Utc::now(),
+                    revoked_listed_before: None,
+                };
+                let mut pruned = Vec::new();
+                loop {
+                    let p = a.prune_expired_certs(&c, 7).unwrap();
+                    if p.serials.is_empty() {
+                        return pruned;
+                    }
+                    pruned.extend(p.serials);
+                }
+            })
+        };
+        let order: Vec<u16> = if round % 2 == 0 {
+            (0..n).collect()
+        } else {
+            (0..n).rev().collect()
+        };
+        let mut acknowledged = Vec::new();
+        for i in order {
+            match b.revoke(&serial(i), Utc::now(), RevocationReason::KeyCompromise) {
+                Ok(_) => acknowledged.push(serial(i)),
+                Err(Error::CertNotFound(_)) => {}
+                Err(e) => panic!("revoke: {e}"),
+            }
+        }
+        let pruned = pruner.join().unwrap();
+        let mut listed = Vec::new();
+        a.for_each_revoked(&mut |e| {
+            listed.push(e.serial);
+            Ok(())
+        })
+        .unwrap();
+        for s in &acknowledged {
+            assert!(!pruned.contains(s), "an acknowledged revocation was pruned");
+            assert!(a.get_cert(s).unwrap().unwrap().is_revoked());
+            assert!(
+                listed.contains(s),
+                "an acknowledged revocation left the CRL"
+            );
+        }
+        assert_eq!(
+            pruned.len() + acknowledged.len(),
+            usize::from(n),
+            "every certificate was pruned or revoked"
+        );
+    }
 }
