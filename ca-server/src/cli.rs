@@ -262,8 +262,8 @@ pub enum AuditCmd {
 pub enum StoreCmd {
     /// One retention pass now (README "Retention"): prune the certificates expired longer
     /// than `[retention] certificates` ago and the tokens finished longer than `tokens` ago,
-    /// in batches of `batch`, with one audit event. Revoked certificates are left to the
-    /// server's own task, which knows the CRL it published. On sled, stop the server first
+    /// in batches of `batch`, with one audit event; a revoked certificate only once the
+    /// archived CRL has listed it after its expiry. On sled, stop the server first
     /// (its store is locked while it runs); on PostgreSQL it may run beside the nodes.
     ///
     /// Example: ca-server store prune --config /etc/ca/ca.toml --dry-run

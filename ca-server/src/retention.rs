@@ -8,9 +8,10 @@
 //! [`Retention::prune_tokens`](ca_core::store::Retention::prune_tokens) batch after batch
 //! until a batch comes back short, checking for shutdown between batches. A revoked
 //! certificate is kept while the CRL must list it: its notAfter and its revocation date must
-//! both lie before the thisUpdate of a CRL this node published (less a margin for a
-//! revocation committed while that CRL was built) and before now minus the CRL validity (so
-//! every node publishing CRLs has built one since). Each pass that pruned something appends
+//! both lie before the thisUpdate of the latest CRL in the store's archive, the one every node
+//! serves (less a margin for a revocation committed while that CRL was built), and before now
+//! minus the CRL validity (a node still serving the previous CRL serves one built after them
+//! too). Each pass that pruned something appends
 //! one audit event (`retention.prune`, with the counts and the cutoffs) and counts
 //! `ca_pruned_total{kind}`. The audit log itself is never pruned.
 
@@ -18,9 +19,8 @@ use crate::config::RetentionSection;
 use crate::metrics::Metrics;
 use ca_core::audit::NewAuditEvent;
 use ca_core::clock::Clock;
-use ca_core::crl::CrlPublisher;
 use ca_core::ocsp::Responder;
-use ca_core::store::{CertCutoff, Store};
+use ca_core::store::{CertCutoff, Store, FULL_CRL};
 use chrono::{DateTime, Duration, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -49,16 +49,14 @@ pub struct PassReport {
     pub tokens_before: Option<DateTime<Utc>>,
 }
 
-/// The pruning task's state: the store, the clock, the `[retention]` settings and, on a node
-/// with a status listener, the CRL publisher (whose current CRL tells which revoked
-/// certificates were listed) and the OCSP responder (whose answers for pruned certificates are
-/// dropped).
+/// The pruning task's state: the store (whose CRL archive tells which revoked certificates a
+/// published CRL listed), the clock, the `[retention]` settings and, on a node with a status
+/// listener, the OCSP responder (whose answers for pruned certificates are dropped).
 pub struct Pruner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: RetentionSection,
     crl_validity: Duration,
-    crls: Option<Arc<CrlPublisher>>,
     responder: Option<Arc<Responder>>,
     pruned: Family<Labels, Counter>,
 }
@@ -73,9 +71,7 @@ impl std::fmt::Debug for Pruner {
 
 impl Pruner {
     /// A pruner over `store` with these settings; registers `ca_pruned_total{kind}` in
-    /// `metrics`. `crl_validity` is the CRLs' validity (`crl.validity`, default 24h). Without
-    /// [`Pruner::with_status`] no revoked certificate is pruned (no CRL is known to have
-    /// listed it).
+    /// `metrics`. `crl_validity` is the CRLs' validity (`crl.validity`, default 24h).
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -94,15 +90,13 @@ impl Pruner {
             clock,
             config,
             crl_validity,
-            crls: None,
             responder: None,
             pruned,
         }
     }
 
-    /// The node's CRL publisher and OCSP responder.
-    pub fn with_status(mut self, crls: Arc<CrlPublisher>, responder: Arc<Responder>) -> Self {
-        self.crls = Some(crls);
+    /// The node's OCSP responder.
+    pub fn with_responder(mut self, responder: Arc<Responder>) -> Self {
         self.responder = Some(responder);
         self
     }
@@ -112,17 +106,17 @@ impl Pruner {
         &self.config
     }
 
-    /// Which certificates may go at `now`.
-    pub fn cutoff(&self, now: DateTime<Utc>) -> CertCutoff {
+    /// Which certificates may go at `now` (blocking: reads the CRL archive). With no CRL
+    /// archived yet, no revoked certificate goes.
+    pub fn cutoff(&self, now: DateTime<Utc>) -> ca_core::Result<CertCutoff> {
         let listed = self
-            .crls
-            .as_ref()
-            .and_then(|c| c.current())
+            .store
+            .latest_crl(FULL_CRL)?
             .map(|crl| (crl.this_update - CRL_BUILD_MARGIN).min(now - self.crl_validity));
-        CertCutoff {
+        Ok(CertCutoff {
             expired_before: now - self.config.certificates.0,
             revoked_listed_before: listed,
-        }
+        })
     }
 
     fn count(&self, kind: &str, n: usize) {
@@ -138,7 +132,7 @@ impl Pruner {
     /// audited and counted all the same, then the error is returned.
     pub fn run_pass(&self, stop: &dyn Fn() -> bool) -> ca_core::Result<PassReport> {
         let now = self.clock.now();
-        let cutoff = self.cutoff(now);
+        let cutoff = self.cutoff(now)?;
         let tokens_before = now - self.config.tokens.0;
         let mut report = PassReport {
             cutoff: Some(cutoff),
@@ -271,7 +265,6 @@ pub async fn run_command(args: PruneArgs) -> anyhow::Result<()> {
             .crl
             .validity
             .map_or_else(|| ca_core::crl::CrlConfig::default().validity, |v| v.0);
-        // No CRL publisher here: no revoked certificate is pruned.
         let pruner = Pruner::new(
             store.clone(),
             Arc::new(ca_core::clock::SystemClock),
@@ -280,7 +273,7 @@ pub async fn run_command(args: PruneArgs) -> anyhow::Result<()> {
             &Metrics::new(),
         );
         let now = pruner.clock.now();
-        let cutoff = pruner.cutoff(now);
+        let cutoff = pruner.cutoff(now)?;
         let tokens_before = now - pruner.config.tokens.0;
         let (certificates, tokens) = if dry_run {
             let mut certs = 0;

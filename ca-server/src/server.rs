@@ -302,10 +302,7 @@ fn status_integration(
     let state =
         StatusState::build(setup).context("starting the OCSP responder and CRL publisher")?;
     let metrics = parts.metrics.clone();
-    let state = match Arc::try_unwrap(state) {
-        Ok(s) => Arc::new(s.with_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)))),
-        Err(shared) => shared,
-    };
+    state.set_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)));
     crate::metrics::PresignCounter::register(&parts.metrics, state.responder());
     crate::metrics::RevocationGauge::register(&parts.metrics, state.responder(), state.crls());
     crate::metrics::OcspSignerGauge::register(
@@ -345,7 +342,7 @@ impl Running {
     }
 
     /// Start retention (`[retention]`, README "Retention"): a pruner over this server's store,
-    /// with the status listener's CRL publisher and OCSP responder when it has one, and, when
+    /// with the status listener's OCSP responder when it has one, and, when
     /// `section.enabled`, its periodic task, stopped at shutdown after the batch in progress.
     /// `crl_validity` is the CRLs' validity (`crl.validity`). Returns the pruner (for a pass
     /// on demand).
@@ -362,7 +359,7 @@ impl Running {
             &self.state.metrics,
         );
         if let Some((status, _)) = &self.status {
-            pruner = pruner.with_status(status.crls().clone(), status.responder().clone());
+            pruner = pruner.with_responder(status.responder().clone());
         }
         let pruner = Arc::new(pruner);
         if section.enabled {
