@@ -1318,6 +1318,7 @@ retention_contract!(
     tokens_are_pruned_only_after_use_or_expiry_plus_retention,
     two_pruners_at_once_prune_each_record_once,
     a_revocation_racing_a_prune_is_never_lost,
+    a_prune_is_told_on_the_change_feed,
 );
 
 /// A certificate (serial `33 hi lo`) whose notAfter was `days` days ago (negative: ahead).
@@ -1810,4 +1811,35 @@ fn a_revocation_racing_a_prune_is_never_lost(place: Place) {
             "every certificate was pruned or revoked"
         );
     }
+}
+
+/// Each pruned serial is told on the change feed at commit (other nodes drop their answers);
+/// a prune that removed nothing tells nothing.
+fn a_prune_is_told_on_the_change_feed(place: Place) {
+    use ca_core::store::Change;
+    let s = place.open();
+    let sub = s.subscribe().unwrap();
+    let old = expired(1, "feed.test", 10);
+    let live = expired(2, "feed.test", -1);
+    for r in [&old, &live] {
+        assert!(s.insert_cert(r).unwrap());
+    }
+    assert_eq!(
+        s.prune_expired_certs(&cutoff(5), 10).unwrap().serials,
+        vec![old.serial.clone()]
+    );
+    assert!(s
+        .prune_expired_certs(&cutoff(5), 10)
+        .unwrap()
+        .serials
+        .is_empty());
+    assert_eq!(
+        sub.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+        Some(Change::Pruned(old.serial.clone()))
+    );
+    assert_eq!(
+        sub.recv_timeout(std::time::Duration::from_millis(300))
+            .unwrap(),
+        None
+    );
 }
