@@ -9,7 +9,8 @@
 //! - [`ratelimit`], [`metrics`]: protection and observability; [`duration`]: durations from
 //!   requests and flags, range-checked; [`listener`]: connection caps and timeouts of both
 //!   listeners; [`unauth`]: unauthenticated failures counted and summarised in the audit log.
-//! - [`server`]: listeners, the server's own certificate, graceful shutdown.
+//! - [`server`]: listeners, the server's own certificate, graceful shutdown; [`retention`]:
+//!   the periodic pruning of expired certificates and finished tokens.
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
 //!   offline administrator certificate for recovery.
@@ -38,6 +39,7 @@ pub mod error;
 pub(crate) mod listener;
 pub mod metrics;
 pub(crate) mod ratelimit;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod status;
