@@ -71,6 +71,12 @@ pub enum Command {
         #[command(subcommand)]
         cmd: AdminCertCmd,
     },
+    /// The store itself, offline (server stopped).
+    Store {
+        /// Store commands.
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         /// The TOML configuration.
@@ -251,6 +257,29 @@ pub enum AuditCmd {
     },
 }
 
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// Move a sled store (`ca-server dev` or a single node) to an empty PostgreSQL database,
+    /// in one transaction: certificates (revocation state, lineage, generation), revocations,
+    /// lineage locks, tokens (used and unused), OCSP responses, the CRL number and the audit
+    /// log (events, head, signed checkpoints), unchanged.
+    ///
+    /// Stop the server first (its store is locked while it runs). The target must be empty
+    /// (a new database; the schema is created if missing); a non-empty one is refused and
+    /// left unchanged. Before committing, the copy compares the rows per kind and verifies
+    /// the audit chain and checkpoints on PostgreSQL; any failure rolls it all back. Then set
+    /// `[store] kind = "postgres"` in the configuration and start the server.
+    ///
+    /// Examples:
+    ///   CA_DATABASE_URL=postgresql://ca:PASSWORD@db/ca \
+    ///     ca-server store copy --from /var/lib/ca --to-env CA_DATABASE_URL \
+    ///       --audit-key /var/lib/ca/audit-checkpoint.pub.pem
+    ///   ca-server store copy --from /var/lib/ca --config /etc/ca/ca.toml
+    #[command(verbatim_doc_comment)]
+    Copy(crate::store_copy::CopyArgs),
+}
+
 /// `admin-cert` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AdminCertCmd {
@@ -361,6 +390,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             running.wait_for(&mut signal).await;
             Ok(())
+        }
+        Command::Store {
+            cmd: StoreCmd::Copy(args),
+        } => {
+            init_logging(cli.log_json, Some("warn"));
+            crate::store_copy::run(args).await
         }
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;

@@ -12,7 +12,8 @@
 //! - [`server`]: listeners, the server's own certificate, graceful shutdown.
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
-//!   offline administrator certificate for recovery.
+//!   offline administrator certificate for recovery; [`store_copy`]: `ca-server store copy`
+//!   (sled to PostgreSQL).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -41,5 +42,6 @@ pub(crate) mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod store_copy;
 pub mod tls;
 pub(crate) mod unauth;

@@ -17,7 +17,9 @@ mod pg_store;
 mod sled_store;
 
 #[cfg(feature = "postgres")]
-pub use pg_store::{PgStore, SchemaTooNew, DEFAULT_POOL_SIZE, SCHEMA_VERSION};
+pub use pg_store::{
+    PgImport, PgStore, SchemaTooNew, StoreCounts, TargetNotEmpty, DEFAULT_POOL_SIZE, SCHEMA_VERSION,
+};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent};
