@@ -382,6 +382,7 @@ fn a_copied_store_serves_on_postgres_as_it_did_on_sled() {
         &["--audit-key", audit_key.to_str().unwrap()],
     );
     assert!(ok, "{out}");
+    eprintln!("{out}");
     assert!(out.contains("committed"), "{out}");
     assert!(
         out.contains("checkpoint signatures verified with audit key"),
