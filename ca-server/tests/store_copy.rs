@@ -661,3 +661,43 @@ fn a_password_on_the_command_line_is_refused_before_anything_is_touched() {
         "{out}"
     );
 }
+
+/// An insider who edited the sled log before the move gets no clean chain out of it: the copy
+/// keeps every event as sealed and checks the chain first, so an edited event, or checkpoints
+/// checked against another key, stop it before anything is written.
+#[test]
+fn a_tampered_source_is_not_copied() {
+    let f = fixture();
+    let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let edited = tmp.path().join("store");
+    assert!(Command::new("cp")
+        .args(["-a", f.pristine.to_str().unwrap(), edited.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    {
+        let s = open_sled(&edited);
+        s.tamper_audit_for_test(2, |ev| ev["actor"] = "someone else".into())
+            .unwrap();
+    }
+    let db = server.fresh_database().unwrap();
+    let (ok, out) = copy(&edited, db.url(), &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("[source_audit_invalid]"), "{out}");
+    let pg = PgStore::open_with_pool_size(db.url(), 1).unwrap();
+    assert_eq!(pg.counts().unwrap(), StoreCounts::default());
+
+    // The untouched store, but checkpoints checked against a key that did not sign them.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let other_pem = tmp.path().join("other.pub.pem");
+    std::fs::write(&other_pem, other.public_key_pem()).unwrap();
+    let (ok, out) = copy(
+        &f.pristine,
+        db.url(),
+        &["--audit-key", other_pem.to_str().unwrap()],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("[source_audit_invalid]"), "{out}");
+    assert_eq!(pg.counts().unwrap(), StoreCounts::default());
+}
