@@ -4,12 +4,13 @@
 //! What is copied: certificates (revocation state, lineage, generation), revocation entries,
 //! lineage locks, enrollment tokens (used and unused, with their use time), pre-signed OCSP
 //! responses, the CRL number (the target's next number is greater than every number the
-//! source issued), the audit events (sequence, time, previous hash and hash unchanged), the
+//! source issued) and the archived CRLs, the audit events (sequence, time, previous hash and hash unchanged), the
 //! audit head and the signed audit checkpoints.
 //!
 //! The source is read through the store traits (plus [`SledStore::current_crl_number`] and
 //! [`SledStore::for_each_lineage_lock`]); the target is written through
 //! [`PgStore::import`], which refuses a non-empty database and rolls back on any error.
+//! The latest signed CRL of each scope (the CRL archive) is copied as signed.
 //! Before the commit, the rows per kind written are compared with the rows read, and the
 //! audit log is verified inside the transaction (hash chain, checkpoints, signatures with the
 //! audit key when given); after the commit it is verified again as `audit verify` does.
@@ -348,6 +349,11 @@ pub fn copy(
                 imp.put_audit_checkpoint(&cp?)?;
                 n.audit_checkpoints += 1;
             }
+            source.for_each_archived_crl(&mut |crl| {
+                imp.put_crl(&crl)?;
+                n.archived_crls += 1;
+                Ok(())
+            })?;
             imp.set_audit_head(head.as_ref().map(|(s, h)| (*s, h.as_str())))?;
             imp.set_crl_number(crl_number)?;
 
@@ -495,7 +501,7 @@ fn summary_text(s: &CopySummary) -> String {
          \x20 OCSP responses     {}\n\
          \x20 audit events       {}, {} checkpoints\n\
          \x20 audit head         {head}\n\
-         \x20 CRL number         {} (the next CRL is numbered {} or higher)\n\
+         \x20 CRL number         {} (the next CRL is numbered {} or higher), {} archived CRLs\n\
          verified: rows per kind equal; the audit chain verifies on PostgreSQL, {signatures}\n\
          next: set [store] kind = \"postgres\" and url in the server's configuration and start \
          it; keep {} as a backup and never start a server on it again\n",
@@ -510,6 +516,7 @@ fn summary_text(s: &CopySummary) -> String {
         c.audit_checkpoints,
         s.crl_number,
         s.crl_number + 1,
+        c.archived_crls,
         s.source.display(),
     )
 }

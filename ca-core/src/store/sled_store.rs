@@ -1058,6 +1058,17 @@ impl SledStore {
         }
     }
 
+    /// Visit every archived CRL (the latest of each scope), in scope order.
+    pub fn for_each_archived_crl(&self, f: &mut dyn FnMut(StoredCrl) -> Result<()>) -> Result<()> {
+        for kv in self.crls.iter() {
+            let (k, v) = kv.map_err(|e| Error::store("scan CRLs", e))?;
+            let scope = std::str::from_utf8(&k)
+                .map_err(|_| Error::Corrupt("CRL scope is not UTF-8".into()))?;
+            f(decode_crl(scope, &v)?)?;
+        }
+        Ok(())
+    }
+
     /// Visit every locked lineage: `(lineage, lock)`, in lineage order.
     pub fn for_each_lineage_lock(
         &self,

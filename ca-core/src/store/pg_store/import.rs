@@ -13,12 +13,12 @@ use super::{codec, dec, enc, nanos, pg, seq_col, seq_of, PgStore, BATCH};
 use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier};
 use crate::error::{Error, Result};
 use crate::revocation::RevokedEntry;
-use crate::store::{CertRecord, LineageLock, StoredOcspResponse, TokenRecord};
+use crate::store::{CertRecord, LineageLock, StoredCrl, StoredOcspResponse, TokenRecord};
 use r2d2_postgres::postgres::{self, Statement};
 use serde::{Deserialize, Serialize};
 
 /// Every table of the store, in the order they are locked.
-const TABLES: &str = "certs, revoked, lineages, tokens, ocsp_responses, crl_number, \
+const TABLES: &str = "certs, revoked, lineages, tokens, ocsp_responses, crl_number, crls, \
                       audit_events, audit_head, audit_checkpoints";
 
 /// How long [`PgStore::import`] waits for the tables' locks (a node using the database holds
@@ -56,6 +56,9 @@ pub struct StoreCounts {
     pub audit_events: u64,
     /// Signed audit checkpoints.
     pub audit_checkpoints: u64,
+    /// Archived CRLs (the latest of each scope).
+    #[serde(default)]
+    pub archived_crls: u64,
 }
 
 impl StoreCounts {
@@ -71,6 +74,7 @@ impl StoreCounts {
                 ("OCSP responses", c.ocsp_responses),
                 ("audit events", c.audit_events),
                 ("audit checkpoints", c.audit_checkpoints),
+                ("archived CRLs", c.archived_crls),
             ]
         };
         rows(self)
@@ -100,6 +104,7 @@ fn counts_in(c: &mut impl postgres::GenericClient) -> Result<StoreCounts> {
         ocsp_responses: count(c, "SELECT count(*) FROM ocsp_responses")?,
         audit_events: count(c, "SELECT count(*) FROM audit_events")?,
         audit_checkpoints: count(c, "SELECT count(*) FROM audit_checkpoints")?,
+        archived_crls: count(c, "SELECT count(*) FROM crls")?,
     })
 }
 
@@ -158,6 +163,7 @@ impl PgStore {
             ("ocsp_responses", counts.ocsp_responses),
             ("audit_events", counts.audit_events),
             ("audit_checkpoints", counts.audit_checkpoints),
+            ("crls", counts.archived_crls),
         ] {
             if n > 0 {
                 found.push(format!("{n} rows in {what}"));
@@ -202,6 +208,7 @@ pub struct PgImport<'t, 'c> {
     ocsp: Statement,
     event: Statement,
     checkpoint: Statement,
+    crl: Statement,
 }
 
 impl std::fmt::Debug for PgImport<'_, '_> {
@@ -222,6 +229,10 @@ impl<'t, 'c> PgImport<'t, 'c> {
             ocsp: p("INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2)")?,
             event: p("INSERT INTO audit_events (seq, event) VALUES ($1, $2)")?,
             checkpoint: p("INSERT INTO audit_checkpoints (seq, time_s, cp) VALUES ($1, $2, $3)")?,
+            crl: p(
+                "INSERT INTO crls (scope, number, this_update_s, next_update_s, der) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )?,
             tx,
         })
     }
@@ -292,6 +303,25 @@ impl<'t, 'c> PgImport<'t, 'c> {
                 &[&seq_col(cp.seq), &cp.time.timestamp().max(0), &enc(cp)?],
             )
             .map_err(pg("import audit checkpoint"))?;
+        Ok(())
+    }
+
+    /// An archived CRL (the latest of its scope), as signed.
+    pub fn put_crl(&mut self, crl: &StoredCrl) -> Result<()> {
+        let number = i64::try_from(crl.number)
+            .map_err(|_| Error::Corrupt(format!("CRL number {}", crl.number)))?;
+        self.tx
+            .execute(
+                &self.crl,
+                &[
+                    &crl.scope,
+                    &number,
+                    &crl.this_update.timestamp(),
+                    &crl.next_update.timestamp(),
+                    &crl.der,
+                ],
+            )
+            .map_err(pg("import CRL"))?;
         Ok(())
     }
 
