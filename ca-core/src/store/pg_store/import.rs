@@ -436,3 +436,45 @@ impl<'t, 'c> PgImport<'t, 'c> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PgStore, StoreCounts};
+
+    #[test]
+    fn a_password_is_found_in_both_connection_string_forms() {
+        for (url, has) in [
+            ("postgresql://ca:secret@db.example.com/ca", true),
+            (
+                "postgres://ca:secret@db1,db2/ca?target_session_attrs=read-write",
+                true,
+            ),
+            (
+                "host=db.example.com user=ca password=secret dbname=ca",
+                true,
+            ),
+            ("postgresql://ca@db.example.com/ca", false),
+            ("host=/run/postgresql user=ca dbname=ca", false),
+        ] {
+            assert_eq!(PgStore::url_has_password(url).unwrap(), has, "{url}");
+        }
+        let err = PgStore::url_has_password("postgresql://ca:secret@[bad").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn differences_name_each_kind_that_differs() {
+        let a = StoreCounts {
+            certs: 3,
+            used_tokens: 1,
+            ..StoreCounts::default()
+        };
+        let b = StoreCounts {
+            certs: 2,
+            used_tokens: 1,
+            ..StoreCounts::default()
+        };
+        assert_eq!(a.differences(&b), vec![("certificates", 3, 2)]);
+        assert!(a.differences(&a).is_empty());
+    }
+}
