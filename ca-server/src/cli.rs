@@ -1,7 +1,8 @@
 //! The `ca-server` command line: `serve`, `dev`, and the admin client commands (`token
 //! create`, `revoke`, `certs list`, `audit show|verify|checkpoint|export`, `admin-cert
 //! create`) that talk to the HTTPS API with an administrator certificate (flags, or the
-//! variables of `dev.env`); `audit verify-export` works offline.
+//! variables of `dev.env`); `audit verify-export` works offline, and `store copy` (sled to
+//! PostgreSQL, [`crate::store_copy`]) on a stopped server's store.
 
 use crate::api::types::*;
 use crate::client::{ApiClient, ClientError};

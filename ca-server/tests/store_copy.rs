@@ -630,12 +630,32 @@ fn a_copy_that_fails_part_way_leaves_the_target_empty() {
     assert_eq!(pg.current_crl_number().unwrap(), 0);
     assert_eq!(pg.audit_head().unwrap(), None);
 
-    // The target is as it was: once the obstacle is gone, the copy goes through.
+    // The target is as it was: once the obstacle is gone, the copy goes through (this time
+    // naming the target by a server configuration's [store]).
     sql(
         db.url(),
         "ALTER TABLE audit_events DROP CONSTRAINT only_four",
     );
-    let (ok, out) = copy(&f.pristine, db.url(), &[]);
+    let mut cfg = ServerConfig::load(&f.dir.join("config.toml")).unwrap();
+    cfg.store = StoreSection {
+        kind: StoreKind::Postgres,
+        url: Some(UrlSource(UrlFrom::Env(URL_ENV.into()))),
+        pool_size: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("ca.toml");
+    std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
+    let (ok, out) = run(
+        &[
+            "store",
+            "copy",
+            "--from",
+            f.pristine.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[(URL_ENV, db.url())],
+    );
     assert!(ok, "{out}");
     assert_eq!(pg.counts().unwrap(), f.counts);
     assert_eq!(pg.current_crl_number().unwrap(), f.crl_number);
