@@ -13,9 +13,11 @@
 //! The latest signed CRL of each scope (the CRL archive) is copied as signed.
 //! Before the commit, the rows per kind written are compared with the rows read, and the
 //! audit log is verified inside the transaction (hash chain, checkpoints, signatures with the
-//! audit key when given); after the commit it is verified again as `audit verify` does.
+//! audit key when given); after the commit it is verified again as `audit verify` does. The
+//! copy records itself in the target's log (`store.copy`, after the copied head, in the same
+//! transaction).
 
-use ca_core::audit::{AuditKey, AuditReport};
+use ca_core::audit::{AuditEvent, AuditKey, AuditReport, NewAuditEvent};
 use ca_core::store::prelude::*;
 use ca_core::store::{PgImport, PgStore, SledStore, StoreCounts, TargetNotEmpty};
 use clap::{ArgGroup, Args};
@@ -184,12 +186,15 @@ pub struct Head {
 pub struct CopySummary {
     /// The sled store copied.
     pub source: PathBuf,
-    /// Rows per kind, equal on both sides.
+    /// Rows per kind on the target: the source's, plus the `store.copy` audit event.
     pub counts: StoreCounts,
     /// The last CRL number the source allocated; the target's next is greater.
     pub crl_number: u64,
-    /// The audit head, the same on both sides.
+    /// The source's audit head, copied.
     pub audit_head: Option<Head>,
+    /// The event that records the copy (`store.copy`), right after the copied head: the
+    /// target's head.
+    pub recorded: Head,
     /// The target's audit log as `audit verify` checks it, after the commit.
     pub audit: AuditReport,
 }
@@ -313,8 +318,8 @@ pub fn copy(
         .map_err(StoreCopyError::SourceAudit)?;
     let head = source.audit_head().map_err(src)?;
     let crl_number = source.current_crl_number().map_err(src)?;
-    let read = target.import(
-        |imp: &mut PgImport<'_, '_>| -> Result<StoreCounts, StoreCopyError> {
+    let (read, record) = target.import(
+        |imp: &mut PgImport<'_, '_>| -> Result<(StoreCounts, AuditEvent), StoreCopyError> {
             let mut n = StoreCounts::default();
             source.for_each_cert(&mut |rec| {
                 imp.insert_cert(&rec)?;
@@ -373,7 +378,29 @@ pub fn copy(
                 .verify_audit_log(key)
                 .map_err(|e| StoreCopyError::Mismatch(format!("the copied audit log: {e}")))?;
             same_audit(&source_report, &report).map_err(StoreCopyError::Mismatch)?;
-            Ok(n)
+
+            // The move itself goes into the log, chained after the copied head, in the same
+            // transaction: the audit log says when and by whom the store was moved.
+            let (os_user, host) = crate::breakglass::operator_identity();
+            let record = imp.append_audit(
+                NewAuditEvent::ok(
+                    format!("store-copy: {os_user}@{host}"),
+                    "store.copy",
+                    source_path.display().to_string(),
+                )
+                .with_detail(serde_json::json!({
+                    "from": "sled",
+                    "to": "postgres",
+                    "counts": n,
+                    "crl_number": crl_number,
+                    "source_head": head.as_ref().map(|(seq, hash)| {
+                        serde_json::json!({ "seq": seq, "hash": hash })
+                    }),
+                    "os_user": os_user,
+                    "host": host,
+                })),
+            )?;
+            Ok((n, record))
         },
     )?;
 
@@ -382,9 +409,40 @@ pub fn copy(
     let audit = target
         .verify_audit_log(key)
         .map_err(|e| after(format!("audit log: {e}")))?;
-    same_audit(&source_report, &audit).map_err(after)?;
+    // The copied log, then the one event that records the copy.
+    if (
+        audit.events,
+        audit.last_seq,
+        &audit.last_hash,
+        audit.checkpoints,
+    ) != (
+        source_report.events + 1,
+        record.seq,
+        &record.hash,
+        source_report.checkpoints,
+    ) || record.seq != source_report.last_seq + 1
+        || record.prev_hash != source_report.last_hash
+    {
+        return Err(after(format!(
+            "audit log: {} events to {} ({}) with {} checkpoints, expected the source's {} \
+             events to {} ({}) with {} checkpoints and the copy's record {}",
+            audit.events,
+            audit.last_seq,
+            audit.last_hash,
+            audit.checkpoints,
+            source_report.events,
+            source_report.last_seq,
+            source_report.last_hash,
+            source_report.checkpoints,
+            record.seq
+        )));
+    }
     let counts = target.counts().map_err(|e| after(e.to_string()))?;
-    let diffs = read.differences(&counts);
+    let expected = StoreCounts {
+        audit_events: read.audit_events + 1,
+        ..read.clone()
+    };
+    let diffs = expected.differences(&counts);
     if !diffs.is_empty() {
         return Err(after(describe(&diffs)));
     }
@@ -401,6 +459,10 @@ pub fn copy(
         counts,
         crl_number,
         audit_head: head.map(|(seq, hash)| Head { seq, hash }),
+        recorded: Head {
+            seq: record.seq,
+            hash: record.hash,
+        },
         audit,
     })
 }
@@ -499,10 +561,12 @@ fn summary_text(s: &CopySummary) -> String {
          \x20 locked lineages    {}\n\
          \x20 tokens             {} ({} used)\n\
          \x20 OCSP responses     {}\n\
-         \x20 audit events       {}, {} checkpoints\n\
-         \x20 audit head         {head}\n\
+         \x20 audit events       {} copied, {} checkpoints\n\
+         \x20 audit head         {head} (copied)\n\
+         \x20 recorded as        audit event {} (store.copy) hash {}\n\
          \x20 CRL number         {} (the next CRL is numbered {} or higher), {} archived CRLs\n\
-         verified: rows per kind equal; the audit chain verifies on PostgreSQL, {signatures}\n\
+         verified: rows per kind equal (the source's, and the record); the audit chain \
+         verifies on PostgreSQL, {signatures}\n\
          next: set [store] kind = \"postgres\" and url in the server's configuration and start \
          it; keep {} as a backup and never start a server on it again\n",
         s.source.display(),
@@ -512,8 +576,10 @@ fn summary_text(s: &CopySummary) -> String {
         c.tokens,
         c.used_tokens,
         c.ocsp_responses,
-        c.audit_events,
+        c.audit_events.saturating_sub(1),
         c.audit_checkpoints,
+        s.recorded.seq,
+        s.recorded.hash,
         s.crl_number,
         s.crl_number + 1,
         c.archived_crls,

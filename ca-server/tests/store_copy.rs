@@ -228,6 +228,14 @@ fn counts_of(s: &SledStore) -> StoreCounts {
     c
 }
 
+/// The target's counts after a copy of a store with `c`: the `store.copy` event besides.
+fn with_record(c: &StoreCounts) -> StoreCounts {
+    StoreCounts {
+        audit_events: c.audit_events + 1,
+        ..c.clone()
+    }
+}
+
 /// Open a sled store (sled releases a stopped process's lock shortly after it exits).
 fn open_sled(dir: &Path) -> SledStore {
     SledStore::open(dir).unwrap()
@@ -399,9 +407,24 @@ fn a_copied_store_serves_on_postgres_as_it_did_on_sled() {
     );
     {
         let pg = PgStore::open_with_pool_size(db.url(), 2).unwrap();
-        assert_eq!(pg.counts().unwrap(), f.counts);
+        assert_eq!(pg.counts().unwrap(), with_record(&f.counts));
         assert_eq!(pg.current_crl_number().unwrap(), f.crl_number);
-        assert_eq!(pg.audit_head().unwrap(), Some(f.head.clone()));
+        // The copied chain, then the event recording the copy, chained to the copied head.
+        let evs = pg.audit_events(f.head.0, 2).unwrap();
+        assert_eq!(evs[0].hash, f.head.1);
+        assert_eq!(evs[1].event.action, "store.copy");
+        assert!(
+            evs[1].event.actor.starts_with("store-copy: "),
+            "{:?}",
+            evs[1]
+        );
+        assert_eq!(evs[1].prev_hash, f.head.1);
+        assert_eq!(evs[1].event.detail["counts"]["certs"], f.counts.certs);
+        assert_eq!(
+            pg.audit_head().unwrap(),
+            Some((f.head.0 + 1, evs[1].hash.clone()))
+        );
+        assert!(out.contains(&format!("audit event {} (store.copy)", f.head.0 + 1)));
         // Lineage, generation and revocation state as they were.
         let a2 = pg
             .get_cert(&hex::decode(serial_of(&f.a2.cert)).unwrap())
@@ -657,7 +680,7 @@ fn a_copy_that_fails_part_way_leaves_the_target_empty() {
         &[(URL_ENV, db.url())],
     );
     assert!(ok, "{out}");
-    assert_eq!(pg.counts().unwrap(), f.counts);
+    assert_eq!(pg.counts().unwrap(), with_record(&f.counts));
     assert_eq!(pg.current_crl_number().unwrap(), f.crl_number);
 }
 

@@ -10,7 +10,9 @@
 //! [`PgImport::verify_audit_log`]), so a copy is checked before it is committed.
 
 use super::{codec, dec, enc, nanos, pg, seq_col, seq_of, PgStore, BATCH};
-use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier};
+use crate::audit::{
+    self, AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent,
+};
 use crate::error::{Error, Result};
 use crate::revocation::RevokedEntry;
 use crate::store::{CertRecord, LineageLock, StoredCrl, StoredOcspResponse, TokenRecord};
@@ -335,6 +337,23 @@ impl<'t, 'c> PgImport<'t, 'c> {
             .execute("UPDATE audit_head SET seq = $1, hash = $2", &[&seq, &hash])
             .map_err(pg("import audit head"))?;
         Ok(())
+    }
+
+    /// Append a new event to the imported chain (after its head, as
+    /// [`crate::store::AuditLog::append_audit`] does): how an import records itself.
+    pub fn append_audit(&mut self, ev: NewAuditEvent) -> Result<AuditEvent> {
+        let (prev_seq, prev_hash) = self
+            .audit_head()?
+            .unwrap_or_else(|| (0, audit::GENESIS.to_string()));
+        let sealed = audit::seal(
+            prev_seq,
+            &prev_hash,
+            crate::clock::truncate(chrono::Utc::now()),
+            ev,
+        )?;
+        self.insert_audit_event(&sealed)?;
+        self.set_audit_head(Some((sealed.seq, &sealed.hash)))?;
+        Ok(sealed)
     }
 
     /// The last CRL number allocated: the store's next one is `n + 1`.
