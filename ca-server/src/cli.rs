@@ -72,7 +72,7 @@ pub enum Command {
         #[command(subcommand)]
         cmd: AdminCertCmd,
     },
-    /// The store itself, offline (server stopped).
+    /// The store itself.
     Store {
         /// Store commands.
         #[command(subcommand)]
