@@ -335,7 +335,7 @@ impl AppState {
     ) -> ApiResult<Revocation> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let held = me.revocations.lock();
+            let held = me.revocations.lock(me.store.as_ref())?;
             let who = Revoker {
                 held: &held,
                 roles: &actor_roles,

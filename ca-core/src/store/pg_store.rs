@@ -145,6 +145,27 @@ pub struct SchemaTooNew {
     pub known: i32,
 }
 
+/// The store is being dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("the store is closed")]
+struct StoreClosed;
+
+/// The synchronous client runs its own runtime to close its connections, which panics on an
+/// async runtime's thread; the pool is therefore always dropped on a thread of its own, so a
+/// `PgStore` may be dropped anywhere (a server start that fails after the store opened).
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let closing = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(pool));
+            if let Ok(h) = closing {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
 /// A stored value out of the range a column holds.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} is out of the range the PostgreSQL store keeps")]
@@ -166,7 +187,8 @@ impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSet
 /// Certificates, tokens, revocations and the audit log in a PostgreSQL database shared by
 /// every node.
 pub struct PgStore {
-    pool: Pool,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    pool: Option<Pool>,
     /// The change feed's listening session ([`ChangeFeed`]).
     listener: Listener,
 }
@@ -227,13 +249,18 @@ impl PgStore {
             .connection_customizer(Box::new(SessionSetup))
             .build(manager)
             .map_err(|e| Error::store("connect to database", e))?;
-        let store = PgStore { pool, listener };
+        let store = PgStore {
+            pool: Some(pool),
+            listener,
+        };
         store.migrate()?;
         Ok(store)
     }
 
     fn conn(&self) -> Result<Conn> {
         self.pool
+            .as_ref()
+            .ok_or_else(|| Error::store("database connection", StoreClosed))?
             .get()
             .map_err(|e| Error::store("database connection", e))
     }
