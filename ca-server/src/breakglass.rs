@@ -43,7 +43,7 @@ pub(crate) struct Minted {
 }
 
 /// Who runs the command, for the audit log: the OS user (name and uid) and the host.
-fn operator_identity() -> (String, String) {
+pub(crate) fn operator_identity() -> (String, String) {
     use std::os::unix::fs::MetadataExt;
     let name = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))

@@ -1,7 +1,8 @@
 //! The `ca-server` command line: `serve`, `dev`, and the admin client commands (`token
 //! create`, `revoke`, `certs list`, `audit show|verify|checkpoint|export`, `admin-cert
 //! create`) that talk to the HTTPS API with an administrator certificate (flags, or the
-//! variables of `dev.env`); `audit verify-export` and `store prune` work offline.
+//! variables of `dev.env`); `audit verify-export` and `store prune` work offline, and `store
+//! copy` (sled to PostgreSQL, [`crate::store_copy`]) on a stopped server's store.
 
 use crate::api::types::*;
 use crate::client::{ApiClient, ClientError};
@@ -269,6 +270,24 @@ pub enum StoreCmd {
     /// Example: ca-server store prune --config /etc/ca/ca.toml --dry-run
     #[command(verbatim_doc_comment)]
     Prune(crate::retention::PruneArgs),
+    /// Move a sled store (`ca-server dev` or a single node) to an empty PostgreSQL database,
+    /// in one transaction: certificates (revocation state, lineage, generation), revocations,
+    /// lineage locks, tokens (used and unused), OCSP responses, the CRL number and the audit
+    /// log (events, head, signed checkpoints), unchanged.
+    ///
+    /// Stop the server first (its store is locked while it runs). The target must be empty
+    /// (a new database; the schema is created if missing); a non-empty one is refused and
+    /// left unchanged. Before committing, the copy compares the rows per kind and verifies
+    /// the audit chain and checkpoints on PostgreSQL; any failure rolls it all back. Then set
+    /// `[store] kind = "postgres"` in the configuration and start the server.
+    ///
+    /// Examples:
+    ///   CA_DATABASE_URL=postgresql://ca:PASSWORD@db/ca \
+    ///     ca-server store copy --from /var/lib/ca --to-env CA_DATABASE_URL \
+    ///       --audit-key /var/lib/ca/audit-checkpoint.pub.pem
+    ///   ca-server store copy --from /var/lib/ca --config /etc/ca/ca.toml
+    #[command(verbatim_doc_comment)]
+    Copy(crate::store_copy::CopyArgs),
 }
 
 /// `admin-cert` subcommands.
@@ -387,6 +406,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             init_logging(cli.log_json, Some("warn"));
             crate::retention::run_command(args).await
+        }
+        Command::Store {
+            cmd: StoreCmd::Copy(args),
+        } => {
+            init_logging(cli.log_json, Some("warn"));
+            crate::store_copy::run(args).await
         }
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;

@@ -13,7 +13,8 @@
 //!   the periodic pruning of expired certificates and finished tokens.
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
-//!   offline administrator certificate for recovery.
+//!   offline administrator certificate for recovery; [`store_copy`]: `ca-server store copy`
+//!   (sled to PostgreSQL).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -43,5 +44,6 @@ pub mod retention;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod store_copy;
 pub mod tls;
 pub(crate) mod unauth;

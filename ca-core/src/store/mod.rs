@@ -24,8 +24,8 @@ mod sled_store;
 pub use feed::{Change, FeedClosed, Subscription};
 #[cfg(feature = "postgres")]
 pub use pg_store::{
-    PgStore, SchemaTooNew, CHECKOUT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
-    SCHEMA_VERSION,
+    PgImport, PgStore, SchemaTooNew, StoreCounts, TargetNotEmpty, CHECKOUT_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, SCHEMA_VERSION,
 };
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 

@@ -46,6 +46,9 @@ use r2d2_postgres::postgres::{self, IsolationLevel, NoTls};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 use std::collections::VecDeque;
 
+mod import;
+pub use import::{PgImport, StoreCounts, TargetNotEmpty};
+
 /// Rows read per query by the streaming visitors and iterators.
 const BATCH: i64 = 500;
 

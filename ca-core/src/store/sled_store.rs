@@ -1241,3 +1241,44 @@ impl SledStore {
         Ok(())
     }
 }
+
+/// Read helpers for `ca-server store copy` (moving a store to PostgreSQL): state the store
+/// traits do not expose because nothing but a copy needs it whole.
+impl SledStore {
+    /// The last CRL number allocated (0 if none was), read without allocating one.
+    pub fn current_crl_number(&self) -> Result<u64> {
+        match self
+            .meta
+            .get(META_CRL_NUMBER)
+            .map_err(|e| Error::store("read CRL number", e))?
+        {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Corrupt("CRL number".into())),
+        }
+    }
+
+    /// Visit every archived CRL (the latest of each scope), in scope order.
+    pub fn for_each_archived_crl(&self, f: &mut dyn FnMut(StoredCrl) -> Result<()>) -> Result<()> {
+        for kv in self.crls.iter() {
+            let (k, v) = kv.map_err(|e| Error::store("scan CRLs", e))?;
+            let scope = std::str::from_utf8(&k)
+                .map_err(|_| Error::Corrupt("CRL scope is not UTF-8".into()))?;
+            f(decode_crl(scope, &v)?)?;
+        }
+        Ok(())
+    }
+
+    /// Visit every locked lineage: `(lineage, lock)`, in lineage order.
+    pub fn for_each_lineage_lock(
+        &self,
+        f: &mut dyn FnMut(Vec<u8>, LineageLock) -> Result<()>,
+    ) -> Result<()> {
+        for kv in self.lineage_locks.iter() {
+            let (k, v) = kv.map_err(|e| Error::store("scan lineage locks", e))?;
+            f(k.to_vec(), dec("lineage lock", &v)?)?;
+        }
+        Ok(())
+    }
+}
