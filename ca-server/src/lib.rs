@@ -10,6 +10,7 @@
 //!   requests and flags, range-checked; [`listener`]: connection caps and timeouts of both
 //!   listeners; [`unauth`]: unauthenticated failures counted and summarised in the audit log.
 //! - [`server`]: listeners, the server's own certificate, graceful shutdown.
+//! - [`ocsp_node`]: `ca-server ocsp`, the stateless OCSP responder (no HSM; follows the store).
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
 //!   offline administrator certificate for recovery.
@@ -37,6 +38,7 @@ pub(crate) mod duration;
 pub mod error;
 pub(crate) mod listener;
 pub mod metrics;
+pub mod ocsp_node;
 pub(crate) mod ratelimit;
 pub mod server;
 pub mod service;

@@ -11,6 +11,7 @@
 //! | `live` | the live-signing budget, the nonce policy, the cache of signed `unknown` answers |
 //! | `refresh` | the re-sign backlog; re-signing at revocation and before nextUpdate |
 //! | `key` | the signing key, the issuer, the responder certificate's validity and revocation |
+//! | `follower` | [`Follower`]: the keyless counterpart for stateless responders (verified stored answers, change feed) |
 //!
 //! Answers are written through one path (`install`: sign, persist, serve), under the serial's
 //! sign lock. The lookup path reads the memo, the answer cache and the `unknown` cache only.
@@ -19,6 +20,7 @@ mod answer;
 mod cache;
 mod config;
 mod external;
+mod follower;
 mod install;
 mod key;
 mod live;
@@ -29,6 +31,7 @@ mod refresh;
 pub use answer::{AnswerKind, OcspAnswer, TransportCache};
 pub use config::ResponderConfig;
 pub use external::ExternalResponse;
+pub use follower::{Follower, FollowerConfig, FollowerStats};
 pub(in crate::ocsp) use key::check_delegated;
 pub use key::{ResponderKey, SignerCertStatus};
 pub use memo::MemoStats;
