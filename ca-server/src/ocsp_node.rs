@@ -7,14 +7,14 @@
 //!
 //! | Route | Answer |
 //! |---|---|
-//! | `GET /ocsp/{base64}`, `POST /ocsp` | as the signing node's status listener (`status.rs`: same request parsing, limits and RFC 5019 caching headers), from [`ca_core::ocsp::Follower`] |
+//! | `GET /ocsp/{base64}`, `POST /ocsp` | as the signing node's status listener (`status.rs`: same request parsing, limits and RFC 5019 caching headers), from [`ca_core::ocsp::StatelessResponder`] |
 //! | `GET /crl` | the latest full CRL of the store's CRL archive, once its signature verifies; 503 before one is read or past its nextUpdate |
 //! | `GET /ca.crt` | the issuing CA certificate (`[ca] certificate`) |
 //! | `GET /healthz` | `ok` while the process runs |
 //! | `GET /readyz` | 200 once the store was read completely and while it answers; 503 otherwise |
 //! | `GET /metrics` | Prometheus text: OCSP answers by outcome, follower counters |
 //!
-//! What the follower trusts and answers is written out in `ca-core/src/ocsp/responder/follower.rs`.
+//! What the follower trusts and answers is written out in `ca-core/src/ocsp/responder/stateless.rs`.
 //!
 //! # Configuration
 //!
@@ -40,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use ca_core::clock::{Clock, SystemClock};
-use ca_core::ocsp::{Follower, FollowerConfig, Lookup, OcspAnswer, OcspResponseStatus};
+use ca_core::ocsp::{Lookup, OcspAnswer, OcspResponseStatus, StatelessConfig, StatelessResponder};
 use ca_core::store::{PgStore, Store};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
@@ -111,8 +111,8 @@ pub struct OcspNodeConfig {
     pub pool_size: Option<u32>,
     /// Cap on `Cache-Control: max-age` (`[ocsp] max_age`, default 60 s).
     pub max_age: Duration,
-    /// Follower settings (`[ocsp] memo_max_bytes`, `stateless_reload_interval`).
-    pub follower: FollowerConfig,
+    /// StatelessResponder settings (`[ocsp] memo_max_bytes`, `stateless_reload_interval`).
+    pub follower: StatelessConfig,
     /// Connection limits (`[limits]`, `[limits.status]`).
     pub limits: Limits,
     /// `[log]`.
@@ -207,7 +207,7 @@ impl OcspNodeConfig {
             }
             None => Duration::from_secs(60),
         };
-        let mut follower = FollowerConfig::default();
+        let mut follower = StatelessConfig::default();
         if let Some(n) = file.ocsp.memo_max_bytes {
             if n > 1024 * 1024 * 1024 {
                 return Err(invalid("ocsp.memo_max_bytes", "at most 1 GiB"));
@@ -243,7 +243,7 @@ struct NodeState {
     try_later: Arc<OcspAnswer>,
     malformed: Arc<OcspAnswer>,
     /// Set once the store is open and the follower's thread runs.
-    follower: OnceLock<Arc<Follower>>,
+    follower: OnceLock<Arc<StatelessResponder>>,
     ca_cert: Bytes,
     max_age: MaxAge,
     metrics: Arc<Metrics>,
@@ -364,8 +364,8 @@ pub async fn start(
     ca_core::ocsp::OcspIssuer::from_cert_der(&issuer_der).context("ca.certificate")?;
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(NodeState {
-        try_later: Follower::error_answer(OcspResponseStatus::TryLater),
-        malformed: Follower::error_answer(OcspResponseStatus::MalformedRequest),
+        try_later: StatelessResponder::error_answer(OcspResponseStatus::TryLater),
+        malformed: StatelessResponder::error_answer(OcspResponseStatus::MalformedRequest),
         follower: OnceLock::new(),
         ca_cert: Bytes::from(issuer_der.clone()),
         max_age: MaxAge::new(cfg.max_age),
@@ -415,7 +415,7 @@ pub async fn start(
             };
             let _ = store_cell.set(store.clone());
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let follower = match Follower::new(&issuer_der, store, clock, fcfg) {
+            let follower = match StatelessResponder::new(&issuer_der, store, clock, fcfg) {
                 Ok(f) => Arc::new(f),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot build the OCSP follower");

@@ -47,6 +47,7 @@
 //! ```
 
 mod caching;
+mod follow;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -83,6 +84,10 @@ const OCSP_RESPONSE: &str = "application/ocsp-response";
 const OCSP_REQUEST: &str = "application/ocsp-request";
 const PKIX_CRL: &str = "application/pkix-crl";
 const PKIX_CERT: &str = "application/pkix-cert";
+
+/// The lease ([`ca_core::store::Leases`]) of the node that re-signs OCSP responses near
+/// their nextUpdate.
+pub const OCSP_REFRESH_LEASE: &str = "ocsp:refresh";
 
 /// HTTP-side settings of the status listener.
 #[derive(Clone, Debug)]
@@ -145,10 +150,15 @@ pub struct StatusState {
     root_crl: Option<PathBuf>,
     config: StatusConfig,
     crl_dirty: Arc<Notify>,
-    observer: Option<AnswerObserver>,
+    observer: std::sync::OnceLock<AnswerObserver>,
     max_age: MaxAge,
     /// The responder's issuance signer thread, joined by [`StatusState::close_blocking`].
     issuance_signer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The thread following other nodes (`status/follow.rs`), on a shared store; joined by
+    /// [`StatusState::close_blocking`].
+    follower: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This node's name as holder of the OCSP refresh lease.
+    holder: String,
     /// Set at shutdown: the maintenance task ends after the pass in progress.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -169,6 +179,13 @@ impl StatusState {
     /// starts or in `spawn_blocking`. Fails closed on a bad key, certificate or external
     /// response file, or when the first CRL cannot be signed.
     pub fn build(setup: StatusSetup) -> ca_core::Result<Arc<Self>> {
+        // Other nodes' changes from here on; subscribed before loading, so nothing committed
+        // in between is missed (`status/follow.rs`).
+        let followed = if setup.store.is_shared() {
+            Some(setup.store.subscribe_remote()?)
+        } else {
+            None
+        };
         let responder = Arc::new(Responder::new(
             &setup.issuer_cert_der,
             setup.ocsp_key,
@@ -202,9 +219,10 @@ impl StatusState {
                 setup.clock,
                 setup.crl,
             )
-            .map_err(stop_signer)?,
+            .map_err(stop_signer)?
+            .with_lease_ttl(setup.http.maintenance_interval * 3),
         );
-        crls.regenerate().map_err(stop_signer)?;
+        crls.start().map_err(stop_signer)?;
         let state = Self::new(
             responder,
             crls,
@@ -214,7 +232,18 @@ impl StatusState {
             setup.http,
         );
         *lock(&state.issuance_signer) = Some(issuance_signer);
-        Ok(Arc::new(state))
+        let state = Arc::new(state);
+        if let Some(sub) = followed {
+            let follower = follow::spawn(Arc::downgrade(&state), sub).map_err(|e| {
+                state.close_blocking();
+                ca_core::Error::Io {
+                    path: "(thread store-follow)".into(),
+                    source: e,
+                }
+            })?;
+            *lock(&state.follower) = Some(follower);
+        }
+        Ok(state)
     }
 
     /// Assemble from parts already built (the responder loaded, the CRL publisher ready).
@@ -226,7 +255,10 @@ impl StatusState {
         root_crl: Option<PathBuf>,
         config: StatusConfig,
     ) -> Self {
+        let holder = crls.holder().to_string();
         StatusState {
+            holder,
+            follower: std::sync::Mutex::new(None),
             responder,
             crls,
             store,
@@ -235,7 +267,7 @@ impl StatusState {
             max_age: MaxAge::new(config.max_age),
             config,
             crl_dirty: Arc::new(Notify::new()),
-            observer: None,
+            observer: std::sync::OnceLock::new(),
             issuance_signer: std::sync::Mutex::new(None),
             stopping: tokio::sync::watch::channel(false).0,
         }
@@ -260,12 +292,25 @@ impl StatusState {
                 tracing::error!("the OCSP issuance signer thread panicked");
             }
         }
+        let follower = lock(&self.follower).take();
+        // Not from the follower thread itself (it may drop the last reference).
+        if let Some(h) = follower.filter(|h| h.thread().id() != std::thread::current().id()) {
+            if h.join().is_err() {
+                tracing::error!("the store follower thread panicked");
+            }
+        }
     }
 
     /// Report every OCSP outcome to `observer` (metrics).
-    pub fn with_observer(mut self, observer: AnswerObserver) -> Self {
-        self.observer = Some(observer);
+    pub fn with_observer(self, observer: AnswerObserver) -> Self {
+        self.set_observer(observer);
         self
+    }
+
+    /// Report every OCSP outcome to `observer` (metrics), on a state already shared; only the
+    /// first observer set is kept (returns whether this one was).
+    pub fn set_observer(&self, observer: AnswerObserver) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// The OCSP responder.
@@ -337,7 +382,21 @@ impl StatusState {
     /// failure left unsigned, reload changed external response files, rebuild the CRL if due
     /// or stale.
     pub fn maintain_blocking(&self) {
-        match self.responder.refresh_due() {
+        // On a shared store one node at a time re-signs what is due (the lease holder); the
+        // others sign their own backlog and follow its answers (`status/follow.rs`).
+        let refresh = match self.store.try_lease(
+            OCSP_REFRESH_LEASE,
+            &self.holder,
+            self.config.maintenance_interval * 3,
+        ) {
+            Ok(true) => self.responder.refresh_due(),
+            Ok(false) => self.responder.refresh_backlog(),
+            Err(e) => {
+                tracing::error!(error = %e, "taking the OCSP refresh lease failed; signing the backlog only");
+                self.responder.refresh_backlog()
+            }
+        };
+        match refresh {
             Ok(s) if s.refreshed + s.dropped + s.failed > 0 => {
                 tracing::info!(
                     refreshed = s.refreshed,
@@ -392,7 +451,7 @@ impl StatusState {
     }
 
     fn observe(&self, a: &OcspAnswer) {
-        if let Some(o) = &self.observer {
+        if let Some(o) = self.observer.get() {
             o(outcome(a));
         }
     }

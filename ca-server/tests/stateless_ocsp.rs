@@ -487,15 +487,21 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
     let (code, head, body) = blocking(move || r.get(&path));
     assert_eq!(code, 200);
     assert_eq!(verdict(&body), "good");
-    assert!(head.to_ascii_lowercase().contains("cache-control: max-age=30,"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("cache-control: max-age=30,"),
+        "{head}"
+    );
     assert!(head.to_ascii_lowercase().contains("etag: "), "{head}");
 
     // The stored `good` of the certificate about to be revoked, for the replay below.
     let store = {
         let url = url.clone();
-        tokio::task::spawn_blocking(move || Arc::new(PgStore::open_with_pool_size(&url, 2).unwrap()))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            Arc::new(PgStore::open_with_pool_size(&url, 2).unwrap())
+        })
+        .await
+        .unwrap()
     };
     let old_good = {
         let (st, s) = (store.clone(), to_revoke.clone());
@@ -644,13 +650,19 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
     let now = chrono::Utc::now();
     let expired = StoredOcspResponse {
         serial: no_response.clone(),
-        der: sign(now - chrono::Duration::hours(2), now - chrono::Duration::hours(1)),
+        der: sign(
+            now - chrono::Duration::hours(2),
+            now - chrono::Duration::hours(1),
+        ),
         this_update: now - chrono::Duration::hours(2),
         next_update: now - chrono::Duration::hours(1),
     };
     let short = StoredOcspResponse {
         serial: no_response.clone(),
-        der: sign(now - chrono::Duration::seconds(1), now + chrono::Duration::seconds(3)),
+        der: sign(
+            now - chrono::Duration::seconds(1),
+            now + chrono::Duration::seconds(3),
+        ),
         this_update: now - chrono::Duration::seconds(1),
         next_update: now + chrono::Duration::seconds(3),
     };
@@ -661,9 +673,11 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
             std::thread::sleep(Duration::from_millis(300));
             assert_eq!(verdict(&r.ocsp(&q)), "TryLater", "expired response served");
             st.put_ocsp_response(&short).unwrap();
-            wait_until(Duration::from_secs(2), "short-lived response served", || {
-                verdict(&r.ocsp(&q)) == "good"
-            });
+            wait_until(
+                Duration::from_secs(2),
+                "short-lived response served",
+                || verdict(&r.ocsp(&q)) == "good",
+            );
             wait_until(Duration::from_secs(6), "expired answer withdrawn", || {
                 verdict(&r.ocsp(&q)) == "TryLater"
             });
@@ -704,7 +718,9 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
     let served = {
         let r = resp.clone();
         blocking(move || {
-            wait_until(Duration::from_secs(5), "CRL served", || r.get("/crl").0 == 200);
+            wait_until(Duration::from_secs(5), "CRL served", || {
+                r.get("/crl").0 == 200
+            });
             r.get("/crl").2
         })
     };
@@ -792,7 +808,13 @@ fn stateless_responder_refuses_sled_and_waits_for_the_database() {
     // tryLater.
     let dead = free_port();
     let port = free_port();
-    let cfg = responder_config(&pki, dir.path(), port, "CA_TEST_DEAD_DATABASE_URL", "postgres");
+    let cfg = responder_config(
+        &pki,
+        dir.path(),
+        port,
+        "CA_TEST_DEAD_DATABASE_URL",
+        "postgres",
+    );
     let url = format!("postgresql://nobody@127.0.0.1:{dead}/none?connect_timeout=1");
     let resp = Responder::start(
         &cfg,

@@ -16,10 +16,11 @@
 //!   or with the key of a delegated responder certificate embedded in it that the issuing CA
 //!   signed, that carries id-kp-OCSPSigning (RFC 6960 4.2.2.2), that is within its validity
 //!   and that the store does not list as revoked; anything else is refused and logged
-//!   ([`FollowerStats::refused`]), and the answer in memory (or `tryLater`) stays;
+//!   ([`StatelessStats::refused`]), and the answer in memory (or `tryLater`) stays;
 //! - an answer is never served past its nextUpdate (`tryLater` instead);
-//! - a response replaces the one in memory only if its thisUpdate is not older (a replayed old
-//!   row does not roll a serial back; at equal thisUpdate `revoked` wins over `good`);
+//! - a response replaces the one in memory only if its thisUpdate is not older, and a `good`
+//!   never replaces a `revoked` (a replayed old row does not roll a serial back; the rule of
+//!   a signing node following another, `follow.rs`);
 //! - a certificate the store lists as revoked is never answered `good`: its `good` answer is
 //!   withdrawn when the revocation is seen, and a `good` response read for it is not installed
 //!   (`tryLater` until the signing node's `revoked` response arrives);
@@ -63,9 +64,9 @@ use std::time::{Duration, Instant};
 use x509_cert::Certificate;
 use x509_ocsp::{OcspResponseStatus, ResponderId};
 
-/// Settings of a [`Follower`].
+/// Settings of a [`StatelessResponder`].
 #[derive(Clone, Debug)]
-pub struct FollowerConfig {
+pub struct StatelessConfig {
     /// Bound in bytes of the request memo (as [`super::ResponderConfig::memo_max_bytes`]).
     pub memo_max_bytes: usize,
     /// Most store reads in flight for requests the memory cannot answer; more get `tryLater`
@@ -76,9 +77,9 @@ pub struct FollowerConfig {
     pub full_reload_interval: Duration,
 }
 
-impl Default for FollowerConfig {
+impl Default for StatelessConfig {
     fn default() -> Self {
-        FollowerConfig {
+        StatelessConfig {
             memo_max_bytes: 8 * 1024 * 1024,
             max_store_reads: 16,
             full_reload_interval: Duration::from_secs(300),
@@ -86,9 +87,9 @@ impl Default for FollowerConfig {
     }
 }
 
-/// Counters of a [`Follower`], for metrics and tests.
+/// Counters of a [`StatelessResponder`], for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FollowerStats {
+pub struct StatelessStats {
     /// Serials with an answer in memory.
     pub answers: usize,
     /// Stored responses refused: undecodable, not signed by the CA or a valid delegated
@@ -132,17 +133,24 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The rank of an answer: a response replaces another only if its rank is not lower (newer
-/// thisUpdate; at equal thisUpdate `revoked` over `good`).
-fn rank(a: &OcspAnswer) -> (Option<DateTime<Utc>>, bool) {
-    (
-        a.this_update(),
-        matches!(a.cert_status(), Some(CertStatus::Revoked { .. })),
-    )
-}
-
 fn is_good(a: &OcspAnswer) -> bool {
     matches!(a.cert_status(), Some(CertStatus::Good))
+}
+
+fn is_revoked(a: &OcspAnswer) -> bool {
+    matches!(a.cert_status(), Some(CertStatus::Revoked { .. }))
+}
+
+/// Whether `new` may replace `current` (the same rule as a signing node following another,
+/// `follow.rs`): a revocation is final, so a `revoked` answer replaces a `good` one whatever
+/// their times and a `good` answer never replaces a `revoked` one; otherwise the thisUpdate
+/// must not be older.
+fn replaces(new: &OcspAnswer, current: &OcspAnswer) -> bool {
+    match (is_revoked(new), is_revoked(current)) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => current.this_update() <= new.this_update(),
+    }
 }
 
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -159,12 +167,12 @@ fn x509_time(t: &x509_cert::time::Time) -> DateTime<Utc> {
 
 /// A stateless OCSP responder's state: verified answers and CRL from the store, no key.
 /// Thread-safe; share it in an `Arc`.
-pub struct Follower {
+pub struct StatelessResponder {
     issuer: OcspIssuer,
     issuer_key_hash: Vec<u8>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    config: FollowerConfig,
+    config: StatelessConfig,
     cache: AnswerCache,
     errors: ErrorAnswers,
     /// Serials (magnitude) the store lists as revoked: never answered `good`.
@@ -179,23 +187,23 @@ pub struct Follower {
     full_reloads: AtomicU64,
 }
 
-impl std::fmt::Debug for Follower {
+impl std::fmt::Debug for StatelessResponder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Follower")
+        f.debug_struct("StatelessResponder")
             .field("answers", &self.cache.len())
             .field("loaded", &self.is_loaded())
             .finish()
     }
 }
 
-impl Follower {
+impl StatelessResponder {
     /// A follower answering for certificates issued by `issuer_cert_der`, reading `store`.
-    /// Nothing is read yet: [`Follower::reload`] (or [`Follower::start`]) fills it.
+    /// Nothing is read yet: [`StatelessResponder::reload`] (or [`StatelessResponder::start`]) fills it.
     pub fn new(
         issuer_cert_der: &[u8],
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        config: FollowerConfig,
+        config: StatelessConfig,
     ) -> Result<Self> {
         if config.max_store_reads == 0 {
             return Err(Error::Config {
@@ -204,7 +212,7 @@ impl Follower {
             });
         }
         let issuer = OcspIssuer::from_cert_der(issuer_cert_der)?;
-        Ok(Follower {
+        Ok(StatelessResponder {
             issuer_key_hash: key_hash(issuer.public_key_bits()),
             issuer,
             store,
@@ -249,8 +257,8 @@ impl Follower {
     }
 
     /// Counters.
-    pub fn stats(&self) -> FollowerStats {
-        FollowerStats {
+    pub fn stats(&self) -> StatelessStats {
+        StatelessStats {
             answers: self.cache.len(),
             refused: self.refused.load(Ordering::Relaxed),
             older_ignored: self.older_ignored.load(Ordering::Relaxed),
@@ -282,7 +290,7 @@ impl Follower {
 
     /// Answer from memory (no I/O): a fresh stored response, or an error response. Returns
     /// [`Lookup::Live`] when the store must be asked whether the certificate exists: call
-    /// [`Follower::answer_miss`] off the async executor.
+    /// [`StatelessResponder::answer_miss`] off the async executor.
     pub fn lookup(&self, request_der: &[u8]) -> Lookup {
         let now = self.clock.now();
         if let Some(a) = self
@@ -315,10 +323,10 @@ impl Follower {
         Lookup::Live(LiveRequest { parsed })
     }
 
-    /// Answer a request [`Follower::lookup`] could not (blocking: reads the store): `tryLater`
+    /// Answer a request [`StatelessResponder::lookup`] could not (blocking: reads the store): `tryLater`
     /// when the certificate exists (its response is missing, stale or withheld), `unauthorized`
     /// when the store has no certificate with this serial (a follower cannot sign `unknown`),
-    /// `tryLater` when the store cannot be read or [`FollowerConfig::max_store_reads`] reads
+    /// `tryLater` when the store cannot be read or [`StatelessConfig::max_store_reads`] reads
     /// are in flight already.
     pub fn answer_miss(&self, live: LiveRequest) -> Arc<OcspAnswer> {
         let Some(rc) = live.parsed.certs.first() else {
@@ -393,7 +401,7 @@ impl Follower {
             refused = s.refused,
             crl_number = ?s.crl_number,
             first,
-            "OCSP follower: store read"
+            "stateless OCSP responder: store read"
         );
         Ok(())
     }
@@ -425,7 +433,7 @@ impl Follower {
         }
         let _g = self.cache.sign_lock(serial);
         if self.cache.get(serial).is_some_and(|a| is_good(&a)) {
-            tracing::info!(serial = %hex::encode(serial), "OCSP follower: certificate revoked in the store; its good answer is withdrawn until the revoked response arrives");
+            tracing::info!(serial = %hex::encode(serial), "stateless OCSP responder: certificate revoked in the store; its good answer is withdrawn until the revoked response arrives");
             self.cache.remove(serial);
         }
     }
@@ -441,7 +449,7 @@ impl Follower {
                 tracing::error!(
                     serial = %hex::encode(&stored.serial),
                     %reason,
-                    "OCSP follower: refusing a stored OCSP response; serving the previous answer or tryLater"
+                    "stateless OCSP responder: refusing a stored OCSP response; serving the previous answer or tryLater"
                 );
                 return;
             }
@@ -457,11 +465,11 @@ impl Follower {
             let _g = self.cache.sign_lock(&serial);
             match self.cache.get(&serial) {
                 Some(old) if Arc::ptr_eq(&old, &answer) || old.der == answer.der => {}
-                Some(old) if rank(&answer) < rank(&old) => {
+                Some(old) if !replaces(&answer, &old) => {
                     self.older_ignored.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         serial = %hex::encode(&serial),
-                        "OCSP follower: a stored response older than the one served was ignored (replayed row?)"
+                        "stateless OCSP responder: a stored response older than the one served was ignored (replayed row?)"
                     );
                 }
                 _ => {
@@ -559,19 +567,22 @@ impl Follower {
                         tracing::warn!(
                             served = c.number,
                             stored = crl.number,
-                            "OCSP follower: the stored CRL is older than the one served; kept the served one"
+                            "stateless OCSP responder: the stored CRL is older than the one served; kept the served one"
                         );
                     }
                     Some(c) if c.number == crl.number && c.der == crl.der => {}
                     _ => {
-                        tracing::info!(number = crl.number, "OCSP follower: serving CRL");
+                        tracing::info!(
+                            number = crl.number,
+                            "stateless OCSP responder: serving CRL"
+                        );
                         *cur = Some(Arc::new(crl));
                     }
                 }
             }
             Err(reason) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(number = stored.number, %reason, "OCSP follower: refusing the stored CRL; serving the previous one");
+                tracing::error!(number = stored.number, %reason, "stateless OCSP responder: refusing the stored CRL; serving the previous one");
             }
         }
         Ok(())
@@ -622,19 +633,19 @@ impl Follower {
         })
     }
 
-    /// Follow the store on a thread of its own until [`Follower::stop`]: subscribe to the
+    /// Follow the store on a thread of its own until [`StatelessResponder::stop`]: subscribe to the
     /// change feed, read everything, then apply each change as it comes, re-reading everything
-    /// after a `Resync`, after a failed read, and every [`FollowerConfig::full_reload_interval`].
+    /// after a `Resync`, after a failed read, and every [`StatelessConfig::full_reload_interval`].
     /// Store errors are retried with backoff (1 s doubling to 30 s); answers in memory keep
     /// being served meanwhile.
     pub fn start(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let me = self.clone();
         std::thread::Builder::new()
-            .name("ocsp-follower".into())
+            .name("ocsp-stateless".into())
             .spawn(move || me.follow())
     }
 
-    /// Ask the thread of [`Follower::start`] to end (within about 200 ms); join its handle.
+    /// Ask the thread of [`StatelessResponder::start`] to end (within about 200 ms); join its handle.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
     }
@@ -661,7 +672,7 @@ impl Follower {
             let sub = match self.store.subscribe() {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "OCSP follower: cannot subscribe to the store's changes");
+                    tracing::warn!(error = %e, retry_in = ?backoff, "stateless OCSP responder: cannot subscribe to the store's changes");
                     if !self.pause(backoff) {
                         break;
                     }
@@ -682,7 +693,7 @@ impl Follower {
                             reload_due = Instant::now() + self.config.full_reload_interval;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, retry_in = ?backoff, "OCSP follower: cannot read the store; serving what is in memory");
+                            tracing::warn!(error = %e, retry_in = ?backoff, "stateless OCSP responder: cannot read the store; serving what is in memory");
                             if !self.pause(backoff) {
                                 break 'outer;
                             }
@@ -692,15 +703,20 @@ impl Follower {
                         }
                     }
                 }
-                let Some(change) = sub.recv_timeout(Duration::from_millis(200)) else {
-                    continue;
+                let change = match sub.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stateless OCSP responder: subscribing again");
+                        continue 'outer;
+                    }
                 };
                 if let Err(e) = self.apply(&change) {
-                    tracing::warn!(error = %e, ?change, "OCSP follower: cannot apply a change; re-reading everything");
+                    tracing::warn!(error = %e, ?change, "stateless OCSP responder: cannot apply a change; re-reading everything");
                     reload_due = Instant::now();
                 }
             }
         }
-        tracing::info!("OCSP follower stopped");
+        tracing::info!("stateless OCSP responder: follower stopped");
     }
 }
