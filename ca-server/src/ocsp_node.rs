@@ -541,7 +541,7 @@ async fn ocsp_get(State(state): State<Arc<NodeState>>, uri: Uri, headers: Header
     match ocsp_get_request(&uri, MAX_REQUEST_BYTES) {
         Ok(Some(der)) => answer(&state, &der, true, &headers).await,
         Ok(None) => http(&state, state.malformed.clone(), false, &headers),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -552,7 +552,7 @@ async fn ocsp_post(
 ) -> Response {
     match ocsp_post_request(&headers, body, MAX_REQUEST_BYTES).await {
         Ok(bytes) => answer(&state, &bytes, false, &headers).await,
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 

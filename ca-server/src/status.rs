@@ -718,18 +718,28 @@ fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
+/// An OCSP request refused at the HTTP level: the status and a one-line body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
 /// The DER request of `GET /ocsp/{base64}` (RFC 6960 A.1): `Ok(None)` if it does not decode
-/// (answer `malformedRequest`), `Err` with the HTTP answer (414) if it is over
-/// `max_request_bytes`. Shared with the stateless responder (`ocsp_node.rs`).
+/// (answer `malformedRequest`), `Err` (414) if it is over `max_request_bytes`. Shared with the
+/// stateless responder (`ocsp_node.rs`).
 pub(crate) fn ocsp_get_request(
     uri: &Uri,
     max_request_bytes: usize,
-) -> Result<Option<Vec<u8>>, Response> {
+) -> Result<Option<Vec<u8>>, Refused> {
     // The raw path, not a `Path` extractor: one percent-decoding pass, no String.
     let raw = uri.path().strip_prefix("/ocsp/").unwrap_or("");
     // base64 is 4/3 of the DER and percent-encoding at most triples it: refuse before
     // decoding anything oversized.
-    let too_large = || (StatusCode::URI_TOO_LONG, "OCSP request too large\n").into_response();
+    let too_large = || Refused(StatusCode::URI_TOO_LONG, "OCSP request too large\n");
     if raw.len() > max_request_bytes.saturating_mul(4) + 16 {
         return Err(too_large());
     }
@@ -744,7 +754,7 @@ async fn ocsp_get(State(state): State<Arc<StatusState>>, uri: Uri, headers: Head
     match ocsp_get_request(&uri, state.config.max_request_bytes) {
         Ok(Some(der)) => answer(&state, &der, true, &headers).await,
         Ok(None) => ocsp_http(&state, state.responder.malformed_request(), false, &headers),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -755,7 +765,7 @@ async fn ocsp_post(
 ) -> Response {
     match ocsp_post_request(&headers, body, state.config.max_request_bytes).await {
         Ok(bytes) => answer(&state, &bytes, false, &headers).await,
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -766,20 +776,19 @@ pub(crate) async fn ocsp_post_request(
     headers: &HeaderMap,
     body: Body,
     max_request_bytes: usize,
-) -> Result<Bytes, Response> {
+) -> Result<Bytes, Refused> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case(OCSP_REQUEST) {
-        return Err((
+        return Err(Refused(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/ocsp-request\n",
-        )
-            .into_response());
+        ));
     }
-    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, "OCSP request too large\n").into_response();
+    let too_large = || Refused(StatusCode::PAYLOAD_TOO_LARGE, "OCSP request too large\n");
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -133,6 +133,9 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// The answers one stored response gives, by serial (magnitude).
+type SerialAnswers = Vec<(Vec<u8>, Arc<OcspAnswer>)>;
+
 fn is_good(a: &OcspAnswer) -> bool {
     matches!(a.cert_status(), Some(CertStatus::Good))
 }
@@ -486,7 +489,7 @@ impl StatelessResponder {
         &self,
         stored: &StoredOcspResponse,
         now: DateTime<Utc>,
-    ) -> std::result::Result<Vec<(Vec<u8>, Arc<OcspAnswer>)>, Refusal> {
+    ) -> std::result::Result<SerialAnswers, Refusal> {
         let parsed =
             parse_response(&stored.der).map_err(|e| Refusal::Undecodable(e.to_string()))?;
         if parsed.status != OcspResponseStatus::Successful {
