@@ -787,6 +787,28 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
     drop(db);
 }
 
+/// Forward every connection on `listener` to `to` (a stand-in for the database coming up).
+fn forward(listener: std::net::TcpListener, to: SocketAddr) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { continue };
+            let Ok(server) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+}
+
 #[test]
 fn stateless_responder_refuses_sled_and_waits_for_the_database() {
     let pki = TestPki::new(KeyAlgorithm::P256).expect("test PKI");
@@ -807,22 +829,30 @@ fn stateless_responder_refuses_sled_and_waits_for_the_database() {
         "{err}"
     );
 
-    // The database unreachable: the responder serves /healthz, fails /readyz, answers
-    // tryLater.
+    // The database unreachable at start: the responder serves /healthz, fails /readyz,
+    // answers tryLater; once the database answers it becomes ready without a restart.
+    let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+    let db = server.fresh_database().expect("database");
+    let real: SocketAddr = {
+        let after_at = db.url().split_once('@').unwrap().1;
+        after_at.split_once('/').unwrap().0.parse().unwrap()
+    };
     let dead = free_port();
+    let url = db
+        .url()
+        .replacen(&real.to_string(), &format!("127.0.0.1:{dead}"), 1);
     let port = free_port();
     let cfg = responder_config(
         &pki,
         dir.path(),
         port,
-        "CA_TEST_DEAD_DATABASE_URL",
+        "CA_TEST_LATE_DATABASE_URL",
         "postgres",
     );
-    let url = format!("postgresql://nobody@127.0.0.1:{dead}/none?connect_timeout=1");
     let resp = Responder::start(
         &cfg,
-        &[("CA_TEST_DEAD_DATABASE_URL", url.as_str())],
-        dir.path().join("dead.log"),
+        &[("CA_TEST_LATE_DATABASE_URL", url.as_str())],
+        dir.path().join("late.log"),
         port,
     );
     wait_until(Duration::from_secs(20), "listening", || {
@@ -834,4 +864,16 @@ fn stateless_responder_refuses_sled_and_waits_for_the_database() {
     assert_eq!(verdict(&resp.ocsp(&req)), "TryLater");
     assert_eq!(resp.get("/crl").0, 503);
     assert_eq!(resp.get("/ca.crt").0, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(resp.get("/readyz").0, 503);
+    // The database comes up (on the address the responder was given).
+    forward(
+        std::net::TcpListener::bind(("127.0.0.1", dead)).unwrap(),
+        real,
+    );
+    resp.wait_ready(Duration::from_secs(90));
+    // Ready, and a serial the (empty) store does not know is `unauthorized`.
+    assert_eq!(verdict(&resp.ocsp(&req)), "Unauthorized");
+    drop(resp);
+    drop(db);
 }
