@@ -559,7 +559,10 @@ async fn ocsp_post(
 async fn crl(State(state): State<Arc<NodeState>>, headers: HeaderMap) -> Response {
     let current = state.follower.get().and_then(|f| f.crl());
     match current {
-        Some(c) if c.next_update > chrono::Utc::now() => crl_http(c, &state.max_age, &headers),
+        Some(c) if c.next_update > chrono::Utc::now() => {
+            let (number, times) = (c.number, (c.this_update, c.next_update));
+            crl_http(c, number, times, &state.max_age, &headers)
+        }
         Some(c) => {
             tracing::error!(
                 number = c.number,

@@ -59,7 +59,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use ca_core::clock::Clock;
-use ca_core::crl::{CrlConfig, CrlPublisher, SignedCrl};
+use ca_core::crl::{CrlConfig, CrlPublisher};
 use ca_core::ocsp::OcspResponseStatus;
 use ca_core::ocsp::{
     AnswerKind, ExternalResponse, Lookup, OcspAnswer, Responder, ResponderConfig, ResponderKey,
@@ -803,10 +803,16 @@ pub(crate) async fn ocsp_post_request(
 
 /// The CRL as the HTTP response, with its caching headers or 304. Shared with the stateless
 /// responder (`ocsp_node.rs`).
-pub(crate) fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Response {
+pub(crate) fn crl_http<T: AsRef<[u8]> + Send + Sync + 'static>(
+    crl: Arc<T>,
+    number: u64,
+    (this_update, next_update): (DateTime<Utc>, DateTime<Utc>),
+    cap: &MaxAge,
+    req: &HeaderMap,
+) -> Response {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PKIX_CRL));
-    let meta = CacheMeta::new(crl.this_update, crl.next_update, crl_etag(crl.number));
+    let meta = CacheMeta::new(this_update, next_update, crl_etag(number));
     meta.apply(&mut h, cap);
     if meta.not_modified(req) {
         return (StatusCode::NOT_MODIFIED, h).into_response();
@@ -816,7 +822,10 @@ pub(crate) fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Re
 
 async fn crl(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Response {
     match state.crls.current() {
-        Some(c) => crl_http(c, &state.max_age, &headers),
+        Some(c) => {
+            let (number, times) = (c.number, (c.this_update, c.next_update));
+            crl_http(c, number, times, &state.max_age, &headers)
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no CRL has been built yet\n",

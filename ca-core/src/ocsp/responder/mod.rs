@@ -38,7 +38,7 @@ pub use key::{ResponderKey, SignerCertStatus};
 pub use memo::MemoStats;
 pub use presign::{IssuanceSigningStats, IssuedTicket};
 pub use refresh::RefreshStats;
-pub use stateless::{StatelessConfig, StatelessResponder, StatelessStats};
+pub use stateless::{ArchivedCrl, StatelessConfig, StatelessResponder, StatelessStats};
 
 use super::build::key_hash;
 use super::request::{parse_request, ParsedRequest};

@@ -51,7 +51,6 @@ use super::check_delegated;
 use super::key::PRESIGNED_ALGS;
 use super::{LiveRequest, Lookup, MemoStats};
 use crate::clock::Clock;
-use crate::crl::SignedCrl;
 use crate::error::{Error, Result};
 use crate::revocation::CertStatus;
 use crate::store::{Change, Store, StoredCrl, StoredOcspResponse, FULL_CRL};
@@ -103,6 +102,27 @@ pub struct StatelessStats {
     pub full_reloads: u64,
     /// The cRLNumber of the CRL served, if any.
     pub crl_number: Option<u64>,
+}
+
+/// A CRL read from the store's archive whose issuer and signature were checked; its number
+/// and times are read from the signed CRL, not from the store's columns. (Its own type: the
+/// `ocsp` module does not depend on `crl`, which depends on it.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedCrl {
+    /// DER CertificateList.
+    pub der: Vec<u8>,
+    /// cRLNumber.
+    pub number: u64,
+    /// thisUpdate.
+    pub this_update: DateTime<Utc>,
+    /// nextUpdate.
+    pub next_update: DateTime<Utc>,
+}
+
+impl AsRef<[u8]> for ArchivedCrl {
+    fn as_ref(&self) -> &[u8] {
+        &self.der
+    }
 }
 
 /// Why a stored response or CRL was refused.
@@ -180,7 +200,7 @@ pub struct StatelessResponder {
     errors: ErrorAnswers,
     /// Serials (magnitude) the store lists as revoked: never answered `good`.
     revoked: RwLock<HashSet<Vec<u8>>>,
-    crl: RwLock<Option<Arc<SignedCrl>>>,
+    crl: RwLock<Option<Arc<ArchivedCrl>>>,
     loaded: AtomicBool,
     stopping: AtomicBool,
     reads_in_flight: AtomicUsize,
@@ -255,7 +275,7 @@ impl StatelessResponder {
     }
 
     /// The verified CRL served, if one was read.
-    pub fn crl(&self) -> Option<Arc<SignedCrl>> {
+    pub fn crl(&self) -> Option<Arc<ArchivedCrl>> {
         read(&self.crl).clone()
     }
 
@@ -593,7 +613,7 @@ impl StatelessResponder {
 
     /// Check a stored CRL (issuer name, signature by the CA key) and take its number and
     /// times from the signed CRL itself, not from the store's columns.
-    fn verify_crl(&self, stored: &StoredCrl) -> std::result::Result<SignedCrl, Refusal> {
+    fn verify_crl(&self, stored: &StoredCrl) -> std::result::Result<ArchivedCrl, Refusal> {
         use x509_cert::crl::CertificateList;
         let und = |e: der::Error| Refusal::Undecodable(e.to_string());
         let crl = CertificateList::from_der(&stored.der).map_err(und)?;
@@ -623,15 +643,10 @@ impl StatelessResponder {
             .as_ref()
             .map(x509_time)
             .ok_or_else(|| Refusal::Undecodable("no nextUpdate".into()))?;
-        Ok(SignedCrl {
+        Ok(ArchivedCrl {
             number,
             this_update: x509_time(&crl.tbs_cert_list.this_update),
             next_update,
-            entries: crl
-                .tbs_cert_list
-                .revoked_certificates
-                .as_ref()
-                .map_or(0, |r| r.len()),
             der: stored.der.clone(),
         })
     }
