@@ -107,7 +107,8 @@ pub struct OcspNodeConfig {
     pub ca_certificate: PathBuf,
     /// The PostgreSQL URL's source (`[store] url`).
     pub store_url: UrlSource,
-    /// `[store] pool_size`.
+    /// `[store] pool_size` (default [`ca_core::store::DEFAULT_POOL_SIZE`], enough for the
+    /// store reads of [`StatelessConfig::max_store_reads`] requests at once).
     pub pool_size: Option<u32>,
     /// Cap on `Cache-Control: max-age` (`[ocsp] max_age`, default 60 s).
     pub max_age: Duration,
@@ -382,7 +383,7 @@ pub async fn start(
     let store_cell: Arc<OnceLock<Arc<dyn Store>>> = Arc::new(OnceLock::new());
     {
         let url = cfg.store_url.clone();
-        let pool = cfg.pool_size.unwrap_or(4);
+        let pool = cfg.pool_size.unwrap_or(ca_core::store::DEFAULT_POOL_SIZE);
         let fcfg = cfg.follower.clone();
         let state = state.clone();
         let thread_slot = follower_thread.clone();
