@@ -367,7 +367,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|a| a.to_string())
                     .unwrap_or_default()
             );
-            running.wait_for(&mut signal).await;
+            running.wait_for(&mut signal).await?;
             Ok(())
         }
         Command::Ocsp { config } => {

@@ -19,7 +19,7 @@
 //! # async fn run() -> anyhow::Result<()> {
 //! let cfg = ca_server::config::ServerConfig::load(std::path::Path::new("ca.toml"))?;
 //! let running = ca_server::server::start_from_config(&cfg).await?;
-//! running.wait_for_signal().await;
+//! running.wait_for_signal().await?;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]

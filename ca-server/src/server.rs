@@ -396,23 +396,37 @@ impl Running {
         tracing::info!("server stopped");
     }
 
-    /// Serve until SIGINT or SIGTERM, then shut down gracefully.
-    pub async fn wait_for_signal(self) {
+    /// Serve until SIGINT or SIGTERM, then shut down gracefully (or until the store needs a
+    /// restart: [`Running::wait_for`]).
+    pub async fn wait_for_signal(self) -> Result<(), crate::service::RestartRequired> {
         match ShutdownSignal::install() {
             Ok(mut s) => self.wait_for(&mut s).await,
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGINT/SIGTERM; stopping");
                 self.shutdown().await;
+                Ok(())
             }
         }
     }
 
     /// Serve until `signal` fires (also when it fired before this call), then shut down
-    /// gracefully.
-    pub async fn wait_for(self, signal: &mut ShutdownSignal) {
-        signal.recv().await;
-        tracing::info!("shutdown requested; finishing in-flight requests");
+    /// gracefully. Also stops, gracefully, when the store cannot write again in this process
+    /// and its fault is gone ([`crate::service::store_restart_required`]): the error asks the
+    /// caller to exit with [`crate::service::EXIT_STORE_RESTART`].
+    pub async fn wait_for(
+        self,
+        signal: &mut ShutdownSignal,
+    ) -> Result<(), crate::service::RestartRequired> {
+        let fault = crate::service::store_restart_required(self.state.clone());
+        let restart = tokio::select! {
+            _ = signal.recv() => {
+                tracing::info!("shutdown requested; finishing in-flight requests");
+                None
+            }
+            r = fault => Some(r),
+        };
         self.shutdown().await;
+        restart.map_or(Ok(()), Err)
     }
 }
 

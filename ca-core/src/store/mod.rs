@@ -22,7 +22,10 @@ mod sled_store;
 
 pub use feed::{Change, FeedClosed, Subscription};
 #[cfg(feature = "postgres")]
-pub use pg_store::{PgStore, SchemaTooNew, DEFAULT_POOL_SIZE, SCHEMA_VERSION};
+pub use pg_store::{
+    PgStore, SchemaTooNew, CHECKOUT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
+    SCHEMA_VERSION,
+};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent};
@@ -581,8 +584,22 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 /// deferral begun on the writing thread ([`deferred`]): there it is applied (visible to
 /// readers, with its atomicity) on return and durable when the outermost deferral ends.
 pub trait Durability: Send + Sync + std::fmt::Debug {
-    /// Check the store answers (readiness).
+    /// Check the store answers reads (the status listener's readiness: OCSP and CRLs are
+    /// served from reads, so a read-only store is enough).
     fn health(&self) -> Result<()>;
+    /// Check the store can write now (the API listener's readiness): a small write, made
+    /// durable, that fails while writes fail (a full disk, a read-only database, a lost
+    /// connection). Bounded: a probe gives up after a few seconds. The default, for a store
+    /// without a cheaper way, is [`Durability::health`].
+    fn check_writable(&self) -> Result<()> {
+        self.health()
+    }
+    /// Whether the store needs its process restarted to write again. The default (a store
+    /// that recovers by itself once the fault is gone: a database client reconnects) is
+    /// [`Recovery::NotNeeded`].
+    fn recovery(&self) -> Recovery {
+        Recovery::NotNeeded
+    }
     /// Start deferring the flushes of writes made **on this thread** (nestable): until the
     /// matching [`Durability::end_deferred`], write methods return once the write is applied, before
     /// it is durable. Use [`deferred`], which pairs the two calls; the default (a store whose
@@ -599,6 +616,43 @@ pub trait Durability: Send + Sync + std::fmt::Debug {
     fn flush(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// What it takes for a store to write again after a fault ([`Durability::recovery`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// Nothing: the store writes, or recovers by itself once the fault is gone.
+    NotNeeded,
+    /// The store refuses every write until it is opened again (sled keeps the first I/O
+    /// error of its log, such as a full disk, for the life of the handle).
+    Restart {
+        /// The fault, for the log.
+        cause: String,
+        /// Whether the fault looks gone (a probe file of the store's size class could be
+        /// written and synced next to the store): a restart now would recover.
+        cause_gone: bool,
+    },
+}
+
+/// Whether a backend error (or one in its source chain) means the store is unavailable for
+/// now rather than broken: I/O errors (a full disk, a lost connection), a pool with no
+/// connection in time, and on PostgreSQL the SQLSTATEs of a server that is shutting down,
+/// restarting, read-only, out of resources or that cancelled a statement on a timeout.
+/// [`crate::Error::StoreUnavailable`] carries them.
+pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<std::io::Error>() || sled_store::is_unavailable(err) {
+            return true;
+        }
+        #[cfg(feature = "postgres")]
+        if pg_store::is_unavailable(err) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Everything a CA store holds: certificates ([`CertStore`]), CRL numbers ([`CrlNumbers`]),

@@ -51,6 +51,47 @@ const BATCH: i64 = 500;
 /// Connections in the pool unless told otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 
+/// Longest wait for a pooled connection (an idle one, or a new one established). While the
+/// database is unreachable a request fails after this long with
+/// [`Error::StoreUnavailable`], instead of holding a blocking thread for r2d2's 30 s.
+pub const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Time limit of one connection attempt to one host, unless the URL sets `connect_timeout`:
+/// a host that does not answer (powered off, partitioned) costs this long before the next
+/// host of a multi-host URL is tried.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Statement time limit of the readiness write probe ([`Durability::check_writable`]).
+const PROBE_TIMEOUT: &str = "2s";
+
+/// Whether `e` is a PostgreSQL client or pool error that means the database is unavailable
+/// for now ([`super::is_unavailable`] asks): no connection from the pool in time; a closed
+/// connection or an I/O error; and the SQLSTATEs of classes 08 (connection exception), 53
+/// (insufficient resources: disk full, out of memory, too many connections), 57
+/// (operator intervention: admin or crash shutdown, cannot connect now, statement
+/// cancelled), 58 (system error: I/O), 40001/40P01 (serialization failure, deadlock: the
+/// transaction was rolled back), 55P03 (lock not available) and 25006
+/// (read_only_sql_transaction: a standby, or a primary made read-only for a switchover).
+pub(super) fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<r2d2::Error>() {
+        return true;
+    }
+    let Some(pe) = e.downcast_ref::<postgres::Error>() else {
+        return false;
+    };
+    if pe.is_closed() {
+        return true;
+    }
+    let Some(code) = pe.code() else {
+        return false;
+    };
+    let code = code.code();
+    ["08", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(code, "40001" | "40P01" | "55P03" | "25006")
+}
+
 /// Key of the advisory lock migrations run under (any constant no other user of the
 /// database picks: "ca-store" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6361_2d73_746f_7265;
@@ -123,6 +164,11 @@ CREATE TABLE leases (
     holder text NOT NULL,
     expires_at timestamptz NOT NULL
 );
+CREATE TABLE store_heartbeat (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    at timestamptz NOT NULL
+);
+INSERT INTO store_heartbeat (one, at) VALUES (true, now());
 "#,
 ];
 
@@ -142,28 +188,96 @@ pub struct SchemaTooNew {
     pub known: i32,
 }
 
+/// The store is being dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("the store is closed")]
+struct StoreClosed;
+
+/// The synchronous client runs its own runtime to close its connections, which panics on an
+/// async runtime's thread; the pool is therefore always dropped on a thread of its own, so a
+/// `PgStore` may be dropped anywhere (a server start that fails after the store opened).
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let closing = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(pool));
+            if let Ok(h) = closing {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
 /// A stored value out of the range a column holds.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} is out of the range the PostgreSQL store keeps")]
 struct OutOfRange(&'static str);
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<ReadWriteManager>;
+type Conn = r2d2::PooledConnection<ReadWriteManager>;
+
+/// r2d2_postgres's manager, with a stricter check of a pooled connection before each use: the
+/// session must still be writable (`SHOW transaction_read_only` is `off`), in the one round
+/// trip r2d2_postgres spends on an empty query. A connection that is closed (the server
+/// restarted or failed over), or whose server became read-only (a standby, a fenced old
+/// primary), is dropped and replaced by a new one; new connections go to a writable host of
+/// the URL when it says `target_session_attrs=read-write`.
+#[derive(Debug)]
+struct ReadWriteManager(PostgresConnectionManager<NoTls>);
+
+/// Why a pooled connection was refused: a client error, or a session that no longer accepts
+/// writes.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Pg(#[from] postgres::Error),
+    #[error("the database session is read-only (a standby, or a primary made read-only)")]
+    ReadOnly,
+}
+
+impl r2d2::ManageConnection for ReadWriteManager {
+    type Connection = postgres::Client;
+    type Error = ConnError;
+
+    fn connect(&self) -> std::result::Result<postgres::Client, ConnError> {
+        Ok(self.0.connect()?)
+    }
+
+    fn is_valid(&self, client: &mut postgres::Client) -> std::result::Result<(), ConnError> {
+        let read_only = client
+            .simple_query("SHOW transaction_read_only")?
+            .into_iter()
+            .any(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
+                _ => false,
+            });
+        if read_only {
+            return Err(ConnError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, client: &mut postgres::Client) -> bool {
+        client.is_closed()
+    }
+}
 
 /// Every pooled session commits durably, whatever the server's default.
 #[derive(Debug)]
 struct SessionSetup;
 
-impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSetup {
-    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
-        conn.batch_execute("SET synchronous_commit = on")
+impl r2d2::CustomizeConnection<postgres::Client, ConnError> for SessionSetup {
+    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), ConnError> {
+        Ok(conn.batch_execute("SET synchronous_commit = on")?)
     }
 }
 
 /// Certificates, tokens, revocations and the audit log in a PostgreSQL database shared by
 /// every node.
 pub struct PgStore {
-    pool: Pool,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    pool: Option<Pool>,
     /// The change feed's listening session ([`ChangeFeed`]).
     listener: Listener,
 }
@@ -214,23 +328,35 @@ impl PgStore {
 
     /// [`PgStore::open`] with a pool of `size` connections.
     pub fn open_with_pool_size(url: &str, size: u32) -> Result<Self> {
-        let config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
+        let mut config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
         let listener = Listener::new(config.clone());
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = ReadWriteManager(PostgresConnectionManager::new(config, NoTls));
+        // `test_on_check_out` (r2d2's default, kept): every checkout runs
+        // `ReadWriteManager::is_valid`, so a connection broken by a restart or a failover is
+        // replaced before a statement fails on it.
         let pool = r2d2::Pool::builder()
             .max_size(size.max(1))
             .min_idle(Some(1))
-            .connection_timeout(std::time::Duration::from_secs(30))
+            .test_on_check_out(true)
+            .connection_timeout(CHECKOUT_TIMEOUT)
             .connection_customizer(Box::new(SessionSetup))
             .build(manager)
             .map_err(|e| Error::store("connect to database", e))?;
-        let store = PgStore { pool, listener };
+        let store = PgStore {
+            pool: Some(pool),
+            listener,
+        };
         store.migrate()?;
         Ok(store)
     }
 
     fn conn(&self) -> Result<Conn> {
         self.pool
+            .as_ref()
+            .ok_or_else(|| Error::store("database connection", StoreClosed))?
             .get()
             .map_err(|e| Error::store("database connection", e))
     }
@@ -1039,6 +1165,26 @@ impl AuditLog for PgStore {
 impl Durability for PgStore {
     fn health(&self) -> Result<()> {
         self.conn()?.batch_execute("SELECT 1").map_err(pg("health"))
+    }
+
+    /// One short read-write transaction on the heartbeat row, committed durably, with a
+    /// statement time limit: fails on a standby, on a read-only primary, on a full disk and
+    /// while the database is unreachable (the checkout itself is bounded by
+    /// [`CHECKOUT_TIMEOUT`]).
+    fn check_writable(&self) -> Result<()> {
+        let mut c = self.conn()?;
+        let mut tx = c
+            .build_transaction()
+            .read_only(false)
+            .start()
+            .map_err(pg("write probe"))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = '{PROBE_TIMEOUT}'; \
+             SET LOCAL lock_timeout = '{PROBE_TIMEOUT}'; \
+             UPDATE store_heartbeat SET at = now()"
+        ))
+        .map_err(pg("write probe"))?;
+        tx.commit().map_err(pg("write probe"))
     }
 }
 

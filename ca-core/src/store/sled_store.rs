@@ -33,6 +33,20 @@ use std::sync::{Condvar, Mutex};
 
 const META_CRL_NUMBER: &[u8] = b"crl_number";
 const META_AUDIT_HEAD: &[u8] = b"audit_head";
+/// Written (and flushed) by [`Durability::check_writable`]: the readiness write probe.
+const META_HEARTBEAT: &[u8] = b"heartbeat";
+/// The file [`Durability::recovery`] writes and syncs in the store's directory to see whether
+/// a fault (a full disk) is gone; removed right after.
+const WRITE_PROBE_FILE: &str = ".ca-write-probe";
+/// Size of that file: two of sled's log segments (512 KiB each), what a restarted store
+/// needs to write first.
+const WRITE_PROBE_BYTES: usize = 1024 * 1024;
+
+/// Whether `e` is a sled error that leaves the store unable to write for now (an I/O error:
+/// a full disk, a failing device). [`super::is_unavailable`] asks.
+pub(super) fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(e.downcast_ref::<sled::Error>(), Some(sled::Error::Io(_)))
+}
 
 #[derive(Default)]
 struct CommitState {
@@ -89,6 +103,12 @@ pub struct SledStore {
     commit: Mutex<CommitState>,
     committed: Condvar,
     id: u64,
+    /// The directory the database is in (the write probe of [`Durability::recovery`]).
+    dir: std::path::PathBuf,
+    /// The first I/O error of sled's log, once seen. sled 0.34 keeps it (its "global
+    /// error") and refuses every later write of this handle, even after the cause is gone:
+    /// only opening the database again recovers ([`Durability::recovery`]).
+    fault: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -196,6 +216,8 @@ impl SledStore {
             commit: Mutex::new(CommitState::default()),
             committed: Condvar::new(),
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            dir: dir.to_path_buf(),
+            fault: Mutex::new(None),
         };
         store.complete_audit_head()?;
         Ok(store)
@@ -279,8 +301,39 @@ impl SledStore {
                 st.done = st.done.max(target);
             }
             self.committed.notify_all();
-            r.map_err(|e| Error::store("flush", e))?;
+            r.map_err(|e| self.note_fault(Error::store("flush", e)))?;
         }
+    }
+
+    /// Remember the first I/O error (sled keeps it and refuses every later write), and
+    /// return `e`.
+    fn note_fault(&self, e: Error) -> Error {
+        if e.is_store_unavailable() {
+            let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+            if fault.is_none() {
+                tracing::error!(
+                    error = %e,
+                    dir = %self.dir.display(),
+                    "the sled store had an I/O error: it refuses every write until the \
+                     process restarts (README \"Store faults\")"
+                );
+                *fault = Some(e.to_string());
+            }
+        }
+        e
+    }
+
+    /// Write and sync [`WRITE_PROBE_FILE`] next to the database, then remove it.
+    fn probe_directory(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(WRITE_PROBE_FILE);
+        let r = (|| {
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&vec![0u8; WRITE_PROBE_BYTES])?;
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&path);
+        r
     }
 
     fn decode_cert(&self, v: &[u8]) -> Result<CertRecord> {
@@ -956,6 +1009,36 @@ impl Durability for SledStore {
             .get(b"health")
             .map(|_| ())
             .map_err(|e| Error::store("health", e))
+    }
+
+    /// The heartbeat key written and flushed (one group commit; the readiness cache calls
+    /// this at most once per TTL). Fails at once after an I/O error sled keeps.
+    fn check_writable(&self) -> Result<()> {
+        if let Some(cause) = self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(Error::StoreUnavailable {
+                op: "write probe",
+                source: cause.into(),
+            });
+        }
+        let now = Utc::now().timestamp_micros().to_be_bytes();
+        self.meta
+            .insert(META_HEARTBEAT, &now)
+            .map_err(|e| self.note_fault(Error::store("write probe", e)))?;
+        self.flush_group()
+    }
+
+    fn recovery(&self) -> super::Recovery {
+        let Some(cause) = self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return super::Recovery::NotNeeded;
+        };
+        let cause_gone = match self.probe_directory() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "store directory write probe failed");
+                false
+            }
+        };
+        super::Recovery::Restart { cause, cause_gone }
     }
 
     fn begin_deferred(&self) {
