@@ -1,7 +1,8 @@
-//! The `ca-server` command line: `serve`, `ocsp` (stateless OCSP responder), `dev`, and the admin client commands (`token
-//! create`, `revoke`, `certs list`, `audit show|verify|checkpoint|export`, `admin-cert
-//! create`) that talk to the HTTPS API with an administrator certificate (flags, or the
-//! variables of `dev.env`); `audit verify-export` works offline.
+//! The `ca-server` command line: `serve`, `ocsp` (the stateless OCSP responder), `dev`, and
+//! the admin client commands (`token create`, `revoke`, `certs list`, `audit
+//! show|verify|checkpoint|export`, `admin-cert create`) that talk to the HTTPS API with an
+//! administrator certificate (flags, or the variables of `dev.env`); `audit verify-export` and
+//! `store prune` work offline.
 
 use crate::api::types::*;
 use crate::client::{ApiClient, ClientError};
@@ -78,6 +79,12 @@ pub enum Command {
         /// Admin certificate commands.
         #[command(subcommand)]
         cmd: AdminCertCmd,
+    },
+    /// The store itself.
+    Store {
+        /// Store commands.
+        #[command(subcommand)]
+        cmd: StoreCmd,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -259,6 +266,20 @@ pub enum AuditCmd {
     },
 }
 
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// One retention pass now (README "Retention"): prune the certificates expired longer
+    /// than `[retention] certificates` ago and the tokens finished longer than `tokens` ago,
+    /// in batches of `batch`, with one audit event; a revoked certificate only once the
+    /// archived CRL has listed it after its expiry. On sled, stop the server first
+    /// (its store is locked while it runs); on PostgreSQL it may run beside the nodes.
+    ///
+    /// Example: ca-server store prune --config /etc/ca/ca.toml --dry-run
+    #[command(verbatim_doc_comment)]
+    Prune(crate::retention::PruneArgs),
+}
+
 /// `admin-cert` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AdminCertCmd {
@@ -382,6 +403,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("ca-server ocsp listening: http://{}", running.addr);
             running.wait_for(&mut signal).await;
             Ok(())
+        }
+        Command::Store {
+            cmd: StoreCmd::Prune(args),
+        } => {
+            init_logging(cli.log_json, Some("warn"));
+            crate::retention::run_command(args).await
         }
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;

@@ -221,6 +221,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
         crl: Default::default(),
         audit: Default::default(),
         store: Default::default(),
+        retention: Default::default(),
         profiles: dev_profiles(),
     };
     if let Some((key, cert)) = &pki.ocsp {

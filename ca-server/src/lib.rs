@@ -9,7 +9,8 @@
 //! - [`ratelimit`], [`metrics`]: protection and observability; [`duration`]: durations from
 //!   requests and flags, range-checked; [`listener`]: connection caps and timeouts of both
 //!   listeners; [`unauth`]: unauthenticated failures counted and summarised in the audit log.
-//! - [`server`]: listeners, the server's own certificate, graceful shutdown.
+//! - [`server`]: listeners, the server's own certificate, graceful shutdown; [`retention`]:
+//!   the periodic pruning of expired certificates and finished tokens.
 //! - [`ocsp_node`]: `ca-server ocsp`, the stateless OCSP responder (no HSM; follows the store).
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
@@ -40,6 +41,7 @@ pub(crate) mod listener;
 pub mod metrics;
 pub mod ocsp_node;
 pub(crate) mod ratelimit;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod status;

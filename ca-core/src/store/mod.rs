@@ -1,8 +1,9 @@
 //! Persistent state: certificates and revocations ([`CertStore`]), CRL numbers
 //! ([`CrlNumbers`]), enrollment tokens ([`TokenStore`]), pre-signed OCSP responses
 //! ([`OcspResponseStore`]) and the audit log ([`AuditLog`]), plus durability control
-//! ([`Durability`]), and what several nodes on one store coordinate with: the latest signed
-//! CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change feed ([`ChangeFeed`]). Each consumer takes the traits it uses (Boulder's storage subsets);
+//! ([`Durability`]), the pruning of expired records ([`Retention`]), and what several nodes on
+//! one store coordinate with: the latest signed CRLs ([`CrlArchive`]), leases ([`Leases`]) and
+//! the change feed ([`ChangeFeed`]). Each consumer takes the traits it uses (Boulder's storage subsets);
 //! [`Store`] is all of them, implemented by [`SledStore`] and, with the cargo feature
 //! `postgres`, by `PgStore` (one PostgreSQL database shared by several nodes).
 //!
@@ -40,7 +41,7 @@ use std::sync::Arc;
 pub mod prelude {
     pub use super::{
         AuditLog, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability, Leases,
-        OcspResponseStore, Store, TokenStore,
+        OcspResponseStore, Retention, Store, TokenStore,
     };
 }
 
@@ -247,6 +248,14 @@ impl TokenRecord {
             return Err(crate::Error::TokenRejected("token expired"));
         }
         Ok(())
+    }
+
+    /// When the token stopped being redeemable: its use, or its expiry if it was never used
+    /// (a use is always before the expiry; the earlier of the two is taken all the same).
+    /// [`Retention::prune_tokens`] counts its retention from here.
+    pub fn finished_at(&self) -> DateTime<Utc> {
+        self.used_at
+            .map_or(self.expires_at, |u| u.min(self.expires_at))
     }
 }
 
@@ -463,6 +472,88 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug {
     fn is_shared(&self) -> bool;
 }
 
+/// Which expired certificates [`Retention::prune_expired_certs`] may remove: the one rule both
+/// stores apply ([`CertCutoff::allows`]), inside the step that deletes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CertCutoff {
+    /// A certificate whose notAfter is before this instant may go (now minus the retention).
+    pub expired_before: DateTime<Utc>,
+    /// A revoked certificate must stay while the CRL must list it: RFC 5280 5.2 / 3.3 allow
+    /// an entry to leave the CRL only after it appeared on a CRL issued after the
+    /// certificate's notAfter (this CA does not use ExpiredCertsOnCRL, RFC 5280 5.2.7). A
+    /// revoked certificate may therefore go only when its notAfter **and** its revocation
+    /// date are both before this instant, the thisUpdate of a CRL already published (and
+    /// built from the store after then). `None`: no such CRL is known, no revoked
+    /// certificate goes.
+    pub revoked_listed_before: Option<DateTime<Utc>>,
+}
+
+impl CertCutoff {
+    /// Whether `rec` may be pruned under this cutoff.
+    pub fn allows(&self, rec: &CertRecord) -> bool {
+        if rec.not_after >= self.expired_before {
+            return false;
+        }
+        match &rec.status {
+            RecordStatus::Valid => true,
+            RecordStatus::Revoked { at, .. } => self
+                .revoked_listed_before
+                .is_some_and(|listed| rec.not_after < listed && *at < listed),
+        }
+    }
+}
+
+/// What one [`Retention::prune_expired_certs`] call removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrunedCerts {
+    /// Serials of the certificates removed (with every index entry, their revocation entry and
+    /// the OCSP response stored under their serial).
+    pub serials: Vec<Vec<u8>>,
+    /// The stored OCSP responses removed with them. A response signed at issuance for a group
+    /// of certificates is stored once, under the group's first serial: one of these may also
+    /// answer for certificates still stored, whose persisted answer it was. The caller may
+    /// store it again under such a serial ([`OcspResponseStore::put_ocsp_response`]); if it
+    /// does not, the responder signs a new answer for them when asked or at its next start.
+    pub ocsp_responses: Vec<StoredOcspResponse>,
+}
+
+/// Pruning of records past their retention (README "Retention"): expired certificates and
+/// finished enrollment tokens. The audit log is never pruned here.
+///
+/// Each call does at most `limit` records and is its own unit: on sled one transaction, on
+/// PostgreSQL one database transaction whose rows are claimed with `FOR UPDATE SKIP LOCKED`,
+/// so several nodes pruning at once share the work, never remove (or count) a record twice
+/// and never wait on each other. Callers loop until a call returns fewer than `limit`.
+/// Durable on return, like every write.
+pub trait Retention: Send + Sync + std::fmt::Debug {
+    /// Remove up to `limit` certificates that `cutoff` allows ([`CertCutoff::allows`], checked
+    /// again inside the deleting step, so a revocation racing with the prune either comes
+    /// first and keeps the certificate, or finds it gone), oldest notAfter first. A pruned
+    /// certificate disappears from every lookup at once: its record, its identity, expiry and
+    /// lineage index entries, its revocation entry (CRL) and the OCSP response stored under
+    /// its serial. A lineage's lock is removed only with its last certificate.
+    fn prune_expired_certs(&self, cutoff: &CertCutoff, limit: usize) -> Result<PrunedCerts>;
+    /// Remove up to `limit` enrollment tokens that finished
+    /// ([`TokenRecord::finished_at`]: used, or expired unused) before `before`; returns how
+    /// many. A token consumed or released while this runs is judged on its new state.
+    fn prune_tokens(&self, before: DateTime<Utc>, limit: usize) -> Result<usize>;
+}
+
+/// The keys an OCSP response for `serial` may be stored under: the serial as recorded and its
+/// magnitude without leading zero octets (what the responder stores under).
+fn ocsp_keys(serial: &[u8]) -> Vec<&[u8]> {
+    let start = serial
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(serial.len().saturating_sub(1));
+    let magnitude = &serial[start.min(serial.len())..];
+    if magnitude == serial {
+        vec![serial]
+    } else {
+        vec![serial, magnitude]
+    }
+}
+
 /// The hash-chained audit log and its signed checkpoints (DESIGN invariant 4).
 pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// Append an audit event to the hash chain; returns the sealed event. Appends are
@@ -657,8 +748,9 @@ pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Everything a CA store holds: certificates ([`CertStore`]), CRL numbers ([`CrlNumbers`]),
 /// enrollment tokens ([`TokenStore`]), OCSP responses ([`OcspResponseStore`]), the audit log
-/// ([`AuditLog`]), durability control ([`Durability`]), and what several nodes share: the
-/// latest CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change feed ([`ChangeFeed`]).
+/// ([`AuditLog`]), durability control ([`Durability`]), pruning ([`Retention`]), and what
+/// several nodes share: the latest CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change
+/// feed ([`ChangeFeed`]).
 /// Implemented for every type that
 /// implements them all; components that need only part take the narrower trait, and the
 /// `into_*` methods hand them a narrowed handle on the same store.
@@ -669,6 +761,7 @@ pub trait Store:
     + OcspResponseStore
     + AuditLog
     + Durability
+    + Retention
     + CrlArchive
     + Leases
     + ChangeFeed
@@ -685,6 +778,8 @@ pub trait Store:
     fn into_audit_log(self: Arc<Self>) -> Arc<dyn AuditLog>;
     /// This store as a [`Durability`].
     fn into_durability(self: Arc<Self>) -> Arc<dyn Durability>;
+    /// This store as a [`Retention`].
+    fn into_retention(self: Arc<Self>) -> Arc<dyn Retention>;
     /// This store as a [`CrlArchive`].
     fn into_crl_archive(self: Arc<Self>) -> Arc<dyn CrlArchive>;
     /// This store as a [`Leases`].
@@ -701,6 +796,7 @@ where
         + OcspResponseStore
         + AuditLog
         + Durability
+        + Retention
         + CrlArchive
         + Leases
         + ChangeFeed
@@ -722,6 +818,9 @@ where
         self
     }
     fn into_durability(self: Arc<Self>) -> Arc<dyn Durability> {
+        self
+    }
+    fn into_retention(self: Arc<Self>) -> Arc<dyn Retention> {
         self
     }
     fn into_crl_archive(self: Arc<Self>) -> Arc<dyn CrlArchive> {

@@ -34,8 +34,9 @@ use super::codec;
 use super::feed::{Change, Subscription};
 use super::pg_listen::{notify, Listener};
 use super::{
-    AuditLog, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability,
-    Leases, LineageLock, OcspResponseStore, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
+    AuditLog, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers,
+    Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts, Retention, StoredCrl,
+    StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -1185,6 +1186,132 @@ impl Durability for PgStore {
         ))
         .map_err(pg("write probe"))?;
         tx.commit().map_err(pg("write probe"))
+    }
+}
+
+/// An instant as the nanoseconds a token column holds, clamped to the column's range (a
+/// cutoff beyond it compares like the range's end).
+fn nanos_clamped(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() > 0 {
+        i64::MAX
+    } else {
+        i64::MIN
+    })
+}
+
+/// Pruning (README "Retention"). Each call is one transaction that claims its rows with
+/// `FOR UPDATE SKIP LOCKED`: nodes pruning at once take disjoint rows, and a row another
+/// transaction holds (a revocation in progress) is left for the next pass, never waited for.
+/// The revocation path locks the same certificate row (`FOR UPDATE`), so a racing revocation
+/// either commits first (the row is then judged revoked) or finds the row gone.
+impl Retention for PgStore {
+    fn prune_expired_certs(&self, cutoff: &CertCutoff, limit: usize) -> Result<PrunedCerts> {
+        if limit == 0 {
+            return Ok(PrunedCerts::default());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("prune certificates"))?;
+        // The SQL narrows by the columns; `CertCutoff::allows` on the record decides.
+        let rows = tx
+            .query(
+                "SELECT serial, rec FROM certs WHERE not_after_us < $1 \
+                 AND (NOT revoked OR ($2::bigint IS NOT NULL AND not_after_us < $2)) \
+                 ORDER BY not_after_us, serial LIMIT $3 FOR UPDATE SKIP LOCKED",
+                &[
+                    &micros(cutoff.expired_before),
+                    &cutoff.revoked_listed_before.map(micros),
+                    &limit,
+                ],
+            )
+            .map_err(pg("prune certificates"))?;
+        let mut serials: Vec<Vec<u8>> = Vec::new();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut lineages: Vec<Vec<u8>> = Vec::new();
+        for r in &rows {
+            let rec = codec::decode_cert(r.get::<_, &[u8]>(1))?;
+            if !cutoff.allows(&rec) {
+                continue;
+            }
+            keys.extend(
+                super::ocsp_keys(&rec.serial)
+                    .into_iter()
+                    .map(<[u8]>::to_vec),
+            );
+            let lineage = rec.clone().with_lineage_defaults().lineage;
+            if !lineages.contains(&lineage) {
+                lineages.push(lineage);
+            }
+            serials.push(rec.serial);
+        }
+        if serials.is_empty() {
+            tx.commit().map_err(pg("prune certificates"))?;
+            return Ok(PrunedCerts::default());
+        }
+        tx.execute("DELETE FROM revoked WHERE serial = ANY($1)", &[&serials])
+            .map_err(pg("prune revocations"))?;
+        let ocsp_responses = tx
+            .query(
+                "DELETE FROM ocsp_responses WHERE serial = ANY($1) RETURNING rec",
+                &[&keys],
+            )
+            .map_err(pg("prune OCSP responses"))?
+            .iter()
+            .map(|r| codec::decode_ocsp(r.get::<_, &[u8]>(0)))
+            .collect::<Result<Vec<_>>>()?;
+        let deleted = tx
+            .execute("DELETE FROM certs WHERE serial = ANY($1)", &[&serials])
+            .map_err(pg("prune certificates"))?;
+        if deleted != serials.len() as u64 {
+            // The rows are locked by this transaction: anything else is a broken invariant.
+            return Err(Error::Corrupt(format!(
+                "pruning removed {deleted} certificate rows of the {} it locked",
+                serials.len()
+            )));
+        }
+        // A lineage's row (and its lock) goes with its last certificate. Rows another
+        // transaction holds (a renewal or a lock in progress) are left alone; a lineage whose
+        // last certificates two nodes prune at once may keep its row: harmless, nothing is
+        // left to renew from it.
+        tx.execute(
+            "DELETE FROM lineages WHERE lineage IN (SELECT l.lineage FROM lineages l \
+             WHERE l.lineage = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM certs c WHERE c.lineage = l.lineage) \
+             FOR UPDATE SKIP LOCKED)",
+            &[&lineages],
+        )
+        .map_err(pg("prune lineages"))?;
+        // Told at commit, like every change (the followers drop their answers).
+        for serial in &serials {
+            notify(
+                &mut tx,
+                self.listener.origin(),
+                &Change::Pruned(serial.clone()),
+            )?;
+        }
+        tx.commit().map_err(pg("prune certificates"))?;
+        Ok(PrunedCerts {
+            serials,
+            ocsp_responses,
+        })
+    }
+
+    fn prune_tokens(&self, before: DateTime<Utc>, limit: usize) -> Result<usize> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // `TokenRecord::finished_at` on the columns (the use column is the truth about use).
+        let n = self
+            .conn()?
+            .execute(
+                "DELETE FROM tokens WHERE hash IN (SELECT hash FROM tokens \
+                 WHERE least(coalesce(used_at_ns, expires_at_ns), expires_at_ns) < $1 \
+                 ORDER BY hash LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&nanos_clamped(before), &limit],
+            )
+            .map_err(pg("prune tokens"))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }
 

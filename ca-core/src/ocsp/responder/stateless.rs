@@ -444,6 +444,18 @@ impl StatelessResponder {
                 }
                 Ok(())
             }
+            Change::Pruned(serial) => {
+                // Retention removed the certificate: forget its answer. A group response
+                // stored again under a remaining member cannot bring it back fresh (it was
+                // signed at issuance, long before the retention period ended).
+                let serial = serial_magnitude(serial).to_vec();
+                {
+                    let _g = self.cache.sign_lock(&serial);
+                    self.cache.remove(&serial);
+                }
+                write(&self.revoked).remove(&serial);
+                Ok(())
+            }
             Change::Crl { scope, .. } if scope == FULL_CRL => self.reload_crl(),
             Change::Crl { .. } => Ok(()),
             Change::Resync => self.reload(),
