@@ -75,7 +75,8 @@ struct File {
     ocsp: OcspSection,
     #[serde(default)]
     store: StoreSection,
-    // Sections of `serve` a stateless responder never uses (no HSM, no API).
+    // Sections of `serve` a stateless responder never uses (no HSM, no API). Keep in step
+    // with `ServerConfig`: the `stateless_ocsp` test loads a complete `serve` file.
     #[serde(default, rename = "data_dir")]
     _data_dir: Option<toml::Value>,
     #[serde(default, rename = "hsm")]
@@ -96,6 +97,8 @@ struct File {
     _audit: Option<toml::Value>,
     #[serde(default, rename = "profiles")]
     _profiles: Option<toml::Value>,
+    #[serde(default, rename = "retention")]
+    _retention: Option<toml::Value>,
 }
 
 /// What `ca-server ocsp` runs with, read from a server configuration file.
