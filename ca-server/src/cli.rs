@@ -1,8 +1,9 @@
-//! The `ca-server` command line: `serve`, `dev`, and the admin client commands (`token
-//! create`, `revoke`, `certs list`, `audit show|verify|checkpoint|export`, `admin-cert
-//! create`) that talk to the HTTPS API with an administrator certificate (flags, or the
-//! variables of `dev.env`); `audit verify-export` and `store prune` work offline, and `store
-//! copy` (sled to PostgreSQL, [`crate::store_copy`]) on a stopped server's store.
+//! The `ca-server` command line: `serve`, `ocsp` (the stateless OCSP responder), `dev`, and
+//! the admin client commands (`token create`, `revoke`, `certs list`, `audit
+//! show|verify|checkpoint|export`, `admin-cert create`) that talk to the HTTPS API with an
+//! administrator certificate (flags, or the variables of `dev.env`); `audit verify-export` and
+//! `store prune` work offline, and `store copy` (sled to PostgreSQL, [`crate::store_copy`]) on
+//! a stopped server's store.
 
 use crate::api::types::*;
 use crate::client::{ApiClient, ClientError};
@@ -30,6 +31,14 @@ pub enum Command {
     /// Serve the CA from a configuration file.
     Serve {
         /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Stateless OCSP responder: serve /ocsp, /crl and /ca.crt from the PostgreSQL store the
+    /// signing nodes write, following its changes, with no HSM (the configuration's [hsm] is
+    /// ignored). README "Stateless OCSP responders".
+    Ocsp {
+        /// The TOML configuration (the same file format as `serve`).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -399,6 +408,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_default()
             );
             running.wait_for(&mut signal).await?;
+            Ok(())
+        }
+        Command::Ocsp { config } => {
+            let cfg = crate::ocsp_node::OcspNodeConfig::load(&config)?;
+            init_logging(cli.log_json || cfg.log.json, cfg.log.level.as_deref());
+            let mut signal =
+                crate::server::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("binding listen.status {}", cfg.listen))?;
+            let running = crate::ocsp_node::start(&cfg, listener).await?;
+            println!("ca-server ocsp listening: http://{}", running.addr);
+            running.wait_for(&mut signal).await;
             Ok(())
         }
         Command::Store {

@@ -618,6 +618,10 @@ pub struct OcspSection {
     /// "Bounded resources".
     #[serde(default)]
     pub memo_max_bytes: Option<usize>,
+    /// Stateless responders (`ca-server ocsp`) only: time between full re-reads of the store,
+    /// the safety net behind its change feed (default 5m; 10s to 24h). `serve` ignores it.
+    #[serde(default)]
+    pub stateless_reload_interval: Option<Span>,
 }
 
 impl OcspSection {

@@ -11,6 +11,7 @@
 //!   listeners; [`unauth`]: unauthenticated failures counted and summarised in the audit log.
 //! - [`server`]: listeners, the server's own certificate, graceful shutdown; [`retention`]:
 //!   the periodic pruning of expired certificates and finished tokens.
+//! - [`ocsp_node`]: `ca-server ocsp`, the stateless OCSP responder (no HSM; follows the store).
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
 //!   offline administrator certificate for recovery; [`store_copy`]: `ca-server store copy`
@@ -39,6 +40,7 @@ pub(crate) mod duration;
 pub mod error;
 pub(crate) mod listener;
 pub mod metrics;
+pub mod ocsp_node;
 pub(crate) mod ratelimit;
 pub mod retention;
 pub mod server;

@@ -59,7 +59,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use ca_core::clock::Clock;
-use ca_core::crl::{CrlConfig, CrlPublisher, SignedCrl};
+use ca_core::crl::{CrlConfig, CrlPublisher};
 use ca_core::ocsp::OcspResponseStatus;
 use ca_core::ocsp::{
     AnswerKind, ExternalResponse, Lookup, OcspAnswer, Responder, ResponderConfig, ResponderKey,
@@ -75,8 +75,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub(crate) use caching::MaxAge;
 use caching::{
-    crl_etag, ocsp_cache_meta, CacheMeta, MaxAge, CA_CERT_CACHE_CONTROL, ROOT_CRL_CACHE_CONTROL,
+    crl_etag, ocsp_cache_meta, CacheMeta, CA_CERT_CACHE_CONTROL, ROOT_CRL_CACHE_CONTROL,
 };
 
 const OCSP_RESPONSE: &str = "application/ocsp-response";
@@ -461,7 +462,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Metric label of an answer.
-fn outcome(a: &OcspAnswer) -> &'static str {
+pub(crate) fn outcome(a: &OcspAnswer) -> &'static str {
     match &a.kind {
         AnswerKind::Signed { status, .. } => match status {
             ca_core::revocation::CertStatus::Good => "good",
@@ -606,6 +607,18 @@ fn ocsp_http(
     req: &HeaderMap,
 ) -> Response {
     state.observe(&a);
+    ocsp_response(a, cacheable_get, req, &state.max_age)
+}
+
+/// An OCSP answer as the HTTP response: `application/ocsp-response`, and for a cacheable
+/// signed answer fetched with GET the RFC 5019 caching headers (`status/caching.rs`) or 304.
+/// Shared with the stateless responder (`ocsp_node.rs`).
+pub(crate) fn ocsp_response(
+    a: Arc<OcspAnswer>,
+    cacheable_get: bool,
+    req: &HeaderMap,
+    max_age: &MaxAge,
+) -> Response {
     let mut owned = None;
     let meta = ocsp_cache_meta(&a, cacheable_get, &mut owned);
     let not_mod = meta.is_some_and(|m| m.not_modified(req));
@@ -624,7 +637,7 @@ fn ocsp_http(
         HeaderValue::from_static(OCSP_RESPONSE),
     );
     if let Some(meta) = meta {
-        meta.apply(h, &state.max_age);
+        meta.apply(h, max_age);
     }
     resp
 }
@@ -705,20 +718,43 @@ fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
-async fn ocsp_get(State(state): State<Arc<StatusState>>, uri: Uri, headers: HeaderMap) -> Response {
+/// An OCSP request refused at the HTTP level: the status and a one-line body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+/// The DER request of `GET /ocsp/{base64}` (RFC 6960 A.1): `Ok(None)` if it does not decode
+/// (answer `malformedRequest`), `Err` (414) if it is over `max_request_bytes`. Shared with the
+/// stateless responder (`ocsp_node.rs`).
+pub(crate) fn ocsp_get_request(
+    uri: &Uri,
+    max_request_bytes: usize,
+) -> Result<Option<Vec<u8>>, Refused> {
     // The raw path, not a `Path` extractor: one percent-decoding pass, no String.
     let raw = uri.path().strip_prefix("/ocsp/").unwrap_or("");
     // base64 is 4/3 of the DER and percent-encoding at most triples it: refuse before
     // decoding anything oversized.
-    if raw.len() > state.config.max_request_bytes.saturating_mul(4) + 16 {
-        return (StatusCode::URI_TOO_LONG, "OCSP request too large\n").into_response();
+    let too_large = || Refused(StatusCode::URI_TOO_LONG, "OCSP request too large\n");
+    if raw.len() > max_request_bytes.saturating_mul(4) + 16 {
+        return Err(too_large());
     }
     match decode_get_path(raw) {
-        Some(der) if der.len() <= state.config.max_request_bytes => {
-            answer(&state, &der, true, &headers).await
-        }
-        Some(_) => (StatusCode::URI_TOO_LONG, "OCSP request too large\n").into_response(),
-        None => ocsp_http(&state, state.responder.malformed_request(), false, &headers),
+        Some(der) if der.len() <= max_request_bytes => Ok(Some(der)),
+        Some(_) => Err(too_large()),
+        None => Ok(None),
+    }
+}
+
+async fn ocsp_get(State(state): State<Arc<StatusState>>, uri: Uri, headers: HeaderMap) -> Response {
+    match ocsp_get_request(&uri, state.config.max_request_bytes) {
+        Ok(Some(der)) => answer(&state, &der, true, &headers).await,
+        Ok(None) => ocsp_http(&state, state.responder.malformed_request(), false, &headers),
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -727,36 +763,56 @@ async fn ocsp_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    match ocsp_post_request(&headers, body, state.config.max_request_bytes).await {
+        Ok(bytes) => answer(&state, &bytes, false, &headers).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The body of `POST /ocsp`, or the HTTP answer refusing it: 415 for another content type
+/// than `application/ocsp-request`, 413 over `max_request_bytes` (declared or read). Shared
+/// with the stateless responder (`ocsp_node.rs`).
+pub(crate) async fn ocsp_post_request(
+    headers: &HeaderMap,
+    body: Body,
+    max_request_bytes: usize,
+) -> Result<Bytes, Refused> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case(OCSP_REQUEST) {
-        return (
+        return Err(Refused(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/ocsp-request\n",
-        )
-            .into_response();
+        ));
     }
-    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, "OCSP request too large\n").into_response();
+    let too_large = || Refused(StatusCode::PAYLOAD_TOO_LARGE, "OCSP request too large\n");
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > state.config.max_request_bytes) {
-        return too_large();
+    if declared.is_some_and(|n| n > max_request_bytes) {
+        return Err(too_large());
     }
-    match axum::body::to_bytes(body, state.config.max_request_bytes).await {
-        Ok(bytes) => answer(&state, &bytes, false, &headers).await,
-        Err(_) => too_large(),
-    }
+    axum::body::to_bytes(body, max_request_bytes)
+        .await
+        .map_err(|_| too_large())
 }
 
-fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Response {
+/// The CRL as the HTTP response, with its caching headers or 304. Shared with the stateless
+/// responder (`ocsp_node.rs`).
+pub(crate) fn crl_http<T: AsRef<[u8]> + Send + Sync + 'static>(
+    crl: Arc<T>,
+    number: u64,
+    (this_update, next_update): (DateTime<Utc>, DateTime<Utc>),
+    cap: &MaxAge,
+    req: &HeaderMap,
+) -> Response {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PKIX_CRL));
-    let meta = CacheMeta::new(crl.this_update, crl.next_update, crl_etag(crl.number));
+    let meta = CacheMeta::new(this_update, next_update, crl_etag(number));
     meta.apply(&mut h, cap);
     if meta.not_modified(req) {
         return (StatusCode::NOT_MODIFIED, h).into_response();
@@ -766,7 +822,10 @@ fn crl_http(crl: Arc<SignedCrl>, cap: &MaxAge, req: &HeaderMap) -> Response {
 
 async fn crl(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Response {
     match state.crls.current() {
-        Some(c) => crl_http(c, &state.max_age, &headers),
+        Some(c) => {
+            let (number, times) = (c.number, (c.this_update, c.next_update));
+            crl_http(c, number, times, &state.max_age, &headers)
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no CRL has been built yet\n",
@@ -776,12 +835,18 @@ async fn crl(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Respo
 }
 
 async fn ca_cert(State(state): State<Arc<StatusState>>) -> Response {
+    ca_cert_http(state.ca_cert.clone())
+}
+
+/// The issuing CA certificate as the HTTP response (`/ca.crt`). Shared with the stateless
+/// responder (`ocsp_node.rs`).
+pub(crate) fn ca_cert_http(der: Bytes) -> Response {
     (
         [
             (header::CONTENT_TYPE, PKIX_CERT),
             (header::CACHE_CONTROL, CA_CERT_CACHE_CONTROL),
         ],
-        state.ca_cert.clone(),
+        der,
     )
         .into_response()
 }

@@ -9,6 +9,9 @@
 //!   ([`Responder::on_revoked`]) and before a response goes stale ([`Responder::refresh_due`]),
 //!   persists what it signs through [`crate::store::OcspResponseStore::put_ocsp_response`] and reloads it on
 //!   start. Answering a request ([`Responder::lookup`]) performs no HSM operation and no I/O.
+//! - [`StatelessResponder`] holds no key: it answers from the responses the signing nodes
+//!   stored, each verified against the issuing CA (or a delegated responder it certified)
+//!   before it is served, and follows the store's change feed (`ca-server ocsp`).
 //!
 //! # Response profile
 //!
@@ -49,9 +52,10 @@ mod signer_cert;
 pub use build::{parse_response, sign_response, ParsedResponse};
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
-    AnswerKind, ExternalResponse, FollowStats, IssuanceSigningStats, IssuedTicket, LiveRequest,
-    LoadStats, Lookup, MemoStats, OcspAnswer, RefreshStats, Responder, ResponderConfig,
-    ResponderKey, SignerCertStatus, TransportCache,
+    AnswerKind, ArchivedCrl, ExternalResponse, FollowStats, IssuanceSigningStats, IssuedTicket,
+    LiveRequest, LoadStats, Lookup, MemoStats, OcspAnswer, RefreshStats, Responder,
+    ResponderConfig, ResponderKey, SignerCertStatus, StatelessConfig, StatelessResponder,
+    StatelessStats, TransportCache,
 };
 pub use signer_cert::register_signer_cert;
 /// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.

@@ -135,13 +135,13 @@ impl CacheMeta {
 
 /// The configured `max-age` cap and its preformatted `Cache-Control` value.
 #[derive(Clone, Debug)]
-pub(super) struct MaxAge {
+pub(crate) struct MaxAge {
     secs: u64,
     full: HeaderValue,
 }
 
 impl MaxAge {
-    pub(super) fn new(cap: Duration) -> Self {
+    pub(crate) fn new(cap: Duration) -> Self {
         let secs = cap.as_secs();
         MaxAge {
             secs,

@@ -10,7 +10,7 @@
 //! - The memo maps request bytes to a serial only, never to a status: the answer always comes
 //!   from this cache (or the unknown cache), so a re-signing is visible at once.
 
-use super::super::build::{from_gtime, from_ocsp_status, parse_response};
+use super::super::build::{from_gtime, from_ocsp_status, parse_response, ParsedResponse};
 use super::super::{serial_magnitude, OcspIssuer};
 use super::answer::{AnswerKind, OcspAnswer};
 use super::memo::{canonical_request, Memo, MemoStats};
@@ -203,6 +203,16 @@ pub(super) fn check_stored(
         ResponderId::ByKey(h) if h.as_bytes() == own_key_hash => {}
         _ => return None,
     }
+    stored_answers(&parsed, stored, issuer)
+}
+
+/// The answers of a decoded stored response (see [`check_stored`]), whoever signed it: the
+/// caller has checked the signer. `None` if it does not cover its own serial.
+pub(super) fn stored_answers(
+    parsed: &ParsedResponse,
+    stored: &StoredOcspResponse,
+    issuer: &OcspIssuer,
+) -> Option<Vec<(Vec<u8>, Arc<OcspAnswer>)>> {
     let produced_at = parsed.produced_at()?;
     let next_update = parsed.next_update()?;
     let own = serial_magnitude(&stored.serial);

@@ -11,6 +11,7 @@
 //! | `live` | the live-signing budget, the nonce policy, the cache of signed `unknown` answers |
 //! | `refresh` | the re-sign backlog; re-signing at revocation and before nextUpdate |
 //! | `key` | the signing key, the issuer, the responder certificate's validity and revocation |
+//! | `stateless` | [`StatelessResponder`]: the keyless counterpart for `ca-server ocsp` (verified stored answers, change feed) |
 //!
 //! Answers are written through one path (`install`: sign, persist, serve), under the serial's
 //! sign lock. The lookup path reads the memo, the answer cache and the `unknown` cache only.
@@ -26,6 +27,7 @@ mod live;
 mod memo;
 mod presign;
 mod refresh;
+mod stateless;
 
 pub use answer::{AnswerKind, OcspAnswer, TransportCache};
 pub use config::ResponderConfig;
@@ -36,6 +38,7 @@ pub use key::{ResponderKey, SignerCertStatus};
 pub use memo::MemoStats;
 pub use presign::{IssuanceSigningStats, IssuedTicket};
 pub use refresh::RefreshStats;
+pub use stateless::{ArchivedCrl, StatelessConfig, StatelessResponder, StatelessStats};
 
 use super::build::key_hash;
 use super::request::{parse_request, ParsedRequest};
