@@ -166,7 +166,10 @@ impl std::fmt::Debug for StatusState {
 impl StatusState {
     /// Assemble the status listener's state. Blocking (HSM, store): run it before the runtime
     /// starts or in `spawn_blocking`. Fails closed on a bad key, certificate or external
-    /// response file, or when the first CRL cannot be signed.
+    /// response file, or when the first CRL cannot be signed; except with a key that is not
+    /// available yet ([`ca_core::signer::deferred::DeferredSigner`]): then OCSP answers that
+    /// need a signature wait on the re-sign backlog and the first CRL is built by the
+    /// maintenance task once the key signs.
     pub fn build(setup: StatusSetup) -> ca_core::Result<Arc<Self>> {
         let responder = Arc::new(Responder::new(
             &setup.issuer_cert_der,
@@ -203,7 +206,16 @@ impl StatusState {
             )
             .map_err(stop_signer)?,
         );
-        crls.regenerate().map_err(stop_signer)?;
+        match crls.regenerate() {
+            Ok(_) => {}
+            // Started before the HSM (README "Starting without the database or the HSM"):
+            // `/crl` answers 503 until the maintenance task builds the first CRL, which it
+            // does as soon as the key signs (no CRL yet counts as due).
+            Err(e @ ca_core::Error::SignerNotReady { .. }) => {
+                tracing::warn!(error = %e, "no CRL at start: the issuing key is not available yet; /crl answers 503 until it is");
+            }
+            Err(e) => return Err(stop_signer(e)),
+        }
         let state = Self::new(
             responder,
             crls,
