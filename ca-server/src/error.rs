@@ -90,6 +90,7 @@ fn core_code(e: &ca_core::Error) -> Code {
         | E::Hsm { .. }
         | E::HsmData { .. }
         | E::LoginBackoff { .. }
+        | E::SignerNotReady { .. }
         | E::RevocationPending { .. } => Code::HsmUnavailable,
         E::Store { .. } => Code::StoreUnavailable,
         _ => Code::Internal,
