@@ -46,6 +46,8 @@ struct Cluster {
     bin: PathBuf,
     data: PathBuf,
     run_as: Option<String>,
+    /// The loopback port it listens on (kept across [`PgServer::stop`] / [`PgServer::resume`]).
+    port: u16,
     /// Removed after the server is stopped (field order: dropped last).
     _dir: tempfile::TempDir,
 }
@@ -140,10 +142,11 @@ impl Cluster {
             )?;
         }
         let data = dir.path().join("data");
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             bin,
             data,
             run_as,
+            port: 0,
             _dir: dir,
         };
         run(
@@ -165,28 +168,35 @@ impl Cluster {
                 .and_then(|l| l.local_addr())
                 .map_err(|e| err(format!("free port: {e}")))?
                 .port();
-            let opts = format!(
-                "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
-                 -c max_connections=200 -c shared_buffers=32MB",
-                cluster._dir.path().display()
-            );
-            let r = run(
-                cluster
-                    .command("pg_ctl")
-                    .arg("-D")
-                    .arg(&cluster.data)
-                    .args(["-w", "-t", "60", "-o", &opts, "-l"])
-                    .arg(cluster._dir.path().join("server.log"))
-                    .arg("start"),
-                "pg_ctl start",
-            );
-            match r {
+            cluster.port = port;
+            match cluster.pg_ctl_start() {
                 Ok(()) => return Ok((cluster, port)),
                 // Most likely the port was taken in between: try another.
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| err("pg_ctl start failed")))
+    }
+}
+
+impl Cluster {
+    /// `pg_ctl start` on [`Cluster::port`], waiting until it accepts connections.
+    fn pg_ctl_start(&self) -> Result<(), Error> {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} \
+             -c max_connections=200 -c shared_buffers=32MB",
+            self.port,
+            self._dir.path().display()
+        );
+        run(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-t", "60", "-o", &opts, "-l"])
+                .arg(self._dir.path().join("server.log"))
+                .arg("start"),
+            "pg_ctl start",
+        )
     }
 }
 
@@ -231,6 +241,16 @@ impl PgServer {
         })
     }
 
+    /// A throwaway cluster of the test's own, whatever `CA_TEST_DATABASE_URL` says: for tests
+    /// that stop and start the server ([`PgServer::stop`], [`PgServer::resume`]).
+    pub fn own_cluster() -> Result<PgServer, Error> {
+        let (cluster, port) = Cluster::start()?;
+        Ok(PgServer {
+            admin_url: format!("postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres"),
+            cluster: Some(cluster),
+        })
+    }
+
     /// The URL of the server's administrative database.
     pub fn url(&self) -> &str {
         &self.admin_url
@@ -262,6 +282,34 @@ impl PgServer {
             Some((_, host)) => format!("postgresql://…@{host}"),
             None => self.admin_url.clone(),
         }
+    }
+
+    /// Stop the cluster (`pg_ctl stop -m fast`: connections are closed, new ones refused)
+    /// until [`PgServer::resume`]. Only for a server of the test's own
+    /// ([`PgServer::own_cluster`]): other tests share [`PgServer::shared`]. Refused for the
+    /// server `CA_TEST_DATABASE_URL` names (it is not the test's to stop).
+    pub fn stop(&self) -> Result<(), Error> {
+        let c = self.owned_cluster("stop")?;
+        run(
+            c.command("pg_ctl")
+                .arg("-D")
+                .arg(&c.data)
+                .args(["-w", "-t", "60", "-m", "fast", "stop"]),
+            "pg_ctl stop",
+        )
+    }
+
+    /// Start the cluster again after [`PgServer::stop`], on the same port, with its data.
+    pub fn resume(&self) -> Result<(), Error> {
+        self.owned_cluster("start")?.pg_ctl_start()
+    }
+
+    fn owned_cluster(&self, what: &str) -> Result<&Cluster, Error> {
+        self.cluster.as_ref().ok_or_else(|| {
+            err(format!(
+                "cannot {what} the server {DATABASE_URL_ENV} names: only a throwaway cluster"
+            ))
+        })
     }
 
     /// Whether this is a throwaway cluster (not `CA_TEST_DATABASE_URL`).
@@ -297,6 +345,15 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// Run SQL statements in this database (a test that sets up a state no binary would,
+    /// e.g. a schema version from the future).
+    pub fn execute(&self, sql: &str) -> Result<(), Error> {
+        let mut c = postgres::Client::connect(&self.url, postgres::NoTls)
+            .map_err(|e| err(format!("connect to {}: {e}", self.name)))?;
+        c.batch_execute(sql)
+            .map_err(|e| err(format!("in database {}: {e}", self.name)))
+    }
+
     /// The connection URL of this database.
     pub fn url(&self) -> &str {
         &self.url
