@@ -49,7 +49,9 @@ fn write_config(
     url_env: &str,
 ) -> (PathBuf, ServerConfig) {
     let pin = dir.join("hsm.pin");
-    pki.token.write_pin_file(&pin).unwrap();
+    if !pin.exists() {
+        pki.token.write_pin_file(&pin).unwrap();
+    }
     let text = format!(
         r#"
 data_dir = "data"
@@ -294,14 +296,14 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_at_start_then_up_becomes_ready_without_a_restart() {
-    let (pki, pg) = tokio::task::spawn_blocking(|| {
+    let (pki, pg, db) = tokio::task::spawn_blocking(|| {
         let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
         let pg = std::sync::Arc::new(testkit::pg::PgServer::own_cluster().expect("PostgreSQL"));
-        (pki, pg)
+        let db = pg.fresh_database().unwrap();
+        (pki, pg, db)
     })
     .await
     .unwrap();
-    let db = pg.fresh_database().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (api, status) = (free_addr(), free_addr());
     let (config, _) = write_config(&pki, dir.path(), api, status, URL_ENV);
@@ -359,21 +361,23 @@ async fn database_down_at_start_then_up_becomes_ready_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_too_new_and_a_malformed_url_exit_at_once() {
-    let (pki, pg) = tokio::task::spawn_blocking(|| {
+    let (pki, _pg, db) = tokio::task::spawn_blocking(|| {
         let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
-        (pki, testkit::pg::PgServer::shared().expect("PostgreSQL"))
+        let pg = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = pg.fresh_database().unwrap();
+        (pki, pg, db)
     })
     .await
     .unwrap();
-    let db = pg.fresh_database().unwrap();
     let url = db.url().to_string();
-    tokio::task::spawn_blocking(move || {
+    let db = tokio::task::spawn_blocking(move || {
         drop(ca_core::store::PgStore::open_with_pool_size(&url, 1).unwrap());
+        db.execute("INSERT INTO schema_version (version) VALUES (9999)")
+            .unwrap();
+        db
     })
     .await
     .unwrap();
-    db.execute("INSERT INTO schema_version (version) VALUES (9999)")
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = write_config(&pki, dir.path(), free_addr(), free_addr(), URL_ENV);
 
@@ -395,13 +399,14 @@ async fn schema_too_new_and_a_malformed_url_exit_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts() {
-    let (pki, pg) = tokio::task::spawn_blocking(|| {
+    let (pki, _pg, db) = tokio::task::spawn_blocking(|| {
         let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
-        (pki, testkit::pg::PgServer::shared().expect("PostgreSQL"))
+        let pg = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = pg.fresh_database().unwrap();
+        (pki, pg, db)
     })
     .await
     .unwrap();
-    let db = pg.fresh_database().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (api, status) = (free_addr(), free_addr());
     let (config, _) = write_config(&pki, dir.path(), api, status, URL_ENV);

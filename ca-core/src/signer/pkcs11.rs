@@ -72,6 +72,24 @@ pub fn open_module(path: &Path) -> Result<Pkcs11> {
     Ok(ctx)
 }
 
+/// Finalize the module at `path` (`C_Finalize`) if this process loaded it, then load and
+/// initialise it again. Only while no thread of this process uses it (no session open, no
+/// signer in use): a module reads its slots and tokens at `C_Initialize` (a token that was
+/// not there then, or whose PIN another process changed since, e.g. SoftHSM's, is seen only
+/// after a new one).
+pub fn reload_module(path: &Path) -> Result<Pkcs11> {
+    let old = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(path);
+    if let Some(ctx) = old {
+        if let Err(e) = ctx.finalize() {
+            tracing::debug!(module = %path.display(), error = %e, "finalizing the PKCS#11 module before reloading it failed");
+        }
+    }
+    open_module(path)
+}
+
 /// Finalize every module this process loaded (`C_Finalize`) and forget them: the last step of
 /// a server's shutdown, after every thread that could call into a module has been joined.
 ///
@@ -199,9 +217,11 @@ impl HsmConfig {
 
     /// Open the token (loads the module if needed; does not log in yet).
     pub fn open(&self) -> Result<Token> {
-        let ctx = open_module(&self.module_path()?)?;
+        let module = self.module_path()?;
+        let ctx = open_module(&module)?;
         Ok(Token {
             ctx,
+            module,
             label: self.token_label.clone(),
             pin: self.pin.clone(),
             sessions: self.sessions.max(1),
@@ -308,6 +328,7 @@ impl LoginGate {
 #[derive(Clone)]
 pub struct Token {
     ctx: Pkcs11,
+    module: PathBuf,
     label: String,
     pin: PinSource,
     sessions: usize,
@@ -368,6 +389,22 @@ impl Token {
     /// token refused before (an operator who restored the token's PIN says so).
     pub fn retry_login(&self) {
         self.gate().succeeded();
+    }
+
+    /// This token through a freshly initialised module ([`reload_module`]), with the same
+    /// login policy state (backoff, refused PIN): for a node waiting for its HSM at start,
+    /// before any signer of the token exists. Every other clone of this token is unusable
+    /// afterwards (its module context is finalized).
+    pub fn reloaded(&self) -> Result<Token> {
+        let ctx = reload_module(&self.module)?;
+        Ok(Token {
+            ctx,
+            module: self.module.clone(),
+            label: self.label.clone(),
+            pin: self.pin.clone(),
+            sessions: self.sessions,
+            gate: self.gate.clone(),
+        })
     }
 
     /// Try a PIN the token refused again after `every` (one attempt per interval, never while

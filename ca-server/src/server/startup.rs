@@ -419,10 +419,25 @@ async fn run(
     progress.set(StartState::WaitingForHsm);
     tracing::info!("store open; serving OCSP and the CA certificate; waiting for the HSM");
 
-    // 3. The HSM keys.
+    // 3. The HSM keys. From the second attempt on, the module is initialised again first:
+    // a module reads its slots and tokens at C_Initialize (a network HSM that was not
+    // reachable then, SoftHSM's view of a PIN another process changed). Nothing else uses
+    // the module yet (the status listener's keys are deferred); the login policy's state
+    // (backoff, refused PIN) is kept across reloads.
     let c = shared.clone();
-    let t = token.clone();
-    let Some(opened) = retry("the HSM key", progress, stop, move || hsm_attempt(&c, &t)).await?
+    let current = Arc::new(std::sync::Mutex::new((token, false)));
+    let Some(opened) = retry("the HSM key", progress, stop, move || {
+        let mut cur = current.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.1 {
+            match cur.0.reloaded() {
+                Ok(t) => cur.0 = t,
+                Err(e) => return Attempt::Retry(anyhow::Error::new(e).context("reloading the PKCS#11 module")),
+            }
+        }
+        cur.1 = true;
+        hsm_attempt(&c, &cur.0)
+    })
+    .await?
     else {
         return Ok(None);
     };
