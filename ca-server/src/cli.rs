@@ -355,8 +355,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = tokio::net::TcpListener::bind(cfg.listen.status)
                 .await
                 .with_context(|| format!("binding listen.status {}", cfg.listen.status))?;
-            let Some(running) =
-                crate::server::start_staged(&cfg, status, signal.recv()).await?
+            let Some(running) = crate::server::start_staged(&cfg, status, signal.recv()).await?
             else {
                 return Ok(());
             };

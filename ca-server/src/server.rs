@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 mod startup;
 
-pub use startup::{start_staged, StartState, BACKOFF_MAX, BACKOFF_MIN};
+pub use startup::{start_staged, StartState, BACKOFF_MAX, BACKOFF_MIN, STORE_CONNECT_TIMEOUT};
 
 /// How long in-flight requests get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -252,14 +252,14 @@ fn status_integration(
             let signer = parts.signer.token().signer(label).with_context(|| {
                 format!("opening the OCSP signing key {label:?} (ocsp.signer_key)")
             })?;
-            Some(Arc::new(TimedSigner::new(Arc::new(signer), parts.metrics.clone())) as Arc<dyn Signer>)
+            Some(
+                Arc::new(TimedSigner::new(Arc::new(signer), parts.metrics.clone()))
+                    as Arc<dyn Signer>,
+            )
         }
         _ => None,
     };
-    let keys = StatusKeys {
-        issuing,
-        delegated,
-    };
+    let keys = StatusKeys { issuing, delegated };
     status_integration_with(ocsp, crl, &StatusInputs::of(parts), keys)
 }
 
@@ -916,6 +916,15 @@ pub fn reexec_for_softhsm(conf: &Path) -> anyhow::Result<()> {
 /// Open the store `[store]` names (blocking: PostgreSQL's client must not run on an async
 /// thread). Errors never show the database URL (it may hold a password).
 fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_checked(cfg, None)
+}
+
+/// [`open_store`], checking first that PostgreSQL accepts a connection within
+/// `reachable_within` (when given), so that an attempt while it is down fails fast.
+fn open_store_checked(
+    cfg: &ServerConfig,
+    reachable_within: Option<Duration>,
+) -> anyhow::Result<Arc<dyn Store>> {
     match cfg.store.kind {
         StoreKind::Sled => {
             let store_dir = cfg.data_dir.join("store");
@@ -930,6 +939,10 @@ fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
                 .as_ref()
                 .context("store.url: required for kind = \"postgres\"")?;
             let url = source.read()?;
+            if let Some(timeout) = reachable_within {
+                PgStore::check_reachable(&url, timeout)
+                    .context("opening the PostgreSQL store (store.url)")?;
+            }
             let size = cfg
                 .store
                 .pool_size

@@ -251,7 +251,12 @@ async fn ocsp_status(status: SocketAddr, pki: &TestPki, serial: &str) -> String 
 }
 
 /// A token from `operator`, then an enrollment with it; the issued certificate.
-async fn enroll(api: SocketAddr, root_pem: &str, operator: &Identity, name: &str) -> IssuedResponse {
+async fn enroll(
+    api: SocketAddr,
+    root_pem: &str,
+    operator: &Identity,
+    name: &str,
+) -> IssuedResponse {
     let url = format!("https://{api}");
     let op = ApiClient::new(
         &url,
@@ -316,11 +321,17 @@ async fn database_down_at_start_then_up_becomes_ready_without_a_restart() {
 
     // PostgreSQL goes down; the node starts.
     let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.stop()).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || p.stop())
+        .await
+        .unwrap()
+        .unwrap();
     let mut serve = Serve::spawn(&pki, &config, db.url(), dir.path().join("serve-a.log"));
-    wait_for(&mut serve, Duration::from_secs(30), "/healthz on the status listener", || async {
-        matches!(http(status, "GET", "/healthz").await, Ok((200, _)))
-    })
+    wait_for(
+        &mut serve,
+        Duration::from_secs(30),
+        "/healthz on the status listener",
+        || async { matches!(http(status, "GET", "/healthz").await, Ok((200, _))) },
+    )
     .await;
     // Alive, not ready, and says why in JSON; nothing else is served; the API port refuses.
     let (code, body) = http(status, "GET", "/readyz").await.unwrap();
@@ -334,20 +345,32 @@ async fn database_down_at_start_then_up_becomes_ready_without_a_restart() {
     assert!(body.contains("store_unavailable"), "{body}");
     let (_, metrics) = http(status, "GET", "/metrics").await.unwrap();
     assert_eq!(metric(&metrics, "ca_start_state "), Some(1.0), "{metrics}");
-    assert!(api_refuses(api).await, "the API listens while the store is down");
+    assert!(
+        api_refuses(api).await,
+        "the API listens while the store is down"
+    );
     // It keeps waiting (does not exit), logging its attempts without the database URL.
     tokio::time::sleep(Duration::from_secs(3)).await;
     serve.assert_alive();
     let log = serve.log();
     assert!(log.contains("the store not available at start"), "{log}");
-    assert!(!log.contains(db.url()), "the database URL was logged:\n{log}");
+    assert!(
+        !log.contains(db.url()),
+        "the database URL was logged:\n{log}"
+    );
 
     // PostgreSQL is back: ready without a restart, and enrollment works.
     let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.resume()).await.unwrap().unwrap();
-    wait_for(&mut serve, Duration::from_secs(90), "the API listener", || async {
-        tokio::net::TcpStream::connect(api).await.is_ok()
-    })
+    tokio::task::spawn_blocking(move || p.resume())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for(
+        &mut serve,
+        Duration::from_secs(90),
+        "the API listener",
+        || async { tokio::net::TcpStream::connect(api).await.is_ok() },
+    )
     .await;
     let issued = enroll(api, &root_pem, &op, "after-db.test").await;
     let (code, body) = http(status, "GET", "/readyz").await.unwrap();
@@ -423,9 +446,16 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
     pki.token.inject_login_refusal().unwrap();
     let refused_since = Instant::now();
     let mut serve = Serve::spawn(&pki, &config, db.url(), dir.path().join("serve-hsm.log"));
-    wait_for(&mut serve, Duration::from_secs(30), "OCSP from the store", || async {
-        ocsp_status(status, &pki, &op_serial).await.contains(": good")
-    })
+    wait_for(
+        &mut serve,
+        Duration::from_secs(30),
+        "OCSP from the store",
+        || async {
+            ocsp_status(status, &pki, &op_serial)
+                .await
+                .contains(": good")
+        },
+    )
     .await;
     let (code, ca_der) = http(status, "GET", "/ca.crt").await.unwrap();
     assert_eq!(code, 200);
@@ -437,14 +467,19 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
     tokio::time::sleep(Duration::from_secs(5)).await;
     serve.assert_alive();
     assert!(api_refuses(api).await);
-    assert!(ocsp_status(status, &pki, &op_serial).await.contains(": good"));
+    assert!(ocsp_status(status, &pki, &op_serial)
+        .await
+        .contains(": good"));
 
     // The PIN works again: the node signs and serves the API, without a restart.
     pki.token.end_login_refusal().unwrap();
     let refused_for = refused_since.elapsed();
-    wait_for(&mut serve, Duration::from_secs(60), "the API listener", || async {
-        tokio::net::TcpStream::connect(api).await.is_ok()
-    })
+    wait_for(
+        &mut serve,
+        Duration::from_secs(60),
+        "the API listener",
+        || async { tokio::net::TcpStream::connect(api).await.is_ok() },
+    )
     .await;
     // The refused PIN was tried at most once per hsm.refused_pin_retry (2 s), plus the first.
     let log = serve.log();
@@ -455,7 +490,9 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
         "{logins} refused logins in {refused_for:?}:\n{log}"
     );
     let issued = enroll(api, &root_pem, &op, "after-hsm.test").await;
-    assert!(ocsp_status(status, &pki, &issued.serial).await.contains(": good"));
+    assert!(ocsp_status(status, &pki, &issued.serial)
+        .await
+        .contains(": good"));
     let (code, _) = http(status, "GET", "/crl").await.unwrap();
     assert_eq!(code, 200, "no CRL once the HSM signs");
     let (code, body) = http(status, "GET", "/readyz").await.unwrap();

@@ -68,9 +68,9 @@ impl DeferredSigner {
                 self.what
             )));
         }
-        self.inner.set(signer).map_err(|_| {
-            Error::Issuer(format!("the {} was installed twice", self.what))
-        })
+        self.inner
+            .set(signer)
+            .map_err(|_| Error::Issuer(format!("the {} was installed twice", self.what)))
     }
 
     /// Whether the HSM signer is installed.
@@ -128,13 +128,15 @@ mod tests {
 
     #[test]
     fn refuses_to_sign_until_installed_and_refuses_another_key() {
-        let d = DeferredSigner::from_spki("issuing key", &p256(1)).unwrap_or_else(|e| panic!("{e}"));
+        let d =
+            DeferredSigner::from_spki("issuing key", &p256(1)).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(d.sign(b"x"), Err(Error::SignerNotReady { .. })));
         let other = DeferredSigner::from_spki("x", &p256(2)).unwrap_or_else(|e| panic!("{e}"));
         assert!(d.install(Arc::new(Fixed(other))).is_err());
         assert!(!d.is_ready());
         let same = DeferredSigner::from_spki("x", &p256(1)).unwrap_or_else(|e| panic!("{e}"));
-        d.install(Arc::new(Fixed(same))).unwrap_or_else(|e| panic!("{e}"));
+        d.install(Arc::new(Fixed(same)))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.sign(b"x").ok(), Some(b"sig".to_vec()));
     }
 }

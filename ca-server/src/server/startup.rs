@@ -45,6 +45,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts (the wait doubles from [`BACKOFF_MIN`] up to this).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// How long one attempt waits for PostgreSQL to accept a connection at start.
+pub const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where a starting node is ([`start_staged`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartState {
@@ -116,18 +119,16 @@ type Routes = Arc<ArcSwap<Router>>;
 
 /// A router that hands every request to the current routes of `routes`.
 fn switching_router(routes: Routes) -> Router {
-    Router::new().fallback(
-        move |req: axum::extract::Request| {
-            let router = (**routes.load()).clone();
-            async move {
-                use tower::ServiceExt;
-                match router.oneshot(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                }
+    Router::new().fallback(move |req: axum::extract::Request| {
+        let router = (**routes.load()).clone();
+        async move {
+            use tower::ServiceExt;
+            match router.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
             }
-        },
-    )
+        }
+    })
 }
 
 /// `/healthz` and `/metrics` without the CA's state (it does not exist yet).
@@ -224,7 +225,7 @@ async fn retry<T: Send + 'static>(
 /// a malformed URL, or a sled store (its errors are local: a lock held by another process, a
 /// disk error; the supervisor's restart is the retry).
 fn store_attempt(cfg: &ServerConfig) -> Attempt<Arc<dyn Store>> {
-    match open_store(cfg) {
+    match open_store_checked(cfg, Some(STORE_CONNECT_TIMEOUT)) {
         Ok(s) => Attempt::Done(s),
         Err(e) => {
             let core = e.downcast_ref::<ca_core::Error>();
@@ -335,7 +336,14 @@ pub async fn start_staged(
                 Some(p) => (p.state, p.maintenance),
                 None => (None, None),
             };
-            match start(state, tls_names, api, StatusListener::Serving(started.status)).await {
+            match start(
+                state,
+                tls_names,
+                api,
+                StatusListener::Serving(started.status),
+            )
+            .await
+            {
                 Ok(mut running) => {
                     running.attach_status(status_state, maintenance);
                     progress.set(StartState::Started);
@@ -386,7 +394,8 @@ async fn run(
     let token = tokio::task::spawn_blocking(move || open_token(&c))
         .await
         .context("opening the HSM token")??;
-    let issuing = Arc::new(DeferredSigner::from_cert("issuing key", &certs.0).context("ca.certificate")?);
+    let issuing =
+        Arc::new(DeferredSigner::from_cert("issuing key", &certs.0).context("ca.certificate")?);
     let delegated = match (&cfg.ocsp.signer_key, &cfg.ocsp.signer_cert) {
         (Some(_), Some(path)) => {
             let cert = read_pem_certs(path).context("ocsp.signer_cert")?;
@@ -410,11 +419,14 @@ async fn run(
         metrics: metrics.clone(),
     };
     let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
-    let parts = tokio::task::spawn_blocking(move || status_integration_with(&ocsp, &crl, &inputs, keys))
-        .await
-        .context("starting the status listener")??;
+    let parts =
+        tokio::task::spawn_blocking(move || status_integration_with(&ocsp, &crl, &inputs, keys))
+            .await
+            .context("starting the status listener")??;
     let status_state = parts.state.clone();
-    routes.store(Arc::new(parts.router.clone().merge(liveness(metrics.clone()))));
+    routes.store(Arc::new(
+        parts.router.clone().merge(liveness(metrics.clone())),
+    ));
     started.parts = Some(parts);
     progress.set(StartState::WaitingForHsm);
     tracing::info!("store open; serving OCSP and the CA certificate; waiting for the HSM");
@@ -431,7 +443,11 @@ async fn run(
         if cur.1 {
             match cur.0.reloaded() {
                 Ok(t) => cur.0 = t,
-                Err(e) => return Attempt::Retry(anyhow::Error::new(e).context("reloading the PKCS#11 module")),
+                Err(e) => {
+                    return Attempt::Retry(
+                        anyhow::Error::new(e).context("reloading the PKCS#11 module"),
+                    )
+                }
             }
         }
         cur.1 = true;
