@@ -303,8 +303,7 @@ pub async fn start_staged(
     status: TcpListener,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Option<Running>> {
-    let stop = std::pin::pin!(stop);
-    let mut stop = stop;
+    let mut stop = std::pin::pin!(stop);
     let metrics = Arc::new(Metrics::new());
     let progress = Progress::new(&metrics);
     let addr = status.local_addr()?;
