@@ -10,12 +10,33 @@
 # raised in that directory's config.toml only (defaults: 100/s per IP, 2/s per certificate,
 # 20/s per admin): a benchmark of the issuance path, not of the limiter.
 #
-# Usage: bench/api.sh [ENROLLMENTS] [RENEWALS] [CONNECTIONS]   (defaults 20000 20000 16)
+# Usage: bench/api.sh [--store sled|postgres] [--nodes 1|2] [ENROLLMENTS] [RENEWALS] [CONNECTIONS]
+#        (defaults: sled, 1 node, 20000 20000 16)
+# --store postgres: the store is a throwaway PostgreSQL cluster of the distribution's (initdb and
+#   pg_ctl in the bench directory, 127.0.0.1, run as user postgres when root; synchronous_commit on,
+#   as the store requires), started and removed by this script.
+# --nodes 2 (PostgreSQL only): two `ca-server dev` processes on the same directory, HSM token and
+#   database; the load generator spreads connections and renewal chains over both, and reports
+#   their summed CPU (PostgreSQL's is in "other processes").
 # BENCH_HSM_SESSIONS=N sets the HSM session pool size (default: one per core, at least 2).
 # Writes bench/results/api.md (BENCH_OUT=FILE: there instead). BENCH_DIR picks where the store lives (default /var/tmp: a disk,
 # so that durability costs what it costs in production).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+store=sled; nodes=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --store) store="$2"; shift 2 ;;
+    --nodes) nodes="$2"; shift 2 ;;
+    --help|-h) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    --*) echo "api.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+case "$store:$nodes" in
+  sled:1|postgres:1|postgres:2) ;;
+  *) echo "api.sh: --store $store --nodes $nodes is not a supported mode (sled runs one node; postgres one or two)" >&2; exit 2 ;;
+esac
 n_enroll="${1:-20000}"; n_renew="${2:-20000}"; conns="${3:-16}"
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release --locked -p ca-server --bin ca-server --example bench_api >&2
@@ -24,14 +45,17 @@ gen="$target/release/examples/bench_api"
 
 dir="$(mktemp -d "${BENCH_DIR:-/var/tmp}/ca-bench-api.XXXXXX")"
 log="$dir.log"
-pid=""
+pid=""; pids=(); pgdata=""
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$dir" "$log"
+  for p in $pid "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ -n "$pgdata" ]; then as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1 || true; fi
+  rm -rf "$dir" "$log" "$dir.pg"
 }
 trap cleanup EXIT
 
 start_server() {
+  rm -f "$dir/dev.env"
   "$bin" dev --data "$dir" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 >>"$log" 2>&1 &
   pid=$!
   for _ in $(seq 1 300); do
@@ -42,6 +66,20 @@ start_server() {
   echo "api.sh: ca-server dev did not come up" >&2; exit 1
 }
 stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
+
+# A throwaway PostgreSQL cluster on 127.0.0.1 (the distribution's binaries).
+start_postgres() {
+  pgbin="$(command -v pg_ctl >/dev/null && dirname "$(readlink -f "$(command -v pg_ctl)")" || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+  [ -x "$pgbin/initdb" ] || { echo "api.sh: PostgreSQL is not installed (scripts/deps.sh installs it)" >&2; exit 1; }
+  pgdata="$dir.pg"
+  mkdir -p "$pgdata"; [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
+  as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
+  pgport="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/log" -w -o "-p $pgport -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdata -c max_connections=200" start >/dev/null
+  as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres ca
+  export CA_BENCH_DATABASE_URL="postgresql://postgres@127.0.0.1:$pgport/ca"
+  echo "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pgport" >&2
+}
 
 # 1. A dev CA (key ceremonies rehearsed on SoftHSM), then stop it.
 start_server
@@ -58,20 +96,32 @@ if [ -n "${BENCH_HSM_SESSIONS:-}" ]; then  # experiment: HSM session pool size
   sed -i "/^\[hsm\]/a sessions = $BENCH_HSM_SESSIONS" "$dir/config.toml"
 fi
 grep -A2 '^\[limits\.' "$dir/config.toml" >&2
-# 3. Serve it again and load it.
-start_server
-# shellcheck disable=SC1091
-. "$dir/dev.env"
+# 3. The store: sled in the directory, or PostgreSQL.
+if [ "$store" = postgres ]; then
+  start_postgres
+  awk '/^\[store\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip { print }' "$dir/config.toml" >"$dir/config.toml.new"
+  printf '\n[store]\nkind = "postgres"\nurl = { env = "CA_BENCH_DATABASE_URL" }\n' >>"$dir/config.toml.new"
+  mv "$dir/config.toml.new" "$dir/config.toml"
+fi
+# 4. Serve it again (on every node) and load it.
+urls=()
+for _ in $(seq 1 "$nodes"); do
+  start_server
+  # shellcheck disable=SC1091
+  . "$dir/dev.env"
+  urls+=("$CA_URL"); pids+=("$pid"); pid=""
+done
+url_list="$(IFS=,; echo "${urls[*]}")"; pid_list="$(IFS=,; echo "${pids[*]}")"
 
 mkdir -p bench/results
 out="${BENCH_OUT:-bench/results/api.md}"
 {
   echo "### Certificates per second through the HTTPS API ($(date -u +%Y-%m-%d\ %H:%M\ UTC))"
   echo
-  echo "Command: \`bench/api.sh $n_enroll $n_renew $conns\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'). Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '?'), store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "Command: \`bench/api.sh --store $store --nodes $nodes $n_enroll $n_renew $conns\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'). Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '?'), store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  "$gen" --url "$CA_URL" --root "$CA_ROOT" --admin-cert "$CA_ADMIN_CERT" --admin-key "$CA_ADMIN_KEY" \
-    --enroll "$n_enroll" --renew "$n_renew" --conns "$conns" --server-pid "$pid"
+  "$gen" --url "$url_list" --root "$CA_ROOT" --admin-cert "$CA_ADMIN_CERT" --admin-key "$CA_ADMIN_KEY" \
+    --enroll "$n_enroll" --renew "$n_renew" --conns "$conns" --server-pid "$pid_list"
   echo
   echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$out"

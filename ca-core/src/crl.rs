@@ -15,7 +15,11 @@
 //!
 //! [`CrlPublisher`] keeps the current CRL in memory for the status listener and rebuilds it
 //! when it is due ([`CrlPublisher::regenerate_if_due`]) and after each revocation
-//! ([`CrlPublisher::regenerate`]).
+//! ([`CrlPublisher::regenerate`]). Several nodes on one store build in turn, not together:
+//! the node holding the lease [`CRL_LEASE`] builds, every CRL built is kept in the store's
+//! [`CrlArchive`](crate::store::CrlArchive), and the other nodes serve the archived one
+//! ([`CrlPublisher::adopt_archived`], told by the change feed). A holder that dies loses the
+//! lease when it expires, and the next node to take it builds at once.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -31,7 +35,7 @@ use crate::clock::{to_offset, Clock};
 use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
 use crate::signer::{verify, Signer};
-use crate::store::Store;
+use crate::store::{Store, StoredCrl, FULL_CRL};
 use crate::x509::RcgenKey;
 use chrono::{DateTime, Duration, Utc};
 use der::{Decode, Encode};
@@ -133,6 +137,14 @@ fn subject_key_id(issuer: &Certificate) -> Option<Vec<u8>> {
     let ski =
         x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(ext.extn_value.as_bytes()).ok()?;
     Some(ski.0.as_bytes().to_vec())
+}
+
+/// A lease holder name: unique per process start (pid and 64 random bits).
+pub fn lease_holder_name() -> String {
+    use rand::RngCore;
+    let mut r = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut r);
+    format!("{}-{}", std::process::id(), hex::encode(r))
 }
 
 /// What one CRL says, assembled by its caller (Boulder's `CRLRequest`): the CRL publisher
@@ -320,6 +332,12 @@ pub fn build_crl_with(
     Ok(crl)
 }
 
+/// The lease ([`Leases`](crate::store::Leases)) of the node that builds the full CRL.
+pub const CRL_LEASE: &str = "crl:full";
+
+/// How long a CRL lease lasts unless renewed (each maintenance pass renews it).
+pub const DEFAULT_CRL_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Keeps the current CRL and rebuilds it when due or asked. Thread-safe.
 pub struct CrlPublisher {
     store: Arc<dyn Store>,
@@ -332,6 +350,11 @@ pub struct CrlPublisher {
     /// The store changed since the current CRL was built (a revocation), or the last build
     /// failed: the next [`CrlPublisher::regenerate_if_due`] rebuilds whatever the time.
     stale: AtomicBool,
+    /// This publisher's name as a lease holder (random, per process start).
+    holder: String,
+    lease_ttl: std::time::Duration,
+    /// Whether this publisher held [`CRL_LEASE`] at its last attempt.
+    holding: AtomicBool,
 }
 
 impl std::fmt::Debug for CrlPublisher {
@@ -364,7 +387,105 @@ impl CrlPublisher {
             current: RwLock::new(None),
             building: Mutex::new(()),
             stale: AtomicBool::new(false),
+            holder: lease_holder_name(),
+            lease_ttl: DEFAULT_CRL_LEASE_TTL,
+            holding: AtomicBool::new(false),
         })
+    }
+
+    /// Hold the CRL lease for `ttl` at each renewal (longer than the interval between
+    /// maintenance passes, which renew it).
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// This publisher's name as a lease holder.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Whether this publisher held the CRL lease at its last attempt (it builds the CRL).
+    pub fn is_builder(&self) -> bool {
+        self.holding.load(Ordering::SeqCst)
+    }
+
+    fn set_current(&self, crl: Arc<SignedCrl>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(crl);
+    }
+
+    /// Serve the CRL kept in the store's archive if it is newer than the current one (another
+    /// node built it, or this node before a restart); returns whether it was taken. The
+    /// archived CRL is checked first: it must be this issuer's CRL, signed by its key.
+    pub fn adopt_archived(&self) -> Result<bool> {
+        let Some(stored) = self.store.latest_crl(FULL_CRL)? else {
+            return Ok(false);
+        };
+        if self.current().is_some_and(|c| c.number >= stored.number) {
+            return Ok(false);
+        }
+        let entries = match self.check_archived(&stored) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(number = stored.number, error = %e, "the archived CRL is not this issuer's or its signature does not verify: not served");
+                return Ok(false);
+            }
+        };
+        self.set_current(Arc::new(SignedCrl {
+            der: stored.der,
+            number: stored.number,
+            this_update: stored.this_update,
+            next_update: stored.next_update,
+            entries,
+        }));
+        Ok(true)
+    }
+
+    /// The number of entries of an archived CRL, after checking its issuer and signature.
+    fn check_archived(&self, stored: &StoredCrl) -> Result<usize> {
+        let crl = CertificateList::from_der(&stored.der)?;
+        let issuer = Certificate::from_der(&self.issuer_cert_der)?;
+        if crl.tbs_cert_list.issuer != issuer.tbs_certificate.subject {
+            return Err(Error::SignatureCheckFailed);
+        }
+        let tbs = crl.tbs_cert_list.to_der()?;
+        let sig = crl
+            .signature
+            .as_bytes()
+            .ok_or(Error::SignatureCheckFailed)?;
+        verify(
+            &issuer.tbs_certificate.subject_public_key_info.to_der()?,
+            &tbs,
+            sig,
+        )?;
+        Ok(crl
+            .tbs_cert_list
+            .revoked_certificates
+            .as_ref()
+            .map_or(0, Vec::len))
+    }
+
+    /// At start: serve the archived CRL if there is one, then build a new one if this node
+    /// takes the lease. Fails only if there is no CRL to serve at all and this node cannot
+    /// build one (it holds the lease but the build failed); a node that does not hold the
+    /// lease and finds nothing archived serves none until the builder's first CRL arrives.
+    pub fn start(&self) -> Result<()> {
+        if let Err(e) = self.adopt_archived() {
+            tracing::warn!(error = %e, "reading the archived CRL failed");
+        }
+        match self.regenerate_if_due() {
+            Ok(_) => {
+                if self.current().is_none() {
+                    tracing::warn!("no CRL yet: another node holds the CRL lease and has archived none; /crl answers 503 until it does");
+                }
+                Ok(())
+            }
+            Err(e) if self.current().is_some() => {
+                tracing::error!(error = %e, "building a CRL at start failed; serving the archived one");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The current CRL, if one was built.
@@ -398,7 +519,28 @@ impl CrlPublisher {
                 return Err(e);
             }
         };
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(crl.clone());
+        let archived = self.store.put_crl(&StoredCrl {
+            scope: FULL_CRL.into(),
+            number: crl.number,
+            der: crl.der.clone(),
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+        });
+        match archived {
+            Ok(true) => {}
+            // A node that held the lease before this one archived a higher number meanwhile:
+            // serve that one (numbers only increase, so it is newer).
+            Ok(false) => {
+                self.set_current(crl.clone());
+                let _ = self.adopt_archived();
+                return Ok(self.current().unwrap_or(crl));
+            }
+            Err(e) => {
+                tracing::error!(number = crl.number, error = %e, "archiving the CRL failed; serving it from memory, other nodes keep the previous one");
+                self.stale.store(true, Ordering::SeqCst);
+            }
+        }
+        self.set_current(crl.clone());
         Ok(crl)
     }
 
@@ -414,16 +556,45 @@ impl CrlPublisher {
         self.stale.load(Ordering::SeqCst)
     }
 
-    /// Rebuild if there is no CRL yet, the current one is within `refresh_before` of its
-    /// nextUpdate, or it is stale (a revocation since, or the last build failed); returns the
-    /// new CRL if one was built.
+    /// The maintenance step: take or renew the CRL lease; holding it, rebuild if there is no
+    /// CRL yet, the current one is within `refresh_before` of its nextUpdate, it is stale (a
+    /// revocation since, or the last build failed), or this node just took the lease over
+    /// (the previous holder may have died before building after a revocation); not holding
+    /// it, serve the archived CRL if it is newer. Returns the new CRL if one was built. A
+    /// failed build gives the lease up, so that another node can try.
     pub fn regenerate_if_due(&self) -> Result<Option<Arc<SignedCrl>>> {
-        let now = self.clock.now();
-        match self.current() {
-            Some(c) if c.next_update - now > self.config.refresh_before && !self.is_stale() => {
-                Ok(None)
+        if !self
+            .store
+            .try_lease(CRL_LEASE, &self.holder, self.lease_ttl)?
+        {
+            if self.holding.swap(false, Ordering::SeqCst) {
+                tracing::info!("another node builds the CRL now");
             }
-            _ => self.regenerate().map(Some),
+            // The builder rebuilds after revocations; this node serves what it archives.
+            self.stale.store(false, Ordering::SeqCst);
+            self.adopt_archived()?;
+            return Ok(None);
+        }
+        let took_over = !self.holding.swap(true, Ordering::SeqCst);
+        let now = self.clock.now();
+        let due = match self.current() {
+            Some(c) => {
+                c.next_update - now <= self.config.refresh_before || self.is_stale() || took_over
+            }
+            None => true,
+        };
+        if !due {
+            return Ok(None);
+        }
+        match self.regenerate() {
+            Ok(crl) => Ok(Some(crl)),
+            Err(e) => {
+                self.holding.store(false, Ordering::SeqCst);
+                if let Err(le) = self.store.release_lease(CRL_LEASE, &self.holder) {
+                    tracing::warn!(error = %le, "giving up the CRL lease failed; it expires by itself");
+                }
+                Err(e)
+            }
         }
     }
 }

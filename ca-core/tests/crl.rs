@@ -275,3 +275,61 @@ fn issue_crl_signs_the_request_and_reads_no_store() {
     };
     assert!(issue_crl(&ca.cert_der, ca.signer.as_ref(), &backwards).is_err());
 }
+
+/// Several nodes serve the CRL the lease holder archived (issue 16); an archived CRL that the
+/// issuer did not sign (someone with write access to the store, or another CA's CRL) is never
+/// served, and an older one never replaces a newer.
+#[test]
+fn only_the_issuers_archived_crls_are_served_and_never_an_older_one() {
+    use ca_core::store::{StoredCrl, FULL_CRL};
+    let ca = TestCa::new("Test Root");
+    let publisher = |ca: &TestCa| {
+        CrlPublisher::new(
+            ca.store.clone(),
+            ca.signer_dyn(),
+            ca.cert_der.clone(),
+            Arc::new(SystemClock),
+            CrlConfig::default(),
+        )
+        .unwrap()
+    };
+    let builder = publisher(&ca);
+    let follower = publisher(&ca);
+    // The builder takes the lease; the follower is refused it and serves the archive.
+    let built = builder.regenerate_if_due().unwrap().expect("built");
+    assert!(builder.is_builder());
+    assert!(follower.regenerate_if_due().unwrap().is_none());
+    assert!(!follower.is_builder());
+    assert_eq!(follower.current().unwrap().der, built.der);
+
+    // A CRL signed by another CA under a higher number, written into our store.
+    let stranger = TestCa::new("Stranger Root");
+    let foreign = publisher(&stranger).regenerate().unwrap();
+    assert!(ca
+        .store
+        .put_crl(&StoredCrl {
+            scope: FULL_CRL.into(),
+            number: built.number + 100,
+            der: foreign.der.clone(),
+            this_update: foreign.this_update,
+            next_update: foreign.next_update,
+        })
+        .unwrap());
+    assert!(
+        !follower.adopt_archived().unwrap(),
+        "a stranger's CRL is refused"
+    );
+    assert_eq!(follower.current().unwrap().der, built.der);
+
+    // Our own older CRL is not taken over the current one either.
+    assert!(!ca
+        .store
+        .put_crl(&StoredCrl {
+            scope: FULL_CRL.into(),
+            number: built.number - 1,
+            der: built.der.clone(),
+            this_update: built.this_update,
+            next_update: built.next_update,
+        })
+        .unwrap());
+}

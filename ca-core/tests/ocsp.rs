@@ -1115,3 +1115,87 @@ fn responses_end_with_the_responder_certificate_and_none_are_signed_after_it() {
         "{e}"
     );
 }
+
+/// Following another node through the store (issue 16): a node serves a response another node
+/// stored only if its own key signed it and it is not a rollback. The attacker here holds
+/// write access to the store (one stolen database credential) and stores a tampered response,
+/// a response signed by another key, and an old `good` response for a revoked certificate.
+#[test]
+fn a_follower_takes_only_what_its_own_key_signed_and_never_rolls_back() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<_> = (0..3).map(|i| ca.issue_leaf(&format!("leaf{i}"))).collect();
+    let serial = |i: usize| leaves[i].record.serial.clone();
+    let key = ResponderKey::ca(ca.signer_dyn());
+    let cfg = ResponderConfig::default;
+    let a = responder(&ca, key.clone(), Arc::new(SystemClock), cfg());
+    a.load().unwrap();
+    let b = responder(&ca, key.clone(), Arc::new(SystemClock), cfg());
+    b.load().unwrap();
+    let served = |r: &Responder, i: usize| r.cached(&serial(i)).map(|a| a.der.clone());
+
+    // 1. A tampered signature: refused, the answer served before stays.
+    let mut forged = ca.store.get_ocsp_response(&serial(0)).unwrap().unwrap();
+    let before = served(&b, 0);
+    let last = forged.der.len() - 1;
+    forged.der[last] ^= 0x55;
+    ca.store.put_ocsp_response(&forged).unwrap();
+    let s = b.follow_stored(&serial(0)).unwrap();
+    assert_eq!((s.taken, s.refused), (0, 1), "{s:?}");
+    assert_eq!(served(&b, 0), before);
+
+    // 2. Validly signed, but by another key (a delegated responder this node does not use).
+    let (other, other_cert, _) = ca.ocsp_responder("other-node");
+    let c = responder(
+        &ca,
+        ResponderKey::delegated(other, &other_cert).unwrap(),
+        Arc::new(SystemClock),
+        cfg(),
+    );
+    c.load().unwrap(); // stores its own responses for every certificate
+    let s = b.follow_stored(&serial(1)).unwrap();
+    assert_eq!((s.taken, s.refused), (0, 1), "{s:?}");
+
+    // 3. A revocation on node A: B withdraws its `good` answer at the feed's word, then takes
+    //    A's `revoked` answer.
+    let old_good = ca.store.get_ocsp_response(&serial(2)).unwrap().unwrap();
+    let good_by_a = {
+        let mut g = old_good.clone();
+        g.der = served(&a, 2).unwrap();
+        g
+    };
+    ca_core::authority::revoke(
+        ca.store.as_ref(),
+        &a,
+        &serial(2),
+        RevocationReason::KeyCompromise,
+        Utc::now(),
+        "test",
+    )
+    .unwrap();
+    assert_eq!(b.follow_revoked(&serial(2)).withdrawn, 1);
+    assert!(
+        b.cached(&serial(2)).is_none(),
+        "no good answer after the revocation"
+    );
+    let s = b.follow_stored(&serial(2)).unwrap();
+    assert_eq!(s.taken, 1, "{s:?}");
+    let revoked = |r: &Responder| {
+        matches!(
+            r.cached(&serial(2)).and_then(|a| a.cert_status().cloned()),
+            Some(CertStatus::Revoked { .. })
+        )
+    };
+    assert!(revoked(&b));
+
+    // 4. The old `good` response replayed into the store (validly signed by the right key):
+    //    never taken over a revocation, nor by a node that only heard of the revocation.
+    ca.store.put_ocsp_response(&good_by_a).unwrap();
+    let s = b.follow_stored(&serial(2)).unwrap();
+    assert_eq!((s.taken, s.refused), (0, 1), "{s:?}");
+    assert!(revoked(&b));
+    let d = responder(&ca, key, Arc::new(SystemClock), cfg());
+    d.follow_revoked(&serial(2));
+    let s = d.follow_stored(&serial(2)).unwrap();
+    assert_eq!((s.taken, s.refused), (0, 1), "{s:?}");
+    assert!(d.cached(&serial(2)).is_none());
+}

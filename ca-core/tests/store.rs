@@ -128,6 +128,9 @@ contract!(
     only_the_newest_generation_renews_and_a_locked_lineage_never_does,
     racing_renewals_of_one_generation_store_exactly_one,
     the_newest_generation_is_found_from_the_end_of_a_long_lineage,
+    crl_archive_keeps_only_a_higher_number_per_scope,
+    leases_exclude_other_holders_until_expiry_or_release,
+    the_change_feed_tells_revocations_ocsp_responses_and_crls,
 );
 
 fn record(serial: u8, identity: &str) -> CertRecord {
@@ -776,6 +779,124 @@ fn ocsp_responses_are_replaced_and_visited(place: Place) {
             ocsp_response(3, 1)
         ]
     );
+    assert_eq!(
+        s.get_ocsp_response(&1u16.to_be_bytes()).unwrap(),
+        Some(ocsp_response(1, 2))
+    );
+    assert_eq!(s.get_ocsp_response(&9u16.to_be_bytes()).unwrap(), None);
+}
+
+fn stored_crl(scope: &str, number: u64) -> ca_core::store::StoredCrl {
+    let now = ca_core::clock::truncate(Utc::now());
+    ca_core::store::StoredCrl {
+        scope: scope.into(),
+        number,
+        der: vec![0x30, number as u8, 7],
+        this_update: now,
+        next_update: now + Duration::hours(number as i64),
+    }
+}
+
+/// A node that signed an older CRL late never replaces a newer one, in any scope.
+fn crl_archive_keeps_only_a_higher_number_per_scope(place: Place) {
+    use ca_core::store::FULL_CRL;
+    {
+        let s = place.open();
+        assert_eq!(s.latest_crl(FULL_CRL).unwrap(), None);
+        assert!(s.put_crl(&stored_crl(FULL_CRL, 2)).unwrap());
+        assert!(
+            !s.put_crl(&stored_crl(FULL_CRL, 1)).unwrap(),
+            "lower number"
+        );
+        assert!(!s.put_crl(&stored_crl(FULL_CRL, 2)).unwrap(), "same number");
+        assert!(s.put_crl(&stored_crl("shard:1", 1)).unwrap(), "own scope");
+    }
+    let s = place.open();
+    assert_eq!(
+        s.latest_crl(FULL_CRL).unwrap(),
+        Some(stored_crl(FULL_CRL, 2))
+    );
+    assert_eq!(
+        s.latest_crl("shard:1").unwrap(),
+        Some(stored_crl("shard:1", 1))
+    );
+    assert_eq!(s.latest_crl("shard:2").unwrap(), None);
+    assert!(s.put_crl(&stored_crl(FULL_CRL, 3)).unwrap());
+    assert_eq!(s.latest_crl(FULL_CRL).unwrap().unwrap().number, 3);
+}
+
+fn leases_exclude_other_holders_until_expiry_or_release(place: Place) {
+    use std::time::Duration as StdDuration;
+    let s = place.open();
+    let long = StdDuration::from_secs(60);
+    assert!(s.try_lease("crl", "node-a", long).unwrap());
+    assert!(!s.try_lease("crl", "node-b", long).unwrap(), "held by a");
+    assert!(
+        s.try_lease("crl", "node-a", long).unwrap(),
+        "a extends its own"
+    );
+    assert!(
+        s.try_lease("refresh", "node-b", long).unwrap(),
+        "another name"
+    );
+    s.release_lease("crl", "node-b").unwrap();
+    assert!(
+        !s.try_lease("crl", "node-b", long).unwrap(),
+        "b cannot release a's"
+    );
+    s.release_lease("crl", "node-a").unwrap();
+    assert!(s
+        .try_lease("crl", "node-b", StdDuration::from_millis(300))
+        .unwrap());
+    assert!(!s.try_lease("crl", "node-a", long).unwrap());
+    std::thread::sleep(StdDuration::from_millis(600));
+    assert!(
+        s.try_lease("crl", "node-a", long).unwrap(),
+        "a crashed holder's lease expires"
+    );
+}
+
+/// Every kind of change reaches a subscriber, in commit order, and a CRL that was not kept is
+/// not told.
+fn the_change_feed_tells_revocations_ocsp_responses_and_crls(place: Place) {
+    use ca_core::store::{Change, FULL_CRL};
+    use std::time::Duration as StdDuration;
+    let s = place.open();
+    let sub = s.subscribe().unwrap();
+    let rec = record(1, "feed.test");
+    assert!(s.insert_cert(&rec).unwrap());
+    s.revoke(&rec.serial, Utc::now(), RevocationReason::KeyCompromise)
+        .unwrap();
+    s.put_ocsp_response(&ocsp_response(7, 1)).unwrap();
+    assert!(s.put_crl(&stored_crl(FULL_CRL, 5)).unwrap());
+    assert!(!s.put_crl(&stored_crl(FULL_CRL, 4)).unwrap());
+    s.put_ocsp_response_lazy(&ocsp_response(8, 1)).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match sub.recv_timeout(StdDuration::from_secs(5)).unwrap() {
+            Some(c) => got.push(c),
+            None => panic!("only {got:?} arrived"),
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            Change::Revoked(rec.serial.clone()),
+            Change::OcspResponse(7u16.to_be_bytes().to_vec()),
+            Change::Crl {
+                scope: FULL_CRL.into(),
+                number: 5
+            },
+            Change::OcspResponse(8u16.to_be_bytes().to_vec()),
+        ]
+    );
+    assert_eq!(
+        sub.recv_timeout(StdDuration::from_millis(300)).unwrap(),
+        None
+    );
+    drop(sub);
+    // With nobody subscribed, writes still work.
+    s.put_ocsp_response(&ocsp_response(9, 1)).unwrap();
 }
 
 /// More records than one read batch of a streaming backend: every one is visited once.
@@ -891,6 +1012,112 @@ mod two_nodes {
         let place = Place::pg();
         let (a, b) = (place.open().arc(), place.open().arc());
         (place, a, b)
+    }
+
+    /// Node B follows what node A commits: a revocation on A reaches B's subscription within
+    /// a second (issue 16: OCSP on B says revoked in under 1 s).
+    #[test]
+    fn a_revocation_on_one_node_reaches_the_other_within_a_second() {
+        use ca_core::store::Change;
+        let (_place, a, b) = two();
+        let sub = b.subscribe().unwrap();
+        let rec = record(3, "follow.test");
+        assert!(a.insert_cert(&rec).unwrap());
+        let t0 = std::time::Instant::now();
+        a.revoke(&rec.serial, Utc::now(), RevocationReason::Superseded)
+            .unwrap();
+        let got = sub.recv_timeout(std::time::Duration::from_secs(1)).unwrap();
+        assert_eq!(got, Some(Change::Revoked(rec.serial.clone())));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// The listening session is killed (a database restart, a proxy timeout): the feed
+    /// reconnects by itself, says `Resync` (what was committed meanwhile was not told), and
+    /// tells later changes again.
+    #[test]
+    fn a_lost_feed_session_reconnects_and_says_resync() {
+        use ca_core::store::Change;
+        let place = Place::pg();
+        let Place::Pg(db) = &place else {
+            unreachable!()
+        };
+        let (a, b) = (place.open().arc(), place.open().arc());
+        let sub = b.subscribe().unwrap();
+        let mut admin = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+        let killed = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+                &[],
+            )
+            .unwrap()
+            .len();
+        assert!(killed >= 1, "the listening session was found");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no Resync");
+            if sub
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .unwrap()
+                == Some(Change::Resync)
+            {
+                break;
+            }
+        }
+        a.put_ocsp_response(&ocsp_response(4, 4)).unwrap();
+        assert_eq!(
+            sub.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+            Some(Change::OcspResponse(4u16.to_be_bytes().to_vec()))
+        );
+    }
+
+    /// What a node follows is what the others did: its own writes are not told back to its
+    /// remote subscription.
+    #[test]
+    fn a_remote_subscription_hears_the_other_node_only() {
+        use ca_core::store::Change;
+        let (_place, a, b) = two();
+        let from_others = a.subscribe_remote().unwrap();
+        a.put_ocsp_response(&ocsp_response(1, 1)).unwrap();
+        b.put_ocsp_response(&ocsp_response(2, 1)).unwrap();
+        assert_eq!(
+            from_others
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap(),
+            Some(Change::OcspResponse(2u16.to_be_bytes().to_vec()))
+        );
+        assert_eq!(
+            from_others
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .unwrap(),
+            None
+        );
+        assert!(a.is_shared());
+    }
+
+    #[test]
+    fn a_lease_held_by_one_node_is_refused_to_the_other() {
+        let (_place, a, b) = two();
+        let ttl = std::time::Duration::from_secs(30);
+        let wins: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (s, who) = if i % 2 == 0 {
+                        (a.clone(), "a")
+                    } else {
+                        (b.clone(), "b")
+                    };
+                    scope.spawn(move || {
+                        usize::from(s.try_lease("crl", &format!("{who}{i}"), ttl).unwrap())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(
+            wins, 1,
+            "exactly one of eight racing holders gets the lease"
+        );
     }
 
     #[test]

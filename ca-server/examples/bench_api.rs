@@ -15,6 +15,9 @@
 //!
 //! Usage: `bench_api --url https://127.0.0.1:PORT --root ROOT.pem --admin-cert C --admin-key K
 //! [--enroll N] [--renew N] [--conns 16] [--server-pid PID]`
+//!
+//! Several nodes (one store): `--url URL1,URL2 --server-pid PID1,PID2`; connection (or renewal
+//! chain) `i` goes to node `i % n`, and the server CPU is the nodes' sum.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -37,39 +40,41 @@ use std::sync::Arc;
 use std::time::Instant;
 
 struct Args {
-    url: String,
+    url: Vec<String>,
     root: String,
     admin_cert: String,
     admin_key: String,
     enroll: usize,
     renew: usize,
     conns: usize,
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
-        url: String::new(),
+        url: Vec::new(),
         root: String::new(),
         admin_cert: String::new(),
         admin_key: String::new(),
         enroll: 10_000,
         renew: 10_000,
         conns: 16,
-        server_pid: None,
+        server_pid: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
         match k.as_str() {
-            "--url" => a.url = v()?,
+            "--url" => a.url = v()?.split(',').map(str::to_string).collect(),
             "--root" => a.root = v()?,
             "--admin-cert" => a.admin_cert = v()?,
             "--admin-key" => a.admin_key = v()?,
             "--enroll" => a.enroll = v()?.parse()?,
             "--renew" => a.renew = v()?.parse()?,
             "--conns" => a.conns = v()?.parse()?,
-            "--server-pid" => a.server_pid = Some(v()?.parse()?),
+            "--server-pid" => {
+                a.server_pid = v()?.split(',').map(str::parse).collect::<Result<_, _>>()?
+            }
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -227,15 +232,19 @@ struct PhaseResult {
 struct Meter {
     start: Instant,
     gen0: f64,
-    server: Option<(u32, f64)>,
+    /// The server processes and their CPU seconds at the start.
+    server: Vec<(u32, f64)>,
     busy0: f64,
 }
 
 impl Meter {
-    fn start(server_pid: Option<u32>) -> Self {
+    fn start(server_pids: &[u32]) -> Self {
         Meter {
             gen0: cpu_seconds("self"),
-            server: server_pid.map(|p| (p, cpu_seconds(&p.to_string()))),
+            server: server_pids
+                .iter()
+                .map(|p| (*p, cpu_seconds(&p.to_string())))
+                .collect(),
             busy0: machine_busy_seconds(),
             start: Instant::now(),
         }
@@ -246,28 +255,38 @@ impl Meter {
         r.secs = self.start.elapsed().as_secs_f64();
         r.gen_cpu = cpu_seconds("self") - self.gen0;
         r.machine_busy = machine_busy_seconds() - self.busy0;
-        r.server_cpu = self.server.map(|(p, s0)| cpu_seconds(&p.to_string()) - s0);
+        r.server_cpu = (!self.server.is_empty()).then(|| {
+            self.server
+                .iter()
+                .map(|(p, s0)| cpu_seconds(&p.to_string()) - s0)
+                .sum()
+        });
         r.done = r.lat_us.len();
         r.lat_us.sort_unstable();
     }
 }
 
 /// Send every job over `senders` (one task per connection, each taking the next job), timed.
+#[allow(clippy::too_many_arguments)]
 async fn run_phase(
-    target: Arc<Target>,
+    targets: &[Arc<Target>],
     senders: Vec<SendRequest<Full<Bytes>>>,
     path: &'static str,
     jobs: Arc<Vec<Job>>,
     jobs_of: Option<Arc<Vec<Vec<usize>>>>,
     keep: usize,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> anyhow::Result<PhaseResult> {
     let next = Arc::new(AtomicUsize::new(0));
-    let meter = Meter::start(server_pid);
+    let meter = Meter::start(server_pids);
     let mut tasks = Vec::new();
     for (ci, mut s) in senders.into_iter().enumerate() {
-        let (target, jobs, next, jobs_of) =
-            (target.clone(), jobs.clone(), next.clone(), jobs_of.clone());
+        let (target, jobs, next, jobs_of) = (
+            targets[ci % targets.len()].clone(),
+            jobs.clone(),
+            next.clone(),
+            jobs_of.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = Vec::new();
@@ -336,15 +355,15 @@ type Chain = (Identity, Vec<(Vec<u8>, Bytes)>);
 /// Renewal chains: each chain renews its identity once per job, over a fresh mTLS connection
 /// authenticated by the certificate the previous renewal returned.
 async fn run_renew_chains(
-    target: Arc<Target>,
+    targets: &[Arc<Target>],
     root_pem: Vec<u8>,
     chains: Vec<Chain>,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> anyhow::Result<PhaseResult> {
-    let meter = Meter::start(server_pid);
+    let meter = Meter::start(server_pids);
     let mut tasks = Vec::new();
-    for ((mut cert, mut key), jobs) in chains {
-        let (target, root_pem) = (target.clone(), root_pem.clone());
+    for (ci, ((mut cert, mut key), jobs)) in chains.into_iter().enumerate() {
+        let (target, root_pem) = (targets[ci % targets.len()].clone(), root_pem.clone());
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors, mut serials) = (Vec::new(), Vec::new(), Vec::new());
             for (new_key, body) in jobs {
@@ -430,18 +449,23 @@ fn report(name: &str, conns: usize, r: &PhaseResult) {
 
 fn main() -> anyhow::Result<()> {
     let a = args()?;
-    let uri: http::Uri = a.url.parse()?;
-    let host = uri
-        .host()
-        .context("URL host")?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let target = Arc::new(Target {
-        port: uri.port_u16().unwrap_or(443),
-        authority: uri.authority().context("URL")?.to_string(),
-        host,
-    });
+    let mut targets = Vec::new();
+    for url in &a.url {
+        let uri: http::Uri = url.parse()?;
+        let host = uri
+            .host()
+            .context("URL host")?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        targets.push(Arc::new(Target {
+            port: uri.port_u16().unwrap_or(443),
+            authority: uri.authority().context("URL")?.to_string(),
+            host,
+        }));
+    }
+    // Tokens are minted on the first node (the store is shared).
+    let target = targets[0].clone();
     let root_pem = std::fs::read(&a.root)?;
     let admin_chain: Vec<CertificateDer<'static>> =
         rustls_pemfile::certs(&mut &std::fs::read(&a.admin_cert)?[..]).collect::<Result<_, _>>()?;
@@ -528,20 +552,20 @@ fn main() -> anyhow::Result<()> {
     let enroll_jobs = Arc::new(enroll_jobs);
     let senders = rt.block_on(async {
         let mut v = Vec::new();
-        for _ in 0..a.conns {
-            v.push(connect(&target, plain_tls.clone()).await?);
+        for ci in 0..a.conns {
+            v.push(connect(&targets[ci % targets.len()], plain_tls.clone()).await?);
         }
         Ok::<_, anyhow::Error>(v)
     })?;
     eprintln!("enroll: {} requests over {} connections", a.enroll, a.conns);
     let er = rt.block_on(run_phase(
-        target.clone(),
+        &targets,
         senders,
         "/v1/enroll",
         enroll_jobs.clone(),
         None,
         renew_conns,
-        a.server_pid,
+        &a.server_pid,
     ))?;
 
     println!("| phase | connections | certificates | seconds | certificates/s | p50 ms | p99 ms | max ms | errors | generator CPU (share of {} cores) | server CPU (share) | other processes' CPU (share) |", cores());
@@ -580,10 +604,10 @@ fn main() -> anyhow::Result<()> {
             a.renew, renew_conns
         );
         let r = rt.block_on(run_renew_chains(
-            target.clone(),
+            &targets,
             root_pem.clone(),
             chains,
-            a.server_pid,
+            &a.server_pid,
         ))?;
         report("renew (mTLS)", renew_conns, &r);
         rr = Some(r);
@@ -623,19 +647,27 @@ fn main() -> anyhow::Result<()> {
     let errors = er.errors.len() + rr.as_ref().map_or(0, |r| r.errors.len());
     eprintln!("checked: {total} distinct serials, {errors} errors");
     // How the OCSP responses signed at issuance were grouped (server metrics).
-    let metrics = rt.block_on(async {
-        let mut s = connect(&target, tls_config(&root_pem, None)?).await?;
-        let req = Request::builder()
-            .uri("/metrics")
-            .header(header::HOST, &target.authority)
-            .body(Full::new(Bytes::new()))?;
-        let body = s.send_request(req).await?.into_body().collect().await?;
-        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&body.to_bytes()).into_owned())
-    })?;
+    let mut metrics = Vec::new();
+    for target in &targets {
+        metrics.push(rt.block_on(async {
+            let mut s = connect(target, tls_config(&root_pem, None)?).await?;
+            let req = Request::builder()
+                .uri("/metrics")
+                .header(header::HOST, &target.authority)
+                .body(Full::new(Bytes::new()))?;
+            let body = s.send_request(req).await?.into_body().collect().await?;
+            Ok::<_, anyhow::Error>(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        })?);
+    }
+    // Summed over the nodes.
     let counter = |name: &str| {
         metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .iter()
+            .map(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            })
+            .sum::<Option<f64>>()
     };
     if let (Some(sigs), Some(certs)) = (
         counter("ca_ocsp_issuance_signatures_total "),

@@ -357,10 +357,7 @@ fn status_integration_with(
     let state =
         StatusState::build(setup).context("starting the OCSP responder and CRL publisher")?;
     let metrics = parts.metrics.clone();
-    let state = match Arc::try_unwrap(state) {
-        Ok(s) => Arc::new(s.with_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)))),
-        Err(shared) => shared,
-    };
+    state.set_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)));
     crate::metrics::PresignCounter::register(&parts.metrics, state.responder());
     crate::metrics::RevocationGauge::register(&parts.metrics, state.responder(), state.crls());
     crate::metrics::OcspSignerGauge::register(

@@ -47,6 +47,7 @@
 //! ```
 
 mod caching;
+mod follow;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -82,6 +83,10 @@ const OCSP_RESPONSE: &str = "application/ocsp-response";
 const OCSP_REQUEST: &str = "application/ocsp-request";
 const PKIX_CRL: &str = "application/pkix-crl";
 const PKIX_CERT: &str = "application/pkix-cert";
+
+/// The lease ([`ca_core::store::Leases`]) of the node that re-signs OCSP responses near
+/// their nextUpdate.
+pub const OCSP_REFRESH_LEASE: &str = "ocsp:refresh";
 
 /// HTTP-side settings of the status listener.
 #[derive(Clone, Debug)]
@@ -144,10 +149,15 @@ pub struct StatusState {
     root_crl: Option<PathBuf>,
     config: StatusConfig,
     crl_dirty: Arc<Notify>,
-    observer: Option<AnswerObserver>,
+    observer: std::sync::OnceLock<AnswerObserver>,
     max_age: MaxAge,
     /// The responder's issuance signer thread, joined by [`StatusState::close_blocking`].
     issuance_signer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The thread following other nodes (`status/follow.rs`), on a shared store; joined by
+    /// [`StatusState::close_blocking`].
+    follower: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This node's name as holder of the OCSP refresh lease.
+    holder: String,
     /// Set at shutdown: the maintenance task ends after the pass in progress.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -171,6 +181,13 @@ impl StatusState {
     /// need a signature wait on the re-sign backlog and the first CRL is built by the
     /// maintenance task once the key signs.
     pub fn build(setup: StatusSetup) -> ca_core::Result<Arc<Self>> {
+        // Other nodes' changes from here on; subscribed before loading, so nothing committed
+        // in between is missed (`status/follow.rs`).
+        let followed = if setup.store.is_shared() {
+            Some(setup.store.subscribe_remote()?)
+        } else {
+            None
+        };
         let responder = Arc::new(Responder::new(
             &setup.issuer_cert_der,
             setup.ocsp_key,
@@ -204,15 +221,17 @@ impl StatusState {
                 setup.clock,
                 setup.crl,
             )
-            .map_err(stop_signer)?,
+            .map_err(stop_signer)?
+            .with_lease_ttl(setup.http.maintenance_interval * 3),
         );
-        match crls.regenerate() {
-            Ok(_) => {}
-            // Started before the HSM (README "Starting without the database or the HSM"):
-            // `/crl` answers 503 until the maintenance task builds the first CRL, which it
-            // does as soon as the key signs (no CRL yet counts as due).
+        match crls.start() {
+            Ok(()) => {}
+            // Started before the HSM (README "Starting without the database or the HSM") and
+            // no CRL archived: `/crl` answers 503 until the maintenance task builds the first
+            // CRL, which it does as soon as the key signs (no CRL yet counts as due). With an
+            // archived CRL, `start` serves it and succeeds.
             Err(e @ ca_core::Error::SignerNotReady { .. }) => {
-                tracing::warn!(error = %e, "no CRL at start: the issuing key is not available yet; /crl answers 503 until it is");
+                tracing::warn!(error = %e, "no CRL at start: none archived and the issuing key is not available yet; /crl answers 503 until it is");
             }
             Err(e) => return Err(stop_signer(e)),
         }
@@ -225,7 +244,18 @@ impl StatusState {
             setup.http,
         );
         *lock(&state.issuance_signer) = Some(issuance_signer);
-        Ok(Arc::new(state))
+        let state = Arc::new(state);
+        if let Some(sub) = followed {
+            let follower = follow::spawn(Arc::downgrade(&state), sub).map_err(|e| {
+                state.close_blocking();
+                ca_core::Error::Io {
+                    path: "(thread store-follow)".into(),
+                    source: e,
+                }
+            })?;
+            *lock(&state.follower) = Some(follower);
+        }
+        Ok(state)
     }
 
     /// Assemble from parts already built (the responder loaded, the CRL publisher ready).
@@ -237,7 +267,10 @@ impl StatusState {
         root_crl: Option<PathBuf>,
         config: StatusConfig,
     ) -> Self {
+        let holder = crls.holder().to_string();
         StatusState {
+            holder,
+            follower: std::sync::Mutex::new(None),
             responder,
             crls,
             store,
@@ -246,7 +279,7 @@ impl StatusState {
             max_age: MaxAge::new(config.max_age),
             config,
             crl_dirty: Arc::new(Notify::new()),
-            observer: None,
+            observer: std::sync::OnceLock::new(),
             issuance_signer: std::sync::Mutex::new(None),
             stopping: tokio::sync::watch::channel(false).0,
         }
@@ -271,12 +304,25 @@ impl StatusState {
                 tracing::error!("the OCSP issuance signer thread panicked");
             }
         }
+        let follower = lock(&self.follower).take();
+        // Not from the follower thread itself (it may drop the last reference).
+        if let Some(h) = follower.filter(|h| h.thread().id() != std::thread::current().id()) {
+            if h.join().is_err() {
+                tracing::error!("the store follower thread panicked");
+            }
+        }
     }
 
     /// Report every OCSP outcome to `observer` (metrics).
-    pub fn with_observer(mut self, observer: AnswerObserver) -> Self {
-        self.observer = Some(observer);
+    pub fn with_observer(self, observer: AnswerObserver) -> Self {
+        self.set_observer(observer);
         self
+    }
+
+    /// Report every OCSP outcome to `observer` (metrics), on a state already shared; only the
+    /// first observer set is kept (returns whether this one was).
+    pub fn set_observer(&self, observer: AnswerObserver) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// The OCSP responder.
@@ -348,7 +394,31 @@ impl StatusState {
     /// failure left unsigned, reload changed external response files, rebuild the CRL if due
     /// or stale.
     pub fn maintain_blocking(&self) {
-        match self.responder.refresh_due() {
+        // On a shared store one node at a time re-signs what is due (the lease holder); the
+        // others sign their own backlog and follow its answers (`status/follow.rs`).
+        let refresh = match self.store.try_lease(
+            OCSP_REFRESH_LEASE,
+            &self.holder,
+            self.config.maintenance_interval * 3,
+        ) {
+            Ok(true) => {
+                let r = self.responder.refresh_due();
+                // Nothing could be signed (this node's HSM is away, e.g. it started without
+                // it): give the lease up so that a node that can sign re-signs what is due.
+                if matches!(&r, Ok(s) if s.failed > 0 && s.refreshed == 0) {
+                    if let Err(e) = self.store.release_lease(OCSP_REFRESH_LEASE, &self.holder) {
+                        tracing::warn!(error = %e, "giving up the OCSP refresh lease failed; it expires by itself");
+                    }
+                }
+                r
+            }
+            Ok(false) => self.responder.refresh_backlog(),
+            Err(e) => {
+                tracing::error!(error = %e, "taking the OCSP refresh lease failed; signing the backlog only");
+                self.responder.refresh_backlog()
+            }
+        };
+        match refresh {
             Ok(s) if s.refreshed + s.dropped + s.failed > 0 => {
                 tracing::info!(
                     refreshed = s.refreshed,
@@ -403,7 +473,7 @@ impl StatusState {
     }
 
     fn observe(&self, a: &OcspAnswer) {
-        if let Some(o) = &self.observer {
+        if let Some(o) = self.observer.get() {
             o(outcome(a));
         }
     }

@@ -8,7 +8,7 @@
 //!   ready without a restart and enrollment works;
 //! - a schema newer than the binary and a malformed URL are not retried: exit non-zero at once;
 //! - HSM refusing the login at start: the node serves OCSP for an existing certificate from the
-//!   store and `/ca.crt`, the API port refuses connections; once the PIN works again the node
+//!   store, `/ca.crt` and the last archived CRL, the API port refuses connections; once the PIN works again the node
 //!   signs (server certificate, first CRL), binds the API and enrollment works, without a
 //!   restart, having tried the refused PIN no more often than `hsm.refused_pin_retry`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -463,6 +463,14 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
     assert!(api_refuses(api).await, "the API listens without the HSM");
     let (_, metrics) = http(status, "GET", "/metrics").await.unwrap();
     assert_eq!(metric(&metrics, "ca_start_state "), Some(2.0), "{metrics}");
+    // The last CRL the in-process node archived is served, and OCSP readiness holds.
+    let (code, _) = http(status, "GET", "/crl").await.unwrap();
+    assert_eq!(
+        code, 200,
+        "the archived CRL is not served while the HSM is away"
+    );
+    let (code, body) = http(status, "GET", "/readyz").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
     // Still refused a while later: still waiting, still serving.
     tokio::time::sleep(Duration::from_secs(5)).await;
     serve.assert_alive();

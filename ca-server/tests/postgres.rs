@@ -17,6 +17,7 @@ use ca_server::config::{ServerConfig, StoreKind};
 use ca_server::server::{Running, ServerBuilder};
 use common::{csr, serial_of, Identity};
 use std::path::Path;
+use std::time::{Duration, Instant};
 use testkit::pki::{test_profiles, TestPki};
 
 const URL_ENV: &str = "CA_TEST_PG_SERVER_DATABASE_URL";
@@ -354,7 +355,267 @@ async fn serve_on_postgres_end_to_end_and_a_second_node_sees_the_first() {
     assert!(verified > events.len() as u64);
 }
 
+/// `openssl crl -text` of the CRL a node's status listener serves (fetched with curl).
+async fn crl_text(node: &Node) -> String {
+    let url = format!("{}/crl", node.status_url);
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("crl.der");
+        let got = std::process::Command::new("curl")
+            .args(["-sf", "-o"])
+            .arg(&file)
+            .arg(&url)
+            .status()
+            .unwrap();
+        if !got.success() {
+            return String::new();
+        }
+        let out = std::process::Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+fn crl_number(text: &str) -> Option<u64> {
+    let mut lines = text.lines();
+    lines.find(|l| l.contains("X509v3 CRL Number"))?;
+    let n = lines.next()?.trim();
+    if let Some(hex) = n.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        n.parse().ok()
+    }
+}
+
+/// Poll `node`'s OCSP (openssl) until it says revoked for `serial`; how long that took.
+async fn revoked_within(node: &Node, pki: &TestPki, serial: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let out = ocsp_status(node, pki, serial).await;
+        if out.contains(": revoked") {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "still not revoked after {limit:?}: {out}"
+        );
+        assert!(out.contains(": good"), "{out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 16: a revocation made on node A is answered `revoked` by node B's OCSP in under a
+/// second (the change feed, not polling), and the other way round; one node builds the CRL
+/// (the lease holder) and both serve the same CRL, which lists both revocations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_one_crl_serves_both()
+{
+    let (pki, db) = tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = server.fresh_database().expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Its own variable: the other test of this binary sets URL_ENV.
+    const FOLLOW_ENV: &str = "CA_TEST_PG_FOLLOW_DATABASE_URL";
+    std::env::set_var(FOLLOW_ENV, db.url());
+    let mut cfg = write_config(&pki, dir.path());
+    cfg.store.url = Some(ca_server::config::UrlSource(
+        ca_server::config::UrlFrom::Env(FOLLOW_ENV.into()),
+    ));
+    let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+
+    let mut serials = Vec::new();
+    for (i, issuer) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let cn = format!("follow{i}.test");
+        let token: TokenCreateResponse = client(issuer, &root_pem, Some(&issuer.operator))
+            .post_json(
+                "/v1/admin/tokens",
+                &TokenCreateRequest {
+                    common_name: Some(cn.clone()),
+                    sans: vec![format!("dns:{cn}")],
+                    profile: Some("client".into()),
+                    ttl: None,
+                },
+            )
+            .await
+            .unwrap();
+        let (_, csr) = csr(&cn, &[&format!("dns:{cn}")]);
+        let issued: IssuedResponse = client(issuer, &root_pem, None)
+            .post_json(
+                "/v1/enroll",
+                &EnrollRequest {
+                    token: token.token,
+                    csr,
+                },
+            )
+            .await
+            .unwrap();
+        serials.push(issued.serial);
+    }
+    // Issued on one node, answered `good` by the other (its issuance-time response followed).
+    for (node, serial) in [(&b, &serials[0]), (&a, &serials[1])] {
+        let t0 = Instant::now();
+        loop {
+            let out = ocsp_status(node, &pki, serial).await;
+            if out.contains(": good") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(2), "{out}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let revoke = |node: &Node, serial: &str| {
+        let c = client(node, &root_pem, Some(&node.operator));
+        let req = RevokeRequest {
+            serial: serial.to_string(),
+            reason: Some("keyCompromise".into()),
+            lineage: false,
+        };
+        async move {
+            c.post_json::<_, RevokeResponse>("/v1/admin/revoke", &req)
+                .await
+                .unwrap()
+        }
+    };
+    // One token, eight concurrent redemptions split across both nodes: exactly one wins, the
+    // others are refused with the token code, whichever node they reached.
+    let token: TokenCreateResponse = client(&a, &root_pem, Some(&a.operator))
+        .post_json(
+            "/v1/admin/tokens",
+            &TokenCreateRequest {
+                common_name: Some("race.test".into()),
+                sans: vec!["dns:race.test".into()],
+                profile: Some("client".into()),
+                ttl: None,
+            },
+        )
+        .await
+        .unwrap();
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let c = client(if i % 2 == 0 { &a } else { &b }, &root_pem, None);
+        let (_, csr) = csr("race.test", &["dns:race.test"]);
+        let req = EnrollRequest {
+            token: token.token.clone(),
+            csr,
+        };
+        attempts.spawn(async move {
+            c.post_json::<_, IssuedResponse>("/v1/enroll", &req)
+                .await
+                .map_err(|e| e.code().map(str::to_string))
+        });
+    }
+    let results = attempts.join_all().await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.as_deref(), Some("token_rejected"));
+    }
+
+    // Revoked on A, issued on A: B answers revoked within a second.
+    revoke(&a, &serials[2]).await;
+    let took = revoked_within(&b, &pki, &serials[2], Duration::from_secs(1)).await;
+    eprintln!("revocation on A answered by B after {took:?}");
+    // Revoked on B, issued on B: A answers revoked within a second.
+    revoke(&b, &serials[3]).await;
+    let took = revoked_within(&a, &pki, &serials[3], Duration::from_secs(1)).await;
+    eprintln!("revocation on B answered by A after {took:?}");
+    // The untouched ones stay good on both.
+    for node in [&a, &b] {
+        for serial in &serials[..2] {
+            let out = ocsp_status(node, &pki, serial).await;
+            assert!(out.contains(": good"), "{out}");
+        }
+    }
+
+    // One CRL for both: after the revocations both nodes serve the same number, listing
+    // both serials, and the archive holds it.
+    let t0 = Instant::now();
+    let (text_a, text_b) = loop {
+        let (ta, tb) = (crl_text(&a).await, crl_text(&b).await);
+        let lists_both = |t: &str| {
+            serials[2..]
+                .iter()
+                .all(|s| t.contains(&format!("Serial Number: {}", s.to_uppercase())))
+        };
+        if lists_both(&ta) && lists_both(&tb) && crl_number(&ta) == crl_number(&tb) {
+            break (ta, tb);
+        }
+        let brief = |t: &str| {
+            t.lines()
+                .filter(|l| l.contains("Serial Number") || l.contains("Update"))
+                .collect::<Vec<_>>()
+                .join(" ")
+                + &format!(" number {:?}", crl_number(t))
+        };
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the nodes do not serve one CRL listing both revocations {:?}:\nA: {}\nB: {}",
+            &serials[2..],
+            brief(&ta),
+            brief(&tb)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(text_a, text_b);
+    let number = crl_number(&text_a).expect("CRL number");
+    let url = db.url().to_string();
+    let archived = tokio::task::spawn_blocking(move || {
+        let pg = PgStore::open_with_pool_size(&url, 1).unwrap();
+        let crl = pg.latest_crl(ca_core::store::FULL_CRL).unwrap();
+        (crl, pg.next_crl_number().unwrap())
+    })
+    .await
+    .unwrap();
+    let (crl, next) = archived;
+    assert_eq!(crl.expect("archived CRL").number, number);
+    // CRL numbers drawn so far: one builder drew them all; B never built while A held the
+    // lease (each node's start draws at most one, and each revocation at most one more).
+    assert!(
+        next <= number + 1 + 4,
+        "numbers drawn {next}, served {number}"
+    );
+
+    b.running.shutdown().await;
+    a.running.shutdown().await;
+}
+
 fn pem_der(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
+}
+
+/// The synchronous PostgreSQL client panics when its connections are closed on an async
+/// runtime's thread; a store dropped there (a server start failing after the store opened)
+/// closes them on a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_dropped_on_an_async_thread_closes_cleanly() {
+    let url = tokio::task::spawn_blocking(|| {
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        server.fresh_database().expect("database")
+    })
+    .await
+    .unwrap();
+    let u = url.url().to_string();
+    let store = tokio::task::spawn_blocking(move || PgStore::open_with_pool_size(&u, 2).unwrap())
+        .await
+        .unwrap();
+    drop(store); // on this async thread
+    let u = url.url().to_string();
+    let reopened = tokio::task::spawn_blocking(move || PgStore::open(&u).map(|_| ()))
+        .await
+        .unwrap();
+    assert!(reopened.is_ok());
 }

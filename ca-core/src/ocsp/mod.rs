@@ -49,9 +49,9 @@ mod signer_cert;
 pub use build::{parse_response, sign_response, ParsedResponse};
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
-    AnswerKind, ExternalResponse, IssuanceSigningStats, IssuedTicket, LiveRequest, LoadStats,
-    Lookup, MemoStats, OcspAnswer, RefreshStats, Responder, ResponderConfig, ResponderKey,
-    SignerCertStatus, TransportCache,
+    AnswerKind, ExternalResponse, FollowStats, IssuanceSigningStats, IssuedTicket, LiveRequest,
+    LoadStats, Lookup, MemoStats, OcspAnswer, RefreshStats, Responder, ResponderConfig,
+    ResponderKey, SignerCertStatus, TransportCache,
 };
 pub use signer_cert::register_signer_cert;
 /// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.

@@ -1,7 +1,8 @@
 //! Persistent state: certificates and revocations ([`CertStore`]), CRL numbers
 //! ([`CrlNumbers`]), enrollment tokens ([`TokenStore`]), pre-signed OCSP responses
 //! ([`OcspResponseStore`]) and the audit log ([`AuditLog`]), plus durability control
-//! ([`Durability`]). Each consumer takes the traits it uses (Boulder's storage subsets);
+//! ([`Durability`]), and what several nodes on one store coordinate with: the latest signed
+//! CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change feed ([`ChangeFeed`]). Each consumer takes the traits it uses (Boulder's storage subsets);
 //! [`Store`] is all of them, implemented by [`SledStore`] and, with the cargo feature
 //! `postgres`, by `PgStore` (one PostgreSQL database shared by several nodes).
 //!
@@ -12,10 +13,14 @@
 //! once it returns (invariant 2).
 
 mod codec;
+mod feed;
+#[cfg(feature = "postgres")]
+mod pg_listen;
 #[cfg(feature = "postgres")]
 mod pg_store;
 mod sled_store;
 
+pub use feed::{Change, FeedClosed, Subscription};
 #[cfg(feature = "postgres")]
 pub use pg_store::{PgStore, SchemaTooNew, DEFAULT_POOL_SIZE, SCHEMA_VERSION};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
@@ -31,7 +36,8 @@ use std::sync::Arc;
 /// (`use ca_core::store::prelude::*;`); on `dyn Store` they are in scope already.
 pub mod prelude {
     pub use super::{
-        AuditLog, CertStore, CrlNumbers, Durability, OcspResponseStore, Store, TokenStore,
+        AuditLog, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability, Leases,
+        OcspResponseStore, Store, TokenStore,
     };
 }
 
@@ -389,6 +395,69 @@ pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
         &self,
         f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
     ) -> Result<()>;
+    /// The response kept under `serial` (a response may cover several serials and is kept
+    /// under one of them: see the responder's issuance groups).
+    fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>>;
+}
+
+/// The scope of the issuing CA's full CRL in a [`CrlArchive`].
+pub const FULL_CRL: &str = "full";
+
+/// A signed CRL as kept in a [`CrlArchive`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCrl {
+    /// Which CRL this is ([`FULL_CRL`]).
+    pub scope: String,
+    /// Its CRL number.
+    pub number: u64,
+    /// The DER CertificateList.
+    pub der: Vec<u8>,
+    /// thisUpdate.
+    pub this_update: DateTime<Utc>,
+    /// nextUpdate.
+    pub next_update: DateTime<Utc>,
+}
+
+/// The latest signed CRL of each scope, shared by every node and stateless responder (DESIGN
+/// "Several nodes"): whichever node signs a CRL, all of them serve it.
+pub trait CrlArchive: Send + Sync + std::fmt::Debug {
+    /// Keep `crl` as its scope's latest if its number is higher than the kept one's, durable
+    /// on return (compare and write are one atomic step). `Ok(false)`: a CRL with this or a
+    /// higher number is kept already, nothing was written.
+    fn put_crl(&self, crl: &StoredCrl) -> Result<bool>;
+    /// The latest kept CRL of `scope`.
+    fn latest_crl(&self, scope: &str) -> Result<Option<StoredCrl>>;
+}
+
+/// Named leases: work that one node at a time should do (building and signing a CRL, an OCSP
+/// refresh pass). A lease is a promise between cooperating nodes, not a security control:
+/// whatever it guards stays correct if two nodes did it at once, only wasteful.
+pub trait Leases: Send + Sync + std::fmt::Debug {
+    /// Take, or extend, the lease `name` for `holder` until `ttl` from now (the database's
+    /// clock on PostgreSQL, so node clocks do not matter). `Ok(true)`: `holder` holds it until
+    /// then (it was free, expired, or `holder`'s already). `Ok(false)`: another holder's lease
+    /// is live; nothing changed. A holder that crashed loses the lease when it expires.
+    fn try_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool>;
+    /// Give the lease up if `holder` holds it (another node may take it at once).
+    fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+}
+
+/// Changes as they are committed, by every node sharing the store ([`Change`]): how nodes and
+/// stateless responders follow revocations, OCSP responses and CRLs without polling.
+pub trait ChangeFeed: Send + Sync + std::fmt::Debug {
+    /// A new subscription: it receives every change committed after this returns, and a
+    /// [`Change::Resync`] after any gap (a reconnection, or a subscriber too slow to keep up).
+    /// Dropping it unsubscribes. On PostgreSQL the first subscription connects a listening
+    /// session (waiting up to a few seconds for it; if the database is away it keeps trying
+    /// and sends `Resync` once connected).
+    fn subscribe(&self) -> Result<Subscription>;
+    /// Like [`ChangeFeed::subscribe`], but only changes committed through other handles on the
+    /// store (other nodes), and `Resync`: what a node follows to learn what it did not do
+    /// itself. On a store only one process opens (sled) that is only ever `Resync`.
+    fn subscribe_remote(&self) -> Result<Subscription>;
+    /// Whether other processes may write this store (other nodes, stateless responders
+    /// reading it): `false` for sled.
+    fn is_shared(&self) -> bool;
 }
 
 /// The hash-chained audit log and its signed checkpoints (DESIGN invariant 4).
@@ -534,11 +603,21 @@ pub trait Durability: Send + Sync + std::fmt::Debug {
 
 /// Everything a CA store holds: certificates ([`CertStore`]), CRL numbers ([`CrlNumbers`]),
 /// enrollment tokens ([`TokenStore`]), OCSP responses ([`OcspResponseStore`]), the audit log
-/// ([`AuditLog`]) and durability control ([`Durability`]). Implemented for every type that
+/// ([`AuditLog`]), durability control ([`Durability`]), and what several nodes share: the
+/// latest CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change feed ([`ChangeFeed`]).
+/// Implemented for every type that
 /// implements them all; components that need only part take the narrower trait, and the
 /// `into_*` methods hand them a narrowed handle on the same store.
 pub trait Store:
-    CertStore + CrlNumbers + TokenStore + OcspResponseStore + AuditLog + Durability
+    CertStore
+    + CrlNumbers
+    + TokenStore
+    + OcspResponseStore
+    + AuditLog
+    + Durability
+    + CrlArchive
+    + Leases
+    + ChangeFeed
 {
     /// This store as a [`CertStore`].
     fn into_certs(self: Arc<Self>) -> Arc<dyn CertStore>;
@@ -552,11 +631,26 @@ pub trait Store:
     fn into_audit_log(self: Arc<Self>) -> Arc<dyn AuditLog>;
     /// This store as a [`Durability`].
     fn into_durability(self: Arc<Self>) -> Arc<dyn Durability>;
+    /// This store as a [`CrlArchive`].
+    fn into_crl_archive(self: Arc<Self>) -> Arc<dyn CrlArchive>;
+    /// This store as a [`Leases`].
+    fn into_leases(self: Arc<Self>) -> Arc<dyn Leases>;
+    /// This store as a [`ChangeFeed`].
+    fn into_change_feed(self: Arc<Self>) -> Arc<dyn ChangeFeed>;
 }
 
 impl<T> Store for T
 where
-    T: CertStore + CrlNumbers + TokenStore + OcspResponseStore + AuditLog + Durability + 'static,
+    T: CertStore
+        + CrlNumbers
+        + TokenStore
+        + OcspResponseStore
+        + AuditLog
+        + Durability
+        + CrlArchive
+        + Leases
+        + ChangeFeed
+        + 'static,
 {
     fn into_certs(self: Arc<Self>) -> Arc<dyn CertStore> {
         self
@@ -574,6 +668,15 @@ where
         self
     }
     fn into_durability(self: Arc<Self>) -> Arc<dyn Durability> {
+        self
+    }
+    fn into_crl_archive(self: Arc<Self>) -> Arc<dyn CrlArchive> {
+        self
+    }
+    fn into_leases(self: Arc<Self>) -> Arc<dyn Leases> {
+        self
+    }
+    fn into_change_feed(self: Arc<Self>) -> Arc<dyn ChangeFeed> {
         self
     }
 }

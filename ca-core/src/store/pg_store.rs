@@ -31,9 +31,11 @@
 //! schema is newer than this binary knows is refused.
 
 use super::codec;
+use super::feed::{Change, Subscription};
+use super::pg_listen::{notify, Listener};
 use super::{
-    AuditLog, CertFilter, CertRecord, CertStore, CrlNumbers, Durability, LineageLock,
-    OcspResponseStore, StoredOcspResponse, TokenRecord, TokenStore,
+    AuditLog, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability,
+    Leases, LineageLock, OcspResponseStore, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -54,7 +56,8 @@ pub const DEFAULT_POOL_SIZE: u32 = 16;
 const MIGRATION_LOCK: i64 = 0x6361_2d73_746f_7265;
 
 /// The schema, one entry per version: version n is `MIGRATIONS[n - 1]`. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE certs (
     serial bytea PRIMARY KEY,
     identity text NOT NULL,
@@ -106,7 +109,22 @@ CREATE TABLE audit_checkpoints (
     cp bytea NOT NULL,
     PRIMARY KEY (seq, time_s)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE crls (
+    scope text PRIMARY KEY,
+    number bigint NOT NULL,
+    this_update_s bigint NOT NULL,
+    next_update_s bigint NOT NULL,
+    der bytea NOT NULL
+);
+CREATE TABLE leases (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+"#,
+];
 
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -122,6 +140,27 @@ pub struct SchemaTooNew {
     pub found: i32,
     /// [`SCHEMA_VERSION`].
     pub known: i32,
+}
+
+/// The store is being dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("the store is closed")]
+struct StoreClosed;
+
+/// The synchronous client runs its own runtime to close its connections, which panics on an
+/// async runtime's thread; the pool is therefore always dropped on a thread of its own, so a
+/// `PgStore` may be dropped anywhere (a server start that fails after the store opened).
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let closing = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(pool));
+            if let Ok(h) = closing {
+                let _ = h.join();
+            }
+        }
+    }
 }
 
 /// A stored value out of the range a column holds.
@@ -145,7 +184,10 @@ impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSet
 /// Certificates, tokens, revocations and the audit log in a PostgreSQL database shared by
 /// every node.
 pub struct PgStore {
-    pool: Pool,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    pool: Option<Pool>,
+    /// The change feed's listening session ([`ChangeFeed`]).
+    listener: Listener,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -195,6 +237,7 @@ impl PgStore {
     /// [`PgStore::open`] with a pool of `size` connections.
     pub fn open_with_pool_size(url: &str, size: u32) -> Result<Self> {
         let config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
+        let listener = Listener::new(config.clone());
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(size.max(1))
@@ -203,7 +246,10 @@ impl PgStore {
             .connection_customizer(Box::new(SessionSetup))
             .build(manager)
             .map_err(|e| Error::store("connect to database", e))?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool: Some(pool),
+            listener,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -221,6 +267,8 @@ impl PgStore {
 
     fn conn(&self) -> Result<Conn> {
         self.pool
+            .as_ref()
+            .ok_or_else(|| Error::store("database connection", StoreClosed))?
             .get()
             .map_err(|e| Error::store("database connection", e))
     }
@@ -510,6 +558,11 @@ impl CertStore for PgStore {
             &[&serial, &enc(&entry)?],
         )
         .map_err(pg("revoke"))?;
+        notify(
+            &mut tx,
+            self.listener.origin(),
+            &Change::Revoked(serial.to_vec()),
+        )?;
         tx.commit().map_err(pg("revoke"))?;
         Ok(rec)
     }
@@ -650,6 +703,11 @@ impl PgStore {
             &[&resp.serial, &codec::encode_ocsp(resp)?],
         )
         .map_err(pg("put OCSP response"))?;
+        notify(
+            &mut tx,
+            self.listener.origin(),
+            &Change::OcspResponse(resp.serial.clone()),
+        )?;
         tx.commit().map_err(pg("put OCSP response"))
     }
 }
@@ -672,6 +730,119 @@ impl OcspResponseStore for PgStore {
             "SELECT serial, rec FROM ocsp_responses WHERE serial > $1 ORDER BY serial LIMIT $2",
             &mut |v| f(codec::decode_ocsp(v)?),
         )
+    }
+
+    fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
+        self.conn()?
+            .query_opt(
+                "SELECT rec FROM ocsp_responses WHERE serial = $1",
+                &[&serial],
+            )
+            .map_err(pg("get OCSP response"))?
+            .map(|r| codec::decode_ocsp(r.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+}
+
+impl CrlArchive for PgStore {
+    fn put_crl(&self, crl: &StoredCrl) -> Result<bool> {
+        let number = i64::try_from(crl.number)
+            .map_err(|_| Error::store("put CRL", OutOfRange("CRL number")))?;
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("put CRL"))?;
+        let kept = tx
+            .query_opt(
+                "INSERT INTO crls (scope, number, this_update_s, next_update_s, der) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (scope) DO UPDATE SET number = excluded.number, \
+                 this_update_s = excluded.this_update_s, next_update_s = excluded.next_update_s, \
+                 der = excluded.der WHERE crls.number < excluded.number RETURNING number",
+                &[
+                    &crl.scope,
+                    &number,
+                    &crl.this_update.timestamp(),
+                    &crl.next_update.timestamp(),
+                    &crl.der,
+                ],
+            )
+            .map_err(pg("put CRL"))?
+            .is_some();
+        if kept {
+            notify(
+                &mut tx,
+                self.listener.origin(),
+                &Change::Crl {
+                    scope: crl.scope.clone(),
+                    number: crl.number,
+                },
+            )?;
+        }
+        tx.commit().map_err(pg("put CRL"))?;
+        Ok(kept)
+    }
+
+    fn latest_crl(&self, scope: &str) -> Result<Option<StoredCrl>> {
+        let Some(row) = self
+            .conn()?
+            .query_opt(
+                "SELECT number, this_update_s, next_update_s, der FROM crls WHERE scope = $1",
+                &[&scope],
+            )
+            .map_err(pg("get CRL"))?
+        else {
+            return Ok(None);
+        };
+        let corrupt = || Error::Corrupt(format!("CRL record {scope:?}"));
+        let time = |i: usize| DateTime::from_timestamp(row.get::<_, i64>(i), 0).ok_or_else(corrupt);
+        Ok(Some(StoredCrl {
+            scope: scope.to_string(),
+            number: u64::try_from(row.get::<_, i64>(0)).map_err(|_| corrupt())?,
+            this_update: time(1)?,
+            next_update: time(2)?,
+            der: row.get(3),
+        }))
+    }
+}
+
+impl Leases for PgStore {
+    fn try_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        let row = self
+            .conn()?
+            .query_opt(
+                "INSERT INTO leases (name, holder, expires_at) \
+                 VALUES ($1, $2, now() + $3::float8 * interval '1 second') \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= now() \
+                 RETURNING holder",
+                &[&name, &holder, &ttl.as_secs_f64()],
+            )
+            .map_err(pg("take lease"))?;
+        Ok(row.is_some())
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        self.conn()?
+            .execute(
+                "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                &[&name, &holder],
+            )
+            .map_err(pg("release lease"))?;
+        Ok(())
+    }
+}
+
+impl ChangeFeed for PgStore {
+    fn subscribe(&self) -> Result<Subscription> {
+        self.listener.subscribe(false)
+    }
+
+    fn subscribe_remote(&self) -> Result<Subscription> {
+        self.listener.subscribe(true)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 }
 

@@ -15,9 +15,10 @@
 //! (see [`SledStore::insert_cert`] and [`SledStore::append_audit`]).
 
 use super::codec;
+use super::feed::{Change, Hub, Subscription};
 use super::{
-    AuditLog, CertFilter, CertRecord, CertStore, CrlNumbers, Durability, LineageLock,
-    OcspResponseStore, StoredOcspResponse, TokenRecord, TokenStore,
+    AuditLog, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability,
+    Leases, LineageLock, OcspResponseStore, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -25,6 +26,7 @@ use crate::revocation::{RevocationReason, RevokedEntry};
 use chrono::{DateTime, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -71,6 +73,13 @@ pub struct SledStore {
     by_lineage: sled::Tree,
     /// Locked lineages: lineage -> [`LineageLock`] (JSON).
     lineage_locks: sled::Tree,
+    /// The latest CRL per scope: scope -> `number(u64 BE) this_update(i64 BE, s)
+    /// next_update(i64 BE, s) der`.
+    crls: sled::Tree,
+    /// Leases: the store is one process (sled locks the database), so they live in memory.
+    leases: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Subscriptions to the change feed (this process is the only writer).
+    feed: Hub,
     /// Serialises renewal inserts and lineage locks, so the newest-generation check and the
     /// insert are one step (the store is one process: sled locks the database).
     lineage_guard: Mutex<()>,
@@ -178,6 +187,9 @@ impl SledStore {
             ocsp: tree("ocsp")?,
             by_lineage: tree("by_lineage")?,
             lineage_locks: tree("lineage_locks")?,
+            crls: tree("crls")?,
+            leases: Mutex::new(HashMap::new()),
+            feed: Hub::default(),
             lineage_guard: Mutex::new(()),
             db,
             audit_head: Mutex::new(None),
@@ -531,6 +543,7 @@ impl CertStore for SledStore {
             })
             .map_err(|e| tx_err("revoke", e))?;
         self.durable()?;
+        self.feed.publish(&Change::Revoked(serial.to_vec()), true);
         Ok(rec)
     }
 
@@ -656,7 +669,19 @@ impl OcspResponseStore for SledStore {
         self.ocsp
             .insert(resp.serial.as_slice(), codec::encode_ocsp(resp)?)
             .map_err(|e| Error::store("put OCSP response", e))?;
+        if self.feed.has_subscribers() {
+            self.feed
+                .publish(&Change::OcspResponse(resp.serial.clone()), true);
+        }
         Ok(())
+    }
+
+    fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
+        self.ocsp
+            .get(serial)
+            .map_err(|e| Error::store("get OCSP response", e))?
+            .map(|v| codec::decode_ocsp(&v))
+            .transpose()
     }
 
     fn for_each_ocsp_response(
@@ -668,6 +693,115 @@ impl OcspResponseStore for SledStore {
             f(codec::decode_ocsp(&v)?)?;
         }
         Ok(())
+    }
+}
+
+fn encode_crl(crl: &StoredCrl) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24 + crl.der.len());
+    v.extend_from_slice(&crl.number.to_be_bytes());
+    v.extend_from_slice(&crl.this_update.timestamp().to_be_bytes());
+    v.extend_from_slice(&crl.next_update.timestamp().to_be_bytes());
+    v.extend_from_slice(&crl.der);
+    v
+}
+
+fn crl_number_of(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+fn decode_crl(scope: &str, v: &[u8]) -> Result<StoredCrl> {
+    let corrupt = || Error::Corrupt(format!("CRL record {scope:?}"));
+    let word = |i: usize| -> Result<[u8; 8]> {
+        v.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)
+    };
+    let time = |i: usize| -> Result<DateTime<Utc>> {
+        DateTime::from_timestamp(i64::from_be_bytes(word(i)?), 0).ok_or_else(corrupt)
+    };
+    Ok(StoredCrl {
+        scope: scope.to_string(),
+        number: u64::from_be_bytes(word(0)?),
+        this_update: time(8)?,
+        next_update: time(16)?,
+        der: v[24..].to_vec(),
+    })
+}
+
+impl CrlArchive for SledStore {
+    fn put_crl(&self, crl: &StoredCrl) -> Result<bool> {
+        let new = encode_crl(crl);
+        let mut kept = false;
+        self.crls
+            .fetch_and_update(crl.scope.as_bytes(), |old| {
+                match old.and_then(crl_number_of) {
+                    Some(n) if n >= crl.number => {
+                        kept = false;
+                        old.map(|o| o.to_vec())
+                    }
+                    _ => {
+                        kept = true;
+                        Some(new.clone())
+                    }
+                }
+            })
+            .map_err(|e| Error::store("put CRL", e))?;
+        if !kept {
+            return Ok(false);
+        }
+        self.durable()?;
+        self.feed.publish(
+            &Change::Crl {
+                scope: crl.scope.clone(),
+                number: crl.number,
+            },
+            true,
+        );
+        Ok(true)
+    }
+
+    fn latest_crl(&self, scope: &str) -> Result<Option<StoredCrl>> {
+        self.crls
+            .get(scope.as_bytes())
+            .map_err(|e| Error::store("get CRL", e))?
+            .map(|v| decode_crl(scope, &v))
+            .transpose()
+    }
+}
+
+impl Leases for SledStore {
+    fn try_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        match leases.get(name) {
+            Some((h, until)) if h != holder && *until > now => Ok(false),
+            _ => {
+                leases.insert(name.to_string(), (holder.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if leases.get(name).is_some_and(|(h, _)| h == holder) {
+            leases.remove(name);
+        }
+        Ok(())
+    }
+}
+
+impl ChangeFeed for SledStore {
+    fn subscribe(&self) -> Result<Subscription> {
+        Ok(self.feed.subscribe(false))
+    }
+
+    fn subscribe_remote(&self) -> Result<Subscription> {
+        Ok(self.feed.subscribe(true))
+    }
+
+    fn is_shared(&self) -> bool {
+        false
     }
 }
 

@@ -192,7 +192,7 @@ impl AnswerCache {
 /// The answers a stored response gives: one per serial of `issuer` it covers (a response
 /// signed at issuance for a group is stored once, under its first serial). `None` if it is not
 /// ours (other key, undecodable) or does not cover its own serial.
-fn check_stored(
+pub(super) fn check_stored(
     stored: &StoredOcspResponse,
     issuer: &OcspIssuer,
     own_key_hash: &[u8],

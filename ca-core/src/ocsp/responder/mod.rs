@@ -19,6 +19,7 @@ mod answer;
 mod cache;
 mod config;
 mod external;
+mod follow;
 mod install;
 mod key;
 mod live;
@@ -29,6 +30,7 @@ mod refresh;
 pub use answer::{AnswerKind, OcspAnswer, TransportCache};
 pub use config::ResponderConfig;
 pub use external::ExternalResponse;
+pub use follow::FollowStats;
 pub(in crate::ocsp) use key::check_delegated;
 pub use key::{ResponderKey, SignerCertStatus};
 pub use memo::MemoStats;
@@ -46,6 +48,7 @@ use answer::ErrorAnswers;
 use cache::AnswerCache;
 use chrono::{DateTime, Utc};
 use external::ExternalResponses;
+use follow::{FollowCtx, Follower};
 use install::Installer;
 use key::{Signing, PRESIGNED_ALGS};
 use live::{LiveCtx, LiveSigner};
@@ -93,6 +96,7 @@ pub struct Responder {
     external: ExternalResponses,
     live: LiveSigner,
     refresher: Refresher,
+    follower: Follower,
     errors: ErrorAnswers,
 }
 
@@ -146,6 +150,7 @@ impl Responder {
             external: ExternalResponses::default(),
             live: LiveSigner::new(&config),
             refresher: Refresher::new(config.issuance_batch_max),
+            follower: Follower::default(),
             errors: ErrorAnswers::new(),
             config,
         };
@@ -406,6 +411,45 @@ impl Responder {
     pub fn refresh_due(&self) -> Result<RefreshStats> {
         self.refresher
             .refresh_due(&self.installer(), &self.external)
+    }
+
+    /// Sign what is on the re-sign backlog and re-read changed external response files, but
+    /// leave answers near their nextUpdate alone: the pass of a node that does not hold the
+    /// refresh lease (another node re-signs them, and this one follows, see
+    /// [`follow_stored`](Self::follow_stored)).
+    pub fn refresh_backlog(&self) -> Result<RefreshStats> {
+        self.refresher
+            .refresh_backlog(&self.installer(), &self.external)
+    }
+
+    fn follow_ctx(&self) -> FollowCtx<'_> {
+        FollowCtx {
+            signing: &self.signing,
+            cache: &self.cache,
+            unknown: &self.live.unknown,
+            store: self.store.as_ref(),
+        }
+    }
+
+    /// Another node stored the response under `serial` (the store's change feed said so):
+    /// serve its answers from now on if this responder's key signed them and they are not a
+    /// rollback (`follow.rs`). Blocking (one store read); signs nothing.
+    pub fn follow_stored(&self, serial: &[u8]) -> Result<FollowStats> {
+        self.follower.stored(serial, &self.follow_ctx())
+    }
+
+    /// Another node revoked `serial`: stop serving a `good` answer for it now (the revoking
+    /// node's answer follows within a round trip; meanwhile requests are answered live from
+    /// the store's record, or `tryLater`).
+    pub fn follow_revoked(&self, serial: &[u8]) -> FollowStats {
+        self.follower.revoked(serial, &self.follow_ctx())
+    }
+
+    /// The change feed may have missed changes: take every stored response that is newer
+    /// than what is served (same rules as [`follow_stored`](Self::follow_stored)). A full
+    /// read of the stored responses.
+    pub fn follow_resync(&self) -> Result<FollowStats> {
+        self.follower.resync(&self.follow_ctx())
     }
 
     /// Answer from memory: the pre-signed response, a cached `unknown`, a loaded external

@@ -148,6 +148,22 @@ impl Refresher {
         Ok(stats)
     }
 
+    /// The backlog and the external files only; see `Responder::refresh_backlog`.
+    pub(super) fn refresh_backlog(
+        &self,
+        inst: &Installer<'_>,
+        external: &ExternalResponses,
+    ) -> Result<RefreshStats> {
+        let now = inst.signing.now();
+        let mut stats = RefreshStats::default();
+        if inst.signing.next_update_at(now).is_ok() && self.len() > 0 {
+            self.sign_backlog(inst, &mut stats);
+        }
+        inst.unknown.prune(now);
+        stats.failed += external.reload(now);
+        Ok(stats)
+    }
+
     /// Sign what the HSM failed to sign: unrevoked certificates (issuances) in groups, as at
     /// issuance; revoked ones each with its own status, through [`Refresher::on_revoked`],
     /// which keeps the backlog.

@@ -1,0 +1,174 @@
+//! Following other nodes (DESIGN "Several nodes"): answers another node signed and stored are
+//! taken into this responder's cache without a signature of its own, and a revocation another
+//! node made withdraws the `good` answer this one serves until the new answer arrives.
+//!
+//! Invariants:
+//! - A followed answer is served only if its signature verifies with this responder's own key
+//!   and it answers for this issuer: whoever can write the store cannot make a node serve a
+//!   response that key did not sign.
+//! - No rollback: a followed answer never turns a `revoked` answer `good`, nor is a `good`
+//!   answer taken for a serial the feed said was revoked in the last [`RECENT`] (a node that
+//!   had not yet seen the revocation may commit a `good` group response after it); a
+//!   `revoked` answer replaces a `good` one whatever their times; otherwise the newer wins.
+//! - Following writes nothing and signs nothing; it takes the serial's sign lock, like every
+//!   other write of the answer cache.
+
+use super::super::build::parse_response;
+use super::super::serial_magnitude;
+use super::answer::OcspAnswer;
+use super::cache::{check_stored, AnswerCache};
+use super::key::Signing;
+use super::live::UnknownAnswers;
+use crate::error::{Error, Result};
+use crate::revocation::CertStatus;
+use crate::store::{Store, StoredOcspResponse};
+use der::Encode;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a revocation told by the feed keeps followed `good` answers out.
+pub(super) const RECENT: Duration = Duration::from_secs(600);
+
+/// What following one change did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FollowStats {
+    /// Answers taken into the cache.
+    pub taken: usize,
+    /// Answers refused: not signed by this responder's key, older than the one served, or
+    /// `good` for a serial known revoked.
+    pub refused: usize,
+    /// `good` answers withdrawn after a revocation elsewhere.
+    pub withdrawn: usize,
+}
+
+impl std::ops::AddAssign for FollowStats {
+    fn add_assign(&mut self, o: Self) {
+        self.taken += o.taken;
+        self.refused += o.refused;
+        self.withdrawn += o.withdrawn;
+    }
+}
+
+/// Serials revoked recently according to the feed.
+#[derive(Default)]
+pub(super) struct Follower {
+    revoked: Mutex<HashMap<Vec<u8>, Instant>>,
+}
+
+fn is_good(a: &OcspAnswer) -> bool {
+    matches!(a.cert_status(), Some(CertStatus::Good))
+}
+
+fn is_revoked(a: &OcspAnswer) -> bool {
+    matches!(a.cert_status(), Some(CertStatus::Revoked { .. }))
+}
+
+/// The parts following touches.
+pub(super) struct FollowCtx<'a> {
+    pub(super) signing: &'a Signing,
+    pub(super) cache: &'a AnswerCache,
+    pub(super) unknown: &'a UnknownAnswers,
+    pub(super) store: &'a dyn Store,
+}
+
+impl Follower {
+    fn recently_revoked(&self, serial: &[u8]) -> bool {
+        let now = Instant::now();
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(serial)
+            .is_some_and(|t| now.duration_since(*t) < RECENT)
+    }
+
+    /// A revocation committed elsewhere: withdraw a `good` answer for `serial` (the next
+    /// request is answered from the store's record: signed live within the budget, or
+    /// `tryLater`) until the revoking node's answer arrives.
+    pub(super) fn revoked(&self, serial: &[u8], cx: &FollowCtx<'_>) -> FollowStats {
+        let serial = serial_magnitude(serial);
+        {
+            let now = Instant::now();
+            let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            r.retain(|_, t| now.duration_since(*t) < RECENT);
+            r.insert(serial.to_vec(), now);
+        }
+        let _g = cx.cache.sign_lock(serial);
+        let mut stats = FollowStats::default();
+        if cx.cache.get(serial).is_some_and(|a| is_good(&a)) {
+            cx.cache.remove(serial);
+            stats.withdrawn = 1;
+        }
+        stats
+    }
+
+    /// Take the answers of a stored response, if this responder's key signed it.
+    fn take(&self, stored: &StoredOcspResponse, cx: &FollowCtx<'_>) -> FollowStats {
+        let mut stats = FollowStats::default();
+        let signer = cx.signing.key().signer();
+        let own_key_hash = super::super::build::key_hash(signer.public_key_bits());
+        let verified = parse_response(&stored.der).and_then(|p| {
+            let basic = p.basic.as_ref().ok_or(Error::SignatureCheckFailed)?;
+            let tbs = basic.tbs_response_data.to_der()?;
+            let sig = basic
+                .signature
+                .as_bytes()
+                .ok_or(Error::SignatureCheckFailed)?;
+            crate::signer::verify_own(signer, &tbs, sig)
+        });
+        let answers = match verified {
+            Ok(()) => check_stored(stored, cx.signing.issuer(), &own_key_hash),
+            Err(_) => None,
+        };
+        let Some(answers) = answers else {
+            tracing::warn!(serial = %hex::encode(&stored.serial), "stored OCSP response not signed by this responder's key for this issuer: not served");
+            stats.refused = 1;
+            return stats;
+        };
+        for (serial, answer) in answers {
+            let _g = cx.cache.sign_lock(&serial);
+            let current = cx.cache.get(&serial);
+            // A revocation is final: a revoked answer replaces a good one whatever their
+            // times (a node may have re-signed `good` just before it learnt of the
+            // revocation); otherwise the newer answer wins.
+            let wanted = match (&current, is_revoked(&answer)) {
+                (None, revoked) => revoked || !self.recently_revoked(&serial),
+                (Some(c), true) => !is_revoked(c) || c.this_update() <= answer.this_update(),
+                (Some(c), false) => {
+                    !is_revoked(c)
+                        && c.this_update() <= answer.this_update()
+                        && !self.recently_revoked(&serial)
+                }
+            };
+            if !wanted {
+                stats.refused += 1;
+                continue;
+            }
+            if current.is_some_and(|c| c.der == answer.der) {
+                continue;
+            }
+            cx.cache.insert(&serial, answer);
+            cx.unknown.forget(&serial);
+            stats.taken += 1;
+        }
+        stats
+    }
+
+    /// The response stored under `serial` was replaced (by any node): take it.
+    pub(super) fn stored(&self, serial: &[u8], cx: &FollowCtx<'_>) -> Result<FollowStats> {
+        Ok(match cx.store.get_ocsp_response(serial)? {
+            Some(stored) => self.take(&stored, cx),
+            None => FollowStats::default(),
+        })
+    }
+
+    /// Changes may have been missed: take every stored response newer than what is served.
+    pub(super) fn resync(&self, cx: &FollowCtx<'_>) -> Result<FollowStats> {
+        let mut stats = FollowStats::default();
+        cx.store.for_each_ocsp_response(&mut |stored| {
+            stats += self.take(&stored, cx);
+            Ok(())
+        })?;
+        Ok(stats)
+    }
+}
