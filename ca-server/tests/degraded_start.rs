@@ -210,19 +210,33 @@ async fn api_refuses(api: SocketAddr) -> bool {
 /// An operator certificate, issued by an in-process node on the same database (the serving
 /// node trusts what its CA issued and the store holds).
 async fn operator(cfg: &ServerConfig) -> Identity {
+    admins(cfg, 1).await.remove(0)
+}
+
+/// `n` operator certificates from an in-process node on the same database, each with its
+/// OCSP answer pre-signed and stored.
+async fn admins(cfg: &ServerConfig, n: usize) -> Vec<Identity> {
     let assembled = ca_server::server::ServerBuilder::from_config(cfg)
         .await
         .expect("in-process node opens its parts")
         .assemble()
         .await
         .expect("in-process node assembles");
-    let (cert, key) =
-        ca_server::dev::issue_admin_cert(&assembled.state, "degraded-op", Role::Operator, "test")
-            .await
-            .unwrap();
-    // Signs what is still queued (the operator certificate's OCSP answer) and stores it.
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (cert, key) = ca_server::dev::issue_admin_cert(
+            &assembled.state,
+            &format!("degraded-op-{i}"),
+            Role::Operator,
+            "test",
+        )
+        .await
+        .unwrap();
+        out.push(Identity { cert, key });
+    }
+    // Signs what is still queued (the certificates' OCSP answers) and stores it.
     assembled.close().await;
-    Identity { cert, key }
+    out
 }
 
 /// `openssl ocsp`'s verdict on a serial, asked over HTTP from the node's status listener.
@@ -438,9 +452,28 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
     const IN_PROCESS_ENV: &str = "CA_TEST_DEGRADED_HSM_DATABASE_URL";
     std::env::set_var(IN_PROCESS_ENV, db.url());
     let (_, cfg) = write_config(&pki, dir.path(), api, status, IN_PROCESS_ENV);
-    // An existing certificate with its OCSP answer pre-signed in the store.
-    let op = operator(&cfg).await;
+    // Existing certificates with their OCSP answers pre-signed in the store; the second is
+    // then revoked in the store only, as a node that died between storing a revocation and
+    // re-signing its OCSP answer leaves it: its stored answer still says good.
+    let mut ids = admins(&cfg, 2).await;
+    let victim = ids.pop().unwrap();
+    let op = ids.pop().unwrap();
     let op_serial = serial_of(&op.cert);
+    let victim_serial = serial_of(&victim.cert);
+    let url = db.url().to_string();
+    let s = victim_serial.clone();
+    tokio::task::spawn_blocking(move || {
+        use ca_core::store::prelude::*;
+        let pg = ca_core::store::PgStore::open_with_pool_size(&url, 1).unwrap();
+        pg.revoke(
+            &hex::decode(s).unwrap(),
+            chrono::Utc::now(),
+            ca_core::revocation::RevocationReason::KeyCompromise,
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
 
     // The token's PIN is changed behind the node's back; the node starts.
     pki.token.inject_login_refusal().unwrap();
@@ -457,6 +490,11 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
         },
     )
     .await;
+    // The revoked certificate's stale `good` answer is never served: tryLater until the HSM
+    // can sign its revoked answer.
+    let verdict = ocsp_status(status, &pki, &victim_serial).await;
+    assert!(!verdict.contains(": good"), "{verdict}");
+    assert!(verdict.to_lowercase().contains("trylater"), "{verdict}");
     let (code, ca_der) = http(status, "GET", "/ca.crt").await.unwrap();
     assert_eq!(code, 200);
     assert!(!ca_der.is_empty());
@@ -497,6 +535,8 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
         logins as u64 <= refused_for.as_secs() / 2 + 2,
         "{logins} refused logins in {refused_for:?}:\n{log}"
     );
+    let verdict = ocsp_status(status, &pki, &victim_serial).await;
+    assert!(verdict.contains(": revoked"), "{verdict}");
     let issued = enroll(api, &root_pem, &op, "after-hsm.test").await;
     assert!(ocsp_status(status, &pki, &issued.serial)
         .await
