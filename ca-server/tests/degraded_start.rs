@@ -10,7 +10,11 @@
 //! - HSM refusing the login at start: the node serves OCSP for an existing certificate from the
 //!   store, `/ca.crt` and the last archived CRL, the API port refuses connections; once the PIN works again the node
 //!   signs (server certificate, first CRL), binds the API and enrollment works, without a
-//!   restart, having tried the refused PIN no more often than `hsm.refused_pin_retry`.
+//!   restart, having tried the refused PIN no more often than `hsm.refused_pin_retry`; a
+//!   certificate revoked in the store whose stored answer still says good is answered
+//!   `tryLater` meanwhile, never good;
+//! - a node waiting for its HSM gives the OCSP refresh and CRL leases up, so that a node that
+//!   can sign does that work.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -546,4 +550,73 @@ async fn hsm_refusing_the_login_at_start_serves_ocsp_then_signs_when_it_accepts(
     let (code, body) = http(status, "GET", "/readyz").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ready\n"));
     assert!(serve.sigterm().success(), "{}", serve.log());
+}
+
+/// A node waiting for its HSM must not keep the OCSP refresh lease: while it holds it, no
+/// other node re-signs answers near their nextUpdate, and every node's answers run out. Here
+/// the waiting node's responder (keys known from the certificate only) has answers to sign
+/// (a certificate issued without one), takes the lease on its maintenance pass, signs nothing,
+/// and must give the lease up so that a node with a working HSM takes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waiting_for_its_hsm_gives_the_ocsp_refresh_lease_up() {
+    use ca_core::signer::deferred::DeferredSigner;
+    use ca_core::store::prelude::*;
+    use ca_server::status::{StatusConfig, StatusSetup, StatusState, OCSP_REFRESH_LEASE};
+    use std::sync::Arc;
+    let pki = tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
+        // Issued and stored, with no OCSP answer yet.
+        pki.issue_new_key("client", "waiting.test").unwrap();
+        pki
+    })
+    .await
+    .unwrap();
+    let issuing: Arc<dyn ca_core::signer::Signer> =
+        Arc::new(DeferredSigner::from_cert("issuing key", &pki.issuing_der).unwrap());
+    let setup = StatusSetup {
+        issuer_cert_der: pki.issuing_der.clone(),
+        issuing_signer: issuing.clone(),
+        ocsp_key: ca_core::ocsp::ResponderKey::ca(issuing),
+        store: pki.store.clone(),
+        clock: Arc::new(ca_core::clock::SystemClock),
+        responder: Default::default(),
+        crl: Default::default(),
+        external_responses: vec![],
+        root_crl: None,
+        http: StatusConfig::default(),
+    };
+    let state = tokio::task::spawn_blocking(move || StatusState::build(setup))
+        .await
+        .unwrap()
+        .expect("the status state starts without the HSM");
+    assert!(state.responder().resign_backlog() >= 1);
+    assert!(state.crls().current().is_none());
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || s.maintain_blocking())
+        .await
+        .unwrap();
+    assert!(
+        state.responder().resign_backlog() >= 1,
+        "signed without a key"
+    );
+    let store = pki.store.clone();
+    let (refresh, crl) = tokio::task::spawn_blocking(move || {
+        let ttl = Duration::from_secs(60);
+        (
+            store
+                .try_lease(OCSP_REFRESH_LEASE, "a-node-with-its-hsm", ttl)
+                .unwrap(),
+            store
+                .try_lease(ca_core::crl::CRL_LEASE, "a-node-with-its-hsm", ttl)
+                .unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(refresh, "the waiting node kept the OCSP refresh lease");
+    assert!(crl, "the waiting node kept the CRL lease");
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || s.close_blocking())
+        .await
+        .unwrap();
 }
