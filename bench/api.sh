@@ -102,6 +102,7 @@ if [ "$store" = postgres ]; then
   awk '/^\[store\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip { print }' "$dir/config.toml" >"$dir/config.toml.new"
   printf '\n[store]\nkind = "postgres"\nurl = { env = "CA_BENCH_DATABASE_URL" }\n' >>"$dir/config.toml.new"
   mv "$dir/config.toml.new" "$dir/config.toml"
+  rm -rf "$dir/admin"   # issued into the sled store: the first node issues one into PostgreSQL
 fi
 # 4. Serve it again (on every node) and load it.
 urls=()

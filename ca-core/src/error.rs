@@ -156,6 +156,21 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store cannot take the operation now, for a reason that passes by itself or once an
+    /// operator fixes the environment, not a fault in the request or the data: the database
+    /// is unreachable, restarting, or read-only (a standby, or a primary after a switchover);
+    /// the pool had no connection in time; the disk under the store is full or failing.
+    /// Nothing is acknowledged: retry later (the API answers `503 store_unavailable` with a
+    /// `Retry-After`). A write whose commit's answer was lost may have been made; the retry
+    /// finds it (the renewal replay, a token already used).
+    #[error("store unavailable during {op}: {source}")]
+    StoreUnavailable {
+        /// The store operation.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A record in the store could not be decoded (corruption or version skew).
     #[error("store record corrupt: {0}")]
     Corrupt(String),
@@ -296,15 +311,30 @@ impl Error {
         )
     }
 
+    /// A store error: [`Error::StoreUnavailable`] when the backend's error means the store is
+    /// unreachable or cannot write for now ([`crate::store::is_unavailable`]), else
+    /// [`Error::Store`].
     #[cfg(feature = "store")]
     pub(crate) fn store<E: std::error::Error + Send + Sync + 'static>(
         op: &'static str,
         e: E,
     ) -> Self {
-        Error::Store {
-            op,
-            source: Box::new(e),
+        if crate::store::is_unavailable(&e) {
+            Error::StoreUnavailable {
+                op,
+                source: Box::new(e),
+            }
+        } else {
+            Error::Store {
+                op,
+                source: Box::new(e),
+            }
         }
+    }
+
+    /// Whether this is [`Error::StoreUnavailable`]: retry later, nothing was acknowledged.
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(self, Error::StoreUnavailable { .. })
     }
 }
 

@@ -787,7 +787,8 @@ fn ocsp_responses_are_replaced_and_visited(place: Place) {
 }
 
 fn stored_crl(scope: &str, number: u64) -> ca_core::store::StoredCrl {
-    let now = ca_core::clock::truncate(Utc::now());
+    // A fixed time: two calls compare equal whatever second they run in.
+    let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
     ca_core::store::StoredCrl {
         scope: scope.into(),
         number,
@@ -1285,4 +1286,561 @@ mod two_nodes {
             }
         });
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention: pruning expired certificates and finished tokens (README "Retention"), on both
+// backends.
+
+/// One `#[test]` per backend for each retention contract test.
+macro_rules! retention_contract {
+    ($($name:ident),* $(,)?) => {
+        mod retention_on_sled {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Place::sled())
+            })*
+        }
+        #[cfg(feature = "postgres")]
+        mod retention_on_postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Place::pg())
+            })*
+        }
+    };
+}
+
+retention_contract!(
+    pruning_takes_only_what_expired_before_the_cutoff_oldest_first_and_bounded,
+    a_pruned_certificate_is_gone_from_every_index,
+    revoked_certificates_stay_while_the_crl_must_list_them,
+    a_lineage_lock_stays_while_any_of_its_certificates_remains,
+    tokens_are_pruned_only_after_use_or_expiry_plus_retention,
+    two_pruners_at_once_prune_each_record_once,
+    a_revocation_racing_a_prune_is_never_lost,
+    a_prune_is_told_on_the_change_feed,
+);
+
+/// A certificate (serial `33 hi lo`) whose notAfter was `days` days ago (negative: ahead).
+fn expired(n: u16, identity: &str, days: i64) -> CertRecord {
+    let not_after = ca_core::clock::truncate(Utc::now()) - Duration::days(days);
+    let serial = [vec![0x33], n.to_be_bytes().to_vec()].concat();
+    CertRecord {
+        serial: serial.clone(),
+        lineage: serial,
+        not_before: not_after - Duration::days(1),
+        not_after,
+        issued_at: not_after - Duration::days(1),
+        ..record(0, identity)
+    }
+}
+
+fn cutoff(days_ago: i64) -> ca_core::store::CertCutoff {
+    ca_core::store::CertCutoff {
+        expired_before: Utc::now() - Duration::days(days_ago),
+        revoked_listed_before: Some(Utc::now()),
+    }
+}
+
+fn all_serials(s: &dyn Store) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    s.for_each_cert(&mut |c| {
+        out.push(c.serial);
+        Ok(())
+    })
+    .unwrap();
+    out.sort();
+    out
+}
+
+fn pruning_takes_only_what_expired_before_the_cutoff_oldest_first_and_bounded(place: Place) {
+    let s = place.open();
+    // 30, 20 and 10 days expired, 1 day expired, and live.
+    let recs = [
+        expired(1, "old.test", 10),
+        expired(2, "old.test", 30),
+        expired(3, "old.test", 20),
+        expired(4, "recent.test", 1),
+        expired(5, "live.test", -1),
+    ];
+    for r in &recs {
+        assert!(s.insert_cert(r).unwrap());
+    }
+    let c = cutoff(5);
+    // At most `limit` per call, oldest notAfter first.
+    let first = s.prune_expired_certs(&c, 2).unwrap();
+    assert_eq!(
+        first.serials,
+        vec![recs[1].serial.clone(), recs[2].serial.clone()]
+    );
+    let second = s.prune_expired_certs(&c, 2).unwrap();
+    assert_eq!(second.serials, vec![recs[0].serial.clone()]);
+    assert!(s.prune_expired_certs(&c, 2).unwrap().serials.is_empty());
+    assert!(s
+        .prune_expired_certs(&cutoff(0), 0)
+        .unwrap()
+        .serials
+        .is_empty());
+    drop(s);
+    // Durable: a reopened store (a restart, another node) sees the same.
+    let s = place.open();
+    assert_eq!(
+        all_serials(&*s),
+        vec![recs[3].serial.clone(), recs[4].serial.clone()]
+    );
+    // A cutoff of now takes the one expired yesterday, never the live one.
+    let last = s.prune_expired_certs(&cutoff(0), 100).unwrap();
+    assert_eq!(last.serials, vec![recs[3].serial.clone()]);
+    assert_eq!(all_serials(&*s), vec![recs[4].serial.clone()]);
+}
+
+fn a_pruned_certificate_is_gone_from_every_index(place: Place) {
+    let s = place.open();
+    let gone = expired(1, "both.test", 10);
+    let kept = expired(2, "both.test", -1);
+    let gone_revoked = expired(3, "rev.test", 12);
+    for r in [&gone, &kept, &gone_revoked] {
+        assert!(s.insert_cert(r).unwrap());
+    }
+    s.revoke(
+        &gone_revoked.serial,
+        gone_revoked.not_after - Duration::hours(1),
+        RevocationReason::Superseded,
+    )
+    .unwrap();
+    let resp = |serial: &[u8]| StoredOcspResponse {
+        serial: serial.to_vec(),
+        ..ocsp_response(0, 7)
+    };
+    for r in [&gone, &kept, &gone_revoked] {
+        s.put_ocsp_response(&resp(&r.serial)).unwrap();
+    }
+    let pruned = s.prune_expired_certs(&cutoff(5), 10).unwrap();
+    assert_eq!(
+        pruned.serials,
+        vec![gone_revoked.serial.clone(), gone.serial.clone()]
+    );
+    let mut responses: Vec<Vec<u8>> = pruned
+        .ocsp_responses
+        .iter()
+        .map(|r| r.serial.clone())
+        .collect();
+    responses.sort();
+    assert_eq!(
+        responses,
+        vec![gone.serial.clone(), gone_revoked.serial.clone()]
+    );
+    drop(s);
+    let s = place.open();
+    for r in [&gone, &gone_revoked] {
+        assert!(!s.serial_exists(&r.serial).unwrap());
+        assert_eq!(s.get_cert(&r.serial).unwrap(), None);
+        assert!(s.lineage_certs(&r.lineage).unwrap().is_empty());
+        assert_eq!(s.lineage_newest(&r.lineage).unwrap(), None);
+    }
+    let listed = |f: CertFilter| -> Vec<Vec<u8>> {
+        s.list_certs(&f)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.serial)
+            .collect()
+    };
+    let only_kept = vec![kept.serial.clone()];
+    assert_eq!(listed(CertFilter::default()), only_kept);
+    assert_eq!(
+        listed(CertFilter {
+            identity: Some("both.test".into()),
+            ..Default::default()
+        }),
+        only_kept
+    );
+    assert!(listed(CertFilter {
+        identity: Some("rev.test".into()),
+        ..Default::default()
+    })
+    .is_empty());
+    assert!(listed(CertFilter {
+        expiring_before: Some(Utc::now()),
+        ..Default::default()
+    })
+    .is_empty());
+    assert!(listed(CertFilter {
+        revoked: Some(true),
+        ..Default::default()
+    })
+    .is_empty());
+    let mut revoked = 0;
+    s.for_each_revoked(&mut |_| {
+        revoked += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(revoked, 0, "the pruned revocation left the CRL's source");
+    let mut stored = Vec::new();
+    s.for_each_ocsp_response(&mut |r| {
+        stored.push(r.serial);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(stored, only_kept);
+    // Its serial is free in the index only: a serial once issued is never reissued by the
+    // CA (random serials), and a new record under it would be a new certificate.
+    assert!(s.insert_cert(&gone).unwrap());
+    assert_eq!(s.lineage_certs(&gone.lineage).unwrap(), vec![gone.clone()]);
+}
+
+fn revoked_certificates_stay_while_the_crl_must_list_them(place: Place) {
+    use ca_core::store::CertCutoff;
+    let s = place.open();
+    let now = Utc::now();
+    // Expired 10 days ago, revoked before it expired.
+    let before_expiry = expired(1, "r.test", 10);
+    // Expired 10 days ago, revoked 2 days ago (after its expiry).
+    let after_expiry = expired(2, "r.test", 10);
+    for r in [&before_expiry, &after_expiry] {
+        assert!(s.insert_cert(r).unwrap());
+    }
+    let t0 = ca_core::clock::truncate(now);
+    s.revoke(
+        &before_expiry.serial,
+        before_expiry.not_after - Duration::days(3),
+        RevocationReason::KeyCompromise,
+    )
+    .unwrap();
+    s.revoke(
+        &after_expiry.serial,
+        t0 - Duration::days(2),
+        RevocationReason::Superseded,
+    )
+    .unwrap();
+    let revoked_serials = |s: &dyn Store| {
+        let mut v = Vec::new();
+        s.for_each_revoked(&mut |e| {
+            v.push(e.serial);
+            Ok(())
+        })
+        .unwrap();
+        v
+    };
+    let prune = |listed: Option<chrono::DateTime<Utc>>| {
+        s.prune_expired_certs(
+            &CertCutoff {
+                expired_before: now,
+                revoked_listed_before: listed,
+            },
+            10,
+        )
+        .unwrap()
+        .serials
+    };
+    // No CRL known to have listed them: both stay, however old.
+    assert!(prune(None).is_empty());
+    // The last CRL was issued before they expired: it must still list them (RFC 5280 5.2).
+    assert!(prune(Some(now - Duration::days(11))).is_empty());
+    // A CRL issued after the first expired (and was revoked) but before the second was
+    // revoked: only the first has appeared on a CRL issued after its expiry.
+    assert_eq!(
+        prune(Some(now - Duration::days(5))),
+        vec![before_expiry.serial.clone()]
+    );
+    assert_eq!(revoked_serials(&*s), vec![after_expiry.serial.clone()]);
+    assert!(s.get_cert(&after_expiry.serial).unwrap().is_some());
+    // A CRL issued after its revocation too.
+    assert_eq!(prune(Some(now)), vec![after_expiry.serial.clone()]);
+    assert!(revoked_serials(&*s).is_empty());
+    // The rule, on its own.
+    let rec = CertRecord {
+        status: RecordStatus::Revoked {
+            at: t0 - Duration::days(20),
+            reason: RevocationReason::Superseded,
+        },
+        ..expired(9, "r.test", 10)
+    };
+    let c = |listed| CertCutoff {
+        expired_before: now,
+        revoked_listed_before: listed,
+    };
+    assert!(!c(None).allows(&rec));
+    assert!(!c(Some(rec.not_after)).allows(&rec));
+    assert!(c(Some(rec.not_after + Duration::seconds(1))).allows(&rec));
+    assert!(!CertCutoff {
+        expired_before: rec.not_after,
+        revoked_listed_before: Some(now),
+    }
+    .allows(&rec));
+}
+
+fn a_lineage_lock_stays_while_any_of_its_certificates_remains(place: Place) {
+    use ca_core::store::LineageLock;
+    let s = place.open();
+    let g1 = expired(1, "l.test", 20);
+    let g2 = CertRecord {
+        requester: Requester::Renewal(g1.serial_hex()),
+        generation: 2,
+        lineage: g1.lineage.clone(),
+        ..expired(2, "l.test", 10)
+    };
+    let g3 = CertRecord {
+        requester: Requester::Renewal(g2.serial_hex()),
+        generation: 3,
+        lineage: g1.lineage.clone(),
+        ..expired(3, "l.test", -1)
+    };
+    assert!(s.insert_cert(&g1).unwrap());
+    assert!(s.insert_renewal(&g2, &g1).unwrap());
+    assert!(s.insert_renewal(&g3, &g2).unwrap());
+    let lock = LineageLock {
+        at: ca_core::clock::truncate(Utc::now()),
+        reason: "key_compromise".into(),
+        serial: g3.serial_hex(),
+        actor: "so".into(),
+    };
+    s.lock_lineage(&g1.lineage, &lock).unwrap();
+    // Generations 1 and 2 go; generation 3 remains, and so does the lock.
+    assert_eq!(
+        s.prune_expired_certs(&cutoff(5), 10).unwrap().serials.len(),
+        2
+    );
+    drop(s);
+    let s = place.open();
+    assert_eq!(s.lineage_certs(&g1.lineage).unwrap(), vec![g3.clone()]);
+    assert_eq!(s.lineage_lock(&g1.lineage).unwrap(), Some(lock.clone()));
+    let g4 = CertRecord {
+        requester: Requester::Renewal(g3.serial_hex()),
+        generation: 4,
+        lineage: g1.lineage.clone(),
+        ..expired(4, "l.test", -2)
+    };
+    assert!(matches!(
+        s.insert_renewal(&g4, &g3),
+        Err(Error::LineageLocked { .. })
+    ));
+    // Another lineage with a lock whose only certificate goes: its lock goes with it.
+    let other = expired(5, "o.test", 10);
+    assert!(s.insert_cert(&other).unwrap());
+    s.lock_lineage(&other.lineage, &lock).unwrap();
+    assert_eq!(
+        s.prune_expired_certs(&cutoff(5), 10).unwrap().serials,
+        vec![other.serial.clone()]
+    );
+    assert_eq!(s.lineage_lock(&other.lineage).unwrap(), None);
+    assert_eq!(s.lineage_lock(&g1.lineage).unwrap(), Some(lock));
+}
+
+fn tokens_are_pruned_only_after_use_or_expiry_plus_retention(place: Place) {
+    let s = place.open();
+    let now = ca_core::clock::truncate(Utc::now());
+    let at = |hash: &str, created_days_ago: i64, ttl: Duration| TokenRecord {
+        created_at: now - Duration::days(created_days_ago),
+        expires_at: now - Duration::days(created_days_ago) + ttl,
+        ..token(hash, ttl)
+    };
+    // Unused, expired 10 days ago.
+    s.insert_token(&at("aa01", 11, Duration::days(1))).unwrap();
+    // Used 10 days ago, would expire in 100 days.
+    s.insert_token(&at("aa02", 11, Duration::days(111)))
+        .unwrap();
+    s.consume_token("aa02", now - Duration::days(10)).unwrap();
+    // Used 1 day ago.
+    s.insert_token(&at("aa03", 2, Duration::days(7))).unwrap();
+    s.consume_token("aa03", now - Duration::days(1)).unwrap();
+    // Unused, expired 1 day ago.
+    s.insert_token(&at("aa04", 2, Duration::days(1))).unwrap();
+    // Unused and live.
+    s.insert_token(&at("aa05", 0, Duration::days(1))).unwrap();
+    let before = now - Duration::days(5);
+    assert_eq!(s.prune_tokens(before, 1).unwrap(), 1);
+    assert_eq!(s.prune_tokens(before, 1).unwrap(), 1);
+    assert_eq!(s.prune_tokens(before, 1).unwrap(), 0);
+    assert_eq!(s.prune_tokens(before, 0).unwrap(), 0);
+    drop(s);
+    let s = place.open();
+    let mut left: Vec<String> = s
+        .list_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.hash)
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["aa03", "aa04", "aa05"]);
+    assert_eq!(s.get_token("aa02").unwrap(), None);
+    assert!(matches!(
+        s.consume_token("aa01", now - Duration::days(12)),
+        Err(Error::TokenRejected("unknown token"))
+    ));
+    // With no retention, what finished before now goes; the live token stays.
+    assert_eq!(s.prune_tokens(now, 100).unwrap(), 2);
+    let left: Vec<String> = s
+        .list_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.hash)
+        .collect();
+    assert_eq!(left, vec!["aa05"]);
+}
+
+/// Two pruners at once (PostgreSQL: two stores on one database, as two nodes; sled: two
+/// threads on the one store a process may open) remove every record exactly once.
+fn two_pruners_at_once_prune_each_record_once(place: Place) {
+    let a = place.open();
+    let b = match (&place, &a) {
+        #[cfg(feature = "postgres")]
+        (Place::Pg(_), _) => place.open(),
+        _ => a.clone(),
+    };
+    let n = 240u16;
+    ca_core::store::deferred(&*a, || {
+        for i in 0..n {
+            let r = expired(i, &format!("h{}.test", i % 7), 10 + i64::from(i % 5));
+            assert!(a.insert_cert(&r)?);
+            if i % 3 == 0 {
+                a.revoke(&r.serial, r.not_after, RevocationReason::Superseded)?;
+            }
+            a.insert_token(&TokenRecord {
+                expires_at: Utc::now() - Duration::days(10),
+                ..token(&format!("bb{i:04}"), Duration::hours(1))
+            })?;
+        }
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert!(a.insert_cert(&expired(9999, "live.test", -1)).unwrap());
+    let c = cutoff(5);
+    let run = |s: Opened| {
+        std::thread::spawn(move || {
+            let (mut serials, mut tokens) = (Vec::new(), 0);
+            loop {
+                let p = s.prune_expired_certs(&c, 16).unwrap();
+                let t = s.prune_tokens(Utc::now() - Duration::days(5), 16).unwrap();
+                tokens += t;
+                if p.serials.is_empty() && t == 0 {
+                    return (serials, tokens);
+                }
+                serials.extend(p.serials);
+            }
+        })
+    };
+    let (ha, hb) = (run(a.clone()), run(b));
+    let (sa, ta) = ha.join().unwrap();
+    let (sb, tb) = hb.join().unwrap();
+    let mut all: Vec<Vec<u8>> = sa.iter().chain(&sb).cloned().collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a certificate was counted twice");
+    assert_eq!(all.len(), usize::from(n));
+    assert_eq!(ta + tb, usize::from(n), "every token pruned exactly once");
+    assert_eq!(
+        all_serials(&*a),
+        vec![expired(9999, "live.test", -1).serial]
+    );
+    assert!(a.list_tokens().unwrap().is_empty());
+}
+
+/// A revocation acknowledged while a prune runs is never lost: with no CRL known to have
+/// listed anything, each expired certificate ends either pruned (and its revocation refused as
+/// unknown) or revoked and still stored, on the CRL's source, never pruned after its revocation
+/// was acknowledged.
+fn a_revocation_racing_a_prune_is_never_lost(place: Place) {
+    let a = place.open();
+    let b = match (&place, &a) {
+        #[cfg(feature = "postgres")]
+        (Place::Pg(_), _) => place.open(),
+        _ => a.clone(),
+    };
+    // Several rounds, the revocations walking with the prune (ascending serials) and against
+    // it: the race is short, each round is one more chance to lose it.
+    for round in 0..6u16 {
+        let n = 200u16;
+        let serial = |i: u16| expired(round * 1000 + i, "race.test", 10).serial;
+        ca_core::store::deferred(&*a, || {
+            for i in 0..n {
+                assert!(a.insert_cert(&expired(round * 1000 + i, "race.test", 10))?);
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let pruner = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let c = ca_core::store::CertCutoff {
+                    expired_before: Utc::now(),
+                    revoked_listed_before: None,
+                };
+                let mut pruned = Vec::new();
+                loop {
+                    let p = a.prune_expired_certs(&c, 7).unwrap();
+                    if p.serials.is_empty() {
+                        return pruned;
+                    }
+                    pruned.extend(p.serials);
+                }
+            })
+        };
+        let order: Vec<u16> = if round % 2 == 0 {
+            (0..n).collect()
+        } else {
+            (0..n).rev().collect()
+        };
+        let mut acknowledged = Vec::new();
+        for i in order {
+            match b.revoke(&serial(i), Utc::now(), RevocationReason::KeyCompromise) {
+                Ok(_) => acknowledged.push(serial(i)),
+                Err(Error::CertNotFound(_)) => {}
+                Err(e) => panic!("revoke: {e}"),
+            }
+        }
+        let pruned = pruner.join().unwrap();
+        let mut listed = Vec::new();
+        a.for_each_revoked(&mut |e| {
+            listed.push(e.serial);
+            Ok(())
+        })
+        .unwrap();
+        for s in &acknowledged {
+            assert!(!pruned.contains(s), "an acknowledged revocation was pruned");
+            assert!(a.get_cert(s).unwrap().unwrap().is_revoked());
+            assert!(
+                listed.contains(s),
+                "an acknowledged revocation left the CRL"
+            );
+        }
+        assert_eq!(
+            pruned.len() + acknowledged.len(),
+            usize::from(n),
+            "every certificate was pruned or revoked"
+        );
+    }
+}
+
+/// Each pruned serial is told on the change feed at commit (other nodes drop their answers);
+/// a prune that removed nothing tells nothing.
+fn a_prune_is_told_on_the_change_feed(place: Place) {
+    use ca_core::store::Change;
+    let s = place.open();
+    let sub = s.subscribe().unwrap();
+    let old = expired(1, "feed.test", 10);
+    let live = expired(2, "feed.test", -1);
+    for r in [&old, &live] {
+        assert!(s.insert_cert(r).unwrap());
+    }
+    assert_eq!(
+        s.prune_expired_certs(&cutoff(5), 10).unwrap().serials,
+        vec![old.serial.clone()]
+    );
+    assert!(s
+        .prune_expired_certs(&cutoff(5), 10)
+        .unwrap()
+        .serials
+        .is_empty());
+    assert_eq!(
+        sub.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+        Some(Change::Pruned(old.serial.clone()))
+    );
+    assert_eq!(
+        sub.recv_timeout(std::time::Duration::from_millis(300))
+            .unwrap(),
+        None
+    );
 }

@@ -193,23 +193,79 @@ fn strip_sign_byte(serial: &[u8]) -> &[u8] {
 
 /// Serialises revocations made on an administrator's authority, so that the last-officer rule
 /// of [`check_revocation_allowed`] and the revocation it allows are one step: two officers
-/// revoking each other's certificates at the same moment cannot leave none. One per process:
-/// the store (sled) is opened by one process only, so one server node; a store shared by
-/// several nodes would need this lock in the store instead.
+/// revoking each other's certificates at the same moment cannot leave none. In the process a
+/// mutex; on a store several nodes share, also the lease [`REVOCATION_LEASE`] in the store, so
+/// that the step is one across nodes.
 #[derive(Debug, Default)]
 pub struct RevocationLock(std::sync::Mutex<()>);
 
-/// Proof that [`RevocationLock`] is held.
-#[derive(Debug)]
-pub struct RevocationGuard<'a>(
-    #[allow(dead_code, reason = "held, not read")] std::sync::MutexGuard<'a, ()>,
-);
+/// The store lease ([`ca_core::store::Leases`]) held across nodes while an administrator's
+/// revocation is checked and stored.
+pub const REVOCATION_LEASE: &str = "revocation:admin";
+
+/// How long the lease is held at most if its holder dies mid-revocation.
+const REVOCATION_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a revocation waits for another node's before giving up (`store_unavailable`).
+const REVOCATION_LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Proof that [`RevocationLock`] is held (and, on a shared store, the lease): released on drop.
+pub struct RevocationGuard<'a> {
+    _local: std::sync::MutexGuard<'a, ()>,
+    shared: Option<(&'a dyn ca_core::store::Store, String)>,
+}
+
+impl std::fmt::Debug for RevocationGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationGuard")
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Drop for RevocationGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((store, holder)) = self.shared.take() {
+            if let Err(e) = store.release_lease(REVOCATION_LEASE, &holder) {
+                tracing::warn!(error = %e, "releasing the revocation lease failed; it expires by itself");
+            }
+        }
+    }
+}
 
 impl RevocationLock {
-    /// Wait for the lock (blocking: call from the blocking pool).
-    pub fn lock(&self) -> RevocationGuard<'_> {
+    /// Wait for the lock, and on a shared store for the lease (blocking: call from the blocking
+    /// pool). `store_unavailable` if another node held the lease for longer than 30 s, or the
+    /// store cannot be asked.
+    pub fn lock<'a>(
+        &'a self,
+        store: &'a dyn ca_core::store::Store,
+    ) -> ApiResult<RevocationGuard<'a>> {
         // A panic while held leaves no partial state behind (the check only reads).
-        RevocationGuard(self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        let local = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !store.is_shared() {
+            return Ok(RevocationGuard {
+                _local: local,
+                shared: None,
+            });
+        }
+        let holder = ca_core::crl::lease_holder_name();
+        let deadline = std::time::Instant::now() + REVOCATION_LEASE_WAIT;
+        let mut pause = std::time::Duration::from_millis(5);
+        while !store.try_lease(REVOCATION_LEASE, &holder, REVOCATION_LEASE_TTL)? {
+            if std::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    Code::StoreUnavailable,
+                    "another node holds the revocation lock; try again",
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+        }
+        Ok(RevocationGuard {
+            _local: local,
+            shared: Some((store, holder)),
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `ca-server` command line: `serve`, `dev`, and the admin client commands (`token
 //! create`, `revoke`, `certs list`, `audit show|verify|checkpoint|export`, `admin-cert
 //! create`) that talk to the HTTPS API with an administrator certificate (flags, or the
-//! variables of `dev.env`); `audit verify-export` works offline.
+//! variables of `dev.env`); `audit verify-export` and `store prune` work offline.
 
 use crate::api::types::*;
 use crate::client::{ApiClient, ClientError};
@@ -70,6 +70,12 @@ pub enum Command {
         /// Admin certificate commands.
         #[command(subcommand)]
         cmd: AdminCertCmd,
+    },
+    /// The store itself.
+    Store {
+        /// Store commands.
+        #[command(subcommand)]
+        cmd: StoreCmd,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -251,6 +257,20 @@ pub enum AuditCmd {
     },
 }
 
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// One retention pass now (README "Retention"): prune the certificates expired longer
+    /// than `[retention] certificates` ago and the tokens finished longer than `tokens` ago,
+    /// in batches of `batch`, with one audit event; a revoked certificate only once the
+    /// archived CRL has listed it after its expiry. On sled, stop the server first
+    /// (its store is locked while it runs); on PostgreSQL it may run beside the nodes.
+    ///
+    /// Example: ca-server store prune --config /etc/ca/ca.toml --dry-run
+    #[command(verbatim_doc_comment)]
+    Prune(crate::retention::PruneArgs),
+}
+
 /// `admin-cert` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AdminCertCmd {
@@ -367,8 +387,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|a| a.to_string())
                     .unwrap_or_default()
             );
-            running.wait_for(&mut signal).await;
+            running.wait_for(&mut signal).await?;
             Ok(())
+        }
+        Command::Store {
+            cmd: StoreCmd::Prune(args),
+        } => {
+            init_logging(cli.log_json, Some("warn"));
+            crate::retention::run_command(args).await
         }
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;

@@ -25,6 +25,10 @@
 //! kind = "postgres"
 //! url = { env = "CA_DATABASE_URL" }         # or { file = "/etc/ca/database.url" }
 //!
+//! [retention]                               # the defaults
+//! certificates = "90d"                      # kept this long after notAfter
+//! tokens = "7d"                             # kept this long after use or expiry
+//!
 //! [profiles.client]
 //! validity = "24h"
 //! names = { dns = [".svc.example.com"] }
@@ -124,6 +128,9 @@ pub struct ServerConfig {
     /// Where certificates, tokens, revocations and the audit log are kept (`[store]`).
     #[serde(default)]
     pub store: StoreSection,
+    /// How long expired certificates and finished tokens are kept (`[retention]`).
+    #[serde(default)]
+    pub retention: RetentionSection,
     /// Certificate profiles agents can enroll under. Names starting with `_` are reserved for
     /// the server's internal profiles (`_admin`, `_server-tls`).
     pub profiles: Profiles,
@@ -846,6 +853,95 @@ impl StoreSection {
     }
 }
 
+/// `[retention]`: pruning of expired certificates and finished enrollment tokens (README
+/// "Retention"). A revoked certificate is kept while the CRL must list it, whatever
+/// `certificates` says.
+///
+/// ```toml
+/// [retention]
+/// enabled = true
+/// certificates = "90d"   # after notAfter
+/// tokens = "7d"          # after use, or expiry when never used
+/// batch = 1000           # records per batch (one transaction each)
+/// interval = "10m"       # between passes
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Run the periodic pruning task (default true). Off: nothing is ever pruned by the
+    /// server (`ca-server store prune` still can).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long a certificate's record is kept after its notAfter (default 90d; 0s to 36500d).
+    #[serde(default = "default_cert_retention")]
+    pub certificates: Span,
+    /// How long a token's record is kept after its use, or its expiry when it was never used
+    /// (default 7d; 0s to 36500d).
+    #[serde(default = "default_token_retention")]
+    pub tokens: Span,
+    /// Records removed per batch, each batch its own transaction (default 1000; 1 to 100000).
+    #[serde(default = "default_prune_batch")]
+    pub batch: usize,
+    /// Time between pruning passes (default 10m; 10s to 24h).
+    #[serde(default = "default_prune_interval")]
+    pub interval: Span,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cert_retention() -> Span {
+    Span(chrono::Duration::days(90))
+}
+fn default_token_retention() -> Span {
+    Span(chrono::Duration::days(7))
+}
+fn default_prune_batch() -> usize {
+    1000
+}
+fn default_prune_interval() -> Span {
+    Span(chrono::Duration::minutes(10))
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            enabled: true,
+            certificates: default_cert_retention(),
+            tokens: default_token_retention(),
+            batch: default_prune_batch(),
+            interval: default_prune_interval(),
+        }
+    }
+}
+
+/// The longest retention accepted (100 years): a cutoff is the clock minus it.
+const RETENTION_CEILING_DAYS: i64 = 36_500;
+
+impl RetentionSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, span) in [
+            ("retention.certificates", &self.certificates),
+            ("retention.tokens", &self.tokens),
+        ] {
+            if span.0 < chrono::Duration::zero() {
+                return Err(invalid(key, "must not be negative"));
+            }
+            if span.0 > chrono::Duration::days(RETENTION_CEILING_DAYS) {
+                return Err(invalid(key, "at most 36500d"));
+            }
+        }
+        if self.batch == 0 || self.batch > 100_000 {
+            return Err(invalid("retention.batch", "must be between 1 and 100000"));
+        }
+        let i = self.interval.0;
+        if i < chrono::Duration::seconds(10) || i > chrono::Duration::hours(24) {
+            return Err(invalid("retention.interval", "must be between 10s and 24h"));
+        }
+        Ok(())
+    }
+}
+
 impl ServerConfig {
     /// Read, parse and validate a configuration file. Relative paths are resolved against the
     /// file's directory.
@@ -1042,6 +1138,7 @@ impl ServerConfig {
             ));
         }
         self.store.validate()?;
+        self.retention.validate()?;
         Ok(())
     }
 

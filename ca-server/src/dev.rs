@@ -222,6 +222,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
         crl: Default::default(),
         audit: Default::default(),
         store: Default::default(),
+        retention: Default::default(),
         profiles: dev_profiles(),
     };
     if let Some((key, cert)) = &pki.ocsp {
@@ -335,10 +336,10 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     // Before startup: a signal during startup stops the server once it has started.
     let mut signal = server::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
     let running = start(&opts).await?;
-    running.wait_for(&mut signal).await;
+    let stopped = running.wait_for(&mut signal).await;
     // The addresses in dev.env are stale once the server is gone.
     let _ = std::fs::remove_file(opts.data.join("dev.env"));
-    Ok(())
+    Ok(stopped?)
 }
 
 /// Prepare (or reuse) the directory, start the server, write `dev.env`; returns the running

@@ -10,6 +10,10 @@ use axum::response::{IntoResponse, Response};
 
 pub use ca_api::{Code, ErrorBody};
 
+/// `Retry-After` (seconds) of a `503 store_unavailable`: a restarting database or a
+/// failover takes a few seconds.
+pub const STORE_RETRY_AFTER_SECS: u64 = 2;
+
 /// An API error: code, message for the client, and optionally a Retry-After.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -92,7 +96,9 @@ fn core_code(e: &ca_core::Error) -> Code {
         | E::LoginBackoff { .. }
         | E::SignerNotReady { .. }
         | E::RevocationPending { .. } => Code::HsmUnavailable,
-        E::Store { .. } => Code::StoreUnavailable,
+        // Unreachable, restarting, read-only or out of disk: retry later. Any other store
+        // error (a corrupt record, a failed task) is `internal`.
+        E::StoreUnavailable { .. } => Code::StoreUnavailable,
         _ => Code::Internal,
     }
 }
@@ -127,9 +133,13 @@ impl From<ca_core::Error> for ApiError {
                 err
             }
             Code::StoreUnavailable => {
-                tracing::error!(error = %e, "store failure");
-                let mut err = ApiError::new(code, "the store is not reachable; retry later");
-                err.retry_after = Some(5);
+                tracing::error!(error = %e, "store unavailable");
+                let mut err = ApiError::new(
+                    code,
+                    "the store cannot write now (database unreachable, restarting or \
+                     read-only, or the disk is full); nothing was stored; retry later",
+                );
+                err.retry_after = Some(STORE_RETRY_AFTER_SECS);
                 err
             }
             Code::TokenRejected => {
@@ -203,6 +213,22 @@ mod tests {
                 500,
             ),
             (ca_core::Error::SignatureCheckFailed, "internal", 500),
+            (
+                ca_core::Error::StoreUnavailable {
+                    op: "insert certificate",
+                    source: "connection closed".into(),
+                },
+                "store_unavailable",
+                503,
+            ),
+            (
+                ca_core::Error::Store {
+                    op: "revoke task",
+                    source: "task panicked".into(),
+                },
+                "internal",
+                500,
+            ),
         ];
         for (e, code, status) in cases {
             let api = ApiError::from(e);
@@ -211,6 +237,19 @@ mod tests {
                 (code, status)
             );
         }
+    }
+
+    #[test]
+    fn store_unavailable_says_when_to_retry() {
+        let api = ApiError::from(ca_core::Error::StoreUnavailable {
+            op: "insert certificate",
+            source: "db error: FATAL: terminating connection due to administrator command".into(),
+        });
+        assert_eq!(api.retry_after, Some(STORE_RETRY_AFTER_SECS));
+        assert!(!api.message.contains("administrator command"));
+        let resp = api.into_response();
+        assert_eq!(resp.status().as_u16(), 503);
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "2");
     }
 
     #[test]

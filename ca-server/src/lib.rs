@@ -9,7 +9,8 @@
 //! - [`ratelimit`], [`metrics`]: protection and observability; [`duration`]: durations from
 //!   requests and flags, range-checked; [`listener`]: connection caps and timeouts of both
 //!   listeners; [`unauth`]: unauthenticated failures counted and summarised in the audit log.
-//! - [`server`]: listeners, the server's own certificate, graceful shutdown.
+//! - [`server`]: listeners, the server's own certificate, graceful shutdown; [`retention`]:
+//!   the periodic pruning of expired certificates and finished tokens.
 //! - [`audit_log`]: signed audit checkpoints, the audit export and its offline check.
 //! - [`dev`]: `ca-server dev`; [`client`] and [`cli`]: the admin CLI; [`breakglass`]: the
 //!   offline administrator certificate for recovery.
@@ -18,7 +19,7 @@
 //! # async fn run() -> anyhow::Result<()> {
 //! let cfg = ca_server::config::ServerConfig::load(std::path::Path::new("ca.toml"))?;
 //! let running = ca_server::server::start_from_config(&cfg).await?;
-//! running.wait_for_signal().await;
+//! running.wait_for_signal().await?;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod error;
 pub(crate) mod listener;
 pub mod metrics;
 pub(crate) mod ratelimit;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -28,6 +28,12 @@ fn main() -> std::process::ExitCode {
     ca_core::signer::pkcs11::finalize_modules();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The store needs a restart to write again (README "Store faults"): the status the
+        // supervisor restarts on.
+        Err(e) if e.is::<ca_server::service::RestartRequired>() => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(ca_server::service::EXIT_STORE_RESTART)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

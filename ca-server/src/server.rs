@@ -387,12 +387,47 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     aborts: Vec<JoinHandle<()>>,
     status: Option<(Arc<crate::status::StatusState>, Option<JoinHandle<()>>)>,
+    retention: Option<Arc<crate::retention::Pruner>>,
 }
 
 impl Running {
     /// A background task to abort once the listeners have stopped.
     pub fn abort_on_shutdown(&mut self, task: JoinHandle<()>) {
         self.aborts.push(task);
+    }
+
+    /// Start retention (`[retention]`, README "Retention"): a pruner over this server's store,
+    /// with the status listener's OCSP responder when it has one, and, when
+    /// `section.enabled`, its periodic task, stopped at shutdown after the batch in progress.
+    /// `crl_validity` is the CRLs' validity (`crl.validity`). Returns the pruner (for a pass
+    /// on demand).
+    pub fn start_retention(
+        &mut self,
+        section: &crate::config::RetentionSection,
+        crl_validity: chrono::Duration,
+    ) -> Arc<crate::retention::Pruner> {
+        let mut pruner = crate::retention::Pruner::new(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            section.clone(),
+            crl_validity,
+            &self.state.metrics,
+        );
+        if let Some((status, _)) = &self.status {
+            pruner = pruner.with_responder(status.responder().clone());
+        }
+        let pruner = Arc::new(pruner);
+        if section.enabled {
+            self.tasks
+                .push(pruner.clone().spawn(self.shutdown.subscribe()));
+        }
+        self.retention = Some(pruner.clone());
+        pruner
+    }
+
+    /// The pruner [`Running::start_retention`] started, if any.
+    pub fn pruner(&self) -> Option<&Arc<crate::retention::Pruner>> {
+        self.retention.as_ref()
     }
 
     /// The status listener's state and maintenance task ([`StatusParts`]): stopped, and its
@@ -451,23 +486,37 @@ impl Running {
         tracing::info!("server stopped");
     }
 
-    /// Serve until SIGINT or SIGTERM, then shut down gracefully.
-    pub async fn wait_for_signal(self) {
+    /// Serve until SIGINT or SIGTERM, then shut down gracefully (or until the store needs a
+    /// restart: [`Running::wait_for`]).
+    pub async fn wait_for_signal(self) -> Result<(), crate::service::RestartRequired> {
         match ShutdownSignal::install() {
             Ok(mut s) => self.wait_for(&mut s).await,
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGINT/SIGTERM; stopping");
                 self.shutdown().await;
+                Ok(())
             }
         }
     }
 
     /// Serve until `signal` fires (also when it fired before this call), then shut down
-    /// gracefully.
-    pub async fn wait_for(self, signal: &mut ShutdownSignal) {
-        signal.recv().await;
-        tracing::info!("shutdown requested; finishing in-flight requests");
+    /// gracefully. Also stops, gracefully, when the store cannot write again in this process
+    /// and its fault is gone ([`crate::service::store_restart_required`]): the error asks the
+    /// caller to exit with [`crate::service::EXIT_STORE_RESTART`].
+    pub async fn wait_for(
+        self,
+        signal: &mut ShutdownSignal,
+    ) -> Result<(), crate::service::RestartRequired> {
+        let fault = crate::service::store_restart_required(self.state.clone());
+        let restart = tokio::select! {
+            _ = signal.recv() => {
+                tracing::info!("shutdown requested; finishing in-flight requests");
+                None
+            }
+            r = fault => Some(r),
+        };
         self.shutdown().await;
+        restart.map_or(Ok(()), Err)
     }
 }
 
@@ -762,6 +811,7 @@ async fn start(
         tasks,
         aborts: Vec::new(),
         status: None,
+        retention: None,
     })
 }
 
@@ -912,7 +962,7 @@ pub fn reexec_for_softhsm(conf: &Path) -> anyhow::Result<()> {
 
 /// Open the store `[store]` names (blocking: PostgreSQL's client must not run on an async
 /// thread). Errors never show the database URL (it may hold a password).
-fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+pub(crate) fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     open_store_checked(cfg, None)
 }
 
@@ -1135,6 +1185,7 @@ pub async fn start_with_listeners(
 pub struct ServerBuilder {
     parts: ServerParts,
     status: Option<(crate::config::OcspSection, crate::config::CrlSection)>,
+    retention: Option<crate::config::RetentionSection>,
 }
 
 impl ServerBuilder {
@@ -1143,6 +1194,7 @@ impl ServerBuilder {
         ServerBuilder {
             parts,
             status: None,
+            retention: None,
         }
     }
 
@@ -1154,7 +1206,16 @@ impl ServerBuilder {
         let parts = tokio::task::spawn_blocking(move || parts_from_config(&owned, metrics))
             .await
             .context("opening the HSM and the store")??;
-        Ok(Self::new(parts).with_status(cfg.ocsp.clone(), cfg.crl.clone()))
+        Ok(Self::new(parts)
+            .with_status(cfg.ocsp.clone(), cfg.crl.clone())
+            .with_retention(cfg.retention.clone()))
+    }
+
+    /// Prune expired certificates and finished tokens with these settings once started
+    /// ([`Running::start_retention`]).
+    pub fn with_retention(mut self, retention: crate::config::RetentionSection) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     /// Serve OCSP, CRLs and the issuer certificate on the status listener, with these
@@ -1178,6 +1239,11 @@ impl ServerBuilder {
     /// state first (`dev` issues its administrator certificate), then [`Assembled::start`] or
     /// [`Assembled::close`].
     pub async fn assemble(self) -> anyhow::Result<Assembled> {
+        let crl_validity = self
+            .status
+            .as_ref()
+            .and_then(|(_, crl)| crl.validity)
+            .map_or_else(|| ca_core::crl::CrlConfig::default().validity, |v| v.0);
         let status = match self.status {
             Some((ocsp, crl)) => {
                 let p = self.parts.clone();
@@ -1195,6 +1261,7 @@ impl ServerBuilder {
                 state,
                 tls_names: self.parts.tls_names,
                 status,
+                retention: self.retention.map(|r| (r, crl_validity)),
             }),
             Err(e) => {
                 if let Some(s) = status {
@@ -1213,6 +1280,7 @@ pub struct Assembled {
     pub state: Arc<AppState>,
     tls_names: Vec<String>,
     status: Option<StatusParts>,
+    retention: Option<(crate::config::RetentionSection, chrono::Duration)>,
 }
 
 impl Assembled {
@@ -1235,6 +1303,9 @@ impl Assembled {
         match start(self.state, self.tls_names, api, status).await {
             Ok(mut running) => {
                 running.attach_status(state, maintenance);
+                if let Some((section, crl_validity)) = &self.retention {
+                    running.start_retention(section, *crl_validity);
+                }
                 Ok(running)
             }
             Err(e) => {

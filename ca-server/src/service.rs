@@ -17,7 +17,7 @@ use ca_core::issuance::Ca;
 use ca_core::profile::{KeyUsage, NamePolicy, Profile, Profiles, Span};
 use ca_core::revocation::RevocationReason;
 use ca_core::signer::pkcs11::{HsmHealth, Token};
-use ca_core::store::{CertRecord, Store};
+use ca_core::store::{CertRecord, Recovery, Store};
 use ca_core::x509::pem_encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -120,6 +120,63 @@ pub const READINESS_TTL: Duration = Duration::from_secs(2);
 /// Longest wait for an idle HSM session in a readiness check (a probe never queues behind
 /// issuance for longer).
 pub const READINESS_SESSION_WAIT: Duration = Duration::from_millis(250);
+/// Longest a readiness check may take (the store's write probe, the HSM session): past it the
+/// verdict is "not ready" (a store that does not answer in time cannot take writes either).
+pub const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the store is asked whether it needs the process restarted
+/// ([`store_restart_required`]).
+pub const STORE_FAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// The exit status of a server that stopped because its store needs a restart to write again
+/// (EX_TEMPFAIL of sysexits.h): a supervisor restarts it (systemd `Restart=on-failure`).
+pub const EXIT_STORE_RESTART: u8 = 75;
+
+/// The store cannot write again in this process, and the fault that stopped it looks gone:
+/// the server stops (gracefully) and exits with [`EXIT_STORE_RESTART`], so that its
+/// supervisor starts it again on a freshly opened store (README "Store faults").
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the store had an I/O error ({cause}) and refuses every write until it is opened again; \
+     the fault is gone now: exiting with status 75 so that the supervisor restarts the server \
+     (README \"Store faults\")"
+)]
+pub struct RestartRequired {
+    /// The store's fault.
+    pub cause: String,
+}
+
+/// Resolves once the store says it needs the process restarted and the fault looks gone
+/// ([`ca_core::store::Durability::recovery`]); never while it writes, or while the fault
+/// lasts (a restart then would fail the same way). Checks every
+/// [`STORE_FAULT_CHECK_INTERVAL`], after the cached readiness check (whose write probe
+/// notices a fault even when no request writes).
+pub async fn store_restart_required(state: Arc<AppState>) -> RestartRequired {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(STORE_FAULT_CHECK_INTERVAL).await;
+        let _ = state.ready().await;
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.recovery()).await {
+            Ok(Recovery::Restart {
+                cause,
+                cause_gone: true,
+            }) => {
+                tracing::error!(%cause, "store fault gone; restarting the server to reopen the store");
+                return RestartRequired { cause };
+            }
+            Ok(Recovery::Restart { cause, .. }) if !warned => {
+                warned = true;
+                tracing::error!(
+                    %cause,
+                    "the store refuses writes until the server restarts; waiting for the fault \
+                     (a full disk?) to be gone, then exiting with status 75 for the supervisor \
+                     to restart it"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "store recovery check task failed"),
+        }
+    }
+}
 
 /// The cached readiness of the API listener (`/readyz`), checked with single flight: one check
 /// at a time, every probe meanwhile waits for it and shares its result.
@@ -335,7 +392,7 @@ impl AppState {
     ) -> ApiResult<Revocation> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let held = me.revocations.lock();
+            let held = me.revocations.lock(me.store.as_ref())?;
             let who = Revoker {
                 held: &held,
                 roles: &actor_roles,
@@ -373,10 +430,12 @@ impl AppState {
         })
     }
 
-    /// Whether the HSM and the store answer: the cached result if it is younger than
-    /// [`READINESS_TTL`], else one check (single flight) without a signature by the issuing
-    /// key and with a bounded wait for an HSM session. Details of a failure go to the log and
-    /// to `/metrics`, never to the (anonymous) caller.
+    /// Whether the store can write and the HSM answers: the cached result if it is younger
+    /// than [`READINESS_TTL`], else one check (single flight): the store's write probe
+    /// ([`ca_core::store::Durability::check_writable`]: a heartbeat written durably), then
+    /// the HSM without a signature by the issuing key and with a bounded wait for a session;
+    /// the whole check within [`READINESS_CHECK_TIMEOUT`]. Details of a failure go to the
+    /// log and to `/metrics`, never to the (anonymous) caller.
     pub async fn ready(&self) -> bool {
         let mut last = self.readiness.last.lock().await;
         if let Some((at, ok)) = *last {
@@ -386,12 +445,37 @@ impl AppState {
         }
         let hsm = self.hsm_health.clone();
         let store = self.store.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            store.health().map_err(|e| format!("store: {e}"))?;
-            hsm().map_err(|e| format!("hsm: {e}"))
-        })
+        let checked = tokio::time::timeout(
+            READINESS_CHECK_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                store.check_writable().map_err(|e| format!("store: {e}"))?;
+                hsm().map_err(|e| format!("hsm: {e}"))
+            }),
+        )
         .await;
         let ok = match checked {
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?READINESS_CHECK_TIMEOUT,
+                    "readiness check timed out (store write probe or HSM)"
+                );
+                false
+            }
+            Ok(checked) => Self::verdict(checked, *last),
+        };
+        self.readiness.ready.set(i64::from(ok));
+        if !ok {
+            self.readiness.failures.inc();
+        }
+        *last = Some((std::time::Instant::now(), ok));
+        ok
+    }
+
+    fn verdict(
+        checked: Result<Result<HsmHealth, String>, tokio::task::JoinError>,
+        last: Option<(std::time::Instant, bool)>,
+    ) -> bool {
+        match checked {
             Ok(Ok(HsmHealth::Ready)) => true,
             // Every session busy signing: the HSM works; keep the previous verdict.
             Ok(Ok(HsmHealth::Busy)) => {
@@ -406,12 +490,6 @@ impl AppState {
                 tracing::error!(error = %e, "readiness check task failed");
                 false
             }
-        };
-        self.readiness.ready.set(i64::from(ok));
-        if !ok {
-            self.readiness.failures.inc();
         }
-        *last = Some((std::time::Instant::now(), ok));
-        ok
     }
 }

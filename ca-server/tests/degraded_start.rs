@@ -321,8 +321,8 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 async fn database_down_at_start_then_up_becomes_ready_without_a_restart() {
     let (pki, pg, db) = tokio::task::spawn_blocking(|| {
         let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
-        let pg = std::sync::Arc::new(testkit::pg::PgServer::own_cluster().expect("PostgreSQL"));
-        let db = pg.fresh_database().unwrap();
+        let pg = std::sync::Arc::new(testkit::pg::PgNode::start().expect("PostgreSQL"));
+        let db = pg.create_database("degraded").unwrap();
         (pki, pg, db)
     })
     .await
@@ -333,17 +333,17 @@ async fn database_down_at_start_then_up_becomes_ready_without_a_restart() {
     let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
     // The in-process node reads the URL from a variable of its own (children get URL_ENV).
     const IN_PROCESS_ENV: &str = "CA_TEST_DEGRADED_DB_DATABASE_URL";
-    std::env::set_var(IN_PROCESS_ENV, db.url());
+    std::env::set_var(IN_PROCESS_ENV, &db);
     let (_, cfg) = write_config(&pki, dir.path(), api, status, IN_PROCESS_ENV);
     let op = operator(&cfg).await;
 
     // PostgreSQL goes down; the node starts.
     let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.stop())
+    tokio::task::spawn_blocking(move || p.stop("fast"))
         .await
         .unwrap()
         .unwrap();
-    let mut serve = Serve::spawn(&pki, &config, db.url(), dir.path().join("serve-a.log"));
+    let mut serve = Serve::spawn(&pki, &config, &db, dir.path().join("serve-a.log"));
     wait_for(
         &mut serve,
         Duration::from_secs(30),
@@ -372,14 +372,11 @@ async fn database_down_at_start_then_up_becomes_ready_without_a_restart() {
     serve.assert_alive();
     let log = serve.log();
     assert!(log.contains("the store not available at start"), "{log}");
-    assert!(
-        !log.contains(db.url()),
-        "the database URL was logged:\n{log}"
-    );
+    assert!(!log.contains(&db), "the database URL was logged:\n{log}");
 
     // PostgreSQL is back: ready without a restart, and enrollment works.
     let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.resume())
+    tokio::task::spawn_blocking(move || p.start_again())
         .await
         .unwrap()
         .unwrap();

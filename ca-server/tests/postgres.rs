@@ -619,3 +619,120 @@ async fn a_store_dropped_on_an_async_thread_closes_cleanly() {
         .unwrap();
     assert!(reopened.is_ok());
 }
+
+/// Two security officers revoke each other at the same moment through two nodes: the
+/// last-officer rule holds across nodes (the revocation lease in the database), so exactly one
+/// of them is left, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officers_revoking_each_other_through_two_nodes_leave_one() {
+    let (pki, db) = tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = server.fresh_database().expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    const OFFICERS_ENV: &str = "CA_TEST_PG_OFFICERS_DATABASE_URL";
+    std::env::set_var(OFFICERS_ENV, db.url());
+    let mut cfg = write_config(&pki, dir.path());
+    cfg.store.url = Some(ca_server::config::UrlSource(
+        ca_server::config::UrlFrom::Env(OFFICERS_ENV.into()),
+    ));
+    let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
+    let a = start_node(&cfg).await;
+    let b = start_node(&cfg).await;
+    // Many certificates, as in production: the officer check reads them all, which widens
+    // the window between check and revocation that the race needs.
+    let template = {
+        let s = hex::decode(serial_of(&a.operator.cert)).unwrap();
+        let st = a.running.state.store.clone();
+        tokio::task::spawn_blocking(move || st.get_cert(&s).unwrap().unwrap())
+            .await
+            .unwrap()
+    };
+    let url = db.url().to_string();
+    tokio::task::spawn_blocking(move || {
+        let pg = std::sync::Arc::new(PgStore::open_with_pool_size(&url, 4).unwrap());
+        std::thread::scope(|scope| {
+            for t in 0u32..4 {
+                let (pg, template) = (pg.clone(), template.clone());
+                scope.spawn(move || {
+                    for i in 0u32..1000 {
+                        let mut r = template.clone();
+                        r.serial = [
+                            &[0x7f][..],
+                            &t.to_be_bytes()[..],
+                            &i.to_be_bytes()[..],
+                            &[1; 7][..],
+                        ]
+                        .concat();
+                        r.profile = "client".into();
+                        r.identity = format!("filler-{t}-{i}.test");
+                        assert!(pg.insert_cert(&r).unwrap());
+                    }
+                });
+            }
+        });
+    })
+    .await
+    .unwrap();
+    let officer = |node: &Node, name: String| {
+        let state = node.running.state.clone();
+        async move {
+            let (cert, key) =
+                ca_server::dev::issue_admin_cert(&state, &name, Role::SecurityOfficer, "test")
+                    .await
+                    .unwrap();
+            Identity { cert, key }
+        }
+    };
+    let mut survivor = officer(&a, "officer-first".into()).await;
+    for round in 0..6 {
+        let other = officer(&b, format!("officer-{round}")).await;
+        let (sa, sb) = (serial_of(&survivor.cert), serial_of(&other.cert));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            for (node, who, target) in [(&a, &survivor, &sb), (&b, &other, &sa)] {
+                let c = client(node, &root_pem, Some(who));
+                let req = RevokeRequest {
+                    serial: target.clone(),
+                    reason: Some("cessationOfOperation".into()),
+                    lineage: false,
+                };
+                tasks.spawn(async move {
+                    c.post_json::<_, RevokeResponse>("/v1/admin/revoke", &req)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.code().map(str::to_string))
+                });
+            }
+        }
+        let results = tasks.join_all().await;
+        let st = a.running.state.store.clone();
+        let (ra, rb) = (hex::decode(&sa).unwrap(), hex::decode(&sb).unwrap());
+        let valid = tokio::task::spawn_blocking(move || {
+            [ra, rb].map(|s| !st.get_cert(&s).unwrap().unwrap().is_revoked())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            valid.iter().filter(|v| **v).count(),
+            1,
+            "round {round}: {results:?}"
+        );
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(
+                    r.as_deref(),
+                    Some("last_security_officer" | "cert_revoked" | "already_revoked")
+                ),
+                "round {round}: {r:?}"
+            );
+        }
+        survivor = if valid[0] { survivor } else { other };
+    }
+    b.running.shutdown().await;
+    a.running.shutdown().await;
+}

@@ -46,8 +46,8 @@ struct Cluster {
     bin: PathBuf,
     data: PathBuf,
     run_as: Option<String>,
-    /// The loopback port it listens on (kept across [`PgServer::stop`] / [`PgServer::resume`]).
-    port: u16,
+    /// The server options of `pg_ctl start` (port, socket directory), kept for restarts.
+    opts: String,
     /// Removed after the server is stopped (field order: dropped last).
     _dir: tempfile::TempDir,
 }
@@ -127,7 +127,8 @@ impl Cluster {
         c
     }
 
-    fn start() -> Result<(Self, u16), Error> {
+    /// An empty directory for a cluster, owned by the user that will run it.
+    fn new_dir() -> Result<Self, Error> {
         let bin = find_bin_dir()?;
         let run_as = is_root().then(|| "postgres".to_string());
         let dir = tempfile::Builder::new()
@@ -142,13 +143,17 @@ impl Cluster {
             )?;
         }
         let data = dir.path().join("data");
-        let mut cluster = Cluster {
+        Ok(Cluster {
             bin,
             data,
             run_as,
-            port: 0,
+            opts: String::new(),
             _dir: dir,
-        };
+        })
+    }
+
+    fn start() -> Result<(Self, u16), Error> {
+        let mut cluster = Self::new_dir()?;
         run(
             cluster
                 .command("initdb")
@@ -158,41 +163,45 @@ impl Cluster {
                 .arg("--no-sync"),
             "initdb",
         )?;
-        // Loopback TCP only, trusted; no other way in.
-        let hba = "host all all 127.0.0.1/32 trust\n";
+        // Loopback TCP only, trusted; no other way in. Replication too, for a standby
+        // ([`PgNode::standby_of`]).
+        let hba = "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
         std::fs::write(cluster.data.join("pg_hba.conf"), hba)
             .map_err(|e| err(format!("pg_hba.conf: {e}")))?;
+        let port = cluster.start_on_free_port()?;
+        Ok((cluster, port))
+    }
+
+    /// Start the server on a free loopback port (a few tries: a port may be taken in between).
+    fn start_on_free_port(&mut self) -> Result<u16, Error> {
         let mut last = None;
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(|e| err(format!("free port: {e}")))?
                 .port();
-            cluster.port = port;
-            match cluster.pg_ctl_start() {
-                Ok(()) => return Ok((cluster, port)),
+            self.opts = format!(
+                "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
+                 -c max_connections=200 -c shared_buffers=32MB",
+                self._dir.path().display()
+            );
+            match self.pg_start() {
+                Ok(()) => return Ok(port),
                 // Most likely the port was taken in between: try another.
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| err("pg_ctl start failed")))
     }
-}
 
-impl Cluster {
-    /// `pg_ctl start` on [`Cluster::port`], waiting until it accepts connections.
-    fn pg_ctl_start(&self) -> Result<(), Error> {
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} \
-             -c max_connections=200 -c shared_buffers=32MB",
-            self.port,
-            self._dir.path().display()
-        );
+    /// `pg_ctl start` with the options of the first start (same port), waiting until it
+    /// accepts connections.
+    fn pg_start(&self) -> Result<(), Error> {
         run(
             self.command("pg_ctl")
                 .arg("-D")
                 .arg(&self.data)
-                .args(["-w", "-t", "60", "-o", &opts, "-l"])
+                .args(["-w", "-t", "60", "-o", &self.opts, "-l"])
                 .arg(self._dir.path().join("server.log"))
                 .arg("start"),
             "pg_ctl start",
@@ -241,16 +250,6 @@ impl PgServer {
         })
     }
 
-    /// A throwaway cluster of the test's own, whatever `CA_TEST_DATABASE_URL` says: for tests
-    /// that stop and start the server ([`PgServer::stop`], [`PgServer::resume`]).
-    pub fn own_cluster() -> Result<PgServer, Error> {
-        let (cluster, port) = Cluster::start()?;
-        Ok(PgServer {
-            admin_url: format!("postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres"),
-            cluster: Some(cluster),
-        })
-    }
-
     /// The URL of the server's administrative database.
     pub fn url(&self) -> &str {
         &self.admin_url
@@ -284,37 +283,121 @@ impl PgServer {
         }
     }
 
-    /// Stop the cluster (`pg_ctl stop -m fast`: connections are closed, new ones refused)
-    /// until [`PgServer::resume`]. Only for a server of the test's own
-    /// ([`PgServer::own_cluster`]): other tests share [`PgServer::shared`]. Refused for the
-    /// server `CA_TEST_DATABASE_URL` names (it is not the test's to stop).
-    pub fn stop(&self) -> Result<(), Error> {
-        let c = self.owned_cluster("stop")?;
+    /// Whether this is a throwaway cluster (not `CA_TEST_DATABASE_URL`).
+    pub fn is_throwaway(&self) -> bool {
+        self.cluster.is_some()
+    }
+}
+
+/// A PostgreSQL server of its own that a test stops, starts, promotes or replicates: always a
+/// throwaway cluster (never `CA_TEST_DATABASE_URL`, which a test must not stop), stopped and
+/// removed on drop.
+#[derive(Debug)]
+pub struct PgNode {
+    cluster: Cluster,
+    port: u16,
+}
+
+impl PgNode {
+    /// A new cluster, started, that accepts replication connections from loopback.
+    pub fn start() -> Result<PgNode, Error> {
+        let (cluster, port) = Cluster::start()?;
+        Ok(PgNode { cluster, port })
+    }
+
+    /// A streaming standby of `primary`: `pg_basebackup -R` (a base backup that writes the
+    /// standby's `primary_conninfo` and `standby.signal`) into a directory of its own, started
+    /// on a port of its own. Read-only until [`PgNode::promote`]d.
+    pub fn standby_of(primary: &PgNode) -> Result<PgNode, Error> {
+        let mut cluster = Cluster::new_dir()?;
         run(
-            c.command("pg_ctl")
+            cluster
+                .command("pg_basebackup")
                 .arg("-D")
-                .arg(&c.data)
-                .args(["-w", "-t", "60", "-m", "fast", "stop"]),
+                .arg(&cluster.data)
+                .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1"])
+                .args(["-p", &primary.port.to_string(), "-U", SUPERUSER]),
+            "pg_basebackup",
+        )?;
+        let port = cluster.start_on_free_port()?;
+        Ok(PgNode { cluster, port })
+    }
+
+    /// The loopback port it listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port` for a (multi-host) URL.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The URL of database `name` on this server alone.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgresql://{SUPERUSER}@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Create an empty database `name` (on a primary; a standby receives it by replication).
+    pub fn create_database(&self, name: &str) -> Result<String, Error> {
+        let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
+            .map_err(|e| err(format!("connect to 127.0.0.1:{}: {e}", self.port)))?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .map_err(|e| err(format!("create database {name}: {e}")))?;
+        Ok(self.url(name))
+    }
+
+    /// `pg_ctl stop -m MODE`: `fast` (sessions terminated, SQLSTATE 57P01, a clean
+    /// shutdown), `immediate` (no shutdown checkpoint: crash recovery at the next start).
+    pub fn stop(&self, mode: &str) -> Result<(), Error> {
+        run(
+            self.cluster
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&self.cluster.data)
+                .args(["-w", "-t", "60", "-m", mode, "stop"]),
             "pg_ctl stop",
         )
     }
 
-    /// Start the cluster again after [`PgServer::stop`], on the same port, with its data.
-    pub fn resume(&self) -> Result<(), Error> {
-        self.owned_cluster("start")?.pg_ctl_start()
+    /// Start it again after [`PgNode::stop`], on the same port.
+    pub fn start_again(&self) -> Result<(), Error> {
+        self.cluster.pg_start()
     }
 
-    fn owned_cluster(&self, what: &str) -> Result<&Cluster, Error> {
-        self.cluster.as_ref().ok_or_else(|| {
-            err(format!(
-                "cannot {what} the server {DATABASE_URL_ENV} names: only a throwaway cluster"
-            ))
-        })
+    /// `pg_ctl promote -w`: a standby becomes a primary (read-write) and leaves recovery.
+    pub fn promote(&self) -> Result<(), Error> {
+        run(
+            self.cluster
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&self.cluster.data)
+                .args(["-w", "-t", "60", "promote"]),
+            "pg_ctl promote",
+        )
     }
 
-    /// Whether this is a throwaway cluster (not `CA_TEST_DATABASE_URL`).
-    pub fn is_throwaway(&self) -> bool {
-        self.cluster.is_some()
+    /// `ALTER SYSTEM SET name = 'value'` and a configuration reload (e.g.
+    /// `synchronous_standby_names` on a primary: commits wait for the standby).
+    pub fn alter_system(&self, name: &str, value: &str) -> Result<(), Error> {
+        let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
+            .map_err(|e| err(format!("connect to 127.0.0.1:{}: {e}", self.port)))?;
+        // Two statements: ALTER SYSTEM cannot run inside the implicit transaction of a batch.
+        client
+            .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .and_then(|()| client.batch_execute("SELECT pg_reload_conf()"))
+            .map_err(|e| err(format!("ALTER SYSTEM SET {name}: {e:?}")))
+    }
+
+    /// Whether the server is in recovery (a standby): `SELECT pg_is_in_recovery()`.
+    pub fn in_recovery(&self) -> Result<bool, Error> {
+        let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
+            .map_err(|e| err(format!("connect to 127.0.0.1:{}: {e}", self.port)))?;
+        client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .map(|r| r.get(0))
+            .map_err(|e| err(format!("pg_is_in_recovery: {e}")))
     }
 }
 

@@ -35,7 +35,13 @@ impl Authority {
                 // compare-and-swap on the `used_at` this call wrote, so concurrent uses still
                 // yield one certificate. A failure of the unit's final flush is not undone
                 // here: the certificate may then be durable, and the token stays used.
-                self.release_token(&token, &e);
+                // Likewise when the store became unavailable: on PostgreSQL the insert
+                // commits on its own, and a connection lost during its commit leaves the
+                // outcome unknown (the certificate may exist); the token stays used, and
+                // the enrollment needs a new token (fail closed: one token, one certificate).
+                if !e.is_store_unavailable() {
+                    self.release_token(&token, &e);
+                }
                 Err(e)
             }
         }

@@ -26,6 +26,9 @@ pub enum Change {
     /// The OCSP response stored under this serial was replaced: read it with
     /// [`super::OcspResponseStore::get_ocsp_response`] (it may cover several serials).
     OcspResponse(Vec<u8>),
+    /// The certificate with this serial was pruned past its retention (README "Retention"):
+    /// the store no longer knows it; drop any answer served for it.
+    Pruned(Vec<u8>),
     /// A CRL of `scope` numbered `number` became the scope's latest: read it with
     /// [`super::CrlArchive::latest_crl`].
     Crl {
@@ -51,6 +54,7 @@ impl Change {
         match self {
             Change::Revoked(s) => format!("r:{}", hex::encode(s)),
             Change::OcspResponse(s) => format!("o:{}", hex::encode(s)),
+            Change::Pruned(s) => format!("p:{}", hex::encode(s)),
             Change::Crl { scope, number } => format!("c:{number}:{scope}"),
             Change::Resync => "s".into(),
         }
@@ -70,6 +74,7 @@ impl Change {
         match payload.split_once(':') {
             Some(("r", h)) => serial(h).map(Change::Revoked),
             Some(("o", h)) => serial(h).map(Change::OcspResponse),
+            Some(("p", h)) => serial(h).map(Change::Pruned),
             Some(("c", rest)) => rest.split_once(':').and_then(|(n, scope)| {
                 Some(Change::Crl {
                     scope: scope.to_string(),
@@ -191,6 +196,7 @@ mod tests {
         for c in [
             Change::Revoked(vec![1, 0xab]),
             Change::OcspResponse(vec![0x7f; 20]),
+            Change::Pruned(vec![0x33, 0x01]),
             Change::Crl {
                 scope: "shard:3".into(),
                 number: 42,

@@ -1,8 +1,9 @@
 //! Persistent state: certificates and revocations ([`CertStore`]), CRL numbers
 //! ([`CrlNumbers`]), enrollment tokens ([`TokenStore`]), pre-signed OCSP responses
 //! ([`OcspResponseStore`]) and the audit log ([`AuditLog`]), plus durability control
-//! ([`Durability`]), and what several nodes on one store coordinate with: the latest signed
-//! CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change feed ([`ChangeFeed`]). Each consumer takes the traits it uses (Boulder's storage subsets);
+//! ([`Durability`]), the pruning of expired records ([`Retention`]), and what several nodes on
+//! one store coordinate with: the latest signed CRLs ([`CrlArchive`]), leases ([`Leases`]) and
+//! the change feed ([`ChangeFeed`]). Each consumer takes the traits it uses (Boulder's storage subsets);
 //! [`Store`] is all of them, implemented by [`SledStore`] and, with the cargo feature
 //! `postgres`, by `PgStore` (one PostgreSQL database shared by several nodes).
 //!
@@ -22,7 +23,10 @@ mod sled_store;
 
 pub use feed::{Change, FeedClosed, Subscription};
 #[cfg(feature = "postgres")]
-pub use pg_store::{PgStore, SchemaTooNew, DEFAULT_POOL_SIZE, SCHEMA_VERSION};
+pub use pg_store::{
+    PgStore, SchemaTooNew, CHECKOUT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
+    SCHEMA_VERSION,
+};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use crate::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent};
@@ -37,7 +41,7 @@ use std::sync::Arc;
 pub mod prelude {
     pub use super::{
         AuditLog, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability, Leases,
-        OcspResponseStore, Store, TokenStore,
+        OcspResponseStore, Retention, Store, TokenStore,
     };
 }
 
@@ -244,6 +248,14 @@ impl TokenRecord {
             return Err(crate::Error::TokenRejected("token expired"));
         }
         Ok(())
+    }
+
+    /// When the token stopped being redeemable: its use, or its expiry if it was never used
+    /// (a use is always before the expiry; the earlier of the two is taken all the same).
+    /// [`Retention::prune_tokens`] counts its retention from here.
+    pub fn finished_at(&self) -> DateTime<Utc> {
+        self.used_at
+            .map_or(self.expires_at, |u| u.min(self.expires_at))
     }
 }
 
@@ -460,6 +472,88 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug {
     fn is_shared(&self) -> bool;
 }
 
+/// Which expired certificates [`Retention::prune_expired_certs`] may remove: the one rule both
+/// stores apply ([`CertCutoff::allows`]), inside the step that deletes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CertCutoff {
+    /// A certificate whose notAfter is before this instant may go (now minus the retention).
+    pub expired_before: DateTime<Utc>,
+    /// A revoked certificate must stay while the CRL must list it: RFC 5280 5.2 / 3.3 allow
+    /// an entry to leave the CRL only after it appeared on a CRL issued after the
+    /// certificate's notAfter (this CA does not use ExpiredCertsOnCRL, RFC 5280 5.2.7). A
+    /// revoked certificate may therefore go only when its notAfter **and** its revocation
+    /// date are both before this instant, the thisUpdate of a CRL already published (and
+    /// built from the store after then). `None`: no such CRL is known, no revoked
+    /// certificate goes.
+    pub revoked_listed_before: Option<DateTime<Utc>>,
+}
+
+impl CertCutoff {
+    /// Whether `rec` may be pruned under this cutoff.
+    pub fn allows(&self, rec: &CertRecord) -> bool {
+        if rec.not_after >= self.expired_before {
+            return false;
+        }
+        match &rec.status {
+            RecordStatus::Valid => true,
+            RecordStatus::Revoked { at, .. } => self
+                .revoked_listed_before
+                .is_some_and(|listed| rec.not_after < listed && *at < listed),
+        }
+    }
+}
+
+/// What one [`Retention::prune_expired_certs`] call removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrunedCerts {
+    /// Serials of the certificates removed (with every index entry, their revocation entry and
+    /// the OCSP response stored under their serial).
+    pub serials: Vec<Vec<u8>>,
+    /// The stored OCSP responses removed with them. A response signed at issuance for a group
+    /// of certificates is stored once, under the group's first serial: one of these may also
+    /// answer for certificates still stored, whose persisted answer it was. The caller may
+    /// store it again under such a serial ([`OcspResponseStore::put_ocsp_response`]); if it
+    /// does not, the responder signs a new answer for them when asked or at its next start.
+    pub ocsp_responses: Vec<StoredOcspResponse>,
+}
+
+/// Pruning of records past their retention (README "Retention"): expired certificates and
+/// finished enrollment tokens. The audit log is never pruned here.
+///
+/// Each call does at most `limit` records and is its own unit: on sled one transaction, on
+/// PostgreSQL one database transaction whose rows are claimed with `FOR UPDATE SKIP LOCKED`,
+/// so several nodes pruning at once share the work, never remove (or count) a record twice
+/// and never wait on each other. Callers loop until a call returns fewer than `limit`.
+/// Durable on return, like every write.
+pub trait Retention: Send + Sync + std::fmt::Debug {
+    /// Remove up to `limit` certificates that `cutoff` allows ([`CertCutoff::allows`], checked
+    /// again inside the deleting step, so a revocation racing with the prune either comes
+    /// first and keeps the certificate, or finds it gone), oldest notAfter first. A pruned
+    /// certificate disappears from every lookup at once: its record, its identity, expiry and
+    /// lineage index entries, its revocation entry (CRL) and the OCSP response stored under
+    /// its serial. A lineage's lock is removed only with its last certificate.
+    fn prune_expired_certs(&self, cutoff: &CertCutoff, limit: usize) -> Result<PrunedCerts>;
+    /// Remove up to `limit` enrollment tokens that finished
+    /// ([`TokenRecord::finished_at`]: used, or expired unused) before `before`; returns how
+    /// many. A token consumed or released while this runs is judged on its new state.
+    fn prune_tokens(&self, before: DateTime<Utc>, limit: usize) -> Result<usize>;
+}
+
+/// The keys an OCSP response for `serial` may be stored under: the serial as recorded and its
+/// magnitude without leading zero octets (what the responder stores under).
+fn ocsp_keys(serial: &[u8]) -> Vec<&[u8]> {
+    let start = serial
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(serial.len().saturating_sub(1));
+    let magnitude = &serial[start.min(serial.len())..];
+    if magnitude == serial {
+        vec![serial]
+    } else {
+        vec![serial, magnitude]
+    }
+}
+
 /// The hash-chained audit log and its signed checkpoints (DESIGN invariant 4).
 pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// Append an audit event to the hash chain; returns the sealed event. Appends are
@@ -581,8 +675,22 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 /// deferral begun on the writing thread ([`deferred`]): there it is applied (visible to
 /// readers, with its atomicity) on return and durable when the outermost deferral ends.
 pub trait Durability: Send + Sync + std::fmt::Debug {
-    /// Check the store answers (readiness).
+    /// Check the store answers reads (the status listener's readiness: OCSP and CRLs are
+    /// served from reads, so a read-only store is enough).
     fn health(&self) -> Result<()>;
+    /// Check the store can write now (the API listener's readiness): a small write, made
+    /// durable, that fails while writes fail (a full disk, a read-only database, a lost
+    /// connection). Bounded: a probe gives up after a few seconds. The default, for a store
+    /// without a cheaper way, is [`Durability::health`].
+    fn check_writable(&self) -> Result<()> {
+        self.health()
+    }
+    /// Whether the store needs its process restarted to write again. The default (a store
+    /// that recovers by itself once the fault is gone: a database client reconnects) is
+    /// [`Recovery::NotNeeded`].
+    fn recovery(&self) -> Recovery {
+        Recovery::NotNeeded
+    }
     /// Start deferring the flushes of writes made **on this thread** (nestable): until the
     /// matching [`Durability::end_deferred`], write methods return once the write is applied, before
     /// it is durable. Use [`deferred`], which pairs the two calls; the default (a store whose
@@ -601,10 +709,48 @@ pub trait Durability: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// What it takes for a store to write again after a fault ([`Durability::recovery`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// Nothing: the store writes, or recovers by itself once the fault is gone.
+    NotNeeded,
+    /// The store refuses every write until it is opened again (sled keeps the first I/O
+    /// error of its log, such as a full disk, for the life of the handle).
+    Restart {
+        /// The fault, for the log.
+        cause: String,
+        /// Whether the fault looks gone (a probe file of the store's size class could be
+        /// written and synced next to the store): a restart now would recover.
+        cause_gone: bool,
+    },
+}
+
+/// Whether a backend error (or one in its source chain) means the store is unavailable for
+/// now rather than broken: I/O errors (a full disk, a lost connection), a pool with no
+/// connection in time, and on PostgreSQL the SQLSTATEs of a server that is shutting down,
+/// restarting, read-only, out of resources or that cancelled a statement on a timeout.
+/// [`crate::Error::StoreUnavailable`] carries them.
+pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<std::io::Error>() || sled_store::is_unavailable(err) {
+            return true;
+        }
+        #[cfg(feature = "postgres")]
+        if pg_store::is_unavailable(err) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Everything a CA store holds: certificates ([`CertStore`]), CRL numbers ([`CrlNumbers`]),
 /// enrollment tokens ([`TokenStore`]), OCSP responses ([`OcspResponseStore`]), the audit log
-/// ([`AuditLog`]), durability control ([`Durability`]), and what several nodes share: the
-/// latest CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change feed ([`ChangeFeed`]).
+/// ([`AuditLog`]), durability control ([`Durability`]), pruning ([`Retention`]), and what
+/// several nodes share: the latest CRLs ([`CrlArchive`]), leases ([`Leases`]) and the change
+/// feed ([`ChangeFeed`]).
 /// Implemented for every type that
 /// implements them all; components that need only part take the narrower trait, and the
 /// `into_*` methods hand them a narrowed handle on the same store.
@@ -615,6 +761,7 @@ pub trait Store:
     + OcspResponseStore
     + AuditLog
     + Durability
+    + Retention
     + CrlArchive
     + Leases
     + ChangeFeed
@@ -631,6 +778,8 @@ pub trait Store:
     fn into_audit_log(self: Arc<Self>) -> Arc<dyn AuditLog>;
     /// This store as a [`Durability`].
     fn into_durability(self: Arc<Self>) -> Arc<dyn Durability>;
+    /// This store as a [`Retention`].
+    fn into_retention(self: Arc<Self>) -> Arc<dyn Retention>;
     /// This store as a [`CrlArchive`].
     fn into_crl_archive(self: Arc<Self>) -> Arc<dyn CrlArchive>;
     /// This store as a [`Leases`].
@@ -647,6 +796,7 @@ where
         + OcspResponseStore
         + AuditLog
         + Durability
+        + Retention
         + CrlArchive
         + Leases
         + ChangeFeed
@@ -668,6 +818,9 @@ where
         self
     }
     fn into_durability(self: Arc<Self>) -> Arc<dyn Durability> {
+        self
+    }
+    fn into_retention(self: Arc<Self>) -> Arc<dyn Retention> {
         self
     }
     fn into_crl_archive(self: Arc<Self>) -> Arc<dyn CrlArchive> {

@@ -34,8 +34,9 @@ use super::codec;
 use super::feed::{Change, Subscription};
 use super::pg_listen::{notify, Listener};
 use super::{
-    AuditLog, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability,
-    Leases, LineageLock, OcspResponseStore, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
+    AuditLog, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers,
+    Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts, Retention, StoredCrl,
+    StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -50,6 +51,47 @@ const BATCH: i64 = 500;
 
 /// Connections in the pool unless told otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+/// Longest wait for a pooled connection (an idle one, or a new one established). While the
+/// database is unreachable a request fails after this long with
+/// [`Error::StoreUnavailable`], instead of holding a blocking thread for r2d2's 30 s.
+pub const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Time limit of one connection attempt to one host, unless the URL sets `connect_timeout`:
+/// a host that does not answer (powered off, partitioned) costs this long before the next
+/// host of a multi-host URL is tried.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Statement time limit of the readiness write probe ([`Durability::check_writable`]).
+const PROBE_TIMEOUT: &str = "2s";
+
+/// Whether `e` is a PostgreSQL client or pool error that means the database is unavailable
+/// for now ([`super::is_unavailable`] asks): no connection from the pool in time; a closed
+/// connection or an I/O error; and the SQLSTATEs of classes 08 (connection exception), 53
+/// (insufficient resources: disk full, out of memory, too many connections), 57
+/// (operator intervention: admin or crash shutdown, cannot connect now, statement
+/// cancelled), 58 (system error: I/O), 40001/40P01 (serialization failure, deadlock: the
+/// transaction was rolled back), 55P03 (lock not available) and 25006
+/// (read_only_sql_transaction: a standby, or a primary made read-only for a switchover).
+pub(super) fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<r2d2::Error>() {
+        return true;
+    }
+    let Some(pe) = e.downcast_ref::<postgres::Error>() else {
+        return false;
+    };
+    if pe.is_closed() {
+        return true;
+    }
+    let Some(code) = pe.code() else {
+        return false;
+    };
+    let code = code.code();
+    ["08", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(code, "40001" | "40P01" | "55P03" | "25006")
+}
 
 /// Key of the advisory lock migrations run under (any constant no other user of the
 /// database picks: "ca-store" in ASCII).
@@ -123,6 +165,11 @@ CREATE TABLE leases (
     holder text NOT NULL,
     expires_at timestamptz NOT NULL
 );
+CREATE TABLE store_heartbeat (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    at timestamptz NOT NULL
+);
+INSERT INTO store_heartbeat (one, at) VALUES (true, now());
 "#,
 ];
 
@@ -168,16 +215,62 @@ impl Drop for PgStore {
 #[error("{0} is out of the range the PostgreSQL store keeps")]
 struct OutOfRange(&'static str);
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<ReadWriteManager>;
+type Conn = r2d2::PooledConnection<ReadWriteManager>;
+
+/// r2d2_postgres's manager, with a stricter check of a pooled connection before each use: the
+/// session must still be writable (`SHOW transaction_read_only` is `off`), in the one round
+/// trip r2d2_postgres spends on an empty query. A connection that is closed (the server
+/// restarted or failed over), or whose server became read-only (a standby, a fenced old
+/// primary), is dropped and replaced by a new one; new connections go to a writable host of
+/// the URL when it says `target_session_attrs=read-write`.
+#[derive(Debug)]
+struct ReadWriteManager(PostgresConnectionManager<NoTls>);
+
+/// Why a pooled connection was refused: a client error, or a session that no longer accepts
+/// writes.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Pg(#[from] postgres::Error),
+    #[error("the database session is read-only (a standby, or a primary made read-only)")]
+    ReadOnly,
+}
+
+impl r2d2::ManageConnection for ReadWriteManager {
+    type Connection = postgres::Client;
+    type Error = ConnError;
+
+    fn connect(&self) -> std::result::Result<postgres::Client, ConnError> {
+        Ok(self.0.connect()?)
+    }
+
+    fn is_valid(&self, client: &mut postgres::Client) -> std::result::Result<(), ConnError> {
+        let read_only = client
+            .simple_query("SHOW transaction_read_only")?
+            .into_iter()
+            .any(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
+                _ => false,
+            });
+        if read_only {
+            return Err(ConnError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, client: &mut postgres::Client) -> bool {
+        client.is_closed()
+    }
+}
 
 /// Every pooled session commits durably, whatever the server's default.
 #[derive(Debug)]
 struct SessionSetup;
 
-impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSetup {
-    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
-        conn.batch_execute("SET synchronous_commit = on")
+impl r2d2::CustomizeConnection<postgres::Client, ConnError> for SessionSetup {
+    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), ConnError> {
+        Ok(conn.batch_execute("SET synchronous_commit = on")?)
     }
 }
 
@@ -236,13 +329,20 @@ impl PgStore {
 
     /// [`PgStore::open`] with a pool of `size` connections.
     pub fn open_with_pool_size(url: &str, size: u32) -> Result<Self> {
-        let config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
+        let mut config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
         let listener = Listener::new(config.clone());
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = ReadWriteManager(PostgresConnectionManager::new(config, NoTls));
+        // `test_on_check_out` (r2d2's default, kept): every checkout runs
+        // `ReadWriteManager::is_valid`, so a connection broken by a restart or a failover is
+        // replaced before a statement fails on it.
         let pool = r2d2::Pool::builder()
             .max_size(size.max(1))
             .min_idle(Some(1))
-            .connection_timeout(std::time::Duration::from_secs(30))
+            .test_on_check_out(true)
+            .connection_timeout(CHECKOUT_TIMEOUT)
             .connection_customizer(Box::new(SessionSetup))
             .build(manager)
             .map_err(|e| Error::store("connect to database", e))?;
@@ -1077,6 +1177,152 @@ impl AuditLog for PgStore {
 impl Durability for PgStore {
     fn health(&self) -> Result<()> {
         self.conn()?.batch_execute("SELECT 1").map_err(pg("health"))
+    }
+
+    /// One short read-write transaction on the heartbeat row, committed durably, with a
+    /// statement time limit: fails on a standby, on a read-only primary, on a full disk and
+    /// while the database is unreachable (the checkout itself is bounded by
+    /// [`CHECKOUT_TIMEOUT`]).
+    fn check_writable(&self) -> Result<()> {
+        let mut c = self.conn()?;
+        let mut tx = c
+            .build_transaction()
+            .read_only(false)
+            .start()
+            .map_err(pg("write probe"))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = '{PROBE_TIMEOUT}'; \
+             SET LOCAL lock_timeout = '{PROBE_TIMEOUT}'; \
+             UPDATE store_heartbeat SET at = now()"
+        ))
+        .map_err(pg("write probe"))?;
+        tx.commit().map_err(pg("write probe"))
+    }
+}
+
+/// An instant as the nanoseconds a token column holds, clamped to the column's range (a
+/// cutoff beyond it compares like the range's end).
+fn nanos_clamped(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() > 0 {
+        i64::MAX
+    } else {
+        i64::MIN
+    })
+}
+
+/// Pruning (README "Retention"). Each call is one transaction that claims its rows with
+/// `FOR UPDATE SKIP LOCKED`: nodes pruning at once take disjoint rows, and a row another
+/// transaction holds (a revocation in progress) is left for the next pass, never waited for.
+/// The revocation path locks the same certificate row (`FOR UPDATE`), so a racing revocation
+/// either commits first (the row is then judged revoked) or finds the row gone.
+impl Retention for PgStore {
+    fn prune_expired_certs(&self, cutoff: &CertCutoff, limit: usize) -> Result<PrunedCerts> {
+        if limit == 0 {
+            return Ok(PrunedCerts::default());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("prune certificates"))?;
+        // The SQL narrows by the columns; `CertCutoff::allows` on the record decides.
+        let rows = tx
+            .query(
+                "SELECT serial, rec FROM certs WHERE not_after_us < $1 \
+                 AND (NOT revoked OR ($2::bigint IS NOT NULL AND not_after_us < $2)) \
+                 ORDER BY not_after_us, serial LIMIT $3 FOR UPDATE SKIP LOCKED",
+                &[
+                    &micros(cutoff.expired_before),
+                    &cutoff.revoked_listed_before.map(micros),
+                    &limit,
+                ],
+            )
+            .map_err(pg("prune certificates"))?;
+        let mut serials: Vec<Vec<u8>> = Vec::new();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut lineages: Vec<Vec<u8>> = Vec::new();
+        for r in &rows {
+            let rec = codec::decode_cert(r.get::<_, &[u8]>(1))?;
+            if !cutoff.allows(&rec) {
+                continue;
+            }
+            keys.extend(
+                super::ocsp_keys(&rec.serial)
+                    .into_iter()
+                    .map(<[u8]>::to_vec),
+            );
+            let lineage = rec.clone().with_lineage_defaults().lineage;
+            if !lineages.contains(&lineage) {
+                lineages.push(lineage);
+            }
+            serials.push(rec.serial);
+        }
+        if serials.is_empty() {
+            tx.commit().map_err(pg("prune certificates"))?;
+            return Ok(PrunedCerts::default());
+        }
+        tx.execute("DELETE FROM revoked WHERE serial = ANY($1)", &[&serials])
+            .map_err(pg("prune revocations"))?;
+        let ocsp_responses = tx
+            .query(
+                "DELETE FROM ocsp_responses WHERE serial = ANY($1) RETURNING rec",
+                &[&keys],
+            )
+            .map_err(pg("prune OCSP responses"))?
+            .iter()
+            .map(|r| codec::decode_ocsp(r.get::<_, &[u8]>(0)))
+            .collect::<Result<Vec<_>>>()?;
+        let deleted = tx
+            .execute("DELETE FROM certs WHERE serial = ANY($1)", &[&serials])
+            .map_err(pg("prune certificates"))?;
+        if deleted != serials.len() as u64 {
+            // The rows are locked by this transaction: anything else is a broken invariant.
+            return Err(Error::Corrupt(format!(
+                "pruning removed {deleted} certificate rows of the {} it locked",
+                serials.len()
+            )));
+        }
+        // A lineage's row (and its lock) goes with its last certificate. Rows another
+        // transaction holds (a renewal or a lock in progress) are left alone; a lineage whose
+        // last certificates two nodes prune at once may keep its row: harmless, nothing is
+        // left to renew from it.
+        tx.execute(
+            "DELETE FROM lineages WHERE lineage IN (SELECT l.lineage FROM lineages l \
+             WHERE l.lineage = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM certs c WHERE c.lineage = l.lineage) \
+             FOR UPDATE SKIP LOCKED)",
+            &[&lineages],
+        )
+        .map_err(pg("prune lineages"))?;
+        // Told at commit, like every change (the followers drop their answers).
+        for serial in &serials {
+            notify(
+                &mut tx,
+                self.listener.origin(),
+                &Change::Pruned(serial.clone()),
+            )?;
+        }
+        tx.commit().map_err(pg("prune certificates"))?;
+        Ok(PrunedCerts {
+            serials,
+            ocsp_responses,
+        })
+    }
+
+    fn prune_tokens(&self, before: DateTime<Utc>, limit: usize) -> Result<usize> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // `TokenRecord::finished_at` on the columns (the use column is the truth about use).
+        let n = self
+            .conn()?
+            .execute(
+                "DELETE FROM tokens WHERE hash IN (SELECT hash FROM tokens \
+                 WHERE least(coalesce(used_at_ns, expires_at_ns), expires_at_ns) < $1 \
+                 ORDER BY hash LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&nanos_clamped(before), &limit],
+            )
+            .map_err(pg("prune tokens"))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }
 

@@ -17,8 +17,9 @@
 use super::codec;
 use super::feed::{Change, Hub, Subscription};
 use super::{
-    AuditLog, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability,
-    Leases, LineageLock, OcspResponseStore, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
+    AuditLog, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers,
+    Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts, Retention, StoredCrl,
+    StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -33,6 +34,20 @@ use std::sync::{Condvar, Mutex};
 
 const META_CRL_NUMBER: &[u8] = b"crl_number";
 const META_AUDIT_HEAD: &[u8] = b"audit_head";
+/// Written (and flushed) by [`Durability::check_writable`]: the readiness write probe.
+const META_HEARTBEAT: &[u8] = b"heartbeat";
+/// The file [`Durability::recovery`] writes and syncs in the store's directory to see whether
+/// a fault (a full disk) is gone; removed right after.
+const WRITE_PROBE_FILE: &str = ".ca-write-probe";
+/// Size of that file: two of sled's log segments (512 KiB each), what a restarted store
+/// needs to write first.
+const WRITE_PROBE_BYTES: usize = 1024 * 1024;
+
+/// Whether `e` is a sled error that leaves the store unable to write for now (an I/O error:
+/// a full disk, a failing device). [`super::is_unavailable`] asks.
+pub(super) fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(e.downcast_ref::<sled::Error>(), Some(sled::Error::Io(_)))
+}
 
 #[derive(Default)]
 struct CommitState {
@@ -89,6 +104,12 @@ pub struct SledStore {
     commit: Mutex<CommitState>,
     committed: Condvar,
     id: u64,
+    /// The directory the database is in (the write probe of [`Durability::recovery`]).
+    dir: std::path::PathBuf,
+    /// The first I/O error of sled's log, once seen. sled 0.34 keeps it (its "global
+    /// error") and refuses every later write of this handle, even after the cause is gone:
+    /// only opening the database again recovers ([`Durability::recovery`]).
+    fault: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -196,6 +217,8 @@ impl SledStore {
             commit: Mutex::new(CommitState::default()),
             committed: Condvar::new(),
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            dir: dir.to_path_buf(),
+            fault: Mutex::new(None),
         };
         store.complete_audit_head()?;
         Ok(store)
@@ -279,8 +302,39 @@ impl SledStore {
                 st.done = st.done.max(target);
             }
             self.committed.notify_all();
-            r.map_err(|e| Error::store("flush", e))?;
+            r.map_err(|e| self.note_fault(Error::store("flush", e)))?;
         }
+    }
+
+    /// Remember the first I/O error (sled keeps it and refuses every later write), and
+    /// return `e`.
+    fn note_fault(&self, e: Error) -> Error {
+        if e.is_store_unavailable() {
+            let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+            if fault.is_none() {
+                tracing::error!(
+                    error = %e,
+                    dir = %self.dir.display(),
+                    "the sled store had an I/O error: it refuses every write until the \
+                     process restarts (README \"Store faults\")"
+                );
+                *fault = Some(e.to_string());
+            }
+        }
+        e
+    }
+
+    /// Write and sync [`WRITE_PROBE_FILE`] next to the database, then remove it.
+    fn probe_directory(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(WRITE_PROBE_FILE);
+        let r = (|| {
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&vec![0u8; WRITE_PROBE_BYTES])?;
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&path);
+        r
     }
 
     fn decode_cert(&self, v: &[u8]) -> Result<CertRecord> {
@@ -958,6 +1012,36 @@ impl Durability for SledStore {
             .map_err(|e| Error::store("health", e))
     }
 
+    /// The heartbeat key written and flushed (one group commit; the readiness cache calls
+    /// this at most once per TTL). Fails at once after an I/O error sled keeps.
+    fn check_writable(&self) -> Result<()> {
+        if let Some(cause) = self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(Error::StoreUnavailable {
+                op: "write probe",
+                source: cause.into(),
+            });
+        }
+        let now = Utc::now().timestamp_micros().to_be_bytes();
+        self.meta
+            .insert(META_HEARTBEAT, &now)
+            .map_err(|e| self.note_fault(Error::store("write probe", e)))?;
+        self.flush_group()
+    }
+
+    fn recovery(&self) -> super::Recovery {
+        let Some(cause) = self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return super::Recovery::NotNeeded;
+        };
+        let cause_gone = match self.probe_directory() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "store directory write probe failed");
+                false
+            }
+        };
+        super::Recovery::Restart { cause, cause_gone }
+    }
+
     fn begin_deferred(&self) {
         DEFERRALS.with(|d| {
             let mut d = d.borrow_mut();
@@ -992,6 +1076,123 @@ impl Durability for SledStore {
 
     fn flush(&self) -> Result<()> {
         self.flush_group()
+    }
+}
+
+/// Pruning (README "Retention"). The candidates are read from the expiry index, then removed
+/// in one sled transaction over every tree that names them, which reads each record again and
+/// applies the cutoff to what it finds: a revocation (itself a transaction over the record)
+/// either commits first and is judged, or finds the record gone. The lineage guard is held
+/// throughout, so no renewal or lineage lock interleaves with the removal of a lineage's lock.
+impl Retention for SledStore {
+    fn prune_expired_certs(&self, cutoff: &CertCutoff, limit: usize) -> Result<PrunedCerts> {
+        if limit == 0 {
+            return Ok(PrunedCerts::default());
+        }
+        let _guard = self.lineage_guard.lock().unwrap_or_else(|p| p.into_inner());
+        // Whole seconds, like the index: a notAfter in the cutoff's own second waits a second.
+        let end = (cutoff.expired_before.timestamp().max(0) as u64).to_be_bytes();
+        let mut candidates: Vec<Vec<u8>> = Vec::new();
+        for kv in self.by_expiry.range(..end.to_vec()) {
+            let (k, _) = kv.map_err(|e| Error::store("scan expiry index", e))?;
+            let Some(serial) = k.get(8..) else { continue };
+            // An entry without its record (a crash, a lost serial race) is skipped, as by
+            // every lookup; a revoked certificate the CRL must still list is passed over.
+            if let Some(rec) = self.get_cert(serial)? {
+                if expiry_key(rec.not_after, &rec.serial) == k.as_ref() && cutoff.allows(&rec) {
+                    candidates.push(rec.serial);
+                    if candidates.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(PrunedCerts::default());
+        }
+        let (pruned, lineages) = (
+            &self.certs,
+            &self.by_identity,
+            &self.by_expiry,
+            &self.by_lineage,
+            &self.revoked,
+            &self.ocsp,
+        )
+            .transaction(
+                |(certs, by_identity, by_expiry, by_lineage, revoked, ocsp)| {
+                    let abort = |e| ConflictableTransactionError::Abort(e);
+                    let mut out = PrunedCerts::default();
+                    let mut lineages: Vec<Vec<u8>> = Vec::new();
+                    for serial in &candidates {
+                        let Some(v) = certs.get(serial.as_slice())? else {
+                            continue;
+                        };
+                        let rec = codec::decode_cert(&v).map_err(abort)?;
+                        if !cutoff.allows(&rec) {
+                            continue;
+                        }
+                        certs.remove(serial.as_slice())?;
+                        by_identity.remove(identity_key(&rec.identity, &rec.serial))?;
+                        by_expiry.remove(expiry_key(rec.not_after, &rec.serial))?;
+                        by_lineage.remove(lineage_key(&rec))?;
+                        revoked.remove(serial.as_slice())?;
+                        for key in super::ocsp_keys(serial) {
+                            if let Some(o) = ocsp.remove(key)? {
+                                out.ocsp_responses
+                                    .push(codec::decode_ocsp(&o).map_err(abort)?);
+                            }
+                        }
+                        let lineage = rec.with_lineage_defaults().lineage;
+                        if !lineages.contains(&lineage) {
+                            lineages.push(lineage);
+                        }
+                        out.serials.push(serial.clone());
+                    }
+                    Ok((out, lineages))
+                },
+            )
+            .map_err(|e| tx_err("prune certificates", e))?;
+        // A lineage's lock goes with its last certificate (none can renew from it any more).
+        // A crash before this leaves a lock on an empty lineage: harmless, nothing is left to
+        // renew.
+        for lineage in &lineages {
+            if self.lineage_certs(lineage)?.is_empty() {
+                self.lineage_locks
+                    .remove(lineage.as_slice())
+                    .map_err(|e| Error::store("prune lineage lock", e))?;
+            }
+        }
+        self.durable()?;
+        for serial in &pruned.serials {
+            self.feed.publish(&Change::Pruned(serial.clone()), true);
+        }
+        Ok(pruned)
+    }
+
+    fn prune_tokens(&self, before: DateTime<Utc>, limit: usize) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.tokens.iter() {
+            if n >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(|e| Error::store("scan tokens", e))?;
+            let tok: TokenRecord = dec("token", &v)?;
+            if tok.finished_at() >= before {
+                continue;
+            }
+            // Only the state judged: a token consumed or released meanwhile stays.
+            let removed = self
+                .tokens
+                .compare_and_swap(&k, Some(v), None as Option<&[u8]>)
+                .map_err(|e| Error::store("prune token", e))?;
+            if removed.is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.durable()?;
+        }
+        Ok(n)
     }
 }
 

@@ -283,3 +283,65 @@ fn unset_url_variable_is_named_not_shown() {
     assert!(msg.contains("store.url"), "{msg}");
     assert!(msg.contains("CA_TEST_UNSET_DATABASE_URL_VARIABLE"), "{msg}");
 }
+
+#[test]
+fn retention_defaults_and_one_refusal_per_class() {
+    let cfg = ServerConfig::parse(MINIMAL).expect("parses");
+    cfg.validate().expect("valid");
+    let r = &cfg.retention;
+    assert!(r.enabled);
+    assert_eq!(r.certificates.0, chrono::Duration::days(90));
+    assert_eq!(r.tokens.0, chrono::Duration::days(7));
+    assert_eq!(r.batch, 1000);
+    assert_eq!(r.interval.0, chrono::Duration::minutes(10));
+    let with = |extra: &str| {
+        let text = MINIMAL.replace(
+            "[profiles.client]",
+            &format!("[retention]\n{extra}\n[profiles.client]"),
+        );
+        ServerConfig::parse(&text).and_then(|c| c.validate().map(|()| c))
+    };
+    let ok = with(
+        "enabled = false\ncertificates = \"0s\"\ntokens = \"1h\"\nbatch = 1\ninterval = \"10s\"",
+    )
+    .expect("valid");
+    assert!(!ok.retention.enabled);
+    assert_eq!(ok.retention.certificates.0, chrono::Duration::zero());
+    // The round trip `ca-server dev` relies on.
+    let back = ServerConfig::parse(&ok.to_toml().unwrap()).unwrap();
+    assert_eq!(back.retention.certificates.0, chrono::Duration::zero());
+    for (extra, key, why) in [
+        // Negative (not a duration), too long, wrong type, out of range, unknown key.
+        (
+            "certificates = \"-1d\"",
+            "retention.certificates",
+            "not a duration",
+        ),
+        (
+            "certificates = \"36501d\"",
+            "retention.certificates",
+            "at most 36500d",
+        ),
+        ("tokens = \"90x\"", "retention.tokens", "not a duration"),
+        ("tokens = \"99999d\"", "retention.tokens", "at most 36500d"),
+        ("batch = 0", "retention.batch", "between 1 and 100000"),
+        ("batch = 100001", "retention.batch", "between 1 and 100000"),
+        ("batch = -5", "retention.batch", ""),
+        (
+            "interval = \"9s\"",
+            "retention.interval",
+            "between 10s and 24h",
+        ),
+        (
+            "interval = \"25h\"",
+            "retention.interval",
+            "between 10s and 24h",
+        ),
+        ("enabled = \"yes\"", "retention.enabled", ""),
+        ("keep = \"1d\"", "retention", "keep"),
+    ] {
+        let err = with(extra).expect_err(extra).to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+        assert!(err.contains(why), "{extra}: {err}");
+    }
+}

@@ -345,6 +345,11 @@ pub async fn start_staged(
             {
                 Ok(mut running) => {
                     running.attach_status(status_state, maintenance);
+                    let crl_validity = cfg
+                        .crl
+                        .validity
+                        .map_or_else(|| ca_core::crl::CrlConfig::default().validity, |v| v.0);
+                    running.start_retention(&cfg.retention, crl_validity);
                     progress.set(StartState::Started);
                     Ok(Some(running))
                 }

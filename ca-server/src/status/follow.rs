@@ -63,6 +63,14 @@ fn apply(me: &StatusState, change: Change) {
                 tracing::warn!(serial = %hex::encode(&serial), error = %e, "reading another node's OCSP response failed; the next resync or refresh takes it");
             }
         }
+        Change::Pruned(serial) => {
+            // Retention on another node: its record is gone, so is any answer served for it.
+            // Kept out like a revoked serial's `good` answers (for `RECENT`), so the group
+            // response the pruning node stores again under a remaining member does not bring
+            // it back.
+            me.responder.follow_revoked(&serial);
+            me.responder.forget_pruned(&serial);
+        }
         Change::Crl { scope, .. } if scope == FULL_CRL => {
             if let Err(e) = me.crls.adopt_archived() {
                 tracing::warn!(error = %e, "reading the archived CRL failed");

@@ -43,7 +43,7 @@ use super::{serial_magnitude, OcspIssuer};
 use crate::clock::Clock;
 use crate::error::Result;
 use crate::revocation::CertStatus;
-use crate::store::{CertRecord, Store};
+use crate::store::{CertRecord, Store, StoredOcspResponse};
 use answer::ErrorAnswers;
 use cache::AnswerCache;
 use chrono::{DateTime, Utc};
@@ -543,5 +543,55 @@ impl Responder {
     /// [`refresh_due`]: Responder::refresh_due
     pub fn add_external(&self, source: ExternalResponse) -> Result<usize> {
         self.external.add(source, self.signing.now())
+    }
+
+    /// Retention (README "Retention"): forget the cached answer of a certificate pruned from
+    /// the store; the next request about it is answered from the store, which no longer
+    /// knows it (`unknown`).
+    pub fn forget_pruned(&self, serial: &[u8]) {
+        let serial = serial_magnitude(serial);
+        let _g = self.cache.sign_lock(serial);
+        self.cache.remove(serial);
+    }
+
+    /// Retention: `stored` was removed from the store with the certificate it was stored
+    /// under. A response signed at issuance for a group is stored once, under the group's
+    /// first serial, and is the persisted answer of every member whose cached answer is still
+    /// that response: store it again under each such member not in `pruned` (its own record
+    /// then wins at the next load, as for any record stored under its serial). Returns how
+    /// many members it was stored for. Members this node's cache does not hold (another node
+    /// signed for them) lose their persisted answer and are signed again when asked.
+    pub fn keep_group_response(
+        &self,
+        stored: &StoredOcspResponse,
+        pruned: &[Vec<u8>],
+    ) -> Result<usize> {
+        let parsed = match super::build::parse_response(&stored.der) {
+            Ok(p) => p,
+            Err(_) => return Ok(0),
+        };
+        let own = serial_magnitude(&stored.serial);
+        let mut done: Vec<&[u8]> = vec![own];
+        let mut kept = 0;
+        for single in parsed.singles() {
+            let serial = serial_magnitude(single.cert_id.serial_number.as_bytes());
+            // Each certificate is answered for once per CertID hash (SHA-1, SHA-256).
+            if done.contains(&serial)
+                || pruned.iter().any(|p| serial_magnitude(p) == serial)
+                || self.issuer().matches(&single.cert_id).is_none()
+            {
+                continue;
+            }
+            done.push(serial);
+            let _g = self.cache.sign_lock(serial);
+            if self.cache.get(serial).is_some_and(|a| a.der == stored.der) {
+                self.store.put_ocsp_response(&StoredOcspResponse {
+                    serial: serial.to_vec(),
+                    ..stored.clone()
+                })?;
+                kept += 1;
+            }
+        }
+        Ok(kept)
     }
 }
