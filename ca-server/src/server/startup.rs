@@ -15,11 +15,14 @@
 //!    ([`DeferredSigner`]: the issuing certificate's key, the delegated OCSP responder
 //!    certificate's key), so the status listener serves OCSP from the store's pre-signed
 //!    answers (those that need a new signature wait on the re-sign backlog; requests for them
-//!    get `tryLater`), `/ca.crt`, and `/crl` (503 until a CRL exists) with its usual
+//!    get `tryLater`; a stored answer whose status is out of date is withdrawn), `/ca.crt`,
+//!    and `/crl` (the last CRL archived in the store; 503 if there is none) with its usual
 //!    `/readyz`. The API listener is not bound: its port refuses connections. The issuing
-//!    key is opened again with the same backoff; whether that calls `C_Login` is the token's
-//!    login policy (its own backoff, and a PIN the token refused is tried again only after
-//!    `hsm.refused_pin_retry`).
+//!    key is opened again with the same backoff, through a freshly initialised PKCS#11
+//!    module from the second attempt on; whether that calls `C_Login` is the token's login
+//!    policy (its own backoff, and a PIN the token refused is tried again only after
+//!    `hsm.refused_pin_retry`). Maintenance passes that can sign nothing give the CRL and
+//!    OCSP refresh leases up, so that nodes with a working HSM do that work.
 //! 3. **started**: the HSM keys are installed into the deferred signers (refused, and the
 //!    node exits, if the token's key is not the certificate's), the re-sign backlog and the
 //!    first CRL are signed, the server's TLS certificate is issued and the API listener is
