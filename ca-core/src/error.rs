@@ -75,6 +75,14 @@ pub enum Error {
         /// What was being read.
         what: &'static str,
     },
+    /// The key is known by its public half only, so far: the node started while the HSM
+    /// was away (or refused the login) and has not opened the key yet
+    /// ([`crate::signer::deferred::DeferredSigner`]). Nothing was signed; retry later.
+    #[error("the HSM key for {key} is not available yet (the node is waiting for the HSM); nothing was signed")]
+    SignerNotReady {
+        /// Which key (`issuing key`, `OCSP responder key`).
+        key: String,
+    },
     /// The key algorithm is not supported (or not by this token).
     #[error("unsupported key algorithm: {0}")]
     UnsupportedAlgorithm(String),
@@ -284,6 +292,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this error means the signing key cannot be used right now (HSM away, login
+    /// refused or backing off, key not opened yet) rather than that the request is wrong: the
+    /// same signature may succeed later, so callers that can wait (the OCSP re-sign backlog,
+    /// the CRL rebuild) keep the work instead of failing.
+    pub fn is_signer_unavailable(&self) -> bool {
+        #[cfg(feature = "hsm")]
+        if matches!(self, Error::HsmUnavailable { .. } | Error::Hsm { .. }) {
+            return true;
+        }
+        matches!(
+            self,
+            Error::SignerNotReady { .. }
+                | Error::TokenNotFound { .. }
+                | Error::BadPin { .. }
+                | Error::PinSource { .. }
+                | Error::LoginBackoff { .. }
+        )
+    }
+
     /// A store error: [`Error::StoreUnavailable`] when the backend's error means the store is
     /// unreachable or cannot write for now ([`crate::store::is_unavailable`]), else
     /// [`Error::Store`].

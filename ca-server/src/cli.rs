@@ -398,7 +398,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Before startup: a signal during startup stops the server once it has started.
             let mut signal =
                 crate::server::ShutdownSignal::install().context("listening for SIGINT/SIGTERM")?;
-            let running = crate::server::start_from_config(&cfg).await?;
+            // Waits for the store and the HSM when they are away at start, serving the
+            // status listener meanwhile (README "Starting without the database or the HSM").
+            let status = tokio::net::TcpListener::bind(cfg.listen.status)
+                .await
+                .with_context(|| format!("binding listen.status {}", cfg.listen.status))?;
+            let Some(running) = crate::server::start_staged(&cfg, status, signal.recv()).await?
+            else {
+                return Ok(());
+            };
             println!(
                 "ca-server listening: API https://{} status http://{}",
                 running.api_addr,

@@ -187,10 +187,32 @@ pub struct HsmSection {
     /// `SOFTHSM2_CONF` names another file, and never set their own environment.
     #[serde(default)]
     pub softhsm_conf: Option<PathBuf>,
+    /// After the token refused the PIN, try the same PIN again once per this interval (never
+    /// while the token reports that the next wrong PIN locks it), so that a node whose token's
+    /// PIN was restored recovers without a restart; `"0s"`: never (README "HSM logins").
+    /// Default 1h.
+    #[serde(default = "HsmSection::default_refused_pin_retry")]
+    pub refused_pin_retry: Span,
 }
 
 fn default_issuing_key() -> String {
     "issuing-ca".into()
+}
+
+impl HsmSection {
+    /// The default of [`HsmSection::refused_pin_retry`]: one hour.
+    pub fn default_refused_pin_retry() -> Span {
+        Span(chrono::Duration::hours(1))
+    }
+
+    /// [`HsmSection::refused_pin_retry`] as the token takes it (`None`: never).
+    pub fn refused_pin_retry(&self) -> Option<std::time::Duration> {
+        self.refused_pin_retry
+            .0
+            .to_std()
+            .ok()
+            .filter(|d| !d.is_zero())
+    }
 }
 
 /// Issuing CA certificate and chain.

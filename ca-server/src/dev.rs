@@ -205,6 +205,7 @@ pub fn dev_config(dir: &Path, pki: &DevPki, listen: Listen) -> ServerConfig {
             issuing_key: pki.issuing_key.clone(),
             sessions: None,
             softhsm_conf: Some(rel(&pki.softhsm_conf)),
+            refused_pin_retry: crate::config::HsmSection::default_refused_pin_retry(),
         },
         ca: CaSection {
             certificate: rel(&pki.intermediate),

@@ -94,6 +94,7 @@ fn core_code(e: &ca_core::Error) -> Code {
         | E::Hsm { .. }
         | E::HsmData { .. }
         | E::LoginBackoff { .. }
+        | E::SignerNotReady { .. }
         | E::RevocationPending { .. } => Code::HsmUnavailable,
         // Unreachable, restarting, read-only or out of disk: retry later. Any other store
         // error (a corrupt record, a failed task) is `internal`.

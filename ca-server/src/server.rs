@@ -36,6 +36,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod startup;
+
+pub use startup::{start_staged, StartState, BACKOFF_MAX, BACKOFF_MIN, STORE_CONNECT_TIMEOUT};
+
 /// How long in-flight requests get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -239,20 +243,71 @@ fn status_integration(
     crl: &crate::config::CrlSection,
     parts: &ServerParts,
 ) -> anyhow::Result<StatusParts> {
-    use crate::status::{StatusConfig, StatusSetup, StatusState};
-    use ca_core::ocsp::{ExternalResponse, ResponderKey};
     let issuing: Arc<dyn Signer> = Arc::new(TimedSigner::new(
         parts.signer.clone(),
         parts.metrics.clone(),
     ));
-    let ocsp_key = match (&ocsp.signer_key, &ocsp.signer_cert) {
-        (Some(label), Some(cert)) => {
+    let delegated = match &ocsp.signer_key {
+        Some(label) if ocsp.signer_cert.is_some() => {
             let signer = parts.signer.token().signer(label).with_context(|| {
                 format!("opening the OCSP signing key {label:?} (ocsp.signer_key)")
             })?;
+            Some(
+                Arc::new(TimedSigner::new(Arc::new(signer), parts.metrics.clone()))
+                    as Arc<dyn Signer>,
+            )
+        }
+        _ => None,
+    };
+    let keys = StatusKeys { issuing, delegated };
+    status_integration_with(ocsp, crl, &StatusInputs::of(parts), keys)
+}
+
+/// The keys the status listener signs with: the issuing key (CRLs, and OCSP unless
+/// delegated) and the delegated OCSP responder key (`ocsp.signer_key`), HSM signers or
+/// [`DeferredSigner`]s waiting for the HSM.
+struct StatusKeys {
+    issuing: Arc<dyn Signer>,
+    delegated: Option<Arc<dyn Signer>>,
+}
+
+/// What the status listener is built from, besides its keys: the parts of [`ServerParts`]
+/// that need no HSM.
+struct StatusInputs {
+    issuing_der: Vec<u8>,
+    chain_der: Vec<Vec<u8>>,
+    urls: IssuerUrls,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl StatusInputs {
+    fn of(parts: &ServerParts) -> Self {
+        StatusInputs {
+            issuing_der: parts.issuing_der.clone(),
+            chain_der: parts.chain_der.clone(),
+            urls: parts.urls.clone(),
+            store: parts.store.clone(),
+            clock: parts.clock.clone(),
+            metrics: parts.metrics.clone(),
+        }
+    }
+}
+
+/// [`status_integration`] with its keys given.
+fn status_integration_with(
+    ocsp: &crate::config::OcspSection,
+    crl: &crate::config::CrlSection,
+    parts: &StatusInputs,
+    keys: StatusKeys,
+) -> anyhow::Result<StatusParts> {
+    use crate::status::{StatusConfig, StatusSetup, StatusState};
+    use ca_core::ocsp::{ExternalResponse, ResponderKey};
+    let issuing = keys.issuing;
+    let ocsp_key = match (keys.delegated, &ocsp.signer_cert) {
+        (Some(signer), Some(cert)) => {
             let cert = read_pem_certs(cert).context("ocsp.signer_cert")?;
-            let signer: Arc<dyn Signer> =
-                Arc::new(TimedSigner::new(Arc::new(signer), parts.metrics.clone()));
             let key = ResponderKey::delegated(signer, &cert[0]).context("ocsp.signer_cert")?;
             // Record it as a certificate this CA issued (listed, revocable), once; the
             // responder then refuses to start with it if it is expired or revoked.
@@ -599,12 +654,30 @@ async fn server_identity(
     })
 }
 
+/// The plain-HTTP status listener, as [`start`] gets it.
+enum StatusListener {
+    /// No status listener.
+    None,
+    /// Bound, not serving yet: serve these routes (the liveness routes are added).
+    Bind(TcpListener, Router),
+    /// Serving already since the start began ([`start_staged`]); it stops with the server.
+    Serving(StartedStatus),
+}
+
+/// A status listener that [`start_staged`] serves from the beginning of the start.
+struct StartedStatus {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+    /// Stops the status listener; becomes the server's shutdown sender.
+    shutdown: watch::Sender<bool>,
+}
+
 /// Start both listeners. `status` is the plain-HTTP listener and its extra routes.
 async fn start(
     state: Arc<AppState>,
     tls_names: Vec<String>,
     api_listener: TcpListener,
-    status: Option<(TcpListener, Router)>,
+    status: StatusListener,
 ) -> anyhow::Result<Running> {
     let verifier = Arc::new(ClientVerifier::new(
         &state.ca.full_chain(),
@@ -612,9 +685,25 @@ async fn start(
     )?);
     let identity = server_identity(&state, &tls_names, verifier.clone()).await?;
     let live = Arc::new(LiveConfig::new(identity.config));
-    let (tx, rx) = watch::channel(false);
-    let api_addr = api_listener.local_addr()?;
     let mut tasks = Vec::new();
+    let mut status_addr = None;
+    let (tx, rx, status) = match status {
+        StatusListener::Serving(s) => {
+            let rx = s.shutdown.subscribe();
+            status_addr = Some(s.addr);
+            tasks.push(s.task);
+            (s.shutdown, rx, None)
+        }
+        StatusListener::Bind(l, r) => {
+            let (tx, rx) = watch::channel(false);
+            (tx, rx, Some((l, r)))
+        }
+        StatusListener::None => {
+            let (tx, rx) = watch::channel(false);
+            (tx, rx, None)
+        }
+    };
+    let api_addr = api_listener.local_addr()?;
 
     // Renew the server certificate at 2/3 of its lifetime.
     {
@@ -699,7 +788,6 @@ async fn start(
         rx.clone(),
     )));
 
-    let mut status_addr = None;
     if let Some((listener, extra)) = status {
         status_addr = Some(listener.local_addr()?);
         let router = extra.merge(api::liveness_router(state.clone()));
@@ -875,6 +963,15 @@ pub fn reexec_for_softhsm(conf: &Path) -> anyhow::Result<()> {
 /// Open the store `[store]` names (blocking: PostgreSQL's client must not run on an async
 /// thread). Errors never show the database URL (it may hold a password).
 pub(crate) fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_checked(cfg, None)
+}
+
+/// [`open_store`], checking first that PostgreSQL accepts a connection within
+/// `reachable_within` (when given), so that an attempt while it is down fails fast.
+fn open_store_checked(
+    cfg: &ServerConfig,
+    reachable_within: Option<Duration>,
+) -> anyhow::Result<Arc<dyn Store>> {
     match cfg.store.kind {
         StoreKind::Sled => {
             let store_dir = cfg.data_dir.join("store");
@@ -889,6 +986,10 @@ pub(crate) fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
                 .as_ref()
                 .context("store.url: required for kind = \"postgres\"")?;
             let url = source.read()?;
+            if let Some(timeout) = reachable_within {
+                PgStore::check_reachable(&url, timeout)
+                    .context("opening the PostgreSQL store (store.url)")?;
+            }
             let size = cfg
                 .store
                 .pool_size
@@ -901,11 +1002,11 @@ pub(crate) fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-/// Open the HSM, the store and the certificates named by a configuration.
-pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::Result<ServerParts> {
+/// The check before the PKCS#11 module is loaded: SoftHSM reads `SOFTHSM2_CONF` once, when
+/// the module is first loaded; the server does not set its own environment (see
+/// [`reexec_for_softhsm`]), so it must be there already.
+fn check_softhsm_env(cfg: &ServerConfig) -> anyhow::Result<()> {
     if let Some(conf) = &cfg.hsm.softhsm_conf {
-        // SoftHSM reads SOFTHSM2_CONF once, when the module is first loaded; the server does
-        // not set its own environment (see `reexec_for_softhsm`), so it must be there already.
         if !softhsm_env_is(conf) {
             anyhow::bail!(
                 "hsm.softhsm_conf is {} but {SOFTHSM_CONF_ENV} is {}: start the server with                  {SOFTHSM_CONF_ENV}={} in its environment (dev.env exports it)",
@@ -917,12 +1018,34 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
             );
         }
     }
+    Ok(())
+}
+
+/// Load the PKCS#11 module and name the token (no login yet), with the configured login
+/// policy (`hsm.refused_pin_retry`).
+fn open_token(cfg: &ServerConfig) -> anyhow::Result<ca_core::signer::pkcs11::Token> {
     let mut hsm = HsmConfig::new(&cfg.hsm.token_label, cfg.hsm.pin.clone());
     hsm.module = cfg.hsm.module.clone();
     if let Some(n) = cfg.hsm.sessions {
         hsm.sessions = n;
     }
     let token = hsm.open().context("opening the HSM token (hsm.*)")?;
+    token.set_refused_pin_retry(cfg.hsm.refused_pin_retry());
+    Ok(token)
+}
+
+/// The keys a node signs with, opened (logged in) in the token.
+struct HsmKeys {
+    issuing: Arc<Pkcs11Signer>,
+    audit: Option<AuditParts>,
+}
+
+/// Open the issuing key and the audit checkpoint key (`audit.key`) in `token`: the first
+/// login. Writes the audit public key for auditors.
+fn open_hsm_keys(
+    cfg: &ServerConfig,
+    token: &ca_core::signer::pkcs11::Token,
+) -> anyhow::Result<HsmKeys> {
     let signer = Arc::new(token.signer(&cfg.hsm.issuing_key).with_context(|| {
         format!(
             "opening HSM key {:?} (hsm.issuing_key)",
@@ -961,15 +1084,31 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
             None
         }
     };
+    Ok(HsmKeys {
+        issuing: signer,
+        audit,
+    })
+}
+
+/// The issuing certificate and the chain above it (`[ca]`), DER.
+fn read_ca_certs(cfg: &ServerConfig) -> anyhow::Result<(Vec<u8>, Vec<Vec<u8>>)> {
     let issuing = read_pem_certs(&cfg.ca.certificate).context("ca.certificate")?;
     let chain = read_pem_certs(&cfg.ca.chain).context("ca.chain")?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
-    let store = open_store(cfg)?;
-    Ok(ServerParts {
-        signer,
-        issuing_der: issuing[0].clone(),
-        chain_der: chain,
+    Ok((issuing[0].clone(), chain))
+}
+
+/// [`ServerParts`] from a configuration and what was opened: the HSM keys, the store.
+fn parts_from(
+    cfg: &ServerConfig,
+    keys: HsmKeys,
+    certs: (Vec<u8>, Vec<Vec<u8>>),
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+) -> ServerParts {
+    ServerParts {
+        signer: keys.issuing,
+        issuing_der: certs.0,
+        chain_der: certs.1,
         profiles: cfg.profiles.clone(),
         urls: cfg.urls.clone(),
         store,
@@ -981,8 +1120,22 @@ pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::R
         tokens: cfg.tokens.clone(),
         renewal: cfg.renewal.clone(),
         metrics,
-        audit,
-    })
+        audit: keys.audit,
+    }
+}
+
+/// Open the HSM, the store and the certificates named by a configuration, failing at the
+/// first part that cannot be opened (`serve` waits for the store and the HSM instead:
+/// [`start_staged`]).
+pub fn parts_from_config(cfg: &ServerConfig, metrics: Arc<Metrics>) -> anyhow::Result<ServerParts> {
+    check_softhsm_env(cfg)?;
+    let token = open_token(cfg)?;
+    let keys = open_hsm_keys(cfg, &token)?;
+    let certs = read_ca_certs(cfg)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let store = open_store(cfg)?;
+    Ok(parts_from(cfg, keys, certs, store, metrics))
 }
 
 /// Write the audit public key (PEM) for auditors, unless the file already holds it.
@@ -1143,7 +1296,11 @@ impl Assembled {
             Some(s) => (s.router, s.state, s.maintenance),
             None => (Router::new(), None, None),
         };
-        match start(self.state, self.tls_names, api, status.map(|l| (l, router))).await {
+        let status = match status {
+            Some(l) => StatusListener::Bind(l, router),
+            None => StatusListener::None,
+        };
+        match start(self.state, self.tls_names, api, status).await {
             Ok(mut running) => {
                 running.attach_status(state, maintenance);
                 if let Some((section, crl_validity)) = &self.retention {

@@ -177,7 +177,10 @@ impl std::fmt::Debug for StatusState {
 impl StatusState {
     /// Assemble the status listener's state. Blocking (HSM, store): run it before the runtime
     /// starts or in `spawn_blocking`. Fails closed on a bad key, certificate or external
-    /// response file, or when the first CRL cannot be signed.
+    /// response file, or when the first CRL cannot be signed; except with a key that is not
+    /// available yet ([`ca_core::signer::deferred::DeferredSigner`]): then OCSP answers that
+    /// need a signature wait on the re-sign backlog and the first CRL is built by the
+    /// maintenance task once the key signs.
     pub fn build(setup: StatusSetup) -> ca_core::Result<Arc<Self>> {
         // Other nodes' changes from here on; subscribed before loading, so nothing committed
         // in between is missed (`status/follow.rs`).
@@ -222,7 +225,17 @@ impl StatusState {
             .map_err(stop_signer)?
             .with_lease_ttl(setup.http.maintenance_interval * 3),
         );
-        crls.start().map_err(stop_signer)?;
+        match crls.start() {
+            Ok(()) => {}
+            // Started before the HSM (README "Starting without the database or the HSM") and
+            // no CRL archived: `/crl` answers 503 until the maintenance task builds the first
+            // CRL, which it does as soon as the key signs (no CRL yet counts as due). With an
+            // archived CRL, `start` serves it and succeeds.
+            Err(e @ ca_core::Error::SignerNotReady { .. }) => {
+                tracing::warn!(error = %e, "no CRL at start: none archived and the issuing key is not available yet; /crl answers 503 until it is");
+            }
+            Err(e) => return Err(stop_signer(e)),
+        }
         let state = Self::new(
             responder,
             crls,
@@ -389,7 +402,17 @@ impl StatusState {
             &self.holder,
             self.config.maintenance_interval * 3,
         ) {
-            Ok(true) => self.responder.refresh_due(),
+            Ok(true) => {
+                let r = self.responder.refresh_due();
+                // Nothing could be signed (this node's HSM is away, e.g. it started without
+                // it): give the lease up so that a node that can sign re-signs what is due.
+                if matches!(&r, Ok(s) if s.failed > 0 && s.refreshed == 0) {
+                    if let Err(e) = self.store.release_lease(OCSP_REFRESH_LEASE, &self.holder) {
+                        tracing::warn!(error = %e, "giving up the OCSP refresh lease failed; it expires by itself");
+                    }
+                }
+                r
+            }
             Ok(false) => self.responder.refresh_backlog(),
             Err(e) => {
                 tracing::error!(error = %e, "taking the OCSP refresh lease failed; signing the backlog only");

@@ -428,6 +428,15 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// Run SQL statements in this database (a test that sets up a state no binary would,
+    /// e.g. a schema version from the future).
+    pub fn execute(&self, sql: &str) -> Result<(), Error> {
+        let mut c = postgres::Client::connect(&self.url, postgres::NoTls)
+            .map_err(|e| err(format!("connect to {}: {e}", self.name)))?;
+        c.batch_execute(sql)
+            .map_err(|e| err(format!("in database {}: {e}", self.name)))
+    }
+
     /// The connection URL of this database.
     pub fn url(&self) -> &str {
         &self.url

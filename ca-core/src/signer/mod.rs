@@ -4,6 +4,7 @@
 //! [`verify`] checks a signature with a public key in software (ring), which is how issuance
 //! proves a certificate is good before returning it.
 
+pub mod deferred;
 #[cfg(feature = "hsm")]
 pub mod pkcs11;
 

@@ -72,6 +72,24 @@ pub fn open_module(path: &Path) -> Result<Pkcs11> {
     Ok(ctx)
 }
 
+/// Finalize the module at `path` (`C_Finalize`) if this process loaded it, then load and
+/// initialise it again. Only while no thread of this process uses it (no session open, no
+/// signer in use): a module reads its slots and tokens at `C_Initialize` (a token that was
+/// not there then, or whose PIN another process changed since, e.g. SoftHSM's, is seen only
+/// after a new one).
+pub fn reload_module(path: &Path) -> Result<Pkcs11> {
+    let old = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(path);
+    if let Some(ctx) = old {
+        if let Err(e) = ctx.finalize() {
+            tracing::debug!(module = %path.display(), error = %e, "finalizing the PKCS#11 module before reloading it failed");
+        }
+    }
+    open_module(path)
+}
+
 /// Finalize every module this process loaded (`C_Finalize`) and forget them: the last step of
 /// a server's shutdown, after every thread that could call into a module has been joined.
 ///
@@ -199,9 +217,11 @@ impl HsmConfig {
 
     /// Open the token (loads the module if needed; does not log in yet).
     pub fn open(&self) -> Result<Token> {
-        let ctx = open_module(&self.module_path()?)?;
+        let module = self.module_path()?;
+        let ctx = open_module(&module)?;
         Ok(Token {
             ctx,
+            module,
             label: self.token_label.clone(),
             pin: self.pin.clone(),
             sessions: self.sessions.max(1),
@@ -239,17 +259,24 @@ pub const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Policy (README "HSM logins"):
 /// - after any failed `C_Login`, no new attempt before a backoff (1 s, doubling, at most
 ///   5 min; reset by a success), so traffic cannot turn into a stream of logins;
-/// - after `CKR_PIN_INCORRECT` (or locked, expired, invalid), that PIN is **never** tried again
-///   automatically: a real HSM locks its PIN after a few wrong ones, and any retry schedule
+/// - after `CKR_PIN_INCORRECT` (or locked, expired, invalid), that PIN is not tried again
+///   automatically: a real HSM locks its PIN after a few wrong ones, and a fast retry schedule
 ///   would get there. The next attempt is made once the PIN source (file, environment) yields a
 ///   different PIN (it is re-read at each attempt, which costs no HSM call), after a restart,
-///   or after [`Token::retry_login`].
+///   after [`Token::retry_login`], or, when [`Token::set_refused_pin_retry`] set an interval,
+///   once that interval has passed since the refusal (one attempt per interval, and never
+///   while the token reports that the next wrong PIN locks it, `CKF_USER_PIN_FINAL_TRY`, or
+///   that it is locked). Without an interval (the default) never.
 struct LoginGate {
     failures: u32,
     retry_at: Option<Instant>,
     last: String,
     /// SHA-256(salt || PIN) of the PIN the token refused.
     refused_pin: Option<[u8; 32]>,
+    /// When the token last refused `refused_pin`.
+    refused_at: Option<Instant>,
+    /// Try a refused PIN again after this long ([`Token::set_refused_pin_retry`]).
+    refused_retry: Option<Duration>,
     salt: [u8; 16],
 }
 
@@ -260,6 +287,8 @@ impl LoginGate {
             retry_at: None,
             last: String::new(),
             refused_pin: None,
+            refused_at: None,
+            refused_retry: None,
             salt: rand::random(),
         }
     }
@@ -282,6 +311,7 @@ impl LoginGate {
         self.last = what;
         if refused_pin.is_some() {
             self.refused_pin = refused_pin;
+            self.refused_at = Some(Instant::now());
         }
     }
 
@@ -289,6 +319,7 @@ impl LoginGate {
         self.failures = 0;
         self.retry_at = None;
         self.refused_pin = None;
+        self.refused_at = None;
         self.last.clear();
     }
 }
@@ -297,6 +328,7 @@ impl LoginGate {
 #[derive(Clone)]
 pub struct Token {
     ctx: Pkcs11,
+    module: PathBuf,
     label: String,
     pin: PinSource,
     sessions: usize,
@@ -359,6 +391,40 @@ impl Token {
         self.gate().succeeded();
     }
 
+    /// This token through a freshly initialised module ([`reload_module`]), with the same
+    /// login policy state (backoff, refused PIN): for a node waiting for its HSM at start,
+    /// before any signer of the token exists. Every other clone of this token is unusable
+    /// afterwards (its module context is finalized).
+    pub fn reloaded(&self) -> Result<Token> {
+        let ctx = reload_module(&self.module)?;
+        Ok(Token {
+            ctx,
+            module: self.module.clone(),
+            label: self.label.clone(),
+            pin: self.pin.clone(),
+            sessions: self.sessions,
+            gate: self.gate.clone(),
+        })
+    }
+
+    /// Try a PIN the token refused again after `every` (one attempt per interval, never while
+    /// the token reports `CKF_USER_PIN_FINAL_TRY` or `CKF_USER_PIN_LOCKED`), so that a node
+    /// whose token's PIN was restored to the configured one recovers without a restart; `None`
+    /// (the default): a refused PIN is never tried again by itself ([`LoginGate`]). Shared by
+    /// every clone of this token.
+    pub fn set_refused_pin_retry(&self, every: Option<Duration>) {
+        self.gate().refused_retry = every;
+    }
+
+    /// Whether the token says the next wrong user PIN locks it, or that it is locked (a token
+    /// that does not report it answers `false`). Costs `C_GetTokenInfo`, no login.
+    fn pin_near_lockout(&self) -> bool {
+        self.slot()
+            .ok()
+            .and_then(|slot| self.ctx.get_token_info(slot).ok())
+            .is_some_and(|i| i.user_pin_final_try() || i.user_pin_locked())
+    }
+
     /// Whether the last login attempt failed and its backoff or refused-PIN latch is in force.
     pub fn login_blocked(&self) -> bool {
         let g = self.gate();
@@ -373,15 +439,35 @@ impl Token {
     pub fn login(&self) -> Result<Session> {
         let pin = self.pin.read()?;
         let fingerprint = {
-            let g = self.gate();
+            let mut g = self.gate();
             let fingerprint = g.fingerprint(&pin);
-            match g.refused_pin {
-                // The same PIN as the one refused: never again by itself.
+            let refused_pin = g.refused_pin;
+            match refused_pin {
+                // The same PIN as the one refused: not again by itself, unless an interval
+                // is set and has passed (and the token is not one wrong PIN from locking).
                 Some(refused) if refused == fingerprint => {
-                    return Err(Error::BadPin {
-                        token: self.label.clone(),
-                        reason: "incorrect; not tried again until the PIN source changes",
-                    })
+                    let due = match (g.refused_retry, g.refused_at) {
+                        (Some(every), Some(at)) => at.elapsed() >= every,
+                        _ => false,
+                    };
+                    if !due {
+                        return Err(Error::BadPin {
+                            token: self.label.clone(),
+                            reason: "incorrect; not tried again until the PIN source changes \
+                                     or hsm.refused_pin_retry has passed",
+                        });
+                    }
+                    // One attempt per interval, however many threads ask.
+                    g.refused_at = Some(Instant::now());
+                    drop(g);
+                    if self.pin_near_lockout() {
+                        tracing::error!(token = %self.label, "the token reports that its user PIN is locked or that the next wrong PIN locks it: the refused PIN is not tried again; fix the PIN source or the token");
+                        return Err(Error::BadPin {
+                            token: self.label.clone(),
+                            reason: "incorrect, and the token is one wrong PIN from locking; not tried again",
+                        });
+                    }
+                    tracing::info!(token = %self.label, "trying the PIN the token refused again (hsm.refused_pin_retry)");
                 }
                 // A different PIN from the source: an operator fixed it; try it now.
                 Some(_) => {}

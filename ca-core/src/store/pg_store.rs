@@ -357,6 +357,17 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Whether the database at `url` accepts a connection within `timeout` (one connection,
+    /// closed again; nothing is read or migrated): a quick check before [`PgStore::open`],
+    /// whose pool waits up to 30 s for its first connection. Errors never show the URL.
+    pub fn check_reachable(url: &str, timeout: std::time::Duration) -> Result<()> {
+        let mut config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
+        config.connect_timeout(timeout);
+        let client = config.connect(NoTls).map_err(pg("connect to database"))?;
+        drop(client);
+        Ok(())
+    }
+
     fn conn(&self) -> Result<Conn> {
         self.pool
             .as_ref()

@@ -84,6 +84,9 @@ pub struct LoadStats {
     pub discarded: usize,
     /// Responses signed because none was stored, it was stale, or the status had changed.
     pub signed: usize,
+    /// Responses that needed a signature but the key could not sign (the HSM is away): put
+    /// on the re-sign backlog instead.
+    pub deferred: usize,
 }
 
 /// The OCSP responder for one issuing CA. Thread-safe; share it in an `Arc`.
@@ -222,6 +225,7 @@ impl Responder {
             loaded,
             discarded,
             signed: 0,
+            deferred: 0,
         };
         let now = self.signing.now();
         let mut todo = Vec::new();
@@ -242,17 +246,45 @@ impl Responder {
         })?;
         let inst = self.installer();
         for serial in todo {
-            let _g = self.cache.sign_lock(serial_magnitude(&serial));
+            let magnitude = serial_magnitude(&serial).to_vec();
+            let _g = self.cache.sign_lock(&magnitude);
             // Re-read under the lock: a revocation may have happened meanwhile.
-            if let Some(rec) = self.store.get_cert(&serial)? {
-                inst.sign_and_install(&rec.serial, &rec.cert_status())?;
-                stats.signed += 1;
+            let Some(rec) = self.store.get_cert(&serial)? else {
+                continue;
+            };
+            let status = rec.cert_status();
+            match inst.sign_and_install(&rec.serial, &status) {
+                Ok(()) => stats.signed += 1,
+                // The HSM is away (the node started without it): the start goes on, and the
+                // serial waits on the re-sign backlog, which every refresh pass signs once the
+                // key is usable. A stored answer whose status is out of date is withdrawn
+                // (no `good` answer outlives a revocation; the certificate is answered live,
+                // or `tryLater`); one still right keeps being served until its nextUpdate.
+                Err(e) if e.is_signer_unavailable() => {
+                    let right = self
+                        .cached(&rec.serial)
+                        .is_some_and(|a| a.cert_status().is_some_and(|s| same_status(s, &status)));
+                    if !right {
+                        self.cache.remove(&magnitude);
+                    }
+                    self.refresher.add(std::iter::once(magnitude.as_slice()));
+                    stats.deferred += 1;
+                }
+                Err(e) => return Err(e),
             }
+        }
+        if stats.deferred > 0 {
+            tracing::warn!(
+                deferred = stats.deferred,
+                "OCSP responses could not be signed at start (HSM unavailable); they wait on \
+                 the re-sign backlog (ca_ocsp_resign_backlog)"
+            );
         }
         tracing::info!(
             loaded = stats.loaded,
             discarded = stats.discarded,
             signed = stats.signed,
+            deferred = stats.deferred,
             "OCSP responder loaded"
         );
         Ok(stats)
