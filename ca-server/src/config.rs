@@ -190,7 +190,8 @@ pub struct HsmSection {
     /// After the token refused the PIN, try the same PIN again once per this interval (never
     /// while the token reports that the next wrong PIN locks it), so that a node whose token's
     /// PIN was restored recovers without a restart; `"0s"`: never (README "HSM logins").
-    /// Default 1h.
+    /// Default `"0s"`: a token that locks after a few wrong PINs and does not say so could be
+    /// locked by hourly retries, so retrying is the operator's choice.
     #[serde(default = "HsmSection::default_refused_pin_retry")]
     pub refused_pin_retry: Span,
 }
@@ -200,9 +201,9 @@ fn default_issuing_key() -> String {
 }
 
 impl HsmSection {
-    /// The default of [`HsmSection::refused_pin_retry`]: one hour.
+    /// The default of [`HsmSection::refused_pin_retry`]: never.
     pub fn default_refused_pin_retry() -> Span {
-        Span(chrono::Duration::hours(1))
+        Span(chrono::Duration::zero())
     }
 
     /// [`HsmSection::refused_pin_retry`] as the token takes it (`None`: never).
