@@ -311,27 +311,6 @@ impl Error {
         )
     }
 
-    /// A store error: [`Error::StoreUnavailable`] when the backend's error means the store is
-    /// unreachable or cannot write for now ([`crate::store::is_unavailable`]), else
-    /// [`Error::Store`].
-    #[cfg(feature = "store")]
-    pub(crate) fn store<E: std::error::Error + Send + Sync + 'static>(
-        op: &'static str,
-        e: E,
-    ) -> Self {
-        if crate::store::is_unavailable(&e) {
-            Error::StoreUnavailable {
-                op,
-                source: Box::new(e),
-            }
-        } else {
-            Error::Store {
-                op,
-                source: Box::new(e),
-            }
-        }
-    }
-
     /// Whether this is [`Error::StoreUnavailable`]: retry later, nothing was acknowledged.
     pub fn is_store_unavailable(&self) -> bool {
         matches!(self, Error::StoreUnavailable { .. })

@@ -726,6 +726,29 @@ pub enum Recovery {
     },
 }
 
+impl crate::Error {
+    /// A store error: [`crate::Error::StoreUnavailable`] when the backend's error means the
+    /// store is unreachable or cannot write for now ([`is_unavailable`]), else
+    /// [`crate::Error::Store`]. Here, not in `error.rs`, so that the error type does not
+    /// depend on the store (no import cycle).
+    pub(crate) fn store<E: std::error::Error + Send + Sync + 'static>(
+        op: &'static str,
+        e: E,
+    ) -> Self {
+        if is_unavailable(&e) {
+            crate::Error::StoreUnavailable {
+                op,
+                source: Box::new(e),
+            }
+        } else {
+            crate::Error::Store {
+                op,
+                source: Box::new(e),
+            }
+        }
+    }
+}
+
 /// Whether a backend error (or one in its source chain) means the store is unavailable for
 /// now rather than broken: I/O errors (a full disk, a lost connection), a pool with no
 /// connection in time, and on PostgreSQL the SQLSTATEs of a server that is shutting down,
