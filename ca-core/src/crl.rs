@@ -424,45 +424,34 @@ impl CrlPublisher {
         if self.current().is_some_and(|c| c.number >= stored.number) {
             return Ok(false);
         }
-        let entries = match self.check_archived(&stored) {
-            Ok(n) => n,
+        // Number and times from the signed CRL, never from the columns stored beside it
+        // (whoever can write the database could pair an old CRL with a high number).
+        let checked = match crate::x509::check_crl(&self.issuer_cert_der, &stored.der) {
+            Ok(c) if c.number == stored.number => c,
+            Ok(c) => {
+                tracing::error!(
+                    stored = stored.number,
+                    signed = c.number,
+                    "the archived CRL's number is not the one it was stored under: not served"
+                );
+                return Ok(false);
+            }
             Err(e) => {
                 tracing::error!(number = stored.number, error = %e, "the archived CRL is not this issuer's or its signature does not verify: not served");
                 return Ok(false);
             }
         };
+        if self.current().is_some_and(|c| c.number >= checked.number) {
+            return Ok(false);
+        }
         self.set_current(Arc::new(SignedCrl {
             der: stored.der,
-            number: stored.number,
-            this_update: stored.this_update,
-            next_update: stored.next_update,
-            entries,
+            number: checked.number,
+            this_update: checked.this_update,
+            next_update: checked.next_update,
+            entries: checked.entries,
         }));
         Ok(true)
-    }
-
-    /// The number of entries of an archived CRL, after checking its issuer and signature.
-    fn check_archived(&self, stored: &StoredCrl) -> Result<usize> {
-        let crl = CertificateList::from_der(&stored.der)?;
-        let issuer = Certificate::from_der(&self.issuer_cert_der)?;
-        if crl.tbs_cert_list.issuer != issuer.tbs_certificate.subject {
-            return Err(Error::SignatureCheckFailed);
-        }
-        let tbs = crl.tbs_cert_list.to_der()?;
-        let sig = crl
-            .signature
-            .as_bytes()
-            .ok_or(Error::SignatureCheckFailed)?;
-        verify(
-            &issuer.tbs_certificate.subject_public_key_info.to_der()?,
-            &tbs,
-            sig,
-        )?;
-        Ok(crl
-            .tbs_cert_list
-            .revoked_certificates
-            .as_ref()
-            .map_or(0, Vec::len))
     }
 
     /// At start: serve the archived CRL if there is one, then build a new one if this node

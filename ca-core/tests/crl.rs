@@ -321,6 +321,24 @@ fn only_the_issuers_archived_crls_are_served_and_never_an_older_one() {
     );
     assert_eq!(follower.current().unwrap().der, built.der);
 
+    // Our own older CRL stored under a higher number (the columns beside it rewritten):
+    // the number is read from the signed CRL, so it is refused.
+    assert!(ca
+        .store
+        .put_crl(&StoredCrl {
+            scope: FULL_CRL.into(),
+            number: built.number + 200,
+            der: built.der.clone(),
+            this_update: built.this_update,
+            next_update: built.next_update,
+        })
+        .unwrap());
+    assert!(
+        !follower.adopt_archived().unwrap(),
+        "an old CRL under a new number is refused"
+    );
+    assert_ne!(follower.current().unwrap().number, built.number + 200);
+
     // Our own older CRL is not taken over the current one either.
     assert!(!ca
         .store

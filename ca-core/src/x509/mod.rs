@@ -14,6 +14,7 @@
 //! # Ok::<(), ca_core::Error>(())
 //! ```
 
+mod crl_check;
 mod key_id;
 mod pem;
 #[cfg(feature = "issue")]
@@ -24,6 +25,7 @@ mod validity;
 #[cfg(all(test, feature = "issue"))]
 mod tests;
 
+pub use crl_check::{check_crl, CheckedCrl};
 pub use key_id::key_identifier;
 pub use pem::{pem_decode, pem_decode_all, pem_encode, PemError};
 #[cfg(feature = "issue")]

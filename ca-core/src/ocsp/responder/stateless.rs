@@ -55,7 +55,7 @@ use crate::error::{Error, Result};
 use crate::revocation::CertStatus;
 use crate::store::{Change, Store, StoredCrl, StoredOcspResponse, FULL_CRL};
 use chrono::{DateTime, Utc};
-use der::{Decode, Encode};
+use der::Encode;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -626,39 +626,15 @@ impl StatelessResponder {
     /// Check a stored CRL (issuer name, signature by the CA key) and take its number and
     /// times from the signed CRL itself, not from the store's columns.
     fn verify_crl(&self, stored: &StoredCrl) -> std::result::Result<ArchivedCrl, Refusal> {
-        use x509_cert::crl::CertificateList;
-        let und = |e: der::Error| Refusal::Undecodable(e.to_string());
-        let crl = CertificateList::from_der(&stored.der).map_err(und)?;
-        let issuer_cert = Certificate::from_der(self.issuer.cert_der()).map_err(und)?;
-        if crl.tbs_cert_list.issuer != issuer_cert.tbs_certificate.subject {
-            return Err(Refusal::UnknownSigner);
-        }
-        let tbs = crl.tbs_cert_list.to_der().map_err(und)?;
-        let sig = crl.signature.as_bytes().ok_or(Refusal::BadSignature)?;
-        crate::signer::verify(self.issuer.spki_der(), &tbs, sig)
-            .map_err(|_| Refusal::BadSignature)?;
-        let number = crl
-            .tbs_cert_list
-            .crl_extensions
-            .iter()
-            .flatten()
-            .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
-            .and_then(|e| der::asn1::Uint::from_der(e.extn_value.as_bytes()).ok())
-            .and_then(|n| {
-                let b = serial_magnitude(n.as_bytes());
-                (b.len() <= 8).then(|| b.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x)))
-            })
-            .ok_or_else(|| Refusal::Undecodable("no cRLNumber".into()))?;
-        let next_update = crl
-            .tbs_cert_list
-            .next_update
-            .as_ref()
-            .map(x509_time)
-            .ok_or_else(|| Refusal::Undecodable("no nextUpdate".into()))?;
+        let checked =
+            crate::x509::check_crl(self.issuer.cert_der(), &stored.der).map_err(|e| match e {
+                crate::Error::SignatureCheckFailed => Refusal::BadSignature,
+                other => Refusal::Undecodable(other.to_string()),
+            })?;
         Ok(ArchivedCrl {
-            number,
-            this_update: x509_time(&crl.tbs_cert_list.this_update),
-            next_update,
+            number: checked.number,
+            this_update: checked.this_update,
+            next_update: checked.next_update,
             der: stored.der.clone(),
         })
     }
