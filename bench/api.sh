@@ -46,11 +46,10 @@ gen="$target/release/examples/bench_api"
 dir="$(mktemp -d "${BENCH_DIR:-/var/tmp}/ca-bench-api.XXXXXX")"
 log="$dir.log"
 pid=""; pids=(); pgdata=""
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in $pid "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  if [ -n "$pgdata" ]; then as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1 || true; fi
-  rm -rf "$dir" "$log" "$dir.pg"
+  stop_postgres
+  rm -rf "$dir" "$log"
 }
 trap cleanup EXIT
 
@@ -67,19 +66,8 @@ start_server() {
 }
 stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 
-# A throwaway PostgreSQL cluster on 127.0.0.1 (the distribution's binaries).
-start_postgres() {
-  pgbin="$(command -v pg_ctl >/dev/null && dirname "$(readlink -f "$(command -v pg_ctl)")" || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-  [ -x "$pgbin/initdb" ] || { echo "api.sh: PostgreSQL is not installed (scripts/deps.sh installs it)" >&2; exit 1; }
-  pgdata="$dir.pg"
-  mkdir -p "$pgdata"; [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
-  as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
-  pgport="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/log" -w -o "-p $pgport -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdata -c max_connections=200" start >/dev/null
-  as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres ca
-  export CA_BENCH_DATABASE_URL="postgresql://postgres@127.0.0.1:$pgport/ca"
-  echo "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pgport" >&2
-}
+# shellcheck source=bench/lib/pg.sh
+. bench/lib/pg.sh
 
 # 1. A dev CA (key ceremonies rehearsed on SoftHSM), then stop it.
 start_server
@@ -98,10 +86,8 @@ fi
 grep -A2 '^\[limits\.' "$dir/config.toml" >&2
 # 3. The store: sled in the directory, or PostgreSQL.
 if [ "$store" = postgres ]; then
-  start_postgres
-  awk '/^\[store\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip { print }' "$dir/config.toml" >"$dir/config.toml.new"
-  printf '\n[store]\nkind = "postgres"\nurl = { env = "CA_BENCH_DATABASE_URL" }\n' >>"$dir/config.toml.new"
-  mv "$dir/config.toml.new" "$dir/config.toml"
+  start_postgres "$dir"
+  use_postgres_store "$dir/config.toml"
   rm -rf "$dir/admin"   # issued into the sled store: the first node issues one into PostgreSQL
 fi
 # 4. Serve it again (on every node) and load it.

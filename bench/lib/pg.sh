@@ -1,0 +1,31 @@
+# Sourced by the bench scripts: a throwaway PostgreSQL cluster of the distribution's (initdb,
+# pg_ctl) on 127.0.0.1, in "$1.pg", run as user postgres when root. Sets pgbin, pgdata, pgport
+# and exports CA_BENCH_DATABASE_URL; stop_postgres stops it (call it from the EXIT trap).
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start_postgres() {
+  pgbin="$(command -v pg_ctl >/dev/null && dirname "$(readlink -f "$(command -v pg_ctl)")" || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+  [ -x "$pgbin/initdb" ] || { echo "PostgreSQL is not installed (scripts/deps.sh installs it)" >&2; exit 1; }
+  pgdata="$1.pg"
+  mkdir -p "$pgdata"; [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
+  as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
+  pgport="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/log" -w -o "-p $pgport -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdata -c max_connections=200" start >/dev/null
+  as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres ca
+  export CA_BENCH_DATABASE_URL="postgresql://postgres@127.0.0.1:$pgport/ca"
+  echo "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pgport" >&2
+}
+
+stop_postgres() {
+  if [ -n "${pgdata:-}" ]; then
+    as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$pgdata"
+  fi
+}
+
+# Point a ca-server configuration file at that database ([store] replaced).
+use_postgres_store() {
+  awk '/^\[store\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip { print }' "$1" >"$1.new"
+  printf '\n[store]\nkind = "postgres"\nurl = { env = "CA_BENCH_DATABASE_URL" }\n' >>"$1.new"
+  mv "$1.new" "$1"
+}
