@@ -121,10 +121,15 @@ fn client(node: &Node, root_pem: &str, id: Option<&Identity>) -> ApiClient {
 
 /// `openssl ocsp`'s verdict on a serial, asked over HTTP from the node's status listener.
 async fn ocsp_status(node: &Node, pki: &TestPki, serial: &str) -> String {
+    ocsp_status_at(&node.status_url, pki, serial).await
+}
+
+/// `openssl ocsp`'s verdict on a serial, asked from the status listener at `status_url`.
+async fn ocsp_status_at(status_url: &str, pki: &TestPki, serial: &str) -> String {
     let dir = pki.dir.path();
     let issuer = dir.join("issuing.pem");
     let root = dir.join("root.pem");
-    let url = format!("{}/ocsp", node.status_url);
+    let url = format!("{status_url}/ocsp");
     let serial = format!("0x{serial}");
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new("openssl")
@@ -394,9 +399,19 @@ fn crl_number(text: &str) -> Option<u64> {
 
 /// Poll `node`'s OCSP (openssl) until it says revoked for `serial`; how long that took.
 async fn revoked_within(node: &Node, pki: &TestPki, serial: &str, limit: Duration) -> Duration {
+    revoked_within_at(&node.status_url, pki, serial, limit).await
+}
+
+/// [`revoked_within`] for the status listener at `status_url`.
+async fn revoked_within_at(
+    status_url: &str,
+    pki: &TestPki,
+    serial: &str,
+    limit: Duration,
+) -> Duration {
     let t0 = Instant::now();
     loop {
-        let out = ocsp_status(node, pki, serial).await;
+        let out = ocsp_status_at(status_url, pki, serial).await;
         if out.contains(": revoked") {
             return t0.elapsed();
         }
@@ -435,7 +450,56 @@ async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_on
     let a = start_node(&cfg).await;
     let b = start_node(&cfg).await;
 
+    // A stateless responder (the real binary, no HSM) on the same database.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let responder_cfg = dir.path().join("ocsp.toml");
+    std::fs::write(
+        &responder_cfg,
+        format!(
+            "data_dir = \"data\"\n[listen]\nstatus = \"127.0.0.1:{port}\"\n[ca]\ncertificate = \"{}\"\nchain = \"{}\"\n[store]\nkind = \"postgres\"\nurl = {{ env = \"{FOLLOW_ENV}\" }}\npool_size = 2\n",
+            pki.issuing_pem_path().display(),
+            pki.root_pem_path().display(),
+        ),
+    )
+    .unwrap();
+    let responder = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
+            .args(["ocsp", "--config"])
+            .arg(&responder_cfg)
+            .env(FOLLOW_ENV, db.url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let responder_url = format!("http://127.0.0.1:{port}");
+    let ready = format!("{responder_url}/readyz");
+    let t0 = Instant::now();
+    while !tokio::task::spawn_blocking({
+        let ready = ready.clone();
+        move || {
+            std::process::Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &ready])
+                .status()
+                .is_ok_and(|s| s.success())
+        }
+    })
+    .await
+    .unwrap()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "responder not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let mut serials = Vec::new();
+    let mut first_key = String::new();
     for (i, issuer) in [&a, &b, &a, &b].into_iter().enumerate() {
         let cn = format!("follow{i}.test");
         let token: TokenCreateResponse = client(issuer, &root_pem, Some(&issuer.operator))
@@ -450,7 +514,7 @@ async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_on
             )
             .await
             .unwrap();
-        let (_, csr) = csr(&cn, &[&format!("dns:{cn}")]);
+        let (key, csr) = csr(&cn, &[&format!("dns:{cn}")]);
         let issued: IssuedResponse = client(issuer, &root_pem, None)
             .post_json(
                 "/v1/enroll",
@@ -461,8 +525,30 @@ async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_on
             )
             .await
             .unwrap();
+        if i == 0 {
+            first_key = key;
+            serials.push(issued.certificate.clone());
+        }
         serials.push(issued.serial);
     }
+    // The first certificate (enrolled on A): its PEM was pushed before its serial.
+    let first_pem = serials.remove(0);
+    // Enrolled on A, renewed on B, revoked on A: the stateless responder says revoked within
+    // a second, and so do both nodes.
+    let (_, renew_csr) = csr("follow0.test", &[]);
+    let renewed: IssuedResponse = client(
+        &b,
+        &root_pem,
+        Some(&Identity {
+            cert: first_pem,
+            key: first_key,
+        }),
+    )
+    .post_json("/v1/renew", &RenewRequest { csr: renew_csr })
+    .await
+    .expect("node B renews node A's certificate");
+    let out = ocsp_status_at(&responder_url, &pki, &renewed.serial).await;
+    assert!(out.contains(": good"), "responder: {out}");
     // Issued on one node, answered `good` by the other (its issuance-time response followed).
     for (node, serial) in [(&b, &serials[0]), (&a, &serials[1])] {
         let t0 = Instant::now();
@@ -522,6 +608,30 @@ async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_on
     assert_eq!(wins, 1, "{results:?}");
     for r in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(r.as_deref(), Some("token_rejected"));
+    }
+
+    let revoke_on_a = client(&a, &root_pem, Some(&a.operator));
+    let _: RevokeResponse = revoke_on_a
+        .post_json(
+            "/v1/admin/revoke",
+            &RevokeRequest {
+                serial: renewed.serial.clone(),
+                reason: Some("superseded".into()),
+                lineage: false,
+            },
+        )
+        .await
+        .unwrap();
+    let took = revoked_within_at(
+        &responder_url,
+        &pki,
+        &renewed.serial,
+        Duration::from_secs(1),
+    )
+    .await;
+    eprintln!("revocation on A answered by the stateless responder after {took:?}");
+    for node in [&a, &b] {
+        revoked_within(node, &pki, &renewed.serial, Duration::from_secs(1)).await;
     }
 
     // Revoked on A, issued on A: B answers revoked within a second.
@@ -588,8 +698,25 @@ async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_on
         "numbers drawn {next}, served {number}"
     );
 
+    // Every signing node stopped: the stateless responder still answers.
     b.running.shutdown().await;
     a.running.shutdown().await;
+    let out = ocsp_status_at(&responder_url, &pki, &renewed.serial).await;
+    assert!(
+        out.contains(": revoked"),
+        "responder after the nodes stopped: {out}"
+    );
+    drop(responder);
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn pem_der(pem: &str) -> Vec<u8> {

@@ -41,11 +41,13 @@ use super::{
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
+use audit_batch::AuditBatch;
 use chrono::{DateTime, Utc};
 use r2d2_postgres::postgres::{self, IsolationLevel, NoTls};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 use std::collections::VecDeque;
 
+mod audit_batch;
 mod import;
 pub use import::{PgImport, StoreCounts, TargetNotEmpty};
 
@@ -282,6 +284,8 @@ impl r2d2::CustomizeConnection<postgres::Client, ConnError> for SessionSetup {
 pub struct PgStore {
     /// Always `Some` until dropped (see the `Drop` impl).
     pool: Option<Pool>,
+    /// Group commit of audit appends ([`AuditBatch`]).
+    audit_batch: AuditBatch,
     /// The change feed's listening session ([`ChangeFeed`]).
     listener: Listener,
 }
@@ -351,6 +355,7 @@ impl PgStore {
             .map_err(|e| Error::store("connect to database", e))?;
         let store = PgStore {
             pool: Some(pool),
+            audit_batch: AuditBatch::default(),
             listener,
         };
         store.migrate()?;
@@ -1030,8 +1035,10 @@ impl Iterator for CheckpointIter<'_> {
     }
 }
 
-impl AuditLog for PgStore {
-    fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
+impl PgStore {
+    /// Append `events` in order, in one transaction (one lock of the head row, one durable
+    /// commit): the write behind [`AuditBatch`].
+    fn append_audit_batch(&self, events: Vec<NewAuditEvent>) -> Result<Vec<AuditEvent>> {
         let mut c = self.conn()?;
         let mut tx = c.transaction().map_err(pg("append audit"))?;
         // The one head row serialises appends from every node.
@@ -1044,7 +1051,7 @@ impl AuditLog for PgStore {
                          `audit verify`"
                     .into(),
             })?;
-        let (prev_seq, prev_hash) = match (
+        let (mut prev_seq, mut prev_hash) = match (
             head.get::<_, Option<i64>>(0),
             head.get::<_, Option<String>>(1),
         ) {
@@ -1066,19 +1073,33 @@ impl AuditLog for PgStore {
                 (0, audit::GENESIS.to_string())
             }
         };
-        let sealed = audit::seal(prev_seq, &prev_hash, crate::clock::truncate(Utc::now()), ev)?;
-        tx.execute(
-            "INSERT INTO audit_events (seq, event) VALUES ($1, $2)",
-            &[&seq_col(sealed.seq), &enc(&sealed)?],
-        )
-        .map_err(pg("append audit"))?;
+        let now = crate::clock::truncate(Utc::now());
+        let mut sealed_all = Vec::with_capacity(events.len());
+        for ev in events {
+            let sealed = audit::seal(prev_seq, &prev_hash, now, ev)?;
+            tx.execute(
+                "INSERT INTO audit_events (seq, event) VALUES ($1, $2)",
+                &[&seq_col(sealed.seq), &enc(&sealed)?],
+            )
+            .map_err(pg("append audit"))?;
+            prev_seq = sealed.seq;
+            prev_hash = sealed.hash.clone();
+            sealed_all.push(sealed);
+        }
         tx.execute(
             "UPDATE audit_head SET seq = $1, hash = $2",
-            &[&seq_col(sealed.seq), &sealed.hash],
+            &[&seq_col(prev_seq), &prev_hash],
         )
         .map_err(pg("append audit head"))?;
         tx.commit().map_err(pg("append audit"))?;
-        Ok(sealed)
+        Ok(sealed_all)
+    }
+}
+
+impl AuditLog for PgStore {
+    fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
+        self.audit_batch
+            .append(ev, |events| self.append_audit_batch(events))
     }
 
     fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>> {
