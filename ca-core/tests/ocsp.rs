@@ -463,7 +463,8 @@ fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
 
     // Revocations after the groups were signed: leaf 9's own record beats the group record of
     // leaves 8-11 (stored under leaf 8); revoking leaf 0 replaces the record that held the
-    // first group, whose other members are signed again at the next start.
+    // first group, which is first kept under each of its other members: a restart signs
+    // nothing.
     for i in [9, 0] {
         ca_core::authority::revoke(
             ca.store.as_ref(),
@@ -480,8 +481,8 @@ fn responses_signed_at_issuance_are_grouped_and_answer_every_certificate() {
     let stats = r.load().unwrap();
     assert_eq!(
         (stats.loaded, stats.signed, stats.discarded),
-        (6, 6, 0),
-        "loaded: 0, 5, 9 (own records) and 8, 10, 11 (group); signed: 1-4, 6, 7: {stats:?}"
+        (12, 0, 0),
+        "own records for 0, 5, 9 and the first group's members; the second group for 8, 10, 11: {stats:?}"
     );
     check_statuses(&r, &[0, 5, 9]);
 
@@ -1198,4 +1199,67 @@ fn a_follower_takes_only_what_its_own_key_signed_and_never_rolls_back() {
     let s = d.follow_stored(&serial(2)).unwrap();
     assert_eq!((s.taken, s.refused), (0, 1), "{s:?}");
     assert!(d.cached(&serial(2)).is_none());
+}
+
+/// Revoking the certificate an issuance group's response is kept under (the group is stored
+/// once, under its first serial) used to overwrite the group's record: the other members lost
+/// their persisted answer (signed again at the next start; `tryLater` from stateless
+/// responders meanwhile). Now every other member keeps a persisted, valid answer.
+#[test]
+fn revoking_the_certificate_a_group_is_kept_under_keeps_a_persisted_answer_for_the_others() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<_> = (0..6)
+        .map(|i| ca.issue_leaf(&format!("member{i}")))
+        .collect();
+    let key = ResponderKey::ca(ca.signer_dyn());
+    let config = ResponderConfig {
+        issuance_batch_max: 8,
+        ..ResponderConfig::default()
+    };
+    let r = Arc::new(responder(
+        &ca,
+        key.clone(),
+        Arc::new(SystemClock),
+        config.clone(),
+    ));
+    let tickets: Vec<_> = leaves.iter().map(|l| r.enqueue_issued(&l.record)).collect();
+    for t in tickets {
+        r.await_issued(t).unwrap();
+    }
+    assert_eq!(r.issuance_signing_stats().signatures, 1, "one group");
+    let kept_under: Vec<_> = leaves
+        .iter()
+        .filter(|l| {
+            ca.store
+                .get_ocsp_response(&l.record.serial)
+                .unwrap()
+                .is_some()
+        })
+        .collect();
+    assert_eq!(kept_under.len(), 1, "the group is kept once");
+    let first = kept_under[0].record.serial.clone();
+    ca_core::authority::revoke(
+        ca.store.as_ref(),
+        r.as_ref(),
+        &first,
+        RevocationReason::KeyCompromise,
+        Utc::now(),
+        "test",
+    )
+    .unwrap();
+    for leaf in leaves.iter().filter(|l| l.record.serial != first) {
+        let stored = ca
+            .store
+            .get_ocsp_response(&leaf.record.serial)
+            .unwrap()
+            .expect("a persisted answer for every other member");
+        assert_eq!(stored.der, r.cached(&leaf.record.serial).unwrap().der);
+    }
+    // A restart signs nothing: every answer is persisted and current.
+    let again = responder(&ca, key, Arc::new(SystemClock), config);
+    assert_eq!(again.load().unwrap().signed, 0);
+    assert!(matches!(
+        again.cached(&first).unwrap().cert_status(),
+        Some(CertStatus::Revoked { .. })
+    ));
 }

@@ -745,7 +745,8 @@ fn audit_checkpoints_are_kept_in_order(place: Place) {
 }
 
 fn ocsp_response(serial: u16, der: u8) -> StoredOcspResponse {
-    let now = ca_core::clock::truncate(Utc::now());
+    // A fixed time: two calls compare equal whatever second they run in.
+    let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
     StoredOcspResponse {
         serial: serial.to_be_bytes().to_vec(),
         der: vec![0x30, der],
@@ -784,6 +785,18 @@ fn ocsp_responses_are_replaced_and_visited(place: Place) {
         Some(ocsp_response(1, 2))
     );
     assert_eq!(s.get_ocsp_response(&9u16.to_be_bytes()).unwrap(), None);
+    // Kept only where nothing is kept yet.
+    assert!(s.put_ocsp_response_if_absent(&ocsp_response(9, 1)).unwrap());
+    assert!(!s.put_ocsp_response_if_absent(&ocsp_response(9, 2)).unwrap());
+    assert!(!s.put_ocsp_response_if_absent(&ocsp_response(1, 3)).unwrap());
+    assert_eq!(
+        s.get_ocsp_response(&9u16.to_be_bytes()).unwrap(),
+        Some(ocsp_response(9, 1))
+    );
+    assert_eq!(
+        s.get_ocsp_response(&1u16.to_be_bytes()).unwrap(),
+        Some(ocsp_response(1, 2))
+    );
 }
 
 fn stored_crl(scope: &str, number: u64) -> ca_core::store::StoredCrl {

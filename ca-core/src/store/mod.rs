@@ -410,6 +410,11 @@ pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
     /// The response kept under `serial` (a response may cover several serials and is kept
     /// under one of them: see the responder's issuance groups).
     fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>>;
+    /// Keep `resp` under its serial only if nothing is kept there yet (one atomic step),
+    /// durable on return; `Ok(false)`: a response was kept already, nothing written. How a
+    /// group response is kept for its other members when the serial it was stored under gets
+    /// an answer of its own, without overwriting a member's newer answer.
+    fn put_ocsp_response_if_absent(&self, resp: &StoredOcspResponse) -> Result<bool>;
 }
 
 /// The scope of the issuing CA's full CRL in a [`CrlArchive`].

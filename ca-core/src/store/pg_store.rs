@@ -840,6 +840,28 @@ impl OcspResponseStore for PgStore {
         )
     }
 
+    fn put_ocsp_response_if_absent(&self, resp: &StoredOcspResponse) -> Result<bool> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(pg("put OCSP response"))?;
+        let kept = tx
+            .execute(
+                "INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
+                 ON CONFLICT (serial) DO NOTHING",
+                &[&resp.serial, &codec::encode_ocsp(resp)?],
+            )
+            .map_err(pg("put OCSP response"))?
+            == 1;
+        if kept {
+            notify(
+                &mut tx,
+                self.listener.origin(),
+                &Change::OcspResponse(resp.serial.clone()),
+            )?;
+        }
+        tx.commit().map_err(pg("put OCSP response"))?;
+        Ok(kept)
+    }
+
     fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
         self.conn()?
             .query_opt(

@@ -730,6 +730,24 @@ impl OcspResponseStore for SledStore {
         Ok(())
     }
 
+    fn put_ocsp_response_if_absent(&self, resp: &StoredOcspResponse) -> Result<bool> {
+        let kept = self
+            .ocsp
+            .compare_and_swap(
+                resp.serial.as_slice(),
+                None as Option<&[u8]>,
+                Some(codec::encode_ocsp(resp)?),
+            )
+            .map_err(|e| Error::store("put OCSP response", e))?
+            .is_ok();
+        if kept {
+            self.durable()?;
+            self.feed
+                .publish(&Change::OcspResponse(resp.serial.clone()), true);
+        }
+        Ok(kept)
+    }
+
     fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
         self.ocsp
             .get(serial)

@@ -72,6 +72,49 @@ impl Installer<'_> {
         Ok(serials.len())
     }
 
+    /// `serial` gets an answer of its own, replacing `old`. If `old` is a group response kept
+    /// under `serial` (issuance groups are kept once, under their first serial), keep it under
+    /// every other member still answered by it, unless that member has a record already: the
+    /// members keep a persisted answer (restarts, other nodes, stateless responders).
+    fn keep_group_for_others(&self, serial: &[u8], old: &OcspAnswer) -> Result<()> {
+        let Ok(parsed) = super::super::build::parse_response(&old.der) else {
+            return Ok(());
+        };
+        let mut others: Vec<&[u8]> = Vec::new();
+        for single in parsed.singles() {
+            let s = serial_magnitude(single.cert_id.serial_number.as_bytes());
+            if s != serial
+                && !others.contains(&s)
+                && self.signing.issuer().matches(&single.cert_id).is_some()
+            {
+                others.push(s);
+            }
+        }
+        if others.is_empty() {
+            return Ok(());
+        }
+        match self.store.get_ocsp_response(serial)? {
+            Some(kept) if kept.der == old.der => {}
+            // Kept under another member (or not at all): nothing is lost by replacing it.
+            _ => return Ok(()),
+        }
+        let (Some(this_update), Some(next_update)) = (old.this_update(), old.next_update()) else {
+            return Ok(());
+        };
+        for member in others {
+            if self.cache.get(member).is_some_and(|a| a.der == old.der) {
+                self.store
+                    .put_ocsp_response_if_absent(&StoredOcspResponse {
+                        serial: member.to_vec(),
+                        der: old.der.clone(),
+                        this_update,
+                        next_update,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Persist `answer` as the response for `serial` (magnitude), then serve it, and forget
     /// any `unknown` signed for the serial before (the caller holds the serial's sign lock).
     pub(super) fn install(
@@ -96,6 +139,11 @@ impl Installer<'_> {
             this_update,
             next_update,
         };
+        if !matches!(persist, Persist::MemoryOnly) {
+            if let Some(old) = self.cache.get(serial).filter(|o| o.der != answer.der) {
+                self.keep_group_for_others(serial, &old)?;
+            }
+        }
         match persist {
             Persist::Durable => self.store.put_ocsp_response(&stored())?,
             Persist::Lazy => self.store.put_ocsp_response_lazy(&stored())?,
