@@ -272,7 +272,8 @@ fn refused_pin_is_not_retried_until_the_pin_source_changes() {
             matches!(
                 token.login(),
                 Err(Error::BadPin {
-                    reason: "incorrect; not tried again until the PIN source changes",
+                    reason: "incorrect; not tried again until the PIN source changes \
+                             or hsm.refused_pin_retry has passed",
                     ..
                 })
             ),
