@@ -102,6 +102,28 @@ impl OcspAnswer {
         }
     }
 
+    /// Whether it answers `good`.
+    pub(super) fn is_good(&self) -> bool {
+        matches!(self.cert_status(), Some(CertStatus::Good))
+    }
+
+    /// Whether it answers `revoked`.
+    pub(super) fn is_revoked(&self) -> bool {
+        matches!(self.cert_status(), Some(CertStatus::Revoked { .. }))
+    }
+
+    /// Whether this answer, read from the store, may replace `current` (the no-rollback rule
+    /// of every follower: `follow.rs`, `stateless.rs`): a revocation is final, so a `revoked`
+    /// answer replaces a `good` one whatever their times and a `good` answer never replaces a
+    /// `revoked` one; otherwise the thisUpdate must not be older.
+    pub(super) fn replaces(&self, current: &OcspAnswer) -> bool {
+        match (self.is_revoked(), current.is_revoked()) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => current.this_update() <= self.this_update(),
+        }
+    }
+
     /// thisUpdate, for signed responses.
     pub fn this_update(&self) -> Option<DateTime<Utc>> {
         match &self.kind {

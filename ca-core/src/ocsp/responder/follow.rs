@@ -15,12 +15,10 @@
 
 use super::super::build::parse_response;
 use super::super::serial_magnitude;
-use super::answer::OcspAnswer;
 use super::cache::{check_stored, AnswerCache};
 use super::key::Signing;
 use super::live::UnknownAnswers;
 use crate::error::{Error, Result};
-use crate::revocation::CertStatus;
 use crate::store::{Store, StoredOcspResponse};
 use der::Encode;
 use std::collections::HashMap;
@@ -56,14 +54,6 @@ pub(super) struct Follower {
     revoked: Mutex<HashMap<Vec<u8>, Instant>>,
 }
 
-fn is_good(a: &OcspAnswer) -> bool {
-    matches!(a.cert_status(), Some(CertStatus::Good))
-}
-
-fn is_revoked(a: &OcspAnswer) -> bool {
-    matches!(a.cert_status(), Some(CertStatus::Revoked { .. }))
-}
-
 /// The parts following touches.
 pub(super) struct FollowCtx<'a> {
     pub(super) signing: &'a Signing,
@@ -95,7 +85,7 @@ impl Follower {
         }
         let _g = cx.cache.sign_lock(serial);
         let mut stats = FollowStats::default();
-        if cx.cache.get(serial).is_some_and(|a| is_good(&a)) {
+        if cx.cache.get(serial).is_some_and(|a| a.is_good()) {
             cx.cache.remove(serial);
             stats.withdrawn = 1;
         }
@@ -128,18 +118,10 @@ impl Follower {
         for (serial, answer) in answers {
             let _g = cx.cache.sign_lock(&serial);
             let current = cx.cache.get(&serial);
-            // A revocation is final: a revoked answer replaces a good one whatever their
-            // times (a node may have re-signed `good` just before it learnt of the
-            // revocation); otherwise the newer answer wins.
-            let wanted = match (&current, is_revoked(&answer)) {
-                (None, revoked) => revoked || !self.recently_revoked(&serial),
-                (Some(c), true) => !is_revoked(c) || c.this_update() <= answer.this_update(),
-                (Some(c), false) => {
-                    !is_revoked(c)
-                        && c.this_update() <= answer.this_update()
-                        && !self.recently_revoked(&serial)
-                }
-            };
+            // The followers' no-rollback rule (`OcspAnswer::replaces`), and no `good` answer
+            // for a serial the feed said was revoked recently.
+            let wanted = current.as_ref().is_none_or(|c| answer.replaces(c))
+                && (answer.is_revoked() || !self.recently_revoked(&serial));
             if !wanted {
                 stats.refused += 1;
                 continue;

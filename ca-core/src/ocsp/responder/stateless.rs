@@ -52,7 +52,6 @@ use super::key::PRESIGNED_ALGS;
 use super::{LiveRequest, Lookup, MemoStats};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::revocation::CertStatus;
 use crate::store::{Change, Store, StoredCrl, StoredOcspResponse, FULL_CRL};
 use chrono::{DateTime, Utc};
 use der::Encode;
@@ -156,36 +155,11 @@ impl std::fmt::Display for Refusal {
 /// The answers one stored response gives, by serial (magnitude).
 type SerialAnswers = Vec<(Vec<u8>, Arc<OcspAnswer>)>;
 
-fn is_good(a: &OcspAnswer) -> bool {
-    matches!(a.cert_status(), Some(CertStatus::Good))
-}
-
-fn is_revoked(a: &OcspAnswer) -> bool {
-    matches!(a.cert_status(), Some(CertStatus::Revoked { .. }))
-}
-
-/// Whether `new` may replace `current` (the same rule as a signing node following another,
-/// `follow.rs`): a revocation is final, so a `revoked` answer replaces a `good` one whatever
-/// their times and a `good` answer never replaces a `revoked` one; otherwise the thisUpdate
-/// must not be older.
-fn replaces(new: &OcspAnswer, current: &OcspAnswer) -> bool {
-    match (is_revoked(new), is_revoked(current)) {
-        (true, false) => true,
-        (false, true) => false,
-        _ => current.this_update() <= new.this_update(),
-    }
-}
-
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|p| p.into_inner())
 }
 fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn x509_time(t: &x509_cert::time::Time) -> DateTime<Utc> {
-    let secs = i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX);
-    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// A stateless OCSP responder's state: verified answers and CRL from the store, no key.
@@ -401,7 +375,7 @@ impl StatelessResponder {
         })?;
         *write(&self.revoked) = revoked;
         // Answers `good` for serials revoked meanwhile (missed by a gap in the feed).
-        for serial in self.cache.select(is_good) {
+        for serial in self.cache.select(OcspAnswer::is_good) {
             self.withdraw_good_if_revoked(&serial);
         }
         self.store.for_each_ocsp_response(&mut |stored| {
@@ -467,7 +441,7 @@ impl StatelessResponder {
             return;
         }
         let _g = self.cache.sign_lock(serial);
-        if self.cache.get(serial).is_some_and(|a| is_good(&a)) {
+        if self.cache.get(serial).is_some_and(|a| a.is_good()) {
             tracing::info!(serial = %hex::encode(serial), "stateless OCSP responder: certificate revoked in the store; its good answer is withdrawn until the revoked response arrives");
             self.cache.remove(serial);
         }
@@ -494,13 +468,13 @@ impl StatelessResponder {
             if !answer.fresh(now) {
                 continue;
             }
-            if is_good(&answer) && revoked.contains(&serial) {
+            if answer.is_good() && revoked.contains(&serial) {
                 continue;
             }
             let _g = self.cache.sign_lock(&serial);
             match self.cache.get(&serial) {
                 Some(old) if Arc::ptr_eq(&old, &answer) || old.der == answer.der => {}
-                Some(old) if !replaces(&answer, &old) => {
+                Some(old) if !answer.replaces(&old) => {
                     self.older_ignored.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         serial = %hex::encode(&serial),
@@ -575,7 +549,11 @@ impl StatelessResponder {
     ) -> std::result::Result<(), Refusal> {
         check_delegated(cert, &self.issuer).map_err(|e| Refusal::Delegate(e.to_string()))?;
         let v = &cert.tbs_certificate.validity;
-        if x509_time(&v.not_before) > now || x509_time(&v.not_after) <= now {
+        let within = matches!(
+            (crate::x509::time(v.not_before), crate::x509::time(v.not_after)),
+            (Ok(from), Ok(until)) if from <= now && now < until
+        );
+        if !within {
             return Err(Refusal::Delegate("outside its validity period".to_string()));
         }
         let serial = serial_magnitude(cert.tbs_certificate.serial_number.as_bytes());
