@@ -23,8 +23,8 @@ use testkit::pki::{test_profiles, TestPki};
 const URL_ENV: &str = "CA_TEST_PG_SERVER_DATABASE_URL";
 
 /// The configuration file a production node would have, on `pki`'s token and the database
-/// whose URL is in [`URL_ENV`].
-fn write_config(pki: &TestPki, dir: &Path) -> ServerConfig {
+/// whose URL is in the environment variable `url_env`.
+fn write_config(pki: &TestPki, dir: &Path, url_env: &str) -> ServerConfig {
     let pin = dir.join("hsm.pin");
     pki.token.write_pin_file(&pin).unwrap();
     let text = format!(
@@ -41,7 +41,7 @@ chain = "{root}"
 names = ["dns:localhost", "ip:127.0.0.1"]
 [store]
 kind = "postgres"
-url = {{ env = "{URL_ENV}" }}
+url = {{ env = "{url_env}" }}
 pool_size = 4
 [profiles.placeholder]
 validity = "1h"
@@ -61,6 +61,18 @@ validity = "1h"
         .unwrap()
         .contains("postgres://"));
     cfg
+}
+
+/// A test PKI on its SoftHSM token and a fresh database on the shared throwaway cluster.
+async fn pki_and_database() -> (TestPki, testkit::pg::TestDatabase) {
+    tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = server.fresh_database().expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap()
 }
 
 struct Node {
@@ -151,19 +163,12 @@ async fn ocsp_status_at(status_url: &str, pki: &TestPki, serial: &str) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_postgres_end_to_end_and_a_second_node_sees_the_first() {
-    let (pki, db) = tokio::task::spawn_blocking(|| {
-        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
-        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
-        let db = server.fresh_database().expect("database");
-        (pki, db)
-    })
-    .await
-    .unwrap();
+    let (pki, db) = pki_and_database().await;
     // SAFETY of the test: the variable is set once, before any server reads it; no other test
     // in this binary reads or writes it.
     std::env::set_var(URL_ENV, db.url());
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&pki, dir.path());
+    let cfg = write_config(&pki, dir.path(), URL_ENV);
     let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
 
     let a = start_node(&cfg).await;
@@ -433,22 +438,12 @@ async fn revoked_within_at(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_node_reaches_the_others_ocsp_within_a_second_and_one_crl_serves_both()
 {
-    let (pki, db) = tokio::task::spawn_blocking(|| {
-        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
-        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
-        let db = server.fresh_database().expect("database");
-        (pki, db)
-    })
-    .await
-    .unwrap();
+    let (pki, db) = pki_and_database().await;
     let dir = tempfile::tempdir().unwrap();
     // Its own variable: the other test of this binary sets URL_ENV.
     const FOLLOW_ENV: &str = "CA_TEST_PG_FOLLOW_DATABASE_URL";
     std::env::set_var(FOLLOW_ENV, db.url());
-    let mut cfg = write_config(&pki, dir.path());
-    cfg.store.url = Some(ca_server::config::UrlSource(
-        ca_server::config::UrlFrom::Env(FOLLOW_ENV.into()),
-    ));
+    let cfg = write_config(&pki, dir.path(), FOLLOW_ENV);
     let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
     let a = start_node(&cfg).await;
     let b = start_node(&cfg).await;
@@ -767,21 +762,11 @@ async fn a_store_dropped_on_an_async_thread_closes_cleanly() {
 /// of them is left, round after round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn officers_revoking_each_other_through_two_nodes_leave_one() {
-    let (pki, db) = tokio::task::spawn_blocking(|| {
-        let pki = TestPki::new(ca_core::signer::KeyAlgorithm::P256).expect("test PKI");
-        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
-        let db = server.fresh_database().expect("database");
-        (pki, db)
-    })
-    .await
-    .unwrap();
+    let (pki, db) = pki_and_database().await;
     let dir = tempfile::tempdir().unwrap();
     const OFFICERS_ENV: &str = "CA_TEST_PG_OFFICERS_DATABASE_URL";
     std::env::set_var(OFFICERS_ENV, db.url());
-    let mut cfg = write_config(&pki, dir.path());
-    cfg.store.url = Some(ca_server::config::UrlSource(
-        ca_server::config::UrlFrom::Env(OFFICERS_ENV.into()),
-    ));
+    let cfg = write_config(&pki, dir.path(), OFFICERS_ENV);
     let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
     let a = start_node(&cfg).await;
     let b = start_node(&cfg).await;
