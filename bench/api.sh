@@ -17,7 +17,8 @@
 #   as the store requires), started and removed by this script.
 # --nodes 2 (PostgreSQL only): two `ca-server dev` processes on the same directory, HSM token and
 #   database; the load generator spreads connections and renewal chains over both, and reports
-#   their summed CPU (PostgreSQL's is in "other processes").
+#   their summed CPU. With PostgreSQL the table adds the database's CPU (its processes, by name)
+#   and the server's and database's CPU per certificate: the cost, whatever else runs.
 # BENCH_HSM_SESSIONS=N sets the HSM session pool size (default: one per core, at least 2).
 # Writes bench/results/api.md (BENCH_OUT=FILE: there instead). BENCH_DIR picks where the store lives (default /var/tmp: a disk,
 # so that durability costs what it costs in production).
@@ -45,7 +46,7 @@ gen="$target/release/examples/bench_api"
 
 dir="$(mktemp -d "${BENCH_DIR:-/var/tmp}/ca-bench-api.XXXXXX")"
 log="$dir.log"
-pid=""; pids=(); pgdata=""
+pid=""; pids=(); pgdata=""; db_comm=""
 cleanup() {
   for p in $pid "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   stop_postgres
@@ -87,6 +88,7 @@ grep -A2 '^\[limits\.' "$dir/config.toml" >&2
 # 3. The store: sled in the directory, or PostgreSQL.
 if [ "$store" = postgres ]; then
   start_postgres "$dir"
+  db_comm=postgres
   use_postgres_store "$dir/config.toml"
   rm -rf "$dir/admin"   # issued into the sled store: the first node issues one into PostgreSQL
 fi
@@ -108,7 +110,8 @@ out="${BENCH_OUT:-bench/results/api.md}"
   echo "Command: \`bench/api.sh --store $store --nodes $nodes $n_enroll $n_renew $conns\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'). Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '?'), store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
   "$gen" --url "$url_list" --root "$CA_ROOT" --admin-cert "$CA_ADMIN_CERT" --admin-key "$CA_ADMIN_KEY" \
-    --enroll "$n_enroll" --renew "$n_renew" --conns "$conns" --server-pid "$pid_list"
+    --enroll "$n_enroll" --renew "$n_renew" --conns "$conns" --server-pid "$pid_list" \
+    ${db_comm:+--db-comm "$db_comm"}
   echo
   echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$out"

@@ -11,10 +11,12 @@
 //!
 //! Reports per phase: certificates/s, p50/p99/max latency, errors, the generator's own CPU
 //! (user+sys from `/proc/self/stat`) as a share of the machine (wall time x cores), and the
-//! server's when `--server-pid` is given.
+//! server's when `--server-pid` is given; with `--db-comm NAME` (`postgres`), the CPU of the
+//! processes of that name (the database's) and the server's and database's CPU per certificate,
+//! a cost that other load on the machine does not change.
 //!
 //! Usage: `bench_api --url https://127.0.0.1:PORT --root ROOT.pem --admin-cert C --admin-key K
-//! [--enroll N] [--renew N] [--conns 16] [--server-pid PID]`
+//! [--enroll N] [--renew N] [--conns 16] [--server-pid PID] [--db-comm NAME]`
 //!
 //! Several nodes (one store): `--url URL1,URL2 --server-pid PID1,PID2`; connection (or renewal
 //! chain) `i` goes to node `i % n`, and the server CPU is the nodes' sum.
@@ -34,7 +36,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,6 +50,7 @@ struct Args {
     renew: usize,
     conns: usize,
     server_pid: Vec<u32>,
+    db_comm: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -60,6 +63,7 @@ fn args() -> anyhow::Result<Args> {
         renew: 10_000,
         conns: 16,
         server_pid: Vec::new(),
+        db_comm: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -75,11 +79,12 @@ fn args() -> anyhow::Result<Args> {
             "--server-pid" => {
                 a.server_pid = v()?.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
+            "--db-comm" => a.db_comm = Some(v()?),
             _ => bail!("unknown argument {k}"),
         }
     }
     if a.url.is_empty() || a.root.is_empty() || a.admin_cert.is_empty() || a.admin_key.is_empty() {
-        bail!("usage: bench_api --url URL --root PEM --admin-cert PEM --admin-key PEM [--enroll N] [--renew N] [--conns N] [--server-pid PID]");
+        bail!("usage: bench_api --url URL --root PEM --admin-cert PEM --admin-key PEM [--enroll N] [--renew N] [--conns N] [--server-pid PID] [--db-comm NAME]");
     }
     Ok(a)
 }
@@ -94,6 +99,26 @@ fn cpu_seconds(pid: &str) -> f64 {
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // USER_HZ is 100 on Linux.
     ticks / 100.0
+}
+
+/// The command name whose processes are the database (`--db-comm`), set once at start.
+static DB_COMM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// user+sys CPU seconds of every running process named [`DB_COMM`], by PID (empty without
+/// `--db-comm`). A PostgreSQL backend's command name is `postgres`.
+fn db_cpu() -> HashMap<u32, f64> {
+    let Some(comm) = DB_COMM.get() else {
+        return HashMap::new();
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .map(|pid| (pid, cpu_seconds(&pid.to_string())))
+        .collect()
 }
 
 /// Busy (non-idle) CPU seconds of the whole machine, from /proc/stat.
@@ -222,6 +247,9 @@ struct PhaseResult {
     lat_us: Vec<u32>,
     gen_cpu: f64,
     server_cpu: Option<f64>,
+    /// CPU of the database's processes (`--db-comm`): those running at the end, less what
+    /// they had used at the start.
+    db_cpu: Option<f64>,
     machine_busy: f64,
     serials: Vec<String>,
     issued: Vec<(usize, IssuedResponse)>,
@@ -234,6 +262,7 @@ struct Meter {
     gen0: f64,
     /// The server processes and their CPU seconds at the start.
     server: Vec<(u32, f64)>,
+    db: HashMap<u32, f64>,
     busy0: f64,
 }
 
@@ -245,6 +274,7 @@ impl Meter {
                 .iter()
                 .map(|p| (*p, cpu_seconds(&p.to_string())))
                 .collect(),
+            db: db_cpu(),
             busy0: machine_busy_seconds(),
             start: Instant::now(),
         }
@@ -259,6 +289,12 @@ impl Meter {
             self.server
                 .iter()
                 .map(|(p, s0)| cpu_seconds(&p.to_string()) - s0)
+                .sum()
+        });
+        r.db_cpu = DB_COMM.get().map(|_| {
+            db_cpu()
+                .iter()
+                .map(|(p, c)| c - self.db.get(p).copied().unwrap_or(0.0))
                 .sum()
         });
         r.done = r.lat_us.len();
@@ -429,9 +465,24 @@ fn report(name: &str, conns: usize, r: &PhaseResult) {
         .map(|c| format!("{:.0}%", 100.0 * c / wall_cores))
         .unwrap_or_else(|| "-".into());
     // Everything else that ran meanwhile (other builds on a shared machine): the noise.
-    let others = r.machine_busy - r.gen_cpu - r.server_cpu.unwrap_or(0.0);
+    let db = r
+        .db_cpu
+        .map(|c| format!("{:.0}%", 100.0 * c / wall_cores))
+        .unwrap_or_else(|| "-".into());
+    // Server and database CPU per certificate: the cost, whatever else ran meanwhile.
+    let per_cert = r
+        .server_cpu
+        .filter(|_| r.done > 0)
+        .map(|c| {
+            format!(
+                "{:.2}",
+                1000.0 * (c + r.db_cpu.unwrap_or(0.0)) / r.done as f64
+            )
+        })
+        .unwrap_or_else(|| "-".into());
+    let others = r.machine_busy - r.gen_cpu - r.server_cpu.unwrap_or(0.0) - r.db_cpu.unwrap_or(0.0);
     println!(
-        "| {name} | {conns} | {} | {:.1} | **{:.0}** | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {srv} | {:.0}% |",
+        "| {name} | {conns} | {} | {:.1} | **{:.0}** | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {srv} | {db} | {per_cert} | {:.0}% |",
         r.done,
         r.secs,
         r.done as f64 / r.secs,
@@ -449,6 +500,9 @@ fn report(name: &str, conns: usize, r: &PhaseResult) {
 
 fn main() -> anyhow::Result<()> {
     let a = args()?;
+    if let Some(c) = &a.db_comm {
+        let _ = DB_COMM.set(c.clone());
+    }
     let mut targets = Vec::new();
     for url in &a.url {
         let uri: http::Uri = url.parse()?;
@@ -568,8 +622,8 @@ fn main() -> anyhow::Result<()> {
         &a.server_pid,
     ))?;
 
-    println!("| phase | connections | certificates | seconds | certificates/s | p50 ms | p99 ms | max ms | errors | generator CPU (share of {} cores) | server CPU (share) | other processes' CPU (share) |", cores());
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| phase | connections | certificates | seconds | certificates/s | p50 ms | p99 ms | max ms | errors | generator CPU (share of {} cores) | server CPU (share) | database CPU (share) | server + database CPU ms per certificate | other processes' CPU (share) |", cores());
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     report("enroll", a.conns, &er);
 
     // ---- Timed: renewal over mTLS with the first enrolled certificates.

@@ -21,7 +21,7 @@ const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// Send `change` at the commit of `tx` (if it commits).
 pub(super) fn notify(
-    tx: &mut impl postgres::GenericClient,
+    tx: &mut impl super::pg_store::Db,
     origin: &str,
     change: &Change,
 ) -> Result<()> {

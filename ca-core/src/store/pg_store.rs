@@ -15,12 +15,19 @@
 //! - audit appends lock the single `audit_head` row (`FOR UPDATE`), then write the event and
 //!   the head in the same transaction, so appends from every node form one chain.
 //!
-//! Durability: every session runs with `synchronous_commit = on`, so every write is durable
-//! when its commit returns. [`Durability::begin_deferred`] and
-//! [`Durability::end_deferred`] do nothing (each write commits on its own; PostgreSQL groups
-//! concurrent commits' WAL flushes itself). [`OcspResponseStore::put_ocsp_response_lazy`]
-//! commits with `synchronous_commit = off` (durable at the WAL writer's next flush, or any
-//! later durable commit's).
+//! Durability: every session starts with `synchronous_commit = on`, so a write is durable
+//! when its commit returns, except inside a deferral ([`Durability::begin_deferred`], the
+//! issuance path's unit of work): a thread that defers gets sessions with
+//! `synchronous_commit = off`, its writes return once applied (visible to every node, not yet
+//! flushed), and the deferral's end makes them durable before the caller acknowledges
+//! anything: either a durable commit made after them already flushed the WAL past them (the
+//! thread's audit append, whose group always commits durably), or the end commits one small
+//! transaction durably itself ([`Durability::flush`]: flushed with everything before it, and
+//! replicated to a synchronous standby). WAL is one sequence, so a
+//! durable commit covers every commit before it, on any session. A failed write is not
+//! acknowledged either way. [`OcspResponseStore::put_ocsp_response_lazy`] commits with
+//! `synchronous_commit = off` (durable at the WAL writer's next flush, or any later durable
+//! commit's).
 //!
 //! The client is the synchronous `postgres` crate, which blocks the calling thread: call
 //! the store from threads that may block (`spawn_blocking` in the server), never from an
@@ -32,7 +39,7 @@
 
 use super::codec;
 use super::feed::{Change, Subscription};
-use super::pg_listen::{notify, Listener};
+use super::pg_listen::{notify, Listener, CHANNEL};
 use super::{
     AuditLog, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers,
     Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts, Retention, StoredCrl,
@@ -43,11 +50,16 @@ use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
 use audit_batch::AuditBatch;
 use chrono::{DateTime, Utc};
+pub(crate) use conn::Db;
+use conn::{ReadWriteManager, SessionSetup};
 use r2d2_postgres::postgres::{self, IsolationLevel, NoTls};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod audit_batch;
+mod conn;
 mod import;
 pub use import::{PgImport, StoreCounts, TargetNotEmpty};
 
@@ -220,64 +232,24 @@ impl Drop for PgStore {
 #[error("{0} is out of the range the PostgreSQL store keeps")]
 struct OutOfRange(&'static str);
 
+/// A deferral of durability on one thread for one store ([`Durability::begin_deferred`]).
+struct Deferral {
+    store: u64,
+    depth: u32,
+    /// A session was lent with `synchronous_commit = off` since the last durable commit on
+    /// this thread.
+    pending: bool,
+}
+
+thread_local! {
+    static DEFERRALS: RefCell<Vec<Deferral>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Distinguishes stores in [`DEFERRALS`].
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
 type Pool = r2d2::Pool<ReadWriteManager>;
 type Conn = r2d2::PooledConnection<ReadWriteManager>;
-
-/// r2d2_postgres's manager, with a stricter check of a pooled connection before each use: the
-/// session must still be writable (`SHOW transaction_read_only` is `off`), in the one round
-/// trip r2d2_postgres spends on an empty query. A connection that is closed (the server
-/// restarted or failed over), or whose server became read-only (a standby, a fenced old
-/// primary), is dropped and replaced by a new one; new connections go to a writable host of
-/// the URL when it says `target_session_attrs=read-write`.
-#[derive(Debug)]
-struct ReadWriteManager(PostgresConnectionManager<NoTls>);
-
-/// Why a pooled connection was refused: a client error, or a session that no longer accepts
-/// writes.
-#[derive(Debug, thiserror::Error)]
-enum ConnError {
-    #[error(transparent)]
-    Pg(#[from] postgres::Error),
-    #[error("the database session is read-only (a standby, or a primary made read-only)")]
-    ReadOnly,
-}
-
-impl r2d2::ManageConnection for ReadWriteManager {
-    type Connection = postgres::Client;
-    type Error = ConnError;
-
-    fn connect(&self) -> std::result::Result<postgres::Client, ConnError> {
-        Ok(self.0.connect()?)
-    }
-
-    fn is_valid(&self, client: &mut postgres::Client) -> std::result::Result<(), ConnError> {
-        let read_only = client
-            .simple_query("SHOW transaction_read_only")?
-            .into_iter()
-            .any(|m| match m {
-                postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
-                _ => false,
-            });
-        if read_only {
-            return Err(ConnError::ReadOnly);
-        }
-        Ok(())
-    }
-
-    fn has_broken(&self, client: &mut postgres::Client) -> bool {
-        client.is_closed()
-    }
-}
-
-/// Every pooled session commits durably, whatever the server's default.
-#[derive(Debug)]
-struct SessionSetup;
-
-impl r2d2::CustomizeConnection<postgres::Client, ConnError> for SessionSetup {
-    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), ConnError> {
-        Ok(conn.batch_execute("SET synchronous_commit = on")?)
-    }
-}
 
 /// Certificates, tokens, revocations and the audit log in a PostgreSQL database shared by
 /// every node.
@@ -288,6 +260,8 @@ pub struct PgStore {
     audit_batch: AuditBatch,
     /// The change feed's listening session ([`ChangeFeed`]).
     listener: Listener,
+    /// This store among others in the process ([`DEFERRALS`]).
+    id: u64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -357,6 +331,7 @@ impl PgStore {
             pool: Some(pool),
             audit_batch: AuditBatch::default(),
             listener,
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
         };
         store.migrate()?;
         Ok(store)
@@ -373,12 +348,47 @@ impl PgStore {
         Ok(())
     }
 
+    /// A pooled session for any statement: it commits durably unless this thread defers
+    /// ([`Durability::begin_deferred`]; the deferral's end then makes the writes durable).
     fn conn(&self) -> Result<Conn> {
+        let deferred = DEFERRALS.with(|d| {
+            let mut d = d.borrow_mut();
+            match d.iter_mut().find(|x| x.store == self.id) {
+                Some(x) => {
+                    x.pending = true;
+                    true
+                }
+                None => false,
+            }
+        });
+        let mut c = self.pooled()?;
+        c.set_synchronous_commit(!deferred)
+            .map_err(pg("database connection"))?;
+        Ok(c)
+    }
+
+    /// A pooled session for reads only, in whatever commit mode it is (a read commits
+    /// nothing), so readers do not switch sessions back and forth.
+    fn read_conn(&self) -> Result<Conn> {
+        self.pooled()
+    }
+
+    fn pooled(&self) -> Result<Conn> {
         self.pool
             .as_ref()
             .ok_or_else(|| Error::store("database connection", StoreClosed))?
             .get()
             .map_err(|e| Error::store("database connection", e))
+    }
+
+    /// Every write this thread deferred so far is durable now (a durable commit came after
+    /// them).
+    fn deferred_writes_durable(&self) {
+        DEFERRALS.with(|d| {
+            if let Some(x) = d.borrow_mut().iter_mut().find(|x| x.store == self.id) {
+                x.pending = false;
+            }
+        });
     }
 
     /// Create or upgrade the schema, in one transaction under an advisory lock (nodes
@@ -417,7 +427,7 @@ impl PgStore {
     }
 
     /// Insert the certificate in `tx` (no commit); `false` if the serial is taken.
-    fn insert_cert_in(tx: &mut impl postgres::GenericClient, rec: &CertRecord) -> Result<bool> {
+    fn insert_cert_in(tx: &mut impl Db, rec: &CertRecord) -> Result<bool> {
         let cols = rec.clone().with_lineage_defaults();
         let value = codec::encode_cert(rec)?;
         let n = tx
@@ -440,10 +450,7 @@ impl PgStore {
     }
 
     /// Lock the lineage's row (created if missing) for the rest of `tx`; its lock, if any.
-    fn lock_lineage_row(
-        tx: &mut postgres::Transaction<'_>,
-        lineage: &[u8],
-    ) -> Result<Option<LineageLock>> {
+    fn lock_lineage_row(tx: &mut impl Db, lineage: &[u8]) -> Result<Option<LineageLock>> {
         tx.execute(
             "INSERT INTO lineages (lineage) VALUES ($1) ON CONFLICT (lineage) DO NOTHING",
             &[&lineage],
@@ -466,7 +473,7 @@ impl PgStore {
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<CertRecord>> {
         let rows = self
-            .conn()?
+            .read_conn()?
             .query(sql, params)
             .map_err(pg("read certificates"))?;
         rows.iter()
@@ -484,7 +491,10 @@ impl PgStore {
     ) -> Result<()> {
         let mut last: Vec<u8> = Vec::new();
         loop {
-            let rows = self.conn()?.query(sql, &[&last, &BATCH]).map_err(pg(op))?;
+            let rows = self
+                .read_conn()?
+                .query(sql, &[&last, &BATCH])
+                .map_err(pg(op))?;
             for r in &rows {
                 f(r.get::<_, &[u8]>(1))?;
             }
@@ -574,7 +584,7 @@ impl CertStore for PgStore {
     }
 
     fn lineage_lock(&self, lineage: &[u8]) -> Result<Option<LineageLock>> {
-        self.conn()?
+        self.read_conn()?
             .query_opt(
                 "SELECT lock FROM lineages WHERE lineage = $1 AND lock IS NOT NULL",
                 &[&lineage],
@@ -586,7 +596,7 @@ impl CertStore for PgStore {
 
     fn serial_exists(&self, serial: &[u8]) -> Result<bool> {
         Ok(self
-            .conn()?
+            .read_conn()?
             .query_opt("SELECT 1 FROM certs WHERE serial = $1", &[&serial])
             .map_err(pg("lookup serial"))?
             .is_some())
@@ -776,7 +786,7 @@ impl TokenStore for PgStore {
     }
 
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.conn()?
+        self.read_conn()?
             .query("SELECT rec, used_at_ns FROM tokens ORDER BY hash", &[])
             .map_err(pg("list tokens"))?
             .iter()
@@ -785,7 +795,7 @@ impl TokenStore for PgStore {
     }
 
     fn get_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        self.conn()?
+        self.read_conn()?
             .query_opt(
                 "SELECT rec, used_at_ns FROM tokens WHERE hash = $1",
                 &[&hash],
@@ -798,35 +808,46 @@ impl TokenStore for PgStore {
 }
 
 impl PgStore {
-    fn put_ocsp(&self, resp: &StoredOcspResponse, durable: bool) -> Result<()> {
-        let mut c = self.conn()?;
-        let mut tx = c.transaction().map_err(pg("put OCSP response"))?;
-        if !durable {
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
+    /// Store `resp` (replacing the serial's response, or only if it has none) with its
+    /// notification, in one statement, so one round trip and one implicit transaction: the
+    /// notification is sent if the row was written, at its commit. `durable: false` commits
+    /// with `synchronous_commit = off`. Whether the row was written.
+    fn put_ocsp(&self, resp: &StoredOcspResponse, durable: bool, replace: bool) -> Result<bool> {
+        let mut c = if durable {
+            self.conn()?
+        } else {
+            let mut c = self.pooled()?;
+            c.set_synchronous_commit(false)
                 .map_err(pg("put OCSP response"))?;
-        }
-        tx.execute(
-            "INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
-             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec",
-            &[&resp.serial, &codec::encode_ocsp(resp)?],
-        )
-        .map_err(pg("put OCSP response"))?;
-        notify(
-            &mut tx,
-            self.listener.origin(),
-            &Change::OcspResponse(resp.serial.clone()),
-        )?;
-        tx.commit().map_err(pg("put OCSP response"))
+            c
+        };
+        let sql = if replace {
+            "WITH w AS (INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
+             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec RETURNING 1) \
+             SELECT pg_notify($3, $4) FROM w"
+        } else {
+            "WITH w AS (INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
+             ON CONFLICT (serial) DO NOTHING RETURNING 1) \
+             SELECT pg_notify($3, $4) FROM w"
+        };
+        let change = Change::OcspResponse(resp.serial.clone()).encode(self.listener.origin());
+        let written = c
+            .execute(
+                sql,
+                &[&resp.serial, &codec::encode_ocsp(resp)?, &CHANNEL, &change],
+            )
+            .map_err(pg("put OCSP response"))?;
+        Ok(written == 1)
     }
 }
 
 impl OcspResponseStore for PgStore {
     fn put_ocsp_response(&self, resp: &StoredOcspResponse) -> Result<()> {
-        self.put_ocsp(resp, true)
+        self.put_ocsp(resp, true, true).map(drop)
     }
 
     fn put_ocsp_response_lazy(&self, resp: &StoredOcspResponse) -> Result<()> {
-        self.put_ocsp(resp, false)
+        self.put_ocsp(resp, false, true).map(drop)
     }
 
     fn for_each_ocsp_response(
@@ -841,29 +862,11 @@ impl OcspResponseStore for PgStore {
     }
 
     fn put_ocsp_response_if_absent(&self, resp: &StoredOcspResponse) -> Result<bool> {
-        let mut c = self.conn()?;
-        let mut tx = c.transaction().map_err(pg("put OCSP response"))?;
-        let kept = tx
-            .execute(
-                "INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
-                 ON CONFLICT (serial) DO NOTHING",
-                &[&resp.serial, &codec::encode_ocsp(resp)?],
-            )
-            .map_err(pg("put OCSP response"))?
-            == 1;
-        if kept {
-            notify(
-                &mut tx,
-                self.listener.origin(),
-                &Change::OcspResponse(resp.serial.clone()),
-            )?;
-        }
-        tx.commit().map_err(pg("put OCSP response"))?;
-        Ok(kept)
+        self.put_ocsp(resp, true, false)
     }
 
     fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
-        self.conn()?
+        self.read_conn()?
             .query_opt(
                 "SELECT rec FROM ocsp_responses WHERE serial = $1",
                 &[&serial],
@@ -913,7 +916,7 @@ impl CrlArchive for PgStore {
 
     fn latest_crl(&self, scope: &str) -> Result<Option<StoredCrl>> {
         let Some(row) = self
-            .conn()?
+            .read_conn()?
             .query_opt(
                 "SELECT number, this_update_s, next_update_s, der FROM crls WHERE scope = $1",
                 &[&scope],
@@ -1019,7 +1022,7 @@ struct CheckpointIter<'a> {
 
 impl CheckpointIter<'_> {
     fn fill(&mut self) -> Result<()> {
-        let mut c = self.store.conn()?;
+        let mut c = self.store.read_conn()?;
         let rows = match self.after {
             None => c.query(
                 "SELECT seq, time_s, cp FROM audit_checkpoints WHERE seq >= $1 \
@@ -1061,8 +1064,9 @@ impl PgStore {
     /// Append `events` in order, in one transaction (one lock of the head row, one durable
     /// commit): the write behind [`AuditBatch`].
     fn append_audit_batch(&self, events: Vec<NewAuditEvent>) -> Result<Vec<AuditEvent>> {
-        let mut c = self.conn()?;
-        let mut tx = c.transaction().map_err(pg("append audit"))?;
+        // Durable whoever leads: the group holds other threads' and requests' events.
+        let mut c = self.read_conn()?;
+        let mut tx = c.durable_transaction().map_err(pg("append audit"))?;
         // The one head row serialises appends from every node.
         let head = tx
             .query_opt("SELECT seq, hash FROM audit_head FOR UPDATE", &[])
@@ -1097,22 +1101,23 @@ impl PgStore {
         };
         let now = crate::clock::truncate(Utc::now());
         let mut sealed_all = Vec::with_capacity(events.len());
+        let (mut seqs, mut rows) = (Vec::with_capacity(events.len()), Vec::new());
         for ev in events {
             let sealed = audit::seal(prev_seq, &prev_hash, now, ev)?;
-            tx.execute(
-                "INSERT INTO audit_events (seq, event) VALUES ($1, $2)",
-                &[&seq_col(sealed.seq), &enc(&sealed)?],
-            )
-            .map_err(pg("append audit"))?;
+            seqs.push(seq_col(sealed.seq));
+            rows.push(enc(&sealed)?);
             prev_seq = sealed.seq;
             prev_hash = sealed.hash.clone();
             sealed_all.push(sealed);
         }
+        // The group's events and the new head in one statement (one round trip).
         tx.execute(
-            "UPDATE audit_head SET seq = $1, hash = $2",
-            &[&seq_col(prev_seq), &prev_hash],
+            "WITH e AS (INSERT INTO audit_events (seq, event) \
+             SELECT * FROM unnest($1::bigint[], $2::bytea[])) \
+             UPDATE audit_head SET seq = $3, hash = $4",
+            &[&seqs, &rows, &seq_col(prev_seq), &prev_hash],
         )
-        .map_err(pg("append audit head"))?;
+        .map_err(pg("append audit"))?;
         tx.commit().map_err(pg("append audit"))?;
         Ok(sealed_all)
     }
@@ -1120,13 +1125,17 @@ impl PgStore {
 
 impl AuditLog for PgStore {
     fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
-        self.audit_batch
-            .append(ev, |events| self.append_audit_batch(events))
+        let sealed = self
+            .audit_batch
+            .append(ev, |events| self.append_audit_batch(events))?;
+        // Its group committed durably after this thread's earlier writes.
+        self.deferred_writes_durable();
+        Ok(sealed)
     }
 
     fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.conn()?
+        self.read_conn()?
             .query(
                 "SELECT event FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
                 &[&seq_col(from), &limit],
@@ -1148,7 +1157,7 @@ impl AuditLog for PgStore {
 
     fn audit_head(&self) -> Result<Option<(u64, String)>> {
         let row = self
-            .conn()?
+            .read_conn()?
             .query_opt("SELECT seq, hash FROM audit_head", &[])
             .map_err(pg("audit head"))?;
         match row.map(|r| (r.get::<_, Option<i64>>(0), r.get::<_, Option<String>>(1))) {
@@ -1159,12 +1168,9 @@ impl AuditLog for PgStore {
 
     fn audit_head_and_any(&self) -> Result<(Option<(u64, String)>, bool)> {
         // One snapshot: an append writes its event and the head in one transaction.
-        let mut c = self.conn()?;
+        let mut c = self.read_conn()?;
         let mut tx = c
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
+            .transaction_with(Some(IsolationLevel::RepeatableRead), true)
             .map_err(pg("audit head"))?;
         let head = match tx
             .query_opt("SELECT seq, hash FROM audit_head", &[])
@@ -1208,7 +1214,7 @@ impl AuditLog for PgStore {
     }
 
     fn audit_checkpoint_before(&self, before_seq: u64) -> Result<Option<Checkpoint>> {
-        self.conn()?
+        self.read_conn()?
             .query_opt(
                 "SELECT cp FROM audit_checkpoints WHERE seq < $1 \
                  ORDER BY seq DESC, time_s DESC LIMIT 1",
@@ -1222,7 +1228,54 @@ impl AuditLog for PgStore {
 
 impl Durability for PgStore {
     fn health(&self) -> Result<()> {
-        self.conn()?.batch_execute("SELECT 1").map_err(pg("health"))
+        self.read_conn()?
+            .batch_execute("SELECT 1")
+            .map_err(pg("health"))
+    }
+
+    fn begin_deferred(&self) {
+        DEFERRALS.with(|d| {
+            let mut d = d.borrow_mut();
+            match d.iter_mut().find(|x| x.store == self.id) {
+                Some(x) => x.depth += 1,
+                None => d.push(Deferral {
+                    store: self.id,
+                    depth: 1,
+                    pending: false,
+                }),
+            }
+        });
+    }
+
+    fn end_deferred(&self) -> Result<()> {
+        let flush = DEFERRALS.with(|d| {
+            let mut d = d.borrow_mut();
+            let Some(i) = d.iter().position(|x| x.store == self.id) else {
+                return false;
+            };
+            d[i].depth -= 1;
+            if d[i].depth > 0 {
+                return false;
+            }
+            d.swap_remove(i).pending
+        });
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// One durable commit of a transaction that wrote WAL: it is flushed (and replicated to a
+    /// synchronous standby) with all WAL before it, which holds every commit made so far on
+    /// any session. The WAL it writes is a transactional logical-decoding message (prefix
+    /// `ca-store-flush`, empty; no table, so concurrent flushes do not wait for each other's
+    /// row locks). A transaction that only takes a transaction id writes no WAL before its
+    /// commit record, and PostgreSQL does not flush for it.
+    fn flush(&self) -> Result<()> {
+        let mut c = self.pooled()?;
+        c.set_synchronous_commit(true).map_err(pg("flush"))?;
+        c.batch_execute("SELECT pg_logical_emit_message(true, 'ca-store-flush', '')")
+            .map_err(pg("flush"))
     }
 
     /// One short read-write transaction on the heartbeat row, committed durably, with a
@@ -1231,11 +1284,7 @@ impl Durability for PgStore {
     /// [`CHECKOUT_TIMEOUT`]).
     fn check_writable(&self) -> Result<()> {
         let mut c = self.conn()?;
-        let mut tx = c
-            .build_transaction()
-            .read_only(false)
-            .start()
-            .map_err(pg("write probe"))?;
+        let mut tx = c.transaction().map_err(pg("write probe"))?;
         tx.batch_execute(&format!(
             "SET LOCAL statement_timeout = '{PROBE_TIMEOUT}'; \
              SET LOCAL lock_timeout = '{PROBE_TIMEOUT}'; \
@@ -1399,6 +1448,17 @@ impl PgStore {
         )
         .map_err(pg("audit"))?;
         Ok(())
+    }
+
+    /// How many statements the session of a one-session store ([`PgStore::open_with_pool_size`]
+    /// with 1) has prepared: a test that statements are prepared once per session.
+    #[doc(hidden)]
+    pub fn prepared_statements_for_test(&self) -> Result<i64> {
+        Ok(self
+            .read_conn()?
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .map_err(pg("prepared statements"))?
+            .get(0))
     }
 
     /// Testing hook: record a schema version beyond this binary's, as a newer binary would.

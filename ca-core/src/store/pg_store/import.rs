@@ -9,6 +9,7 @@
 //! transaction can read back what it wrote ([`PgImport::counts`],
 //! [`PgImport::verify_audit_log`]), so a copy is checked before it is committed.
 
+use super::conn::{Db, Tx};
 use super::{codec, dec, enc, nanos, pg, seq_col, seq_of, PgStore, BATCH};
 use crate::audit::{
     self, AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, NewAuditEvent,
@@ -88,12 +89,12 @@ impl StoreCounts {
     }
 }
 
-fn count(c: &mut impl postgres::GenericClient, sql: &str) -> Result<u64> {
+fn count(c: &mut impl Db, sql: &str) -> Result<u64> {
     let n: i64 = c.query_one(sql, &[]).map_err(pg("count rows"))?.get(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-fn counts_in(c: &mut impl postgres::GenericClient) -> Result<StoreCounts> {
+fn counts_in(c: &mut impl Db) -> Result<StoreCounts> {
     Ok(StoreCounts {
         certs: count(c, "SELECT count(*) FROM certs")?,
         revoked: count(c, "SELECT count(*) FROM revoked")?,
@@ -111,7 +112,7 @@ fn counts_in(c: &mut impl postgres::GenericClient) -> Result<StoreCounts> {
 }
 
 /// The stored CRL number (the last one allocated; 0 if none was).
-fn crl_number_in(c: &mut impl postgres::GenericClient) -> Result<u64> {
+fn crl_number_in(c: &mut impl Db) -> Result<u64> {
     let n: i64 = c
         .query_one("SELECT n FROM crl_number", &[])
         .map_err(pg("read CRL number"))?
@@ -203,7 +204,7 @@ impl PgStore {
 /// the record as given; a row that conflicts with one already written is an error (which
 /// rolls the import back), never an overwrite.
 pub struct PgImport<'t, 'c> {
-    tx: &'t mut postgres::Transaction<'c>,
+    tx: &'t mut Tx<'c>,
     revoked: Statement,
     lineage: Statement,
     token: Statement,
@@ -220,7 +221,7 @@ impl std::fmt::Debug for PgImport<'_, '_> {
 }
 
 impl<'t, 'c> PgImport<'t, 'c> {
-    fn prepare(tx: &'t mut postgres::Transaction<'c>) -> Result<Self> {
+    fn prepare(tx: &'t mut Tx<'c>) -> Result<Self> {
         let mut p = |sql: &str| tx.prepare(sql).map_err(pg("prepare import"));
         Ok(PgImport {
             revoked: p("INSERT INTO revoked (serial, entry) VALUES ($1, $2)")?,
