@@ -11,7 +11,8 @@
 //!   "${CA_DATA:-./ca-data}" ARGS` (checked against scripts/dev.sh), adds `--listen
 //!   127.0.0.1:0 --status-listen 127.0.0.1:0` so it never needs 8443/8080, waits until
 //!   `ca-data/dev.env` exists and the ready message is printed, then runs the commands that
-//!   message tells the user to run "in another shell".
+//!   message tells the user to run "in another shell". Once `dev.env` sets `PATH` itself, those
+//!   run with the test process's `PATH` alone, and each binary must resolve to this build's.
 //! - Each document starts from a fresh directory laid out like the repository (the tracked
 //!   top-level entries as symbolic links) with its own `ca-data`: the developer's `./ca-data`
 //!   is never touched. The environment is a new shell's: `HOME` and `TMPDIR` inside the temp
@@ -245,8 +246,12 @@ impl Started {
                 continue;
             };
             let ours = || {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(&*self.root.to_string_lossy()))
+                Command::new("ps")
+                    .args(["-o", "args=", "-p", &pid.to_string()])
+                    .output()
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout).contains(&*self.root.to_string_lossy())
+                    })
                     .unwrap_or(false)
             };
             if !ours() {
@@ -369,7 +374,7 @@ fn run_document(doc: &str, bins: &Path) -> Duration {
                 run_segment(doc, &segment, segments, &base, &command, &mut started);
                 segment.clear();
                 segments += 1;
-                start_ca(doc, block, i, &base, &repo, &command, &mut started);
+                start_ca(doc, block, i, &base, bins, &command, &mut started);
             }
         }
     }
@@ -388,7 +393,7 @@ fn start_ca(
     block: &Block,
     index: usize,
     base: &Path,
-    repo: &Path,
+    bins: &Path,
     command: &dyn Fn(&str) -> Command,
     started: &mut Started,
 ) {
@@ -420,7 +425,7 @@ fn start_ca(
     .stdout(out.try_clone().unwrap())
     .stderr(out);
     let ca = started.spawn(CA_NAME, cmd);
-    let env_file = repo.join("ca-data/dev.env");
+    let env_file = base.join("repo/ca-data/dev.env");
     let deadline = Instant::now() + CA_READY_WITHIN;
     let printed = loop {
         if let Some(status) = started.exited(ca) {
@@ -457,7 +462,21 @@ fn start_ca(
         "the ready message no longer says to source dev.env:\n{printed}"
     );
     let mut cmd = command("bash");
-    cmd.args(["-euo", "pipefail", "-c", &cmds.join("\n")]);
+    // Once dev.env puts the binaries on PATH itself, the printed commands get no help: a new
+    // shell's PATH, and each binary must resolve to this build's.
+    let dev_env = std::fs::read_to_string(&env_file).unwrap();
+    let mut script = cmds.join("\n");
+    if dev_env.lines().any(|l| l.starts_with("export PATH=")) {
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", path);
+        for (bin, _) in BINARIES {
+            script.push_str(&format!(
+                "\ntest \"$(command -v {bin})\" = {}",
+                shell_quote(&bins.join(bin).display().to_string())
+            ));
+        }
+    }
+    cmd.args(["-euo", "pipefail", "-c", &script]);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
