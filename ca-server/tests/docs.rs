@@ -330,7 +330,15 @@ fn run_document(doc: &str, bins: &Path) -> Duration {
         .prefix("docs-test")
         .tempdir()
         .unwrap();
-    let base = tmp.path().canonicalize().unwrap();
+    // Kept from the start when asked, so a failing run leaves it too.
+    let (base, _remove_on_drop) = if std::env::var_os("DOCS_TEST_KEEP").is_some() {
+        let kept = tmp.keep();
+        eprintln!("docs: {doc}: keeping {}", kept.display());
+        (kept, None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
+    let base = base.canonicalize().unwrap();
     let repo = base.join("repo");
     for sub in ["home", "tmp", "blocks", "logs"] {
         std::fs::create_dir_all(base.join(sub)).unwrap();
@@ -380,9 +388,6 @@ fn run_document(doc: &str, bins: &Path) -> Duration {
     }
     run_segment(doc, &segment, segments, &base, &command, &mut started);
     drop(started);
-    if std::env::var_os("DOCS_TEST_KEEP").is_some() {
-        eprintln!("docs: {doc}: kept {}", tmp.keep().display());
-    }
     started_at.elapsed()
 }
 
