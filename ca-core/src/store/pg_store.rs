@@ -216,10 +216,11 @@ struct StoreClosed;
 /// `PgStore` may be dropped anywhere (a server start that fails after the store opened).
 impl Drop for PgStore {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
+        let pools = (self.pool.take(), self.audit_pool.take());
+        if pools.0.is_some() || pools.1.is_some() {
             let closing = std::thread::Builder::new()
                 .name("pg-close".into())
-                .spawn(move || drop(pool));
+                .spawn(move || drop(pools));
             if let Ok(h) = closing {
                 let _ = h.join();
             }
@@ -256,6 +257,13 @@ type Conn = r2d2::PooledConnection<ReadWriteManager>;
 pub struct PgStore {
     /// Always `Some` until dropped (see the `Drop` impl).
     pool: Option<Pool>,
+    /// The audit group leader's session (one, always `synchronous_commit = on`); `Some`
+    /// until dropped.
+    audit_pool: Option<Pool>,
+    /// The audit head as this process last wrote it: the next group is appended with one
+    /// compare-and-swap on the head row against it; `None` (at start, after an error, or when
+    /// another node appended) takes the locking path, which reads the head.
+    audit_head: std::sync::Mutex<Option<(u64, String)>>,
     /// Group commit of audit appends ([`AuditBatch`]).
     audit_batch: AuditBatch,
     /// The change feed's listening session ([`ChangeFeed`]).
@@ -315,6 +323,7 @@ impl PgStore {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
         let listener = Listener::new(config.clone());
+        let audit_manager = ReadWriteManager(PostgresConnectionManager::new(config.clone(), NoTls));
         let manager = ReadWriteManager(PostgresConnectionManager::new(config, NoTls));
         // `test_on_check_out` (r2d2's default, kept): every checkout runs
         // `ReadWriteManager::is_valid`, so a connection broken by a restart or a failover is
@@ -327,8 +336,21 @@ impl PgStore {
             .connection_customizer(Box::new(SessionSetup))
             .build(manager)
             .map_err(|e| Error::store("connect to database", e))?;
+        // The audit group's leader (one at a time) writes on a session of its own, which
+        // always commits durably: the deferred issuance threads' sessions commit
+        // asynchronously, and switching one back and forth costs a round trip each way.
+        let audit_pool = r2d2::Pool::builder()
+            .max_size(1)
+            .min_idle(Some(0))
+            .test_on_check_out(true)
+            .connection_timeout(CHECKOUT_TIMEOUT)
+            .connection_customizer(Box::new(SessionSetup))
+            .build(audit_manager)
+            .map_err(|e| Error::store("connect to database", e))?;
         let store = PgStore {
             pool: Some(pool),
+            audit_pool: Some(audit_pool),
+            audit_head: std::sync::Mutex::new(None),
             audit_batch: AuditBatch::default(),
             listener,
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
@@ -451,14 +473,12 @@ impl PgStore {
 
     /// Lock the lineage's row (created if missing) for the rest of `tx`; its lock, if any.
     fn lock_lineage_row(tx: &mut impl Db, lineage: &[u8]) -> Result<Option<LineageLock>> {
-        tx.execute(
-            "INSERT INTO lineages (lineage) VALUES ($1) ON CONFLICT (lineage) DO NOTHING",
-            &[&lineage],
-        )
-        .map_err(pg("lineage"))?;
+        // One statement: the row is created if missing, and locked either way (an update on
+        // conflict locks the row as `FOR UPDATE` would, and returns its newest version).
         let row = tx
             .query_one(
-                "SELECT lock FROM lineages WHERE lineage = $1 FOR UPDATE",
+                "INSERT INTO lineages (lineage) VALUES ($1) \
+                 ON CONFLICT (lineage) DO UPDATE SET lock = lineages.lock RETURNING lock",
                 &[&lineage],
             )
             .map_err(pg("lineage"))?;
@@ -1061,12 +1081,95 @@ impl Iterator for CheckpointIter<'_> {
 }
 
 impl PgStore {
-    /// Append `events` in order, in one transaction (one lock of the head row, one durable
-    /// commit): the write behind [`AuditBatch`].
+    /// Append `events` in order with one durable commit: the write behind [`AuditBatch`], on
+    /// the audit session. Usually one statement (a compare-and-swap of the head this process
+    /// wrote last); otherwise one transaction under the lock of the head row.
     fn append_audit_batch(&self, events: Vec<NewAuditEvent>) -> Result<Vec<AuditEvent>> {
-        // Durable whoever leads: the group holds other threads' and requests' events.
-        let mut c = self.read_conn()?;
-        let mut tx = c.durable_transaction().map_err(pg("append audit"))?;
+        let mut c = self
+            .audit_pool
+            .as_ref()
+            .ok_or_else(|| Error::store("database connection", StoreClosed))?
+            .get()
+            .map_err(|e| Error::store("database connection", e))?;
+        let mut known = self.audit_head.lock().unwrap_or_else(|p| p.into_inner());
+        let head = known.take();
+        let written = match head {
+            Some((seq, hash)) => match Self::append_audit_if_head(&mut *c, &events, seq, &hash)? {
+                Some(sealed) => Ok(sealed),
+                // Another node appended since: read the head under its lock.
+                None => Self::append_audit_locked(&mut c, events),
+            },
+            None => Self::append_audit_locked(&mut c, events),
+        }?;
+        if let Some(last) = written.last() {
+            *known = Some((last.seq, last.hash.clone()));
+        }
+        Ok(written)
+    }
+
+    /// Seal `events` after `prev` and write them with the new head, in one durable
+    /// statement, if the head row is still (`seq`, `hash`) (a compare-and-swap); `None` if it
+    /// is not (nothing written).
+    fn append_audit_if_head(
+        c: &mut impl Db,
+        events: &[NewAuditEvent],
+        seq: u64,
+        hash: &str,
+    ) -> Result<Option<Vec<AuditEvent>>> {
+        let (sealed, seqs, rows) = Self::seal_group(seq, hash, events.to_vec())?;
+        let Some(last) = sealed.last() else {
+            return Ok(Some(sealed));
+        };
+        let swapped: i64 = c
+            .query_one(
+                "WITH h AS (UPDATE audit_head SET seq = $3, hash = $4 \
+                 WHERE seq = $5 AND hash = $6 RETURNING 1), \
+                 e AS (INSERT INTO audit_events (seq, event) \
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[]) WHERE EXISTS (SELECT 1 FROM h)) \
+                 SELECT count(*) FROM h",
+                &[
+                    &seqs,
+                    &rows,
+                    &seq_col(last.seq),
+                    &last.hash,
+                    &seq_col(seq),
+                    &hash,
+                ],
+            )
+            .map_err(pg("append audit"))?
+            .get(0);
+        Ok((swapped == 1).then_some(sealed))
+    }
+
+    /// The group's events sealed after (`prev_seq`, `prev_hash`), and their columns.
+    #[allow(clippy::type_complexity)]
+    fn seal_group(
+        mut prev_seq: u64,
+        prev_hash: &str,
+        events: Vec<NewAuditEvent>,
+    ) -> Result<(Vec<AuditEvent>, Vec<i64>, Vec<Vec<u8>>)> {
+        let now = crate::clock::truncate(Utc::now());
+        let mut prev_hash = prev_hash.to_string();
+        let mut sealed_all = Vec::with_capacity(events.len());
+        let (mut seqs, mut rows) = (Vec::with_capacity(events.len()), Vec::new());
+        for ev in events {
+            let sealed = audit::seal(prev_seq, &prev_hash, now, ev)?;
+            seqs.push(seq_col(sealed.seq));
+            rows.push(enc(&sealed)?);
+            prev_seq = sealed.seq;
+            prev_hash = sealed.hash.clone();
+            sealed_all.push(sealed);
+        }
+        Ok((sealed_all, seqs, rows))
+    }
+
+    /// Append `events` in order, in one transaction under the lock of the head row, after
+    /// the head it reads there (checked: present, or absent with no event written).
+    fn append_audit_locked(
+        c: &mut conn::PgConn,
+        events: Vec<NewAuditEvent>,
+    ) -> Result<Vec<AuditEvent>> {
+        let mut tx = c.transaction().map_err(pg("append audit"))?;
         // The one head row serialises appends from every node.
         let head = tx
             .query_opt("SELECT seq, hash FROM audit_head FOR UPDATE", &[])
@@ -1077,7 +1180,7 @@ impl PgStore {
                          `audit verify`"
                     .into(),
             })?;
-        let (mut prev_seq, mut prev_hash) = match (
+        let (prev_seq, prev_hash) = match (
             head.get::<_, Option<i64>>(0),
             head.get::<_, Option<String>>(1),
         ) {
@@ -1099,23 +1202,16 @@ impl PgStore {
                 (0, audit::GENESIS.to_string())
             }
         };
-        let now = crate::clock::truncate(Utc::now());
-        let mut sealed_all = Vec::with_capacity(events.len());
-        let (mut seqs, mut rows) = (Vec::with_capacity(events.len()), Vec::new());
-        for ev in events {
-            let sealed = audit::seal(prev_seq, &prev_hash, now, ev)?;
-            seqs.push(seq_col(sealed.seq));
-            rows.push(enc(&sealed)?);
-            prev_seq = sealed.seq;
-            prev_hash = sealed.hash.clone();
-            sealed_all.push(sealed);
-        }
+        let (sealed_all, seqs, rows) = Self::seal_group(prev_seq, &prev_hash, events)?;
+        let Some(last) = sealed_all.last() else {
+            return Ok(sealed_all);
+        };
         // The group's events and the new head in one statement (one round trip).
         tx.execute(
             "WITH e AS (INSERT INTO audit_events (seq, event) \
              SELECT * FROM unnest($1::bigint[], $2::bytea[])) \
              UPDATE audit_head SET seq = $3, hash = $4",
-            &[&seqs, &rows, &seq_col(prev_seq), &prev_hash],
+            &[&seqs, &rows, &seq_col(last.seq), &last.hash],
         )
         .map_err(pg("append audit"))?;
         tx.commit().map_err(pg("append audit"))?;

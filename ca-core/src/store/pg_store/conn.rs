@@ -234,17 +234,6 @@ impl PgConn {
         Ok(())
     }
 
-    /// Begin a transaction whose commit is durable whatever the session's
-    /// `synchronous_commit` (`SET LOCAL synchronous_commit = on` when it is `off`).
-    pub(super) fn durable_transaction(&mut self) -> Result<Tx<'_>, postgres::Error> {
-        let durable = self.state.synchronous_commit;
-        let mut tx = self.transaction()?;
-        if !durable {
-            tx.batch_execute("SET LOCAL synchronous_commit = on")?;
-        }
-        Ok(tx)
-    }
-
     /// Begin a transaction (read-write, the session's isolation level).
     pub(super) fn transaction(&mut self) -> Result<Tx<'_>, postgres::Error> {
         self.transaction_with(None, false)
