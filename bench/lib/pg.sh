@@ -4,6 +4,7 @@
 # BENCH_PG_STATS=1: load pg_stat_statements and, before stopping, print to stderr the statements
 # that cost the database the most (calls, total and mean time): where a run's database time went.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+BENCH_PG_PIN="${BENCH_PG_PIN:-}"
 
 start_postgres() {
   pgbin="$(command -v pg_ctl >/dev/null && dirname "$(readlink -f "$(command -v pg_ctl)")" || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
@@ -12,7 +13,8 @@ start_postgres() {
   mkdir -p "$pgdata"; [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
   as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
   pgport="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/log" -w -o "-p $pgport -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdata -c max_connections=200${BENCH_PG_STATS:+ -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all}" start >/dev/null
+  # shellcheck disable=SC2086  # BENCH_PG_PIN: a taskset prefix (bench/api.sh --pin), or empty
+  as_pg $BENCH_PG_PIN "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/log" -w -o "-p $pgport -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdata -c max_connections=200${BENCH_PG_STATS:+ -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all}" start >/dev/null
   as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres ca
   if [ -n "${BENCH_PG_STATS:-}" ]; then
     as_pg "$pgbin/psql" -qAt -h 127.0.0.1 -p "$pgport" -U postgres -d ca -c 'CREATE EXTENSION pg_stat_statements' >/dev/null
@@ -33,9 +35,11 @@ stop_postgres() {
   fi
 }
 
-# Point a ca-server configuration file at that database ([store] replaced).
+# Point a ca-server configuration file at that database ([store] replaced; BENCH_PG_POOL=N sets
+# its pool_size).
 use_postgres_store() {
   awk '/^\[store\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip { print }' "$1" >"$1.new"
   printf '\n[store]\nkind = "postgres"\nurl = { env = "CA_BENCH_DATABASE_URL" }\n' >>"$1.new"
+  if [ -n "${BENCH_PG_POOL:-}" ]; then printf 'pool_size = %s\n' "$BENCH_PG_POOL" >>"$1.new"; fi
   mv "$1.new" "$1"
 }

@@ -138,10 +138,19 @@ fn machine_busy_seconds() -> f64 {
     (all - idle) / 100.0
 }
 
+/// The machine's online CPUs (the `cpuN` lines of /proc/stat), not this process's share of
+/// them: shares are of the machine even when the generator is pinned to one CPU.
 fn cores() -> f64 {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f64
+    let n = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    if n > 0 {
+        n as f64
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+    }
 }
 
 fn tls_config(
