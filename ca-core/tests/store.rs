@@ -135,6 +135,7 @@ contract!(
     pages_stay_exact_under_concurrent_inserts,
     a_lineage_pages_by_generation,
     a_cursor_of_another_order_is_refused,
+    a_long_log_verifies_page_by_page_and_a_tampered_event_in_the_middle_is_found,
 );
 
 fn record(serial: u8, identity: &str) -> CertRecord {
@@ -1019,6 +1020,49 @@ fn list_filters_answer(place: Place) {
     assert!(s.serial_exists(&[0x11, 6]).unwrap());
     assert!(!s.serial_exists(&[0x11, 7]).unwrap());
     assert!(s.health().is_ok());
+}
+
+/// More events than several pages of the PostgreSQL iterator (500): the verification reads
+/// them page by page, reports its progress after every event, and still names an event edited
+/// in the middle, on either side of a page boundary.
+fn a_long_log_verifies_page_by_page_and_a_tampered_event_in_the_middle_is_found(place: Place) {
+    let s = place.open();
+    let n = 2_600u64;
+    ca_core::store::deferred(&*s, || {
+        for i in 0..n {
+            s.append_audit(NewAuditEvent::ok(
+                "bulk",
+                "token.create",
+                format!("tok-{i}"),
+            ))?;
+        }
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    let mut reports = Vec::new();
+    let report = s
+        .verify_audit_log_with_progress(None, &mut |p| reports.push(p))
+        .unwrap();
+    assert_eq!(report.events, n);
+    assert_eq!(reports.len() as u64, n, "progress after every event");
+    assert!(reports
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.events == i as u64 + 1 && p.seq == i as u64 + 1 && p.head == Some(n)));
+    for seq in [500, 501, 1_300] {
+        let original = s.audit_events(seq, 1).unwrap().remove(0);
+        s.tamper_audit_for_test(seq, |v| v["actor"] = "mallory".into())
+            .unwrap();
+        let mut checked = 0;
+        match s.verify_audit_log_with_progress(None, &mut |p| checked = p.events) {
+            Err(Error::AuditChain { seq: bad, .. }) => assert_eq!(bad, seq),
+            other => panic!("tampered event {seq}: {other:?}"),
+        }
+        assert_eq!(checked, seq - 1, "stopped at the tampered event");
+        s.tamper_audit_for_test(seq, |v| *v = serde_json::to_value(&original).unwrap())
+            .unwrap();
+        assert_eq!(s.verify_audit().unwrap(), n);
+    }
 }
 
 /// Record `i` of the paging tests: a serial scrambled from `i` (multiplying by an odd constant

@@ -560,7 +560,10 @@ impl CertStore for SledStore {
                 }
             }
         } else if let Some(before) = filter.expiring_before {
-            let end = (before.timestamp().max(0) as u64).to_be_bytes().to_vec();
+            // The index holds whole seconds: a bound with a fraction keeps its second (the
+            // filter below compares exactly), so a notAfter just before it is not lost.
+            let secs = before.timestamp() + i64::from(before.timestamp_subsec_nanos() > 0);
+            let end = (secs.max(0) as u64).to_be_bytes().to_vec();
             let start = match after {
                 Some(c) => {
                     let mut k = (c.key.max(0) as u64).to_be_bytes().to_vec();
