@@ -1108,7 +1108,7 @@ impl Progress {
     /// Called per item; reads the clock every 1024 calls and shows `line()` once a second.
     fn tick(&mut self, line: impl FnOnce() -> String) {
         self.calls += 1;
-        if !self.on || self.calls % 1024 != 0 {
+        if !self.on || self.calls & 1023 != 0 {
             return;
         }
         if self.last.elapsed() >= std::time::Duration::from_secs(1) {

@@ -795,8 +795,7 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
         };
         feed(&mut v)?;
         let mut beyond = None;
-        let mut events = 0;
-        for ev in self.audit_iter(1) {
+        for (events, ev) in (1u64..).zip(self.audit_iter(1)) {
             let ev = ev?;
             if ev.seq > limit {
                 beyond = Some(ev.seq);
@@ -804,7 +803,6 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
             }
             v.event(&ev)?;
             feed(&mut v)?;
-            events += 1;
             progress(AuditProgress {
                 events,
                 seq: ev.seq,
