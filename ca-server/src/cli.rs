@@ -751,7 +751,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cli.log_json, Some("warn"));
             let r = verify_audit_here(&config, public_key.as_deref()).await;
             match r {
-                Ok(r) => print_audit_verify(&r, conn.json),
+                Ok(r) => print_audit_verify(
+                    &r,
+                    conn.json,
+                    "no audit public key (set [audit] key, or pass --public-key)",
+                ),
                 Err(e) => {
                     if conn.json {
                         print_json(&serde_json::json!({ "ok": false, "error": format!("{e:#}") }))?;
@@ -772,7 +776,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await;
             match r {
-                Ok(r) => print_audit_verify(&r, conn.json),
+                Ok(r) => print_audit_verify(&r, conn.json, "no audit checkpoint key on the server"),
                 Err(e @ ClientError::Api { .. }) if e.code() == Some("audit_tampered") => {
                     if conn.json {
                         print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
@@ -995,8 +999,9 @@ fn write_json_line<T: serde::Serialize>(w: &mut dyn std::io::Write, v: &T) -> an
     Ok(())
 }
 
-/// Print an audit verification's result (the server's answer, or the same built here).
-fn print_audit_verify(r: &AuditVerifyResponse, json: bool) -> anyhow::Result<()> {
+/// Print an audit verification's result (the server's answer, or the same built here);
+/// `no_key` says why signatures were not checked.
+fn print_audit_verify(r: &AuditVerifyResponse, json: bool, no_key: &str) -> anyhow::Result<()> {
     if json {
         return print_json(r);
     }
@@ -1011,7 +1016,7 @@ fn print_audit_verify(r: &AuditVerifyResponse, json: bool) -> anyhow::Result<()>
             r.unsigned_tail
         ),
         (_, false) => println!(
-            "WARNING: no audit checkpoint key: signatures not checked ({} checkpoints)",
+            "WARNING: {no_key}: signatures not checked ({} checkpoints)",
             r.checkpoints
         ),
         (None, true) => println!("no checkpoint yet"),

@@ -1118,7 +1118,78 @@ pub mod b64_bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::{IdentityBinding, TokenRecord};
+    use super::{CertCursor, CertOrder, IdentityBinding, TokenRecord};
+
+    #[test]
+    fn a_cursor_round_trips_and_bad_bytes_are_refused() {
+        for c in [
+            CertCursor {
+                order: CertOrder::Serial,
+                key: 0,
+                serial: vec![0x7f; 20],
+            },
+            CertCursor {
+                order: CertOrder::Expiry,
+                key: -5,
+                serial: vec![1],
+            },
+            CertCursor {
+                order: CertOrder::Generation,
+                key: 3,
+                serial: vec![0, 0x80],
+            },
+        ] {
+            assert_eq!(CertCursor::from_bytes(&c.to_bytes()).unwrap(), c);
+        }
+        let good = CertCursor {
+            order: CertOrder::Expiry,
+            key: 1_700_000_000,
+            serial: vec![9; 16],
+        }
+        .to_bytes();
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            b
+        };
+        let table: &[(&str, Vec<u8>, &str)] = &[
+            ("empty", vec![], "empty cursor"),
+            (
+                "unknown version",
+                with(&|b| b[0] = 2),
+                "unknown cursor version",
+            ),
+            ("no order", vec![1], "truncated cursor"),
+            ("unknown order", with(&|b| b[1] = 0), "unknown cursor order"),
+            ("key cut", with(&|b| b.truncate(6)), "truncated cursor"),
+            ("no serial", with(&|b| b.truncate(10)), "not 1 to 20 octets"),
+            (
+                "serial of 21 octets",
+                with(&|b| b.extend([1; 5])),
+                "not 1 to 20 octets",
+            ),
+            (
+                "serial order with a key",
+                CertCursor {
+                    order: CertOrder::Serial,
+                    key: 0,
+                    serial: vec![1],
+                }
+                .to_bytes()
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| if i == 9 { 1 } else { b })
+                .collect(),
+                "serial-order cursor with a sort key",
+            ),
+        ];
+        for (what, bytes, why) in table {
+            match CertCursor::from_bytes(bytes) {
+                Err(crate::Error::BadCursor(m)) => assert!(m.contains(why), "{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
     use chrono::{Duration, TimeZone, Utc};
 
     #[test]
