@@ -27,7 +27,9 @@
 //! ```
 
 use crate::code::{Code, ErrorBody};
-use crate::types::{ChainResponse, EnrollRequest, IssuedResponse, RenewRequest};
+use crate::types::{
+    CertsQuery, CertsResponse, ChainResponse, EnrollRequest, IssuedResponse, RenewRequest,
+};
 use http::{header, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -743,6 +745,18 @@ impl ApiClient {
     /// ([`ApiClient::with_identity`]).
     pub async fn renew(&self, req: &RenewRequest) -> Result<IssuedResponse, ClientError> {
         self.post_json(crate::routes::RENEW, req).await
+    }
+
+    /// `GET /v1/admin/certs`: one page. For the next, send the same query with `cursor` set to
+    /// the answer's `next_cursor`, until an answer has none.
+    pub async fn list_certs(&self, q: &CertsQuery) -> Result<CertsResponse, ClientError> {
+        let query = q.to_query();
+        let path = if query.is_empty() {
+            crate::routes::ADMIN_CERTS.to_string()
+        } else {
+            format!("{}?{query}", crate::routes::ADMIN_CERTS)
+        };
+        self.get_json(&path).await
     }
 }
 

@@ -72,11 +72,14 @@ pub enum Code {
     OutOfRange,
     /// Revoking the last valid security-officer certificate is refused.
     LastSecurityOfficer,
+    /// A list cursor the server did not hand out for this listing (malformed, or from a
+    /// listing with other filters): list again from the start.
+    BadCursor,
 }
 
 impl Code {
     /// Every code, in the order of the contract table.
-    pub const ALL: [Code; 29] = [
+    pub const ALL: [Code; 30] = [
         Code::BadRequest,
         Code::MalformedCsr,
         Code::CsrSignature,
@@ -106,6 +109,7 @@ impl Code {
         Code::NameReserved,
         Code::OutOfRange,
         Code::LastSecurityOfficer,
+        Code::BadCursor,
     ];
 
     /// The code a wire string names, if this version of the contract defines it.
@@ -145,6 +149,7 @@ impl Code {
             Code::NameReserved => "name_reserved",
             Code::OutOfRange => "out_of_range",
             Code::LastSecurityOfficer => "last_security_officer",
+            Code::BadCursor => "bad_cursor",
         }
     }
 
@@ -157,7 +162,8 @@ impl Code {
             | Code::WeakKey
             | Code::ExtensionNotAllowed
             | Code::KeyReuse
-            | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            | Code::OutOfRange
+            | Code::BadCursor => StatusCode::BAD_REQUEST,
             Code::TokenRejected | Code::ClientCertRequired => StatusCode::UNAUTHORIZED,
             Code::NameNotAllowed
             | Code::CertRevoked
@@ -258,6 +264,7 @@ mod tests {
             ("name_reserved", 403),
             ("out_of_range", 400),
             ("last_security_officer", 409),
+            ("bad_cursor", 400),
         ];
         assert_eq!(table.len(), Code::ALL.len());
         for (wire, status) in table {

@@ -145,13 +145,76 @@ pub struct CertSummary {
     /// Generation within the lineage (1 = the enrollment's certificate).
     #[serde(default)]
     pub generation: u32,
+    /// The certificate (PEM), when asked for with `pem=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
 }
 
-/// Answer to `GET /v1/admin/certs`.
+/// Answer to `GET /v1/admin/certs`: one page of a listing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CertsResponse {
-    /// Matching certificates.
+    /// Matching certificates, in the listing's order.
     pub certs: Vec<CertSummary>,
+    /// Present when more certificates match: pass it as `cursor` (same filters) for the next
+    /// page. Opaque (base64url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The query of `GET /v1/admin/certs` as a client sends it: filters, page size, cursor
+/// ([`CertsQuery::to_query`]; [`crate::ApiClient::list_certs`] sends it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertsQuery {
+    /// Only this identity.
+    pub identity: Option<String>,
+    /// `valid`, `revoked` or `expired`.
+    pub status: Option<String>,
+    /// Unexpired certificates expiring within this span (`24h`).
+    pub expiring_within: Option<String>,
+    /// Only the lineage of this serial (hex).
+    pub lineage: Option<String>,
+    /// Page size (the server's default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page, with the same filters.
+    pub cursor: Option<String>,
+    /// Include each certificate's PEM.
+    pub pem: bool,
+}
+
+impl CertsQuery {
+    /// The query string (without `?`), values percent-encoded (RFC 3986 unreserved kept).
+    pub fn to_query(&self) -> String {
+        fn enc(s: &str) -> String {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        }
+        let mut q = Vec::new();
+        if let Some(l) = self.limit {
+            q.push(format!("limit={l}"));
+        }
+        for (k, v) in [
+            ("identity", &self.identity),
+            ("status", &self.status),
+            ("expiring_within", &self.expiring_within),
+            ("lineage", &self.lineage),
+            ("cursor", &self.cursor),
+        ] {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", enc(v)));
+            }
+        }
+        if self.pem {
+            q.push("pem=true".into());
+        }
+        q.join("&")
+    }
 }
 
 /// Answer to `GET /v1/admin/audit`.

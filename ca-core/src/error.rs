@@ -248,6 +248,10 @@ pub enum Error {
         /// The reserved name.
         name: String,
     },
+    /// A list cursor that this store did not hand out for this listing: not a cursor at all,
+    /// or one of a listing in another order (other filters). Nothing was read.
+    #[error("list cursor refused: {0}; list again from the start (without a cursor)")]
+    BadCursor(String),
     /// The audit log chain is broken.
     #[error("audit log tampered or corrupt at sequence {seq}: {reason}")]
     AuditChain {

@@ -131,6 +131,11 @@ contract!(
     crl_archive_keeps_only_a_higher_number_per_scope,
     leases_exclude_other_holders_until_expiry_or_release,
     the_change_feed_tells_revocations_ocsp_responses_and_crls,
+    pages_return_every_matching_record_once_in_order,
+    pages_stay_exact_under_concurrent_inserts,
+    a_lineage_pages_by_generation,
+    a_cursor_of_another_order_is_refused,
+    a_long_log_verifies_page_by_page_and_a_tampered_event_in_the_middle_is_found,
 );
 
 fn record(serial: u8, identity: &str) -> CertRecord {
@@ -1015,6 +1020,356 @@ fn list_filters_answer(place: Place) {
     assert!(s.serial_exists(&[0x11, 6]).unwrap());
     assert!(!s.serial_exists(&[0x11, 7]).unwrap());
     assert!(s.health().is_ok());
+}
+
+/// More events than several pages of the PostgreSQL iterator (500): the verification reads
+/// them page by page, reports its progress after every event, and still names an event edited
+/// in the middle, on either side of a page boundary.
+fn a_long_log_verifies_page_by_page_and_a_tampered_event_in_the_middle_is_found(place: Place) {
+    let s = place.open();
+    let n = 2_600u64;
+    ca_core::store::deferred(&*s, || {
+        for i in 0..n {
+            s.append_audit(NewAuditEvent::ok(
+                "bulk",
+                "token.create",
+                format!("tok-{i}"),
+            ))?;
+        }
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    let mut reports = Vec::new();
+    let report = s
+        .verify_audit_log_with_progress(None, &mut |p| reports.push(p))
+        .unwrap();
+    assert_eq!(report.events, n);
+    assert_eq!(reports.len() as u64, n, "progress after every event");
+    assert!(reports
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.events == i as u64 + 1 && p.seq == i as u64 + 1 && p.head == Some(n)));
+    for seq in [500, 501, 1_300] {
+        let original = s.audit_events(seq, 1).unwrap().remove(0);
+        s.tamper_audit_for_test(seq, |v| v["actor"] = "mallory".into())
+            .unwrap();
+        let mut checked = 0;
+        match s.verify_audit_log_with_progress(None, &mut |p| checked = p.events) {
+            Err(Error::AuditChain { seq: bad, .. }) => assert_eq!(bad, seq),
+            other => panic!("tampered event {seq}: {other:?}"),
+        }
+        assert_eq!(checked, seq - 1, "stopped at the tampered event");
+        s.tamper_audit_for_test(seq, |v| *v = serde_json::to_value(&original).unwrap())
+            .unwrap();
+        assert_eq!(s.verify_audit().unwrap(), n);
+    }
+}
+
+/// Record `i` of the paging tests: a serial scrambled from `i` (multiplying by an odd constant
+/// is a bijection mod 2^32: unique, in no relation to `i`'s order), three identities, notAfter
+/// in 17 distinct hours (many ties, ordered by serial), every fourth revoked by the caller.
+fn paged(i: u32) -> CertRecord {
+    let serial = [
+        vec![0x44],
+        i.wrapping_mul(2_654_435_761).to_be_bytes().to_vec(),
+    ]
+    .concat();
+    let now = ca_core::clock::truncate(Utc::now());
+    CertRecord {
+        serial: serial.clone(),
+        lineage: serial,
+        identity: format!("p{}.test", i % 3),
+        not_after: now + Duration::hours(i64::from(i % 17) + 1),
+        ..record(0, "x")
+    }
+}
+
+/// Follow `filter` page by page (`page` each) to the end, as the API does.
+fn all_pages(s: &dyn Store, filter: &CertFilter, page: usize) -> (Vec<CertRecord>, usize) {
+    let mut f = CertFilter {
+        limit: Some(page),
+        after: None,
+        ..filter.clone()
+    };
+    let mut out = Vec::new();
+    let mut pages = 0;
+    loop {
+        let got = s.list_certs(&f).unwrap();
+        assert!(got.len() <= page);
+        pages += 1;
+        let Some(last) = got.last() else { break };
+        f.after = Some(ca_core::store::CertCursor::after(&f, last));
+        let full = got.len() == page;
+        out.extend(got);
+        if !full {
+            break;
+        }
+    }
+    (out, pages)
+}
+
+/// What a listing of `filter` must return: every stored record that matches, in the filter's
+/// order, from a full visit.
+fn expected(s: &dyn Store, filter: &CertFilter) -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
+    s.for_each_cert(&mut |c| {
+        if filter.matches(&c) {
+            all.push(c);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let probe = CertFilter {
+        after: None,
+        ..filter.clone()
+    };
+    all.sort_by_key(|c| {
+        let k = ca_core::store::CertCursor::after(&probe, c);
+        (k.key, k.serial)
+    });
+    all.into_iter().map(|c| c.serial).collect()
+}
+
+fn pages_return_every_matching_record_once_in_order(place: Place) {
+    let s = place.open();
+    let n = 240u32;
+    ca_core::store::deferred(&*s, || {
+        for i in 0..n {
+            let r = paged(i);
+            assert!(s.insert_cert(&r)?);
+            if i % 4 == 0 {
+                s.revoke(&r.serial, Utc::now(), RevocationReason::Superseded)?;
+            }
+        }
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    let now = Utc::now();
+    let filters = [
+        ("everything", CertFilter::default()),
+        (
+            "one identity",
+            CertFilter {
+                identity: Some("p1.test".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "revoked",
+            CertFilter {
+                revoked: Some(true),
+                ..Default::default()
+            },
+        ),
+        (
+            "identity and not revoked",
+            CertFilter {
+                identity: Some("p2.test".into()),
+                revoked: Some(false),
+                ..Default::default()
+            },
+        ),
+        (
+            "expiring within 9 h (expiry order, ties by serial)",
+            CertFilter {
+                valid_at: Some(now),
+                expiring_before: Some(now + Duration::hours(9)),
+                ..Default::default()
+            },
+        ),
+        (
+            "expiring, not revoked",
+            CertFilter {
+                revoked: Some(false),
+                expiring_before: Some(now + Duration::hours(30)),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, filter) in &filters {
+        let want = expected(&*s, filter);
+        assert!(!want.is_empty(), "{what}: the data must match something");
+        for page in [1, 7, 100, 1000] {
+            let (got, pages) = all_pages(&*s, filter, page);
+            let got: Vec<Vec<u8>> = got.into_iter().map(|c| c.serial).collect();
+            assert_eq!(got, want, "{what}, pages of {page}");
+            if page == 7 {
+                assert!(pages > 1, "{what}: more rows than a page");
+            }
+        }
+        // One unpaged listing answers the same.
+        let unpaged: Vec<Vec<u8>> = s
+            .list_certs(filter)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.serial)
+            .collect();
+        assert_eq!(unpaged, want, "{what}, unpaged");
+    }
+    // A cursor past the last record: an empty page, not an error.
+    let last = s.list_certs(&CertFilter::default()).unwrap().pop().unwrap();
+    let f = CertFilter {
+        after: Some(ca_core::store::CertCursor::after(
+            &CertFilter::default(),
+            &last,
+        )),
+        ..Default::default()
+    };
+    assert!(s.list_certs(&f).unwrap().is_empty());
+}
+
+fn pages_stay_exact_under_concurrent_inserts(place: Place) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let s = place.open().arc();
+    let n = 300u32;
+    // Everything stored before the current listing starts.
+    let mut stored: BTreeMap<Vec<u8>, CertRecord> = BTreeMap::new();
+    ca_core::store::deferred(&*s, || {
+        for i in 0..n {
+            let r = paged(i);
+            assert!(s.insert_cert(&r)?);
+            stored.insert(r.serial.clone(), r);
+        }
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    let filters = [
+        CertFilter::default(),
+        CertFilter {
+            identity: Some("p0.test".into()),
+            ..Default::default()
+        },
+        CertFilter {
+            expiring_before: Some(Utc::now() + Duration::hours(40)),
+            ..Default::default()
+        },
+    ];
+    for (round, filter) in filters.iter().enumerate() {
+        // A writer inserts (scrambled serials: before and after the cursor) while the listing
+        // pages through.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (s, stop) = (s.clone(), stop.clone());
+            let first = 1_000_000 * (round as u32 + 1);
+            std::thread::spawn(move || {
+                let mut inserted = Vec::new();
+                let mut i = first;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = paged(i);
+                    assert!(s.insert_cert(&r).unwrap());
+                    inserted.push(r);
+                    i += 1;
+                }
+                inserted
+            })
+        };
+        let mut f = CertFilter {
+            limit: Some(11),
+            ..filter.clone()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let got = s.list_certs(&f).unwrap();
+            let Some(last) = got.last() else { break };
+            f.after = Some(ca_core::store::CertCursor::after(&f, last));
+            let full = got.len() == 11;
+            seen.extend(got.into_iter().map(|c| c.serial));
+            // Let the writer interleave.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            if !full {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let inserted = writer.join().unwrap();
+        assert!(!inserted.is_empty(), "the writer ran during the listing");
+        let inserted_serials: BTreeSet<Vec<u8>> =
+            inserted.iter().map(|r| r.serial.clone()).collect();
+        let unique: BTreeSet<Vec<u8>> = seen.iter().cloned().collect();
+        assert_eq!(unique.len(), seen.len(), "no record listed twice");
+        // Every matching record stored throughout the listing is listed (no gap).
+        let want: BTreeSet<Vec<u8>> = stored
+            .values()
+            .filter(|r| filter.matches(r))
+            .map(|r| r.serial.clone())
+            .collect();
+        let listed_before: BTreeSet<Vec<u8>> = unique
+            .iter()
+            .filter(|x| stored.contains_key(*x))
+            .cloned()
+            .collect();
+        assert_eq!(
+            listed_before, want,
+            "round {round}: every record present throughout, once"
+        );
+        // Whatever else was listed was inserted meanwhile.
+        assert!(unique
+            .iter()
+            .all(|x| stored.contains_key(x) || inserted_serials.contains(x)));
+        stored.extend(inserted.into_iter().map(|r| (r.serial.clone(), r)));
+    }
+}
+
+fn a_lineage_pages_by_generation(place: Place) {
+    let s = place.open();
+    let mut prev = record(1, "gen.test");
+    assert!(s.insert_cert(&prev).unwrap());
+    let mut want = vec![prev.serial.clone()];
+    for serial in 2..=9u8 {
+        let next = renewal_of(&prev, serial);
+        assert!(s.insert_renewal(&next, &prev).unwrap());
+        want.push(next.serial.clone());
+        prev = next;
+    }
+    let filter = CertFilter {
+        lineage: Some(vec![0x11, 1]),
+        ..Default::default()
+    };
+    for page in [1, 2, 4, 50] {
+        let (got, _) = all_pages(&*s, &filter, page);
+        assert_eq!(
+            got.iter().map(|c| c.serial.clone()).collect::<Vec<_>>(),
+            want,
+            "oldest generation first, pages of {page}"
+        );
+        assert_eq!(
+            got.iter().map(|c| c.generation).collect::<Vec<_>>(),
+            (1..=9).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn a_cursor_of_another_order_is_refused(place: Place) {
+    use ca_core::store::{CertCursor, CertOrder};
+    let s = place.open();
+    for i in 0..5 {
+        assert!(s.insert_cert(&paged(i)).unwrap());
+    }
+    let serial_cursor = CertCursor {
+        order: CertOrder::Serial,
+        key: 0,
+        serial: paged(0).serial,
+    };
+    let expiry = CertFilter {
+        expiring_before: Some(Utc::now() + Duration::days(2)),
+        after: Some(serial_cursor.clone()),
+        ..Default::default()
+    };
+    assert!(matches!(s.list_certs(&expiry), Err(Error::BadCursor(_))));
+    let by_serial = CertFilter {
+        after: Some(CertCursor {
+            order: CertOrder::Generation,
+            ..serial_cursor.clone()
+        }),
+        ..Default::default()
+    };
+    assert!(matches!(s.list_certs(&by_serial), Err(Error::BadCursor(_))));
+    // The same cursor in its own order answers.
+    let ok = CertFilter {
+        after: Some(serial_cursor),
+        ..Default::default()
+    };
+    assert!(s.list_certs(&ok).is_ok());
 }
 
 /// Two stores on one database, as two CA nodes: every atomic step holds across them.

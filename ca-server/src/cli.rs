@@ -184,28 +184,74 @@ pub struct RevokeArgs {
 /// `certs` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CertsCmd {
-    /// List or search certificates.
+    /// List or search certificates, one page at a time (a keyset cursor: every certificate
+    /// stored for the whole listing is listed exactly once). Prints the command for the next
+    /// page when more match; `--all` follows them all.
     List {
-        /// Only this identity (CN, else first SAN).
+        /// Which certificates.
+        #[command(flatten)]
+        filters: CertsFilterArgs,
+        /// Page size (1 to 1000; default 100, or 1000 with --all).
         #[arg(long)]
-        identity: Option<String>,
-        /// valid, revoked or expired.
+        limit: Option<usize>,
+        /// Continue a listing: the cursor printed after its previous page (same filters).
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
+        /// Every page: follow the cursor to the end (with --json, one JSON object per line).
         #[arg(long)]
-        status: Option<String>,
-        /// Unexpired certificates that expire within this span (e.g. 24h; 1s to 36500d).
-        #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::flag("--expiring-within", crate::duration::EXPIRING_WITHIN))]
-        expiring_within: Option<String>,
-        /// Only the lineage of this serial (hex): every generation renewed from the same
-        /// enrollment, oldest first.
-        #[arg(long, value_name = "SERIAL")]
-        lineage: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        all: bool,
         /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
     },
+    /// Export every matching certificate as JSON lines (NDJSON, one certificate per line,
+    /// the fields of `certs list --json`), page by page in constant memory; with --pem each
+    /// line carries the certificate's PEM. --json is the only format (accepted for clarity).
+    Export {
+        /// Which certificates (default: all).
+        #[command(flatten)]
+        filters: CertsFilterArgs,
+        /// Include each certificate (PEM) in its line.
+        #[arg(long)]
+        pem: bool,
+        /// Write to this file (must not exist; written as FILE.partial and renamed once
+        /// complete) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// How to reach the API (URL, root, admin certificate and key).
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// The filters of `certs list` and `certs export`.
+#[derive(Debug, Clone, Args)]
+pub struct CertsFilterArgs {
+    /// Only this identity (CN, else first SAN).
+    #[arg(long)]
+    identity: Option<String>,
+    /// valid, revoked or expired.
+    #[arg(long)]
+    status: Option<String>,
+    /// Unexpired certificates that expire within this span (e.g. 24h; 1s to 36500d).
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::flag("--expiring-within", crate::duration::EXPIRING_WITHIN))]
+    expiring_within: Option<String>,
+    /// Only the lineage of this serial (hex): every generation renewed from the same
+    /// enrollment, oldest first.
+    #[arg(long, value_name = "SERIAL")]
+    lineage: Option<String>,
+}
+
+impl CertsFilterArgs {
+    fn query(self) -> ca_api::types::CertsQuery {
+        ca_api::types::CertsQuery {
+            identity: self.identity,
+            status: self.status,
+            expiring_within: self.expiring_within,
+            lineage: self.lineage,
+            ..Default::default()
+        }
+    }
 }
 
 /// `audit` subcommands.
@@ -223,10 +269,21 @@ pub enum AuditCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Verify the whole log on the server (exit 1 if it was tampered with): the hash chain,
-    /// the head, and every signed checkpoint (signature, hash of the event at its sequence,
-    /// and that the log still reaches it).
+    /// Verify the whole log (exit 1 if it was tampered with): the hash chain, the head, and
+    /// every signed checkpoint (signature, hash of the event at its sequence, and that the log
+    /// still reaches it). On the server by default; with --config, here, on the store of that
+    /// configuration (PostgreSQL: beside the running nodes; sled: with the server stopped, its
+    /// store is locked while it runs). Either way the log is read in pages, in constant
+    /// memory; on a terminal, progress goes to standard error every second.
     Verify {
+        /// Verify here, on the store of this server configuration, instead of on the server.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// With --config: the audit public key (PEM) to check checkpoint signatures with
+        /// (default: the file the server writes, `[audit] public_key`, when `[audit] key` is
+        /// set).
+        #[arg(long, requires = "config")]
+        public_key: Option<PathBuf>,
         /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
@@ -339,6 +396,11 @@ pub enum AdminCertCmd {
 
 /// Print rows as an aligned table.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    table_with(&column_widths(headers, rows), Some(headers), rows)
+}
+
+/// Column widths for `headers` and `rows`.
+fn column_widths(headers: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -347,20 +409,29 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             }
         }
     }
-    let line = |cells: Vec<String>| {
+    widths
+}
+
+/// Rows aligned to `widths` (a longer cell pushes its line's next columns), with a header
+/// line when given: one page of a listing printed page by page.
+fn table_with(widths: &[usize], headers: Option<&[&str]>, rows: &[Vec<String>]) -> String {
+    let line = |cells: &[String]| {
         cells
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .map(|(i, c)| format!("{:<w$}", c, w = widths.get(i).copied().unwrap_or(0)))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
             .to_string()
     };
-    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
-    out.push('\n');
+    let mut out = String::new();
+    if let Some(h) = headers {
+        out.push_str(&line(&h.iter().map(|h| h.to_string()).collect::<Vec<_>>()));
+        out.push('\n');
+    }
     for r in rows {
-        out.push_str(&line(r.clone()));
+        out.push_str(&line(r));
         out.push('\n');
     }
     out
@@ -521,76 +592,117 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs {
             cmd:
                 CertsCmd::List {
-                    identity,
-                    status,
-                    expiring_within,
-                    lineage,
+                    filters,
                     limit,
+                    cursor,
+                    all,
                     conn,
                 },
         } => {
             let client = conn.client()?;
-            let mut q = vec![format!("limit={limit}")];
-            let enc = |s: &str| -> String {
-                s.bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                            (b as char).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect()
+            let mut q = filters.query();
+            q.limit = Some(limit.unwrap_or(if all { 1000 } else { 100 }));
+            q.cursor = cursor;
+            let headers = [
+                "SERIAL",
+                "IDENTITY",
+                "PROFILE",
+                "STATUS",
+                "GEN",
+                "NOT AFTER",
+                "LINEAGE",
+            ];
+            let mut widths: Option<Vec<usize>> = None;
+            loop {
+                let resp = client.list_certs(&q).await?;
+                if conn.json && !all {
+                    return print_json(&resp);
+                }
+                if conn.json {
+                    let mut out = std::io::stdout().lock();
+                    for c in &resp.certs {
+                        write_json_line(&mut out, c)?;
+                    }
+                } else {
+                    let rows: Vec<Vec<String>> = resp.certs.iter().map(cert_row).collect();
+                    // The first page sets the columns; later pages keep them (--all).
+                    let first = widths.is_none();
+                    let w = widths.get_or_insert_with(|| column_widths(&headers, &rows));
+                    print!("{}", table_with(w, first.then_some(&headers[..]), &rows));
+                }
+                match resp.next_cursor {
+                    Some(next) if all => q.cursor = Some(next),
+                    Some(next) => {
+                        eprintln!(
+                            "more certificates match: the next page is --cursor {next} (same \
+                             filters), or list them all with --all"
+                        );
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                }
+            }
+        }
+        Command::Certs {
+            cmd:
+                CertsCmd::Export {
+                    filters,
+                    pem,
+                    out,
+                    conn,
+                },
+        } => {
+            let client = conn.client()?;
+            let mut q = filters.query();
+            q.limit = Some(1000);
+            q.pem = pem;
+            let (mut w, tmp): (Box<dyn std::io::Write>, Option<PathBuf>) = match &out {
+                Some(out) => {
+                    if out.exists() {
+                        anyhow::bail!("{} exists; refusing to overwrite", out.display());
+                    }
+                    let tmp = out.with_extension("partial");
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?;
+                    (Box::new(std::io::BufWriter::new(f)), Some(tmp))
+                }
+                None => (Box::new(std::io::BufWriter::new(std::io::stdout())), None),
             };
-            if let Some(i) = identity {
-                q.push(format!("identity={}", enc(&i)));
+            let mut n: u64 = 0;
+            let result: anyhow::Result<()> = async {
+                loop {
+                    let resp = client.list_certs(&q).await?;
+                    for c in &resp.certs {
+                        write_json_line(&mut w, c)?;
+                        n += 1;
+                    }
+                    match resp.next_cursor {
+                        Some(next) => q.cursor = Some(next),
+                        None => break,
+                    }
+                }
+                w.flush()?;
+                Ok(())
             }
-            if let Some(s) = status {
-                q.push(format!("status={}", enc(&s)));
+            .await;
+            drop(w);
+            match (result, out, tmp) {
+                (Err(e), _, Some(tmp)) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e.context("the export is incomplete; nothing was kept"))
+                }
+                (Err(e), _, None) => Err(e.context("the export is incomplete")),
+                (Ok(()), Some(out), Some(tmp)) => {
+                    std::fs::File::open(&tmp)?.sync_all()?;
+                    std::fs::rename(&tmp, &out)?;
+                    eprintln!("exported {n} certificates to {}", out.display());
+                    Ok(())
+                }
+                (Ok(()), _, _) => Ok(()),
             }
-            if let Some(e) = expiring_within {
-                q.push(format!("expiring_within={}", enc(&e)));
-            }
-            if let Some(l) = lineage {
-                q.push(format!("lineage={}", enc(&l)));
-            }
-            let resp: CertsResponse = client
-                .get_json(&format!("{}?{}", ca_api::routes::ADMIN_CERTS, q.join("&")))
-                .await?;
-            if conn.json {
-                return print_json(&resp);
-            }
-            let rows: Vec<Vec<String>> = resp
-                .certs
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.serial.clone(),
-                        c.identity.clone(),
-                        c.profile.clone(),
-                        c.status.clone(),
-                        c.generation.to_string(),
-                        c.not_after.clone(),
-                        c.lineage.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &[
-                        "SERIAL",
-                        "IDENTITY",
-                        "PROFILE",
-                        "STATUS",
-                        "GEN",
-                        "NOT AFTER",
-                        "LINEAGE"
-                    ],
-                    &rows
-                )
-            );
-            Ok(())
         }
         Command::Audit {
             cmd: AuditCmd::Show { from, limit, conn },
@@ -629,35 +741,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit {
-            cmd: AuditCmd::Verify { conn },
+            cmd:
+                AuditCmd::Verify {
+                    config: Some(config),
+                    public_key,
+                    conn,
+                },
+        } => {
+            init_logging(cli.log_json, Some("warn"));
+            let r = verify_audit_here(&config, public_key.as_deref()).await;
+            match r {
+                Ok(r) => print_audit_verify(
+                    &r,
+                    conn.json,
+                    "no audit public key (set [audit] key, or pass --public-key)",
+                ),
+                Err(e) => {
+                    if conn.json {
+                        print_json(&serde_json::json!({ "ok": false, "error": format!("{e:#}") }))?;
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Command::Audit {
+            cmd: AuditCmd::Verify {
+                config: None, conn, ..
+            },
         } => {
             let client = conn.client()?;
-            match client
-                .get_json::<AuditVerifyResponse>(ca_api::routes::ADMIN_AUDIT_VERIFY)
-                .await
-            {
-                Ok(r) => {
-                    if conn.json {
-                        return print_json(&r);
-                    }
-                    println!("audit log OK: {} events, hash chain intact", r.events);
-                    match (&r.last_checkpoint, r.signatures_checked) {
-                        (Some(cp), true) => println!(
-                            "{} checkpoints, signatures verified with audit key {}; last: sequence {} signed at {}; {} events since",
-                            r.checkpoints,
-                            r.audit_key_sha256.as_deref().unwrap_or("?"),
-                            cp.seq,
-                            cp.time.to_rfc3339(),
-                            r.unsigned_tail
-                        ),
-                        (_, false) => println!(
-                            "WARNING: no audit checkpoint key on the server: signatures not checked ({} checkpoints)",
-                            r.checkpoints
-                        ),
-                        (None, true) => println!("no checkpoint yet"),
-                    }
-                    Ok(())
-                }
+            let r = with_ticker(
+                "verifying the audit log on the server",
+                client.get_json::<AuditVerifyResponse>(ca_api::routes::ADMIN_AUDIT_VERIFY),
+            )
+            .await;
+            match r {
+                Ok(r) => print_audit_verify(&r, conn.json, "no audit checkpoint key on the server"),
                 Err(e @ ClientError::Api { .. }) if e.code() == Some("audit_tampered") => {
                     if conn.json {
                         print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
@@ -858,6 +977,185 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// One table row of `certs list`.
+fn cert_row(c: &CertSummary) -> Vec<String> {
+    vec![
+        c.serial.clone(),
+        c.identity.clone(),
+        c.profile.clone(),
+        c.status.clone(),
+        c.generation.to_string(),
+        c.not_after.clone(),
+        c.lineage.clone(),
+    ]
+}
+
+/// `v` as one line of JSON (NDJSON).
+fn write_json_line<T: serde::Serialize>(w: &mut dyn std::io::Write, v: &T) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *w, v)?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Print an audit verification's result (the server's answer, or the same built here);
+/// `no_key` says why signatures were not checked.
+fn print_audit_verify(r: &AuditVerifyResponse, json: bool, no_key: &str) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!("audit log OK: {} events, hash chain intact", r.events);
+    match (&r.last_checkpoint, r.signatures_checked) {
+        (Some(cp), true) => println!(
+            "{} checkpoints, signatures verified with audit key {}; last: sequence {} signed at {}; {} events since",
+            r.checkpoints,
+            r.audit_key_sha256.as_deref().unwrap_or("?"),
+            cp.seq,
+            cp.time.to_rfc3339(),
+            r.unsigned_tail
+        ),
+        (_, false) => println!(
+            "WARNING: {no_key}: signatures not checked ({} checkpoints)",
+            r.checkpoints
+        ),
+        (None, true) => println!("no checkpoint yet"),
+    }
+    Ok(())
+}
+
+/// `audit verify --config`: verify the store of a configuration here, streaming, with
+/// progress on standard error when it is a terminal.
+async fn verify_audit_here(
+    config: &Path,
+    public_key: Option<&Path>,
+) -> anyhow::Result<AuditVerifyResponse> {
+    use std::io::IsTerminal;
+    let cfg = ServerConfig::load(config)?;
+    let key_path = match public_key {
+        Some(p) => Some(p.to_path_buf()),
+        None if cfg.audit.key.is_some() => {
+            let p = cfg.audit.public_key_path(&cfg.data_dir);
+            p.exists().then_some(p)
+        }
+        None => None,
+    };
+    let key = match &key_path {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the audit public key {}", p.display()))?;
+            Some(
+                ca_core::audit::AuditKey::from_pem(&pem)
+                    .with_context(|| format!("the audit public key {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let store = crate::server::open_store(&cfg).context(
+            "opening the store (sled: stop the server first, or verify on the server without \
+             --config)",
+        )?;
+        let mut progress = Progress::new(tty, "audit verify");
+        let r = store.verify_audit_log_with_progress(key.as_ref(), &mut |p| {
+            progress.tick(|| match p.head {
+                Some(h) if h > 0 => format!(
+                    "{} events checked (sequence {} of {h}, {}%)",
+                    p.events,
+                    p.seq,
+                    p.seq.saturating_mul(100) / h
+                ),
+                _ => format!("{} events checked", p.events),
+            })
+        });
+        progress.finish();
+        r.map_err(|e| match e {
+            e @ ca_core::Error::AuditChain { .. } => {
+                anyhow::anyhow!("audit log verification FAILED: {e}")
+            }
+            e => anyhow::Error::new(e).context("verifying the audit log"),
+        })
+    })
+    .await
+    .context("the verification task")??;
+    Ok(AuditVerifyResponse {
+        ok: true,
+        events: report.events,
+        checkpoints: report.checkpoints,
+        signatures_checked: report.signatures_checked,
+        audit_key_sha256: report.audit_key_sha256.clone(),
+        unsigned_tail: report.unsigned_tail(),
+        last_checkpoint: report.last_checkpoint,
+    })
+}
+
+/// A progress line on standard error, rewritten at most once a second, only on a terminal.
+struct Progress {
+    on: bool,
+    what: &'static str,
+    calls: u64,
+    last: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(on: bool, what: &'static str) -> Self {
+        Progress {
+            on,
+            what,
+            calls: 0,
+            last: std::time::Instant::now(),
+            shown: false,
+        }
+    }
+
+    /// Called per item; reads the clock every 1024 calls and shows `line()` once a second.
+    fn tick(&mut self, line: impl FnOnce() -> String) {
+        self.calls += 1;
+        if !self.on || self.calls & 1023 != 0 {
+            return;
+        }
+        if self.last.elapsed() >= std::time::Duration::from_secs(1) {
+            self.last = std::time::Instant::now();
+            self.shown = true;
+            eprint!("\r\x1b[K{}: {}", self.what, line());
+        }
+    }
+
+    /// Clear the progress line.
+    fn finish(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+            self.shown = false;
+        }
+    }
+}
+
+/// Await `f`, showing on a terminal (standard error) how long it has run, once a second.
+async fn with_ticker<F: std::future::Future>(what: &'static str, f: F) -> F::Output {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return f.await;
+    }
+    let start = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    tokio::pin!(f);
+    let mut shown = false;
+    let out = loop {
+        tokio::select! {
+            out = &mut f => break out,
+            _ = tick.tick() => {
+                shown = true;
+                eprint!("\r\x1b[K{what}: {} s", start.elapsed().as_secs());
+            }
+        }
+    };
+    if shown {
+        eprint!("\r\x1b[K");
+    }
+    out
 }
 
 /// The last line of a file, read from its end (an export can be large).

@@ -86,6 +86,7 @@ fn core_code(e: &ca_core::Error) -> Code {
         E::CertNotFound(_) => Code::NotFound,
         E::AlreadyRevoked { .. } => Code::AlreadyRevoked,
         E::AuditChain { .. } => Code::AuditTampered,
+        E::BadCursor(_) => Code::BadCursor,
         E::HsmUnavailable { .. }
         | E::TokenNotFound { .. }
         | E::KeyNotFound { .. }

@@ -288,8 +288,160 @@ pub struct CertFilter {
     /// Only this lineage (the serial of its generation 1).
     #[serde(default)]
     pub lineage: Option<Vec<u8>>,
-    /// At most this many (newest serial order is not implied).
+    /// At most this many, the first in the filter's order ([`CertFilter::order`]).
     pub limit: Option<usize>,
+    /// Only certificates after this position in the filter's order: the next page of a
+    /// listing ([`CertCursor::after`] of the last certificate of the previous page).
+    #[serde(default)]
+    pub after: Option<CertCursor>,
+}
+
+impl CertFilter {
+    /// The order [`CertStore::list_certs`] answers this filter in: the order of the index
+    /// both stores read for it (lineage, else expiry when `expiring_before` is set, else
+    /// serial; an identity's certificates are in serial order).
+    pub fn order(&self) -> CertOrder {
+        if self.lineage.is_some() {
+            CertOrder::Generation
+        } else if self.identity.is_some() {
+            CertOrder::Serial
+        } else if self.expiring_before.is_some() {
+            CertOrder::Expiry
+        } else {
+            CertOrder::Serial
+        }
+    }
+
+    /// Whether `rec` passes the filter's conditions (not the cursor or the limit).
+    pub fn matches(&self, rec: &CertRecord) -> bool {
+        self.identity.as_ref().is_none_or(|i| &rec.identity == i)
+            && self.lineage.as_ref().is_none_or(|l| &rec.lineage == l)
+            && self.revoked.is_none_or(|r| rec.is_revoked() == r)
+            && self.expiring_before.is_none_or(|t| rec.not_after < t)
+            && self.valid_at.is_none_or(|t| rec.not_after > t)
+    }
+
+    /// The cursor, refused ([`crate::Error::BadCursor`]) if it was made for another order:
+    /// what each store checks before it reads.
+    pub(crate) fn checked_cursor(&self) -> Result<Option<&CertCursor>> {
+        match &self.after {
+            Some(c) if c.order != self.order() => Err(crate::Error::BadCursor(format!(
+                "the cursor is for a listing in {} order, this one is in {} order",
+                c.order.name(),
+                self.order().name()
+            ))),
+            other => Ok(other.as_ref()),
+        }
+    }
+}
+
+/// The order of a certificate listing ([`CertFilter::order`]), each with its keyset: what a
+/// [`CertCursor`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertOrder {
+    /// By serial.
+    Serial,
+    /// By notAfter (whole seconds, as certificates carry it: RFC 5280 4.1.2.5), then serial.
+    Expiry,
+    /// By generation within the lineage, then serial.
+    Generation,
+}
+
+impl CertOrder {
+    fn name(self) -> &'static str {
+        match self {
+            CertOrder::Serial => "serial",
+            CertOrder::Expiry => "expiry",
+            CertOrder::Generation => "generation",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            CertOrder::Serial => 1,
+            CertOrder::Expiry => 2,
+            CertOrder::Generation => 3,
+        }
+    }
+}
+
+/// A keyset cursor into a certificate listing: the position `(key, serial)` of the last
+/// certificate of a page in the listing's order (`key` is the notAfter in Unix seconds for
+/// [`CertOrder::Expiry`], the generation for [`CertOrder::Generation`], 0 for
+/// [`CertOrder::Serial`]). The next page is every matching certificate strictly after it, so a
+/// listing followed page by page returns each certificate stored for its whole duration
+/// exactly once, whatever is inserted or deleted meanwhile (no offset to shift).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertCursor {
+    /// The listing's order.
+    pub order: CertOrder,
+    /// The sort key of the last certificate of the page.
+    pub key: i64,
+    /// Its serial.
+    #[serde(with = "hex_bytes")]
+    pub serial: Vec<u8>,
+}
+
+/// Version of [`CertCursor::to_bytes`]'s layout.
+const CURSOR_V1: u8 = 1;
+
+impl CertCursor {
+    /// The cursor just after `rec` in `filter`'s order.
+    pub fn after(filter: &CertFilter, rec: &CertRecord) -> CertCursor {
+        let order = filter.order();
+        let key = match order {
+            CertOrder::Serial => 0,
+            CertOrder::Expiry => rec.not_after.timestamp(),
+            CertOrder::Generation => i64::from(rec.generation.max(1)),
+        };
+        CertCursor {
+            order,
+            key,
+            serial: rec.serial.clone(),
+        }
+    }
+
+    /// The cursor as bytes: version, order, key (big-endian), serial.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(10 + self.serial.len());
+        b.push(CURSOR_V1);
+        b.push(self.order.tag());
+        b.extend_from_slice(&self.key.to_be_bytes());
+        b.extend_from_slice(&self.serial);
+        b
+    }
+
+    /// Read [`CertCursor::to_bytes`]; anything else is [`crate::Error::BadCursor`].
+    pub fn from_bytes(b: &[u8]) -> Result<CertCursor> {
+        let bad = |why: &str| crate::Error::BadCursor(why.to_string());
+        let (&version, rest) = b.split_first().ok_or_else(|| bad("empty cursor"))?;
+        if version != CURSOR_V1 {
+            return Err(bad("unknown cursor version"));
+        }
+        let (&tag, rest) = rest.split_first().ok_or_else(|| bad("truncated cursor"))?;
+        let order = [CertOrder::Serial, CertOrder::Expiry, CertOrder::Generation]
+            .into_iter()
+            .find(|o| o.tag() == tag)
+            .ok_or_else(|| bad("unknown cursor order"))?;
+        let (key, serial) = rest
+            .split_at_checked(8)
+            .ok_or_else(|| bad("truncated cursor"))?;
+        let key =
+            i64::from_be_bytes(<[u8; 8]>::try_from(key).map_err(|_| bad("truncated cursor"))?);
+        // RFC 5280 4.1.2.2: a serial is 1 to 20 octets.
+        if serial.is_empty() || serial.len() > 20 {
+            return Err(bad("the cursor's serial is not 1 to 20 octets"));
+        }
+        if order == CertOrder::Serial && key != 0 {
+            return Err(bad("a serial-order cursor with a sort key"));
+        }
+        Ok(CertCursor {
+            order,
+            key,
+            serial: serial.to_vec(),
+        })
+    }
 }
 
 /// Certificates, their revocation state and their lineages: what issuance, renewal, the
@@ -334,7 +486,10 @@ pub trait CertStore: Send + Sync + std::fmt::Debug {
     fn serial_exists(&self, serial: &[u8]) -> Result<bool>;
     /// Look up a certificate.
     fn get_cert(&self, serial: &[u8]) -> Result<Option<CertRecord>>;
-    /// Certificates matching a filter.
+    /// Certificates matching a filter, in its order ([`CertFilter::order`]), strictly after
+    /// its cursor ([`CertFilter::after`]), at most its limit: one page of a keyset-paged
+    /// listing. Each page reads only its own rows (an index range from the cursor on). A cursor
+    /// of another order is [`crate::Error::BadCursor`] (nothing read).
     fn list_certs(&self, filter: &CertFilter) -> Result<Vec<CertRecord>>;
     /// Visit every certificate (for OCSP warm-up), without loading all at once.
     fn for_each_cert(&self, f: &mut dyn FnMut(CertRecord) -> Result<()>) -> Result<()>;
@@ -559,6 +714,18 @@ fn ocsp_keys(serial: &[u8]) -> Vec<&[u8]> {
     }
 }
 
+/// How far [`AuditLog::verify_audit_log_with_progress`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditProgress {
+    /// Events checked so far.
+    pub events: u64,
+    /// Sequence number of the last event checked.
+    pub seq: u64,
+    /// The head's sequence number read when the verification started (where it ends), if the
+    /// log had a head.
+    pub head: Option<u64>,
+}
+
 /// The hash-chained audit log and its signed checkpoints (DESIGN invariant 4).
 pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// Append an audit event to the hash chain; returns the sealed event. Appends are
@@ -597,6 +764,15 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// checkpoint lies beyond the last event (tail deleted), and that the stored head is the
     /// last event (a missing head while events exist is tampering too).
     fn verify_audit_log(&self, key: Option<&AuditKey>) -> Result<AuditReport> {
+        self.verify_audit_log_with_progress(key, &mut |_| {})
+    }
+    /// [`AuditLog::verify_audit_log`], calling `progress` after each event checked (the
+    /// callback decides how often to report: it is called in the verifying loop).
+    fn verify_audit_log_with_progress(
+        &self,
+        key: Option<&AuditKey>,
+        progress: &mut dyn FnMut(AuditProgress),
+    ) -> Result<AuditReport> {
         // The head first: events appended while this runs (a live server) are beyond it and
         // are left for the next check.
         let (head, any) = self.audit_head_and_any()?;
@@ -619,7 +795,7 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
         };
         feed(&mut v)?;
         let mut beyond = None;
-        for ev in self.audit_iter(1) {
+        for (events, ev) in (1u64..).zip(self.audit_iter(1)) {
             let ev = ev?;
             if ev.seq > limit {
                 beyond = Some(ev.seq);
@@ -627,6 +803,11 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
             }
             v.event(&ev)?;
             feed(&mut v)?;
+            progress(AuditProgress {
+                events,
+                seq: ev.seq,
+                head: head.as_ref().map(|h| h.0),
+            });
         }
         // Appends write the event, then the head, under the lock `audit_head` takes: an event
         // beyond the head read at the start with the head unchanged since is no append in
@@ -937,7 +1118,78 @@ pub mod b64_bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::{IdentityBinding, TokenRecord};
+    use super::{CertCursor, CertOrder, IdentityBinding, TokenRecord};
+
+    #[test]
+    fn a_cursor_round_trips_and_bad_bytes_are_refused() {
+        for c in [
+            CertCursor {
+                order: CertOrder::Serial,
+                key: 0,
+                serial: vec![0x7f; 20],
+            },
+            CertCursor {
+                order: CertOrder::Expiry,
+                key: -5,
+                serial: vec![1],
+            },
+            CertCursor {
+                order: CertOrder::Generation,
+                key: 3,
+                serial: vec![0, 0x80],
+            },
+        ] {
+            assert_eq!(CertCursor::from_bytes(&c.to_bytes()).unwrap(), c);
+        }
+        let good = CertCursor {
+            order: CertOrder::Expiry,
+            key: 1_700_000_000,
+            serial: vec![9; 16],
+        }
+        .to_bytes();
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            b
+        };
+        let table: &[(&str, Vec<u8>, &str)] = &[
+            ("empty", vec![], "empty cursor"),
+            (
+                "unknown version",
+                with(&|b| b[0] = 2),
+                "unknown cursor version",
+            ),
+            ("no order", vec![1], "truncated cursor"),
+            ("unknown order", with(&|b| b[1] = 0), "unknown cursor order"),
+            ("key cut", with(&|b| b.truncate(6)), "truncated cursor"),
+            ("no serial", with(&|b| b.truncate(10)), "not 1 to 20 octets"),
+            (
+                "serial of 21 octets",
+                with(&|b| b.extend([1; 5])),
+                "not 1 to 20 octets",
+            ),
+            (
+                "serial order with a key",
+                CertCursor {
+                    order: CertOrder::Serial,
+                    key: 0,
+                    serial: vec![1],
+                }
+                .to_bytes()
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| if i == 9 { 1 } else { b })
+                .collect(),
+                "serial-order cursor with a sort key",
+            ),
+        ];
+        for (what, bytes, why) in table {
+            match CertCursor::from_bytes(bytes) {
+                Err(crate::Error::BadCursor(m)) => assert!(m.contains(why), "{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
     use chrono::{Duration, TimeZone, Utc};
 
     #[test]

@@ -629,34 +629,49 @@ impl CertStore for PgStore {
     }
 
     fn list_certs(&self, filter: &CertFilter) -> Result<Vec<CertRecord>> {
-        // The order of the index the sled store scans for the same filter.
-        let order = if filter.lineage.is_some() {
-            "generation, serial"
-        } else if filter.identity.is_some() {
-            "serial"
-        } else if filter.expiring_before.is_some() {
-            "not_after_us, serial"
-        } else {
-            "serial"
+        use super::CertOrder;
+        // The order of the index the sled store scans for the same filter; the cursor is a
+        // row comparison on the same columns, so a page is an index range from it on.
+        let after = filter.checked_cursor()?;
+        let (order, keyset) = match filter.order() {
+            CertOrder::Generation => ("generation, serial", "(generation, serial) > ($8, $7)"),
+            CertOrder::Expiry => ("not_after_us, serial", "(not_after_us, serial) > ($8, $7)"),
+            CertOrder::Serial => ("serial", "serial > $7"),
+        };
+        let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let before = filter.expiring_before.map(micros);
+        let valid_at = filter.valid_at.map(micros);
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
+            &filter.identity,
+            &filter.lineage,
+            &filter.revoked,
+            &before,
+            &valid_at,
+            &limit,
+        ];
+        let cursor_key;
+        let cursor = match after {
+            Some(c) => {
+                params.push(&c.serial);
+                if c.order != CertOrder::Serial {
+                    // Expiry: notAfter is stored in microseconds, the cursor holds seconds.
+                    cursor_key = match c.order {
+                        CertOrder::Expiry => c.key.saturating_mul(1_000_000),
+                        _ => c.key,
+                    };
+                    params.push(&cursor_key);
+                }
+                format!("AND {keyset}")
+            }
+            None => String::new(),
         };
         let sql = format!(
             "SELECT rec FROM certs WHERE ($1::text IS NULL OR identity = $1) \
              AND ($2::bytea IS NULL OR lineage = $2) AND ($3::boolean IS NULL OR revoked = $3) \
              AND ($4::bigint IS NULL OR not_after_us < $4) \
-             AND ($5::bigint IS NULL OR not_after_us > $5) ORDER BY {order} LIMIT $6"
+             AND ($5::bigint IS NULL OR not_after_us > $5) {cursor} ORDER BY {order} LIMIT $6"
         );
-        let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
-        self.certs_where(
-            &sql,
-            &[
-                &filter.identity,
-                &filter.lineage,
-                &filter.revoked,
-                &filter.expiring_before.map(micros),
-                &filter.valid_at.map(micros),
-                &limit,
-            ],
-        )
+        self.certs_where(&sql, &params)
     }
 
     fn for_each_cert(&self, f: &mut dyn FnMut(CertRecord) -> Result<()>) -> Result<()> {

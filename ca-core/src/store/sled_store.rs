@@ -517,39 +517,65 @@ impl CertStore for SledStore {
     }
 
     fn list_certs(&self, filter: &CertFilter) -> Result<Vec<CertRecord>> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let after = filter.checked_cursor()?;
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
         let mut consider = |rec: CertRecord| {
-            let keep = filter.identity.as_ref().is_none_or(|i| &rec.identity == i)
-                && filter.lineage.as_ref().is_none_or(|l| &rec.lineage == l)
-                && filter.revoked.is_none_or(|r| rec.is_revoked() == r)
-                && filter.expiring_before.is_none_or(|t| rec.not_after < t)
-                && filter.valid_at.is_none_or(|t| rec.not_after > t);
-            if keep {
+            if filter.matches(&rec) {
                 out.push(rec);
             }
             out.len() >= limit
         };
         if let Some(lineage) = &filter.lineage {
+            // A lineage is short: its index is read whole, the cursor skips what came before.
             for rec in self.lineage_certs(lineage)? {
-                if consider(rec) {
+                let past = after.is_none_or(|c| {
+                    (i64::from(rec.generation.max(1)), rec.serial.as_slice())
+                        > (c.key, c.serial.as_slice())
+                });
+                if past && consider(rec) {
                     break;
                 }
             }
         } else if let Some(identity) = &filter.identity {
             let mut prefix = identity.as_bytes().to_vec();
             prefix.push(0);
-            for kv in self.by_identity.scan_prefix(&prefix) {
+            let start = match after {
+                Some(c) => Excluded(identity_key(identity, &c.serial)),
+                None => Included(prefix.clone()),
+            };
+            for kv in self.by_identity.range((start, Unbounded)) {
                 let (k, _) = kv.map_err(|e| Error::store("scan identity index", e))?;
-                if let Some(rec) = self.get_cert(&k[prefix.len()..])? {
+                let Some(serial) = k.strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                if let Some(rec) = self.get_cert(serial)? {
                     if consider(rec) {
                         break;
                     }
                 }
             }
         } else if let Some(before) = filter.expiring_before {
-            let end = (before.timestamp().max(0) as u64).to_be_bytes();
-            for kv in self.by_expiry.range(..end.to_vec()) {
+            // The index holds whole seconds: a bound with a fraction keeps its second (the
+            // filter below compares exactly), so a notAfter just before it is not lost.
+            let secs = before.timestamp() + i64::from(before.timestamp_subsec_nanos() > 0);
+            let end = (secs.max(0) as u64).to_be_bytes().to_vec();
+            let start = match after {
+                Some(c) => {
+                    let mut k = (c.key.max(0) as u64).to_be_bytes().to_vec();
+                    k.extend_from_slice(&c.serial);
+                    if k >= end {
+                        return Ok(out);
+                    }
+                    Excluded(k)
+                }
+                None => Unbounded,
+            };
+            for kv in self.by_expiry.range((start, Excluded(end))) {
                 let (k, _) = kv.map_err(|e| Error::store("scan expiry index", e))?;
                 if let Some(rec) = self.get_cert(&k[8..])? {
                     if consider(rec) {
@@ -558,7 +584,11 @@ impl CertStore for SledStore {
                 }
             }
         } else {
-            for kv in self.certs.iter() {
+            let start = match after {
+                Some(c) => Excluded(c.serial.clone()),
+                None => Unbounded,
+            };
+            for kv in self.certs.range::<Vec<u8>, _>((start, Unbounded)) {
                 let (_, v) = kv.map_err(|e| Error::store("scan certificates", e))?;
                 if consider(self.decode_cert(&v)?) {
                     break;

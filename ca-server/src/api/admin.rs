@@ -16,7 +16,7 @@ use ca_core::audit::NewAuditEvent;
 use ca_core::profile::San;
 use ca_core::revocation::RevocationReason;
 use ca_core::store::{
-    CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord,
+    CertCursor, CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord,
 };
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -291,7 +291,7 @@ pub async fn revoke(
 /// Query of `GET /v1/admin/certs`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CertsQuery {
+pub struct CertsParams {
     /// Only this identity.
     pub identity: Option<String>,
     /// `valid`, `revoked` or `expired`.
@@ -300,8 +300,77 @@ pub struct CertsQuery {
     pub expiring_within: Option<String>,
     /// Only this lineage: the serial (hex) of any of its certificates.
     pub lineage: Option<String>,
-    /// At most this many (default 100, at most 1000).
+    /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page (same filters).
+    pub cursor: Option<String>,
+    /// Include each certificate's PEM.
+    #[serde(default)]
+    pub pem: bool,
+}
+
+impl CertsParams {
+    /// What a cursor is bound to: the filters as sent (a cursor of one listing is refused in
+    /// another, whose order or rows differ). Not a secret: a cursor is only a position, and
+    /// any position is one the caller may list from anyway.
+    fn filter_digest(&self) -> [u8; 8] {
+        use sha2::Digest;
+        let canon = serde_json::json!([
+            "certs-v1",
+            self.identity.as_deref().filter(|s| !s.is_empty()),
+            self.status
+                .as_deref()
+                .filter(|s| !s.is_empty() && *s != "all"),
+            self.expiring_within.as_deref(),
+            self.lineage.as_deref().filter(|s| !s.is_empty()),
+        ]);
+        let h = sha2::Sha256::digest(canon.to_string().as_bytes());
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h[..8]);
+        out
+    }
+
+    /// The opaque `next_cursor` (base64url): the filter digest, then the store's cursor.
+    fn encode_cursor(&self, c: &CertCursor) -> String {
+        use base64::Engine;
+        let mut b = self.filter_digest().to_vec();
+        b.extend_from_slice(&c.to_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// The store's cursor from `cursor`, refused (`bad_cursor`) unless this server handed it
+    /// out for these filters.
+    fn decode_cursor(&self) -> ApiResult<Option<CertCursor>> {
+        use base64::Engine;
+        let Some(text) = self.cursor.as_deref().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = |why: &str| {
+            ApiError::new(
+                Code::BadCursor,
+                format!(
+                    "cursor: {why}; pass the next_cursor of the previous page with the same \
+                     filters, or list again without a cursor"
+                ),
+            )
+        };
+        if text.len() > 128 {
+            return Err(bad("too long to be a cursor"));
+        }
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| bad("not base64url"))?;
+        let (digest, rest) = b
+            .split_at_checked(8)
+            .ok_or_else(|| bad("too short to be a cursor"))?;
+        if digest != self.filter_digest() {
+            return Err(bad("it belongs to a listing with other filters"));
+        }
+        CertCursor::from_bytes(rest).map(Some).map_err(|e| match e {
+            ca_core::Error::BadCursor(why) => bad(&why),
+            other => ApiError::internal(other),
+        })
+    }
 }
 
 /// Summary of a record as of `now`.
@@ -334,6 +403,7 @@ pub fn summary(rec: &CertRecord, now: chrono::DateTime<chrono::Utc>) -> CertSumm
         },
         lineage: rec.lineage_hex(),
         generation: rec.generation,
+        pem: None,
     }
 }
 
@@ -348,7 +418,7 @@ fn query<T: serde::de::DeserializeOwned + Default>(
 pub async fn list_certs(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
-    q: Result<Query<CertsQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<CertsParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<CertsResponse>> {
     let peer = peer_of(peer);
     admin(
@@ -360,7 +430,7 @@ pub async fn list_certs(
     .await?;
     let q = query(q)?;
     let now = state.clock.now();
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let page = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut filter = CertFilter {
         identity: q.identity.clone().filter(|s| !s.is_empty()),
         ..CertFilter::default()
@@ -387,13 +457,15 @@ pub async fn list_certs(
         filter.valid_at = Some(now);
         filter.expiring_before = Some(now + span.0);
     }
-    filter.limit = Some(limit);
+    // One more than the page: whether another page follows.
+    filter.limit = Some(page + 1);
+    filter.after = q.decode_cursor()?;
     let lineage_of = match q.lineage.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(parse_serial(s)?),
         None => None,
     };
     let store = state.store.clone();
-    let recs = tokio::task::spawn_blocking(move || {
+    let (filter, mut recs) = tokio::task::spawn_blocking(move || {
         // `--lineage` takes the serial of any generation: its lineage is looked up.
         if let Some(serial) = lineage_of {
             let rec = store
@@ -401,12 +473,30 @@ pub async fn list_certs(
                 .ok_or_else(|| ca_core::Error::CertNotFound(hex::encode(&serial)))?;
             filter.lineage = Some(rec.lineage);
         }
-        store.list_certs(&filter)
+        let recs = store.list_certs(&filter)?;
+        Ok::<_, ca_core::Error>((filter, recs))
     })
     .await
     .map_err(ApiError::internal)??;
+    let next_cursor = if recs.len() > page {
+        recs.truncate(page);
+        recs.last()
+            .map(|last| q.encode_cursor(&CertCursor::after(&filter, last)))
+    } else {
+        None
+    };
     Ok(Json(CertsResponse {
-        certs: recs.iter().map(|r| summary(r, now)).collect(),
+        certs: recs
+            .iter()
+            .map(|r| {
+                let mut s = summary(r, now);
+                if q.pem {
+                    s.pem = Some(ca_core::x509::pem_encode("CERTIFICATE", &r.der));
+                }
+                s
+            })
+            .collect(),
+        next_cursor,
     }))
 }
 
