@@ -175,8 +175,9 @@ import socket
 socks = [socket.socket() for _ in range(2)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
+# The test suite's build, else a debug build now (a provisioning tool, not under test here).
 ceremony="$target/debug/ceremony"
-cargo build --locked -q -p ceremonies --bin ceremony
+[ -x "$ceremony" ] || cargo build --locked -q -p ceremonies --bin ceremony
 status_url="http://127.0.0.1:$status_port"
 "$ceremony" dev --out /var/lib/ca/pki --status-base-url "$status_url" >"$work/ceremony.out"
 field() { sed -n "s/^  $1 *//p" "$work/ceremony.out" | head -n 1; }
@@ -289,14 +290,18 @@ grep -q '^NoNewPrivs:[[:space:]]*1$' "/proc/$ca_pid/status" || fail "ca-server m
 echo "ca-server serving on 127.0.0.1:$api_port and :$status_port as ca-server, no capabilities" >&2
 
 say "enroll with the installed ca-agent and /etc/ca-agent/agent.toml"
+# As its comments say: set `server` and `root_fingerprint`, then enroll with a token file.
+sed -i -e "s|^server = .*|server = \"https://127.0.0.1:$api_port\"|" \
+  -e "s|^root_fingerprint = .*|root_fingerprint = \"$fingerprint\"|" /etc/ca-agent/agent.toml
+grep -q "^server = \"https://127.0.0.1:$api_port\"" /etc/ca-agent/agent.toml || fail "agent.toml has no server line"
+grep -q "^root_fingerprint = \"$fingerprint\"" /etc/ca-agent/agent.toml || fail "agent.toml has no root_fingerprint line"
 admin=(--url "https://127.0.0.1:$api_port" --root "$root_pem"
        --cert /var/lib/ca/admin/pkg-admin.crt --key /var/lib/ca/admin/pkg-admin.key)
 /usr/bin/ca-server token create "${admin[@]}" --cn host.example.com --san dns:host.example.com \
   --profile server >"$work/host.token" 2>"$work/token.err" || fail "token create: $(cat "$work/token.err")"
 chmod 0600 "$work/host.token"
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin /usr/bin/ca-agent enroll --config /etc/ca-agent/agent.toml \
-  --name host --server "https://127.0.0.1:$api_port" --fingerprint "$fingerprint" \
-  --token-file "$work/host.token" >"$work/enroll.out" 2>&1 || fail "ca-agent enroll: $(cat "$work/enroll.out")"
+  --name host --token-file "$work/host.token" >"$work/enroll.out" 2>&1 || fail "ca-agent enroll: $(cat "$work/enroll.out")"
 cat "$work/enroll.out" >&2
 cert=/etc/ca-agent/tls/host.crt
 key=/etc/ca-agent/tls/host.key
