@@ -7,14 +7,14 @@ use ca_agent::certs::Identity;
 use ca_agent::config::{CertConfig, Config};
 use ca_agent::state::CertState;
 use ca_core::signer::KeyAlgorithm;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "ca-agent",
-    version,
+    version = cli_support::version!(),
     about = "Certificate agent: enroll, renew, install, reload"
 )]
 struct Cli {
@@ -68,6 +68,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script to stdout.
+    ///
+    /// Example: ca-agent completions bash > /etc/bash_completion.d/ca-agent
+    #[command(verbatim_doc_comment)]
+    Completions(cli_support::generate::CompletionsArgs),
+    /// Write the man pages (ca-agent.1, ca-agent-enroll.1, ...) into DIR.
+    #[command(hide = true)]
+    Manpages(cli_support::generate::ManpagesArgs),
 }
 
 #[derive(clap::Args)]
@@ -139,6 +147,32 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the CLI definition: no logging, no runtime.
+    let generated = match &cli.cmd {
+        Cmd::Completions(args) => Some(
+            args.write(Cli::command(), &mut std::io::stdout())
+                .map_err(anyhow::Error::from),
+        ),
+        Cmd::Manpages(args) => Some(
+            args.write(Cli::command())
+                .map(|pages| {
+                    for page in pages {
+                        println!("{}", page.display());
+                    }
+                })
+                .map_err(anyhow::Error::from),
+        ),
+        _ => None,
+    };
+    if let Some(result) = generated {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,6 +219,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Enroll(args) => enroll(*args).await,
+        // Handled in main, before the runtime starts.
+        Cmd::Completions(_) | Cmd::Manpages(_) => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -9,13 +9,18 @@ use crate::api::types::*;
 use crate::client::{ApiClient, ClientError};
 use crate::config::ServerConfig;
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The internal CA server and its admin client.
 #[derive(Debug, Parser)]
-#[command(name = "ca-server", version, about, propagate_version = true)]
+#[command(
+    name = "ca-server",
+    version = cli_support::version!(),
+    about,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Log as JSON lines (default: human-readable).
     #[arg(long, global = true, env = "CA_LOG_JSON")]
@@ -93,6 +98,14 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print a shell completion script to stdout (README "Shell completions and man pages").
+    ///
+    /// Example: ca-server completions bash > /etc/bash_completion.d/ca-server
+    #[command(verbatim_doc_comment)]
+    Completions(cli_support::generate::CompletionsArgs),
+    /// Write the man pages (ca-server.1, ca-server-token-create.1, ...) into DIR.
+    #[command(hide = true)]
+    Manpages(cli_support::generate::ManpagesArgs),
 }
 
 /// How the admin client reaches the API.
@@ -517,6 +530,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             ServerConfig::load(&config)?;
             println!("{}: OK", config.display());
+            Ok(())
+        }
+        Command::Completions(args) => Ok(args.write(Cli::command(), &mut std::io::stdout())?),
+        Command::Manpages(args) => {
+            for page in args.write(Cli::command())? {
+                println!("{}", page.display());
+            }
             Ok(())
         }
         Command::Dev {

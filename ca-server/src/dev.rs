@@ -3,7 +3,10 @@
 //! intermediate, OCSP signer, root CRL), writes a server configuration and an administrator
 //! certificate (role security-officer), then serves. On a directory it made before it reuses
 //! everything. It writes `DIR/dev.env` (`export` lines for the admin CLI and the agent) once
-//! the listeners are bound, with the actual addresses (port 0 is allowed).
+//! the listeners are bound, with the actual addresses (port 0 is allowed), and the directory of
+//! the running `ca-server` first on `PATH`: the quick start (`scripts/dev.sh`) builds
+//! `ca-agent`, `ceremony` and `hsm-sim` into the same directory, so the commands `dev` prints
+//! work as printed in a new shell.
 //!
 //! Layout of `DIR`: `pki/` (ceremony artifacts, `hsm/` inside), `config.toml`, `store/`,
 //! `admin/admin.crt` + `admin/admin.key`, `dev.env`.
@@ -51,14 +54,25 @@ pub struct DevInfo {
     pub admin_key: PathBuf,
     /// SoftHSM configuration of the dev tokens.
     pub softhsm_conf: PathBuf,
+    /// Directory of the running `ca-server` (absolute), put first on `PATH`; `None` when the
+    /// executable's path is unknown.
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl DevInfo {
     /// `export` lines for a POSIX shell.
     pub fn env_lines(&self) -> String {
         let q = |p: &Path| shell_quote(&p.display().to_string());
+        // A directory with ':' in its name cannot be on PATH.
+        let path = match self.bin_dir.as_deref().filter(|d| !d.to_string_lossy().contains(':')) {
+            Some(dir) => format!(
+                "# ca-server, and ca-agent, ceremony and hsm-sim when built with it (scripts/dev.sh)\nexport PATH={}:\"$PATH\"\n",
+                q(dir)
+            ),
+            None => String::new(),
+        };
         format!(
-            "export CA_URL={}\nexport CA_STATUS_URL={}\nexport CA_ROOT={}\nexport CA_FINGERPRINT={}\nexport CA_ADMIN_CERT={}\nexport CA_ADMIN_KEY={}\nexport SOFTHSM2_CONF={}\n",
+            "# Written by `ca-server dev`, removed when it stops. Load it with `. dev.env`.\n{path}export CA_URL={}\nexport CA_STATUS_URL={}\nexport CA_ROOT={}\nexport CA_FINGERPRINT={}\nexport CA_ADMIN_CERT={}\nexport CA_ADMIN_KEY={}\nexport SOFTHSM2_CONF={}\n",
             shell_quote(&self.ca_url),
             shell_quote(&self.status_url),
             q(&self.root),
@@ -467,17 +481,40 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Running> {
         admin_cert,
         admin_key,
         softhsm_conf: cfg.hsm.softhsm_conf.clone().unwrap_or_default(),
+        bin_dir: running_bin_dir(),
     };
     write_atomic(&env_file, info.env_lines().as_bytes(), 0o644)?;
     println!(
-        "\nDevelopment CA ready.\n  API (HTTPS):       {}\n  Status (HTTP):     {}\n  Root certificate:  {}\n  Root SHA-256:      {}\n  Admin certificate: {}\n  Admin key:         {}\n\nIn another shell:\n  . {}\n  ca-server token create --cn web1.example.com --san dns:web1.example.com\n",
+        "\nDevelopment CA ready.\n  API (HTTPS):       {}\n  Status (HTTP):     {}\n  Root certificate:  {}\n  Root SHA-256:      {}\n  Admin certificate: {}\n  Admin key:         {}\n\n{}",
         info.ca_url,
         info.status_url,
         info.root.display(),
         info.fingerprint,
         info.admin_cert.display(),
         info.admin_key.display(),
-        env_file.display(),
+        next_steps(&env_file, info.bin_dir.as_deref()),
     );
     Ok(running)
+}
+
+/// The directory of the running executable, for `PATH` in `dev.env`.
+fn running_bin_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.parent().map(Path::to_path_buf)
+}
+
+/// What `dev` prints after "ready": the commands of the README's quick start, runnable as
+/// printed in a new shell (`dev.env` puts `bin_dir` first on `PATH`).
+pub fn next_steps(env_file: &Path, bin_dir: Option<&Path>) -> String {
+    let mut text = format!(
+        "In another shell:\n  . {}\n  ca-server token create --cn web1.example.com --san dns:web1.example.com > web1.token\n  ca-agent enroll --server \"$CA_URL\" --fingerprint \"$CA_FINGERPRINT\" --token-file web1.token --cert web1.crt --key web1.key\n",
+        shell_quote(&env_file.display().to_string())
+    );
+    if let Some(dir) = bin_dir.filter(|d| !d.join("ca-agent").exists()) {
+        text.push_str(&format!(
+            "(no ca-agent in {}: build it there first, e.g. `cargo build --release --locked -p ca-agent`, or run scripts/dev.sh)\n",
+            dir.display()
+        ));
+    }
+    text
 }

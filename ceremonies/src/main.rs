@@ -2,12 +2,12 @@
 
 use anyhow::Context;
 use ceremonies::run::{run, Console, Outcome, Rehearsal, RunOptions};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Config-driven key ceremonies with quorum-held PINs and signed transcripts.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "ceremony", version = cli_support::version!(), about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -55,6 +55,14 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         status_base_url: String,
     },
+    /// Print a shell completion script to stdout.
+    ///
+    /// Example: ceremony completions bash > /etc/bash_completion.d/ceremony
+    #[command(verbatim_doc_comment)]
+    Completions(cli_support::generate::CompletionsArgs),
+    /// Write the man pages (ceremony.1, ceremony-run.1, ...) into DIR.
+    #[command(hide = true)]
+    Manpages(cli_support::generate::ManpagesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +121,12 @@ fn main() -> anyhow::Result<()> {
                     "Note: the history's anchors are its root ceremonies; pass --expect-signer \
                      root.pem (on any root-signed transcript) to check it is your root."
                 );
+            }
+        }
+        Cmd::Completions(args) => args.write(Cli::command(), &mut std::io::stdout())?,
+        Cmd::Manpages(args) => {
+            for page in args.write(Cli::command())? {
+                println!("{}", page.display());
             }
         }
         #[cfg(feature = "dev")]

@@ -3,12 +3,12 @@
 use anyhow::Context;
 use ca_core::signer::pkcs11::{HsmConfig, PinSource};
 use ca_core::signer::KeyAlgorithm;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Throwaway SoftHSM2 tokens for development, tests and ceremony rehearsal.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "hsm-sim", version = cli_support::version!(), about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,6 +47,14 @@ enum Cmd {
         #[arg(long, default_value = "p256")]
         alg: KeyAlgorithm,
     },
+    /// Print a shell completion script to stdout.
+    ///
+    /// Example: hsm-sim completions bash > /etc/bash_completion.d/hsm-sim
+    #[command(verbatim_doc_comment)]
+    Completions(cli_support::generate::CompletionsArgs),
+    /// Write the man pages (hsm-sim.1, hsm-sim-init.1, ...) into DIR.
+    #[command(hide = true)]
+    Manpages(cli_support::generate::ManpagesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +83,12 @@ fn main() -> anyhow::Result<()> {
             let pem = der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &spki)
                 .map_err(|e| anyhow::anyhow!("PEM encoding: {e}"))?;
             print!("{pem}");
+        }
+        Cmd::Completions(args) => args.write(Cli::command(), &mut std::io::stdout())?,
+        Cmd::Manpages(args) => {
+            for page in args.write(Cli::command())? {
+                println!("{}", page.display());
+            }
         }
     }
     Ok(())
