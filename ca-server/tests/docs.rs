@@ -481,6 +481,13 @@ fn start_ca(
             ));
         }
     }
+    // In a directory of their own that sees the same `ca-data`: they write the same files
+    // (`web1.*`) as the README block after them, which a reader runs instead, not as well.
+    let printed_dir = base.join("printed");
+    std::fs::create_dir_all(&printed_dir).unwrap();
+    let repo = env_file.parent().and_then(Path::parent).unwrap();
+    std::os::unix::fs::symlink(repo.join("ca-data"), printed_dir.join("ca-data")).unwrap();
+    cmd.current_dir(&printed_dir);
     cmd.args(["-euo", "pipefail", "-c", &script]);
     let out = cmd.output().unwrap();
     assert!(
