@@ -30,8 +30,9 @@
 //!   external responses, builds the first CRL) from a [`StatusSetup`].
 //! - [`router`] gives the axum `Router` for the listener (add health routes as you like).
 //! - [`serve`] runs the router on a bound listener with graceful shutdown, together with the
-//!   maintenance task ([`StatusState::spawn_maintenance`]: re-sign due OCSP responses, rebuild
-//!   the CRL when due and right after each revocation).
+//!   maintenance tasks ([`StatusState::spawn_maintenance`]: one re-signs due OCSP responses,
+//!   the other rebuilds the CRL when due and right after each revocation, never waiting for the
+//!   first).
 //! - [`StatusState`] lends its responder and CRL publisher to the authority
 //!   ([`ca_core::authority::Authority`]: pre-signing at issuance, re-signing at revocation),
 //!   and [`StatusState::crl_wake`] schedules a CRL rebuild; [`StatusState::revoke`] revokes
@@ -336,15 +337,15 @@ impl StatusState {
         &self.crls
     }
 
-    /// What wakes the maintenance task to rebuild the CRL right away (a revocation marked it
-    /// stale).
+    /// What wakes the CRL maintenance task to rebuild the CRL right away (a revocation marked
+    /// it stale).
     pub fn crl_wake(&self) -> Arc<dyn Fn() + Send + Sync> {
         let dirty = self.crl_dirty.clone();
         Arc::new(move || dirty.notify_one())
     }
 
     /// Revoke (blocking): store, OCSP re-signed, audit ([`ca_core::authority::revoke`]); then
-    /// a CRL rebuild is scheduled on the maintenance task.
+    /// a CRL rebuild is scheduled on the CRL maintenance task.
     pub fn revoke_blocking(
         &self,
         serial: &[u8],
@@ -391,10 +392,17 @@ impl StatusState {
             })?
     }
 
-    /// One maintenance pass (blocking): re-sign OCSP responses that are due or that an HSM
-    /// failure left unsigned, reload changed external response files, rebuild the CRL if due
-    /// or stale.
+    /// One maintenance pass (blocking): the OCSP refresh ([`StatusState::refresh_ocsp_blocking`]),
+    /// then the CRL rebuild if due or stale. The maintenance task runs the two apart
+    /// ([`StatusState::spawn_maintenance`]); this runs both in order, at start-up and in tests.
     pub fn maintain_blocking(&self) {
+        self.refresh_ocsp_blocking();
+        self.rebuild_crl_blocking();
+    }
+
+    /// Re-sign OCSP responses that are due or that an HSM failure left unsigned, and reload
+    /// changed external response files (blocking).
+    pub fn refresh_ocsp_blocking(&self) {
         // On a shared store one node at a time re-signs what is due (the lease holder); the
         // others sign their own backlog and follow its answers (`status/follow.rs`).
         let refresh = match self.store.try_lease(
@@ -431,15 +439,50 @@ impl StatusState {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "OCSP refresh pass failed"),
         }
+    }
+
+    /// Rebuild the CRL if it is due or stale (blocking).
+    pub fn rebuild_crl_blocking(&self) {
         if let Err(e) = self.crls.regenerate_if_due() {
             tracing::error!(error = %e, "CRL rebuild failed; serving the previous CRL");
         }
     }
 
-    /// Start the maintenance task: a pass every [`StatusConfig::maintenance_interval`], and a
-    /// CRL rebuild right after each revocation (coalesced). The task holds only a weak
-    /// reference and ends once the state is dropped; abort it to stop it sooner.
+    /// Start the maintenance tasks, which end once the state is dropped or
+    /// [`StatusState::stop_maintenance`] is called (await the handle: it ends when both have):
+    ///
+    /// - the CRL task rebuilds the CRL right after each revocation (coalesced) and checks
+    ///   every [`StatusConfig::maintenance_interval`] whether it is due;
+    /// - the OCSP task re-signs due responses every interval.
+    ///
+    /// Apart, so that a revocation never waits for a long re-signing pass (hundreds of
+    /// thousands of responses after an outage) to reach the CRL. Each holds only a weak
+    /// reference to the state.
     pub fn spawn_maintenance(self: &Arc<Self>) -> JoinHandle<()> {
+        let crl = self.spawn_loop("CRL", true, |me, _| me.rebuild_crl_blocking());
+        let ocsp = self.spawn_loop("OCSP refresh", false, |me, timer| {
+            if timer {
+                me.refresh_ocsp_blocking();
+            }
+        });
+        tokio::spawn(async move {
+            let (a, b) = tokio::join!(crl, ocsp);
+            for r in [a, b] {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "status maintenance task failed");
+                }
+            }
+        })
+    }
+
+    /// A loop that runs `pass` (blocking; `true` when the interval elapsed, `false` when woken
+    /// by a revocation, if `on_revocation`) until the state is dropped or stopping.
+    fn spawn_loop(
+        self: &Arc<Self>,
+        what: &'static str,
+        on_revocation: bool,
+        pass: fn(&StatusState, bool),
+    ) -> JoinHandle<()> {
         let weak = Arc::downgrade(self);
         let dirty = self.crl_dirty.clone();
         let interval = self.config.maintenance_interval;
@@ -452,19 +495,13 @@ impl StatusState {
                 }
                 let timer = tokio::select! {
                     _ = tokio::time::sleep_until(next) => true,
-                    _ = dirty.notified() => false,
+                    _ = dirty.notified(), if on_revocation => false,
                     _ = stopping.changed() => break,
                 };
                 let Some(me) = weak.upgrade() else { break };
-                let job = tokio::task::spawn_blocking(move || {
-                    if timer {
-                        me.maintain_blocking();
-                    } else if let Err(e) = me.crls.regenerate_if_due() {
-                        tracing::error!(error = %e, "CRL rebuild after revocation failed; retrying at the next pass");
-                    }
-                });
+                let job = tokio::task::spawn_blocking(move || pass(&me, timer));
                 if let Err(e) = job.await {
-                    tracing::error!(error = %e, "status maintenance task failed");
+                    tracing::error!(error = %e, task = what, "status maintenance pass failed");
                 }
                 if timer {
                     next = tokio::time::Instant::now() + interval;

@@ -54,6 +54,7 @@ pub struct Options {
     pub responder: ResponderConfig,
     pub external: Vec<ExternalResponse>,
     pub root_crl: Option<PathBuf>,
+    pub http: StatusConfig,
 }
 
 impl Default for Options {
@@ -63,6 +64,7 @@ impl Default for Options {
             responder: ResponderConfig::default(),
             external: vec![],
             root_crl: None,
+            http: StatusConfig::default(),
         }
     }
 }
@@ -85,7 +87,7 @@ pub async fn start(ca: &TestCa, opts: Options) -> Listener {
         crl: CrlConfig::default(),
         external_responses: opts.external,
         root_crl: opts.root_crl,
-        http: StatusConfig::default(),
+        http: opts.http,
     };
     let state = tokio::task::spawn_blocking(move || StatusState::build(setup))
         .await
