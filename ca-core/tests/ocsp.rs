@@ -157,6 +157,15 @@ fn responder(
     Responder::new(&ca.cert_der, key, ca.store.clone(), clock, config).unwrap()
 }
 
+/// What a server's start does: load, then (in the background, right after) the first pass
+/// signs what loading put on the re-sign backlog. The load's stats, and how many that pass
+/// signed.
+fn start(r: &Responder) -> (ca_core::ocsp::LoadStats, usize) {
+    let stats = r.load().unwrap();
+    let signed = r.refresh_backlog().unwrap().refreshed;
+    (stats, signed)
+}
+
 #[test]
 fn responder_presigns_at_issuance_and_resigns_at_revocation() {
     let ca = TestCa::new("Test Root");
@@ -169,10 +178,11 @@ fn responder_presigns_at_issuance_and_resigns_at_revocation() {
         Arc::new(SystemClock),
         ResponderConfig::default(),
     );
+    let (stats, signed) = start(&r);
     assert_eq!(
-        r.load().unwrap().signed,
-        2,
-        "both stored certificates signed at start"
+        (stats.signed, stats.queued, signed),
+        (0, 2, 2),
+        "both stored certificates queued at load and signed by the first pass: {stats:?}"
     );
     let before = ca.store.get_cert(&leaf.record.serial).unwrap().unwrap();
 
@@ -699,7 +709,8 @@ fn restart_reloads_stored_responses_without_resigning() {
         Arc::new(SystemClock),
         ResponderConfig::default(),
     );
-    assert_eq!(r.load().unwrap().signed, 5);
+    let (stats, signed) = start(&r);
+    assert_eq!((stats.queued, signed), (5, 5), "{stats:?}");
     drop(r);
     let r = responder(
         &ca,
@@ -757,7 +768,7 @@ fn refresh_resigns_before_staleness_with_injected_clock() {
         clock.clone(),
         config,
     );
-    r.load().unwrap();
+    start(&r);
     let first = r.cached(&leaf.record.serial).unwrap();
     clock.set(t0 + Duration::hours(1));
     assert_eq!(r.refresh_due().unwrap().refreshed, 0, "not due yet");
@@ -900,7 +911,7 @@ fn other_issuers_get_unauthorized_and_loaded_files_are_served() {
         Arc::new(SystemClock),
         ResponderConfig::default(),
     );
-    r.load().unwrap();
+    start(&r);
     // The intermediate's own status is the root's business: unauthorized until a file is loaded.
     let inter_pem = inter.cert_pem.clone();
     let req = openssl_request(&root, &[&inter_pem], "inter-req.der", &["-no_nonce"]);
@@ -1090,7 +1101,7 @@ fn responses_end_with_the_responder_certificate_and_none_are_signed_after_it() {
     };
     let clock = Arc::new(FixedClock::new(not_after - Duration::hours(3)));
     let r = responder(&ca, key.clone(), clock.clone(), config.clone());
-    r.load().unwrap();
+    start(&r);
     let a = r.cached(&long.serial).unwrap();
     assert_eq!(a.next_update(), Some(not_after));
     // Due by the usual rule, but re-signing cannot extend it: left alone.
@@ -1127,11 +1138,15 @@ fn a_follower_takes_only_what_its_own_key_signed_and_never_rolls_back() {
     let leaves: Vec<_> = (0..3).map(|i| ca.issue_leaf(&format!("leaf{i}"))).collect();
     let serial = |i: usize| leaves[i].record.serial.clone();
     let key = ResponderKey::ca(ca.signer_dyn());
-    let cfg = ResponderConfig::default;
+    // One response per certificate, so each can be attacked on its own.
+    let cfg = || ResponderConfig {
+        issuance_batch_max: 1,
+        ..Default::default()
+    };
     let a = responder(&ca, key.clone(), Arc::new(SystemClock), cfg());
-    a.load().unwrap();
+    start(&a);
     let b = responder(&ca, key.clone(), Arc::new(SystemClock), cfg());
-    b.load().unwrap();
+    start(&b);
     let served = |r: &Responder, i: usize| r.cached(&serial(i)).map(|a| a.der.clone());
 
     // 1. A tampered signature: refused, the answer served before stays.
@@ -1152,7 +1167,7 @@ fn a_follower_takes_only_what_its_own_key_signed_and_never_rolls_back() {
         Arc::new(SystemClock),
         cfg(),
     );
-    c.load().unwrap(); // stores its own responses for every certificate
+    start(&c); // stores its own responses for every certificate
     let s = b.follow_stored(&serial(1)).unwrap();
     assert_eq!((s.taken, s.refused), (0, 1), "{s:?}");
 
@@ -1262,4 +1277,65 @@ fn revoking_the_certificate_a_group_is_kept_under_keeps_a_persisted_answer_for_t
         again.cached(&first).unwrap().cert_status(),
         Some(CertStatus::Revoked { .. })
     ));
+}
+
+/// Start-up serves before it re-signs (issue 17's first finding: after an outage longer than
+/// the refresh margin every response was due, and a 500k store re-signed them one at a time,
+/// 202 s, before either listener accepted a connection): responses that are due but valid are
+/// served and left to the refresh pass; expired or missing ones go on the backlog, which the
+/// first pass signs in groups; only a status the store contradicts is signed at load.
+#[test]
+fn start_signs_nothing_that_can_wait_and_the_first_pass_signs_in_groups() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<_> = (0..20)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect();
+    let t0 = Utc::now();
+    let clock = Arc::new(FixedClock::new(t0));
+    let config = ResponderConfig {
+        validity: Duration::hours(4),
+        refresh_before: Duration::hours(2),
+        ..Default::default()
+    };
+    let key = ResponderKey::ca(ca.signer_dyn());
+    let (_, signed) = start(&responder(&ca, key.clone(), clock.clone(), config.clone()));
+    assert_eq!(signed, 20);
+
+    // Every response due (3 h of the 4 left behind), none expired: nothing signed at load,
+    // every certificate answered from the store.
+    clock.set(t0 + Duration::hours(3));
+    let r = responder(&ca, key.clone(), clock.clone(), config.clone());
+    let stats = r.load().unwrap();
+    assert_eq!((stats.signed, stats.queued), (0, 0), "{stats:?}");
+    for l in &leaves {
+        let a = r.cached(&l.record.serial).unwrap();
+        assert!(a.next_update().unwrap() > clock.now(), "served while valid");
+    }
+    assert_eq!(
+        r.refresh_due().unwrap().refreshed,
+        20,
+        "the pass re-signs them"
+    );
+
+    // Every response expired: queued at load, not served, signed by the first pass in groups.
+    clock.set(t0 + Duration::hours(9));
+    let r = responder(&ca, key, clock.clone(), config);
+    let stats = r.load().unwrap();
+    assert_eq!((stats.signed, stats.queued), (0, 20), "{stats:?}");
+    let now = clock.now();
+    assert!(leaves.iter().all(|l| r
+        .cached(&l.record.serial)
+        .is_none_or(|a| a.next_update().is_some_and(|n| n <= now))));
+    assert_eq!(r.refresh_backlog().unwrap().refreshed, 20);
+    let mut distinct = std::collections::HashSet::new();
+    for l in &leaves {
+        let a = r.cached(&l.record.serial).unwrap();
+        assert!(a.next_update().unwrap() > now);
+        distinct.insert(a.der.clone());
+    }
+    assert!(
+        distinct.len() <= 20_usize.div_ceil(ResponderConfig::default().issuance_batch_max),
+        "signed one by one: {} responses",
+        distinct.len()
+    );
 }

@@ -453,14 +453,16 @@ impl StatusState {
     ///
     /// - the CRL task rebuilds the CRL right after each revocation (coalesced) and checks
     ///   every [`StatusConfig::maintenance_interval`] whether it is due;
-    /// - the OCSP task re-signs due responses every interval.
+    /// - the OCSP task re-signs due responses every interval, the first time right away (what
+    ///   start-up put on the re-sign backlog).
     ///
     /// Apart, so that a revocation never waits for a long re-signing pass (hundreds of
     /// thousands of responses after an outage) to reach the CRL. Each holds only a weak
     /// reference to the state.
     pub fn spawn_maintenance(self: &Arc<Self>) -> JoinHandle<()> {
-        let crl = self.spawn_loop("CRL", true, |me, _| me.rebuild_crl_blocking());
-        let ocsp = self.spawn_loop("OCSP refresh", false, |me, timer| {
+        let crl = self.spawn_loop("CRL", true, false, |me, _| me.rebuild_crl_blocking());
+        // The first OCSP pass right away: it signs what start-up left on the backlog.
+        let ocsp = self.spawn_loop("OCSP refresh", false, true, |me, timer| {
             if timer {
                 me.refresh_ocsp_blocking();
             }
@@ -476,11 +478,13 @@ impl StatusState {
     }
 
     /// A loop that runs `pass` (blocking; `true` when the interval elapsed, `false` when woken
-    /// by a revocation, if `on_revocation`) until the state is dropped or stopping.
+    /// by a revocation, if `on_revocation`) until the state is dropped or stopping; the first
+    /// timed pass at once if `first_now`, else after one interval.
     fn spawn_loop(
         self: &Arc<Self>,
         what: &'static str,
         on_revocation: bool,
+        first_now: bool,
         pass: fn(&StatusState, bool),
     ) -> JoinHandle<()> {
         let weak = Arc::downgrade(self);
@@ -488,7 +492,10 @@ impl StatusState {
         let interval = self.config.maintenance_interval;
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
-            let mut next = tokio::time::Instant::now() + interval;
+            let mut next = tokio::time::Instant::now();
+            if !first_now {
+                next += interval;
+            }
             loop {
                 if *stopping.borrow_and_update() {
                     break;

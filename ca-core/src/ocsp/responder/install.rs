@@ -38,9 +38,20 @@ pub(super) struct Installer<'a> {
 impl Installer<'_> {
     /// Sign, persist durably, then serve (the caller holds the serial's sign lock).
     pub(super) fn sign_and_install(&self, serial: &[u8], status: &CertStatus) -> Result<()> {
+        self.sign_and_install_as(serial, status, Persist::Durable)
+    }
+
+    /// [`Installer::sign_and_install`], persisted as `persist` says (the refresh pass writes
+    /// lazily and flushes once at its end).
+    pub(super) fn sign_and_install_as(
+        &self,
+        serial: &[u8],
+        status: &CertStatus,
+        persist: Persist,
+    ) -> Result<()> {
         let serial = serial_magnitude(serial);
         let answer = self.signing.sign_canonical(&[serial], status)?;
-        self.install(serial, answer, Persist::Durable)
+        self.install(serial, answer, persist)
     }
 
     /// One response (status good) for every certificate of `recs` that has none yet; returns

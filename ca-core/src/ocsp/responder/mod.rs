@@ -82,8 +82,11 @@ pub struct LoadStats {
     pub loaded: usize,
     /// Stored responses ignored (other responder key or issuer, undecodable).
     pub discarded: usize,
-    /// Responses signed because none was stored, it was stale, or the status had changed.
+    /// Responses signed because the stored one's status disagreed with the store.
     pub signed: usize,
+    /// Certificates without an unexpired stored response: put on the re-sign backlog, which
+    /// the first refresh pass signs (in groups) after start instead of before it.
+    pub queued: usize,
     /// Responses that needed a signature but the key could not sign (the HSM is away): put
     /// on the re-sign backlog instead.
     pub deferred: usize,
@@ -213,9 +216,12 @@ impl Responder {
     }
 
     /// Fill the cache at start: take the stored responses that this key signed for this
-    /// issuer, then sign what is missing, stale (within `refresh_before` of nextUpdate) or out
-    /// of date with the store (revoked since), for every unexpired certificate. A restart
-    /// therefore signs only what changed.
+    /// issuer; sign now only those out of date with the store (revoked since); put the
+    /// unexpired certificates without an unexpired response on the re-sign backlog (the first
+    /// refresh pass signs them, in groups, right after start); leave responses within
+    /// `refresh_before` of their nextUpdate to the refresh pass. Serving starts without waiting
+    /// for bulk re-signing (an outage longer than the refresh margin made every response due:
+    /// 500,000 of them took 202 s to re-sign one at a time before this).
     pub fn load(&self) -> Result<LoadStats> {
         let own_key_hash = key_hash(self.signing.key().signer().public_key_bits());
         let (loaded, discarded) =
@@ -225,25 +231,42 @@ impl Responder {
             loaded,
             discarded,
             signed: 0,
+            queued: 0,
             deferred: 0,
         };
         let now = self.signing.now();
         let mut todo = Vec::new();
+        let mut queued = Vec::new();
         self.store.for_each_cert(&mut |rec| {
             if rec.not_after <= now {
                 return Ok(());
             }
             let status = rec.cert_status();
-            let up_to_date = self.cached(&rec.serial).is_some_and(|a| {
-                a.next_update()
-                    .is_some_and(|n| n > now && !self.signing.refresh_wanted(n, now))
-                    && a.cert_status().is_some_and(|s| same_status(s, &status))
-            });
-            if !up_to_date {
-                todo.push(rec.serial);
+            match self.cached(&rec.serial) {
+                // Another status than the store's (a revocation the stored answer missed):
+                // signed now, before anything is served.
+                Some(a) if a.cert_status().is_some_and(|s| !same_status(s, &status)) => {
+                    todo.push(rec.serial);
+                }
+                // Right and unexpired: served; the refresh pass re-signs it when due.
+                Some(a) if a.next_update().is_some_and(|n| n > now) => {}
+                // None, or expired (dropped: never served again, and the group signing of
+                // the backlog signs only serials without an answer): the re-sign backlog,
+                // which the first refresh pass (right after start, in the background) signs
+                // in groups; meanwhile a request is answered by live signing within its
+                // budget, or `tryLater`.
+                cached => {
+                    let magnitude = serial_magnitude(&rec.serial);
+                    if cached.is_some() {
+                        self.cache.remove(magnitude);
+                    }
+                    queued.push(magnitude.to_vec());
+                }
             }
             Ok(())
         })?;
+        stats.queued = queued.len();
+        self.refresher.add(queued.iter().map(Vec::as_slice));
         let inst = self.installer();
         for serial in todo {
             let magnitude = serial_magnitude(&serial).to_vec();
@@ -284,6 +307,7 @@ impl Responder {
             loaded = stats.loaded,
             discarded = stats.discarded,
             signed = stats.signed,
+            queued = stats.queued,
             deferred = stats.deferred,
             "OCSP responder loaded"
         );

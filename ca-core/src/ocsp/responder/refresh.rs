@@ -11,7 +11,7 @@
 
 use super::super::serial_magnitude;
 use super::external::ExternalResponses;
-use super::install::Installer;
+use super::install::{Installer, Persist};
 use crate::error::Result;
 use crate::store::{CertRecord, RecordStatus};
 use std::collections::BTreeSet;
@@ -124,7 +124,9 @@ impl Refresher {
             let stale = inst.cache.get(&serial).is_none_or(|a| !a.fresh(now));
             match inst.store.get_cert(&serial) {
                 Ok(Some(rec)) if rec.not_after > now => {
-                    match inst.sign_and_install(&rec.serial, &rec.cert_status()) {
+                    // Written without a flush each; one flush at the end of the pass (a crash
+                    // before it leaves the previous, still valid, responses in the store).
+                    match inst.sign_and_install_as(&rec.serial, &rec.cert_status(), Persist::Lazy) {
                         Ok(()) => stats.refreshed += 1,
                         Err(e) => {
                             tracing::error!(serial = %hex::encode(&serial), error = %e, "re-signing OCSP response failed");
@@ -141,6 +143,11 @@ impl Refresher {
                     tracing::error!(serial = %hex::encode(&serial), error = %e, "store lookup for OCSP refresh failed");
                     stats.failed += 1;
                 }
+            }
+        }
+        if stats.refreshed > 0 {
+            if let Err(e) = inst.store.flush() {
+                tracing::error!(error = %e, "flushing re-signed OCSP responses failed; they are served, and signed again after a restart");
             }
         }
         inst.unknown.prune(now);
