@@ -69,7 +69,9 @@ fn stateless_responder_serves_delegated_answers_and_fails_closed() {
         ResponderConfig::default(),
     )
     .unwrap();
+    // A signing node's start: load, then the first pass signs the certificates' answers.
     signing.load().unwrap();
+    signing.refresh_backlog().unwrap();
 
     let stateless = StatelessResponder::new(
         &ca.cert_der,
