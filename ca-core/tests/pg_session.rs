@@ -110,3 +110,25 @@ fn a_deferral_whose_flush_fails_reports_it() {
     let err = s.end_deferred().unwrap_err();
     assert!(err.is_store_unavailable(), "{err}");
 }
+
+/// A stateless responder opens the store as a reader: it never migrates, so a schema older
+/// than the binary (or none) is refused with what to do, and nothing is created.
+#[test]
+fn a_reader_never_migrates_and_refuses_a_schema_it_does_not_know() {
+    let server = PgServer::shared().unwrap();
+    let db = server.fresh_database().unwrap();
+    let err = PgStore::open_reader(db.url(), 1).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("version 0") && msg.contains("never migrates"),
+        "{msg}"
+    );
+    // Nothing was created by the refused reader: a node then migrates from scratch.
+    drop(PgStore::open(db.url()).unwrap());
+    assert!(PgStore::open_reader(db.url(), 1).is_ok());
+    // A schema newer than the binary is refused too.
+    db.execute("INSERT INTO schema_version (version) VALUES (1000)")
+        .unwrap();
+    let msg = format!("{:#}", PgStore::open_reader(db.url(), 1).unwrap_err());
+    assert!(msg.contains("newer than this binary knows"), "{msg}");
+}

@@ -399,8 +399,8 @@ pub async fn start(
                 let opened = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn Store>> {
                     let url = url.read()?;
                     Ok(Arc::new(
-                        PgStore::open_with_pool_size(&url, pool)
-                            .context("opening the PostgreSQL store (store.url)")?,
+                        PgStore::open_reader(&url, pool)
+                            .context("opening the PostgreSQL store to read it (store.url)")?,
                     ))
                 })
                 .await;

@@ -451,9 +451,35 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
     let rcfg = responder_config(&pki, dir.path(), port, URL_ENV, "postgres");
     assert!(!std::fs::read_to_string(&rcfg).unwrap().contains("[hsm]"));
     let url = db.url().to_string();
+    // The responder's credential may only read (a role with nothing but SELECT; where the
+    // test database is not a throwaway cluster, the nodes' URL).
+    let reader = tokio::task::block_in_place(|| db.reader_url()).expect("a reader role");
+    if let Some(reader) = &reader {
+        let r = reader.clone();
+        let write = blocking(move || {
+            let s = PgStore::open_reader(&r, 1).expect("the reader opens the store");
+            s.try_lease("reader-write", "test", Duration::from_secs(1))
+                .map_err(|e| {
+                    // The whole chain: the database's own message is the innermost.
+                    let mut msg = e.to_string();
+                    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                    while let Some(c) = cur {
+                        msg.push_str(&format!(": {c}"));
+                        cur = c.source();
+                    }
+                    msg
+                })
+        });
+        assert!(
+            write
+                .as_ref()
+                .is_err_and(|e| e.contains("permission denied")),
+            "the reader role could write: {write:?}"
+        );
+    }
     let resp = Responder::start(
         &rcfg,
-        &[(URL_ENV, url.as_str())],
+        &[(URL_ENV, reader.as_deref().unwrap_or(url.as_str()))],
         dir.path().join("responder.log"),
         port,
     );
@@ -866,11 +892,26 @@ fn stateless_responder_refuses_sled_and_waits_for_the_database() {
     assert_eq!(resp.get("/ca.crt").0, 200);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(resp.get("/readyz").0, 503);
-    // The database comes up (on the address the responder was given).
+    // The database comes up (on the address the responder was given), without a schema: the
+    // responder never migrates, it waits for a signing node to.
     forward(
         std::net::TcpListener::bind(("127.0.0.1", dead)).unwrap(),
         real,
     );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        resp.get("/readyz").0,
+        503,
+        "ready on a database without the schema"
+    );
+    assert!(
+        std::fs::read_to_string(dir.path().join("late.log"))
+            .unwrap()
+            .contains("never migrates"),
+        "the log does not say why it is not ready"
+    );
+    // A signing node migrates it.
+    drop(PgStore::open(db.url()).expect("a node migrates"));
     resp.wait_ready(Duration::from_secs(90));
     // Ready, and a serial the (empty) store does not know is `unauthorized`.
     assert_eq!(verdict(&resp.ocsp(&req)), "Unauthorized");

@@ -442,6 +442,29 @@ impl TestDatabase {
         &self.url
     }
 
+    /// A URL of this database for a new role that may only read it (`SELECT` on the tables
+    /// that exist now, no other privilege), on a throwaway cluster (trust authentication
+    /// there); `None` on `CA_TEST_DATABASE_URL`, where a test must not create roles.
+    pub fn reader_url(&self) -> Result<Option<String>, Error> {
+        if !self.server.is_throwaway() {
+            return Ok(None);
+        }
+        let role = format!("{}_reader", self.name);
+        self.execute(&format!(
+            "CREATE ROLE {role} LOGIN; \
+             GRANT CONNECT ON DATABASE {db} TO {role}; \
+             GRANT USAGE ON SCHEMA public TO {role}; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+            db = self.name
+        ))?;
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .ok_or_else(|| err("database URL without a scheme"))?;
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        Ok(Some(format!("{scheme}://{role}@{host}")))
+    }
+
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name

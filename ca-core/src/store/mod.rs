@@ -24,7 +24,7 @@ mod sled_store;
 pub use feed::{Change, FeedClosed, Subscription};
 #[cfg(feature = "postgres")]
 pub use pg_store::{
-    PgImport, PgStore, SchemaTooNew, StoreCounts, TargetNotEmpty, CHECKOUT_TIMEOUT,
+    PgImport, PgStore, SchemaTooNew, SchemaTooOld, StoreCounts, TargetNotEmpty, CHECKOUT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, SCHEMA_VERSION,
 };
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};

@@ -206,6 +206,19 @@ pub struct SchemaTooNew {
     pub known: i32,
 }
 
+/// A reader ([`PgStore::open_reader`]) found an older schema than this binary knows, or none.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database schema is version {found}, this binary needs {known}: a stateless responder \
+     never migrates; upgrade and start the signing nodes first (they migrate the schema)"
+)]
+pub struct SchemaTooOld {
+    /// The version found in `schema_version` (0: no schema yet).
+    pub found: i32,
+    /// [`SCHEMA_VERSION`].
+    pub known: i32,
+}
+
 /// The store is being dropped.
 #[derive(Debug, thiserror::Error)]
 #[error("the store is closed")]
@@ -318,6 +331,48 @@ impl PgStore {
 
     /// [`PgStore::open`] with a pool of `size` connections.
     pub fn open_with_pool_size(url: &str, size: u32) -> Result<Self> {
+        let store = Self::connect(url, size)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Open the store to read it only (a stateless OCSP responder): no migration, so a role
+    /// with nothing but `SELECT` on the tables will do, and a schema other than this binary's
+    /// is refused ([`SchemaTooOld`], [`SchemaTooNew`]), with a pool of `size` connections.
+    pub fn open_reader(url: &str, size: u32) -> Result<Self> {
+        let store = Self::connect(url, size)?;
+        let found: i32 = match store
+            .read_conn()?
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        {
+            Ok(row) => row.get(0),
+            // undefined_table: nothing was ever migrated here.
+            Err(e) if e.code().is_some_and(|c| c.code() == "42P01") => 0,
+            Err(e) => return Err(Error::store("schema version", e)),
+        };
+        if found > SCHEMA_VERSION {
+            return Err(Error::store(
+                "schema version",
+                SchemaTooNew {
+                    found,
+                    known: SCHEMA_VERSION,
+                },
+            ));
+        }
+        if found < SCHEMA_VERSION {
+            return Err(Error::store(
+                "schema version",
+                SchemaTooOld {
+                    found,
+                    known: SCHEMA_VERSION,
+                },
+            ));
+        }
+        Ok(store)
+    }
+
+    /// The pools, nothing read or written yet.
+    fn connect(url: &str, size: u32) -> Result<Self> {
         let mut config: postgres::Config = url.parse().map_err(pg("parse database URL"))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
@@ -355,7 +410,6 @@ impl PgStore {
             listener,
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
         };
-        store.migrate()?;
         Ok(store)
     }
 
