@@ -14,6 +14,7 @@
 //! once it returns (invariant 2).
 
 mod codec;
+mod deferral;
 mod feed;
 #[cfg(feature = "postgres")]
 mod pg_listen;

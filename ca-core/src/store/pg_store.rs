@@ -54,9 +54,7 @@ pub(crate) use conn::Db;
 use conn::{ReadWriteManager, SessionSetup};
 use r2d2_postgres::postgres::{self, IsolationLevel, NoTls};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
-use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 mod audit_batch;
 mod conn;
@@ -246,22 +244,6 @@ impl Drop for PgStore {
 #[error("{0} is out of the range the PostgreSQL store keeps")]
 struct OutOfRange(&'static str);
 
-/// A deferral of durability on one thread for one store ([`Durability::begin_deferred`]).
-struct Deferral {
-    store: u64,
-    depth: u32,
-    /// A session was lent with `synchronous_commit = off` since the last durable commit on
-    /// this thread.
-    pending: bool,
-}
-
-thread_local! {
-    static DEFERRALS: RefCell<Vec<Deferral>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Distinguishes stores in [`DEFERRALS`].
-static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
-
 type Pool = r2d2::Pool<ReadWriteManager>;
 type Conn = r2d2::PooledConnection<ReadWriteManager>;
 
@@ -281,7 +263,7 @@ pub struct PgStore {
     audit_batch: AuditBatch,
     /// The change feed's listening session ([`ChangeFeed`]).
     listener: Listener,
-    /// This store among others in the process ([`DEFERRALS`]).
+    /// This store among others in the process (`super::deferral`).
     id: u64,
 }
 
@@ -408,7 +390,7 @@ impl PgStore {
             audit_head: std::sync::Mutex::new(None),
             audit_batch: AuditBatch::default(),
             listener,
-            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            id: super::deferral::store_id(),
         };
         Ok(store)
     }
@@ -427,16 +409,7 @@ impl PgStore {
     /// A pooled session for any statement: it commits durably unless this thread defers
     /// ([`Durability::begin_deferred`]; the deferral's end then makes the writes durable).
     fn conn(&self) -> Result<Conn> {
-        let deferred = DEFERRALS.with(|d| {
-            let mut d = d.borrow_mut();
-            match d.iter_mut().find(|x| x.store == self.id) {
-                Some(x) => {
-                    x.pending = true;
-                    true
-                }
-                None => false,
-            }
-        });
+        let deferred = super::deferral::note_write(self.id);
         let mut c = self.pooled()?;
         c.set_synchronous_commit(!deferred)
             .map_err(pg("database connection"))?;
@@ -460,11 +433,7 @@ impl PgStore {
     /// Every write this thread deferred so far is durable now (a durable commit came after
     /// them).
     fn deferred_writes_durable(&self) {
-        DEFERRALS.with(|d| {
-            if let Some(x) = d.borrow_mut().iter_mut().find(|x| x.store == self.id) {
-                x.pending = false;
-            }
-        });
+        super::deferral::writes_durable(self.id);
     }
 
     /// Create or upgrade the schema, in one transaction under an advisory lock (nodes
@@ -1399,32 +1368,11 @@ impl Durability for PgStore {
     }
 
     fn begin_deferred(&self) {
-        DEFERRALS.with(|d| {
-            let mut d = d.borrow_mut();
-            match d.iter_mut().find(|x| x.store == self.id) {
-                Some(x) => x.depth += 1,
-                None => d.push(Deferral {
-                    store: self.id,
-                    depth: 1,
-                    pending: false,
-                }),
-            }
-        });
+        super::deferral::begin(self.id);
     }
 
     fn end_deferred(&self) -> Result<()> {
-        let flush = DEFERRALS.with(|d| {
-            let mut d = d.borrow_mut();
-            let Some(i) = d.iter().position(|x| x.store == self.id) else {
-                return false;
-            };
-            d[i].depth -= 1;
-            if d[i].depth > 0 {
-                return false;
-            }
-            d.swap_remove(i).pending
-        });
-        if flush {
+        if super::deferral::end(self.id) {
             self.flush()?;
         }
         Ok(())

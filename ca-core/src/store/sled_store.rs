@@ -26,10 +26,8 @@ use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
 use chrono::{DateTime, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 const META_CRL_NUMBER: &[u8] = b"crl_number";
@@ -54,21 +52,6 @@ struct CommitState {
     requested: u64,
     done: u64,
     flushing: bool,
-}
-
-/// Distinguishes stores in the per-thread deferral list (tests open several per process).
-static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A deferral ([`super::deferred`]) open on this thread for one store.
-struct Deferral {
-    store: u64,
-    depth: u32,
-    /// A write was made and not flushed yet.
-    pending: bool,
-}
-
-thread_local! {
-    static DEFERRALS: RefCell<Vec<Deferral>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Certificates, tokens, revocations and the audit log in a sled database on disk.
@@ -216,7 +199,7 @@ impl SledStore {
             audit_head: Mutex::new(None),
             commit: Mutex::new(CommitState::default()),
             committed: Condvar::new(),
-            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            id: super::deferral::store_id(),
             dir: dir.to_path_buf(),
             fault: Mutex::new(None),
         };
@@ -261,16 +244,7 @@ impl SledStore {
     /// Make every write completed before this call durable (group commit), or, inside a
     /// deferral on this thread, note that the deferral's end must flush.
     fn durable(&self) -> Result<()> {
-        let deferred = DEFERRALS.with(|d| {
-            let mut d = d.borrow_mut();
-            match d.iter_mut().find(|x| x.store == self.id) {
-                Some(x) => {
-                    x.pending = true;
-                    true
-                }
-                None => false,
-            }
-        });
+        let deferred = super::deferral::note_write(self.id);
         if deferred {
             return Ok(());
         }
@@ -1091,32 +1065,11 @@ impl Durability for SledStore {
     }
 
     fn begin_deferred(&self) {
-        DEFERRALS.with(|d| {
-            let mut d = d.borrow_mut();
-            match d.iter_mut().find(|x| x.store == self.id) {
-                Some(x) => x.depth += 1,
-                None => d.push(Deferral {
-                    store: self.id,
-                    depth: 1,
-                    pending: false,
-                }),
-            }
-        });
+        super::deferral::begin(self.id);
     }
 
     fn end_deferred(&self) -> Result<()> {
-        let flush = DEFERRALS.with(|d| {
-            let mut d = d.borrow_mut();
-            let Some(i) = d.iter().position(|x| x.store == self.id) else {
-                return false;
-            };
-            d[i].depth -= 1;
-            if d[i].depth > 0 {
-                return false;
-            }
-            d.swap_remove(i).pending
-        });
-        if flush {
+        if super::deferral::end(self.id) {
             self.flush_group()?;
         }
         Ok(())
