@@ -175,6 +175,16 @@ impl std::fmt::Debug for StatusState {
     }
 }
 
+/// Dropping the state stops and joins its threads (see [`StatusState::close_blocking`]), so the
+/// responder is never dropped last by the issuance signer thread: that drop closes PKCS#11
+/// sessions, and a process exiting meanwhile (a test harness, an embedding program that never
+/// called `close_blocking`) ran SoftHSM's destructors under it and died of SIGSEGV.
+impl Drop for StatusState {
+    fn drop(&mut self) {
+        self.close_blocking();
+    }
+}
+
 impl StatusState {
     /// Assemble the status listener's state. Blocking (HSM, store): run it before the runtime
     /// starts or in `spawn_blocking`. Fails closed on a bad key, certificate or external
