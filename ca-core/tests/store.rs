@@ -767,6 +767,13 @@ fn ocsp_responses_are_replaced_and_visited(place: Place) {
         s.put_ocsp_response(&ocsp_response(2, 1)).unwrap();
         s.put_ocsp_response(&ocsp_response(1, 2)).unwrap();
         s.put_ocsp_response_lazy(&ocsp_response(3, 1)).unwrap();
+        // A group response, kept under each serial it covers, in one write.
+        s.put_ocsp_responses_lazy(&[
+            ocsp_response(4, 5),
+            ocsp_response(5, 5),
+            ocsp_response(2, 5),
+        ])
+        .unwrap();
         s.flush().unwrap();
     }
     let s = place.open();
@@ -781,8 +788,10 @@ fn ocsp_responses_are_replaced_and_visited(place: Place) {
         seen,
         vec![
             ocsp_response(1, 2),
-            ocsp_response(2, 1),
-            ocsp_response(3, 1)
+            ocsp_response(2, 5),
+            ocsp_response(3, 1),
+            ocsp_response(4, 5),
+            ocsp_response(5, 5)
         ]
     );
     assert_eq!(
@@ -890,8 +899,10 @@ fn the_change_feed_tells_revocations_ocsp_responses_and_crls(place: Place) {
     assert!(s.put_crl(&stored_crl(FULL_CRL, 5)).unwrap());
     assert!(!s.put_crl(&stored_crl(FULL_CRL, 4)).unwrap());
     s.put_ocsp_response_lazy(&ocsp_response(8, 1)).unwrap();
+    s.put_ocsp_responses_lazy(&[ocsp_response(10, 1), ocsp_response(11, 1)])
+        .unwrap();
     let mut got = Vec::new();
-    while got.len() < 4 {
+    while got.len() < 6 {
         match sub.recv_timeout(StdDuration::from_secs(5)).unwrap() {
             Some(c) => got.push(c),
             None => panic!("only {got:?} arrived"),
@@ -907,6 +918,8 @@ fn the_change_feed_tells_revocations_ocsp_responses_and_crls(place: Place) {
                 number: 5
             },
             Change::OcspResponse(8u16.to_be_bytes().to_vec()),
+            Change::OcspResponse(10u16.to_be_bytes().to_vec()),
+            Change::OcspResponse(11u16.to_be_bytes().to_vec()),
         ]
     );
     assert_eq!(

@@ -641,6 +641,11 @@ pub struct OcspSection {
     /// "Bounded resources".
     #[serde(default)]
     pub memo_max_bytes: Option<usize>,
+    /// Most pre-signed answers kept in memory (default 200 000; 1 to 50 000 000). The others
+    /// are read back from the store, without a signature, when asked about. See README "OCSP
+    /// answer cache".
+    #[serde(default)]
+    pub cache_max_entries: Option<usize>,
     /// Stateless responders (`ca-server ocsp`) only: time between full re-reads of the store,
     /// the safety net behind its change feed (default 5m; 10s to 24h). `serve` ignores it.
     #[serde(default)]
@@ -663,6 +668,9 @@ impl OcspSection {
         }
         if let Some(n) = self.memo_max_bytes {
             c.memo_max_bytes = n;
+        }
+        if let Some(n) = self.cache_max_entries {
+            c.cache_max_entries = n;
         }
         c
     }
@@ -1101,6 +1109,13 @@ impl ServerConfig {
             .is_some_and(|n| n > 1024 * 1024 * 1024)
         {
             return Err(invalid("ocsp.memo_max_bytes", "at most 1 GiB"));
+        }
+        if self
+            .ocsp
+            .cache_max_entries
+            .is_some_and(|n| !(1..=50_000_000).contains(&n))
+        {
+            return Err(invalid("ocsp.cache_max_entries", "between 1 and 50000000"));
         }
         self.ocsp
             .responder_config()

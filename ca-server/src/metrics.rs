@@ -532,3 +532,99 @@ impl prometheus_client::encoding::EncodeMetric for MemoMetric {
         }
     }
 }
+
+/// The OCSP answer cache, read at each scrape: `ca_ocsp_cache_entries` and
+/// `ca_ocsp_cache_max_entries` (gauges), `ca_ocsp_cache_hits`, `ca_ocsp_cache_misses`,
+/// `ca_ocsp_cache_store_reads` and `ca_ocsp_cache_evictions` (counters). The hit rate is
+/// hits / (hits + misses); misses answered without a signature are the store reads.
+#[derive(Debug)]
+pub struct AnswerCacheMetric {
+    responder: Arc<ca_core::ocsp::Responder>,
+    what: CacheField,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum CacheField {
+    Entries,
+    MaxEntries,
+    Hits,
+    Misses,
+    StoreReads,
+    Evictions,
+}
+
+impl AnswerCacheMetric {
+    /// Register the six metrics for `responder`.
+    pub fn register(metrics: &Metrics, responder: &Arc<ca_core::ocsp::Responder>) {
+        for (name, help, what) in [
+            (
+                "ca_ocsp_cache_entries",
+                "Pre-signed OCSP answers in memory",
+                CacheField::Entries,
+            ),
+            (
+                "ca_ocsp_cache_max_entries",
+                "Bound on the OCSP answers in memory (ocsp.cache_max_entries)",
+                CacheField::MaxEntries,
+            ),
+            (
+                "ca_ocsp_cache_hits",
+                "OCSP requests answered from memory",
+                CacheField::Hits,
+            ),
+            (
+                "ca_ocsp_cache_misses",
+                "OCSP requests about this CA's certificates with no fresh answer in memory",
+                CacheField::Misses,
+            ),
+            (
+                "ca_ocsp_cache_store_reads",
+                "OCSP cache misses answered from the stored response, without a signature",
+                CacheField::StoreReads,
+            ),
+            (
+                "ca_ocsp_cache_evictions",
+                "OCSP answers evicted from memory to stay under the bound",
+                CacheField::Evictions,
+            ),
+        ] {
+            metrics.register(
+                name,
+                help,
+                AnswerCacheMetric {
+                    responder: responder.clone(),
+                    what,
+                },
+            );
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for AnswerCacheMetric {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let s = self.responder.cache_stats();
+        let counter = |encoder: &mut prometheus_client::encoding::MetricEncoder, v: u64| {
+            encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&v, None)
+        };
+        match self.what {
+            CacheField::Entries => encoder.encode_gauge(&(s.entries as i64)),
+            CacheField::MaxEntries => encoder.encode_gauge(&(s.max_entries as i64)),
+            CacheField::Hits => counter(&mut encoder, s.hits),
+            CacheField::Misses => counter(&mut encoder, s.misses),
+            CacheField::StoreReads => counter(&mut encoder, s.store_reads),
+            CacheField::Evictions => counter(&mut encoder, s.evictions),
+        }
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        match self.what {
+            CacheField::Entries | CacheField::MaxEntries => {
+                prometheus_client::metrics::MetricType::Gauge
+            }
+            _ => prometheus_client::metrics::MetricType::Counter,
+        }
+    }
+}

@@ -366,6 +366,7 @@ fn status_integration_with(
         parts.clock.clone(),
     );
     crate::metrics::MemoMetric::register(&parts.metrics, state.responder());
+    crate::metrics::AnswerCacheMetric::register(&parts.metrics, state.responder());
     let maintenance = state.spawn_maintenance();
     Ok(StatusParts {
         router: crate::status::router(state.clone()),

@@ -52,8 +52,8 @@ mod signer_cert;
 pub use build::{parse_response, sign_response, ParsedResponse};
 pub use request::{parse_request, OcspRequestError, ParsedRequest, RequestedCert};
 pub use responder::{
-    AnswerKind, ArchivedCrl, ExternalResponse, FollowStats, IssuanceSigningStats, IssuedTicket,
-    LiveRequest, LoadStats, Lookup, MemoStats, OcspAnswer, RefreshStats, Responder,
+    AnswerKind, ArchivedCrl, CacheStats, ExternalResponse, FollowStats, IssuanceSigningStats,
+    IssuedTicket, LiveRequest, LoadStats, Lookup, MemoStats, OcspAnswer, RefreshStats, Responder,
     ResponderConfig, ResponderKey, SignerCertStatus, StatelessConfig, StatelessResponder,
     StatelessStats, TransportCache,
 };

@@ -69,7 +69,9 @@ pub(super) fn note_write(store: u64) -> bool {
     )
 }
 
-/// Every write this thread deferred for `store` so far is durable now.
+/// Every write this thread deferred for `store` so far is durable now (the PostgreSQL
+/// store's audit group or flush says so; sled flushes at the deferral's end).
+#[cfg(feature = "postgres")]
 pub(super) fn writes_durable(store: u64) {
     DEFERRALS.with(|d| {
         if let Some(x) = d.borrow_mut().iter_mut().find(|x| x.store == store) {

@@ -558,6 +558,13 @@ pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
     fn put_ocsp_response_lazy(&self, resp: &StoredOcspResponse) -> Result<()> {
         self.put_ocsp_response(resp)
     }
+    /// [`OcspResponseStore::put_ocsp_response_lazy`] for several responses (one group
+    /// response kept under each serial it covers), in one round trip where the store can.
+    fn put_ocsp_responses_lazy(&self, resps: &[StoredOcspResponse]) -> Result<()> {
+        resps
+            .iter()
+            .try_for_each(|r| self.put_ocsp_response_lazy(r))
+    }
     /// Visit all kept OCSP responses.
     fn for_each_ocsp_response(
         &self,

@@ -908,6 +908,37 @@ impl OcspResponseStore for PgStore {
         self.put_ocsp(resp, false, true).map(drop)
     }
 
+    fn put_ocsp_responses_lazy(&self, resps: &[StoredOcspResponse]) -> Result<()> {
+        if resps.len() < 2 {
+            return resps
+                .iter()
+                .try_for_each(|r| self.put_ocsp_response_lazy(r));
+        }
+        let mut c = self.pooled()?;
+        c.set_synchronous_commit(false)
+            .map_err(pg("put OCSP responses"))?;
+        let serials: Vec<&[u8]> = resps.iter().map(|r| r.serial.as_slice()).collect();
+        let recs = resps
+            .iter()
+            .map(codec::encode_ocsp)
+            .collect::<Result<Vec<_>>>()?;
+        let changes: Vec<String> = resps
+            .iter()
+            .map(|r| Change::OcspResponse(r.serial.clone()).encode(self.listener.origin()))
+            .collect();
+        // One statement: the rows, then one notification each (a data-modifying CTE runs
+        // whether or not the outer query reads it).
+        c.execute(
+            "WITH w AS (INSERT INTO ocsp_responses (serial, rec) \
+             SELECT s, r FROM unnest($1::bytea[], $2::bytea[]) AS t(s, r) \
+             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec RETURNING 1) \
+             SELECT pg_notify($3, n) FROM unnest($4::text[]) AS n",
+            &[&serials, &recs, &CHANNEL, &changes],
+        )
+        .map_err(pg("put OCSP responses"))?;
+        Ok(())
+    }
+
     fn for_each_ocsp_response(
         &self,
         f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,

@@ -186,6 +186,11 @@ fn connection_limits_are_validated_and_errors_name_the_key() {
             "[ocsp]\nmemo_max_bytes = 2000000000\n",
             "ocsp.memo_max_bytes",
         ),
+        ("[ocsp]\ncache_max_entries = 0\n", "ocsp.cache_max_entries"),
+        (
+            "[ocsp]\ncache_max_entries = 60000000\n",
+            "ocsp.cache_max_entries",
+        ),
     ] {
         let cfg = ServerConfig::parse(&format!("{MINIMAL}\n{extra}")).expect("parses");
         let err = cfg.validate().expect_err(extra).to_string();

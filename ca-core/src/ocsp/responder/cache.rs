@@ -1,5 +1,11 @@
-//! The answer cache: the pre-signed answer of every certificate, by serial, in memory; the
+//! The answer cache: pre-signed answers by serial, in memory, bounded in entries; the
 //! per-serial sign locks that order writes to it; and the request memo in front of it.
+//!
+//! The cache holds at most [`super::ResponderConfig::cache_max_entries`] answers (memory does
+//! not grow with the number of certificates): past the bound an arbitrary answer of the same
+//! shard is evicted. Every answer it holds is also in the store (persisted before it is
+//! served, `install.rs`), so an evicted or never-loaded answer is read back from the store on
+//! the next request about it, without a signature (`Responder::answer_live`).
 //!
 //! Invariants:
 //! - A lookup takes one shard read lock (plus the memo's read lock) and clones one `Arc`: no
@@ -18,6 +24,7 @@ use crate::error::Result;
 use crate::store::{Store, StoredOcspResponse};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use x509_ocsp::ResponderId;
 
@@ -26,9 +33,35 @@ const SIGN_LOCKS: usize = 64;
 
 type Shard = RwLock<HashMap<Vec<u8>, Arc<OcspAnswer>>>;
 
+/// How the answer cache is doing, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Answers in memory.
+    pub entries: usize,
+    /// The bound on `entries` ([`super::ResponderConfig::cache_max_entries`]).
+    pub max_entries: usize,
+    /// Requests answered from memory.
+    pub hits: u64,
+    /// Requests about a certificate of this CA with no fresh answer in memory.
+    pub misses: u64,
+    /// Misses answered from a response read back from the store (no signature).
+    pub store_reads: u64,
+    /// Answers evicted to stay under the bound.
+    pub evictions: u64,
+}
+
 /// Serial (magnitude) -> pre-signed answer, in shards, with the sign locks and request memo.
 pub(super) struct AnswerCache {
     shards: Vec<Shard>,
+    /// Most answers per shard (the configured bound spread over the shards).
+    shard_max: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    store_reads: AtomicU64,
+    evictions: AtomicU64,
+    /// Set once the cache does not hold every stored answer (an eviction, or loading stopped
+    /// at the bound): from then on the refresh pass finds due responses in the store.
+    partial: AtomicBool,
     sign_locks: Vec<Mutex<()>>,
     /// Request DER -> serial, for requests already decoded once (RFC 5019 clients send the
     /// same bytes again and again). Bounded in bytes ([`super::memo`]).
@@ -56,9 +89,15 @@ fn bucket_index(serial: &[u8], n: usize) -> usize {
 }
 
 impl AnswerCache {
-    pub(super) fn new(memo_max_bytes: usize) -> Self {
+    pub(super) fn new(memo_max_bytes: usize, max_entries: usize) -> Self {
         AnswerCache {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shard_max: max_entries.div_ceil(SHARDS).max(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            store_reads: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            partial: AtomicBool::new(false),
             sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
             memo: Memo::new(memo_max_bytes),
         }
@@ -88,9 +127,51 @@ impl AnswerCache {
             .cloned()
     }
 
-    /// Serve `answer` for `serial` from now on (the caller holds the serial's sign lock).
+    /// Serve `answer` for `serial` from now on (the caller holds the serial's sign lock). At
+    /// the bound, an arbitrary other answer of the shard is evicted first (it is in the store:
+    /// see the module docs).
     pub(super) fn insert(&self, serial: &[u8], answer: Arc<OcspAnswer>) {
-        write(self.shard(serial)).insert(serial.to_vec(), answer);
+        let mut shard = write(self.shard(serial));
+        if shard.len() >= self.shard_max && !shard.contains_key(serial) {
+            // The table's first occupied slot: where random serials hash is unrelated to
+            // when they were inserted or asked about.
+            if let Some(victim) = shard.keys().next().cloned() {
+                shard.remove(&victim);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                self.partial.store(true, Ordering::Relaxed);
+            }
+        }
+        shard.insert(serial.to_vec(), answer);
+    }
+
+    /// Count a request answered from memory ([`CacheStats::hits`]).
+    #[inline]
+    pub(super) fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a miss ([`CacheStats::misses`]) and whether the store answered it.
+    pub(super) fn count_miss(&self, from_store: bool) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        if from_store {
+            self.store_reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn stats(&self) -> CacheStats {
+        CacheStats {
+            entries: self.len(),
+            max_entries: self.shard_max * SHARDS,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            store_reads: self.store_reads.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether some stored answers are not in memory (see [`AnswerCache::partial`]).
+    pub(super) fn is_partial(&self) -> bool {
+        self.partial.load(Ordering::Relaxed)
     }
 
     /// Withdraw the answer for `serial` (the caller holds the serial's sign lock).
@@ -179,7 +260,12 @@ impl AnswerCache {
                             .get(&serial)
                             .is_none_or(|old| old.this_update() < answer.this_update())
                 };
-                if replace && shard.insert(serial, answer).is_none() {
+                // At the bound, the rest stays in the store (read back when asked about).
+                let room = shard.len() < self.shard_max || shard.contains_key(&serial);
+                if !room {
+                    self.partial.store(true, Ordering::Relaxed);
+                }
+                if replace && room && shard.insert(serial, answer).is_none() {
                     loaded += 1;
                 }
             }

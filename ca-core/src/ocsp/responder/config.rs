@@ -41,6 +41,11 @@ pub struct ResponderConfig {
     /// off). Only the canonical encoding of a single-CertID request about a certificate with a
     /// pre-signed response is memoised, so padded or unique requests cannot grow it.
     pub memo_max_bytes: usize,
+    /// Most pre-signed answers kept in memory (default 200 000, rounded up to a multiple of
+    /// 16). The others stay in the store and are read back, without a signature, when asked
+    /// about; memory follows this bound, not the number of certificates (README "OCSP answer
+    /// cache").
+    pub cache_max_entries: usize,
 }
 
 impl Default for ResponderConfig {
@@ -56,6 +61,7 @@ impl Default for ResponderConfig {
             issuance_batch_max: 8,
             issuance_batch_window: std::time::Duration::from_millis(5),
             memo_max_bytes: 8 * 1024 * 1024,
+            cache_max_entries: 200_000,
         }
     }
 }
@@ -86,6 +92,9 @@ impl ResponderConfig {
         }
         if self.issuance_batch_window > std::time::Duration::from_millis(100) {
             return bad("issuance_batch_window", "at most 100ms");
+        }
+        if self.cache_max_entries == 0 {
+            return bad("cache_max_entries", "must be at least 1");
         }
         if self.live_signing_burst == 0 && self.live_signing_rate > 0 {
             return bad(

@@ -15,6 +15,7 @@
 
 use super::super::build::parse_response;
 use super::super::serial_magnitude;
+use super::answer::OcspAnswer;
 use super::cache::{check_stored, AnswerCache};
 use super::key::Signing;
 use super::live::UnknownAnswers;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::store::{Store, StoredOcspResponse};
 use der::Encode;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a revocation told by the feed keeps followed `good` answers out.
@@ -92,9 +93,59 @@ impl Follower {
         stats
     }
 
-    /// Take the answers of a stored response, if this responder's key signed it.
-    fn take(&self, stored: &StoredOcspResponse, cx: &FollowCtx<'_>) -> FollowStats {
-        let mut stats = FollowStats::default();
+    /// A request about `serial` (magnitude) missed the cache: read its stored response back
+    /// and serve it, without a signature, if this responder's key signed it for this issuer,
+    /// it is fresh at `now`, and its status is the one the store holds for the certificate
+    /// now (a response left `good` by a crash between a revocation's commit and its
+    /// re-signing is not served; neither is a `good` for a serial the feed said was revoked
+    /// recently). Installed in the cache under the serial's sign lock. `None`: answer live.
+    pub(super) fn read_back(
+        &self,
+        serial: &[u8],
+        now: chrono::DateTime<chrono::Utc>,
+        cx: &FollowCtx<'_>,
+    ) -> Option<Arc<OcspAnswer>> {
+        let _g = cx.cache.sign_lock(serial);
+        if let Some(a) = cx.cache.get_fresh(serial, now) {
+            return Some(a);
+        }
+        let read = |what: &str, e: Error| -> Option<Arc<OcspAnswer>> {
+            tracing::warn!(serial = %hex::encode(serial), error = %e, "reading the {what} back for OCSP failed; answered live");
+            None
+        };
+        let stored = match cx.store.get_ocsp_response(serial) {
+            Ok(s) => s?,
+            Err(e) => return read("stored response", e),
+        };
+        let (_, answer) = self
+            .verified(&stored, cx)?
+            .into_iter()
+            .find(|(s, _)| s == serial)?;
+        if !answer.fresh(now) || (answer.is_good() && self.recently_revoked(serial)) {
+            return None;
+        }
+        let rec = match cx.store.get_cert(serial) {
+            Ok(r) => r?,
+            Err(e) => return read("certificate", e),
+        };
+        if !answer
+            .cert_status()
+            .is_some_and(|s| super::same_status(s, &rec.cert_status()))
+        {
+            tracing::warn!(serial = %hex::encode(serial), "stored OCSP response disagrees with the certificate's status: signed again");
+            return None;
+        }
+        cx.cache.insert(serial, answer.clone());
+        Some(answer)
+    }
+
+    /// The answers of a stored response, if its signature verifies with this responder's key
+    /// and it answers for this issuer.
+    fn verified(
+        &self,
+        stored: &StoredOcspResponse,
+        cx: &FollowCtx<'_>,
+    ) -> Option<Vec<(Vec<u8>, Arc<OcspAnswer>)>> {
         let signer = cx.signing.key().signer();
         let own_key_hash = super::super::build::key_hash(signer.public_key_bits());
         let verified = parse_response(&stored.der).and_then(|p| {
@@ -106,11 +157,16 @@ impl Follower {
                 .ok_or(Error::SignatureCheckFailed)?;
             crate::signer::verify_own(signer, &tbs, sig)
         });
-        let answers = match verified {
+        match verified {
             Ok(()) => check_stored(stored, cx.signing.issuer(), &own_key_hash),
             Err(_) => None,
-        };
-        let Some(answers) = answers else {
+        }
+    }
+
+    /// Take the answers of a stored response, if this responder's key signed it.
+    fn take(&self, stored: &StoredOcspResponse, cx: &FollowCtx<'_>) -> FollowStats {
+        let mut stats = FollowStats::default();
+        let Some(answers) = self.verified(stored, cx) else {
             tracing::warn!(serial = %hex::encode(&stored.serial), "stored OCSP response not signed by this responder's key for this issuer: not served");
             stats.refused = 1;
             return stats;

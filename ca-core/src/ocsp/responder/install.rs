@@ -3,12 +3,13 @@
 //! the responder's parts (it owns nothing).
 //!
 //! Invariant: an answer is persisted before it is served (a restart never serves less than a
-//! client has seen), except the members of a group response after the first, which `load`
-//! reconstructs from the one record ([`Persist::MemoryOnly`]).
+//! client has seen, and the bounded cache can drop any answer: it is read back from the
+//! store). A group response is kept under every serial it covers.
 
 use super::super::serial_magnitude;
 use super::answer::{AnswerKind, OcspAnswer};
 use super::cache::AnswerCache;
+use super::follow::FollowCtx;
 use super::key::Signing;
 use super::live::UnknownAnswers;
 use crate::error::{Error, Result};
@@ -22,7 +23,8 @@ pub(super) enum Persist {
     Durable,
     /// Written, made durable by a later flush ([`OcspResponseStore::put_ocsp_response_lazy`](crate::store::OcspResponseStore::put_ocsp_response_lazy)).
     Lazy,
-    /// Not written: the group response stored under another serial covers it.
+    /// Not written here: the caller persisted it (a group response, kept under every member
+    /// in one write), or it was read from the store.
     MemoryOnly,
 }
 
@@ -35,7 +37,17 @@ pub(super) struct Installer<'a> {
     pub(super) store: &'a dyn Store,
 }
 
-impl Installer<'_> {
+impl<'a> Installer<'a> {
+    /// The same parts, as following other nodes and reading answers back use them.
+    pub(super) fn follow_ctx(&self) -> FollowCtx<'a> {
+        FollowCtx {
+            signing: self.signing,
+            cache: self.cache,
+            unknown: self.unknown,
+            store: self.store,
+        }
+    }
+
     /// Sign, persist durably, then serve (the caller holds the serial's sign lock).
     pub(super) fn sign_and_install(&self, serial: &[u8], status: &CertStatus) -> Result<()> {
         self.sign_and_install_as(serial, status, Persist::Durable)
@@ -55,8 +67,9 @@ impl Installer<'_> {
     }
 
     /// One response (status good) for every certificate of `recs` that has none yet; returns
-    /// how many it covered. Holds the sign locks of all their serials. Stored once, under the
-    /// first serial, without waiting for a flush.
+    /// how many it covered. Holds the sign locks of all their serials. Kept under every serial
+    /// it covers (one write, without waiting for a flush), so that each member's answer can be
+    /// read back from the store alone.
     pub(super) fn sign_group(&self, recs: &[&CertRecord]) -> Result<usize> {
         let _guards = self
             .cache
@@ -72,13 +85,22 @@ impl Installer<'_> {
             return Ok(0);
         }
         let answer = self.signing.sign_canonical(&serials, &CertStatus::Good)?;
-        for (i, serial) in serials.iter().enumerate() {
-            let persist = if i == 0 {
-                Persist::Lazy
-            } else {
-                Persist::MemoryOnly
-            };
-            self.install(serial, answer.clone(), persist)?;
+        let (Some(this_update), Some(next_update)) = (answer.this_update(), answer.next_update())
+        else {
+            return Err(Error::Corrupt("signed OCSP answer without validity".into()));
+        };
+        let stored: Vec<StoredOcspResponse> = serials
+            .iter()
+            .map(|serial| StoredOcspResponse {
+                serial: serial.to_vec(),
+                der: answer.der.clone(),
+                this_update,
+                next_update,
+            })
+            .collect();
+        self.store.put_ocsp_responses_lazy(&stored)?;
+        for serial in &serials {
+            self.install(serial, answer.clone(), Persist::MemoryOnly)?;
         }
         Ok(serials.len())
     }

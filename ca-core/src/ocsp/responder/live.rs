@@ -28,6 +28,7 @@ use super::super::build::{nonce_extension, single};
 use super::super::request::{ParsedRequest, RequestedCert};
 use super::super::serial_magnitude;
 use super::answer::{AnswerKind, ErrorAnswers, OcspAnswer};
+use super::follow::Follower;
 use super::install::Installer;
 use super::key::PRESIGNED_ALGS;
 use super::presign::Presigner;
@@ -122,6 +123,7 @@ pub(super) struct LiveCtx<'a> {
     pub(super) inst: Installer<'a>,
     pub(super) presigner: &'a Presigner,
     pub(super) backlog: &'a Refresher,
+    pub(super) follower: &'a Follower,
     pub(super) errors: &'a ErrorAnswers,
 }
 
@@ -177,6 +179,12 @@ impl LiveSigner {
             cached = inst.cache.get_fresh(serial, now);
         }
         let canonical = rc.hash_alg.is_some_and(|a| PRESIGNED_ALGS.contains(&a));
+        // Not in memory (the cache is bounded, and starts empty): the stored response, read
+        // back and checked, without a signature.
+        if cached.is_none() && canonical {
+            cached = cx.follower.read_back(serial, now, &inst.follow_ctx());
+            inst.cache.count_miss(cached.is_some());
+        }
         if nonce.is_none() && canonical {
             if let Some(a) = cached {
                 return a;

@@ -30,6 +30,7 @@ mod refresh;
 mod stateless;
 
 pub use answer::{AnswerKind, OcspAnswer, TransportCache};
+pub use cache::CacheStats;
 pub use config::ResponderConfig;
 pub use external::ExternalResponse;
 pub use follow::FollowStats;
@@ -151,7 +152,7 @@ impl Responder {
         let responder = Responder {
             signing,
             store,
-            cache: AnswerCache::new(config.memo_max_bytes),
+            cache: AnswerCache::new(config.memo_max_bytes, config.cache_max_entries),
             presigner: Presigner::new(config.issuance_batch_max),
             external: ExternalResponses::default(),
             live: LiveSigner::new(&config),
@@ -250,6 +251,10 @@ impl Responder {
                 }
                 // Right and unexpired: served; the refresh pass re-signs it when due.
                 Some(a) if a.next_update().is_some_and(|n| n > now) => {}
+                // Not in memory because the cache is at its bound: read back from the store
+                // when asked about (checked against this status then), re-signed by the
+                // refresh pass when due.
+                None if self.cache.is_partial() => {}
                 // None, or expired (dropped: never served again, and the group signing of
                 // the backlog signs only serials without an answer): the re-sign backlog,
                 // which the first refresh pass (right after start, in the background) signs
@@ -491,6 +496,7 @@ impl Responder {
             .cache
             .memo_lookup(request_der, |serial| self.presigned(serial, now))
         {
+            self.cache.count_hit();
             return Lookup::Ready(a);
         }
         let parsed = match parse_request(request_der, self.config.max_certs_per_request) {
@@ -515,6 +521,7 @@ impl Responder {
             if let Some(a) = self.presigned(&rc.serial, self.signing.now()) {
                 // Memoised only for a certificate answered from memory.
                 self.cache.memoise(request_der, &rc.cert_id, &rc.serial);
+                self.cache.count_hit();
                 return Lookup::Ready(a);
             }
         }
@@ -534,6 +541,12 @@ impl Responder {
         self.cache.memo_stats()
     }
 
+    /// The answer cache: entries, bound, hits, misses, misses answered from the store,
+    /// evictions.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
     /// Answer a request that needs a signature or a store read. Blocking (HSM, store): call it
     /// off the async executor. Live signatures are rate limited
     /// ([`ResponderConfig::live_signing_rate`]); what happens over the limit, and to nonces,
@@ -543,6 +556,7 @@ impl Responder {
             inst: self.installer(),
             presigner: &self.presigner,
             backlog: &self.refresher,
+            follower: &self.follower,
             errors: &self.errors,
         };
         self.live.answer(&live.parsed, &cx)

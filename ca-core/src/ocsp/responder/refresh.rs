@@ -14,7 +14,7 @@ use super::external::ExternalResponses;
 use super::install::{Installer, Persist};
 use crate::error::Result;
 use crate::store::{CertRecord, RecordStatus};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 /// What [`super::Responder::refresh_due`] did.
@@ -115,10 +115,25 @@ impl Refresher {
             return Ok(stats);
         }
         self.sign_backlog(inst, &mut stats);
-        let due = inst.cache.select(|a| {
-            a.next_update()
-                .is_none_or(|n| n <= now || signing.refresh_wanted(n, now))
-        });
+        let due_at = |n| n <= now || signing.refresh_wanted(n, now);
+        let due = if inst.cache.is_partial() {
+            // The cache does not hold every answer (it is bounded): the stored responses say
+            // which are due, read in one streaming pass (memory: the due serials only).
+            let mut due = Vec::new();
+            let mut seen = HashSet::new();
+            inst.store.for_each_ocsp_response(&mut |stored| {
+                if due_at(stored.next_update) {
+                    let serial = serial_magnitude(&stored.serial).to_vec();
+                    if seen.insert(serial.clone()) {
+                        due.push(serial);
+                    }
+                }
+                Ok(())
+            })?;
+            due
+        } else {
+            inst.cache.select(|a| a.next_update().is_none_or(due_at))
+        };
         for serial in due {
             let _g = inst.cache.sign_lock(&serial);
             let stale = inst.cache.get(&serial).is_none_or(|a| !a.fresh(now));

@@ -214,7 +214,7 @@ impl StatelessResponder {
             issuer,
             store,
             clock,
-            cache: AnswerCache::new(config.memo_max_bytes),
+            cache: AnswerCache::new(config.memo_max_bytes, usize::MAX),
             config,
             errors: ErrorAnswers::new(),
             revoked: RwLock::new(HashSet::new()),

@@ -1,0 +1,215 @@
+//! The bounded OCSP answer cache (README "OCSP answer cache"): memory follows
+//! `cache_max_entries`, not the number of certificates; answers not in memory are read back
+//! from the store without a signature, checked against the certificate's status; the refresh
+//! pass finds due responses in the store. Real SoftHSM token, real sled store, openssl.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ocsp_fixture;
+
+use ca_core::clock::{Clock, FixedClock, SystemClock};
+use ca_core::ocsp::{Responder, ResponderConfig, ResponderKey};
+use ca_core::revocation::{CertStatus, RevocationReason};
+use ca_core::store::prelude::*;
+use chrono::{Duration, Utc};
+use ocsp_fixture::{openssl, run, Leaf, TestCa};
+use std::sync::Arc;
+use testkit::Faults;
+
+const LEAVES: usize = 40;
+/// 16 shards of one answer each: far fewer than the certificates.
+const SMALL: usize = 16;
+
+fn request(ca: &TestCa, leaf: &Leaf, name: &str) -> Vec<u8> {
+    let out = ca.path(name);
+    let (ok, text) = run(openssl()
+        .args(["ocsp", "-no_nonce", "-issuer"])
+        .arg(&ca.cert_pem)
+        .arg("-cert")
+        .arg(&leaf.cert_pem)
+        .arg("-reqout")
+        .arg(&out));
+    assert!(ok, "{text}");
+    std::fs::read(out).unwrap()
+}
+
+fn responder(ca: &TestCa, clock: Arc<dyn Clock>, config: ResponderConfig) -> Responder {
+    Responder::new(
+        &ca.cert_der,
+        ResponderKey::ca(ca.signer_dyn()),
+        ca.store.clone(),
+        clock,
+        config,
+    )
+    .unwrap()
+}
+
+fn small() -> ResponderConfig {
+    ResponderConfig {
+        cache_max_entries: SMALL,
+        ..Default::default()
+    }
+}
+
+/// Sign every certificate's response the way a running CA does: in issuance groups.
+fn sign_all(ca: &TestCa, leaves: &[Leaf]) {
+    let r = Arc::new(responder(ca, Arc::new(SystemClock), Default::default()));
+    let tickets: Vec<_> = leaves.iter().map(|l| r.enqueue_issued(&l.record)).collect();
+    for t in tickets {
+        r.await_issued(t).unwrap();
+    }
+}
+
+fn status_of(r: &Responder, req: &[u8]) -> CertStatus {
+    let a = r.respond(req);
+    a.cert_status()
+        .cloned()
+        .unwrap_or_else(|| panic!("not a signed answer: {a:?}"))
+}
+
+#[test]
+fn a_small_cache_answers_every_certificate_from_the_store_without_the_hsm() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..LEAVES)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect();
+    sign_all(&ca, &leaves);
+    // A group response is kept under every serial it covers, so each can be read alone.
+    let mut distinct = std::collections::HashSet::new();
+    for l in &leaves {
+        let kept = ca.store.get_ocsp_response(&l.record.serial).unwrap();
+        distinct.insert(kept.expect("every member has a stored response").der);
+    }
+    assert!(distinct.len() < LEAVES, "signed in groups: {}", distinct.len());
+    let requests: Vec<Vec<u8>> = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, l)| request(&ca, l, &format!("req{i}.der")))
+        .collect();
+
+    let r = responder(&ca, Arc::new(SystemClock), small());
+    r.load().unwrap();
+    assert!(r.cache_stats().entries <= SMALL, "{:?}", r.cache_stats());
+    // The HSM refuses every signature from here on: whatever is answered comes from the store.
+    ca.token.inject_login_refusal().unwrap();
+    for (l, req) in leaves.iter().zip(&requests) {
+        assert_eq!(status_of(&r, req), CertStatus::Good, "{}", hex::encode(&l.record.serial));
+    }
+    // Twice round: what the first round read back was evicted again by the others.
+    for req in &requests {
+        assert_eq!(status_of(&r, req), CertStatus::Good);
+    }
+    ca.token.end_login_refusal().unwrap();
+    ca.signer.token().retry_login();
+    let stats = r.cache_stats();
+    assert!(stats.entries <= SMALL, "{stats:?}");
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert!(
+        stats.store_reads >= (2 * LEAVES - SMALL) as u64,
+        "misses answered from the store: {stats:?}"
+    );
+    assert_eq!(stats.hits + stats.misses, 2 * LEAVES as u64, "{stats:?}");
+
+    // An answer read back verifies in openssl like any other.
+    let der = r.respond(&requests[7]).der.clone();
+    let path = ca.path("resp7.der");
+    std::fs::write(&path, &der).unwrap();
+    let (ok, out) = run(openssl()
+        .args(["ocsp", "-no_nonce", "-respin"])
+        .arg(&path)
+        .arg("-issuer")
+        .arg(&ca.cert_pem)
+        .arg("-cert")
+        .arg(&leaves[7].cert_pem)
+        .arg("-CAfile")
+        .arg(&ca.cert_pem));
+    assert!(ok && out.contains("Response verify OK"), "{out}");
+    assert!(out.contains(": good"), "{out}");
+}
+
+/// The attack: a crash between a revocation's commit and its OCSP re-signing (or a store
+/// write that rolls the response back) leaves a validly signed `good` response stored for a
+/// revoked certificate. Read back on a miss, it must not be served.
+#[test]
+fn a_stored_good_answer_for_a_revoked_certificate_is_not_read_back() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..LEAVES)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect();
+    sign_all(&ca, &leaves);
+    let victim = &leaves[3];
+    // Revoked in the store only: the stored response still says good.
+    ca.store
+        .revoke(
+            &victim.record.serial,
+            Utc::now(),
+            RevocationReason::KeyCompromise,
+        )
+        .unwrap();
+    let kept = ca
+        .store
+        .get_ocsp_response(&victim.record.serial)
+        .unwrap()
+        .unwrap();
+    let req = request(&ca, victim, "victim.der");
+    let r = responder(&ca, Arc::new(SystemClock), small());
+    r.load().unwrap();
+    // Fill the cache with others, so the victim's answer is read back from the store.
+    for (i, l) in leaves.iter().enumerate().skip(10).take(SMALL * 2) {
+        let other = request(&ca, l, &format!("o{i}.der"));
+        assert_eq!(status_of(&r, &other), CertStatus::Good);
+    }
+    match status_of(&r, &req) {
+        CertStatus::Revoked { reason, .. } => assert_eq!(reason, RevocationReason::KeyCompromise),
+        s => panic!("stored `good` served for a revoked certificate: {s:?}"),
+    }
+    assert_ne!(
+        ca.store
+            .get_ocsp_response(&victim.record.serial)
+            .unwrap()
+            .unwrap()
+            .der,
+        kept.der,
+        "the revoked answer replaced the stale one in the store"
+    );
+}
+
+/// With answers outside memory, the refresh pass finds what is due in the store: every
+/// certificate is re-signed, not only the ones the cache happens to hold.
+#[test]
+fn the_refresh_pass_re_signs_answers_that_are_not_in_memory() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..LEAVES)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect();
+    let t0 = Utc::now();
+    let clock = Arc::new(FixedClock::new(t0));
+    let config = ResponderConfig {
+        validity: Duration::hours(4),
+        refresh_before: Duration::hours(2),
+        cache_max_entries: SMALL,
+        ..Default::default()
+    };
+    let first = responder(&ca, clock.clone(), config.clone());
+    first.load().unwrap();
+    first.refresh_backlog().unwrap();
+    assert!(first.cache_stats().entries <= SMALL);
+    for l in &leaves {
+        assert!(ca.store.get_ocsp_response(&l.record.serial).unwrap().is_some());
+    }
+
+    clock.set(t0 + Duration::hours(3));
+    let r = responder(&ca, clock.clone(), config);
+    r.load().unwrap();
+    assert!(r.cache_stats().entries <= SMALL);
+    let stats = r.refresh_due().unwrap();
+    assert_eq!(stats.refreshed, LEAVES, "{stats:?}");
+    let now = clock.now();
+    for l in &leaves {
+        let kept = ca
+            .store
+            .get_ocsp_response(&l.record.serial)
+            .unwrap()
+            .unwrap();
+        assert!(kept.next_update > now + Duration::hours(3), "{}", hex::encode(&l.record.serial));
+    }
+}
