@@ -1216,10 +1216,11 @@ fn a_follower_takes_only_what_its_own_key_signed_and_never_rolls_back() {
     assert!(d.cached(&serial(2)).is_none());
 }
 
-/// Revoking the certificate an issuance group's response is kept under (the group is stored
-/// once, under its first serial) used to overwrite the group's record: the other members lost
-/// their persisted answer (signed again at the next start; `tryLater` from stateless
-/// responders meanwhile). Now every other member keeps a persisted, valid answer.
+/// Revoking the certificate an issuance group's response was kept under (the group used to
+/// be stored once, under its first serial) overwrote the group's record: the other members
+/// lost their persisted answer (signed again at the next start; `tryLater` from stateless
+/// responders meanwhile). The group is now kept under every member, and every other member
+/// keeps a persisted, valid answer.
 #[test]
 fn revoking_the_certificate_a_group_is_kept_under_keeps_a_persisted_answer_for_the_others() {
     let ca = TestCa::new("Test Root");
@@ -1251,7 +1252,7 @@ fn revoking_the_certificate_a_group_is_kept_under_keeps_a_persisted_answer_for_t
                 .is_some()
         })
         .collect();
-    assert_eq!(kept_under.len(), 1, "the group is kept once");
+    assert_eq!(kept_under.len(), leaves.len(), "kept under every member");
     let first = kept_under[0].record.serial.clone();
     ca_core::authority::revoke(
         ca.store.as_ref(),

@@ -79,7 +79,11 @@ fn a_small_cache_answers_every_certificate_from_the_store_without_the_hsm() {
         let kept = ca.store.get_ocsp_response(&l.record.serial).unwrap();
         distinct.insert(kept.expect("every member has a stored response").der);
     }
-    assert!(distinct.len() < LEAVES, "signed in groups: {}", distinct.len());
+    assert!(
+        distinct.len() < LEAVES,
+        "signed in groups: {}",
+        distinct.len()
+    );
     let requests: Vec<Vec<u8>> = leaves
         .iter()
         .enumerate()
@@ -92,7 +96,12 @@ fn a_small_cache_answers_every_certificate_from_the_store_without_the_hsm() {
     // The HSM refuses every signature from here on: whatever is answered comes from the store.
     ca.token.inject_login_refusal().unwrap();
     for (l, req) in leaves.iter().zip(&requests) {
-        assert_eq!(status_of(&r, req), CertStatus::Good, "{}", hex::encode(&l.record.serial));
+        assert_eq!(
+            status_of(&r, req),
+            CertStatus::Good,
+            "{}",
+            hex::encode(&l.record.serial)
+        );
     }
     // Twice round: what the first round read back was evicted again by the others.
     for req in &requests {
@@ -194,7 +203,11 @@ fn the_refresh_pass_re_signs_answers_that_are_not_in_memory() {
     first.refresh_backlog().unwrap();
     assert!(first.cache_stats().entries <= SMALL);
     for l in &leaves {
-        assert!(ca.store.get_ocsp_response(&l.record.serial).unwrap().is_some());
+        assert!(ca
+            .store
+            .get_ocsp_response(&l.record.serial)
+            .unwrap()
+            .is_some());
     }
 
     clock.set(t0 + Duration::hours(3));
@@ -210,6 +223,10 @@ fn the_refresh_pass_re_signs_answers_that_are_not_in_memory() {
             .get_ocsp_response(&l.record.serial)
             .unwrap()
             .unwrap();
-        assert!(kept.next_update > now + Duration::hours(3), "{}", hex::encode(&l.record.serial));
+        assert!(
+            kept.next_update > now + Duration::hours(3),
+            "{}",
+            hex::encode(&l.record.serial)
+        );
     }
 }
