@@ -645,6 +645,16 @@ async fn unique_ocsp_requests_cannot_grow_the_request_memo() {
     // Only canonical requests about the 3 certificates: SHA-1/SHA-256, parameters NULL/absent.
     assert!(memo_entries <= 3 * 4, "{memo_entries} memo entries");
     assert!(memo_bytes <= 8 * 1024 * 1024, "{memo_bytes}");
+    // The answer cache reports its bound and its hit rate.
+    assert_eq!(metric(&m, "ca_ocsp_cache_max_entries "), 200_000);
+    assert!(metric(&m, "ca_ocsp_cache_entries ") <= 200_000);
+    assert!(metric(&m, "ca_ocsp_cache_hits_total ") > 0, "{m}");
+    for name in ["misses", "store_reads", "evictions"] {
+        assert!(
+            m.contains(&format!("\nca_ocsp_cache_{name}_total ")),
+            "{name}: {m}"
+        );
+    }
     assert!(
         rss_after.saturating_sub(rss_before) < 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
