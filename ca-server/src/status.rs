@@ -162,6 +162,8 @@ pub struct StatusState {
     holder: String,
     /// Set at shutdown: the maintenance task ends after the pass in progress.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Whether the responder has loaded the stored responses (the first OCSP pass does it).
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for StatusState {
@@ -207,7 +209,9 @@ impl StatusState {
             setup.clock.clone(),
             setup.responder,
         )?);
-        responder.load()?;
+        // Not loaded here: serving starts at once, and the maintenance task's first OCSP pass
+        // loads the stored responses in the background (`Responder::load`; until then a miss
+        // reads the stored response back).
         let issuance_signer =
             responder
                 .start_issuance_signer()
@@ -256,6 +260,9 @@ impl StatusState {
             setup.http,
         );
         *lock(&state.issuance_signer) = Some(issuance_signer);
+        state
+            .loaded
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let state = Arc::new(state);
         if let Some(sub) = followed {
             let follower = follow::spawn(Arc::downgrade(&state), sub).map_err(|e| {
@@ -294,6 +301,7 @@ impl StatusState {
             observer: std::sync::OnceLock::new(),
             issuance_signer: std::sync::Mutex::new(None),
             stopping: tokio::sync::watch::channel(false).0,
+            loaded: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -411,8 +419,18 @@ impl StatusState {
     }
 
     /// Re-sign OCSP responses that are due or that an HSM failure left unsigned, and reload
-    /// changed external response files (blocking).
+    /// changed external response files (blocking). The first pass loads the stored responses
+    /// into memory first ([`Responder::load`]), after serving has started.
     pub fn refresh_ocsp_blocking(&self) {
+        if !self.loaded.load(std::sync::atomic::Ordering::Relaxed) {
+            match self.responder.load() {
+                Ok(_) => self
+                    .loaded
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                // Retried by the next pass; meanwhile misses read the stored response back.
+                Err(e) => tracing::error!(error = %e, "loading stored OCSP responses failed"),
+            }
+        }
         // On a shared store one node at a time re-signs what is due (the lease holder); the
         // others sign their own backlog and follow its answers (`status/follow.rs`).
         let refresh = match self.store.try_lease(

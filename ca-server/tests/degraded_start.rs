@@ -586,7 +586,9 @@ async fn a_node_waiting_for_its_hsm_gives_the_ocsp_refresh_lease_up() {
         .await
         .unwrap()
         .expect("the status state starts without the HSM");
-    assert!(state.responder().resign_backlog() >= 1);
+    // Nothing loaded yet: the first maintenance pass loads, queues the certificate without an
+    // answer, and cannot sign it.
+    assert_eq!(state.responder().resign_backlog(), 0);
     assert!(state.crls().current().is_none());
     let s = state.clone();
     tokio::task::spawn_blocking(move || s.maintain_blocking())

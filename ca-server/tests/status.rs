@@ -11,7 +11,8 @@ use ca_core::store::prelude::*;
 use chrono::{Duration, Utc};
 use status_support::fixture::{write_pem, TestCa};
 use status_support::{
-    curl_client_cert, free_port, openssl, openssl_ocsp, run_async, start, Nginx, Options,
+    build, curl_client_cert, free_port, openssl, openssl_ocsp, run_async, serve, start, Nginx,
+    Options,
 };
 use std::process::Command;
 use std::time::Instant;
@@ -116,6 +117,80 @@ async fn ca_signed_responses_and_nonce_echo() {
         !out.contains("nonce"),
         "nonce echoed, no warning expected: {out}"
     );
+    l.stop().await;
+}
+
+/// Issue 17: start-up does not grow with the number of certificates. The state is ready to
+/// serve before anything is loaded (a restart of a 1M-certificate store used to read every
+/// certificate and response first); a request then reads its stored response back, without a
+/// signature, and the first maintenance pass loads the rest in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_starts_before_loading_and_answers_from_the_store() {
+    let ca = TestCa::new("Test Issuing CA");
+    let leaves: Vec<_> = (0..3).map(|i| ca.issue_leaf(&format!("l{i}"))).collect();
+    let ca_key = || Options {
+        delegated: false,
+        ..Default::default()
+    };
+    // A first run signs and stores every answer.
+    let first = start(&ca, ca_key()).await;
+    let s = first.state.clone();
+    tokio::task::spawn_blocking(move || s.maintain_blocking())
+        .await
+        .unwrap();
+    first.stop().await;
+    for l in &leaves {
+        assert!(ca
+            .store
+            .get_ocsp_response(&l.record.serial)
+            .unwrap()
+            .is_some());
+    }
+
+    let state = build(&ca, ca_key()).await;
+    let responder = state.responder().clone();
+    assert_eq!(
+        responder.cache_stats().entries,
+        0,
+        "nothing loaded before serving"
+    );
+    let l = serve(state).await;
+    let (ok, out) = openssl_ocsp(
+        &l,
+        &ca.cert_pem,
+        &leaves[0].cert_pem,
+        &ca.cert_pem,
+        &["-no_nonce"],
+    )
+    .await;
+    assert!(
+        ok && out.contains("Response verify OK") && out.contains("l0.pem: good"),
+        "{out}"
+    );
+    // Served from the store (or from what the first pass loaded meanwhile): not signed again.
+    let stored = ca
+        .store
+        .get_ocsp_response(&leaves[0].record.serial)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        responder.cached(&leaves[0].record.serial).unwrap().der,
+        stored.der
+    );
+    let s = l.state.clone();
+    tokio::task::spawn_blocking(move || s.maintain_blocking())
+        .await
+        .unwrap();
+    assert_eq!(responder.cache_stats().entries, 3);
+    let (ok, out) = openssl_ocsp(
+        &l,
+        &ca.cert_pem,
+        &leaves[2].cert_pem,
+        &ca.cert_pem,
+        &["-no_nonce"],
+    )
+    .await;
+    assert!(ok && out.contains("l2.pem: good"), "{out}");
     l.stop().await;
 }
 

@@ -71,6 +71,11 @@ impl Default for Options {
 
 /// Build the state for `ca` (blocking work on the blocking pool) and serve it.
 pub async fn start(ca: &TestCa, opts: Options) -> Listener {
+    serve(build(ca, opts).await).await
+}
+
+/// Build the state for `ca` without serving it (no maintenance task runs).
+pub async fn build(ca: &TestCa, opts: Options) -> Arc<StatusState> {
     let key = if opts.delegated {
         let (signer, cert, _) = ca.ocsp_responder(&format!("ocsp-{}", rand::random::<u32>()));
         ResponderKey::delegated(signer, &cert).unwrap()
@@ -89,10 +94,14 @@ pub async fn start(ca: &TestCa, opts: Options) -> Listener {
         root_crl: opts.root_crl,
         http: opts.http,
     };
-    let state = tokio::task::spawn_blocking(move || StatusState::build(setup))
+    tokio::task::spawn_blocking(move || StatusState::build(setup))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// Serve `state` on 127.0.0.1:ephemeral, its maintenance task alongside.
+pub async fn serve(state: Arc<StatusState>) -> Listener {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

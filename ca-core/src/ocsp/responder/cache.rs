@@ -59,9 +59,11 @@ pub(super) struct AnswerCache {
     misses: AtomicU64,
     store_reads: AtomicU64,
     evictions: AtomicU64,
-    /// Set once the cache does not hold every stored answer (an eviction, or loading stopped
-    /// at the bound): from then on the refresh pass finds due responses in the store.
-    partial: AtomicBool,
+    /// Set by an eviction: the cache no longer holds every stored answer.
+    evicted: AtomicBool,
+    /// Set once loading took every stored answer (it stops at the bound). Until then, and
+    /// after an eviction, the refresh pass finds due responses in the store.
+    complete: AtomicBool,
     sign_locks: Vec<Mutex<()>>,
     /// Request DER -> serial, for requests already decoded once (RFC 5019 clients send the
     /// same bytes again and again). Bounded in bytes ([`super::memo`]).
@@ -97,7 +99,8 @@ impl AnswerCache {
             misses: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            partial: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            complete: AtomicBool::new(false),
             sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
             memo: Memo::new(memo_max_bytes),
         }
@@ -138,7 +141,7 @@ impl AnswerCache {
             if let Some(victim) = shard.keys().next().cloned() {
                 shard.remove(&victim);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
-                self.partial.store(true, Ordering::Relaxed);
+                self.evicted.store(true, Ordering::Relaxed);
             }
         }
         shard.insert(serial.to_vec(), answer);
@@ -169,9 +172,20 @@ impl AnswerCache {
         }
     }
 
-    /// Whether some stored answers are not in memory (see [`AnswerCache::partial`]).
+    /// Whether some stored answers may not be in memory: not loaded (yet, or past the
+    /// bound), or evicted.
     pub(super) fn is_partial(&self) -> bool {
-        self.partial.load(Ordering::Relaxed)
+        !self.complete.load(Ordering::Relaxed) || self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Loading took every stored answer into memory.
+    pub(super) fn mark_complete(&self) {
+        self.complete.store(true, Ordering::Relaxed);
+    }
+
+    /// The most answers it holds.
+    pub(super) fn max_entries(&self) -> usize {
+        self.shard_max * SHARDS
     }
 
     /// Withdraw the answer for `serial` (the caller holds the serial's sign lock).
@@ -232,47 +246,61 @@ impl AnswerCache {
         self.memo.stats()
     }
 
-    /// Take the stored responses that the key with `own_key_hash` signed for `issuer`; returns
-    /// (loaded, discarded). A record stored under a serial is the latest written for it, so it
-    /// wins over a group response stored under another serial; between group responses the
-    /// newer wins.
-    pub(super) fn load_stored(
+    /// Read the stored responses that the key with `own_key_hash` signed for `issuer`, up to
+    /// the cache's bound, into a map that serves nothing yet (`Responder::load` checks each
+    /// against the certificate's status before it serves it). A record stored under a serial
+    /// is the latest written for it, so it wins over a group response stored under another
+    /// serial (stores written before group responses were kept under every member); between
+    /// group responses the newer wins.
+    pub(super) fn stage_stored(
         &self,
         store: &dyn Store,
         issuer: &OcspIssuer,
         own_key_hash: &[u8],
-    ) -> Result<(usize, usize)> {
-        let (mut loaded, mut discarded) = (0, 0);
+    ) -> Result<Staged> {
+        let mut staged = Staged::default();
+        let max = self.max_entries();
         let mut own_records = HashSet::new();
         store.for_each_ocsp_response(&mut |stored| {
             let Some(answers) = check_stored(&stored, issuer, own_key_hash) else {
-                discarded += 1;
+                staged.discarded += 1;
                 return Ok(());
             };
             let own = serial_magnitude(&stored.serial).to_vec();
             for (serial, answer) in answers {
-                let mut shard = write(self.shard(&serial));
+                let known = staged.answers.contains_key(&serial);
+                if !known && staged.answers.len() >= max {
+                    // At the bound: the rest stays in the store (read back when asked about).
+                    staged.skipped = true;
+                    continue;
+                }
                 let replace = if serial == own {
                     own_records.insert(serial.clone())
                 } else {
                     !own_records.contains(&serial)
-                        && shard
+                        && staged
+                            .answers
                             .get(&serial)
                             .is_none_or(|old| old.this_update() < answer.this_update())
                 };
-                // At the bound, the rest stays in the store (read back when asked about).
-                let room = shard.len() < self.shard_max || shard.contains_key(&serial);
-                if !room {
-                    self.partial.store(true, Ordering::Relaxed);
-                }
-                if replace && room && shard.insert(serial, answer).is_none() {
-                    loaded += 1;
+                if replace {
+                    staged.answers.insert(serial, answer);
                 }
             }
             Ok(())
         })?;
-        Ok((loaded, discarded))
+        Ok(staged)
     }
+}
+
+/// Stored answers read at start, not served yet ([`AnswerCache::stage_stored`]).
+#[derive(Default)]
+pub(super) struct Staged {
+    pub(super) answers: HashMap<Vec<u8>, Arc<OcspAnswer>>,
+    /// Records not ours (other key or issuer, undecodable).
+    pub(super) discarded: usize,
+    /// Stopped at the cache's bound: some stored answers were left in the store.
+    pub(super) skipped: bool,
 }
 
 /// The answers a stored response gives: one per serial of `issuer` it covers (a response

@@ -139,6 +139,23 @@ impl Follower {
         Some(answer)
     }
 
+    /// Serve `answer`, a stored answer `Responder::load` checked against the certificate's
+    /// record, unless an answer was installed for `serial` meanwhile or the feed said it was
+    /// revoked recently (a `good`). Whether it was installed.
+    pub(super) fn install_loaded(
+        &self,
+        serial: &[u8],
+        answer: Arc<OcspAnswer>,
+        cx: &FollowCtx<'_>,
+    ) -> bool {
+        let _g = cx.cache.sign_lock(serial);
+        if cx.cache.get(serial).is_some() || (answer.is_good() && self.recently_revoked(serial)) {
+            return false;
+        }
+        cx.cache.insert(serial, answer);
+        true
+    }
+
     /// The answers of a stored response, if its signature verifies with this responder's key
     /// and it answers for this issuer.
     fn verified(

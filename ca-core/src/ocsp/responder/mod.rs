@@ -216,60 +216,73 @@ impl Responder {
         self.cache.get(serial_magnitude(serial))
     }
 
-    /// Fill the cache at start: take the stored responses that this key signed for this
-    /// issuer; sign now only those out of date with the store (revoked since); put the
-    /// unexpired certificates without an unexpired response on the re-sign backlog (the first
-    /// refresh pass signs them, in groups, right after start); leave responses within
-    /// `refresh_before` of their nextUpdate to the refresh pass. Serving starts without waiting
-    /// for bulk re-signing (an outage longer than the refresh margin made every response due:
-    /// 500,000 of them took 202 s to re-sign one at a time before this).
+    /// Fill the cache after start, up to its bound: take the stored responses that this key
+    /// signed for this issuer; sign now only those out of date with the store (revoked since);
+    /// put the unexpired certificates without an unexpired response on the re-sign backlog
+    /// (the next refresh pass signs them, in groups); leave responses within
+    /// `refresh_before` of their nextUpdate to the refresh pass.
+    ///
+    /// Serving does not wait for it: the status listener runs it in the background, first
+    /// thing of its maintenance task, and until then (or for what does not fit in memory) a
+    /// request is answered from the stored response read back and checked against the
+    /// certificate's status ([`answer_live`](Self::answer_live)). A stored answer is served
+    /// from memory only once this has checked it against the certificate's record, and never
+    /// over an answer installed meanwhile (a revocation, another node's answer). (Before, a
+    /// 500,000 certificate store with every response due re-signed them one at a time, 202 s,
+    /// before either listener accepted a connection; then loading alone took 4-11 s at 0.4-1M
+    /// certificates.)
     pub fn load(&self) -> Result<LoadStats> {
         let own_key_hash = key_hash(self.signing.key().signer().public_key_bits());
-        let (loaded, discarded) =
-            self.cache
-                .load_stored(self.store.as_ref(), self.issuer(), &own_key_hash)?;
+        let staged = self
+            .cache
+            .stage_stored(self.store.as_ref(), self.issuer(), &own_key_hash)?;
         let mut stats = LoadStats {
-            loaded,
-            discarded,
-            signed: 0,
-            queued: 0,
-            deferred: 0,
+            discarded: staged.discarded,
+            ..LoadStats::default()
         };
+        let answers = staged.answers;
         let now = self.signing.now();
         let mut todo = Vec::new();
         let mut queued = Vec::new();
+        let follow = self.follow_ctx();
         self.store.for_each_cert(&mut |rec| {
             if rec.not_after <= now {
                 return Ok(());
             }
             let status = rec.cert_status();
-            match self.cached(&rec.serial) {
+            let magnitude = serial_magnitude(&rec.serial);
+            match answers.get(magnitude) {
                 // Another status than the store's (a revocation the stored answer missed):
-                // signed now, before anything is served.
+                // signed now, never served.
                 Some(a) if a.cert_status().is_some_and(|s| !same_status(s, &status)) => {
                     todo.push(rec.serial);
                 }
-                // Right and unexpired: served; the refresh pass re-signs it when due.
-                Some(a) if a.next_update().is_some_and(|n| n > now) => {}
-                // Not in memory because the cache is at its bound: read back from the store
-                // when asked about (checked against this status then), re-signed by the
-                // refresh pass when due.
-                None if self.cache.is_partial() => {}
-                // None, or expired (dropped: never served again, and the group signing of
-                // the backlog signs only serials without an answer): the re-sign backlog,
-                // which the first refresh pass (right after start, in the background) signs
-                // in groups; meanwhile a request is answered by live signing within its
-                // budget, or `tryLater`.
-                cached => {
-                    let magnitude = serial_magnitude(&rec.serial);
-                    if cached.is_some() {
-                        self.cache.remove(magnitude);
+                // Right and unexpired: served from now on, unless something newer was
+                // installed meanwhile; the refresh pass re-signs it when due.
+                Some(a) if a.next_update().is_some_and(|n| n > now) => {
+                    if self.follower.install_loaded(magnitude, a.clone(), &follow) {
+                        stats.loaded += 1;
                     }
-                    queued.push(magnitude.to_vec());
+                }
+                // Past the cache's bound: read back from the store when asked about, re-signed
+                // by the refresh pass when due.
+                None if staged.skipped => {}
+                // None, or expired (never served again): the re-sign backlog, which the next
+                // refresh pass signs in groups; meanwhile a request is answered by live
+                // signing within its budget, or `tryLater`. Unless an answer was installed
+                // since (issued, revoked or asked about meanwhile).
+                _ => {
+                    if self.cache.get_fresh(magnitude, now).is_none() {
+                        queued.push(magnitude.to_vec());
+                    }
                 }
             }
             Ok(())
         })?;
+        drop(answers);
+        if !staged.skipped {
+            self.cache.mark_complete();
+        }
         stats.queued = queued.len();
         self.refresher.add(queued.iter().map(Vec::as_slice));
         let inst = self.installer();
@@ -281,20 +294,22 @@ impl Responder {
                 continue;
             };
             let status = rec.cert_status();
+            if self
+                .cache
+                .get_fresh(&magnitude, now)
+                .is_some_and(|a| a.cert_status().is_some_and(|s| same_status(s, &status)))
+            {
+                // Installed meanwhile with the right status (a revocation's own re-signing).
+                continue;
+            }
             match inst.sign_and_install(&rec.serial, &status) {
                 Ok(()) => stats.signed += 1,
-                // The HSM is away (the node started without it): the start goes on, and the
-                // serial waits on the re-sign backlog, which every refresh pass signs once the
-                // key is usable. A stored answer whose status is out of date is withdrawn
-                // (no `good` answer outlives a revocation; the certificate is answered live,
-                // or `tryLater`); one still right keeps being served until its nextUpdate.
+                // The HSM is away (the node started without it): the serial waits on the
+                // re-sign backlog, which every refresh pass signs once the key is usable. The
+                // stored answer, whose status is out of date, is never served (reading it back
+                // checks the status too): the certificate is answered live, or `tryLater`.
                 Err(e) if e.is_signer_unavailable() => {
-                    let right = self
-                        .cached(&rec.serial)
-                        .is_some_and(|a| a.cert_status().is_some_and(|s| same_status(s, &status)));
-                    if !right {
-                        self.cache.remove(&magnitude);
-                    }
+                    self.cache.remove(&magnitude);
                     self.refresher.add(std::iter::once(magnitude.as_slice()));
                     stats.deferred += 1;
                 }
@@ -314,6 +329,7 @@ impl Responder {
             signed = stats.signed,
             queued = stats.queued,
             deferred = stats.deferred,
+            bounded = staged.skipped,
             "OCSP responder loaded"
         );
         Ok(stats)
