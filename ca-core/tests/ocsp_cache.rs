@@ -230,3 +230,41 @@ fn the_refresh_pass_re_signs_answers_that_are_not_in_memory() {
         );
     }
 }
+
+/// Over the live-signing budget, a certificate of this CA whose stored answer cannot be served
+/// gets `tryLater` (not `unauthorized`, which says "not ours", and never its stale `good`),
+/// and goes on the re-sign backlog, which the next pass signs.
+#[test]
+fn over_the_budget_a_known_certificate_gets_try_later_and_the_backlog_signs_it() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..4).map(|i| ca.issue_leaf(&format!("leaf{i}"))).collect();
+    sign_all(&ca, &leaves);
+    let victim = &leaves[1];
+    ca.store
+        .revoke(
+            &victim.record.serial,
+            Utc::now(),
+            RevocationReason::KeyCompromise,
+        )
+        .unwrap();
+    let req = request(&ca, victim, "victim.der");
+    let r = responder(
+        &ca,
+        Arc::new(SystemClock),
+        ResponderConfig {
+            live_signing_rate: 0,
+            ..small()
+        },
+    );
+    let a = r.respond(&req);
+    assert!(a.cert_status().is_none(), "not a status: {a:?}");
+    let body = ca_core::ocsp::parse_response(&a.der).unwrap();
+    assert_eq!(
+        body.status,
+        x509_ocsp::OcspResponseStatus::TryLater,
+        "{body:?}"
+    );
+    assert_eq!(r.resign_backlog(), 1);
+    assert_eq!(r.refresh_backlog().unwrap().refreshed, 1);
+    assert!(matches!(status_of(&r, &req), CertStatus::Revoked { .. }));
+}

@@ -193,6 +193,14 @@ impl LiveSigner {
         if !self.take_token() {
             return match cached {
                 Some(a) if canonical => a,
+                // A certificate of this CA whose stored answer could not be served (none
+                // yet, expired, or its status out of date): `tryLater`, and the next refresh
+                // pass signs it; only a serial this CA never issued gets `unauthorized`
+                // (RFC 5019 2.2.3).
+                _ if canonical && matches!(inst.store.get_cert(&rc.serial), Ok(Some(_))) => {
+                    cx.backlog.add(std::iter::once(serial));
+                    errors.try_later.clone()
+                }
                 _ => errors.unauthorized.clone(),
             };
         }
