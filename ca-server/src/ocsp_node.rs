@@ -20,7 +20,7 @@
 //!
 //! The same file as `serve` ([`crate::config`]); this command reads `[ca] certificate`,
 //! `[listen] status`, `[store]` (must be `kind = "postgres"`: the sled store is one process's
-//! embedded database), `[ocsp] max_age`, `memo_max_bytes` and `stateless_reload_interval`,
+//! embedded database), `[ocsp] max_age`, `memo_max_bytes`, `cache_max_entries` and `stateless_reload_interval`,
 //! `[limits]` (connection limits of `[limits.status]`) and `[log]`. `[hsm]`, `[profiles]` and
 //! the API's sections may be present and are ignored (never opened); `[hsm]` is not required.
 
@@ -218,6 +218,12 @@ impl OcspNodeConfig {
             }
             follower.memo_max_bytes = n;
         }
+        if let Some(n) = file.ocsp.cache_max_entries {
+            if !(1..=50_000_000).contains(&n) {
+                return Err(invalid("ocsp.cache_max_entries", "between 1 and 50000000"));
+            }
+            follower.cache_max_entries = n;
+        }
         if let Some(s) = file.ocsp.stateless_reload_interval {
             let d = s.0.to_std().unwrap_or_default();
             if !(RELOAD_MIN..=RELOAD_MAX).contains(&d) {
@@ -262,6 +268,8 @@ struct Gauges {
     older_ignored: Gauge,
     crl_number: Gauge,
     ready: Gauge,
+    /// The answer cache: [entries, bound, hits, misses, store reads, evictions].
+    cache: [Gauge; 6],
 }
 
 impl Gauges {
@@ -272,7 +280,30 @@ impl Gauges {
             older_ignored: Gauge::default(),
             crl_number: Gauge::default(),
             ready: Gauge::default(),
+            cache: Default::default(),
         };
+        for (g, (name, help)) in g.cache.iter().zip([
+            ("ca_ocsp_cache_entries", "OCSP answers in memory"),
+            (
+                "ca_ocsp_cache_max_entries",
+                "Bound on the OCSP answers in memory (ocsp.cache_max_entries)",
+            ),
+            ("ca_ocsp_cache_hits", "OCSP requests answered from memory since start"),
+            (
+                "ca_ocsp_cache_misses",
+                "OCSP requests about this CA's certificates with no fresh answer in memory since start",
+            ),
+            (
+                "ca_ocsp_cache_store_reads",
+                "OCSP cache misses answered from the stored response since start",
+            ),
+            (
+                "ca_ocsp_cache_evictions",
+                "OCSP answers evicted from memory to stay under the bound since start",
+            ),
+        ]) {
+            metrics.register(name, help, g.clone());
+        }
         metrics.register(
             "ca_ocsp_follower_answers",
             "Certificates with a verified pre-signed OCSP response in memory",
@@ -610,6 +641,17 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
         g.refused.set(n(s.refused));
         g.older_ignored.set(n(s.older_ignored));
         g.crl_number.set(n(s.crl_number.unwrap_or(0)));
+        let c = f.cache_stats();
+        for (g, v) in g.cache.iter().zip([
+            c.entries as u64,
+            c.max_entries as u64,
+            c.hits,
+            c.misses,
+            c.store_reads,
+            c.evictions,
+        ]) {
+            g.set(n(v));
+        }
     }
     g.ready.set(i64::from(state.ready()));
     (

@@ -557,6 +557,16 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
         out.contains("Response verify OK") && out.contains(": revoked"),
         "{out}"
     );
+    // The answer cache is bounded and reports its use (the revoked answer was read back).
+    let r = resp.clone();
+    let (max, reads) = blocking(move || {
+        (
+            r.metric("ca_ocsp_cache_max_entries"),
+            r.metric("ca_ocsp_cache_store_reads"),
+        )
+    });
+    assert_eq!(max, 200_000);
+    assert!(reads >= 1, "{reads}");
 
     // Attack 1: the stored `revoked` response turned `good` (signature kept).
     let revoked_now = {

@@ -1,11 +1,15 @@
 //! The read-only follower behind a stateless OCSP responder (`ca-server ocsp`): it answers
 //! from the responses the signing nodes pre-signed and stored, and holds no key.
 //!
-//! It keeps the same answer cache and request memo as [`super::Responder`], filled from the
-//! store and kept current by the store's change feed ([`crate::store::ChangeFeed`]): a changed
-//! response is read back ([`crate::store::OcspResponseStore::get_ocsp_response`]) and
-//! installed, a kept CRL re-read ([`crate::store::CrlArchive::latest_crl`]), and everything is
-//! re-read after a gap in the feed and on a slow periodic pass.
+//! It keeps the same bounded answer cache and request memo as [`super::Responder`]: a request
+//! whose answer is not in memory reads the stored response
+//! ([`crate::store::OcspResponseStore::get_ocsp_response`]) and the certificate's record, and
+//! the answer, once checked, stays in memory (up to `cache_max_entries`; memory does not grow
+//! with the store). The store's change feed ([`crate::store::ChangeFeed`]) keeps what is in
+//! memory current: a changed response is read back and installed, a revocation withdraws the
+//! `good` answer, a kept CRL is re-read ([`crate::store::CrlArchive::latest_crl`]); what is in
+//! memory is re-read after a gap in the feed and on a slow periodic pass. Nothing is read at
+//! start but the CRL: the time to ready does not grow with the store.
 //!
 //! # Whom it trusts
 //!
@@ -52,12 +56,13 @@ use super::key::PRESIGNED_ALGS;
 use super::{LiveRequest, Lookup, MemoStats};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::revocation::CertStatus;
 use crate::store::{Change, Store, StoredCrl, StoredOcspResponse, FULL_CRL};
 use chrono::{DateTime, Utc};
 use der::Encode;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use x509_cert::Certificate;
 use x509_ocsp::{OcspResponseStatus, ResponderId};
@@ -70,9 +75,13 @@ pub struct StatelessConfig {
     /// Most store reads in flight for requests the memory cannot answer; more get `tryLater`
     /// (default 16), so that requests about random serials cannot queue up on the database.
     pub max_store_reads: usize,
-    /// Time between full re-reads of the store, the safety net behind the change feed
+    /// Time between re-reads of what is in memory, the safety net behind the change feed
     /// (default 5 minutes).
     pub full_reload_interval: Duration,
+    /// Most answers kept in memory (default 200 000, as
+    /// [`super::ResponderConfig::cache_max_entries`]); the others are read from the store when
+    /// asked about.
+    pub cache_max_entries: usize,
 }
 
 impl Default for StatelessConfig {
@@ -81,6 +90,7 @@ impl Default for StatelessConfig {
             memo_max_bytes: 8 * 1024 * 1024,
             max_store_reads: 16,
             full_reload_interval: Duration::from_secs(300),
+            cache_max_entries: 200_000,
         }
     }
 }
@@ -152,6 +162,10 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// How long a delegated responder certificate's revocation status read from the store is
+/// trusted before it is read again (a revocation in the change feed ends it at once).
+const DELEGATE_TTL: Duration = Duration::from_secs(10);
+
 /// The answers one stored response gives, by serial (magnitude).
 type SerialAnswers = Vec<(Vec<u8>, Arc<OcspAnswer>)>;
 
@@ -172,8 +186,10 @@ pub struct StatelessResponder {
     config: StatelessConfig,
     cache: AnswerCache,
     errors: ErrorAnswers,
-    /// Serials (magnitude) the store lists as revoked: never answered `good`.
-    revoked: RwLock<HashSet<Vec<u8>>>,
+    /// Delegated responder certificates (serial magnitude) -> whether the store lists them
+    /// as revoked, and when that was read (kept [`DELEGATE_TTL`]; a revocation in the feed
+    /// forgets it at once).
+    delegates: Mutex<HashMap<Vec<u8>, (bool, Instant)>>,
     crl: RwLock<Option<Arc<ArchivedCrl>>>,
     loaded: AtomicBool,
     stopping: AtomicBool,
@@ -202,6 +218,12 @@ impl StatelessResponder {
         clock: Arc<dyn Clock>,
         config: StatelessConfig,
     ) -> Result<Self> {
+        if config.cache_max_entries == 0 {
+            return Err(Error::Config {
+                path: "ocsp.cache_max_entries".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         if config.max_store_reads == 0 {
             return Err(Error::Config {
                 path: "ocsp.max_store_reads".into(),
@@ -214,10 +236,10 @@ impl StatelessResponder {
             issuer,
             store,
             clock,
-            cache: AnswerCache::new(config.memo_max_bytes, usize::MAX),
+            cache: AnswerCache::new(config.memo_max_bytes, config.cache_max_entries),
             config,
             errors: ErrorAnswers::new(),
-            revoked: RwLock::new(HashSet::new()),
+            delegates: Mutex::new(HashMap::new()),
             crl: RwLock::new(None),
             loaded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -270,6 +292,12 @@ impl StatelessResponder {
         self.cache.memo_stats()
     }
 
+    /// The answer cache: entries, bound, hits, misses, misses answered from the store,
+    /// evictions.
+    pub fn cache_stats(&self) -> super::CacheStats {
+        self.cache.stats()
+    }
+
     /// The answer in memory for `serial`, fresh or not.
     pub fn cached(&self, serial: &[u8]) -> Option<Arc<OcspAnswer>> {
         self.cache.get(serial_magnitude(serial))
@@ -294,6 +322,7 @@ impl StatelessResponder {
             .cache
             .memo_lookup(request_der, |serial| self.cache.get_fresh(serial, now))
         {
+            self.cache.count_hit();
             return Lookup::Ready(a);
         }
         // RFC 5019 2.1.1: one CertID per request; a stored response cannot answer several.
@@ -315,12 +344,15 @@ impl StatelessResponder {
         }
         if let Some(a) = self.cache.get_fresh(&rc.serial, now) {
             self.cache.memoise(request_der, &rc.cert_id, &rc.serial);
+            self.cache.count_hit();
             return Lookup::Ready(a);
         }
         Lookup::Live(LiveRequest { parsed })
     }
 
-    /// Answer a request [`StatelessResponder::lookup`] could not (blocking: reads the store): `tryLater`
+    /// Answer a request [`StatelessResponder::lookup`] could not (blocking: reads the store):
+    /// the stored response, read back and checked like any other (signature, freshness) and
+    /// against the certificate's status in the store; else `tryLater`
     /// when the certificate exists (its response is missing, stale or withheld), `unauthorized`
     /// when the store has no certificate with this serial (a follower cannot sign `unknown`),
     /// `tryLater` when the store cannot be read or [`StatelessConfig::max_store_reads`] reads
@@ -346,6 +378,11 @@ impl StatelessResponder {
         if in_flight >= self.config.max_store_reads {
             return self.errors.try_later.clone();
         }
+        let read = self.read_back(serial_magnitude(&rc.serial));
+        self.cache.count_miss(read.is_some());
+        if let Some(a) = read {
+            return a;
+        }
         match self.store.serial_exists(&rc.serial) {
             Ok(true) => self.errors.try_later.clone(),
             Ok(false) => self.errors.unauthorized.clone(),
@@ -364,25 +401,30 @@ impl StatelessResponder {
         }
     }
 
-    /// Re-read everything (blocking): the revoked serials, every stored response, the latest
-    /// full CRL. Answers past their nextUpdate are dropped from memory. The follower counts as
-    /// loaded once this has succeeded once.
+    /// Re-read what is in memory (blocking): each answer's stored response (a newer one is
+    /// taken, a removed one forgotten), each `good` answer's certificate (revoked or gone:
+    /// withdrawn), and the latest full CRL; answers past their nextUpdate are dropped. The
+    /// safety net behind the change feed: its cost follows the bounded cache, not the store
+    /// (answers not in memory are read when asked about). The follower counts as loaded once
+    /// this has succeeded once.
     pub fn reload(&self) -> Result<()> {
-        let mut revoked = HashSet::new();
-        self.store.for_each_revoked(&mut |e| {
-            revoked.insert(serial_magnitude(&e.serial).to_vec());
-            Ok(())
-        })?;
-        *write(&self.revoked) = revoked;
-        // Answers `good` for serials revoked meanwhile (missed by a gap in the feed).
-        for serial in self.cache.select(OcspAnswer::is_good) {
-            self.withdraw_good_if_revoked(&serial);
-        }
-        self.store.for_each_ocsp_response(&mut |stored| {
-            self.install_stored(&stored);
-            Ok(())
-        })?;
         let now = self.clock.now();
+        for serial in self.cache.select(|_| true) {
+            match self.store.get_ocsp_response(&serial)? {
+                None => self.forget(&serial),
+                Some(stored) => {
+                    if self.cache.get(&serial).is_some_and(|a| a.der != stored.der) {
+                        self.install_stored(&stored);
+                    }
+                }
+            }
+            if self.cache.get(&serial).is_some_and(|a| a.is_good()) {
+                let revoked = !matches!(self.store.get_cert(&serial)?, Some(r) if !r.is_revoked());
+                if revoked {
+                    self.withdraw_good(&serial);
+                }
+            }
+        }
         for serial in self.cache.select(|a| !a.fresh(now)) {
             let _g = self.cache.sign_lock(&serial);
             if self.cache.get(&serial).is_some_and(|a| !a.fresh(now)) {
@@ -403,18 +445,83 @@ impl StatelessResponder {
         Ok(())
     }
 
+    /// A request about `serial` (magnitude) missed the cache: its stored response, if it
+    /// verifies, is fresh, and gives the status the store holds for the certificate now
+    /// (a `good` for a revoked certificate is not served); installed in the cache.
+    fn read_back(&self, serial: &[u8]) -> Option<Arc<OcspAnswer>> {
+        let warn = |what: &str, e: Error| -> Option<Arc<OcspAnswer>> {
+            tracing::warn!(serial = %hex::encode(serial), error = %e, "stateless OCSP responder: cannot read the {what}; answering tryLater");
+            None
+        };
+        let stored = match self.store.get_ocsp_response(serial) {
+            Ok(s) => s?,
+            Err(e) => return warn("stored response", e),
+        };
+        let now = self.clock.now();
+        let answers = match self.verify_stored(&stored, now) {
+            Ok(a) => a,
+            Err(reason) => {
+                self.refuse(&stored, &reason);
+                return None;
+            }
+        };
+        let (_, answer) = answers.into_iter().find(|(s, _)| s == serial)?;
+        if !answer.fresh(now) {
+            return None;
+        }
+        let _g = self.cache.sign_lock(serial);
+        let rec = match self.store.get_cert(serial) {
+            Ok(r) => r?,
+            Err(e) => return warn("certificate", e),
+        };
+        let right = matches!(
+            (answer.cert_status(), rec.is_revoked()),
+            (Some(CertStatus::Good), false) | (Some(CertStatus::Revoked { .. }), true)
+        );
+        if !right {
+            tracing::info!(serial = %hex::encode(serial), "stateless OCSP responder: the stored response disagrees with the certificate's status; tryLater until the signing node's answer arrives");
+            return None;
+        }
+        if let Some(current) = self.cache.get_fresh(serial, now) {
+            return Some(current);
+        }
+        self.cache.insert(serial, answer.clone());
+        self.installed.fetch_add(1, Ordering::Relaxed);
+        Some(answer)
+    }
+
+    fn forget(&self, serial: &[u8]) {
+        let _g = self.cache.sign_lock(serial);
+        self.cache.remove(serial);
+    }
+
+    fn refuse(&self, stored: &StoredOcspResponse, reason: &Refusal) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            serial = %hex::encode(&stored.serial),
+            %reason,
+            "stateless OCSP responder: refusing a stored OCSP response; serving the previous answer or tryLater"
+        );
+    }
+
     /// Apply one change from the feed (blocking: reads the store).
     pub fn apply(&self, change: &Change) -> Result<()> {
         match change {
             Change::Revoked(serial) => {
                 let serial = serial_magnitude(serial).to_vec();
-                write(&self.revoked).insert(serial.clone());
-                self.withdraw_good_if_revoked(&serial);
+                self.delegates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&serial);
+                self.withdraw_good(&serial);
                 Ok(())
             }
+            // Only for an answer in memory: one that is not is read when asked about.
             Change::OcspResponse(serial) => {
-                if let Some(stored) = self.store.get_ocsp_response(serial)? {
-                    self.install_stored(&stored);
+                if self.cache.get(serial_magnitude(serial)).is_some() {
+                    if let Some(stored) = self.store.get_ocsp_response(serial)? {
+                        self.install_stored(&stored);
+                    }
                 }
                 Ok(())
             }
@@ -422,12 +529,7 @@ impl StatelessResponder {
                 // Retention removed the certificate: forget its answer. A group response
                 // stored again under a remaining member cannot bring it back fresh (it was
                 // signed at issuance, long before the retention period ended).
-                let serial = serial_magnitude(serial).to_vec();
-                {
-                    let _g = self.cache.sign_lock(&serial);
-                    self.cache.remove(&serial);
-                }
-                write(&self.revoked).remove(&serial);
+                self.forget(serial_magnitude(serial));
                 Ok(())
             }
             Change::Crl { scope, .. } if scope == FULL_CRL => self.reload_crl(),
@@ -436,10 +538,8 @@ impl StatelessResponder {
         }
     }
 
-    fn withdraw_good_if_revoked(&self, serial: &[u8]) {
-        if !read(&self.revoked).contains(serial) {
-            return;
-        }
+    /// The certificate is revoked (or gone) in the store: withdraw its `good` answer.
+    fn withdraw_good(&self, serial: &[u8]) {
         let _g = self.cache.sign_lock(serial);
         if self.cache.get(serial).is_some_and(|a| a.is_good()) {
             tracing::info!(serial = %hex::encode(serial), "stateless OCSP responder: certificate revoked in the store; its good answer is withdrawn until the revoked response arrives");
@@ -447,32 +547,31 @@ impl StatelessResponder {
         }
     }
 
-    /// Verify a stored response and install every answer it gives that is not older than the
-    /// one in memory. Refusals are logged and counted, never fatal.
+    /// Verify a stored response and install every answer it gives, for a serial with an
+    /// answer in memory, that is not older than that answer (and, for a `good`, whose
+    /// certificate the store does not list as revoked). Refusals are logged and counted, never
+    /// fatal.
     fn install_stored(&self, stored: &StoredOcspResponse) {
         let now = self.clock.now();
         let answers = match self.verify_stored(stored, now) {
             Ok(a) => a,
             Err(reason) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    serial = %hex::encode(&stored.serial),
-                    %reason,
-                    "stateless OCSP responder: refusing a stored OCSP response; serving the previous answer or tryLater"
-                );
+                self.refuse(stored, &reason);
                 return;
             }
         };
-        let revoked = read(&self.revoked);
         for (serial, answer) in answers {
-            if !answer.fresh(now) {
-                continue;
-            }
-            if answer.is_good() && revoked.contains(&serial) {
+            if !answer.fresh(now) || self.cache.get(&serial).is_none() {
                 continue;
             }
             let _g = self.cache.sign_lock(&serial);
+            if answer.is_good()
+                && !matches!(self.store.get_cert(&serial), Ok(Some(r)) if !r.is_revoked())
+            {
+                continue;
+            }
             match self.cache.get(&serial) {
+                None => {}
                 Some(old) if Arc::ptr_eq(&old, &answer) || old.der == answer.der => {}
                 Some(old) if !answer.replaces(&old) => {
                     self.older_ignored.fetch_add(1, Ordering::Relaxed);
@@ -557,13 +656,36 @@ impl StatelessResponder {
             return Err(Refusal::Delegate("outside its validity period".to_string()));
         }
         let serial = serial_magnitude(cert.tbs_certificate.serial_number.as_bytes());
-        if read(&self.revoked).contains(serial) {
+        if self.delegate_revoked(serial) {
             return Err(Refusal::Delegate(format!(
                 "certificate {} is revoked",
                 hex::encode(serial)
             )));
         }
         Ok(())
+    }
+
+    /// Whether the store lists the delegated responder certificate `serial` as revoked (or
+    /// cannot say: fail closed), read at most every [`DELEGATE_TTL`].
+    fn delegate_revoked(&self, serial: &[u8]) -> bool {
+        let mut known = self.delegates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((revoked, at)) = known.get(serial) {
+            if at.elapsed() < DELEGATE_TTL {
+                return *revoked;
+            }
+        }
+        let revoked = match self.store.get_cert(serial) {
+            Ok(Some(rec)) => rec.is_revoked(),
+            // Not a certificate this CA issued and recorded, or the store cannot say.
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "stateless OCSP responder: cannot read the delegated responder certificate's status; refusing its responses");
+                return true;
+            }
+        };
+        known.retain(|_, (_, at)| at.elapsed() < DELEGATE_TTL);
+        known.insert(serial.to_vec(), (revoked, Instant::now()));
+        revoked
     }
 
     /// Read the latest full CRL and serve it if it verifies and is not older than the one
