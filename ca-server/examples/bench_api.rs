@@ -16,7 +16,11 @@
 //! a cost that other load on the machine does not change.
 //!
 //! Usage: `bench_api --url https://127.0.0.1:PORT --root ROOT.pem --admin-cert C --admin-key K
-//! [--enroll N] [--renew N] [--conns 16] [--server-pid PID] [--db-comm NAME]`
+//! [--enroll N] [--renew N] [--revoke N] [--conns 16] [--server-pid PID] [--db-comm NAME]`
+//!
+//! `--revoke N` (default 0): after the other phases, revoke the first N certificates enrolled
+//! (`POST /v1/admin/revoke`, reason cessationOfOperation) over `--conns` admin mTLS
+//! connections; reported as the `revoke` phase (revocations/s, p50/p99).
 //!
 //! Several nodes (one store): `--url URL1,URL2 --server-pid PID1,PID2`; connection (or renewal
 //! chain) `i` goes to node `i % n`, and the server CPU is the nodes' sum.
@@ -48,6 +52,7 @@ struct Args {
     admin_key: String,
     enroll: usize,
     renew: usize,
+    revoke: usize,
     conns: usize,
     server_pid: Vec<u32>,
     db_comm: Option<String>,
@@ -61,6 +66,7 @@ fn args() -> anyhow::Result<Args> {
         admin_key: String::new(),
         enroll: 10_000,
         renew: 10_000,
+        revoke: 0,
         conns: 16,
         server_pid: Vec::new(),
         db_comm: None,
@@ -75,6 +81,7 @@ fn args() -> anyhow::Result<Args> {
             "--admin-key" => a.admin_key = v()?,
             "--enroll" => a.enroll = v()?.parse()?,
             "--renew" => a.renew = v()?.parse()?,
+            "--revoke" => a.revoke = v()?.parse()?,
             "--conns" => a.conns = v()?.parse()?,
             "--server-pid" => {
                 a.server_pid = v()?.split(',').map(str::parse).collect::<Result<_, _>>()?
@@ -84,7 +91,7 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     if a.url.is_empty() || a.root.is_empty() || a.admin_cert.is_empty() || a.admin_key.is_empty() {
-        bail!("usage: bench_api --url URL --root PEM --admin-cert PEM --admin-key PEM [--enroll N] [--renew N] [--conns N] [--server-pid PID] [--db-comm NAME]");
+        bail!("usage: bench_api --url URL --root PEM --admin-cert PEM --admin-key PEM [--enroll N] [--renew N] [--revoke N] [--conns N] [--server-pid PID] [--db-comm NAME]");
     }
     Ok(a)
 }
@@ -321,6 +328,7 @@ async fn run_phase(
     jobs_of: Option<Arc<Vec<Vec<usize>>>>,
     keep: usize,
     server_pids: &[u32],
+    expect_cert: bool,
 ) -> anyhow::Result<PhaseResult> {
     let next = Arc::new(AtomicUsize::new(0));
     let meter = Meter::start(server_pids);
@@ -354,6 +362,9 @@ async fn run_phase(
                 let Some(job) = jobs.get(i) else { break };
                 let t0 = Instant::now();
                 match post(&mut s, &target, path, job.body.clone()).await {
+                    Ok((StatusCode::OK, _)) if !expect_cert => {
+                        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
                     Ok((StatusCode::OK, body)) => {
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         match serde_json::from_slice::<IssuedResponse>(&body) {
@@ -629,6 +640,7 @@ fn main() -> anyhow::Result<()> {
         None,
         renew_conns,
         &a.server_pid,
+        true,
     ))?;
 
     println!("| phase | connections | certificates | seconds | certificates/s | p50 ms | p99 ms | max ms | errors | generator CPU (share of {} cores) | server CPU (share) | database CPU (share) | server + database CPU ms per certificate | other processes' CPU (share) |", cores());
@@ -676,6 +688,44 @@ fn main() -> anyhow::Result<()> {
         rr = Some(r);
     }
 
+    // ---- Timed: revocation of the first certificates enrolled, through the admin API.
+    let mut vr = None;
+    if a.revoke > 0 {
+        let jobs: Vec<Job> = er
+            .serials
+            .iter()
+            .take(a.revoke)
+            .map(|serial| Job {
+                body: serde_json::to_vec(&serde_json::json!({
+                    "serial": serial,
+                    "reason": "cessationOfOperation",
+                }))
+                .unwrap()
+                .into(),
+            })
+            .collect();
+        let senders = rt.block_on(async {
+            let mut v = Vec::new();
+            for ci in 0..a.conns {
+                v.push(connect(&targets[ci % targets.len()], admin_tls.clone()).await?);
+            }
+            Ok::<_, anyhow::Error>(v)
+        })?;
+        eprintln!("revoke: {} requests over {} admin connections", jobs.len(), a.conns);
+        let r = rt.block_on(run_phase(
+            &targets,
+            senders,
+            "/v1/admin/revoke",
+            Arc::new(jobs),
+            None,
+            0,
+            &a.server_pid,
+            false,
+        ))?;
+        report("revoke", a.conns, &r);
+        vr = Some(r);
+    }
+
     // ---- Checks (untimed): every serial distinct, the kept certificates carry their names.
     let mut seen = HashSet::new();
     let all = er
@@ -707,7 +757,12 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let errors = er.errors.len() + rr.as_ref().map_or(0, |r| r.errors.len());
+    let errors = er.errors.len()
+        + rr.as_ref().map_or(0, |r| r.errors.len())
+        + vr.as_ref().map_or(0, |r| r.errors.len());
+    if let Some(e) = vr.as_ref().and_then(|r| r.errors.first()) {
+        eprintln!("first revocation error: {e}");
+    }
     eprintln!("checked: {total} distinct serials, {errors} errors");
     // How the OCSP responses signed at issuance were grouped (server metrics).
     let mut metrics = Vec::new();

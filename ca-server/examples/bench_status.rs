@@ -9,7 +9,9 @@
 //! Also a small load generator, for servers wrk cannot drive (OpenSSL's responder spins
 //! forever on wrk's initial probe connection, which it accepts and which closes at once):
 //! `bench_status load URL METHOD REQUESTS_FILE CONNECTIONS SECONDS POST_PATH GET_PREFIX`
-//! prints a `RESULT rps=.. p50_us=.. p99_us=.. errors=.. non200=..` line like bench/ocsp.lua.
+//! prints a `RESULT rps=.. p50_us=.. p99_us=.. errors=.. non200=..` line like bench/ocsp.lua;
+//! and `bench_status requests ISSUER_PEM SERIALS_FILE OUT` writes such a file (GET) for given
+//! serials (`bench/scale.sh`).
 //! One runtime thread (like `wrk -t1`); keep-alive when the server allows it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -51,6 +53,9 @@ fn openssl_time(t: chrono::DateTime<Utc>) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("requests") {
+        return requests(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("load") {
         return tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -61,6 +66,48 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(serve(args))
+}
+
+/// `bench_status requests ISSUER_CERT SERIALS_FILE OUT` (PEM or DER): a request list for `load` (GET only:
+/// `good - PATH` lines) with one SHA-1 CertID request per serial of SERIALS_FILE (hex, one per
+/// line), for a scale run against a real server (`bench/scale.sh`).
+fn requests(args: &[String]) -> anyhow::Result<()> {
+    let [issuer_pem, serials, out] = args else {
+        anyhow::bail!("usage: bench_status requests ISSUER_PEM SERIALS_FILE OUT");
+    };
+    let bytes = std::fs::read(issuer_pem)?;
+    // PEM, or DER as the status listener's /ca.crt serves it.
+    let pem = rustls_pemfile::certs(&mut &bytes[..]).next();
+    let der = match pem {
+        Some(c) => c?.to_vec(),
+        None => bytes.clone(),
+    };
+    let issuer = OcspIssuer::from_cert_der(&der)?;
+    let mut list = String::new();
+    for line in std::fs::read_to_string(serials)?.lines() {
+        let serial = hex::decode(line.trim())?;
+        let req = OcspRequest {
+            tbs_request: TbsRequest {
+                version: Default::default(),
+                requestor_name: None,
+                request_list: vec![Request {
+                    req_cert: issuer.cert_id(HashAlg::Sha1, &serial)?,
+                    single_request_extensions: None,
+                }],
+                request_extensions: None,
+            },
+            optional_signature: None,
+        }
+        .to_der()?;
+        let get = base64::engine::general_purpose::STANDARD
+            .encode(&req)
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        let _ = writeln!(list, "good - {get}");
+    }
+    std::fs::write(out, list)?;
+    Ok(())
 }
 
 async fn load(args: &[String]) -> anyhow::Result<()> {

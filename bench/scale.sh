@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Growth: what a certificate costs as one data directory grows (issue 17). One `ca-server dev`
+# CA (sled, SoftHSM, durable store on disk) is grown through the HTTPS API, step by step, to
+# each size given; at each step the script measures, on the same directory:
+#
+# - enroll certificates/s (the step's enrollments) and revoke/s with p50/p99 (SCALE_REVOKE
+#   revocations per step through the admin API, 16 connections): bench_api;
+# - store bytes on disk per certificate issued (`du` of the store after a clean stop);
+# - the full CRL's size (`/crl`), and the number of revoked certificates;
+# - a restart: seconds until serving (`dev.env` written, both listeners bound) and until the
+#   status listener's /readyz; the server's RSS right after, and once the background load of
+#   stored OCSP responses has finished (`ca_ocsp_cache_entries` stable);
+# - OCSP GET requests/s for a random mix (SCALE_RANDOM distinct certificates, cycled) and for
+#   a hot set (100 certificates), 16 connections, SCALE_OCSP_SECONDS each, with the answer
+#   cache's hit rate; then the RSS again.
+#
+# The answer cache is bounded at SCALE_CACHE answers (default 20000: at 100k certificates that
+# is the ratio of the 200k default to 1M certificates), so the random mix misses as it would
+# at a million.
+#
+# Usage: bench/scale.sh [SIZE...]   (default: 10000 100000; e.g. 10000 100000 1000000)
+# Env: SCALE_REVOKE (default 2000 per step), SCALE_RANDOM (20000), SCALE_CACHE (20000),
+#      SCALE_OCSP_SECONDS (5), BENCH_DIR (default /var/tmp), BENCH_OUT (default
+#      bench/results/scale.md). Needs curl, python3 and about 7 KB of disk per certificate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in --help|-h) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(10000 100000)
+revoke="${SCALE_REVOKE:-2000}"
+random="${SCALE_RANDOM:-20000}"
+cache="${SCALE_CACHE:-20000}"
+secs="${SCALE_OCSP_SECONDS:-5}"
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release --locked -p ca-server --bin ca-server --example bench_api --example bench_status >&2
+bin="$target/release/ca-server"
+gen="$target/release/examples/bench_api"
+load="$target/release/examples/bench_status"
+dir="$(mktemp -d "${BENCH_DIR:-/var/tmp}/ca-bench-scale.XXXXXX")"
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$dir" "$dir.work"
+}
+trap cleanup EXIT
+mkdir -p "$dir.work"
+
+since() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN { print a - b }'; }
+rss_mb() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
+metric() { curl -fsS "$CA_STATUS_URL/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+start() {
+  rm -f "$dir/dev.env"
+  t0=$(date +%s.%N)
+  "$bin" dev --data "$dir" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 >>"$dir.work/server.log" 2>&1 &
+  pid=$!
+  until [ -f "$dir/dev.env" ]; do
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$dir.work/server.log" >&2; echo "scale.sh: ca-server exited" >&2; exit 1; }
+    sleep 0.02
+  done
+  t_serving=$(since "$t0")
+  # shellcheck disable=SC1091
+  . "$dir/dev.env"
+  until curl -fsS -o /dev/null "$CA_STATUS_URL/readyz"; do sleep 0.02; done
+  t_ready=$(since "$t0")
+}
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
+# The row of PHASE in bench_api's table: prints "rate p50 p99".
+phase() { awk -F'|' -v p=" $1 " '$2 == p {gsub(/[ *]/, "", $6); gsub(/ /, "", $7); gsub(/ /, "", $8); print $6, $7, $8}' "$2"; }
+ocsp() {
+  local before_h before_m out
+  before_h=$(metric ca_ocsp_cache_hits_total); before_m=$(metric ca_ocsp_cache_misses_total)
+  out=$("$load" load "$CA_STATUS_URL" GET "$1" 16 "$secs" /ocsp /ocsp/ | awk '/^RESULT/ {sub(/rps=/, "", $2); print $2}')
+  local h m
+  h=$(metric ca_ocsp_cache_hits_total); m=$(metric ca_ocsp_cache_misses_total)
+  awk -v r="$out" -v h="$((${h%.*} - ${before_h%.*}))" -v m="$((${m%.*} - ${before_m%.*}))" \
+    'BEGIN { printf "%s %.0f%%", r, (h + m > 0 ? 100 * h / (h + m) : 0) }'
+}
+
+# A dev CA without rate limits, its answer cache bounded at SCALE_CACHE.
+start; stop
+awk '
+  /^\[/ { sec = $0 }
+  (sec == "[limits.enroll]" || sec == "[limits.renew]" || sec == "[limits.admin]") && /^per_second =/ { $0 = "per_second = 1000000" }
+  (sec == "[limits.enroll]" || sec == "[limits.renew]" || sec == "[limits.admin]") && /^burst =/ { $0 = "burst = 1000000" }
+  { print }
+' "$dir/config.toml" >"$dir/config.toml.new"
+mv "$dir/config.toml.new" "$dir/config.toml"
+if grep -q '^\[ocsp\]' "$dir/config.toml"; then
+  sed -i "/^\[ocsp\]/a cache_max_entries = $cache" "$dir/config.toml"
+else
+  printf '\n[ocsp]\ncache_max_entries = %s\n' "$cache" >>"$dir/config.toml"
+fi
+
+have=0; revoked=0
+rows=()
+for n in "${sizes[@]}"; do
+  [ "$n" -gt "$have" ] || { echo "scale.sh: sizes must grow ($n after $have)" >&2; exit 2; }
+  free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  if [ $(( (n - have) * 8 )) -gt "$free_kb" ]; then
+    echo "scale.sh: stopping before $n certificates: $((free_kb / 1024)) MB free on $(df -P "$dir" | awk 'NR == 2 {print $6}') (about 7 KB each)" >&2
+    rows+=("| $n | not reached: the disk holds about $((free_kb / 8)) more certificates |||||||||")
+    break
+  fi
+  start
+  echo "scale.sh: growing to $n certificates (+$((n - have))), revoking $revoke" >&2
+  "$gen" --url "$CA_URL" --root "$CA_ROOT" --admin-cert "$CA_ADMIN_CERT" --admin-key "$CA_ADMIN_KEY" \
+    --enroll "$((n - have))" --renew 0 --revoke "$revoke" --conns 16 --server-pid "$pid" >"$dir.work/api.md"
+  read -r enroll_rate _ _ < <(phase enroll "$dir.work/api.md")
+  read -r revoke_rate revoke_p50 revoke_p99 < <(phase revoke "$dir.work/api.md")
+  have=$n; revoked=$((revoked + revoke))
+  sleep 2 # the CRL task rebuilds after the last revocations
+  crl_bytes=$(curl -fsS "$CA_STATUS_URL/crl" | wc -c)
+  curl -fsS -o "$dir.work/issuer.crt" "$CA_STATUS_URL/ca.crt"
+  "$bin" certs export --json --status valid >"$dir.work/certs.ndjson"
+  python3 - "$dir.work" "$random" <<'EOF'
+import json, random, sys
+work, n = sys.argv[1], int(sys.argv[2])
+serials = [json.loads(l)["serial"].replace(":", "") for l in open(f"{work}/certs.ndjson")]
+random.seed(17)
+open(f"{work}/random.serials", "w").write("\n".join(random.sample(serials, min(n, len(serials)))) + "\n")
+open(f"{work}/hot.serials", "w").write("\n".join(serials[-100:]) + "\n")
+EOF
+  "$load" requests "$dir.work/issuer.crt" "$dir.work/random.serials" "$dir.work/random.txt"
+  "$load" requests "$dir.work/issuer.crt" "$dir.work/hot.serials" "$dir.work/hot.txt"
+  stop
+  store_bytes=$(du -sb "$dir/store" | awk '{print $1}')
+
+  start
+  rss_ready=$(rss_mb)
+  prev=-1
+  while e=$(metric ca_ocsp_cache_entries); [ "$e" != "$prev" ]; do prev=$e; sleep 1; done
+  t_loaded=$(since "$t0")
+  rss_loaded=$(rss_mb)
+  read -r rps_random hit_random < <(ocsp "$dir.work/random.txt")
+  read -r rps_hot hit_hot < <(ocsp "$dir.work/hot.txt")
+  rss_after=$(rss_mb)
+  stop
+  rows+=("$(printf '| %s | %s | %.0f | %s | %s | %s | %s / %s | %.2f / %.2f / %.0f | %s / %s / %s | %s (%s) | %s (%s) |' \
+    "$n" "$revoked" "$(awk -v b="$store_bytes" -v n="$n" 'BEGIN {print b / n}')" "$crl_bytes" \
+    "$enroll_rate" "$revoke_rate" "$revoke_p50" "$revoke_p99" \
+    "$t_serving" "$t_ready" "$t_loaded" "$rss_ready" "$rss_loaded" "$rss_after" \
+    "$rps_random" "$hit_random" "$rps_hot" "$hit_hot")")
+done
+
+mkdir -p bench/results
+out="${BENCH_OUT:-bench/results/scale.md}"
+{
+  echo "### Growth of one data directory ($(date -u +%Y-%m-%d\ %H:%M\ UTC))"
+  echo
+  echo "Command: \`bench/scale.sh ${sizes[*]}\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'); SCALE_REVOKE=$revoke SCALE_RANDOM=$random SCALE_CACHE=$cache SCALE_OCSP_SECONDS=$secs. Machine: $(nproc) cores, $(uname -sr), sled store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo
+  echo "| certificates | revoked | store bytes per certificate | full CRL bytes | enroll/s | revoke/s | revoke p50 / p99 ms | serving / ready / loaded (s) | RSS MB at ready / loaded / after OCSP | OCSP req/s random (cache hit rate) | OCSP req/s hot (hit rate) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+} | tee "$out"
