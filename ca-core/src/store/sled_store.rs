@@ -1375,3 +1375,15 @@ impl SledStore {
         Ok(n)
     }
 }
+
+impl SledStore {
+    /// Testing hook: delete a raw audit event, as an attacker with write access to the store
+    /// would (no start recorded, head untouched).
+    #[doc(hidden)]
+    pub fn delete_audit_event_for_test(&self, seq: u64) -> Result<()> {
+        self.audit
+            .remove(seq.to_be_bytes())
+            .map_err(|e| Error::store("audit", e))?;
+        self.flush_group()
+    }
+}

@@ -83,3 +83,15 @@ impl PgStore {
         Ok(usize::try_from(events + checkpoints).unwrap_or(usize::MAX))
     }
 }
+
+impl PgStore {
+    /// Testing hook: delete a raw audit event, as an attacker with write access to the
+    /// database would (no start recorded, head untouched).
+    #[doc(hidden)]
+    pub fn delete_audit_event_for_test(&self, seq: u64) -> Result<()> {
+        self.conn()?
+            .execute("DELETE FROM audit_events WHERE seq = $1", &[&seq_col(seq)])
+            .map_err(pg("audit"))?;
+        Ok(())
+    }
+}
