@@ -4,7 +4,9 @@
 # one token each: certificate record, identity/expiry/lineage indexes, OCSP response pre-signed
 # at issuance, audit events, token record), the server stopped, then every tree of the store read
 # once (ca-server/examples/storage_report.rs): records, key and value bytes, bytes per
-# certificate, and the directory's size on disk.
+# certificate, and the directory's size on disk. Then the audit log archived and truncated below
+# its latest checkpoint (`ca-server audit archive` / `audit truncate`) and the store read again:
+# what the audit log costs once archived (sled reclaims the freed space on disk lazily).
 #
 # Usage: bench/storage.sh [N]   (default 10000)
 # BENCH_PROFILE=dev builds without --release (slower issuance, same bytes).
@@ -72,4 +74,13 @@ out="${BENCH_OUT:-bench/results/storage.md}"
   echo "Command: \`bench/storage.sh $n\` ($profile build) at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'). $n enrollments (one token each) on a fresh \`ca-server dev\` (P-256, SoftHSM, durable sled), server stopped, every tree read."
   echo
   "$out_dir/examples/storage_report" "$dir/store"
+  "$bin" audit archive --config "$dir/config.toml" --out "$dir/audit-archive.ndjson" --json >"$dir.archive.json"
+  seq="$(grep -o '"seq": *[0-9]*' "$dir.archive.json" | head -1 | grep -o '[0-9]*$')"
+  "$bin" audit truncate --config "$dir/config.toml" --below-checkpoint "$seq" \
+    --archive "$dir/audit-archive.ndjson" >&2
+  echo
+  echo "After \`ca-server audit archive\` (archive file: $(stat -c %s "$dir/audit-archive.ndjson") bytes) and \`audit truncate --below-checkpoint $seq\`:"
+  echo
+  "$out_dir/examples/storage_report" "$dir/store"
+  rm -f "$dir.archive.json"
 } | tee "$out"
