@@ -246,6 +246,14 @@ pub struct AuditVerifyResponse {
     /// Events after the last checkpoint (not yet covered by a signature).
     #[serde(default)]
     pub unsigned_tail: u64,
+    /// Events archived and truncated below the log's start (`audit truncate`; 0: the log
+    /// starts at event 1).
+    #[serde(default)]
+    pub archived_events: u64,
+    /// The signed checkpoint the log starts from after a truncation (its first event links
+    /// to it; its signature was checked with the audit key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<ca_core::audit::Checkpoint>,
 }
 
 /// Answer to `POST /v1/admin/audit/checkpoint`.

@@ -304,6 +304,13 @@ pub struct AuditReport {
     /// SHA-256 of the audit key the signatures were checked with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_key_sha256: Option<String>,
+    /// Events archived and truncated below the log's start (0: the log starts at event 1):
+    /// the log was checked from the signed checkpoint in [`AuditReport::start`].
+    #[serde(default)]
+    pub archived_events: u64,
+    /// The signed checkpoint a truncated log starts from (its first event links to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Checkpoint>,
 }
 
 impl AuditReport {
@@ -354,8 +361,18 @@ impl LogVerifier {
     /// Verify a log that continues from a signed checkpoint (an export's anchor): the first
     /// event must be `anchor.seq + 1` and link to `anchor.head_hash`.
     pub fn anchored(anchor: &Checkpoint, key: AuditKey) -> Result<Self> {
-        anchor.verify(&key)?;
-        let mut v = LogVerifier::new(Some(key));
+        LogVerifier::starting_at(anchor, Some(key))
+    }
+
+    /// Verify a log that starts at a signed checkpoint: an export's anchor, or the start of a
+    /// store's log after `audit truncate` (events up to `anchor.seq` archived and deleted).
+    /// With `key` the anchor's signature is checked first (an anchor not signed by the audit
+    /// key is refused); without, only the chain from its hash on is.
+    pub fn starting_at(anchor: &Checkpoint, key: Option<AuditKey>) -> Result<Self> {
+        if let Some(key) = &key {
+            anchor.verify(key)?;
+        }
+        let mut v = LogVerifier::new(key);
         v.seq = anchor.seq;
         v.hash = anchor.head_hash.clone();
         v.report.first_seq = anchor.seq + 1;

@@ -9,6 +9,10 @@
 //!   and ending at one.
 //! - [`verify_export`]: checks an export with the audit public key alone: no server, no HSM,
 //!   no store.
+//! - [`archive`] and [`truncate`] (`ca-server audit archive` / `audit truncate`): an export
+//!   of the log up to a signed checkpoint written durably to a file, and the deletion of the
+//!   events it holds from the store once that file verifies, leaving the log anchored at the
+//!   checkpoint.
 
 use ca_core::audit::{AuditEvent, AuditKey, AuditReport, Checkpoint, LogVerifier, GENESIS};
 use ca_core::clock::Clock;
@@ -231,10 +235,17 @@ pub(crate) fn write_export<S: AuditLog + ?Sized>(
         Some(u) => u,
         None => store.audit_head()?.map(|(s, _)| s).unwrap_or(0),
     };
-    let anchor = if since > 1 {
-        store.audit_checkpoint_before(since.min(until + 1))?
-    } else {
-        None
+    // After `audit truncate` the log starts at a signed checkpoint: an export reaching back
+    // to it (or beyond) is anchored there.
+    let start = store.audit_start()?;
+    let anchor = match start {
+        Some(s) if since <= s.seq + 1 => Some(s),
+        Some(s) => match store.audit_checkpoint_before(since.min(until + 1))? {
+            Some(cp) if cp.seq >= s.seq => Some(cp),
+            _ => Some(s),
+        },
+        None if since > 1 => store.audit_checkpoint_before(since.min(until + 1))?,
+        None => None,
     };
     let mut buf = line(&ExportLine::Header(ExportHeader {
         format: EXPORT_FORMAT.into(),
@@ -438,4 +449,401 @@ pub(crate) fn verify_export(
         Some(_) => {}
     }
     Ok(ExportSummary { header, report })
+}
+
+// ---- Archive and truncation (`ca-server audit archive`, `audit truncate`) ----
+
+/// Why an archive or a truncation did not happen. Each has a stable [`ArchiveError::code`];
+/// whatever the error, the store was not changed (a truncation interrupted after its start
+/// was recorded is the exception: run it again to finish it).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum ArchiveError {
+    /// No audit public key: nothing could be checked.
+    #[error(
+        "no audit public key: set [audit] key (the server writes [audit] public_key) or pass \
+         --public-key"
+    )]
+    NoAuditKey,
+    /// `--out` exists: an archive never overwrites a file.
+    #[error("{0} exists: an archive is never written over a file; choose a new name")]
+    OutExists(std::path::PathBuf),
+    /// The log has no signed checkpoint to end the archive at.
+    #[error(
+        "the audit log has no signed checkpoint: sign one first (`ca-server audit checkpoint`, \
+         or wait for the periodic one), then archive"
+    )]
+    NoCheckpoint,
+    /// `--through-checkpoint` / `--below-checkpoint` names no stored checkpoint.
+    #[error(
+        "no signed checkpoint at sequence {0} in the store: list them in an archive of the \
+         log, or omit --through-checkpoint for the latest"
+    )]
+    CheckpointNotFound(u64),
+    /// The checkpoint is at or below the log's start: its events were archived already.
+    #[error(
+        "the log already starts after sequence {start}: the checkpoint of sequence {seq} was \
+         archived and truncated before"
+    )]
+    AlreadyArchived {
+        /// The checkpoint asked for.
+        seq: u64,
+        /// The log's start.
+        start: u64,
+    },
+    /// The archive file is missing or unreadable.
+    #[error("the archive {path} cannot be read: {source}")]
+    ArchiveMissing {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The archive does not verify (tampered, cut short, another key).
+    #[error("the archive {path} does not verify: {source}")]
+    ArchiveInvalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: ExportError,
+    },
+    /// The archive does not hold the checkpoint of `--below-checkpoint`.
+    #[error(
+        "the archive holds no checkpoint of sequence {seq} (its checkpoints cover sequences \
+         {first}..={last}): archive through that checkpoint first"
+    )]
+    CheckpointNotInArchive {
+        /// The checkpoint asked for.
+        seq: u64,
+        /// First event of the archive.
+        first: u64,
+        /// Last event of the archive.
+        last: u64,
+    },
+    /// The archive starts after the log's start: the events in between would be lost.
+    #[error(
+        "the archive starts at event {archive_first} but the store's log starts at {store_first}: \
+         events {store_first}..{archive_first} are in no archive; archive them first"
+    )]
+    ArchiveGap {
+        /// First event of the archive.
+        archive_first: u64,
+        /// First event of the store's log.
+        store_first: u64,
+    },
+    /// The store's log is not the one the archive holds (or the start would move back).
+    #[error("the store does not match the archive: {0}")]
+    StoreMismatch(#[source] ca_core::Error),
+    /// Reading or writing the store failed.
+    #[error("the store: {0}")]
+    Store(#[source] ca_core::Error),
+    /// Writing the archive file failed (nothing was left at --out).
+    #[error("writing the archive {path}: {source}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ArchiveError {
+    /// The stable, machine-readable code of this error (scripts match on it).
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            ArchiveError::NoAuditKey => "no_audit_key",
+            ArchiveError::OutExists(_) => "out_exists",
+            ArchiveError::NoCheckpoint => "no_checkpoint",
+            ArchiveError::CheckpointNotFound(_) => "checkpoint_not_found",
+            ArchiveError::AlreadyArchived { .. } => "already_archived",
+            ArchiveError::ArchiveMissing { .. } => "archive_missing",
+            ArchiveError::ArchiveInvalid { .. } => "archive_invalid",
+            ArchiveError::CheckpointNotInArchive { .. } => "checkpoint_not_in_archive",
+            ArchiveError::ArchiveGap { .. } => "archive_gap",
+            ArchiveError::StoreMismatch(_) => "store_mismatch",
+            ArchiveError::Store(_) => "store",
+            ArchiveError::Write { .. } => "write_failed",
+        }
+    }
+}
+
+/// What `audit archive` wrote.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ArchiveSummary {
+    /// The archive file.
+    pub out: std::path::PathBuf,
+    /// First event archived.
+    pub first_seq: u64,
+    /// Events archived.
+    pub events: u64,
+    /// Checkpoints in the archive (its anchor included).
+    pub checkpoints: u64,
+    /// The checkpoint the archive ends at: `audit truncate --below-checkpoint` takes its
+    /// sequence.
+    pub through: Checkpoint,
+    /// Bytes written.
+    pub bytes: u64,
+    /// SHA-256 of the file (hex).
+    pub sha256: String,
+}
+
+/// Write an archive of the store's log, from its start through the signed checkpoint of
+/// sequence `through` (`None`: the latest), to `out`: into a temporary file beside it, synced,
+/// verified with `key`, then renamed to `out` (and the directory synced). Constant memory.
+pub(crate) fn archive<S: AuditLog + ?Sized>(
+    store: &S,
+    through: Option<u64>,
+    key: &AuditKey,
+    now: DateTime<Utc>,
+    out: &std::path::Path,
+) -> Result<ArchiveSummary, ArchiveError> {
+    use sha2::Digest;
+    use std::io::Write;
+    if out.exists() {
+        return Err(ArchiveError::OutExists(out.to_path_buf()));
+    }
+    let cp = match through {
+        Some(n) => store
+            .audit_checkpoint_before(n.saturating_add(1))
+            .map_err(ArchiveError::Store)?
+            .filter(|c| c.seq == n)
+            .ok_or(ArchiveError::CheckpointNotFound(n))?,
+        None => store
+            .audit_checkpoint_before(u64::MAX)
+            .map_err(ArchiveError::Store)?
+            .ok_or(ArchiveError::NoCheckpoint)?,
+    };
+    let start = store.audit_start().map_err(ArchiveError::Store)?;
+    let first = start.as_ref().map_or(1, |s| s.seq + 1);
+    if let Some(s) = &start {
+        if cp.seq <= s.seq {
+            return Err(ArchiveError::AlreadyArchived {
+                seq: cp.seq,
+                start: s.seq,
+            });
+        }
+    }
+    let write_err = |source| ArchiveError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "audit-archive".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Removed on every error path; never a file of someone else (created here, new).
+    struct Tmp(std::path::PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(write_err)?;
+    let tmp = Tmp(tmp);
+    let mut w = std::io::BufWriter::new(&file);
+    let mut hash = sha2::Sha256::new();
+    let mut bytes = 0u64;
+    let end = write_export(store, first, Some(cp.seq), Some(key), now, &mut |chunk| {
+        hash.update(&chunk);
+        bytes += chunk.len() as u64;
+        w.write_all(&chunk)
+            .map_err(|e| ca_core::Error::Corrupt(format!("writing the archive: {e}")))
+    })
+    .map_err(|e| match e {
+        e @ ca_core::Error::AuditChain { .. } => ArchiveError::StoreMismatch(e),
+        e => ArchiveError::Store(e),
+    })?;
+    w.flush().map_err(write_err)?;
+    drop(w);
+    file.sync_all().map_err(write_err)?;
+    drop(file);
+    // What was written must verify before it is given the final name.
+    let reader = std::io::BufReader::new(std::fs::File::open(&tmp.0).map_err(write_err)?);
+    let summary = verify_export(reader, key).map_err(|source| ArchiveError::ArchiveInvalid {
+        path: tmp.0.clone(),
+        source,
+    })?;
+    if summary.report.last_seq != cp.seq {
+        return Err(ArchiveError::StoreMismatch(ca_core::Error::AuditChain {
+            seq: cp.seq,
+            reason: format!(
+                "the archive ends at {} instead of the checkpoint's sequence",
+                summary.report.last_seq
+            ),
+        }));
+    }
+    // A hard link never replaces an existing file (no-clobber rename); the temporary name
+    // is removed when `tmp` drops.
+    std::fs::hard_link(&tmp.0, out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => ArchiveError::OutExists(out.to_path_buf()),
+        _ => write_err(e),
+    })?;
+    drop(tmp);
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err)?;
+    Ok(ArchiveSummary {
+        out: out.to_path_buf(),
+        first_seq: summary.report.first_seq,
+        events: end.events,
+        checkpoints: end.checkpoints,
+        through: cp,
+        bytes,
+        sha256: hex::encode(hash.finalize()),
+    })
+}
+
+/// Verify an archive file with `key` ([`verify_export`]).
+pub(crate) fn verify_archive(
+    path: &std::path::Path,
+    key: &AuditKey,
+) -> Result<ExportSummary, ArchiveError> {
+    let f = std::fs::File::open(path).map_err(|source| ArchiveError::ArchiveMissing {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    verify_export(std::io::BufReader::new(f), key).map_err(|source| ArchiveError::ArchiveInvalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The archive's first checkpoint of sequence `seq` and the file's SHA-256 (hex), read in one
+/// streaming pass (after [`verify_archive`]).
+fn archive_checkpoint(
+    path: &std::path::Path,
+    seq: u64,
+) -> Result<(Option<Checkpoint>, String), ArchiveError> {
+    use sha2::Digest;
+    let missing = |source| ArchiveError::ArchiveMissing {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(missing)?;
+    let mut hash = sha2::Sha256::new();
+    let mut found = None;
+    let mut r = std::io::BufReader::new(f);
+    let mut l = String::new();
+    loop {
+        l.clear();
+        if r.read_line(&mut l).map_err(missing)? == 0 {
+            break;
+        }
+        hash.update(l.as_bytes());
+        if found.is_none() && l.contains("\"checkpoint\"") {
+            if let Ok(ExportLine::Checkpoint(cp)) = serde_json::from_str::<ExportLine>(&l) {
+                if cp.seq == seq {
+                    found = Some(cp);
+                }
+            }
+        }
+    }
+    Ok((found, hex::encode(hash.finalize())))
+}
+
+/// What `audit truncate` did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TruncateSummary {
+    /// The checkpoint the log now starts from.
+    pub start: Checkpoint,
+    /// Events archived below it (its sequence).
+    pub archived_events: u64,
+    /// Records (events and checkpoints) deleted by this run.
+    pub deleted: u64,
+    /// Whether this run finished a truncation begun before (the start was already there).
+    pub resumed: bool,
+    /// SHA-256 of the archive file (hex).
+    pub archive_sha256: String,
+}
+
+/// Truncate the store's log below the signed checkpoint of sequence `below` after checking
+/// `archive_path` with `key`: it verifies, holds that checkpoint, and reaches back to the
+/// log's start; the store's event at `below` has the checkpoint's hash. Then the start is
+/// recorded (durable), the truncation audited (`audit.truncate`, by `actor`), and the events
+/// at or below `below` deleted in batches of `batch`, each durable (run again to resume).
+pub(crate) fn truncate<S: AuditLog + ?Sized>(
+    store: &S,
+    below: u64,
+    archive_path: &std::path::Path,
+    key: &AuditKey,
+    actor: &str,
+    batch: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<TruncateSummary, ArchiveError> {
+    let summary = verify_archive(archive_path, key)?;
+    let (cp, sha256) = archive_checkpoint(archive_path, below)?;
+    // A checkpoint of the empty log (sequence 0) starts nothing.
+    let cp = cp
+        .filter(|c| c.seq > 0)
+        .ok_or(ArchiveError::CheckpointNotInArchive {
+            seq: below,
+            first: summary.report.first_seq,
+            last: summary.report.last_seq,
+        })?;
+    let start = store.audit_start().map_err(ArchiveError::Store)?;
+    let resumed = start.as_ref() == Some(&cp);
+    if !resumed {
+        let store_first = start.as_ref().map_or(1, |s| s.seq + 1);
+        if let Some(s) = &start {
+            if cp.seq <= s.seq {
+                return Err(ArchiveError::AlreadyArchived {
+                    seq: cp.seq,
+                    start: s.seq,
+                });
+            }
+        }
+        if summary.report.first_seq > store_first {
+            return Err(ArchiveError::ArchiveGap {
+                archive_first: summary.report.first_seq,
+                store_first,
+            });
+        }
+        store.set_audit_start(&cp).map_err(|e| match e {
+            e @ ca_core::Error::AuditChain { .. } => ArchiveError::StoreMismatch(e),
+            e => ArchiveError::Store(e),
+        })?;
+    }
+    store
+        .append_audit(
+            ca_core::audit::NewAuditEvent::ok(actor, "audit.truncate", cp.seq.to_string())
+                .with_detail(serde_json::json!({
+                    "below_checkpoint": cp.seq,
+                    "head_hash": cp.head_hash,
+                    "checkpoint_time": cp.time,
+                    "archive_sha256": sha256,
+                    "archive_first_seq": summary.report.first_seq,
+                    "resumed": resumed,
+                })),
+        )
+        .map_err(ArchiveError::Store)?;
+    let mut deleted = 0u64;
+    loop {
+        let n = store
+            .delete_audit_below_start(batch.max(1))
+            .map_err(ArchiveError::Store)?;
+        if n == 0 {
+            break;
+        }
+        deleted += n as u64;
+        progress(deleted);
+    }
+    Ok(TruncateSummary {
+        archived_events: cp.seq,
+        start: cp,
+        deleted,
+        resumed,
+        archive_sha256: sha256,
+    })
 }

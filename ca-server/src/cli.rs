@@ -290,12 +290,16 @@ pub enum AuditCmd {
     /// memory; on a terminal, progress goes to standard error every second.
     Verify {
         /// Verify here, on the store of this server configuration, instead of on the server.
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "archive")]
         config: Option<PathBuf>,
+        /// Verify an archive file (`audit archive`) offline instead, with --public-key alone:
+        /// its chain, every checkpoint's signature, and that it ends at its last checkpoint.
+        #[arg(long, requires = "public_key")]
+        archive: Option<PathBuf>,
         /// With --config: the audit public key (PEM) to check checkpoint signatures with
         /// (default: the file the server writes, `[audit] public_key`, when `[audit] key` is
-        /// set).
-        #[arg(long, requires = "config")]
+        /// set). With --archive: required.
+        #[arg(long)]
         public_key: Option<PathBuf>,
         /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
@@ -320,6 +324,52 @@ pub enum AuditCmd {
         /// How to reach the API (URL, root, admin certificate and key).
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Archive the log, from its start through a signed checkpoint, into a file (an export,
+    /// JSON lines: README "Archiving and truncating the audit log"), here, on the store of a
+    /// server configuration (sled: with the server stopped). Written to a temporary file,
+    /// synced, verified with the audit public key, then renamed; never over an existing file.
+    Archive {
+        /// The server configuration whose store is archived.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The archive file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// End at the signed checkpoint of this sequence (default: the latest checkpoint).
+        #[arg(long)]
+        through_checkpoint: Option<u64>,
+        /// The audit public key (PEM) (default: `[audit] public_key` of the configuration).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the events up to and including the signed checkpoint of sequence N from the
+    /// store, once ARCHIVE verifies, holds that checkpoint and matches the store; the log then
+    /// starts at that checkpoint and `audit verify` checks it from there. Deletes in batches,
+    /// each durable: run the same command again to finish an interrupted truncation. sled:
+    /// with the server stopped; PostgreSQL: beside running nodes.
+    Truncate {
+        /// The server configuration whose store is truncated.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Sequence number of the signed checkpoint the log will start from.
+        #[arg(long)]
+        below_checkpoint: u64,
+        /// The archive holding the events being deleted (`audit archive`).
+        #[arg(long)]
+        archive: PathBuf,
+        /// The audit public key (PEM) (default: `[audit] public_key` of the configuration).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Records deleted per durable batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Verify an export offline, with the audit public key alone (no server, HSM or store):
     /// chain links, checkpoint signatures, and that the export ends at its last checkpoint.
@@ -763,9 +813,133 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit {
             cmd:
                 AuditCmd::Verify {
+                    archive: Some(archive),
+                    public_key: Some(public_key),
+                    conn,
+                    ..
+                },
+        } => {
+            let key = read_audit_key(&public_key)?;
+            match crate::audit_log::verify_archive(&archive, &key) {
+                Ok(s) => {
+                    if conn.json {
+                        return print_json(&s);
+                    }
+                    print_archive_ok(&s, &key);
+                    Ok(())
+                }
+                Err(e) => {
+                    if conn.json {
+                        print_json(&serde_json::json!({
+                            "ok": false, "code": e.code(), "error": e.to_string(),
+                        }))?;
+                    }
+                    Err(anyhow::anyhow!(
+                        "audit archive verification FAILED [{}]: {e}",
+                        e.code()
+                    ))
+                }
+            }
+        }
+        Command::Audit {
+            cmd:
+                AuditCmd::Archive {
+                    config,
+                    out,
+                    through_checkpoint,
+                    public_key,
+                    json,
+                },
+        } => {
+            init_logging(cli.log_json, Some("warn"));
+            let r = archive_here(&config, &out, through_checkpoint, public_key.as_deref()).await?;
+            match r {
+                Ok(s) => {
+                    if json {
+                        return print_json(&s);
+                    }
+                    println!(
+                        "archived events {}..={} ({} events, {} checkpoints) to {} ({} bytes, sha256 {})\n\
+                         ends at the checkpoint of sequence {} head {} signed at {}\n\
+                         verify anywhere with: ca-server audit verify --archive {} --public-key AUDIT_PUBLIC_KEY.pem\n\
+                         then, once it is stored safely: ca-server audit truncate --config CONFIG --below-checkpoint {} --archive {}",
+                        s.first_seq,
+                        s.through.seq,
+                        s.events,
+                        s.checkpoints,
+                        s.out.display(),
+                        s.bytes,
+                        s.sha256,
+                        s.through.seq,
+                        s.through.head_hash,
+                        s.through.time.to_rfc3339(),
+                        s.out.display(),
+                        s.through.seq,
+                        s.out.display(),
+                    );
+                    Ok(())
+                }
+                Err(e) => archive_failed("audit archive", json, &e),
+            }
+        }
+        Command::Audit {
+            cmd:
+                AuditCmd::Truncate {
+                    config,
+                    below_checkpoint,
+                    archive,
+                    public_key,
+                    batch,
+                    json,
+                },
+        } => {
+            init_logging(cli.log_json, Some("warn"));
+            let r = truncate_here(
+                &config,
+                below_checkpoint,
+                &archive,
+                public_key.as_deref(),
+                batch,
+            )
+            .await?;
+            match r {
+                Ok(s) => {
+                    if json {
+                        return print_json(&s);
+                    }
+                    println!(
+                        "{}: the log now starts after the checkpoint of sequence {} signed at {} \
+                         ({} events archived below it in {}, sha256 {}); {} records deleted\n\
+                         check it with: ca-server audit verify",
+                        if s.resumed {
+                            "truncation finished"
+                        } else {
+                            "truncated"
+                        },
+                        s.start.seq,
+                        s.start.time.to_rfc3339(),
+                        s.archived_events,
+                        archive.display(),
+                        s.archive_sha256,
+                        s.deleted,
+                    );
+                    Ok(())
+                }
+                Err(e) => archive_failed("audit truncate", json, &e),
+            }
+        }
+        Command::Audit {
+            cmd: AuditCmd::Verify {
+                archive: Some(_), ..
+            },
+        } => Err(anyhow::anyhow!("audit verify --archive needs --public-key")),
+        Command::Audit {
+            cmd:
+                AuditCmd::Verify {
                     config: Some(config),
                     public_key,
                     conn,
+                    ..
                 },
         } => {
             init_logging(cli.log_json, Some("warn"));
@@ -1026,6 +1200,19 @@ fn print_audit_verify(r: &AuditVerifyResponse, json: bool, no_key: &str) -> anyh
         return print_json(r);
     }
     println!("audit log OK: {} events, hash chain intact", r.events);
+    if let Some(start) = &r.start {
+        println!(
+            "{} events archived below the start: the log starts after the checkpoint of sequence {} signed at {}{}",
+            r.archived_events,
+            start.seq,
+            start.time.to_rfc3339(),
+            if r.signatures_checked {
+                " (its signature verified)"
+            } else {
+                " (its signature NOT checked)"
+            }
+        );
+    }
     match (&r.last_checkpoint, r.signatures_checked) {
         (Some(cp), true) => println!(
             "{} checkpoints, signatures verified with audit key {}; last: sequence {} signed at {}; {} events since",
@@ -1042,6 +1229,128 @@ fn print_audit_verify(r: &AuditVerifyResponse, json: bool, no_key: &str) -> anyh
         (None, true) => println!("no checkpoint yet"),
     }
     Ok(())
+}
+
+/// Read an audit public key (PEM).
+fn read_audit_key(path: &Path) -> anyhow::Result<ca_core::audit::AuditKey> {
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the audit public key {}", path.display()))?;
+    ca_core::audit::AuditKey::from_pem(&pem)
+        .with_context(|| format!("the audit public key {}", path.display()))
+}
+
+/// Print a verified archive's summary.
+fn print_archive_ok(s: &crate::audit_log::ExportSummary, key: &ca_core::audit::AuditKey) {
+    let cp = s.report.last_checkpoint.as_ref();
+    println!(
+        "archive OK: events {}..={} ({} events), {} checkpoints, signatures verified with audit key {}\nends at the checkpoint of sequence {} head {} signed at {}",
+        s.report.first_seq,
+        s.report.last_seq,
+        s.report.events,
+        s.report.checkpoints,
+        key.sha256(),
+        cp.map(|c| c.seq).unwrap_or(0),
+        cp.map(|c| c.head_hash.as_str()).unwrap_or(""),
+        cp.map(|c| c.time.to_rfc3339()).unwrap_or_default()
+    );
+}
+
+/// Report a refused archive or truncation: JSON with its code (with --json), and the error.
+fn archive_failed(
+    what: &str,
+    json: bool,
+    e: &crate::audit_log::ArchiveError,
+) -> anyhow::Result<()> {
+    if json {
+        print_json(&serde_json::json!({
+            "ok": false, "code": e.code(), "error": e.to_string(),
+        }))?;
+    }
+    Err(anyhow::anyhow!("{what} refused [{}]: {e}", e.code()))
+}
+
+/// The audit public key of a configuration: `--public-key`, else the file the server writes
+/// (`[audit] public_key`) when `[audit] key` is set and the file exists.
+fn config_audit_key(
+    cfg: &ServerConfig,
+    public_key: Option<&Path>,
+) -> anyhow::Result<Option<ca_core::audit::AuditKey>> {
+    let path = match public_key {
+        Some(p) => Some(p.to_path_buf()),
+        None if cfg.audit.key.is_some() => {
+            let p = cfg.audit.public_key_path(&cfg.data_dir);
+            p.exists().then_some(p)
+        }
+        None => None,
+    };
+    path.as_deref().map(read_audit_key).transpose()
+}
+
+/// `audit archive`: archive the store of a configuration, here.
+async fn archive_here(
+    config: &Path,
+    out: &Path,
+    through: Option<u64>,
+    public_key: Option<&Path>,
+) -> anyhow::Result<Result<crate::audit_log::ArchiveSummary, crate::audit_log::ArchiveError>> {
+    let cfg = ServerConfig::load(config)?;
+    let Some(key) = config_audit_key(&cfg, public_key)? else {
+        return Ok(Err(crate::audit_log::ArchiveError::NoAuditKey));
+    };
+    let out = out.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let store = crate::server::open_store(&cfg).context(
+            "opening the store (sled: stop the server first; PostgreSQL: beside running nodes)",
+        )?;
+        Ok(crate::audit_log::archive(
+            store.as_ref(),
+            through,
+            &key,
+            ca_core::clock::truncate(chrono::Utc::now()),
+            &out,
+        ))
+    })
+    .await
+    .context("the archive task")?
+}
+
+/// `audit truncate`: truncate the store of a configuration below an archived checkpoint,
+/// here, with progress on standard error when it is a terminal.
+async fn truncate_here(
+    config: &Path,
+    below: u64,
+    archive: &Path,
+    public_key: Option<&Path>,
+    batch: usize,
+) -> anyhow::Result<Result<crate::audit_log::TruncateSummary, crate::audit_log::ArchiveError>> {
+    use std::io::IsTerminal;
+    let cfg = ServerConfig::load(config)?;
+    let Some(key) = config_audit_key(&cfg, public_key)? else {
+        return Ok(Err(crate::audit_log::ArchiveError::NoAuditKey));
+    };
+    let archive = archive.to_path_buf();
+    let tty = std::io::stderr().is_terminal();
+    tokio::task::spawn_blocking(move || {
+        let store = crate::server::open_store(&cfg).context(
+            "opening the store (sled: stop the server first; PostgreSQL: beside running nodes)",
+        )?;
+        let (os_user, host) = crate::breakglass::operator_identity();
+        let mut progress = Progress::new(tty, "audit truncate");
+        let r = crate::audit_log::truncate(
+            store.as_ref(),
+            below,
+            &archive,
+            &key,
+            &format!("audit-truncate: {os_user}@{host}"),
+            batch,
+            &mut |n| progress.tick(|| format!("{n} records deleted")),
+        );
+        progress.finish();
+        store.flush().context("flushing the store")?;
+        Ok(r)
+    })
+    .await
+    .context("the truncate task")?
 }
 
 /// `audit verify --config`: verify the store of a configuration here, streaming, with
@@ -1107,6 +1416,8 @@ async fn verify_audit_here(
         audit_key_sha256: report.audit_key_sha256.clone(),
         unsigned_tail: report.unsigned_tail(),
         last_checkpoint: report.last_checkpoint,
+        archived_events: report.archived_events,
+        start: report.start,
     })
 }
 

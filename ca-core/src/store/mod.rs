@@ -763,6 +763,23 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     ) -> Box<dyn Iterator<Item = Result<Checkpoint>> + Send + '_>;
     /// The latest checkpoint with `seq < before_seq` (`u64::MAX`: the last one).
     fn audit_checkpoint_before(&self, before_seq: u64) -> Result<Option<Checkpoint>>;
+    // ---- Archive and truncation (README "Archiving and truncating the audit log") ----
+
+    /// The start of a truncated log: the signed checkpoint whose event was the last one
+    /// archived and deleted (`audit truncate`); the first kept event links to its hash.
+    /// `None`: the log starts at event 1.
+    fn audit_start(&self) -> Result<Option<Checkpoint>>;
+    /// Make `anchor` the start of the log (durable on return), before any event is deleted.
+    /// Refused with [`crate::Error::AuditChain`] when the stored event at `anchor.seq` has
+    /// another hash than the checkpoint's, when it lies beyond the head, or when the start
+    /// would move back; setting the current start again is accepted (a resumed truncation).
+    /// The signature is the caller's to check (the store holds no key).
+    fn set_audit_start(&self, anchor: &Checkpoint) -> Result<()>;
+    /// Delete at most `limit` events at or below the start and checkpoints below it; returns
+    /// how many records were deleted (0: nothing is left below the start). Each call is one
+    /// durable batch, so an interrupted truncation resumes where it stopped.
+    fn delete_audit_below_start(&self, limit: usize) -> Result<usize>;
+
     /// Check the whole audit chain; returns the number of events.
     fn verify_audit(&self) -> Result<u64> {
         Ok(self.verify_audit_log(None)?.events)
@@ -781,85 +798,168 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
         key: Option<&AuditKey>,
         progress: &mut dyn FnMut(AuditProgress),
     ) -> Result<AuditReport> {
-        // The head first: events appended while this runs (a live server) are beyond it and
-        // are left for the next check.
-        let (head, any) = self.audit_head_and_any()?;
-        let limit = match &head {
-            Some(h) => h.0,
-            // Events but no head: the head was removed (reported below).
-            None if any => u64::MAX,
-            // An empty log when the head was read: whatever is appended since is beyond it.
-            None => 0,
-        };
-        let mut v = LogVerifier::new(key.cloned());
-        let mut checkpoints = self.audit_checkpoints(0).peekable();
-        let mut feed = |v: &mut LogVerifier| -> Result<()> {
-            while let Some(cp) =
-                checkpoints.next_if(|c| c.as_ref().map_or(true, |c| c.seq <= v.seq()))
-            {
-                v.checkpoint(&cp?)?;
-            }
-            Ok(())
-        };
+        let start = self.audit_start()?;
+        match verify_audit_log_from(self, start.as_ref(), key, progress) {
+            // A truncation moved the start while this ran (PostgreSQL, another node): the
+            // events it deleted were read as missing. Check again from the new start.
+            Err(e @ crate::Error::AuditChain { .. }) => match self.audit_start()? {
+                now if now != start => verify_audit_log_from(self, now.as_ref(), key, progress),
+                _ => Err(e),
+            },
+            r => r,
+        }
+    }
+}
+
+/// [`AuditLog::verify_audit_log_with_progress`] from the log's start read before (`None`:
+/// event 1; else the signed checkpoint a truncation left).
+fn verify_audit_log_from<S: AuditLog + ?Sized>(
+    store: &S,
+    start: Option<&Checkpoint>,
+    key: Option<&AuditKey>,
+    progress: &mut dyn FnMut(AuditProgress),
+) -> Result<AuditReport> {
+    // The head first: events appended while this runs (a live server) are beyond it and
+    // are left for the next check.
+    let (head, any) = store.audit_head_and_any()?;
+    let limit = match &head {
+        Some(h) => h.0,
+        // Events but no head: the head was removed (reported below).
+        None if any => u64::MAX,
+        // An empty log when the head was read: whatever is appended since is beyond it.
+        None => 0,
+    };
+    let (mut v, first) = match start {
+        Some(a) => (LogVerifier::starting_at(a, key.cloned())?, a.seq + 1),
+        None => (LogVerifier::new(key.cloned()), 1),
+    };
+    // After a truncation the checkpoints at or below the start are archived (some may
+    // be left by an interrupted one): the stream starts after it.
+    let cp_from = if start.is_some() { first } else { 0 };
+    let mut checkpoints = store.audit_checkpoints(cp_from).peekable();
+    let mut feed = |v: &mut LogVerifier| -> Result<()> {
+        while let Some(cp) = checkpoints.next_if(|c| c.as_ref().map_or(true, |c| c.seq <= v.seq()))
+        {
+            v.checkpoint(&cp?)?;
+        }
+        Ok(())
+    };
+    feed(&mut v)?;
+    let mut beyond = None;
+    for (events, ev) in (1u64..).zip(store.audit_iter(first)) {
+        let ev = ev?;
+        if ev.seq > limit {
+            beyond = Some(ev.seq);
+            break;
+        }
+        v.event(&ev)?;
         feed(&mut v)?;
-        let mut beyond = None;
-        for (events, ev) in (1u64..).zip(self.audit_iter(1)) {
-            let ev = ev?;
-            if ev.seq > limit {
-                beyond = Some(ev.seq);
-                break;
-            }
-            v.event(&ev)?;
-            feed(&mut v)?;
-            progress(AuditProgress {
-                events,
-                seq: ev.seq,
-                head: head.as_ref().map(|h| h.0),
+        progress(AuditProgress {
+            events,
+            seq: ev.seq,
+            head: head.as_ref().map(|h| h.0),
+        });
+    }
+    // Appends write the event, then the head, under the lock `audit_head` takes: an event
+    // beyond the head read at the start with the head unchanged since is no append in
+    // progress but a head moved back.
+    let now = store.audit_head()?.map_or(0, |h| h.0);
+    if let Some(b) = beyond {
+        if now == limit {
+            return Err(crate::Error::AuditChain {
+                seq: b,
+                reason: format!(
+                    "event {b} lies beyond the audit head ({limit}): the head was moved back"
+                ),
             });
         }
-        // Appends write the event, then the head, under the lock `audit_head` takes: an event
-        // beyond the head read at the start with the head unchanged since is no append in
-        // progress but a head moved back.
-        let now = self.audit_head()?.map_or(0, |h| h.0);
-        if let Some(b) = beyond {
-            if now == limit {
-                return Err(crate::Error::AuditChain {
-                    seq: b,
-                    reason: format!(
-                        "event {b} lies beyond the audit head ({limit}): the head was moved back"
-                    ),
-                });
-            }
+    }
+    let mut leftover = checkpoints.next().transpose()?;
+    if let Some(cp) = &leftover {
+        // A checkpoint signed while this ran, of events appended after the head was read.
+        if cp.seq > limit && v.seq() == limit && cp.seq <= now {
+            leftover = None;
         }
-        let mut leftover = checkpoints.next().transpose()?;
-        if let Some(cp) = &leftover {
-            // A checkpoint signed while this ran, of events appended after the head was read.
-            if cp.seq > limit && v.seq() == limit && cp.seq <= now {
-                leftover = None;
-            }
+    }
+    let mut report = v.finish(leftover.as_ref())?;
+    if let Some(a) = start {
+        report.archived_events = a.seq;
+        report.start = Some(a.clone());
+    }
+    match head {
+        None if report.events > 0 => Err(crate::Error::AuditChain {
+            seq: report.last_seq,
+            reason: format!(
+                "the audit head is missing while {} events exist (head deleted)",
+                report.events
+            ),
+        }),
+        Some((seq, _)) if seq != report.last_seq => Err(crate::Error::AuditChain {
+            seq: report.last_seq + 1,
+            reason: format!(
+                "log ends at {} but head says {seq} (events removed)",
+                report.last_seq
+            ),
+        }),
+        Some((_, hash)) if hash != report.last_hash => Err(crate::Error::AuditChain {
+            seq: report.last_seq,
+            reason: "the audit head's hash is not the last event's (log rewritten)".into(),
+        }),
+        _ => Ok(report),
+    }
+}
+
+/// Whether `anchor` may become the start of the audit log ([`AuditLog::set_audit_start`]),
+/// given the current start, the head's sequence and the stored event at `anchor.seq` (`None`:
+/// already deleted).
+pub(crate) fn check_new_audit_start(
+    anchor: &Checkpoint,
+    current: Option<&Checkpoint>,
+    head: Option<u64>,
+    event: Option<&AuditEvent>,
+) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(crate::Error::AuditChain {
+            seq: anchor.seq,
+            reason,
+        })
+    };
+    if let Some(cur) = current {
+        if cur == anchor {
+            // A truncation resumed: the start is already there.
+            return Ok(());
         }
-        let report = v.finish(leftover.as_ref())?;
-        match head {
-            None if report.events > 0 => Err(crate::Error::AuditChain {
-                seq: report.last_seq,
-                reason: format!(
-                    "the audit head is missing while {} events exist (head deleted)",
-                    report.events
-                ),
-            }),
-            Some((seq, _)) if seq != report.last_seq => Err(crate::Error::AuditChain {
-                seq: report.last_seq + 1,
-                reason: format!(
-                    "log ends at {} but head says {seq} (events removed)",
-                    report.last_seq
-                ),
-            }),
-            Some((_, hash)) if hash != report.last_hash => Err(crate::Error::AuditChain {
-                seq: report.last_seq,
-                reason: "the audit head's hash is not the last event's (log rewritten)".into(),
-            }),
-            _ => Ok(report),
+        if anchor.seq <= cur.seq {
+            return refuse(format!(
+                "the log already starts after sequence {}: its start cannot move back to {}",
+                cur.seq, anchor.seq
+            ));
         }
+    }
+    if anchor.seq == 0 {
+        return refuse("a checkpoint of the empty log cannot start a truncated log".into());
+    }
+    match head {
+        Some(h) if h >= anchor.seq => {}
+        _ => {
+            return refuse(format!(
+                "the log's head ({}) is before the checkpoint's sequence {}",
+                head.unwrap_or(0),
+                anchor.seq
+            ))
+        }
+    }
+    match event {
+        Some(ev) if ev.hash == anchor.head_hash => Ok(()),
+        Some(ev) => refuse(format!(
+            "the stored event {} has hash {}, not the checkpoint's {}: the store does not hold \
+             the log the checkpoint signed",
+            anchor.seq, ev.hash, anchor.head_hash
+        )),
+        None => refuse(format!(
+            "the stored log has no event {}: it cannot be checked against the checkpoint",
+            anchor.seq
+        )),
     }
 }
 

@@ -56,6 +56,7 @@ use r2d2_postgres::postgres::{self, IsolationLevel, NoTls};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 use std::collections::VecDeque;
 
+mod audit_archive;
 mod audit_batch;
 mod conn;
 mod import;
@@ -185,6 +186,15 @@ CREATE TABLE store_heartbeat (
     at timestamptz NOT NULL
 );
 INSERT INTO store_heartbeat (one, at) VALUES (true, now());
+"#,
+    // The start of a truncated audit log (`ca-server audit truncate`): the signed checkpoint
+    // the first kept event links to. No row: the log starts at event 1.
+    r#"
+CREATE TABLE audit_start (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq bigint NOT NULL,
+    cp bytea NOT NULL
+);
 "#,
 ];
 
@@ -1388,6 +1398,19 @@ impl AuditLog for PgStore {
             .map_err(pg("audit checkpoint"))?
             .map(|r| dec("audit checkpoint", r.get::<_, &[u8]>(0)))
             .transpose()
+    }
+
+    // Archive and truncation: see pg_store/audit_archive.rs.
+    fn audit_start(&self) -> Result<Option<Checkpoint>> {
+        self.read_audit_start()
+    }
+
+    fn set_audit_start(&self, anchor: &Checkpoint) -> Result<()> {
+        self.write_audit_start(anchor)
+    }
+
+    fn delete_audit_below_start(&self, limit: usize) -> Result<usize> {
+        self.delete_audit_below(limit)
     }
 }
 

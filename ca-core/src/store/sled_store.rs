@@ -1024,6 +1024,19 @@ impl AuditLog for SledStore {
             None => Ok(None),
         }
     }
+
+    // Archive and truncation: see the block "Audit log archive and truncation" below.
+    fn audit_start(&self) -> Result<Option<Checkpoint>> {
+        self.read_audit_start()
+    }
+
+    fn set_audit_start(&self, anchor: &Checkpoint) -> Result<()> {
+        self.write_audit_start(anchor)
+    }
+
+    fn delete_audit_below_start(&self, limit: usize) -> Result<usize> {
+        self.delete_audit_below(limit)
+    }
 }
 
 impl Durability for SledStore {
@@ -1281,5 +1294,96 @@ impl SledStore {
             f(k.to_vec(), dec("lineage lock", &v)?)?;
         }
         Ok(())
+    }
+}
+
+// ---- Audit log archive and truncation (`ca-server audit truncate`) ----
+
+/// The start of a truncated audit log: the signed checkpoint its first kept event links to.
+const META_AUDIT_START: &[u8] = b"audit_start";
+
+impl SledStore {
+    fn read_audit_start(&self) -> Result<Option<Checkpoint>> {
+        self.meta
+            .get(META_AUDIT_START)
+            .map_err(|e| Error::store("audit start", e))?
+            .map(|v| dec("audit start", &v))
+            .transpose()
+    }
+
+    fn write_audit_start(&self, anchor: &Checkpoint) -> Result<()> {
+        {
+            // Under the append lock: the head read here is the last append's.
+            let _head = self.audit_head.lock().unwrap_or_else(|p| p.into_inner());
+            let current = self.read_audit_start()?;
+            let head = self
+                .meta
+                .get(META_AUDIT_HEAD)
+                .map_err(|e| Error::store("audit head", e))?
+                .map(|v| dec::<(u64, String)>("audit head", &v))
+                .transpose()?;
+            let event = self
+                .audit
+                .get(anchor.seq.to_be_bytes())
+                .map_err(|e| Error::store("audit", e))?
+                .map(|v| dec::<AuditEvent>("audit", &v))
+                .transpose()?;
+            super::check_new_audit_start(
+                anchor,
+                current.as_ref(),
+                head.as_ref().map(|h| h.0),
+                event.as_ref(),
+            )?;
+            self.meta
+                .insert(META_AUDIT_START, enc(anchor)?)
+                .map_err(|e| Error::store("set audit start", e))?;
+        }
+        self.durable()
+    }
+
+    fn delete_audit_below(&self, limit: usize) -> Result<usize> {
+        let Some(start) = self.read_audit_start()? else {
+            return Ok(0);
+        };
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.audit.range(..=start.seq.to_be_bytes()).take(limit) {
+            let (k, _) = kv.map_err(|e| Error::store("scan audit", e))?;
+            batch.remove(k);
+            n += 1;
+        }
+        self.audit
+            .apply_batch(batch)
+            .map_err(|e| Error::store("truncate audit", e))?;
+        // Checkpoint keys are `seq(BE) time(BE)`: every key below `start.seq` sorts first.
+        let mut batch = sled::Batch::default();
+        for kv in self
+            .audit_checkpoints
+            .range(..start.seq.to_be_bytes())
+            .take(limit - n.min(limit))
+        {
+            let (k, _) = kv.map_err(|e| Error::store("scan audit checkpoints", e))?;
+            batch.remove(k);
+            n += 1;
+        }
+        self.audit_checkpoints
+            .apply_batch(batch)
+            .map_err(|e| Error::store("truncate audit checkpoints", e))?;
+        if n > 0 {
+            self.durable()?;
+        }
+        Ok(n)
+    }
+}
+
+impl SledStore {
+    /// Testing hook: delete a raw audit event, as an attacker with write access to the store
+    /// would (no start recorded, head untouched).
+    #[doc(hidden)]
+    pub fn delete_audit_event_for_test(&self, seq: u64) -> Result<()> {
+        self.audit
+            .remove(seq.to_be_bytes())
+            .map_err(|e| Error::store("audit", e))?;
+        self.flush_group()
     }
 }

@@ -566,6 +566,8 @@ pub async fn audit_verify(
             audit_key_sha256: r.audit_key_sha256.clone(),
             unsigned_tail: r.unsigned_tail(),
             last_checkpoint: r.last_checkpoint,
+            archived_events: r.archived_events,
+            start: r.start,
         })),
         Err(e) => {
             tracing::error!(error = %e, "audit log verification failed");
