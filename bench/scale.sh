@@ -18,6 +18,10 @@
 # is the ratio of the 200k default to 1M certificates), so the random mix misses as it would
 # at a million.
 #
+# With BASE_BIN=<another ca-server> the restart, RSS and OCSP measurements are repeated at each
+# step with that build on a copy of the same directory (its config without
+# `cache_max_entries`, which older builds do not know): previous build and this one, same run.
+#
 # Usage: bench/scale.sh [SIZE...]   (default: 10000 100000; e.g. 10000 100000 1000000)
 # Env: SCALE_REVOKE (default 2000 per step), SCALE_RANDOM (20000), SCALE_CACHE (20000),
 #      SCALE_OCSP_SECONDS (5), BENCH_DIR (default /var/tmp), BENCH_OUT (default
@@ -40,7 +44,7 @@ dir="$(mktemp -d "${BENCH_DIR:-/var/tmp}/ca-bench-scale.XXXXXX")"
 pid=""
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$dir" "$dir.work"
+  rm -rf "$dir" "$dir.work" "$dir.base"
 }
 trap cleanup EXIT
 mkdir -p "$dir.work"
@@ -48,18 +52,20 @@ mkdir -p "$dir.work"
 since() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN { print a - b }'; }
 rss_mb() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
 metric() { curl -fsS "$CA_STATUS_URL/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+# start [BIN DIR]: this build on the bench directory by default.
 start() {
-  rm -f "$dir/dev.env"
+  local b=${1:-$bin} d=${2:-$dir}
+  rm -f "$d/dev.env"
   t0=$(date +%s.%N)
-  "$bin" dev --data "$dir" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 >>"$dir.work/server.log" 2>&1 &
+  "$b" dev --data "$d" --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 >>"$dir.work/server.log" 2>&1 &
   pid=$!
-  until [ -f "$dir/dev.env" ]; do
+  until [ -f "$d/dev.env" ]; do
     kill -0 "$pid" 2>/dev/null || { tail -20 "$dir.work/server.log" >&2; echo "scale.sh: ca-server exited" >&2; exit 1; }
     sleep 0.02
   done
   t_serving=$(since "$t0")
   # shellcheck disable=SC1091
-  . "$dir/dev.env"
+  . "$d/dev.env"
   until curl -fsS -o /dev/null "$CA_STATUS_URL/readyz"; do sleep 0.02; done
   t_ready=$(since "$t0")
 }
@@ -69,11 +75,13 @@ phase() { awk -F'|' -v p=" $1 " '$2 == p {gsub(/[ *]/, "", $6); gsub(/ /, "", $7
 ocsp() {
   local before_h before_m out
   before_h=$(metric ca_ocsp_cache_hits_total); before_m=$(metric ca_ocsp_cache_misses_total)
+  before_h=${before_h:-0}; before_m=${before_m:-0}
   out=$("$load" load "$CA_STATUS_URL" GET "$1" 16 "$secs" /ocsp /ocsp/ | awk '/^RESULT/ {sub(/rps=/, "", $2); print $2}')
   local h m
   h=$(metric ca_ocsp_cache_hits_total); m=$(metric ca_ocsp_cache_misses_total)
+  h=${h:-0}; m=${m:-0}
   awk -v r="$out" -v h="$((${h%.*} - ${before_h%.*}))" -v m="$((${m%.*} - ${before_m%.*}))" \
-    'BEGIN { printf "%s %.0f%%", r, (h + m > 0 ? 100 * h / (h + m) : 0) }'
+    'BEGIN { printf "%s %s\n", r, (h + m > 0 ? sprintf("%.0f%%", 100 * h / (h + m)) : "-") }'
 }
 
 # A dev CA without rate limits, its answer cache bounded at SCALE_CACHE.
@@ -90,6 +98,26 @@ if grep -q '^\[ocsp\]' "$dir/config.toml"; then
 else
   printf '\n[ocsp]\ncache_max_entries = %s\n' "$cache" >>"$dir/config.toml"
 fi
+
+# restart_row NAME BIN DIR: restart, RSS and OCSP on DIR with BIN; appends a table row.
+restart_row() {
+  start "$2" "$3"
+  rss_ready=$(rss_mb)
+  prev=-1
+  # Loaded when the answers in memory stop changing (older builds load before serving).
+  while e=$(metric ca_ocsp_cache_entries); [ "${e:-none}" != "$prev" ]; do prev=${e:-none}; sleep 1; done
+  t_loaded=$(since "$t0")
+  rss_loaded=$(rss_mb)
+  read -r rps_random hit_random < <(ocsp "$dir.work/random.txt")
+  read -r rps_hot hit_hot < <(ocsp "$dir.work/hot.txt")
+  rss_after=$(rss_mb)
+  stop
+  rows+=("$(printf '| %s | %s | %.0f | %s | %s | %s | %s / %s | %.2f / %.2f / %.0f | %s / %s / %s | %s (%s) | %s (%s) |' \
+    "$1" "$revoked" "$(awk -v b="$store_bytes" -v n="$n" 'BEGIN {print b / n}')" "$crl_bytes" \
+    "$enroll_rate" "$revoke_rate" "$revoke_p50" "$revoke_p99" \
+    "$t_serving" "$t_ready" "$t_loaded" "$rss_ready" "$rss_loaded" "$rss_after" \
+    "$rps_random" "$hit_random" "$rps_hot" "$hit_hot")")
+}
 
 have=0; revoked=0
 rows=()
@@ -125,21 +153,13 @@ EOF
   stop
   store_bytes=$(du -sb "$dir/store" | awk '{print $1}')
 
-  start
-  rss_ready=$(rss_mb)
-  prev=-1
-  while e=$(metric ca_ocsp_cache_entries); [ "$e" != "$prev" ]; do prev=$e; sleep 1; done
-  t_loaded=$(since "$t0")
-  rss_loaded=$(rss_mb)
-  read -r rps_random hit_random < <(ocsp "$dir.work/random.txt")
-  read -r rps_hot hit_hot < <(ocsp "$dir.work/hot.txt")
-  rss_after=$(rss_mb)
-  stop
-  rows+=("$(printf '| %s | %s | %.0f | %s | %s | %s | %s / %s | %.2f / %.2f / %.0f | %s / %s / %s | %s (%s) | %s (%s) |' \
-    "$n" "$revoked" "$(awk -v b="$store_bytes" -v n="$n" 'BEGIN {print b / n}')" "$crl_bytes" \
-    "$enroll_rate" "$revoke_rate" "$revoke_p50" "$revoke_p99" \
-    "$t_serving" "$t_ready" "$t_loaded" "$rss_ready" "$rss_loaded" "$rss_after" \
-    "$rps_random" "$hit_random" "$rps_hot" "$hit_hot")")
+  if [ -n "${BASE_BIN:-}" ]; then
+    rm -rf "$dir.base"; cp -a "$dir" "$dir.base"
+    sed -i '/^cache_max_entries = /d' "$dir.base/config.toml"
+    restart_row "previous build: $n" "$BASE_BIN" "$dir.base"
+    rm -rf "$dir.base"
+  fi
+  restart_row "$n" "$bin" "$dir"
 done
 
 mkdir -p bench/results
