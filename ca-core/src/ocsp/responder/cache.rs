@@ -262,6 +262,15 @@ impl AnswerCache {
         let max = self.max_entries();
         let mut own_records = HashSet::new();
         store.for_each_ocsp_response(&mut |stored| {
+            // At the bound, a record about a serial not staged yet is not even decoded.
+            if staged.answers.len() >= max
+                && !staged
+                    .answers
+                    .contains_key(serial_magnitude(&stored.serial))
+            {
+                staged.skipped = true;
+                return Ok(());
+            }
             let Some(answers) = check_stored(&stored, issuer, own_key_hash) else {
                 staged.discarded += 1;
                 return Ok(());
