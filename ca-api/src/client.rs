@@ -28,7 +28,8 @@
 
 use crate::code::{Code, ErrorBody};
 use crate::types::{
-    CertCountsResponse, CertsQuery, CertsResponse, ChainResponse, EnrollRequest, IssuedResponse, RenewRequest,
+    CertCountsResponse, CertsQuery, CertsResponse, ChainResponse, EnrollRequest, IssuedResponse,
+    RenewRequest,
 };
 use http::{header, Method, StatusCode};
 use http_body_util::{BodyExt, Full};

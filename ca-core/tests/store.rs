@@ -2293,7 +2293,10 @@ fn counters_follow_inserts_revocations_and_prunes(place: Place) {
     assert!(!s.insert_cert(&recs[0]).unwrap());
     let day = |r: &CertRecord| r.not_after.date_naive();
     let total = |m: &CountMap, revoked: bool| -> u64 {
-        m.iter().filter(|(k, _)| k.2 == revoked).map(|(_, n)| n).sum()
+        m.iter()
+            .filter(|(k, _)| k.2 == revoked)
+            .map(|(_, n)| n)
+            .sum()
     };
     let m = counters(&*s);
     assert_eq!(m, recount(&*s));
@@ -2329,14 +2332,21 @@ fn counters_follow_inserts_revocations_and_prunes(place: Place) {
         assert!(s.insert_cert(&r).unwrap());
         old.push(r);
     }
-    s.revoke(&old[0].serial, Utc::now() - Duration::days(9), RevocationReason::Superseded)
-        .unwrap();
+    s.revoke(
+        &old[0].serial,
+        Utc::now() - Duration::days(9),
+        RevocationReason::Superseded,
+    )
+    .unwrap();
     assert_eq!(counters(&*s), recount(&*s));
     assert_eq!(total(&counters(&*s), true), 5);
     let pruned = s.prune_expired_certs(&cutoff(5), 100).unwrap();
     assert_eq!(pruned.serials.len(), 5);
     let after = counters(&*s);
-    assert_eq!(after, m, "the pruned certificates left their counters, nothing else moved");
+    assert_eq!(
+        after, m,
+        "the pruned certificates left their counters, nothing else moved"
+    );
     assert_eq!(after, recount(&*s));
     drop(s);
     assert_eq!(counters(&*place.open()), m);
@@ -2357,7 +2367,11 @@ fn concurrent_inserts_and_revocations_are_counted_exactly(place: Place) {
             scope.spawn(move || {
                 for i in 0..60u16 {
                     let n = u16::from(t) * 1000 + i;
-                    let r = counted(n, ["client", "server", "device"][usize::from(t) % 3], i64::from(i % 5));
+                    let r = counted(
+                        n,
+                        ["client", "server", "device"][usize::from(t) % 3],
+                        i64::from(i % 5),
+                    );
                     let write = || -> ca_core::Result<()> {
                         assert!(s.insert_cert(&r)?);
                         if i % 3 == 0 {
@@ -2411,7 +2425,11 @@ fn counting_time_does_not_grow_with_the_certificates(place: Place) {
     for target in [1_000u32, 10_000] {
         ca_core::store::deferred(&*s, || -> ca_core::Result<()> {
             while stored < target {
-                let mut r = counted(0, ["client", "server"][stored as usize % 2], i64::from(stored % 30));
+                let mut r = counted(
+                    0,
+                    ["client", "server"][stored as usize % 2],
+                    i64::from(stored % 30),
+                );
                 r.serial = [vec![0x56], stored.to_be_bytes().to_vec()].concat();
                 assert!(s.insert_cert(&r)?);
                 stored += 1;
@@ -2443,15 +2461,24 @@ fn a_sled_store_without_counters_gets_them_filled_at_open() {
     let expect = {
         let s = SledStore::open(dir.path()).unwrap();
         for n in 0..40u16 {
-            assert!(s.insert_cert(&counted(n, "client", i64::from(n % 6))).unwrap());
+            assert!(s
+                .insert_cert(&counted(n, "client", i64::from(n % 6)))
+                .unwrap());
         }
         for n in 0..7u16 {
-            s.revoke(&counted(n, "client", 0).serial, Utc::now(), RevocationReason::Superseded)
-                .unwrap();
+            s.revoke(
+                &counted(n, "client", 0).serial,
+                Utc::now(),
+                RevocationReason::Superseded,
+            )
+            .unwrap();
         }
         let expect = recount(&s);
         s.forget_cert_counts_for_test().unwrap();
-        assert!(s.cert_counts().unwrap().is_empty(), "looks like an old store");
+        assert!(
+            s.cert_counts().unwrap().is_empty(),
+            "looks like an old store"
+        );
         expect
     };
     let s = SledStore::open(dir.path()).unwrap();
@@ -2473,7 +2500,11 @@ fn counts_crash_child_writer() {
             let s = s.clone();
             std::thread::spawn(move || {
                 for i in 0u32.. {
-                    let mut r = counted(0, ["client", "server"][usize::from(t) % 2], i64::from(i % 9));
+                    let mut r = counted(
+                        0,
+                        ["client", "server"][usize::from(t) % 2],
+                        i64::from(i % 9),
+                    );
                     r.serial = [vec![t], i.to_be_bytes().to_vec()].concat();
                     let write = || -> ca_core::Result<()> {
                         assert!(s.insert_cert(&r)?);
@@ -2530,7 +2561,51 @@ fn kill9_leaves_the_counters_equal_to_the_records() {
         child.wait().unwrap();
         let s = SledStore::open(dir.path()).expect("store must reopen after kill -9");
         let truth = recount(&s);
-        assert!(truth.values().sum::<u64>() > 300, "round {round}: too few records");
+        assert!(
+            truth.values().sum::<u64>() > 300,
+            "round {round}: too few records"
+        );
         assert_eq!(counters(&s), truth, "round {round}");
     }
+}
+
+/// A PostgreSQL database migrated by a version without counters: the migration that adds them
+/// counts the certificates already stored (one `INSERT ... SELECT ... GROUP BY`, the profile
+/// read out of each record), whatever their names and SANs.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_database_from_before_the_counters_is_counted_by_the_migration() {
+    let place = Place::pg();
+    let Place::Pg(db) = &place else {
+        unreachable!()
+    };
+    let expect = {
+        let s = PgStore::open(db.url()).unwrap();
+        for n in 0..30u16 {
+            let profile = ["client", "server", "b\u{e4}ckerei-\u{1f510}"][usize::from(n % 3)];
+            let mut r = counted(n, profile, i64::from(n % 4) - 1);
+            // Records of every shape the decoder walks: no SAN, several, long names.
+            r.sans = (0..n % 4)
+                .map(|i| format!("dns:s{i}-{}.test", "x".repeat(usize::from(n) * 9)))
+                .collect();
+            r.subject = format!("CN={},O={}", r.identity, "y".repeat(usize::from(n) * 40));
+            assert!(s.insert_cert(&r).unwrap());
+            if n % 5 == 0 {
+                s.revoke(&r.serial, Utc::now(), RevocationReason::Superseded)
+                    .unwrap();
+            }
+        }
+        recount(&s)
+    };
+    assert_eq!(expect.values().sum::<u64>(), 30);
+    // Back to the schema before the counters.
+    let mut admin = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE cert_counts; DELETE FROM schema_version WHERE version = {}",
+            ca_core::store::SCHEMA_VERSION
+        ))
+        .unwrap();
+    let s = PgStore::open(db.url()).unwrap();
+    assert_eq!(counters(&s), expect);
 }

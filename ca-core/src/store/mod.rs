@@ -41,8 +41,8 @@ use std::sync::Arc;
 /// (`use ca_core::store::prelude::*;`); on `dyn Store` they are in scope already.
 pub mod prelude {
     pub use super::{
-        AuditLog, CertCounts, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability,
-        Leases, OcspResponseStore, Retention, Store, TokenStore,
+        AuditLog, CertCounts, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability, Leases,
+        OcspResponseStore, Retention, Store, TokenStore,
     };
 }
 

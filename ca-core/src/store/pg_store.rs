@@ -1704,10 +1704,7 @@ fn count_revocation(tx: &mut impl Db, rec: &CertRecord) -> Result<()> {
 
 /// In the pruning transaction: take the pruned certificates off their counters (`keys`: how
 /// many per key), and delete the rows that fall to zero.
-fn count_pruned(
-    tx: &mut impl Db,
-    keys: &std::collections::BTreeMap<CountKey, i64>,
-) -> Result<()> {
+fn count_pruned(tx: &mut impl Db, keys: &std::collections::BTreeMap<CountKey, i64>) -> Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -1737,26 +1734,31 @@ fn count_pruned(
 /// certificates): their sums.
 impl CertCounts for PgStore {
     fn cert_counts(&self) -> Result<Vec<CertCount>> {
-        self.read_conn()?
-            .query(
-                "SELECT profile, day, revoked, sum(n)::bigint FROM cert_counts \
+        cert_counts_in(&mut *self.read_conn()?)
+    }
+}
+
+/// The counters summed, read on `c` (a session, or an import's transaction).
+pub(super) fn cert_counts_in(c: &mut impl Db) -> Result<Vec<CertCount>> {
+    {
+        c.query(
+            "SELECT profile, day, revoked, sum(n)::bigint FROM cert_counts \
                  GROUP BY profile, day, revoked HAVING sum(n) <> 0 \
                  ORDER BY profile, day, revoked",
-                &[],
-            )
-            .map_err(pg("read certificate counters"))?
-            .iter()
-            .map(|r| {
-                let n: i64 = r.get(3);
-                Ok(CertCount {
-                    profile: r.get(0),
-                    not_after_day: super::count_date(r.get(1))?,
-                    revoked: r.get(2),
-                    count: u64::try_from(n).map_err(|_| {
-                        Error::Corrupt(format!("certificate counter below zero ({n})"))
-                    })?,
-                })
+            &[],
+        )
+        .map_err(pg("read certificate counters"))?
+        .iter()
+        .map(|r| {
+            let n: i64 = r.get(3);
+            Ok(CertCount {
+                profile: r.get(0),
+                not_after_day: super::count_date(r.get(1))?,
+                revoked: r.get(2),
+                count: u64::try_from(n)
+                    .map_err(|_| Error::Corrupt(format!("certificate counter below zero ({n})")))?,
             })
-            .collect()
+        })
+        .collect()
     }
 }

@@ -1363,7 +1363,11 @@ fn decode_count(k: &[u8], v: &[u8]) -> Result<Option<CertCount>> {
     let bad = || Error::Corrupt("certificate counter record".into());
     let n = i64::from_be_bytes(<[u8; 8]>::try_from(v).map_err(|_| bad())?);
     let revoked = *k.get(1).ok_or_else(bad)? == 1;
-    let day = u32::from_be_bytes(k.get(2..6).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+    let day = u32::from_be_bytes(
+        k.get(2..6)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?,
+    );
     let day = (day ^ 0x8000_0000) as i32;
     let profile = std::str::from_utf8(&k[6..]).map_err(|_| bad())?.to_string();
     if n == 0 {
@@ -1385,9 +1389,7 @@ type TxTree = sled::transaction::TransactionalTree;
 fn add_count(counts: &TxTree, key: &[u8], delta: i64) -> TxResult<()> {
     let old = match counts.get(key)? {
         Some(v) => i64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).map_err(|_| {
-            ConflictableTransactionError::Abort(Error::Corrupt(
-                "certificate counter record".into(),
-            ))
+            ConflictableTransactionError::Abort(Error::Corrupt("certificate counter record".into()))
         })?),
         None => 0,
     };
@@ -1516,8 +1518,8 @@ impl SledStore {
                         let Some(v) = certs.get(&key[1..])? else {
                             continue;
                         };
-                        let rec = codec::decode_cert(&v)
-                            .map_err(ConflictableTransactionError::Abort)?;
+                        let rec =
+                            codec::decode_cert(&v).map_err(ConflictableTransactionError::Abort)?;
                         *deltas.entry(count_key(&rec)).or_insert(0) += 1;
                         counts.remove(key)?;
                     }

@@ -799,7 +799,8 @@ mod count_tests {
     #[test]
     fn counter_rows_sum_into_totals_profiles_and_cumulative_expiry_bands() {
         let now = Utc.with_ymd_and_hms(2026, 12, 5, 23, 30, 0).unwrap();
-        let day = |d: i64| NaiveDate::from_ymd_opt(2026, 12, 5).unwrap() + chrono::Duration::days(d);
+        let day =
+            |d: i64| NaiveDate::from_ymd_opt(2026, 12, 5).unwrap() + chrono::Duration::days(d);
         let row = |p: &str, d: i64, revoked: bool, count: u64| CertCount {
             profile: p.into(),
             not_after_day: day(d),

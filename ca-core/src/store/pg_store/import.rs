@@ -446,6 +446,12 @@ impl<'t, 'c> PgImport<'t, 'c> {
         }
     }
 
+    /// The certificate counters as written so far ([`crate::store::CertCounts`]): a copy
+    /// compares them with its source's.
+    pub fn cert_counts(&mut self) -> Result<Vec<crate::store::CertCount>> {
+        super::cert_counts_in(&mut *self.tx)
+    }
+
     /// Every checkpoint written, in `(seq, time)` order (one per checkpoint signing: few).
     fn checkpoint_rows(&mut self) -> Result<Vec<Checkpoint>> {
         self.tx
