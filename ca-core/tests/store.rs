@@ -2241,6 +2241,7 @@ counts_contract!(
     counters_follow_inserts_revocations_and_prunes,
     concurrent_inserts_and_revocations_are_counted_exactly,
     counting_time_does_not_grow_with_the_certificates,
+    duplicate_inserts_racing_counts_never_count_twice,
 );
 
 type CountMap = std::collections::BTreeMap<(String, chrono::NaiveDate, bool), u64>;
@@ -2608,4 +2609,40 @@ fn a_database_from_before_the_counters_is_counted_by_the_migration() {
         .unwrap();
     let s = PgStore::open(db.url()).unwrap();
     assert_eq!(counters(&s), expect);
+}
+
+/// Inserts refused because the serial is taken, racing counts and inserts: the stored
+/// certificate is counted once.
+fn duplicate_inserts_racing_counts_never_count_twice(place: Place) {
+    let s = place.open().arc();
+    let first = counted(1, "client", 3);
+    assert!(s.insert_cert(&first).unwrap());
+    s.cert_counts().unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..2u16 {
+            let s = s.clone();
+            let first = first.clone();
+            scope.spawn(move || {
+                for i in 0..400u16 {
+                    assert!(!s.insert_cert(&first).unwrap());
+                    // Other inserts meanwhile, so sled folds now and then on its own too.
+                    assert!(s
+                        .insert_cert(&counted(2 + t * 1000 + i, "server", 1))
+                        .unwrap());
+                }
+            });
+        }
+        let s = s.clone();
+        scope.spawn(move || {
+            for _ in 0..400 {
+                s.cert_counts().unwrap();
+            }
+        });
+    });
+    let m = counters(&*s);
+    assert_eq!(
+        m[&("client".to_string(), first.not_after.date_naive(), false)],
+        1
+    );
+    assert_eq!(m, recount(&*s));
 }

@@ -1319,8 +1319,9 @@ impl SledStore {
 // marker and the counter (every `FOLD_EVERY` inserts, at open, and before a read), so a marker
 // is counted exactly once. A revocation of a certificate whose marker is still there leaves
 // the counters alone (the fold counts the record as it finds it); a prune removes the marker.
-// Concurrent inserts of one serial take the same stripe lock, so the loser withdraws only a
-// marker it created and the winner's stays.
+// An insert holds its serial's stripe lock from its marker to its decision, and a fold holds
+// every stripe: concurrent inserts of one serial are one after the other, the loser withdraws
+// only a marker it created, and a fold never sees a loser's marker.
 
 /// In `meta`: the counters are complete (filled from the stored certificates once).
 const META_COUNTS: &[u8] = b"cert_counts_v1";
@@ -1499,8 +1500,17 @@ impl SledStore {
     }
 
     /// Fold every marker whose record exists into the counters, [`FOLD_EVERY`] per
-    /// transaction. A marker without its record (an insert in progress) stays.
+    /// transaction. A marker without its record (an insert in progress) stays. Every stripe is
+    /// held while a fold runs, so no insert is between its marker and its decision: a losing
+    /// insert's marker (a serial already stored) is never taken for the winner's. The caller
+    /// holds no stripe.
     fn fold_counts(&self) -> Result<()> {
+        let _stripes: Vec<_> = self
+            .counters
+            .stripes
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
         let mut from: Option<sled::IVec> = None;
         loop {
             let keys = self.markers(from.as_deref(), FOLD_EVERY)?;
