@@ -2611,38 +2611,47 @@ fn a_database_from_before_the_counters_is_counted_by_the_migration() {
     assert_eq!(counters(&s), expect);
 }
 
-/// Inserts refused because the serial is taken, racing counts and inserts: the stored
-/// certificate is counted once.
+/// Inserts refused because the serial is taken, racing revocations, counts and other
+/// inserts: each stored certificate is counted once, in its state.
 fn duplicate_inserts_racing_counts_never_count_twice(place: Place) {
     let s = place.open().arc();
-    let first = counted(1, "client", 3);
-    assert!(s.insert_cert(&first).unwrap());
+    let stored: Vec<CertRecord> = (0..200u16).map(|n| counted(n, "client", 3)).collect();
+    for r in &stored {
+        assert!(s.insert_cert(r).unwrap());
+    }
     s.cert_counts().unwrap();
     std::thread::scope(|scope| {
         for t in 0..2u16 {
             let s = s.clone();
-            let first = first.clone();
+            let stored = &stored;
             scope.spawn(move || {
-                for i in 0..400u16 {
-                    assert!(!s.insert_cert(&first).unwrap());
+                for (i, r) in stored.iter().enumerate() {
+                    assert!(!s.insert_cert(r).unwrap());
                     // Other inserts meanwhile, so sled folds now and then on its own too.
-                    assert!(s
-                        .insert_cert(&counted(2 + t * 1000 + i, "server", 1))
-                        .unwrap());
+                    let n = 1000 + t * 1000 + i as u16;
+                    assert!(s.insert_cert(&counted(n, "server", 1)).unwrap());
                 }
             });
         }
+        let revoker = s.clone();
+        let stored = &stored;
+        scope.spawn(move || {
+            for r in stored.iter().step_by(2) {
+                revoker
+                    .revoke(&r.serial, Utc::now(), RevocationReason::Superseded)
+                    .unwrap();
+            }
+        });
         let s = s.clone();
         scope.spawn(move || {
-            for _ in 0..400 {
+            for _ in 0..300 {
                 s.cert_counts().unwrap();
             }
         });
     });
     let m = counters(&*s);
-    assert_eq!(
-        m[&("client".to_string(), first.not_after.date_naive(), false)],
-        1
-    );
+    let day = stored[0].not_after.date_naive();
+    assert_eq!(m[&("client".to_string(), day, false)], 100);
+    assert_eq!(m[&("client".to_string(), day, true)], 100);
     assert_eq!(m, recount(&*s));
 }

@@ -332,8 +332,11 @@ impl CertStore for SledStore {
     /// race on the serial) is skipped by every lookup.
     fn insert_cert(&self, rec: &CertRecord) -> Result<bool> {
         let value = codec::encode_cert(rec)?;
-        // Its counter's marker before anything else (see `Counters`).
-        let marker = self.mark_uncounted(&rec.serial)?;
+        // Its counter's marker before anything else (see `Counters`); a serial already stored
+        // is refused here, before anything is written.
+        let Some(marker) = self.mark_uncounted(&rec.serial)? else {
+            return Ok(false);
+        };
         let ik = identity_key(&rec.identity, &rec.serial);
         let ek = expiry_key(rec.not_after, &rec.serial);
         let err = |e| Error::store("insert certificate", e);
@@ -1319,9 +1322,10 @@ impl SledStore {
 // marker and the counter (every `FOLD_EVERY` inserts, at open, and before a read), so a marker
 // is counted exactly once. A revocation of a certificate whose marker is still there leaves
 // the counters alone (the fold counts the record as it finds it); a prune removes the marker.
-// An insert holds its serial's stripe lock from its marker to its decision, and a fold holds
-// every stripe: concurrent inserts of one serial are one after the other, the loser withdraws
-// only a marker it created, and a fold never sees a loser's marker.
+// An insert holds its serial's stripe lock from its marker to its decision and writes a marker
+// only for a serial with no record (checked under the lock): a marker next to a record is
+// always that record's own, never a refused duplicate's, so revocations, prunes and folds can
+// trust it.
 
 /// In `meta`: the counters are complete (filled from the stored certificates once).
 const META_COUNTS: &[u8] = b"cert_counts_v1";
@@ -1433,9 +1437,8 @@ struct Marker<'a> {
 }
 
 impl Marker<'_> {
-    /// The insert lost (the serial is taken): remove the marker if this insert made it. The
-    /// record that holds the serial was counted (folded) already, or its own marker is the
-    /// one found, which stays.
+    /// The insert lost (the serial is taken; not expected, as [`SledStore::mark_uncounted`]
+    /// checked under the stripe lock): remove the marker if this insert made it.
     fn withdraw(self, store: &SledStore) -> Result<()> {
         if self.created {
             store
@@ -1449,11 +1452,18 @@ impl Marker<'_> {
 }
 
 impl SledStore {
-    fn mark_uncounted(&self, serial: &[u8]) -> Result<Marker<'_>> {
+    /// The marker of an insert of `serial`, or `None` if the serial is stored already
+    /// (nothing written). Under the serial's stripe lock no other insert of it runs, so a
+    /// marker is only ever written for a serial that has no record: a revocation, a prune or a
+    /// fold that finds a marker next to a record finds that record's own.
+    fn mark_uncounted(&self, serial: &[u8]) -> Result<Option<Marker<'_>>> {
         let stripe = serial.last().copied().map_or(0, usize::from) % COUNT_STRIPES;
         let guard = self.counters.stripes[stripe]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        if self.serial_exists(serial)? {
+            return Ok(None);
+        }
         let key = marker_key(serial);
         let created = self
             .counters
@@ -1461,11 +1471,11 @@ impl SledStore {
             .insert(key.as_slice(), &[])
             .map_err(|e| Error::store("insert certificate", e))?
             .is_none();
-        Ok(Marker {
+        Ok(Some(Marker {
             key,
             created,
             _stripe: guard,
-        })
+        }))
     }
 
     /// After an insert: fold the markers once every [`FOLD_EVERY`] inserts.
@@ -1500,17 +1510,8 @@ impl SledStore {
     }
 
     /// Fold every marker whose record exists into the counters, [`FOLD_EVERY`] per
-    /// transaction. A marker without its record (an insert in progress) stays. Every stripe is
-    /// held while a fold runs, so no insert is between its marker and its decision: a losing
-    /// insert's marker (a serial already stored) is never taken for the winner's. The caller
-    /// holds no stripe.
+    /// transaction. A marker without its record (an insert in progress) stays.
     fn fold_counts(&self) -> Result<()> {
-        let _stripes: Vec<_> = self
-            .counters
-            .stripes
-            .iter()
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
-            .collect();
         let mut from: Option<sled::IVec> = None;
         loop {
             let keys = self.markers(from.as_deref(), FOLD_EVERY)?;
