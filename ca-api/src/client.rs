@@ -28,7 +28,8 @@
 
 use crate::code::{Code, ErrorBody};
 use crate::types::{
-    CertsQuery, CertsResponse, ChainResponse, EnrollRequest, IssuedResponse, RenewRequest,
+    CertCountsResponse, CertsQuery, CertsResponse, ChainResponse, EnrollRequest, IssuedResponse,
+    RenewRequest,
 };
 use http::{header, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -757,6 +758,11 @@ impl ApiClient {
             format!("{}?{query}", crate::routes::ADMIN_CERTS)
         };
         self.get_json(&path).await
+    }
+
+    /// `GET /v1/admin/certs/counts`.
+    pub async fn cert_counts(&self) -> Result<CertCountsResponse, ClientError> {
+        self.get_json(crate::routes::ADMIN_CERT_COUNTS).await
     }
 }
 

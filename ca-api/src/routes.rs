@@ -14,6 +14,9 @@ pub const ADMIN_TOKENS: &str = "/v1/admin/tokens";
 pub const ADMIN_REVOKE: &str = "/v1/admin/revoke";
 /// HTTPS: list and search certificates (`GET`, admin).
 pub const ADMIN_CERTS: &str = "/v1/admin/certs";
+/// HTTPS: certificate counts by status, profile and expiry, from the store's counters (`GET`,
+/// admin).
+pub const ADMIN_CERT_COUNTS: &str = "/v1/admin/certs/counts";
 /// HTTPS: read the audit log (`GET`, admin).
 pub const ADMIN_AUDIT: &str = "/v1/admin/audit";
 /// HTTPS: verify the audit log (`GET`, admin).
@@ -43,6 +46,7 @@ pub const API: &[&str] = &[
     ADMIN_TOKENS,
     ADMIN_REVOKE,
     ADMIN_CERTS,
+    ADMIN_CERT_COUNTS,
     ADMIN_AUDIT,
     ADMIN_AUDIT_VERIFY,
     ADMIN_AUDIT_CHECKPOINT,

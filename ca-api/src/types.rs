@@ -217,6 +217,48 @@ impl CertsQuery {
     }
 }
 
+/// Certificates not revoked and revoked (a count in [`CertCountsResponse`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    /// Not revoked (expired certificates not yet pruned included).
+    pub valid: u64,
+    /// Revoked.
+    pub revoked: u64,
+}
+
+/// Certificates not revoked, by the UTC date of their notAfter against today's UTC date
+/// (whole days: see docs/API.md). The `within_*` bands are cumulative.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryCounts {
+    /// notAfter on a date before today: expired.
+    pub expired: u64,
+    /// notAfter today or tomorrow: every certificate expiring in the next 24 hours (and those
+    /// of today that expired already).
+    pub within_24h: u64,
+    /// notAfter from today to 7 days on.
+    pub within_7d: u64,
+    /// notAfter from today to 30 days on.
+    pub within_30d: u64,
+    /// notAfter more than 30 days on.
+    pub later: u64,
+}
+
+/// Answer to `GET /v1/admin/certs/counts`: counts from the store's counters (no certificate
+/// is read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertCountsResponse {
+    /// When the counts were read (RFC 3339).
+    pub as_of: String,
+    /// The UTC date the expiry bands are counted from (`YYYY-MM-DD`).
+    pub today: String,
+    /// Every stored certificate.
+    pub total: StatusCounts,
+    /// Per profile.
+    pub by_profile: std::collections::BTreeMap<String, StatusCounts>,
+    /// Certificates not revoked, by expiry.
+    pub expiry: ExpiryCounts,
+}
+
 /// Answer to `GET /v1/admin/audit`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditResponse {

@@ -235,6 +235,16 @@ pub enum CertsCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Count certificates by status, by profile and by expiry (expired; notAfter within 24
+    /// hours, 7 or 30 days; later), from counters the store keeps with every issuance,
+    /// revocation and prune: the answer costs the same with a thousand or a million
+    /// certificates. Expiry is counted by the UTC date of notAfter (docs/API.md). A table by
+    /// default; --json prints the API's answer.
+    Counts {
+        /// How to reach the API (URL, root, admin certificate and key).
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// The filters of `certs list` and `certs export`.
@@ -714,6 +724,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Certs {
+            cmd: CertsCmd::Counts { conn },
+        } => {
+            let resp = conn.client()?.cert_counts().await?;
+            if conn.json {
+                return print_json(&resp);
+            }
+            print!("{}", counts_table(&resp));
+            Ok(())
+        }
+        Command::Certs {
             cmd:
                 CertsCmd::Export {
                     filters,
@@ -1171,6 +1191,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The table of `certs counts`: per profile, the totals, then the expiry bands.
+fn counts_table(c: &CertCountsResponse) -> String {
+    let mut rows: Vec<Vec<String>> = c
+        .by_profile
+        .iter()
+        .map(|(p, n)| vec![p.clone(), n.valid.to_string(), n.revoked.to_string()])
+        .collect();
+    rows.push(vec![
+        "(all)".into(),
+        c.total.valid.to_string(),
+        c.total.revoked.to_string(),
+    ]);
+    let e = &c.expiry;
+    let bands: Vec<Vec<String>> = [
+        ("expired", e.expired),
+        ("within 24h", e.within_24h),
+        ("within 7d", e.within_7d),
+        ("within 30d", e.within_30d),
+        ("later", e.later),
+    ]
+    .iter()
+    .map(|(k, n)| vec![k.to_string(), n.to_string()])
+    .collect();
+    format!(
+        "{}\nnot revoked, by notAfter (UTC days from {}):\n{}",
+        table(&["PROFILE", "VALID", "REVOKED"], &rows),
+        c.today,
+        table(&["EXPIRY", "CERTIFICATES"], &bands)
+    )
 }
 
 /// One table row of `certs list`.

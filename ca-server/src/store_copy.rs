@@ -319,6 +319,7 @@ pub fn copy(
         .map_err(StoreCopyError::SourceAudit)?;
     let head = source.audit_head().map_err(src)?;
     let crl_number = source.current_crl_number().map_err(src)?;
+    let source_cert_counts = source.cert_counts().map_err(src)?;
     let (read, record) = target.import(
         |imp: &mut PgImport<'_, '_>| -> Result<(StoreCounts, AuditEvent), StoreCopyError> {
             let mut n = StoreCounts::default();
@@ -368,6 +369,12 @@ pub fn copy(
             let diffs = n.differences(&written);
             if !diffs.is_empty() {
                 return Err(StoreCopyError::Mismatch(describe(&diffs)));
+            }
+            // The certificate counters the inserts moved: the source's, key for key.
+            if imp.cert_counts()? != source_cert_counts {
+                return Err(StoreCopyError::Mismatch(
+                    "the certificate counters written differ from the source's".into(),
+                ));
             }
             let written_crl = imp.crl_number()?;
             if written_crl != crl_number {

@@ -308,3 +308,108 @@ async fn bad_cursors_are_400_bad_cursor_and_change_nothing() {
     assert!(!ok);
     assert!(err.contains("bad_cursor"), "{err}");
 }
+
+/// `GET /v1/admin/certs/counts` and `ca-server certs counts` against a running server: the
+/// numbers are what the test issued and revoked (and what a scan of the store finds), the CLI
+/// prints the same as a table and as JSON, and a caller whose role does not allow reading
+/// certificates (an operator, a subscriber's certificate) is refused `403 forbidden`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_come_from_the_counters_and_match_what_was_issued_and_revoked() {
+    let srv = TestServer::start().await;
+    let auditor = srv.client(Some(&srv.auditor));
+    let before = auditor.cert_counts().await.unwrap();
+    assert_eq!(before.by_profile.get("client"), None, "{before:?}");
+    // 9 client certificates, 3 of them revoked (0, 3, 6), and one revoked twice.
+    let serials = issue(&srv, 9).await;
+    let again = srv
+        .client(Some(&srv.operator))
+        .post_json::<_, RevokeResponse>(
+            "/v1/admin/revoke",
+            &RevokeRequest {
+                serial: serials[0].clone(),
+                reason: Some("superseded".into()),
+                lineage: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Some("already_revoked"));
+
+    let c = auditor.cert_counts().await.unwrap();
+    assert_eq!(
+        c.by_profile["client"],
+        StatusCounts {
+            valid: 6,
+            revoked: 3
+        }
+    );
+    // Every stored certificate (the administrators and the server's TLS certificate too), as a
+    // scan of the store counts them.
+    let mut scan: std::collections::BTreeMap<String, StatusCounts> = Default::default();
+    srv.pki
+        .store
+        .for_each_cert(&mut |r| {
+            let e = scan.entry(r.profile.clone()).or_default();
+            if r.is_revoked() {
+                e.revoked += 1;
+            } else {
+                e.valid += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(c.by_profile, scan);
+    assert_eq!(
+        c.total.valid + c.total.revoked,
+        scan.values().map(|s| s.valid + s.revoked).sum::<u64>()
+    );
+    // Every valid certificate falls in one of expired / within 30 days / later; the client
+    // profile's certificates are short-lived, so they are within 30 days.
+    let e = &c.expiry;
+    assert_eq!(e.expired + e.within_30d + e.later, c.total.valid);
+    assert!(e.within_24h <= e.within_7d && e.within_7d <= e.within_30d);
+    assert!(e.within_30d >= 6, "{e:?}");
+
+    // The CLI: JSON is the API's answer; the table has a row per profile.
+    let cli = Cli::new(&srv);
+    let (ok, out, err) = cli.run(&["certs", "counts", "--json"]).await;
+    assert!(ok, "{err}");
+    let mut json: CertCountsResponse = serde_json::from_str(&out).unwrap();
+    json.as_of = c.as_of.clone();
+    assert_eq!(json, c);
+    let (ok, out, err) = cli.run(&["certs", "counts"]).await;
+    assert!(ok, "{err}");
+    let client_row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("client "))
+        .unwrap_or_else(|| panic!("no client row in\n{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(client_row, ["client", "6", "3"], "{out}");
+    assert!(out.contains("within 24h"), "{out}");
+    let (ok, out, _) = cli.run(&["certs", "counts", "--help"]).await;
+    assert!(ok && out.contains("counters"), "{out}");
+
+    // Refused: an operator (may revoke, not read certificates) and a subscriber certificate.
+    let err = srv
+        .client(Some(&srv.operator))
+        .cert_counts()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.to_string().contains("403")),
+        (Some("forbidden"), true),
+        "{err}"
+    );
+    let token = srv.token("subscriber.test", &[], "client").await;
+    let (subscriber, _) = srv.enroll(&token, "subscriber.test", &[]).await;
+    let err = srv
+        .client(Some(&subscriber))
+        .cert_counts()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("forbidden"), "{err}");
+    // Without a certificate: 401.
+    let err = srv.client(None).cert_counts().await.unwrap_err();
+    assert_eq!(err.code(), Some("client_cert_required"), "{err}");
+}

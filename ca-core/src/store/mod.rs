@@ -41,7 +41,7 @@ use std::sync::Arc;
 /// (`use ca_core::store::prelude::*;`); on `dyn Store` they are in scope already.
 pub mod prelude {
     pub use super::{
-        AuditLog, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability, Leases,
+        AuditLog, CertCounts, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability, Leases,
         OcspResponseStore, Retention, Store, TokenStore,
     };
 }
@@ -509,6 +509,48 @@ pub trait CertStore: Send + Sync + std::fmt::Debug {
     /// Visit revoked entries in serial order, streaming (CRL building). Every revocation
     /// durable before the call starts is visited.
     fn for_each_revoked(&self, f: &mut dyn FnMut(RevokedEntry) -> Result<()>) -> Result<()>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificate counters (issue 17 item 5: counts come from counters, not scans).
+
+/// One row of the certificate counters ([`CertCounts::cert_counts`]): how many stored
+/// certificates share a profile, a revocation state and the UTC date of their notAfter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertCount {
+    /// Profile name.
+    pub profile: String,
+    /// The UTC date of the certificates' notAfter.
+    pub not_after_day: chrono::NaiveDate,
+    /// Revoked (`true`) or not revoked (`false`; expired certificates not yet pruned included).
+    pub revoked: bool,
+    /// How many.
+    pub count: u64,
+}
+
+/// The counters' key of a certificate: its notAfter's UTC date as days since 1970-01-01.
+pub(crate) fn count_day(not_after: DateTime<Utc>) -> i32 {
+    let d = not_after.timestamp().div_euclid(86_400);
+    i32::try_from(d).unwrap_or(if d < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// The date of a [`count_day`].
+pub(crate) fn count_date(day: i32) -> Result<chrono::NaiveDate> {
+    DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .map(|t| t.date_naive())
+        .ok_or_else(|| crate::Error::Corrupt(format!("certificate counter day {day}")))
+}
+
+/// Certificate counters kept by the store itself: every write that adds a certificate,
+/// revokes one or prunes one moves its counter in the same atomic step (DESIGN "Inventory at
+/// scale"), so counting never reads certificates and a crash never leaves the counters apart
+/// from the records. Expiry views are computed from the per-day rows at read time, so they stay
+/// right as time passes without anything being rewritten.
+pub trait CertCounts: Send + Sync + std::fmt::Debug {
+    /// The non-zero counters, one row per (profile, notAfter date, revoked). The cost depends
+    /// on the number of rows (profiles times notAfter dates still stored), not on the number of
+    /// certificates. A repeated revocation (or one changed to keyCompromise) changes nothing.
+    fn cert_counts(&self) -> Result<Vec<CertCount>>;
 }
 
 /// CRL numbers (RFC 5280 5.2.3): what the CRL publisher allocates.
@@ -1073,6 +1115,7 @@ pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
 /// `into_*` methods hand them a narrowed handle on the same store.
 pub trait Store:
     CertStore
+    + CertCounts
     + CrlNumbers
     + TokenStore
     + OcspResponseStore
@@ -1103,11 +1146,14 @@ pub trait Store:
     fn into_leases(self: Arc<Self>) -> Arc<dyn Leases>;
     /// This store as a [`ChangeFeed`].
     fn into_change_feed(self: Arc<Self>) -> Arc<dyn ChangeFeed>;
+    /// This store as a [`CertCounts`].
+    fn into_cert_counts(self: Arc<Self>) -> Arc<dyn CertCounts>;
 }
 
 impl<T> Store for T
 where
     T: CertStore
+        + CertCounts
         + CrlNumbers
         + TokenStore
         + OcspResponseStore
@@ -1147,6 +1193,9 @@ where
         self
     }
     fn into_change_feed(self: Arc<Self>) -> Arc<dyn ChangeFeed> {
+        self
+    }
+    fn into_cert_counts(self: Arc<Self>) -> Arc<dyn CertCounts> {
         self
     }
 }

@@ -41,9 +41,9 @@ use super::codec;
 use super::feed::{Change, Subscription};
 use super::pg_listen::{notify, Listener, CHANNEL};
 use super::{
-    AuditLog, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers,
-    Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts, Retention, StoredCrl,
-    StoredOcspResponse, TokenRecord, TokenStore,
+    AuditLog, CertCount, CertCounts, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed,
+    CrlArchive, CrlNumbers, Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts,
+    Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -195,6 +195,50 @@ CREATE TABLE audit_start (
     seq bigint NOT NULL,
     cp bytea NOT NULL
 );
+"#,
+    // Certificate counters (`counters` below): per (profile, notAfter UTC day, revoked) in
+    // `COUNT_SLOTS` slots, filled once here from the certificates already stored. The
+    // profile is inside the record (`codec`): two helper functions read it, dropped again.
+    r#"
+CREATE TABLE cert_counts (
+    profile text NOT NULL,
+    day integer NOT NULL,
+    revoked boolean NOT NULL,
+    slot smallint NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (profile, day, revoked, slot)
+);
+CREATE FUNCTION ca_migration_u32(r bytea, o integer) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT AS $fn$
+    SELECT ((get_byte(r, o)::bigint << 24) + (get_byte(r, o + 1) << 16)
+        + (get_byte(r, o + 2) << 8) + get_byte(r, o + 3))::integer
+$fn$;
+CREATE FUNCTION ca_migration_cert_profile(r bytea) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT AS $fn$
+DECLARE
+    o integer := 1;
+    sans integer;
+BEGIN
+    IF get_byte(r, 0) = 123 THEN
+        RETURN convert_from(r, 'UTF8')::jsonb ->> 'profile';
+    END IF;
+    o := o + 4 + ca_migration_u32(r, o);
+    o := o + 4 + ca_migration_u32(r, o);
+    sans := ca_migration_u32(r, o);
+    o := o + 4;
+    FOR i IN 1..sans LOOP
+        o := o + 4 + ca_migration_u32(r, o);
+    END LOOP;
+    o := o + 4 + ca_migration_u32(r, o);
+    RETURN convert_from(substring(r FROM o + 5 FOR ca_migration_u32(r, o)), 'UTF8');
+END
+$fn$;
+INSERT INTO cert_counts (profile, day, revoked, slot, n)
+SELECT ca_migration_cert_profile(rec), floor(not_after_us / 86400000000.0)::integer, revoked,
+       0, count(*)
+FROM certs GROUP BY 1, 2, 3;
+DROP FUNCTION ca_migration_cert_profile(bytea);
+DROP FUNCTION ca_migration_u32(bytea, integer);
 "#,
 ];
 
@@ -485,11 +529,16 @@ impl PgStore {
     fn insert_cert_in(tx: &mut impl Db, rec: &CertRecord) -> Result<bool> {
         let cols = rec.clone().with_lineage_defaults();
         let value = codec::encode_cert(rec)?;
+        // The record and its counter in one statement (`counters`): the counter moves iff the
+        // row was inserted, atomically with it.
         let n = tx
             .execute(
-                "INSERT INTO certs (serial, identity, not_after_us, lineage, generation, \
-                 revoked, rec) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (serial) DO NOTHING",
+                "WITH ins AS (INSERT INTO certs (serial, identity, not_after_us, lineage, \
+                 generation, revoked, rec) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (serial) DO NOTHING RETURNING 1) \
+                 INSERT INTO cert_counts (profile, day, revoked, slot, n) \
+                 SELECT $8, $9, $6, $10, 1 FROM ins \
+                 ON CONFLICT (profile, day, revoked, slot) DO UPDATE SET n = cert_counts.n + 1",
                 &[
                     &rec.serial,
                     &rec.identity,
@@ -498,6 +547,9 @@ impl PgStore {
                     &i64::from(cols.generation),
                     &rec.is_revoked(),
                     &value,
+                    &rec.profile,
+                    &super::count_day(rec.not_after),
+                    &count_slot(&rec.serial),
                 ],
             )
             .map_err(pg("insert certificate"))?;
@@ -732,7 +784,11 @@ impl CertStore for PgStore {
             .map_err(pg("revoke"))?
             .ok_or_else(|| Error::CertNotFound(hex::encode(serial)))?;
         let mut rec = codec::decode_cert(row.get::<_, &[u8]>(0))?;
+        let was_valid = !rec.is_revoked();
         let entry = rec.revoke(at, reason)?;
+        if was_valid {
+            count_revocation(&mut tx, &rec)?;
+        }
         tx.execute(
             "UPDATE certs SET rec = $2, revoked = true WHERE serial = $1",
             &[&serial, &codec::encode_cert(&rec)?],
@@ -1501,6 +1557,7 @@ impl Retention for PgStore {
         let mut serials: Vec<Vec<u8>> = Vec::new();
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut lineages: Vec<Vec<u8>> = Vec::new();
+        let mut pruned_keys = std::collections::BTreeMap::new();
         for r in &rows {
             let rec = codec::decode_cert(r.get::<_, &[u8]>(1))?;
             if !cutoff.allows(&rec) {
@@ -1515,6 +1572,7 @@ impl Retention for PgStore {
             if !lineages.contains(&lineage) {
                 lineages.push(lineage);
             }
+            *pruned_keys.entry(CountKey::of(&rec)).or_insert(0) += 1;
             serials.push(rec.serial);
         }
         if serials.is_empty() {
@@ -1532,6 +1590,7 @@ impl Retention for PgStore {
             .iter()
             .map(|r| codec::decode_ocsp(r.get::<_, &[u8]>(0)))
             .collect::<Result<Vec<_>>>()?;
+        count_pruned(&mut tx, &pruned_keys)?;
         let deleted = tx
             .execute("DELETE FROM certs WHERE serial = ANY($1)", &[&serials])
             .map_err(pg("prune certificates"))?;
@@ -1638,5 +1697,122 @@ impl PgStore {
             )
             .map_err(pg("schema version"))?;
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificate counters ([`CertCounts`]; DESIGN "Inventory at scale").
+//
+// `cert_counts` holds, per (profile, notAfter UTC day, revoked), `COUNT_SLOTS` rows whose sum is
+// the count. A certificate's slot comes from its serial (random), so concurrent issuance from
+// every node spreads over the slots instead of queueing on one row lock, and the insert, the
+// revocation and the prune of one certificate all move the same slot (a slot never goes
+// negative; a pruned day's rows fall to zero and are deleted). Each counter moves in the same
+// transaction (for an insert, the same statement) as the write it counts. Rows are locked in
+// (profile, day, revoked, slot) order by every statement that locks several, so two writers
+// never deadlock on them.
+
+/// Rows per counter key.
+const COUNT_SLOTS: u8 = 16;
+
+/// The slot of a certificate's counter: from the last octet of its (random) serial.
+fn count_slot(serial: &[u8]) -> i16 {
+    i16::from(serial.last().copied().unwrap_or(0) % COUNT_SLOTS)
+}
+
+/// One counter row's key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CountKey {
+    profile: String,
+    day: i32,
+    revoked: bool,
+    slot: i16,
+}
+
+impl CountKey {
+    fn of(rec: &CertRecord) -> CountKey {
+        CountKey {
+            profile: rec.profile.clone(),
+            day: super::count_day(rec.not_after),
+            revoked: rec.is_revoked(),
+            slot: count_slot(&rec.serial),
+        }
+    }
+}
+
+/// In the revoking transaction: the certificate `rec` (now revoked) moves from valid to revoked.
+fn count_revocation(tx: &mut impl Db, rec: &CertRecord) -> Result<()> {
+    tx.execute(
+        "INSERT INTO cert_counts (profile, day, revoked, slot, n) \
+         VALUES ($1, $2, false, $3, -1), ($1, $2, true, $3, 1) \
+         ON CONFLICT (profile, day, revoked, slot) DO UPDATE SET n = cert_counts.n + excluded.n",
+        &[
+            &rec.profile,
+            &super::count_day(rec.not_after),
+            &count_slot(&rec.serial),
+        ],
+    )
+    .map_err(pg("count revocation"))?;
+    Ok(())
+}
+
+/// In the pruning transaction: take the pruned certificates off their counters (`keys`: how
+/// many per key), and delete the rows that fall to zero.
+fn count_pruned(tx: &mut impl Db, keys: &std::collections::BTreeMap<CountKey, i64>) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let profiles: Vec<&str> = keys.keys().map(|k| k.profile.as_str()).collect();
+    let days: Vec<i32> = keys.keys().map(|k| k.day).collect();
+    let revoked: Vec<bool> = keys.keys().map(|k| k.revoked).collect();
+    let slots: Vec<i16> = keys.keys().map(|k| k.slot).collect();
+    let minus: Vec<i64> = keys.values().map(|n| -n).collect();
+    tx.execute(
+        "INSERT INTO cert_counts (profile, day, revoked, slot, n) \
+         SELECT * FROM unnest($1::text[], $2::integer[], $3::boolean[], $4::smallint[], \
+         $5::bigint[]) AS k ORDER BY 1, 2, 3, 4 \
+         ON CONFLICT (profile, day, revoked, slot) DO UPDATE SET n = cert_counts.n + excluded.n",
+        &[&profiles, &days, &revoked, &slots, &minus],
+    )
+    .map_err(pg("count pruned certificates"))?;
+    tx.execute(
+        "DELETE FROM cert_counts WHERE n = 0 AND (profile, day, revoked, slot) IN \
+         (SELECT * FROM unnest($1::text[], $2::integer[], $3::boolean[], $4::smallint[]))",
+        &[&profiles, &days, &revoked, &slots],
+    )
+    .map_err(pg("count pruned certificates"))?;
+    Ok(())
+}
+
+/// One query over the counter rows (a few per profile and notAfter day, however many
+/// certificates): their sums.
+impl CertCounts for PgStore {
+    fn cert_counts(&self) -> Result<Vec<CertCount>> {
+        cert_counts_in(&mut *self.read_conn()?)
+    }
+}
+
+/// The counters summed, read on `c` (a session, or an import's transaction).
+pub(super) fn cert_counts_in(c: &mut impl Db) -> Result<Vec<CertCount>> {
+    {
+        c.query(
+            "SELECT profile, day, revoked, sum(n)::bigint FROM cert_counts \
+                 GROUP BY profile, day, revoked HAVING sum(n) <> 0 \
+                 ORDER BY profile, day, revoked",
+            &[],
+        )
+        .map_err(pg("read certificate counters"))?
+        .iter()
+        .map(|r| {
+            let n: i64 = r.get(3);
+            Ok(CertCount {
+                profile: r.get(0),
+                not_after_day: super::count_date(r.get(1))?,
+                revoked: r.get(2),
+                count: u64::try_from(n)
+                    .map_err(|_| Error::Corrupt(format!("certificate counter below zero ({n})")))?,
+            })
+        })
+        .collect()
     }
 }

@@ -17,9 +17,9 @@
 use super::codec;
 use super::feed::{Change, Hub, Subscription};
 use super::{
-    AuditLog, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed, CrlArchive, CrlNumbers,
-    Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts, Retention, StoredCrl,
-    StoredOcspResponse, TokenRecord, TokenStore,
+    AuditLog, CertCount, CertCounts, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed,
+    CrlArchive, CrlNumbers, Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts,
+    Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -93,6 +93,8 @@ pub struct SledStore {
     /// error") and refuses every later write of this handle, even after the cause is gone:
     /// only opening the database again recovers ([`Durability::recovery`]).
     fault: Mutex<Option<String>>,
+    /// The certificate counters ([`CertCounts`], see [`Counters`]).
+    counters: Counters,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -179,6 +181,11 @@ impl SledStore {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(|e| Error::store("open tree", e));
+        let counters = Counters {
+            tree: tree("cert_counts")?,
+            stripes: std::array::from_fn(|_| Mutex::new(())),
+            since_fold: std::sync::atomic::AtomicUsize::new(0),
+        };
         let store = SledStore {
             certs: tree("certs")?,
             by_identity: tree("by_identity")?,
@@ -202,8 +209,10 @@ impl SledStore {
             id: super::deferral::store_id(),
             dir: dir.to_path_buf(),
             fault: Mutex::new(None),
+            counters,
         };
         store.complete_audit_head()?;
+        store.open_counters()?;
         Ok(store)
     }
 
@@ -323,6 +332,11 @@ impl CertStore for SledStore {
     /// race on the serial) is skipped by every lookup.
     fn insert_cert(&self, rec: &CertRecord) -> Result<bool> {
         let value = codec::encode_cert(rec)?;
+        // Its counter's marker before anything else (see `Counters`); a serial already stored
+        // is refused here, before anything is written.
+        let Some(marker) = self.mark_uncounted(&rec.serial)? else {
+            return Ok(false);
+        };
         let ik = identity_key(&rec.identity, &rec.serial);
         let ek = expiry_key(rec.not_after, &rec.serial);
         let err = |e| Error::store("insert certificate", e);
@@ -348,6 +362,8 @@ impl CertStore for SledStore {
             .map_err(err)?;
         match swapped {
             Ok(()) => {
+                drop(marker);
+                self.fold_counts_now_and_then()?;
                 self.durable()?;
                 Ok(true)
             }
@@ -372,6 +388,7 @@ impl CertStore for SledStore {
                 if new_lk && other_lk.as_ref() != Some(&lk) {
                     self.by_lineage.remove(lk.as_slice()).map_err(err)?;
                 }
+                marker.withdraw(self)?;
                 Ok(false)
             }
         }
@@ -587,14 +604,18 @@ impl CertStore for SledStore {
         reason: RevocationReason,
     ) -> Result<CertRecord> {
         crate::revocation::check_reason(reason)?;
-        let rec = (&self.certs, &self.revoked)
-            .transaction(|(certs, revoked)| {
+        let rec = (&self.certs, &self.revoked, &self.counters.tree)
+            .transaction(|(certs, revoked, counts)| {
                 let abort = |e| ConflictableTransactionError::Abort(e);
                 let v = certs
                     .get(serial)?
                     .ok_or_else(|| abort(Error::CertNotFound(hex::encode(serial))))?;
                 let mut rec = codec::decode_cert(&v).map_err(abort)?;
+                let was_valid = !rec.is_revoked();
                 let entry = rec.revoke(at, reason).map_err(abort)?;
+                if was_valid {
+                    count_revocation(counts, &rec)?;
+                }
                 certs.insert(serial, codec::encode_cert(&rec).map_err(abort)?)?;
                 revoked.insert(serial, enc(&entry).map_err(abort)?)?;
                 Ok(rec)
@@ -1024,7 +1045,6 @@ impl AuditLog for SledStore {
             None => Ok(None),
         }
     }
-
     // Archive and truncation: see the block "Audit log archive and truncation" below.
     fn audit_start(&self) -> Result<Option<Checkpoint>> {
         self.read_audit_start()
@@ -1131,9 +1151,10 @@ impl Retention for SledStore {
             &self.by_lineage,
             &self.revoked,
             &self.ocsp,
+            &self.counters.tree,
         )
             .transaction(
-                |(certs, by_identity, by_expiry, by_lineage, revoked, ocsp)| {
+                |(certs, by_identity, by_expiry, by_lineage, revoked, ocsp, counts)| {
                     let abort = |e| ConflictableTransactionError::Abort(e);
                     let mut out = PrunedCerts::default();
                     let mut lineages: Vec<Vec<u8>> = Vec::new();
@@ -1145,6 +1166,7 @@ impl Retention for SledStore {
                         if !cutoff.allows(&rec) {
                             continue;
                         }
+                        count_pruned(counts, &rec)?;
                         certs.remove(serial.as_slice())?;
                         by_identity.remove(identity_key(&rec.identity, &rec.serial))?;
                         by_expiry.remove(expiry_key(rec.not_after, &rec.serial))?;
@@ -1294,6 +1316,337 @@ impl SledStore {
             f(k.to_vec(), dec("lineage lock", &v)?)?;
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificate counters ([`CertCounts`]; DESIGN "Inventory at scale").
+//
+// The tree `cert_counts` holds counters, `C` + (revoked, notAfter UTC day, profile) -> count,
+// and insert markers, `P` + serial -> empty. A revocation and a prune are sled transactions
+// already: they move the counters inside them. An insert is not (its record's compare-and-swap
+// is the commit point, see `insert_cert`), and making it one would serialise every insert
+// behind sled's global transaction lock. Instead an insert writes one small marker **before**
+// its record, and the count is the counters plus one per marker whose record exists. sled
+// recovers a prefix of its log, so after a crash a marker without its record (the insert did
+// not commit) counts nothing and is removed at open, and a record always has its marker or was
+// folded. A fold moves markers into the counters in one transaction that reads the record, the
+// marker and the counter (every `FOLD_EVERY` inserts, at open, and before a read), so a marker
+// is counted exactly once. A revocation of a certificate whose marker is still there leaves
+// the counters alone (the fold counts the record as it finds it); a prune removes the marker.
+// An insert holds its serial's stripe lock from its marker to its decision and writes a marker
+// only for a serial with no record (checked under the lock): a marker next to a record is
+// always that record's own, never a refused duplicate's, so revocations, prunes and folds can
+// trust it.
+
+/// In `meta`: the counters are complete (filled from the stored certificates once).
+const META_COUNTS: &[u8] = b"cert_counts_v1";
+/// Inserts between two folds (each fold is one transaction over this many markers at most).
+const FOLD_EVERY: usize = 256;
+/// Stripes of the insert marker lock.
+const COUNT_STRIPES: usize = 16;
+/// Key prefix of a counter in `cert_counts`.
+const COUNTER: u8 = b'C';
+/// Key prefix of an insert marker in `cert_counts`.
+const MARKER: u8 = b'P';
+
+/// The counter tree and the insert markers' locks.
+struct Counters {
+    tree: sled::Tree,
+    stripes: [Mutex<()>; COUNT_STRIPES],
+    since_fold: std::sync::atomic::AtomicUsize,
+}
+
+/// A counter's key: `C revoked(u8) day(i32 BE, sign bit flipped) profile`.
+fn count_key(rec: &CertRecord) -> Vec<u8> {
+    let day = super::count_day(rec.not_after);
+    let mut k = Vec::with_capacity(6 + rec.profile.len());
+    k.push(COUNTER);
+    k.push(u8::from(rec.is_revoked()));
+    k.extend_from_slice(&((day as u32) ^ 0x8000_0000).to_be_bytes());
+    k.extend_from_slice(rec.profile.as_bytes());
+    k
+}
+
+/// An insert marker's key.
+fn marker_key(serial: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + serial.len());
+    k.push(MARKER);
+    k.extend_from_slice(serial);
+    k
+}
+
+fn decode_count(k: &[u8], v: &[u8]) -> Result<Option<CertCount>> {
+    let bad = || Error::Corrupt("certificate counter record".into());
+    let n = i64::from_be_bytes(<[u8; 8]>::try_from(v).map_err(|_| bad())?);
+    let revoked = *k.get(1).ok_or_else(bad)? == 1;
+    let day = u32::from_be_bytes(
+        k.get(2..6)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?,
+    );
+    let day = (day ^ 0x8000_0000) as i32;
+    let profile = std::str::from_utf8(&k[6..]).map_err(|_| bad())?.to_string();
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(CertCount {
+        profile,
+        not_after_day: super::count_date(day)?,
+        revoked,
+        count: u64::try_from(n)
+            .map_err(|_| Error::Corrupt(format!("certificate counter below zero ({n})")))?,
+    }))
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+type TxTree = sled::transaction::TransactionalTree;
+
+/// Add `delta` to the counter `key` inside a transaction (a counter at zero is removed).
+fn add_count(counts: &TxTree, key: &[u8], delta: i64) -> TxResult<()> {
+    let old = match counts.get(key)? {
+        Some(v) => i64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).map_err(|_| {
+            ConflictableTransactionError::Abort(Error::Corrupt("certificate counter record".into()))
+        })?),
+        None => 0,
+    };
+    let n = old + delta;
+    if n == 0 {
+        counts.remove(key)?;
+    } else {
+        counts.insert(key, &n.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// In the revoking transaction: `rec` (revoked now, valid before) moves from valid to revoked,
+/// unless it is still only a marker (the fold will count it as it finds it).
+fn count_revocation(counts: &TxTree, rec: &CertRecord) -> TxResult<()> {
+    if counts.get(marker_key(&rec.serial))?.is_some() {
+        return Ok(());
+    }
+    let revoked_key = count_key(rec);
+    let mut valid_key = revoked_key.clone();
+    valid_key[1] = 0;
+    add_count(counts, &valid_key, -1)?;
+    add_count(counts, &revoked_key, 1)
+}
+
+/// In the pruning transaction: `rec` leaves its counter (or its marker goes).
+fn count_pruned(counts: &TxTree, rec: &CertRecord) -> TxResult<()> {
+    if counts.remove(marker_key(&rec.serial))?.is_some() {
+        return Ok(());
+    }
+    add_count(counts, &count_key(rec), -1)
+}
+
+/// An insert's marker, holding its stripe lock until the insert is decided.
+struct Marker<'a> {
+    key: Vec<u8>,
+    /// Whether this insert wrote the marker (none was there).
+    created: bool,
+    _stripe: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Marker<'_> {
+    /// The insert lost (the serial is taken; not expected, as [`SledStore::mark_uncounted`]
+    /// checked under the stripe lock): remove the marker if this insert made it.
+    fn withdraw(self, store: &SledStore) -> Result<()> {
+        if self.created {
+            store
+                .counters
+                .tree
+                .remove(&self.key)
+                .map_err(|e| Error::store("insert certificate", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl SledStore {
+    /// The marker of an insert of `serial`, or `None` if the serial is stored already
+    /// (nothing written). Under the serial's stripe lock no other insert of it runs, so a
+    /// marker is only ever written for a serial that has no record: a revocation, a prune or a
+    /// fold that finds a marker next to a record finds that record's own.
+    fn mark_uncounted(&self, serial: &[u8]) -> Result<Option<Marker<'_>>> {
+        let stripe = serial.last().copied().map_or(0, usize::from) % COUNT_STRIPES;
+        let guard = self.counters.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.serial_exists(serial)? {
+            return Ok(None);
+        }
+        let key = marker_key(serial);
+        let created = self
+            .counters
+            .tree
+            .insert(key.as_slice(), &[])
+            .map_err(|e| Error::store("insert certificate", e))?
+            .is_none();
+        Ok(Some(Marker {
+            key,
+            created,
+            _stripe: guard,
+        }))
+    }
+
+    /// After an insert: fold the markers once every [`FOLD_EVERY`] inserts.
+    fn fold_counts_now_and_then(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let n = self.counters.since_fold.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= FOLD_EVERY {
+            self.counters.since_fold.store(0, Ordering::Relaxed);
+            self.fold_counts()?;
+        }
+        Ok(())
+    }
+
+    /// The marker keys after `from` (all from the first with `None`), at most `limit`.
+    fn markers(&self, from: Option<&[u8]>, limit: usize) -> Result<Vec<sled::IVec>> {
+        use std::ops::Bound::{Excluded, Included};
+        let start = match from {
+            Some(k) => Excluded(k.to_vec()),
+            None => Included(vec![MARKER]),
+        };
+        let mut out = Vec::new();
+        for k in self
+            .counters
+            .tree
+            .range::<Vec<u8>, _>((start, Excluded(vec![MARKER + 1])))
+            .keys()
+            .take(limit)
+        {
+            out.push(k.map_err(|e| Error::store("certificate counters", e))?);
+        }
+        Ok(out)
+    }
+
+    /// Fold every marker whose record exists into the counters, [`FOLD_EVERY`] per
+    /// transaction. A marker without its record (an insert in progress) stays.
+    fn fold_counts(&self) -> Result<()> {
+        let mut from: Option<sled::IVec> = None;
+        loop {
+            let keys = self.markers(from.as_deref(), FOLD_EVERY)?;
+            let Some(last) = keys.last().cloned() else {
+                return Ok(());
+            };
+            (&self.certs, &self.counters.tree)
+                .transaction(|(certs, counts)| {
+                    let mut deltas: std::collections::BTreeMap<Vec<u8>, i64> =
+                        std::collections::BTreeMap::new();
+                    for key in &keys {
+                        if counts.get(key)?.is_none() {
+                            continue;
+                        }
+                        let Some(v) = certs.get(&key[1..])? else {
+                            continue;
+                        };
+                        let rec =
+                            codec::decode_cert(&v).map_err(ConflictableTransactionError::Abort)?;
+                        *deltas.entry(count_key(&rec)).or_insert(0) += 1;
+                        counts.remove(key)?;
+                    }
+                    for (k, d) in &deltas {
+                        add_count(counts, k, *d)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| tx_err("fold certificate counters", e))?;
+            if keys.len() < FOLD_EVERY {
+                return Ok(());
+            }
+            from = Some(last);
+        }
+    }
+
+    /// At open: fill the counters from the stored certificates once (a store of an earlier
+    /// version has none; one scan, then [`META_COUNTS`] says it is done), drop the markers of
+    /// inserts a crash interrupted (no record), and fold the rest.
+    fn open_counters(&self) -> Result<()> {
+        let done = self
+            .meta
+            .get(META_COUNTS)
+            .map_err(|e| Error::store("certificate counters", e))?
+            .is_some();
+        if !done {
+            let started = std::time::Instant::now();
+            let mut counts: std::collections::BTreeMap<Vec<u8>, i64> =
+                std::collections::BTreeMap::new();
+            let mut n: u64 = 0;
+            self.for_each_cert(&mut |rec| {
+                *counts.entry(count_key(&rec)).or_insert(0) += 1;
+                n += 1;
+                Ok(())
+            })?;
+            // Whatever the tree holds is replaced: every record was counted by the scan.
+            let mut stale = Vec::new();
+            for k in self.counters.tree.iter().keys() {
+                stale.push(k.map_err(|e| Error::store("certificate counters", e))?);
+            }
+            (&self.counters.tree, &self.meta)
+                .transaction(|(c, meta)| {
+                    for k in &stale {
+                        c.remove(k)?;
+                    }
+                    for (k, v) in &counts {
+                        c.insert(k.as_slice(), &v.to_be_bytes())?;
+                    }
+                    meta.insert(META_COUNTS, &[1u8])?;
+                    Ok(())
+                })
+                .map_err(|e| tx_err("fill certificate counters", e))?;
+            self.flush_group()?;
+            tracing::info!(
+                certificates = n,
+                ms = started.elapsed().as_millis() as u64,
+                "certificate counters filled from the stored certificates (once)"
+            );
+            return Ok(());
+        }
+        let mut from: Option<sled::IVec> = None;
+        loop {
+            let keys = self.markers(from.as_deref(), FOLD_EVERY)?;
+            for key in &keys {
+                if !self.serial_exists(&key[1..])? {
+                    self.counters
+                        .tree
+                        .remove(key)
+                        .map_err(|e| Error::store("certificate counters", e))?;
+                }
+            }
+            match keys.last() {
+                Some(last) if keys.len() == FOLD_EVERY => from = Some(last.clone()),
+                _ => break,
+            }
+        }
+        self.fold_counts()
+    }
+
+    /// Testing hook: make this store look like one of an earlier version (no counters), as
+    /// the next open must fill them.
+    #[doc(hidden)]
+    pub fn forget_cert_counts_for_test(&self) -> Result<()> {
+        let err = |e| Error::store("certificate counters", e);
+        self.counters.tree.clear().map_err(err)?;
+        self.meta.remove(META_COUNTS).map_err(err)?;
+        self.flush_group()
+    }
+}
+
+/// Folds the markers first (at most [`FOLD_EVERY`] plus the inserts in progress), then reads
+/// the counters: rows, not certificates.
+impl CertCounts for SledStore {
+    fn cert_counts(&self) -> Result<Vec<CertCount>> {
+        self.fold_counts()?;
+        let mut out = Vec::new();
+        for kv in self.counters.tree.scan_prefix([COUNTER]) {
+            let (k, v) = kv.map_err(|e| Error::store("read certificate counters", e))?;
+            out.extend(decode_count(&k, &v)?);
+        }
+        out.sort_by(|a, b| {
+            (&a.profile, a.not_after_day, a.revoked).cmp(&(&b.profile, b.not_after_day, b.revoked))
+        });
+        Ok(out)
     }
 }
 

@@ -16,7 +16,8 @@ use ca_core::audit::NewAuditEvent;
 use ca_core::profile::San;
 use ca_core::revocation::RevocationReason;
 use ca_core::store::{
-    CertCursor, CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester, TokenRecord,
+    CertCount, CertCursor, CertFilter, CertRecord, IdentityBinding, RecordStatus, Requester,
+    TokenRecord,
 };
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -730,5 +731,105 @@ mod tests {
             assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
             assert!(ids.insert(id));
         }
+    }
+}
+
+/// `GET /v1/admin/certs/counts`: the store's counters summed (a few rows per profile and
+/// notAfter day, whatever the number of certificates: no certificate is read).
+pub async fn cert_counts(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+) -> ApiResult<Json<CertCountsResponse>> {
+    let peer = peer_of(peer);
+    admin(
+        &state,
+        &peer,
+        Permission::ReadCerts,
+        ca_api::routes::ADMIN_CERT_COUNTS,
+    )
+    .await?;
+    let store = state.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.cert_counts())
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(count_summary(&rows, state.clock.now())))
+}
+
+/// Sum the counter rows as of `now`: totals, per profile, and the expiry bands of the
+/// certificates not revoked, by whole UTC days (docs/API.md).
+pub fn count_summary(rows: &[CertCount], now: chrono::DateTime<chrono::Utc>) -> CertCountsResponse {
+    let today = now.date_naive();
+    let mut out = CertCountsResponse {
+        as_of: now.to_rfc3339(),
+        today: today.to_string(),
+        ..CertCountsResponse::default()
+    };
+    for row in rows {
+        let profile = out.by_profile.entry(row.profile.clone()).or_default();
+        if row.revoked {
+            out.total.revoked += row.count;
+            profile.revoked += row.count;
+            continue;
+        }
+        out.total.valid += row.count;
+        profile.valid += row.count;
+        let days = (row.not_after_day - today).num_days();
+        let e = &mut out.expiry;
+        match days {
+            d if d < 0 => e.expired += row.count,
+            d if d > 30 => e.later += row.count,
+            d => {
+                e.within_30d += row.count;
+                if d <= 7 {
+                    e.within_7d += row.count;
+                }
+                if d <= 1 {
+                    e.within_24h += row.count;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::count_summary;
+    use ca_core::store::CertCount;
+    use chrono::{NaiveDate, TimeZone, Utc};
+
+    #[test]
+    fn counter_rows_sum_into_totals_profiles_and_cumulative_expiry_bands() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 5, 23, 30, 0).unwrap();
+        let day =
+            |d: i64| NaiveDate::from_ymd_opt(2026, 12, 5).unwrap() + chrono::Duration::days(d);
+        let row = |p: &str, d: i64, revoked: bool, count: u64| CertCount {
+            profile: p.into(),
+            not_after_day: day(d),
+            revoked,
+            count,
+        };
+        let rows = [
+            row("client", -1, false, 1),
+            row("client", 0, false, 2),
+            row("client", 1, false, 4),
+            row("client", 2, false, 8),
+            row("server", 7, false, 16),
+            row("server", 8, false, 32),
+            row("server", 30, false, 64),
+            row("server", 31, false, 128),
+            row("server", 3, true, 256),
+        ];
+        let s = count_summary(&rows, now);
+        assert_eq!(s.today, "2026-12-05");
+        assert_eq!((s.total.valid, s.total.revoked), (255, 256));
+        assert_eq!(s.by_profile["client"].valid, 15);
+        assert_eq!(s.by_profile["server"].valid, 240);
+        assert_eq!(s.by_profile["server"].revoked, 256);
+        assert_eq!(s.expiry.expired, 1);
+        assert_eq!(s.expiry.within_24h, 2 + 4);
+        assert_eq!(s.expiry.within_7d, 2 + 4 + 8 + 16);
+        assert_eq!(s.expiry.within_30d, 2 + 4 + 8 + 16 + 32 + 64);
+        assert_eq!(s.expiry.later, 128);
     }
 }

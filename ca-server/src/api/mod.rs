@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(ca_api::routes::ADMIN_TOKENS, post(admin::create_token))
         .route(ca_api::routes::ADMIN_REVOKE, post(admin::revoke))
         .route(ca_api::routes::ADMIN_CERTS, get(admin::list_certs))
+        .route(ca_api::routes::ADMIN_CERT_COUNTS, get(admin::cert_counts))
         .route(ca_api::routes::ADMIN_AUDIT, get(admin::audit_show))
         .route(ca_api::routes::ADMIN_AUDIT_VERIFY, get(admin::audit_verify))
         .route(

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// Every table of the store, in the order they are locked.
 const TABLES: &str = "certs, revoked, lineages, tokens, ocsp_responses, crl_number, crls, \
-                      audit_events, audit_head, audit_checkpoints";
+                      audit_events, audit_head, audit_checkpoints, cert_counts";
 
 /// How long [`PgStore::import`] waits for the tables' locks (a node using the database holds
 /// them only for its own short transactions).
@@ -444,6 +444,12 @@ impl<'t, 'c> PgImport<'t, 'c> {
             }
             _ => Ok(report),
         }
+    }
+
+    /// The certificate counters as written so far ([`crate::store::CertCounts`]): a copy
+    /// compares them with its source's.
+    pub fn cert_counts(&mut self) -> Result<Vec<crate::store::CertCount>> {
+        super::cert_counts_in(&mut *self.tx)
     }
 
     /// Every checkpoint written, in `(seq, time)` order (one per checkpoint signing: few).
