@@ -21,6 +21,15 @@
 //! ([`CrlPublisher::adopt_archived`], told by the change feed). A holder that dies loses the
 //! lease when it expires, and the next node to take it builds at once.
 //!
+//! With [`CrlPublisher::with_shards`] it also publishes sharded CRLs (`shards.rs`, README
+//! "CRLs"): each certificate names the shard of its notAfter window in its CRL distribution
+//! point ([`ShardScheme`]), each shard is a partitioned CRL whose issuing distribution point is
+//! that URL, with a CRL number sequence, an archive scope and a lease of its own. A revocation
+//! marks its shard dirty ([`CrlPublisher::note_revoked_serial`]); the maintenance pass
+//! rebuilds the dirty shards from the store's shard index
+//! ([`CrlShards`](crate::store::CrlShards)) and the full CRL at most once per
+//! `full_interval`.
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # fn f(store: Arc<dyn ca_core::store::Store>, signer: Arc<dyn ca_core::signer::Signer>, issuer_der: Vec<u8>) -> ca_core::Result<()> {
@@ -43,6 +52,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use x509_cert::crl::CertificateList;
 use x509_cert::Certificate;
+
+mod shards;
+
+pub use crate::x509::{crl_shard_of, CrlShard};
+pub use shards::{ShardPass, ShardScheme};
 
 /// How the CRL publisher dates, rebuilds and labels the CRLs it signs.
 #[derive(Clone, Debug)]
@@ -355,6 +369,8 @@ pub struct CrlPublisher {
     lease_ttl: std::time::Duration,
     /// Whether this publisher held [`CRL_LEASE`] at its last attempt.
     holding: AtomicBool,
+    /// The sharded CRLs, when [`CrlPublisher::with_shards`] turned them on.
+    shards: Option<shards::Shards>,
 }
 
 impl std::fmt::Debug for CrlPublisher {
@@ -390,7 +406,48 @@ impl CrlPublisher {
             holder: lease_holder_name(),
             lease_ttl: DEFAULT_CRL_LEASE_TTL,
             holding: AtomicBool::new(false),
+            shards: None,
         })
+    }
+
+    /// Publish sharded CRLs too (README "CRLs"): certificates then name their shard's URL
+    /// ([`ShardScheme::url`]); the full CRL drops its issuing distribution point (it lists
+    /// every revocation, so it is a complete CRL for every certificate, whichever URL it
+    /// names) and, after revocations, is rebuilt at most once per `full_interval` (the shards
+    /// carry the revocation at once).
+    pub fn with_shards(mut self, scheme: ShardScheme, full_interval: Duration) -> Self {
+        self.config.distribution_point = None;
+        self.shards = Some(shards::Shards::new(scheme, full_interval));
+        self
+    }
+
+    /// The shard scheme, when shards are on.
+    pub fn shard_scheme(&self) -> Option<&ShardScheme> {
+        self.shards.as_ref().map(|s| &s.scheme)
+    }
+
+    /// Note a revocation (or an attempt whose outcome is unsure) of `serial`: the full CRL is
+    /// stale and, with shards on, the shard the certificate names is dirty (its record is read
+    /// once; a certificate the store does not know changes no CRL). Call it after a
+    /// revocation, whether or not the rebuild it triggers succeeds.
+    pub fn note_revoked_serial(&self, serial: &[u8]) {
+        self.mark_stale();
+        let Some(shards) = &self.shards else {
+            return;
+        };
+        match self.store.get_cert(serial) {
+            Ok(Some(rec)) => {
+                if let Some(shard) = crl_shard_of(&rec.der) {
+                    shards.mark_dirty(shard);
+                }
+            }
+            Ok(None) => {}
+            // Unsure which shard: every live one is rebuilt at the next pass.
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a revoked certificate failed; every CRL shard is rebuilt");
+                shards.mark_all_dirty();
+            }
+        }
     }
 
     /// Hold the CRL lease for `ttl` at each renewal (longer than the interval between
@@ -502,7 +559,12 @@ impl CrlPublisher {
             self.config.distribution_point.as_deref(),
         );
         let crl = match built {
-            Ok(crl) => Arc::new(crl),
+            Ok(crl) => {
+                if let Some(shards) = &self.shards {
+                    shards.full_built(now);
+                }
+                Arc::new(crl)
+            }
             Err(e) => {
                 self.stale.store(true, Ordering::SeqCst);
                 return Err(e);
@@ -568,7 +630,9 @@ impl CrlPublisher {
         let now = self.clock.now();
         let due = match self.current() {
             Some(c) => {
-                c.next_update - now <= self.config.refresh_before || self.is_stale() || took_over
+                c.next_update - now <= self.config.refresh_before
+                    || (self.is_stale() && self.full_rebuild_allowed(now))
+                    || took_over
             }
             None => true,
         };

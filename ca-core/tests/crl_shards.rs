@@ -1,0 +1,447 @@
+//! Sharded CRLs (README "CRLs"): certificates issued by the real CA (SoftHSM, sled) name their
+//! shard in their CRL distribution point, and the shard CRLs are checked by independent
+//! peers: `openssl verify -crl_check` (which matches a CRL's issuing distribution point with
+//! the certificate's distribution point, RFC 5280 6.3.3) and pkilint. Also: a revocation
+//! rebuilds its shard only; a shard is fixed at issuance whatever the width later; two nodes on
+//! one PostgreSQL database number each shard's CRLs strictly upwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ca_core::clock::{Clock, FixedClock};
+use ca_core::crl::{crl_shard_of, CrlConfig, CrlPublisher, CrlShard, ShardScheme};
+use ca_core::issuance::{Ca, IssueContext, IssuerUrls};
+use ca_core::revocation::RevocationReason;
+use ca_core::signer::{KeyAlgorithm, Signer};
+use ca_core::store::prelude::*;
+use ca_core::store::{CertRecord, Store};
+use chrono::{Duration, Utc};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use testkit::pki::{test_profiles, TestPki};
+
+const CRL_URL: &str = "http://127.0.0.1:8080/crl";
+
+fn urls() -> IssuerUrls {
+    IssuerUrls {
+        ocsp: Some("http://127.0.0.1:8080/ocsp".into()),
+        ca_issuers: Some("http://127.0.0.1:8080/ca.crt".into()),
+        crl: Some(CRL_URL.into()),
+    }
+}
+
+fn scheme(width_hours: i64) -> ShardScheme {
+    ShardScheme::new(CRL_URL, Duration::hours(width_hours), Duration::days(2)).unwrap()
+}
+
+/// A PKI whose CA names 1-hour CRL shards, on a clock the test moves.
+struct Setup {
+    pki: TestPki,
+    clock: Arc<FixedClock>,
+    ca: Ca,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let clock = Arc::new(FixedClock::new(ca_core::clock::truncate(Utc::now())));
+        let pki =
+            TestPki::with(KeyAlgorithm::P256, test_profiles(), urls(), clock.clone()).unwrap();
+        let ca = Ca::new(
+            pki.issuing_signer.clone(),
+            pki.issuing_der.clone(),
+            vec![pki.root_der.clone()],
+            test_profiles(),
+            urls(),
+            pki.store.clone(),
+            clock.clone(),
+        )
+        .unwrap()
+        .with_crl_shards(scheme(1));
+        Setup {
+            pki,
+            clock,
+            ca,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        self.pki.store.clone()
+    }
+
+    fn publisher(&self, store: Arc<dyn Store>, width_hours: i64) -> CrlPublisher {
+        let signer: Arc<dyn Signer> = self.pki.issuing_signer.clone();
+        CrlPublisher::new(
+            store,
+            signer,
+            self.pki.issuing_der.clone(),
+            self.clock.clone(),
+            CrlConfig {
+                distribution_point: Some(CRL_URL.into()),
+                ..CrlConfig::default()
+            },
+        )
+        .unwrap()
+        .with_shards(scheme(width_hours), Duration::minutes(5))
+    }
+
+    fn issue(&self, name: &str) -> (CertRecord, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![format!("{name}.test")]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key).unwrap().der().to_vec();
+        let req = ca_core::csr::parse_der(&csr).unwrap();
+        let issued = self
+            .ca
+            .prepare(
+                &req,
+                IssueContext::Admin {
+                    profile: "mtls",
+                    actor: "test",
+                    binding: None,
+                },
+            )
+            .unwrap()
+            .issue()
+            .unwrap();
+        let path = self.write(&format!("{name}.pem"), issued.cert_pem().as_bytes());
+        (issued.record, path)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn write_crl(&self, name: &str, der: &[u8]) -> PathBuf {
+        self.write(name, ca_core::x509::pem_encode("X509 CRL", der).as_bytes())
+    }
+
+    fn chain(&self) -> (PathBuf, PathBuf) {
+        let root = self.write(
+            "root.pem",
+            ca_core::x509::pem_encode("CERTIFICATE", &self.pki.root_der).as_bytes(),
+        );
+        let issuing = self.write(
+            "issuing.pem",
+            ca_core::x509::pem_encode("CERTIFICATE", &self.pki.issuing_der).as_bytes(),
+        );
+        (root, issuing)
+    }
+
+    /// `openssl verify -crl_check` of `cert` with `crl` (for the leaf; the issuing CA is
+    /// trusted directly, so only the leaf needs a CRL).
+    fn verify(&self, cert: &Path, crl: &Path) -> (bool, String) {
+        let (_, issuing) = self.chain();
+        let o = Command::new("openssl")
+            .args(["verify", "-partial_chain", "-crl_check", "-CAfile"])
+            .arg(&issuing)
+            .arg("-CRLfile")
+            .arg(crl)
+            .arg(cert)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+}
+
+fn revoke(s: &Setup, p: &CrlPublisher, rec: &CertRecord) {
+    s.pki
+        .store
+        .revoke(&rec.serial, s.clock.now(), RevocationReason::KeyCompromise)
+        .unwrap();
+    p.note_revoked_serial(&rec.serial);
+}
+
+fn cdp_uri(rec: &CertRecord) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(&rec.der).unwrap();
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_CRL_DISTRIBUTION_POINTS)
+        .unwrap();
+    let x509_parser::extensions::ParsedExtension::CRLDistributionPoints(points) =
+        ext.parsed_extension()
+    else {
+        panic!("CRL distribution points do not parse")
+    };
+    let Some(x509_parser::extensions::DistributionPointName::FullName(names)) =
+        &points.points[0].distribution_point
+    else {
+        panic!("no full name")
+    };
+    match &names[0] {
+        x509_parser::extensions::GeneralName::URI(u) => u.to_string(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The shard CRL openssl matches to a certificate by its distribution point: the revoked one is
+/// refused, the good one accepted. The attack: a revocation hidden by serving another shard's
+/// CRL (valid, signed, not listing it). openssl refuses that CRL for the certificate because
+/// its issuing distribution point is not the certificate's distribution point; the same CRL
+/// content without an issuing distribution point would have been accepted (shown), which is
+/// what the extension prevents.
+#[test]
+fn openssl_matches_shard_crls_to_certificates_and_refuses_another_shards_crl() {
+    let s = Setup::new();
+    let p = s.publisher(s.store(), 1);
+    let (good, good_pem) = s.issue("good");
+    let (bad, bad_pem) = s.issue("bad");
+    let shard = crl_shard_of(&good.der).unwrap();
+    assert_eq!(
+        crl_shard_of(&bad.der),
+        Some(shard),
+        "issued in the same second"
+    );
+    assert_eq!(shard, scheme(1).shard_of(good.not_after));
+    assert_eq!(cdp_uri(&good), format!("{CRL_URL}/shard/{shard}"));
+    // Two hours later: a certificate in another shard.
+    s.clock.set(s.clock.now() + Duration::hours(2));
+    let (other, other_pem) = s.issue("other");
+    let other_shard = crl_shard_of(&other.der).unwrap();
+    assert_ne!(other_shard, shard);
+
+    revoke(&s, &p, &bad);
+    let pass = p.regenerate_shards_if_due().unwrap();
+    assert!(
+        pass.built.contains(&shard) && pass.built.contains(&other_shard),
+        "{pass:?}"
+    );
+    let crl = p.shard(shard).unwrap();
+    assert_eq!(crl.entries, 1);
+    assert_eq!(
+        ca_core::x509::crl_idp_uri(&crl.der).as_deref(),
+        Some(format!("{CRL_URL}/shard/{shard}").as_str())
+    );
+    let shard_crl = s.write_crl("shard.crl.pem", &crl.der);
+    let (ok, out) = s.verify(&good_pem, &shard_crl);
+    assert!(ok && out.contains(": OK"), "{out}");
+    let (ok, out) = s.verify(&bad_pem, &shard_crl);
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+
+    // The attack: the other shard's genuine CRL, served for the revoked certificate.
+    let other_crl = p.shard(other_shard).unwrap();
+    assert_eq!(other_crl.entries, 0);
+    let other_crl_path = s.write_crl("other.crl.pem", &other_crl.der);
+    let (ok, out) = s.verify(&bad_pem, &other_crl_path);
+    assert!(
+        !ok && out.contains("unable to get certificate CRL"),
+        "another shard's CRL was taken as proof of good status: {out}"
+    );
+    let (ok, out) = s.verify(&other_pem, &other_crl_path);
+    assert!(ok, "{out}");
+    // Without the issuing distribution point, the same (empty) CRL would hide the revocation.
+    let now = s.clock.now();
+    let bare = ca_core::crl::issue_crl(
+        &s.pki.issuing_der,
+        s.pki.issuing_signer.as_ref(),
+        &ca_core::crl::CrlRequest {
+            number: 1,
+            this_update: now,
+            next_update: now + Duration::hours(1),
+            entries: &[],
+            distribution_point: None,
+        },
+    )
+    .unwrap();
+    let bare_path = s.write_crl("bare.crl.pem", &bare.der);
+    let (ok, out) = s.verify(&bad_pem, &bare_path);
+    assert!(
+        ok,
+        "control: a CRL without IDP covers every certificate: {out}"
+    );
+
+    // The full CRL (no issuing distribution point with shards on) lists the revocation and
+    // covers every certificate.
+    p.regenerate().unwrap();
+    let full = p.current().unwrap();
+    assert_eq!(ca_core::x509::crl_idp_uri(&full.der), None);
+    let full_path = s.write_crl("full.crl.pem", &full.der);
+    let (ok, out) = s.verify(&bad_pem, &full_path);
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+    let (ok, out) = s.verify(&good_pem, &full_path);
+    assert!(ok, "{out}");
+}
+
+/// A revocation rebuilds its own shard and no other; a pass with nothing dirty or due builds
+/// nothing; the shard's number goes up by its own sequence.
+#[test]
+fn revoking_in_one_shard_rebuilds_only_that_shard() {
+    let s = Setup::new();
+    let p = s.publisher(s.store(), 1);
+    let (a, _) = s.issue("a");
+    s.clock.set(s.clock.now() + Duration::hours(3));
+    let (b, _) = s.issue("b");
+    let (sa, sb) = (crl_shard_of(&a.der).unwrap(), crl_shard_of(&b.der).unwrap());
+    assert_ne!(sa, sb);
+    let first = p.regenerate_shards_if_due().unwrap();
+    assert!(
+        first.built.len() > 2,
+        "every live shard is built once: {first:?}"
+    );
+    let before: Vec<(CrlShard, u64)> = p
+        .served_shards()
+        .into_iter()
+        .map(|s| (s, p.shard(s).unwrap().number))
+        .collect();
+    assert!(p.regenerate_shards_if_due().unwrap().built.is_empty());
+
+    revoke(&s, &p, &b);
+    let pass = p.regenerate_shards_if_due().unwrap();
+    assert_eq!(pass.built, vec![sb], "only the revoked certificate's shard");
+    for (shard, number) in before {
+        let now = p.shard(shard).unwrap().number;
+        if shard == sb {
+            assert_eq!(now, number + 1);
+            assert_eq!(p.shard(shard).unwrap().entries, 1);
+        } else {
+            assert_eq!(now, number, "shard {shard} was rebuilt");
+        }
+    }
+    // The shard index answers for the shard only.
+    let mut listed = Vec::new();
+    s.pki
+        .store
+        .for_each_revoked_in_shard(sb, &mut |e| {
+            listed.push(e.serial);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(listed, vec![b.serial.clone()]);
+    let mut none = 0;
+    s.pki
+        .store
+        .for_each_revoked_in_shard(sa, &mut |_| {
+            none += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(none, 0);
+}
+
+/// The shard is fixed at issuance: after the operator changes the width, a certificate issued
+/// before is still listed on the shard its distribution point names, which is still published
+/// and refreshed.
+#[test]
+fn a_certificates_shard_does_not_change_with_the_width() {
+    let s = Setup::new();
+    let old = s.publisher(s.store(), 1);
+    // A certificate whose 1-hour window is not also a 2-hour window (ids of the two widths
+    // coincide every other hour).
+    let (rec, pem) = loop {
+        let (rec, pem) = s.issue("kept");
+        if crl_shard_of(&rec.der).unwrap().0 % 7200 != 0 {
+            break (rec, pem);
+        }
+        s.clock.set(s.clock.now() + Duration::hours(1));
+    };
+    let shard = crl_shard_of(&rec.der).unwrap();
+    old.regenerate_shards_if_due().unwrap();
+    drop(old);
+    // Restart with 2-hour shards: new certificates name other shards, this one keeps its own.
+    let new = s.publisher(s.store(), 2);
+    assert_ne!(scheme(2).shard_of(rec.not_after), shard);
+    revoke(&s, &new, &rec);
+    let pass = new.regenerate_shards_if_due().unwrap();
+    assert!(pass.built.contains(&shard), "{pass:?}");
+    let crl = new.shard(shard).unwrap();
+    assert_eq!(crl.entries, 1);
+    let path = s.write_crl("kept.crl.pem", &crl.der);
+    let (ok, out) = s.verify(&pem, &path);
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+}
+
+/// pkilint finds nothing in a shard CRL (with an entry and empty) nor in a certificate that
+/// names its shard.
+#[test]
+fn shard_crls_and_certificates_naming_them_have_no_pkilint_findings() {
+    use testkit::pkilint::{self, Check};
+    let s = Setup::new();
+    let p = s.publisher(s.store(), 1);
+    let (good, good_pem) = s.issue("lint-good");
+    let (bad, _) = s.issue("lint-bad");
+    revoke(&s, &p, &bad);
+    p.regenerate_shards_if_due().unwrap();
+    let shard = crl_shard_of(&good.der).unwrap();
+    let with_entry = s.write("shard.crl", &p.shard(shard).unwrap().der);
+    let empty_shard = p.served_shards().into_iter().find(|x| *x != shard).unwrap();
+    let empty = s.write("empty-shard.crl", &p.shard(empty_shard).unwrap().der);
+    p.regenerate().unwrap();
+    let full = s.write("full.crl", &p.current().unwrap().der);
+    let (_, issuing) = s.chain();
+    let reports = pkilint::run(&[
+        Check::crl("shard CRL with an entry", &with_entry),
+        Check::crl("empty shard CRL", &empty),
+        Check::crl("full CRL with shards on", &full),
+        Check::certificate("certificate naming its shard", &good_pem),
+        Check::issued_by(
+            "certificate naming its shard, by issuing CA",
+            &issuing,
+            &good_pem,
+        ),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(findings) = pkilint::failures(&reports, pkilint::FALSE_POSITIVES) {
+        panic!("{findings}");
+    }
+}
+
+/// Two nodes on one PostgreSQL database: each builds a shard's CRL when it holds the shard's
+/// lease, the other serves what it archived, and the shard's CRL numbers only go up, whoever
+/// built them.
+#[test]
+fn two_nodes_on_postgres_number_each_shards_crls_upwards() {
+    let s = Setup::new();
+    let server = testkit::pg::PgServer::shared().unwrap();
+    let db = server.fresh_database().unwrap();
+    let a: Arc<dyn Store> = Arc::new(ca_core::store::PgStore::open(db.url()).unwrap());
+    let b: Arc<dyn Store> = Arc::new(ca_core::store::PgStore::open(db.url()).unwrap());
+    let (rec, _) = s.issue("pg");
+    assert!(a.insert_cert(&rec).unwrap());
+    let shard = crl_shard_of(&rec.der).unwrap();
+    let short = std::time::Duration::from_millis(300);
+    let pa = s.publisher(a.clone(), 1).with_lease_ttl(short);
+    let pb = s.publisher(b.clone(), 1).with_lease_ttl(short);
+    let mut numbers = Vec::new();
+    pa.regenerate_shards_if_due().unwrap();
+    numbers.push(pa.shard(shard).unwrap().number);
+    // B does not hold the lease: it serves A's archived CRL.
+    let pass = pb.regenerate_shards_if_due().unwrap();
+    assert!(pass.built.is_empty() && pass.left_to_others > 0, "{pass:?}");
+    assert!(pb.adopt_archived_shard(shard).unwrap() || pb.shard(shard).is_some());
+    assert_eq!(pb.shard(shard).unwrap().number, numbers[0]);
+    for round in 0..4 {
+        // The revocation happens on B; the builder alternates as leases lapse.
+        if round == 0 {
+            b.revoke(&rec.serial, s.clock.now(), RevocationReason::Superseded)
+                .unwrap();
+        }
+        std::thread::sleep(short * 2);
+        let (builder, other) = if round % 2 == 0 {
+            (&pb, &pa)
+        } else {
+            (&pa, &pb)
+        };
+        builder.note_revoked_serial(&rec.serial);
+        let pass = builder.regenerate_shards_if_due().unwrap();
+        assert!(pass.built.contains(&shard), "round {round}: {pass:?}");
+        let crl = builder.shard(shard).unwrap();
+        assert_eq!(crl.entries, 1);
+        numbers.push(crl.number);
+        assert!(other.adopt_archived_shard(shard).unwrap());
+        assert_eq!(other.shard(shard).unwrap().number, crl.number);
+    }
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "shard CRL numbers {numbers:?}"
+    );
+}
