@@ -519,6 +519,13 @@ impl CrlPublisher {
         if let Err(e) = self.adopt_archived() {
             tracing::warn!(error = %e, "reading the archived CRL failed");
         }
+        // Shards first: certificates issued from now on name them. A failure leaves them to
+        // the maintenance task (no shard CRL yet is due there).
+        if self.shards.is_some() {
+            if let Err(e) = self.regenerate_shards_if_due() {
+                tracing::warn!(error = %e, "building the CRL shards at start failed; the maintenance task retries");
+            }
+        }
         match self.regenerate_if_due() {
             Ok(_) => {
                 if self.current().is_none() {
