@@ -132,6 +132,10 @@ pub(super) struct Shards {
     /// The shards whose lease this node held at its last attempt.
     held: Mutex<BTreeSet<CrlShard>>,
     last_full: Mutex<Option<DateTime<Utc>>>,
+    /// Shards found in the archive (read once, then kept up to date by what this node builds
+    /// and adopts; read again after [`Shards::mark_all_dirty`]), so a pass does not list the
+    /// archive, whose scopes grow with time.
+    archived: Mutex<Option<BTreeSet<CrlShard>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +152,7 @@ impl Shards {
             all_dirty: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::new(BTreeSet::new()),
             last_full: Mutex::new(None),
+            archived: Mutex::new(None),
         }
     }
 
@@ -157,6 +162,7 @@ impl Shards {
 
     pub(super) fn mark_all_dirty(&self) {
         self.all_dirty.store(true, Ordering::SeqCst);
+        *lock(&self.archived) = None;
     }
 
     pub(super) fn full_built(&self, at: DateTime<Utc>) {
@@ -172,6 +178,9 @@ impl Shards {
     }
 
     fn set(&self, shard: CrlShard, crl: Arc<SignedCrl>) {
+        if let Some(known) = lock(&self.archived).as_mut() {
+            known.insert(shard);
+        }
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         if cur.get(&shard).is_none_or(|c| c.number < crl.number) {
             cur.insert(shard, crl);
@@ -264,13 +273,21 @@ impl CrlPublisher {
             DateTime::from_timestamp(s.0 as i64, 0)
                 .is_some_and(|end| end + self.config.validity > now)
         };
-        for scope in self.store.archived_crl_scopes("shard:")? {
-            if let Some(s) = CrlShard::from_scope(&scope) {
-                if live_end(s) {
-                    live.insert(s);
+        let mut archived = lock(&shards.archived);
+        if archived.is_none() {
+            let mut found = BTreeSet::new();
+            for scope in self.store.archived_crl_scopes("shard:")? {
+                if let Some(s) = CrlShard::from_scope(&scope) {
+                    found.insert(s);
                 }
             }
+            *archived = Some(found);
         }
+        if let Some(known) = archived.as_mut() {
+            known.retain(|s| live_end(*s));
+            live.extend(known.iter().copied());
+        }
+        drop(archived);
         live.extend(lock(&shards.dirty).iter().copied().filter(|s| live_end(*s)));
         Ok(live)
     }
@@ -302,6 +319,12 @@ impl CrlPublisher {
         let mut first_error = None;
         for shard in live {
             let dirty = all || lock(&shards.dirty).contains(&shard);
+            if shards.get(shard).is_none() {
+                // After a restart, or built by another node: what the archive has first.
+                if let Err(e) = self.adopt_archived_shard(shard) {
+                    tracing::warn!(%shard, error = %e, "reading an archived CRL shard failed");
+                }
+            }
             let current = shards.get(shard);
             let stale_time = current
                 .as_ref()
