@@ -467,3 +467,108 @@ fn two_nodes_on_postgres_number_each_shards_crls_upwards() {
         "shard CRL numbers {numbers:?}"
     );
 }
+
+fn openssl_text(s: &Setup, name: &str, der: &[u8]) -> String {
+    let path = s.write(name, der);
+    let o = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Delta CRLs (RFC 5280 5.2.4) of the full CRL: the base names the delta in its Freshest CRL
+/// extension; a delta names its base's number in a critical delta CRL indicator, shares the
+/// base's number sequence, and lists what was revoked since the base. openssl applies the
+/// delta to its base (`-use_deltas`): a certificate revoked after the base is refused with
+/// both, accepted with the base alone. A new base starts a new, empty delta. pkilint finds
+/// nothing in either.
+#[test]
+fn delta_crls_apply_to_their_base_with_openssl() {
+    use testkit::pkilint::{self, Check};
+    let s = Setup::new();
+    let p = s.publisher(s.store(), 1);
+    let (early, early_pem) = s.issue("early");
+    let (late, late_pem) = s.issue("late");
+    let (_, good_pem) = s.issue("still-good");
+    revoke(&s, &p, &early);
+    let base = p.regenerate().unwrap();
+    assert_eq!(base.entries, 1);
+    let empty = p
+        .regenerate_delta_if_due()
+        .unwrap()
+        .expect("a delta for the new base");
+    assert_eq!(empty.entries, 0);
+    assert!(
+        p.regenerate_delta_if_due().unwrap().is_none(),
+        "nothing changed"
+    );
+    revoke(&s, &p, &late);
+    let delta = p.regenerate_delta_if_due().unwrap().unwrap();
+    assert_eq!(delta.entries, 1);
+    assert!(delta.number > empty.number && empty.number > base.number);
+    assert_eq!(p.delta().unwrap().number, delta.number);
+
+    let text = openssl_text(&s, "base.der", &base.der);
+    assert!(text.contains("Freshest CRL"), "{text}");
+    assert!(text.contains(&format!("{CRL_URL}/delta")), "{text}");
+    let text = openssl_text(&s, "delta.der", &delta.der);
+    assert!(text.contains("Delta CRL Indicator: critical"), "{text}");
+
+    let (_, issuing) = s.chain();
+    let base_pem = s.write_crl("base.pem", &base.der);
+    let delta_pem = s.write_crl("delta.pem", &delta.der);
+    let verify = |cert: &Path, crls: &[&Path]| {
+        let mut c = Command::new("openssl");
+        c.args([
+            "verify",
+            "-partial_chain",
+            "-crl_check",
+            "-use_deltas",
+            "-attime",
+        ])
+        .arg(s.clock.now().timestamp().to_string())
+        .arg("-CAfile")
+        .arg(&issuing);
+        for crl in crls {
+            c.arg("-CRLfile").arg(crl);
+        }
+        let o = c.arg(cert).output().unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, out) = verify(&late_pem, &[&base_pem]);
+    assert!(ok, "the base alone does not list it: {out}");
+    let (ok, out) = verify(&late_pem, &[&base_pem, &delta_pem]);
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+    let (ok, out) = verify(&early_pem, &[&base_pem, &delta_pem]);
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+    let (ok, out) = verify(&good_pem, &[&base_pem, &delta_pem]);
+    assert!(ok, "{out}");
+
+    let base_der = s.write("base.crl", &base.der);
+    let delta_der = s.write("delta.crl", &delta.der);
+    let reports = pkilint::run(&[
+        Check::crl("full CRL with Freshest CRL", &base_der),
+        Check::crl("delta CRL", &delta_der),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(findings) = pkilint::failures(&reports, pkilint::FALSE_POSITIVES) {
+        panic!("{findings}");
+    }
+
+    // A new base lists both; its first delta is empty.
+    let base2 = p.regenerate().unwrap();
+    assert_eq!(base2.entries, 2);
+    let delta2 = p.regenerate_delta_if_due().unwrap().unwrap();
+    assert_eq!(delta2.entries, 0);
+    assert!(delta2.number > base2.number);
+}

@@ -9,6 +9,7 @@
 //! | `POST /ocsp` (also `/ocsp/`) | body `application/ocsp-request` -> `application/ocsp-response`, not cacheable |
 //! | `GET /crl` | current CRL, DER, `application/pkix-crl` |
 //! | `GET /crl/shard/{id}` | the current CRL of shard `id` (README "CRLs"), when shards are on; 404 otherwise |
+//! | `GET /crl/delta` | the current delta CRL of the full CRL, when shards are on; 404 otherwise |
 //! | `GET /ca.crt` | issuing CA certificate, DER, `application/pkix-cert` (AIA caIssuers) |
 //! | `GET /root.crl` | root CRL file from the key ceremony, when configured |
 //!
@@ -481,6 +482,9 @@ impl StatusState {
         if let Err(e) = self.crls.regenerate_if_due() {
             tracing::error!(error = %e, "CRL rebuild failed; serving the previous CRL");
         }
+        if let Err(e) = self.crls.regenerate_delta_if_due() {
+            tracing::error!(error = %e, "delta CRL build failed; serving the previous delta CRL");
+        }
     }
 
     /// Start the maintenance tasks, which end once the state is dropped or
@@ -587,6 +591,10 @@ pub fn router(state: Arc<StatusState>) -> Router {
         .route(&format!("{}/{{*request}}", routes::OCSP), get(ocsp_get))
         .route(routes::CRL, get(crl))
         .route(&format!("{}/shard/{{id}}", routes::CRL), get(crl_shard))
+        .route(
+            &format!("{}/{}", routes::CRL, ca_core::crl::DELTA_PATH),
+            get(crl_delta),
+        )
         .route(routes::CA_CERT, get(ca_cert))
         .route(routes::ROOT_CRL, get(root_crl))
         .route(routes::READYZ, get(ready))
@@ -951,6 +959,18 @@ async fn crl_shard(
             crl_http(c, number, times, &state.max_age, &headers)
         }
         None => (StatusCode::NOT_FOUND, "no such CRL shard\n").into_response(),
+    }
+}
+
+/// `GET /crl/delta`: the current delta CRL of the full CRL (RFC 5280 5.2.4), with the full
+/// CRL's caching headers; 404 when there is none (shards off, or no base built yet).
+async fn crl_delta(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Response {
+    match state.crls.delta() {
+        Some(c) => {
+            let (number, times) = (c.number, (c.this_update, c.next_update));
+            crl_http(c, number, times, &state.max_age, &headers)
+        }
+        None => (StatusCode::NOT_FOUND, "no delta CRL\n").into_response(),
     }
 }
 

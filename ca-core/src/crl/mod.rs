@@ -53,9 +53,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use x509_cert::crl::CertificateList;
 use x509_cert::Certificate;
 
+mod delta;
 mod shards;
 
 pub use crate::x509::{crl_shard_of, CrlShard};
+pub use delta::{DELTA_CRL, DELTA_PATH};
 pub use shards::{ShardPass, ShardScheme};
 
 /// How the CRL publisher dates, rebuilds and labels the CRLs it signs.
@@ -212,50 +214,13 @@ impl<'a> CrlIssuer<'a> {
 
     fn sign(&self, req: &CrlRequest<'_>) -> Result<SignedCrl> {
         let (this_update, next_update) = update_times(req.this_update, req.next_update)?;
-        let key_identifier_method = match subject_key_id(&self.cert) {
-            Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
-            None => rcgen::KeyIdMethod::Sha256,
-        };
-        let params = rcgen::CertificateRevocationListParams {
-            this_update: to_offset(this_update),
-            next_update: to_offset(next_update),
-            // rcgen writes INTEGERs minimally (leading zeros dropped, a sign octet added).
-            crl_number: rcgen::SerialNumber::from_slice(&req.number.to_be_bytes()),
-            issuing_distribution_point: req.distribution_point.map(|url| {
-                rcgen::CrlIssuingDistributionPoint {
-                    distribution_point: rcgen::CrlDistributionPoint {
-                        uris: vec![url.to_string()],
-                    },
-                    scope: None,
-                }
-            }),
-            revoked_certs: req
-                .entries
-                .iter()
-                .map(|e| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
-                        &e.serial,
-                    )),
-                    revocation_time: to_offset(e.revoked_at),
-                    reason_code: rcgen_reason(e.reason),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method,
-        };
+        let params = rcgen_params(&self.cert, req, this_update, next_update);
         let key = RcgenKey::new(self.signer);
         let rc_issuer = rcgen::Issuer::from_ca_cert_der(&self.cert_der.to_vec().into(), &key)
             .map_err(|e| key.map_err(e))?;
         let crl = params.signed_by(&rc_issuer).map_err(|e| key.map_err(e))?;
         let der = crl.der().to_vec();
-        // Fail closed: never return a CRL whose signature the issuer key does not verify.
-        let parsed = CertificateList::from_der(&der)?;
-        let tbs = parsed.tbs_cert_list.to_der()?;
-        let sig = parsed
-            .signature
-            .as_bytes()
-            .ok_or(Error::SignatureCheckFailed)?;
-        verify(&self.spki_der, &tbs, sig)?;
+        verify_crl(&self.spki_der, &der)?;
         Ok(SignedCrl {
             der,
             number: req.number,
@@ -264,6 +229,57 @@ impl<'a> CrlIssuer<'a> {
             entries: req.entries.len(),
         })
     }
+}
+
+/// rcgen's description of the CRL `req` asks for, with times already checked.
+fn rcgen_params(
+    issuer: &Certificate,
+    req: &CrlRequest<'_>,
+    this_update: DateTime<Utc>,
+    next_update: DateTime<Utc>,
+) -> rcgen::CertificateRevocationListParams {
+    let key_identifier_method = match subject_key_id(issuer) {
+        Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+        None => rcgen::KeyIdMethod::Sha256,
+    };
+    rcgen::CertificateRevocationListParams {
+        this_update: to_offset(this_update),
+        next_update: to_offset(next_update),
+        // rcgen writes INTEGERs minimally (leading zeros dropped, a sign octet added).
+        crl_number: rcgen::SerialNumber::from_slice(&req.number.to_be_bytes()),
+        issuing_distribution_point: req.distribution_point.map(|url| {
+            rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec![url.to_string()],
+                },
+                scope: None,
+            }
+        }),
+        revoked_certs: req
+            .entries
+            .iter()
+            .map(|e| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
+                    &e.serial,
+                )),
+                revocation_time: to_offset(e.revoked_at),
+                reason_code: rcgen_reason(e.reason),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method,
+    }
+}
+
+/// Fail closed: never return a CRL whose signature the issuer key does not verify.
+fn verify_crl(issuer_spki_der: &[u8], der: &[u8]) -> Result<()> {
+    let parsed = CertificateList::from_der(der)?;
+    let tbs = parsed.tbs_cert_list.to_der()?;
+    let sig = parsed
+        .signature
+        .as_bytes()
+        .ok_or(Error::SignatureCheckFailed)?;
+    verify(issuer_spki_der, &tbs, sig)
 }
 
 /// thisUpdate and nextUpdate in whole seconds, nextUpdate strictly later.
@@ -435,6 +451,7 @@ impl CrlPublisher {
         let Some(shards) = &self.shards else {
             return;
         };
+        shards::lock(&shards.delta).note(serial);
         match self.store.get_cert(serial) {
             Ok(Some(rec)) => {
                 if let Some(shard) = crl_shard_of(&rec.der) {
@@ -501,6 +518,10 @@ impl CrlPublisher {
         if self.current().is_some_and(|c| c.number >= checked.number) {
             return Ok(false);
         }
+        // Another node's base: this node's deltas would name a base it does not serve.
+        if let Some(shards) = &self.shards {
+            shards::lock(&shards.delta).forget_base();
+        }
         self.set_current(Arc::new(SignedCrl {
             der: stored.der,
             number: checked.number,
@@ -528,6 +549,9 @@ impl CrlPublisher {
         }
         match self.regenerate_if_due() {
             Ok(_) => {
+                if let Err(e) = self.regenerate_delta_if_due() {
+                    tracing::warn!(error = %e, "building the delta CRL at start failed; the maintenance task retries");
+                }
                 if self.current().is_none() {
                     tracing::warn!("no CRL yet: another node holds the CRL lease and has archived none; /crl answers 503 until it does");
                 }
@@ -557,14 +581,17 @@ impl CrlPublisher {
         // Cleared before the store is read: a revocation during the build marks it again.
         self.stale.store(false, Ordering::SeqCst);
         let now = self.clock.now();
-        let built = build_crl_with(
-            self.store.as_ref(),
-            self.signer.as_ref(),
-            &self.issuer_cert_der,
-            now,
-            now + self.config.validity,
-            self.config.distribution_point.as_deref(),
-        );
+        let built = match &self.shards {
+            None => build_crl_with(
+                self.store.as_ref(),
+                self.signer.as_ref(),
+                &self.issuer_cert_der,
+                now,
+                now + self.config.validity,
+                self.config.distribution_point.as_deref(),
+            ),
+            Some(shards) => self.build_base(shards, now),
+        };
         let crl = match built {
             Ok(crl) => {
                 if let Some(shards) = &self.shards {
@@ -589,6 +616,9 @@ impl CrlPublisher {
             // A node that held the lease before this one archived a higher number meanwhile:
             // serve that one (numbers only increase, so it is newer).
             Ok(false) => {
+                if let Some(shards) = &self.shards {
+                    shards::lock(&shards.delta).forget_base();
+                }
                 self.set_current(crl.clone());
                 let _ = self.adopt_archived();
                 return Ok(self.current().unwrap_or(crl));

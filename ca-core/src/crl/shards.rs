@@ -36,6 +36,7 @@ pub(super) const MAX_SHARDS_AHEAD: i64 = 10_000;
 /// How certificates are assigned to CRL shards and where the shards are published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardScheme {
+    crl_url: String,
     base_url: String,
     width: Duration,
     horizon: Duration,
@@ -75,10 +76,16 @@ impl ShardScheme {
             });
         }
         Ok(ShardScheme {
+            crl_url: base.to_string(),
             base_url: format!("{base}/{SHARD_PATH}"),
             width,
             horizon,
         })
+    }
+
+    /// The full CRL's URL, under which the shards (and the delta CRL) are published.
+    pub fn crl_url(&self) -> &str {
+        &self.crl_url
     }
 
     /// The window width.
@@ -136,9 +143,11 @@ pub(super) struct Shards {
     /// and adopts; read again after [`Shards::mark_all_dirty`]), so a pass does not list the
     /// archive, whose scopes grow with time.
     archived: Mutex<Option<BTreeSet<CrlShard>>>,
+    /// Delta CRLs of the full CRL (`delta.rs`).
+    pub(super) delta: Mutex<super::delta::DeltaState>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -153,6 +162,7 @@ impl Shards {
             held: Mutex::new(BTreeSet::new()),
             last_full: Mutex::new(None),
             archived: Mutex::new(None),
+            delta: Mutex::new(Default::default()),
         }
     }
 
@@ -163,6 +173,7 @@ impl Shards {
     pub(super) fn mark_all_dirty(&self) {
         self.all_dirty.store(true, Ordering::SeqCst);
         *lock(&self.archived) = None;
+        lock(&self.delta).forget_base();
     }
 
     pub(super) fn full_built(&self, at: DateTime<Utc>) {
@@ -380,6 +391,36 @@ impl CrlPublisher {
             Some(e) if pass.built.is_empty() => Err(e),
             _ => Ok(pass),
         }
+    }
+
+    /// Build and sign the full CRL with shards on: no issuing distribution point, a Freshest
+    /// CRL extension naming the delta CRL, and the base of the deltas that follow.
+    pub(super) fn build_base(&self, shards: &Shards, now: DateTime<Utc>) -> Result<SignedCrl> {
+        let next_update = now + self.config.validity;
+        super::update_times(now, next_update)?;
+        let issuer = CrlIssuer::new(&self.issuer_cert_der, self.signer.as_ref())?;
+        let extensions = self.full_crl_extensions()?;
+        // Taken before the store is read: these revocations are in the base.
+        let snapshot = lock(&shards.delta).snapshot();
+        let mut entries = Vec::new();
+        self.store.for_each_revoked(&mut |e| {
+            entries.push(e);
+            Ok(())
+        })?;
+        let number = self.store.next_crl_number()?;
+        let crl = issuer.sign_with_extensions(
+            &CrlRequest {
+                number,
+                this_update: now,
+                next_update,
+                entries: &entries,
+                distribution_point: None,
+            },
+            extensions,
+        )?;
+        lock(&shards.delta).based(crl.number, crl.this_update, &snapshot);
+        tracing::info!(number, entries = crl.entries, "CRL signed");
+        Ok(crl)
     }
 
     /// Build, sign and archive the next CRL of `shard`: its entries through the store's shard

@@ -76,6 +76,11 @@ fn apply(me: &StatusState, change: Change) {
                 tracing::warn!(error = %e, "reading the archived CRL failed");
             }
         }
+        Change::Crl { scope, .. } if scope == ca_core::crl::DELTA_CRL => {
+            if let Err(e) = me.crls.adopt_archived_delta() {
+                tracing::warn!(error = %e, "reading the archived delta CRL failed");
+            }
+        }
         Change::Crl { scope, .. } => {
             if let Some(shard) = ca_core::crl::CrlShard::from_scope(&scope) {
                 if let Err(e) = me.crls.adopt_archived_shard(shard) {
