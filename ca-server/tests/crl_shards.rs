@@ -218,9 +218,46 @@ async fn a_revocation_reaches_its_shard_crl_over_http_without_a_full_crl_rebuild
     let (ok, out) = verify(&issuing, &crl_pem, bad_pem);
     assert!(!ok && out.contains("certificate revoked"), "{out}");
 
-    // The full CRL was not rebuilt for it (`full_interval`): the shard carries it.
+    // The full CRL was not rebuilt for it (`full_interval`): the shard carries it, and so does
+    // the delta CRL, which openssl applies to the full CRL.
     let (_, full_body) = curl(&format!("{base}/crl"), dir.path(), "full1");
     assert_eq!(crl_number(&full_body, &pki.issuing_der), full0);
+    let full_pem = write(
+        dir.path(),
+        "full.crl.pem",
+        ca_core::x509::pem_encode("X509 CRL", &full_body).as_bytes(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let delta = loop {
+        let (h, body) = curl(&format!("{base}/crl/delta"), dir.path(), "delta");
+        if h.starts_with("HTTP/1.1 200")
+            && ca_core::x509::check_crl(&pki.issuing_der, &body).unwrap().entries == 1
+        {
+            assert_eq!(header(&h, "content-type"), Some("application/pkix-crl"));
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the revocation never reached the delta CRL: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let delta_pem = write(
+        dir.path(),
+        "delta.crl.pem",
+        ca_core::x509::pem_encode("X509 CRL", &delta).as_bytes(),
+    );
+    let o = Command::new("openssl")
+        .args(["verify", "-partial_chain", "-crl_check", "-use_deltas", "-CAfile"])
+        .arg(&issuing)
+        .arg("-CRLfile")
+        .arg(&full_pem)
+        .arg("-CRLfile")
+        .arg(&delta_pem)
+        .arg(bad_pem)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && out.contains("certificate revoked"), "{out}");
+    let (ok, out) = verify(&issuing, &full_pem, bad_pem);
+    assert!(ok, "the full CRL alone does not list it yet: {out}");
 
     // Unknown and malformed shard ids.
     let (h, _) = curl(
