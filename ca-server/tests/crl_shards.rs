@@ -231,12 +231,18 @@ async fn a_revocation_reaches_its_shard_crl_over_http_without_a_full_crl_rebuild
     let delta = loop {
         let (h, body) = curl(&format!("{base}/crl/delta"), dir.path(), "delta");
         if h.starts_with("HTTP/1.1 200")
-            && ca_core::x509::check_crl(&pki.issuing_der, &body).unwrap().entries == 1
+            && ca_core::x509::check_crl(&pki.issuing_der, &body)
+                .unwrap()
+                .entries
+                == 1
         {
             assert_eq!(header(&h, "content-type"), Some("application/pkix-crl"));
             break body;
         }
-        assert!(Instant::now() < deadline, "the revocation never reached the delta CRL: {h}");
+        assert!(
+            Instant::now() < deadline,
+            "the revocation never reached the delta CRL: {h}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let delta_pem = write(
@@ -245,7 +251,13 @@ async fn a_revocation_reaches_its_shard_crl_over_http_without_a_full_crl_rebuild
         ca_core::x509::pem_encode("X509 CRL", &delta).as_bytes(),
     );
     let o = Command::new("openssl")
-        .args(["verify", "-partial_chain", "-crl_check", "-use_deltas", "-CAfile"])
+        .args([
+            "verify",
+            "-partial_chain",
+            "-crl_check",
+            "-use_deltas",
+            "-CAfile",
+        ])
         .arg(&issuing)
         .arg("-CRLfile")
         .arg(&full_pem)
@@ -255,7 +267,10 @@ async fn a_revocation_reaches_its_shard_crl_over_http_without_a_full_crl_rebuild
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && out.contains("certificate revoked"), "{out}");
+    assert!(
+        !o.status.success() && out.contains("certificate revoked"),
+        "{out}"
+    );
     let (ok, out) = verify(&issuing, &full_pem, bad_pem);
     assert!(ok, "the full CRL alone does not list it yet: {out}");
 
