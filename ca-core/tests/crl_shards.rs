@@ -571,4 +571,130 @@ fn delta_crls_apply_to_their_base_with_openssl() {
     let delta2 = p.regenerate_delta_if_due().unwrap().unwrap();
     assert_eq!(delta2.entries, 0);
     assert!(delta2.number > base2.number);
+
+    // After a restart the node does not know what was revoked since the archived base: it
+    // signs no delta (one that missed a revocation would vouch for the certificate) until it
+    // has built a base of its own.
+    let restarted = s.publisher(s.store(), 1);
+    restarted.adopt_archived().unwrap();
+    let (third, _) = s.issue("third");
+    revoke(&s, &restarted, &third);
+    assert!(restarted.regenerate_delta_if_due().unwrap().is_none());
+    restarted.regenerate().unwrap();
+    let (fourth, _) = s.issue("fourth");
+    revoke(&s, &restarted, &fourth);
+    let d = restarted.regenerate_delta_if_due().unwrap().unwrap();
+    assert_eq!(d.entries, 1);
+}
+
+/// Whoever can write the database cannot make a node serve one shard's CRL as another's: the
+/// archived CRL of a scope is served only if its issuing distribution point is that shard's
+/// URL (besides this issuer's signature and the stored number).
+#[test]
+fn a_crl_archived_under_another_shards_scope_is_not_served() {
+    let s = Setup::new();
+    let p = s.publisher(s.store(), 1);
+    let (bad, _) = s.issue("scope-bad");
+    s.clock.set(s.clock.now() + Duration::hours(2));
+    let (other, _) = s.issue("scope-other");
+    let (x, y) = (
+        crl_shard_of(&bad.der).unwrap(),
+        crl_shard_of(&other.der).unwrap(),
+    );
+    revoke(&s, &p, &bad);
+    p.regenerate_shards_if_due().unwrap();
+    // Shard Y's CRL, numbered above X's, written under X's scope.
+    let mut forged = p.shard(y).unwrap();
+    while forged.number <= p.shard(x).unwrap().number + 1 {
+        // Marks Y dirty (the certificate names Y; that it is not revoked does not matter).
+        p.note_revoked_serial(&other.serial);
+        p.regenerate_shards_if_due().unwrap();
+        forged = p.shard(y).unwrap();
+    }
+    assert!(s
+        .pki
+        .store
+        .put_crl(&ca_core::store::StoredCrl {
+            scope: x.scope(),
+            number: forged.number,
+            der: forged.der.clone(),
+            this_update: forged.this_update,
+            next_update: forged.next_update,
+        })
+        .unwrap());
+    let node = s.publisher(s.store(), 1);
+    assert!(!node.adopt_archived_shard(x).unwrap());
+    assert!(node.shard(x).is_none());
+}
+
+/// rustls-webpki's verdict (strict: unknown status and expired CRLs refused) on a clientAuth
+/// certificate of this PKI with `crl_der`, at the test clock's time.
+fn webpki_verdict(s: &Setup, leaf: &[u8], crl_der: &[u8]) -> Result<(), webpki::Error> {
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    use webpki::{
+        CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
+        RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+    };
+    let root = CertificateDer::from(s.pki.root_der.clone());
+    let anchors = vec![webpki::anchor_from_trusted_cert(&root).unwrap().to_owned()];
+    let crl = CertRevocationList::Owned(OwnedCertRevocationList::from_der(crl_der).unwrap());
+    let crls = [&crl];
+    let revocation = RevocationOptionsBuilder::new(&crls)
+        .unwrap()
+        .with_depth(RevocationCheckDepth::EndEntity)
+        .with_status_policy(UnknownStatusPolicy::Deny)
+        .with_expiration_policy(ExpirationPolicy::Enforce)
+        .build();
+    let leaf = CertificateDer::from(leaf.to_vec());
+    let ee = EndEntityCert::try_from(&leaf).unwrap();
+    let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        s.clock.now().timestamp() as u64
+    ));
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &[CertificateDer::from(s.pki.issuing_der.clone())],
+        now,
+        KeyUsage::client_auth(),
+        Some(revocation),
+        None,
+    )
+    .map(|_| ())
+}
+
+/// The same attack against rustls-webpki, which compares a CRL's issuing distribution point
+/// with the certificate's distribution point: another shard's CRL is not authoritative for a
+/// certificate (unknown status, refused by the strict policy), never proof of good status.
+#[test]
+fn rustls_webpki_refuses_another_shards_crl_for_a_revoked_certificate() {
+    let s = Setup::new();
+    let p = s.publisher(s.store(), 1);
+    let (bad, _) = s.issue("wp-bad");
+    s.clock.set(s.clock.now() + Duration::hours(2));
+    let (other, _) = s.issue("wp-other");
+    let (shard, other_shard) = (
+        crl_shard_of(&bad.der).unwrap(),
+        crl_shard_of(&other.der).unwrap(),
+    );
+    assert_ne!(shard, other_shard);
+    revoke(&s, &p, &bad);
+    p.regenerate_shards_if_due().unwrap();
+    let own = p.shard(shard).unwrap();
+    let another = p.shard(other_shard).unwrap();
+    assert_eq!(
+        webpki_verdict(&s, &bad.der, &own.der),
+        Err(webpki::Error::CertRevoked)
+    );
+    assert_eq!(
+        webpki_verdict(&s, &bad.der, &another.der),
+        Err(webpki::Error::UnknownRevocationStatus),
+        "another shard's CRL must not vouch for the revoked certificate"
+    );
+    assert_eq!(webpki_verdict(&s, &other.der, &another.der), Ok(()));
+    p.regenerate().unwrap();
+    assert_eq!(
+        webpki_verdict(&s, &bad.der, &p.current().unwrap().der),
+        Err(webpki::Error::CertRevoked),
+        "the full CRL covers every certificate"
+    );
 }
