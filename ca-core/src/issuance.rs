@@ -71,6 +71,9 @@ pub struct Ca {
     not_after: DateTime<Utc>,
     profiles: Profiles,
     urls: IssuerUrls,
+    /// CRL shards: each certificate's CRL distribution point names its shard instead of the
+    /// full CRL (README "CRLs").
+    crl_shards: Option<crate::crl::ShardScheme>,
     /// Names of the CA's own endpoints, never issued to a subscriber.
     reserved: ReservedNames,
     store: Arc<dyn Store>,
@@ -142,10 +145,18 @@ impl Ca {
             not_after,
             profiles,
             urls,
+            crl_shards: None,
             reserved: ReservedNames::none(),
             store,
             clock,
         })
+    }
+
+    /// Name each certificate's CRL shard in its CRL distribution point instead of the full
+    /// CRL (the same scheme the CRL publisher publishes: `CrlPublisher::with_shards`).
+    pub fn with_crl_shards(mut self, scheme: crate::crl::ShardScheme) -> Self {
+        self.crl_shards = Some(scheme);
+        self
     }
 
     /// Reserve the names of the CA's own endpoints: no profile but the CA server's own
@@ -337,10 +348,14 @@ impl Ca {
         // from the public key as RFC 7093 2 method 1 describes.
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = x509::key_id_method(csr.public_key.spki_der())?;
-        if let Some(crl) = &self.urls.crl {
-            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
-                uris: vec![crl.clone()],
-            }];
+        // RFC 5280 4.2.1.13: the CRL that covers this certificate; with shards, its shard's
+        // (fixed here for good: the store reads the shard back from this extension).
+        let crl_url = match &self.crl_shards {
+            Some(scheme) => Some(scheme.url(scheme.shard_of(crate::clock::truncate(not_after)))),
+            None => self.urls.crl.clone(),
+        };
+        if let Some(crl) = crl_url {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![crl] }];
         }
         if let Some(aia) = self.aia_extension()? {
             params.custom_extensions.push(aia);

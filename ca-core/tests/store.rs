@@ -2668,3 +2668,168 @@ fn duplicate_inserts_racing_counts_never_count_twice(place: Place) {
     assert_eq!(m[&("client".to_string(), day, true)], 100);
     assert_eq!(m, recount(&*s));
 }
+
+// CRL shards (README "CRLs"): the shard index of revocations and per-scope CRL numbers, on
+// both backends.
+
+/// One `#[test]` per backend for each CRL shard contract test.
+macro_rules! crl_shard_contract {
+    ($($name:ident),* $(,)?) => {
+        mod crl_shards_on_sled {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Place::sled())
+            })*
+        }
+        #[cfg(feature = "postgres")]
+        mod crl_shards_on_postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Place::pg())
+            })*
+        }
+    };
+}
+
+crl_shard_contract!(
+    revocations_are_filed_under_the_shard_their_certificate_names,
+    crl_numbers_per_scope_increase_and_go_on_from_the_archive,
+);
+
+/// A record (serial `44 n`) whose certificate names `url` as its CRL distribution point.
+fn naming_crl(n: u8, url: Option<&str>) -> CertRecord {
+    let mut rec = record(n, &format!("shard{n}.test"));
+    rec.serial = vec![0x44, n];
+    rec.lineage = rec.serial.clone();
+    if let Some(url) = url {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![format!("shard{n}.test")]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&rec.serial));
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![url.to_string()],
+        }];
+        rec.der = params.self_signed(&key).unwrap().der().to_vec();
+    }
+    rec
+}
+
+fn shard_serials(s: &dyn Store, shard: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    s.for_each_revoked_in_shard(ca_core::x509::CrlShard(shard), &mut |e| {
+        out.push(e.serial);
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// A revocation is filed under the shard its certificate's CRL distribution point names, in
+/// the revocation's own step; the shard index lists a shard's revocations only, in serial
+/// order, across a reopen; a certificate naming the full CRL (or nothing) is in no shard; a
+/// change to keyCompromise is seen through the index.
+fn revocations_are_filed_under_the_shard_their_certificate_names(place: Place) {
+    {
+        let s = place.open();
+        let recs = [
+            naming_crl(3, Some("http://ca.test/crl/shard/3600")),
+            naming_crl(1, Some("http://ca.test/crl/shard/3600")),
+            naming_crl(2, Some("http://ca.test/crl/shard/7200")),
+            naming_crl(4, Some("http://ca.test/crl")),
+            naming_crl(5, None),
+            naming_crl(6, Some("http://ca.test/crl/shard/3600")),
+        ];
+        for r in &recs {
+            assert!(s.insert_cert(r).unwrap());
+        }
+        let at = ca_core::clock::truncate(Utc::now());
+        for r in &recs[..5] {
+            s.revoke(&r.serial, at, RevocationReason::Superseded)
+                .unwrap();
+        }
+        assert_eq!(
+            shard_serials(&*s.arc(), 3600),
+            vec![vec![0x44, 1], vec![0x44, 3]]
+        );
+        s.revoke(&recs[1].serial, at, RevocationReason::KeyCompromise)
+            .unwrap();
+    }
+    let s = place.open();
+    assert_eq!(
+        shard_serials(&*s.arc(), 3600),
+        vec![vec![0x44, 1], vec![0x44, 3]],
+        "unrevoked 44 06 is not listed"
+    );
+    assert_eq!(shard_serials(&*s.arc(), 7200), vec![vec![0x44, 2]]);
+    assert!(shard_serials(&*s.arc(), 10800).is_empty());
+    let mut reasons = Vec::new();
+    s.for_each_revoked_in_shard(ca_core::x509::CrlShard(3600), &mut |e| {
+        reasons.push(e.reason);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        reasons,
+        vec![
+            RevocationReason::KeyCompromise,
+            RevocationReason::Superseded
+        ]
+    );
+    // Every revocation, sharded or not, is still on the full list.
+    let mut all = 0;
+    s.for_each_revoked(&mut |_| {
+        all += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(all, 5);
+}
+
+/// Each scope has its own CRL number sequence: strictly increasing across reopen and between
+/// two handles on one store (two nodes, on PostgreSQL), never at or below the number of the
+/// CRL the archive keeps for the scope; the archive lists its scopes by prefix.
+fn crl_numbers_per_scope_increase_and_go_on_from_the_archive(place: Place) {
+    {
+        let s = place.open();
+        assert_eq!(s.next_crl_number_in("shard:1").unwrap(), 1);
+        assert_eq!(s.next_crl_number_in("shard:1").unwrap(), 2);
+        assert_eq!(s.next_crl_number_in("shard:2").unwrap(), 1);
+        assert!(s.put_crl(&stored_crl("shard:3", 40)).unwrap());
+        assert_eq!(s.next_crl_number_in("shard:3").unwrap(), 41);
+        assert!(s.put_crl(&stored_crl("shard:2", 9)).unwrap());
+    }
+    let s = place.open();
+    assert_eq!(s.next_crl_number_in("shard:1").unwrap(), 3);
+    assert_eq!(s.next_crl_number_in("shard:2").unwrap(), 10);
+    assert_eq!(
+        s.archived_crl_scopes("shard:").unwrap(),
+        vec!["shard:2".to_string(), "shard:3".to_string()]
+    );
+    assert!(s.archived_crl_scopes("full").unwrap().is_empty());
+    // Two handles at once (on PostgreSQL, two nodes): one sequence, no number twice.
+    let handles: [Arc<dyn Store>; 2] = match &place {
+        Place::Sled(_) => [s.arc(), s.arc()],
+        #[cfg(feature = "postgres")]
+        Place::Pg(_) => [place.open().arc(), place.open().arc()],
+    };
+    let per_thread: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let joins: Vec<_> = (0..4)
+            .map(|i| {
+                let h = handles[i % 2].clone();
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|_| h.next_crl_number_in("shard:1").unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for nums in &per_thread {
+        assert!(nums.windows(2).all(|w| w[0] < w[1]), "{nums:?}");
+    }
+    let mut all: Vec<u64> = per_thread.concat();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 40, "a shard CRL number was handed out twice");
+    assert!(all[0] > 3);
+}

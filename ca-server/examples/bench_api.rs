@@ -711,7 +711,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok::<_, anyhow::Error>(v)
         })?;
-        eprintln!("revoke: {} requests over {} admin connections", jobs.len(), a.conns);
+        eprintln!(
+            "revoke: {} requests over {} admin connections",
+            jobs.len(),
+            a.conns
+        );
         let r = rt.block_on(run_phase(
             &targets,
             senders,

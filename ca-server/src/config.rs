@@ -686,6 +686,22 @@ pub struct CrlSection {
     /// The root CRL from the key ceremony (DER or PEM), served at `/root.crl`.
     #[serde(default)]
     pub root_crl: Option<PathBuf>,
+    /// CRL shards (README "CRLs"): the width of the notAfter window one shard covers, e.g.
+    /// `"6h"` (whole minutes, at least 10m). Unset: no shards, certificates name the full CRL.
+    #[serde(default)]
+    pub shard_width: Option<Span>,
+    /// With shards: the least time between two rebuilds of the full CRL after revocations
+    /// (default 5m; the shards list a revocation at the next pass).
+    #[serde(default)]
+    pub full_interval: Option<Span>,
+}
+
+impl CrlSection {
+    /// `full_interval` when set, else 5 minutes.
+    pub fn full_interval(&self) -> chrono::Duration {
+        self.full_interval
+            .map_or_else(|| chrono::Duration::minutes(5), |s| s.0)
+    }
 }
 
 /// Signed checkpoints of the audit log (README "Audit log").
@@ -1102,6 +1118,15 @@ impl ServerConfig {
         }
         if let Some(v) = &self.crl.validity {
             pos("crl.validity", v)?;
+        }
+        if let Some(v) = &self.crl.full_interval {
+            pos("crl.full_interval", v)?;
+        }
+        if self.crl.shard_width.is_some() && self.urls.crl.is_none() {
+            return Err(invalid(
+                "crl.shard_width",
+                "CRL shards are published under urls.crl: set it too",
+            ));
         }
         if self
             .ocsp

@@ -120,6 +120,14 @@ fn build_state(
     )
     .context("assembling the issuing CA")?
     .with_reserved_names(reserved_names(parts)?);
+    // Certificates name the CRL shards the status listener publishes (README "CRLs").
+    let ca = match status
+        .as_ref()
+        .and_then(|s| s.crls().shard_scheme().cloned())
+    {
+        Some(scheme) => ca.with_crl_shards(scheme),
+        None => ca,
+    };
     let root_der = parts
         .chain_der
         .last()
@@ -280,11 +288,19 @@ struct StatusInputs {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// The longest validity of any certificate the CA issues (CRL shards are published that
+    /// far ahead).
+    longest_validity: chrono::Duration,
 }
 
 impl StatusInputs {
     fn of(parts: &ServerParts) -> Self {
         StatusInputs {
+            longest_validity: longest_validity(
+                &parts.profiles,
+                parts.admin_validity,
+                parts.tls_validity,
+            ),
             issuing_der: parts.issuing_der.clone(),
             chain_der: parts.chain_der.clone(),
             urls: parts.urls.clone(),
@@ -293,6 +309,22 @@ impl StatusInputs {
             metrics: parts.metrics.clone(),
         }
     }
+}
+
+/// The longest validity of any certificate the CA issues: its profiles', the administrator
+/// and the server certificates' (how far ahead CRL shards are published).
+pub(crate) fn longest_validity(
+    profiles: &Profiles,
+    admin_validity: Span,
+    tls_validity: Span,
+) -> chrono::Duration {
+    profiles
+        .0
+        .values()
+        .map(|p| p.validity.0)
+        .chain([admin_validity.0, tls_validity.0])
+        .max()
+        .unwrap_or_else(|| chrono::Duration::days(1))
 }
 
 /// [`status_integration`] with its keys given.
@@ -326,6 +358,14 @@ fn status_integration_with(
         crl_config.refresh_before = v.0 / 2;
     }
     crl_config.distribution_point = parts.urls.crl.clone();
+    let shards = match (crl.shard_width, &parts.urls.crl) {
+        (Some(width), Some(url)) => Some((
+            ca_core::crl::ShardScheme::new(url, width.0, parts.longest_validity)
+                .context("crl.shard_width")?,
+            crl.full_interval(),
+        )),
+        _ => None,
+    };
     let root_der = parts
         .chain_der
         .last()
@@ -354,8 +394,8 @@ fn status_integration_with(
         root_crl: crl.root_crl.clone(),
         http,
     };
-    let state =
-        StatusState::build(setup).context("starting the OCSP responder and CRL publisher")?;
+    let state = StatusState::build_with_shards(setup, shards)
+        .context("starting the OCSP responder and CRL publisher")?;
     let metrics = parts.metrics.clone();
     state.set_observer(Arc::new(move |outcome| metrics.ocsp_request(outcome)));
     crate::metrics::PresignCounter::register(&parts.metrics, state.responder());

@@ -8,6 +8,8 @@
 //! | `GET /ocsp/{base64}` | `application/ocsp-response`; the base64 DER request may be URL-encoded and contain `/` (RFC 6960 A.1); RFC 5019 6.2 caching headers |
 //! | `POST /ocsp` (also `/ocsp/`) | body `application/ocsp-request` -> `application/ocsp-response`, not cacheable |
 //! | `GET /crl` | current CRL, DER, `application/pkix-crl` |
+//! | `GET /crl/shard/{id}` | the current CRL of shard `id` (README "CRLs"), when shards are on; 404 otherwise |
+//! | `GET /crl/delta` | the current delta CRL of the full CRL, when shards are on; 404 otherwise |
 //! | `GET /ca.crt` | issuing CA certificate, DER, `application/pkix-cert` (AIA caIssuers) |
 //! | `GET /root.crl` | root CRL file from the key ceremony, when configured |
 //!
@@ -195,6 +197,15 @@ impl StatusState {
     /// need a signature wait on the re-sign backlog and the first CRL is built by the
     /// maintenance task once the key signs.
     pub fn build(setup: StatusSetup) -> ca_core::Result<Arc<Self>> {
+        Self::build_with_shards(setup, None)
+    }
+
+    /// [`StatusState::build`], publishing sharded CRLs too when `shards` is given (the scheme
+    /// and the least time between two full CRL rebuilds after revocations; README "CRLs").
+    pub fn build_with_shards(
+        setup: StatusSetup,
+        shards: Option<(ca_core::crl::ShardScheme, chrono::Duration)>,
+    ) -> ca_core::Result<Arc<Self>> {
         // Other nodes' changes from here on; subscribed before loading, so nothing committed
         // in between is missed (`status/follow.rs`).
         let followed = if setup.store.is_shared() {
@@ -229,17 +240,19 @@ impl StatusState {
             let n = responder.add_external(ext).map_err(stop_signer)?;
             tracing::info!(path = %path.display(), cert_ids = n, "serving OCSP responses from file");
         }
-        let crls = Arc::new(
-            CrlPublisher::new(
-                setup.store.clone(),
-                setup.issuing_signer,
-                setup.issuer_cert_der.clone(),
-                setup.clock,
-                setup.crl,
-            )
-            .map_err(stop_signer)?
-            .with_lease_ttl(setup.http.maintenance_interval * 3),
-        );
+        let mut crls = CrlPublisher::new(
+            setup.store.clone(),
+            setup.issuing_signer,
+            setup.issuer_cert_der.clone(),
+            setup.clock,
+            setup.crl,
+        )
+        .map_err(stop_signer)?
+        .with_lease_ttl(setup.http.maintenance_interval * 3);
+        if let Some((scheme, full_interval)) = shards {
+            crls = crls.with_shards(scheme, full_interval);
+        }
+        let crls = Arc::new(crls);
         match crls.start() {
             Ok(()) => {}
             // Started before the HSM (README "Starting without the database or the HSM") and
@@ -387,7 +400,7 @@ impl StatusState {
             r,
             Err(ca_core::Error::CertNotFound(_) | ca_core::Error::ReasonNotAllowed(..))
         ) {
-            self.crls.mark_stale();
+            self.crls.note_revoked_serial(serial);
             self.crl_dirty.notify_one();
         }
         r
@@ -469,10 +482,26 @@ impl StatusState {
         }
     }
 
-    /// Rebuild the CRL if it is due or stale (blocking).
+    /// Rebuild the CRL shards that are dirty or due, then the full CRL if it is due or stale
+    /// (blocking).
     pub fn rebuild_crl_blocking(&self) {
+        match self.crls.regenerate_shards_if_due() {
+            Ok(p) if p.failed > 0 => {
+                tracing::error!(
+                    failed = p.failed,
+                    "some CRL shard rebuilds failed; they are retried at the next pass"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "CRL shard rebuild failed; serving the previous shard CRLs")
+            }
+        }
         if let Err(e) = self.crls.regenerate_if_due() {
             tracing::error!(error = %e, "CRL rebuild failed; serving the previous CRL");
+        }
+        if let Err(e) = self.crls.regenerate_delta_if_due() {
+            tracing::error!(error = %e, "delta CRL build failed; serving the previous delta CRL");
         }
     }
 
@@ -579,6 +608,11 @@ pub fn router(state: Arc<StatusState>) -> Router {
         .route(&format!("{}/", routes::OCSP), post(ocsp_post))
         .route(&format!("{}/{{*request}}", routes::OCSP), get(ocsp_get))
         .route(routes::CRL, get(crl))
+        .route(&format!("{}/shard/{{id}}", routes::CRL), get(crl_shard))
+        .route(
+            &format!("{}/{}", routes::CRL, ca_core::crl::DELTA_PATH),
+            get(crl_delta),
+        )
         .route(routes::CA_CERT, get(ca_cert))
         .route(routes::ROOT_CRL, get(root_crl))
         .route(routes::READYZ, get(ready))
@@ -926,6 +960,35 @@ async fn crl(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Respo
             "no CRL has been built yet\n",
         )
             .into_response(),
+    }
+}
+
+/// `GET /crl/shard/{id}`: the shard's current CRL, with the full CRL's caching headers; 404
+/// for an id that is not a shard this node serves (shards off, malformed, or no longer live).
+async fn crl_shard(
+    State(state): State<Arc<StatusState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let crl = ca_core::crl::CrlShard::parse(&id).and_then(|s| state.crls.shard(s));
+    match crl {
+        Some(c) => {
+            let (number, times) = (c.number, (c.this_update, c.next_update));
+            crl_http(c, number, times, &state.max_age, &headers)
+        }
+        None => (StatusCode::NOT_FOUND, "no such CRL shard\n").into_response(),
+    }
+}
+
+/// `GET /crl/delta`: the current delta CRL of the full CRL (RFC 5280 5.2.4), with the full
+/// CRL's caching headers; 404 when there is none (shards off, or no base built yet).
+async fn crl_delta(State(state): State<Arc<StatusState>>, headers: HeaderMap) -> Response {
+    match state.crls.delta() {
+        Some(c) => {
+            let (number, times) = (c.number, (c.this_update, c.next_update));
+            crl_http(c, number, times, &state.max_age, &headers)
+        }
+        None => (StatusCode::NOT_FOUND, "no delta CRL\n").into_response(),
     }
 }
 

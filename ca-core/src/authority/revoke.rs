@@ -147,7 +147,8 @@ impl Authority {
         );
         if !matches!(r, Err(Error::CertNotFound(_) | Error::ReasonNotAllowed(..))) {
             if let Some(crl) = &self.crl {
-                crl.publisher.mark_stale();
+                // Marks the full CRL stale and the certificate's shard dirty (README "CRLs").
+                crl.publisher.note_revoked_serial(serial);
                 if let Some(wake) = &crl.wake {
                     wake();
                 }

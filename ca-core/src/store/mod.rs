@@ -41,8 +41,8 @@ use std::sync::Arc;
 /// (`use ca_core::store::prelude::*;`); on `dyn Store` they are in scope already.
 pub mod prelude {
     pub use super::{
-        AuditLog, CertCounts, CertStore, ChangeFeed, CrlArchive, CrlNumbers, Durability, Leases,
-        OcspResponseStore, Retention, Store, TokenStore,
+        AuditLog, CertCounts, CertStore, ChangeFeed, CrlArchive, CrlNumbers, CrlShards, Durability,
+        Leases, OcspResponseStore, Retention, Store, TokenStore,
     };
 }
 
@@ -682,6 +682,32 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug {
     fn is_shared(&self) -> bool;
 }
 
+// --- CRL shards (README "CRLs", DESIGN "CRL shards") ---
+
+/// What the sharded CRL publisher reads: the revoked entries of one CRL shard, through an
+/// index (a shard's build must not read every revocation), and a CRL number sequence per
+/// archive scope.
+///
+/// A store files a revocation under the shard its certificate's CRL distribution point names
+/// ([`crate::x509::crl_shard_of`]), inside the revocation's own atomic step; a certificate
+/// that names no shard is on the full CRL only.
+pub trait CrlShards: Send + Sync + std::fmt::Debug {
+    /// Visit the revoked entries of `shard`, in serial order, streaming, reading only that
+    /// shard's entries (an index range). Every revocation durable before the call starts is
+    /// visited; a pruned certificate is not.
+    fn for_each_revoked_in_shard(
+        &self,
+        shard: crate::x509::CrlShard,
+        f: &mut dyn FnMut(RevokedEntry) -> Result<()>,
+    ) -> Result<()>;
+    /// Allocate the next CRL number of `scope`, durably: strictly greater than every number
+    /// returned before for this scope, by any caller, across restarts, and than the number of
+    /// the CRL the archive keeps for it (a store copied with its archive goes on from there).
+    fn next_crl_number_in(&self, scope: &str) -> Result<u64>;
+    /// The scopes of the CRL archive that start with `prefix`, in order.
+    fn archived_crl_scopes(&self, prefix: &str) -> Result<Vec<String>>;
+}
+
 /// Which expired certificates [`Retention::prune_expired_certs`] may remove: the one rule both
 /// stores apply ([`CertCutoff::allows`]), inside the step that deletes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1125,6 +1151,7 @@ pub trait Store:
     + CrlArchive
     + Leases
     + ChangeFeed
+    + CrlShards
 {
     /// This store as a [`CertStore`].
     fn into_certs(self: Arc<Self>) -> Arc<dyn CertStore>;
@@ -1163,6 +1190,7 @@ where
         + CrlArchive
         + Leases
         + ChangeFeed
+        + CrlShards
         + 'static,
 {
     fn into_certs(self: Arc<Self>) -> Arc<dyn CertStore> {

@@ -187,6 +187,16 @@ CREATE TABLE store_heartbeat (
 );
 INSERT INTO store_heartbeat (one, at) VALUES (true, now());
 "#,
+    // CRL shards (README "CRLs"): revocations filed by the shard their certificate's CRL
+    // distribution point names, and a CRL number sequence per archive scope.
+    r#"
+ALTER TABLE revoked ADD COLUMN shard bigint;
+CREATE INDEX revoked_by_shard ON revoked (shard, serial) WHERE shard IS NOT NULL;
+CREATE TABLE crl_numbers (
+    scope text PRIMARY KEY,
+    n bigint NOT NULL
+);
+"#,
     // The start of a truncated audit log (`ca-server audit truncate`): the signed checkpoint
     // the first kept event links to. No row: the log starts at event 1.
     r#"
@@ -795,9 +805,9 @@ impl CertStore for PgStore {
         )
         .map_err(pg("revoke"))?;
         tx.execute(
-            "INSERT INTO revoked (serial, entry) VALUES ($1, $2) \
-             ON CONFLICT (serial) DO UPDATE SET entry = excluded.entry",
-            &[&serial, &enc(&entry)?],
+            "INSERT INTO revoked (serial, entry, shard) VALUES ($1, $2, $3) \
+             ON CONFLICT (serial) DO UPDATE SET entry = excluded.entry, shard = excluded.shard",
+            &[&serial, &enc(&entry)?, &shard_column(&rec.der)],
         )
         .map_err(pg("revoke"))?;
         notify(
@@ -1697,6 +1707,70 @@ impl PgStore {
             )
             .map_err(pg("schema version"))?;
         Ok(())
+    }
+}
+
+// --- CRL shards (README "CRLs"): the shard index and per-scope CRL numbers ---
+
+/// The `revoked.shard` column of a certificate: the shard its CRL distribution point names
+/// (window ends are far below `i64::MAX`; one that is not is filed under no shard).
+pub(super) fn shard_column(cert_der: &[u8]) -> Option<i64> {
+    crate::x509::crl_shard_of(cert_der).and_then(|s| i64::try_from(s.0).ok())
+}
+
+impl super::CrlShards for PgStore {
+    fn for_each_revoked_in_shard(
+        &self,
+        shard: crate::x509::CrlShard,
+        f: &mut dyn FnMut(RevokedEntry) -> Result<()>,
+    ) -> Result<()> {
+        let Ok(shard) = i64::try_from(shard.0) else {
+            return Ok(());
+        };
+        let mut last: Vec<u8> = Vec::new();
+        loop {
+            let rows = self
+                .read_conn()?
+                .query(
+                    "SELECT serial, entry FROM revoked WHERE shard = $1 AND serial > $2 \
+                     ORDER BY serial LIMIT $3",
+                    &[&shard, &last, &BATCH],
+                )
+                .map_err(pg("scan CRL shard"))?;
+            for r in &rows {
+                f(dec("revocation", r.get::<_, &[u8]>(1))?)?;
+            }
+            match rows.last() {
+                Some(r) if rows.len() as i64 == BATCH => last = r.get(0),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn next_crl_number_in(&self, scope: &str) -> Result<u64> {
+        let n: i64 = self
+            .conn()?
+            .query_one(
+                "INSERT INTO crl_numbers (scope, n) \
+                 VALUES ($1, COALESCE((SELECT number FROM crls WHERE scope = $1), 0) + 1) \
+                 ON CONFLICT (scope) DO UPDATE SET n = GREATEST(crl_numbers.n, \
+                 COALESCE((SELECT number FROM crls WHERE scope = $1), 0)) + 1 RETURNING n",
+                &[&scope],
+            )
+            .map_err(pg("next CRL number"))?
+            .get(0);
+        u64::try_from(n).map_err(|_| Error::Corrupt(format!("CRL number {n}")))
+    }
+
+    fn archived_crl_scopes(&self, prefix: &str) -> Result<Vec<String>> {
+        let rows = self
+            .read_conn()?
+            .query(
+                "SELECT scope FROM crls WHERE left(scope, length($1)) = $1 ORDER BY scope",
+                &[&prefix],
+            )
+            .map_err(pg("list CRL scopes"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 

@@ -74,6 +74,8 @@ pub struct SledStore {
     /// The latest CRL per scope: scope -> `number(u64 BE) this_update(i64 BE, s)
     /// next_update(i64 BE, s) der`.
     crls: sled::Tree,
+    /// Revocations by CRL shard: `shard(u64 BE) serial` -> empty (the entry is `revoked`'s).
+    revoked_by_shard: sled::Tree,
     /// Leases: the store is one process (sled locks the database), so they live in memory.
     leases: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// Subscriptions to the change feed (this process is the only writer).
@@ -199,6 +201,7 @@ impl SledStore {
             by_lineage: tree("by_lineage")?,
             lineage_locks: tree("lineage_locks")?,
             crls: tree("crls")?,
+            revoked_by_shard: tree("revoked_by_shard")?,
             leases: Mutex::new(HashMap::new()),
             feed: Hub::default(),
             lineage_guard: Mutex::new(()),
@@ -604,8 +607,13 @@ impl CertStore for SledStore {
         reason: RevocationReason,
     ) -> Result<CertRecord> {
         crate::revocation::check_reason(reason)?;
-        let rec = (&self.certs, &self.revoked, &self.counters.tree)
-            .transaction(|(certs, revoked, counts)| {
+        let rec = (
+            &self.certs,
+            &self.revoked,
+            &self.counters.tree,
+            &self.revoked_by_shard,
+        )
+            .transaction(|(certs, revoked, counts, by_shard)| {
                 let abort = |e| ConflictableTransactionError::Abort(e);
                 let v = certs
                     .get(serial)?
@@ -618,6 +626,9 @@ impl CertStore for SledStore {
                 }
                 certs.insert(serial, codec::encode_cert(&rec).map_err(abort)?)?;
                 revoked.insert(serial, enc(&entry).map_err(abort)?)?;
+                if let Some(shard) = crate::x509::crl_shard_of(&rec.der) {
+                    by_shard.insert(shard_key(shard, serial), &[] as &[u8])?;
+                }
                 Ok(rec)
             })
             .map_err(|e| tx_err("revoke", e))?;
@@ -1316,6 +1327,77 @@ impl SledStore {
             f(k.to_vec(), dec("lineage lock", &v)?)?;
         }
         Ok(())
+    }
+}
+
+// --- CRL shards (README "CRLs"): the shard index and per-scope CRL numbers ---
+
+fn shard_key(shard: crate::x509::CrlShard, serial: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + serial.len());
+    k.extend_from_slice(&shard.0.to_be_bytes());
+    k.extend_from_slice(serial);
+    k
+}
+
+fn crl_number_key(scope: &str) -> Vec<u8> {
+    [b"crl_number:".as_slice(), scope.as_bytes()].concat()
+}
+
+/// The shard index is a key range per shard; each key's entry is read from `revoked`, so a
+/// pruned certificate (gone from `revoked`) is skipped and its key removed on the way.
+impl super::CrlShards for SledStore {
+    fn for_each_revoked_in_shard(
+        &self,
+        shard: crate::x509::CrlShard,
+        f: &mut dyn FnMut(RevokedEntry) -> Result<()>,
+    ) -> Result<()> {
+        for kv in self.revoked_by_shard.scan_prefix(shard.0.to_be_bytes()) {
+            let (k, _) = kv.map_err(|e| Error::store("scan CRL shard", e))?;
+            let serial = &k[8..];
+            match self
+                .revoked
+                .get(serial)
+                .map_err(|e| Error::store("read revocation", e))?
+            {
+                Some(v) => f(dec("revocation", &v)?)?,
+                None => {
+                    self.revoked_by_shard
+                        .remove(&k)
+                        .map_err(|e| Error::store("drop pruned shard entry", e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn next_crl_number_in(&self, scope: &str) -> Result<u64> {
+        let archived = self.latest_crl(scope)?.map_or(0, |c| c.number);
+        let v = self
+            .meta
+            .update_and_fetch(crl_number_key(scope), |old| {
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some((n.max(archived) + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| Error::store("next CRL number", e))?
+            .ok_or_else(|| Error::Corrupt("CRL number vanished".into()))?;
+        self.durable()?;
+        let b = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| Error::Corrupt("CRL number".into()))?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn archived_crl_scopes(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kv in self.crls.scan_prefix(prefix.as_bytes()) {
+            let (k, _) = kv.map_err(|e| Error::store("scan CRLs", e))?;
+            out.push(
+                String::from_utf8(k.to_vec())
+                    .map_err(|_| Error::Corrupt("CRL scope is not UTF-8".into()))?,
+            );
+        }
+        Ok(out)
     }
 }
 

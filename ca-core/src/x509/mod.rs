@@ -15,6 +15,7 @@
 //! ```
 
 mod crl_check;
+mod crl_shard;
 mod key_id;
 mod pem;
 #[cfg(feature = "issue")]
@@ -26,6 +27,7 @@ mod validity;
 mod tests;
 
 pub use crl_check::{check_crl, CheckedCrl};
+pub use crl_shard::{crl_idp_uri, crl_shard_of, crl_shard_of_url, CrlShard, SHARD_PATH};
 pub use key_id::key_identifier;
 pub use pem::{pem_decode, pem_decode_all, pem_encode, PemError};
 #[cfg(feature = "issue")]

@@ -350,3 +350,32 @@ fn retention_defaults_and_one_refusal_per_class() {
         assert!(err.contains(why), "{extra}: {err}");
     }
 }
+
+#[test]
+fn crl_shards_need_the_crl_url_and_default_off() {
+    let cfg = ServerConfig::parse(MINIMAL).expect("parses");
+    assert!(cfg.crl.shard_width.is_none(), "shards are off by default");
+    assert_eq!(cfg.crl.full_interval(), chrono::Duration::minutes(5));
+    let with = |urls: &str, crl: &str| {
+        let text = MINIMAL.replace(
+            "[profiles.client]",
+            &format!("{urls}\n[crl]\n{crl}\n[profiles.client]"),
+        );
+        ServerConfig::parse(&text).and_then(|c| c.validate().map(|()| c))
+    };
+    let ok = with(
+        "[urls]\ncrl = \"http://ca.test/crl\"",
+        "shard_width = \"6h\"\nfull_interval = \"1m\"",
+    )
+    .expect("valid");
+    assert_eq!(ok.crl.shard_width.unwrap().0, chrono::Duration::hours(6));
+    assert_eq!(ok.crl.full_interval(), chrono::Duration::minutes(1));
+    let back = ServerConfig::parse(&ok.to_toml().unwrap()).unwrap();
+    assert_eq!(back.crl.shard_width, ok.crl.shard_width);
+    let err = with("", "shard_width = \"6h\"").expect_err("no CRL URL");
+    assert!(err.to_string().contains("crl.shard_width"), "{err}");
+    let err = with("", "full_interval = \"-1m\"").expect_err("negative");
+    assert!(err.to_string().contains("crl.full_interval"), "{err}");
+    let err = with("", "shards = 4").expect_err("unknown key");
+    assert!(err.to_string().contains("shards"), "{err}");
+}

@@ -424,6 +424,11 @@ async fn run(
         store: store.clone(),
         clock: Arc::new(SystemClock),
         metrics: metrics.clone(),
+        longest_validity: super::longest_validity(
+            &cfg.profiles,
+            cfg.admin.validity,
+            cfg.tls.validity,
+        ),
     };
     let (ocsp, crl) = (cfg.ocsp.clone(), cfg.crl.clone());
     let parts =

@@ -55,7 +55,7 @@ fn apply(me: &StatusState, change: Change) {
         Change::Revoked(serial) => {
             let s = me.responder.follow_revoked(&serial);
             tracing::debug!(serial = %hex::encode(&serial), withdrawn = s.withdrawn, "revocation by another node");
-            me.crls.mark_stale();
+            me.crls.note_revoked_serial(&serial);
             me.crl_dirty.notify_one();
         }
         Change::OcspResponse(serial) => {
@@ -76,7 +76,18 @@ fn apply(me: &StatusState, change: Change) {
                 tracing::warn!(error = %e, "reading the archived CRL failed");
             }
         }
-        Change::Crl { .. } => {}
+        Change::Crl { scope, .. } if scope == ca_core::crl::DELTA_CRL => {
+            if let Err(e) = me.crls.adopt_archived_delta() {
+                tracing::warn!(error = %e, "reading the archived delta CRL failed");
+            }
+        }
+        Change::Crl { scope, .. } => {
+            if let Some(shard) = ca_core::crl::CrlShard::from_scope(&scope) {
+                if let Err(e) = me.crls.adopt_archived_shard(shard) {
+                    tracing::warn!(%shard, error = %e, "reading an archived CRL shard failed");
+                }
+            }
+        }
         Change::Resync => {
             match me.responder.follow_resync() {
                 Ok(s) => tracing::info!(
@@ -90,6 +101,7 @@ fn apply(me: &StatusState, change: Change) {
                 tracing::warn!(error = %e, "reading the archived CRL failed");
             }
             me.crls.mark_stale();
+            me.crls.mark_all_shards_dirty();
             me.crl_dirty.notify_one();
         }
     }

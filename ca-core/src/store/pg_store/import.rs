@@ -224,7 +224,8 @@ impl<'t, 'c> PgImport<'t, 'c> {
     fn prepare(tx: &'t mut Tx<'c>) -> Result<Self> {
         let mut p = |sql: &str| tx.prepare(sql).map_err(pg("prepare import"));
         Ok(PgImport {
-            revoked: p("INSERT INTO revoked (serial, entry) VALUES ($1, $2)")?,
+            // The shard from the certificate imported before it (README "CRLs").
+            revoked: p("INSERT INTO revoked (serial, entry, shard) VALUES ($1, $2, $3)")?,
             lineage: p("INSERT INTO lineages (lineage, lock) VALUES ($1, $2)")?,
             token: p(
                 "INSERT INTO tokens (hash, expires_at_ns, used_at_ns, rec) VALUES ($1, $2, $3, $4)",
@@ -253,8 +254,16 @@ impl<'t, 'c> PgImport<'t, 'c> {
 
     /// A revocation entry (its certificate must have been imported).
     pub fn insert_revoked(&mut self, entry: &RevokedEntry) -> Result<()> {
+        let shard = match self
+            .tx
+            .query_opt("SELECT rec FROM certs WHERE serial = $1", &[&entry.serial])
+            .map_err(pg("import revocation"))?
+        {
+            Some(row) => super::shard_column(&codec::decode_cert(row.get::<_, &[u8]>(0))?.der),
+            None => None,
+        };
         self.tx
-            .execute(&self.revoked, &[&entry.serial, &enc(entry)?])
+            .execute(&self.revoked, &[&entry.serial, &enc(entry)?, &shard])
             .map_err(pg("import revocation"))?;
         Ok(())
     }

@@ -21,6 +21,15 @@
 //! ([`CrlPublisher::adopt_archived`], told by the change feed). A holder that dies loses the
 //! lease when it expires, and the next node to take it builds at once.
 //!
+//! With [`CrlPublisher::with_shards`] it also publishes sharded CRLs (`shards.rs`, README
+//! "CRLs"): each certificate names the shard of its notAfter window in its CRL distribution
+//! point ([`ShardScheme`]), each shard is a partitioned CRL whose issuing distribution point is
+//! that URL, with a CRL number sequence, an archive scope and a lease of its own. A revocation
+//! marks its shard dirty ([`CrlPublisher::note_revoked_serial`]); the maintenance pass
+//! rebuilds the dirty shards from the store's shard index
+//! ([`CrlShards`](crate::store::CrlShards)) and the full CRL at most once per
+//! `full_interval`.
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # fn f(store: Arc<dyn ca_core::store::Store>, signer: Arc<dyn ca_core::signer::Signer>, issuer_der: Vec<u8>) -> ca_core::Result<()> {
@@ -43,6 +52,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use x509_cert::crl::CertificateList;
 use x509_cert::Certificate;
+
+mod delta;
+mod shards;
+
+pub use crate::x509::{crl_shard_of, CrlShard};
+pub use delta::{DELTA_CRL, DELTA_PATH};
+pub use shards::{ShardPass, ShardScheme};
 
 /// How the CRL publisher dates, rebuilds and labels the CRLs it signs.
 #[derive(Clone, Debug)]
@@ -198,50 +214,13 @@ impl<'a> CrlIssuer<'a> {
 
     fn sign(&self, req: &CrlRequest<'_>) -> Result<SignedCrl> {
         let (this_update, next_update) = update_times(req.this_update, req.next_update)?;
-        let key_identifier_method = match subject_key_id(&self.cert) {
-            Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
-            None => rcgen::KeyIdMethod::Sha256,
-        };
-        let params = rcgen::CertificateRevocationListParams {
-            this_update: to_offset(this_update),
-            next_update: to_offset(next_update),
-            // rcgen writes INTEGERs minimally (leading zeros dropped, a sign octet added).
-            crl_number: rcgen::SerialNumber::from_slice(&req.number.to_be_bytes()),
-            issuing_distribution_point: req.distribution_point.map(|url| {
-                rcgen::CrlIssuingDistributionPoint {
-                    distribution_point: rcgen::CrlDistributionPoint {
-                        uris: vec![url.to_string()],
-                    },
-                    scope: None,
-                }
-            }),
-            revoked_certs: req
-                .entries
-                .iter()
-                .map(|e| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
-                        &e.serial,
-                    )),
-                    revocation_time: to_offset(e.revoked_at),
-                    reason_code: rcgen_reason(e.reason),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method,
-        };
+        let params = rcgen_params(&self.cert, req, this_update, next_update);
         let key = RcgenKey::new(self.signer);
         let rc_issuer = rcgen::Issuer::from_ca_cert_der(&self.cert_der.to_vec().into(), &key)
             .map_err(|e| key.map_err(e))?;
         let crl = params.signed_by(&rc_issuer).map_err(|e| key.map_err(e))?;
         let der = crl.der().to_vec();
-        // Fail closed: never return a CRL whose signature the issuer key does not verify.
-        let parsed = CertificateList::from_der(&der)?;
-        let tbs = parsed.tbs_cert_list.to_der()?;
-        let sig = parsed
-            .signature
-            .as_bytes()
-            .ok_or(Error::SignatureCheckFailed)?;
-        verify(&self.spki_der, &tbs, sig)?;
+        verify_crl(&self.spki_der, &der)?;
         Ok(SignedCrl {
             der,
             number: req.number,
@@ -250,6 +229,57 @@ impl<'a> CrlIssuer<'a> {
             entries: req.entries.len(),
         })
     }
+}
+
+/// rcgen's description of the CRL `req` asks for, with times already checked.
+fn rcgen_params(
+    issuer: &Certificate,
+    req: &CrlRequest<'_>,
+    this_update: DateTime<Utc>,
+    next_update: DateTime<Utc>,
+) -> rcgen::CertificateRevocationListParams {
+    let key_identifier_method = match subject_key_id(issuer) {
+        Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+        None => rcgen::KeyIdMethod::Sha256,
+    };
+    rcgen::CertificateRevocationListParams {
+        this_update: to_offset(this_update),
+        next_update: to_offset(next_update),
+        // rcgen writes INTEGERs minimally (leading zeros dropped, a sign octet added).
+        crl_number: rcgen::SerialNumber::from_slice(&req.number.to_be_bytes()),
+        issuing_distribution_point: req.distribution_point.map(|url| {
+            rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec![url.to_string()],
+                },
+                scope: None,
+            }
+        }),
+        revoked_certs: req
+            .entries
+            .iter()
+            .map(|e| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
+                    &e.serial,
+                )),
+                revocation_time: to_offset(e.revoked_at),
+                reason_code: rcgen_reason(e.reason),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method,
+    }
+}
+
+/// Fail closed: never return a CRL whose signature the issuer key does not verify.
+fn verify_crl(issuer_spki_der: &[u8], der: &[u8]) -> Result<()> {
+    let parsed = CertificateList::from_der(der)?;
+    let tbs = parsed.tbs_cert_list.to_der()?;
+    let sig = parsed
+        .signature
+        .as_bytes()
+        .ok_or(Error::SignatureCheckFailed)?;
+    verify(issuer_spki_der, &tbs, sig)
 }
 
 /// thisUpdate and nextUpdate in whole seconds, nextUpdate strictly later.
@@ -355,6 +385,8 @@ pub struct CrlPublisher {
     lease_ttl: std::time::Duration,
     /// Whether this publisher held [`CRL_LEASE`] at its last attempt.
     holding: AtomicBool,
+    /// The sharded CRLs, when [`CrlPublisher::with_shards`] turned them on.
+    shards: Option<shards::Shards>,
 }
 
 impl std::fmt::Debug for CrlPublisher {
@@ -390,7 +422,49 @@ impl CrlPublisher {
             holder: lease_holder_name(),
             lease_ttl: DEFAULT_CRL_LEASE_TTL,
             holding: AtomicBool::new(false),
+            shards: None,
         })
+    }
+
+    /// Publish sharded CRLs too (README "CRLs"): certificates then name their shard's URL
+    /// ([`ShardScheme::url`]); the full CRL drops its issuing distribution point (it lists
+    /// every revocation, so it is a complete CRL for every certificate, whichever URL it
+    /// names) and, after revocations, is rebuilt at most once per `full_interval` (the shards
+    /// carry the revocation at once).
+    pub fn with_shards(mut self, scheme: ShardScheme, full_interval: Duration) -> Self {
+        self.config.distribution_point = None;
+        self.shards = Some(shards::Shards::new(scheme, full_interval));
+        self
+    }
+
+    /// The shard scheme, when shards are on.
+    pub fn shard_scheme(&self) -> Option<&ShardScheme> {
+        self.shards.as_ref().map(|s| &s.scheme)
+    }
+
+    /// Note a revocation (or an attempt whose outcome is unsure) of `serial`: the full CRL is
+    /// stale and, with shards on, the shard the certificate names is dirty (its record is read
+    /// once; a certificate the store does not know changes no CRL). Call it after a
+    /// revocation, whether or not the rebuild it triggers succeeds.
+    pub fn note_revoked_serial(&self, serial: &[u8]) {
+        self.mark_stale();
+        let Some(shards) = &self.shards else {
+            return;
+        };
+        shards::lock(&shards.delta).note(serial);
+        match self.store.get_cert(serial) {
+            Ok(Some(rec)) => {
+                if let Some(shard) = crl_shard_of(&rec.der) {
+                    shards.mark_dirty(shard);
+                }
+            }
+            Ok(None) => {}
+            // Unsure which shard: every live one is rebuilt at the next pass.
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a revoked certificate failed; every CRL shard is rebuilt");
+                shards.mark_all_dirty();
+            }
+        }
     }
 
     /// Hold the CRL lease for `ttl` at each renewal (longer than the interval between
@@ -444,6 +518,10 @@ impl CrlPublisher {
         if self.current().is_some_and(|c| c.number >= checked.number) {
             return Ok(false);
         }
+        // Another node's base: this node's deltas would name a base it does not serve.
+        if let Some(shards) = &self.shards {
+            shards::lock(&shards.delta).forget_base();
+        }
         self.set_current(Arc::new(SignedCrl {
             der: stored.der,
             number: checked.number,
@@ -462,8 +540,18 @@ impl CrlPublisher {
         if let Err(e) = self.adopt_archived() {
             tracing::warn!(error = %e, "reading the archived CRL failed");
         }
+        // Shards first: certificates issued from now on name them. A failure leaves them to
+        // the maintenance task (no shard CRL yet is due there).
+        if self.shards.is_some() {
+            if let Err(e) = self.regenerate_shards_if_due() {
+                tracing::warn!(error = %e, "building the CRL shards at start failed; the maintenance task retries");
+            }
+        }
         match self.regenerate_if_due() {
             Ok(_) => {
+                if let Err(e) = self.regenerate_delta_if_due() {
+                    tracing::warn!(error = %e, "building the delta CRL at start failed; the maintenance task retries");
+                }
                 if self.current().is_none() {
                     tracing::warn!("no CRL yet: another node holds the CRL lease and has archived none; /crl answers 503 until it does");
                 }
@@ -493,16 +581,24 @@ impl CrlPublisher {
         // Cleared before the store is read: a revocation during the build marks it again.
         self.stale.store(false, Ordering::SeqCst);
         let now = self.clock.now();
-        let built = build_crl_with(
-            self.store.as_ref(),
-            self.signer.as_ref(),
-            &self.issuer_cert_der,
-            now,
-            now + self.config.validity,
-            self.config.distribution_point.as_deref(),
-        );
+        let built = match &self.shards {
+            None => build_crl_with(
+                self.store.as_ref(),
+                self.signer.as_ref(),
+                &self.issuer_cert_der,
+                now,
+                now + self.config.validity,
+                self.config.distribution_point.as_deref(),
+            ),
+            Some(shards) => self.build_base(shards, now),
+        };
         let crl = match built {
-            Ok(crl) => Arc::new(crl),
+            Ok(crl) => {
+                if let Some(shards) = &self.shards {
+                    shards.full_built(now);
+                }
+                Arc::new(crl)
+            }
             Err(e) => {
                 self.stale.store(true, Ordering::SeqCst);
                 return Err(e);
@@ -520,6 +616,9 @@ impl CrlPublisher {
             // A node that held the lease before this one archived a higher number meanwhile:
             // serve that one (numbers only increase, so it is newer).
             Ok(false) => {
+                if let Some(shards) = &self.shards {
+                    shards::lock(&shards.delta).forget_base();
+                }
                 self.set_current(crl.clone());
                 let _ = self.adopt_archived();
                 return Ok(self.current().unwrap_or(crl));
@@ -568,7 +667,9 @@ impl CrlPublisher {
         let now = self.clock.now();
         let due = match self.current() {
             Some(c) => {
-                c.next_update - now <= self.config.refresh_before || self.is_stale() || took_over
+                c.next_update - now <= self.config.refresh_before
+                    || (self.is_stale() && self.full_rebuild_allowed(now))
+                    || took_over
             }
             None => true,
         };
