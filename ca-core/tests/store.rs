@@ -123,6 +123,7 @@ contract!(
     concurrent_audit_appends_form_one_chain,
     audit_checkpoints_are_kept_in_order,
     ocsp_responses_are_replaced_and_visited,
+    group_responses_are_kept_once_read_per_member_and_swept_after_the_last,
     visits_stream_every_record,
     list_filters_answer,
     only_the_newest_generation_renews_and_a_locked_lineage_never_does,
@@ -757,6 +758,57 @@ fn ocsp_response(serial: u16, der: u8) -> StoredOcspResponse {
         der: vec![0x30, der],
         this_update: now,
         next_update: now + Duration::hours(1),
+    }
+}
+
+/// A group response (one signature for several certificates) is kept once: every member
+/// reads it as its own, a member re-signed on its own leaves the others alone, and the group's
+/// bytes go only once no member links to them (and not before `written_before`).
+fn group_responses_are_kept_once_read_per_member_and_swept_after_the_last(place: Place) {
+    let group = [
+        ocsp_response(20, 7),
+        ocsp_response(21, 7),
+        ocsp_response(22, 7),
+    ];
+    let written = group[0].this_update;
+    {
+        let s = place.open();
+        s.put_ocsp_responses_lazy(&group).unwrap();
+        s.flush().unwrap();
+    }
+    let s = place.open();
+    let get = |n: u16| s.get_ocsp_response(&n.to_be_bytes()).unwrap();
+    for r in &group {
+        assert_eq!(s.get_ocsp_response(&r.serial).unwrap().as_ref(), Some(r));
+    }
+    let mut seen = Vec::new();
+    s.for_each_ocsp_response(&mut |r| {
+        seen.push(r);
+        Ok(())
+    })
+    .unwrap();
+    seen.sort_by(|a, b| a.serial.cmp(&b.serial));
+    assert_eq!(seen, group.to_vec());
+    // One member re-signed (revoked, refreshed): the others still read the group.
+    s.put_ocsp_response(&ocsp_response(20, 9)).unwrap();
+    assert_eq!(get(20), Some(ocsp_response(20, 9)));
+    assert_eq!(get(21), Some(ocsp_response(21, 7)));
+    // A member still links to the group: never swept, however old.
+    let later = written + Duration::days(365);
+    assert_eq!(s.sweep_ocsp_groups(later).unwrap(), 0);
+    assert_eq!(get(22), Some(ocsp_response(22, 7)));
+    // Present means present: a link is not overwritten by an if-absent write.
+    assert!(!s
+        .put_ocsp_response_if_absent(&ocsp_response(21, 8))
+        .unwrap());
+    s.put_ocsp_response(&ocsp_response(21, 9)).unwrap();
+    s.put_ocsp_response(&ocsp_response(22, 9)).unwrap();
+    // No link left: swept, but only a group written before the given time.
+    assert_eq!(s.sweep_ocsp_groups(written).unwrap(), 0);
+    assert_eq!(s.sweep_ocsp_groups(later).unwrap(), 1);
+    assert_eq!(s.sweep_ocsp_groups(later).unwrap(), 0);
+    for n in 20..=22 {
+        assert_eq!(get(n), Some(ocsp_response(n, 9)));
     }
 }
 

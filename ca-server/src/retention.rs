@@ -43,6 +43,9 @@ pub struct PassReport {
     pub tokens: usize,
     /// Stored group OCSP responses stored again under a member still in the store.
     pub ocsp_kept: usize,
+    /// Group OCSP responses no member links to any more, removed
+    /// ([`ca_core::store::OcspResponseStore::sweep_ocsp_groups`]).
+    pub ocsp_groups: usize,
     /// The certificate cutoff ([`CertCutoff`]) this pass used.
     pub cutoff: Option<CertCutoff>,
     /// Tokens that finished before this were pruned.
@@ -170,6 +173,14 @@ impl Pruner {
                 if n < batch {
                     break;
                 }
+            }
+            // Groups every member of which was re-signed on its own or pruned. Only groups
+            // older than a few minutes: one being written has its links a moment later.
+            if !stop() {
+                report.ocsp_groups = self
+                    .store
+                    .sweep_ocsp_groups(now - chrono::Duration::minutes(10))?;
+                self.count("ocsp_group", report.ocsp_groups);
             }
             Ok(())
         })();

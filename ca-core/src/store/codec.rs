@@ -222,6 +222,51 @@ pub(super) fn encode_ocsp(resp: &StoredOcspResponse) -> Result<Vec<u8>> {
     Ok(w.0)
 }
 
+/// An OCSP record that names the group response it shares instead of holding the bytes
+/// (`OcspResponseStore::put_ocsp_responses_lazy`: one group response signed for several
+/// certificates is kept once).
+const OCSP_LINK: u8 = 0x4c;
+
+/// What the OCSP tree or table holds under a serial.
+pub(super) enum OcspRecord {
+    /// The response itself.
+    Full(StoredOcspResponse),
+    /// A member of a group response kept once, under `group`.
+    Link {
+        group: Vec<u8>,
+        this_update: DateTime<Utc>,
+        next_update: DateTime<Utc>,
+    },
+}
+
+/// Encode a link to the group response kept under `group`.
+pub(super) fn encode_ocsp_link(resp: &StoredOcspResponse, group: &[u8]) -> Result<Vec<u8>> {
+    let mut w = W(Vec::with_capacity(24 + group.len()));
+    w.u8(OCSP_LINK);
+    w.bytes(group)?;
+    w.time(resp.this_update);
+    w.time(resp.next_update);
+    Ok(w.0)
+}
+
+/// Decode what is kept under a serial: a response, or a link to a group response.
+pub(super) fn decode_ocsp_record(b: &[u8]) -> Result<OcspRecord> {
+    if b.first() != Some(&OCSP_LINK) {
+        return decode_ocsp(b).map(OcspRecord::Full);
+    }
+    let mut r = R {
+        what: "OCSP link",
+        b: &b[1..],
+    };
+    let link = OcspRecord::Link {
+        group: r.bytes()?,
+        this_update: r.time()?,
+        next_update: r.time()?,
+    };
+    r.end()?;
+    Ok(link)
+}
+
 /// Decode a stored OCSP response (version 1, or the JSON of earlier versions).
 pub(super) fn decode_ocsp(b: &[u8]) -> Result<StoredOcspResponse> {
     const WHAT: &str = "OCSP response";

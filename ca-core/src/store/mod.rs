@@ -600,12 +600,21 @@ pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
     fn put_ocsp_response_lazy(&self, resp: &StoredOcspResponse) -> Result<()> {
         self.put_ocsp_response(resp)
     }
-    /// [`OcspResponseStore::put_ocsp_response_lazy`] for several responses (one group
-    /// response kept under each serial it covers), in one round trip where the store can.
+    /// [`OcspResponseStore::put_ocsp_response_lazy`] for several responses: one group
+    /// response, kept under each serial it covers. Reading any of them gives the whole
+    /// response under that serial; stores keep the bytes once where they can (sled,
+    /// PostgreSQL: the members link to one group record), in one round trip.
     fn put_ocsp_responses_lazy(&self, resps: &[StoredOcspResponse]) -> Result<()> {
         resps
             .iter()
             .try_for_each(|r| self.put_ocsp_response_lazy(r))
+    }
+    /// Remove group responses written before `written_before` that no member links to any
+    /// more (every member re-signed on its own, or pruned); returns how many. Stores that keep
+    /// a group's bytes once ([`OcspResponseStore::put_ocsp_responses_lazy`]) implement it; run
+    /// by the retention pass.
+    fn sweep_ocsp_groups(&self, _written_before: DateTime<Utc>) -> Result<usize> {
+        Ok(0)
     }
     /// Visit all kept OCSP responses.
     fn for_each_ocsp_response(

@@ -206,6 +206,17 @@ CREATE TABLE audit_start (
     cp bytea NOT NULL
 );
 "#,
+    // Group OCSP responses kept once (`put_ocsp_responses_lazy`): the members' rows link to
+    // the group's row by `grp` (their `rec` holds the link and their own times).
+    r#"
+CREATE TABLE ocsp_groups (
+    head bytea PRIMARY KEY,
+    rec bytea NOT NULL,
+    this_update_s bigint NOT NULL
+);
+ALTER TABLE ocsp_responses ADD COLUMN grp bytea;
+CREATE INDEX ocsp_responses_by_group ON ocsp_responses (grp) WHERE grp IS NOT NULL;
+"#,
     // Certificate counters (`counters` below): per (profile, notAfter UTC day, revoked) in
     // `COUNT_SLOTS` slots, filled once here from the certificates already stored. The
     // profile is inside the record (`codec`): two helper functions read it, dropped again.
@@ -957,7 +968,7 @@ impl PgStore {
         };
         let sql = if replace {
             "WITH w AS (INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
-             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec RETURNING 1) \
+             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec, grp = NULL RETURNING 1) \
              SELECT pg_notify($3, $4) FROM w"
         } else {
             "WITH w AS (INSERT INTO ocsp_responses (serial, rec) VALUES ($1, $2) \
@@ -990,40 +1001,87 @@ impl OcspResponseStore for PgStore {
                 .iter()
                 .try_for_each(|r| self.put_ocsp_response_lazy(r));
         }
+        let head = &resps[0];
+        if resps.iter().any(|r| r.der != head.der) {
+            return resps
+                .iter()
+                .try_for_each(|r| self.put_ocsp_response_lazy(r));
+        }
         let mut c = self.pooled()?;
         c.set_synchronous_commit(false)
             .map_err(pg("put OCSP responses"))?;
         let serials: Vec<&[u8]> = resps.iter().map(|r| r.serial.as_slice()).collect();
-        let recs = resps
+        let links = resps
             .iter()
-            .map(codec::encode_ocsp)
+            .map(|r| codec::encode_ocsp_link(r, &head.serial))
             .collect::<Result<Vec<_>>>()?;
         let changes: Vec<String> = resps
             .iter()
             .map(|r| Change::OcspResponse(r.serial.clone()).encode(self.listener.origin()))
             .collect();
-        // One statement: the rows, then one notification each (a data-modifying CTE runs
-        // whether or not the outer query reads it).
+        // One statement: the group's bytes once, a link row per member, then one
+        // notification each (a data-modifying CTE runs whether or not the outer query reads
+        // it).
         c.execute(
-            "WITH w AS (INSERT INTO ocsp_responses (serial, rec) \
-             SELECT s, r FROM unnest($1::bytea[], $2::bytea[]) AS t(s, r) \
-             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec RETURNING 1) \
+            "WITH g AS (INSERT INTO ocsp_groups (head, rec, this_update_s) VALUES ($5, $6, $7) \
+             ON CONFLICT (head) DO UPDATE SET rec = excluded.rec, \
+             this_update_s = excluded.this_update_s), \
+             w AS (INSERT INTO ocsp_responses (serial, rec, grp) \
+             SELECT s, r, $5 FROM unnest($1::bytea[], $2::bytea[]) AS t(s, r) \
+             ON CONFLICT (serial) DO UPDATE SET rec = excluded.rec, grp = excluded.grp \
+             RETURNING 1) \
              SELECT pg_notify($3, n) FROM unnest($4::text[]) AS n",
-            &[&serials, &recs, &CHANNEL, &changes],
+            &[
+                &serials,
+                &links,
+                &CHANNEL,
+                &changes,
+                &head.serial,
+                &codec::encode_ocsp(head)?,
+                &head.this_update.timestamp(),
+            ],
         )
         .map_err(pg("put OCSP responses"))?;
         Ok(())
+    }
+
+    fn sweep_ocsp_groups(&self, written_before: DateTime<Utc>) -> Result<usize> {
+        let n = self
+            .conn()?
+            .execute(
+                "DELETE FROM ocsp_groups g WHERE g.this_update_s < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM ocsp_responses r WHERE r.grp = g.head)",
+                &[&written_before.timestamp()],
+            )
+            .map_err(pg("sweep OCSP groups"))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn for_each_ocsp_response(
         &self,
         f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
     ) -> Result<()> {
-        self.stream_by_serial(
-            "scan OCSP responses",
-            "SELECT serial, rec FROM ocsp_responses WHERE serial > $1 ORDER BY serial LIMIT $2",
-            &mut |v| f(codec::decode_ocsp(v)?),
-        )
+        let mut last: Vec<u8> = Vec::new();
+        loop {
+            let rows = self
+                .read_conn()?
+                .query(
+                    "SELECT r.serial, r.rec, g.rec FROM ocsp_responses r \
+                     LEFT JOIN ocsp_groups g ON g.head = r.grp \
+                     WHERE r.serial > $1 ORDER BY r.serial LIMIT $2",
+                    &[&last, &BATCH],
+                )
+                .map_err(pg("scan OCSP responses"))?;
+            for r in &rows {
+                if let Some(resp) = resolve_ocsp(r.get(0), r.get(1), r.get(2))? {
+                    f(resp)?;
+                }
+            }
+            match rows.last() {
+                Some(r) if rows.len() as i64 == BATCH => last = r.get(0),
+                _ => return Ok(()),
+            }
+        }
     }
 
     fn put_ocsp_response_if_absent(&self, resp: &StoredOcspResponse) -> Result<bool> {
@@ -1031,14 +1089,45 @@ impl OcspResponseStore for PgStore {
     }
 
     fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
-        self.read_conn()?
+        match self
+            .read_conn()?
             .query_opt(
-                "SELECT rec FROM ocsp_responses WHERE serial = $1",
+                "SELECT r.serial, r.rec, g.rec FROM ocsp_responses r \
+                 LEFT JOIN ocsp_groups g ON g.head = r.grp WHERE r.serial = $1",
                 &[&serial],
             )
             .map_err(pg("get OCSP response"))?
-            .map(|r| codec::decode_ocsp(r.get::<_, &[u8]>(0)))
-            .transpose()
+        {
+            Some(r) => resolve_ocsp(r.get(0), r.get(1), r.get(2)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The response a row of `ocsp_responses` gives for its serial: the record itself, or the
+/// group response it links to (`group`, joined), as the member's (`None` if that group is
+/// gone).
+fn resolve_ocsp(
+    serial: &[u8],
+    rec: &[u8],
+    group: Option<&[u8]>,
+) -> Result<Option<StoredOcspResponse>> {
+    match codec::decode_ocsp_record(rec)? {
+        codec::OcspRecord::Full(r) => Ok(Some(r)),
+        codec::OcspRecord::Link {
+            this_update,
+            next_update,
+            ..
+        } => group
+            .map(|g| {
+                codec::decode_ocsp(g).map(|g| StoredOcspResponse {
+                    serial: serial.to_vec(),
+                    der: g.der,
+                    this_update,
+                    next_update,
+                })
+            })
+            .transpose(),
     }
 }
 
@@ -1598,7 +1687,14 @@ impl Retention for PgStore {
             )
             .map_err(pg("prune OCSP responses"))?
             .iter()
-            .map(|r| codec::decode_ocsp(r.get::<_, &[u8]>(0)))
+            .map(|r| codec::decode_ocsp_record(r.get::<_, &[u8]>(0)))
+            // A link needs nothing kept: its group stays for the other members (and goes by
+            // `sweep_ocsp_groups` after the last).
+            .filter_map(|r| match r {
+                Ok(codec::OcspRecord::Full(r)) => Some(Ok(r)),
+                Ok(codec::OcspRecord::Link { .. }) => None,
+                Err(e) => Some(Err(e)),
+            })
             .collect::<Result<Vec<_>>>()?;
         count_pruned(&mut tx, &pruned_keys)?;
         let deleted = tx

@@ -67,6 +67,9 @@ pub struct SledStore {
     audit_checkpoints: sled::Tree,
     meta: sled::Tree,
     ocsp: sled::Tree,
+    /// Group responses kept once for all their members, by the group's first serial; the
+    /// members' records in `ocsp` link here (`codec::OcspRecord::Link`).
+    ocsp_groups: sled::Tree,
     /// Lineage index: `len(lineage) lineage generation(u32 BE) serial` -> empty.
     by_lineage: sled::Tree,
     /// Locked lineages: lineage -> [`LineageLock`] (JSON).
@@ -198,6 +201,7 @@ impl SledStore {
             audit_checkpoints: tree("audit_checkpoints")?,
             meta: tree("meta")?,
             ocsp: tree("ocsp")?,
+            ocsp_groups: tree("ocsp_groups")?,
             by_lineage: tree("by_lineage")?,
             lineage_locks: tree("lineage_locks")?,
             crls: tree("crls")?,
@@ -784,12 +788,48 @@ impl OcspResponseStore for SledStore {
         Ok(kept)
     }
 
-    fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
+    fn put_ocsp_responses_lazy(&self, resps: &[StoredOcspResponse]) -> Result<()> {
+        let [head, rest @ ..] = resps else {
+            return Ok(());
+        };
+        if rest.is_empty() || rest.iter().any(|r| r.der != head.der) {
+            return resps
+                .iter()
+                .try_for_each(|r| self.put_ocsp_response_lazy(r));
+        }
+        // The group's bytes once, then a link per member (the group first: a link never
+        // names a group that is not there yet).
+        self.ocsp_groups
+            .insert(head.serial.as_slice(), codec::encode_ocsp(head)?)
+            .map_err(|e| Error::store("put OCSP group response", e))?;
+        let mut batch = sled::Batch::default();
+        for r in resps {
+            batch.insert(
+                r.serial.as_slice(),
+                codec::encode_ocsp_link(r, &head.serial)?,
+            );
+        }
         self.ocsp
+            .apply_batch(batch)
+            .map_err(|e| Error::store("put OCSP responses", e))?;
+        if self.feed.has_subscribers() {
+            for r in resps {
+                self.feed
+                    .publish(&Change::OcspResponse(r.serial.clone()), true);
+            }
+        }
+        Ok(())
+    }
+
+    fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>> {
+        match self
+            .ocsp
             .get(serial)
             .map_err(|e| Error::store("get OCSP response", e))?
-            .map(|v| codec::decode_ocsp(&v))
-            .transpose()
+        {
+            Some(v) => self.resolve_ocsp(serial, &v),
+            None => Ok(None),
+        }
     }
 
     fn for_each_ocsp_response(
@@ -797,10 +837,71 @@ impl OcspResponseStore for SledStore {
         f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
     ) -> Result<()> {
         for kv in self.ocsp.iter() {
-            let (_, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
-            f(codec::decode_ocsp(&v)?)?;
+            let (k, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
+            if let Some(resp) = self.resolve_ocsp(&k, &v)? {
+                f(resp)?;
+            }
         }
         Ok(())
+    }
+
+    fn sweep_ocsp_groups(&self, written_before: DateTime<Utc>) -> Result<usize> {
+        // Every group key first, then every link: a group written after the first step is
+        // not a candidate; one written before it whose links are not there yet is spared by
+        // its age (the links follow within the same call).
+        let mut candidates = Vec::new();
+        for kv in self.ocsp_groups.iter() {
+            let (k, v) = kv.map_err(|e| Error::store("scan OCSP groups", e))?;
+            if codec::decode_ocsp(&v)?.this_update < written_before {
+                candidates.push(k);
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let mut linked = std::collections::HashSet::new();
+        for kv in self.ocsp.iter() {
+            let (_, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
+            if let codec::OcspRecord::Link { group, .. } = codec::decode_ocsp_record(&v)? {
+                linked.insert(group);
+            }
+        }
+        let mut removed = 0;
+        for k in candidates {
+            if !linked.contains(k.as_ref()) {
+                self.ocsp_groups
+                    .remove(&k)
+                    .map_err(|e| Error::store("remove OCSP group", e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl SledStore {
+    /// The response a record of the OCSP tree gives for `serial`: the record itself, or the
+    /// group response it links to, as the member's (`None` if that group is gone).
+    fn resolve_ocsp(&self, serial: &[u8], v: &[u8]) -> Result<Option<StoredOcspResponse>> {
+        match codec::decode_ocsp_record(v)? {
+            codec::OcspRecord::Full(r) => Ok(Some(r)),
+            codec::OcspRecord::Link {
+                group,
+                this_update,
+                next_update,
+            } => Ok(self
+                .ocsp_groups
+                .get(&group)
+                .map_err(|e| Error::store("get OCSP group response", e))?
+                .map(|g| codec::decode_ocsp(&g))
+                .transpose()?
+                .map(|g| StoredOcspResponse {
+                    serial: serial.to_vec(),
+                    der: g.der,
+                    this_update,
+                    next_update,
+                })),
+        }
     }
 }
 
@@ -1184,9 +1285,14 @@ impl Retention for SledStore {
                         by_lineage.remove(lineage_key(&rec))?;
                         revoked.remove(serial.as_slice())?;
                         for key in super::ocsp_keys(serial) {
+                            // A link needs nothing kept: its group stays for the other
+                            // members (and goes by `sweep_ocsp_groups` after the last).
                             if let Some(o) = ocsp.remove(key)? {
-                                out.ocsp_responses
-                                    .push(codec::decode_ocsp(&o).map_err(abort)?);
+                                if let codec::OcspRecord::Full(r) =
+                                    codec::decode_ocsp_record(&o).map_err(abort)?
+                                {
+                                    out.ocsp_responses.push(r);
+                                }
                             }
                         }
                         let lineage = rec.with_lineage_defaults().lineage;

@@ -21,7 +21,8 @@ use r2d2_postgres::postgres::{self, Statement};
 use serde::{Deserialize, Serialize};
 
 /// Every table of the store, in the order they are locked.
-const TABLES: &str = "certs, revoked, lineages, tokens, ocsp_responses, crl_number, crls, \
+const TABLES: &str =
+    "certs, revoked, lineages, tokens, ocsp_responses, ocsp_groups, crl_number, crls, \
                       audit_events, audit_head, audit_checkpoints, cert_counts";
 
 /// How long [`PgStore::import`] waits for the tables' locks (a node using the database holds
