@@ -18,9 +18,10 @@
 # is the ratio of the 200k default to 1M certificates), so the random mix misses as it would
 # at a million.
 #
-# With BASE_BIN=<another ca-server> the restart, RSS and OCSP measurements are repeated at each
-# step with that build on a copy of the same directory (its config without
-# `cache_max_entries`, which older builds do not know): previous build and this one, same run.
+# With BASE_BIN=<another ca-server> a second directory is grown with that build in the same
+# run, step by step (each build keeps its own store format; its config has no
+# `cache_max_entries`, which older builds do not know): previous build and this one, side by
+# side.
 #
 # Usage: bench/scale.sh [SIZE...]   (default: 10000 100000; e.g. 10000 100000 1000000)
 # Env: SCALE_REVOKE (default 2000 per step), SCALE_RANDOM (20000), SCALE_CACHE (20000),
@@ -44,10 +45,9 @@ dir="$(mktemp -d "${BENCH_DIR:-/var/tmp}/ca-bench-scale.XXXXXX")"
 pid=""
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$dir" "$dir.work" "$dir.base"
+  rm -rf "$dir" "$dir.work" "$dir.base" "$dir.base.work"
 }
 trap cleanup EXIT
-mkdir -p "$dir.work"
 
 since() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN { print a - b }'; }
 rss_mb() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
@@ -84,63 +84,42 @@ ocsp() {
     'BEGIN { printf "%s %s\n", r, (h + m > 0 ? sprintf("%.0f%%", 100 * h / (h + m)) : "-") }'
 }
 
-# A dev CA without rate limits, its answer cache bounded at SCALE_CACHE.
-start; stop
-awk '
-  /^\[/ { sec = $0 }
-  (sec == "[limits.enroll]" || sec == "[limits.renew]" || sec == "[limits.admin]") && /^per_second =/ { $0 = "per_second = 1000000" }
-  (sec == "[limits.enroll]" || sec == "[limits.renew]" || sec == "[limits.admin]") && /^burst =/ { $0 = "burst = 1000000" }
-  { print }
-' "$dir/config.toml" >"$dir/config.toml.new"
-mv "$dir/config.toml.new" "$dir/config.toml"
-if grep -q '^\[ocsp\]' "$dir/config.toml"; then
-  sed -i "/^\[ocsp\]/a cache_max_entries = $cache" "$dir/config.toml"
-else
-  printf '\n[ocsp]\ncache_max_entries = %s\n' "$cache" >>"$dir/config.toml"
-fi
-
-# restart_row NAME BIN DIR: restart, RSS and OCSP on DIR with BIN; appends a table row.
-restart_row() {
-  start "$2" "$3"
-  rss_ready=$(rss_mb)
-  prev=-1
-  # Loaded when the answers in memory stop changing (older builds load before serving).
-  while e=$(metric ca_ocsp_cache_entries); [ "${e:-none}" != "$prev" ]; do prev=${e:-none}; sleep 1; done
-  t_loaded=$(since "$t0")
-  rss_loaded=$(rss_mb)
-  read -r rps_random hit_random < <(ocsp "$dir.work/random.txt")
-  read -r rps_hot hit_hot < <(ocsp "$dir.work/hot.txt")
-  rss_after=$(rss_mb)
-  stop
-  rows+=("$(printf '| %s | %s | %.0f | %s | %s | %s | %s / %s | %.2f / %.2f / %.0f | %s / %s / %s | %s (%s) | %s (%s) |' \
-    "$1" "$revoked" "$(awk -v b="$store_bytes" -v n="$n" 'BEGIN {print b / n}')" "$crl_bytes" \
-    "$enroll_rate" "$revoke_rate" "$revoke_p50" "$revoke_p99" \
-    "$t_serving" "$t_ready" "$t_loaded" "$rss_ready" "$rss_loaded" "$rss_after" \
-    "$rps_random" "$hit_random" "$rps_hot" "$hit_hot")")
+# prepare BIN DIR CACHE: a dev CA in DIR without rate limits, its answer cache bounded at CACHE
+# (none: the build's default; older builds do not know the setting).
+prepare() {
+  local b=$1 d=$2
+  mkdir -p "$d.work"
+  start "$b" "$d"; stop
+  awk '
+    /^\[/ { sec = $0 }
+    (sec == "[limits.enroll]" || sec == "[limits.renew]" || sec == "[limits.admin]") && /^per_second =/ { $0 = "per_second = 1000000" }
+    (sec == "[limits.enroll]" || sec == "[limits.renew]" || sec == "[limits.admin]") && /^burst =/ { $0 = "burst = 1000000" }
+    { print }
+  ' "$d/config.toml" >"$d/config.toml.new"
+  mv "$d/config.toml.new" "$d/config.toml"
+  [ "$3" = none ] && return
+  if grep -q '^\[ocsp\]' "$d/config.toml"; then
+    sed -i "/^\[ocsp\]/a cache_max_entries = $3" "$d/config.toml"
+  else
+    printf '\n[ocsp]\ncache_max_entries = %s\n' "$3" >>"$d/config.toml"
+  fi
 }
 
-have=0; revoked=0
-rows=()
-for n in "${sizes[@]}"; do
-  [ "$n" -gt "$have" ] || { echo "scale.sh: sizes must grow ($n after $have)" >&2; exit 2; }
-  free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
-  if [ $(( (n - have) * 8 )) -gt "$free_kb" ]; then
-    echo "scale.sh: stopping before $n certificates: $((free_kb / 1024)) MB free on $(df -P "$dir" | awk 'NR == 2 {print $6}') (about 7 KB each)" >&2
-    rows+=("| $n | not reached: the disk holds about $((free_kb / 8)) more certificates |||||||||")
-    break
-  fi
-  start
-  echo "scale.sh: growing to $n certificates (+$((n - have))), revoking $revoke" >&2
+# step NAME BIN DIR N: grow DIR to N certificates with BIN (from $have), revoke, then restart,
+# RSS and OCSP; appends a table row.
+step() {
+  local name=$1 b=$2 d=$3 n=$4 w="$3.work"
+  start "$b" "$d"
+  echo "scale.sh: $name: growing to $n certificates (+$((n - have))), revoking $revoke" >&2
   "$gen" --url "$CA_URL" --root "$CA_ROOT" --admin-cert "$CA_ADMIN_CERT" --admin-key "$CA_ADMIN_KEY" \
-    --enroll "$((n - have))" --renew 0 --revoke "$revoke" --conns 16 --server-pid "$pid" >"$dir.work/api.md"
-  read -r enroll_rate _ _ < <(phase enroll "$dir.work/api.md")
-  read -r revoke_rate revoke_p50 revoke_p99 < <(phase revoke "$dir.work/api.md")
-  have=$n; revoked=$((revoked + revoke))
+    --enroll "$((n - have))" --renew 0 --revoke "$revoke" --conns 16 --server-pid "$pid" >"$w/api.md"
+  read -r enroll_rate _ _ < <(phase enroll "$w/api.md")
+  read -r revoke_rate revoke_p50 revoke_p99 < <(phase revoke "$w/api.md")
   sleep 2 # the CRL task rebuilds after the last revocations
   crl_bytes=$(curl -fsS "$CA_STATUS_URL/crl" | wc -c)
-  curl -fsS -o "$dir.work/issuer.crt" "$CA_STATUS_URL/ca.crt"
-  "$bin" certs export --json --status valid >"$dir.work/certs.ndjson"
-  python3 - "$dir.work" "$random" <<'EOF'
+  curl -fsS -o "$w/issuer.crt" "$CA_STATUS_URL/ca.crt"
+  "$b" certs export --json --status valid >"$w/certs.ndjson"
+  python3 - "$w" "$random" <<'EOF'
 import json, random, sys
 work, n = sys.argv[1], int(sys.argv[2])
 serials = [json.loads(l)["serial"].replace(":", "") for l in open(f"{work}/certs.ndjson")]
@@ -148,18 +127,45 @@ random.seed(17)
 open(f"{work}/random.serials", "w").write("\n".join(random.sample(serials, min(n, len(serials)))) + "\n")
 open(f"{work}/hot.serials", "w").write("\n".join(serials[-100:]) + "\n")
 EOF
-  "$load" requests "$dir.work/issuer.crt" "$dir.work/random.serials" "$dir.work/random.txt"
-  "$load" requests "$dir.work/issuer.crt" "$dir.work/hot.serials" "$dir.work/hot.txt"
+  "$load" requests "$w/issuer.crt" "$w/random.serials" "$w/random.txt"
+  "$load" requests "$w/issuer.crt" "$w/hot.serials" "$w/hot.txt"
   stop
-  store_bytes=$(du -sb "$dir/store" | awk '{print $1}')
+  store_bytes=$(du -sb "$d/store" | awk '{print $1}')
 
-  if [ -n "${BASE_BIN:-}" ]; then
-    rm -rf "$dir.base"; cp -a "$dir" "$dir.base"
-    sed -i '/^cache_max_entries = /d' "$dir.base/config.toml"
-    restart_row "previous build: $n" "$BASE_BIN" "$dir.base"
-    rm -rf "$dir.base"
+  start "$b" "$d"
+  rss_ready=$(rss_mb)
+  prev=-1
+  # Loaded when the answers in memory stop changing (older builds load before serving).
+  while e=$(metric ca_ocsp_cache_entries); [ "${e:-none}" != "$prev" ]; do prev=${e:-none}; sleep 1; done
+  t_loaded=$(since "$t0")
+  rss_loaded=$(rss_mb)
+  read -r rps_random hit_random < <(ocsp "$w/random.txt")
+  read -r rps_hot hit_hot < <(ocsp "$w/hot.txt")
+  rss_after=$(rss_mb)
+  stop
+  rows+=("$(printf '| %s | %s | %s | %.0f | %s | %s | %s | %s / %s | %.2f / %.2f / %.0f | %s / %s / %s | %s (%s) | %s (%s) |' \
+    "$name" "$n" "$((revoked + revoke))" "$(awk -v b="$store_bytes" -v n="$n" 'BEGIN {print b / n}')" "$crl_bytes" \
+    "$enroll_rate" "$revoke_rate" "$revoke_p50" "$revoke_p99" \
+    "$t_serving" "$t_ready" "$t_loaded" "$rss_ready" "$rss_loaded" "$rss_after" \
+    "$rps_random" "$hit_random" "$rps_hot" "$hit_hot")")
+}
+
+prepare "$bin" "$dir" "$cache"
+[ -z "${BASE_BIN:-}" ] || prepare "$BASE_BIN" "$dir.base" none
+have=0; revoked=0
+rows=()
+for n in "${sizes[@]}"; do
+  [ "$n" -gt "$have" ] || { echo "scale.sh: sizes must grow ($n after $have)" >&2; exit 2; }
+  free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  builds=1; [ -z "${BASE_BIN:-}" ] || builds=2
+  if [ $(( (n - have) * 8 * builds )) -gt "$free_kb" ]; then
+    echo "scale.sh: stopping before $n certificates: $((free_kb / 1024)) MB free on $(df -P "$dir" | awk 'NR == 2 {print $6}') (about 7 KB each)" >&2
+    rows+=("| | $n | not reached: the disk holds about $((free_kb / 8 / builds)) more certificates per build ||||||||||")
+    break
   fi
-  restart_row "$n" "$bin" "$dir"
+  [ -z "${BASE_BIN:-}" ] || step "previous build" "$BASE_BIN" "$dir.base" "$n"
+  step "this build" "$bin" "$dir" "$n"
+  have=$n; revoked=$((revoked + revoke))
 done
 
 mkdir -p bench/results
@@ -169,7 +175,7 @@ out="${BENCH_OUT:-bench/results/scale.md}"
   echo
   echo "Command: \`bench/scale.sh ${sizes[*]}\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'); SCALE_REVOKE=$revoke SCALE_RANDOM=$random SCALE_CACHE=$cache SCALE_OCSP_SECONDS=$secs. Machine: $(nproc) cores, $(uname -sr), sled store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "| certificates | revoked | store bytes per certificate | full CRL bytes | enroll/s | revoke/s | revoke p50 / p99 ms | serving / ready / loaded (s) | RSS MB at ready / loaded / after OCSP | OCSP req/s random (cache hit rate) | OCSP req/s hot (hit rate) |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| build | certificates | revoked | store bytes per certificate | full CRL bytes | enroll/s | revoke/s | revoke p50 / p99 ms | serving / ready / loaded (s) | RSS MB at ready / loaded / after OCSP | OCSP req/s random (cache hit rate) | OCSP req/s hot (hit rate) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 } | tee "$out"

@@ -84,7 +84,11 @@ fn pruning_a_group_s_first_certificate_keeps_the_members_persisted_answers() {
         .unwrap();
     assert_eq!(pruned.serials, vec![first.record.serial.clone()]);
     // The members link to the group's one copy, which stays: nothing to keep again.
-    assert!(pruned.ocsp_responses.is_empty(), "{:?}", pruned.ocsp_responses);
+    assert!(
+        pruned.ocsp_responses.is_empty(),
+        "{:?}",
+        pruned.ocsp_responses
+    );
     for serial in &pruned.serials {
         r.forget_pruned(serial);
     }

@@ -211,6 +211,16 @@ impl AnswerCache {
         lock(&self.sign_locks[bucket_index(serial, SIGN_LOCKS)])
     }
 
+    /// The sign lock of `serial` if nobody holds it (a signing in progress holds it for an
+    /// HSM round trip: callers on the async executor do not wait for it).
+    pub(super) fn try_sign_lock(&self, serial: &[u8]) -> Option<MutexGuard<'_, ()>> {
+        match self.sign_locks[bucket_index(serial, SIGN_LOCKS)].try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The sign locks of all `serials` (magnitudes), taken in index order (no deadlock between
     /// two groups).
     pub(super) fn sign_locks<'a>(

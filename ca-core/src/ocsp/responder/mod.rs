@@ -501,8 +501,9 @@ impl Responder {
     }
 
     /// Answer from memory: the pre-signed response, a cached `unknown`, a loaded external
-    /// response, or a precomputed error. Performs no HSM operation and no I/O. Returns
-    /// [`Lookup::Live`] when a signature is needed (see [`answer_live`]).
+    /// response, or a precomputed error; on a local store (sled), also a stored answer read
+    /// back (microseconds, no waiting on a lock). Performs no HSM operation and no network
+    /// I/O. Returns [`Lookup::Live`] when a signature is needed (see [`answer_live`]).
     ///
     /// [`answer_live`]: Responder::answer_live
     pub fn lookup(&self, request_der: &[u8]) -> Lookup {
@@ -539,6 +540,20 @@ impl Responder {
                 self.cache.memoise(request_der, &rc.cert_id, &rc.serial);
                 self.cache.count_hit();
                 return Lookup::Ready(a);
+            }
+            // Not in memory, on a local store: read the stored answer back here rather than
+            // on the blocking pool (sled reads take microseconds; a miss that finds nothing
+            // usable, or a sign lock held, goes the blocking way).
+            if !self.store.is_shared() {
+                let read = self.follower.read_back_nowait(
+                    &rc.serial,
+                    self.signing.now(),
+                    &self.follow_ctx(),
+                );
+                if let Some(a) = read {
+                    self.cache.count_miss(true);
+                    return Lookup::Ready(a);
+                }
             }
         }
         Lookup::Live(LiveRequest { parsed })
