@@ -140,15 +140,18 @@ impl Follower {
             Ok(s) => s?,
             Err(e) => return read("stored response", e),
         };
-        // Signed by this responder's key (by key hash, as loading at start checks it; the
-        // signature is not verified again on this hot path: a relying party verifies it, so
-        // bytes altered in the store can only make the answer fail there, never pass) and
-        // about this issuer; its status is checked against the record below.
-        let own_key_hash =
-            super::super::build::key_hash(cx.signing.key().signer().public_key_bits());
-        let (_, answer) = check_stored(&stored, cx.signing.issuer(), &own_key_hash)?
-            .into_iter()
-            .find(|(s, _)| s == serial)?;
+        // Signed by this responder's key for this issuer; its status is checked against the
+        // record below. On a shared store (other nodes, other writers: DESIGN "Several
+        // nodes") the signature is verified, as for any followed answer. On this process's
+        // own store (sled) the key hash is checked, as loading at start does, and the
+        // signature is not verified again on this hot path (a relying party verifies it).
+        let answers = if cx.store.is_shared() {
+            self.verified(&stored, cx)?
+        } else {
+            let own = super::super::build::key_hash(cx.signing.key().signer().public_key_bits());
+            check_stored(&stored, cx.signing.issuer(), &own)?
+        };
+        let (_, answer) = answers.into_iter().find(|(s, _)| s == serial)?;
         if !answer.fresh(now) || (answer.is_good() && self.recently_revoked(serial)) {
             return None;
         }
