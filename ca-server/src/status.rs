@@ -324,6 +324,12 @@ impl StatusState {
         self.stopping.send_replace(true);
     }
 
+    /// Whether the first OCSP maintenance pass has loaded the stored responses (serving does
+    /// not wait for it: until then misses read the store).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Shutdown, last step (blocking): stop the maintenance task and the responder's issuance
     /// signer thread (it signs what is still queued), and join the thread. After this no
     /// thread of the status listener touches the HSM; OCSP answers already in memory are still
