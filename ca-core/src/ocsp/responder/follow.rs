@@ -148,8 +148,7 @@ impl Follower {
         let answers = if cx.store.is_shared() {
             self.verified(&stored, cx)?
         } else {
-            let own = super::super::build::key_hash(cx.signing.key().signer().public_key_bits());
-            check_stored(&stored, cx.signing.issuer(), &own)?
+            check_stored(&stored, cx.signing.issuer(), cx.signing.own_key_hash())?
         };
         let (_, answer) = answers.into_iter().find(|(s, _)| s == serial)?;
         if !answer.fresh(now) || (answer.is_good() && self.recently_revoked(serial)) {
@@ -195,7 +194,6 @@ impl Follower {
         cx: &FollowCtx<'_>,
     ) -> Option<Vec<(Vec<u8>, Arc<OcspAnswer>)>> {
         let signer = cx.signing.key().signer();
-        let own_key_hash = super::super::build::key_hash(signer.public_key_bits());
         let verified = parse_response(&stored.der).and_then(|p| {
             let basic = p.basic.as_ref().ok_or(Error::SignatureCheckFailed)?;
             let tbs = basic.tbs_response_data.to_der()?;
@@ -206,7 +204,7 @@ impl Follower {
             crate::signer::verify_own(signer, &tbs, sig)
         });
         match verified {
-            Ok(()) => check_stored(stored, cx.signing.issuer(), &own_key_hash),
+            Ok(()) => check_stored(stored, cx.signing.issuer(), cx.signing.own_key_hash()),
             Err(_) => None,
         }
     }

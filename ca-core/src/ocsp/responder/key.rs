@@ -105,6 +105,9 @@ pub struct SignerCertStatus {
 pub(super) struct Signing {
     issuer: OcspIssuer,
     key: ResponderKey,
+    /// SHA-1 of the signing key (the ResponderID of every response it signs), computed once:
+    /// reading a stored response back checks it on every cache miss.
+    own_key_hash: Vec<u8>,
     clock: Arc<dyn Clock>,
     validity: Duration,
     refresh_before: Duration,
@@ -139,6 +142,7 @@ impl Signing {
         }
         Ok(Signing {
             issuer,
+            own_key_hash: super::super::build::key_hash(key.signer.public_key_bits()),
             key,
             clock,
             validity,
@@ -153,6 +157,11 @@ impl Signing {
 
     pub(super) fn key(&self) -> &ResponderKey {
         &self.key
+    }
+
+    /// The key hash stored responses signed by this key carry as their ResponderID.
+    pub(super) fn own_key_hash(&self) -> &[u8] {
+        &self.own_key_hash
     }
 
     pub(super) fn clock(&self) -> &Arc<dyn Clock> {

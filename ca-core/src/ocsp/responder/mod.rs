@@ -41,7 +41,6 @@ pub use presign::{IssuanceSigningStats, IssuedTicket};
 pub use refresh::RefreshStats;
 pub use stateless::{ArchivedCrl, StatelessConfig, StatelessResponder, StatelessStats};
 
-use super::build::key_hash;
 use super::request::{parse_request, ParsedRequest};
 use super::{serial_magnitude, OcspIssuer};
 use crate::clock::Clock;
@@ -232,10 +231,11 @@ impl Responder {
     /// before either listener accepted a connection; then loading alone took 4-11 s at 0.4-1M
     /// certificates.)
     pub fn load(&self) -> Result<LoadStats> {
-        let own_key_hash = key_hash(self.signing.key().signer().public_key_bits());
-        let staged = self
-            .cache
-            .stage_stored(self.store.as_ref(), self.issuer(), &own_key_hash)?;
+        let staged = self.cache.stage_stored(
+            self.store.as_ref(),
+            self.issuer(),
+            self.signing.own_key_hash(),
+        )?;
         let mut stats = LoadStats {
             discarded: staged.discarded,
             ..LoadStats::default()
