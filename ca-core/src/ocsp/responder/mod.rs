@@ -471,12 +471,7 @@ impl Responder {
     }
 
     fn follow_ctx(&self) -> FollowCtx<'_> {
-        FollowCtx {
-            signing: &self.signing,
-            cache: &self.cache,
-            unknown: &self.live.unknown,
-            store: self.store.as_ref(),
-        }
+        self.installer().follow_ctx()
     }
 
     /// Another node stored the response under `serial` (the store's change feed said so):
