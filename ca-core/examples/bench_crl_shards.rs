@@ -140,6 +140,22 @@ fn run(n: u64) {
     let t = Instant::now();
     let first = p.regenerate_shards_if_due().unwrap();
     let first_pass = t.elapsed();
+    // The store's part of a full build: one pass over every revocation.
+    reset_peak();
+    let t = Instant::now();
+    let mut scanned = 0usize;
+    store
+        .for_each_revoked(&mut |_| {
+            scanned += 1;
+            Ok(())
+        })
+        .unwrap();
+    let scan_time = t.elapsed();
+    let scan_peak = status_mb("VmHWM:");
+    eprintln!(
+        "scan of {scanned} revocations: {:.2} s, peak {scan_peak:.0} MB",
+        scan_time.as_secs_f64()
+    );
     let rss_before = status_mb("VmRSS:");
     reset_peak();
     let t = Instant::now();

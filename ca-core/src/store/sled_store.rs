@@ -845,6 +845,21 @@ impl OcspResponseStore for SledStore {
         Ok(())
     }
 
+    fn for_each_ocsp_due(
+        &self,
+        before: DateTime<Utc>,
+        f: &mut dyn FnMut(&[u8], DateTime<Utc>) -> Result<()>,
+    ) -> Result<()> {
+        for kv in self.ocsp.iter() {
+            let (k, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
+            let next_update = codec::ocsp_record_next_update(&v)?;
+            if next_update <= before {
+                f(&k, next_update)?;
+            }
+        }
+        Ok(())
+    }
+
     fn sweep_ocsp_groups(&self, written_before: DateTime<Utc>) -> Result<usize> {
         // Every group key first, then every link: a group written after the first step is
         // not a candidate; one written before it whose links are not there yet is spared by
@@ -939,14 +954,15 @@ fn decode_crl(scope: &str, v: &[u8]) -> Result<StoredCrl> {
 
 impl CrlArchive for SledStore {
     fn put_crl(&self, crl: &StoredCrl) -> Result<bool> {
-        let new = encode_crl(crl);
+        // Shared, not copied, each time sled runs the update (a full CRL can be tens of MB).
+        let new = sled::IVec::from(encode_crl(crl));
         let mut kept = false;
         self.crls
             .fetch_and_update(crl.scope.as_bytes(), |old| {
                 match old.and_then(crl_number_of) {
                     Some(n) if n >= crl.number => {
                         kept = false;
-                        old.map(|o| o.to_vec())
+                        old.map(sled::IVec::from)
                     }
                     _ => {
                         kept = true;
