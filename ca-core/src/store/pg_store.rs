@@ -42,8 +42,8 @@ use super::feed::{Change, Subscription};
 use super::pg_listen::{notify, Listener, CHANNEL};
 use super::{
     AuditLog, CertCount, CertCounts, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed,
-    CrlArchive, CrlNumbers, Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts,
-    Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
+    CrlArchive, CrlNumbers, DueVisitor, Durability, Leases, LineageLock, OcspResponseStore,
+    PrunedCerts, Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -1084,11 +1084,7 @@ impl OcspResponseStore for PgStore {
         }
     }
 
-    fn for_each_ocsp_due(
-        &self,
-        before: DateTime<Utc>,
-        f: &mut dyn FnMut(&[u8], DateTime<Utc>) -> Result<()>,
-    ) -> Result<()> {
+    fn for_each_ocsp_due(&self, before: DateTime<Utc>, f: &mut DueVisitor<'_>) -> Result<()> {
         // Only each record's last 12 bytes cross the wire (its nextUpdate: both encodings end
         // with it), the whole record only for the JSON of earlier versions.
         let mut last: Vec<u8> = Vec::new();

@@ -18,8 +18,8 @@ use super::codec;
 use super::feed::{Change, Hub, Subscription};
 use super::{
     AuditLog, CertCount, CertCounts, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed,
-    CrlArchive, CrlNumbers, Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts,
-    Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
+    CrlArchive, CrlNumbers, DueVisitor, Durability, Leases, LineageLock, OcspResponseStore,
+    PrunedCerts, Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -845,11 +845,7 @@ impl OcspResponseStore for SledStore {
         Ok(())
     }
 
-    fn for_each_ocsp_due(
-        &self,
-        before: DateTime<Utc>,
-        f: &mut dyn FnMut(&[u8], DateTime<Utc>) -> Result<()>,
-    ) -> Result<()> {
+    fn for_each_ocsp_due(&self, before: DateTime<Utc>, f: &mut DueVisitor<'_>) -> Result<()> {
         for kv in self.ocsp.iter() {
             let (k, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
             let next_update = codec::ocsp_record_next_update(&v)?;
