@@ -102,14 +102,31 @@ fn push_time(out: &mut Vec<u8>, t: DateTime<Utc>) -> Result<()> {
     Ok(())
 }
 
+/// Bytes left free before the first entry: the CRL's outer header, the TBSCertList's header
+/// and first fields and the entry list's header are written there once the entries are in, so
+/// the whole CRL is assembled in the entries' own buffer (no copy of a 42 MB list). A longer
+/// prefix (an issuer name of kilobytes) moves the entries once.
+const FRONT_GAP: usize = 1024;
+
 /// The revokedCertificates of a CRL, encoded one entry at a time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct EntryList {
-    /// The entries' DER, concatenated (the SEQUENCE OF's content).
+    /// [`FRONT_GAP`] free bytes, then the entries' DER, concatenated (the SEQUENCE OF's
+    /// content).
     der: Vec<u8>,
     count: usize,
     /// One entry's content, reused.
     scratch: Vec<u8>,
+}
+
+impl Default for EntryList {
+    fn default() -> Self {
+        EntryList {
+            der: vec![0; FRONT_GAP],
+            count: 0,
+            scratch: Vec::new(),
+        }
+    }
 }
 
 impl EntryList {
@@ -214,63 +231,131 @@ fn crl_extensions(head: &CrlHead<'_>, extra: &[Extension]) -> Result<Vec<u8>> {
     Ok(exts.to_der()?)
 }
 
-/// The TBSCertList of `head`, `entries` and `extra` extensions. `entries` is consumed: its
-/// buffer is released before the caller signs.
-pub(super) fn tbs_cert_list(
+/// The signed CRL of `head`, `entries` and `extra` extensions: the TBSCertList is assembled
+/// around the entries in their own buffer, `sign` signs it (and checks its signature), and the
+/// CertificateList (the TBSCertList, the algorithm again, the signature as a BIT STRING) is
+/// finished in the same buffer.
+pub(super) fn signed_crl(
     head: &CrlHead<'_>,
     extra: &[Extension],
     entries: EntryList,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
 ) -> Result<Vec<u8>> {
-    let mut front = Vec::with_capacity(256);
-    front.extend_from_slice(&[INTEGER, 1, 1]);
-    front.extend_from_slice(head.algorithm);
-    front.extend_from_slice(head.issuer_name);
-    push_time(&mut front, head.this_update)?;
-    push_time(&mut front, head.next_update)?;
-    let mut back = Vec::with_capacity(256);
-    let exts = crl_extensions(head, extra)?;
-    push_tlv(&mut back, CRL_EXTENSIONS, &exts);
-    let list_len = if entries.count == 0 {
-        0
-    } else {
-        header_len(entries.der.len()) + entries.der.len()
-    };
-    let content = front.len() + list_len + back.len();
-    let mut tbs = Vec::with_capacity(header_len(content) + content);
-    tbs.push(SEQUENCE);
-    push_len(&mut tbs, content);
-    tbs.extend_from_slice(&front);
-    // RFC 5280 5.1.2.6: no revoked certificates, no list.
-    if entries.count > 0 {
-        tbs.push(SEQUENCE);
-        push_len(&mut tbs, entries.der.len());
-        tbs.extend_from_slice(&entries.der);
-    }
-    drop(entries);
-    tbs.extend_from_slice(&back);
-    Ok(tbs)
-}
+    let EntryList {
+        der: mut buf,
+        count,
+        ..
+    } = entries;
+    let entries_len = buf.len() - FRONT_GAP;
 
-/// The CertificateList: `tbs`, the algorithm again, the signature as a BIT STRING.
-pub(super) fn certificate_list(tbs: &[u8], algorithm: &[u8], signature: &[u8]) -> Vec<u8> {
-    let bits = 1 + signature.len();
-    let content = tbs.len() + algorithm.len() + header_len(bits) + bits;
-    let mut out = Vec::with_capacity(header_len(content) + content);
-    out.push(SEQUENCE);
-    push_len(&mut out, content);
-    out.extend_from_slice(tbs);
-    out.extend_from_slice(algorithm);
-    out.push(BIT_STRING);
-    push_len(&mut out, bits);
-    out.push(0);
-    out.extend_from_slice(signature);
-    out
+    let mut prefix = Vec::with_capacity(256);
+    prefix.extend_from_slice(&[INTEGER, 1, 1]);
+    prefix.extend_from_slice(head.algorithm);
+    prefix.extend_from_slice(head.issuer_name);
+    push_time(&mut prefix, head.this_update)?;
+    push_time(&mut prefix, head.next_update)?;
+    // RFC 5280 5.1.2.6: no revoked certificates, no list.
+    if count > 0 {
+        prefix.push(SEQUENCE);
+        push_len(&mut prefix, entries_len);
+    }
+    let exts = crl_extensions(head, extra)?;
+    let content = prefix.len() + entries_len + header_len(exts.len()) + exts.len();
+    let mut tbs_header = Vec::with_capacity(8);
+    tbs_header.push(SEQUENCE);
+    push_len(&mut tbs_header, content);
+
+    // The prefix goes right before the entries, with room for the outer header before it.
+    let front = tbs_header.len() + prefix.len();
+    if front + 8 > FRONT_GAP {
+        let mut wider = vec![0; front + 8];
+        wider.extend_from_slice(&buf[FRONT_GAP..]);
+        buf = wider;
+    }
+    let gap = buf.len() - entries_len;
+    let start = gap - front;
+    buf[start..start + tbs_header.len()].copy_from_slice(&tbs_header);
+    buf[start + tbs_header.len()..gap].copy_from_slice(&prefix);
+    push_tlv(&mut buf, CRL_EXTENSIONS, &exts);
+
+    let signature = sign(&buf[start..])?;
+    let tbs_len = buf.len() - start;
+    buf.extend_from_slice(head.algorithm);
+    buf.push(BIT_STRING);
+    push_len(&mut buf, 1 + signature.len());
+    buf.push(0);
+    buf.extend_from_slice(&signature);
+
+    let mut outer = Vec::with_capacity(8);
+    outer.push(SEQUENCE);
+    push_len(
+        &mut outer,
+        tbs_len + head.algorithm.len() + header_len(1 + signature.len()) + 1 + signature.len(),
+    );
+    let begin = start - outer.len();
+    buf[begin..start].copy_from_slice(&outer);
+    buf.drain(..begin);
+    Ok(buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    /// The CRL assembled in the entries' buffer decodes as written, whether its prefix fits
+    /// the gap before the entries or (an issuer name of kilobytes) does not; the signature is
+    /// over exactly the TBSCertList.
+    #[test]
+    fn the_crl_assembled_around_its_entries_decodes() {
+        use der::Decode;
+        use x509_cert::name::Name;
+        let now = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
+        for cn_len in [10usize, 3000] {
+            let name: Name = format!("CN={}", "a".repeat(cn_len)).parse().unwrap();
+            let name_der = name.to_der().unwrap();
+            let algorithm = crate::signer::KeyAlgorithm::P256
+                .signature_algorithm_id()
+                .to_der()
+                .unwrap();
+            for n in [0u8, 3] {
+                let mut list = EntryList::default();
+                for i in 0..n {
+                    list.push(&RevokedEntry {
+                        serial: vec![0x81, i],
+                        revoked_at: now,
+                        reason: RevocationReason::KeyCompromise,
+                    })
+                    .unwrap();
+                }
+                let head = CrlHead {
+                    number: 7,
+                    this_update: now,
+                    next_update: now + chrono::Duration::hours(1),
+                    distribution_point: Some("http://ca.test/crl"),
+                    key_id: &[1; 20],
+                    issuer_name: &name_der,
+                    algorithm: &algorithm,
+                };
+                let mut signed = Vec::new();
+                let der = signed_crl(&head, &[], list, |tbs| {
+                    signed = tbs.to_vec();
+                    Ok(vec![0x30, 0x01, 0x00])
+                })
+                .unwrap();
+                let crl = x509_cert::crl::CertificateList::from_der(&der).unwrap();
+                assert_eq!(crl.tbs_cert_list.to_der().unwrap(), signed);
+                assert_eq!(crl.tbs_cert_list.issuer, name);
+                assert_eq!(crl.signature.raw_bytes(), [0x30, 0x01, 0x00]);
+                let listed = crl
+                    .tbs_cert_list
+                    .revoked_certificates
+                    .map_or(0, |l| l.len());
+                assert_eq!(listed, usize::from(n));
+                assert_eq!(crl.tbs_cert_list.crl_extensions.unwrap().len(), 3);
+            }
+        }
+    }
 
     #[test]
     fn lengths_integers_and_times_are_der() {

@@ -246,10 +246,12 @@ impl<'a> CrlIssuer<'a> {
             issuer_name: &self.name_der,
             algorithm: &self.algorithm_der,
         };
-        let tbs = encode::tbs_cert_list(&head, extensions, entries)?;
-        let sig = self.signer.sign(&tbs)?;
-        verify(&self.spki_der, &tbs, &sig)?;
-        let der = encode::certificate_list(&tbs, &self.algorithm_der, &sig);
+        let der = encode::signed_crl(&head, extensions, entries, |tbs| {
+            let sig = self.signer.sign(tbs)?;
+            // Fail closed: never return a CRL whose signature the issuer key does not verify.
+            verify(&self.spki_der, tbs, &sig)?;
+            Ok(sig)
+        })?;
         Ok(SignedCrl {
             der,
             number: req.number,
