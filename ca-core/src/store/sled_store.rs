@@ -802,16 +802,17 @@ impl OcspResponseStore for SledStore {
         self.ocsp_groups
             .insert(head.serial.as_slice(), codec::encode_ocsp(head)?)
             .map_err(|e| Error::store("put OCSP group response", e))?;
-        let mut batch = sled::Batch::default();
+        // One insert per link, not a sled batch: a batch takes sled's global write lock and
+        // stalls every other write of the store (enrollments) while it waits. A crash between
+        // two links leaves a member without a record, which the next start signs again.
         for r in resps {
-            batch.insert(
-                r.serial.as_slice(),
-                codec::encode_ocsp_link(r, &head.serial)?,
-            );
+            self.ocsp
+                .insert(
+                    r.serial.as_slice(),
+                    codec::encode_ocsp_link(r, &head.serial)?,
+                )
+                .map_err(|e| Error::store("put OCSP responses", e))?;
         }
-        self.ocsp
-            .apply_batch(batch)
-            .map_err(|e| Error::store("put OCSP responses", e))?;
         if self.feed.has_subscribers() {
             for r in resps {
                 self.feed
