@@ -206,6 +206,21 @@ fn wrong_key_is_refused() {
     );
 }
 
+/// `openssl crl -text` of `der` (written to `name`), its signature verified with the CA's
+/// certificate: the text, after asserting that openssl said "verify OK".
+fn openssl_verified_text(ca: &TestCa, name: &str, der: &[u8]) -> String {
+    let path = ca.path(name);
+    std::fs::write(&path, der).unwrap();
+    let (ok, out) = run(openssl()
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&path)
+        .arg("-CAfile")
+        .arg(&ca.cert_pem)
+        .arg("-verify"));
+    assert!(ok && out.contains("verify OK"), "{out}");
+    out
+}
+
 /// `issue_crl` signs exactly what it is given: the number and entries of the request, none of
 /// the store's; the store-fed path and the ceremony share it.
 #[test]
@@ -238,15 +253,7 @@ fn issue_crl_signs_the_request_and_reads_no_store() {
     let b = issue_crl(&ca.cert_der, ca.signer.as_ref(), &req).unwrap();
     assert_eq!((a.number, b.number, a.entries), (300, 300, 2));
     assert_eq!(a.this_update, ca_core::clock::truncate(now));
-    let path = ca.path("issued.der");
-    std::fs::write(&path, &a.der).unwrap();
-    let (ok, out) = run(openssl()
-        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-        .arg(&path)
-        .arg("-CAfile")
-        .arg(&ca.cert_pem)
-        .arg("-verify"));
-    assert!(ok && out.contains("verify OK"), "{out}");
+    let out = openssl_verified_text(&ca, "issued.der", &a.der);
     let flat = out.replace(['\n', ' '], "");
     assert!(flat.contains("X509v3CRLNumber:300"), "{out}");
     assert!(out.contains("Issuing Distribution Point"), "{out}");
@@ -353,15 +360,7 @@ fn every_entry_reads_back_as_written() {
     tampered[at] ^= 0x01;
     assert!(ca_core::x509::check_crl(&ca.cert_der, &tampered).is_err());
 
-    let path = ca.path("every-entry.der");
-    std::fs::write(&path, &crl.der).unwrap();
-    let (ok, out) = run(openssl()
-        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-        .arg(&path)
-        .arg("-CAfile")
-        .arg(&ca.cert_pem)
-        .arg("-verify"));
-    assert!(ok && out.contains("verify OK"), "{out}");
+    let out = openssl_verified_text(&ca, "every-entry.der", &crl.der);
     assert_eq!(
         out.matches("X509v3 CRL Reason Code").count(),
         entries.len() - 1,
