@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `GET /ocsp/{base64}`, `POST /ocsp` | as the signing node's status listener (`status.rs`: same request parsing, limits and RFC 5019 caching headers), from [`ca_core::ocsp::StatelessResponder`] |
 //! | `GET /crl` | the latest full CRL of the store's CRL archive, once its signature verifies; 503 before one is read or past its nextUpdate |
+//! | `GET /crl/shard/{id}`, `GET /crl/delta` | the latest archived CRL of that shard, or the latest delta CRL (the signing nodes publish them with `[crl] shard_width`), once it verifies and is that scope's (a shard's CRL names the shard as its issuing distribution point; the delta carries a delta CRL indicator); 404 if none is archived, 503 past its nextUpdate |
 //! | `GET /ca.crt` | the issuing CA certificate (`[ca] certificate`) |
 //! | `GET /healthz` | `ok` while the process runs |
 //! | `GET /readyz` | 200 once the store was read completely and while it answers; 503 otherwise |
@@ -539,6 +540,11 @@ fn router(state: Arc<NodeState>) -> Router {
         .route(&format!("{}/", routes::OCSP), post(ocsp_post))
         .route(&format!("{}/{{*request}}", routes::OCSP), get(ocsp_get))
         .route(routes::CRL, get(crl))
+        .route(&format!("{}/shard/{{id}}", routes::CRL), get(crl_shard))
+        .route(
+            &format!("{}/{}", routes::CRL, ca_core::store::DELTA_CRL),
+            get(crl_delta),
+        )
         .route(routes::CA_CERT, get(ca_cert))
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::READYZ, get(readyz))
@@ -592,26 +598,64 @@ async fn ocsp_post(
 }
 
 async fn crl(State(state): State<Arc<NodeState>>, headers: HeaderMap) -> Response {
-    let current = state.follower.get().and_then(|f| f.crl());
-    match current {
-        Some(c) if c.next_update > chrono::Utc::now() => {
-            let (number, times) = (c.number, (c.this_update, c.next_update));
-            crl_http(c, number, times, &state.max_age, &headers)
-        }
-        Some(c) => {
-            tracing::error!(
-                number = c.number,
-                next_update = %c.next_update,
-                "the latest CRL in the store is past its nextUpdate; is any signing node running?"
-            );
-            (StatusCode::SERVICE_UNAVAILABLE, "the CRL has expired\n").into_response()
-        }
+    match state.follower.get().and_then(|f| f.crl()) {
+        Some(c) => archived_crl_http(&state, c, &headers),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no CRL has been read from the store yet\n",
         )
             .into_response(),
     }
+}
+
+/// `GET /crl/shard/{id}`: the shard's latest archived CRL; 404 for an id that is no shard or
+/// whose CRL the store does not hold.
+async fn crl_shard(
+    State(state): State<Arc<NodeState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let crl = ca_core::crl::CrlShard::parse(&id).and_then(|s| {
+        state
+            .follower
+            .get()
+            .and_then(|f| f.archived_crl(&s.scope()))
+    });
+    match crl {
+        Some(c) => archived_crl_http(&state, c, &headers),
+        None => (StatusCode::NOT_FOUND, "no such CRL shard\n").into_response(),
+    }
+}
+
+/// `GET /crl/delta`: the latest archived delta CRL; 404 when the store holds none.
+async fn crl_delta(State(state): State<Arc<NodeState>>, headers: HeaderMap) -> Response {
+    let crl = state
+        .follower
+        .get()
+        .and_then(|f| f.archived_crl(ca_core::store::DELTA_CRL));
+    match crl {
+        Some(c) => archived_crl_http(&state, c, &headers),
+        None => (StatusCode::NOT_FOUND, "no delta CRL\n").into_response(),
+    }
+}
+
+/// An archived CRL with the caching headers, or 503 once past its nextUpdate (no signing node
+/// has archived a newer one).
+fn archived_crl_http(
+    state: &NodeState,
+    c: Arc<ca_core::ocsp::ArchivedCrl>,
+    headers: &HeaderMap,
+) -> Response {
+    if c.next_update > chrono::Utc::now() {
+        let (number, times) = (c.number, (c.this_update, c.next_update));
+        return crl_http(c, number, times, &state.max_age, headers);
+    }
+    tracing::error!(
+        number = c.number,
+        next_update = %c.next_update,
+        "the latest CRL in the store is past its nextUpdate; is any signing node running?"
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, "the CRL has expired\n").into_response()
 }
 
 async fn ca_cert(State(state): State<Arc<NodeState>>) -> Response {

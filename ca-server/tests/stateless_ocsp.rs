@@ -44,6 +44,11 @@ fn free_port() -> u16 {
 
 /// The signing node's configuration (as `serve` reads it), on `pki`'s token.
 fn signing_config(pki: &TestPki, dir: &Path) -> ServerConfig {
+    signing_config_with(pki, dir, URL_ENV, "")
+}
+
+/// [`signing_config`] with the database URL in `url_env` and `extra` sections.
+fn signing_config_with(pki: &TestPki, dir: &Path, url_env: &str, extra: &str) -> ServerConfig {
     let pin = dir.join("hsm.pin");
     pki.token.write_pin_file(&pin).unwrap();
     let text = format!(
@@ -60,10 +65,11 @@ chain = "{root}"
 names = ["dns:localhost", "ip:127.0.0.1"]
 [store]
 kind = "postgres"
-url = {{ env = "{URL_ENV}" }}
+url = {{ env = "{url_env}" }}
 pool_size = 4
 [profiles.placeholder]
 validity = "1h"
+{extra}
 "#,
         module = pki.token.module.display(),
         label = pki.token.label,
@@ -278,6 +284,11 @@ impl Node {
     }
 
     async fn enroll(&self, root_pem: &str, cn: &str) -> Vec<u8> {
+        self.enroll_cert(root_pem, cn).await.0
+    }
+
+    /// Enroll `cn`: its serial and its certificate (DER).
+    async fn enroll_cert(&self, root_pem: &str, cn: &str) -> (Vec<u8>, Vec<u8>) {
         let token: TokenCreateResponse = self
             .client(root_pem, Some(&self.operator))
             .post_json(
@@ -303,7 +314,8 @@ impl Node {
             )
             .await
             .unwrap();
-        hex::decode(issued.serial).unwrap()
+        let der = ca_core::x509::pem_decode(issued.certificate.as_bytes(), "CERTIFICATE").unwrap();
+        (hex::decode(issued.serial).unwrap(), der)
     }
 
     async fn revoke(&self, root_pem: &str, serial: &[u8]) {
@@ -821,6 +833,132 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
     // The synchronous PostgreSQL client must not be dropped on an async thread.
     blocking(move || drop(store));
     drop(db);
+}
+
+const SHARDS_URL_ENV: &str = "CA_TEST_STATELESS_SHARDS_DATABASE_URL";
+
+/// With CRL shards on (issue 17), a stateless responder serves what the signing node archived
+/// for each shard and for the delta, byte for byte, so a certificate naming its shard's URL is
+/// checked against a responder while every signing node is down; openssl verifies the shard
+/// CRL for the certificate. A shard's CRL archived under another shard's scope (whoever can
+/// write the database) is refused, the genuine one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_responder_serves_shard_and_delta_crls() {
+    let (pki, db) = tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(KeyAlgorithm::P256).expect("test PKI");
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = server.fresh_database().expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap();
+    std::env::set_var(SHARDS_URL_ENV, db.url());
+    let pki = Arc::new(pki);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = signing_config_with(
+        &pki,
+        dir.path(),
+        SHARDS_URL_ENV,
+        "[urls]\ncrl = \"http://ca.test/crl\"\n[crl]\nshard_width = \"1h\"\n",
+    );
+    let root_pem = ca_core::x509::pem_encode("CERTIFICATE", &pki.root_der);
+    let a = start_node(&cfg).await;
+    let (serial, cert) = a.enroll_cert(&root_pem, "sharded.test").await;
+    let shard = ca_core::x509::crl_shard_of(&cert).expect("the certificate names a shard");
+    a.revoke(&root_pem, &serial).await;
+
+    let port = free_port();
+    let rcfg = responder_config(&pki, dir.path(), port, SHARDS_URL_ENV, "postgres");
+    let url = db.url().to_string();
+    let resp = Responder::start(
+        &rcfg,
+        &[(SHARDS_URL_ENV, url.as_str())],
+        dir.path().join("shards-responder.log"),
+        port,
+    );
+    resp.wait_ready(Duration::from_secs(60));
+
+    // The signing node's shard CRL (with the revocation) and delta, and the responder's.
+    let signing = a.status_url.trim_start_matches("http://").parse().unwrap();
+    let path = format!("/crl/shard/{}", shard.0);
+    let listed =
+        |der: &[u8]| ca_core::x509::check_crl(&pki.issuing_der, der).map_or(0, |c| c.entries);
+    let mut shard_crl = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the shard CRL lists the revocation on both",
+        || {
+            let (code, _, theirs) = http(signing, "GET", &path, None);
+            let (rcode, _, ours) = resp.get(&path);
+            shard_crl = ours.clone();
+            code == 200 && rcode == 200 && listed(&theirs) == 1 && ours == theirs
+        },
+    );
+    wait_until(Duration::from_secs(30), "the delta CRL on both", || {
+        let (code, _, theirs) = http(signing, "GET", "/crl/delta", None);
+        let (rcode, _, ours) = resp.get("/crl/delta");
+        code == 200 && rcode == 200 && ours == theirs && ca_core::x509::crl_is_delta(&ours)
+    });
+    assert_eq!(resp.get("/crl/shard/12").0, 404, "no such shard");
+    assert_eq!(resp.get("/crl/shard/not-a-shard").0, 404);
+
+    // openssl: the shard CRL revokes the certificate that names it.
+    let write = |name: &str, der: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, der).unwrap();
+        p
+    };
+    let crl_pem = write(
+        "shard.crl.pem",
+        ca_core::x509::pem_encode("X509 CRL", &shard_crl).as_bytes(),
+    );
+    let leaf = write(
+        "sharded.pem",
+        ca_core::x509::pem_encode("CERTIFICATE", &cert).as_bytes(),
+    );
+    let out = Command::new("openssl")
+        .args(["verify", "-crl_check", "-CAfile"])
+        .arg(pki.root_pem_path())
+        .arg("-untrusted")
+        .arg(pki.issuing_pem_path())
+        .arg("-CRLfile")
+        .arg(&crl_pem)
+        .arg(&leaf)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("revoked"), "{text}");
+
+    // Attack: the next window's shard CRL replaced by this shard's (a genuine CRL, in the
+    // wrong place) with a higher number. Refused: the responder keeps what it served.
+    let other = ca_core::x509::CrlShard(shard.0 + 3600);
+    let before = resp.get(&format!("/crl/shard/{}", other.0));
+    let refused_before = resp.metric("ca_ocsp_follower_refused_responses");
+    let forged = StoredCrl {
+        scope: other.scope(),
+        number: 1_000_000,
+        der: shard_crl.clone(),
+        this_update: chrono::Utc::now(),
+        next_update: chrono::Utc::now() + chrono::Duration::hours(1),
+    };
+    blocking(move || {
+        let s = PgStore::open(&url).unwrap();
+        assert!(s.put_crl(&forged).unwrap());
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the forged shard CRL refused",
+        || resp.metric("ca_ocsp_follower_refused_responses") > refused_before,
+    );
+    let after = resp.get(&format!("/crl/shard/{}", other.0));
+    assert_eq!((after.0, &after.2), (before.0, &before.2));
+    assert!(
+        resp.log().contains("is not that scope's CRL"),
+        "{}",
+        resp.log()
+    );
+    a.running.shutdown().await;
 }
 
 /// Forward every connection on `listener` to `to` (a stand-in for the database coming up).

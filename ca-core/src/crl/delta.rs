@@ -26,7 +26,7 @@ use x509_cert::ext::pkix::CrlDistributionPoints;
 use x509_cert::ext::Extension;
 
 /// The archive scope of the latest delta CRL.
-pub const DELTA_CRL: &str = "delta";
+pub use crate::store::DELTA_CRL;
 
 /// The path segment of the delta CRL under the full CRL's URL.
 pub const DELTA_PATH: &str = "delta";

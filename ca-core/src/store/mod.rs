@@ -643,6 +643,9 @@ pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
 /// The scope of the issuing CA's full CRL in a [`CrlArchive`].
 pub const FULL_CRL: &str = "full";
 
+/// The scope of the latest delta CRL of the full CRL in a [`CrlArchive`].
+pub const DELTA_CRL: &str = "delta";
+
 /// A signed CRL as kept in a [`CrlArchive`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredCrl {

@@ -85,6 +85,14 @@ pub fn crl_shard_of(cert_der: &[u8]) -> Option<CrlShard> {
     })
 }
 
+/// Whether a CRL carries a delta CRL indicator (RFC 5280 5.2.4): a delta CRL, not a base.
+pub fn crl_is_delta(crl_der: &[u8]) -> bool {
+    super::crl_check::CrlParts::parse(crl_der).is_ok_and(|crl| {
+        crl.extension(const_oid::db::rfc5280::ID_CE_DELTA_CRL_INDICATOR)
+            .is_some()
+    })
+}
+
 /// The URI of a CRL's issuing distribution point (RFC 5280 5.2.5), if it has one.
 pub fn crl_idp_uri(crl_der: &[u8]) -> Option<String> {
     let crl = super::crl_check::CrlParts::parse(crl_der).ok()?;

@@ -27,7 +27,9 @@ mod validity;
 mod tests;
 
 pub use crl_check::{check_crl, CheckedCrl};
-pub use crl_shard::{crl_idp_uri, crl_shard_of, crl_shard_of_url, CrlShard, SHARD_PATH};
+pub use crl_shard::{
+    crl_idp_uri, crl_is_delta, crl_shard_of, crl_shard_of_url, CrlShard, SHARD_PATH,
+};
 pub use key_id::key_identifier;
 pub use pem::{pem_decode, pem_decode_all, pem_encode, PemError};
 #[cfg(feature = "issue")]

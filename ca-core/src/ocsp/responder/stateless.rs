@@ -57,7 +57,7 @@ use super::{LiveRequest, Lookup, MemoStats};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::revocation::CertStatus;
-use crate::store::{Change, Store, StoredCrl, StoredOcspResponse, FULL_CRL};
+use crate::store::{Change, Store, StoredCrl, StoredOcspResponse, DELTA_CRL, FULL_CRL};
 use chrono::{DateTime, Utc};
 use der::Encode;
 use std::collections::HashMap;
@@ -190,7 +190,9 @@ pub struct StatelessResponder {
     /// as revoked, and when that was read (kept [`DELEGATE_TTL`]; a revocation in the feed
     /// forgets it at once).
     delegates: Mutex<HashMap<Vec<u8>, (bool, Instant)>>,
-    crl: RwLock<Option<Arc<ArchivedCrl>>>,
+    /// The verified CRLs served, by archive scope: the full CRL ([`FULL_CRL`]), the delta
+    /// ([`DELTA_CRL`]) and the shards (`shard:<id>`).
+    crls: RwLock<HashMap<String, Arc<ArchivedCrl>>>,
     loaded: AtomicBool,
     stopping: AtomicBool,
     reads_in_flight: AtomicUsize,
@@ -240,7 +242,7 @@ impl StatelessResponder {
             config,
             errors: ErrorAnswers::new(),
             delegates: Mutex::new(HashMap::new()),
-            crl: RwLock::new(None),
+            crls: RwLock::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             reads_in_flight: AtomicUsize::new(0),
@@ -270,9 +272,15 @@ impl StatelessResponder {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// The verified CRL served, if one was read.
+    /// The verified full CRL served, if one was read.
     pub fn crl(&self) -> Option<Arc<ArchivedCrl>> {
-        read(&self.crl).clone()
+        self.archived_crl(FULL_CRL)
+    }
+
+    /// The verified CRL of an archive scope served: [`FULL_CRL`], the delta CRL
+    /// ([`DELTA_CRL`]) or a shard ([`crate::x509::CrlShard::scope`]), if one was read.
+    pub fn archived_crl(&self, scope: &str) -> Option<Arc<ArchivedCrl>> {
+        read(&self.crls).get(scope).cloned()
     }
 
     /// Counters.
@@ -431,7 +439,7 @@ impl StatelessResponder {
                 self.cache.remove(&serial);
             }
         }
-        self.reload_crl()?;
+        self.reload_crls()?;
         self.full_reloads.fetch_add(1, Ordering::Relaxed);
         let first = !self.loaded.swap(true, Ordering::AcqRel);
         let s = self.stats();
@@ -532,7 +540,7 @@ impl StatelessResponder {
                 self.forget(serial_magnitude(serial));
                 Ok(())
             }
-            Change::Crl { scope, .. } if scope == FULL_CRL => self.reload_crl(),
+            Change::Crl { scope, .. } if served_scope(scope) => self.reload_crl(scope),
             Change::Crl { .. } => Ok(()),
             Change::Resync => self.reload(),
         }
@@ -688,18 +696,34 @@ impl StatelessResponder {
         revoked
     }
 
-    /// Read the latest full CRL and serve it if it verifies and is not older than the one
-    /// served.
-    fn reload_crl(&self) -> Result<()> {
-        let Some(stored) = self.store.latest_crl(FULL_CRL)? else {
+    /// Read every CRL the store archives that a client may ask for: the full CRL, the delta
+    /// CRL, and each shard's.
+    fn reload_crls(&self) -> Result<()> {
+        self.reload_crl(FULL_CRL)?;
+        self.reload_crl(DELTA_CRL)?;
+        for scope in self.store.archived_crl_scopes("shard:")? {
+            self.reload_crl(&scope)?;
+        }
+        Ok(())
+    }
+
+    /// Read the latest CRL of `scope` and serve it if it verifies, is what the scope holds
+    /// (a shard's CRL names that shard as its issuing distribution point; the delta is a
+    /// delta, the full CRL is not) and is not older than the one served.
+    fn reload_crl(&self, scope: &str) -> Result<()> {
+        let Some(stored) = self.store.latest_crl(scope)? else {
             return Ok(());
         };
-        match self.verify_crl(&stored) {
+        match self.verify_crl(&stored).and_then(|crl| {
+            scope_holds(scope, &crl.der)?;
+            Ok(crl)
+        }) {
             Ok(crl) => {
-                let mut cur = write(&self.crl);
-                match cur.as_ref() {
+                let mut crls = write(&self.crls);
+                match crls.get(scope) {
                     Some(c) if c.number > crl.number => {
                         tracing::warn!(
+                            scope,
                             served = c.number,
                             stored = crl.number,
                             "stateless OCSP responder: the stored CRL is older than the one served; kept the served one"
@@ -708,16 +732,17 @@ impl StatelessResponder {
                     Some(c) if c.number == crl.number && c.der == crl.der => {}
                     _ => {
                         tracing::info!(
+                            scope,
                             number = crl.number,
                             "stateless OCSP responder: serving CRL"
                         );
-                        *cur = Some(Arc::new(crl));
+                        crls.insert(scope.to_string(), Arc::new(crl));
                     }
                 }
             }
             Err(reason) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(number = stored.number, %reason, "stateless OCSP responder: refusing the stored CRL; serving the previous one");
+                tracing::error!(scope, number = stored.number, %reason, "stateless OCSP responder: refusing the stored CRL; serving the previous one");
             }
         }
         Ok(())
@@ -824,5 +849,36 @@ impl StatelessResponder {
             }
         }
         tracing::info!("stateless OCSP responder: follower stopped");
+    }
+}
+
+/// The archive scopes a stateless responder serves: the full CRL, the delta, the shards.
+fn served_scope(scope: &str) -> bool {
+    scope == FULL_CRL || scope == DELTA_CRL || crate::x509::CrlShard::from_scope(scope).is_some()
+}
+
+/// Whether a verified CRL is what `scope` holds: a shard's names that shard in its issuing
+/// distribution point (a CRL of another shard, stored under this one by whoever can write the
+/// database, is refused: verifiers would find it not authoritative for this shard's
+/// certificates); the delta carries a delta CRL indicator, the full CRL does not.
+fn scope_holds(scope: &str, der: &[u8]) -> std::result::Result<(), Refusal> {
+    let delta = crate::x509::crl_is_delta(der);
+    let holds = if scope == FULL_CRL {
+        !delta
+    } else if scope == DELTA_CRL {
+        delta
+    } else {
+        let shard = crate::x509::CrlShard::from_scope(scope);
+        shard.is_some()
+            && !delta
+            && crate::x509::crl_idp_uri(der).and_then(|u| crate::x509::crl_shard_of_url(&u))
+                == shard
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(Refusal::Undecodable(format!(
+            "the CRL archived under {scope:?} is not that scope's CRL"
+        )))
     }
 }
