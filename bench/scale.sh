@@ -11,7 +11,8 @@
 #   status listener's /readyz; the server's RSS right after, and once the background load of
 #   stored OCSP responses has finished (`ca_ocsp_cache_entries` stable);
 # - OCSP GET requests/s for a random mix (SCALE_RANDOM distinct certificates, cycled;
-#   SCALE_RANDOM=all: every valid certificate, in random order) and for a hot set (100
+#   SCALE_RANDOM=all: as many uniformly random draws over every valid certificate; the 16
+#   connections start spread over the list) and for a hot set (100
 #   certificates), 16 connections, SCALE_OCSP_SECONDS each, with the answer cache's hit rate;
 #   then the RSS again.
 #
@@ -126,9 +127,12 @@ step() {
 import json, random, sys
 work = sys.argv[1]
 serials = [json.loads(l)["serial"].replace(":", "") for l in open(f"{work}/certs.ndjson")]
-n = len(serials) if sys.argv[2] == "all" else int(sys.argv[2])
 random.seed(17)
-open(f"{work}/random.serials", "w").write("\n".join(random.sample(serials, min(n, len(serials)))) + "\n")
+if sys.argv[2] == "all":
+    mix = random.choices(serials, k=len(serials))
+else:
+    mix = random.sample(serials, min(int(sys.argv[2]), len(serials)))
+open(f"{work}/random.serials", "w").write("\n".join(mix) + "\n")
 open(f"{work}/hot.serials", "w").write("\n".join(serials[-100:]) + "\n")
 EOF
   "$load" requests "$w/issuer.crt" "$w/random.serials" "$w/random.txt"

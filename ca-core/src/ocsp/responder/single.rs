@@ -35,9 +35,18 @@ const OCSP_BASIC: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01
 /// A DER GeneralizedTime without fractions: `YYYYMMDDHHMMSSZ`.
 const TIME_LEN: usize = 15;
 
-/// One TLV: (tag, the whole element, its contents, what follows). Single-byte tags and
-/// definite lengths only (DER).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element.
+struct Tlv<'a> {
+    tag: u8,
+    /// The whole element (header and contents).
+    whole: &'a [u8],
+    contents: &'a [u8],
+    /// What follows it.
+    after: &'a [u8],
+}
+
+/// The first element of `b`. Single-byte tags and definite lengths only (DER).
+fn tlv(b: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, rest) = b.split_first()?;
     if tag & 0x1f == 0x1f {
         return None;
@@ -61,13 +70,17 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
     }
     let header = b.len() - rest.len();
     let (contents, after) = rest.split_at(len);
-    Some((tag, &b[..header + len], contents, after))
+    Some(Tlv {
+        tag,
+        whole: &b[..header + len],
+        contents,
+        after,
+    })
 }
 
-/// The element of `b` with tag `want` and what follows it.
-fn expect(b: &[u8], want: u8) -> Option<(&[u8], &[u8], &[u8])> {
-    let (tag, whole, contents, after) = tlv(b)?;
-    (tag == want).then_some((whole, contents, after))
+/// The first element of `b` if its tag is `want`.
+fn expect(b: &[u8], want: u8) -> Option<Tlv<'_>> {
+    tlv(b).filter(|t| t.tag == want)
 }
 
 /// What `der` (a stored OCSPResponse) answers for `serial` (magnitude), if this responder's key
@@ -81,74 +94,71 @@ pub(super) fn kind_for(
 ) -> Option<AnswerKind> {
     // OCSPResponse: responseStatus successful (0), responseBytes [0] { id-pkix-ocsp-basic,
     // OCTET STRING BasicOCSPResponse }.
-    let (_, resp, _) = expect(der, SEQUENCE)?;
-    let (_, status, rest) = expect(resp, ENUMERATED)?;
-    if status != [0] {
+    let resp = expect(der, SEQUENCE)?.contents;
+    let status = expect(resp, ENUMERATED)?;
+    if status.contents != [0] {
         return None;
     }
-    let (_, bytes, _) = expect(rest, CTX0)?;
-    let (_, bytes, _) = expect(bytes, SEQUENCE)?;
-    let (_, oid, rest) = expect(bytes, OID)?;
-    if oid != OCSP_BASIC {
+    let bytes = expect(expect(status.after, CTX0)?.contents, SEQUENCE)?.contents;
+    let oid = expect(bytes, OID)?;
+    if oid.contents != OCSP_BASIC {
         return None;
     }
-    let (_, basic, _) = expect(rest, OCTET_STRING)?;
+    let basic = expect(oid.after, OCTET_STRING)?.contents;
     // BasicOCSPResponse { tbsResponseData, ... }: the signature is not checked here (the
     // caller's store is this process's own: module docs of `follow.rs`).
-    let (_, basic, _) = expect(basic, SEQUENCE)?;
-    let (_, tbs, _) = expect(basic, SEQUENCE)?;
+    let basic = expect(basic, SEQUENCE)?.contents;
+    let tbs = expect(basic, SEQUENCE)?.contents;
     // ResponseData { version [0] OPTIONAL, responderID, producedAt, responses, ... }.
-    let tbs = match expect(tbs, CTX0) {
-        Some((_, _, after)) => after,
-        None => tbs,
-    };
-    let (_, by_key, rest) = expect(tbs, CTX2)?;
-    let (_, key_hash, _) = expect(by_key, OCTET_STRING)?;
-    if key_hash != own_key_hash {
+    let tbs = expect(tbs, CTX0).map_or(tbs, |v| v.after);
+    let by_key = expect(tbs, CTX2)?;
+    if expect(by_key.contents, OCTET_STRING)?.contents != own_key_hash {
         return None;
     }
-    let (produced_at, _, rest) = expect(rest, GENERALIZED_TIME)?;
-    let (_, mut singles, _) = expect(rest, SEQUENCE)?;
+    let produced_at = expect(by_key.after, GENERALIZED_TIME)?;
+    let mut singles = expect(produced_at.after, SEQUENCE)?.contents;
     let mut found: Option<SingleResponse> = None;
     // The earliest nextUpdate, compared as `YYYYMMDDHHMMSSZ` strings (their order is the
     // times' order).
-    let mut next_update: Option<(&[u8], &[u8])> = None;
+    let mut next_update: Option<Tlv<'_>> = None;
     while !singles.is_empty() {
-        let (whole, single, after) = expect(singles, SEQUENCE)?;
-        singles = after;
-        let (_, cert_id, rest) = expect(single, SEQUENCE)?;
+        let single = expect(singles, SEQUENCE)?;
+        singles = single.after;
+        let cert_id = expect(single.contents, SEQUENCE)?;
         // certStatus (one element) and thisUpdate, then nextUpdate [0].
-        let (_, _, _, rest) = tlv(rest)?;
-        let (_, _, rest) = expect(rest, GENERALIZED_TIME)?;
-        let (_, next, _) = expect(rest, CTX0)?;
-        let (time, contents, _) = expect(next, GENERALIZED_TIME)?;
-        if contents.len() != TIME_LEN || contents.last() != Some(&b'Z') {
+        let cert_status = tlv(cert_id.after)?;
+        let this_update = expect(cert_status.after, GENERALIZED_TIME)?;
+        let next = expect(expect(this_update.after, CTX0)?.contents, GENERALIZED_TIME)?;
+        if next.contents.len() != TIME_LEN || next.contents.last() != Some(&b'Z') {
             return None;
         }
-        if next_update.is_none_or(|(_, earliest)| contents < earliest) {
-            next_update = Some((time, contents));
+        if next_update
+            .as_ref()
+            .is_none_or(|earliest| next.contents < earliest.contents)
+        {
+            next_update = Some(next);
         }
         if found.is_some() {
             continue;
         }
         // CertID { hashAlgorithm, issuerNameHash, issuerKeyHash, serialNumber }.
-        let (_, _, rest) = expect(cert_id, SEQUENCE)?;
-        let (_, _, rest) = expect(rest, OCTET_STRING)?;
-        let (_, _, rest) = expect(rest, OCTET_STRING)?;
-        let (_, number, _) = expect(rest, INTEGER)?;
-        if serial_magnitude(number) != serial {
+        let alg = expect(cert_id.contents, SEQUENCE)?;
+        let name_hash = expect(alg.after, OCTET_STRING)?;
+        let key_hash = expect(name_hash.after, OCTET_STRING)?;
+        let number = expect(key_hash.after, INTEGER)?;
+        if serial_magnitude(number.contents) != serial {
             continue;
         }
         // This serial: decoded in full, and kept if it names this issuer (the first that
         // does, as `stored_answers` takes it).
-        let single = SingleResponse::from_der(whole).ok()?;
-        if issuer.matches(&single.cert_id).is_some() {
-            found = Some(single);
+        let decoded = SingleResponse::from_der(single.whole).ok()?;
+        if issuer.matches(&decoded.cert_id).is_some() {
+            found = Some(decoded);
         }
     }
     let single = found?;
-    let produced_at = from_gtime(&OcspGeneralizedTime::from_der(produced_at).ok()?);
-    let next_update = from_gtime(&OcspGeneralizedTime::from_der(next_update?.0).ok()?);
+    let produced_at = from_gtime(&OcspGeneralizedTime::from_der(produced_at.whole).ok()?);
+    let next_update = from_gtime(&OcspGeneralizedTime::from_der(next_update?.whole).ok()?);
     Some(AnswerKind::Signed {
         status: from_ocsp_status(&single.cert_status),
         produced_at,
