@@ -23,12 +23,13 @@
 # With BASE_BIN=<another ca-server> a second directory is grown with that build in the same
 # run, step by step (each build keeps its own store format; its config has no
 # `cache_max_entries`, which older builds do not know): previous build and this one, side by
-# side. SCALE_BASE_CACHE=N bounds that build's answer cache too (builds that know
-# `cache_max_entries`), so that both take the same miss path.
+# side. SCALE_BASE_MAX=N: that build grows only up to N certificates (the sizes past it are
+# measured for this build alone). SCALE_BASE_CACHE=N bounds that build's answer cache too
+# (builds that know `cache_max_entries`), so that both take the same miss path.
 #
 # Usage: bench/scale.sh [SIZE...]   (default: 10000 100000; e.g. 10000 100000 1000000)
 # Env: SCALE_REVOKE (default 2000 per step), SCALE_RANDOM (20000, or all), SCALE_CACHE (20000),
-#      SCALE_BASE_CACHE (none),
+#      SCALE_BASE_MAX (none), SCALE_BASE_CACHE (none),
 #      SCALE_OCSP_SECONDS (5), BENCH_DIR (default /var/tmp), BENCH_OUT (default
 #      bench/results/scale.md). Needs curl, python3 and about 7 KB of disk per certificate.
 set -euo pipefail
@@ -165,13 +166,15 @@ rows=()
 for n in "${sizes[@]}"; do
   [ "$n" -gt "$have" ] || { echo "scale.sh: sizes must grow ($n after $have)" >&2; exit 2; }
   free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
-  builds=1; [ -z "${BASE_BIN:-}" ] || builds=2
+  builds=1; [ -z "${BASE_BIN:-}" ] || [ "$n" -gt "${SCALE_BASE_MAX:-$n}" ] || builds=2
   if [ $(( (n - have) * 8 * builds )) -gt "$free_kb" ]; then
     echo "scale.sh: stopping before $n certificates: $((free_kb / 1024)) MB free on $(df -P "$dir" | awk 'NR == 2 {print $6}') (about 7 KB each)" >&2
     rows+=("| | $n | not reached: the disk holds about $((free_kb / 8 / builds)) more certificates per build ||||||||||")
     break
   fi
-  [ -z "${BASE_BIN:-}" ] || step "previous build" "$BASE_BIN" "$dir.base" "$n"
+  # SCALE_BASE_MAX: the other build stops growing there (a long run measures this build alone
+  # past it).
+  [ -z "${BASE_BIN:-}" ] || [ "$n" -gt "${SCALE_BASE_MAX:-$n}" ] || step "previous build" "$BASE_BIN" "$dir.base" "$n"
   step "this build" "$bin" "$dir" "$n"
   have=$n; revoked=$((revoked + revoke))
 done

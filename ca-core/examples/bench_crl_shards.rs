@@ -7,8 +7,11 @@
 //! (one per shard: the CRL entry is the record's serial, the shard the certificate's URL).
 //!
 //! Usage: `bench_crl_shards [COUNT...]` (default 10000 100000). Prints a Markdown table: store
-//! fill time, first pass (every live shard signed once), full CRL build, one shard rebuild after
-//! a revocation in it, delta CRL build, with sizes and entry counts.
+//! fill time, first pass (every live shard signed once), full CRL build (time, the store's
+//! scan of every revocation alone, size, the
+//! process's RSS before it and its peak during it), the check another node makes of the archived
+//! full CRL, one shard rebuild after a revocation in it, delta CRL build, with sizes and entry
+//! counts.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,7 +20,9 @@ use ca_core::clock::FixedClock;
 use ca_core::crl::{CrlConfig, CrlPublisher, ShardScheme};
 use ca_core::revocation::RevocationReason;
 use ca_core::signer::{KeyAlgorithm, Signer};
-use ca_core::store::{CertRecord, CertStore, RecordStatus, Requester, SledStore, Store};
+use ca_core::store::{
+    CertRecord, CertStore, Durability, RecordStatus, Requester, SledStore, Store,
+};
 use chrono::{Duration, Utc};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +52,24 @@ fn record(i: u64, not_after: chrono::DateTime<Utc>, der: &[u8]) -> CertRecord {
     }
 }
 
+/// `VmRSS` or `VmHWM` of this process in MB, from /proc/self/status.
+fn status_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Reset the process's peak RSS (`VmHWM`) to its current RSS (Linux `clear_refs` 5).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn kb(n: usize) -> String {
     format!("{:.0} KB", n as f64 / 1000.0)
 }
@@ -61,8 +84,8 @@ fn main() {
     } else {
         counts
     };
-    println!("| revoked | fill | first pass (shards signed) | full CRL build | full CRL size | shard rebuild | shard entries | shard size | delta build | delta entries |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| revoked | fill | first pass (shards signed) | full CRL build | of which the store's scan | full CRL size | RSS before / peak during the full build | full CRL check (archive) | shard rebuild | shard entries | shard size | delta build | delta entries |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in counts {
         run(n);
     }
@@ -107,6 +130,9 @@ fn run(n: u64) {
         .unwrap();
     }
     let fill = t.elapsed();
+    // The fill's writes on disk before anything is measured (sled writes them back in the
+    // background otherwise, into the first measurement).
+    store.flush().unwrap();
     let signer: Arc<dyn Signer> = pki.issuing_signer.clone();
     let p = CrlPublisher::new(
         store.clone() as Arc<dyn Store>,
@@ -120,9 +146,28 @@ fn run(n: u64) {
     let t = Instant::now();
     let first = p.regenerate_shards_if_due().unwrap();
     let first_pass = t.elapsed();
+    let rss_before = status_mb("VmRSS:");
+    reset_peak();
     let t = Instant::now();
     let full = p.regenerate().unwrap();
     let full_time = t.elapsed();
+    let rss_peak = status_mb("VmHWM:");
+    // What another node (or a stateless responder) does with the archived full CRL.
+    let t = Instant::now();
+    let checked = ca_core::x509::check_crl(&pki.issuing_der, &full.der).unwrap();
+    let check_time = t.elapsed();
+    assert_eq!(checked.entries, full.entries);
+    // The store's part of a full build: one pass over every revocation.
+    let t = Instant::now();
+    let mut scanned = 0u64;
+    store
+        .for_each_revoked(&mut |_| {
+            scanned += 1;
+            Ok(())
+        })
+        .unwrap();
+    let scan_time = t.elapsed();
+    assert_eq!(scanned, n);
     p.regenerate_delta_if_due().unwrap();
     // One more revocation, in the first shard: only that shard is rebuilt, then the delta.
     let (na, der) = &ders[0];
@@ -141,12 +186,16 @@ fn run(n: u64) {
     let delta = p.regenerate_delta_if_due().unwrap().unwrap();
     let delta_time = t.elapsed();
     println!(
-        "| {n} | {:.1} s | {:.2} s ({}) | {:.2} s | {} | {:.1} ms | {} | {} | {:.1} ms | {} |",
+        "| {n} | {:.1} s | {:.2} s ({}) | {:.2} s | {:.2} s | {} | {:.0} / {:.0} MB | {:.2} s | {:.1} ms | {} | {} | {:.1} ms | {} |",
         fill.as_secs_f64(),
         first_pass.as_secs_f64(),
         first.built.len(),
         full_time.as_secs_f64(),
+        scan_time.as_secs_f64(),
         kb(full.der.len()),
+        rss_before,
+        rss_peak,
+        check_time.as_secs_f64(),
         shard_time.as_secs_f64() * 1000.0,
         shard.entries,
         kb(shard.der.len()),

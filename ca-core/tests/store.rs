@@ -124,6 +124,7 @@ contract!(
     audit_checkpoints_are_kept_in_order,
     ocsp_responses_are_replaced_and_visited,
     group_responses_are_kept_once_read_per_member_and_swept_after_the_last,
+    the_due_scan_gives_each_response_date_without_its_bytes,
     visits_stream_every_record,
     list_filters_answer,
     only_the_newest_generation_renews_and_a_locked_lineage_never_does,
@@ -810,6 +811,52 @@ fn group_responses_are_kept_once_read_per_member_and_swept_after_the_last(place:
     for n in 20..=22 {
         assert_eq!(get(n), Some(ocsp_response(n, 9)));
     }
+}
+
+/// The refresh pass's scan: every kept response (single, or a member linking to its group)
+/// with its nextUpdate, only those at or before the horizon, dates exactly as stored.
+fn the_due_scan_gives_each_response_date_without_its_bytes(place: Place) {
+    let at = |n: u16, der: u8, hours: i64| {
+        let mut r = ocsp_response(n, der);
+        r.next_update = r.this_update + Duration::hours(hours);
+        r
+    };
+    {
+        let s = place.open();
+        s.put_ocsp_response(&at(1, 1, 1)).unwrap();
+        s.put_ocsp_response(&at(2, 1, 30)).unwrap();
+        s.put_ocsp_responses_lazy(&[at(3, 5, 2), at(4, 5, 2), at(5, 5, 2)])
+            .unwrap();
+        // A member re-signed on its own, later than its group.
+        s.put_ocsp_response(&at(5, 6, 40)).unwrap();
+        s.flush().unwrap();
+    }
+    let s = place.open();
+    let scan = |horizon_hours: i64| {
+        let horizon = ocsp_response(0, 0).this_update + Duration::hours(horizon_hours);
+        let mut seen = Vec::new();
+        s.for_each_ocsp_due(horizon, &mut |serial, next_update| {
+            seen.push((serial.to_vec(), next_update));
+            Ok(())
+        })
+        .unwrap();
+        seen.sort();
+        seen
+    };
+    let dated = |n: u16, hours: i64| (n.to_be_bytes().to_vec(), at(n, 0, hours).next_update);
+    assert_eq!(scan(0), vec![]);
+    assert_eq!(scan(1), vec![dated(1, 1)]);
+    assert_eq!(scan(2), vec![dated(1, 1), dated(3, 2), dated(4, 2)]);
+    assert_eq!(
+        scan(100),
+        vec![
+            dated(1, 1),
+            dated(2, 30),
+            dated(3, 2),
+            dated(4, 2),
+            dated(5, 40)
+        ]
+    );
 }
 
 fn ocsp_responses_are_replaced_and_visited(place: Place) {

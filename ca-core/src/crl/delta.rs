@@ -11,20 +11,15 @@
 //! not (another node builds the full CRL, or this one restarted or missed changes) publishes no
 //! delta until it builds a base.
 //!
-//! rcgen, which encodes our CRLs, adds no custom CRL extension: [`sign_with_extensions`] has
-//! rcgen encode the CRL as usual, with a key that only captures the to-be-signed bytes, adds the
-//! extensions to them, and signs the result with the real key.
 
 use super::{CrlIssuer, CrlPublisher, CrlRequest, SignedCrl};
-use crate::error::{Error, Result};
-use crate::signer::Signer;
+use crate::error::Result;
 use crate::store::StoredCrl;
 use chrono::{DateTime, Utc};
-use der::asn1::{BitString, Ia5String, OctetString, Uint};
-use der::{Decode, Encode};
+use der::asn1::{Ia5String, OctetString, Uint};
+use der::Encode;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-use x509_cert::crl::{CertificateList, TbsCertList};
+use std::sync::Arc;
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::CrlDistributionPoints;
@@ -59,76 +54,6 @@ fn freshest_crl(url: &str) -> Result<Extension> {
         critical: false,
         extn_value: OctetString::new(dp.to_der()?)?,
     })
-}
-
-/// A key for rcgen that keeps the bytes it is asked to sign and signs nothing.
-struct TbsCapture<'a> {
-    signer: &'a dyn Signer,
-    tbs: Mutex<Option<Vec<u8>>>,
-}
-
-impl rcgen::PublicKeyData for TbsCapture<'_> {
-    fn der_bytes(&self) -> &[u8] {
-        self.signer.public_key_bits()
-    }
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.signer.algorithm().rcgen()
-    }
-}
-
-impl rcgen::SigningKey for TbsCapture<'_> {
-    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
-        *self.tbs.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.to_vec());
-        // A placeholder: the CRL is signed again below, with the real key.
-        Ok(vec![0])
-    }
-}
-
-impl CrlIssuer<'_> {
-    /// [`CrlIssuer::sign`] with `extensions` added to the CRL's extensions (after rcgen's
-    /// authority key identifier, CRL number and issuing distribution point), signed by the
-    /// issuer's key and verified like every CRL.
-    pub(super) fn sign_with_extensions(
-        &self,
-        req: &CrlRequest<'_>,
-        extensions: Vec<Extension>,
-    ) -> Result<SignedCrl> {
-        let (this_update, next_update) = super::update_times(req.this_update, req.next_update)?;
-        let capture = TbsCapture {
-            signer: self.signer,
-            tbs: Mutex::new(None),
-        };
-        let params = super::rcgen_params(&self.cert, req, this_update, next_update);
-        let rc_issuer = rcgen::Issuer::from_ca_cert_der(&self.cert_der.to_vec().into(), &capture)
-            .map_err(Error::Build)?;
-        params.signed_by(&rc_issuer).map_err(Error::Build)?;
-        let tbs = capture
-            .tbs
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
-            .ok_or(Error::SignatureCheckFailed)?;
-        let mut tbs = TbsCertList::from_der(&tbs)?;
-        tbs.crl_extensions
-            .get_or_insert_with(Vec::new)
-            .extend(extensions);
-        let tbs_der = tbs.to_der()?;
-        let sig = self.signer.sign(&tbs_der)?;
-        let crl = CertificateList {
-            signature_algorithm: tbs.signature.clone(),
-            tbs_cert_list: tbs,
-            signature: BitString::from_bytes(&sig)?,
-        };
-        let der = crl.to_der()?;
-        // Fail closed, as for every CRL.
-        super::verify_crl(&self.spki_der, &der)?;
-        Ok(SignedCrl {
-            der,
-            number: req.number,
-            this_update,
-            next_update,
-            entries: req.entries.len(),
-        })
-    }
 }
 
 /// What the publisher knows of revocations since the base it built.

@@ -40,21 +40,23 @@
 //! # Ok(()) }
 //! ```
 
-use crate::clock::{to_offset, Clock};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::revocation::{RevocationReason, RevokedEntry};
+use crate::revocation::RevokedEntry;
 use crate::signer::{verify, Signer};
 use crate::store::{Store, StoredCrl, FULL_CRL};
-use crate::x509::RcgenKey;
 use chrono::{DateTime, Duration, Utc};
 use der::{Decode, Encode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use x509_cert::crl::CertificateList;
+use x509_cert::ext::Extension;
 use x509_cert::Certificate;
 
 mod delta;
+mod encode;
 mod shards;
+
+use encode::EntryList;
 
 pub use crate::x509::{crl_shard_of, CrlShard};
 pub use delta::{DELTA_CRL, DELTA_PATH};
@@ -124,23 +126,6 @@ impl AsRef<[u8]> for SignedCrl {
     }
 }
 
-fn rcgen_reason(r: RevocationReason) -> Option<rcgen::RevocationReason> {
-    use rcgen::RevocationReason as R;
-    Some(match r {
-        // RFC 5280 5.3.1: unspecified SHOULD be expressed by omitting the reason code.
-        RevocationReason::Unspecified => return None,
-        RevocationReason::KeyCompromise => R::KeyCompromise,
-        RevocationReason::CaCompromise => R::CaCompromise,
-        RevocationReason::AffiliationChanged => R::AffiliationChanged,
-        RevocationReason::Superseded => R::Superseded,
-        RevocationReason::CessationOfOperation => R::CessationOfOperation,
-        RevocationReason::CertificateHold => R::CertificateHold,
-        RevocationReason::RemoveFromCrl => R::RemoveFromCrl,
-        RevocationReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
-        RevocationReason::AaCompromise => R::AaCompromise,
-    })
-}
-
 /// The issuer's subjectKeyIdentifier, which the CRL's authorityKeyIdentifier must repeat
 /// (RFC 5280 5.2.1, 4.2.1.1).
 fn subject_key_id(issuer: &Certificate) -> Option<Vec<u8>> {
@@ -182,9 +167,14 @@ pub struct CrlRequest<'a> {
 /// The issuer certificate, checked to belong to the signing key: the part of issuing a CRL
 /// that can fail before anything is read or numbered.
 struct CrlIssuer<'a> {
-    cert_der: &'a [u8],
-    cert: Certificate,
     spki_der: Vec<u8>,
+    /// The issuer's subject Name (DER): the CRL's issuer.
+    name_der: Vec<u8>,
+    /// The issuer's subject key identifier (or, without one, the RFC 7093 identifier of its
+    /// key): the CRL's authority key identifier.
+    key_id: Vec<u8>,
+    /// The signature AlgorithmIdentifier (DER).
+    algorithm_der: Vec<u8>,
     signer: &'a dyn Signer,
 }
 
@@ -204,82 +194,82 @@ impl<'a> CrlIssuer<'a> {
             ));
         }
         let spki_der = cert.tbs_certificate.subject_public_key_info.to_der()?;
+        let key_id = match subject_key_id(&cert) {
+            Some(ski) => ski,
+            None => crate::x509::key_identifier(&spki_der)?,
+        };
         Ok(CrlIssuer {
-            cert_der,
-            cert,
+            name_der: cert.tbs_certificate.subject.to_der()?,
+            algorithm_der: signer.algorithm().signature_algorithm_id().to_der()?,
             spki_der,
+            key_id,
             signer,
         })
     }
 
     fn sign(&self, req: &CrlRequest<'_>) -> Result<SignedCrl> {
+        self.sign_with_extensions(req, Vec::new())
+    }
+
+    /// [`CrlIssuer::sign`] with `extensions` after the authority key identifier, CRL number
+    /// and issuing distribution point.
+    fn sign_with_extensions(
+        &self,
+        req: &CrlRequest<'_>,
+        extensions: Vec<Extension>,
+    ) -> Result<SignedCrl> {
+        let head = CrlHeadRequest {
+            number: req.number,
+            this_update: req.this_update,
+            next_update: req.next_update,
+            distribution_point: req.distribution_point,
+        };
+        self.sign_list(&head, &extensions, EntryList::of(req.entries)?)
+    }
+
+    /// Sign the CRL of `head`, `extensions` and the already encoded `entries`, and check the
+    /// signature with the issuer certificate's key before returning it (fail closed).
+    fn sign_list(
+        &self,
+        req: &CrlHeadRequest<'_>,
+        extensions: &[Extension],
+        entries: EntryList,
+    ) -> Result<SignedCrl> {
         let (this_update, next_update) = update_times(req.this_update, req.next_update)?;
-        let params = rcgen_params(&self.cert, req, this_update, next_update);
-        let key = RcgenKey::new(self.signer);
-        let rc_issuer = rcgen::Issuer::from_ca_cert_der(&self.cert_der.to_vec().into(), &key)
-            .map_err(|e| key.map_err(e))?;
-        let crl = params.signed_by(&rc_issuer).map_err(|e| key.map_err(e))?;
-        let der = crl.der().to_vec();
-        verify_crl(&self.spki_der, &der)?;
+        let count = entries.len();
+        let head = encode::CrlHead {
+            number: req.number,
+            this_update,
+            next_update,
+            distribution_point: req.distribution_point,
+            key_id: &self.key_id,
+            issuer_name: &self.name_der,
+            algorithm: &self.algorithm_der,
+        };
+        let der = encode::signed_crl(&head, extensions, entries, |tbs| {
+            let sig = self.signer.sign(tbs)?;
+            // Fail closed: never return a CRL whose signature the issuer key does not verify.
+            verify(&self.spki_der, tbs, &sig)?;
+            Ok(sig)
+        })?;
         Ok(SignedCrl {
             der,
             number: req.number,
             this_update,
             next_update,
-            entries: req.entries.len(),
+            entries: count,
         })
     }
 }
 
-/// rcgen's description of the CRL `req` asks for, with times already checked.
-fn rcgen_params(
-    issuer: &Certificate,
-    req: &CrlRequest<'_>,
+/// A CRL's number, times and distribution point, without its entries (those come as an
+/// [`EntryList`], encoded as they were read).
+#[derive(Clone, Copy)]
+struct CrlHeadRequest<'a> {
+    number: u64,
     this_update: DateTime<Utc>,
     next_update: DateTime<Utc>,
-) -> rcgen::CertificateRevocationListParams {
-    let key_identifier_method = match subject_key_id(issuer) {
-        Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
-        None => rcgen::KeyIdMethod::Sha256,
-    };
-    rcgen::CertificateRevocationListParams {
-        this_update: to_offset(this_update),
-        next_update: to_offset(next_update),
-        // rcgen writes INTEGERs minimally (leading zeros dropped, a sign octet added).
-        crl_number: rcgen::SerialNumber::from_slice(&req.number.to_be_bytes()),
-        issuing_distribution_point: req.distribution_point.map(|url| {
-            rcgen::CrlIssuingDistributionPoint {
-                distribution_point: rcgen::CrlDistributionPoint {
-                    uris: vec![url.to_string()],
-                },
-                scope: None,
-            }
-        }),
-        revoked_certs: req
-            .entries
-            .iter()
-            .map(|e| rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from_slice(crate::ocsp::serial_magnitude(
-                    &e.serial,
-                )),
-                revocation_time: to_offset(e.revoked_at),
-                reason_code: rcgen_reason(e.reason),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method,
-    }
-}
-
-/// Fail closed: never return a CRL whose signature the issuer key does not verify.
-fn verify_crl(issuer_spki_der: &[u8], der: &[u8]) -> Result<()> {
-    let parsed = CertificateList::from_der(der)?;
-    let tbs = parsed.tbs_cert_list.to_der()?;
-    let sig = parsed
-        .signature
-        .as_bytes()
-        .ok_or(Error::SignatureCheckFailed)?;
-    verify(issuer_spki_der, &tbs, sig)
+    distribution_point: Option<&'a str>,
 }
 
 /// thisUpdate and nextUpdate in whole seconds, nextUpdate strictly later.
@@ -345,19 +335,20 @@ pub fn build_crl_with(
 ) -> Result<SignedCrl> {
     update_times(this_update, next_update)?;
     let issuer = CrlIssuer::new(issuer_cert_der, signer)?;
-    let mut entries = Vec::new();
-    store.for_each_revoked(&mut |e| {
-        entries.push(e);
-        Ok(())
-    })?;
+    // Each entry is encoded as it is read: the CRL costs its DER, not an object per entry.
+    let mut entries = EntryList::default();
+    store.for_each_revoked(&mut |e| entries.push(&e))?;
     let number = store.next_crl_number()?;
-    let crl = issuer.sign(&CrlRequest {
-        number,
-        this_update,
-        next_update,
-        entries: &entries,
-        distribution_point,
-    })?;
+    let crl = issuer.sign_list(
+        &CrlHeadRequest {
+            number,
+            this_update,
+            next_update,
+            distribution_point,
+        },
+        &[],
+        entries,
+    )?;
     tracing::info!(number, entries = crl.entries, "CRL signed");
     Ok(crl)
 }

@@ -18,7 +18,7 @@
 //! sequence and lease ([`CrlShard::lease`]): one node builds a given shard's next CRL, the
 //! others serve what it archives.
 
-use super::{CrlIssuer, CrlPublisher, CrlRequest, SignedCrl};
+use super::{CrlHeadRequest, CrlIssuer, CrlPublisher, EntryList, SignedCrl};
 use crate::error::{Error, Result};
 use crate::store::StoredCrl;
 use crate::x509::{CrlShard, SHARD_PATH};
@@ -402,21 +402,18 @@ impl CrlPublisher {
         let extensions = self.full_crl_extensions()?;
         // Taken before the store is read: these revocations are in the base.
         let snapshot = lock(&shards.delta).snapshot();
-        let mut entries = Vec::new();
-        self.store.for_each_revoked(&mut |e| {
-            entries.push(e);
-            Ok(())
-        })?;
+        let mut entries = EntryList::default();
+        self.store.for_each_revoked(&mut |e| entries.push(&e))?;
         let number = self.store.next_crl_number()?;
-        let crl = issuer.sign_with_extensions(
-            &CrlRequest {
+        let crl = issuer.sign_list(
+            &CrlHeadRequest {
                 number,
                 this_update: now,
                 next_update,
-                entries: &entries,
                 distribution_point: None,
             },
-            extensions,
+            &extensions,
+            entries,
         )?;
         lock(&shards.delta).based(crl.number, crl.this_update, &snapshot);
         tracing::info!(number, entries = crl.entries, "CRL signed");
@@ -434,21 +431,22 @@ impl CrlPublisher {
         let next_update = now + self.config.validity;
         super::update_times(now, next_update)?;
         let issuer = CrlIssuer::new(&self.issuer_cert_der, self.signer.as_ref())?;
-        let mut entries = Vec::new();
-        self.store.for_each_revoked_in_shard(shard, &mut |e| {
-            entries.push(e);
-            Ok(())
-        })?;
+        let mut entries = EntryList::default();
+        self.store
+            .for_each_revoked_in_shard(shard, &mut |e| entries.push(&e))?;
         let scope = shard.scope();
         let number = self.store.next_crl_number_in(&scope)?;
         let url = shards.scheme.url(shard);
-        let crl = Arc::new(issuer.sign(&CrlRequest {
-            number,
-            this_update: now,
-            next_update,
-            entries: &entries,
-            distribution_point: Some(&url),
-        })?);
+        let crl = Arc::new(issuer.sign_list(
+            &CrlHeadRequest {
+                number,
+                this_update: now,
+                next_update,
+                distribution_point: Some(&url),
+            },
+            &[],
+            entries,
+        )?);
         let kept = self.store.put_crl(&StoredCrl {
             scope,
             number: crl.number,

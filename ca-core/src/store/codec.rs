@@ -267,6 +267,24 @@ pub(super) fn decode_ocsp_record(b: &[u8]) -> Result<OcspRecord> {
     Ok(link)
 }
 
+/// The nextUpdate of what is kept under a serial, response or link, without decoding the
+/// response: both encodings end with it (JSON records of earlier versions are decoded).
+pub(super) fn ocsp_record_next_update(b: &[u8]) -> Result<DateTime<Utc>> {
+    if b.first() == Some(&b'{') {
+        return Ok(decode_ocsp(b)?.next_update);
+    }
+    let tail = b
+        .len()
+        .checked_sub(12)
+        .map(|at| &b[at..])
+        .ok_or_else(|| Error::Corrupt("OCSP record: too short".into()))?;
+    R {
+        what: "OCSP record",
+        b: tail,
+    }
+    .time()
+}
+
 /// Decode a stored OCSP response (version 1, or the JSON of earlier versions).
 pub(super) fn decode_ocsp(b: &[u8]) -> Result<StoredOcspResponse> {
     const WHAT: &str = "OCSP response";

@@ -588,6 +588,10 @@ pub trait TokenStore: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// What [`OcspResponseStore::for_each_ocsp_due`] calls with each due response's serial and
+/// nextUpdate.
+pub type DueVisitor<'a> = dyn FnMut(&[u8], DateTime<Utc>) -> Result<()> + 'a;
+
 /// Pre-signed OCSP responses kept across restarts: what the OCSP responder persists.
 pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
     /// Keep a pre-signed OCSP response (replacing the serial's previous one), durable on
@@ -621,6 +625,11 @@ pub trait OcspResponseStore: Send + Sync + std::fmt::Debug {
         &self,
         f: &mut dyn FnMut(StoredOcspResponse) -> Result<()>,
     ) -> Result<()>;
+    /// Visit the serial and nextUpdate of every kept response whose nextUpdate is at or before
+    /// `before`: what a refresh pass needs to find due responses when its cache does not hold
+    /// them all. Reads no response bytes (a link's group is not resolved), so a pass over a
+    /// million records costs their keys and dates, not their DER.
+    fn for_each_ocsp_due(&self, before: DateTime<Utc>, f: &mut DueVisitor<'_>) -> Result<()>;
     /// The response kept under `serial` (a response may cover several serials and is kept
     /// under one of them: see the responder's issuance groups).
     fn get_ocsp_response(&self, serial: &[u8]) -> Result<Option<StoredOcspResponse>>;

@@ -42,8 +42,8 @@ use super::feed::{Change, Subscription};
 use super::pg_listen::{notify, Listener, CHANNEL};
 use super::{
     AuditLog, CertCount, CertCounts, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed,
-    CrlArchive, CrlNumbers, Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts,
-    Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
+    CrlArchive, CrlNumbers, DueVisitor, Durability, Leases, LineageLock, OcspResponseStore,
+    PrunedCerts, Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -1075,6 +1075,34 @@ impl OcspResponseStore for PgStore {
             for r in &rows {
                 if let Some(resp) = resolve_ocsp(r.get(0), r.get(1), r.get(2))? {
                     f(resp)?;
+                }
+            }
+            match rows.last() {
+                Some(r) if rows.len() as i64 == BATCH => last = r.get(0),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn for_each_ocsp_due(&self, before: DateTime<Utc>, f: &mut DueVisitor<'_>) -> Result<()> {
+        // Only each record's last 12 bytes cross the wire (its nextUpdate: both encodings end
+        // with it), the whole record only for the JSON of earlier versions.
+        let mut last: Vec<u8> = Vec::new();
+        loop {
+            let rows = self
+                .read_conn()?
+                .query(
+                    "SELECT serial, CASE WHEN get_byte(rec, 0) = 123 THEN rec \
+                     ELSE substring(rec from length(rec) - 11) END \
+                     FROM ocsp_responses WHERE serial > $1 ORDER BY serial LIMIT $2",
+                    &[&last, &BATCH],
+                )
+                .map_err(pg("scan OCSP response dates"))?;
+            for r in &rows {
+                let serial: &[u8] = r.get(0);
+                let next_update = codec::ocsp_record_next_update(r.get(1))?;
+                if next_update <= before {
+                    f(serial, next_update)?;
                 }
             }
             match rows.last() {

@@ -18,8 +18,8 @@ use super::codec;
 use super::feed::{Change, Hub, Subscription};
 use super::{
     AuditLog, CertCount, CertCounts, CertCutoff, CertFilter, CertRecord, CertStore, ChangeFeed,
-    CrlArchive, CrlNumbers, Durability, Leases, LineageLock, OcspResponseStore, PrunedCerts,
-    Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
+    CrlArchive, CrlNumbers, DueVisitor, Durability, Leases, LineageLock, OcspResponseStore,
+    PrunedCerts, Retention, StoredCrl, StoredOcspResponse, TokenRecord, TokenStore,
 };
 use crate::audit::{self, AuditEvent, Checkpoint, NewAuditEvent};
 use crate::error::{Error, Result};
@@ -802,16 +802,17 @@ impl OcspResponseStore for SledStore {
         self.ocsp_groups
             .insert(head.serial.as_slice(), codec::encode_ocsp(head)?)
             .map_err(|e| Error::store("put OCSP group response", e))?;
-        let mut batch = sled::Batch::default();
+        // One insert per link, not a sled batch: a batch takes sled's global write lock and
+        // stalls every other write of the store (enrollments) while it waits. A crash between
+        // two links leaves a member without a record, which the next start signs again.
         for r in resps {
-            batch.insert(
-                r.serial.as_slice(),
-                codec::encode_ocsp_link(r, &head.serial)?,
-            );
+            self.ocsp
+                .insert(
+                    r.serial.as_slice(),
+                    codec::encode_ocsp_link(r, &head.serial)?,
+                )
+                .map_err(|e| Error::store("put OCSP responses", e))?;
         }
-        self.ocsp
-            .apply_batch(batch)
-            .map_err(|e| Error::store("put OCSP responses", e))?;
         if self.feed.has_subscribers() {
             for r in resps {
                 self.feed
@@ -840,6 +841,17 @@ impl OcspResponseStore for SledStore {
             let (k, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
             if let Some(resp) = self.resolve_ocsp(&k, &v)? {
                 f(resp)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each_ocsp_due(&self, before: DateTime<Utc>, f: &mut DueVisitor<'_>) -> Result<()> {
+        for kv in self.ocsp.iter() {
+            let (k, v) = kv.map_err(|e| Error::store("scan OCSP responses", e))?;
+            let next_update = codec::ocsp_record_next_update(&v)?;
+            if next_update <= before {
+                f(&k, next_update)?;
             }
         }
         Ok(())
@@ -939,14 +951,15 @@ fn decode_crl(scope: &str, v: &[u8]) -> Result<StoredCrl> {
 
 impl CrlArchive for SledStore {
     fn put_crl(&self, crl: &StoredCrl) -> Result<bool> {
-        let new = encode_crl(crl);
+        // Shared, not copied, each time sled runs the update (a full CRL can be tens of MB).
+        let new = sled::IVec::from(encode_crl(crl));
         let mut kept = false;
         self.crls
             .fetch_and_update(crl.scope.as_bytes(), |old| {
                 match old.and_then(crl_number_of) {
                     Some(n) if n >= crl.number => {
                         kept = false;
-                        old.map(|o| o.to_vec())
+                        old.map(sled::IVec::from)
                     }
                     _ => {
                         kept = true;

@@ -87,13 +87,8 @@ pub fn crl_shard_of(cert_der: &[u8]) -> Option<CrlShard> {
 
 /// The URI of a CRL's issuing distribution point (RFC 5280 5.2.5), if it has one.
 pub fn crl_idp_uri(crl_der: &[u8]) -> Option<String> {
-    let crl = x509_cert::crl::CertificateList::from_der(crl_der).ok()?;
-    let ext = crl
-        .tbs_cert_list
-        .crl_extensions
-        .iter()
-        .flatten()
-        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT)?;
+    let crl = super::crl_check::CrlParts::parse(crl_der).ok()?;
+    let ext = crl.extension(const_oid::db::rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT)?;
     let idp =
         x509_cert::ext::pkix::IssuingDistributionPoint::from_der(ext.extn_value.as_bytes()).ok()?;
     match idp.distribution_point? {

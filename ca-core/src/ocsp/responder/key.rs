@@ -216,6 +216,12 @@ impl Signing {
         Ok(next.min(*not_after))
     }
 
+    /// How long before its nextUpdate a response is re-signed: nothing with a later
+    /// nextUpdate than now + this is due ([`Signing::refresh_wanted`]).
+    pub(super) fn refresh_before(&self) -> Duration {
+        self.refresh_before
+    }
+
     /// Whether a response with this nextUpdate is due for re-signing: within `refresh_before`
     /// of it, unless it already ends at the responder certificate's notAfter (re-signing
     /// could not extend it; it is left to run out).

@@ -117,19 +117,22 @@ impl Refresher {
         self.sign_backlog(inst, &mut stats);
         let due_at = |n| n <= now || signing.refresh_wanted(n, now);
         let due = if inst.cache.is_partial() {
-            // The cache does not hold every answer (it is bounded): the stored responses say
-            // which are due, read in one streaming pass (memory: the due serials only).
+            // The cache does not hold every answer (it is bounded): the stored responses'
+            // dates say which are due, read in one streaming pass that reads no response
+            // (memory: the due serials only).
             let mut due = Vec::new();
             let mut seen = HashSet::new();
-            inst.store.for_each_ocsp_response(&mut |stored| {
-                if due_at(stored.next_update) {
-                    let serial = serial_magnitude(&stored.serial).to_vec();
-                    if seen.insert(serial.clone()) {
-                        due.push(serial);
+            let horizon = now + signing.refresh_before();
+            inst.store
+                .for_each_ocsp_due(horizon, &mut |serial, next_update| {
+                    if due_at(next_update) {
+                        let serial = serial_magnitude(serial).to_vec();
+                        if seen.insert(serial.clone()) {
+                            due.push(serial);
+                        }
                     }
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                })?;
             due
         } else {
             inst.cache.select(|a| a.next_update().is_none_or(due_at))
