@@ -10,9 +10,11 @@
 # - a restart: seconds until serving (`dev.env` written, both listeners bound) and until the
 #   status listener's /readyz; the server's RSS right after, and once the background load of
 #   stored OCSP responses has finished (`ca_ocsp_cache_entries` stable);
-# - OCSP GET requests/s for a random mix (SCALE_RANDOM distinct certificates, cycled) and for
-#   a hot set (100 certificates), 16 connections, SCALE_OCSP_SECONDS each, with the answer
-#   cache's hit rate; then the RSS again.
+# - OCSP GET requests/s for a random mix (SCALE_RANDOM distinct certificates, cycled;
+#   SCALE_RANDOM=all: as many uniformly random draws over every valid certificate; the 16
+#   connections start spread over the list) and for a hot set (100
+#   certificates), 16 connections, SCALE_OCSP_SECONDS each, with the answer cache's hit rate;
+#   then the RSS again.
 #
 # The answer cache is bounded at SCALE_CACHE answers (default 20000: at 100k certificates that
 # is the ratio of the 200k default to 1M certificates), so the random mix misses as it would
@@ -22,11 +24,12 @@
 # run, step by step (each build keeps its own store format; its config has no
 # `cache_max_entries`, which older builds do not know): previous build and this one, side by
 # side. SCALE_BASE_MAX=N: that build grows only up to N certificates (the sizes past it are
-# measured for this build alone).
+# measured for this build alone). SCALE_BASE_CACHE=N bounds that build's answer cache too
+# (builds that know `cache_max_entries`), so that both take the same miss path.
 #
 # Usage: bench/scale.sh [SIZE...]   (default: 10000 100000; e.g. 10000 100000 1000000)
-# Env: SCALE_REVOKE (default 2000 per step), SCALE_RANDOM (20000), SCALE_CACHE (20000),
-#      SCALE_BASE_MAX (none),
+# Env: SCALE_REVOKE (default 2000 per step), SCALE_RANDOM (20000, or all), SCALE_CACHE (20000),
+#      SCALE_BASE_MAX (none), SCALE_BASE_CACHE (none),
 #      SCALE_OCSP_SECONDS (5), BENCH_DIR (default /var/tmp), BENCH_OUT (default
 #      bench/results/scale.md). Needs curl, python3 and about 7 KB of disk per certificate.
 set -euo pipefail
@@ -123,10 +126,14 @@ step() {
   "$b" certs export --json --status valid >"$w/certs.ndjson"
   python3 - "$w" "$random" <<'EOF'
 import json, random, sys
-work, n = sys.argv[1], int(sys.argv[2])
+work = sys.argv[1]
 serials = [json.loads(l)["serial"].replace(":", "") for l in open(f"{work}/certs.ndjson")]
 random.seed(17)
-open(f"{work}/random.serials", "w").write("\n".join(random.sample(serials, min(n, len(serials)))) + "\n")
+if sys.argv[2] == "all":
+    mix = random.choices(serials, k=len(serials))
+else:
+    mix = random.sample(serials, min(int(sys.argv[2]), len(serials)))
+open(f"{work}/random.serials", "w").write("\n".join(mix) + "\n")
 open(f"{work}/hot.serials", "w").write("\n".join(serials[-100:]) + "\n")
 EOF
   "$load" requests "$w/issuer.crt" "$w/random.serials" "$w/random.txt"
@@ -153,7 +160,7 @@ EOF
 }
 
 prepare "$bin" "$dir" "$cache"
-[ -z "${BASE_BIN:-}" ] || prepare "$BASE_BIN" "$dir.base" none
+[ -z "${BASE_BIN:-}" ] || prepare "$BASE_BIN" "$dir.base" "${SCALE_BASE_CACHE:-none}"
 have=0; revoked=0
 rows=()
 for n in "${sizes[@]}"; do
@@ -177,7 +184,7 @@ out="${BENCH_OUT:-bench/results/scale.md}"
 {
   echo "### Growth of one data directory ($(date -u +%Y-%m-%d\ %H:%M\ UTC))"
   echo
-  echo "Command: \`bench/scale.sh ${sizes[*]}\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'); SCALE_REVOKE=$revoke SCALE_RANDOM=$random SCALE_CACHE=$cache SCALE_OCSP_SECONDS=$secs. Machine: $(nproc) cores, $(uname -sr), sled store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "Command: \`bench/scale.sh ${sizes[*]}\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'); SCALE_REVOKE=$revoke SCALE_RANDOM=$random SCALE_CACHE=$cache${BASE_BIN:+ SCALE_BASE_CACHE=${SCALE_BASE_CACHE:-none}} SCALE_OCSP_SECONDS=$secs. Machine: $(nproc) cores, $(uname -sr), sled store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
   echo "| build | certificates | revoked | store bytes per certificate | full CRL bytes | enroll/s | revoke/s | revoke p50 / p99 ms | serving / ready / loaded (s) | RSS MB at ready / loaded / after OCSP | OCSP req/s random (cache hit rate) | OCSP req/s hot (hit rate) |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"

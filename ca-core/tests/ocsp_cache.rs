@@ -268,3 +268,224 @@ fn over_the_budget_a_known_certificate_gets_try_later_and_the_backlog_signs_it()
     assert_eq!(r.refresh_backlog().unwrap().refreshed, 1);
     assert!(matches!(status_of(&r, &req), CertStatus::Revoked { .. }));
 }
+
+/// A request for `leaf` under `alg`, encoded like a client sends it (no nonce).
+fn request_for(ca: &TestCa, leaf: &Leaf, alg: ca_core::ocsp::HashAlg) -> Vec<u8> {
+    use der::Encode;
+    use x509_ocsp::{OcspRequest, Request, TbsRequest, Version};
+    let issuer = ca_core::ocsp::OcspIssuer::from_cert_der(&ca.cert_der).unwrap();
+    OcspRequest {
+        tbs_request: TbsRequest {
+            version: Version::V1,
+            requestor_name: None,
+            request_list: vec![Request {
+                req_cert: issuer.cert_id(alg, &leaf.record.serial).unwrap(),
+                single_request_extensions: None,
+            }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    }
+    .to_der()
+    .unwrap()
+}
+
+/// The hot set of a fleet (a few certificates asked about all the time) stays in memory while
+/// the rest streams through a cache far smaller than the fleet: an answer asked about since the
+/// clock hand last passed is not evicted. (The table's first occupied slot was the victim
+/// before: the slot a recent insertion had reused, so the hot answers evicted each other.)
+#[test]
+fn hot_answers_survive_eviction_pressure() {
+    const CACHE: usize = 64; // 4 answers per shard
+    const COLD: usize = 96;
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..COLD + 3)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect();
+    sign_all(&ca, &leaves);
+    let (hot, cold) = leaves.split_at(3);
+    let alg = ca_core::ocsp::HashAlg::Sha1;
+    let hot_reqs: Vec<Vec<u8>> = hot.iter().map(|l| request_for(&ca, l, alg)).collect();
+    let r = responder(
+        &ca,
+        Arc::new(SystemClock),
+        ResponderConfig {
+            cache_max_entries: CACHE,
+            ..Default::default()
+        },
+    );
+    let hot_hit = |r: &Responder, what: &str| {
+        for (h, req) in hot_reqs.iter().enumerate() {
+            let hits = r.cache_stats().hits;
+            assert_eq!(status_of(r, req), CertStatus::Good);
+            assert_eq!(
+                r.cache_stats().hits,
+                hits + 1,
+                "{what}: hot answer {h} was evicted"
+            );
+        }
+    };
+    // Nothing loaded: every first request is a miss read back from the store. The cold
+    // certificates fill the cache first, as the rest of a fleet does.
+    ca.token.inject_login_refusal().unwrap();
+    for l in cold {
+        assert_eq!(status_of(&r, &request_for(&ca, l, alg)), CertStatus::Good);
+    }
+    assert!(r.cache_stats().evictions > 0, "{:?}", r.cache_stats());
+    // The hot set alone: read back once, then in memory.
+    for req in &hot_reqs {
+        assert_eq!(status_of(&r, req), CertStatus::Good);
+    }
+    for round in 0..10 {
+        hot_hit(&r, &format!("hot round {round}"));
+    }
+    let before = r.cache_stats();
+    // Each cold certificate once (a miss, an insertion, past the bound an eviction), the hot
+    // ones between them, three times round.
+    for round in 0..3 {
+        for (i, l) in cold.iter().enumerate() {
+            assert_eq!(
+                status_of(&r, &request_for(&ca, l, alg)),
+                CertStatus::Good,
+                "round {round}, cold {i}"
+            );
+            hot_hit(&r, &format!("round {round}, after cold {i}"));
+        }
+    }
+    ca.token.end_login_refusal().unwrap();
+    ca.signer.token().retry_login();
+    let after = r.cache_stats();
+    let asked = (3 * COLD * (hot.len() + 1)) as u64;
+    assert_eq!(
+        (after.hits + after.misses) - (before.hits + before.misses),
+        asked,
+        "{after:?}"
+    );
+    assert!(after.evictions > before.evictions, "{after:?}");
+    assert!(after.entries <= CACHE, "{after:?}");
+    assert_eq!(after.store_reads, after.misses, "{after:?}");
+}
+
+/// Misses answered from the store carry exactly what the stored response says for that serial
+/// (status, revocation time and reason, thisUpdate, the group's earliest nextUpdate) under
+/// either CertID hash, for members of issuance groups and for re-signed revocations alike,
+/// with the HSM refusing every signature; and the bytes served are the stored ones.
+#[test]
+fn misses_read_back_from_the_store_answer_what_the_stored_response_says() {
+    use ca_core::ocsp::HashAlg;
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..24)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect();
+    sign_all(&ca, &leaves);
+    // Revoked the way the CA does it: store, then the responder re-signs and persists.
+    let signer = responder(&ca, Arc::new(SystemClock), Default::default());
+    let reasons = [
+        RevocationReason::KeyCompromise,
+        RevocationReason::Superseded,
+        RevocationReason::Unspecified,
+    ];
+    for (i, reason) in reasons.iter().enumerate() {
+        let rec = ca
+            .store
+            .revoke(&leaves[i * 5].record.serial, Utc::now(), *reason)
+            .unwrap();
+        signer.on_revoked(&rec).unwrap();
+    }
+    drop(signer);
+
+    let r = responder(&ca, Arc::new(SystemClock), small());
+    ca.token.inject_login_refusal().unwrap();
+    for round in 0..2 {
+        for (i, l) in leaves.iter().enumerate() {
+            for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+                let a = r.respond(&request_for(&ca, l, alg));
+                let rec = ca.store.get_cert(&l.record.serial).unwrap().unwrap();
+                let stored = ca
+                    .store
+                    .get_ocsp_response(&l.record.serial)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    a.der, stored.der,
+                    "round {round}, leaf {i}: the stored bytes"
+                );
+                // What the full decoder reads in those bytes for this serial.
+                let parsed = ca_core::ocsp::parse_response(&stored.der).unwrap();
+                let single = parsed
+                    .singles()
+                    .iter()
+                    .find(|s| {
+                        ca_core::ocsp::serial_magnitude(s.cert_id.serial_number.as_bytes())
+                            == ca_core::ocsp::serial_magnitude(&l.record.serial)
+                    })
+                    .unwrap();
+                let this_update = chrono::DateTime::from_timestamp(
+                    single.this_update.0.to_unix_duration().as_secs() as i64,
+                    0,
+                )
+                .unwrap();
+                let status = a.cert_status().cloned().unwrap();
+                match (&status, rec.cert_status()) {
+                    (CertStatus::Good, CertStatus::Good) => {}
+                    (
+                        CertStatus::Revoked { at, reason },
+                        CertStatus::Revoked {
+                            at: at2,
+                            reason: reason2,
+                        },
+                    ) => {
+                        assert_eq!(at.timestamp(), at2.timestamp());
+                        assert_eq!(*reason, reason2);
+                    }
+                    (s, want) => panic!("leaf {i}: {s:?}, the store says {want:?}"),
+                }
+                assert_eq!(a.this_update(), Some(this_update), "leaf {i}");
+                assert_eq!(a.next_update(), parsed.next_update(), "leaf {i}");
+            }
+        }
+    }
+    ca.token.end_login_refusal().unwrap();
+    ca.signer.token().retry_login();
+    let stats = r.cache_stats();
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert_eq!(stats.store_reads, stats.misses, "{stats:?}");
+}
+
+/// The attack: a response signed by another key (here a delegated responder's, valid for this
+/// issuer) stored under a serial, for a responder signing with the CA key. Read back on a
+/// miss, it must not be served: the responder signs its own answer instead.
+#[test]
+fn a_stored_response_signed_by_another_key_is_not_read_back() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..4).map(|i| ca.issue_leaf(&format!("leaf{i}"))).collect();
+    let (rsigner, rcert, _) = ca.ocsp_responder("other-responder");
+    let other = Arc::new(
+        Responder::new(
+            &ca.cert_der,
+            ResponderKey::delegated(rsigner, &rcert).unwrap(),
+            ca.store.clone(),
+            Arc::new(SystemClock),
+            Default::default(),
+        )
+        .unwrap(),
+    );
+    let tickets: Vec<_> = leaves
+        .iter()
+        .map(|l| other.enqueue_issued(&l.record))
+        .collect();
+    for t in tickets {
+        other.await_issued(t).unwrap();
+    }
+    drop(other);
+    let foreign = ca
+        .store
+        .get_ocsp_response(&leaves[2].record.serial)
+        .unwrap()
+        .unwrap();
+    let r = responder(&ca, Arc::new(SystemClock), small());
+    let a = r.respond(&request_for(&ca, &leaves[2], ca_core::ocsp::HashAlg::Sha1));
+    assert_eq!(a.cert_status(), Some(&CertStatus::Good), "{a:?}");
+    assert_ne!(a.der, foreign.der, "another key's response was served");
+    assert_eq!(r.cache_stats().store_reads, 0, "{:?}", r.cache_stats());
+}

@@ -19,6 +19,7 @@ use super::answer::OcspAnswer;
 use super::cache::{check_stored, AnswerCache};
 use super::key::Signing;
 use super::live::UnknownAnswers;
+use super::single;
 use crate::error::{Error, Result};
 use crate::store::{Store, StoredOcspResponse};
 use der::Encode;
@@ -61,6 +62,24 @@ pub(super) struct FollowCtx<'a> {
     pub(super) cache: &'a AnswerCache,
     pub(super) unknown: &'a UnknownAnswers,
     pub(super) store: &'a dyn Store,
+}
+
+/// The answer for `serial` in `stored`, a response read from this process's own store, if it
+/// names this responder's key and this issuer: only that serial's SingleResponse is decoded
+/// (`single.rs`); a response of another shape is decoded in full.
+fn own_answer(
+    stored: StoredOcspResponse,
+    serial: &[u8],
+    cx: &FollowCtx<'_>,
+) -> Option<Arc<OcspAnswer>> {
+    let (issuer, key_hash) = (cx.signing.issuer(), cx.signing.own_key_hash());
+    match single::kind_for(&stored.der, serial, issuer, key_hash) {
+        Some(kind) => Some(Arc::new(OcspAnswer::new(stored.der, kind))),
+        None => check_stored(&stored, issuer, key_hash)?
+            .into_iter()
+            .find(|(s, _)| s == serial)
+            .map(|(_, a)| a),
+    }
 }
 
 impl Follower {
@@ -145,12 +164,12 @@ impl Follower {
         // nodes") the signature is verified, as for any followed answer. On this process's
         // own store (sled) the key hash is checked, as loading at start does, and the
         // signature is not verified again on this hot path (a relying party verifies it).
-        let answers = if cx.store.is_shared() {
-            self.verified(&stored, cx)?
+        let answer = if cx.store.is_shared() {
+            let answers = self.verified(&stored, cx)?;
+            answers.into_iter().find(|(s, _)| s == serial)?.1
         } else {
-            check_stored(&stored, cx.signing.issuer(), cx.signing.own_key_hash())?
+            own_answer(stored, serial, cx)?
         };
-        let (_, answer) = answers.into_iter().find(|(s, _)| s == serial)?;
         if !answer.fresh(now) || (answer.is_good() && self.recently_revoked(serial)) {
             return None;
         }

@@ -27,6 +27,7 @@ mod live;
 mod memo;
 mod presign;
 mod refresh;
+mod single;
 mod stateless;
 
 pub use answer::{AnswerKind, OcspAnswer, TransportCache};
