@@ -9,7 +9,7 @@
 # - the full CRL's size (`/crl`), and the number of revoked certificates;
 # - a restart: seconds until serving (`dev.env` written, both listeners bound) and until the
 #   status listener's /readyz; the server's RSS right after, and once the background load of
-#   stored OCSP responses has finished (`ca_ocsp_cache_entries` stable);
+#   stored OCSP responses has finished (`ca_ocsp_cache_entries` stable; its value is a column);
 # - OCSP GET requests/s for a random mix (SCALE_RANDOM distinct certificates, cycled;
 #   SCALE_RANDOM=all: as many uniformly random draws over every valid certificate; the 16
 #   connections start spread over the list) and for a hot set (100
@@ -148,15 +148,17 @@ EOF
   while e=$(metric ca_ocsp_cache_entries); [ "${e:-none}" != "$prev" ]; do prev=${e:-none}; sleep 1; done
   t_loaded=$(since "$t0")
   rss_loaded=$(rss_mb)
+  # Answers in memory when the OCSP runs start (older builds without the metric: -).
+  in_memory=$(metric ca_ocsp_cache_entries); in_memory=${in_memory:--}
   read -r rps_random hit_random < <(ocsp "$w/random.txt")
   read -r rps_hot hit_hot < <(ocsp "$w/hot.txt")
   rss_after=$(rss_mb)
   stop
-  rows+=("$(printf '| %s | %s | %s | %.0f | %s | %s | %s | %s / %s | %.2f / %.2f / %.0f | %s / %s / %s | %s (%s) | %s (%s) |' \
+  rows+=("$(printf '| %s | %s | %s | %.0f | %s | %s | %s | %s / %s | %.2f / %.2f / %.0f | %s / %s / %s | %s | %s (%s) | %s (%s) |' \
     "$name" "$n" "$((revoked + revoke))" "$(awk -v b="$store_bytes" -v n="$n" 'BEGIN {print b / n}')" "$crl_bytes" \
     "$enroll_rate" "$revoke_rate" "$revoke_p50" "$revoke_p99" \
     "$t_serving" "$t_ready" "$t_loaded" "$rss_ready" "$rss_loaded" "$rss_after" \
-    "$rps_random" "$hit_random" "$rps_hot" "$hit_hot")")
+    "${in_memory%.*}" "$rps_random" "$hit_random" "$rps_hot" "$hit_hot")")
 }
 
 prepare "$bin" "$dir" "$cache"
@@ -169,7 +171,7 @@ for n in "${sizes[@]}"; do
   builds=1; [ -z "${BASE_BIN:-}" ] || [ "$n" -gt "${SCALE_BASE_MAX:-$n}" ] || builds=2
   if [ $(( (n - have) * 8 * builds )) -gt "$free_kb" ]; then
     echo "scale.sh: stopping before $n certificates: $((free_kb / 1024)) MB free on $(df -P "$dir" | awk 'NR == 2 {print $6}') (about 7 KB each)" >&2
-    rows+=("| | $n | not reached: the disk holds about $((free_kb / 8 / builds)) more certificates per build ||||||||||")
+    rows+=("| | $n | not reached: the disk holds about $((free_kb / 8 / builds)) more certificates per build |||||||||||")
     break
   fi
   # SCALE_BASE_MAX: the other build stops growing there (a long run measures this build alone
@@ -186,7 +188,7 @@ out="${BENCH_OUT:-bench/results/scale.md}"
   echo
   echo "Command: \`bench/scale.sh ${sizes[*]}\` at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ca-core ca-server || echo '+changes'); SCALE_REVOKE=$revoke SCALE_RANDOM=$random SCALE_CACHE=$cache${BASE_BIN:+ SCALE_BASE_CACHE=${SCALE_BASE_CACHE:-none}} SCALE_OCSP_SECONDS=$secs. Machine: $(nproc) cores, $(uname -sr), sled store on $(df -T "$dir" | awk 'NR==2 {print $2}'). Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "| build | certificates | revoked | store bytes per certificate | full CRL bytes | enroll/s | revoke/s | revoke p50 / p99 ms | serving / ready / loaded (s) | RSS MB at ready / loaded / after OCSP | OCSP req/s random (cache hit rate) | OCSP req/s hot (hit rate) |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| build | certificates | revoked | store bytes per certificate | full CRL bytes | enroll/s | revoke/s | revoke p50 / p99 ms | serving / ready / loaded (s) | RSS MB at ready / loaded / after OCSP | answers in memory before OCSP | OCSP req/s random (cache hit rate) | OCSP req/s hot (hit rate) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 } | tee "$out"
