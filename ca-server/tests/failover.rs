@@ -819,14 +819,7 @@ async fn kill_9_under_load_on_postgres_loses_nothing_acknowledged_and_ocsp_says_
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let (pki, db) = tokio::task::spawn_blocking(|| {
-        let pki = TestPki::new(KeyAlgorithm::P256).expect("test PKI");
-        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
-        let db = server.fresh_database().expect("database");
-        (pki, db)
-    })
-    .await
-    .unwrap();
+    let (pki, db) = common::pki_and_database().await;
     // Set once, before anything reads it; no other test of this binary reads it.
     std::env::set_var(KILL9_URL_ENV, db.url());
     let dir = tempfile::tempdir().unwrap();

@@ -433,14 +433,7 @@ fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
-    let (pki, db) = tokio::task::spawn_blocking(|| {
-        let pki = TestPki::new(KeyAlgorithm::P256).expect("test PKI");
-        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
-        let db = server.fresh_database().expect("database");
-        (pki, db)
-    })
-    .await
-    .unwrap();
+    let (pki, db) = common::pki_and_database().await;
     // Set once, before any server reads it; no other test in this binary uses it.
     std::env::set_var(URL_ENV, db.url());
     let pki = Arc::new(pki);
@@ -844,14 +837,7 @@ const SHARDS_URL_ENV: &str = "CA_TEST_STATELESS_SHARDS_DATABASE_URL";
 /// write the database) is refused, the genuine one kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_responder_serves_shard_and_delta_crls() {
-    let (pki, db) = tokio::task::spawn_blocking(|| {
-        let pki = TestPki::new(KeyAlgorithm::P256).expect("test PKI");
-        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
-        let db = server.fresh_database().expect("database");
-        (pki, db)
-    })
-    .await
-    .unwrap();
+    let (pki, db) = common::pki_and_database().await;
     std::env::set_var(SHARDS_URL_ENV, db.url());
     let pki = Arc::new(pki);
     let dir = tempfile::tempdir().unwrap();

@@ -20,15 +20,11 @@ use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, IssuingDistributionPoint};
 use x509_cert::ext::Extension;
 
-const INTEGER: u8 = 0x02;
-const BIT_STRING: u8 = 0x03;
-const OCTET_STRING: u8 = 0x04;
-const ENUMERATED: u8 = 0x0a;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-const SEQUENCE: u8 = 0x30;
-/// `[0] EXPLICIT` around the CRL's extensions.
-const CRL_EXTENSIONS: u8 = 0xa0;
+use crate::x509::der_walk::{
+    BIT_STRING, CTX0 as CRL_EXTENSIONS, ENUMERATED, GENERALIZED_TIME, INTEGER, OCTET_STRING,
+    SEQUENCE, UTC_TIME,
+};
+
 /// OBJECT IDENTIFIER 2.5.29.21 (reasonCode), tag and length included.
 const REASON_CODE_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x1d, 0x15];
 

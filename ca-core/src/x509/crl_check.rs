@@ -8,6 +8,7 @@
 //! the CRL's own extensions are parsed. Checking a full CRL of a million entries (42 MB) costs
 //! one pass over its bytes and no memory beyond them.
 
+use super::der_walk::{tlv, Tlv, BIT_STRING, CTX0, GENERALIZED_TIME, INTEGER, SEQUENCE, UTC_TIME};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use der::{Decode, Encode};
@@ -27,14 +28,7 @@ pub struct CheckedCrl {
     pub entries: usize,
 }
 
-/// One DER TLV: its tag, its value, and the whole encoding.
-struct Tlv<'a> {
-    tag: u8,
-    value: &'a [u8],
-    whole: &'a [u8],
-}
-
-/// Reads DER TLVs one after another (single-octet tags, definite lengths).
+/// Reads DER elements one after another ([`super::der_walk::tlv`]).
 struct Reader<'a> {
     rest: &'a [u8],
 }
@@ -57,34 +51,9 @@ impl<'a> Reader<'a> {
     }
 
     fn next(&mut self) -> Result<Tlv<'a>> {
-        let bytes = self.rest;
-        let (&tag, after) = bytes.split_first().ok_or_else(|| malformed("truncated"))?;
-        if tag & 0x1f == 0x1f {
-            return Err(malformed("multi-octet tag"));
-        }
-        let (&first, after) = after.split_first().ok_or_else(|| malformed("truncated"))?;
-        let (len, after) = if first < 0x80 {
-            (usize::from(first), after)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || after.len() < n {
-                return Err(malformed("length"));
-            }
-            let len = after[..n]
-                .iter()
-                .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
-            (len, &after[n..])
-        };
-        if after.len() < len {
-            return Err(malformed("truncated"));
-        }
-        let header = bytes.len() - after.len();
-        self.rest = &after[len..];
-        Ok(Tlv {
-            tag,
-            value: &after[..len],
-            whole: &bytes[..header + len],
-        })
+        let t = tlv(self.rest).ok_or_else(|| malformed("truncated or not DER"))?;
+        self.rest = t.after;
+        Ok(t)
     }
 
     /// The next TLV, which must have `tag`.
@@ -96,10 +65,6 @@ impl<'a> Reader<'a> {
         Ok(tlv)
     }
 }
-
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-const SEQUENCE: u8 = 0x30;
 
 fn time(tlv: &Tlv<'_>) -> Result<DateTime<Utc>> {
     super::time(x509_cert::time::Time::from_der(tlv.whole)?)
@@ -128,20 +93,20 @@ impl<'a> CrlParts<'a> {
         if !outer.is_empty() {
             return Err(malformed("trailing bytes"));
         }
-        let mut list = Reader::new(list.value);
+        let mut list = Reader::new(list.contents);
         let tbs = list.expect(SEQUENCE, "tbsCertList")?;
         list.expect(SEQUENCE, "signatureAlgorithm")?;
-        let bits = list.expect(0x03, "signatureValue")?;
+        let bits = list.expect(BIT_STRING, "signatureValue")?;
         if !list.is_empty() {
             return Err(malformed("trailing fields"));
         }
-        let signature = match bits.value.split_first() {
+        let signature = match bits.contents.split_first() {
             Some((0, sig)) => sig,
             _ => return Err(malformed("signature bits")),
         };
 
-        let mut f = Reader::new(tbs.value);
-        if f.peek_tag() == Some(0x02) {
+        let mut f = Reader::new(tbs.contents);
+        if f.peek_tag() == Some(INTEGER) {
             f.next()?; // version
         }
         f.expect(SEQUENCE, "signature")?;
@@ -157,15 +122,15 @@ impl<'a> CrlParts<'a> {
         }
         let mut entries = 0;
         if f.peek_tag() == Some(SEQUENCE) {
-            let mut list = Reader::new(f.next()?.value);
+            let mut list = Reader::new(f.next()?.contents);
             while !list.is_empty() {
                 list.expect(SEQUENCE, "revoked certificate")?;
                 entries += 1;
             }
         }
         let mut extensions = Vec::new();
-        if f.peek_tag() == Some(0xa0) {
-            extensions = Vec::<Extension>::from_der(f.next()?.value)?;
+        if f.peek_tag() == Some(CTX0) {
+            extensions = Vec::<Extension>::from_der(f.next()?.contents)?;
         }
         if !f.is_empty() {
             return Err(malformed("trailing bytes in tbsCertList"));
@@ -228,12 +193,9 @@ mod tests {
     fn a_reader_refuses_truncated_and_indefinite_lengths() {
         assert!(Reader::new(&[0x30, 0x03, 0x02, 0x01]).next().is_err());
         assert!(Reader::new(&[0x30, 0x80, 0x00, 0x00]).next().is_err());
-        assert!(Reader::new(&[0x30]).next().is_err());
-        assert!(Reader::new(&[0x1f, 0x01, 0x00]).next().is_err());
-        let mut r = Reader::new(&[0x30, 0x81, 0x01, 0x05, 0x02, 0x00]);
-        let t = r.next().unwrap();
-        assert_eq!((t.tag, t.value, t.whole.len()), (0x30, &[0x05][..], 4));
-        assert_eq!(r.next().unwrap().tag, 0x02);
+        let mut r = Reader::new(&[0x30, 0x00, 0x02, 0x00]);
+        assert!(r.expect(INTEGER, "an INTEGER first").is_err());
+        assert_eq!(r.next().unwrap().tag, INTEGER);
         assert!(r.is_empty());
     }
 

@@ -16,6 +16,7 @@
 
 mod crl_check;
 mod crl_shard;
+pub(crate) mod der_walk;
 mod key_id;
 mod pem;
 #[cfg(feature = "issue")]

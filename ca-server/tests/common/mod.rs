@@ -294,3 +294,16 @@ pub fn serial_of(pem: &str) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     hex::encode(cert.tbs_certificate.raw_serial())
 }
+
+/// A P-256 test PKI on its own SoftHSM token and a fresh database on the shared throwaway
+/// PostgreSQL cluster (started by the first caller), made off the async executor.
+pub async fn pki_and_database() -> (TestPki, testkit::pg::TestDatabase) {
+    tokio::task::spawn_blocking(|| {
+        let pki = TestPki::new(KeyAlgorithm::P256).expect("test PKI");
+        let server = testkit::pg::PgServer::shared().expect("PostgreSQL");
+        let db = server.fresh_database().expect("database");
+        (pki, db)
+    })
+    .await
+    .unwrap()
+}

@@ -17,66 +17,20 @@
 use super::super::build::{from_gtime, from_ocsp_status};
 use super::super::{serial_magnitude, OcspIssuer};
 use super::answer::AnswerKind;
+use crate::x509::der_walk::{
+    tlv, Tlv, CTX0, ENUMERATED, GENERALIZED_TIME, INTEGER, OCTET_STRING, SEQUENCE,
+};
 use der::Decode;
 use x509_ocsp::{OcspGeneralizedTime, SingleResponse};
 
-const SEQUENCE: u8 = 0x30;
-const ENUMERATED: u8 = 0x0a;
+/// OBJECT IDENTIFIER.
 const OID: u8 = 0x06;
-const OCTET_STRING: u8 = 0x04;
-const INTEGER: u8 = 0x02;
-const GENERALIZED_TIME: u8 = 0x18;
-/// `[0]` constructed: OCSPResponse.responseBytes, ResponseData.version, SingleResponse.nextUpdate.
-const CTX0: u8 = 0xa0;
 /// `[2]` constructed: ResponderID byKey.
 const CTX2: u8 = 0xa2;
 /// id-pkix-ocsp-basic (1.3.6.1.5.5.7.48.1.1), content octets.
 const OCSP_BASIC: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
 /// A DER GeneralizedTime without fractions: `YYYYMMDDHHMMSSZ`.
 const TIME_LEN: usize = 15;
-
-/// One DER element.
-struct Tlv<'a> {
-    tag: u8,
-    /// The whole element (header and contents).
-    whole: &'a [u8],
-    contents: &'a [u8],
-    /// What follows it.
-    after: &'a [u8],
-}
-
-/// The first element of `b`. Single-byte tags and definite lengths only (DER).
-fn tlv(b: &[u8]) -> Option<Tlv<'_>> {
-    let (&tag, rest) = b.split_first()?;
-    if tag & 0x1f == 0x1f {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at(n);
-        (
-            bytes.iter().fold(0usize, |l, b| (l << 8) | usize::from(*b)),
-            rest,
-        )
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let header = b.len() - rest.len();
-    let (contents, after) = rest.split_at(len);
-    Some(Tlv {
-        tag,
-        whole: &b[..header + len],
-        contents,
-        after,
-    })
-}
 
 /// The first element of `b` if its tag is `want`.
 fn expect(b: &[u8], want: u8) -> Option<Tlv<'_>> {
