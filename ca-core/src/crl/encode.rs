@@ -11,6 +11,7 @@
 //! extensions: authority key identifier, CRL number, the issuing distribution point (critical)
 //! when there is one, and the caller's (delta CRL indicator, Freshest CRL).
 
+use super::CrlHeadRequest;
 use crate::error::{Error, Result};
 use crate::revocation::{RevocationReason, RevokedEntry};
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -161,12 +162,10 @@ impl EntryList {
     }
 }
 
-/// What a CRL says besides its entries.
+/// What a CRL says besides its entries: the request's number, times (whole seconds) and
+/// distribution point, and the issuer's parts.
 pub(super) struct CrlHead<'a> {
-    pub(super) number: u64,
-    pub(super) this_update: DateTime<Utc>,
-    pub(super) next_update: DateTime<Utc>,
-    pub(super) distribution_point: Option<&'a str>,
+    pub(super) req: CrlHeadRequest<'a>,
     /// The issuer's key identifier, repeated as the authority key identifier.
     pub(super) key_id: &'a [u8],
     /// The issuer's subject Name, DER.
@@ -203,10 +202,10 @@ fn crl_extensions(head: &CrlHead<'_>, extra: &[Extension]) -> Result<Vec<u8>> {
         extension(
             ID_CE_CRL_NUMBER,
             false,
-            Uint::new(&head.number.to_be_bytes())?.to_der()?,
+            Uint::new(&head.req.number.to_be_bytes())?.to_der()?,
         )?,
     ];
-    if let Some(url) = head.distribution_point {
+    if let Some(url) = head.req.distribution_point {
         let idp = IssuingDistributionPoint {
             distribution_point: Some(DistributionPointName::FullName(vec![
                 GeneralName::UniformResourceIdentifier(Ia5String::new(url)?),
@@ -248,8 +247,8 @@ pub(super) fn signed_crl(
     prefix.extend_from_slice(&[INTEGER, 1, 1]);
     prefix.extend_from_slice(head.algorithm);
     prefix.extend_from_slice(head.issuer_name);
-    push_time(&mut prefix, head.this_update)?;
-    push_time(&mut prefix, head.next_update)?;
+    push_time(&mut prefix, head.req.this_update)?;
+    push_time(&mut prefix, head.req.next_update)?;
     // RFC 5280 5.1.2.6: no revoked certificates, no list.
     if count > 0 {
         prefix.push(SEQUENCE);
@@ -325,10 +324,12 @@ mod tests {
                     .unwrap();
                 }
                 let head = CrlHead {
-                    number: 7,
-                    this_update: now,
-                    next_update: now + chrono::Duration::hours(1),
-                    distribution_point: Some("http://ca.test/crl"),
+                    req: CrlHeadRequest {
+                        number: 7,
+                        this_update: now,
+                        next_update: now + chrono::Duration::hours(1),
+                        distribution_point: Some("http://ca.test/crl"),
+                    },
                     key_id: &[1; 20],
                     issuer_name: &name_der,
                     algorithm: &algorithm,

@@ -238,10 +238,11 @@ impl<'a> CrlIssuer<'a> {
         let (this_update, next_update) = update_times(req.this_update, req.next_update)?;
         let count = entries.len();
         let head = encode::CrlHead {
-            number: req.number,
-            this_update,
-            next_update,
-            distribution_point: req.distribution_point,
+            req: CrlHeadRequest {
+                this_update,
+                next_update,
+                ..*req
+            },
             key_id: &self.key_id,
             issuer_name: &self.name_der,
             algorithm: &self.algorithm_der,
