@@ -489,3 +489,57 @@ fn a_stored_response_signed_by_another_key_is_not_read_back() {
     assert_ne!(a.der, foreign.der, "another key's response was served");
     assert_eq!(r.cache_stats().store_reads, 0, "{:?}", r.cache_stats());
 }
+
+/// Memory at a million certificates (issue 17): a response signed for a group is stored once
+/// for its members; answers built from it, read back on a miss or loaded at start, share one
+/// copy of its bytes instead of one copy per member (2.8 KB each for a group of eight).
+#[test]
+fn answers_read_back_from_one_group_response_share_its_bytes() {
+    let ca = TestCa::new("Test Root");
+    let leaves: Vec<Leaf> = (0..LEAVES)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect();
+    sign_all(&ca, &leaves);
+    let groups: std::collections::HashSet<Vec<u8>> = leaves
+        .iter()
+        .map(|l| {
+            ca.store
+                .get_ocsp_response(&l.record.serial)
+                .unwrap()
+                .unwrap()
+                .der
+        })
+        .collect();
+    assert!(
+        groups.len() < LEAVES / 2,
+        "signed in groups: {}",
+        groups.len()
+    );
+    let requests: Vec<Vec<u8>> = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, l)| request(&ca, l, &format!("req{i}.der")))
+        .collect();
+    let copies = |r: &Responder| -> std::collections::HashSet<usize> {
+        requests
+            .iter()
+            .map(|req| {
+                let a = r.respond(req);
+                assert_eq!(a.cert_status(), Some(&CertStatus::Good));
+                a.der.as_ptr() as usize
+            })
+            .collect()
+    };
+
+    // Nothing loaded: every first request reads its member's response back from the store.
+    let cold = responder(&ca, Arc::new(SystemClock), Default::default());
+    assert_eq!(copies(&cold).len(), groups.len());
+    let stats = cold.cache_stats();
+    assert_eq!(stats.store_reads, LEAVES as u64, "{stats:?}");
+
+    // Loaded at start: the same.
+    let loaded = responder(&ca, Arc::new(SystemClock), Default::default());
+    loaded.load().unwrap();
+    assert_eq!(copies(&loaded).len(), groups.len());
+    assert_eq!(loaded.cache_stats().store_reads, 0);
+}

@@ -100,6 +100,76 @@ pub struct SledStore {
     fault: Mutex<Option<String>>,
     /// The certificate counters ([`CertCounts`], see [`Counters`]).
     counters: Counters,
+    /// Writes sled's page-table snapshot while the store runs (see [`Checkpointer`]).
+    _checkpointer: Checkpointer,
+}
+
+/// How often the checkpointer looks at how far the log has moved.
+const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Log bytes written since the last checkpoint that make the next one due at once.
+const CHECKPOINT_BYTES: i64 = 64 * 1024 * 1024;
+/// The longest a smaller amount of new log waits for its checkpoint.
+const CHECKPOINT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bounds the time to open the store. sled 0.34 writes its page-table snapshot only while
+/// opening, so an open replays every log write since the previous open: 5.3 s at a million
+/// certificates grown since the last start (`BENCHMARKS.md`), and more the longer a node ran.
+/// This thread writes the snapshot while the store runs (`sled::Db::checkpoint`, vendored
+/// change 5), once 64 MiB of log or a minute of writes has piled up, and once more when the
+/// store closes: an open then replays at most that much log, whatever the store holds.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(db: sled::Db) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sled-checkpoint".into())
+            .spawn(move || {
+                let mut last = (db.stable_log_offset(), std::time::Instant::now());
+                let checkpoint = |last: &mut (i64, std::time::Instant)| {
+                    let at = db.stable_log_offset();
+                    match db.checkpoint() {
+                        Ok(_) => *last = (at, std::time::Instant::now()),
+                        // The next poll tries again; opening replays more log meanwhile.
+                        Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
+                    }
+                };
+                loop {
+                    let closing = !matches!(
+                        stopped.recv_timeout(CHECKPOINT_POLL),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    let grown = db.stable_log_offset() - last.0;
+                    if grown > 0
+                        && (closing
+                            || grown >= CHECKPOINT_BYTES
+                            || last.1.elapsed() >= CHECKPOINT_MAX_AGE)
+                    {
+                        checkpoint(&mut last);
+                    }
+                    if closing {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        Checkpointer {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -164,6 +234,16 @@ impl SledStore {
         Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
     }
 
+    /// Write sled's page-table snapshot now, so that the next open replays only the log
+    /// written after this call (the store also does it by itself: [`Checkpointer`]). Safe
+    /// while other threads write.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.db
+            .checkpoint()
+            .map(drop)
+            .map_err(|e| Error::store("checkpoint", e))
+    }
+
     /// [`SledStore::open`] with a page cache of `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self> {
         // sled releases its file lock from a background thread shortly after the previous
@@ -191,6 +271,7 @@ impl SledStore {
             stripes: std::array::from_fn(|_| Mutex::new(())),
             since_fold: std::sync::atomic::AtomicUsize::new(0),
         };
+        let checkpointer = Checkpointer::start(db.clone());
         let store = SledStore {
             certs: tree("certs")?,
             by_identity: tree("by_identity")?,
@@ -217,6 +298,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             fault: Mutex::new(None),
             counters,
+            _checkpointer: checkpointer,
         };
         store.complete_audit_head()?;
         store.open_counters()?;

@@ -421,6 +421,20 @@ impl Db {
         Ok(hasher.finalize())
     }
 
+    /// Write a snapshot of the page table now (vendored change 5), so that the next start
+    /// replays only the log written after this call. Safe while other threads write; one
+    /// checkpoint runs at a time. Returns the log offset the snapshot covers, or `None` if
+    /// it was skipped because a page being allocated did not appear in time.
+    pub fn checkpoint(&self) -> Result<Option<i64>> {
+        self.context.pagecache.checkpoint()
+    }
+
+    /// The log offset made durable so far (vendored change 5): a checkpoint is worth
+    /// taking once it has moved.
+    pub fn stable_log_offset(&self) -> i64 {
+        self.context.pagecache.log.stable_offset()
+    }
+
     /// Returns the on-disk size of the storage files
     /// for this database.
     pub fn size_on_disk(&self) -> Result<u64> {

@@ -26,6 +26,7 @@
 use super::super::build::{from_gtime, from_ocsp_status, parse_response, ParsedResponse};
 use super::super::{serial_magnitude, OcspIssuer};
 use super::answer::{AnswerKind, OcspAnswer};
+use super::intern::Interner;
 use super::memo::{canonical_request, Memo, MemoStats};
 use crate::error::Result;
 use crate::store::{Store, StoredOcspResponse};
@@ -131,6 +132,8 @@ pub(super) struct AnswerCache {
     /// Request DER -> serial, for requests already decoded once (RFC 5019 clients send the
     /// same bytes again and again). Bounded in bytes ([`super::memo`]).
     memo: Memo,
+    /// One copy of each stored response read back, shared by its group's answers.
+    interner: Interner,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -166,6 +169,7 @@ impl AnswerCache {
             complete: AtomicBool::new(false),
             sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
             memo: Memo::new(memo_max_bytes),
+            interner: Interner::default(),
         }
     }
 
@@ -341,6 +345,11 @@ impl AnswerCache {
         }
     }
 
+    /// Where answers built from stored bytes come from ([`super::intern`]).
+    pub(super) fn interner(&self) -> &Interner {
+        &self.interner
+    }
+
     pub(super) fn memo_stats(&self) -> MemoStats {
         self.memo.stats()
     }
@@ -370,7 +379,7 @@ impl AnswerCache {
                 staged.skipped = true;
                 return Ok(());
             }
-            let Some(answers) = check_stored(&stored, issuer, own_key_hash) else {
+            let Some(answers) = check_stored(&stored, issuer, own_key_hash, &self.interner) else {
                 staged.discarded += 1;
                 return Ok(());
             };
@@ -418,6 +427,7 @@ pub(super) fn check_stored(
     stored: &StoredOcspResponse,
     issuer: &OcspIssuer,
     own_key_hash: &[u8],
+    interner: &Interner,
 ) -> Option<Vec<(Vec<u8>, Arc<OcspAnswer>)>> {
     let parsed = parse_response(&stored.der).ok()?;
     let basic = parsed.basic.as_ref()?;
@@ -425,7 +435,7 @@ pub(super) fn check_stored(
         ResponderId::ByKey(h) if h.as_bytes() == own_key_hash => {}
         _ => return None,
     }
-    stored_answers(&parsed, stored, issuer)
+    stored_answers(&parsed, stored, issuer, interner)
 }
 
 /// The answers of a decoded stored response (see [`check_stored`]), whoever signed it: the
@@ -434,6 +444,7 @@ pub(super) fn stored_answers(
     parsed: &ParsedResponse,
     stored: &StoredOcspResponse,
     issuer: &OcspIssuer,
+    interner: &Interner,
 ) -> Option<Vec<(Vec<u8>, Arc<OcspAnswer>)>> {
     let produced_at = parsed.produced_at()?;
     let next_update = parsed.next_update()?;
@@ -455,8 +466,8 @@ pub(super) fn stored_answers(
         });
         let answer = match shared {
             Some(a) => a.clone(),
-            None => Arc::new(OcspAnswer::new(
-                stored.der.clone(),
+            None => interner.answer(
+                &stored.der,
                 AnswerKind::Signed {
                     status,
                     produced_at,
@@ -464,7 +475,7 @@ pub(super) fn stored_answers(
                     next_update,
                     cacheable: true,
                 },
-            )),
+            ),
         };
         answers.push((serial.to_vec(), answer));
     }

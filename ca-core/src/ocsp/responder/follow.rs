@@ -74,8 +74,8 @@ fn own_answer(
 ) -> Option<Arc<OcspAnswer>> {
     let (issuer, key_hash) = (cx.signing.issuer(), cx.signing.own_key_hash());
     match single::kind_for(&stored.der, serial, issuer, key_hash) {
-        Some(kind) => Some(Arc::new(OcspAnswer::new(stored.der, kind))),
-        None => check_stored(&stored, issuer, key_hash)?
+        Some(kind) => Some(cx.cache.interner().answer(&stored.der, kind)),
+        None => check_stored(&stored, issuer, key_hash, cx.cache.interner())?
             .into_iter()
             .find(|(s, _)| s == serial)
             .map(|(_, a)| a),
@@ -223,7 +223,12 @@ impl Follower {
             crate::signer::verify_own(signer, &tbs, sig)
         });
         match verified {
-            Ok(()) => check_stored(stored, cx.signing.issuer(), cx.signing.own_key_hash()),
+            Ok(()) => check_stored(
+                stored,
+                cx.signing.issuer(),
+                cx.signing.own_key_hash(),
+                cx.cache.interner(),
+            ),
             Err(_) => None,
         }
     }

@@ -22,6 +22,7 @@ mod config;
 mod external;
 mod follow;
 mod install;
+mod intern;
 mod key;
 mod live;
 mod memo;

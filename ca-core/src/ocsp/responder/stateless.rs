@@ -644,7 +644,8 @@ impl StatelessResponder {
             .map_err(|e| Refusal::Undecodable(e.to_string()))?;
         let sig = basic.signature.as_bytes().ok_or(Refusal::BadSignature)?;
         crate::signer::verify(&signer_spki, &tbs, sig).map_err(|_| Refusal::BadSignature)?;
-        stored_answers(&parsed, stored, &self.issuer).ok_or(Refusal::Uncovered)
+        stored_answers(&parsed, stored, &self.issuer, self.cache.interner())
+            .ok_or(Refusal::Uncovered)
     }
 
     /// A delegated responder certificate: signed by the issuer with id-kp-OCSPSigning, valid

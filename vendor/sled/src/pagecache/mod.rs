@@ -53,7 +53,9 @@ pub(crate) use self::{
         SegmentNumber,
     },
     reservation::Reservation,
-    snapshot::{read_snapshot_or_default, PageState, Snapshot},
+    snapshot::{
+        read_snapshot_or_default, write_snapshot, PageState, Snapshot,
+    },
 };
 
 pub use self::{
@@ -760,6 +762,54 @@ impl PageCache {
     /// Returns the number of bytes written during this call.
     pub(crate) fn flush(&self) -> Result<usize> {
         self.log.flush()
+    }
+
+    /// Write a snapshot of the page table while running (vendored change 5).
+    ///
+    /// Published sled writes its snapshot only during recovery, so every start replays the
+    /// whole log written since the previous start. A checkpoint bounds that replay to the log
+    /// written after it.
+    ///
+    /// Order matters. The stable offset is read first: every log entry below it was installed
+    /// in the page table before it became stable (`cas_page` completes its reservation after
+    /// the CAS). The page states read next may be newer than that offset, so the log is then
+    /// flushed, making every entry they point to durable, and only then is the snapshot written
+    /// with the offset read first. Recovery replays from that offset; replaying an entry the
+    /// snapshot already holds is idempotent (`PageState::push` skips older fragments and a
+    /// replace resets the page). Returns the snapshot's stable offset, or `None` when a page
+    /// being allocated did not appear in time (nothing is written then).
+    pub(crate) fn checkpoint(&self) -> Result<Option<Lsn>> {
+        static ONE_AT_A_TIME: Mutex<()> = parking_lot::const_mutex(());
+        let _one = ONE_AT_A_TIME.lock();
+
+        let stable_lsn = self.log.stable_offset();
+        let pid_bound = *self.next_pid_to_allocate.lock();
+        let mut pt = Vec::<PageState>::with_capacity(assert_usize(pid_bound));
+        let guard = pin();
+        for pid in 0..pid_bound {
+            let mut spins = 0_u32;
+            loop {
+                match self.inner.get(pid, &guard) {
+                    Some(view) if !view.cache_infos.is_empty() => {
+                        pt.push(view.to_page_state());
+                        break;
+                    }
+                    // A page whose allocation has not reached the page table yet.
+                    _ if spins < 10_000 => {
+                        spins += 1;
+                        std::thread::yield_now();
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        }
+        drop(guard);
+
+        self.log.flush()?;
+        let snapshot =
+            Snapshot { stable_lsn: Some(stable_lsn), active_segment: None, pt };
+        write_snapshot(&self.config, &snapshot)?;
+        Ok(Some(stable_lsn))
     }
 
     /// Create a new page, trying to reuse old freed pages if possible
