@@ -5,7 +5,7 @@
 #
 # - enroll certificates/s (the step's enrollments) and revoke/s with p50/p99 (SCALE_REVOKE
 #   revocations per step through the admin API, 16 connections): bench_api;
-# - store bytes on disk per certificate issued (`du` of the store after a clean stop);
+# - store bytes on disk per certificate issued (`du` of the store once stopped);
 # - the full CRL's size (`/crl`), and the number of revoked certificates;
 # - a restart after kill -9: seconds until serving (`dev.env` written, both listeners bound) and until the
 #   status listener's /readyz; the server's RSS right after, and once the background load of
@@ -29,7 +29,7 @@
 #
 # Usage: bench/scale.sh [SIZE...]   (default: 10000 100000; e.g. 10000 100000 1000000)
 # Env: SCALE_REVOKE (default 2000 per step), SCALE_RANDOM (20000, or all), SCALE_CACHE (20000),
-#      SCALE_BASE_MAX (none), SCALE_BASE_CACHE (none),
+#      SCALE_BASE_MAX (none), SCALE_BASE_CACHE (none), SCALE_KEEP (set: keep the data directories),
 #      SCALE_OCSP_SECONDS (5), BENCH_DIR (default /var/tmp), BENCH_OUT (default
 #      bench/results/scale.md). Needs curl, python3 and about 7 KB of disk per certificate.
 set -euo pipefail
@@ -50,6 +50,7 @@ dir="$(mktemp -d "${BENCH_DIR:-/var/tmp}/ca-bench-scale.XXXXXX")"
 pid=""
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [ -n "${SCALE_KEEP:-}" ]; then echo "scale.sh: kept $dir" >&2; return; fi
   rm -rf "$dir" "$dir.work" "$dir.base" "$dir.base.work"
 }
 trap cleanup EXIT

@@ -834,7 +834,9 @@ impl SegmentAccountant {
         idx: usize,
         lsn: Lsn,
     ) -> Result<()> {
-        let cleanup_threshold = SEGMENT_CLEANUP_THRESHOLD;
+        // Vendored change 6: drain a segment once 40% or less of it is live (published: 50%,
+        // `SEGMENT_CLEANUP_THRESHOLD`, which still bounds the free-segment ratio below).
+        let cleanup_threshold = SEGMENT_DRAIN_LIVE_PCT;
 
         let segment_start = (idx * self.config.segment_size) as LogOffset;
 
@@ -1128,3 +1130,4 @@ impl SegmentAccountant {
         idx
     }
 }
+
