@@ -149,8 +149,13 @@ EOF
   start "$b" "$d"
   rss_ready=$(rss_mb)
   prev=-1
-  # Loaded when the answers in memory stop changing (older builds load before serving).
-  while e=$(metric ca_ocsp_cache_entries); [ "${e:-none}" != "$prev" ]; do prev=${e:-none}; sleep 1; done
+  # Loaded: ca_ocsp_cache_loaded is 1. Builds without that metric: when the answers in memory
+  # stop changing (older builds load before serving).
+  if curl -fsS "$CA_STATUS_URL/metrics" | grep -q '^ca_ocsp_cache_loaded '; then
+    until [ "$(metric ca_ocsp_cache_loaded)" = 1 ]; do sleep 0.2; done
+  else
+    while e=$(metric ca_ocsp_cache_entries); [ "${e:-none}" != "$prev" ]; do prev=${e:-none}; sleep 1; done
+  fi
   t_loaded=$(since "$t0")
   rss_loaded=$(rss_mb)
   # Answers in memory when the OCSP runs start (older builds without the metric: -).

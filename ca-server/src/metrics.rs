@@ -535,7 +535,8 @@ impl prometheus_client::encoding::EncodeMetric for MemoMetric {
 
 /// The OCSP answer cache, read at each scrape: `ca_ocsp_cache_entries` and
 /// `ca_ocsp_cache_max_entries` (gauges), `ca_ocsp_cache_hits`, `ca_ocsp_cache_misses`,
-/// `ca_ocsp_cache_store_reads` and `ca_ocsp_cache_evictions` (counters). The hit rate is
+/// `ca_ocsp_cache_store_reads` and `ca_ocsp_cache_evictions` (counters), `ca_ocsp_cache_loaded`
+/// (gauge, 1 once the background load has finished). The hit rate is
 /// hits / (hits + misses); misses answered without a signature are the store reads.
 #[derive(Debug)]
 pub struct AnswerCacheMetric {
@@ -551,10 +552,11 @@ enum CacheField {
     Misses,
     StoreReads,
     Evictions,
+    Loaded,
 }
 
 impl AnswerCacheMetric {
-    /// Register the six metrics for `responder`.
+    /// Register the seven metrics for `responder`.
     pub fn register(metrics: &Metrics, responder: &Arc<ca_core::ocsp::Responder>) {
         for (name, help, what) in [
             (
@@ -587,6 +589,11 @@ impl AnswerCacheMetric {
                 "OCSP answers evicted from memory to stay under the bound",
                 CacheField::Evictions,
             ),
+            (
+                "ca_ocsp_cache_loaded",
+                "1 once the stored OCSP answers have been loaded after start (in the background)",
+                CacheField::Loaded,
+            ),
         ] {
             metrics.register(
                 name,
@@ -616,12 +623,13 @@ impl prometheus_client::encoding::EncodeMetric for AnswerCacheMetric {
             CacheField::Misses => counter(&mut encoder, s.misses),
             CacheField::StoreReads => counter(&mut encoder, s.store_reads),
             CacheField::Evictions => counter(&mut encoder, s.evictions),
+            CacheField::Loaded => encoder.encode_gauge(&i64::from(s.loaded)),
         }
     }
 
     fn metric_type(&self) -> prometheus_client::metrics::MetricType {
         match self.what {
-            CacheField::Entries | CacheField::MaxEntries => {
+            CacheField::Entries | CacheField::MaxEntries | CacheField::Loaded => {
                 prometheus_client::metrics::MetricType::Gauge
             }
             _ => prometheus_client::metrics::MetricType::Counter,

@@ -834,8 +834,12 @@ impl RunningConfig {
                 let path_buf = de.path();
                 let path = path_buf.as_path();
                 let path_str = &*path.to_string_lossy();
+                // Vendored change 5: a snapshot still being written (`.generating`, left
+                // behind by a crash) is not a snapshot; published sled could pick it and
+                // refuse to open with a checksum error.
                 if path_str.starts_with(&*absolute_path.to_string_lossy())
                     && !path_str.ends_with(".in___motion")
+                    && !path_str.ends_with(".generating")
                 {
                     Some(path.to_path_buf())
                 } else {

@@ -28,6 +28,7 @@ use super::super::{serial_magnitude, OcspIssuer};
 use super::answer::{AnswerKind, OcspAnswer};
 use super::intern::Interner;
 use super::memo::{canonical_request, Memo, MemoStats};
+use super::single::kind_for;
 use crate::error::Result;
 use crate::store::{Store, StoredOcspResponse};
 use chrono::{DateTime, Utc};
@@ -112,6 +113,8 @@ pub struct CacheStats {
     pub store_reads: u64,
     /// Answers evicted to stay under the bound.
     pub evictions: u64,
+    /// The stored answers have been loaded once since start (`Responder::load`).
+    pub loaded: bool,
 }
 
 /// Serial (magnitude) -> pre-signed answer, in shards, with the sign locks and request memo.
@@ -128,6 +131,8 @@ pub(super) struct AnswerCache {
     /// Set once loading took every stored answer (it stops at the bound). Until then, and
     /// after an eviction, the refresh pass finds due responses in the store.
     complete: AtomicBool,
+    /// Set once a load has finished ([`CacheStats::loaded`]).
+    loaded: AtomicBool,
     sign_locks: Vec<Mutex<()>>,
     /// Request DER -> serial, for requests already decoded once (RFC 5019 clients send the
     /// same bytes again and again). Bounded in bytes ([`super::memo`]).
@@ -167,6 +172,7 @@ impl AnswerCache {
             evictions: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             complete: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
             sign_locks: (0..SIGN_LOCKS).map(|_| Mutex::new(())).collect(),
             memo: Memo::new(memo_max_bytes),
             interner: Interner::default(),
@@ -262,6 +268,7 @@ impl AnswerCache {
             misses: self.misses.load(Ordering::Relaxed),
             store_reads: self.store_reads.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            loaded: self.loaded.load(Ordering::Relaxed),
         }
     }
 
@@ -269,6 +276,11 @@ impl AnswerCache {
     /// bound), or evicted.
     pub(super) fn is_partial(&self) -> bool {
         !self.complete.load(Ordering::Relaxed) || self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// A load has finished.
+    pub(super) fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Relaxed);
     }
 
     /// Loading took every stored answer into memory.
@@ -356,41 +368,49 @@ impl AnswerCache {
 
     /// Read the stored responses that the key with `own_key_hash` signed for `issuer`, up to
     /// the cache's bound, into a map that serves nothing yet (`Responder::load` checks each
-    /// against the certificate's status before it serves it). A record stored under a serial
-    /// is the latest written for it, so it wins over a group response stored under another
-    /// serial (stores written before group responses were kept under every member); between
-    /// group responses the newer wins.
+    /// against the certificate's status before it serves it).
+    ///
+    /// If every stored answer fits, each record's whole response is decoded and every serial
+    /// it covers staged (stores written before group responses were kept under every member
+    /// have a group's record under its first serial only); a record stored under a serial is
+    /// the latest written for it, so it wins over a group response stored under another
+    /// serial; between two group responses the later thisUpdate wins.
+    ///
+    /// If they do not fit, the scan starts again and stages one answer per record, the
+    /// record's own (only its SingleResponse is decoded, `single.rs`), and stops at the bound:
+    /// the load costs the bound, not the store (at a million certificates it read every
+    /// record and resolved every group, 14 s of CPU, to keep 200,000). Serials past the bound
+    /// are read back when asked about.
     pub(super) fn stage_stored(
         &self,
         store: &dyn Store,
         issuer: &OcspIssuer,
         own_key_hash: &[u8],
     ) -> Result<Staged> {
+        match self.stage_every_answer(store, issuer, own_key_hash)? {
+            Some(staged) => Ok(staged),
+            None => self.stage_up_to_the_bound(store, issuer, own_key_hash),
+        }
+    }
+
+    /// [`AnswerCache::stage_stored`] when everything fits; `None` as soon as it does not.
+    fn stage_every_answer(
+        &self,
+        store: &dyn Store,
+        issuer: &OcspIssuer,
+        own_key_hash: &[u8],
+    ) -> Result<Option<Staged>> {
         let mut staged = Staged::default();
         let max = self.max_entries();
         let mut own_records = HashSet::new();
-        store.for_each_ocsp_response(&mut |stored| {
-            // At the bound, a record about a serial not staged yet is not even decoded.
-            if staged.answers.len() >= max
-                && !staged
-                    .answers
-                    .contains_key(serial_magnitude(&stored.serial))
-            {
-                staged.skipped = true;
-                return Ok(());
-            }
+        let mut over = false;
+        let scan = store.for_each_ocsp_response(&mut |stored| {
             let Some(answers) = check_stored(&stored, issuer, own_key_hash, &self.interner) else {
                 staged.discarded += 1;
                 return Ok(());
             };
             let own = serial_magnitude(&stored.serial).to_vec();
             for (serial, answer) in answers {
-                let known = staged.answers.contains_key(&serial);
-                if !known && staged.answers.len() >= max {
-                    // At the bound: the rest stays in the store (read back when asked about).
-                    staged.skipped = true;
-                    continue;
-                }
                 let replace = if serial == own {
                     own_records.insert(serial.clone())
                 } else {
@@ -404,10 +424,64 @@ impl AnswerCache {
                     staged.answers.insert(serial, answer);
                 }
             }
+            if staged.answers.len() > max {
+                over = true;
+                return Err(stop_scan());
+            }
             Ok(())
-        })?;
-        Ok(staged)
+        });
+        match scan {
+            Ok(()) => Ok(Some(staged)),
+            Err(_) if over => Ok(None),
+            Err(e) => Err(e),
+        }
     }
+
+    /// [`AnswerCache::stage_stored`] when not everything fits.
+    fn stage_up_to_the_bound(
+        &self,
+        store: &dyn Store,
+        issuer: &OcspIssuer,
+        own_key_hash: &[u8],
+    ) -> Result<Staged> {
+        let mut staged = Staged {
+            skipped: true,
+            ..Staged::default()
+        };
+        let max = self.max_entries();
+        let mut full = false;
+        let scan = store.for_each_ocsp_response(&mut |stored| {
+            if staged.answers.len() >= max {
+                full = true;
+                return Err(stop_scan());
+            }
+            let own = serial_magnitude(&stored.serial);
+            let answer = match kind_for(&stored.der, own, issuer, own_key_hash) {
+                Some(kind) => Some(self.interner.answer(&stored.der, kind)),
+                None => check_stored(&stored, issuer, own_key_hash, &self.interner)
+                    .and_then(|all| all.into_iter().find(|(s, _)| s == own))
+                    .map(|(_, a)| a),
+            };
+            match answer {
+                Some(a) => {
+                    staged.answers.insert(own.to_vec(), a);
+                    staged.serials.push(stored.serial);
+                }
+                None => staged.discarded += 1,
+            }
+            Ok(())
+        });
+        match scan {
+            Err(e) if !full => Err(e),
+            _ => Ok(staged),
+        }
+    }
+}
+
+/// What a scan's visitor returns to end the scan early (`for_each_ocsp_response` has no other
+/// way to stop); the caller knows it asked and drops the error.
+fn stop_scan() -> crate::error::Error {
+    crate::error::Error::Corrupt("scan stopped at the cache's bound".into())
 }
 
 /// Stored answers read at start, not served yet ([`AnswerCache::stage_stored`]).
@@ -418,6 +492,9 @@ pub(super) struct Staged {
     pub(super) discarded: usize,
     /// Stopped at the cache's bound: some stored answers were left in the store.
     pub(super) skipped: bool,
+    /// When `skipped`: the serials staged, as stored (with their sign octet), so that
+    /// `Responder::load` reads their records alone instead of scanning every certificate.
+    pub(super) serials: Vec<Vec<u8>>,
 }
 
 /// The answers a stored response gives: one per serial of `issuer` it covers (a response

@@ -247,7 +247,7 @@ impl Responder {
         let mut todo = Vec::new();
         let mut queued = Vec::new();
         let follow = self.follow_ctx();
-        self.store.for_each_cert(&mut |rec| {
+        let mut check = |rec: CertRecord| -> Result<()> {
             if rec.not_after <= now {
                 return Ok(());
             }
@@ -280,11 +280,23 @@ impl Responder {
                 }
             }
             Ok(())
-        })?;
+        };
+        if staged.skipped {
+            // Not everything fits: the records of the staged serials, not every certificate
+            // (the others are read back when asked about and found due by the refresh pass).
+            for serial in &staged.serials {
+                if let Some(rec) = self.store.get_cert(serial)? {
+                    check(rec)?;
+                }
+            }
+        } else {
+            self.store.for_each_cert(&mut check)?;
+        }
         drop(answers);
         if !staged.skipped {
             self.cache.mark_complete();
         }
+        self.cache.mark_loaded();
         stats.queued = queued.len();
         self.refresher.add(queued.iter().map(Vec::as_slice));
         let inst = self.installer();

@@ -566,6 +566,21 @@ pub(crate) fn write_snapshot(
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
+    // Vendored change 5: the rename is durable before the older snapshots go, so a crash
+    // leaves this snapshot or the previous one, never neither.
+    std::fs::File::open(parent)?.sync_all()?;
+
+    // Vendored change 5: remove snapshots left half-written by a crash.
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("snap.") && name.ends_with(".generating") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     // clean up any old snapshots
     let candidates = config.get_snapshot_files()?;
     for path in candidates {
