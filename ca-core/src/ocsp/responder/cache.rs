@@ -28,7 +28,6 @@ use super::super::{serial_magnitude, OcspIssuer};
 use super::answer::{AnswerKind, OcspAnswer};
 use super::intern::Interner;
 use super::memo::{canonical_request, Memo, MemoStats};
-use super::single::kind_for;
 use crate::error::Result;
 use crate::store::{Store, StoredOcspResponse};
 use chrono::{DateTime, Utc};
@@ -376,11 +375,15 @@ impl AnswerCache {
     /// the latest written for it, so it wins over a group response stored under another
     /// serial; between two group responses the later thisUpdate wins.
     ///
-    /// If they do not fit, the scan starts again and stages one answer per record, the
-    /// record's own (only its SingleResponse is decoded, `single.rs`), and stops at the bound:
-    /// the load costs the bound, not the store (at a million certificates it read every
-    /// record and resolved every group, 14 s of CPU, to keep 200,000). Serials past the bound
-    /// are read back when asked about.
+    /// If they do not fit, the scan starts again and stops at the bound: the load costs the
+    /// bound, not the store (at a million certificates it read every record and resolved every
+    /// group, 14 s of CPU, to keep 200,000). It stages whole groups (each group's bytes are
+    /// decoded once and shared by its members: staging members one by one, in key order, kept
+    /// a copy of most groups for one or two members each); a member staged from its group
+    /// before its own record was read is marked as such (`Staged::own`), and
+    /// `Responder::load` drops it instead of signing if its status disagrees with its record
+    /// (its own record may hold a newer answer). Serials past the bound are read back when
+    /// asked about.
     pub(super) fn stage_stored(
         &self,
         store: &dyn Store,
@@ -456,18 +459,24 @@ impl AnswerCache {
                 return Err(stop_scan());
             }
             let own = serial_magnitude(&stored.serial);
-            let answer = match kind_for(&stored.der, own, issuer, own_key_hash) {
-                Some(kind) => Some(self.interner.answer(&stored.der, kind)),
-                None => check_stored(&stored, issuer, own_key_hash, &self.interner)
-                    .and_then(|all| all.into_iter().find(|(s, _)| s == own))
-                    .map(|(_, a)| a),
+            // Staged already from its group's bytes, and its own record holds those bytes:
+            // nothing to decode.
+            if staged.answers.get(own).is_some_and(|a| a.der == stored.der) {
+                staged.own.insert(own.to_vec());
+                return Ok(());
+            }
+            let Some(answers) = check_stored(&stored, issuer, own_key_hash, &self.interner)
+            else {
+                staged.discarded += 1;
+                return Ok(());
             };
-            match answer {
-                Some(a) => {
-                    staged.answers.insert(own.to_vec(), a);
-                    staged.serials.push(stored.serial);
+            for (serial, answer) in answers {
+                if serial == own {
+                    staged.own.insert(serial.clone());
+                    staged.answers.insert(serial, answer);
+                } else if !staged.answers.contains_key(&serial) && staged.answers.len() < max {
+                    staged.answers.insert(serial, answer);
                 }
-                None => staged.discarded += 1,
             }
             Ok(())
         });
@@ -492,9 +501,9 @@ pub(super) struct Staged {
     pub(super) discarded: usize,
     /// Stopped at the cache's bound: some stored answers were left in the store.
     pub(super) skipped: bool,
-    /// When `skipped`: the serials staged, as stored (with their sign octet), so that
-    /// `Responder::load` reads their records alone instead of scanning every certificate.
-    pub(super) serials: Vec<Vec<u8>>,
+    /// When `skipped`: the staged serials whose answer came from their own record (the
+    /// others came from a group response read under another member).
+    pub(super) own: HashSet<Vec<u8>>,
 }
 
 /// The answers a stored response gives: one per serial of `issuer` it covers (a response

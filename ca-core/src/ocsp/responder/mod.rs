@@ -247,7 +247,9 @@ impl Responder {
         let mut todo = Vec::new();
         let mut queued = Vec::new();
         let follow = self.follow_ctx();
-        let mut check = |rec: CertRecord| -> Result<()> {
+        // `own`: the staged answer came from the record's own stored response (always, unless
+        // the stored answers did not all fit: `Staged::own`).
+        let mut check = |rec: CertRecord, own: bool| -> Result<()> {
             if rec.not_after <= now {
                 return Ok(());
             }
@@ -257,7 +259,11 @@ impl Responder {
                 // Another status than the store's (a revocation the stored answer missed):
                 // signed now, never served.
                 Some(a) if a.cert_status().is_some_and(|s| !same_status(s, &status)) => {
-                    todo.push(rec.serial);
+                    if own {
+                        todo.push(rec.serial);
+                    }
+                    // Else from its group's bytes: its own record may hold a newer answer,
+                    // read back when asked about.
                 }
                 // Right and unexpired: served from now on, unless something newer was
                 // installed meanwhile; the refresh pass re-signs it when due.
@@ -284,13 +290,15 @@ impl Responder {
         if staged.skipped {
             // Not everything fits: the records of the staged serials, not every certificate
             // (the others are read back when asked about and found due by the refresh pass).
-            for serial in &staged.serials {
-                if let Some(rec) = self.store.get_cert(serial)? {
-                    check(rec)?;
+            let serials: Vec<Vec<u8>> = answers.keys().cloned().collect();
+            for serial in serials {
+                if let Some(rec) = self.store.get_cert(&serial)? {
+                    let own = staged.own.contains(&serial);
+                    check(rec, own)?;
                 }
             }
         } else {
-            self.store.for_each_cert(&mut check)?;
+            self.store.for_each_cert(&mut |rec| check(rec, true))?;
         }
         drop(answers);
         if !staged.skipped {
