@@ -570,7 +570,10 @@ fn a_snapshot_left_half_written_by_a_crash_is_ignored_and_removed() {
     assert!(!torn.exists(), "the next snapshot removes the torn one");
     drop(s);
     let s = SledStore::open(dir.path()).unwrap();
-    assert!(s.get_cert(&record(2, "half.snapshot").serial).unwrap().is_some());
+    assert!(s
+        .get_cert(&record(2, "half.snapshot").serial)
+        .unwrap()
+        .is_some());
 }
 
 #[test]

@@ -465,8 +465,7 @@ impl AnswerCache {
                 staged.own.insert(own.to_vec());
                 return Ok(());
             }
-            let Some(answers) = check_stored(&stored, issuer, own_key_hash, &self.interner)
-            else {
+            let Some(answers) = check_stored(&stored, issuer, own_key_hash, &self.interner) else {
                 staged.discarded += 1;
                 return Ok(());
             };
