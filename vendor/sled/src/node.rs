@@ -605,7 +605,11 @@ impl Node {
             16
         };
 
-        let size_checks = self.data.len() > threshold;
+        let size_checks = self.data.len() > threshold
+            && (self.data.is_index()
+                || cfg!(any(test, feature = "lock_free_delays"))
+                || self.data.len() > 256
+                || self.data.rss() > 4096);
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
