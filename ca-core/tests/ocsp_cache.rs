@@ -32,6 +32,22 @@ fn request(ca: &TestCa, leaf: &Leaf, name: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// `LEAVES` certificates issued by `ca`.
+fn issue_leaves(ca: &TestCa) -> Vec<Leaf> {
+    (0..LEAVES)
+        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
+        .collect()
+}
+
+/// An openssl OCSP request for each of `leaves`.
+fn requests_for(ca: &TestCa, leaves: &[Leaf]) -> Vec<Vec<u8>> {
+    leaves
+        .iter()
+        .enumerate()
+        .map(|(i, l)| request(ca, l, &format!("req{i}.der")))
+        .collect()
+}
+
 fn responder(ca: &TestCa, clock: Arc<dyn Clock>, config: ResponderConfig) -> Responder {
     Responder::new(
         &ca.cert_der,
@@ -69,9 +85,7 @@ fn status_of(r: &Responder, req: &[u8]) -> CertStatus {
 #[test]
 fn a_small_cache_answers_every_certificate_from_the_store_without_the_hsm() {
     let ca = TestCa::new("Test Root");
-    let leaves: Vec<Leaf> = (0..LEAVES)
-        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
-        .collect();
+    let leaves = issue_leaves(&ca);
     sign_all(&ca, &leaves);
     // A group response is kept under every serial it covers, so each can be read alone.
     let mut distinct = std::collections::HashSet::new();
@@ -84,11 +98,7 @@ fn a_small_cache_answers_every_certificate_from_the_store_without_the_hsm() {
         "signed in groups: {}",
         distinct.len()
     );
-    let requests: Vec<Vec<u8>> = leaves
-        .iter()
-        .enumerate()
-        .map(|(i, l)| request(&ca, l, &format!("req{i}.der")))
-        .collect();
+    let requests = requests_for(&ca, &leaves);
 
     let r = responder(&ca, Arc::new(SystemClock), small());
     r.load().unwrap();
@@ -141,9 +151,7 @@ fn a_small_cache_answers_every_certificate_from_the_store_without_the_hsm() {
 #[test]
 fn a_stored_good_answer_for_a_revoked_certificate_is_not_read_back() {
     let ca = TestCa::new("Test Root");
-    let leaves: Vec<Leaf> = (0..LEAVES)
-        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
-        .collect();
+    let leaves = issue_leaves(&ca);
     sign_all(&ca, &leaves);
     let victim = &leaves[3];
     // Revoked in the store only: the stored response still says good.
@@ -187,9 +195,7 @@ fn a_stored_good_answer_for_a_revoked_certificate_is_not_read_back() {
 #[test]
 fn the_refresh_pass_re_signs_answers_that_are_not_in_memory() {
     let ca = TestCa::new("Test Root");
-    let leaves: Vec<Leaf> = (0..LEAVES)
-        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
-        .collect();
+    let leaves = issue_leaves(&ca);
     let t0 = Utc::now();
     let clock = Arc::new(FixedClock::new(t0));
     let config = ResponderConfig {
@@ -496,9 +502,7 @@ fn a_stored_response_signed_by_another_key_is_not_read_back() {
 #[test]
 fn answers_read_back_from_one_group_response_share_its_bytes() {
     let ca = TestCa::new("Test Root");
-    let leaves: Vec<Leaf> = (0..LEAVES)
-        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
-        .collect();
+    let leaves = issue_leaves(&ca);
     sign_all(&ca, &leaves);
     let groups: std::collections::HashSet<Vec<u8>> = leaves
         .iter()
@@ -515,11 +519,7 @@ fn answers_read_back_from_one_group_response_share_its_bytes() {
         "signed in groups: {}",
         groups.len()
     );
-    let requests: Vec<Vec<u8>> = leaves
-        .iter()
-        .enumerate()
-        .map(|(i, l)| request(&ca, l, &format!("req{i}.der")))
-        .collect();
+    let requests = requests_for(&ca, &leaves);
     let copies = |r: &Responder| -> std::collections::HashSet<usize> {
         requests
             .iter()
@@ -553,15 +553,9 @@ fn answers_read_back_from_one_group_response_share_its_bytes() {
 #[test]
 fn a_load_past_the_bound_stops_there_and_serves_nothing_stale() {
     let ca = TestCa::new("Test Root");
-    let leaves: Vec<Leaf> = (0..LEAVES)
-        .map(|i| ca.issue_leaf(&format!("leaf{i}")))
-        .collect();
+    let leaves = issue_leaves(&ca);
     sign_all(&ca, &leaves);
-    let requests: Vec<Vec<u8>> = leaves
-        .iter()
-        .enumerate()
-        .map(|(i, l)| request(&ca, l, &format!("req{i}.der")))
-        .collect();
+    let requests = requests_for(&ca, &leaves);
     for l in &leaves {
         ca.store
             .revoke(&l.record.serial, Utc::now(), RevocationReason::Superseded)

@@ -128,27 +128,25 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("sled-checkpoint".into())
             .spawn(move || {
-                let mut last = (db.stable_log_offset(), std::time::Instant::now());
-                let checkpoint = |last: &mut (i64, std::time::Instant)| {
-                    let at = db.stable_log_offset();
-                    match db.checkpoint() {
-                        Ok(_) => *last = (at, std::time::Instant::now()),
-                        // The next poll tries again; opening replays more log meanwhile.
-                        Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
-                    }
-                };
+                let (mut last_offset, mut last_at) =
+                    (db.stable_log_offset(), std::time::Instant::now());
                 loop {
                     let closing = !matches!(
                         stopped.recv_timeout(CHECKPOINT_POLL),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                     );
-                    let grown = db.stable_log_offset() - last.0;
+                    let offset = db.stable_log_offset();
+                    let grown = offset - last_offset;
                     if grown > 0
                         && (closing
                             || grown >= CHECKPOINT_BYTES
-                            || last.1.elapsed() >= CHECKPOINT_MAX_AGE)
+                            || last_at.elapsed() >= CHECKPOINT_MAX_AGE)
                     {
-                        checkpoint(&mut last);
+                        match db.checkpoint() {
+                            Ok(_) => (last_offset, last_at) = (offset, std::time::Instant::now()),
+                            // The next poll tries again; opening replays more log meanwhile.
+                            Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
+                        }
                     }
                     if closing {
                         break;

@@ -290,11 +290,9 @@ impl Responder {
         if staged.skipped {
             // Not everything fits: the records of the staged serials, not every certificate
             // (the others are read back when asked about and found due by the refresh pass).
-            let serials: Vec<Vec<u8>> = answers.keys().cloned().collect();
-            for serial in serials {
-                if let Some(rec) = self.store.get_cert(&serial)? {
-                    let own = staged.own.contains(&serial);
-                    check(rec, own)?;
+            for serial in answers.keys() {
+                if let Some(rec) = self.store.get_cert(serial)? {
+                    check(rec, staged.own.contains(serial))?;
                 }
             }
         } else {
