@@ -576,3 +576,112 @@ fn a_load_past_the_bound_stops_there_and_serves_nothing_stale() {
         }
     }
 }
+
+/// Issue 17, item 1: the byte bound. Requests spread over the fleet keep a whole group
+/// response alive for each answer held; under the entry bound alone, 200,000 such answers held
+/// about 600 MB at a million certificates. The cache counts each group response once, however
+/// many members share it (and counts it again when a revocation gives a member an answer of
+/// its own), and stays under `cache_max_bytes` whatever the order of the requests, answering
+/// every certificate from the store without the HSM.
+#[test]
+fn the_byte_bound_holds_however_the_requests_spread() {
+    use ca_core::ocsp::{CACHE_ANSWER_BYTES, CACHE_SLOT_BYTES};
+    let ca = TestCa::new("Test Root");
+    let leaves = issue_leaves(&ca);
+    sign_all(&ca, &leaves);
+    let requests = requests_for(&ca, &leaves);
+    let mut groups: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+    for l in &leaves {
+        let der = ca
+            .store
+            .get_ocsp_response(&l.record.serial)
+            .unwrap()
+            .unwrap()
+            .der;
+        *groups.entry(der).or_default() += 1;
+    }
+    let cost = |der_len: usize| der_len + CACHE_ANSWER_BYTES;
+
+    // Everything in memory: a slot per serial, each group response once.
+    let all = responder(&ca, Arc::new(SystemClock), Default::default());
+    for req in &requests {
+        assert_eq!(status_of(&all, req), CertStatus::Good);
+    }
+    let expected = LEAVES * CACHE_SLOT_BYTES + groups.keys().map(|d| cost(d.len())).sum::<usize>();
+    assert_eq!(all.cache_stats().bytes, expected, "{} groups", groups.len());
+    // A revoked member gets an answer of its own; its group's stays, held by the others.
+    let (shared, _) = groups
+        .iter()
+        .find(|(_, n)| **n > 1)
+        .expect("a group of several");
+    let member = leaves
+        .iter()
+        .find(|l| {
+            ca.store
+                .get_ocsp_response(&l.record.serial)
+                .unwrap()
+                .unwrap()
+                .der
+                == *shared
+        })
+        .unwrap();
+    ca.store
+        .revoke(
+            &member.record.serial,
+            Utc::now(),
+            RevocationReason::KeyCompromise,
+        )
+        .unwrap();
+    let revoked = ca.store.get_cert(&member.record.serial).unwrap().unwrap();
+    all.on_revoked(&revoked).unwrap();
+    let own = all.cached(&member.record.serial).unwrap();
+    assert!(
+        matches!(own.cert_status(), Some(CertStatus::Revoked { .. })),
+        "{:?}",
+        own.kind
+    );
+    assert_eq!(all.cache_stats().bytes, expected + cost(own.der.len()));
+
+    // Bounded to a third of that: loaded up to the bound, and never over it.
+    let largest = groups.keys().map(|d| cost(d.len())).max().unwrap();
+    let bound = (expected / 3).max(largest + CACHE_SLOT_BYTES);
+    let r = responder(
+        &ca,
+        Arc::new(SystemClock),
+        ResponderConfig {
+            cache_max_bytes: bound,
+            ..Default::default()
+        },
+    );
+    let loaded = r.load().unwrap();
+    let stats = r.cache_stats();
+    assert!(
+        loaded.loaded > 0 && stats.bytes <= bound,
+        "{loaded:?} {stats:?}"
+    );
+    ca.token.inject_login_refusal().unwrap();
+    // One member of each group in turn: every answer read back keeps another group alive.
+    let order: Vec<usize> = (0..LEAVES).map(|i| (i * 7) % LEAVES).collect();
+    for _round in 0..2 {
+        for &i in &order {
+            let status = status_of(&r, &requests[i]);
+            let right = if leaves[i].record.serial == member.record.serial {
+                matches!(status, CertStatus::Revoked { .. })
+            } else {
+                status == CertStatus::Good
+            };
+            assert!(
+                right,
+                "{}: {status:?}",
+                hex::encode(&leaves[i].record.serial)
+            );
+            let stats = r.cache_stats();
+            assert!(stats.bytes <= bound, "over the bound ({bound}): {stats:?}");
+        }
+    }
+    ca.token.end_login_refusal().unwrap();
+    ca.signer.token().retry_login();
+    let stats = r.cache_stats();
+    assert!(stats.evictions > 0 && stats.store_reads > 0, "{stats:?}");
+    assert!(stats.entries < LEAVES, "{stats:?}");
+}

@@ -646,6 +646,11 @@ pub struct OcspSection {
     /// answer cache".
     #[serde(default)]
     pub cache_max_entries: Option<usize>,
+    /// Bound in bytes of those answers (default 64 MiB; 4096 bytes to 64 GiB): a slot per serial
+    /// and each group response once. With requests spread over a large fleet this is the bound
+    /// that holds memory. See README "OCSP answer cache".
+    #[serde(default)]
+    pub cache_max_bytes: Option<usize>,
     /// Stateless responders (`ca-server ocsp`) only: time between full re-reads of the store,
     /// the safety net behind its change feed (default 5m; 10s to 24h). `serve` ignores it.
     #[serde(default)]
@@ -671,6 +676,9 @@ impl OcspSection {
         }
         if let Some(n) = self.cache_max_entries {
             c.cache_max_entries = n;
+        }
+        if let Some(n) = self.cache_max_bytes {
+            c.cache_max_bytes = n;
         }
         c
     }
@@ -946,6 +954,10 @@ impl Default for RetentionSection {
 
 /// The longest retention accepted (100 years): a cutoff is the clock minus it.
 const RETENTION_CEILING_DAYS: i64 = 36_500;
+/// Most `[ocsp] cache_max_bytes`.
+pub(crate) const MAX_CACHE_BYTES: usize = 64 << 30;
+/// The error of a `[ocsp] cache_max_bytes` out of range.
+pub(crate) const CACHE_BYTES_RANGE: &str = "between 4096 and 68719476736 (64 GiB)";
 
 impl RetentionSection {
     fn validate(&self) -> Result<(), ConfigError> {
@@ -1141,6 +1153,13 @@ impl ServerConfig {
             .is_some_and(|n| !(1..=50_000_000).contains(&n))
         {
             return Err(invalid("ocsp.cache_max_entries", "between 1 and 50000000"));
+        }
+        if self
+            .ocsp
+            .cache_max_bytes
+            .is_some_and(|n| !(ca_core::ocsp::MIN_CACHE_MAX_BYTES..=MAX_CACHE_BYTES).contains(&n))
+        {
+            return Err(invalid("ocsp.cache_max_bytes", CACHE_BYTES_RANGE));
         }
         self.ocsp
             .responder_config()

@@ -534,7 +534,8 @@ impl prometheus_client::encoding::EncodeMetric for MemoMetric {
 }
 
 /// The OCSP answer cache, read at each scrape: `ca_ocsp_cache_entries` and
-/// `ca_ocsp_cache_max_entries` (gauges), `ca_ocsp_cache_hits`, `ca_ocsp_cache_misses`,
+/// `ca_ocsp_cache_max_entries`, `ca_ocsp_cache_bytes` and `ca_ocsp_cache_max_bytes` (gauges),
+/// `ca_ocsp_cache_hits`, `ca_ocsp_cache_misses`,
 /// `ca_ocsp_cache_store_reads` and `ca_ocsp_cache_evictions` (counters), `ca_ocsp_cache_loaded`
 /// (gauge, 1 once the background load has finished). The hit rate is
 /// hits / (hits + misses); misses answered without a signature are the store reads.
@@ -548,6 +549,8 @@ pub struct AnswerCacheMetric {
 enum CacheField {
     Entries,
     MaxEntries,
+    Bytes,
+    MaxBytes,
     Hits,
     Misses,
     StoreReads,
@@ -556,7 +559,7 @@ enum CacheField {
 }
 
 impl AnswerCacheMetric {
-    /// Register the seven metrics for `responder`.
+    /// Register the nine metrics for `responder`.
     pub fn register(metrics: &Metrics, responder: &Arc<ca_core::ocsp::Responder>) {
         for (name, help, what) in [
             (
@@ -568,6 +571,16 @@ impl AnswerCacheMetric {
                 "ca_ocsp_cache_max_entries",
                 "Bound on the OCSP answers in memory (ocsp.cache_max_entries)",
                 CacheField::MaxEntries,
+            ),
+            (
+                "ca_ocsp_cache_bytes",
+                "Bytes the OCSP answers in memory hold (each group response counted once)",
+                CacheField::Bytes,
+            ),
+            (
+                "ca_ocsp_cache_max_bytes",
+                "Bound on the bytes of the OCSP answers in memory (ocsp.cache_max_bytes)",
+                CacheField::MaxBytes,
             ),
             (
                 "ca_ocsp_cache_hits",
@@ -619,6 +632,8 @@ impl prometheus_client::encoding::EncodeMetric for AnswerCacheMetric {
         match self.what {
             CacheField::Entries => encoder.encode_gauge(&(s.entries as i64)),
             CacheField::MaxEntries => encoder.encode_gauge(&(s.max_entries as i64)),
+            CacheField::Bytes => encoder.encode_gauge(&(s.bytes as i64)),
+            CacheField::MaxBytes => encoder.encode_gauge(&(s.max_bytes as i64)),
             CacheField::Hits => counter(&mut encoder, s.hits),
             CacheField::Misses => counter(&mut encoder, s.misses),
             CacheField::StoreReads => counter(&mut encoder, s.store_reads),
@@ -629,9 +644,11 @@ impl prometheus_client::encoding::EncodeMetric for AnswerCacheMetric {
 
     fn metric_type(&self) -> prometheus_client::metrics::MetricType {
         match self.what {
-            CacheField::Entries | CacheField::MaxEntries | CacheField::Loaded => {
-                prometheus_client::metrics::MetricType::Gauge
-            }
+            CacheField::Entries
+            | CacheField::MaxEntries
+            | CacheField::Bytes
+            | CacheField::MaxBytes
+            | CacheField::Loaded => prometheus_client::metrics::MetricType::Gauge,
             _ => prometheus_client::metrics::MetricType::Counter,
         }
     }

@@ -21,13 +21,13 @@
 //!
 //! The same file as `serve` ([`crate::config`]); this command reads `[ca] certificate`,
 //! `[listen] status`, `[store]` (must be `kind = "postgres"`: the sled store is one process's
-//! embedded database), `[ocsp] max_age`, `memo_max_bytes`, `cache_max_entries` and `stateless_reload_interval`,
+//! embedded database), `[ocsp] max_age`, `memo_max_bytes`, `cache_max_entries`, `cache_max_bytes` and `stateless_reload_interval`,
 //! `[limits]` (connection limits of `[limits.status]`) and `[log]`. `[hsm]`, `[profiles]` and
 //! the API's sections may be present and are ignored (never opened); `[hsm]` is not required.
 
 use crate::config::{
     CaSection, ConfigError, Limits, Listen, LogSection, OcspSection, StoreKind, StoreSection,
-    UrlFrom, UrlSource,
+    UrlFrom, UrlSource, CACHE_BYTES_RANGE, MAX_CACHE_BYTES,
 };
 use crate::metrics::Metrics;
 use crate::status::{
@@ -225,6 +225,12 @@ impl OcspNodeConfig {
             }
             follower.cache_max_entries = n;
         }
+        if let Some(n) = file.ocsp.cache_max_bytes {
+            if !(ca_core::ocsp::MIN_CACHE_MAX_BYTES..=MAX_CACHE_BYTES).contains(&n) {
+                return Err(invalid("ocsp.cache_max_bytes", CACHE_BYTES_RANGE));
+            }
+            follower.cache_max_bytes = n;
+        }
         if let Some(s) = file.ocsp.stateless_reload_interval {
             let d = s.0.to_std().unwrap_or_default();
             if !(RELOAD_MIN..=RELOAD_MAX).contains(&d) {
@@ -269,8 +275,9 @@ struct Gauges {
     older_ignored: Gauge,
     crl_number: Gauge,
     ready: Gauge,
-    /// The answer cache: [entries, bound, hits, misses, store reads, evictions].
-    cache: [Gauge; 6],
+    /// The answer cache: [entries, bound, hits, misses, store reads, evictions, bytes, bytes
+    /// bound].
+    cache: [Gauge; 8],
 }
 
 impl Gauges {
@@ -301,6 +308,14 @@ impl Gauges {
             (
                 "ca_ocsp_cache_evictions",
                 "OCSP answers evicted from memory to stay under the bound since start",
+            ),
+            (
+                "ca_ocsp_cache_bytes",
+                "Bytes the OCSP answers in memory hold (each group response counted once)",
+            ),
+            (
+                "ca_ocsp_cache_max_bytes",
+                "Bound on the bytes of the OCSP answers in memory (ocsp.cache_max_bytes)",
             ),
         ]) {
             metrics.register(name, help, g.clone());
@@ -693,6 +708,8 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
             c.misses,
             c.store_reads,
             c.evictions,
+            c.bytes as u64,
+            c.max_bytes as u64,
         ]) {
             g.set(n(v));
         }

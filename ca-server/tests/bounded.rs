@@ -648,6 +648,9 @@ async fn unique_ocsp_requests_cannot_grow_the_request_memo() {
     // The answer cache reports its bound and its hit rate.
     assert_eq!(metric(&m, "ca_ocsp_cache_max_entries "), 200_000);
     assert!(metric(&m, "ca_ocsp_cache_entries ") <= 200_000);
+    assert_eq!(metric(&m, "ca_ocsp_cache_max_bytes "), 64 << 20);
+    let bytes = metric(&m, "ca_ocsp_cache_bytes ");
+    assert!(bytes > 0 && bytes <= 64 << 20, "{bytes}");
     assert!(metric(&m, "ca_ocsp_cache_hits_total ") > 0, "{m}");
     for name in ["misses", "store_reads", "evictions"] {
         assert!(

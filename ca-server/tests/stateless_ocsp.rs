@@ -564,13 +564,17 @@ async fn stateless_responder_follows_a_signing_node_and_refuses_forgeries() {
     );
     // The answer cache is bounded and reports its use (the revoked answer was read back).
     let r = resp.clone();
-    let (max, reads) = blocking(move || {
+    let (max, reads, max_bytes, bytes) = blocking(move || {
         (
             r.metric("ca_ocsp_cache_max_entries"),
             r.metric("ca_ocsp_cache_store_reads"),
+            r.metric("ca_ocsp_cache_max_bytes"),
+            r.metric("ca_ocsp_cache_bytes"),
         )
     });
     assert_eq!(max, 200_000);
+    assert_eq!(max_bytes, 64 << 20);
+    assert!(bytes > 0 && bytes <= max_bytes, "{bytes}");
     assert!(reads >= 1, "{reads}");
 
     // Attack 1: the stored `revoked` response turned `good` (signature kept).

@@ -55,7 +55,8 @@ pub use responder::{
     AnswerKind, ArchivedCrl, CacheStats, ExternalResponse, FollowStats, IssuanceSigningStats,
     IssuedTicket, LiveRequest, LoadStats, Lookup, MemoStats, OcspAnswer, RefreshStats, Responder,
     ResponderConfig, ResponderKey, SignerCertStatus, StatelessConfig, StatelessResponder,
-    StatelessStats, TransportCache,
+    StatelessStats, TransportCache, CACHE_ANSWER_BYTES, CACHE_SLOT_BYTES, DEFAULT_CACHE_MAX_BYTES,
+    MIN_CACHE_MAX_BYTES,
 };
 pub use signer_cert::register_signer_cert;
 /// The x509-ocsp crate whose types ([`x509_ocsp::CertId`], ...) appear in this API.

@@ -191,6 +191,11 @@ fn connection_limits_are_validated_and_errors_name_the_key() {
             "[ocsp]\ncache_max_entries = 60000000\n",
             "ocsp.cache_max_entries",
         ),
+        ("[ocsp]\ncache_max_bytes = 4095\n", "ocsp.cache_max_bytes"),
+        (
+            "[ocsp]\ncache_max_bytes = 100000000000\n",
+            "ocsp.cache_max_bytes",
+        ),
     ] {
         let cfg = ServerConfig::parse(&format!("{MINIMAL}\n{extra}")).expect("parses");
         let err = cfg.validate().expect_err(extra).to_string();

@@ -16,14 +16,19 @@ use crate::{
 #[cfg(any(test, feature = "lock_free_delays"))]
 const MAX_QUEUE_ITEMS: usize = 4;
 
+// Vendored change 8: accesses queued in a shard are not counted against the cache's capacity
+// until the shard drains its queue, so pages read meanwhile stay in memory uncounted. With 256
+// shards of 64 queued accesses that was up to ~16k pages (tens of KB each) over the capacity:
+// at a million certificates a 64 MB cache held 156 MB of pages. 32 shards of 8 bound it to a
+// few hundred pages.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const MAX_QUEUE_ITEMS: usize = 64;
+const MAX_QUEUE_ITEMS: usize = 8;
 
 #[cfg(any(test, feature = "lock_free_delays"))]
 const N_SHARDS: usize = 2;
 
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const N_SHARDS: usize = 256;
+const N_SHARDS: usize = 32;
 
 struct AccessBlock {
     len: AtomicUsize,

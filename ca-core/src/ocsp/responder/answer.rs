@@ -39,6 +39,32 @@ pub struct OcspAnswer {
     pub kind: AnswerKind,
     /// Data the transport derives once per answer (e.g. formatted HTTP headers).
     pub transport: TransportCache,
+    /// How many slots of the answer cache hold it (the cache charges its bytes once, however
+    /// many members of a group share it: `cache.rs`).
+    pub(super) cache_slots: CacheSlots,
+}
+
+/// The count behind [`OcspAnswer::cache_slots`]. Cloning an answer gives the clone a count of
+/// zero: no cache holds the clone yet.
+#[derive(Default, Debug)]
+pub(super) struct CacheSlots(std::sync::atomic::AtomicUsize);
+
+impl CacheSlots {
+    /// One more slot holds the answer; whether it is the first.
+    pub(super) fn take(&self) -> bool {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
+    }
+
+    /// One slot less holds the answer; whether it was the last.
+    pub(super) fn release(&self) -> bool {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1
+    }
+}
+
+impl Clone for CacheSlots {
+    fn clone(&self) -> Self {
+        CacheSlots::default()
+    }
 }
 
 /// A write-once slot in which the transport keeps what it derives from an answer, so that the
@@ -87,6 +113,7 @@ impl OcspAnswer {
             der,
             kind,
             transport: TransportCache::default(),
+            cache_slots: CacheSlots::default(),
         }
     }
 

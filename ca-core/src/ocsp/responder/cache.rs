@@ -1,8 +1,13 @@
-//! The answer cache: pre-signed answers by serial, in memory, bounded in entries; the
-//! per-serial sign locks that order writes to it; and the request memo in front of it.
+//! The answer cache: pre-signed answers by serial, in memory, bounded in entries and in bytes;
+//! the per-serial sign locks that order writes to it; and the request memo in front of it.
 //!
-//! The cache holds at most [`super::ResponderConfig::cache_max_entries`] answers (memory does
-//! not grow with the number of certificates): past the bound the shard evicts an answer not
+//! The cache holds at most [`super::ResponderConfig::cache_max_entries`] answers and about
+//! [`super::ResponderConfig::cache_max_bytes`] bytes (memory does not grow with the number of
+//! certificates). The bytes are what the cache keeps alive: [`CACHE_SLOT_BYTES`] per serial, and each
+//! answer's DER plus [`CACHE_ANSWER_BYTES`] once, however many serials share it (the members of a
+//! group share one 2-3 KB response). The entry bound alone did not bound memory: 200,000
+//! answers asked about at random hold a different group each, about 600 MB at a million
+//! certificates (BENCHMARKS "Growth to a million"). Past either bound the shard evicts an answer not
 //! asked about since the clock hand last passed it (CLOCK, "second chance": each slot has a
 //! referenced bit that a lookup sets and the hand clears), so answers asked about often stay
 //! while the rest of the fleet streams through. Every answer it holds is also in the store
@@ -32,12 +37,21 @@ use crate::error::Result;
 use crate::store::{Store, StoredOcspResponse};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use x509_ocsp::ResponderId;
 
 const SHARDS: usize = 16;
 const SIGN_LOCKS: usize = 64;
+/// What a serial's slot costs in [`CacheStats::bytes`]: the slot in the ring, its index entry
+/// and the serial's copy.
+pub const CACHE_SLOT_BYTES: usize = 144;
+/// What an answer costs in [`CacheStats::bytes`] besides its DER: the `OcspAnswer`, its `Arc`
+/// and the transport's formatted headers.
+pub const CACHE_ANSWER_BYTES: usize = 384;
+/// Most answers one insertion evicts to get back under the byte bound (evicting a member of a
+/// group that other slots still hold frees only its slot).
+const EVICT_PER_INSERT: usize = 8;
 
 type Shard = RwLock<Slots>;
 
@@ -77,14 +91,18 @@ impl Slots {
         None
     }
 
-    fn remove(&mut self, serial: &[u8]) -> bool {
-        let Some(i) = self.index.remove(serial) else {
-            return false;
-        };
+    fn remove(&mut self, serial: &[u8]) -> Option<Slot> {
+        let i = *self.index.get(serial)?;
+        self.remove_at(i)
+    }
+
+    /// Take out the slot at ring position `i` (the last slot moves into its place).
+    fn remove_at(&mut self, i: usize) -> Option<Slot> {
         if i >= self.ring.len() {
-            return false;
+            return None;
         }
-        self.ring.swap_remove(i);
+        let slot = self.ring.swap_remove(i);
+        self.index.remove(&slot.serial);
         if let Some(moved) = self.ring.get(i) {
             if let Some(j) = self.index.get_mut(&moved.serial) {
                 *j = i;
@@ -93,7 +111,7 @@ impl Slots {
         if self.hand >= self.ring.len() {
             self.hand = 0;
         }
-        true
+        Some(slot)
     }
 }
 
@@ -104,6 +122,10 @@ pub struct CacheStats {
     pub entries: usize,
     /// The bound on `entries` ([`super::ResponderConfig::cache_max_entries`]).
     pub max_entries: usize,
+    /// What the answers in memory cost (see the module docs).
+    pub bytes: usize,
+    /// The bound on `bytes` ([`super::ResponderConfig::cache_max_bytes`]).
+    pub max_bytes: usize,
     /// Requests answered from memory.
     pub hits: u64,
     /// Requests about a certificate of this CA with no fresh answer in memory.
@@ -121,6 +143,10 @@ pub(super) struct AnswerCache {
     shards: Vec<Shard>,
     /// Most answers per shard (the configured bound spread over the shards).
     shard_max: usize,
+    /// The bound on `bytes`.
+    max_bytes: usize,
+    /// What the answers held cost ([`CacheStats::bytes`]).
+    bytes: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
     store_reads: AtomicU64,
@@ -161,10 +187,12 @@ fn bucket_index(serial: &[u8], n: usize) -> usize {
 }
 
 impl AnswerCache {
-    pub(super) fn new(memo_max_bytes: usize, max_entries: usize) -> Self {
+    pub(super) fn new(memo_max_bytes: usize, max_entries: usize, max_bytes: usize) -> Self {
         AnswerCache {
             shards: (0..SHARDS).map(|_| RwLock::new(Slots::default())).collect(),
             shard_max: max_entries.div_ceil(SHARDS).max(1),
+            max_bytes,
+            bytes: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
@@ -209,40 +237,95 @@ impl AnswerCache {
     }
 
     /// Serve `answer` for `serial` from now on (the caller holds the serial's sign lock). At
-    /// the bound, the shard's clock hand evicts an answer not asked about since its last pass
-    /// (it is in the store: see the module docs). A new answer starts unreferenced: unless it
-    /// is asked about again before the hand comes round, it is the next one to go.
+    /// either bound, the shard's clock hand evicts answers not asked about since its last pass
+    /// (they are in the store: see the module docs). A new answer starts unreferenced: unless
+    /// it is asked about again before the hand comes round, it is the next one to go.
     pub(super) fn insert(&self, serial: &[u8], answer: Arc<OcspAnswer>) {
         let mut shard = write(self.shard(serial));
+        self.charge(&answer);
         if let Some(&i) = shard.index.get(serial) {
             if let Some(slot) = shard.ring.get_mut(i) {
-                slot.answer = answer;
+                let old = std::mem::replace(&mut slot.answer, answer);
+                self.uncharge(&old);
+                self.evict_over_bytes(&mut shard, serial);
                 return;
             }
+        }
+        if shard.ring.len() >= self.shard_max {
+            let Some(i) = shard.victim() else {
+                self.uncharge(&answer);
+                return;
+            };
+            self.evict(&mut shard, i);
         }
         let slot = Slot {
             serial: Arc::from(serial),
             answer,
             referenced: AtomicBool::new(false),
         };
-        if shard.ring.len() < self.shard_max {
-            let i = shard.ring.len();
-            shard.index.insert(slot.serial.clone(), i);
-            shard.ring.push(slot);
-            return;
+        let i = shard.ring.len();
+        shard.index.insert(slot.serial.clone(), i);
+        shard.ring.push(slot);
+        self.evict_over_bytes(&mut shard, serial);
+        drop(shard);
+        // Still over (this shard holds little): the other shards, one lock at a time.
+        let own = bucket_index(serial, SHARDS);
+        for k in 1..SHARDS {
+            if self.bytes.load(Ordering::Relaxed) <= self.max_bytes {
+                break;
+            }
+            self.evict_over_bytes(&mut write(&self.shards[(own + k) % SHARDS]), serial);
         }
-        let Some(i) = shard.victim() else {
-            return;
-        };
-        let key = slot.serial.clone();
-        let Some(place) = shard.ring.get_mut(i) else {
-            return;
-        };
-        let old = std::mem::replace(place, slot);
-        shard.index.remove(&old.serial);
-        shard.index.insert(key, i);
-        self.evictions.fetch_add(1, Ordering::Relaxed);
-        self.evicted.store(true, Ordering::Relaxed);
+    }
+
+    /// Count `answer` as held by one more slot ([`CacheStats::bytes`]).
+    fn charge(&self, answer: &OcspAnswer) {
+        let mut b = CACHE_SLOT_BYTES;
+        if answer.cache_slots.take() {
+            b += answer.der.len() + CACHE_ANSWER_BYTES;
+        }
+        self.bytes.fetch_add(b, Ordering::Relaxed);
+    }
+
+    /// Count `answer` as held by one slot less.
+    fn uncharge(&self, answer: &OcspAnswer) {
+        let mut b = CACHE_SLOT_BYTES;
+        if answer.cache_slots.release() {
+            b += answer.der.len() + CACHE_ANSWER_BYTES;
+        }
+        self.bytes.fetch_sub(b, Ordering::Relaxed);
+    }
+
+    /// Evict the slot at ring position `i` of `shard`.
+    fn evict(&self, shard: &mut Slots, i: usize) {
+        if let Some(old) = shard.remove_at(i) {
+            self.uncharge(&old.answer);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            self.evicted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Past the byte bound, evict up to [`EVICT_PER_INSERT`] answers of `shard`, never the one
+    /// for `kept` (just inserted). Insertions are spread over the shards, so evicting from the
+    /// inserting shard keeps every shard near its share; `insert` goes on to the others only
+    /// when that is not enough (a small cache).
+    fn evict_over_bytes(&self, shard: &mut Slots, kept: &[u8]) {
+        for _ in 0..EVICT_PER_INSERT {
+            if self.bytes.load(Ordering::Relaxed) <= self.max_bytes {
+                return;
+            }
+            let Some(mut i) = shard.victim() else {
+                return;
+            };
+            if shard.ring.get(i).is_some_and(|s| &*s.serial == kept) {
+                // The hand stopped at the new answer: the next unreferenced one goes instead.
+                match shard.victim() {
+                    Some(j) if j != i => i = j,
+                    _ => return,
+                }
+            }
+            self.evict(shard, i);
+        }
     }
 
     /// Count a request answered from memory ([`CacheStats::hits`]).
@@ -263,6 +346,8 @@ impl AnswerCache {
         CacheStats {
             entries: self.len(),
             max_entries: self.shard_max * SHARDS,
+            bytes: self.bytes.load(Ordering::Relaxed),
+            max_bytes: self.max_bytes,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             store_reads: self.store_reads.load(Ordering::Relaxed),
@@ -294,7 +379,9 @@ impl AnswerCache {
 
     /// Withdraw the answer for `serial` (the caller holds the serial's sign lock).
     pub(super) fn remove(&self, serial: &[u8]) {
-        write(self.shard(serial)).remove(serial);
+        if let Some(old) = write(self.shard(serial)).remove(serial) {
+            self.uncharge(&old.answer);
+        }
     }
 
     /// The serials whose answer `due` selects.
@@ -405,6 +492,7 @@ impl AnswerCache {
     ) -> Result<Option<Staged>> {
         let mut staged = Staged::default();
         let max = self.max_entries();
+        let mut cost = StagedCost::default();
         let mut own_records = HashSet::new();
         let mut over = false;
         let scan = store.for_each_ocsp_response(&mut |stored| {
@@ -424,10 +512,12 @@ impl AnswerCache {
                             .is_none_or(|old| old.this_update() < answer.this_update())
                 };
                 if replace {
+                    cost.add(&answer);
                     staged.answers.insert(serial, answer);
                 }
             }
-            if staged.answers.len() > max {
+            // (A replaced answer stays counted: the cost errs on the side of not fitting.)
+            if staged.answers.len() > max || cost.bytes > self.max_bytes {
                 over = true;
                 return Err(stop_scan());
             }
@@ -452,9 +542,10 @@ impl AnswerCache {
             ..Staged::default()
         };
         let max = self.max_entries();
+        let mut cost = StagedCost::default();
         let mut full = false;
         let scan = store.for_each_ocsp_response(&mut |stored| {
-            if staged.answers.len() >= max {
+            if staged.answers.len() >= max || cost.bytes >= self.max_bytes {
                 full = true;
                 return Err(stop_scan());
             }
@@ -472,8 +563,10 @@ impl AnswerCache {
             for (serial, answer) in answers {
                 if serial == own {
                     staged.own.insert(serial.clone());
+                    cost.add(&answer);
                     staged.answers.insert(serial, answer);
                 } else if !staged.answers.contains_key(&serial) && staged.answers.len() < max {
+                    cost.add(&answer);
                     staged.answers.insert(serial, answer);
                 }
             }
@@ -482,6 +575,26 @@ impl AnswerCache {
         match scan {
             Err(e) if !full => Err(e),
             _ => Ok(staged),
+        }
+    }
+}
+
+/// What staged answers will cost in the cache ([`CacheStats::bytes`]): a slot each, and each
+/// answer's bytes once.
+#[derive(Default)]
+struct StagedCost {
+    bytes: usize,
+    /// The answers counted, by address (`held` keeps them alive, so no address is reused).
+    counted: HashSet<*const OcspAnswer>,
+    held: Vec<Arc<OcspAnswer>>,
+}
+
+impl StagedCost {
+    fn add(&mut self, answer: &Arc<OcspAnswer>) {
+        self.bytes += CACHE_SLOT_BYTES;
+        if self.counted.insert(Arc::as_ptr(answer)) {
+            self.bytes += answer.der.len() + CACHE_ANSWER_BYTES;
+            self.held.push(answer.clone());
         }
     }
 }

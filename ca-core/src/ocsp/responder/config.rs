@@ -46,7 +46,17 @@ pub struct ResponderConfig {
     /// about; memory follows this bound, not the number of certificates (README "OCSP answer
     /// cache").
     pub cache_max_entries: usize,
+    /// Bound in bytes of the answers kept in memory (default 64 MiB): a slot per serial and
+    /// each answer's bytes once, however many serials of its group share it (`cache.rs`). With
+    /// requests spread over a large fleet every answer held keeps its whole group response
+    /// (2-3 KB) alive, so this bound, not `cache_max_entries`, is the one that holds memory.
+    pub cache_max_bytes: usize,
 }
+
+/// Default of [`ResponderConfig::cache_max_bytes`].
+pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Least [`ResponderConfig::cache_max_bytes`]: about one group's answer.
+pub const MIN_CACHE_MAX_BYTES: usize = 4096;
 
 impl Default for ResponderConfig {
     fn default() -> Self {
@@ -62,6 +72,7 @@ impl Default for ResponderConfig {
             issuance_batch_window: std::time::Duration::from_millis(5),
             memo_max_bytes: 8 * 1024 * 1024,
             cache_max_entries: 200_000,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
     }
 }
@@ -95,6 +106,9 @@ impl ResponderConfig {
         }
         if self.cache_max_entries == 0 {
             return bad("cache_max_entries", "must be at least 1");
+        }
+        if self.cache_max_bytes < MIN_CACHE_MAX_BYTES {
+            return bad("cache_max_bytes", "must be at least 4096");
         }
         if self.live_signing_burst == 0 && self.live_signing_rate > 0 {
             return bad(

@@ -32,8 +32,8 @@ mod single;
 mod stateless;
 
 pub use answer::{AnswerKind, OcspAnswer, TransportCache};
-pub use cache::CacheStats;
-pub use config::ResponderConfig;
+pub use cache::{CacheStats, CACHE_ANSWER_BYTES, CACHE_SLOT_BYTES};
+pub use config::{ResponderConfig, DEFAULT_CACHE_MAX_BYTES, MIN_CACHE_MAX_BYTES};
 pub use external::ExternalResponse;
 pub use follow::FollowStats;
 pub(in crate::ocsp) use key::check_delegated;
@@ -153,7 +153,11 @@ impl Responder {
         let responder = Responder {
             signing,
             store,
-            cache: AnswerCache::new(config.memo_max_bytes, config.cache_max_entries),
+            cache: AnswerCache::new(
+                config.memo_max_bytes,
+                config.cache_max_entries,
+                config.cache_max_bytes,
+            ),
             presigner: Presigner::new(config.issuance_batch_max),
             external: ExternalResponses::default(),
             live: LiveSigner::new(&config),

@@ -82,6 +82,9 @@ pub struct StatelessConfig {
     /// [`super::ResponderConfig::cache_max_entries`]); the others are read from the store when
     /// asked about.
     pub cache_max_entries: usize,
+    /// Bound in bytes of those answers (default 64 MiB, as
+    /// [`super::ResponderConfig::cache_max_bytes`]).
+    pub cache_max_bytes: usize,
 }
 
 impl Default for StatelessConfig {
@@ -91,6 +94,7 @@ impl Default for StatelessConfig {
             max_store_reads: 16,
             full_reload_interval: Duration::from_secs(300),
             cache_max_entries: 200_000,
+            cache_max_bytes: super::config::DEFAULT_CACHE_MAX_BYTES,
         }
     }
 }
@@ -226,6 +230,12 @@ impl StatelessResponder {
                 reason: "must be at least 1".into(),
             });
         }
+        if config.cache_max_bytes < super::config::MIN_CACHE_MAX_BYTES {
+            return Err(Error::Config {
+                path: "ocsp.cache_max_bytes".into(),
+                reason: "must be at least 4096".into(),
+            });
+        }
         if config.max_store_reads == 0 {
             return Err(Error::Config {
                 path: "ocsp.max_store_reads".into(),
@@ -238,7 +248,11 @@ impl StatelessResponder {
             issuer,
             store,
             clock,
-            cache: AnswerCache::new(config.memo_max_bytes, config.cache_max_entries),
+            cache: AnswerCache::new(
+                config.memo_max_bytes,
+                config.cache_max_entries,
+                config.cache_max_bytes,
+            ),
             config,
             errors: ErrorAnswers::new(),
             delegates: Mutex::new(HashMap::new()),
