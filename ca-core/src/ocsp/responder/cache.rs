@@ -3,12 +3,12 @@
 //!
 //! The cache holds at most [`super::ResponderConfig::cache_max_entries`] answers and about
 //! [`super::ResponderConfig::cache_max_bytes`] bytes (memory does not grow with the number of
-//! certificates). The bytes are what the cache keeps alive: [`CACHE_SLOT_BYTES`] per serial, and each
-//! answer's DER plus [`CACHE_ANSWER_BYTES`] once, however many serials share it (the members of a
-//! group share one 2-3 KB response). The entry bound alone did not bound memory: 200,000
-//! answers asked about at random hold a different group each, about 600 MB at a million
-//! certificates (BENCHMARKS "Growth to a million"). Past either bound the shard evicts an answer not
-//! asked about since the clock hand last passed it (CLOCK, "second chance": each slot has a
+//! certificates). The bytes are what the cache keeps alive: [`CACHE_SLOT_BYTES`] per serial,
+//! and each answer's DER plus [`CACHE_ANSWER_BYTES`] once, however many serials share it (the
+//! members of a group share one 2-3 KB response). The entry bound alone did not bound memory:
+//! 200,000 answers asked about at random hold a different group each, about 600 MB at a
+//! million certificates (BENCHMARKS "Memory at a million certificates"). Past either bound the
+//! shard evicts an answer not asked about since the clock hand last passed it (CLOCK, "second chance": each slot has a
 //! referenced bit that a lookup sets and the hand clears), so answers asked about often stay
 //! while the rest of the fleet streams through. Every answer it holds is also in the store
 //! (persisted before it is served, `install.rs`), so an evicted or never-loaded answer is read
