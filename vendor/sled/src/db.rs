@@ -429,6 +429,12 @@ impl Db {
         self.context.pagecache.checkpoint()
     }
 
+    /// Page ids allocated so far, freed ones included (vendored change 9): the size of the
+    /// page table sled keeps in memory.
+    pub fn allocated_pages(&self) -> u64 {
+        self.context.pagecache.allocated_pages()
+    }
+
     /// The log offset made durable so far (vendored change 5): a checkpoint is worth
     /// taking once it has moved.
     pub fn stable_log_offset(&self) -> i64 {

@@ -170,11 +170,11 @@ impl Node {
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -243,6 +243,19 @@ impl Node {
 
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
+        let middle = self.data.len() / 2 + 1;
+        // Vendored change 9: the rightmost leaf (no upper bound) keeps all but 4 entries
+        // when it splits. In a tree whose keys only grow (the audit log, the expiry index)
+        // every insert lands in that leaf, and the left half of a middle split is never
+        // written again: such trees kept half-full leaves, twice the pages sled tracks in
+        // memory. 4 entries go right because a leaf of fewer is merged into its left
+        // sibling (`should_merge`). Other trees reach the rightmost leaf as rarely as any
+        // other.
+        let leaf_split = if self.hi.is_empty() && self.data.len() > 8 {
+            self.data.len() - 4
+        } else {
+            middle
+        };
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
                 let (split, right_prefix_len, right_keys, right_values) =
@@ -252,6 +265,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        middle,
                     );
 
                 (
@@ -271,6 +285,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        leaf_split,
                     );
 
                 (

@@ -779,6 +779,11 @@ impl PageCache {
     /// snapshot already holds is idempotent (`PageState::push` skips older fragments and a
     /// replace resets the page). Returns the snapshot's stable offset, or `None` when a page
     /// being allocated did not appear in time (nothing is written then).
+    /// Page ids allocated so far (vendored change 9; `Db::allocated_pages`).
+    pub(crate) fn allocated_pages(&self) -> u64 {
+        *self.next_pid_to_allocate.lock()
+    }
+
     pub(crate) fn checkpoint(&self) -> Result<Option<Lsn>> {
         static ONE_AT_A_TIME: Mutex<()> = parking_lot::const_mutex(());
         let _one = ONE_AT_A_TIME.lock();
