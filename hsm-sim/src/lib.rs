@@ -24,7 +24,9 @@
 #![warn(unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-use ca_core::signer::pkcs11::{find_softhsm_module, open_module, HsmConfig, PinSource, MODULE_ENV};
+use ca_core::signer::pkcs11::{
+    find_softhsm_module, open_module, slot_list_lock, HsmConfig, PinSource, MODULE_ENV,
+};
 use cryptoki::context::Pkcs11;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
@@ -116,6 +118,9 @@ fn write_conf(conf: &Path, tokens: &Path) -> Result<(), Error> {
 
 /// Initialise a new token labelled `label` in the first free slot of `ctx`.
 fn init_token(ctx: &Pkcs11, label: &str, pin: &str, so_pin: &str) -> Result<(), Error> {
+    // No other thread of this process lists slots meanwhile (SoftHSM would abort: see
+    // `slot_list_lock`).
+    let _one = slot_list_lock();
     let slots = ctx.get_all_slots().map_err(ck("list slots"))?;
     let mut free = None;
     for slot in slots {

@@ -53,6 +53,16 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
     MODULES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Held while listing a module's slots (`C_GetSlotList`) or initialising a token: one at a time
+/// in this process. SoftHSM adds a slot for the next token while it lists the slots, without a
+/// lock of its own; two threads listing at once right after a token was initialised both add
+/// it, and SoftHSM aborts the process (`SlotManager::insertToken: Assertion result.second
+/// failed`, seen once in CI with tests opening tokens in parallel).
+pub fn slot_list_lock() -> std::sync::MutexGuard<'static, ()> {
+    static SLOT_LIST: Mutex<()> = Mutex::new(());
+    SLOT_LIST.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Load and initialise a PKCS#11 module once per process; later calls share it.
 pub fn open_module(path: &Path) -> Result<Pkcs11> {
     let mut modules = registry().lock().unwrap_or_else(|p| p.into_inner());
@@ -353,7 +363,11 @@ impl Token {
     pub fn slot(&self) -> Result<Slot> {
         // get_all_slots, not get_slots_with_initialized_token: the latter fails as a whole when
         // any one slot cannot report its token (e.g. a removed SoftHSM token directory).
-        let slots = self.ctx.get_all_slots().map_err(|source| Error::Hsm {
+        let listed = {
+            let _one = slot_list_lock();
+            self.ctx.get_all_slots()
+        };
+        let slots = listed.map_err(|source| Error::Hsm {
             op: "list slots",
             source,
         })?;
