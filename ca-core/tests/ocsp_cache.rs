@@ -48,6 +48,15 @@ fn requests_for(ca: &TestCa, leaves: &[Leaf]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The stored response of `leaf` (its group's, when signed in a group).
+fn stored_der(ca: &TestCa, leaf: &Leaf) -> Vec<u8> {
+    ca.store
+        .get_ocsp_response(&leaf.record.serial)
+        .unwrap()
+        .unwrap()
+        .der
+}
+
 fn responder(ca: &TestCa, clock: Arc<dyn Clock>, config: ResponderConfig) -> Responder {
     Responder::new(
         &ca.cert_der,
@@ -504,16 +513,8 @@ fn answers_read_back_from_one_group_response_share_its_bytes() {
     let ca = TestCa::new("Test Root");
     let leaves = issue_leaves(&ca);
     sign_all(&ca, &leaves);
-    let groups: std::collections::HashSet<Vec<u8>> = leaves
-        .iter()
-        .map(|l| {
-            ca.store
-                .get_ocsp_response(&l.record.serial)
-                .unwrap()
-                .unwrap()
-                .der
-        })
-        .collect();
+    let groups: std::collections::HashSet<Vec<u8>> =
+        leaves.iter().map(|l| stored_der(&ca, l)).collect();
     assert!(
         groups.len() < LEAVES / 2,
         "signed in groups: {}",
@@ -592,13 +593,7 @@ fn the_byte_bound_holds_however_the_requests_spread() {
     let requests = requests_for(&ca, &leaves);
     let mut groups: std::collections::HashMap<Vec<u8>, usize> = Default::default();
     for l in &leaves {
-        let der = ca
-            .store
-            .get_ocsp_response(&l.record.serial)
-            .unwrap()
-            .unwrap()
-            .der;
-        *groups.entry(der).or_default() += 1;
+        *groups.entry(stored_der(&ca, l)).or_default() += 1;
     }
     let cost = |der_len: usize| der_len + CACHE_ANSWER_BYTES;
 
@@ -616,14 +611,7 @@ fn the_byte_bound_holds_however_the_requests_spread() {
         .expect("a group of several");
     let member = leaves
         .iter()
-        .find(|l| {
-            ca.store
-                .get_ocsp_response(&l.record.serial)
-                .unwrap()
-                .unwrap()
-                .der
-                == *shared
-        })
+        .find(|l| stored_der(&ca, l) == *shared)
         .unwrap();
     ca.store
         .revoke(

@@ -8,8 +8,9 @@
 //! members of a group share one 2-3 KB response). The entry bound alone did not bound memory:
 //! 200,000 answers asked about at random hold a different group each, about 600 MB at a
 //! million certificates (BENCHMARKS "Memory at a million certificates"). Past either bound the
-//! shard evicts an answer not asked about since the clock hand last passed it (CLOCK, "second chance": each slot has a
-//! referenced bit that a lookup sets and the hand clears), so answers asked about often stay
+//! shard evicts an answer not asked about since the clock hand last passed it (CLOCK, "second
+//! chance": each slot has a referenced bit that a lookup sets and the hand clears), so answers
+//! asked about often stay
 //! while the rest of the fleet streams through. Every answer it holds is also in the store
 //! (persisted before it is served, `install.rs`), so an evicted or never-loaded answer is read
 //! back from the store on the next request about it, without a signature (`Follower::read_back`).
@@ -243,29 +244,27 @@ impl AnswerCache {
     pub(super) fn insert(&self, serial: &[u8], answer: Arc<OcspAnswer>) {
         let mut shard = write(self.shard(serial));
         self.charge(&answer);
-        if let Some(&i) = shard.index.get(serial) {
-            if let Some(slot) = shard.ring.get_mut(i) {
-                let old = std::mem::replace(&mut slot.answer, answer);
-                self.uncharge(&old);
-                self.evict_over_bytes(&mut shard, serial);
-                return;
+        let held = shard.index.get(serial).copied();
+        if let Some(slot) = held.and_then(|i| shard.ring.get_mut(i)) {
+            let old = std::mem::replace(&mut slot.answer, answer);
+            self.uncharge(&old);
+        } else {
+            if shard.ring.len() >= self.shard_max {
+                let Some(i) = shard.victim() else {
+                    self.uncharge(&answer);
+                    return;
+                };
+                self.evict(&mut shard, i);
             }
-        }
-        if shard.ring.len() >= self.shard_max {
-            let Some(i) = shard.victim() else {
-                self.uncharge(&answer);
-                return;
+            let slot = Slot {
+                serial: Arc::from(serial),
+                answer,
+                referenced: AtomicBool::new(false),
             };
-            self.evict(&mut shard, i);
+            let i = shard.ring.len();
+            shard.index.insert(slot.serial.clone(), i);
+            shard.ring.push(slot);
         }
-        let slot = Slot {
-            serial: Arc::from(serial),
-            answer,
-            referenced: AtomicBool::new(false),
-        };
-        let i = shard.ring.len();
-        shard.index.insert(slot.serial.clone(), i);
-        shard.ring.push(slot);
         self.evict_over_bytes(&mut shard, serial);
         drop(shard);
         // Still over (this shard holds little): the other shards, one lock at a time.
@@ -280,20 +279,16 @@ impl AnswerCache {
 
     /// Count `answer` as held by one more slot ([`CacheStats::bytes`]).
     fn charge(&self, answer: &OcspAnswer) {
-        let mut b = CACHE_SLOT_BYTES;
-        if answer.cache_slots.take() {
-            b += answer.der.len() + CACHE_ANSWER_BYTES;
-        }
-        self.bytes.fetch_add(b, Ordering::Relaxed);
+        let first = answer.cache_slots.take();
+        self.bytes
+            .fetch_add(slot_cost(answer, first), Ordering::Relaxed);
     }
 
     /// Count `answer` as held by one slot less.
     fn uncharge(&self, answer: &OcspAnswer) {
-        let mut b = CACHE_SLOT_BYTES;
-        if answer.cache_slots.release() {
-            b += answer.der.len() + CACHE_ANSWER_BYTES;
-        }
-        self.bytes.fetch_sub(b, Ordering::Relaxed);
+        let last = answer.cache_slots.release();
+        self.bytes
+            .fetch_sub(slot_cost(answer, last), Ordering::Relaxed);
     }
 
     /// Evict the slot at ring position `i` of `shard`.
@@ -579,23 +574,33 @@ impl AnswerCache {
     }
 }
 
+/// What one more slot holding `answer` costs ([`CacheStats::bytes`]): the slot, plus the
+/// answer itself when it is the first slot to hold it (`whole`).
+fn slot_cost(answer: &OcspAnswer, whole: bool) -> usize {
+    CACHE_SLOT_BYTES
+        + if whole {
+            answer.der.len() + CACHE_ANSWER_BYTES
+        } else {
+            0
+        }
+}
+
 /// What staged answers will cost in the cache ([`CacheStats::bytes`]): a slot each, and each
 /// answer's bytes once.
 #[derive(Default)]
 struct StagedCost {
     bytes: usize,
-    /// The answers counted, by address (`held` keeps them alive, so no address is reused).
-    counted: HashSet<*const OcspAnswer>,
-    held: Vec<Arc<OcspAnswer>>,
+    /// The answers counted, by address (each kept alive here, so no address is reused).
+    counted: HashMap<*const OcspAnswer, Arc<OcspAnswer>>,
 }
 
 impl StagedCost {
     fn add(&mut self, answer: &Arc<OcspAnswer>) {
-        self.bytes += CACHE_SLOT_BYTES;
-        if self.counted.insert(Arc::as_ptr(answer)) {
-            self.bytes += answer.der.len() + CACHE_ANSWER_BYTES;
-            self.held.push(answer.clone());
+        let first = !self.counted.contains_key(&Arc::as_ptr(answer));
+        if first {
+            self.counted.insert(Arc::as_ptr(answer), answer.clone());
         }
+        self.bytes += slot_cost(answer, first);
     }
 }
 
